@@ -1,0 +1,58 @@
+//! The trove-isolate TC programs.
+//!
+//! One program per (role, direction), so the policy domain is a constant of the program rather
+//! than something looked up by ifindex (ifindexes collide across network namespaces, and the
+//! business NIC lives in the database container's). Each entry is one line into
+//! [`verdict::run`], which reads as the pipeline: parse → conntrack → policy → count → action.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+// On the host this crate builds as an empty binary so `cargo build/clippy --workspace` work.
+#![cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
+
+mod conntrack;
+mod counters;
+mod maps;
+mod packet;
+mod parse;
+mod policy;
+mod verdict;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+use trove_isolate_common::{Direction, Role};
+
+// Program names stay under the kernel's 15-character object name limit; the loader refers to them
+// through `trove_isolate_common::programs`.
+
+#[classifier]
+pub fn mgmt_ingress(ctx: TcContext) -> i32 {
+    verdict::run(&ctx, Role::Management, Direction::Ingress)
+}
+
+#[classifier]
+pub fn mgmt_egress(ctx: TcContext) -> i32 {
+    verdict::run(&ctx, Role::Management, Direction::Egress)
+}
+
+#[classifier]
+pub fn biz_ingress(ctx: TcContext) -> i32 {
+    verdict::run(&ctx, Role::Business, Direction::Ingress)
+}
+
+#[classifier]
+pub fn biz_egress(ctx: TcContext) -> i32 {
+    verdict::run(&ctx, Role::Business, Direction::Egress)
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

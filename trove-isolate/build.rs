@@ -1,0 +1,33 @@
+//! Builds the eBPF programs (for bpfel-unknown-none, with the nightly toolchain and bpf-linker that
+//! `cargo xtask setup` installs) and leaves the object in `$OUT_DIR` for `include_bytes_aligned!`.
+
+use anyhow::{anyhow, Context as _};
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    let out_dir = std::env::var("OUT_DIR").context("OUT_DIR not set")?;
+    if std::env::var_os("AYA_BUILD_SKIP").is_some() {
+        // Host-only checks (clippy, docs) without the BPF toolchain: embed an empty object, which
+        // the loader refuses at run time with a clear error.
+        std::fs::write(format!("{out_dir}/trove-isolate-ebpf"), [])?;
+        println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
+        return Ok(());
+    }
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ebpf_dir = manifest
+        .parent()
+        .ok_or_else(|| anyhow!("no workspace root"))?
+        .join("trove-isolate-ebpf");
+    let ebpf_dir = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
+    aya_build::build_ebpf(
+        [Package {
+            name: "trove-isolate-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
+        Toolchain::Nightly,
+    )
+    .context("building the eBPF programs failed; run `cargo xtask setup` (nightly rust-src, bpf-linker)")
+}
