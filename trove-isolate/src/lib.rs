@@ -1,1 +1,9 @@
-//! trove-isolate: placeholder
+//! trove-isolate: per-interface network isolation for OpenStack Trove database guests.
+//!
+//! The loader compiles a validated [`policy::Policy`] into the datapath's maps, attaches one TC
+//! program per (role, direction) to the management and business NICs (each in its own network
+//! namespace), pins everything so enforcement outlives the process, and serves metrics.
+
+/// The compiled TC programs (`trove-isolate-ebpf`), embedded at build time.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trove-isolate-ebpf"));
