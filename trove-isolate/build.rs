@@ -29,5 +29,7 @@ fn main() -> anyhow::Result<()> {
         }],
         Toolchain::Nightly,
     )
-    .context("building the eBPF programs failed; run `cargo xtask setup` (nightly rust-src, bpf-linker)")
+    .context(
+        "building the eBPF programs failed; run `cargo xtask setup` (nightly rust-src, bpf-linker)",
+    )
 }

@@ -4,7 +4,8 @@
 
 use crate::{Direction, Reason, Role, Verdict};
 
-pub const MAX_ENTRIES: u32 = (Role::COUNT * Direction::COUNT * Verdict::COUNT * Reason::COUNT) as u32;
+pub const MAX_ENTRIES: u32 =
+    (Role::COUNT * Direction::COUNT * Verdict::COUNT * Reason::COUNT) as u32;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -1,9 +1,6 @@
 //! Verdict counting: one per-CPU array slot per (role, direction, verdict, reason).
 
-use trove_isolate_common::{
-    counters::index,
-    Direction, Reason, Role, Verdict,
-};
+use trove_isolate_common::{counters::index, Direction, Reason, Role, Verdict};
 
 use crate::maps::COUNTERS;
 

@@ -122,7 +122,11 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, Reason> {
 /// (the stack builds headers in the linear area), so the common case is one comparison.
 #[inline(always)]
 fn ensure_linear(ctx: &TcContext) {
-    let want = if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN };
+    let want = if ctx.len() < PULL_LEN {
+        ctx.len()
+    } else {
+        PULL_LEN
+    };
     if ctx.data_end() - ctx.data() < want as usize {
         // On failure the bounds checks below see the short area and fail closed.
         let _ = ctx.pull_data(want);
@@ -186,7 +190,10 @@ fn ipv6(ctx: &TcContext, off: usize) -> Result<Parsed, Reason> {
             _ => break,
         }
     }
-    if matches!(next, NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT) {
+    if matches!(
+        next,
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT
+    ) {
         // Chain longer than any real packet carries.
         return Err(Reason::Malformed);
     }
@@ -215,8 +222,14 @@ fn l4(ctx: &TcContext, off: usize, mut pkt: Packet) -> Result<Parsed, Reason> {
     match (pkt.proto, pkt.family) {
         (proto::TCP, _) => {
             let tcp: *const TcpHdr = ptr_at(ctx, off)?;
-            let (src, dst, doff, flags) =
-                unsafe { ((*tcp).src, (*tcp).dst, ((*tcp).doff_res >> 4) as usize * 4, (*tcp).flags) };
+            let (src, dst, doff, flags) = unsafe {
+                (
+                    (*tcp).src,
+                    (*tcp).dst,
+                    ((*tcp).doff_res >> 4) as usize * 4,
+                    (*tcp).flags,
+                )
+            };
             if doff < size_of::<TcpHdr>() || off + doff > ctx.len() as usize {
                 return Err(Reason::Malformed);
             }
@@ -294,7 +307,9 @@ fn icmp(ctx: &TcContext, off: usize, mut pkt: Packet) -> Result<Parsed, Reason> 
             pkt.kind = Kind::OtherIcmp;
             Ok(Parsed::Flow(pkt))
         }
-        IcmpClass::Error => quoted(ctx, off + size_of::<IcmpHdr>(), pkt.family).map(Parsed::Related),
+        IcmpClass::Error => {
+            quoted(ctx, off + size_of::<IcmpHdr>(), pkt.family).map(Parsed::Related)
+        }
     }
 }
 
@@ -327,8 +342,14 @@ fn quoted(ctx: &TcContext, off: usize, fam: u8) -> Result<Packet, Reason> {
         (pkt, off + ihl)
     } else {
         let ip: *const Ipv6Hdr = ptr_at(ctx, off)?;
-        let (version, next, src, dst) =
-            unsafe { ((*ip).version_tc_flow[0] >> 4, (*ip).next_header, (*ip).src, (*ip).dst) };
+        let (version, next, src, dst) = unsafe {
+            (
+                (*ip).version_tc_flow[0] >> 4,
+                (*ip).next_header,
+                (*ip).src,
+                (*ip).dst,
+            )
+        };
         if version != 6 {
             return Err(Reason::Malformed);
         }

@@ -23,11 +23,17 @@ pub fn run(ctx: &TcContext, role: Role, direction: Direction) -> i32 {
         // filter; either way the packet goes on unless someone after us objects.
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Audit => {
-            debug!(ctx, "audit role={} dir={} reason={}", role as u8, direction as u8, reason as u8);
+            debug!(
+                ctx,
+                "audit role={} dir={} reason={}", role as u8, direction as u8, reason as u8
+            );
             TC_ACT_UNSPEC
         }
         Verdict::Drop => {
-            debug!(ctx, "drop role={} dir={} reason={}", role as u8, direction as u8, reason as u8);
+            debug!(
+                ctx,
+                "drop role={} dir={} reason={}", role as u8, direction as u8, reason as u8
+            );
             TC_ACT_SHOT as i32
         }
     }

@@ -7,3 +7,15 @@
 /// The compiled TC programs (`trove-isolate-ebpf`), embedded at build time.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trove-isolate-ebpf"));
+
+pub mod attach;
+pub mod config;
+pub mod daemon;
+pub mod datapath;
+pub mod metrics;
+pub mod netns;
+pub mod nic;
+pub mod ops;
+pub mod pins;
+pub mod policy;
+pub mod state;

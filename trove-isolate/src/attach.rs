@@ -1,0 +1,317 @@
+//! Attaching a program to a device: "ensure", not "do".
+//!
+//! [`ensure`] leaves `program` attached to `device` whatever was there before: a live pinned TCX
+//! link on the same device is updated in place (`bpf_link_update`: no instant without a program),
+//! our legacy filter is replaced at its fixed priority/handle, anything else is created (and a TCX
+//! link pinned). Running it twice is harmless, which makes first start, restart, upgrade and
+//! re-attach after a NIC move one code path.
+
+use std::{fs, io, path::Path};
+
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
+    util::KernelVersion,
+};
+use trove_isolate_common::{Direction, Role};
+
+use crate::{
+    netns,
+    nic::Device,
+    policy::AttachMode,
+    state::{Attachment, Hook},
+};
+
+/// Our cls_bpf filters' place on the clsact qdisc: fixed, so a restart finds and replaces them.
+const LEGACY_PRIORITY: u16 = 0x7ff0;
+const LEGACY_HANDLE: u32 = 0x7001;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error("{what} {program} on {device}: {source}")]
+    Program {
+        what: &'static str,
+        program: &'static str,
+        device: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("{what} {path}: {source}")]
+    Pin {
+        what: &'static str,
+        path: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+pub fn tc_attach_type(direction: Direction) -> TcAttachType {
+    match direction {
+        Direction::Ingress => TcAttachType::Ingress,
+        Direction::Egress => TcAttachType::Egress,
+    }
+}
+
+/// TCX needs Linux 6.6; `auto` picks it there and the clsact/cls_bpf path before.
+pub fn use_tcx(mode: AttachMode) -> bool {
+    match mode {
+        AttachMode::Tcx => true,
+        AttachMode::Legacy => false,
+        AttachMode::Auto => {
+            KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+        }
+    }
+}
+
+/// Ensures `program` (for `role`, `direction`) is attached to `device`. `previous` is what the
+/// state file says was attached for this (role, direction), if anything.
+pub fn ensure(
+    program: &mut SchedClassifier,
+    program_name: &'static str,
+    role: Role,
+    direction: Direction,
+    device: &Device,
+    tcx: bool,
+    link_pin: &Path,
+    previous: Option<&Attachment>,
+) -> Result<Attachment, AttachError> {
+    let same_device =
+        previous.is_some_and(|p| p.ifindex == device.ifindex && p.netns == device.netns);
+    let hook = netns::run_in(device.netns.as_deref(), || {
+        if tcx {
+            ensure_tcx(
+                program,
+                program_name,
+                direction,
+                device,
+                link_pin,
+                same_device,
+            )
+        } else {
+            let replace =
+                same_device && matches!(previous.map(|p| &p.hook), Some(Hook::Legacy { .. }));
+            ensure_legacy(program, program_name, direction, device, replace)
+        }
+    })??;
+    Ok(Attachment {
+        role: role.name().to_owned(),
+        direction: direction.name().to_owned(),
+        interface: device.name.clone(),
+        ifindex: device.ifindex,
+        netns: device.netns.clone(),
+        hook,
+    })
+}
+
+fn program_error(
+    what: &'static str,
+    program: &'static str,
+    device: &Device,
+) -> impl FnOnce(aya::programs::ProgramError) -> AttachError {
+    let device = device.name.clone();
+    move |source| AttachError::Program {
+        what,
+        program,
+        device,
+        source,
+    }
+}
+
+fn ensure_tcx(
+    program: &mut SchedClassifier,
+    name: &'static str,
+    direction: Direction,
+    device: &Device,
+    link_pin: &Path,
+    same_device: bool,
+) -> Result<Hook, AttachError> {
+    if same_device && link_pin.exists() {
+        // Update the live link in place; if it went defunct (device gone) fall through and
+        // attach afresh.
+        if let Ok(pinned) = PinnedLink::from_pin(link_pin) {
+            let fd_link = FdLink::from(pinned);
+            if let Ok(link) = SchedClassifierLink::try_from(fd_link) {
+                if let Ok(id) = program.attach_to_link(link) {
+                    // The pin keeps it; forgetting our handle must not detach it.
+                    let link = program.take_link(id).map_err(program_error(
+                        "taking link of",
+                        name,
+                        device,
+                    ))?;
+                    std::mem::forget(link);
+                    return Ok(Hook::Tcx);
+                }
+            }
+        }
+    }
+    // Attach the new link first, then replace the pin: the old link (if any, on another device
+    // or defunct) goes only once the new one holds.
+    let id = program
+        .attach_with_options(
+            &device.name,
+            tc_attach_type(direction),
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(program_error("attaching (tcx)", name, device))?;
+    let link = program
+        .take_link(id)
+        .map_err(program_error("taking link of", name, device))?;
+    let fd_link = FdLink::try_from(link).map_err(|e| AttachError::Pin {
+        what: "converting link for",
+        path: link_pin.display().to_string(),
+        source: Box::new(e),
+    })?;
+    if let Some(dir) = link_pin.parent() {
+        fs::create_dir_all(dir).map_err(|e| AttachError::Pin {
+            what: "creating",
+            path: dir.display().to_string(),
+            source: Box::new(e),
+        })?;
+    }
+    let staged = link_pin.with_extension("new");
+    let _ = fs::remove_file(&staged);
+    fd_link.pin(&staged).map_err(|e| AttachError::Pin {
+        what: "pinning link at",
+        path: staged.display().to_string(),
+        source: Box::new(e),
+    })?;
+    // rename(2) over the old pin drops the old link's last reference: it detaches now.
+    fs::rename(&staged, link_pin).map_err(|e| AttachError::Pin {
+        what: "moving link pin to",
+        path: link_pin.display().to_string(),
+        source: Box::new(e),
+    })?;
+    Ok(Hook::Tcx)
+}
+
+fn ensure_legacy(
+    program: &mut SchedClassifier,
+    name: &'static str,
+    direction: Direction,
+    device: &Device,
+    replace: bool,
+) -> Result<Hook, AttachError> {
+    let attach_type = tc_attach_type(direction);
+    if let Err(e) = tc::qdisc_add_clsact(&device.name) {
+        let exists = match &e {
+            tc::TcError::AlreadyAttached => true,
+            tc::TcError::NetlinkError(n) => {
+                n.raw_os_error() == Some(nix::errno::Errno::EEXIST as i32)
+            }
+            _ => false,
+        };
+        if !exists {
+            return Err(program_error("adding clsact for", name, device)(e.into()));
+        }
+    }
+    let handle = TcHandle::from(LEGACY_HANDLE);
+    if replace {
+        // Swap the program of our filter in place (netlink replace, no gap).
+        if let Ok(link) =
+            SchedClassifierLink::attached(&device.name, attach_type, LEGACY_PRIORITY, handle, None)
+        {
+            if let Ok(id) = program.attach_to_link(link) {
+                forget_link(program, id);
+                return Ok(legacy_hook());
+            }
+        }
+    }
+    let created = program.attach_with_options(
+        &device.name,
+        attach_type,
+        TcAttachOptions::Netlink(NlOptions {
+            priority: LEGACY_PRIORITY,
+            handle,
+            classid: None,
+        }),
+    );
+    let id = match created {
+        Ok(id) => id,
+        // Our filter is there but the record was lost: replace it.
+        Err(_) => {
+            let link = SchedClassifierLink::attached(
+                &device.name,
+                attach_type,
+                LEGACY_PRIORITY,
+                handle,
+                None,
+            )
+            .map_err(|e| {
+                program_error("finding filter for", name, device)(tc::TcError::IoError(e).into())
+            })?;
+            program.attach_to_link(link).map_err(program_error(
+                "attaching (legacy)",
+                name,
+                device,
+            ))?
+        }
+    };
+    forget_link(program, id);
+    Ok(legacy_hook())
+}
+
+fn legacy_hook() -> Hook {
+    Hook::Legacy {
+        priority: LEGACY_PRIORITY,
+        handle: LEGACY_HANDLE,
+    }
+}
+
+/// cls_bpf filters stay after the process exits unless detached; dropping aya's link handle would
+/// detach, so it is forgotten on purpose.
+fn forget_link(program: &mut SchedClassifier, id: aya::programs::tc::SchedClassifierLinkId) {
+    if let Ok(link) = program.take_link(id) {
+        std::mem::forget(link);
+    }
+}
+
+/// Removes one recorded attachment. Missing things count as removed.
+pub fn remove(attachment: &Attachment, link_pin: &Path) -> Result<(), AttachError> {
+    match &attachment.hook {
+        // With no fd open anywhere, deleting the pin detaches the link.
+        Hook::Tcx => match fs::remove_file(link_pin) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(AttachError::Pin {
+                what: "removing",
+                path: link_pin.display().to_string(),
+                source: Box::new(e),
+            }),
+        },
+        Hook::Legacy { priority, handle } => {
+            let direction = match attachment.direction.as_str() {
+                "ingress" => Direction::Ingress,
+                _ => Direction::Egress,
+            };
+            netns::run_in(attachment.netns.as_deref(), || {
+                let Ok(link) = SchedClassifierLink::attached(
+                    &attachment.interface,
+                    tc_attach_type(direction),
+                    *priority,
+                    TcHandle::from(*handle),
+                    None,
+                ) else {
+                    return Ok(()); // the device is gone, and its filters with it
+                };
+                use aya::programs::links::Link as _;
+                match link.detach() {
+                    Ok(()) => Ok(()),
+                    Err(aya::programs::ProgramError::TcError(tc::TcError::NetlinkError(e)))
+                        if e.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) =>
+                    {
+                        Ok(())
+                    }
+                    Err(source) => Err(AttachError::Program {
+                        what: "detaching",
+                        program: "filter",
+                        device: attachment.interface.clone(),
+                        source,
+                    }),
+                }
+            })?
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! `trove-isolate run`: bring the kernel to the policy, then serve metrics until told to stop.
+//!
+//! [`enforce`] is the reconcile step: resolve every NIC first (nothing is touched if one is
+//! missing), load the programs against the pinned maps, write the policy (add before remove),
+//! ensure each attachment, retire what the new policy no longer covers, record the result. On
+//! exit nothing is detached: links and maps are pinned, legacy filters stay on their qdiscs, and
+//! the next start adopts them in place.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::{bail, Context as _};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+use trove_isolate_common::{program_name, Direction, Role};
+
+use crate::{
+    attach,
+    datapath::{Datapath, PinnedMaps},
+    metrics, nic,
+    pins::Pins,
+    policy::Policy,
+    state::{Attachment, Hook, State},
+};
+
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Applies `policy` to the kernel; returns the loaded datapath and what is now attached.
+pub fn enforce(policy: &Policy, log: bool) -> anyhow::Result<(Datapath, State)> {
+    let pins = Pins::new(&policy.pin_path);
+    check_bpffs(&pins)?;
+    let mut devices = Vec::new();
+    for nic_policy in &policy.nics {
+        let device = nic::resolve(&nic_policy.nic)
+            .with_context(|| format!("[{}] NIC {}", nic_policy.role.name(), nic_policy.nic))?;
+        devices.push((nic_policy.role, device));
+    }
+    let previous = State::read(&pins.state_file())?.unwrap_or_default();
+
+    let mut datapath = Datapath::load(&pins, log)?;
+    datapath.sync_policy(&policy.entries())?;
+    for role in Role::ALL {
+        datapath.set_mode(role, policy.mode)?;
+    }
+
+    let tcx = attach::use_tcx(policy.attach);
+    let mut attachments = Vec::new();
+    for (role, device) in &devices {
+        for direction in Direction::ALL {
+            let before = find(&previous.attachments, *role, direction);
+            let attachment = attach::ensure(
+                datapath.program(*role, direction),
+                program_name(*role, direction),
+                *role,
+                direction,
+                device,
+                tcx,
+                &pins.link(*role, direction),
+                before,
+            )?;
+            attachments.push(attachment);
+        }
+    }
+    retire(&pins, &previous.attachments, &attachments)?;
+
+    let state = State {
+        mode: policy.mode.name().to_owned(),
+        policy_entries: policy
+            .nics
+            .iter()
+            .map(|n| (n.role.name().to_owned(), n.rules.len()))
+            .collect(),
+        attachments,
+    };
+    state.write(&pins.state_file())?;
+    Ok((datapath, state))
+}
+
+fn find(attachments: &[Attachment], role: Role, direction: Direction) -> Option<&Attachment> {
+    attachments
+        .iter()
+        .find(|a| a.role == role.name() && a.direction == direction.name())
+}
+
+/// Detaches old attachments the new ones did not take over in place.
+fn retire(pins: &Pins, old: &[Attachment], new: &[Attachment]) -> anyhow::Result<()> {
+    for before in old {
+        let (Some(role), Some(direction)) =
+            (role_named(&before.role), direction_named(&before.direction))
+        else {
+            continue;
+        };
+        let replaced_in_place = match find(new, role, direction) {
+            // A TCX pin was updated or renamed over: the old link is already gone.
+            Some(now) if before.hook == Hook::Tcx => now.hook == Hook::Tcx,
+            Some(now) => {
+                now.hook == before.hook
+                    && now.ifindex == before.ifindex
+                    && now.netns == before.netns
+            }
+            None => false,
+        };
+        if !replaced_in_place {
+            attach::remove(before, &pins.link(role, direction)).with_context(|| {
+                format!(
+                    "detaching the old {} {} program",
+                    before.role, before.direction
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+pub fn role_named(name: &str) -> Option<Role> {
+    Role::ALL.into_iter().find(|r| r.name() == name)
+}
+
+pub fn direction_named(name: &str) -> Option<Direction> {
+    Direction::ALL.into_iter().find(|d| d.name() == name)
+}
+
+fn check_bpffs(pins: &Pins) -> anyhow::Result<()> {
+    // The pin directory may not exist yet: check the nearest existing ancestor.
+    let mut dir = pins.root();
+    while !dir.exists() {
+        dir = dir.parent().context("pin_path has no existing ancestor")?;
+    }
+    let fs = nix::sys::statfs::statfs(dir).with_context(|| format!("statfs {}", dir.display()))?;
+    if fs.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        bail!(
+            "pin_path {} is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)",
+            pins.root().display()
+        );
+    }
+    Ok(())
+}
+
+/// One line saying what is enforced where: the daemon's readiness message.
+pub fn summary(state: &State) -> String {
+    let mut parts = Vec::new();
+    for role in Role::ALL {
+        if let Some(a) = state.attachments.iter().find(|a| a.role == role.name()) {
+            let netns = a
+                .netns
+                .as_ref()
+                .map(|p| format!(" in {}", p.display()))
+                .unwrap_or_default();
+            parts.push(format!(
+                "{} on {}{} ({})",
+                role.name(),
+                a.interface,
+                netns,
+                a.hook.name()
+            ));
+        }
+    }
+    format!("enforcing ({}): {}", state.mode, parts.join(", "))
+}
+
+pub struct RunOptions {
+    /// Forward the programs' debug records to the log.
+    pub datapath_log: bool,
+}
+
+/// Enforces `policy` and serves metrics until `shutdown` completes. Enforcement stays after.
+pub async fn run(
+    policy: Policy,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    // Bind first: a port in use is a reason not to touch the kernel at all.
+    let listener = TcpListener::bind(policy.metrics.listen)
+        .await
+        .with_context(|| format!("[metrics] listen {}", policy.metrics.listen))?;
+    let (mut datapath, state) = enforce(&policy, options.datapath_log)?;
+    println!(
+        "{}; metrics on http://{}/metrics",
+        summary(&state),
+        policy.metrics.listen
+    );
+    log::info!("{}", summary(&state));
+
+    if options.datapath_log {
+        let logger = datapath.take_logger()?;
+        tokio::spawn(forward_datapath_log(logger));
+    }
+    let maps = PinnedMaps::open(&Pins::new(&policy.pin_path))?;
+    let scrape = Arc::new(Scrape { maps, state });
+    tokio::select! {
+        result = serve(listener, scrape) => result?,
+        () = shutdown => {}
+    }
+    log::info!(
+        "stopping; enforcement stays in force (pinned under {})",
+        policy.pin_path.display()
+    );
+    // `datapath` drops here: programs stay referenced by their links and filters.
+    drop(datapath);
+    Ok(())
+}
+
+type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+async fn forward_datapath_log(logger: Logger) {
+    use tokio::io::{unix::AsyncFd, Interest};
+    // SAFETY: the AsyncFd owns the logger, so its ring buffer fd outlives the registration.
+    let registered = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) };
+    let Ok(mut fd) = registered.inspect_err(|e| log::warn!("datapath log unavailable: {e}")) else {
+        return;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
+
+struct Scrape {
+    maps: PinnedMaps,
+    state: State,
+}
+
+async fn serve(listener: TcpListener, scrape: Arc<Scrape>) -> anyhow::Result<()> {
+    loop {
+        let (stream, peer) = listener
+            .accept()
+            .await
+            .context("accepting a metrics connection")?;
+        let scrape = scrape.clone();
+        tokio::spawn(async move {
+            if let Err(e) = respond(stream, &scrape).await {
+                log::debug!("metrics request from {peer}: {e:#}");
+            }
+        });
+    }
+}
+
+/// A minimal HTTP/1.x responder: `GET /metrics` and nothing else, with bounded reads.
+async fn respond(mut stream: TcpStream, scrape: &Scrape) -> anyhow::Result<()> {
+    let mut request = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            request.extend_from_slice(&buf[..n]);
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("request timed out")??;
+    let line = request.split(|b| *b == b'\r').next().unwrap_or_default();
+    let (status, content_type, body) = if line.starts_with(b"GET /metrics ") {
+        let counts = scrape.maps.counts()?;
+        (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics::render(&counts, &scrape.state),
+        )
+    } else {
+        (
+            "404 Not Found",
+            "text/plain",
+            "only /metrics is served\n".to_owned(),
+        )
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await?;
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! `status` and `detach`: working on what a daemon left pinned, with or without it running.
+
+use std::{fmt::Write as _, fs, io};
+
+use anyhow::Context as _;
+use trove_isolate_common::Role;
+
+use crate::{
+    attach,
+    daemon::{direction_named, role_named},
+    datapath::PinnedMaps,
+    pins::Pins,
+    state::{Hook, State},
+};
+
+/// What `status` prints: attachments, mode and counters.
+pub fn status(pins: &Pins) -> anyhow::Result<String> {
+    let state = State::read(&pins.state_file())?;
+    let mut out = String::new();
+    let Some(state) = state else {
+        writeln!(
+            out,
+            "not enforcing: no record for pin path {}",
+            pins.root().display()
+        )?;
+        return Ok(out);
+    };
+    writeln!(
+        out,
+        "pin path {}  mode {}",
+        pins.root().display(),
+        state.mode
+    )?;
+    writeln!(out, "attached:")?;
+    for a in &state.attachments {
+        let netns = a
+            .netns
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "-".into());
+        let live = match (&a.hook, role_named(&a.role), direction_named(&a.direction)) {
+            (Hook::Tcx, Some(r), Some(d)) if !pins.link(r, d).exists() => "  (link pin missing!)",
+            _ => "",
+        };
+        writeln!(
+            out,
+            "  {:<10} {:<7} {:<12} ifindex {:<4} netns {:<28} {}{live}",
+            a.role,
+            a.direction,
+            a.interface,
+            a.ifindex,
+            netns,
+            a.hook.name()
+        )?;
+    }
+    let maps = PinnedMaps::open(pins)?;
+    for role in Role::ALL {
+        let mode = maps.mode(role)?;
+        let entries = state
+            .policy_entries
+            .iter()
+            .find(|(r, _)| r == role.name())
+            .map_or(0, |(_, n)| *n);
+        writeln!(
+            out,
+            "{}: mode {}, {entries} policy entries",
+            role.name(),
+            mode.name()
+        )?;
+    }
+    writeln!(out, "counters (packets, bytes):")?;
+    let counts = maps.counts()?;
+    if counts.is_empty() {
+        writeln!(out, "  none yet")?;
+    }
+    for c in counts {
+        writeln!(
+            out,
+            "  {:<10} {:<7} {:<5} {:<22} {:>10} {:>12}",
+            c.role.name(),
+            c.direction.name(),
+            c.verdict.name(),
+            c.reason.name(),
+            c.counter.packets,
+            c.counter.bytes
+        )?;
+    }
+    Ok(out)
+}
+
+/// Removes all enforcement and every pin under `pins`. Returns what was removed, one per line.
+pub fn detach(pins: &Pins) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let state_file = pins.state_file();
+    if let Some(state) = State::read(&state_file)? {
+        for a in &state.attachments {
+            let (Some(role), Some(direction)) =
+                (role_named(&a.role), direction_named(&a.direction))
+            else {
+                continue;
+            };
+            attach::remove(a, &pins.link(role, direction)).with_context(|| {
+                format!("detaching {} {} from {}", a.role, a.direction, a.interface)
+            })?;
+            writeln!(
+                out,
+                "detached {} {} from {} ({})",
+                a.role,
+                a.direction,
+                a.interface,
+                a.hook.name()
+            )?;
+        }
+    }
+    // Whatever else is pinned (links without a record, maps of any layout version).
+    if pins.root().exists() {
+        fs::remove_dir_all(pins.root())
+            .with_context(|| format!("removing {}", pins.root().display()))?;
+        writeln!(out, "removed pins under {}", pins.root().display())?;
+    }
+    match fs::remove_file(&state_file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", state_file.display())),
+    }
+    if out.is_empty() {
+        writeln!(out, "nothing to detach under {}", pins.root().display())?;
+    }
+    Ok(out)
+}

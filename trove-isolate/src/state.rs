@@ -1,0 +1,75 @@
+//! The record of what is attached where, written after every successful reconcile.
+//!
+//! TCX links are found again through their pins; legacy cls_bpf filters cannot be pinned, so
+//! `detach` and the next start find them through this record (device, namespace, priority,
+//! handle). Written to a temporary file and renamed, so a reader never sees half a record.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+/// How one program is attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Hook {
+    /// A TCX link, pinned at `Pins::link(role, direction)`.
+    Tcx,
+    /// A cls_bpf filter on the clsact qdisc.
+    Legacy { priority: u16, handle: u32 },
+}
+
+impl Hook {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Hook::Tcx => "tcx",
+            Hook::Legacy { .. } => "legacy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// `Role::name()`.
+    pub role: String,
+    /// `Direction::name()`.
+    pub direction: String,
+    pub interface: String,
+    pub ifindex: u32,
+    pub netns: Option<PathBuf>,
+    pub hook: Hook,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// `Mode::name()` of the policy in force.
+    pub mode: String,
+    pub attachments: Vec<Attachment>,
+    /// Policy entries per role name, for status and metrics after a restart.
+    pub policy_entries: Vec<(String, usize)>,
+}
+
+impl State {
+    /// The record at `path`; `None` when there is none.
+    pub fn read(path: &Path) -> anyhow::Result<Option<State>> {
+        match fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("reading state file {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading state file {}", path.display())),
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let dir = path.parent().context("state file has no directory")?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = path.with_extension("json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    }
+}

@@ -1,0 +1,158 @@
+//! Running the real `trove-isolate` binary against a simulated guest.
+//!
+//! [`Daemon`] owns one daemon process and everything it pins: on drop it kills the process and
+//! runs `detach`, so a failing test leaves no program attached and no pin behind.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU16, Ordering},
+    sync::mpsc,
+    time::Duration,
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_trove-isolate");
+pub const PROBE: Duration = Duration::from_millis(700);
+
+static NEXT: AtomicU16 = AtomicU16::new(0);
+
+/// A name unique to this test process and call.
+pub fn unique(label: &str) -> String {
+    format!(
+        "{label}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A loopback port for a daemon's metrics listener, distinct per test in this process.
+pub fn metrics_port() -> u16 {
+    20_000 + (std::process::id() % 2_000) as u16 * 10 + NEXT.fetch_add(1, Ordering::Relaxed) % 10
+}
+
+pub fn write_config(text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("{}.toml", unique("trove-isolate-test")));
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}
+
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {BIN} {args:?}: {e}"))
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub config: PathBuf,
+    pub pin_path: PathBuf,
+    pub metrics: SocketAddr,
+}
+
+impl Daemon {
+    /// Starts `run --config` and waits (bounded) for its "enforcing" line.
+    pub fn start(config: &Path, pin_path: &Path, metrics: SocketAddr) -> Daemon {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {BIN}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut daemon = Daemon {
+            child: Some(child),
+            config: config.to_owned(),
+            pin_path: pin_path.to_owned(),
+            metrics,
+        };
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.starts_with("enforcing") => daemon,
+            other => {
+                let mut child = daemon.child.take().expect("child");
+                let _ = child.kill();
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("daemon did not report enforcing (got {other:?}); stderr:\n{err}");
+            }
+        }
+    }
+
+    /// SIGKILL: no chance to clean up, as when the OOM killer strikes.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9 the daemon");
+            child.wait().expect("reap the daemon");
+        }
+    }
+
+    /// SIGTERM and wait: the orderly stop systemd does.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .expect("SIGTERM the daemon");
+            let status = child.wait().expect("reap the daemon");
+            assert!(status.success(), "daemon exited with {status} on SIGTERM");
+        }
+    }
+
+    /// Fetches /metrics over loopback.
+    pub fn scrape(&self) -> String {
+        let mut stream = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connecting to metrics at {}: {e}", self.metrics));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("sending the request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("reading the response");
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "metrics answered:\n{response}"
+        );
+        response
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(BIN)
+            .args(["detach", "--pin-path"])
+            .arg(&self.pin_path)
+            .output();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// The value of the first series of `name` whose labels contain all of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<u64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
