@@ -106,6 +106,7 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, Reason> {
     Ok((start + off) as *const T)
 }
 
+#[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Parsed, Reason> {
     ensure_linear(ctx);
     let eth: *const EthHdr = ptr_at(ctx, 0)?;

@@ -171,7 +171,10 @@ fn ensure_tcx(
             source: Box::new(e),
         })?;
     }
-    let staged = link_pin.with_extension("new");
+    // bpffs refuses names with a dot.
+    let mut staged = link_pin.as_os_str().to_owned();
+    staged.push("_new");
+    let staged = std::path::PathBuf::from(staged);
     let _ = fs::remove_file(&staged);
     fd_link.pin(&staged).map_err(|e| AttachError::Pin {
         what: "pinning link at",
