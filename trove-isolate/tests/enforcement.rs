@@ -8,296 +8,17 @@ mod common;
 use std::net::SocketAddr;
 
 use common::{cli, metric, metrics_port, unique, write_config, Daemon, PROBE};
-use trove_isolate_testbed::{tcp_probe, tcp_server, udp_probe, udp_server, Guest, NetNs, Server};
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
-fn ip(s: &str) -> Option<std::net::IpAddr> {
-    Some(s.parse().unwrap_or_else(|e| panic!("{s}: {e}")))
-}
-
-/// The guest's config: the issue's example, pointed at the testbed's NICs.
-fn config(guest: &Guest, mode: &str, attach: &str, pin_path: &str, metrics: u16) -> String {
-    let mac = guest
-        .biz_mac()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
-    format!(
-        r#"
-mode = "{mode}"
-attach = "{attach}"
-pin_path = "{pin_path}"
-
-[metrics]
-listen = "127.0.0.1:{metrics}"
-allow_from = ["203.0.113.0/24"]
-
-[management]
-interface = "{mgmt}"
-netns = "{host}"
-rabbitmq = ["192.0.2.10:5672", "[2001:db8:1::10]:5671"]
-registry = ["192.0.2.20:4000"]
-ssh_from = ["203.0.113.0/24"]
-allow = [
-  {{ to = "192.0.2.30/32", port = 8080, proto = "tcp" }},
-  {{ to = "192.0.2.30/32", port = 5353, proto = "udp" }},
-]
-
-[business]
-mac = "{mac}"
-netns = "{container}"
-database_ports = [3306]
-clients = []
-peers = ["198.51.100.7/32"]
-"#,
-        mgmt = guest.mgmt_nic(),
-        host = guest.host.path().display(),
-        container = guest.container.path().display(),
-    )
-}
-
-/// Listeners on every address the probes use, so a failed probe means a drop, not a refusal.
-fn servers(guest: &Guest, metrics: u16) -> Vec<Server> {
-    let mut s = Vec::new();
-    for addr in [
-        "192.0.2.10:5672",
-        "[2001:db8:1::10]:5671",
-        "192.0.2.20:4000",
-        "192.0.2.30:8080",
-        "192.0.2.99:5672",
-        "192.0.2.10:4000",
-        "[2001:db8:1::99]:5672",
-    ] {
-        s.push(tcp_server(&guest.mgmt_net, sa(addr)));
-    }
-    s.push(udp_server(&guest.mgmt_net, sa("192.0.2.10:5672")));
-    s.push(udp_server(&guest.mgmt_net, sa("192.0.2.30:5353")));
-    for addr in ["0.0.0.0:22", "[::]:22", "0.0.0.0:8000"] {
-        s.push(tcp_server(&guest.host, sa(addr)));
-    }
-    s.push(tcp_server(
-        &guest.host,
-        SocketAddr::from(([0, 0, 0, 0], metrics)),
-    ));
-    for addr in ["0.0.0.0:3306", "[::]:3306", "0.0.0.0:22"] {
-        s.push(tcp_server(&guest.container, sa(addr)));
-    }
-    // The tenant side: a replication peer, a client that also listens, and a decoy holding the
-    // RabbitMQ address and port.
-    for addr in ["198.51.100.7:3306", "192.0.2.50:3306", "192.0.2.10:5672"] {
-        s.push(tcp_server(&guest.biz_net, sa(addr)));
-    }
-    s
-}
-
-struct Probe {
-    name: &'static str,
-    ns: fn(&Guest) -> &NetNs,
-    udp: bool,
-    from: Option<&'static str>,
-    to: &'static str,
-    allowed: bool,
-}
-
-const fn tcp(
-    name: &'static str,
-    ns: fn(&Guest) -> &NetNs,
-    from: Option<&'static str>,
-    to: &'static str,
-    allowed: bool,
-) -> Probe {
-    Probe {
-        name,
-        ns,
-        udp: false,
-        from,
-        to,
-        allowed,
-    }
-}
-
-fn host(g: &Guest) -> &NetNs {
-    &g.host
-}
-fn container(g: &Guest) -> &NetNs {
-    &g.container
-}
-fn mgmt_net(g: &Guest) -> &NetNs {
-    &g.mgmt_net
-}
-fn biz_net(g: &Guest) -> &NetNs {
-    &g.biz_net
-}
-
-/// Every rule of the issue, both ways. `allowed` is the verdict under enforcement.
-fn probes(metrics: u16) -> Vec<Probe> {
-    let metrics_v4: &'static str = Box::leak(format!("192.0.2.1:{metrics}").into_boxed_str());
-    vec![
-        // Management NIC, outbound: only the configured endpoints.
-        tcp("guest → rabbitmq v4", host, None, "192.0.2.10:5672", true),
-        tcp(
-            "guest → rabbitmq v6",
-            host,
-            None,
-            "[2001:db8:1::10]:5671",
-            true,
-        ),
-        tcp("guest → registry", host, None, "192.0.2.20:4000", true),
-        tcp(
-            "guest → extra allow tcp",
-            host,
-            None,
-            "192.0.2.30:8080",
-            true,
-        ),
-        Probe {
-            name: "guest → extra allow udp",
-            ns: host,
-            udp: true,
-            from: None,
-            to: "192.0.2.30:5353",
-            allowed: true,
-        },
-        tcp(
-            "guest → unlisted host",
-            host,
-            None,
-            "192.0.2.99:5672",
-            false,
-        ),
-        tcp(
-            "guest → rabbitmq address, wrong port",
-            host,
-            None,
-            "192.0.2.10:4000",
-            false,
-        ),
-        tcp(
-            "guest → unlisted host v6",
-            host,
-            None,
-            "[2001:db8:1::99]:5672",
-            false,
-        ),
-        Probe {
-            name: "guest → rabbitmq port over udp",
-            ns: host,
-            udp: true,
-            from: None,
-            to: "192.0.2.10:5672",
-            allowed: false,
-        },
-        // Management NIC, inbound: SSH and metrics scrapes from the named sources only.
-        tcp(
-            "operator → guest ssh",
-            mgmt_net,
-            Some("203.0.113.5"),
-            "192.0.2.1:22",
-            true,
-        ),
-        tcp(
-            "unlisted → guest ssh",
-            mgmt_net,
-            Some("192.0.2.99"),
-            "192.0.2.1:22",
-            false,
-        ),
-        tcp(
-            "unlisted v6 → guest ssh",
-            mgmt_net,
-            Some("2001:db8:1::99"),
-            "[2001:db8:1::1]:22",
-            false,
-        ),
-        tcp(
-            "operator → guest other port",
-            mgmt_net,
-            Some("203.0.113.5"),
-            "192.0.2.1:8000",
-            false,
-        ),
-        tcp(
-            "scraper → guest metrics port",
-            mgmt_net,
-            Some("203.0.113.5"),
-            metrics_v4,
-            true,
-        ),
-        tcp(
-            "unlisted → guest metrics port",
-            mgmt_net,
-            Some("192.0.2.99"),
-            metrics_v4,
-            false,
-        ),
-        // Business NIC, inbound: database clients to the database port only.
-        tcp(
-            "client → database v4",
-            biz_net,
-            Some("192.0.2.50"),
-            "192.0.2.1:3306",
-            true,
-        ),
-        tcp(
-            "client → database v6",
-            biz_net,
-            Some("2001:db8:1::50"),
-            "[2001:db8:1::1]:3306",
-            true,
-        ),
-        tcp(
-            "client → container ssh",
-            biz_net,
-            Some("192.0.2.50"),
-            "192.0.2.1:22",
-            false,
-        ),
-        // Business NIC, outbound: replication peers on the database port only.
-        tcp(
-            "database → replication peer",
-            container,
-            None,
-            "198.51.100.7:3306",
-            true,
-        ),
-        tcp(
-            "database → client (not a peer)",
-            container,
-            None,
-            "192.0.2.50:3306",
-            false,
-        ),
-        // The same address:port the management NIC may reach is not reachable from the database.
-        tcp(
-            "database → rabbitmq address:port",
-            container,
-            None,
-            "192.0.2.10:5672",
-            false,
-        ),
-    ]
-}
-
-fn run_probe(guest: &Guest, p: &Probe) -> bool {
-    let ns = (p.ns)(guest);
-    let from = p.from.and_then(ip);
-    if p.udp {
-        udp_probe(ns, from, sa(p.to), PROBE)
-    } else {
-        tcp_probe(ns, from, sa(p.to), PROBE)
-    }
-}
+use trove_isolate_testbed::{
+    scenario::{self, Probe},
+    Guest, Server,
+};
 
 /// Asserts every probe gets `expect(probe)`; reports all mismatches at once.
 fn assert_probes(guest: &Guest, probes: &[Probe], when: &str, expect: impl Fn(&Probe) -> bool) {
     let wrong: Vec<String> = probes
         .iter()
         .filter_map(|p| {
-            let got = run_probe(guest, p);
+            let got = p.run(guest, PROBE);
             (got != expect(p)).then(|| {
                 format!(
                     "  {}: {} (expected {})",
@@ -329,7 +50,7 @@ struct Setup {
 fn setup(label: &str) -> Setup {
     let guest = Guest::new(label);
     let metrics = metrics_port();
-    let servers = servers(&guest, metrics);
+    let servers = scenario::servers(&guest, metrics);
     let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
     Setup {
         guest,
@@ -340,7 +61,13 @@ fn setup(label: &str) -> Setup {
 }
 
 fn start(s: &Setup, mode: &str, attach: &str) -> Daemon {
-    let config = write_config(&config(&s.guest, mode, attach, &s.pin_path, s.metrics));
+    let config = write_config(&scenario::config(
+        &s.guest,
+        mode,
+        attach,
+        &s.pin_path,
+        s.metrics,
+    ));
     Daemon::start(
         &config,
         s.pin_path.as_ref(),
@@ -350,7 +77,7 @@ fn start(s: &Setup, mode: &str, attach: &str) -> Daemon {
 
 fn policy_holds(attach: &str) {
     let s = setup(&attach[..3]);
-    let probes = probes(s.metrics);
+    let probes = scenario::probes(s.metrics);
     assert_probes(
         &s.guest,
         &probes,
@@ -431,7 +158,7 @@ fn policy_holds_on_legacy_clsact() {
 #[test]
 fn enforcement_outlives_the_daemon_until_detach() {
     let s = setup("life");
-    let probes = probes(s.metrics);
+    let probes = scenario::probes(s.metrics);
     let mut daemon = start(&s, "enforce", "auto");
     daemon.kill9();
     assert_probes(&s.guest, &probes, "after kill -9", |p| p.allowed);
@@ -464,11 +191,11 @@ fn enforcement_outlives_the_daemon_until_detach() {
 #[test]
 fn bad_config_is_refused_and_the_old_policy_stays() {
     let s = setup("bad");
-    let probes = probes(s.metrics);
+    let probes = scenario::probes(s.metrics);
     let mut daemon = start(&s, "enforce", "auto");
     daemon.stop();
 
-    let good = config(&s.guest, "enforce", "auto", &s.pin_path, s.metrics);
+    let good = scenario::config(&s.guest, "enforce", "auto", &s.pin_path, s.metrics);
     let cases = [
         (
             "empty database_ports",
@@ -521,7 +248,7 @@ fn bad_config_is_refused_and_the_old_policy_stays() {
 #[test]
 fn audit_mode_counts_but_passes() {
     let s = setup("aud");
-    let probes = probes(s.metrics);
+    let probes = scenario::probes(s.metrics);
     let daemon = start(&s, "audit", "auto");
     assert_probes(&s.guest, &probes, "audit mode", |_| true);
     let text = daemon.scrape();

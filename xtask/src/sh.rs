@@ -1,0 +1,68 @@
+//! Running commands with their output shown, and failing with the command named.
+
+use std::{
+    env,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _};
+
+/// Puts `~/.cargo/bin` first on PATH: aya-build needs rustup and bpf-linker there.
+pub fn prepare_path() {
+    let Some(home) = env::var_os("HOME") else {
+        return;
+    };
+    let bin = PathBuf::from(home).join(".cargo/bin");
+    let mut paths: Vec<PathBuf> = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if !paths.contains(&bin) {
+        paths.insert(0, bin);
+        if let Ok(joined) = env::join_paths(paths) {
+            // Single-threaded at this point: nothing else reads the environment concurrently.
+            unsafe { env::set_var("PATH", joined) };
+        }
+    }
+}
+
+/// Runs `program args`, inheriting stdio; fails when it does.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    run_cmd(Command::new(program).args(args))
+}
+
+pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs `program args` quietly and returns its stdout when it succeeds.
+pub fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn require_root(why: &str) -> anyhow::Result<()> {
+    if !nix_is_root() {
+        bail!("run this as root: {why}");
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    output("id", &["-u"]).is_some_and(|uid| uid.trim() == "0")
+}
