@@ -216,6 +216,15 @@ impl Mode {
     }
 }
 
+/// What the programs return to TC.
+pub mod action {
+    /// `TC_ACT_UNSPEC`: under TCX, on to the next program; under cls_bpf, to the next filter.
+    /// Either way the packet goes on unless something after us objects.
+    pub const PASS: i32 = -1;
+    /// `TC_ACT_SHOT`.
+    pub const DROP: i32 = 2;
+}
+
 /// IP protocol numbers the policy speaks of.
 pub mod proto {
     pub const ICMP: u8 = 1;

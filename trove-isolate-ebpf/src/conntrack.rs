@@ -76,7 +76,7 @@ pub fn related(role: Role, direction: Direction, quoted: &Packet) -> bool {
         Direction::Egress => Direction::Ingress,
     };
     let key = key(role, quoted_direction, quoted);
-    match CONNTRACK.get_ptr(&key) {
+    match CONNTRACK.get_ptr(key) {
         Some(value) => {
             let value = unsafe { &*value };
             let now = unsafe { bpf_ktime_get_ns() };
@@ -99,6 +99,6 @@ pub fn track(key: &FlowKey, direction: Direction, pkt: &Packet) -> Result<(), Re
         _pad: [0; 6],
     };
     CONNTRACK
-        .insert(key, &value, 0)
+        .insert(key, value, 0)
         .map_err(|_| Reason::ConntrackFull)
 }

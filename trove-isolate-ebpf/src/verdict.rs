@@ -1,12 +1,9 @@
 //! The pipeline and its one exit. Stages return `Result<pass reason, drop reason>`; only
 //! [`run`] turns that into a verdict, counts it and picks the TC action.
 
-use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    programs::TcContext,
-};
+use aya_ebpf::programs::TcContext;
 use aya_log_ebpf::debug;
-use trove_isolate_common::{Direction, Mode, Reason, Role, Verdict};
+use trove_isolate_common::{action, Direction, Mode, Reason, Role, Verdict};
 
 use crate::{conntrack, counters, maps::SETTINGS, packet::Parsed, parse, policy};
 
@@ -19,22 +16,20 @@ pub fn run(ctx: &TcContext, role: Role, direction: Direction) -> i32 {
     };
     counters::count(role, direction, verdict, reason, ctx.len());
     match verdict {
-        // UNSPEC, not OK: under TCX it hands over to the next program, under cls_bpf to the next
-        // filter; either way the packet goes on unless someone after us objects.
-        Verdict::Pass => TC_ACT_UNSPEC,
+        Verdict::Pass => action::PASS,
         Verdict::Audit => {
             debug!(
                 ctx,
                 "audit role={} dir={} reason={}", role as u8, direction as u8, reason as u8
             );
-            TC_ACT_UNSPEC
+            action::PASS
         }
         Verdict::Drop => {
             debug!(
                 ctx,
                 "drop role={} dir={} reason={}", role as u8, direction as u8, reason as u8
             );
-            TC_ACT_SHOT as i32
+            action::DROP
         }
     }
 }

@@ -90,10 +90,7 @@ pub fn tcp_probe(ns: &NetNs, from: Option<IpAddr>, to: SocketAddr, timeout: Dura
         let attempt = || -> std::io::Result<bool> {
             let mut stream = match from {
                 None => TcpStream::connect_timeout(&to, timeout)?,
-                Some(ip) => {
-                    let socket = nix_socket_connect(ip, to, timeout)?;
-                    socket
-                }
+                Some(ip) => connect_from(ip, to, timeout)?,
             };
             stream.set_read_timeout(Some(timeout))?;
             stream.set_write_timeout(Some(timeout))?;
@@ -107,11 +104,7 @@ pub fn tcp_probe(ns: &NetNs, from: Option<IpAddr>, to: SocketAddr, timeout: Dura
 }
 
 /// A TCP connection bound to `from` first (std has no bind-before-connect).
-fn nix_socket_connect(
-    from: IpAddr,
-    to: SocketAddr,
-    timeout: Duration,
-) -> std::io::Result<TcpStream> {
+fn connect_from(from: IpAddr, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     use nix::sys::socket::{
         bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage,
     };

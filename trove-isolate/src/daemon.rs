@@ -37,17 +37,51 @@ pub fn enforce(policy: &Policy, log: bool) -> anyhow::Result<(Datapath, State)> 
             .with_context(|| format!("[{}] NIC {}", nic_policy.role.name(), nic_policy.nic))?;
         devices.push((nic_policy.role, device));
     }
-    let previous = State::read(&pins.state_file())?.unwrap_or_default();
+    let previous = State::read(&pins.state_file())?;
+    // A first start that fails leaves nothing behind; a later one leaves the policy in force.
+    let first_start = previous.is_none() && !pins.root().exists();
+    let previous = previous.unwrap_or_default();
+    let mut attachments = Vec::new();
+    let result = apply(policy, log, &pins, &devices, &previous, &mut attachments);
+    if result.is_err() && first_start {
+        for made in &attachments {
+            if let (Some(r), Some(d)) = (role_named(&made.role), direction_named(&made.direction)) {
+                let _ = attach::remove(made, &pins.link(r, d));
+            }
+        }
+        let _ = std::fs::remove_dir_all(pins.root());
+    }
+    let datapath = result?;
 
-    let mut datapath = Datapath::load(&pins, log)?;
+    let state = State {
+        mode: policy.mode.name().to_owned(),
+        policy_entries: policy
+            .nics
+            .iter()
+            .map(|n| (n.role.name().to_owned(), n.rules.len()))
+            .collect(),
+        attachments,
+    };
+    state.write(&pins.state_file())?;
+    Ok((datapath, state))
+}
+
+/// Loads, writes the maps, attaches (recording each attachment as it is made) and retires.
+fn apply(
+    policy: &Policy,
+    log: bool,
+    pins: &Pins,
+    devices: &[(Role, nic::Device)],
+    previous: &State,
+    attachments: &mut Vec<Attachment>,
+) -> anyhow::Result<Datapath> {
+    let mut datapath = Datapath::load(Some(pins), log)?;
     datapath.sync_policy(&policy.entries())?;
     for role in Role::ALL {
         datapath.set_mode(role, policy.mode)?;
     }
-
     let tcx = attach::use_tcx(policy.attach);
-    let mut attachments = Vec::new();
-    for (role, device) in &devices {
+    for (role, device) in devices {
         for direction in Direction::ALL {
             let before = find(&previous.attachments, *role, direction);
             let attachment = attach::ensure(
@@ -63,19 +97,8 @@ pub fn enforce(policy: &Policy, log: bool) -> anyhow::Result<(Datapath, State)> 
             attachments.push(attachment);
         }
     }
-    retire(&pins, &previous.attachments, &attachments)?;
-
-    let state = State {
-        mode: policy.mode.name().to_owned(),
-        policy_entries: policy
-            .nics
-            .iter()
-            .map(|n| (n.role.name().to_owned(), n.rules.len()))
-            .collect(),
-        attachments,
-    };
-    state.write(&pins.state_file())?;
-    Ok((datapath, state))
+    retire(pins, &previous.attachments, attachments)?;
+    Ok(datapath)
 }
 
 fn find(attachments: &[Attachment], role: Role, direction: Direction) -> Option<&Attachment> {

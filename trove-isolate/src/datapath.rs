@@ -6,7 +6,7 @@
 //! Policy updates add before they remove: a rule present in both the old and the new policy is
 //! never missing from the map, not even for an instant.
 
-use std::{collections::HashSet, fs};
+use std::{borrow::Borrow, collections::HashSet, fs};
 
 use anyhow::{bail, Context as _};
 use aya::{
@@ -30,18 +30,24 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the programs (verifier included) with every map bound to its pin under `pins`.
+    /// Loads the programs (verifier included) with every map bound to its pin under `pins`, or
+    /// with fresh unpinned maps when `pins` is `None` (packet tests, benchmarks).
     /// `log` keeps the programs' debug records on (they cost ~20 ns per denied packet).
-    pub fn load(pins: &Pins, log: bool) -> anyhow::Result<Datapath> {
+    pub fn load(pins: Option<&Pins>, log: bool) -> anyhow::Result<Datapath> {
         if crate::EBPF_OBJECT.is_empty() {
             bail!("this binary was built with AYA_BUILD_SKIP: it carries no eBPF programs");
         }
-        fs::create_dir_all(pins.root())
-            .with_context(|| format!("creating pin directory {}", pins.root().display()))?;
-        let paths: Vec<_> = maps::ALL
-            .iter()
-            .map(|name| (*name, pins.map(name)))
-            .collect();
+        let paths: Vec<_> = match pins {
+            Some(pins) => {
+                fs::create_dir_all(pins.root())
+                    .with_context(|| format!("creating pin directory {}", pins.root().display()))?;
+                maps::ALL
+                    .iter()
+                    .map(|name| (*name, pins.map(name)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
@@ -111,6 +117,15 @@ impl Datapath {
         Ok(())
     }
 
+    /// Every non-zero counter.
+    pub fn counts(&self) -> anyhow::Result<Vec<Count>> {
+        let map = self
+            .ebpf
+            .map(maps::COUNTERS)
+            .context("counters map missing")?;
+        read_counts(&PerCpuArray::try_from(map)?)
+    }
+
     pub fn set_mode(&mut self, role: Role, mode: Mode) -> anyhow::Result<()> {
         let map = self
             .ebpf
@@ -162,35 +177,42 @@ impl PinnedMaps {
 
     /// Every non-zero counter.
     pub fn counts(&self) -> anyhow::Result<Vec<Count>> {
-        let mut out = Vec::new();
-        for role in Role::ALL {
-            for direction in Direction::ALL {
-                for verdict in Verdict::ALL {
-                    for reason in Reason::ALL {
-                        let index = counters::index(role, direction, verdict, reason);
-                        let per_cpu = self.counters.get(&index, 0)?;
-                        let counter = per_cpu.iter().fold(Counter::default(), |acc, c| Counter {
-                            packets: acc.packets + c.packets,
-                            bytes: acc.bytes + c.bytes,
-                        });
-                        if counter.packets > 0 {
-                            out.push(Count {
-                                role,
-                                direction,
-                                verdict,
-                                reason,
-                                counter,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out)
+        read_counts(&self.counters)
     }
 
     pub fn mode(&self, role: Role) -> anyhow::Result<Mode> {
         let settings = self.settings.get(&(role as u32), 0)?;
         Mode::from_u8(settings.mode).context("unknown mode in the settings map")
     }
+}
+
+/// Every non-zero slot of a counters map, summed over CPUs.
+fn read_counts<T: Borrow<MapData>>(map: &PerCpuArray<T, Counter>) -> anyhow::Result<Vec<Count>> {
+    let mut out = Vec::new();
+    for role in Role::ALL {
+        for direction in Direction::ALL {
+            for verdict in Verdict::ALL {
+                for reason in Reason::ALL {
+                    let index = counters::index(role, direction, verdict, reason);
+                    let counter = map
+                        .get(&index, 0)?
+                        .iter()
+                        .fold(Counter::default(), |acc, c| Counter {
+                            packets: acc.packets + c.packets,
+                            bytes: acc.bytes + c.bytes,
+                        });
+                    if counter.packets > 0 {
+                        out.push(Count {
+                            role,
+                            direction,
+                            verdict,
+                            reason,
+                            counter,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
