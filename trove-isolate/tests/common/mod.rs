@@ -29,9 +29,14 @@ pub fn unique(label: &str) -> String {
     )
 }
 
-/// A loopback port for a daemon's metrics listener, distinct per test in this process.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A loopback port for a daemon's metrics listener, distinct per test in this process (up to 100
+/// per process) and unlikely to collide with another test process.
 pub fn metrics_port() -> u16 {
-    20_000 + (std::process::id() % 2_000) as u16 * 10 + NEXT.fetch_add(1, Ordering::Relaxed) % 10
+    20_000
+        + (std::process::id() % 400) as u16 * 100
+        + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 100
 }
 
 pub fn write_config(text: &str) -> PathBuf {
