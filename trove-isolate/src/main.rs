@@ -86,11 +86,11 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            runtime.block_on(daemon::run(
-                policy,
-                daemon::RunOptions { datapath_log },
-                shutdown_signal(),
-            ))
+            runtime.block_on(async {
+                // Handlers first: a SIGTERM right after the "enforcing" line must stop us cleanly.
+                let shutdown = shutdown_signal()?;
+                daemon::run(policy, daemon::RunOptions { datapath_log }, shutdown).await
+            })
         }
         Command::Check { config } => {
             let policy = Policy::load(&config)?;
@@ -109,18 +109,15 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Installs SIGTERM and SIGINT handlers; the future completes on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        log::error!("cannot install signal handlers; stop with SIGKILL (enforcement stays)");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM"),
-        _ = int.recv() => log::info!("SIGINT"),
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM"),
+            _ = int.recv() => log::info!("SIGINT"),
+        }
+    })
 }
