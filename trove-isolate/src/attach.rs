@@ -16,7 +16,7 @@ use aya::{
     },
     util::KernelVersion,
 };
-use trove_isolate_common::{Direction, Role};
+use trove_isolate_common::{program_name, Direction, Role};
 
 use crate::{
     netns,
@@ -38,7 +38,7 @@ pub enum AttachError {
         what: &'static str,
         program: &'static str,
         device: String,
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("{what} {path}: {source}")]
     Pin {
@@ -70,7 +70,6 @@ pub fn use_tcx(mode: AttachMode) -> bool {
 /// state file says was attached for this (role, direction), if anything.
 pub fn ensure(
     program: &mut SchedClassifier,
-    program_name: &'static str,
     role: Role,
     direction: Direction,
     device: &Device,
@@ -78,6 +77,7 @@ pub fn ensure(
     link_pin: &Path,
     previous: Option<&Attachment>,
 ) -> Result<Attachment, AttachError> {
+    let program_name = program_name(role, direction);
     let same_device =
         previous.is_some_and(|p| p.ifindex == device.ifindex && p.netns == device.netns);
     let hook = netns::run_in(device.netns.as_deref(), || {
@@ -116,7 +116,7 @@ fn program_error(
         what,
         program,
         device,
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -311,7 +311,7 @@ pub fn remove(attachment: &Attachment, link_pin: &Path) -> Result<(), AttachErro
                         what: "detaching",
                         program: "filter",
                         device: attachment.interface.clone(),
-                        source,
+                        source: Box::new(source),
                     }),
                 }
             })?

@@ -13,7 +13,7 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
 };
-use trove_isolate_common::{program_name, Direction, Role};
+use trove_isolate_common::{Direction, Role};
 
 use crate::{
     attach,
@@ -86,7 +86,6 @@ fn apply(
             let before = find(&previous.attachments, *role, direction);
             let attachment = attach::ensure(
                 datapath.program(*role, direction),
-                program_name(*role, direction),
                 *role,
                 direction,
                 device,

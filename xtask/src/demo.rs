@@ -192,6 +192,7 @@ fn start(binary: &Path, config: &Path) -> anyhow::Result<Child> {
             if let Some(mut e) = child.stderr.take() {
                 let _ = e.read_to_string(&mut err);
             }
+            let _ = child.wait();
             bail!("the daemon did not start ({other:?}):\n{err}")
         }
     }

@@ -91,6 +91,7 @@ impl Daemon {
                 if let Some(mut e) = child.stderr.take() {
                     let _ = e.read_to_string(&mut err);
                 }
+                let _ = child.wait();
                 panic!("daemon did not report enforcing (got {other:?}); stderr:\n{err}");
             }
         }
