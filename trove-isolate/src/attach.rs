@@ -33,14 +33,14 @@ const LEGACY_HANDLE: u32 = 0x7001;
 pub enum AttachError {
     #[error(transparent)]
     Netns(#[from] netns::NetnsError),
-    #[error("{what} {program} on {device}: {source}")]
+    #[error("{what} {program} on {device}")]
     Program {
         what: &'static str,
         program: &'static str,
         device: String,
         source: Box<aya::programs::ProgramError>,
     },
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Pin {
         what: &'static str,
         path: String,

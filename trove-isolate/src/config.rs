@@ -1,5 +1,8 @@
 //! The config file as written: raw serde types, nothing validated beyond TOML syntax and key
-//! names. [`crate::policy`] turns this into a validated policy, naming the key of every error.
+//! names (unknown keys are errors, so a typo never silently widens or narrows the policy).
+//! [`crate::policy`] turns this into a validated policy, naming the key of every error; ports are
+//! read as plain integers for that reason, so `70000` gets a message about the key rather than a
+//! type error from the TOML layer.
 
 use std::{
     fmt,
@@ -56,14 +59,14 @@ pub struct ManagementConfig {
     #[serde(default)]
     pub allow: Vec<AllowConfig>,
     pub dhcp: Option<bool>,
-    pub ssh_port: Option<u16>,
+    pub ssh_port: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowConfig {
     pub to: String,
-    pub port: Option<u16>,
+    pub port: Option<i64>,
     pub proto: String,
 }
 
@@ -73,8 +76,9 @@ pub struct BusinessConfig {
     pub interface: Option<String>,
     pub mac: Option<String>,
     pub netns: Option<String>,
+    /// Required and non-empty; checked by the policy so that the error names the key.
     #[serde(default)]
-    pub database_ports: Vec<u16>,
+    pub database_ports: Vec<i64>,
     #[serde(default)]
     pub clients: Vec<String>,
     #[serde(default)]
@@ -104,7 +108,7 @@ impl BusinessConfig {
 /// A config that cannot be used. Always names the file; names the key when one is at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -120,6 +124,14 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// The key at fault, for an invalid value.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
     pub fn invalid(path: &Path, key: impl fmt::Display, message: impl fmt::Display) -> Self {
         ConfigError::Invalid {
             path: path.to_owned(),
@@ -144,5 +156,102 @@ impl Config {
             // toml's message carries the line, the column and the offending key.
             message: e.to_string().trim_end().to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATH: &str = "config.toml";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new(PATH))
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let text = r#"
+mode = "audit"
+attach = "tcx"
+pin_path = "/sys/fs/bpf/x"
+[metrics]
+listen = "127.0.0.1:9477"
+allow_from = ["203.0.113.0/24"]
+[management]
+interface = "ens3"
+rabbitmq = ["192.0.2.10:5672", "[2001:db8:1::10]:5671"]
+registry = ["192.0.2.20:4000"]
+ssh_from = ["203.0.113.0/24"]
+allow = [ { to = "192.0.2.30/32", port = 8080, proto = "tcp" } ]
+dhcp = false
+ssh_port = 2222
+[business]
+mac = "fa:16:3e:00:00:01"
+netns = "/run/netns/db"
+database_ports = [3306]
+clients = []
+peers = ["198.51.100.7/32"]
+"#;
+        let c = parse(text).unwrap_or_else(|e| panic!("example refused: {e}"));
+        assert_eq!(c.mode.as_deref(), Some("audit"));
+        assert_eq!(c.attach.as_deref(), Some("tcx"));
+        let m = c.management.expect("[management] parsed");
+        assert_eq!(m.rabbitmq.len(), 2);
+        assert_eq!(m.allow[0].port, Some(8080));
+        assert_eq!(m.dhcp, Some(false));
+        assert_eq!(m.ssh_port, Some(2222));
+        let b = c.business.expect("[business] parsed");
+        assert_eq!(b.mac.as_deref(), Some("fa:16:3e:00:00:01"));
+        assert_eq!(b.database_ports, vec![3306]);
+    }
+
+    #[test]
+    fn omitted_keys_are_none_or_empty() {
+        let c = parse("[business]\ninterface = \"ens4\"\ndatabase_ports = [5432]\n")
+            .unwrap_or_else(|e| panic!("minimal config refused: {e}"));
+        assert!(c.mode.is_none() && c.attach.is_none() && c.pin_path.is_none());
+        assert!(c.metrics.listen.is_none() && c.metrics.allow_from.is_empty());
+        assert!(c.management.is_none());
+        let b = c.business.expect("[business] parsed");
+        assert!(b.clients.is_empty() && b.peers.is_empty() && b.mac.is_none());
+    }
+
+    #[test]
+    fn unknown_key_is_a_syntax_error_with_position() {
+        let err = parse("[business]\ninterface = \"ens4\"\nclient = []\n")
+            .expect_err("unknown key accepted");
+        let text = err.to_string();
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err:?}");
+        assert!(text.starts_with("config.toml: "), "no file in {text}");
+        assert!(text.contains("client"), "key not named in {text}");
+        assert!(text.contains("line 3"), "no line in {text}");
+    }
+
+    #[test]
+    fn unknown_section_is_refused() {
+        let err = parse("[managment]\ninterface = \"ens3\"\n").expect_err("typo accepted");
+        assert!(err.to_string().contains("managment"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let path = Path::new("/nonexistent/trove-isolate-test/config.toml");
+        let err = Config::load(path).expect_err("missing file loaded");
+        assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(path.to_str().expect("utf-8")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_error_formats_file_key_message() {
+        let err = ConfigError::invalid(Path::new(PATH), "[management] rabbitmq[1]", "bad");
+        assert_eq!(
+            err.to_string(),
+            "config.toml: [management] rabbitmq[1]: bad"
+        );
+        assert_eq!(err.key(), Some("[management] rabbitmq[1]"));
     }
 }

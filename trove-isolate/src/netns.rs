@@ -11,12 +11,12 @@ use nix::sched::{setns, CloneFlags};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("cannot open network namespace {path}: {source}")]
+    #[error("cannot open network namespace {path}")]
     Open {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot enter network namespace {path}: {source}")]
+    #[error("cannot enter network namespace {path}")]
     Enter { path: String, source: nix::Error },
 }
 

@@ -25,11 +25,11 @@ pub struct Device {
 pub enum NicError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    #[error("no interface {spec}: {source}")]
+    #[error("no interface {spec}")]
     NotFound { spec: String, source: nix::Error },
     #[error("no interface with MAC {spec}")]
     NoSuchMac { spec: String },
-    #[error("listing interfaces for {spec}: {source}")]
+    #[error("listing interfaces for {spec}")]
     List { spec: String, source: nix::Error },
 }
 

@@ -52,7 +52,7 @@ impl fmt::Display for NicSelector {
             NicSelector::Name(name) => f.write_str(name),
             NicSelector::Mac(m) => write!(
                 f,
-                "mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
                 m[0], m[1], m[2], m[3], m[4], m[5]
             ),
         }
@@ -64,6 +64,18 @@ impl fmt::Display for NicSelector {
 pub struct NicSpec {
     pub selector: NicSelector,
     pub netns: Option<PathBuf>,
+}
+
+impl NicSpec {
+    /// Whether two specs can only mean one device: the same name in the same namespace, or the
+    /// same MAC anywhere (a MAC names the device whichever namespace it sits in).
+    pub fn same_nic(&self, other: &NicSpec) -> bool {
+        match (&self.selector, &other.selector) {
+            (NicSelector::Mac(a), NicSelector::Mac(b)) => a == b,
+            (NicSelector::Name(a), NicSelector::Name(b)) => a == b && self.netns == other.netns,
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for NicSpec {
@@ -215,57 +227,70 @@ impl Ctx<'_> {
         ConfigError::invalid(self.path, key, message)
     }
 
-    fn cidr(&self, key: &str, i: usize, text: &str) -> Result<IpNetwork, ConfigError> {
-        text.parse::<IpNetwork>().map_err(|e| {
-            self.err(
-                format!("{key}[{i}]"),
-                format!("{text:?} is not a CIDR: {e}"),
-            )
-        })
+    /// A CIDR (a bare address is a host prefix); host bits are cleared, not refused.
+    fn cidr(&self, key: &str, text: &str) -> Result<IpNetwork, ConfigError> {
+        text.parse::<IpNetwork>()
+            .map(normalise)
+            .map_err(|e| self.err(key, format!("{text:?} is not a CIDR: {e}")))
     }
 
     fn cidrs(&self, key: &str, list: &[String]) -> Result<Vec<IpNetwork>, ConfigError> {
         list.iter()
             .enumerate()
-            .map(|(i, t)| self.cidr(key, i, t))
+            .map(|(i, t)| self.cidr(&format!("{key}[{i}]"), t))
             .collect()
     }
 
-    /// `IP:port` or `[IPv6]:port`; names are not resolved (yet): say so.
-    fn endpoint(&self, key: &str, i: usize, text: &str) -> Result<SocketAddr, ConfigError> {
-        let at = || format!("{key}[{i}]");
+    /// `IP:port` or `[IPv6]:port`. Names are not resolved (yet): say so rather than "bad address".
+    fn endpoint(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+        const EXPECTED: &str = "(expected IP:port or [IPv6]:port)";
         if let Ok(sa) = text.parse::<SocketAddr>() {
-            if sa.port() == 0 {
-                return Err(self.err(at(), format!("{text:?}: port 0 is not a port")));
-            }
+            self.port(key, Some(i64::from(sa.port())))?;
             return Ok(sa);
         }
-        if text.parse::<IpAddr>().is_ok()
-            || text
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<Ipv6Addr>()
-                .is_ok()
-        {
+        let bare = text
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .unwrap_or(text);
+        if bare.parse::<IpAddr>().is_ok() {
+            return Err(self.err(key, format!("{text:?} has no port {EXPECTED}")));
+        }
+        // A colon inside the host part means an IPv6 address that needed brackets or was mistyped.
+        let (host, port) = match text.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') || host.starts_with('[') => {
+                (host, Some(port))
+            }
+            _ => (text, None),
+        };
+        let host_is_ip = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .parse::<IpAddr>()
+            .is_ok();
+        if host_is_ip {
+            let port = port.unwrap_or_default();
+            return Err(self.err(key, format!("{text:?}: {port:?} is not a port (1..=65535)")));
+        }
+        if is_host_name(host) {
             return Err(self.err(
-                at(),
-                format!("{text:?} has no port (expected IP:port or [IPv6]:port)"),
+                key,
+                format!(
+                    "{text:?}: {host:?} is a host name; an IP address is needed \
+                     (name resolution is not supported yet)"
+                ),
             ));
         }
-        match text.rsplit_once(':') {
-            Some((host, port)) if port.parse::<u16>().is_ok() && !host.is_empty() => Err(self.err(
-                at(),
-                format!("{text:?}: {host:?} is a host name; give an IP address (names are not resolved yet)"),
-            )),
-            _ => Err(self.err(at(), format!("{text:?} is not an endpoint (expected IP:port or [IPv6]:port)"))),
-        }
+        Err(self.err(key, format!("{text:?} is not an endpoint {EXPECTED}")))
     }
 
-    fn port(&self, key: impl fmt::Display, port: Option<u16>) -> Result<u16, ConfigError> {
+    fn port(&self, key: impl fmt::Display, port: Option<i64>) -> Result<u16, ConfigError> {
         match port {
-            Some(0) => Err(self.err(key, "port 0 is not a port (1..=65535)")),
-            Some(p) => Ok(p),
             None => Err(self.err(key, "a port is required")),
+            Some(p) => match u16::try_from(p) {
+                Ok(p) if p != 0 => Ok(p),
+                _ => Err(self.err(key, format!("{p} is not a port (1..=65535)"))),
+            },
         }
     }
 
@@ -302,6 +327,16 @@ impl Ctx<'_> {
         };
         Ok(NicSpec { selector, netns })
     }
+}
+
+/// Something that could be a DNS name, as opposed to a garbled address.
+fn is_host_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 253
+        && text.chars().any(|c| c.is_ascii_alphabetic())
+        && text
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
 }
 
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -394,27 +429,13 @@ impl Policy {
             };
             for (key, list) in [("rabbitmq", &mgmt.rabbitmq), ("registry", &mgmt.registry)] {
                 for (i, text) in list.iter().enumerate() {
-                    let ep = c.endpoint(key, i, text)?;
+                    let ep = c.endpoint(&format!("{key}[{i}]"), text)?;
                     let host = IpNetwork::from(ep.ip());
                     set.tcp(Direction::Egress, ep.port(), host, format!("{key} {ep}"));
                 }
             }
             for (i, allow) in mgmt.allow.iter().enumerate() {
-                let to = c
-                    .cidr(&format!("allow[{i}].to"), 0, &allow.to)
-                    .map_err(|_| {
-                        c.err(
-                            format!("allow[{i}].to"),
-                            format!("{:?} is not a CIDR", allow.to),
-                        )
-                    })?;
-                let origin = format!(
-                    "allow {} {} {}",
-                    allow.proto,
-                    allow.to,
-                    allow.port.map(|p| p.to_string()).unwrap_or_default()
-                );
-                let origin = origin.trim_end().to_owned();
+                let to = c.cidr(&format!("allow[{i}].to"), &allow.to)?;
                 match allow.proto.as_str() {
                     "tcp" | "udp" => {
                         let port = c.port(format!("allow[{i}].port"), allow.port)?;
@@ -423,6 +444,7 @@ impl Policy {
                         } else {
                             proto::UDP
                         };
+                        let origin = format!("allow {} {to} port {port}", allow.proto);
                         set.add(Direction::Egress, p, port, to, origin);
                     }
                     "icmp" => {
@@ -432,7 +454,13 @@ impl Policy {
                                 "icmp has no ports; remove port",
                             ));
                         }
-                        set.add(Direction::Egress, icmp_for(&to), 0, to, origin);
+                        set.add(
+                            Direction::Egress,
+                            icmp_for(&to),
+                            0,
+                            to,
+                            format!("allow icmp {to}"),
+                        );
                     }
                     other => {
                         return Err(c.err(
@@ -483,12 +511,12 @@ impl Policy {
             if biz.database_ports.is_empty() {
                 return Err(c.err("database_ports", "at least one database port is required"));
             }
-            if let Some(i) = biz.database_ports.iter().position(|p| *p == 0) {
-                return Err(c.err(
-                    format!("database_ports[{i}]"),
-                    "port 0 is not a port (1..=65535)",
-                ));
-            }
+            let ports = biz
+                .database_ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| c.port(format!("database_ports[{i}]"), Some(*p)))
+                .collect::<Result<Vec<u16>, _>>()?;
             let mut clients = c.cidrs("clients", &biz.clients)?;
             let any_client = clients.is_empty();
             if any_client {
@@ -501,7 +529,7 @@ impl Policy {
                 seen: HashSet::new(),
                 rules: vec![],
             };
-            for port in &biz.database_ports {
+            for port in &ports {
                 for net in &clients {
                     let origin = if any_client {
                         "clients (any)".to_owned()
@@ -516,6 +544,13 @@ impl Policy {
             }
             nics.push(set.finish(nic));
         }
+        if config.management.is_none() && !metrics.allow_from.is_empty() {
+            return Err(ConfigError::invalid(
+                path,
+                "[metrics] allow_from",
+                "opens the metrics port on the management NIC, but there is no [management] section",
+            ));
+        }
         if nics.is_empty() {
             return Err(top.err(
                 "[management]/[business]",
@@ -523,7 +558,7 @@ impl Policy {
             ));
         }
         if let [a, b] = &nics[..] {
-            if a.nic == b.nic {
+            if a.nic.same_nic(&b.nic) {
                 return Err(ConfigError::invalid(
                     path,
                     "[business] interface/mac",
@@ -568,7 +603,18 @@ impl fmt::Display for Policy {
         writeln!(f, "mode      {}", self.mode.name())?;
         writeln!(f, "attach    {}", self.attach.name())?;
         writeln!(f, "pin_path  {}", self.pin_path.display())?;
-        writeln!(f, "metrics   http://{}/metrics", self.metrics.listen)?;
+        write!(f, "metrics   http://{}/metrics", self.metrics.listen)?;
+        if self.metrics.allow_from.is_empty() {
+            writeln!(f)?;
+        } else {
+            let from: Vec<String> = self
+                .metrics
+                .allow_from
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            writeln!(f, " (scrapers from {})", from.join(", "))?;
+        }
         for role in Role::ALL {
             let Some(nic) = self.nic(role) else {
                 writeln!(f, "\n{}: not configured, not protected", role.name())?;
@@ -602,5 +648,506 @@ impl fmt::Display for Policy {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use trove_isolate_common::policy::FIXED_PREFIX_BITS;
+
+    use super::*;
+
+    const PATH: &str = "config.toml";
+
+    const EXAMPLE: &str = r#"
+mode = "enforce"
+attach = "auto"
+pin_path = "/sys/fs/bpf/trove-isolate"
+[metrics]
+listen = "127.0.0.1:9477"
+allow_from = []
+[management]
+interface = "ens3"
+rabbitmq = ["192.0.2.10:5672", "[2001:db8:1::10]:5671"]
+registry = ["192.0.2.20:4000"]
+ssh_from = ["203.0.113.0/24"]
+allow = [ { to = "192.0.2.30/32", port = 8080, proto = "tcp" } ]
+dhcp = true
+ssh_port = 22
+[business]
+interface = "ens4"
+database_ports = [3306]
+clients = []
+peers = ["198.51.100.7/32"]
+"#;
+
+    fn compile(text: &str) -> Result<Policy, ConfigError> {
+        let path = Path::new(PATH);
+        Policy::from_config(&Config::parse(text, path)?, path)
+    }
+
+    fn ok(text: &str) -> Policy {
+        compile(text).unwrap_or_else(|e| panic!("config refused: {e}\n{text}"))
+    }
+
+    /// The error for `text`, checked to name the file and `key`.
+    fn refused(text: &str, key: &str) -> String {
+        let err = match compile(text) {
+            Ok(p) => panic!("config accepted, wanted an error about {key}:\n{text}\n{p}"),
+            Err(e) => e,
+        };
+        let msg = err.to_string();
+        assert!(msg.starts_with("config.toml: "), "file not named: {msg}");
+        assert!(msg.contains(key), "key {key} not named: {msg}");
+        msg
+    }
+
+    fn business(extra: &str) -> String {
+        format!("[business]\ninterface = \"ens4\"\ndatabase_ports = [3306]\n{extra}\n")
+    }
+
+    fn management(extra: &str) -> String {
+        format!("[management]\ninterface = \"ens3\"\ndhcp = false\n{extra}\n")
+    }
+
+    fn find<'a>(p: &'a Policy, role: Role, origin: &str) -> &'a Rule {
+        let nic = p
+            .nic(role)
+            .unwrap_or_else(|| panic!("no {} NIC", role.name()));
+        nic.rules
+            .iter()
+            .find(|r| r.origin == origin)
+            .unwrap_or_else(|| panic!("no rule {origin:?} in {:#?}", nic.rules))
+    }
+
+    fn summary(p: &Policy) -> Vec<(Role, Direction, u8, u16, String)> {
+        p.nics
+            .iter()
+            .flat_map(|n| {
+                n.rules
+                    .iter()
+                    .map(move |r| (n.role, r.direction, r.proto, r.port, r.remote.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn example_compiles_to_the_expected_rules() {
+        use Direction::{Egress as E, Ingress as I};
+        use Role::{Business as B, Management as M};
+        let p = ok(EXAMPLE);
+        let s = |x: &str| x.to_owned();
+        let want = vec![
+            (M, E, proto::TCP, 5672, s("192.0.2.10/32")),
+            (M, E, proto::TCP, 5671, s("2001:db8:1::10/128")),
+            (M, E, proto::TCP, 4000, s("192.0.2.20/32")),
+            (M, E, proto::TCP, 8080, s("192.0.2.30/32")),
+            (M, I, proto::TCP, 22, s("203.0.113.0/24")),
+            (M, E, proto::UDP, 67, s("0.0.0.0/0")),
+            (M, I, proto::UDP, 68, s("0.0.0.0/0")),
+            (M, E, proto::UDP, 547, s("::/0")),
+            (M, I, proto::UDP, 546, s("::/0")),
+            (B, I, proto::TCP, 3306, s("0.0.0.0/0")),
+            (B, I, proto::TCP, 3306, s("::/0")),
+            (B, E, proto::TCP, 3306, s("198.51.100.7/32")),
+        ];
+        assert_eq!(summary(&p), want);
+
+        let entries = p.entries();
+        let ids: Vec<u32> = entries.iter().map(|(_, v)| v.rule_id).collect();
+        assert_eq!(ids, (1..=12).collect::<Vec<u32>>(), "ids not 1.. in order");
+        assert_eq!(p.nics[0].role, Role::Management, "management not first");
+        assert_eq!(
+            p.nic(Role::Business).map(|n| n.nic.to_string()).as_deref(),
+            Some("ens4")
+        );
+    }
+
+    #[test]
+    fn keys_have_the_map_layout() {
+        let p = ok(EXAMPLE);
+
+        let rabbit4 = find(&p, Role::Management, "rabbitmq 192.0.2.10:5672");
+        let k = rabbit4.key(Role::Management);
+        let d = k.data();
+        assert_eq!(k.prefix_len(), FIXED_PREFIX_BITS + 32);
+        assert_eq!(k.prefix_len(), 80);
+        assert_eq!(d.role, Role::Management as u8);
+        assert_eq!(d.direction, Direction::Egress as u8);
+        assert_eq!((d.proto, d.family), (proto::TCP, family::V4));
+        assert_eq!(d.port, [0x16, 0x28], "5672 in network byte order");
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[192, 0, 2, 10]);
+        assert_eq!(d.addr, addr);
+        assert_eq!(
+            rabbit4.value(),
+            PolicyValue {
+                rule_id: rabbit4.id
+            }
+        );
+
+        let rabbit6 = find(&p, Role::Management, "rabbitmq [2001:db8:1::10]:5671");
+        let k = rabbit6.key(Role::Management);
+        let d = k.data();
+        assert_eq!(k.prefix_len(), FIXED_PREFIX_BITS + 128);
+        assert_eq!(d.family, family::V6);
+        assert_eq!(d.port, 5671u16.to_be_bytes());
+        assert_eq!(
+            d.addr,
+            [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]
+        );
+
+        let ssh = find(&p, Role::Management, "ssh_from 203.0.113.0/24");
+        let k = ssh.key(Role::Management);
+        let d = k.data();
+        assert_eq!(k.prefix_len(), FIXED_PREFIX_BITS + 24);
+        assert_eq!(d.direction, Direction::Ingress as u8);
+        assert_eq!(d.port, [0, 22]);
+        assert_eq!(d.addr[..4], [203, 0, 113, 0]);
+
+        let any = find(&p, Role::Business, "clients (any)");
+        let k = any.key(Role::Business);
+        let d = k.data();
+        assert_eq!(k.prefix_len(), FIXED_PREFIX_BITS);
+        assert_eq!(d.role, Role::Business as u8);
+        assert_eq!(d.direction, Direction::Ingress as u8);
+        assert_eq!(d.port, 3306u16.to_be_bytes());
+        assert_eq!(d.addr, [0u8; 16]);
+    }
+
+    #[test]
+    fn defaults() {
+        let p = ok(&format!(
+            "[management]\ninterface = \"ens3\"\n{}",
+            business("")
+        ));
+        assert_eq!(p.mode, Mode::Enforce);
+        assert_eq!(p.attach, AttachMode::Auto);
+        assert_eq!(p.pin_path, Path::new(DEFAULT_PIN_PATH));
+        assert_eq!(
+            p.metrics.listen,
+            "127.0.0.1:9477".parse::<SocketAddr>().expect("addr")
+        );
+        assert!(p.metrics.allow_from.is_empty());
+        let mgmt = p.nic(Role::Management).expect("management NIC");
+        let dhcp: Vec<_> = mgmt
+            .rules
+            .iter()
+            .filter(|r| r.origin.starts_with("dhcp"))
+            .collect();
+        assert_eq!(dhcp.len(), 4, "dhcp not on by default: {:#?}", mgmt.rules);
+        assert!(mgmt.nic.netns.is_none());
+    }
+
+    #[test]
+    fn mode_attach_and_ssh_port_are_read() {
+        let p = ok(&format!(
+            "mode = \"audit\"\nattach = \"legacy\"\n{}",
+            management("ssh_port = 2222\nssh_from = [\"203.0.113.5/32\"]")
+        ));
+        assert_eq!((p.mode, p.attach), (Mode::Audit, AttachMode::Legacy));
+        assert_eq!(
+            find(&p, Role::Management, "ssh_from 203.0.113.5/32").port,
+            2222
+        );
+        assert!(p.nic(Role::Business).is_none());
+        refused(&format!("mode = \"block\"\n{}", business("")), "mode");
+        refused(&format!("attach = \"xdp\"\n{}", business("")), "attach");
+        refused(
+            &format!("pin_path = \"bpf/x\"\n{}", business("")),
+            "pin_path",
+        );
+    }
+
+    #[test]
+    fn metrics_allow_from_opens_the_metrics_port_on_management() {
+        let p = ok(&format!(
+            "[metrics]\nlisten = \"0.0.0.0:9100\"\nallow_from = [\"192.0.2.0/28\"]\n{}",
+            management("")
+        ));
+        let r = find(&p, Role::Management, "metrics allow_from 192.0.2.0/28");
+        assert_eq!(
+            (r.direction, r.proto, r.port),
+            (Direction::Ingress, proto::TCP, 9100)
+        );
+        refused(
+            &format!("[metrics]\nlisten = \"localhost\"\n{}", management("")),
+            "[metrics] listen",
+        );
+    }
+
+    #[test]
+    fn interface_and_mac_are_exclusive() {
+        let msg = refused(
+            "[management]\ninterface = \"ens3\"\nmac = \"fa:16:3e:00:00:01\"\n",
+            "[management] interface/mac",
+        );
+        assert!(msg.contains("not both"), "{msg}");
+        let msg = refused(
+            "[business]\ndatabase_ports = [3306]\n",
+            "[business] interface/mac",
+        );
+        assert!(msg.contains("required"), "{msg}");
+    }
+
+    #[test]
+    fn mac_selects_the_nic() {
+        let p = ok("[business]\nmac = \"FA:16:3e:00:00:0a\"\nnetns = \"/run/netns/db\"\ndatabase_ports = [3306]\n");
+        let nic = &p.nic(Role::Business).expect("business NIC").nic;
+        assert_eq!(
+            nic.selector,
+            NicSelector::Mac([0xfa, 0x16, 0x3e, 0, 0, 0x0a])
+        );
+        assert_eq!(nic.to_string(), "fa:16:3e:00:00:0a in /run/netns/db");
+    }
+
+    #[test]
+    fn bad_mac_and_netns_are_refused() {
+        for mac in [
+            "fa:16:3e:00:00",
+            "fa:16:3e:00:00:01:02",
+            "fa-16-3e-00-00-01",
+            "zz:16:3e:00:00:01",
+        ] {
+            let msg = refused(
+                &format!("[management]\nmac = \"{mac}\"\n"),
+                "[management] mac",
+            );
+            assert!(msg.contains(mac), "{msg}");
+        }
+        refused(
+            "[management]\ninterface = \"ens3\"\nnetns = \"run/netns/x\"\n",
+            "[management] netns",
+        );
+    }
+
+    #[test]
+    fn hostname_endpoint_is_refused_asking_for_an_ip() {
+        let msg = refused(
+            &management("rabbitmq = [\"192.0.2.10:5672\", \"rabbit.example:5672\"]"),
+            "[management] rabbitmq[1]",
+        );
+        assert!(msg.contains("IP address is needed"), "{msg}");
+        let msg = refused(
+            &management("registry = [\"registry\"]"),
+            "[management] registry[0]",
+        );
+        assert!(msg.contains("IP address is needed"), "{msg}");
+    }
+
+    #[test]
+    fn endpoint_without_port_is_refused() {
+        let err = compile(&management(
+            "rabbitmq = [\"192.0.2.11:5672\", \"192.0.2.10\"]",
+        ))
+        .expect_err("endpoint without port accepted");
+        assert_eq!(
+            err.to_string(),
+            "config.toml: [management] rabbitmq[1]: \"192.0.2.10\" has no port \
+             (expected IP:port or [IPv6]:port)"
+        );
+        refused(&management("rabbitmq = [\"2001:db8::10\"]"), "rabbitmq[0]");
+        refused(
+            &management("rabbitmq = [\"[2001:db8::10]\"]"),
+            "rabbitmq[0]",
+        );
+        let msg = refused(&management("registry = [\"192.0.2.20:0\"]"), "registry[0]");
+        assert!(msg.contains("1..=65535"), "{msg}");
+        refused(
+            &management("registry = [\"192.0.2.20:70000\"]"),
+            "registry[0]",
+        );
+    }
+
+    #[test]
+    fn bad_cidr_is_refused() {
+        let msg = refused(
+            &business("peers = [\"198.51.100.300/32\"]"),
+            "[business] peers[0]",
+        );
+        assert!(msg.contains("198.51.100.300/32"), "{msg}");
+        refused(
+            &business("clients = [\"198.51.100.0/33\"]"),
+            "[business] clients[0]",
+        );
+        refused(
+            &management("ssh_from = [\"nonsense\"]"),
+            "[management] ssh_from[0]",
+        );
+        refused(
+            &format!(
+                "[metrics]\nallow_from = [\"2001:db8::/129\"]\n{}",
+                business("")
+            ),
+            "[metrics] allow_from[0]",
+        );
+    }
+
+    #[test]
+    fn host_bits_are_cleared() {
+        let p = ok(&business(
+            "peers = [\"198.51.100.7/24\"]\nclients = [\"2001:db8::1/32\"]",
+        ));
+        let remotes: Vec<String> = p.nics[0]
+            .rules
+            .iter()
+            .map(|r| r.remote.to_string())
+            .collect();
+        assert_eq!(remotes, ["2001:db8::/32", "198.51.100.0/24"]);
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let msg = refused(&business("client = []"), "client");
+        assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn database_ports_must_be_valid_and_present() {
+        refused(
+            "[business]\ninterface = \"ens4\"\ndatabase_ports = []\n",
+            "[business] database_ports",
+        );
+        refused(
+            "[business]\ninterface = \"ens4\"\n",
+            "[business] database_ports",
+        );
+        refused(
+            "[business]\ninterface = \"ens4\"\ndatabase_ports = [3306, 65536]\n",
+            "[business] database_ports[1]",
+        );
+        refused(
+            "[business]\ninterface = \"ens4\"\ndatabase_ports = [-1]\n",
+            "[business] database_ports[0]",
+        );
+    }
+
+    #[test]
+    fn a_section_is_required() {
+        refused("mode = \"enforce\"\n", "[management]/[business]");
+    }
+
+    #[test]
+    fn sections_must_name_different_nics() {
+        refused(
+            "[management]\ninterface = \"eth0\"\n[business]\ninterface = \"eth0\"\ndatabase_ports = [3306]\n",
+            "[business] interface/mac",
+        );
+        refused(
+            "[management]\nmac = \"fa:16:3e:00:00:01\"\n[business]\nmac = \"fa:16:3e:00:00:01\"\nnetns = \"/run/netns/db\"\ndatabase_ports = [3306]\n",
+            "[business] interface/mac",
+        );
+        // The same name in two namespaces is two devices.
+        ok("[management]\ninterface = \"eth0\"\n[business]\ninterface = \"eth0\"\nnetns = \"/run/netns/db\"\ndatabase_ports = [3306]\n");
+    }
+
+    #[test]
+    fn allow_entries() {
+        let p = ok(&management(
+            "allow = [\n\
+             { to = \"192.0.2.40/32\", proto = \"icmp\" },\n\
+             { to = \"2001:db8::/48\", proto = \"icmp\" },\n\
+             { to = \"198.51.100.0/24\", port = 53, proto = \"udp\" },\n\
+             ]",
+        ));
+        let got: Vec<_> = summary(&p)
+            .into_iter()
+            .map(|(_, d, pr, po, r)| (d, pr, po, r))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    Direction::Egress,
+                    proto::ICMP,
+                    0,
+                    "192.0.2.40/32".to_owned()
+                ),
+                (
+                    Direction::Egress,
+                    proto::ICMPV6,
+                    0,
+                    "2001:db8::/48".to_owned()
+                ),
+                (
+                    Direction::Egress,
+                    proto::UDP,
+                    53,
+                    "198.51.100.0/24".to_owned()
+                ),
+            ]
+        );
+        let msg = refused(
+            &management("allow = [ { to = \"192.0.2.40/32\", port = 7, proto = \"icmp\" } ]"),
+            "[management] allow[0].port",
+        );
+        assert!(msg.contains("icmp"), "{msg}");
+        refused(
+            &management("allow = [ { to = \"192.0.2.40/32\", proto = \"tcp\" } ]"),
+            "[management] allow[0].port",
+        );
+        refused(
+            &management("allow = [ { to = \"192.0.2.40/32\", port = 1, proto = \"sctp\" } ]"),
+            "[management] allow[0].proto",
+        );
+        refused(
+            &management("allow = [ { to = \"192.0.2.400\", port = 1, proto = \"tcp\" } ]"),
+            "[management] allow[0].to",
+        );
+    }
+
+    #[test]
+    fn duplicates_keep_the_first_origin() {
+        let p = ok(&management(
+            "registry = [\"192.0.2.20:4000\"]\n\
+             allow = [ { to = \"192.0.2.20/32\", port = 4000, proto = \"tcp\" } ]",
+        ));
+        let rules = &p.nics[0].rules;
+        assert_eq!(rules.len(), 1, "{rules:#?}");
+        assert_eq!(rules[0].origin, "registry 192.0.2.20:4000");
+        assert_eq!(rules[0].id, 1);
+    }
+
+    #[test]
+    fn same_cidr_on_both_nics_differs_only_in_role() {
+        let p = ok(&format!(
+            "{}{}",
+            management("allow = [ { to = \"198.51.100.0/24\", port = 3306, proto = \"tcp\" } ]"),
+            business("peers = [\"198.51.100.0/24\"]")
+        ));
+        let m = find(&p, Role::Management, "allow tcp 198.51.100.0/24 port 3306");
+        let b = find(&p, Role::Business, "peers 198.51.100.0/24");
+        let (km, kb) = (m.key(Role::Management), b.key(Role::Business));
+        assert_eq!(km.prefix_len(), kb.prefix_len());
+        let (dm, db) = (km.data(), kb.data());
+        assert_ne!(dm.role, db.role);
+        assert_eq!(
+            PolicyKey {
+                role: db.role,
+                ..dm
+            },
+            db
+        );
+        assert_ne!(m.id, b.id, "rule ids collide across roles");
+    }
+
+    #[test]
+    fn display_lists_every_rule() {
+        let p = ok(EXAMPLE);
+        let text = p.to_string();
+        for want in [
+            "mode      enforce",
+            "attach    auto",
+            "/sys/fs/bpf/trove-isolate",
+            "127.0.0.1:9477",
+            "management NIC ens3",
+            "business NIC ens4",
+            "rabbitmq 192.0.2.10:5672",
+            "peers 198.51.100.7/32",
+        ] {
+            assert!(text.contains(want), "check output lacks {want:?}:\n{text}");
+        }
+        let rule_lines = text.lines().filter(|l| l.starts_with("  #")).count();
+        assert_eq!(rule_lines, 12, "{text}");
     }
 }
