@@ -44,6 +44,8 @@ pub struct NicConfig {
     pub netns: Option<String>,
 }
 
+// The NIC keys repeat in each section rather than `#[serde(flatten)]` a `NicConfig`: serde
+// cannot combine `flatten` with `deny_unknown_fields`, and a misspelt key must be an error.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManagementConfig {
