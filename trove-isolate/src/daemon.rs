@@ -97,6 +97,11 @@ fn apply(
         }
     }
     retire(pins, &previous.attachments, attachments)?;
+    for stale in pins.stale_maps() {
+        log::info!("removing map pin of an older layout: {}", stale.display());
+        std::fs::remove_file(&stale)
+            .with_context(|| format!("removing stale map pin {}", stale.display()))?;
+    }
     Ok(datapath)
 }
 
@@ -108,32 +113,40 @@ fn find(attachments: &[Attachment], role: Role, direction: Direction) -> Option<
 
 /// Detaches old attachments the new ones did not take over in place.
 fn retire(pins: &Pins, old: &[Attachment], new: &[Attachment]) -> anyhow::Result<()> {
-    for before in old {
-        let (Some(role), Some(direction)) =
-            (role_named(&before.role), direction_named(&before.direction))
-        else {
-            continue;
-        };
-        let replaced_in_place = match find(new, role, direction) {
-            // A TCX pin was updated or renamed over: the old link is already gone.
-            Some(now) if before.hook == Hook::Tcx => now.hook == Hook::Tcx,
-            Some(now) => {
-                now.hook == before.hook
-                    && now.ifindex == before.ifindex
-                    && now.netns == before.netns
-            }
-            None => false,
-        };
-        if !replaced_in_place {
-            attach::remove(before, &pins.link(role, direction)).with_context(|| {
-                format!(
-                    "detaching the old {} {} program",
-                    before.role, before.direction
-                )
-            })?;
-        }
+    for (before, role, direction) in superseded(old, new) {
+        attach::remove(before, &pins.link(role, direction)).with_context(|| {
+            format!(
+                "detaching the old {} {} program",
+                before.role, before.direction
+            )
+        })?;
     }
     Ok(())
+}
+
+/// The old attachments still to remove once `new` holds: those whose (role, direction) is gone,
+/// moved to another device or namespace, or changed hook kind. A TCX link needs no removal when
+/// the new one is TCX too: its pin was updated in place or renamed over, which released it.
+fn superseded<'a>(
+    old: &'a [Attachment],
+    new: &[Attachment],
+) -> Vec<(&'a Attachment, Role, Direction)> {
+    old.iter()
+        .filter_map(|before| {
+            let role = role_named(&before.role)?;
+            let direction = direction_named(&before.direction)?;
+            let replaced_in_place = match find(new, role, direction) {
+                Some(now) if before.hook == Hook::Tcx => now.hook == Hook::Tcx,
+                Some(now) => {
+                    now.hook == before.hook
+                        && now.ifindex == before.ifindex
+                        && now.netns == before.netns
+                }
+                None => false,
+            };
+            (!replaced_in_place).then_some((before, role, direction))
+        })
+        .collect()
 }
 
 pub fn role_named(name: &str) -> Option<Role> {
@@ -301,4 +314,73 @@ async fn respond(mut stream: TcpStream, scrape: &Scrape) -> anyhow::Result<()> {
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(
+        role: &str,
+        direction: &str,
+        ifindex: u32,
+        netns: Option<&str>,
+        hook: Hook,
+    ) -> Attachment {
+        Attachment {
+            role: role.into(),
+            direction: direction.into(),
+            interface: "eth0".into(),
+            ifindex,
+            netns: netns.map(Into::into),
+            hook,
+        }
+    }
+
+    const LEGACY: Hook = Hook::Legacy {
+        priority: 1,
+        handle: 1,
+    };
+
+    fn names(v: Vec<(&Attachment, Role, Direction)>) -> Vec<String> {
+        v.into_iter()
+            .map(|(a, _, _)| format!("{} {} {}", a.role, a.direction, a.hook.name()))
+            .collect()
+    }
+
+    #[test]
+    fn restart_on_the_same_devices_removes_nothing() {
+        let old = [
+            at("management", "ingress", 2, None, Hook::Tcx),
+            at("business", "egress", 7, Some("/run/netns/db"), LEGACY),
+        ];
+        assert!(superseded(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn a_moved_nic_a_changed_hook_or_a_dropped_role_is_removed() {
+        let old = [
+            at("management", "ingress", 2, None, Hook::Tcx),
+            at("management", "egress", 2, None, Hook::Tcx),
+            at("business", "ingress", 7, Some("/run/netns/db"), LEGACY),
+            at("business", "egress", 7, Some("/run/netns/db"), LEGACY),
+        ];
+        let new = [
+            // TCX to TCX, even on another device: the pin was renamed over.
+            at("management", "ingress", 3, None, Hook::Tcx),
+            // TCX to legacy: the old link must go.
+            at("management", "egress", 2, None, LEGACY),
+            // Legacy, NIC moved to a new container namespace: the old filter must go.
+            at("business", "ingress", 4, Some("/run/netns/db2"), LEGACY),
+            // business egress: no longer configured.
+        ];
+        assert_eq!(
+            names(superseded(&old, &new)),
+            [
+                "management egress tcx",
+                "business ingress legacy",
+                "business egress legacy"
+            ]
+        );
+    }
 }

@@ -32,6 +32,29 @@ impl Pins {
             .join(format!("{}_v{LAYOUT_VERSION}", name.to_ascii_lowercase()))
     }
 
+    /// Map pins under the root left by another layout version: an upgrade removes them once the
+    /// current layout is in force (a new layout starts from fresh maps; nothing reads the old).
+    pub fn stale_maps(&self) -> Vec<PathBuf> {
+        let current: Vec<PathBuf> = trove_isolate_common::maps::ALL
+            .iter()
+            .map(|name| self.map(name))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let versioned = name
+                    .rsplit_once("_v")
+                    .is_some_and(|(_, v)| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+                versioned && p.is_file() && !current.contains(p)
+            })
+            .collect()
+    }
+
     pub fn links_dir(&self) -> PathBuf {
         self.root.join("links")
     }
@@ -58,6 +81,24 @@ impl Pins {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_maps_are_other_layout_versions_only() {
+        let dir = std::env::temp_dir().join(format!("ti-pins-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("links")).expect("temp dir");
+        let pins = Pins::new(&dir);
+        let old = dir.join(format!("policy_v{}", LAYOUT_VERSION + 1));
+        for file in [
+            pins.map("POLICY"),
+            pins.map("COUNTERS"),
+            old.clone(),
+            dir.join("notes_vx"),
+        ] {
+            std::fs::write(&file, b"").expect("temp file");
+        }
+        assert_eq!(pins.stale_maps(), vec![old]);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 
     #[test]
     fn names_carry_the_layout_version() {
