@@ -5,7 +5,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::{
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use common::{cli, metric, metrics_port, unique, write_config, Daemon, PROBE};
 use trove_isolate_testbed::{
@@ -170,8 +177,16 @@ fn enforcement_outlives_the_daemon_until_detach() {
         assert!(text.contains(want), "status lacks {want}:\n{text}");
     }
 
-    // Restart adopts the pinned state; then an orderly stop keeps it.
+    // Restart adopts the pinned state with no open instant: datagrams to a blocked destination,
+    // sent the whole time a daemon starts, are never answered.
+    let watch = BlockedWatch::start(&s.guest, "192.0.2.10:5672");
     let mut daemon = start(&s, "enforce", "auto");
+    let (sent, answered) = watch.finish();
+    assert!(sent >= 5, "only {sent} datagrams sent across the restart");
+    assert_eq!(
+        answered, 0,
+        "{answered} of {sent} blocked datagrams answered across the restart"
+    );
     assert_probes(&s.guest, &probes, "after restart", |p| p.allowed);
     daemon.stop();
     assert_probes(&s.guest, &probes, "after SIGTERM", |p| p.allowed);
@@ -184,6 +199,49 @@ fn enforcement_outlives_the_daemon_until_detach() {
         "pins left under {}",
         s.pin_path
     );
+}
+
+/// Sends datagrams from the guest to a destination the policy blocks (a UDP echo server is
+/// there) until finished, counting answers. Bounded: about 1 ms per datagram, at most 15 000.
+struct BlockedWatch {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(u32, u32)>,
+}
+
+impl BlockedWatch {
+    fn start(guest: &Guest, to: &str) -> BlockedWatch {
+        let to: SocketAddr = to.parse().expect("watch target");
+        // A socket made inside the guest's namespace stays there whichever thread uses it.
+        let socket = guest
+            .host
+            .run(|| UdpSocket::bind("0.0.0.0:0").expect("udp socket in the guest"));
+        socket
+            .set_read_timeout(Some(Duration::from_millis(2)))
+            .expect("timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut sent, mut answered) = (0, 0);
+            let mut buf = [0u8; 64];
+            while !flag.load(Ordering::Relaxed) && sent < 15_000 {
+                if socket.send_to(b"blocked?", to).is_ok() {
+                    sent += 1;
+                }
+                if socket.recv_from(&mut buf).is_ok() {
+                    answered += 1;
+                }
+            }
+            (sent, answered)
+        });
+        BlockedWatch { stop, thread }
+    }
+
+    fn finish(self) -> (u32, u32) {
+        // Let the last datagrams' answers, if any, arrive.
+        std::thread::sleep(Duration::from_millis(50));
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("watch thread")
+    }
 }
 
 /// A bad config, or a config naming a NIC that is not there, is refused with the key named, and
