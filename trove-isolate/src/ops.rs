@@ -18,11 +18,21 @@ pub fn status(pins: &Pins) -> anyhow::Result<String> {
     let state = State::read(&pins.state_file())?;
     let mut out = String::new();
     let Some(state) = state else {
-        writeln!(
-            out,
-            "not enforcing: no record for pin path {}",
-            pins.root().display()
-        )?;
+        if pins.root().exists() {
+            writeln!(
+                out,
+                "pins exist under {} but no record of what is attached (in {}); \
+                 `run` adopts them, `detach` removes them",
+                pins.root().display(),
+                pins.state_file().display()
+            )?;
+        } else {
+            writeln!(
+                out,
+                "not enforcing: nothing under {}",
+                pins.root().display()
+            )?;
+        }
         return Ok(out);
     };
     writeln!(
@@ -55,6 +65,10 @@ pub fn status(pins: &Pins) -> anyhow::Result<String> {
     }
     let maps = PinnedMaps::open(pins)?;
     for role in Role::ALL {
+        if !state.attachments.iter().any(|a| a.role == role.name()) {
+            writeln!(out, "{}: not protected (no NIC configured)", role.name())?;
+            continue;
+        }
         let mode = maps.mode(role)?;
         let entries = state
             .policy_entries
