@@ -34,12 +34,13 @@ pub enum NicError {
 }
 
 pub fn resolve(spec: &NicSpec) -> Result<Device, NicError> {
-    let name = netns::run_in(spec.netns.as_deref(), || find(spec))??;
-    let ifindex = netns::run_in(spec.netns.as_deref(), || {
-        if_nametoindex(name.as_str()).map_err(|source| NicError::NotFound {
+    let (name, ifindex) = netns::run_in(spec.netns.as_deref(), || {
+        let name = find(spec)?;
+        let ifindex = if_nametoindex(name.as_str()).map_err(|source| NicError::NotFound {
             spec: spec.to_string(),
             source,
-        })
+        })?;
+        Ok::<_, NicError>((name, ifindex))
     })??;
     Ok(Device {
         name,
