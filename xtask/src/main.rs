@@ -1,20 +1,47 @@
 //! `cargo xtask`: the project's tasks, runnable on a fresh machine.
 //!
 //! Every task first runs [`setup`], which installs what the build needs and is quick when all is
-//! there, so nobody has to remember it.
+//! there, so nobody has to remember it. Each command lives in its own module.
 
+mod cargo_cmd;
 mod demo;
 mod setup;
 mod sh;
+mod test;
 
+use std::path::Path;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-/// Build, test and demonstrate trove-isolate.
-///
-/// Every command first runs `setup` (idempotent; under a second when everything is installed).
-/// Commands that load BPF programs or create network namespaces need root.
+const ABOUT: &str = "Build, test and demonstrate trove-isolate";
+
+const LONG_ABOUT: &str = "\
+Build, test and demonstrate trove-isolate.
+
+Every command first runs `setup`, which installs what building the eBPF programs needs where it is \
+missing (see `cargo xtask setup --help`). It is idempotent and takes under a second when everything \
+is there, so a fresh machine needs no other preparation than rustup.
+
+Commands run from the workspace root, whatever the current directory. `test` and `demo` load BPF \
+programs and create network namespaces: they need root.";
+
+const AFTER_LONG_HELP: &str = "\
+Examples:
+  cargo xtask setup              # prepare a fresh machine (about 4 minutes the first time)
+  cargo xtask build --release    # target/release/trove-isolate, eBPF programs embedded
+  cargo xtask test               # every test, as root (CI runs this through .ci/run)
+  cargo xtask demo               # a simulated Trove guest, before and under enforcement, as root";
+
 #[derive(Parser)]
-#[command(bin_name = "cargo xtask", about, long_about, max_term_width = 100)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP,
+    max_term_width = 100
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,58 +49,53 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what building the eBPF programs needs, where it is missing.
-    ///
-    /// 1. rust-src for the nightly toolchain (for -Z build-std=core).
-    /// 2. bpf-linker 0.13, built against the nightly rustc's own LLVM (about 3 minutes on 2 cores,
-    ///    once; its LLVM link lives under ~/.cache/trove-isolate/llvm).
-    /// 3. bpffs mounted at /sys/fs/bpf.
+    #[command(about = setup::ABOUT, long_about = setup::LONG_ABOUT)]
     Setup,
-    /// Build target/{debug,release}/trove-isolate with the eBPF programs embedded.
+    #[command(about = cargo_cmd::ABOUT, long_about = cargo_cmd::LONG_ABOUT)]
     Build {
-        /// Build with the release profile.
+        /// Build with the release profile (target/release/trove-isolate).
         #[arg(long)]
         release: bool,
     },
-    /// Run every test: unit tests, BPF_PROG_TEST_RUN packet tables and real-traffic tests in
-    /// network namespaces. Needs root. Arguments after `--` go to `cargo test`.
+    #[command(
+        about = test::ABOUT,
+        long_about = test::LONG_ABOUT,
+        after_long_help = test::AFTER_LONG_HELP
+    )]
     Test {
-        #[arg(last = true)]
+        /// Passed to `cargo test --workspace` as they are (write them after `--`).
+        #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
         args: Vec<String>,
     },
-    /// Simulate a Trove guest in network namespaces, enforce its policy with the release build,
-    /// show allowed and blocked flows, the metrics and the status, then clean everything up.
-    /// Needs root.
+    /// Show the isolation on a simulated Trove guest (root)
+    ///
+    /// Runs setup, builds the release binary, then simulates a Trove guest in network namespaces
+    /// (the same address on both NICs, the business NIC in a container namespace), enforces its
+    /// policy with target/release/trove-isolate, and shows allowed and blocked flows, the metrics
+    /// and the status, survival of `kill -9`, and `detach`. Everything it creates (namespaces,
+    /// pins under /sys/fs/bpf/trove-isolate-demo, its config file) is removed at the end, also
+    /// on failure. Exits non-zero if any flow gets another verdict than the policy says.
     Demo,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    sh::prepare_path();
-    setup::run()?;
+    // Cargo runs us from wherever `cargo xtask` was typed; the tasks expect the workspace root.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask has no parent directory")?;
+    std::env::set_current_dir(root)
+        .with_context(|| format!("changing to the workspace root {}", root.display()))?;
+
+    let need_bpffs = !matches!(cli.command, Command::Build { .. });
+    setup::run(need_bpffs)?;
     match cli.command {
         Command::Setup => Ok(()),
-        Command::Build { release } => build(release),
-        Command::Test { args } => test(&args),
+        Command::Build { release } => cargo_cmd::build(release),
+        Command::Test { args } => test::run(&args),
         Command::Demo => {
-            build(true)?;
+            cargo_cmd::build(true)?;
             demo::run()
         }
     }
-}
-
-fn build(release: bool) -> anyhow::Result<()> {
-    let mut args = vec!["build", "--package", "trove-isolate"];
-    if release {
-        args.push("--release");
-    }
-    sh::run("cargo", &args)
-}
-
-fn test(extra: &[String]) -> anyhow::Result<()> {
-    sh::require_root("the tests load BPF programs and create network namespaces")?;
-    let mut args = vec!["test".to_owned(), "--workspace".to_owned()];
-    args.extend(extra.iter().cloned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    sh::run("cargo", &args)
 }

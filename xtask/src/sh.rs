@@ -1,29 +1,30 @@
 //! Running commands with their output shown, and failing with the command named.
 
 use std::{
-    env,
+    env, fs,
+    os::unix::fs::MetadataExt as _,
     path::PathBuf,
     process::{Command, Stdio},
 };
 
 use anyhow::{bail, Context as _};
 
-/// Puts `~/.cargo/bin` first on PATH: aya-build needs rustup and bpf-linker there.
-pub fn prepare_path() {
-    let Some(home) = env::var_os("HOME") else {
-        return;
-    };
-    let bin = PathBuf::from(home).join(".cargo/bin");
+/// Puts `~/.cargo/bin` first on PATH, for every command started from here on: aya-build needs
+/// rustup and bpf-linker there. Returns that directory; `None` without HOME.
+pub fn prepare_path() -> Option<PathBuf> {
+    let bin = PathBuf::from(env::var_os("HOME")?).join(".cargo/bin");
     let mut paths: Vec<PathBuf> = env::var_os("PATH")
         .map(|p| env::split_paths(&p).collect())
         .unwrap_or_default();
-    if !paths.contains(&bin) {
-        paths.insert(0, bin);
+    if paths.first() != Some(&bin) {
+        paths.retain(|p| p != &bin);
+        paths.insert(0, bin.clone());
         if let Ok(joined) = env::join_paths(paths) {
             // Single-threaded at this point: nothing else reads the environment concurrently.
             unsafe { env::set_var("PATH", joined) };
         }
     }
+    Some(bin)
 }
 
 /// Runs `program args`, inheriting stdio; fails when it does.
@@ -57,12 +58,13 @@ pub fn output(program: &str, args: &[&str]) -> Option<String> {
 }
 
 pub fn require_root(why: &str) -> anyhow::Result<()> {
-    if !nix_is_root() {
+    if !is_root() {
         bail!("run this as root: {why}");
     }
     Ok(())
 }
 
-fn nix_is_root() -> bool {
-    output("id", &["-u"]).is_some_and(|uid| uid.trim() == "0")
+/// Whether we run with effective uid 0 (the owner of /proc/self).
+pub fn is_root() -> bool {
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
