@@ -1,19 +1,39 @@
-//! The connection-tracking map: an LRU hash of flows a policy rule allowed.
+//! Connection tracking: two tables per role.
+//!
+//! A flow a rule allowed starts in the **new** table (an LRU hash: small, short timeouts, a
+//! flood of new flows evicts only other new flows) and is promoted to the **established** table
+//! (a plain hash that never evicts) once it proves two-way: the completed TCP handshake, or the
+//! first reply of a UDP or picked-up TCP flow. When the established table is full, promotion
+//! fails and the flow is refused (`conntrack_full`) instead of evicting an established one, as
+//! nf_conntrack's early drop spares assured entries. ICMP echo flows stay in the new table.
 //!
 //! A flow is keyed from the protected NIC's point of view (local / remote), so a packet and its
 //! reply find the same entry whichever direction they cross. The role leads the key as in the
-//! policy map: the same 5-tuple on the two NICs is two flows.
+//! policy map.
 
-pub const MAX_ENTRIES: u32 = 65_536;
+use crate::{family, proto, Direction, Role};
 
-/// Idle time after which a flow is forgotten (and its next packet judged as new).
+/// Established flows per role.
+pub const EST_MAX_ENTRIES: u32 = 65_536;
+/// Not-yet-established flows per role.
+pub const NEW_MAX_ENTRIES: u32 = 16_384;
+
+/// An unanswered or half-open flow in the new table.
+pub const NEW_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
+/// Idle time after which an established TCP flow is forgotten.
 pub const TCP_TIMEOUT_NS: u64 = 24 * 3600 * 1_000_000_000;
-/// After a FIN or RST: long enough for the closing handshake to finish.
+/// After an in-window FIN or RST: long enough for the closing handshake to finish.
 pub const TCP_CLOSING_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
 pub const UDP_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
-pub const ICMP_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
 /// `last_seen` is refreshed at most this often, to keep per-packet writes rare.
 pub const REFRESH_NS: u64 = 1_000_000_000;
+
+/// Window scale assumed when a flow's handshake was not seen (picked up mid-flow): the largest
+/// RFC 7323 allows, so that only the sequence check, never a legitimate packet, suffers.
+pub const WSCALE_UNKNOWN: u8 = 0xff;
+/// A SYN without the window scale option: neither side scales (RFC 7323 section 2.2).
+pub const WSCALE_NONE: u8 = 0xfe;
+pub const WSCALE_MAX: u8 = 14;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -22,28 +42,125 @@ pub struct FlowKey {
     pub proto: u8,
     pub family: u8,
     pub _pad: u8,
-    /// Network byte order; for ICMP echo the identifier in `local_port` and 0 in `remote_port`.
+    /// Network byte order. ICMP echo: the identifier in `local_port` and [`echo_marker`] of the
+    /// request's direction in `remote_port`, so a request the other way is another flow.
     pub local_port: u16,
     pub remote_port: u16,
     pub local: [u8; 16],
     pub remote: [u8; 16],
 }
 
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+impl FlowKey {
+    /// The key of a packet crossing the NIC of `role` in `direction`, from the NIC's point of
+    /// view. Ports as on the wire (network byte order).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn new(
+        role: Role,
+        direction: Direction,
+        proto: u8,
+        family: u8,
+        src: [u8; 16],
+        dst: [u8; 16],
+        src_port: u16,
+        dst_port: u16,
+    ) -> FlowKey {
+        let (local, remote, local_port, remote_port) = match direction {
+            Direction::Ingress => (dst, src, dst_port, src_port),
+            Direction::Egress => (src, dst, src_port, dst_port),
+        };
+        FlowKey {
+            role: role as u8,
+            proto,
+            family,
+            _pad: 0,
+            local_port,
+            remote_port,
+            local,
+            remote,
+        }
+    }
+
+    /// Whether this is an ICMP echo flow (kept in the new table only).
+    pub const fn is_echo(&self) -> bool {
+        matches!(
+            (self.proto, self.family),
+            (proto::ICMP, family::V4) | (proto::ICMPV6, family::V6)
+        )
+    }
+}
+
+/// What an ICMP echo flow's key holds in `remote_port`: the direction its requests travel.
+#[inline(always)]
+pub const fn echo_marker(request_direction: Direction) -> u16 {
+    (request_direction as u16 + 1).to_be()
+}
+
+/// `FlowValue::state`.
+pub mod state {
+    /// TCP: the opening SYN was seen.
+    pub const SYN_SENT: u8 = 1;
+    /// TCP: the SYN-ACK answered it; the opener's ACK completes the handshake.
+    pub const SYN_ACKED: u8 = 2;
+    /// UDP, ICMP echo, or TCP picked up mid-flow: waiting for the first reply.
+    pub const UNREPLIED: u8 = 3;
+    /// In the established table.
+    pub const ESTABLISHED: u8 = 4;
+}
+
 /// `FlowValue::flags` bits.
 pub mod flags {
-    /// A FIN or RST was seen: the flow gets [`super::TCP_CLOSING_TIMEOUT_NS`].
+    /// An in-window FIN or RST was seen: the flow gets [`super::TCP_CLOSING_TIMEOUT_NS`].
     pub const CLOSING: u8 = 1;
+    /// `ack[Direction::Ingress]` / `ack[Direction::Egress]` hold a value.
+    pub const ACK_SEEN: [u8; 2] = [2, 4];
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowValue {
-    /// `bpf_ktime_get_ns` of the last refresh.
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last refresh.
     pub last_seen_ns: u64,
     /// [`crate::Direction`] of the packet that opened the flow.
     pub origin: u8,
+    /// [`state`].
+    pub state: u8,
+    /// [`flags`].
     pub flags: u8,
-    pub _pad: [u8; 6],
+    pub _pad: u8,
+    /// TCP window scale of the windows sent each way (indexed by `Direction`), or
+    /// [`WSCALE_UNKNOWN`].
+    pub wscale: [u8; 2],
+    pub _pad2: [u8; 2],
+    /// TCP: the highest acknowledgment number sent each way (indexed by `Direction`): the
+    /// receiver's next expected sequence number as far as the wire shows.
+    pub ack: [u32; 2],
+    /// TCP: the (unscaled) window sent with that acknowledgment.
+    pub win: [u32; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
+
+impl FlowValue {
+    /// Idle time after which the flow is forgotten.
+    #[inline(always)]
+    pub const fn timeout_ns(&self, proto: u8) -> u64 {
+        if self.state != state::ESTABLISHED {
+            return NEW_TIMEOUT_NS;
+        }
+        match proto {
+            proto::TCP if self.flags & flags::CLOSING != 0 => TCP_CLOSING_TIMEOUT_NS,
+            proto::TCP => TCP_TIMEOUT_NS,
+            _ => UDP_TIMEOUT_NS,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn expired(&self, proto: u8, now_ns: u64) -> bool {
+        now_ns.saturating_sub(self.last_seen_ns) > self.timeout_ns(proto)
+    }
 }
 
 #[cfg(feature = "user")]

@@ -11,19 +11,56 @@
 
 pub mod conntrack;
 pub mod counters;
+pub mod local;
 pub mod policy;
 pub mod settings;
 
 /// Version of the map layouts below; part of every pinned map's name.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Names of the maps in the eBPF object (the `static`s of `trove-isolate-ebpf/src/maps.rs`).
 pub mod maps {
+    use crate::Role;
+
     pub const POLICY: &str = "POLICY";
-    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const LOCAL: &str = "LOCAL";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
-    pub const ALL: [&str; 4] = [POLICY, CONNTRACK, COUNTERS, SETTINGS];
+    /// Flows not yet established, per role: small, short-lived, LRU (a flood evicts only its own
+    /// kind).
+    pub const CT_NEW_MGMT: &str = "CT_NEW_MGMT";
+    pub const CT_NEW_BIZ: &str = "CT_NEW_BIZ";
+    /// Established flows, per role: a plain hash that never evicts (full means new flows are
+    /// refused with `conntrack_full`); expired entries are deleted by the datapath when it meets
+    /// them and by the daemon's sweep.
+    pub const CT_EST_MGMT: &str = "CT_EST_MGMT";
+    pub const CT_EST_BIZ: &str = "CT_EST_BIZ";
+    pub const ALL: [&str; 8] = [
+        POLICY,
+        LOCAL,
+        COUNTERS,
+        SETTINGS,
+        CT_NEW_MGMT,
+        CT_NEW_BIZ,
+        CT_EST_MGMT,
+        CT_EST_BIZ,
+    ];
+
+    /// The not-yet-established flow map of `role`.
+    pub const fn ct_new(role: Role) -> &'static str {
+        match role {
+            Role::Management => CT_NEW_MGMT,
+            Role::Business => CT_NEW_BIZ,
+        }
+    }
+
+    /// The established flow map of `role`.
+    pub const fn ct_est(role: Role) -> &'static str {
+        match role {
+            Role::Management => CT_EST_MGMT,
+            Role::Business => CT_EST_BIZ,
+        }
+    }
 }
 
 /// The program protecting one (role, direction): its name in the eBPF object.
@@ -94,6 +131,14 @@ impl Direction {
             _ => None,
         }
     }
+
+    /// The way a reply travels.
+    pub const fn reverse(self) -> Direction {
+        match self {
+            Direction::Ingress => Direction::Egress,
+            Direction::Egress => Direction::Ingress,
+        }
+    }
 }
 
 /// What the datapath did with a packet.
@@ -128,42 +173,58 @@ pub enum Reason {
     Allowed = 0,
     /// A packet of a tracked flow, either direction.
     Tracked = 1,
-    /// An ICMP/ICMPv6 error about a tracked flow (unreachable, too big, time exceeded).
+    /// An ICMP/ICMPv6 error about a tracked flow (unreachable, too big, time exceeded), between
+    /// that flow's endpoints.
     Related = 2,
     /// ARP, always passed so the NIC keeps its neighbours.
     Arp = 3,
-    /// IPv6 neighbour and router discovery and MLD, always passed.
+    /// IPv6 neighbour and router discovery and MLD, each in its direction, hop limit and scope.
     NeighborDiscovery = 4,
+    /// DHCP or DHCPv6 client traffic (client port <-> server port, broadcast or link scope),
+    /// passed without tracking.
+    Dhcp = 5,
     /// A new flow that no rule of this interface allows.
-    Policy = 5,
+    Policy = 6,
     /// Not the start of a flow (TCP without SYN, a reply, an unrelated ICMP error) and no tracked
     /// flow to belong to: unsolicited.
-    NotTracked = 6,
-    /// A header that is truncated or inconsistent: fail closed.
-    Malformed = 7,
+    NotTracked = 7,
+    /// A header that is truncated or inconsistent, or neighbour discovery with the wrong hop
+    /// limit or scope: fail closed.
+    Malformed = 8,
     /// An IPv4 or IPv6 fragment: ports cannot be checked, fail closed.
-    Fragment = 8,
-    /// An ethertype, IP protocol or extension header the policy has no words for.
-    UnsupportedProtocol = 9,
-    /// A new flow was allowed but could not be recorded in connection tracking: fail closed, since
-    /// its replies would be refused anyway.
-    ConntrackFull = 10,
+    Fragment = 9,
+    /// An ethertype, IP protocol, extension header or ICMP type the policy has no words for.
+    UnsupportedProtocol = 10,
+    /// A new flow was allowed but the established table of its NIC is full: refused rather than
+    /// evicting an established flow.
+    ConntrackFull = 11,
+    /// A TCP flag combination no real stack sends (SYN+FIN, SYN+RST, FIN without ACK, none).
+    InvalidFlags = 12,
+    /// A TCP RST or FIN outside the receiver's window of a tracked flow (a blind reset).
+    OutOfWindow = 13,
+    /// A new flow not addressed to (ingress) or not from (egress) an address of this NIC:
+    /// forwarded or spoofed.
+    NotLocal = 14,
 }
 
 impl Reason {
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 15;
     pub const ALL: [Reason; Self::COUNT] = [
         Reason::Allowed,
         Reason::Tracked,
         Reason::Related,
         Reason::Arp,
         Reason::NeighborDiscovery,
+        Reason::Dhcp,
         Reason::Policy,
         Reason::NotTracked,
         Reason::Malformed,
         Reason::Fragment,
         Reason::UnsupportedProtocol,
         Reason::ConntrackFull,
+        Reason::InvalidFlags,
+        Reason::OutOfWindow,
+        Reason::NotLocal,
     ];
 
     /// The Prometheus label value.
@@ -174,12 +235,24 @@ impl Reason {
             Reason::Related => "related",
             Reason::Arp => "arp",
             Reason::NeighborDiscovery => "neighbor_discovery",
+            Reason::Dhcp => "dhcp",
             Reason::Policy => "policy",
             Reason::NotTracked => "not_tracked",
             Reason::Malformed => "malformed",
             Reason::Fragment => "fragment",
             Reason::UnsupportedProtocol => "unsupported_protocol",
             Reason::ConntrackFull => "conntrack_full",
+            Reason::InvalidFlags => "invalid_flags",
+            Reason::OutOfWindow => "out_of_window",
+            Reason::NotLocal => "not_local",
+        }
+    }
+
+    pub const fn from_u8(v: u8) -> Option<Reason> {
+        if (v as usize) < Self::COUNT {
+            Some(Self::ALL[v as usize])
+        } else {
+            None
         }
     }
 
@@ -248,7 +321,9 @@ mod tests {
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i, "{} out of place", r.name());
         }
-        assert!(!Reason::NeighborDiscovery.is_drop());
+        assert!(!Reason::Dhcp.is_drop());
         assert!(Reason::Policy.is_drop());
+        assert_eq!(Reason::from_u8(Reason::NotLocal as u8), Some(Reason::NotLocal));
+        assert_eq!(Reason::from_u8(Reason::COUNT as u8), None);
     }
 }

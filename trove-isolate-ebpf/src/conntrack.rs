@@ -1,104 +1,238 @@
-//! Connection tracking: flows a rule allowed, keyed from the NIC's point of view so that a packet
-//! and its reply share one entry.
+//! Connection tracking: a flow starts in the role's new table and is promoted to its
+//! established table once it proves two-way (see `trove_isolate_common::conntrack`).
+//!
+//! [`judge`] answers for a packet whose flow is tracked; `None` means "no live flow: judge it as
+//! new". TCP flows carry each direction's highest acknowledgment and window, so that a FIN or RST
+//! can be held to the receiver's window (RFC 5961): a blind reset cannot close a flow.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use trove_isolate_common::{
-    conntrack::{self as ct, flags, FlowKey, FlowValue},
-    proto, Direction, Reason, Role,
+    conntrack::{
+        flags, state, FlowKey, FlowValue, REFRESH_NS, WSCALE_MAX, WSCALE_NONE, WSCALE_UNKNOWN,
+    },
+    Direction, Reason, Role,
 };
 
 use crate::{
-    maps::CONNTRACK,
+    maps::{ct_est, ct_new},
     packet::{Kind, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
-#[inline(always)]
-pub fn key(role: Role, direction: Direction, pkt: &Packet) -> FlowKey {
-    let (local, remote, local_port, remote_port) = match direction {
-        Direction::Ingress => (pkt.dst, pkt.src, pkt.dst_port, pkt.src_port),
-        Direction::Egress => (pkt.src, pkt.dst, pkt.src_port, pkt.dst_port),
-    };
-    FlowKey {
-        role: role as u8,
-        proto: pkt.proto,
-        family: pkt.family,
-        _pad: 0,
-        local_port,
-        remote_port,
-        local,
-        remote,
-    }
-}
+/// `-EEXIST`: another CPU promoted the same flow first.
+const EEXIST: i32 = -17;
 
 #[inline(always)]
-fn timeout(pkt: &Packet, value: &FlowValue) -> u64 {
-    match pkt.proto {
-        proto::TCP if value.flags & flags::CLOSING != 0 => ct::TCP_CLOSING_TIMEOUT_NS,
-        proto::TCP => ct::TCP_TIMEOUT_NS,
-        proto::UDP => ct::UDP_TIMEOUT_NS,
-        _ => ct::ICMP_TIMEOUT_NS,
-    }
+fn now() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
 }
 
-/// Whether `key` is a live tracked flow; refreshes it (at most once a second) and notes TCP
-/// closing. An expired entry counts as absent, so its next packet is judged as new.
+/// The verdict for `pkt` if its flow is tracked, `None` if it has no live flow.
 #[inline(always)]
-pub fn lookup(key: &FlowKey, pkt: &Packet) -> bool {
-    let Some(value) = CONNTRACK.get_ptr_mut(key) else {
-        return false;
-    };
+pub fn judge(
+    role: Role,
+    direction: Direction,
+    key: &FlowKey,
+    pkt: &Packet,
+) -> Option<Result<Reason, Reason>> {
+    let now = now();
+    if let Some(value) = ct_est(role).get_ptr_mut(key) {
+        let value = unsafe { &mut *value };
+        if value.expired(key.proto, now) {
+            let _ = ct_est(role).remove(key);
+        } else if let Some(verdict) = established(role, key, value, direction, pkt, now) {
+            return Some(verdict);
+        }
+    }
+    let value = ct_new(role).get_ptr_mut(key)?;
     let value = unsafe { &mut *value };
-    let now = unsafe { bpf_ktime_get_ns() };
-    let idle = now.saturating_sub(value.last_seen_ns);
-    if idle > timeout(pkt, value) {
-        return false;
+    if value.expired(key.proto, now) {
+        return None;
     }
-    if pkt.proto == proto::TCP {
-        if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            value.flags |= flags::CLOSING;
-        } else if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-            // The 5-tuple is being reused by a new connection.
-            value.flags &= !flags::CLOSING;
-        }
-    }
-    if idle > ct::REFRESH_NS {
-        value.last_seen_ns = now;
-    }
-    true
+    Some(embryonic(role, key, value, direction, pkt, now))
 }
 
-/// Whether the flow an ICMP error quotes is tracked. The quoted packet crossed the NIC the other
-/// way, so it is keyed in the opposite direction. No refresh: errors do not keep flows alive.
+/// Whether `key` is a live flow in either table (for ICMP errors: no refresh, errors do not keep
+/// flows alive).
 #[inline(always)]
-pub fn related(role: Role, direction: Direction, quoted: &Packet) -> bool {
-    let quoted_direction = match direction {
-        Direction::Ingress => Direction::Egress,
-        Direction::Egress => Direction::Ingress,
-    };
-    let key = key(role, quoted_direction, quoted);
-    match CONNTRACK.get_ptr(key) {
-        Some(value) => {
-            let value = unsafe { &*value };
-            let now = unsafe { bpf_ktime_get_ns() };
-            now.saturating_sub(value.last_seen_ns) <= timeout(quoted, value)
+pub fn tracked(role: Role, key: &FlowKey) -> bool {
+    let now = now();
+    if let Some(value) = ct_est(role).get_ptr(key) {
+        if !unsafe { &*value }.expired(key.proto, now) {
+            return true;
         }
+    }
+    match ct_new(role).get_ptr(key) {
+        Some(value) => !unsafe { &*value }.expired(key.proto, now),
         None => false,
     }
 }
 
-/// Records a new flow a rule allowed.
+/// A packet of an established flow. `None`: a SYN reusing the tuple of a closing flow, which
+/// starts over as a new flow (and meets the policy again).
 #[inline(always)]
-pub fn track(key: &FlowKey, direction: Direction, pkt: &Packet) -> Result<(), Reason> {
-    let closing = pkt.kind == Kind::Stream
-        && pkt.proto == proto::TCP
-        && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    let value = FlowValue {
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+fn established(
+    role: Role,
+    key: &FlowKey,
+    value: &mut FlowValue,
+    direction: Direction,
+    pkt: &Packet,
+    now: u64,
+) -> Option<Result<Reason, Reason>> {
+    if pkt.kind == Kind::Tcp {
+        let f = pkt.tcp_flags;
+        if f & (TCP_SYN | TCP_ACK) == TCP_SYN && value.flags & flags::CLOSING != 0 {
+            let _ = ct_est(role).remove(key);
+            return None;
+        }
+        if f & (TCP_FIN | TCP_RST) != 0 {
+            if !in_window(value, direction, pkt) {
+                return Some(Err(Reason::OutOfWindow));
+            }
+            value.flags |= flags::CLOSING;
+            value.last_seen_ns = now;
+        }
+        record_ack(value, direction, pkt);
+    }
+    if now.saturating_sub(value.last_seen_ns) > REFRESH_NS {
+        value.last_seen_ns = now;
+    }
+    Some(Ok(Reason::Tracked))
+}
+
+/// A packet of a flow in the new table: the handshake moves on, and the packet that proves the
+/// flow two-way promotes it.
+#[inline(always)]
+fn embryonic(
+    role: Role,
+    key: &FlowKey,
+    value: &mut FlowValue,
+    direction: Direction,
+    pkt: &Packet,
+    now: u64,
+) -> Result<Reason, Reason> {
+    let reply = direction as u8 != value.origin;
+    match pkt.kind {
+        Kind::Tcp => {
+            let f = pkt.tcp_flags;
+            record_ack(value, direction, pkt);
+            if value.state == state::SYN_SENT && reply && f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+            {
+                value.state = state::SYN_ACKED;
+                settle_wscale(value, direction, pkt.wscale);
+                value.last_seen_ns = now;
+            } else if f & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && f & TCP_ACK != 0 {
+                let handshake_done = value.state == state::SYN_ACKED && !reply;
+                let reply_seen = value.state == state::UNREPLIED && reply;
+                if handshake_done || reply_seen {
+                    return promote(role, key, value, now);
+                }
+            }
+            Ok(Reason::Tracked)
+        }
+        Kind::Udp if reply => promote(role, key, value, now),
+        // Echo flows live in the new table: the key already fixes which way requests go.
+        _ => {
+            if now.saturating_sub(value.last_seen_ns) > REFRESH_NS
+            {
+                value.last_seen_ns = now;
+            }
+            Ok(Reason::Tracked)
+        }
+    }
+}
+
+/// Moves a flow to the established table. A full table refuses it: the flow is forgotten, and
+/// its next packets are unsolicited.
+#[inline(always)]
+fn promote(role: Role, key: &FlowKey, value: &FlowValue, now: u64) -> Result<Reason, Reason> {
+    let mut est = *value;
+    est.state = state::ESTABLISHED;
+    est.last_seen_ns = now;
+    let inserted = ct_est(role).insert(key, est, 0);
+    let _ = ct_new(role).remove(key);
+    match inserted {
+        Ok(()) => Ok(Reason::Tracked),
+        Err(EEXIST) => Ok(Reason::Tracked),
+        Err(_) => Err(Reason::ConntrackFull),
+    }
+}
+
+/// Starts tracking a new flow a rule allowed.
+#[inline(always)]
+pub fn track(role: Role, key: &FlowKey, direction: Direction, pkt: &Packet) -> Result<(), Reason> {
+    let mut value = FlowValue {
+        last_seen_ns: now(),
         origin: direction as u8,
-        flags: if closing { flags::CLOSING } else { 0 },
-        _pad: [0; 6],
+        state: state::UNREPLIED,
+        flags: 0,
+        _pad: 0,
+        wscale: [WSCALE_UNKNOWN; 2],
+        _pad2: [0; 2],
+        ack: [0; 2],
+        win: [0; 2],
     };
-    CONNTRACK
+    if pkt.kind == Kind::Tcp {
+        if pkt.tcp_flags & TCP_SYN != 0 {
+            value.state = state::SYN_SENT;
+            value.wscale[direction as usize & 1] = pkt.wscale;
+        }
+        record_ack(&mut value, direction, pkt);
+    }
+    // An LRU insert always finds room: at worst it evicts the least recent new flow.
+    ct_new(role)
         .insert(key, value, 0)
         .map_err(|_| Reason::ConntrackFull)
+}
+
+/// Notes the acknowledgment and window a TCP packet carries when they move forward (an older,
+/// reordered ACK never winds the window back). Writes only on change.
+#[inline(always)]
+fn record_ack(value: &mut FlowValue, direction: Direction, pkt: &Packet) {
+    if pkt.tcp_flags & TCP_ACK == 0 {
+        return;
+    }
+    let d = direction as usize & 1;
+    let window = pkt.window as u32;
+    if value.flags & flags::ACK_SEEN[d] == 0 {
+        value.flags |= flags::ACK_SEEN[d];
+    } else {
+        let ahead = pkt.ack.wrapping_sub(value.ack[d]) as i32;
+        if ahead < 0 || (ahead == 0 && value.win[d] == window) {
+            return;
+        }
+    }
+    value.ack[d] = pkt.ack;
+    value.win[d] = window;
+}
+
+/// The SYN-ACK answering the opener's SYN fixes both directions' window scale: each side's own
+/// option if both sent one, none if either did not (RFC 7323).
+#[inline(always)]
+fn settle_wscale(value: &mut FlowValue, reply: Direction, reply_wscale: u8) {
+    let r = reply as usize & 1;
+    let o = r ^ 1;
+    let opener = value.wscale[o];
+    if opener == WSCALE_NONE || reply_wscale == WSCALE_NONE {
+        value.wscale = [0, 0];
+    } else {
+        value.wscale[r] = reply_wscale;
+    }
+}
+
+/// Whether a FIN or RST sent in `direction` falls inside the receiver's window: from one below
+/// the receiver's last acknowledgment (a retransmitted FIN) to that plus its window.
+#[inline(always)]
+fn in_window(value: &FlowValue, direction: Direction, pkt: &Packet) -> bool {
+    let receiver = direction.reverse() as usize & 1;
+    if value.flags & flags::ACK_SEEN[receiver] == 0 {
+        // The receiver never acknowledged anything we saw: nothing to hold the packet to.
+        return true;
+    }
+    let mut shift = value.wscale[receiver];
+    if shift > WSCALE_MAX {
+        shift = WSCALE_MAX;
+    }
+    let window = value.win[receiver] << shift;
+    let offset = pkt.seq.wrapping_sub(value.ack[receiver]).wrapping_add(1);
+    offset <= window.saturating_add(1)
 }

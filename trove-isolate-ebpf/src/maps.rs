@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use trove_isolate_common::{
-    conntrack::{self, FlowKey, FlowValue},
+    conntrack::{FlowKey, FlowValue, EST_MAX_ENTRIES, NEW_MAX_ENTRIES},
     counters::{self, Counter},
+    local::{self, LocalKey, LocalValue},
     policy::{self, PolicyKey, PolicyValue},
     settings::Settings,
     Role,
@@ -18,11 +19,42 @@ pub static POLICY: LpmTrie<PolicyKey, PolicyValue> =
     LpmTrie::with_max_entries(policy::MAX_ENTRIES, 0);
 
 #[map]
-pub static CONNTRACK: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(conntrack::MAX_ENTRIES, 0);
+pub static LOCAL: LpmTrie<LocalKey, LocalValue> = LpmTrie::with_max_entries(local::MAX_ENTRIES, 0);
+
+#[map]
+pub static CT_NEW_MGMT: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(NEW_MAX_ENTRIES, 0);
+
+#[map]
+pub static CT_NEW_BIZ: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(NEW_MAX_ENTRIES, 0);
+
+#[map]
+pub static CT_EST_MGMT: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(EST_MAX_ENTRIES, 0);
+
+#[map]
+pub static CT_EST_BIZ: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(EST_MAX_ENTRIES, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(counters::MAX_ENTRIES, 0);
 
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(Role::COUNT as u32, 0);
+
+/// The role's tables. The role is a constant of each program, so each program references only
+/// its own two maps.
+#[inline(always)]
+pub fn ct_new(role: Role) -> &'static LruHashMap<FlowKey, FlowValue> {
+    match role {
+        Role::Management => &CT_NEW_MGMT,
+        Role::Business => &CT_NEW_BIZ,
+    }
+}
+
+#[inline(always)]
+pub fn ct_est(role: Role) -> &'static HashMap<FlowKey, FlowValue> {
+    match role {
+        Role::Management => &CT_EST_MGMT,
+        Role::Business => &CT_EST_BIZ,
+    }
+}

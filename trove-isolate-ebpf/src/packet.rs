@@ -1,6 +1,9 @@
-//! What the parser hands to the later stages: a flow tuple, not the packet.
+//! What the parser hands to the later stages: the header fields they judge, not the packet.
 
-use trove_isolate_common::{proto, Direction};
+use trove_isolate_common::{
+    conntrack::{echo_marker, FlowKey},
+    Direction, Role,
+};
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -10,8 +13,8 @@ pub const TCP_ACK: u8 = 0x10;
 /// The L4 shape of a packet, as far as flow tracking cares.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// TCP or UDP.
-    Stream,
+    Tcp,
+    Udp,
     EchoRequest,
     EchoReply,
     /// Any other ICMP type: never opens a flow, never belongs to one.
@@ -26,28 +29,44 @@ pub struct Packet {
     pub proto: u8,
     pub kind: Kind,
     pub tcp_flags: u8,
+    /// TCP window scale option of a SYN, or `WSCALE_UNKNOWN`.
+    pub wscale: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub hop_limit: u8,
+    /// ICMP/ICMPv6 type (0 otherwise).
+    pub icmp_type: u8,
     pub src_port: u16,
     pub dst_port: u16,
+    /// TCP sequence and acknowledgment numbers and window, host byte order.
+    pub seq: u32,
+    pub ack: u32,
+    pub window: u16,
     pub src: [u8; 16],
     pub dst: [u8; 16],
 }
 
 impl Packet {
-    /// Whether this packet may open a new flow when no tracked flow holds it.
-    ///
-    /// Inbound TCP needs a bare SYN. Outbound TCP may be picked up mid-flow: the local stack only
-    /// sends on connections it has, and the policy still decides, so a connection that predates
-    /// enforcement (the guest agent's AMQP session) survives the first attach.
+    /// The flow this packet belongs to, keyed from the NIC's point of view.
     #[inline(always)]
-    pub fn opens_flow(&self, direction: Direction) -> bool {
+    pub fn flow_key(&self, role: Role, direction: Direction) -> FlowKey {
+        let mut key = FlowKey::new(
+            role,
+            direction,
+            self.proto,
+            self.family,
+            self.src,
+            self.dst,
+            self.src_port,
+            self.dst_port,
+        );
+        // An echo flow is named by the way its requests go, so a request the other way (an
+        // inbound ping on an outbound ping's identifier) is a flow of its own.
         match self.kind {
-            Kind::Stream if self.proto == proto::TCP => match direction {
-                Direction::Ingress => self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
-                Direction::Egress => true,
-            },
-            Kind::Stream | Kind::EchoRequest => true,
-            Kind::EchoReply | Kind::OtherIcmp => false,
+            Kind::EchoRequest => key.remote_port = echo_marker(direction),
+            Kind::EchoReply => key.remote_port = echo_marker(direction.reverse()),
+            _ => {}
         }
+        key
     }
 
     /// The port a policy rule names: the destination port in both directions (the remote
@@ -55,7 +74,7 @@ impl Packet {
     #[inline(always)]
     pub fn policy_port(&self) -> u16 {
         match self.kind {
-            Kind::Stream => self.dst_port,
+            Kind::Tcp | Kind::Udp => self.dst_port,
             _ => 0,
         }
     }
@@ -64,11 +83,11 @@ impl Packet {
 /// What the parser recognised.
 pub enum Parsed {
     Arp,
-    /// IPv6 neighbour/router discovery or MLD.
-    NeighborDiscovery,
+    /// IPv6 neighbour/router discovery or MLD: type, hop limit and addresses in the packet.
+    NeighborDiscovery(Packet),
     /// An IP packet of a flow.
     Flow(Packet),
-    /// An ICMP error; the tuple is that of the packet quoted inside it, which travelled the
-    /// opposite way.
-    Related(Packet),
+    /// An ICMP error: the outer packet (addresses) and the packet quoted inside it, which
+    /// travelled the opposite way.
+    Related { outer: Packet, quoted: Packet },
 }

@@ -1,16 +1,22 @@
 //! Header parsing: Ethernet → IPv4/IPv6 (extension headers walked with a fixed bound) → TCP, UDP,
 //! ICMP, ICMPv6, including the packet quoted in an ICMP error.
 //!
-//! Every read is bounds-checked against the packet; anything truncated or inconsistent is
-//! [`Reason::Malformed`], fragments are [`Reason::Fragment`], and headers the policy has no words
-//! for are [`Reason::UnsupportedProtocol`]. Nothing unknown passes.
+//! Every read is bounds-checked against the frame, and every transport header against the end of
+//! its IP packet (total length or payload length, not the frame: an Ethernet trailer is never
+//! judged). Anything truncated or inconsistent is [`Reason::Malformed`], fragments are
+//! [`Reason::Fragment`], and headers the policy has no words for are
+//! [`Reason::UnsupportedProtocol`]. Nothing unknown passes. A GSO packet over 64 KiB (BIG TCP)
+//! carries a zero IP length; its end is the skb's.
 
 use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
-use trove_isolate_common::{family, proto, Reason};
+use trove_isolate_common::{
+    conntrack::{WSCALE_NONE, WSCALE_UNKNOWN},
+    family, proto, Reason,
+};
 
-use crate::packet::{Kind, Packet, Parsed};
+use crate::packet::{Kind, Packet, Parsed, TCP_SYN};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -29,6 +35,11 @@ const MAX_EXT_HEADERS: usize = 6;
 const MAX_HDR_OFF: usize = 512;
 /// Bytes of headers made linear when the skb's linear area is shorter (rare: GRO'd or paged skbs).
 const PULL_LEN: u32 = 256;
+/// TCP options are at most 40 bytes.
+const TCP_MAX_OPTIONS: usize = 40;
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_WSCALE: u8 = 3;
 
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
@@ -137,47 +148,74 @@ fn ensure_linear(ctx: &TcContext) {
 #[inline(always)]
 fn ipv4(ctx: &TcContext, off: usize) -> Result<Parsed, Reason> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, off)?;
-    let (version_ihl, tot_len, frag_off, ip_proto, src, dst) = unsafe {
+    let (version_ihl, tot_len, frag_off, ttl, ip_proto, src, dst) = unsafe {
         (
             (*ip).version_ihl,
             u16::from_be((*ip).tot_len) as usize,
             u16::from_be((*ip).frag_off),
+            (*ip).ttl,
             (*ip).proto,
             (*ip).src,
             (*ip).dst,
         )
     };
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
-    if version_ihl >> 4 != 4 || ihl < size_of::<Ipv4Hdr>() || tot_len < ihl {
+    if version_ihl >> 4 != 4 || ihl < size_of::<Ipv4Hdr>() {
         return Err(Reason::Malformed);
     }
-    if off + tot_len > ctx.len() as usize {
+    let end = ip_end(ctx, off, tot_len)?;
+    if end < off + ihl {
         return Err(Reason::Malformed);
     }
     if frag_off & (IP_MF | IP_OFFSET) != 0 {
         return Err(Reason::Fragment);
     }
-    let mut pkt = new_packet(family::V4, ip_proto);
+    let mut pkt = new_packet(family::V4, ip_proto, ttl);
     pkt.src[..4].copy_from_slice(&src);
     pkt.dst[..4].copy_from_slice(&dst);
-    l4(ctx, off + ihl, pkt)
+    l4(ctx, off + ihl, end, pkt)
+}
+
+/// Where the IP packet starting at `off` with the given length field ends. Zero means a BIG TCP
+/// GSO packet (the stack leaves the field zero beyond 64 KiB) when the skb is GSO, and is
+/// malformed otherwise; a length beyond the frame is malformed.
+#[inline(always)]
+fn ip_end(ctx: &TcContext, off: usize, len: usize) -> Result<usize, Reason> {
+    let skb_len = ctx.len() as usize;
+    if len == 0 {
+        let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+        return match gso_size {
+            0 => Err(Reason::Malformed),
+            _ => Ok(skb_len),
+        };
+    }
+    if off + len > skb_len {
+        return Err(Reason::Malformed);
+    }
+    Ok(off + len)
 }
 
 #[inline(always)]
 fn ipv6(ctx: &TcContext, off: usize) -> Result<Parsed, Reason> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, off)?;
-    let (version, payload_len, mut next, src, dst) = unsafe {
+    let (version, payload_len, mut next, hop_limit, src, dst) = unsafe {
         (
             (*ip).version_tc_flow[0] >> 4,
             u16::from_be((*ip).payload_len) as usize,
             (*ip).next_header,
+            (*ip).hop_limit,
             (*ip).src,
             (*ip).dst,
         )
     };
-    if version != 6 || off + IPV6_HLEN + payload_len > ctx.len() as usize {
+    if version != 6 {
         return Err(Reason::Malformed);
     }
+    // payload_len counts from the end of the fixed header; as for IPv4, zero is BIG TCP on GSO.
+    let end = match payload_len {
+        0 => ip_end(ctx, off, 0)?,
+        _ => ip_end(ctx, off, IPV6_HLEN + payload_len)?,
+    };
     let mut l4_off = off + IPV6_HLEN;
     for _ in 0..MAX_EXT_HEADERS {
         match next {
@@ -198,58 +236,126 @@ fn ipv6(ctx: &TcContext, off: usize) -> Result<Parsed, Reason> {
         // Chain longer than any real packet carries.
         return Err(Reason::Malformed);
     }
-    let mut pkt = new_packet(family::V6, next);
+    let mut pkt = new_packet(family::V6, next, hop_limit);
     pkt.src = src;
     pkt.dst = dst;
-    l4(ctx, l4_off, pkt)
+    l4(ctx, l4_off, end, pkt)
 }
 
 #[inline(always)]
-fn new_packet(fam: u8, ip_proto: u8) -> Packet {
+fn new_packet(fam: u8, ip_proto: u8, hop_limit: u8) -> Packet {
     Packet {
         family: fam,
         proto: ip_proto,
-        kind: Kind::Stream,
+        kind: Kind::OtherIcmp,
         tcp_flags: 0,
+        wscale: WSCALE_UNKNOWN,
+        hop_limit,
+        icmp_type: 0,
         src_port: 0,
         dst_port: 0,
+        seq: 0,
+        ack: 0,
+        window: 0,
         src: [0; 16],
         dst: [0; 16],
     }
 }
 
+/// A bounds-checked pointer to a `T` at `off` that also lies inside the IP packet ending at
+/// `end`.
 #[inline(always)]
-fn l4(ctx: &TcContext, off: usize, mut pkt: Packet) -> Result<Parsed, Reason> {
+fn l4_at<T>(ctx: &TcContext, off: usize, end: usize) -> Result<*const T, Reason> {
+    if off + size_of::<T>() > end {
+        return Err(Reason::Malformed);
+    }
+    ptr_at(ctx, off)
+}
+
+#[inline(always)]
+fn l4(ctx: &TcContext, off: usize, end: usize, mut pkt: Packet) -> Result<Parsed, Reason> {
     match (pkt.proto, pkt.family) {
         (proto::TCP, _) => {
-            let tcp: *const TcpHdr = ptr_at(ctx, off)?;
-            let (src, dst, doff, flags) = unsafe {
+            let tcp: *const TcpHdr = l4_at(ctx, off, end)?;
+            let (src, dst, seq, ack, doff, flags, window) = unsafe {
                 (
                     (*tcp).src,
                     (*tcp).dst,
+                    u32::from_be((*tcp).seq),
+                    u32::from_be((*tcp).ack),
                     ((*tcp).doff_res >> 4) as usize * 4,
                     (*tcp).flags,
+                    u16::from_be((*tcp).window),
                 )
             };
-            if doff < size_of::<TcpHdr>() || off + doff > ctx.len() as usize {
+            if doff < size_of::<TcpHdr>() || off + doff > end {
                 return Err(Reason::Malformed);
             }
+            pkt.kind = Kind::Tcp;
             pkt.src_port = src;
             pkt.dst_port = dst;
             pkt.tcp_flags = flags;
+            pkt.seq = seq;
+            pkt.ack = ack;
+            pkt.window = window;
+            if flags & TCP_SYN != 0 {
+                pkt.wscale = window_scale(ctx, off + size_of::<TcpHdr>(), off + doff);
+            }
             Ok(Parsed::Flow(pkt))
         }
         (proto::UDP, _) => {
-            let udp: *const UdpHdr = ptr_at(ctx, off)?;
+            let udp: *const UdpHdr = l4_at(ctx, off, end)?;
+            pkt.kind = Kind::Udp;
             unsafe {
                 pkt.src_port = (*udp).src;
                 pkt.dst_port = (*udp).dst;
             }
             Ok(Parsed::Flow(pkt))
         }
-        (proto::ICMP, family::V4) | (proto::ICMPV6, family::V6) => icmp(ctx, off, pkt),
+        (proto::ICMP, family::V4) | (proto::ICMPV6, family::V6) => icmp(ctx, off, end, pkt),
         // ICMP in IPv6 or ICMPv6 in IPv4 included: no such thing on a real network.
         _ => Err(Reason::UnsupportedProtocol),
+    }
+}
+
+/// The window scale option among the TCP options in `[off, end)` (SYN and SYN-ACK only carry
+/// it): its shift, `WSCALE_NONE` when the options do not carry one, `WSCALE_UNKNOWN` when they do
+/// not parse (the flow then gets the widest window, never a narrower one than the endpoints use).
+///
+/// Read with `bpf_skb_load_bytes` rather than direct access: the walk's offset depends on the
+/// bytes read, which the verifier cannot follow through direct packet pointers, and only SYNs
+/// take this path.
+#[inline(always)]
+fn window_scale(ctx: &TcContext, mut off: usize, end: usize) -> u8 {
+    for _ in 0..TCP_MAX_OPTIONS {
+        if off >= end {
+            return WSCALE_NONE;
+        }
+        let Ok(kind) = ctx.load::<u8>(off) else {
+            return WSCALE_UNKNOWN;
+        };
+        match kind {
+            TCPOPT_EOL => return WSCALE_NONE,
+            TCPOPT_NOP => off += 1,
+            k => {
+                let Ok(len) = ctx.load::<u8>(off + 1) else {
+                    return WSCALE_UNKNOWN;
+                };
+                let len = len as usize;
+                if len < 2 || off + len > end {
+                    return WSCALE_UNKNOWN;
+                }
+                if k == TCPOPT_WSCALE && len == 3 {
+                    return ctx.load::<u8>(off + 2).unwrap_or(WSCALE_UNKNOWN);
+                }
+                off += len;
+            }
+        }
+    }
+    if off >= end {
+        WSCALE_NONE
+    } else {
+        WSCALE_UNKNOWN
     }
 }
 
@@ -287,9 +393,10 @@ fn classify_icmp(fam: u8, ty: u8) -> IcmpClass {
 }
 
 #[inline(always)]
-fn icmp(ctx: &TcContext, off: usize, mut pkt: Packet) -> Result<Parsed, Reason> {
-    let icmp: *const IcmpHdr = ptr_at(ctx, off)?;
+fn icmp(ctx: &TcContext, off: usize, end: usize, mut pkt: Packet) -> Result<Parsed, Reason> {
+    let icmp: *const IcmpHdr = l4_at(ctx, off, end)?;
     let (ty, id) = unsafe { ((*icmp).ty, (*icmp).id) };
+    pkt.icmp_type = ty;
     match classify_icmp(pkt.family, ty) {
         IcmpClass::EchoRequest => {
             pkt.kind = Kind::EchoRequest;
@@ -303,23 +410,22 @@ fn icmp(ctx: &TcContext, off: usize, mut pkt: Packet) -> Result<Parsed, Reason> 
             pkt.dst_port = id;
             Ok(Parsed::Flow(pkt))
         }
-        IcmpClass::NeighborDiscovery => Ok(Parsed::NeighborDiscovery),
-        IcmpClass::Other => {
-            pkt.kind = Kind::OtherIcmp;
-            Ok(Parsed::Flow(pkt))
-        }
+        IcmpClass::NeighborDiscovery => Ok(Parsed::NeighborDiscovery(pkt)),
+        IcmpClass::Other => Ok(Parsed::Flow(pkt)),
         IcmpClass::Error => {
-            quoted(ctx, off + size_of::<IcmpHdr>(), pkt.family).map(Parsed::Related)
+            let quoted = quoted(ctx, off + size_of::<IcmpHdr>(), end, pkt.family)?;
+            Ok(Parsed::Related { outer: pkt, quoted })
         }
     }
 }
 
 /// The packet quoted in an ICMP error: its IP header and the first 8 bytes of its L4 header (which
-/// RFC 792 and RFC 4443 guarantee). Only its tuple is needed, to find the tracked flow.
+/// RFC 792 and RFC 4443 guarantee), inside the error's own IP packet. Only its tuple is needed,
+/// to find the tracked flow.
 #[inline(always)]
-fn quoted(ctx: &TcContext, off: usize, fam: u8) -> Result<Packet, Reason> {
+fn quoted(ctx: &TcContext, off: usize, end: usize, fam: u8) -> Result<Packet, Reason> {
     let (mut pkt, l4_off) = if fam == family::V4 {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, off)?;
+        let ip: *const Ipv4Hdr = l4_at(ctx, off, end)?;
         let (version_ihl, frag_off, ip_proto, src, dst) = unsafe {
             (
                 (*ip).version_ihl,
@@ -337,12 +443,12 @@ fn quoted(ctx: &TcContext, off: usize, fam: u8) -> Result<Packet, Reason> {
             // A later fragment carries no ports: nothing to relate it to.
             return Err(Reason::NotTracked);
         }
-        let mut pkt = new_packet(family::V4, ip_proto);
+        let mut pkt = new_packet(family::V4, ip_proto, 0);
         pkt.src[..4].copy_from_slice(&src);
         pkt.dst[..4].copy_from_slice(&dst);
         (pkt, off + ihl)
     } else {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, off)?;
+        let ip: *const Ipv6Hdr = l4_at(ctx, off, end)?;
         let (version, next, src, dst) = unsafe {
             (
                 (*ip).version_tc_flow[0] >> 4,
@@ -354,7 +460,7 @@ fn quoted(ctx: &TcContext, off: usize, fam: u8) -> Result<Packet, Reason> {
         if version != 6 {
             return Err(Reason::Malformed);
         }
-        let mut pkt = new_packet(family::V6, next);
+        let mut pkt = new_packet(family::V6, next, 0);
         pkt.src = src;
         pkt.dst = dst;
         (pkt, off + IPV6_HLEN)
@@ -362,14 +468,19 @@ fn quoted(ctx: &TcContext, off: usize, fam: u8) -> Result<Packet, Reason> {
     // TCP and UDP both start with the two ports; 8 bytes is all the quote guarantees.
     match (pkt.proto, pkt.family) {
         (proto::TCP, _) | (proto::UDP, _) => {
-            let ports: *const UdpHdr = ptr_at(ctx, l4_off)?;
+            let ports: *const UdpHdr = l4_at(ctx, l4_off, end)?;
+            pkt.kind = if pkt.proto == proto::TCP {
+                Kind::Tcp
+            } else {
+                Kind::Udp
+            };
             unsafe {
                 pkt.src_port = (*ports).src;
                 pkt.dst_port = (*ports).dst;
             }
         }
         (proto::ICMP, family::V4) | (proto::ICMPV6, family::V6) => {
-            let icmp: *const IcmpHdr = ptr_at(ctx, l4_off)?;
+            let icmp: *const IcmpHdr = l4_at(ctx, l4_off, end)?;
             let (ty, id) = unsafe { ((*icmp).ty, (*icmp).id) };
             pkt.kind = match classify_icmp(pkt.family, ty) {
                 IcmpClass::EchoRequest => Kind::EchoRequest,

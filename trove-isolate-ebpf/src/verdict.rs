@@ -5,7 +5,13 @@ use aya_ebpf::programs::TcContext;
 use aya_log_ebpf::debug;
 use trove_isolate_common::{action, Direction, Mode, Reason, Role, Verdict};
 
-use crate::{conntrack, counters, maps::SETTINGS, packet::Parsed, parse, policy};
+use crate::{
+    conntrack, counters, dhcp, local,
+    maps::SETTINGS,
+    nd,
+    packet::{Kind, Packet, Parsed},
+    parse, policy, tcp,
+};
 
 #[inline(always)]
 pub fn run(ctx: &TcContext, role: Role, direction: Direction) -> i32 {
@@ -36,27 +42,69 @@ pub fn run(ctx: &TcContext, role: Role, direction: Direction) -> i32 {
 
 #[inline(always)]
 fn decide(ctx: &TcContext, role: Role, direction: Direction) -> Result<Reason, Reason> {
-    let pkt = match parse::parse(ctx)? {
-        Parsed::Arp => return Ok(Reason::Arp),
-        Parsed::NeighborDiscovery => return Ok(Reason::NeighborDiscovery),
-        Parsed::Related(quoted) => {
-            return match conntrack::related(role, direction, &quoted) {
-                true => Ok(Reason::Related),
-                false => Err(Reason::NotTracked),
-            }
-        }
-        Parsed::Flow(pkt) => pkt,
-    };
-    let key = conntrack::key(role, direction, &pkt);
-    if conntrack::lookup(&key, &pkt) {
-        return Ok(Reason::Tracked);
+    match parse::parse(ctx)? {
+        Parsed::Arp => Ok(Reason::Arp),
+        Parsed::NeighborDiscovery(pkt) => nd::check(role, direction, &pkt),
+        Parsed::Related { outer, quoted } => related(role, direction, &outer, &quoted),
+        Parsed::Flow(pkt) => flow(role, direction, &pkt),
     }
-    if !pkt.opens_flow(direction) {
+}
+
+/// A packet that is, or may start, a flow: tracked flows first, then the checks a new flow
+/// must pass (it may open one, it is the NIC's own, a rule allows it).
+#[inline(always)]
+fn flow(role: Role, direction: Direction, pkt: &Packet) -> Result<Reason, Reason> {
+    match pkt.kind {
+        Kind::Tcp => tcp::check_flags(pkt)?,
+        Kind::OtherIcmp => return Err(Reason::NotTracked),
+        Kind::Udp if dhcp::allowed(role, direction, pkt) => return Ok(Reason::Dhcp),
+        _ => {}
+    }
+    let key = pkt.flow_key(role, direction);
+    if let Some(verdict) = conntrack::judge(role, direction, &key, pkt) {
+        return verdict;
+    }
+    let opens = match pkt.kind {
+        Kind::Tcp => tcp::opens_flow(pkt, direction == Direction::Egress),
+        Kind::EchoReply => false,
+        _ => true,
+    };
+    if !opens {
         return Err(Reason::NotTracked);
     }
-    policy::check(role, direction, &pkt)?;
-    conntrack::track(&key, direction, &pkt)?;
+    let local = match direction {
+        Direction::Ingress => &pkt.dst,
+        Direction::Egress => &pkt.src,
+    };
+    if !local::own(role, pkt.family, local) {
+        return Err(Reason::NotLocal);
+    }
+    policy::check(role, direction, pkt)?;
+    conntrack::track(role, &key, direction, pkt)?;
     Ok(Reason::Allowed)
+}
+
+/// An ICMP error passes when it is about a tracked flow and travels between that flow's
+/// endpoints: to its local end coming in (a router on the path may send it), from its local end
+/// to its remote end going out.
+#[inline(always)]
+fn related(
+    role: Role,
+    direction: Direction,
+    outer: &Packet,
+    quoted: &Packet,
+) -> Result<Reason, Reason> {
+    // The quoted packet crossed the NIC the other way.
+    let key = quoted.flow_key(role, direction.reverse());
+    let endpoints = match direction {
+        Direction::Ingress => outer.dst == key.local,
+        Direction::Egress => outer.src == key.local && outer.dst == key.remote,
+    };
+    if endpoints && conntrack::tracked(role, &key) {
+        Ok(Reason::Related)
+    } else {
+        Err(Reason::NotTracked)
+    }
 }
 
 /// Read only on the drop path, so passing packets never touch the settings map.

@@ -15,10 +15,12 @@ use tokio::{
 };
 use trove_isolate_common::{Direction, Role};
 
+use ipnetwork::IpNetwork;
+
 use crate::{
-    attach,
+    attach, conntrack,
     datapath::{Datapath, PinnedMaps},
-    metrics, nic,
+    local, metrics, nic,
     pins::Pins,
     policy::Policy,
     state::{Attachment, Hook, State},
@@ -28,7 +30,7 @@ use crate::{
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Applies `policy` to the kernel; returns the loaded datapath and what is now attached.
-pub fn enforce(policy: &Policy, log: bool) -> anyhow::Result<(Datapath, State)> {
+pub fn enforce(policy: &Policy, log: bool) -> anyhow::Result<(Datapath, State, Devices)> {
     let pins = Pins::new(&policy.pin_path);
     check_bpffs(&pins)?;
     let mut devices = Vec::new();
@@ -63,8 +65,11 @@ pub fn enforce(policy: &Policy, log: bool) -> anyhow::Result<(Datapath, State)> 
         attachments,
     };
     state.write(&pins.state_file())?;
-    Ok((datapath, state))
+    Ok((datapath, state, devices))
 }
+
+/// Each configured NIC as found at the last reconcile.
+pub type Devices = Vec<(Role, nic::Device)>;
 
 /// Loads, writes the maps, attaches (recording each attachment as it is made) and retires.
 fn apply(
@@ -79,6 +84,14 @@ fn apply(
     datapath.sync_policy(&policy.entries())?;
     for role in Role::ALL {
         datapath.set_mode(role, policy.mode)?;
+        datapath.set_dhcp(role, policy.nic(role).is_some_and(|n| n.dhcp))?;
+    }
+    // The NICs' addresses before any program judges a packet: a new flow must be the NIC's own.
+    let (local, _) = local_entries(devices)?;
+    datapath.sync_local(&local)?;
+    let revoked = conntrack::revoke(&mut datapath, policy)?;
+    if revoked > 0 {
+        log::info!("revoked {revoked} tracked flows the policy no longer allows");
     }
     let tcx = attach::use_tcx(policy.attach);
     for (role, device) in devices {
@@ -104,6 +117,26 @@ fn apply(
     }
     Ok(datapath)
 }
+
+/// The local-address map's content for `devices`, and the addresses it came from.
+pub fn local_entries(
+    devices: &[(Role, nic::Device)],
+) -> anyhow::Result<(Vec<LocalEntry>, Vec<(Role, Vec<IpNetwork>)>)> {
+    let mut entries = Vec::new();
+    let mut seen = Vec::new();
+    for (role, device) in devices {
+        let nets = local::addresses(device)
+            .with_context(|| format!("[{}] NIC {}", role.name(), device.name))?;
+        entries.extend(local::entries(*role, &nets));
+        seen.push((*role, nets));
+    }
+    Ok((entries, seen))
+}
+
+type LocalEntry = (
+    aya::maps::lpm_trie::Key<trove_isolate_common::local::LocalKey>,
+    trove_isolate_common::local::LocalValue,
+);
 
 fn find(attachments: &[Attachment], role: Role, direction: Direction) -> Option<&Attachment> {
     attachments
@@ -210,7 +243,7 @@ pub async fn run(
     let listener = TcpListener::bind(policy.metrics.listen)
         .await
         .with_context(|| format!("[metrics] listen {}", policy.metrics.listen))?;
-    let (mut datapath, state) = enforce(&policy, options.datapath_log)?;
+    let (mut datapath, state, devices) = enforce(&policy, options.datapath_log)?;
     println!(
         "{}; metrics on http://{}/metrics",
         summary(&state),
@@ -226,6 +259,7 @@ pub async fn run(
     let scrape = Arc::new(Scrape { maps, state });
     tokio::select! {
         result = serve(listener, scrape) => result?,
+        result = upkeep(&mut datapath, &devices) => result?,
         () = shutdown => {}
     }
     log::info!(
@@ -235,6 +269,54 @@ pub async fn run(
     // `datapath` drops here: programs stay referenced by their links and filters.
     drop(datapath);
     Ok(())
+}
+
+/// How often the NICs' addresses are read again (a new address takes new flows this long after
+/// it appears; nothing is ever allowed early).
+const ADDRESS_REFRESH: Duration = Duration::from_secs(1);
+/// How often expired established flows are swept.
+const SWEEP_EVERY: u32 = 10;
+
+/// The datapath's upkeep while the daemon runs: keeps the local-address map in step with the
+/// NICs and sweeps expired flows. Returns only on error.
+async fn upkeep(datapath: &mut Datapath, devices: &Devices) -> anyhow::Result<()> {
+    let mut ticks = tokio::time::interval(ADDRESS_REFRESH);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None;
+    let mut tick: u32 = 0;
+    loop {
+        ticks.tick().await;
+        match local_entries(devices) {
+            Ok((entries, nets)) if last.as_ref() != Some(&nets) => {
+                datapath.sync_local(&entries)?;
+                if last.is_some() {
+                    log::info!("NIC addresses changed: {}", describe(&nets));
+                }
+                last = Some(nets);
+            }
+            Ok(_) => {}
+            // A NIC that went away keeps its last addresses until it is back (and found again
+            // by the next start); it cannot take traffic meanwhile anyway.
+            Err(e) => log::warn!("reading NIC addresses: {e:#}"),
+        }
+        tick = tick.wrapping_add(1);
+        if tick % SWEEP_EVERY == 0 {
+            let occupancy = conntrack::sweep(datapath)?;
+            if occupancy.expired_removed > 0 {
+                log::debug!("swept {} expired flows", occupancy.expired_removed);
+            }
+        }
+    }
+}
+
+fn describe(nets: &[(Role, Vec<IpNetwork>)]) -> String {
+    nets.iter()
+        .map(|(role, n)| {
+            let list: Vec<String> = n.iter().map(ToString::to_string).collect();
+            format!("{} [{}]", role.name(), list.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;

@@ -6,16 +6,18 @@
 //! Policy updates add before they remove: a rule present in both the old and the new policy is
 //! never missing from the map, not even for an instant.
 
-use std::{borrow::Borrow, collections::HashSet, fs};
+use std::{borrow::Borrow, collections::HashSet, fmt, fs};
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
     programs::SchedClassifier,
     Ebpf, EbpfLoader,
 };
 use trove_isolate_common::{
+    conntrack::{FlowKey, FlowValue},
     counters::{self, Counter},
+    local::{LocalKey, LocalValue},
     maps,
     policy::{PolicyKey, PolicyValue},
     program_name,
@@ -88,31 +90,81 @@ impl Datapath {
 
     /// Makes the policy map hold exactly `entries`: inserts all, then removes the stale.
     pub fn sync_policy(&mut self, entries: &[(Key<PolicyKey>, PolicyValue)]) -> anyhow::Result<()> {
+        self.sync_trie(maps::POLICY, entries)
+            .context("writing the policy map")
+    }
+
+    /// Makes the local-address map hold exactly `entries` (the NICs' addresses and links).
+    pub fn sync_local(&mut self, entries: &[(Key<LocalKey>, LocalValue)]) -> anyhow::Result<()> {
+        self.sync_trie(maps::LOCAL, entries)
+            .context("writing the local address map")
+    }
+
+    /// Add before remove: an entry in both the old and the new content is never missing.
+    fn sync_trie<K, V>(&mut self, name: &str, entries: &[(Key<K>, V)]) -> anyhow::Result<()>
+    where
+        K: aya::Pod + Eq + std::hash::Hash + fmt::Debug,
+        V: aya::Pod,
+    {
         let map = self
             .ebpf
-            .map_mut(maps::POLICY)
-            .context("policy map missing")?;
-        let mut trie: LpmTrie<&mut MapData, PolicyKey, PolicyValue> = LpmTrie::try_from(map)?;
-        for (key, value) in entries {
-            trie.insert(key, value, 0).with_context(|| {
-                format!(
-                    "inserting policy entry {:?}/{}",
-                    key.data(),
-                    key.prefix_len()
-                )
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing"))?;
+        let mut trie: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map)?;
+        for (i, (key, value)) in entries.iter().enumerate() {
+            trie.insert(key, value, 0).map_err(|e| match e {
+                MapError::SyscallError(ref s) if s.io_error.raw_os_error() == Some(28) => {
+                    anyhow::anyhow!(
+                        "map {name} is full after {i} of {} entries (ENOSPC)",
+                        entries.len()
+                    )
+                }
+                e => anyhow::Error::new(e).context(format!("inserting entry {i} of {name}")),
             })?;
         }
-        let wanted: HashSet<(u32, PolicyKey)> = entries
+        let wanted: HashSet<(u32, K)> = entries
             .iter()
             .map(|(k, _)| (k.prefix_len(), k.data()))
             .collect();
-        let stale: Vec<Key<PolicyKey>> = trie
+        let stale: Vec<Key<K>> = trie
             .keys()
             .filter_map(Result::ok)
             .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
             .collect();
         for key in stale {
-            trie.remove(&key).context("removing a stale policy entry")?;
+            trie.remove(&key)
+                .with_context(|| format!("removing a stale entry of {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Every entry of one of `role`'s flow tables.
+    pub fn flows(&self, role: Role, table: Table) -> anyhow::Result<Vec<(FlowKey, FlowValue)>> {
+        let name = table.map_name(role);
+        let map = self
+            .ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing"))?;
+        let flows: HashMap<&MapData, FlowKey, FlowValue> = HashMap::try_from(map)?;
+        // A flow deleted by the datapath while we walk ends the walk early at worst; the next
+        // sweep sees the rest.
+        Ok(flows.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Removes `keys` from one of `role`'s flow tables; ones already gone count as removed.
+    pub fn remove_flows(&mut self, role: Role, table: Table, keys: &[FlowKey]) -> anyhow::Result<()> {
+        let name = table.map_name(role);
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing"))?;
+        let mut flows: HashMap<&mut MapData, FlowKey, FlowValue> = HashMap::try_from(map)?;
+        for key in keys {
+            match flows.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(2) => {}
+                Err(e) => return Err(e).with_context(|| format!("removing a flow from {name}")),
+            }
         }
         Ok(())
     }
@@ -127,21 +179,57 @@ impl Datapath {
     }
 
     pub fn set_mode(&mut self, role: Role, mode: Mode) -> anyhow::Result<()> {
+        self.update_settings(role, |s| s.mode = mode as u8)
+            .with_context(|| format!("setting {} mode", role.name()))
+    }
+
+    /// Whether the NIC of `role` passes DHCP client traffic (statelessly, in link scope).
+    pub fn set_dhcp(&mut self, role: Role, on: bool) -> anyhow::Result<()> {
+        self.update_settings(role, |s| s.dhcp = u8::from(on))
+            .with_context(|| format!("setting {} dhcp", role.name()))
+    }
+
+    fn update_settings(
+        &mut self,
+        role: Role,
+        change: impl FnOnce(&mut Settings),
+    ) -> anyhow::Result<()> {
         let map = self
             .ebpf
             .map_mut(maps::SETTINGS)
             .context("settings map missing")?;
         let mut settings: Array<&mut MapData, Settings> = Array::try_from(map)?;
-        settings
-            .set(
-                role as u32,
-                Settings {
-                    mode: mode as u8,
-                    _pad: [0; 7],
-                },
-                0,
-            )
-            .with_context(|| format!("setting {} mode", role.name()))
+        let mut value = settings.get(&(role as u32), 0)?;
+        change(&mut value);
+        settings.set(role as u32, value, 0)?;
+        Ok(())
+    }
+}
+
+/// The two connection-tracking tables of a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Not yet established (LRU, short timeouts).
+    New,
+    /// Established (never evicted; swept by the daemon).
+    Established,
+}
+
+impl Table {
+    pub const ALL: [Table; 2] = [Table::New, Table::Established];
+
+    pub fn map_name(self, role: Role) -> &'static str {
+        match self {
+            Table::New => maps::ct_new(role),
+            Table::Established => maps::ct_est(role),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::New => "new",
+            Table::Established => "established",
+        }
     }
 }
 

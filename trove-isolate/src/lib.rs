@@ -10,7 +10,9 @@ pub static EBPF_OBJECT: &[u8] =
 
 pub mod attach;
 pub mod config;
+pub mod conntrack;
 pub mod daemon;
+pub mod local;
 pub mod datapath;
 pub mod metrics;
 pub mod netns;

@@ -12,7 +12,8 @@ use std::path::Path;
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use packets::frame::*;
-use trove_isolate::{config::Config, datapath::Datapath, policy::Policy};
+use ipnetwork::IpNetwork;
+use trove_isolate::{config::Config, datapath::Datapath, local, policy::Policy};
 use trove_isolate_common::{action, proto, Direction, Mode, Reason, Role, Verdict};
 use Direction::{Egress as E, Ingress as I};
 use Role::{Business as B, Management as M};
@@ -79,6 +80,9 @@ fn drop(name: &str, role: Role, direction: Direction, frame: Vec<u8>, reason: Re
     case(name, role, direction, frame, Verdict::Drop, reason)
 }
 
+/// The addresses both NICs carry: the same on each, as Trove allows.
+const NIC_ADDRESSES: [&str; 3] = ["192.0.2.1/24", "2001:db8:1::1/64", "fe80::1/64"];
+
 fn datapath() -> Datapath {
     let path = Path::new("packets.toml");
     let config = Config::parse(CONFIG, path).expect("test config parses");
@@ -86,6 +90,14 @@ fn datapath() -> Datapath {
     let mut dp = Datapath::load(None, false).expect("loading the datapath (root, BPF)");
     dp.sync_policy(&policy.entries())
         .expect("writing the policy map");
+    let nets: Vec<IpNetwork> = NIC_ADDRESSES.iter().map(|n| n.parse().expect("net")).collect();
+    let mut entries = local::entries(M, &nets);
+    entries.extend(local::entries(B, &nets));
+    dp.sync_local(&entries).expect("writing the local address map");
+    for role in [M, B] {
+        let dhcp = policy.nic(role).is_some_and(|n| n.dhcp);
+        dp.set_dhcp(role, dhcp).expect("setting dhcp");
+    }
     dp
 }
 
@@ -312,14 +324,14 @@ fn management_nic() {
                     "255.255.255.255",
                     &udp(68, 67),
                 ),
-                Allowed,
+                Dhcp,
             ),
             pass(
                 "DHCP offer",
                 M,
                 I,
                 ipv4(V4_PLAIN, proto::UDP, "192.0.2.254", G4, &udp(67, 68)),
-                Allowed,
+                Dhcp,
             ),
             pass("ARP in", M, I, arp(), Arp),
             pass("ARP out", M, E, arp(), Arp),
@@ -327,8 +339,9 @@ fn management_nic() {
                 "neighbour solicitation in",
                 M,
                 I,
-                ipv6(
+                ipv6_hl(
                     proto::ICMPV6,
+                    255,
                     RABBIT6,
                     "ff02::1:ff00:1",
                     &icmp(135, 0, 0, &[0; 16]),
@@ -339,14 +352,14 @@ fn management_nic() {
                 "neighbour advertisement out",
                 M,
                 E,
-                ipv6(proto::ICMPV6, G6, RABBIT6, &icmp(136, 0, 0, &[0; 16])),
+                ipv6_hl(proto::ICMPV6, 255, G6, RABBIT6, &icmp(136, 0, 0, &[0; 16])),
                 NeighborDiscovery,
             ),
             pass(
                 "router solicitation out",
                 M,
                 E,
-                ipv6(proto::ICMPV6, G6, "ff02::2", &icmp(133, 0, 0, &[])),
+                ipv6_hl(proto::ICMPV6, 255, G6, "ff02::2", &icmp(133, 0, 0, &[])),
                 NeighborDiscovery,
             ),
             // ICMP echo is a flow like any other.
@@ -840,4 +853,153 @@ fn audit_mode_passes_what_it_would_drop() {
             ),
         ],
     );
+}
+
+fn v4_seq(src: &str, dst: &str, ports: (u16, u16), flags: u8, seq: u32, ack: u32, win: u16) -> Vec<u8> {
+    ipv4(V4_PLAIN, proto::TCP, src, dst, &tcp_seq(ports.0, ports.1, flags, seq, ack, win))
+}
+
+fn v4_udp(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
+    ipv4(V4_PLAIN, proto::UDP, src, dst, &udp(sport, dport))
+}
+
+/// TCP state: invalid flag combinations open nothing and pass nowhere; a FIN or RST outside the
+/// receiver's window cannot close a flow; a SYN reusing a closed flow's tuple meets the policy.
+#[rustfmt::skip]
+#[test]
+fn tcp_state_holds_against_forged_segments() {
+    use Reason::*;
+    let mut dp = datapath();
+    // Client 192.0.2.50:33100 -> database 3306: handshake, then the established flow.
+    let c = (33100, 3306);
+    let s = (3306, 33100);
+    run_table(&mut dp, &[
+        drop("SYN+FIN", B, I, v4_tcp(CLIENT, G4, 33101, 3306, SYN | FIN), InvalidFlags),
+        drop("SYN+RST", B, I, v4_tcp(CLIENT, G4, 33102, 3306, SYN | RST), InvalidFlags),
+        drop("no flags (null scan)", B, I, v4_tcp(CLIENT, G4, 33103, 3306, 0), InvalidFlags),
+        drop("FIN without ACK (xmas)", B, I, v4_tcp(CLIENT, G4, 33104, 3306, FIN | 0x28), InvalidFlags),
+        drop("SYN+FIN going out", M, E, v4_tcp(G4, RABBIT4, 40300, 5672, SYN | FIN), InvalidFlags),
+        pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
+        pass("server SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
+        pass("client ACK completes the handshake", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
+        pass("server data", B, E, v4_seq(G4, CLIENT, s, ACK | 0x08, 5001, 1001, 100), Tracked),
+        drop("blind RST far outside the server's window", B, I, v4_seq(CLIENT, G4, c, RST, 900_000, 0, 0), OutOfWindow),
+        drop("blind RST just past the window", B, I, v4_seq(CLIENT, G4, c, RST, 1001 + 101, 0, 0), OutOfWindow),
+        drop("blind FIN outside the window", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 77_777, 5001, 200), OutOfWindow),
+        drop("blind RST to the client, outside its window", B, E, v4_seq(G4, CLIENT, s, RST, 9, 0, 0), OutOfWindow),
+        pass("the flow is still established", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5101, 200), Tracked),
+        pass("a SYN on the live tuple rides it (the endpoint answers it)", B, I, v4_seq(CLIENT, G4, c, SYN, 1, 0, 0), Tracked),
+        pass("in-window RST closes it", B, I, v4_seq(CLIENT, G4, c, RST, 1001, 0, 0), Tracked),
+        pass("a SYN reusing the closed tuple is a new flow", B, I, v4_seq(CLIENT, G4, c, SYN, 7000, 0, 64240), Allowed),
+        drop("unsolicited SYN-ACK opens nothing", B, I, v4_tcp(PEER, G4, 3306, 40400, SYN_ACK), NotTracked),
+        drop("outbound RST opens nothing", M, E, v4_tcp(G4, RABBIT4, 40401, 5672, RST), NotTracked),
+    ]);
+}
+
+/// DHCP is client port <-> server port in link scope, passed without tracking; nothing else
+/// rides its rules.
+#[rustfmt::skip]
+#[test]
+fn dhcp_is_no_tunnel() {
+    use Reason::*;
+    let mut dp = datapath();
+    run_table(&mut dp, &[
+        pass("discover to broadcast", M, E, v4_udp("0.0.0.0", "255.255.255.255", 68, 67), Dhcp),
+        pass("renewal to the on-link server", M, E, v4_udp(G4, "192.0.2.254", 68, 67), Dhcp),
+        pass("ack to our address", M, I, v4_udp("192.0.2.254", G4, 67, 68), Dhcp),
+        pass("offer to broadcast", M, I, v4_udp("192.0.2.254", "255.255.255.255", 67, 68), Dhcp),
+        drop("any source port to a server port 67 off-link", M, E, v4_udp(G4, "198.51.100.9", 40000, 67), Policy),
+        drop("client port to port 67 off-link", M, E, v4_udp(G4, "198.51.100.9", 68, 67), Policy),
+        drop("port 68 from a port other than 67", M, I, v4_udp("198.51.100.9", G4, 40000, 68), Policy),
+        drop("server port to 68 of another address", M, I, v4_udp("192.0.2.254", "192.0.2.77", 67, 68), NotLocal),
+        drop("the reply path of a would-be tunnel", M, I, v4_udp("198.51.100.9", G4, 67, 40000), Policy),
+        drop("DHCP on the business NIC", B, E, v4_udp("0.0.0.0", "255.255.255.255", 68, 67), NotLocal),
+        pass("DHCPv6 solicit", M, E, ipv6(proto::UDP, "fe80::1", "ff02::1:2", &udp(546, 547)), Dhcp),
+        pass("DHCPv6 reply", M, I, ipv6(proto::UDP, "fe80::2", "fe80::1", &udp(547, 546)), Dhcp),
+        drop("DHCPv6 to a global server", M, E, ipv6(proto::UDP, G6, "2001:db8:9::9", &udp(546, 547)), Policy),
+        drop("DHCPv6 reply from a global source", M, I, ipv6(proto::UDP, "2001:db8:9::9", G6, &udp(547, 546)), Policy),
+    ]);
+    // Stateless: a burst at the client port tracks nothing.
+    assert!(dp.flows(M, trove_isolate::datapath::Table::New).expect("flows").is_empty());
+}
+
+/// ICMP: errors only between the quoted flow's endpoints; echo flows keyed by the way requests
+/// go; neighbour discovery and MLD only with their hop limits, directions and scope.
+#[rustfmt::skip]
+#[test]
+fn icmp_is_held_to_its_flows_and_its_link() {
+    use Reason::*;
+    let mut dp = datapath();
+    let out = v4_tcp(G4, RABBIT4, 40500, 5672, SYN);
+    let inbound = v4_tcp(OPERATOR, G4, 50500, 22, SYN);
+    let nd = |ty: u8, hop: u8, src: &str, dst: &str| ipv6_hl(proto::ICMPV6, hop, src, dst, &icmp(ty, 0, 0, &[0; 16]));
+    run_table(&mut dp, &[
+        pass("SYN to rabbitmq", M, E, out.clone(), Allowed),
+        pass("operator SSH SYN", M, I, inbound.clone(), Allowed),
+        pass("unreachable from a router about our flow", M, I, ipv4(V4_PLAIN, proto::ICMP, "203.0.113.1", G4, &icmp(3, 4, 0, &quote(&out, 20))), Related),
+        drop("unreachable about our flow addressed elsewhere", M, I, ipv4(V4_PLAIN, proto::ICMP, RABBIT4, "192.0.2.77", &icmp(3, 4, 0, &quote(&out, 20))), NotTracked),
+        pass("our port-unreachable to the operator", M, E, ipv4(V4_PLAIN, proto::ICMP, G4, OPERATOR, &icmp(3, 3, 0, &quote(&inbound, 20))), Related),
+        drop("the same error sent to any other host", M, E, ipv4(V4_PLAIN, proto::ICMP, G4, UNLISTED, &icmp(3, 3, 0, &quote(&inbound, 20))), NotTracked),
+        drop("the same error from a spoofed source", M, E, ipv4(V4_PLAIN, proto::ICMP, "192.0.2.77", OPERATOR, &icmp(3, 3, 0, &quote(&inbound, 20))), NotTracked),
+        pass("echo request to rabbitmq", M, E, ipv4(V4_PLAIN, proto::ICMP, G4, RABBIT4, &icmp(8, 0, 21, &[])), Allowed),
+        drop("inbound echo request on that identifier", M, I, ipv4(V4_PLAIN, proto::ICMP, RABBIT4, G4, &icmp(8, 0, 21, &[])), Policy),
+        drop("echo reply going out on that identifier", M, E, ipv4(V4_PLAIN, proto::ICMP, G4, RABBIT4, &icmp(0, 0, 21, &[])), NotTracked),
+        drop("redirect riding the echo flow", M, I, ipv4(V4_PLAIN, proto::ICMP, RABBIT4, G4, &icmp(5, 0, 21, &[])), NotTracked),
+        drop("timestamp request riding the echo flow", M, I, ipv4(V4_PLAIN, proto::ICMP, RABBIT4, G4, &icmp(13, 0, 21, &[])), NotTracked),
+        pass("echo reply from rabbitmq", M, I, ipv4(V4_PLAIN, proto::ICMP, RABBIT4, G4, &icmp(0, 0, 21, &[])), Tracked),
+        pass("NS in, hop limit 255", B, I, nd(135, 255, "fe80::2", "ff02::1:ff00:1"), NeighborDiscovery),
+        drop("NS in, hop limit 64 (routed)", B, I, nd(135, 64, "fe80::2", "ff02::1:ff00:1"), Malformed),
+        pass("NA out to an on-link neighbour", B, E, nd(136, 255, G6, "2001:db8:1::50"), NeighborDiscovery),
+        drop("NA out to an off-link host", B, E, nd(136, 255, G6, "2001:db8:99::1"), Malformed),
+        drop("NA out, hop limit 64", B, E, nd(136, 64, G6, "fe80::2"), Malformed),
+        pass("RA in from the router's link-local address", M, I, nd(134, 255, "fe80::ff", "ff02::1"), NeighborDiscovery),
+        drop("RA in from a global address", M, I, nd(134, 255, RABBIT6, "ff02::1"), Malformed),
+        drop("RA out: the guest is no router", M, E, nd(134, 255, "fe80::1", "ff02::1"), UnsupportedProtocol),
+        drop("redirect out", M, E, nd(137, 255, "fe80::1", "fe80::2"), UnsupportedProtocol),
+        drop("RS in", M, I, nd(133, 255, "fe80::2", "ff02::2"), UnsupportedProtocol),
+        pass("MLDv2 report out", M, E, nd(143, 1, "fe80::1", "ff02::16"), NeighborDiscovery),
+        drop("MLDv2 report out, hop limit 2", M, E, nd(143, 2, "fe80::1", "ff02::16"), Malformed),
+        drop("MLDv2 report out to a unicast host", M, E, nd(143, 1, "fe80::1", RABBIT6), Malformed),
+        pass("MLD query in", M, I, nd(130, 1, "fe80::ff", "ff02::1"), NeighborDiscovery),
+        drop("MLD query in from a global address", M, I, nd(130, 1, RABBIT6, "ff02::1"), Malformed),
+        drop("node information query", M, I, nd(139, 255, "fe80::2", "fe80::1"), NotTracked),
+    ]);
+}
+
+/// New flows must be the NIC's own: addressed to it coming in, from it going out. A forwarded
+/// packet is not judged as the guest's.
+#[rustfmt::skip]
+#[test]
+fn new_flows_must_be_the_nics_own() {
+    use Reason::*;
+    let mut dp = datapath();
+    run_table(&mut dp, &[
+        drop("client SYN to another address on the link", B, I, v4_tcp(CLIENT, "192.0.2.77", 33200, 3306, SYN), NotLocal),
+        drop("client SYN to a forwarded address", B, I, v4_tcp(CLIENT, "203.0.113.200", 33201, 3306, SYN), NotLocal),
+        drop("forwarded SYN going out to the peer", B, E, v4_tcp("192.0.2.77", PEER, 40600, 3306, SYN), NotLocal),
+        drop("spoofed source to rabbitmq", M, E, v4_tcp("192.0.2.77", RABBIT4, 40601, 5672, SYN), NotLocal),
+        pass("the NIC's own address", B, I, v4_tcp(CLIENT, G4, 33202, 3306, SYN), Allowed),
+        pass("the NIC's own IPv6 address", B, I, v6_tcp(CLIENT6, G6, 33203, 3306, SYN), Allowed),
+    ]);
+}
+
+/// Transport headers are bounded by the IP packet, not the frame.
+#[rustfmt::skip]
+#[test]
+fn transport_headers_end_with_their_ip_packet() {
+    use Reason::*;
+    let mut dp = datapath();
+    // A 4-byte IPv4 payload padded to the 60-byte minimum: the "UDP ports" are Ethernet padding.
+    let mut short_udp = ipv4(V4 { tot_len: Some(24), ..V4_PLAIN }, proto::UDP, G4, "192.0.2.20", &[0x9c, 0x40, 0x0f, 0xa0]);
+    short_udp.resize(60, 0x11);
+    let mut short_tcp = v4_tcp(G4, RABBIT4, 40700, 5672, SYN);
+    let ihl_only = (20u16 + 12).to_be_bytes();
+    short_tcp[16..18].copy_from_slice(&ihl_only);
+    let mut padded = v4_tcp(G4, RABBIT4, 40701, 5672, SYN);
+    padded.resize(80, 0);
+    run_table(&mut dp, &[
+        drop("UDP header in the trailer", M, E, short_udp, Malformed),
+        drop("TCP header cut by the total length", M, E, short_tcp, Malformed),
+        pass("a whole packet with a trailer", M, E, padded, Allowed),
+    ]);
 }

@@ -8,7 +8,9 @@ pub const ETH_IPV6: u16 = 0x86dd;
 pub const ETH_ARP: u16 = 0x0806;
 pub const ETH_VLAN: u16 = 0x8100;
 
+pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
+pub const RST: u8 = 0x04;
 pub const ACK: u8 = 0x10;
 pub const SYN_ACK: u8 = SYN | ACK;
 
@@ -58,6 +60,22 @@ pub fn ipv4(opts: V4, proto: u8, src: &str, dst: &str, l4: &[u8]) -> Vec<u8> {
 
 /// IPv6 with `ext` as (next header, header bytes) pairs chained in front of the L4 payload.
 pub fn ipv6_ext(proto: u8, ext: &[(u8, Vec<u8>)], src: &str, dst: &str, l4: &[u8]) -> Vec<u8> {
+    ipv6_full(proto, 64, ext, src, dst, l4)
+}
+
+/// IPv6 with a given hop limit (neighbour discovery needs 255, MLD 1).
+pub fn ipv6_hl(proto: u8, hop_limit: u8, src: &str, dst: &str, l4: &[u8]) -> Vec<u8> {
+    ipv6_full(proto, hop_limit, &[], src, dst, l4)
+}
+
+fn ipv6_full(
+    proto: u8,
+    hop_limit: u8,
+    ext: &[(u8, Vec<u8>)],
+    src: &str,
+    dst: &str,
+    l4: &[u8],
+) -> Vec<u8> {
     let (IpAddr::V6(s), IpAddr::V6(d)) = (ip(src), ip(dst)) else {
         panic!("{src} -> {dst}: not IPv6");
     };
@@ -73,7 +91,7 @@ pub fn ipv6_ext(proto: u8, ext: &[(u8, Vec<u8>)], src: &str, dst: &str, l4: &[u8
     let payload_len = (chain.len() + l4.len()) as u16;
     let mut h = vec![0x60, 0, 0, 0];
     h.extend_from_slice(&payload_len.to_be_bytes());
-    h.extend_from_slice(&[first, 64]);
+    h.extend_from_slice(&[first, hop_limit]);
     h.extend_from_slice(&s.octets());
     h.extend_from_slice(&d.octets());
     h.extend_from_slice(&chain);
@@ -91,10 +109,19 @@ pub fn ext8() -> Vec<u8> {
 }
 
 pub fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    tcp_seq(sport, dport, flags, 1, 0, 0xffff)
+}
+
+/// TCP with the sequence number, acknowledgment number and window given.
+pub fn tcp_seq(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, window: u16) -> Vec<u8> {
     let mut t = Vec::with_capacity(20);
     t.extend_from_slice(&sport.to_be_bytes());
     t.extend_from_slice(&dport.to_be_bytes());
-    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(&seq.to_be_bytes());
+    t.extend_from_slice(&ack.to_be_bytes());
+    t.extend_from_slice(&[0x50, flags]);
+    t.extend_from_slice(&window.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 0]);
     t
 }
 

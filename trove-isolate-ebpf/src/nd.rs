@@ -1,0 +1,48 @@
+//! IPv6 neighbour discovery and MLD: what a host needs to keep an address, each message in the
+//! direction a host uses it, with the hop limit RFC 4861 and RFC 3810 require (255 for neighbour
+//! discovery, 1 for MLD, which no router forwards) and in link scope. A guest is not a router:
+//! it sends no router advertisements, redirects or MLD queries.
+
+use trove_isolate_common::{Direction, Reason, Role};
+
+use crate::{local, packet::Packet};
+
+const ROUTER_SOLICITATION: u8 = 133;
+const ROUTER_ADVERTISEMENT: u8 = 134;
+const NEIGHBOR_SOLICITATION: u8 = 135;
+const NEIGHBOR_ADVERTISEMENT: u8 = 136;
+const REDIRECT: u8 = 137;
+const MLD_QUERY: u8 = 130;
+const MLD_REPORT: u8 = 131;
+const MLD_DONE: u8 = 132;
+const MLD2_REPORT: u8 = 143;
+
+#[inline(always)]
+pub fn check(role: Role, direction: Direction, pkt: &Packet) -> Result<Reason, Reason> {
+    let ingress = direction == Direction::Ingress;
+    let (hop_limit, ok_scope) = match pkt.icmp_type {
+        // Router advertisements and redirects come from a router's link-local address.
+        ROUTER_ADVERTISEMENT | REDIRECT if ingress => (255, local::link_local(&pkt.src)),
+        ROUTER_SOLICITATION if !ingress => (255, on_link(role, pkt)),
+        NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT => {
+            (255, ingress || on_link(role, pkt))
+        }
+        MLD_QUERY if ingress => (1, local::link_local(&pkt.src)),
+        MLD_REPORT | MLD_DONE | MLD2_REPORT if !ingress => (
+            1,
+            (local::link_local(&pkt.src) || local::unspecified(&pkt.src))
+                && local::link_multicast(&pkt.dst),
+        ),
+        _ => return Err(Reason::UnsupportedProtocol),
+    };
+    if pkt.hop_limit != hop_limit || !ok_scope {
+        return Err(Reason::Malformed);
+    }
+    Ok(Reason::NeighborDiscovery)
+}
+
+/// An outgoing message's destination is on the link, so no router carries it further.
+#[inline(always)]
+fn on_link(role: Role, pkt: &Packet) -> bool {
+    local::on_link(role, pkt.family, &pkt.dst)
+}

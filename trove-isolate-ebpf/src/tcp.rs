@@ -1,0 +1,30 @@
+//! TCP flag combinations: what no real stack sends opens nothing and passes nowhere.
+
+use trove_isolate_common::Reason;
+
+use crate::packet::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+/// SYN+FIN, SYN+RST, FIN+RST, FIN without ACK (Xmas), and no SYN, RST or ACK at all (null) are
+/// scans or evasion attempts.
+#[inline(always)]
+pub fn check_flags(pkt: &Packet) -> Result<(), Reason> {
+    let f = pkt.tcp_flags;
+    let syn = f & TCP_SYN != 0;
+    let fin = f & TCP_FIN != 0;
+    let rst = f & TCP_RST != 0;
+    let ack = f & TCP_ACK != 0;
+    let invalid = (syn && (fin || rst)) || (fin && rst) || (fin && !ack) || !(syn || rst || ack);
+    if invalid {
+        return Err(Reason::InvalidFlags);
+    }
+    Ok(())
+}
+
+/// Whether a TCP packet with no tracked flow may open one in its direction: a bare SYN, or going
+/// out, an ACK of a connection the local stack already has (picked up mid-flow, so the guest
+/// agent's session survives the first start; the policy still decides).
+#[inline(always)]
+pub fn opens_flow(pkt: &Packet, egress: bool) -> bool {
+    let f = pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST);
+    f == TCP_SYN || (egress && f == TCP_ACK)
+}

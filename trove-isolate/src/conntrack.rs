@@ -1,0 +1,110 @@
+//! The daemon's side of connection tracking: revoking flows a new policy no longer allows, and
+//! sweeping expired established flows (that table never evicts, so its expired entries would
+//! otherwise hold their slots until a packet of the same flow came by).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use trove_isolate_common::{
+    conntrack::{FlowKey, FlowValue},
+    family, proto, Direction, Role,
+};
+
+use crate::{
+    datapath::{Datapath, Table},
+    policy::Policy,
+};
+
+/// The remote address of a flow key.
+pub fn remote_ip(key: &FlowKey) -> IpAddr {
+    ip(key.family, &key.remote)
+}
+
+pub fn local_ip(key: &FlowKey) -> IpAddr {
+    ip(key.family, &key.local)
+}
+
+fn ip(fam: u8, addr: &[u8; 16]) -> IpAddr {
+    if fam == family::V4 {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*addr))
+    }
+}
+
+/// Whether `policy` would let the flow's opening packet through: the rule lookup the datapath
+/// makes, for the direction the flow was opened in.
+pub fn allowed_by(policy: &Policy, key: &FlowKey, value: &FlowValue) -> bool {
+    let Some(role) = Role::from_u8(key.role) else {
+        return false;
+    };
+    let Some(origin) = Direction::from_u8(value.origin) else {
+        return false;
+    };
+    let Some(nic) = policy.nic(role) else {
+        return false;
+    };
+    let port = match key.proto {
+        proto::TCP | proto::UDP => u16::from_be(match origin {
+            // The rule names the destination port of the opening packet.
+            Direction::Ingress => key.local_port,
+            Direction::Egress => key.remote_port,
+        }),
+        _ => 0,
+    };
+    let remote = remote_ip(key);
+    nic.rules.iter().any(|r| {
+        r.direction == origin && r.proto == key.proto && r.port == port && r.remote.contains(remote)
+    })
+}
+
+/// Removes every tracked flow (both tables, both roles) that `policy` does not allow. Run after
+/// the new policy is in the map, so no flow it refuses can start again; a second pass catches a
+/// flow promoted from the new table while the first walked it.
+pub fn revoke(datapath: &mut Datapath, policy: &Policy) -> anyhow::Result<usize> {
+    let mut removed = 0;
+    for table in [Table::New, Table::Established, Table::Established] {
+        for role in Role::ALL {
+            let stale: Vec<FlowKey> = datapath
+                .flows(role, table)?
+                .into_iter()
+                .filter(|(k, v)| !allowed_by(policy, k, v))
+                .map(|(k, _)| k)
+                .collect();
+            removed += stale.len();
+            datapath.remove_flows(role, table, &stale)?;
+        }
+    }
+    Ok(removed)
+}
+
+/// What a sweep found: live flows per (role, table).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    pub live: Vec<(Role, Table, usize)>,
+    pub expired_removed: usize,
+}
+
+/// Deletes expired flows from both tables of both roles and counts the live ones.
+pub fn sweep(datapath: &mut Datapath) -> anyhow::Result<Occupancy> {
+    let now = monotonic_ns()?;
+    let mut occupancy = Occupancy::default();
+    for role in Role::ALL {
+        for table in Table::ALL {
+            let (expired, live): (Vec<_>, Vec<_>) = datapath
+                .flows(role, table)?
+                .into_iter()
+                .partition(|(k, v)| v.expired(k.proto, now));
+            let expired: Vec<FlowKey> = expired.into_iter().map(|(k, _)| k).collect();
+            datapath.remove_flows(role, table, &expired)?;
+            occupancy.expired_removed += expired.len();
+            occupancy.live.push((role, table, live.len()));
+        }
+    }
+    Ok(occupancy)
+}
+
+/// The clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> anyhow::Result<u64> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    Ok(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+}

@@ -1,0 +1,125 @@
+//! The NICs' own addresses and on-link prefixes, as the datapath's `LOCAL` map holds them.
+//!
+//! New flows must be addressed to (ingress) or sent from (egress) an address of their NIC, so a
+//! forwarded or spoofed packet is never judged as the guest's own; DHCP and neighbour discovery
+//! are scoped to the on-link prefixes. [`addresses`] reads a NIC's addresses inside its
+//! namespace; [`entries`] turns them into map entries (an own address as a host prefix with both
+//! flags, its subnet with `LINK` only).
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use aya::maps::lpm_trie::Key;
+use ipnetwork::IpNetwork;
+use nix::ifaddrs::getifaddrs;
+use trove_isolate_common::{
+    family,
+    local::{LocalKey, LocalValue, LINK, OWN},
+    Role,
+};
+
+use crate::{netns, nic::Device};
+
+/// The addresses of `device` with their prefix lengths, read inside its namespace.
+pub fn addresses(device: &Device) -> anyhow::Result<Vec<IpNetwork>> {
+    use anyhow::Context as _;
+    let name = device.name.clone();
+    netns::run_in(device.netns.as_deref(), move || {
+        let mut out = BTreeSet::new();
+        for ifa in getifaddrs()? {
+            if ifa.interface_name != name {
+                continue;
+            }
+            let (Some(addr), Some(mask)) = (ifa.address, ifa.netmask) else {
+                continue;
+            };
+            let (ip, bits) = if let (Some(a), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in())
+            {
+                (IpAddr::V4(a.ip()), u32::from(m.ip()).count_ones())
+            } else if let (Some(a), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
+                (IpAddr::V6(a.ip()), u128::from(m.ip()).count_ones())
+            } else {
+                continue;
+            };
+            if let Ok(net) = IpNetwork::new(ip, bits as u8) {
+                out.insert(net);
+            }
+        }
+        Ok::<_, nix::Error>(out.into_iter().collect())
+    })?
+    .with_context(|| format!("listing the addresses of {}", device.name))
+}
+
+/// The `LOCAL` map entries of one NIC.
+pub fn entries(role: Role, nets: &[IpNetwork]) -> Vec<(Key<LocalKey>, LocalValue)> {
+    let mut out = Vec::new();
+    for net in nets {
+        let host = IpNetwork::new(net.ip(), if net.is_ipv4() { 32 } else { 128 })
+            .expect("a host prefix is valid");
+        out.push(entry(role, host, OWN | LINK));
+        let subnet = IpNetwork::new(net.network(), net.prefix()).expect("same prefix is valid");
+        if subnet.prefix() != host.prefix() {
+            out.push(entry(role, subnet, LINK));
+        }
+    }
+    // An address whose subnet is another address's host prefix would collide: keep the first,
+    // which for an own address carries both flags.
+    let mut seen = BTreeSet::new();
+    out.retain(|(k, _)| seen.insert((k.prefix_len(), k.data())));
+    out
+}
+
+fn entry(role: Role, net: IpNetwork, flags: u8) -> (Key<LocalKey>, LocalValue) {
+    let (fam, addr) = match net.ip() {
+        IpAddr::V4(v4) => {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&v4.octets());
+            (family::V4, a)
+        }
+        IpAddr::V6(v6) => (family::V6, v6.octets()),
+    };
+    (
+        Key::new(
+            LocalKey::prefix_len(u32::from(net.prefix())),
+            LocalKey {
+                role: role as u8,
+                family: fam,
+                _pad: [0; 2],
+                addr,
+            },
+        ),
+        LocalValue {
+            flags,
+            _pad: [0; 3],
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_own_and_its_subnet_is_link() {
+        let nets: Vec<IpNetwork> = ["192.0.2.1/24", "2001:db8:1::1/64", "192.0.2.7/32"]
+            .iter()
+            .map(|s| s.parse().expect("net"))
+            .collect();
+        let e = entries(Role::Business, &nets);
+        let got: Vec<(u32, u8, u8)> = e
+            .iter()
+            .map(|(k, v)| (k.prefix_len(), k.data().family, v.flags))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (32 + 32, family::V4, OWN | LINK),
+                (32 + 24, family::V4, LINK),
+                (32 + 128, family::V6, OWN | LINK),
+                (32 + 64, family::V6, LINK),
+                (32 + 32, family::V4, OWN | LINK),
+            ]
+        );
+        assert!(e.iter().all(|(k, _)| k.data().role == Role::Business as u8));
+        assert_eq!(e[1].0.data().addr[..4], [192, 0, 2, 0]);
+    }
+}
