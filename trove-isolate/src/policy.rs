@@ -21,7 +21,10 @@ use trove_isolate_common::{
     proto, Direction, Mode, Role,
 };
 
-use crate::config::{Config, ConfigError, NicConfig, DEFAULT_METRICS_LISTEN, DEFAULT_PIN_PATH};
+use crate::config::{
+    AllowConfig, BusinessConfig, Config, ConfigError, ManagementConfig, MetricsConfig, NicConfig,
+    DEFAULT_METRICS_LISTEN, DEFAULT_PIN_PATH,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachMode {
@@ -170,7 +173,16 @@ struct RuleSet<'a> {
     rules: Vec<Rule>,
 }
 
-impl RuleSet<'_> {
+impl<'a> RuleSet<'a> {
+    fn new(role: Role, next_id: &'a mut u32) -> Self {
+        RuleSet {
+            role,
+            next_id,
+            seen: HashSet::new(),
+            rules: vec![],
+        }
+    }
+
     fn add(
         &mut self,
         direction: Direction,
@@ -360,6 +372,174 @@ fn icmp_for(net: &IpNetwork) -> u8 {
     }
 }
 
+fn mode(top: &Ctx, mode: Option<&str>) -> Result<Mode, ConfigError> {
+    match mode {
+        None | Some("enforce") => Ok(Mode::Enforce),
+        Some("audit") => Ok(Mode::Audit),
+        Some(other) => Err(top.err(
+            "mode",
+            format!("{other:?}: expected \"enforce\" or \"audit\""),
+        )),
+    }
+}
+
+fn attach(top: &Ctx, attach: Option<&str>) -> Result<AttachMode, ConfigError> {
+    match attach {
+        None | Some("auto") => Ok(AttachMode::Auto),
+        Some("tcx") => Ok(AttachMode::Tcx),
+        Some("legacy") => Ok(AttachMode::Legacy),
+        Some(other) => Err(top.err(
+            "attach",
+            format!("{other:?}: expected \"auto\", \"tcx\" or \"legacy\""),
+        )),
+    }
+}
+
+fn pin_path(top: &Ctx, pin_path: Option<&str>) -> Result<PathBuf, ConfigError> {
+    let pin_path = PathBuf::from(pin_path.unwrap_or(DEFAULT_PIN_PATH));
+    if !pin_path.is_absolute() {
+        return Err(top.err(
+            "pin_path",
+            format!("{} must be an absolute path", pin_path.display()),
+        ));
+    }
+    Ok(pin_path)
+}
+
+fn metrics(m: &Ctx, config: &MetricsConfig) -> Result<MetricsPolicy, ConfigError> {
+    let listen_text = config.listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN);
+    let listen: SocketAddr = listen_text
+        .parse()
+        .map_err(|_| m.err("listen", format!("{listen_text:?} is not an IP:port")))?;
+    Ok(MetricsPolicy {
+        listen,
+        allow_from: m.cidrs("allow_from", &config.allow_from)?,
+    })
+}
+
+/// Outbound to the control plane and named extras; inbound SSH and metrics scrapes.
+fn management(
+    c: &Ctx,
+    mgmt: &ManagementConfig,
+    metrics: &MetricsPolicy,
+    next_id: &mut u32,
+) -> Result<NicPolicy, ConfigError> {
+    let nic = c.nic(&mgmt.nic())?;
+    let mut set = RuleSet::new(Role::Management, next_id);
+    for (key, list) in [("rabbitmq", &mgmt.rabbitmq), ("registry", &mgmt.registry)] {
+        for (i, text) in list.iter().enumerate() {
+            let ep = c.endpoint(&format!("{key}[{i}]"), text)?;
+            let host = IpNetwork::from(ep.ip());
+            set.tcp(Direction::Egress, ep.port(), host, format!("{key} {ep}"));
+        }
+    }
+    for (i, entry) in mgmt.allow.iter().enumerate() {
+        allow(c, i, entry, &mut set)?;
+    }
+    let ssh_port = c.port("ssh_port", Some(mgmt.ssh_port.unwrap_or(22)))?;
+    for net in c.cidrs("ssh_from", &mgmt.ssh_from)? {
+        set.tcp(Direction::Ingress, ssh_port, net, format!("ssh_from {net}"));
+    }
+    for net in &metrics.allow_from {
+        set.tcp(
+            Direction::Ingress,
+            metrics.listen.port(),
+            *net,
+            format!("metrics allow_from {net}"),
+        );
+    }
+    if mgmt.dhcp.unwrap_or(true) {
+        set.add(Direction::Egress, proto::UDP, 67, any_v4(), "dhcp".into());
+        set.add(Direction::Ingress, proto::UDP, 68, any_v4(), "dhcp".into());
+        set.add(
+            Direction::Egress,
+            proto::UDP,
+            547,
+            any_v6(),
+            "dhcpv6".into(),
+        );
+        set.add(
+            Direction::Ingress,
+            proto::UDP,
+            546,
+            any_v6(),
+            "dhcpv6".into(),
+        );
+    }
+    Ok(set.finish(nic))
+}
+
+/// One `[management] allow` entry: an outbound rule.
+fn allow(c: &Ctx, i: usize, allow: &AllowConfig, set: &mut RuleSet) -> Result<(), ConfigError> {
+    let to = c.cidr(&format!("allow[{i}].to"), &allow.to)?;
+    match allow.proto.as_str() {
+        "tcp" | "udp" => {
+            let port = c.port(format!("allow[{i}].port"), allow.port)?;
+            let p = if allow.proto == "tcp" {
+                proto::TCP
+            } else {
+                proto::UDP
+            };
+            let origin = format!("allow {} {to} port {port}", allow.proto);
+            set.add(Direction::Egress, p, port, to, origin);
+        }
+        "icmp" => {
+            if allow.port.is_some() {
+                return Err(c.err(format!("allow[{i}].port"), "icmp has no ports; remove port"));
+            }
+            set.add(
+                Direction::Egress,
+                icmp_for(&to),
+                0,
+                to,
+                format!("allow icmp {to}"),
+            );
+        }
+        other => {
+            return Err(c.err(
+                format!("allow[{i}].proto"),
+                format!("{other:?}: expected \"tcp\", \"udp\" or \"icmp\""),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Database traffic only: inbound from clients, outbound to replication peers.
+fn business(c: &Ctx, biz: &BusinessConfig, next_id: &mut u32) -> Result<NicPolicy, ConfigError> {
+    let nic = c.nic(&biz.nic())?;
+    if biz.database_ports.is_empty() {
+        return Err(c.err("database_ports", "at least one database port is required"));
+    }
+    let ports = biz
+        .database_ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| c.port(format!("database_ports[{i}]"), Some(*p)))
+        .collect::<Result<Vec<u16>, _>>()?;
+    let mut clients = c.cidrs("clients", &biz.clients)?;
+    let any_client = clients.is_empty();
+    if any_client {
+        clients = vec![any_v4(), any_v6()];
+    }
+    let peers = c.cidrs("peers", &biz.peers)?;
+    let mut set = RuleSet::new(Role::Business, next_id);
+    for port in &ports {
+        for net in &clients {
+            let origin = if any_client {
+                "clients (any)".to_owned()
+            } else {
+                format!("clients {net}")
+            };
+            set.tcp(Direction::Ingress, *port, *net, origin);
+        }
+        for net in &peers {
+            set.tcp(Direction::Egress, *port, *net, format!("peers {net}"));
+        }
+    }
+    Ok(set.finish(nic))
+}
+
 impl Policy {
     pub fn load(path: &Path) -> Result<Policy, ConfigError> {
         Policy::from_config(&Config::load(path)?, path)
@@ -367,182 +547,24 @@ impl Policy {
 
     pub fn from_config(config: &Config, path: &Path) -> Result<Policy, ConfigError> {
         let top = Ctx { path, section: "" };
-        let mode = match config.mode.as_deref() {
-            None | Some("enforce") => Mode::Enforce,
-            Some("audit") => Mode::Audit,
-            Some(other) => {
-                return Err(top.err(
-                    "mode",
-                    format!("{other:?}: expected \"enforce\" or \"audit\""),
-                ))
-            }
-        };
-        let attach = match config.attach.as_deref() {
-            None | Some("auto") => AttachMode::Auto,
-            Some("tcx") => AttachMode::Tcx,
-            Some("legacy") => AttachMode::Legacy,
-            Some(other) => {
-                return Err(top.err(
-                    "attach",
-                    format!("{other:?}: expected \"auto\", \"tcx\" or \"legacy\""),
-                ))
-            }
-        };
-        let pin_path = PathBuf::from(config.pin_path.as_deref().unwrap_or(DEFAULT_PIN_PATH));
-        if !pin_path.is_absolute() {
-            return Err(top.err(
-                "pin_path",
-                format!("{} must be an absolute path", pin_path.display()),
-            ));
-        }
-
-        let m = Ctx {
-            path,
-            section: "metrics",
-        };
-        let listen_text = config
-            .metrics
-            .listen
-            .as_deref()
-            .unwrap_or(DEFAULT_METRICS_LISTEN);
-        let listen: SocketAddr = listen_text
-            .parse()
-            .map_err(|_| m.err("listen", format!("{listen_text:?} is not an IP:port")))?;
-        let metrics = MetricsPolicy {
-            listen,
-            allow_from: m.cidrs("allow_from", &config.metrics.allow_from)?,
-        };
+        let section = |section| Ctx { path, section };
+        let mode = mode(&top, config.mode.as_deref())?;
+        let attach = attach(&top, config.attach.as_deref())?;
+        let pin_path = pin_path(&top, config.pin_path.as_deref())?;
+        let metrics = metrics(&section("metrics"), &config.metrics)?;
 
         let mut next_id = 0;
         let mut nics = Vec::new();
         if let Some(mgmt) = &config.management {
-            let c = Ctx {
-                path,
-                section: "management",
-            };
-            let nic = c.nic(&mgmt.nic())?;
-            let mut set = RuleSet {
-                role: Role::Management,
-                next_id: &mut next_id,
-                seen: HashSet::new(),
-                rules: vec![],
-            };
-            for (key, list) in [("rabbitmq", &mgmt.rabbitmq), ("registry", &mgmt.registry)] {
-                for (i, text) in list.iter().enumerate() {
-                    let ep = c.endpoint(&format!("{key}[{i}]"), text)?;
-                    let host = IpNetwork::from(ep.ip());
-                    set.tcp(Direction::Egress, ep.port(), host, format!("{key} {ep}"));
-                }
-            }
-            for (i, allow) in mgmt.allow.iter().enumerate() {
-                let to = c.cidr(&format!("allow[{i}].to"), &allow.to)?;
-                match allow.proto.as_str() {
-                    "tcp" | "udp" => {
-                        let port = c.port(format!("allow[{i}].port"), allow.port)?;
-                        let p = if allow.proto == "tcp" {
-                            proto::TCP
-                        } else {
-                            proto::UDP
-                        };
-                        let origin = format!("allow {} {to} port {port}", allow.proto);
-                        set.add(Direction::Egress, p, port, to, origin);
-                    }
-                    "icmp" => {
-                        if allow.port.is_some() {
-                            return Err(c.err(
-                                format!("allow[{i}].port"),
-                                "icmp has no ports; remove port",
-                            ));
-                        }
-                        set.add(
-                            Direction::Egress,
-                            icmp_for(&to),
-                            0,
-                            to,
-                            format!("allow icmp {to}"),
-                        );
-                    }
-                    other => {
-                        return Err(c.err(
-                            format!("allow[{i}].proto"),
-                            format!("{other:?}: expected \"tcp\", \"udp\" or \"icmp\""),
-                        ))
-                    }
-                }
-            }
-            let ssh_port = c.port("ssh_port", Some(mgmt.ssh_port.unwrap_or(22)))?;
-            for net in c.cidrs("ssh_from", &mgmt.ssh_from)? {
-                set.tcp(Direction::Ingress, ssh_port, net, format!("ssh_from {net}"));
-            }
-            for net in &metrics.allow_from {
-                set.tcp(
-                    Direction::Ingress,
-                    metrics.listen.port(),
-                    *net,
-                    format!("metrics allow_from {net}"),
-                );
-            }
-            if mgmt.dhcp.unwrap_or(true) {
-                set.add(Direction::Egress, proto::UDP, 67, any_v4(), "dhcp".into());
-                set.add(Direction::Ingress, proto::UDP, 68, any_v4(), "dhcp".into());
-                set.add(
-                    Direction::Egress,
-                    proto::UDP,
-                    547,
-                    any_v6(),
-                    "dhcpv6".into(),
-                );
-                set.add(
-                    Direction::Ingress,
-                    proto::UDP,
-                    546,
-                    any_v6(),
-                    "dhcpv6".into(),
-                );
-            }
-            nics.push(set.finish(nic));
+            nics.push(management(
+                &section("management"),
+                mgmt,
+                &metrics,
+                &mut next_id,
+            )?);
         }
         if let Some(biz) = &config.business {
-            let c = Ctx {
-                path,
-                section: "business",
-            };
-            let nic = c.nic(&biz.nic())?;
-            if biz.database_ports.is_empty() {
-                return Err(c.err("database_ports", "at least one database port is required"));
-            }
-            let ports = biz
-                .database_ports
-                .iter()
-                .enumerate()
-                .map(|(i, p)| c.port(format!("database_ports[{i}]"), Some(*p)))
-                .collect::<Result<Vec<u16>, _>>()?;
-            let mut clients = c.cidrs("clients", &biz.clients)?;
-            let any_client = clients.is_empty();
-            if any_client {
-                clients = vec![any_v4(), any_v6()];
-            }
-            let peers = c.cidrs("peers", &biz.peers)?;
-            let mut set = RuleSet {
-                role: Role::Business,
-                next_id: &mut next_id,
-                seen: HashSet::new(),
-                rules: vec![],
-            };
-            for port in &ports {
-                for net in &clients {
-                    let origin = if any_client {
-                        "clients (any)".to_owned()
-                    } else {
-                        format!("clients {net}")
-                    };
-                    set.tcp(Direction::Ingress, *port, *net, origin);
-                }
-                for net in &peers {
-                    set.tcp(Direction::Egress, *port, *net, format!("peers {net}"));
-                }
-            }
-            nics.push(set.finish(nic));
+            nics.push(business(&section("business"), biz, &mut next_id)?);
         }
         if config.management.is_none() && !metrics.allow_from.is_empty() {
             return Err(ConfigError::invalid(
