@@ -139,6 +139,10 @@ pub struct NicPolicy {
     pub role: Role,
     pub nic: NicSpec,
     pub rules: Vec<Rule>,
+    /// Pass DHCP client traffic: the datapath lets DHCPv4 68->67 and DHCPv6 546->547 (and the
+    /// replies) through statelessly, broadcast/link scope only, outside the policy map. Only the
+    /// management NIC may have it: the business network has fixed addresses.
+    pub dhcp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,11 +213,12 @@ impl<'a> RuleSet<'a> {
         self.add(direction, proto::TCP, port, remote, origin);
     }
 
-    fn finish(self, nic: NicSpec) -> NicPolicy {
+    fn finish(self, nic: NicSpec, dhcp: bool) -> NicPolicy {
         NicPolicy {
             role: self.role,
             nic,
             rules: self.rules,
+            dhcp,
         }
     }
 }
@@ -448,25 +453,9 @@ fn management(
             format!("metrics allow_from {net}"),
         );
     }
-    if mgmt.dhcp.unwrap_or(true) {
-        set.add(Direction::Egress, proto::UDP, 67, any_v4(), "dhcp".into());
-        set.add(Direction::Ingress, proto::UDP, 68, any_v4(), "dhcp".into());
-        set.add(
-            Direction::Egress,
-            proto::UDP,
-            547,
-            any_v6(),
-            "dhcpv6".into(),
-        );
-        set.add(
-            Direction::Ingress,
-            proto::UDP,
-            546,
-            any_v6(),
-            "dhcpv6".into(),
-        );
-    }
-    Ok(set.finish(nic))
+    // DHCP is no rule: its broadcasts and link-scoped multicasts match no unicast prefix, and
+    // the datapath passes it statelessly from this flag.
+    Ok(set.finish(nic, mgmt.dhcp.unwrap_or(true)))
 }
 
 /// One `[management] allow` entry: an outbound rule.
@@ -537,7 +526,7 @@ fn business(c: &Ctx, biz: &BusinessConfig, next_id: &mut u32) -> Result<NicPolic
             set.tcp(Direction::Egress, *port, *net, format!("peers {net}"));
         }
     }
-    Ok(set.finish(nic))
+    Ok(set.finish(nic, false))
 }
 
 impl Policy {
@@ -649,6 +638,17 @@ impl fmt::Display for Policy {
                 nic.nic,
                 nic.rules.len()
             )?;
+            if nic.role == Role::Management {
+                if nic.dhcp {
+                    writeln!(
+                        f,
+                        "  dhcp    DHCPv4 68->67 and DHCPv6 546->547, stateless, \
+                         broadcast/link scope only"
+                    )?;
+                } else {
+                    writeln!(f, "  dhcp    off")?;
+                }
+            }
             for r in &nic.rules {
                 let (dir, way) = match r.direction {
                     Direction::Ingress => ("ingress", "from"),
@@ -765,10 +765,6 @@ peers = ["198.51.100.7/32"]
             (M, E, proto::TCP, 4000, s("192.0.2.20/32")),
             (M, E, proto::TCP, 8080, s("192.0.2.30/32")),
             (M, I, proto::TCP, 22, s("203.0.113.0/24")),
-            (M, E, proto::UDP, 67, s("0.0.0.0/0")),
-            (M, I, proto::UDP, 68, s("0.0.0.0/0")),
-            (M, E, proto::UDP, 547, s("::/0")),
-            (M, I, proto::UDP, 546, s("::/0")),
             (B, I, proto::TCP, 3306, s("0.0.0.0/0")),
             (B, I, proto::TCP, 3306, s("::/0")),
             (B, E, proto::TCP, 3306, s("198.51.100.7/32")),
@@ -777,7 +773,7 @@ peers = ["198.51.100.7/32"]
 
         let entries = p.entries();
         let ids: Vec<u32> = entries.iter().map(|(_, v)| v.rule_id).collect();
-        assert_eq!(ids, (1..=12).collect::<Vec<u32>>(), "ids not 1.. in order");
+        assert_eq!(ids, (1..=8).collect::<Vec<u32>>(), "ids not 1.. in order");
         assert_eq!(p.nics[0].role, Role::Management, "management not first");
         assert_eq!(
             p.nic(Role::Business).map(|n| n.nic.to_string()).as_deref(),
@@ -852,13 +848,10 @@ peers = ["198.51.100.7/32"]
         );
         assert!(p.metrics.allow_from.is_empty());
         let mgmt = p.nic(Role::Management).expect("management NIC");
-        let dhcp: Vec<_> = mgmt
-            .rules
-            .iter()
-            .filter(|r| r.origin.starts_with("dhcp"))
-            .collect();
-        assert_eq!(dhcp.len(), 4, "dhcp not on by default: {:#?}", mgmt.rules);
+        assert!(mgmt.dhcp, "dhcp not on by default");
+        assert!(mgmt.rules.is_empty(), "{:#?}", mgmt.rules);
         assert!(mgmt.nic.netns.is_none());
+        assert!(!p.nic(Role::Business).expect("business NIC").dhcp);
     }
 
     #[test]
@@ -1170,6 +1163,42 @@ peers = ["198.51.100.7/32"]
             assert!(text.contains(want), "check output lacks {want:?}:\n{text}");
         }
         let rule_lines = text.lines().filter(|l| l.starts_with("  #")).count();
-        assert_eq!(rule_lines, 12, "{text}");
+        assert_eq!(rule_lines, 8, "{text}");
+        let dhcp: Vec<&str> = text.lines().filter(|l| l.starts_with("  dhcp")).collect();
+        assert_eq!(
+            dhcp,
+            ["  dhcp    DHCPv4 68->67 and DHCPv6 546->547, stateless, broadcast/link scope only"],
+            "one dhcp line, for management: {text}"
+        );
+    }
+
+    #[test]
+    fn dhcp_is_a_flag_not_rules() {
+        let p = ok(&format!(
+            "[management]\ninterface = \"ens3\"\ndhcp = false\n{}",
+            business("")
+        ));
+        let mgmt = p.nic(Role::Management).expect("management NIC");
+        assert!(!mgmt.dhcp);
+        assert!(mgmt.rules.is_empty(), "{:#?}", mgmt.rules);
+        let text = p.to_string();
+        let dhcp: Vec<&str> = text.lines().filter(|l| l.starts_with("  dhcp")).collect();
+        assert_eq!(dhcp, ["  dhcp    off"], "{text}");
+
+        let p = ok(&format!(
+            "[management]\ninterface = \"ens3\"\ndhcp = true\n{}",
+            business("")
+        ));
+        let mgmt = p.nic(Role::Management).expect("management NIC");
+        assert!(mgmt.dhcp);
+        assert!(
+            mgmt.rules.is_empty(),
+            "dhcp compiled to rules: {:#?}",
+            mgmt.rules
+        );
+        assert!(p
+            .entries()
+            .iter()
+            .all(|(k, _)| k.data().proto != proto::UDP));
     }
 }
