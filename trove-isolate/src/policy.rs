@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::maps::lpm_trie::Key;
-use ipnetwork::IpNetwork;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use trove_isolate_common::{
     family,
     policy::{PolicyKey, PolicyValue},
@@ -228,6 +228,54 @@ fn normalise(net: IpNetwork) -> IpNetwork {
     IpNetwork::new(net.network(), net.prefix()).expect("same prefix length is valid")
 }
 
+/// A configured address or prefix: what the datapath matches, and how a rule's origin shows it.
+#[derive(Debug, Clone)]
+struct Remote<T> {
+    matched: T,
+    /// As written (host bits cleared), plus what it is matched as when that differs.
+    shown: String,
+}
+
+impl<T: fmt::Display> Remote<T> {
+    fn plain(matched: T) -> Self {
+        let shown = matched.to_string();
+        Remote { matched, shown }
+    }
+
+    fn mapped(written: impl fmt::Display, matched: T) -> Self {
+        let shown = format!("{written} (IPv4-mapped, as {matched})");
+        Remote { matched, shown }
+    }
+}
+
+impl<T> fmt::Display for Remote<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// Where an IPv6 prefix lies against the IPv4-mapped range `::ffff:0:0/96`. Mapped addresses
+/// never appear on the wire (those hosts send IPv4), so a rule for them must be the IPv4 one.
+enum Mapped {
+    Outside,
+    /// `::ffff:a.b.c.d/(96+n)`: the IPv4 `a.b.c.d/n`.
+    Within(Ipv4Network),
+    /// Wider than /96 and covering it: IPv6 hosts and IPv4 ones in one prefix, which no rule
+    /// expresses. `::/0` is not this: it is "any IPv6 address", written on purpose.
+    Covers,
+}
+
+fn mapped(net: Ipv6Network) -> Mapped {
+    let range_start = Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0);
+    match net.network().to_ipv4_mapped() {
+        Some(v4) if net.prefix() >= 96 => Mapped::Within(
+            Ipv4Network::new(v4, net.prefix() - 96).expect("a /96+n mapped prefix is an IPv4 /n"),
+        ),
+        _ if net.prefix() > 0 && net.prefix() < 96 && net.contains(range_start) => Mapped::Covers,
+        _ => Mapped::Outside,
+    }
+}
+
 /// Validation context: the file and the section, for error messages.
 struct Ctx<'a> {
     path: &'a Path,
@@ -244,26 +292,50 @@ impl Ctx<'_> {
         ConfigError::invalid(self.path, key, message)
     }
 
-    /// A CIDR (a bare address is a host prefix); host bits are cleared, not refused.
-    fn cidr(&self, key: &str, text: &str) -> Result<IpNetwork, ConfigError> {
-        text.parse::<IpNetwork>()
+    /// A CIDR (a bare address is a host prefix); host bits are cleared, not refused. An
+    /// IPv4-mapped IPv6 prefix is matched as the IPv4 prefix it stands for.
+    fn cidr(&self, key: &str, text: &str) -> Result<Remote<IpNetwork>, ConfigError> {
+        let net = text
+            .parse::<IpNetwork>()
             .map(normalise)
-            .map_err(|e| self.err(key, format!("{text:?} is not a CIDR: {e}")))
+            .map_err(|e| self.err(key, format!("{text:?} is not a CIDR: {e}")))?;
+        let IpNetwork::V6(v6) = net else {
+            return Ok(Remote::plain(net));
+        };
+        match mapped(v6) {
+            Mapped::Outside => Ok(Remote::plain(net)),
+            Mapped::Within(v4) => Ok(Remote::mapped(v6, IpNetwork::V4(v4))),
+            Mapped::Covers => Err(self.err(
+                key,
+                format!(
+                    "{text:?} covers the IPv4-mapped range ::ffff:0:0/96, whose hosts send IPv4: \
+                     one prefix cannot hold both; list the IPv6 prefixes and the IPv4 CIDRs \
+                     separately"
+                ),
+            )),
+        }
     }
 
-    fn cidrs(&self, key: &str, list: &[String]) -> Result<Vec<IpNetwork>, ConfigError> {
+    fn cidrs(&self, key: &str, list: &[String]) -> Result<Vec<Remote<IpNetwork>>, ConfigError> {
         list.iter()
             .enumerate()
             .map(|(i, t)| self.cidr(&format!("{key}[{i}]"), t))
             .collect()
     }
 
-    /// `IP:port` or `[IPv6]:port`. Names are not resolved (yet): say so rather than "bad address".
-    fn endpoint(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    /// `IP:port` or `[IPv6]:port`, an IPv4-mapped IPv6 address matched as the IPv4 one. Names
+    /// are not resolved (yet): say so rather than "bad address".
+    fn endpoint(&self, key: &str, text: &str) -> Result<Remote<SocketAddr>, ConfigError> {
         const EXPECTED: &str = "(expected IP:port or [IPv6]:port)";
         if let Ok(sa) = text.parse::<SocketAddr>() {
             self.port(key, Some(i64::from(sa.port())))?;
-            return Ok(sa);
+            return Ok(match sa {
+                SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                    Some(v4) => Remote::mapped(sa, SocketAddr::new(IpAddr::V4(v4), sa.port())),
+                    None => Remote::plain(sa),
+                },
+                SocketAddr::V4(_) => Remote::plain(sa),
+            });
         }
         let bare = text
             .strip_prefix('[')
@@ -411,15 +483,21 @@ fn pin_path(top: &Ctx, pin_path: Option<&str>) -> Result<PathBuf, ConfigError> {
     Ok(pin_path)
 }
 
-fn metrics(m: &Ctx, config: &MetricsConfig) -> Result<MetricsPolicy, ConfigError> {
+/// The metrics listener, and the scraper prefixes for the management NIC's rules.
+fn metrics(
+    m: &Ctx,
+    config: &MetricsConfig,
+) -> Result<(MetricsPolicy, Vec<Remote<IpNetwork>>), ConfigError> {
     let listen_text = config.listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN);
     let listen: SocketAddr = listen_text
         .parse()
         .map_err(|_| m.err("listen", format!("{listen_text:?} is not an IP:port")))?;
-    Ok(MetricsPolicy {
+    let allow_from = m.cidrs("allow_from", &config.allow_from)?;
+    let policy = MetricsPolicy {
         listen,
-        allow_from: m.cidrs("allow_from", &config.allow_from)?,
-    })
+        allow_from: allow_from.iter().map(|r| r.matched).collect(),
+    };
+    Ok((policy, allow_from))
 }
 
 /// Outbound to the control plane and named extras; inbound SSH and metrics scrapes.
@@ -427,6 +505,7 @@ fn management(
     c: &Ctx,
     mgmt: &ManagementConfig,
     metrics: &MetricsPolicy,
+    scrapers: &[Remote<IpNetwork>],
     next_id: &mut u32,
 ) -> Result<NicPolicy, ConfigError> {
     let nic = c.nic(&mgmt.nic())?;
@@ -434,8 +513,13 @@ fn management(
     for (key, list) in [("rabbitmq", &mgmt.rabbitmq), ("registry", &mgmt.registry)] {
         for (i, text) in list.iter().enumerate() {
             let ep = c.endpoint(&format!("{key}[{i}]"), text)?;
-            let host = IpNetwork::from(ep.ip());
-            set.tcp(Direction::Egress, ep.port(), host, format!("{key} {ep}"));
+            let host = IpNetwork::from(ep.matched.ip());
+            set.tcp(
+                Direction::Egress,
+                ep.matched.port(),
+                host,
+                format!("{key} {ep}"),
+            );
         }
     }
     for (i, entry) in mgmt.allow.iter().enumerate() {
@@ -443,14 +527,16 @@ fn management(
     }
     let ssh_port = c.port("ssh_port", Some(mgmt.ssh_port.unwrap_or(22)))?;
     for net in c.cidrs("ssh_from", &mgmt.ssh_from)? {
-        set.tcp(Direction::Ingress, ssh_port, net, format!("ssh_from {net}"));
+        let origin = format!("ssh_from {net}");
+        set.tcp(Direction::Ingress, ssh_port, net.matched, origin);
     }
-    for net in &metrics.allow_from {
+    for net in scrapers {
+        let origin = format!("metrics allow_from {net}");
         set.tcp(
             Direction::Ingress,
             metrics.listen.port(),
-            *net,
-            format!("metrics allow_from {net}"),
+            net.matched,
+            origin,
         );
     }
     // DHCP is no rule: its broadcasts and link-scoped multicasts match no unicast prefix, and
@@ -460,7 +546,8 @@ fn management(
 
 /// One `[management] allow` entry: an outbound rule.
 fn allow(c: &Ctx, i: usize, allow: &AllowConfig, set: &mut RuleSet) -> Result<(), ConfigError> {
-    let to = c.cidr(&format!("allow[{i}].to"), &allow.to)?;
+    let written = c.cidr(&format!("allow[{i}].to"), &allow.to)?;
+    let to = written.matched;
     match allow.proto.as_str() {
         "tcp" | "udp" => {
             let port = c.port(format!("allow[{i}].port"), allow.port)?;
@@ -469,7 +556,7 @@ fn allow(c: &Ctx, i: usize, allow: &AllowConfig, set: &mut RuleSet) -> Result<()
             } else {
                 proto::UDP
             };
-            let origin = format!("allow {} {to} port {port}", allow.proto);
+            let origin = format!("allow {} {written} port {port}", allow.proto);
             set.add(Direction::Egress, p, port, to, origin);
         }
         "icmp" => {
@@ -481,7 +568,7 @@ fn allow(c: &Ctx, i: usize, allow: &AllowConfig, set: &mut RuleSet) -> Result<()
                 icmp_for(&to),
                 0,
                 to,
-                format!("allow icmp {to}"),
+                format!("allow icmp {written}"),
             );
         }
         other => {
@@ -493,6 +580,9 @@ fn allow(c: &Ctx, i: usize, allow: &AllowConfig, set: &mut RuleSet) -> Result<()
     }
     Ok(())
 }
+
+/// The origin of the rules an empty `[business] clients` compiles to.
+const ANY_CLIENTS: &str = "clients (any)";
 
 /// Database traffic only: inbound from clients, outbound to replication peers.
 fn business(c: &Ctx, biz: &BusinessConfig, next_id: &mut u32) -> Result<NicPolicy, ConfigError> {
@@ -506,24 +596,24 @@ fn business(c: &Ctx, biz: &BusinessConfig, next_id: &mut u32) -> Result<NicPolic
         .enumerate()
         .map(|(i, p)| c.port(format!("database_ports[{i}]"), Some(*p)))
         .collect::<Result<Vec<u16>, _>>()?;
-    let mut clients = c.cidrs("clients", &biz.clients)?;
-    let any_client = clients.is_empty();
-    if any_client {
-        clients = vec![any_v4(), any_v6()];
-    }
+    let clients: Vec<(IpNetwork, String)> = if biz.clients.is_empty() {
+        let any = || ANY_CLIENTS.to_owned();
+        vec![(any_v4(), any()), (any_v6(), any())]
+    } else {
+        c.cidrs("clients", &biz.clients)?
+            .into_iter()
+            .map(|net| (net.matched, format!("clients {net}")))
+            .collect()
+    };
     let peers = c.cidrs("peers", &biz.peers)?;
     let mut set = RuleSet::new(Role::Business, next_id);
     for port in &ports {
-        for net in &clients {
-            let origin = if any_client {
-                "clients (any)".to_owned()
-            } else {
-                format!("clients {net}")
-            };
-            set.tcp(Direction::Ingress, *port, *net, origin);
+        for (net, origin) in &clients {
+            set.tcp(Direction::Ingress, *port, *net, origin.clone());
         }
         for net in &peers {
-            set.tcp(Direction::Egress, *port, *net, format!("peers {net}"));
+            let origin = format!("peers {net}");
+            set.tcp(Direction::Egress, *port, net.matched, origin);
         }
     }
     Ok(set.finish(nic, false))
@@ -540,7 +630,7 @@ impl Policy {
         let mode = mode(&top, config.mode.as_deref())?;
         let attach = attach(&top, config.attach.as_deref())?;
         let pin_path = pin_path(&top, config.pin_path.as_deref())?;
-        let metrics = metrics(&section("metrics"), &config.metrics)?;
+        let (metrics, scrapers) = metrics(&section("metrics"), &config.metrics)?;
 
         let mut next_id = 0;
         let mut nics = Vec::new();
@@ -549,6 +639,7 @@ impl Policy {
                 &section("management"),
                 mgmt,
                 &metrics,
+                &scrapers,
                 &mut next_id,
             )?);
         }
@@ -1009,6 +1100,115 @@ peers = ["198.51.100.7/32"]
             .map(|r| r.remote.to_string())
             .collect();
         assert_eq!(remotes, ["2001:db8::/32", "198.51.100.0/24"]);
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_matched_as_ipv4() {
+        use Direction::{Egress as E, Ingress as I};
+        use Role::{Business as B, Management as M};
+        let p = ok(&format!(
+            "[metrics]\nlisten = \"0.0.0.0:9100\"\nallow_from = [\"::ffff:192.0.2.0/124\"]\n{}{}",
+            management(
+                "rabbitmq = [\"[::ffff:192.0.2.10]:5672\"]\n\
+                 registry = [\"[::ffff:c000:214]:4000\"]\n\
+                 ssh_from = [\"::ffff:203.0.113.9/120\"]\n\
+                 allow = [\n\
+                 { to = \"::ffff:192.0.2.40\", proto = \"icmp\" },\n\
+                 { to = \"::ffff:0:0/96\", port = 53, proto = \"udp\" },\n\
+                 ]"
+            ),
+            business("clients = [\"::ffff:198.51.100.0/120\"]\npeers = [\"::ffff:198.51.100.7\"]"),
+        ));
+        let want = [
+            (
+                M,
+                "rabbitmq [::ffff:192.0.2.10]:5672 (IPv4-mapped, as 192.0.2.10:5672)",
+                (E, proto::TCP, 5672, "192.0.2.10/32"),
+            ),
+            (
+                M,
+                "registry [::ffff:192.0.2.20]:4000 (IPv4-mapped, as 192.0.2.20:4000)",
+                (E, proto::TCP, 4000, "192.0.2.20/32"),
+            ),
+            (
+                M,
+                "allow icmp ::ffff:192.0.2.40/128 (IPv4-mapped, as 192.0.2.40/32)",
+                (E, proto::ICMP, 0, "192.0.2.40/32"),
+            ),
+            (
+                M,
+                "allow udp ::ffff:0.0.0.0/96 (IPv4-mapped, as 0.0.0.0/0) port 53",
+                (E, proto::UDP, 53, "0.0.0.0/0"),
+            ),
+            (
+                M,
+                "ssh_from ::ffff:203.0.113.0/120 (IPv4-mapped, as 203.0.113.0/24)",
+                (I, proto::TCP, 22, "203.0.113.0/24"),
+            ),
+            (
+                M,
+                "metrics allow_from ::ffff:192.0.2.0/124 (IPv4-mapped, as 192.0.2.0/28)",
+                (I, proto::TCP, 9100, "192.0.2.0/28"),
+            ),
+            (
+                B,
+                "clients ::ffff:198.51.100.0/120 (IPv4-mapped, as 198.51.100.0/24)",
+                (I, proto::TCP, 3306, "198.51.100.0/24"),
+            ),
+            (
+                B,
+                "peers ::ffff:198.51.100.7/128 (IPv4-mapped, as 198.51.100.7/32)",
+                (E, proto::TCP, 3306, "198.51.100.7/32"),
+            ),
+        ];
+        for (role, origin, (direction, pr, port, remote)) in want {
+            let r = find(&p, role, origin);
+            assert_eq!(
+                (r.direction, r.proto, r.port, r.remote.to_string().as_str()),
+                (direction, pr, port, remote),
+                "{origin}"
+            );
+            assert_eq!(r.key(role).data().family, family::V4, "{origin}");
+        }
+        assert_eq!(p.entries().len(), want.len(), "{p}");
+        assert_eq!(
+            p.metrics.allow_from,
+            ["192.0.2.0/28".parse::<IpNetwork>().expect("cidr")]
+        );
+    }
+
+    #[test]
+    fn prefix_covering_the_ipv4_mapped_range_is_refused() {
+        let cases = [
+            (
+                format!("[metrics]\nallow_from = [\"::/64\"]\n{}", management("")),
+                "[metrics] allow_from[0]",
+            ),
+            (
+                management("ssh_from = [\"2001:db8::/32\", \"::ffff:0:0/95\"]"),
+                "[management] ssh_from[1]",
+            ),
+            (
+                management("allow = [ { to = \"::/8\", port = 53, proto = \"udp\" } ]"),
+                "[management] allow[0].to",
+            ),
+            (business("clients = [\"::/80\"]"), "[business] clients[0]"),
+            (business("peers = [\"::/1\"]"), "[business] peers[0]"),
+        ];
+        for (text, key) in cases {
+            let msg = refused(&text, key);
+            assert!(msg.contains("IPv4-mapped range"), "{msg}");
+        }
+        // "Any IPv6 address" covers the range too, but is meant as IPv6; and plain IPv6 stays.
+        let p = ok(&business(
+            "clients = [\"::/0\", \"::ffff:0:0:0/96\", \"::1\"]",
+        ));
+        let remotes: Vec<String> = p.nics[0]
+            .rules
+            .iter()
+            .map(|r| r.remote.to_string())
+            .collect();
+        assert_eq!(remotes, ["::/0", "::ffff:0:0:0/96", "::1/128"]);
     }
 
     #[test]
