@@ -492,7 +492,26 @@ fn metrics(
     let listen: SocketAddr = listen_text
         .parse()
         .map_err(|_| m.err("listen", format!("{listen_text:?} is not an IP:port")))?;
+    if listen.port() == 0 {
+        return Err(m.err(
+            "listen",
+            format!("{listen_text:?}: port 0 means any free port; name the port scrapers use"),
+        ));
+    }
     let allow_from = m.cidrs("allow_from", &config.allow_from)?;
+    // The rule opens the port on the management NIC's addresses, where the loopback listener is
+    // not: it would only expose whatever else listens on that port.
+    if !allow_from.is_empty() && listen.ip().to_canonical().is_loopback() {
+        return Err(m.err(
+            "allow_from",
+            format!(
+                "scrapers cannot reach the loopback [metrics] listen {listen}, and the rule \
+                 would open port {} on the management NIC to whatever else listens on it; set \
+                 [metrics] listen to an address scrapers reach, or leave allow_from empty",
+                listen.port()
+            ),
+        ));
+    }
     let policy = MetricsPolicy {
         listen,
         allow_from: allow_from.iter().map(|r| r.matched).collect(),
@@ -980,6 +999,94 @@ peers = ["198.51.100.7/32"]
             &format!("[metrics]\nlisten = \"localhost\"\n{}", management("")),
             "[metrics] listen",
         );
+    }
+
+    #[test]
+    fn metrics_allow_from_needs_a_reachable_listen_and_a_management_nic() {
+        for listen in [
+            None,
+            Some("127.1.2.3:9100"),
+            Some("[::1]:9100"),
+            Some("[::ffff:127.0.0.1]:9100"),
+        ] {
+            let listen = listen.map_or(String::new(), |l| format!("listen = \"{l}\"\n"));
+            let msg = refused(
+                &format!(
+                    "[metrics]\n{listen}allow_from = [\"192.0.2.0/28\"]\n{}",
+                    management("")
+                ),
+                "[metrics] allow_from",
+            );
+            assert!(msg.contains("[metrics] listen"), "{msg}");
+            assert!(msg.contains("loopback"), "{msg}");
+        }
+        // Loopback without scrapers is the default; any non-loopback address may take them.
+        ok(&format!(
+            "[metrics]\nlisten = \"[::1]:9100\"\n{}",
+            management("")
+        ));
+        ok(&format!(
+            "[metrics]\nlisten = \"[::]:9100\"\nallow_from = [\"2001:db8::/64\"]\n{}",
+            management("")
+        ));
+        ok(&format!(
+            "[metrics]\nlisten = \"192.0.2.5:9100\"\nallow_from = [\"192.0.2.0/28\"]\n{}",
+            management("")
+        ));
+        let msg = refused(
+            &format!(
+                "[metrics]\nlisten = \"0.0.0.0:9100\"\nallow_from = [\"192.0.2.0/28\"]\n{}",
+                business("")
+            ),
+            "[metrics] allow_from",
+        );
+        assert!(msg.contains("no [management] section"), "{msg}");
+    }
+
+    #[test]
+    fn port_zero_is_refused_for_every_port_key() {
+        for allow_from in ["", "allow_from = [\"192.0.2.0/28\"]\n"] {
+            for listen in ["127.0.0.1:0", "0.0.0.0:0", "[::]:0"] {
+                let msg = refused(
+                    &format!(
+                        "[metrics]\nlisten = \"{listen}\"\n{allow_from}{}",
+                        management("")
+                    ),
+                    "[metrics] listen",
+                );
+                assert!(
+                    msg.contains("port 0 means any free port; name the port scrapers use"),
+                    "{msg}"
+                );
+            }
+        }
+        let cases = [
+            (
+                management("rabbitmq = [\"192.0.2.10:0\"]"),
+                "[management] rabbitmq[0]",
+            ),
+            (
+                management("registry = [\"[2001:db8::20]:0\"]"),
+                "[management] registry[0]",
+            ),
+            (
+                management("allow = [ { to = \"192.0.2.30/32\", port = 0, proto = \"tcp\" } ]"),
+                "[management] allow[0].port",
+            ),
+            (
+                management("allow = [ { to = \"192.0.2.30/32\", port = 0, proto = \"udp\" } ]"),
+                "[management] allow[0].port",
+            ),
+            (management("ssh_port = 0"), "[management] ssh_port"),
+            (
+                "[business]\ninterface = \"ens4\"\ndatabase_ports = [3306, 0]\n".to_owned(),
+                "[business] database_ports[1]",
+            ),
+        ];
+        for (text, key) in cases {
+            let msg = refused(&text, key);
+            assert!(msg.contains("1..=65535"), "{msg}");
+        }
     }
 
     #[test]
