@@ -17,7 +17,7 @@ use aya::maps::lpm_trie::Key;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use trove_isolate_common::{
     family,
-    policy::{PolicyKey, PolicyValue},
+    policy::{PolicyKey, PolicyValue, MAX_ENTRIES},
     proto, Direction, Mode, Role,
 };
 
@@ -638,6 +638,32 @@ fn business(c: &Ctx, biz: &BusinessConfig, next_id: &mut u32) -> Result<NicPolic
     Ok(set.finish(nic, false))
 }
 
+/// The policy map holds [`MAX_ENTRIES`] rules across both roles. A bigger policy would fail
+/// partway through writing the map at run time; refused here, `check` sees it too.
+fn fits_the_map(top: &Ctx, nics: &[NicPolicy]) -> Result<(), ConfigError> {
+    let total: usize = nics.iter().map(|n| n.rules.len()).sum();
+    if total <= MAX_ENTRIES as usize {
+        return Ok(());
+    }
+    let per_role: Vec<String> = nics
+        .iter()
+        .map(|n| format!("{} {}", n.role.name(), n.rules.len()))
+        .collect();
+    let sections: Vec<String> = nics
+        .iter()
+        .filter(|n| !n.rules.is_empty())
+        .map(|n| format!("[{}]", n.role.name()))
+        .collect();
+    Err(top.err(
+        sections.join("/"),
+        format!(
+            "the policy compiles to {total} entries ({}), more than the policy map holds \
+             ({MAX_ENTRIES}); merge CIDRs into wider prefixes",
+            per_role.join(", ")
+        ),
+    ))
+}
+
 impl Policy {
     pub fn load(path: &Path) -> Result<Policy, ConfigError> {
         Policy::from_config(&Config::load(path)?, path)
@@ -687,6 +713,7 @@ impl Policy {
                 ));
             }
         }
+        fits_the_map(&top, &nics)?;
         Ok(Policy {
             mode,
             attach,
@@ -1087,6 +1114,42 @@ peers = ["198.51.100.7/32"]
             let msg = refused(&text, key);
             assert!(msg.contains("1..=65535"), "{msg}");
         }
+    }
+
+    /// `n` distinct IPv4 /32s, as a TOML array.
+    fn hosts(n: u32) -> String {
+        let list: Vec<String> = (0..n)
+            .map(|i| format!("\"{}\"", Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
+        format!("[{}]", list.join(", "))
+    }
+
+    #[test]
+    fn policy_must_fit_the_policy_map() {
+        let limit = MAX_ENTRIES;
+        let config = |ssh_from: u32| {
+            format!(
+                "{}{}",
+                management(&format!("ssh_from = {}", hosts(ssh_from))),
+                business("clients = [\"198.51.100.0/24\"]")
+            )
+        };
+        let p = ok(&config(limit - 1));
+        assert_eq!(p.entries().len(), limit as usize);
+
+        let msg = refused(&config(limit), "[management]/[business]");
+        for want in [
+            format!("compiles to {} entries", limit + 1),
+            format!("management {limit}, business 1"),
+            format!("policy map holds ({limit})"),
+        ] {
+            assert!(msg.contains(&want), "{want:?} not in {msg}");
+        }
+        let msg = refused(
+            &management(&format!("ssh_from = {}", hosts(limit + 1))),
+            "[management]",
+        );
+        assert!(msg.contains(&format!("management {}", limit + 1)), "{msg}");
     }
 
     #[test]
