@@ -734,6 +734,50 @@ impl Policy {
             .flat_map(|n| n.rules.iter().map(|r| (r.key(n.role), r.value())))
             .collect()
     }
+
+    /// Where the policy is open to any address, for `check` to say loudly. A valid config may
+    /// mean it; a closed one (no `ssh_from`, say) needs no warning: it fails visibly.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for nic in &self.nics {
+            if nic.rules.iter().any(|r| r.origin == ANY_CLIENTS) {
+                warnings.push(
+                    "[business] clients is empty: the database ports accept connections from ANY \
+                     address (0.0.0.0/0 and ::/0); list client CIDRs to narrow it"
+                        .to_owned(),
+                );
+            }
+            for rule in &nic.rules {
+                if rule.remote.prefix() == 0 && rule.origin != ANY_CLIENTS {
+                    warnings.push(open_rule_warning(nic.role, rule));
+                }
+            }
+        }
+        warnings
+    }
+}
+
+/// A rule whose remote is a /0: who may reach what, from or to any address of a family.
+fn open_rule_warning(role: Role, rule: &Rule) -> String {
+    let family = if rule.remote.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    };
+    let proto = proto_name(rule.proto);
+    let any = format!("ANY {family} address ({})", rule.remote);
+    let open = match (rule.direction, rule.port) {
+        (Direction::Ingress, port) => {
+            format!("{proto} port {port} is open to {any}; narrow it to the sources needed")
+        }
+        (Direction::Egress, 0) => {
+            format!("the guest may reach {any} with {proto}; narrow it to the destinations needed")
+        }
+        (Direction::Egress, port) => format!(
+            "the guest may reach {any} on {proto} port {port}; narrow it to the destinations needed"
+        ),
+    };
+    format!("{} NIC, {}: {open}", role.name(), rule.origin)
 }
 
 fn proto_name(p: u8) -> &'static str {
@@ -1150,6 +1194,55 @@ peers = ["198.51.100.7/32"]
             "[management]",
         );
         assert!(msg.contains(&format!("management {}", limit + 1)), "{msg}");
+    }
+
+    #[test]
+    fn warnings_name_what_is_open_to_any_address() {
+        assert_eq!(
+            ok(EXAMPLE).warnings(),
+            [
+                "[business] clients is empty: the database ports accept connections from ANY \
+              address (0.0.0.0/0 and ::/0); list client CIDRs to narrow it"
+            ]
+        );
+        let narrow = ok(&format!(
+            "{}{}",
+            management("ssh_from = [\"203.0.113.0/24\"]"),
+            business("clients = [\"198.51.100.0/24\"]\npeers = [\"2001:db8::/32\"]")
+        ));
+        assert!(narrow.warnings().is_empty(), "{:?}", narrow.warnings());
+        // Closed is not open: no ssh_from, no scrapers, no business NIC.
+        assert!(ok(&management("")).warnings().is_empty());
+
+        let p = ok(&format!(
+            "[metrics]\nlisten = \"[::]:9100\"\nallow_from = [\"::/0\"]\n{}{}",
+            management(
+                "ssh_from = [\"0.0.0.0/0\", \"::ffff:0:0/96\", \"2001:db8::/32\"]\n\
+                 allow = [\n\
+                 { to = \"::/0\", port = 53, proto = \"udp\" },\n\
+                 { to = \"0.0.0.0/0\", proto = \"icmp\" },\n\
+                 ]"
+            ),
+            "[business]\ninterface = \"ens4\"\ndatabase_ports = [3306]\n\
+             clients = [\"0.0.0.0/0\"]\npeers = [\"::/0\"]\n"
+        ));
+        assert_eq!(
+            p.warnings(),
+            [
+                "management NIC, allow udp ::/0 port 53: the guest may reach ANY IPv6 address \
+                 (::/0) on udp port 53; narrow it to the destinations needed",
+                "management NIC, allow icmp 0.0.0.0/0: the guest may reach ANY IPv4 address \
+                 (0.0.0.0/0) with icmp; narrow it to the destinations needed",
+                "management NIC, ssh_from 0.0.0.0/0: tcp port 22 is open to ANY IPv4 address \
+                 (0.0.0.0/0); narrow it to the sources needed",
+                "management NIC, metrics allow_from ::/0: tcp port 9100 is open to ANY IPv6 \
+                 address (::/0); narrow it to the sources needed",
+                "business NIC, clients 0.0.0.0/0: tcp port 3306 is open to ANY IPv4 address \
+                 (0.0.0.0/0); narrow it to the sources needed",
+                "business NIC, peers ::/0: the guest may reach ANY IPv6 address (::/0) on tcp \
+                 port 3306; narrow it to the destinations needed",
+            ]
+        );
     }
 
     #[test]
