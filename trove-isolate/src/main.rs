@@ -50,7 +50,8 @@ enum Command {
     },
     /// Validate a config file and print the policy compiled for each interface.
     ///
-    /// Exits non-zero with the file, the key and what is wrong when the config is bad. Touches
+    /// Exits non-zero with the file, the key and what is wrong when the config is bad. Warns on
+    /// stderr (lines starting with `WARNING: `) where the policy is open to any address. Touches
     /// nothing in the kernel.
     Check {
         /// The TOML config file.
@@ -107,6 +108,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             let policy = Policy::load(&config)?;
             print!("{policy}");
             println!("config {} is valid", config.display());
+            // Last and on stderr: valid, but open to any address, and seen even with stdout piped.
+            for warning in policy.warnings() {
+                eprintln!("WARNING: {warning}");
+            }
             Ok(())
         }
         Command::Status { pin_path } => {

@@ -14,14 +14,17 @@ use std::{
 };
 
 use aya::maps::lpm_trie::Key;
-use ipnetwork::IpNetwork;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use trove_isolate_common::{
     family,
-    policy::{PolicyKey, PolicyValue},
+    policy::{PolicyKey, PolicyValue, MAX_ENTRIES},
     proto, Direction, Mode, Role,
 };
 
-use crate::config::{Config, ConfigError, NicConfig, DEFAULT_METRICS_LISTEN, DEFAULT_PIN_PATH};
+use crate::config::{
+    AllowConfig, BusinessConfig, Config, ConfigError, ManagementConfig, MetricsConfig, NicConfig,
+    DEFAULT_METRICS_LISTEN, DEFAULT_PIN_PATH,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachMode {
@@ -136,6 +139,10 @@ pub struct NicPolicy {
     pub role: Role,
     pub nic: NicSpec,
     pub rules: Vec<Rule>,
+    /// Pass DHCP client traffic: the datapath lets DHCPv4 68->67 and DHCPv6 546->547 (and the
+    /// replies) through statelessly, broadcast/link scope only, outside the policy map. Only the
+    /// management NIC may have it: the business network has fixed addresses.
+    pub dhcp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,7 +177,16 @@ struct RuleSet<'a> {
     rules: Vec<Rule>,
 }
 
-impl RuleSet<'_> {
+impl<'a> RuleSet<'a> {
+    fn new(role: Role, next_id: &'a mut u32) -> Self {
+        RuleSet {
+            role,
+            next_id,
+            seen: HashSet::new(),
+            rules: vec![],
+        }
+    }
+
     fn add(
         &mut self,
         direction: Direction,
@@ -197,11 +213,12 @@ impl RuleSet<'_> {
         self.add(direction, proto::TCP, port, remote, origin);
     }
 
-    fn finish(self, nic: NicSpec) -> NicPolicy {
+    fn finish(self, nic: NicSpec, dhcp: bool) -> NicPolicy {
         NicPolicy {
             role: self.role,
             nic,
             rules: self.rules,
+            dhcp,
         }
     }
 }
@@ -209,6 +226,54 @@ impl RuleSet<'_> {
 /// The network address of a prefix (host bits cleared).
 fn normalise(net: IpNetwork) -> IpNetwork {
     IpNetwork::new(net.network(), net.prefix()).expect("same prefix length is valid")
+}
+
+/// A configured address or prefix: what the datapath matches, and how a rule's origin shows it.
+#[derive(Debug, Clone)]
+struct Remote<T> {
+    matched: T,
+    /// As written (host bits cleared), plus what it is matched as when that differs.
+    shown: String,
+}
+
+impl<T: fmt::Display> Remote<T> {
+    fn plain(matched: T) -> Self {
+        let shown = matched.to_string();
+        Remote { matched, shown }
+    }
+
+    fn mapped(written: impl fmt::Display, matched: T) -> Self {
+        let shown = format!("{written} (IPv4-mapped, as {matched})");
+        Remote { matched, shown }
+    }
+}
+
+impl<T> fmt::Display for Remote<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// Where an IPv6 prefix lies against the IPv4-mapped range `::ffff:0:0/96`. Mapped addresses
+/// never appear on the wire (those hosts send IPv4), so a rule for them must be the IPv4 one.
+enum Mapped {
+    Outside,
+    /// `::ffff:a.b.c.d/(96+n)`: the IPv4 `a.b.c.d/n`.
+    Within(Ipv4Network),
+    /// Wider than /96 and covering it: IPv6 hosts and IPv4 ones in one prefix, which no rule
+    /// expresses. `::/0` is not this: it is "any IPv6 address", written on purpose.
+    Covers,
+}
+
+fn mapped(net: Ipv6Network) -> Mapped {
+    let range_start = Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0);
+    match net.network().to_ipv4_mapped() {
+        Some(v4) if net.prefix() >= 96 => Mapped::Within(
+            Ipv4Network::new(v4, net.prefix() - 96).expect("a /96+n mapped prefix is an IPv4 /n"),
+        ),
+        _ if net.prefix() > 0 && net.prefix() < 96 && net.contains(range_start) => Mapped::Covers,
+        _ => Mapped::Outside,
+    }
 }
 
 /// Validation context: the file and the section, for error messages.
@@ -227,26 +292,50 @@ impl Ctx<'_> {
         ConfigError::invalid(self.path, key, message)
     }
 
-    /// A CIDR (a bare address is a host prefix); host bits are cleared, not refused.
-    fn cidr(&self, key: &str, text: &str) -> Result<IpNetwork, ConfigError> {
-        text.parse::<IpNetwork>()
+    /// A CIDR (a bare address is a host prefix); host bits are cleared, not refused. An
+    /// IPv4-mapped IPv6 prefix is matched as the IPv4 prefix it stands for.
+    fn cidr(&self, key: &str, text: &str) -> Result<Remote<IpNetwork>, ConfigError> {
+        let net = text
+            .parse::<IpNetwork>()
             .map(normalise)
-            .map_err(|e| self.err(key, format!("{text:?} is not a CIDR: {e}")))
+            .map_err(|e| self.err(key, format!("{text:?} is not a CIDR: {e}")))?;
+        let IpNetwork::V6(v6) = net else {
+            return Ok(Remote::plain(net));
+        };
+        match mapped(v6) {
+            Mapped::Outside => Ok(Remote::plain(net)),
+            Mapped::Within(v4) => Ok(Remote::mapped(v6, IpNetwork::V4(v4))),
+            Mapped::Covers => Err(self.err(
+                key,
+                format!(
+                    "{text:?} covers the IPv4-mapped range ::ffff:0:0/96, whose hosts send IPv4: \
+                     one prefix cannot hold both; list the IPv6 prefixes and the IPv4 CIDRs \
+                     separately"
+                ),
+            )),
+        }
     }
 
-    fn cidrs(&self, key: &str, list: &[String]) -> Result<Vec<IpNetwork>, ConfigError> {
+    fn cidrs(&self, key: &str, list: &[String]) -> Result<Vec<Remote<IpNetwork>>, ConfigError> {
         list.iter()
             .enumerate()
             .map(|(i, t)| self.cidr(&format!("{key}[{i}]"), t))
             .collect()
     }
 
-    /// `IP:port` or `[IPv6]:port`. Names are not resolved (yet): say so rather than "bad address".
-    fn endpoint(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    /// `IP:port` or `[IPv6]:port`, an IPv4-mapped IPv6 address matched as the IPv4 one. Names
+    /// are not resolved (yet): say so rather than "bad address".
+    fn endpoint(&self, key: &str, text: &str) -> Result<Remote<SocketAddr>, ConfigError> {
         const EXPECTED: &str = "(expected IP:port or [IPv6]:port)";
         if let Ok(sa) = text.parse::<SocketAddr>() {
             self.port(key, Some(i64::from(sa.port())))?;
-            return Ok(sa);
+            return Ok(match sa {
+                SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                    Some(v4) => Remote::mapped(sa, SocketAddr::new(IpAddr::V4(v4), sa.port())),
+                    None => Remote::plain(sa),
+                },
+                SocketAddr::V4(_) => Remote::plain(sa),
+            });
         }
         let bare = text
             .strip_prefix('[')
@@ -360,6 +449,221 @@ fn icmp_for(net: &IpNetwork) -> u8 {
     }
 }
 
+fn mode(top: &Ctx, mode: Option<&str>) -> Result<Mode, ConfigError> {
+    match mode {
+        None | Some("enforce") => Ok(Mode::Enforce),
+        Some("audit") => Ok(Mode::Audit),
+        Some(other) => Err(top.err(
+            "mode",
+            format!("{other:?}: expected \"enforce\" or \"audit\""),
+        )),
+    }
+}
+
+fn attach(top: &Ctx, attach: Option<&str>) -> Result<AttachMode, ConfigError> {
+    match attach {
+        None | Some("auto") => Ok(AttachMode::Auto),
+        Some("tcx") => Ok(AttachMode::Tcx),
+        Some("legacy") => Ok(AttachMode::Legacy),
+        Some(other) => Err(top.err(
+            "attach",
+            format!("{other:?}: expected \"auto\", \"tcx\" or \"legacy\""),
+        )),
+    }
+}
+
+fn pin_path(top: &Ctx, pin_path: Option<&str>) -> Result<PathBuf, ConfigError> {
+    let pin_path = PathBuf::from(pin_path.unwrap_or(DEFAULT_PIN_PATH));
+    if !pin_path.is_absolute() {
+        return Err(top.err(
+            "pin_path",
+            format!("{} must be an absolute path", pin_path.display()),
+        ));
+    }
+    Ok(pin_path)
+}
+
+/// The metrics listener, and the scraper prefixes for the management NIC's rules.
+fn metrics(
+    m: &Ctx,
+    config: &MetricsConfig,
+) -> Result<(MetricsPolicy, Vec<Remote<IpNetwork>>), ConfigError> {
+    let listen_text = config.listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN);
+    let listen: SocketAddr = listen_text
+        .parse()
+        .map_err(|_| m.err("listen", format!("{listen_text:?} is not an IP:port")))?;
+    if listen.port() == 0 {
+        return Err(m.err(
+            "listen",
+            format!("{listen_text:?}: port 0 means any free port; name the port scrapers use"),
+        ));
+    }
+    let allow_from = m.cidrs("allow_from", &config.allow_from)?;
+    // The rule opens the port on the management NIC's addresses, where the loopback listener is
+    // not: it would only expose whatever else listens on that port.
+    if !allow_from.is_empty() && listen.ip().to_canonical().is_loopback() {
+        return Err(m.err(
+            "allow_from",
+            format!(
+                "scrapers cannot reach the loopback [metrics] listen {listen}, and the rule \
+                 would open port {} on the management NIC to whatever else listens on it; set \
+                 [metrics] listen to an address scrapers reach, or leave allow_from empty",
+                listen.port()
+            ),
+        ));
+    }
+    let policy = MetricsPolicy {
+        listen,
+        allow_from: allow_from.iter().map(|r| r.matched).collect(),
+    };
+    Ok((policy, allow_from))
+}
+
+/// Outbound to the control plane and named extras; inbound SSH and metrics scrapes.
+fn management(
+    c: &Ctx,
+    mgmt: &ManagementConfig,
+    metrics: &MetricsPolicy,
+    scrapers: &[Remote<IpNetwork>],
+    next_id: &mut u32,
+) -> Result<NicPolicy, ConfigError> {
+    let nic = c.nic(&mgmt.nic())?;
+    let mut set = RuleSet::new(Role::Management, next_id);
+    for (key, list) in [("rabbitmq", &mgmt.rabbitmq), ("registry", &mgmt.registry)] {
+        for (i, text) in list.iter().enumerate() {
+            let ep = c.endpoint(&format!("{key}[{i}]"), text)?;
+            let host = IpNetwork::from(ep.matched.ip());
+            set.tcp(
+                Direction::Egress,
+                ep.matched.port(),
+                host,
+                format!("{key} {ep}"),
+            );
+        }
+    }
+    for (i, entry) in mgmt.allow.iter().enumerate() {
+        allow(c, i, entry, &mut set)?;
+    }
+    let ssh_port = c.port("ssh_port", Some(mgmt.ssh_port.unwrap_or(22)))?;
+    for net in c.cidrs("ssh_from", &mgmt.ssh_from)? {
+        let origin = format!("ssh_from {net}");
+        set.tcp(Direction::Ingress, ssh_port, net.matched, origin);
+    }
+    for net in scrapers {
+        let origin = format!("metrics allow_from {net}");
+        set.tcp(
+            Direction::Ingress,
+            metrics.listen.port(),
+            net.matched,
+            origin,
+        );
+    }
+    // DHCP is no rule: its broadcasts and link-scoped multicasts match no unicast prefix, and
+    // the datapath passes it statelessly from this flag.
+    Ok(set.finish(nic, mgmt.dhcp.unwrap_or(true)))
+}
+
+/// One `[management] allow` entry: an outbound rule.
+fn allow(c: &Ctx, i: usize, allow: &AllowConfig, set: &mut RuleSet) -> Result<(), ConfigError> {
+    let written = c.cidr(&format!("allow[{i}].to"), &allow.to)?;
+    let to = written.matched;
+    match allow.proto.as_str() {
+        "tcp" | "udp" => {
+            let port = c.port(format!("allow[{i}].port"), allow.port)?;
+            let p = if allow.proto == "tcp" {
+                proto::TCP
+            } else {
+                proto::UDP
+            };
+            let origin = format!("allow {} {written} port {port}", allow.proto);
+            set.add(Direction::Egress, p, port, to, origin);
+        }
+        "icmp" => {
+            if allow.port.is_some() {
+                return Err(c.err(format!("allow[{i}].port"), "icmp has no ports; remove port"));
+            }
+            set.add(
+                Direction::Egress,
+                icmp_for(&to),
+                0,
+                to,
+                format!("allow icmp {written}"),
+            );
+        }
+        other => {
+            return Err(c.err(
+                format!("allow[{i}].proto"),
+                format!("{other:?}: expected \"tcp\", \"udp\" or \"icmp\""),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// The origin of the rules an empty `[business] clients` compiles to.
+const ANY_CLIENTS: &str = "clients (any)";
+
+/// Database traffic only: inbound from clients, outbound to replication peers.
+fn business(c: &Ctx, biz: &BusinessConfig, next_id: &mut u32) -> Result<NicPolicy, ConfigError> {
+    let nic = c.nic(&biz.nic())?;
+    if biz.database_ports.is_empty() {
+        return Err(c.err("database_ports", "at least one database port is required"));
+    }
+    let ports = biz
+        .database_ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| c.port(format!("database_ports[{i}]"), Some(*p)))
+        .collect::<Result<Vec<u16>, _>>()?;
+    let clients: Vec<(IpNetwork, String)> = if biz.clients.is_empty() {
+        let any = || ANY_CLIENTS.to_owned();
+        vec![(any_v4(), any()), (any_v6(), any())]
+    } else {
+        c.cidrs("clients", &biz.clients)?
+            .into_iter()
+            .map(|net| (net.matched, format!("clients {net}")))
+            .collect()
+    };
+    let peers = c.cidrs("peers", &biz.peers)?;
+    let mut set = RuleSet::new(Role::Business, next_id);
+    for port in &ports {
+        for (net, origin) in &clients {
+            set.tcp(Direction::Ingress, *port, *net, origin.clone());
+        }
+        for net in &peers {
+            let origin = format!("peers {net}");
+            set.tcp(Direction::Egress, *port, net.matched, origin);
+        }
+    }
+    Ok(set.finish(nic, false))
+}
+
+/// The policy map holds [`MAX_ENTRIES`] rules across both roles. A bigger policy would fail
+/// partway through writing the map at run time; refused here, `check` sees it too.
+fn fits_the_map(top: &Ctx, nics: &[NicPolicy]) -> Result<(), ConfigError> {
+    let total: usize = nics.iter().map(|n| n.rules.len()).sum();
+    if total <= MAX_ENTRIES as usize {
+        return Ok(());
+    }
+    let per_role: Vec<String> = nics
+        .iter()
+        .map(|n| format!("{} {}", n.role.name(), n.rules.len()))
+        .collect();
+    let sections: Vec<String> = nics
+        .iter()
+        .filter(|n| !n.rules.is_empty())
+        .map(|n| format!("[{}]", n.role.name()))
+        .collect();
+    Err(top.err(
+        sections.join("/"),
+        format!(
+            "the policy compiles to {total} entries ({}), more than the policy map holds \
+             ({MAX_ENTRIES}); merge CIDRs into wider prefixes",
+            per_role.join(", ")
+        ),
+    ))
+}
+
 impl Policy {
     pub fn load(path: &Path) -> Result<Policy, ConfigError> {
         Policy::from_config(&Config::load(path)?, path)
@@ -367,182 +671,25 @@ impl Policy {
 
     pub fn from_config(config: &Config, path: &Path) -> Result<Policy, ConfigError> {
         let top = Ctx { path, section: "" };
-        let mode = match config.mode.as_deref() {
-            None | Some("enforce") => Mode::Enforce,
-            Some("audit") => Mode::Audit,
-            Some(other) => {
-                return Err(top.err(
-                    "mode",
-                    format!("{other:?}: expected \"enforce\" or \"audit\""),
-                ))
-            }
-        };
-        let attach = match config.attach.as_deref() {
-            None | Some("auto") => AttachMode::Auto,
-            Some("tcx") => AttachMode::Tcx,
-            Some("legacy") => AttachMode::Legacy,
-            Some(other) => {
-                return Err(top.err(
-                    "attach",
-                    format!("{other:?}: expected \"auto\", \"tcx\" or \"legacy\""),
-                ))
-            }
-        };
-        let pin_path = PathBuf::from(config.pin_path.as_deref().unwrap_or(DEFAULT_PIN_PATH));
-        if !pin_path.is_absolute() {
-            return Err(top.err(
-                "pin_path",
-                format!("{} must be an absolute path", pin_path.display()),
-            ));
-        }
-
-        let m = Ctx {
-            path,
-            section: "metrics",
-        };
-        let listen_text = config
-            .metrics
-            .listen
-            .as_deref()
-            .unwrap_or(DEFAULT_METRICS_LISTEN);
-        let listen: SocketAddr = listen_text
-            .parse()
-            .map_err(|_| m.err("listen", format!("{listen_text:?} is not an IP:port")))?;
-        let metrics = MetricsPolicy {
-            listen,
-            allow_from: m.cidrs("allow_from", &config.metrics.allow_from)?,
-        };
+        let section = |section| Ctx { path, section };
+        let mode = mode(&top, config.mode.as_deref())?;
+        let attach = attach(&top, config.attach.as_deref())?;
+        let pin_path = pin_path(&top, config.pin_path.as_deref())?;
+        let (metrics, scrapers) = metrics(&section("metrics"), &config.metrics)?;
 
         let mut next_id = 0;
         let mut nics = Vec::new();
         if let Some(mgmt) = &config.management {
-            let c = Ctx {
-                path,
-                section: "management",
-            };
-            let nic = c.nic(&mgmt.nic())?;
-            let mut set = RuleSet {
-                role: Role::Management,
-                next_id: &mut next_id,
-                seen: HashSet::new(),
-                rules: vec![],
-            };
-            for (key, list) in [("rabbitmq", &mgmt.rabbitmq), ("registry", &mgmt.registry)] {
-                for (i, text) in list.iter().enumerate() {
-                    let ep = c.endpoint(&format!("{key}[{i}]"), text)?;
-                    let host = IpNetwork::from(ep.ip());
-                    set.tcp(Direction::Egress, ep.port(), host, format!("{key} {ep}"));
-                }
-            }
-            for (i, allow) in mgmt.allow.iter().enumerate() {
-                let to = c.cidr(&format!("allow[{i}].to"), &allow.to)?;
-                match allow.proto.as_str() {
-                    "tcp" | "udp" => {
-                        let port = c.port(format!("allow[{i}].port"), allow.port)?;
-                        let p = if allow.proto == "tcp" {
-                            proto::TCP
-                        } else {
-                            proto::UDP
-                        };
-                        let origin = format!("allow {} {to} port {port}", allow.proto);
-                        set.add(Direction::Egress, p, port, to, origin);
-                    }
-                    "icmp" => {
-                        if allow.port.is_some() {
-                            return Err(c.err(
-                                format!("allow[{i}].port"),
-                                "icmp has no ports; remove port",
-                            ));
-                        }
-                        set.add(
-                            Direction::Egress,
-                            icmp_for(&to),
-                            0,
-                            to,
-                            format!("allow icmp {to}"),
-                        );
-                    }
-                    other => {
-                        return Err(c.err(
-                            format!("allow[{i}].proto"),
-                            format!("{other:?}: expected \"tcp\", \"udp\" or \"icmp\""),
-                        ))
-                    }
-                }
-            }
-            let ssh_port = c.port("ssh_port", Some(mgmt.ssh_port.unwrap_or(22)))?;
-            for net in c.cidrs("ssh_from", &mgmt.ssh_from)? {
-                set.tcp(Direction::Ingress, ssh_port, net, format!("ssh_from {net}"));
-            }
-            for net in &metrics.allow_from {
-                set.tcp(
-                    Direction::Ingress,
-                    metrics.listen.port(),
-                    *net,
-                    format!("metrics allow_from {net}"),
-                );
-            }
-            if mgmt.dhcp.unwrap_or(true) {
-                set.add(Direction::Egress, proto::UDP, 67, any_v4(), "dhcp".into());
-                set.add(Direction::Ingress, proto::UDP, 68, any_v4(), "dhcp".into());
-                set.add(
-                    Direction::Egress,
-                    proto::UDP,
-                    547,
-                    any_v6(),
-                    "dhcpv6".into(),
-                );
-                set.add(
-                    Direction::Ingress,
-                    proto::UDP,
-                    546,
-                    any_v6(),
-                    "dhcpv6".into(),
-                );
-            }
-            nics.push(set.finish(nic));
+            nics.push(management(
+                &section("management"),
+                mgmt,
+                &metrics,
+                &scrapers,
+                &mut next_id,
+            )?);
         }
         if let Some(biz) = &config.business {
-            let c = Ctx {
-                path,
-                section: "business",
-            };
-            let nic = c.nic(&biz.nic())?;
-            if biz.database_ports.is_empty() {
-                return Err(c.err("database_ports", "at least one database port is required"));
-            }
-            let ports = biz
-                .database_ports
-                .iter()
-                .enumerate()
-                .map(|(i, p)| c.port(format!("database_ports[{i}]"), Some(*p)))
-                .collect::<Result<Vec<u16>, _>>()?;
-            let mut clients = c.cidrs("clients", &biz.clients)?;
-            let any_client = clients.is_empty();
-            if any_client {
-                clients = vec![any_v4(), any_v6()];
-            }
-            let peers = c.cidrs("peers", &biz.peers)?;
-            let mut set = RuleSet {
-                role: Role::Business,
-                next_id: &mut next_id,
-                seen: HashSet::new(),
-                rules: vec![],
-            };
-            for port in &ports {
-                for net in &clients {
-                    let origin = if any_client {
-                        "clients (any)".to_owned()
-                    } else {
-                        format!("clients {net}")
-                    };
-                    set.tcp(Direction::Ingress, *port, *net, origin);
-                }
-                for net in &peers {
-                    set.tcp(Direction::Egress, *port, *net, format!("peers {net}"));
-                }
-            }
-            nics.push(set.finish(nic));
+            nics.push(business(&section("business"), biz, &mut next_id)?);
         }
         if config.management.is_none() && !metrics.allow_from.is_empty() {
             return Err(ConfigError::invalid(
@@ -566,6 +713,7 @@ impl Policy {
                 ));
             }
         }
+        fits_the_map(&top, &nics)?;
         Ok(Policy {
             mode,
             attach,
@@ -586,6 +734,50 @@ impl Policy {
             .flat_map(|n| n.rules.iter().map(|r| (r.key(n.role), r.value())))
             .collect()
     }
+
+    /// Where the policy is open to any address, for `check` to say loudly. A valid config may
+    /// mean it; a closed one (no `ssh_from`, say) needs no warning: it fails visibly.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for nic in &self.nics {
+            if nic.rules.iter().any(|r| r.origin == ANY_CLIENTS) {
+                warnings.push(
+                    "[business] clients is empty: the database ports accept connections from ANY \
+                     address (0.0.0.0/0 and ::/0); list client CIDRs to narrow it"
+                        .to_owned(),
+                );
+            }
+            for rule in &nic.rules {
+                if rule.remote.prefix() == 0 && rule.origin != ANY_CLIENTS {
+                    warnings.push(open_rule_warning(nic.role, rule));
+                }
+            }
+        }
+        warnings
+    }
+}
+
+/// A rule whose remote is a /0: who may reach what, from or to any address of a family.
+fn open_rule_warning(role: Role, rule: &Rule) -> String {
+    let family = if rule.remote.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    };
+    let proto = proto_name(rule.proto);
+    let any = format!("ANY {family} address ({})", rule.remote);
+    let open = match (rule.direction, rule.port) {
+        (Direction::Ingress, port) => {
+            format!("{proto} port {port} is open to {any}; narrow it to the sources needed")
+        }
+        (Direction::Egress, 0) => {
+            format!("the guest may reach {any} with {proto}; narrow it to the destinations needed")
+        }
+        (Direction::Egress, port) => format!(
+            "the guest may reach {any} on {proto} port {port}; narrow it to the destinations needed"
+        ),
+    };
+    format!("{} NIC, {}: {open}", role.name(), rule.origin)
 }
 
 fn proto_name(p: u8) -> &'static str {
@@ -627,6 +819,17 @@ impl fmt::Display for Policy {
                 nic.nic,
                 nic.rules.len()
             )?;
+            if nic.role == Role::Management {
+                if nic.dhcp {
+                    writeln!(
+                        f,
+                        "  dhcp    DHCPv4 68->67 and DHCPv6 546->547, stateless, \
+                         broadcast/link scope only"
+                    )?;
+                } else {
+                    writeln!(f, "  dhcp    off")?;
+                }
+            }
             for r in &nic.rules {
                 let (dir, way) = match r.direction {
                     Direction::Ingress => ("ingress", "from"),
@@ -743,10 +946,6 @@ peers = ["198.51.100.7/32"]
             (M, E, proto::TCP, 4000, s("192.0.2.20/32")),
             (M, E, proto::TCP, 8080, s("192.0.2.30/32")),
             (M, I, proto::TCP, 22, s("203.0.113.0/24")),
-            (M, E, proto::UDP, 67, s("0.0.0.0/0")),
-            (M, I, proto::UDP, 68, s("0.0.0.0/0")),
-            (M, E, proto::UDP, 547, s("::/0")),
-            (M, I, proto::UDP, 546, s("::/0")),
             (B, I, proto::TCP, 3306, s("0.0.0.0/0")),
             (B, I, proto::TCP, 3306, s("::/0")),
             (B, E, proto::TCP, 3306, s("198.51.100.7/32")),
@@ -755,7 +954,7 @@ peers = ["198.51.100.7/32"]
 
         let entries = p.entries();
         let ids: Vec<u32> = entries.iter().map(|(_, v)| v.rule_id).collect();
-        assert_eq!(ids, (1..=12).collect::<Vec<u32>>(), "ids not 1.. in order");
+        assert_eq!(ids, (1..=8).collect::<Vec<u32>>(), "ids not 1.. in order");
         assert_eq!(p.nics[0].role, Role::Management, "management not first");
         assert_eq!(
             p.nic(Role::Business).map(|n| n.nic.to_string()).as_deref(),
@@ -830,13 +1029,10 @@ peers = ["198.51.100.7/32"]
         );
         assert!(p.metrics.allow_from.is_empty());
         let mgmt = p.nic(Role::Management).expect("management NIC");
-        let dhcp: Vec<_> = mgmt
-            .rules
-            .iter()
-            .filter(|r| r.origin.starts_with("dhcp"))
-            .collect();
-        assert_eq!(dhcp.len(), 4, "dhcp not on by default: {:#?}", mgmt.rules);
+        assert!(mgmt.dhcp, "dhcp not on by default");
+        assert!(mgmt.rules.is_empty(), "{:#?}", mgmt.rules);
         assert!(mgmt.nic.netns.is_none());
+        assert!(!p.nic(Role::Business).expect("business NIC").dhcp);
     }
 
     #[test]
@@ -873,6 +1069,179 @@ peers = ["198.51.100.7/32"]
         refused(
             &format!("[metrics]\nlisten = \"localhost\"\n{}", management("")),
             "[metrics] listen",
+        );
+    }
+
+    #[test]
+    fn metrics_allow_from_needs_a_reachable_listen_and_a_management_nic() {
+        for listen in [
+            None,
+            Some("127.1.2.3:9100"),
+            Some("[::1]:9100"),
+            Some("[::ffff:127.0.0.1]:9100"),
+        ] {
+            let listen = listen.map_or(String::new(), |l| format!("listen = \"{l}\"\n"));
+            let msg = refused(
+                &format!(
+                    "[metrics]\n{listen}allow_from = [\"192.0.2.0/28\"]\n{}",
+                    management("")
+                ),
+                "[metrics] allow_from",
+            );
+            assert!(msg.contains("[metrics] listen"), "{msg}");
+            assert!(msg.contains("loopback"), "{msg}");
+        }
+        // Loopback without scrapers is the default; any non-loopback address may take them.
+        ok(&format!(
+            "[metrics]\nlisten = \"[::1]:9100\"\n{}",
+            management("")
+        ));
+        ok(&format!(
+            "[metrics]\nlisten = \"[::]:9100\"\nallow_from = [\"2001:db8::/64\"]\n{}",
+            management("")
+        ));
+        ok(&format!(
+            "[metrics]\nlisten = \"192.0.2.5:9100\"\nallow_from = [\"192.0.2.0/28\"]\n{}",
+            management("")
+        ));
+        let msg = refused(
+            &format!(
+                "[metrics]\nlisten = \"0.0.0.0:9100\"\nallow_from = [\"192.0.2.0/28\"]\n{}",
+                business("")
+            ),
+            "[metrics] allow_from",
+        );
+        assert!(msg.contains("no [management] section"), "{msg}");
+    }
+
+    #[test]
+    fn port_zero_is_refused_for_every_port_key() {
+        for allow_from in ["", "allow_from = [\"192.0.2.0/28\"]\n"] {
+            for listen in ["127.0.0.1:0", "0.0.0.0:0", "[::]:0"] {
+                let msg = refused(
+                    &format!(
+                        "[metrics]\nlisten = \"{listen}\"\n{allow_from}{}",
+                        management("")
+                    ),
+                    "[metrics] listen",
+                );
+                assert!(
+                    msg.contains("port 0 means any free port; name the port scrapers use"),
+                    "{msg}"
+                );
+            }
+        }
+        let cases = [
+            (
+                management("rabbitmq = [\"192.0.2.10:0\"]"),
+                "[management] rabbitmq[0]",
+            ),
+            (
+                management("registry = [\"[2001:db8::20]:0\"]"),
+                "[management] registry[0]",
+            ),
+            (
+                management("allow = [ { to = \"192.0.2.30/32\", port = 0, proto = \"tcp\" } ]"),
+                "[management] allow[0].port",
+            ),
+            (
+                management("allow = [ { to = \"192.0.2.30/32\", port = 0, proto = \"udp\" } ]"),
+                "[management] allow[0].port",
+            ),
+            (management("ssh_port = 0"), "[management] ssh_port"),
+            (
+                "[business]\ninterface = \"ens4\"\ndatabase_ports = [3306, 0]\n".to_owned(),
+                "[business] database_ports[1]",
+            ),
+        ];
+        for (text, key) in cases {
+            let msg = refused(&text, key);
+            assert!(msg.contains("1..=65535"), "{msg}");
+        }
+    }
+
+    /// `n` distinct IPv4 /32s, as a TOML array.
+    fn hosts(n: u32) -> String {
+        let list: Vec<String> = (0..n)
+            .map(|i| format!("\"{}\"", Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
+        format!("[{}]", list.join(", "))
+    }
+
+    #[test]
+    fn policy_must_fit_the_policy_map() {
+        let limit = MAX_ENTRIES;
+        let config = |ssh_from: u32| {
+            format!(
+                "{}{}",
+                management(&format!("ssh_from = {}", hosts(ssh_from))),
+                business("clients = [\"198.51.100.0/24\"]")
+            )
+        };
+        let p = ok(&config(limit - 1));
+        assert_eq!(p.entries().len(), limit as usize);
+
+        let msg = refused(&config(limit), "[management]/[business]");
+        for want in [
+            format!("compiles to {} entries", limit + 1),
+            format!("management {limit}, business 1"),
+            format!("policy map holds ({limit})"),
+        ] {
+            assert!(msg.contains(&want), "{want:?} not in {msg}");
+        }
+        let msg = refused(
+            &management(&format!("ssh_from = {}", hosts(limit + 1))),
+            "[management]",
+        );
+        assert!(msg.contains(&format!("management {}", limit + 1)), "{msg}");
+    }
+
+    #[test]
+    fn warnings_name_what_is_open_to_any_address() {
+        assert_eq!(
+            ok(EXAMPLE).warnings(),
+            [
+                "[business] clients is empty: the database ports accept connections from ANY \
+              address (0.0.0.0/0 and ::/0); list client CIDRs to narrow it"
+            ]
+        );
+        let narrow = ok(&format!(
+            "{}{}",
+            management("ssh_from = [\"203.0.113.0/24\"]"),
+            business("clients = [\"198.51.100.0/24\"]\npeers = [\"2001:db8::/32\"]")
+        ));
+        assert!(narrow.warnings().is_empty(), "{:?}", narrow.warnings());
+        // Closed is not open: no ssh_from, no scrapers, no business NIC.
+        assert!(ok(&management("")).warnings().is_empty());
+
+        let p = ok(&format!(
+            "[metrics]\nlisten = \"[::]:9100\"\nallow_from = [\"::/0\"]\n{}{}",
+            management(
+                "ssh_from = [\"0.0.0.0/0\", \"::ffff:0:0/96\", \"2001:db8::/32\"]\n\
+                 allow = [\n\
+                 { to = \"::/0\", port = 53, proto = \"udp\" },\n\
+                 { to = \"0.0.0.0/0\", proto = \"icmp\" },\n\
+                 ]"
+            ),
+            "[business]\ninterface = \"ens4\"\ndatabase_ports = [3306]\n\
+             clients = [\"0.0.0.0/0\"]\npeers = [\"::/0\"]\n"
+        ));
+        assert_eq!(
+            p.warnings(),
+            [
+                "management NIC, allow udp ::/0 port 53: the guest may reach ANY IPv6 address \
+                 (::/0) on udp port 53; narrow it to the destinations needed",
+                "management NIC, allow icmp 0.0.0.0/0: the guest may reach ANY IPv4 address \
+                 (0.0.0.0/0) with icmp; narrow it to the destinations needed",
+                "management NIC, ssh_from 0.0.0.0/0: tcp port 22 is open to ANY IPv4 address \
+                 (0.0.0.0/0); narrow it to the sources needed",
+                "management NIC, metrics allow_from ::/0: tcp port 9100 is open to ANY IPv6 \
+                 address (::/0); narrow it to the sources needed",
+                "business NIC, clients 0.0.0.0/0: tcp port 3306 is open to ANY IPv4 address \
+                 (0.0.0.0/0); narrow it to the sources needed",
+                "business NIC, peers ::/0: the guest may reach ANY IPv6 address (::/0) on tcp \
+                 port 3306; narrow it to the destinations needed",
+            ]
         );
     }
 
@@ -994,6 +1363,115 @@ peers = ["198.51.100.7/32"]
             .map(|r| r.remote.to_string())
             .collect();
         assert_eq!(remotes, ["2001:db8::/32", "198.51.100.0/24"]);
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_matched_as_ipv4() {
+        use Direction::{Egress as E, Ingress as I};
+        use Role::{Business as B, Management as M};
+        let p = ok(&format!(
+            "[metrics]\nlisten = \"0.0.0.0:9100\"\nallow_from = [\"::ffff:192.0.2.0/124\"]\n{}{}",
+            management(
+                "rabbitmq = [\"[::ffff:192.0.2.10]:5672\"]\n\
+                 registry = [\"[::ffff:c000:214]:4000\"]\n\
+                 ssh_from = [\"::ffff:203.0.113.9/120\"]\n\
+                 allow = [\n\
+                 { to = \"::ffff:192.0.2.40\", proto = \"icmp\" },\n\
+                 { to = \"::ffff:0:0/96\", port = 53, proto = \"udp\" },\n\
+                 ]"
+            ),
+            business("clients = [\"::ffff:198.51.100.0/120\"]\npeers = [\"::ffff:198.51.100.7\"]"),
+        ));
+        let want = [
+            (
+                M,
+                "rabbitmq [::ffff:192.0.2.10]:5672 (IPv4-mapped, as 192.0.2.10:5672)",
+                (E, proto::TCP, 5672, "192.0.2.10/32"),
+            ),
+            (
+                M,
+                "registry [::ffff:192.0.2.20]:4000 (IPv4-mapped, as 192.0.2.20:4000)",
+                (E, proto::TCP, 4000, "192.0.2.20/32"),
+            ),
+            (
+                M,
+                "allow icmp ::ffff:192.0.2.40/128 (IPv4-mapped, as 192.0.2.40/32)",
+                (E, proto::ICMP, 0, "192.0.2.40/32"),
+            ),
+            (
+                M,
+                "allow udp ::ffff:0.0.0.0/96 (IPv4-mapped, as 0.0.0.0/0) port 53",
+                (E, proto::UDP, 53, "0.0.0.0/0"),
+            ),
+            (
+                M,
+                "ssh_from ::ffff:203.0.113.0/120 (IPv4-mapped, as 203.0.113.0/24)",
+                (I, proto::TCP, 22, "203.0.113.0/24"),
+            ),
+            (
+                M,
+                "metrics allow_from ::ffff:192.0.2.0/124 (IPv4-mapped, as 192.0.2.0/28)",
+                (I, proto::TCP, 9100, "192.0.2.0/28"),
+            ),
+            (
+                B,
+                "clients ::ffff:198.51.100.0/120 (IPv4-mapped, as 198.51.100.0/24)",
+                (I, proto::TCP, 3306, "198.51.100.0/24"),
+            ),
+            (
+                B,
+                "peers ::ffff:198.51.100.7/128 (IPv4-mapped, as 198.51.100.7/32)",
+                (E, proto::TCP, 3306, "198.51.100.7/32"),
+            ),
+        ];
+        for (role, origin, (direction, pr, port, remote)) in want {
+            let r = find(&p, role, origin);
+            assert_eq!(
+                (r.direction, r.proto, r.port, r.remote.to_string().as_str()),
+                (direction, pr, port, remote),
+                "{origin}"
+            );
+            assert_eq!(r.key(role).data().family, family::V4, "{origin}");
+        }
+        assert_eq!(p.entries().len(), want.len(), "{p}");
+        assert_eq!(
+            p.metrics.allow_from,
+            ["192.0.2.0/28".parse::<IpNetwork>().expect("cidr")]
+        );
+    }
+
+    #[test]
+    fn prefix_covering_the_ipv4_mapped_range_is_refused() {
+        let cases = [
+            (
+                format!("[metrics]\nallow_from = [\"::/64\"]\n{}", management("")),
+                "[metrics] allow_from[0]",
+            ),
+            (
+                management("ssh_from = [\"2001:db8::/32\", \"::ffff:0:0/95\"]"),
+                "[management] ssh_from[1]",
+            ),
+            (
+                management("allow = [ { to = \"::/8\", port = 53, proto = \"udp\" } ]"),
+                "[management] allow[0].to",
+            ),
+            (business("clients = [\"::/80\"]"), "[business] clients[0]"),
+            (business("peers = [\"::/1\"]"), "[business] peers[0]"),
+        ];
+        for (text, key) in cases {
+            let msg = refused(&text, key);
+            assert!(msg.contains("IPv4-mapped range"), "{msg}");
+        }
+        // "Any IPv6 address" covers the range too, but is meant as IPv6; and plain IPv6 stays.
+        let p = ok(&business(
+            "clients = [\"::/0\", \"::ffff:0:0:0/96\", \"::1\"]",
+        ));
+        let remotes: Vec<String> = p.nics[0]
+            .rules
+            .iter()
+            .map(|r| r.remote.to_string())
+            .collect();
+        assert_eq!(remotes, ["::/0", "::ffff:0:0:0/96", "::1/128"]);
     }
 
     #[test]
@@ -1148,6 +1626,42 @@ peers = ["198.51.100.7/32"]
             assert!(text.contains(want), "check output lacks {want:?}:\n{text}");
         }
         let rule_lines = text.lines().filter(|l| l.starts_with("  #")).count();
-        assert_eq!(rule_lines, 12, "{text}");
+        assert_eq!(rule_lines, 8, "{text}");
+        let dhcp: Vec<&str> = text.lines().filter(|l| l.starts_with("  dhcp")).collect();
+        assert_eq!(
+            dhcp,
+            ["  dhcp    DHCPv4 68->67 and DHCPv6 546->547, stateless, broadcast/link scope only"],
+            "one dhcp line, for management: {text}"
+        );
+    }
+
+    #[test]
+    fn dhcp_is_a_flag_not_rules() {
+        let p = ok(&format!(
+            "[management]\ninterface = \"ens3\"\ndhcp = false\n{}",
+            business("")
+        ));
+        let mgmt = p.nic(Role::Management).expect("management NIC");
+        assert!(!mgmt.dhcp);
+        assert!(mgmt.rules.is_empty(), "{:#?}", mgmt.rules);
+        let text = p.to_string();
+        let dhcp: Vec<&str> = text.lines().filter(|l| l.starts_with("  dhcp")).collect();
+        assert_eq!(dhcp, ["  dhcp    off"], "{text}");
+
+        let p = ok(&format!(
+            "[management]\ninterface = \"ens3\"\ndhcp = true\n{}",
+            business("")
+        ));
+        let mgmt = p.nic(Role::Management).expect("management NIC");
+        assert!(mgmt.dhcp);
+        assert!(
+            mgmt.rules.is_empty(),
+            "dhcp compiled to rules: {:#?}",
+            mgmt.rules
+        );
+        assert!(p
+            .entries()
+            .iter()
+            .all(|(k, _)| k.data().proto != proto::UDP));
     }
 }

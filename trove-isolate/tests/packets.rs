@@ -21,7 +21,7 @@ use Role::{Business as B, Management as M};
 /// The guest of the issue: 192.0.2.1 and 2001:db8:1::1 on BOTH NICs.
 const CONFIG: &str = r#"
 [metrics]
-listen = "127.0.0.1:9477"
+listen = "0.0.0.0:9477"
 allow_from = ["203.0.113.0/24"]
 [management]
 interface = "mgmt0"
