@@ -323,7 +323,10 @@ mod tests {
         }
         assert!(!Reason::Dhcp.is_drop());
         assert!(Reason::Policy.is_drop());
-        assert_eq!(Reason::from_u8(Reason::NotLocal as u8), Some(Reason::NotLocal));
+        assert_eq!(
+            Reason::from_u8(Reason::NotLocal as u8),
+            Some(Reason::NotLocal)
+        );
         assert_eq!(Reason::from_u8(Reason::COUNT as u8), None);
     }
 }

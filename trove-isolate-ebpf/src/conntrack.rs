@@ -115,7 +115,9 @@ fn embryonic(
         Kind::Tcp => {
             let f = pkt.tcp_flags;
             record_ack(value, direction, pkt);
-            if value.state == state::SYN_SENT && reply && f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+            if value.state == state::SYN_SENT
+                && reply
+                && f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
             {
                 value.state = state::SYN_ACKED;
                 settle_wscale(value, direction, pkt.wscale);
@@ -132,8 +134,7 @@ fn embryonic(
         Kind::Udp if reply => promote(role, key, value, now),
         // Echo flows live in the new table: the key already fixes which way requests go.
         _ => {
-            if now.saturating_sub(value.last_seen_ns) > REFRESH_NS
-            {
+            if now.saturating_sub(value.last_seen_ns) > REFRESH_NS {
                 value.last_seen_ns = now;
             }
             Ok(Reason::Tracked)

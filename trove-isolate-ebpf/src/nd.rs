@@ -24,9 +24,7 @@ pub fn check(role: Role, direction: Direction, pkt: &Packet) -> Result<Reason, R
         // Router advertisements and redirects come from a router's link-local address.
         ROUTER_ADVERTISEMENT | REDIRECT if ingress => (255, local::link_local(&pkt.src)),
         ROUTER_SOLICITATION if !ingress => (255, on_link(role, pkt)),
-        NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT => {
-            (255, ingress || on_link(role, pkt))
-        }
+        NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT => (255, ingress || on_link(role, pkt)),
         MLD_QUERY if ingress => (1, local::link_local(&pkt.src)),
         MLD_REPORT | MLD_DONE | MLD2_REPORT if !ingress => (
             1,

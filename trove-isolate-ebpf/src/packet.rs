@@ -89,5 +89,8 @@ pub enum Parsed {
     Flow(Packet),
     /// An ICMP error: the outer packet (addresses) and the packet quoted inside it, which
     /// travelled the opposite way.
-    Related { outer: Packet, quoted: Packet },
+    Related {
+        outer: Packet,
+        quoted: Packet,
+    },
 }

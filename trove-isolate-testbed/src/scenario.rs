@@ -25,7 +25,7 @@ attach = "{attach}"
 pin_path = "{pin_path}"
 
 [metrics]
-listen = "127.0.0.1:{metrics_port}"
+listen = "0.0.0.0:{metrics_port}"
 allow_from = ["203.0.113.0/24"]
 
 [management]

@@ -25,8 +25,10 @@ use crate::{
     state::{Attachment, Hook},
 };
 
-/// Our cls_bpf filters' place on the clsact qdisc: fixed, so a restart finds and replaces them.
-const LEGACY_PRIORITY: u16 = 0x7ff0;
+/// Our cls_bpf filters' place on the clsact qdisc: fixed, so a restart finds and replaces them,
+/// and first (the lowest priority number runs first), so no earlier filter can pass a packet
+/// before we judge it.
+const LEGACY_PRIORITY: u16 = 1;
 const LEGACY_HANDLE: u32 = 0x7001;
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +155,9 @@ fn ensure_tcx(
         .attach_with_options(
             &device.name,
             tc_attach_type(direction),
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
+            // First in the chain: under TCX a program that passes a packet ends the chain, so
+            // anything before us could let a packet by unjudged.
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
         )
         .map_err(program_error("attaching (tcx)", name, device))?;
     let link = program

@@ -152,7 +152,12 @@ impl Datapath {
     }
 
     /// Removes `keys` from one of `role`'s flow tables; ones already gone count as removed.
-    pub fn remove_flows(&mut self, role: Role, table: Table, keys: &[FlowKey]) -> anyhow::Result<()> {
+    pub fn remove_flows(
+        &mut self,
+        role: Role,
+        table: Table,
+        keys: &[FlowKey],
+    ) -> anyhow::Result<()> {
         let name = table.map_name(role);
         let map = self
             .ebpf

@@ -32,7 +32,8 @@ pub fn addresses(device: &Device) -> anyhow::Result<Vec<IpNetwork>> {
             let (Some(addr), Some(mask)) = (ifa.address, ifa.netmask) else {
                 continue;
             };
-            let (ip, bits) = if let (Some(a), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in())
+            let (ip, bits) = if let (Some(a), Some(m)) =
+                (addr.as_sockaddr_in(), mask.as_sockaddr_in())
             {
                 (IpAddr::V4(a.ip()), u32::from(m.ip()).count_ones())
             } else if let (Some(a), Some(m)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {

@@ -10,6 +10,7 @@ use crate::{
     daemon::{direction_named, role_named},
     datapath::PinnedMaps,
     pins::Pins,
+    rawsock,
     state::{Hook, State},
 };
 
@@ -82,6 +83,13 @@ pub fn status(pins: &Pins) -> anyhow::Result<String> {
             mode.name()
         )?;
     }
+    if let Some(biz) = state
+        .attachments
+        .iter()
+        .find(|a| a.role == Role::Business.name())
+    {
+        raw_socket_warning(&mut out, biz.netns.as_deref())?;
+    }
     writeln!(out, "counters (packets, bytes):")?;
     let counts = maps.counts()?;
     if counts.is_empty() {
@@ -100,6 +108,43 @@ pub fn status(pins: &Pins) -> anyhow::Result<String> {
         )?;
     }
     Ok(out)
+}
+
+/// Warns when processes in the business NIC's namespace hold CAP_NET_RAW: packet sockets read
+/// frames before TC ingress and can send past TC egress.
+fn raw_socket_warning(out: &mut String, netns: Option<&std::path::Path>) -> std::fmt::Result {
+    let where_ = netns.map_or_else(
+        || "the host namespace".to_owned(),
+        |p| p.display().to_string(),
+    );
+    match rawsock::holders(netns) {
+        Ok(found) if found.is_empty() => Ok(()),
+        Ok(found) => {
+            let list: Vec<String> = found
+                .iter()
+                .take(8)
+                .map(|p| format!("{} ({})", p.pid, p.command))
+                .collect();
+            let more = found.len().saturating_sub(8);
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            writeln!(
+                out,
+                "WARNING: {} process(es) in the business NIC's namespace {where_} hold CAP_NET_RAW: \
+                 {}{more}. Packet sockets see frames before TC ingress and can send past TC \
+                 egress; drop NET_RAW from the database container (see SECURITY.md).",
+                found.len(),
+                list.join(", ")
+            )
+        }
+        Err(e) => writeln!(
+            out,
+            "note: cannot check {where_} for CAP_NET_RAW holders: {e}"
+        ),
+    }
 }
 
 /// Removes all enforcement and every pin under `pins`. Returns what was removed, one per line.

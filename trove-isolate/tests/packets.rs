@@ -11,8 +11,8 @@ mod packets {
 use std::path::Path;
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use packets::frame::*;
 use ipnetwork::IpNetwork;
+use packets::frame::*;
 use trove_isolate::{config::Config, datapath::Datapath, local, policy::Policy};
 use trove_isolate_common::{action, proto, Direction, Mode, Reason, Role, Verdict};
 use Direction::{Egress as E, Ingress as I};
@@ -90,10 +90,14 @@ fn datapath() -> Datapath {
     let mut dp = Datapath::load(None, false).expect("loading the datapath (root, BPF)");
     dp.sync_policy(&policy.entries())
         .expect("writing the policy map");
-    let nets: Vec<IpNetwork> = NIC_ADDRESSES.iter().map(|n| n.parse().expect("net")).collect();
+    let nets: Vec<IpNetwork> = NIC_ADDRESSES
+        .iter()
+        .map(|n| n.parse().expect("net"))
+        .collect();
     let mut entries = local::entries(M, &nets);
     entries.extend(local::entries(B, &nets));
-    dp.sync_local(&entries).expect("writing the local address map");
+    dp.sync_local(&entries)
+        .expect("writing the local address map");
     for role in [M, B] {
         let dhcp = policy.nic(role).is_some_and(|n| n.dhcp);
         dp.set_dhcp(role, dhcp).expect("setting dhcp");
@@ -855,8 +859,22 @@ fn audit_mode_passes_what_it_would_drop() {
     );
 }
 
-fn v4_seq(src: &str, dst: &str, ports: (u16, u16), flags: u8, seq: u32, ack: u32, win: u16) -> Vec<u8> {
-    ipv4(V4_PLAIN, proto::TCP, src, dst, &tcp_seq(ports.0, ports.1, flags, seq, ack, win))
+fn v4_seq(
+    src: &str,
+    dst: &str,
+    ports: (u16, u16),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    win: u16,
+) -> Vec<u8> {
+    ipv4(
+        V4_PLAIN,
+        proto::TCP,
+        src,
+        dst,
+        &tcp_seq(ports.0, ports.1, flags, seq, ack, win),
+    )
 }
 
 fn v4_udp(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {

@@ -1,0 +1,335 @@
+//! Floods through BPF_PROG_TEST_RUN: established sessions survive a million new flows from a
+//! million sources, and a full established table refuses new flows instead of evicting.
+//!
+//! `TROVE_ISOLATE_FLOOD` sets the flood size (default 1,000,000); each flood prints its rate.
+
+mod packets {
+    #[allow(dead_code)] // the packet tables use the rest
+    pub mod frame;
+}
+
+use std::{path::Path, time::Instant};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use ipnetwork::IpNetwork;
+use packets::frame::*;
+use trove_isolate::{
+    config::Config,
+    datapath::{Datapath, Table},
+    local,
+    policy::Policy,
+};
+use trove_isolate_common::{
+    action, conntrack::EST_MAX_ENTRIES, proto, Direction, Reason, Role, Verdict,
+};
+use Direction::{Egress as E, Ingress as I};
+use Role::{Business as B, Management as M};
+
+const CONFIG: &str = r#"
+[management]
+interface = "mgmt0"
+ssh_from = ["203.0.113.0/24"]
+[business]
+interface = "eth0"
+database_ports = [3306]
+"#;
+
+const G4: &str = "192.0.2.1";
+const G6: &str = "2001:db8:1::1";
+
+fn flood_size() -> u32 {
+    std::env::var("TROVE_ISOLATE_FLOOD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+fn datapath() -> Datapath {
+    let path = Path::new("flood.toml");
+    let config = Config::parse(CONFIG, path).expect("test config parses");
+    let policy = Policy::from_config(&config, path).expect("test config compiles");
+    let mut dp = Datapath::load(None, false).expect("loading the datapath (root, BPF)");
+    dp.sync_policy(&policy.entries()).expect("policy");
+    let nets: Vec<IpNetwork> = ["192.0.2.1/24", "2001:db8:1::1/64"]
+        .iter()
+        .map(|n| n.parse().expect("net"))
+        .collect();
+    let mut entries = local::entries(M, &nets);
+    entries.extend(local::entries(B, &nets));
+    dp.sync_local(&entries).expect("local");
+    dp.set_dhcp(M, true).expect("dhcp");
+    dp
+}
+
+/// Runs one frame; returns the TC action.
+fn run(dp: &mut Datapath, role: Role, direction: Direction, frame: &[u8]) -> i32 {
+    dp.program(role, direction)
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN")
+        .return_value as i32
+}
+
+fn count(dp: &Datapath, role: Role, direction: Direction, verdict: Verdict, reason: Reason) -> u64 {
+    dp.counts()
+        .expect("counters")
+        .iter()
+        .find(|c| {
+            c.role == role && c.direction == direction && c.verdict == verdict && c.reason == reason
+        })
+        .map_or(0, |c| c.counter.packets)
+}
+
+fn tcp4(src: &str, dst: &str, sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    ipv4(
+        V4_PLAIN,
+        proto::TCP,
+        src,
+        dst,
+        &tcp_seq(sport, dport, flags, seq, ack, 1000),
+    )
+}
+
+/// A full handshake from `client`:`port` to the guest's `service` port on the NIC of `role`.
+fn handshake(dp: &mut Datapath, role: Role, client: &str, port: u16, service: u16) {
+    let steps = [
+        (I, tcp4(client, G4, port, service, SYN, 100, 0)),
+        (E, tcp4(G4, client, service, port, SYN_ACK, 900, 101)),
+        (I, tcp4(client, G4, port, service, ACK, 101, 901)),
+    ];
+    for (direction, frame) in steps {
+        assert_eq!(
+            run(dp, role, direction, &frame),
+            action::PASS,
+            "handshake {client}:{port} -> {service}"
+        );
+    }
+}
+
+/// The established session still carries data both ways.
+fn session_lives(dp: &mut Datapath, role: Role, client: &str, port: u16, service: u16, what: &str) {
+    let before = count(dp, role, I, Verdict::Pass, Reason::Tracked);
+    let data_in = tcp4(client, G4, port, service, ACK | 0x08, 101, 901);
+    let data_out = tcp4(G4, client, service, port, ACK | 0x08, 901, 102);
+    assert_eq!(
+        run(dp, role, I, &data_in),
+        action::PASS,
+        "{what}: data in dropped"
+    );
+    assert_eq!(
+        run(dp, role, E, &data_out),
+        action::PASS,
+        "{what}: data out dropped"
+    );
+    assert_eq!(
+        count(dp, role, I, Verdict::Pass, Reason::Tracked),
+        before + 1,
+        "{what}: not tracked"
+    );
+}
+
+/// A TCP SYN frame from an IPv6 source whose last 4 bytes are patched per packet.
+struct SynFlood {
+    frame: Vec<u8>,
+}
+
+impl SynFlood {
+    fn new(dport: u16) -> SynFlood {
+        SynFlood {
+            frame: ipv6(
+                proto::TCP,
+                "2001:db8:2::",
+                G6,
+                &tcp_seq(40000, dport, SYN, 1, 0, 1000),
+            ),
+        }
+    }
+
+    /// The frame from source number `i`.
+    fn from(&mut self, i: u32) -> &[u8] {
+        // Ethernet 14 + IPv6 source at 8..24: the last 4 bytes of the source.
+        self.frame[14 + 20..14 + 24].copy_from_slice(&i.to_be_bytes());
+        &self.frame
+    }
+}
+
+#[test]
+fn established_sessions_survive_a_million_new_flows() {
+    let mut dp = datapath();
+    handshake(&mut dp, B, "192.0.2.50", 33000, 3306);
+    handshake(&mut dp, M, "203.0.113.5", 50000, 22);
+    let n = flood_size();
+
+    let mut flood = SynFlood::new(3306);
+    let start = Instant::now();
+    for i in 0..n {
+        let frame = flood.from(i).to_vec();
+        assert_eq!(run(&mut dp, B, I, &frame), action::PASS, "flood SYN {i}");
+    }
+    let took = start.elapsed();
+    println!(
+        "{n} SYNs from {n} sources on the business NIC in {took:.1?} ({:.0}/s)",
+        f64::from(n) / took.as_secs_f64()
+    );
+    session_lives(
+        &mut dp,
+        B,
+        "192.0.2.50",
+        33000,
+        3306,
+        "database session after the SYN flood",
+    );
+    session_lives(
+        &mut dp,
+        M,
+        "203.0.113.5",
+        50000,
+        22,
+        "SSH session after the SYN flood",
+    );
+    assert_eq!(
+        count(&dp, B, I, Verdict::Pass, Reason::Allowed),
+        u64::from(n) + 1,
+        "every flood SYN was a new allowed flow"
+    );
+    let est = dp.flows(B, Table::Established).expect("flows").len();
+    assert_eq!(est, 1, "the flood promoted flows: {est} established");
+    let new = dp.flows(B, Table::New).expect("flows").len();
+    assert!(
+        new <= trove_isolate_common::conntrack::NEW_MAX_ENTRIES as usize,
+        "{new}"
+    );
+
+    // A million datagrams at the DHCP client port, from a million sources: passed without
+    // tracking (or refused), never into a table.
+    let mut dhcp = ipv4(V4_PLAIN, proto::UDP, "192.0.2.254", G4, &udp(67, 68));
+    let start = Instant::now();
+    for i in 0..n {
+        dhcp[14 + 12..14 + 16].copy_from_slice(&(0xc000_0200u32 | i).to_be_bytes());
+        run(&mut dp, M, I, &dhcp);
+    }
+    let took = start.elapsed();
+    println!(
+        "{n} datagrams at the DHCP port in {took:.1?} ({:.0}/s)",
+        f64::from(n) / took.as_secs_f64()
+    );
+    assert_eq!(count(&dp, M, I, Verdict::Pass, Reason::Dhcp), u64::from(n));
+    for table in Table::ALL {
+        let flows = dp.flows(M, table).expect("flows").len();
+        assert_eq!(
+            flows,
+            usize::from(table == Table::Established),
+            "management {table:?}"
+        );
+    }
+    session_lives(
+        &mut dp,
+        B,
+        "192.0.2.50",
+        33000,
+        3306,
+        "database session after the DHCP flood",
+    );
+    session_lives(
+        &mut dp,
+        M,
+        "203.0.113.5",
+        50000,
+        22,
+        "SSH session after the DHCP flood",
+    );
+}
+
+/// When the established table is full, a completed handshake is refused (`conntrack_full`) and
+/// no established flow is evicted; the management NIC's table is its own.
+#[test]
+fn a_full_established_table_refuses_and_never_evicts() {
+    let mut dp = datapath();
+    handshake(&mut dp, B, "192.0.2.50", 33000, 3306);
+    handshake(&mut dp, M, "203.0.113.5", 50000, 22);
+    let fill = EST_MAX_ENTRIES - 1;
+    let start = Instant::now();
+    let mut syn = SynFlood::new(3306);
+    for i in 0..fill {
+        // Handshakes from IPv6 sources 2001:db8:2::i.
+        let s = syn.from(i).to_vec();
+        let mut synack = ipv6(
+            proto::TCP,
+            G6,
+            "2001:db8:2::",
+            &tcp_seq(3306, 40000, SYN_ACK, 900, 2, 1000),
+        );
+        synack[14 + 36..14 + 40].copy_from_slice(&i.to_be_bytes());
+        let mut ack = s.clone();
+        ack[14 + 40 + 13] = ACK;
+        for (direction, frame) in [(I, &s), (E, &synack), (I, &ack)] {
+            assert_eq!(
+                run(&mut dp, B, direction, frame),
+                action::PASS,
+                "handshake {i}"
+            );
+        }
+    }
+    println!("{fill} handshakes in {:.1?}", start.elapsed());
+    assert_eq!(
+        dp.flows(B, Table::Established).expect("flows").len(),
+        EST_MAX_ENTRIES as usize
+    );
+    // One more: its handshake completes on the wire but the flow is refused.
+    let before = count(&dp, B, I, Verdict::Drop, Reason::ConntrackFull);
+    let extra = "192.0.2.60";
+    assert_eq!(
+        run(&mut dp, B, I, &tcp4(extra, G4, 33001, 3306, SYN, 100, 0)),
+        action::PASS
+    );
+    assert_eq!(
+        run(
+            &mut dp,
+            B,
+            E,
+            &tcp4(G4, extra, 3306, 33001, SYN_ACK, 900, 101)
+        ),
+        action::PASS
+    );
+    assert_eq!(
+        run(&mut dp, B, I, &tcp4(extra, G4, 33001, 3306, ACK, 101, 901)),
+        action::DROP
+    );
+    assert_eq!(
+        count(&dp, B, I, Verdict::Drop, Reason::ConntrackFull),
+        before + 1
+    );
+    assert_eq!(
+        run(&mut dp, B, I, &tcp4(extra, G4, 33001, 3306, ACK, 101, 901)),
+        action::DROP,
+        "the refused flow carries nothing"
+    );
+    session_lives(
+        &mut dp,
+        B,
+        "192.0.2.50",
+        33000,
+        3306,
+        "database session with the table full",
+    );
+    session_lives(
+        &mut dp,
+        M,
+        "203.0.113.5",
+        50000,
+        22,
+        "SSH session with the business table full",
+    );
+    handshake(&mut dp, M, "203.0.113.6", 50001, 22);
+    session_lives(
+        &mut dp,
+        M,
+        "203.0.113.6",
+        50001,
+        22,
+        "a new SSH session with the business table full",
+    );
+}
