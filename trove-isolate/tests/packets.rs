@@ -1021,3 +1021,35 @@ fn transport_headers_end_with_their_ip_packet() {
         pass("a whole packet with a trailer", M, E, padded, Allowed),
     ]);
 }
+
+/// Applying a narrower policy revokes the tracked flows it no longer allows, both tables and
+/// both directions; flows it still allows carry on.
+#[rustfmt::skip]
+#[test]
+fn a_narrower_policy_revokes_what_it_no_longer_allows() {
+    use Reason::*;
+    let mut dp = datapath();
+    run_table(&mut dp, &[
+        pass("client SYN", B, I, v4_seq(CLIENT, G4, (33300, 3306), SYN, 10, 0, 1000), Allowed),
+        pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, (3306, 33300), SYN_ACK, 50, 11, 1000), Tracked),
+        pass("ACK: established", B, I, v4_seq(CLIENT, G4, (33300, 3306), ACK, 11, 51, 1000), Tracked),
+        pass("replication SYN to the peer (new table)", B, E, v4_tcp(G4, PEER, 40800, 3306, SYN), Allowed),
+        pass("SYN to rabbitmq", M, E, v4_tcp(G4, RABBIT4, 40801, 5672, SYN), Allowed),
+    ]);
+    // The same guest, now with named clients (not CLIENT) and no replication peer.
+    let narrower = CONFIG
+        .replace("peers = [\"198.51.100.7/32\"]", "clients = [\"203.0.113.0/24\"]");
+    let path = Path::new("narrower.toml");
+    let policy = trove_isolate::policy::Policy::from_config(&Config::parse(&narrower, path).expect("parses"), path)
+        .expect("compiles");
+    dp.sync_policy(&policy.entries()).expect("policy");
+    let revoked = trove_isolate::conntrack::revoke(&mut dp, &policy).expect("revoke");
+    assert_eq!(revoked, 2, "the client's and the peer's flows");
+    run_table(&mut dp, &[
+        drop("the revoked client's data", B, I, v4_seq(CLIENT, G4, (33300, 3306), ACK, 11, 51, 1000), NotTracked),
+        drop("the revoked client's reply path (a pickup the policy refuses)", B, E, v4_seq(G4, CLIENT, (3306, 33300), ACK, 51, 11, 1000), Policy),
+        drop("a new SYN on the old tuple meets the new policy", B, I, v4_seq(CLIENT, G4, (33300, 3306), SYN, 99, 0, 1000), Policy),
+        drop("the revoked peer's SYN-ACK", B, I, v4_tcp(PEER, G4, 3306, 40800, SYN_ACK), NotTracked),
+        pass("rabbitmq's SYN-ACK: still allowed", M, I, v4_tcp(RABBIT4, G4, 5672, 40801, SYN_ACK), Tracked),
+    ]);
+}
