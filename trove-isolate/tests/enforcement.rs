@@ -176,6 +176,35 @@ fn enforcement_outlives_the_daemon_until_detach() {
     for want in ["management", "business", s.guest.mgmt_nic(), "enforce"] {
         assert!(text.contains(want), "status lacks {want}:\n{text}");
     }
+    assert!(
+        !text.contains("CAP_NET_RAW"),
+        "nothing runs in the container yet:\n{text}"
+    );
+
+    // A root process in the database container's namespace could use packet sockets past TC:
+    // status names it.
+    let mut root_in_container = std::process::Command::new("ip")
+        .args(["netns", "exec", s.guest.container.name(), "sleep", "30"])
+        .spawn()
+        .expect("starting a process in the container namespace");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let status = cli(&["status", "--pin-path", &s.pin_path]);
+        let text = String::from_utf8_lossy(&status.stdout).into_owned();
+        if text.contains("CAP_NET_RAW") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let pid = root_in_container.id();
+    let _ = root_in_container.kill();
+    let _ = root_in_container.wait();
+    assert!(
+        text.contains("WARNING")
+            && text.contains("CAP_NET_RAW")
+            && text.contains(&format!("{pid} (")),
+        "status does not warn of CAP_NET_RAW in the container:\n{text}"
+    );
 
     // Restart adopts the pinned state with no open instant: datagrams to a blocked destination,
     // sent the whole time a daemon starts, are never answered.
