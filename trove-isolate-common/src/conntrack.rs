@@ -22,7 +22,7 @@ pub const NEW_MAX_ENTRIES: u32 = 16_384;
 pub const NEW_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
 /// Idle time after which an established TCP flow is forgotten.
 pub const TCP_TIMEOUT_NS: u64 = 24 * 3600 * 1_000_000_000;
-/// After an in-window FIN or RST: long enough for the closing handshake to finish.
+/// After FINs both ways or a reset: long enough for the closing handshake to finish.
 pub const TCP_CLOSING_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
 pub const UDP_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
 /// `last_seen` is refreshed at most this often, to keep per-packet writes rare.
@@ -108,14 +108,20 @@ pub mod state {
     pub const UNREPLIED: u8 = 3;
     /// In the established table.
     pub const ESTABLISHED: u8 = 4;
+    /// TCP opened by the remote: the remote acknowledged the SYN-ACK; the guest's first segment
+    /// after the handshake promotes it.
+    pub const ACKED: u8 = 5;
 }
 
 /// `FlowValue::flags` bits.
 pub mod flags {
-    /// An in-window FIN or RST was seen: the flow gets [`super::TCP_CLOSING_TIMEOUT_NS`].
+    /// The flow is closing (FINs both ways, or a reset): it gets
+    /// [`super::TCP_CLOSING_TIMEOUT_NS`].
     pub const CLOSING: u8 = 1;
     /// `ack[Direction::Ingress]` / `ack[Direction::Egress]` hold a value.
     pub const ACK_SEEN: [u8; 2] = [2, 4];
+    /// An in-window FIN was sent that way (indexed by `Direction`).
+    pub const FIN_SEEN: [u8; 2] = [8, 16];
 }
 
 #[repr(C)]

@@ -69,6 +69,12 @@ pub fn tracked(role: Role, key: &FlowKey) -> bool {
 
 /// A packet of an established flow. `None`: a SYN reusing the tuple of a closing flow, which
 /// starts over as a new flow (and meets the policy again).
+///
+/// A FIN or RST must fall in the receiver's window (else `OutOfWindow`). What closes the flow
+/// is held to what a blind sender cannot forge: FINs seen both ways, an RST from the guest, or
+/// an RST from the remote at exactly the sequence number the guest acknowledged last (RFC 5961's
+/// rule for accepting a reset). An in-window RST that is not exact passes (the guest answers it
+/// with a challenge ACK) and changes nothing.
 #[inline(always)]
 fn established(
     role: Role,
@@ -88,8 +94,10 @@ fn established(
             if !in_window(value, direction, pkt) {
                 return Some(Err(Reason::OutOfWindow));
             }
-            value.flags |= flags::CLOSING;
-            value.last_seen_ns = now;
+            if closes(value, direction, pkt) {
+                value.flags |= flags::CLOSING;
+                value.last_seen_ns = now;
+            }
         }
         record_ack(value, direction, pkt);
     }
@@ -99,8 +107,26 @@ fn established(
     Some(Ok(Reason::Tracked))
 }
 
+/// Whether an in-window FIN or RST closes the flow (see [`established`]).
+#[inline(always)]
+fn closes(value: &mut FlowValue, direction: Direction, pkt: &Packet) -> bool {
+    let d = direction as usize & 1;
+    if pkt.tcp_flags & TCP_RST != 0 {
+        if direction == Direction::Egress {
+            return true;
+        }
+        let guest = Direction::Egress as usize;
+        return value.flags & flags::ACK_SEEN[guest] == 0 || pkt.seq == value.ack[guest];
+    }
+    value.flags |= flags::FIN_SEEN[d];
+    value.flags & flags::FIN_SEEN[d ^ 1] != 0
+}
+
 /// A packet of a flow in the new table: the handshake moves on, and the packet that proves the
-/// flow two-way promotes it.
+/// flow two-way promotes it. For TCP the proof comes from the guest's own stack, which a remote
+/// sender cannot fake: the guest's ACK of the SYN-ACK when it opened the flow, its first
+/// segment after the handshake when the remote did (a remote's ACK the guest discards, bad
+/// checksum and all, earns nothing), or for a flow picked up mid-way, the remote's first reply.
 #[inline(always)]
 fn embryonic(
     role: Role,
@@ -111,34 +137,37 @@ fn embryonic(
     now: u64,
 ) -> Result<Reason, Reason> {
     let reply = direction as u8 != value.origin;
+    if now.saturating_sub(value.last_seen_ns) > REFRESH_NS {
+        value.last_seen_ns = now;
+    }
     match pkt.kind {
         Kind::Tcp => {
             let f = pkt.tcp_flags;
             record_ack(value, direction, pkt);
+            let plain_ack = f & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && f & TCP_ACK != 0;
+            let from_guest = direction == Direction::Egress;
             if value.state == state::SYN_SENT
                 && reply
                 && f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
             {
                 value.state = state::SYN_ACKED;
                 settle_wscale(value, direction, pkt.wscale);
-                value.last_seen_ns = now;
-            } else if f & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && f & TCP_ACK != 0 {
-                let handshake_done = value.state == state::SYN_ACKED && !reply;
-                let reply_seen = value.state == state::UNREPLIED && reply;
-                if handshake_done || reply_seen {
-                    return promote(role, key, value, now);
+            } else if plain_ack {
+                match value.state {
+                    state::SYN_ACKED if !reply && from_guest => {
+                        return promote(role, key, value, now)
+                    }
+                    state::SYN_ACKED if !reply => value.state = state::ACKED,
+                    state::ACKED if from_guest => return promote(role, key, value, now),
+                    state::UNREPLIED if reply => return promote(role, key, value, now),
+                    _ => {}
                 }
             }
             Ok(Reason::Tracked)
         }
         Kind::Udp if reply => promote(role, key, value, now),
         // Echo flows live in the new table: the key already fixes which way requests go.
-        _ => {
-            if now.saturating_sub(value.last_seen_ns) > REFRESH_NS {
-                value.last_seen_ns = now;
-            }
-            Ok(Reason::Tracked)
-        }
+        _ => Ok(Reason::Tracked),
     }
 }
 

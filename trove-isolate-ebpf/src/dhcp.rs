@@ -1,8 +1,9 @@
 //! DHCP and DHCPv6 client traffic, passed without tracking when the role's settings say so.
 //!
-//! Only client port to server port and back, and only within the link: DHCPv4 goes out to the
-//! broadcast address or an on-link server and comes back to the broadcast address or an own
-//! address; DHCPv6 goes from a link-local address to All_DHCP_Relay_Agents_and_Servers or a
+//! Only client port to server port and back, and only within the link: DHCPv4 goes out from
+//! 0.0.0.0 or an own address to the broadcast address or an on-link server and comes back from
+//! an on-link server to the broadcast address or an own address (before the NIC has an address
+//! the client reads its offers on a packet socket, ahead of TC); DHCPv6 goes from a link-local address to All_DHCP_Relay_Agents_and_Servers or a
 //! link-local server and comes back from a link-local server to an own address. Nothing here
 //! creates a flow, so a flood at the client port fills no table.
 
@@ -41,10 +42,12 @@ pub fn allowed(role: Role, direction: Direction, pkt: &Packet) -> bool {
     }
     match (pkt.family, direction) {
         (family::V4, Direction::Egress) => {
-            pkt.dst[..4] == BROADCAST || local::on_link(role, pkt.family, &pkt.dst)
+            (local::unspecified(&pkt.src) || local::own(role, pkt.family, &pkt.src))
+                && (pkt.dst[..4] == BROADCAST || local::on_link(role, pkt.family, &pkt.dst))
         }
         (family::V4, Direction::Ingress) => {
-            pkt.dst[..4] == BROADCAST || local::own(role, pkt.family, &pkt.dst)
+            local::on_link(role, pkt.family, &pkt.src)
+                && (pkt.dst[..4] == BROADCAST || local::own(role, pkt.family, &pkt.dst))
         }
         (_, Direction::Egress) => {
             local::link_local(&pkt.src)

@@ -10,6 +10,7 @@
 // On the host this crate builds as an empty binary so `cargo build/clippy --workspace` work.
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
 
+mod arp;
 mod conntrack;
 mod counters;
 mod dhcp;

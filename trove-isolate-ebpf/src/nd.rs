@@ -1,6 +1,6 @@
 //! IPv6 neighbour discovery and MLD: what a host needs to keep an address, each message in the
 //! direction a host uses it, with the hop limit RFC 4861 and RFC 3810 require (255 for neighbour
-//! discovery, 1 for MLD, which no router forwards) and in link scope. A guest is not a router:
+//! discovery, 1 for MLD, which no router forwards), code 0, and in link scope. A guest is not a router:
 //! it sends no router advertisements, redirects or MLD queries.
 
 use trove_isolate_common::{Direction, Reason, Role};
@@ -33,7 +33,7 @@ pub fn check(role: Role, direction: Direction, pkt: &Packet) -> Result<Reason, R
         ),
         _ => return Err(Reason::UnsupportedProtocol),
     };
-    if pkt.hop_limit != hop_limit || !ok_scope {
+    if pkt.hop_limit != hop_limit || pkt.icmp_code != 0 || !ok_scope {
         return Err(Reason::Malformed);
     }
     Ok(Reason::NeighborDiscovery)

@@ -33,8 +33,9 @@ pub struct Packet {
     pub wscale: u8,
     /// IPv4 TTL or IPv6 hop limit.
     pub hop_limit: u8,
-    /// ICMP/ICMPv6 type (0 otherwise).
+    /// ICMP/ICMPv6 type and code (0 otherwise).
     pub icmp_type: u8,
+    pub icmp_code: u8,
     pub src_port: u16,
     pub dst_port: u16,
     /// TCP sequence and acknowledgment numbers and window, host byte order.
@@ -80,9 +81,16 @@ impl Packet {
     }
 }
 
+/// An ARP packet's fields the checks read.
+pub struct Arp {
+    pub sender: [u8; 4],
+    /// The whole frame, to bound what an ARP packet can carry.
+    pub frame_len: u32,
+}
+
 /// What the parser recognised.
 pub enum Parsed {
-    Arp,
+    Arp(Arp),
     /// IPv6 neighbour/router discovery or MLD: type, hop limit and addresses in the packet.
     NeighborDiscovery(Packet),
     /// An IP packet of a flow.

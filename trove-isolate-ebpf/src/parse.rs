@@ -16,7 +16,7 @@ use trove_isolate_common::{
     family, proto, Reason,
 };
 
-use crate::packet::{Kind, Packet, Parsed, TCP_SYN};
+use crate::packet::{Arp, Kind, Packet, Parsed, TCP_SYN};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -50,6 +50,21 @@ struct EthHdr {
     src: [u8; 6],
     proto: u16,
 }
+
+#[repr(C)]
+struct ArpHdr {
+    htype: u16,
+    ptype: u16,
+    hlen: u8,
+    plen: u8,
+    op: u16,
+    sender_mac: [u8; 6],
+    sender_ip: [u8; 4],
+    target_mac: [u8; 6],
+    target_ip: [u8; 4],
+}
+
+const ARPHRD_ETHER: u16 = 1;
 
 #[repr(C)]
 struct Ipv4Hdr {
@@ -122,12 +137,41 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, Reason> {
     ensure_linear(ctx);
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     match u16::from_be(unsafe { (*eth).proto }) {
-        ETH_P_ARP => Ok(Parsed::Arp),
+        ETH_P_ARP => arp(ctx, ETH_HLEN),
         ETH_P_IP => ipv4(ctx, ETH_HLEN),
         ETH_P_IPV6 => ipv6(ctx, ETH_HLEN),
         // VLAN tags, LLDP, anything else: the policy speaks only of IP.
         _ => Err(Reason::UnsupportedProtocol),
     }
+}
+
+/// ARP for IPv4 over Ethernet (the only kind a NIC here uses): the fixed header, and the sender's
+/// protocol address for the egress check.
+#[inline(always)]
+fn arp(ctx: &TcContext, off: usize) -> Result<Parsed, Reason> {
+    let arp: *const ArpHdr = ptr_at(ctx, off)?;
+    let (htype, ptype, hlen, plen, op, sender) = unsafe {
+        (
+            u16::from_be((*arp).htype),
+            u16::from_be((*arp).ptype),
+            (*arp).hlen,
+            (*arp).plen,
+            u16::from_be((*arp).op),
+            (*arp).sender_ip,
+        )
+    };
+    if htype != ARPHRD_ETHER
+        || ptype != ETH_P_IP
+        || hlen != 6
+        || plen != 4
+        || !(1..=2).contains(&op)
+    {
+        return Err(Reason::Malformed);
+    }
+    Ok(Parsed::Arp(Arp {
+        sender,
+        frame_len: ctx.len(),
+    }))
 }
 
 /// Makes the headers directly readable when the skb keeps them in pages. Almost never needed
@@ -252,6 +296,7 @@ fn new_packet(fam: u8, ip_proto: u8, hop_limit: u8) -> Packet {
         wscale: WSCALE_UNKNOWN,
         hop_limit,
         icmp_type: 0,
+        icmp_code: 0,
         src_port: 0,
         dst_port: 0,
         seq: 0,
@@ -395,8 +440,9 @@ fn classify_icmp(fam: u8, ty: u8) -> IcmpClass {
 #[inline(always)]
 fn icmp(ctx: &TcContext, off: usize, end: usize, mut pkt: Packet) -> Result<Parsed, Reason> {
     let icmp: *const IcmpHdr = l4_at(ctx, off, end)?;
-    let (ty, id) = unsafe { ((*icmp).ty, (*icmp).id) };
+    let (ty, code, id) = unsafe { ((*icmp).ty, (*icmp).code, (*icmp).id) };
     pkt.icmp_type = ty;
+    pkt.icmp_code = code;
     match classify_icmp(pkt.family, ty) {
         IcmpClass::EchoRequest => {
             pkt.kind = Kind::EchoRequest;

@@ -6,7 +6,7 @@ use aya_log_ebpf::debug;
 use trove_isolate_common::{action, Direction, Mode, Reason, Role, Verdict};
 
 use crate::{
-    conntrack, counters, dhcp, local,
+    arp, conntrack, counters, dhcp, local,
     maps::SETTINGS,
     nd,
     packet::{Kind, Packet, Parsed},
@@ -43,7 +43,7 @@ pub fn run(ctx: &TcContext, role: Role, direction: Direction) -> i32 {
 #[inline(always)]
 fn decide(ctx: &TcContext, role: Role, direction: Direction) -> Result<Reason, Reason> {
     match parse::parse(ctx)? {
-        Parsed::Arp => Ok(Reason::Arp),
+        Parsed::Arp(arp) => arp::check(role, direction, &arp),
         Parsed::NeighborDiscovery(pkt) => nd::check(role, direction, &pkt),
         Parsed::Related { outer, quoted } => related(role, direction, &outer, &quoted),
         Parsed::Flow(pkt) => flow(role, direction, &pkt),

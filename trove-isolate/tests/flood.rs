@@ -93,12 +93,14 @@ fn tcp4(src: &str, dst: &str, sport: u16, dport: u16, flags: u8, seq: u32, ack: 
     )
 }
 
-/// A full handshake from `client`:`port` to the guest's `service` port on the NIC of `role`.
+/// A full handshake from `client`:`port` to the guest's `service` port on the NIC of `role`,
+/// and the guest's first segment (which establishes the flow).
 fn handshake(dp: &mut Datapath, role: Role, client: &str, port: u16, service: u16) {
     let steps = [
         (I, tcp4(client, G4, port, service, SYN, 100, 0)),
         (E, tcp4(G4, client, service, port, SYN_ACK, 900, 101)),
         (I, tcp4(client, G4, port, service, ACK, 101, 901)),
+        (E, tcp4(G4, client, service, port, ACK | 0x08, 901, 101)),
     ];
     for (direction, frame) in steps {
         assert_eq!(
@@ -203,12 +205,12 @@ fn established_sessions_survive_a_million_new_flows() {
         "{new}"
     );
 
-    // A million datagrams at the DHCP client port, from a million sources: passed without
-    // tracking (or refused), never into a table.
+    // A million datagrams at the DHCP client port from every on-link source: passed without
+    // tracking, never into a table.
     let mut dhcp = ipv4(V4_PLAIN, proto::UDP, "192.0.2.254", G4, &udp(67, 68));
     let start = Instant::now();
     for i in 0..n {
-        dhcp[14 + 12..14 + 16].copy_from_slice(&(0xc000_0200u32 | i).to_be_bytes());
+        dhcp[14 + 12..14 + 16].copy_from_slice(&(0xc000_0200u32 | (i % 254 + 1)).to_be_bytes());
         run(&mut dp, M, I, &dhcp);
     }
     let took = start.elapsed();
@@ -265,7 +267,9 @@ fn a_full_established_table_refuses_and_never_evicts() {
         synack[14 + 36..14 + 40].copy_from_slice(&i.to_be_bytes());
         let mut ack = s.clone();
         ack[14 + 40 + 13] = ACK;
-        for (direction, frame) in [(I, &s), (E, &synack), (I, &ack)] {
+        let mut greeting = synack.clone();
+        greeting[14 + 40 + 13] = ACK;
+        for (direction, frame) in [(I, &s), (E, &synack), (I, &ack), (E, &greeting)] {
             assert_eq!(
                 run(&mut dp, B, direction, frame),
                 action::PASS,
@@ -278,28 +282,33 @@ fn a_full_established_table_refuses_and_never_evicts() {
         dp.flows(B, Table::Established).expect("flows").len(),
         EST_MAX_ENTRIES as usize
     );
-    // One more: its handshake completes on the wire but the flow is refused.
-    let before = count(&dp, B, I, Verdict::Drop, Reason::ConntrackFull);
+    // One more: its handshake completes on the wire, but the guest's first segment, which would
+    // establish it, is refused.
     let extra = "192.0.2.60";
-    assert_eq!(
-        run(&mut dp, B, I, &tcp4(extra, G4, 33001, 3306, SYN, 100, 0)),
-        action::PASS
-    );
-    assert_eq!(
-        run(
-            &mut dp,
-            B,
+    let before = count(&dp, B, E, Verdict::Drop, Reason::ConntrackFull);
+    let open = [
+        (I, tcp4(extra, G4, 33001, 3306, SYN, 100, 0), action::PASS),
+        (
             E,
-            &tcp4(G4, extra, 3306, 33001, SYN_ACK, 900, 101)
+            tcp4(G4, extra, 3306, 33001, SYN_ACK, 900, 101),
+            action::PASS,
         ),
-        action::PASS
-    );
+        (I, tcp4(extra, G4, 33001, 3306, ACK, 101, 901), action::PASS),
+        (
+            E,
+            tcp4(G4, extra, 3306, 33001, ACK | 0x08, 901, 101),
+            action::DROP,
+        ),
+    ];
+    for (i, (direction, frame, want)) in open.iter().enumerate() {
+        assert_eq!(
+            run(&mut dp, B, *direction, frame),
+            *want,
+            "step {i} of the extra flow"
+        );
+    }
     assert_eq!(
-        run(&mut dp, B, I, &tcp4(extra, G4, 33001, 3306, ACK, 101, 901)),
-        action::DROP
-    );
-    assert_eq!(
-        count(&dp, B, I, Verdict::Drop, Reason::ConntrackFull),
+        count(&dp, B, E, Verdict::Drop, Reason::ConntrackFull),
         before + 1
     );
     assert_eq!(

@@ -882,7 +882,8 @@ fn v4_udp(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
 }
 
 /// TCP state: invalid flag combinations open nothing and pass nowhere; a FIN or RST outside the
-/// receiver's window cannot close a flow; a SYN reusing a closed flow's tuple meets the policy.
+/// receiver's window is dropped; what closes a flow is what a blind sender cannot forge (FINs
+/// both ways, an exact RST); a SYN reusing a closed flow's tuple meets the policy again.
 #[rustfmt::skip]
 #[test]
 fn tcp_state_holds_against_forged_segments() {
@@ -891,6 +892,8 @@ fn tcp_state_holds_against_forged_segments() {
     // Client 192.0.2.50:33100 -> database 3306: handshake, then the established flow.
     let c = (33100, 3306);
     let s = (3306, 33100);
+    let c2 = (33105, 3306);
+    let s2 = (3306, 33105);
     run_table(&mut dp, &[
         drop("SYN+FIN", B, I, v4_tcp(CLIENT, G4, 33101, 3306, SYN | FIN), InvalidFlags),
         drop("SYN+RST", B, I, v4_tcp(CLIENT, G4, 33102, 3306, SYN | RST), InvalidFlags),
@@ -899,19 +902,49 @@ fn tcp_state_holds_against_forged_segments() {
         drop("SYN+FIN going out", M, E, v4_tcp(G4, RABBIT4, 40300, 5672, SYN | FIN), InvalidFlags),
         pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
         pass("server SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
-        pass("client ACK completes the handshake", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
-        pass("server data", B, E, v4_seq(G4, CLIENT, s, ACK | 0x08, 5001, 1001, 100), Tracked),
+        pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
+        pass("server greeting: the guest took the connection", B, E, v4_seq(G4, CLIENT, s, ACK | 0x08, 5001, 1001, 100), Tracked),
         drop("blind RST far outside the server's window", B, I, v4_seq(CLIENT, G4, c, RST, 900_000, 0, 0), OutOfWindow),
         drop("blind RST just past the window", B, I, v4_seq(CLIENT, G4, c, RST, 1001 + 101, 0, 0), OutOfWindow),
         drop("blind FIN outside the window", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 77_777, 5001, 200), OutOfWindow),
-        drop("blind RST to the client, outside its window", B, E, v4_seq(G4, CLIENT, s, RST, 9, 0, 0), OutOfWindow),
-        pass("the flow is still established", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5101, 200), Tracked),
-        pass("a SYN on the live tuple rides it (the endpoint answers it)", B, I, v4_seq(CLIENT, G4, c, SYN, 1, 0, 0), Tracked),
-        pass("in-window RST closes it", B, I, v4_seq(CLIENT, G4, c, RST, 1001, 0, 0), Tracked),
+        drop("RST to the client, outside its window", B, E, v4_seq(G4, CLIENT, s, RST, 9, 0, 0), OutOfWindow),
+        pass("in-window RST off the exact sequence: passes, closes nothing", B, I, v4_seq(CLIENT, G4, c, RST, 1050, 0, 0), Tracked),
+        pass("in-window FIN from the client alone: closes nothing", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 1001, 5101, 200), Tracked),
+        pass("a SYN on the live tuple rides it (the guest answers it)", B, I, v4_seq(CLIENT, G4, c, SYN, 1, 0, 0), Tracked),
+        pass("the server's FIN: FINs both ways, closing", B, E, v4_seq(G4, CLIENT, s, FIN | ACK, 5101, 1002, 100), Tracked),
         pass("a SYN reusing the closed tuple is a new flow", B, I, v4_seq(CLIENT, G4, c, SYN, 7000, 0, 64240), Allowed),
+        pass("second client SYN", B, I, v4_seq(CLIENT, G4, c2, SYN, 300, 0, 64240), Allowed),
+        pass("second SYN-ACK", B, E, v4_seq(G4, CLIENT, s2, SYN_ACK, 800, 301, 100), Tracked),
+        pass("second ACK", B, I, v4_seq(CLIENT, G4, c2, ACK, 301, 801, 200), Tracked),
+        pass("second greeting", B, E, v4_seq(G4, CLIENT, s2, ACK | 0x08, 801, 301, 100), Tracked),
+        pass("RST at exactly the guest's last ACK closes", B, I, v4_seq(CLIENT, G4, c2, RST, 301, 0, 0), Tracked),
+        pass("so a SYN on that tuple is new", B, I, v4_seq(CLIENT, G4, c2, SYN, 999, 0, 64240), Allowed),
         drop("unsolicited SYN-ACK opens nothing", B, I, v4_tcp(PEER, G4, 3306, 40400, SYN_ACK), NotTracked),
         drop("outbound RST opens nothing", M, E, v4_tcp(G4, RABBIT4, 40401, 5672, RST), NotTracked),
     ]);
+}
+
+/// A remote's ACK earns a flow no place in the established table: only the guest's own segment
+/// after the handshake does (an ACK the guest discards would otherwise hold a slot for a day).
+#[rustfmt::skip]
+#[test]
+fn only_the_guest_promotes_an_inbound_flow() {
+    use trove_isolate::datapath::Table;
+    use Reason::*;
+    let mut dp = datapath();
+    let c = (33400, 3306);
+    let s = (3306, 33400);
+    run_table(&mut dp, &[
+        pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 10, 0, 64240), Allowed),
+        pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 70, 11, 100), Tracked),
+        pass("client ACK (the guest may discard it)", B, I, v4_seq(CLIENT, G4, c, ACK, 11, 71, 200), Tracked),
+        pass("client data", B, I, v4_seq(CLIENT, G4, c, ACK | 0x08, 11, 71, 200), Tracked),
+    ]);
+    assert!(dp.flows(B, Table::Established).expect("flows").is_empty(), "promoted on the remote's word");
+    run_table(&mut dp, &[
+        pass("the guest's first segment", B, E, v4_seq(G4, CLIENT, s, ACK, 71, 20, 100), Tracked),
+    ]);
+    assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1);
 }
 
 /// DHCP is client port <-> server port in link scope, passed without tracking; nothing else
@@ -925,6 +958,8 @@ fn dhcp_is_no_tunnel() {
         pass("discover to broadcast", M, E, v4_udp("0.0.0.0", "255.255.255.255", 68, 67), Dhcp),
         pass("renewal to the on-link server", M, E, v4_udp(G4, "192.0.2.254", 68, 67), Dhcp),
         pass("ack to our address", M, I, v4_udp("192.0.2.254", G4, 67, 68), Dhcp),
+        drop("server port from off-link", M, I, v4_udp("198.51.100.9", G4, 67, 68), Policy),
+        drop("client port from a spoofed source", M, E, v4_udp("192.0.2.77", "255.255.255.255", 68, 67), NotLocal),
         pass("offer to broadcast", M, I, v4_udp("192.0.2.254", "255.255.255.255", 67, 68), Dhcp),
         drop("any source port to a server port 67 off-link", M, E, v4_udp(G4, "198.51.100.9", 40000, 67), Policy),
         drop("client port to port 67 off-link", M, E, v4_udp(G4, "198.51.100.9", 68, 67), Policy),
@@ -981,6 +1016,12 @@ fn icmp_is_held_to_its_flows_and_its_link() {
         pass("MLD query in", M, I, nd(130, 1, "fe80::ff", "ff02::1"), NeighborDiscovery),
         drop("MLD query in from a global address", M, I, nd(130, 1, RABBIT6, "ff02::1"), Malformed),
         drop("node information query", M, I, nd(139, 255, "fe80::2", "fe80::1"), NotTracked),
+        drop("NS with a non-zero code", B, I, ipv6_hl(proto::ICMPV6, 255, "fe80::2", "ff02::1:ff00:1", &icmp(135, 1, 0, &[0; 16])), Malformed),
+        drop("ARP with a payload in its padding", M, E, { let mut a = arp(); a.resize(1400, 0x42); a }, Malformed),
+        drop("ARP as another host", M, E, { let mut a = arp(); a[14 + 14..14 + 18].copy_from_slice(&[192, 0, 2, 77]); a }, NotLocal),
+        pass("ARP probe (sender 0.0.0.0)", M, E, { let mut a = arp(); a[14 + 14..14 + 18].copy_from_slice(&[0; 4]); a }, Arp),
+        drop("ARP with opcode 3", M, I, { let mut a = arp(); a[14 + 7] = 3; a }, Malformed),
+        drop("ARP for another protocol", M, I, { let mut a = arp(); a[14 + 2] = 0x86; a }, Malformed),
     ]);
 }
 
