@@ -60,13 +60,13 @@ emulation (no KVM: nested KVM does not work on the CI machines). That part:
     verified instruction count on the host and on 6.1. A test failing in the VM, or the VM not
     reaching the end of its script (a guest panic, a 15 minute timeout), fails the command.
 
-The VM part takes about 3 minutes on 2 cores (boot 20-30 s, packets 10 s, enforcement 2.5 min), \
-plus a first install. --vm-only runs only it (after setup and a build), --no-vm skips it."
+The VM part takes 3 to 4 minutes on 2 cores (boot 20-30 s, packets about 10 s, enforcement 2.5 to \
+3 minutes), plus a first install. --vm-only runs only it (after setup and a build), --no-vm skips it."
 );
 
 /// The guest's memory; the tests need far less, TCG needs some slack.
 const VM_MEMORY: &str = "2G";
-/// Far longer than a run takes (boot 20-30 s, tests about 2.5 min under TCG on 2 cores).
+/// Far longer than a run takes (boot 20-30 s, tests 2.5 to 3.5 minutes under TCG on 2 cores).
 const VM_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// Prefix of the lines the guest script prints for xtask to read.
 const MARK: &str = "trove-vm:";
