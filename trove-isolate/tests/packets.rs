@@ -1093,4 +1093,39 @@ fn a_narrower_policy_revokes_what_it_no_longer_allows() {
         drop("the revoked peer's SYN-ACK", B, I, v4_tcp(PEER, G4, 3306, 40800, SYN_ACK), NotTracked),
         pass("rabbitmq's SYN-ACK: still allowed", M, I, v4_tcp(RABBIT4, G4, 5672, 40801, SYN_ACK), Tracked),
     ]);
+
+/// The verifier's processed instruction count of each program on the running kernel, one line per
+/// program (`cargo xtask test` shows these from the host and from the 6.1 VM). Kernels since 5.16
+/// report the count (`verified_insns` in bpf_prog_info); there it must not be zero.
+#[test]
+fn verified_instruction_counts() {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("reading /proc/sys/kernel/osrelease");
+    let release = release.trim();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    let reports = version >= (5, 16);
+    let mut dp = Datapath::load(None, false).expect("loading the datapath (root, BPF)");
+    let mut missing = Vec::new();
+    for role in Role::ALL {
+        for direction in Direction::ALL {
+            let name = trove_isolate_common::program_name(role, direction);
+            let info = dp
+                .program(role, direction)
+                .info()
+                .unwrap_or_else(|e| panic!("{name}: reading bpf_prog_info: {e}"));
+            let count = info.verified_instruction_count();
+            let shown = count.map_or_else(|| "not reported".to_owned(), |n| n.to_string());
+            println!("verified instructions: kernel {release} program {name} {shown}");
+            if reports && count.is_none() {
+                missing.push(name);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "Linux {release} reports verified_insns, but it is zero for {missing:?}"
+    );
 }

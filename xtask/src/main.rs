@@ -8,6 +8,7 @@ mod demo;
 mod setup;
 mod sh;
 mod test;
+mod vm;
 
 use std::path::Path;
 
@@ -30,7 +31,8 @@ const AFTER_LONG_HELP: &str = "\
 Examples:
   cargo xtask setup              # prepare a fresh machine (about 4 minutes the first time)
   cargo xtask build --release    # target/release/trove-isolate, eBPF programs embedded
-  cargo xtask test               # every test, as root (CI runs this through .ci/run)
+  cargo xtask test               # every test, here and on Linux 6.1 in a VM, as root (CI: .ci/run)
+  cargo xtask test --no-vm       # every test, on this machine's kernel only
   cargo xtask demo               # a simulated Trove guest, before and under enforcement, as root";
 
 #[derive(Parser)]
@@ -59,11 +61,17 @@ enum Command {
     },
     #[command(
         about = test::ABOUT,
-        long_about = test::LONG_ABOUT,
+        long_about = test::LONG_ABOUT.as_str(),
         after_long_help = test::AFTER_LONG_HELP
     )]
     Test {
-        /// Passed to `cargo test --workspace` as they are (write them after `--`).
+        /// Skip the Linux 6.1 VM: only the tests on this machine's kernel.
+        #[arg(long, conflicts_with = "vm_only")]
+        no_vm: bool,
+        /// Only the Linux 6.1 VM part (after setup and a build), not the tests on this machine.
+        #[arg(long)]
+        vm_only: bool,
+        /// Passed to `cargo test --workspace` as they are (write them after `--`); not to the VM.
         #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
         args: Vec<String>,
     },
@@ -92,7 +100,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Setup => Ok(()),
         Command::Build { release } => cargo_cmd::build(release),
-        Command::Test { args } => test::run(&args),
+        Command::Test {
+            no_vm,
+            vm_only,
+            args,
+        } => test::run(&args, !vm_only, !no_vm),
         Command::Demo => {
             cargo_cmd::build(true)?;
             demo::run()

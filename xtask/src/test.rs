@@ -1,31 +1,45 @@
-//! `cargo xtask test`: every test of the workspace, as root.
+//! `cargo xtask test`: every test of the workspace, as root, here and on Linux 6.1 in a VM.
 
-use std::process::Command;
+use std::{process::Command, sync::LazyLock};
 
-use crate::sh;
+use crate::{sh, vm};
 
-pub const ABOUT: &str = "Run every test of the workspace (root; what CI runs)";
+pub const ABOUT: &str =
+    "Run every test of the workspace, here and on Linux 6.1 in a VM (root; what CI runs)";
 
-pub const LONG_ABOUT: &str = "\
-Run every test of the workspace (root; what CI runs through .ci/run).
+const HOST: &str = "\
+Run every test of the workspace, here and on Linux 6.1 in a VM (root; what CI runs through \
+.ci/run).
 
 Runs setup, checks that it runs as root, then `cargo test --workspace [CARGO_TEST_ARGS...]`: unit \
 tests, the BPF_PROG_TEST_RUN packet tables, and real traffic across veth pairs in network \
 namespaces. Root is needed to load BPF programs, pin them under /sys/fs/bpf and create namespaces; \
 every test removes what it creates. Exits non-zero when a test fails.";
 
+/// The whole `--help` text: the host run, then the VM's (from `vm`).
+pub static LONG_ABOUT: LazyLock<String> = LazyLock::new(|| format!("{HOST}\n\n{}", vm::LONG_ABOUT));
+
 pub const AFTER_LONG_HELP: &str = "\
 Examples:
-  cargo xtask test                                       # everything
-  cargo xtask test -- -p trove-isolate --test packets    # one test file
-  cargo xtask test -- audit -- --nocapture               # names containing `audit`, output shown";
+  cargo xtask test                                       # everything, here and in the 6.1 VM
+  cargo xtask test --no-vm                               # everything, on this machine only
+  cargo xtask test --vm-only                             # only the 6.1 VM
+  cargo xtask test --no-vm -- -p trove-isolate --test packets   # one test file
+  cargo xtask test --no-vm -- audit -- --nocapture       # names containing `audit`, output shown";
 
-pub fn run(extra: &[String]) -> anyhow::Result<()> {
+pub fn run(extra: &[String], host: bool, in_vm: bool) -> anyhow::Result<()> {
     sh::require_root(
         "the tests load BPF programs, pin them under /sys/fs/bpf and create network namespaces",
     )?;
-    let mut cmd = Command::new("cargo");
-    cmd.args(["test", "--workspace"]).args(extra);
-    eprintln!("xtask: cargo test --workspace {}", extra.join(" "));
-    sh::run_cmd(&mut cmd)
+    if host {
+        let mut cmd = Command::new("cargo");
+        cmd.args(["test", "--workspace"]).args(extra);
+        eprintln!("xtask: cargo test --workspace {}", extra.join(" "));
+        sh::run_cmd(&mut cmd)?;
+    }
+    if in_vm {
+        let vm = vm::setup()?;
+        vm::run(&vm)?;
+    }
+    Ok(())
 }

@@ -1,0 +1,717 @@
+//! The packet tables and the real-traffic tests on Debian's Linux 6.1, in a virtme-ng VM.
+//!
+//! 6.1 is the oldest kernel trove-isolate supports: no TCX (the legacy clsact + cls_bpf path) and
+//! an older verifier. The VM boots Debian's own 6.1 kernel package with the host's root filesystem
+//! (read-only, shared over 9p), so the test binaries built on the host run there unchanged.
+//! Under TCG (no nested KVM on the CI machines) the boot takes 20-30 seconds.
+
+use std::{
+    env, fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+
+use crate::sh;
+
+/// virtme-ng, pinned: its guest init, console and exit-status plumbing change between releases.
+macro_rules! vng_version {
+    () => {
+        "1.42"
+    };
+}
+const VNG_VERSION: &str = vng_version!();
+
+/// The help text's paragraph on the VM part of `cargo xtask test`.
+pub const LONG_ABOUT: &str = concat!(
+    "\
+Then, unless --no-vm, the same packet tables and real-traffic tests run on Debian's Linux 6.1 (no \
+TCX there: the legacy clsact path, and an older verifier) in a virtme-ng VM under QEMU's TCG \
+emulation (no KVM: nested KVM does not work on the CI machines). That part:
+
+ 1. installs what it lacks, each step printing `vm: <step> ... ok` when there is nothing to do:
+    qemu-system-x86, busybox-static and Debian's 6.1 kernel (linux-image-6.1.0-N-amd64, the
+    ABI number N found with apt-cache; not the -cloud- flavour, which lacks 9p) with one
+    `apt-get update` and one `apt-get install --no-install-recommends` (the kernel package only
+    adds files under /boot and /lib/modules, and an initramfs virtme-ng does not use; this
+    machine's boot is left alone); and virtme-ng ",
+    vng_version!(),
+    " in a Python venv under
+    ~/.cache/trove-isolate/virtme-ng (pip). A first install takes about a minute;
+
+ 2. finds the test binaries with `cargo test --workspace --no-run --message-format=json` (built
+    already by the host run: nothing rebuilds);
+
+ 3. boots `vng --disable-kvm --memory 2G --run /boot/vmlinuz-6.1.0-N-amd64 --user root --exec
+    <target>/vm-tests/run.sh`, which mounts bpffs, loads veth, puts iproute2's ip first on PATH
+    (busybox's lacks veth) and runs, one test at a time (--test-threads=1):
+      packets (all of it, with --nocapture for the verified instruction counts);
+      enforcement, all but policy_holds_on_tcx (there is no TCX on 6.1): legacy clsact
+      explicitly, and attach = \"auto\", which picks legacy there;
+
+ 4. prints the kernel the VM ran, the boot time and each binary's run time, and each program's
+    verified instruction count on the host and on 6.1. A test failing in the VM, or the VM not
+    reaching the end of its script (a guest panic, a 15 minute timeout), fails the command.
+
+The VM part takes 3 to 4 minutes on 2 cores (boot 20-30 s, packets about 10 s, enforcement 2.5 to \
+3 minutes), plus a first install. --vm-only runs only it (after setup and a build), --no-vm skips it."
+);
+
+/// The guest's memory; the tests need far less, TCG needs some slack.
+const VM_MEMORY: &str = "2G";
+/// Far longer than a run takes (boot 20-30 s, tests 2.5 to 3.5 minutes under TCG on 2 cores).
+const VM_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Prefix of the lines the guest script prints for xtask to read.
+const MARK: &str = "trove-vm:";
+
+/// What the VM needs, ready.
+pub struct Vm {
+    vng: PathBuf,
+    kernel: Kernel,
+}
+
+struct Kernel {
+    /// `6.1.0-50-amd64`
+    release: String,
+    /// `/boot/vmlinuz-6.1.0-50-amd64`
+    image: PathBuf,
+}
+
+fn done(what: &str, how: &str) {
+    eprintln!("vm: {what} ... {how}");
+}
+
+/// Installs what the VM lacks, quickly when nothing is missing.
+pub fn setup() -> anyhow::Result<Vm> {
+    sh::require_root("the VM tests install packages and boot a VM as root")?;
+    let mut missing: Vec<String> = Vec::new();
+
+    const QEMU: &str = "qemu-system-x86_64";
+    match sh::output(QEMU, &["--version"]) {
+        Some(v) => done(QEMU, &format!("ok ({})", first_line(&v))),
+        None => {
+            done(QEMU, "missing (qemu-system-x86)");
+            missing.push("qemu-system-x86".into());
+        }
+    }
+    const BUSYBOX: &str = "busybox-static";
+    if deb_installed(BUSYBOX) {
+        done(BUSYBOX, "ok");
+    } else {
+        done(BUSYBOX, "missing");
+        missing.push(BUSYBOX.into());
+    }
+    const KERNEL: &str = "Linux 6.1 (Debian, with 9p)";
+    let kernel = installed_kernel();
+    match &kernel {
+        Some(k) => done(KERNEL, &format!("ok ({})", k.image.display())),
+        None => done(KERNEL, "missing"),
+    }
+    const VENV: &str = "python3 venv";
+    let venv_dir = vng_venv()?;
+    let need_venv_module = !venv_dir.join("bin/vng").exists() && !python_has_venv();
+    if need_venv_module {
+        done(VENV, "missing (python3-venv)");
+        missing.push("python3-venv".into());
+    }
+
+    if !missing.is_empty() || kernel.is_none() {
+        let started = Instant::now();
+        done("apt-get update", "running");
+        sh::run_cmd(apt("apt-get").args(["update", "-q"]))
+            .context("apt-get update (needs the Debian mirror)")?;
+        if kernel.is_none() {
+            let package = kernel_package()?;
+            done(KERNEL, &format!("installing {package}"));
+            missing.push(package);
+        }
+        done(
+            "apt-get install",
+            &format!(
+                "{} (about a minute: unpacking, an initramfs)",
+                missing.join(" ")
+            ),
+        );
+        sh::run_cmd(
+            apt("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                // Keep local changes to configuration files, without asking.
+                .args(["-o", "Dpkg::Options::=--force-confdef"])
+                .args(["-o", "Dpkg::Options::=--force-confold"])
+                .args(&missing),
+        )
+        .with_context(|| format!("apt-get install {}", missing.join(" ")))?;
+        done(
+            "apt-get",
+            &format!("ok ({:.0} s)", started.elapsed().as_secs_f64()),
+        );
+        if sh::output(QEMU, &["--version"]).is_none() {
+            bail!("qemu-system-x86 was installed but `{QEMU} --version` does not run");
+        }
+    }
+    let kernel = match kernel {
+        Some(k) => k,
+        None => {
+            let k = installed_kernel().context(
+                "the 6.1 kernel package was installed, but no /boot/vmlinuz-6.1.*-amd64 with \
+                 the 9p module under /lib/modules is there",
+            )?;
+            done(KERNEL, &format!("ok ({})", k.image.display()));
+            k
+        }
+    };
+    let vng = virtme_ng(&venv_dir)?;
+    Ok(Vm { vng, kernel })
+}
+
+/// `apt-get`/`apt-cache` without questions, whatever the locale.
+fn apt(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env("DEBIAN_FRONTEND", "noninteractive")
+        .env("LC_ALL", "C");
+    cmd
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("").trim()
+}
+
+fn deb_installed(package: &str) -> bool {
+    sh::output("dpkg-query", &["-W", "-f=${Status}", package])
+        .is_some_and(|s| s.trim() == "install ok installed")
+}
+
+/// The newest Debian 6.1 kernel here (`/boot/vmlinuz-6.1.*-amd64`, not -cloud- nor -rt-) whose
+/// modules include 9p, which virtme-ng shares the root filesystem over.
+fn installed_kernel() -> Option<Kernel> {
+    let mut found: Vec<Kernel> = fs::read_dir("/boot")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let release = name.strip_prefix("vmlinuz-")?.to_owned();
+            let flavour_ok = release.starts_with("6.1.")
+                && release.ends_with("-amd64")
+                && !release.contains("-cloud-")
+                && !release.contains("-rt-");
+            let modules = Path::new("/lib/modules").join(&release);
+            let has_9p =
+                modules.join("kernel/fs/9p").is_dir() && modules.join("modules.dep").exists();
+            (flavour_ok && has_9p).then(|| Kernel {
+                image: e.path(),
+                release,
+            })
+        })
+        .collect();
+    found.sort_by_key(|k| version_key(&k.release));
+    found.pop()
+}
+
+/// `6.1.0-50-amd64` → [6, 1, 0, 50]: numeric order, so -100 sorts after -99.
+fn version_key(release: &str) -> Vec<u64> {
+    release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// The name of Debian's current 6.1 kernel package, `linux-image-6.1.0-N-amd64`: what the
+/// linux-image-amd64 metapackage depends on, else the highest N apt knows.
+fn kernel_package() -> anyhow::Result<String> {
+    let is_61 = |name: &str| {
+        name.strip_prefix("linux-image-6.1.0-")
+            .and_then(|rest| rest.strip_suffix("-amd64"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let depends = apt("apt-cache")
+        .args(["depends", "linux-image-amd64"])
+        .stderr(Stdio::null())
+        .output()
+        .context("running apt-cache depends linux-image-amd64")?;
+    let from_meta = String::from_utf8_lossy(&depends.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends:"))
+        .map(str::trim)
+        .find(|n| is_61(n))
+        .map(str::to_owned);
+    if let Some(name) = from_meta {
+        return Ok(name);
+    }
+    let search = apt("apt-cache")
+        .args([
+            "search",
+            "--names-only",
+            r"^linux-image-6\.1\.0-[0-9]+-amd64$",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .context("running apt-cache search")?;
+    let text = String::from_utf8_lossy(&search.stdout);
+    let mut names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| is_61(n))
+        .collect();
+    names.sort_by_key(|n| version_key(n));
+    names.last().map(|n| (*n).to_owned()).context(
+        "apt knows no linux-image-6.1.0-N-amd64 package (is this Debian bookworm, with its \
+         main and security suites in the apt sources?)",
+    )
+}
+
+/// Where virtme-ng lives: a venv of its own, so neither pip's view of the system Python
+/// (PEP 668) nor other Python packages matter.
+fn vng_venv() -> anyhow::Result<PathBuf> {
+    let home = env::var_os("HOME").context("HOME is not set")?;
+    Ok(PathBuf::from(home).join(".cache/trove-isolate/virtme-ng"))
+}
+
+fn python_has_venv() -> bool {
+    sh::output("python3", &["-c", "import venv, ensurepip"]).is_some()
+}
+
+fn virtme_ng(venv: &Path) -> anyhow::Result<PathBuf> {
+    let what = format!("virtme-ng {VNG_VERSION}");
+    let vng = venv.join("bin/vng");
+    let version = || {
+        sh::output(vng.to_str()?, &["--version"])
+            .filter(|v| v.split_whitespace().nth(1) == Some(VNG_VERSION))
+            .map(|v| v.trim().to_owned())
+    };
+    if let Some(v) = version() {
+        done(&what, &format!("ok ({})", vng.display()));
+        let _ = v;
+        return Ok(vng);
+    }
+    let started = Instant::now();
+    done(
+        &what,
+        &format!("missing; installing with pip into {}", venv.display()),
+    );
+    if !venv.join("bin/pip").exists() {
+        sh::run_cmd(Command::new("python3").args(["-m", "venv"]).arg(venv))
+            .context("creating a Python venv for virtme-ng (python3 -m venv)")?;
+    }
+    sh::run_cmd(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("virtme-ng=={VNG_VERSION}")),
+    )
+    .context("pip install virtme-ng (needs PyPI)")?;
+    version().with_context(|| {
+        format!(
+            "virtme-ng was installed, but `{} --version` does not report {VNG_VERSION}",
+            vng.display()
+        )
+    })?;
+    done(
+        &what,
+        &format!("ok ({:.0} s)", started.elapsed().as_secs_f64()),
+    );
+    Ok(vng)
+}
+
+/// The test executables the VM runs, from `cargo test --no-run --message-format=json`.
+struct TestBins {
+    packets: PathBuf,
+    enforcement: PathBuf,
+}
+
+fn test_bins() -> anyhow::Result<TestBins> {
+    eprintln!("xtask: cargo test --workspace --no-run --message-format=json-render-diagnostics");
+    let out = Command::new("cargo")
+        .args([
+            "test",
+            "--workspace",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the tests failed ({})", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let find = |name: &str| -> anyhow::Result<PathBuf> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
+            .filter(|m| {
+                m["target"]["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == "test"))
+            })
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .with_context(|| format!("cargo listed no test executable `{name}`"))
+    };
+    Ok(TestBins {
+        packets: find("packets")?,
+        enforcement: find("enforcement")?,
+    })
+}
+
+/// cargo's target directory (honours CARGO_TARGET_DIR and .cargo/config).
+fn target_dir() -> anyhow::Result<PathBuf> {
+    let out = Command::new("cargo")
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed ({})", out.status);
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    meta["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("cargo metadata has no target_directory")
+}
+
+/// The guest's script. It runs as root in the host's (read-only) root filesystem; its `MARK`
+/// lines are for xtask. Its exit status is the tests'.
+fn script(root: &Path, bins: &TestBins) -> String {
+    format!(
+        r#"#!/bin/sh
+# Written by `cargo xtask test`: runs inside the Linux 6.1 VM (see `cargo xtask test --help`).
+exec 2>&1
+# iproute2 first: the testbed runs `ip` from PATH, and busybox's ip cannot make veth pairs.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export RUST_BACKTRACE=1
+ms() {{ echo $(( $(date +%s%N) / 1000000 )); }}
+fail() {{ echo "{MARK} error: $*"; exit 90; }}
+echo "{MARK} kernel $(uname -r)"
+[ "$(stat -f -c %T /sys/fs/bpf)" = bpf_fs ] || mount -t bpf bpf /sys/fs/bpf || fail "mounting bpffs"
+modprobe veth || fail "modprobe veth"
+ip -V 2>&1 | grep -q iproute2 || fail "ip on PATH is not iproute2: $(command -v ip), $(ip -V 2>&1)"
+cd '{root}' || fail "cd {root}"
+status=0
+run() {{
+    name=$1; shift
+    echo "{MARK} start $name"
+    start=$(ms)
+    "$@"
+    rc=$?
+    echo "{MARK} ran $name exit $rc ms $(( $(ms) - start ))"
+    [ $rc -eq 0 ] || status=1
+}}
+run packets '{packets}' --test-threads=1 --nocapture
+run enforcement '{enforcement}' --test-threads=1 --skip policy_holds_on_tcx
+echo "{MARK} end status $status"
+exit $status
+"#,
+        root = root.display(),
+        packets = bins.packets.display(),
+        enforcement = bins.enforcement.display(),
+    )
+}
+
+struct Descendants {
+    all: Vec<u32>,
+    /// Those without children of their own.
+    leaves: Vec<u32>,
+}
+
+/// Every process below `root`, from /proc.
+fn descendants(root: u32) -> Descendants {
+    let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        i += 1;
+    }
+    found.remove(0);
+    let leaves = found
+        .iter()
+        .copied()
+        .filter(|&p| !parents.iter().any(|q| q.1 == p))
+        .collect();
+    Descendants { all: found, leaves }
+}
+
+/// One verified-instruction-count line: (kernel, program, count).
+fn verified_line(line: &str) -> Option<(String, String, String)> {
+    // "verified instructions: kernel 6.1.0-50-amd64 program mgmt_ingress 8159", possibly after
+    // the test harness's "test verified_instruction_counts ... " (--nocapture).
+    const PREFIX: &str = "verified instructions: kernel ";
+    let rest = &line[line.find(PREFIX)? + PREFIX.len()..];
+    let (kernel, rest) = rest.split_once(" program ")?;
+    let (program, count) = rest.split_once(' ')?;
+    Some((
+        kernel.to_owned(),
+        program.to_owned(),
+        count.trim().to_owned(),
+    ))
+}
+
+/// Builds (nothing, after the host run) and runs the tests in the VM; prints the summary.
+pub fn run(vm: &Vm) -> anyhow::Result<()> {
+    let bins = test_bins()?;
+    let root = env::current_dir().context("the workspace root")?;
+    let dir = target_dir()?.join("vm-tests");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let script_path = dir.join("run.sh");
+    fs::write(&script_path, script(&root, &bins))
+        .with_context(|| format!("writing {}", script_path.display()))?;
+
+    // The same test's lines from the host, for the comparison (it takes well under a second).
+    let host_counts = Command::new(&bins.packets)
+        .args(["verified_instruction_counts", "--exact", "--nocapture"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+
+    let exec = format!("sh {}", script_path.display());
+    // vng starts virtme-run, from the same venv, through PATH.
+    let venv_bin = vm.vng.parent().context("vng's directory")?;
+    let mut paths = vec![venv_bin.to_owned()];
+    paths.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
+    let mut cmd = Command::new(&vm.vng);
+    cmd.args([
+        "--disable-kvm",
+        "--memory",
+        VM_MEMORY,
+        "--user",
+        "root",
+        "--run",
+    ])
+    .arg(&vm.kernel.image)
+    .args(["--exec", &exec])
+    .env("PATH", env::join_paths(paths).context("PATH for vng")?)
+    .stdin(Stdio::null())
+    // Both piped, never our own descriptors: QEMU opens /proc/self/fd/{1,2} anew for the
+    // guest's output, which truncates a log file they point to and writes from its start.
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    eprintln!(
+        "xtask: booting Linux {} under TCG, {} minutes at most: {} --disable-kvm --memory \
+         {VM_MEMORY} --user root --run {} --exec '{exec}'",
+        vm.kernel.release,
+        VM_TIMEOUT.as_secs() / 60,
+        vm.vng.display(),
+        vm.kernel.image.display(),
+    );
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", vm.vng.display()))?;
+    let pid = child.id();
+    let finished = Arc::new(AtomicBool::new(false));
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (finished, timed_out) = (finished.clone(), timed_out.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + VM_TIMEOUT;
+            while Instant::now() < deadline {
+                if finished.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            timed_out.store(true, Ordering::Relaxed);
+            // QEMU first (the leaf under vng, the shell and virtme-run), so virtme-run reaps it
+            // and vng exits; whatever is still there 10 s later, by id. (They all stay in our
+            // process group, so a Ctrl-C reaches QEMU too.)
+            let kill = |pids: &[u32]| {
+                let _ = Command::new("sh")
+                    .args(["-c", "kill -9 \"$@\"", "sh"])
+                    .args(pids.iter().map(u32::to_string))
+                    .status();
+            };
+            kill(&descendants(pid).leaves);
+            for _ in 0..50 {
+                if finished.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let mut rest = descendants(pid).all;
+            rest.push(pid);
+            kill(&rest);
+        })
+    };
+
+    let mut kernel = None;
+    let mut boot = None;
+    let mut ran: Vec<(String, String, f64)> = Vec::new();
+    let mut end_status = None;
+    let mut vm_counts = Vec::new();
+    let mut errors = Vec::new();
+    let mut stderr = child.stderr.take().context("vng's stderr")?;
+    let copy_stderr =
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::stderr()));
+    let stdout = child.stdout.take().context("vng's stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap_or_else(|e| format!("(unreadable output: {e})"));
+        println!("{line}");
+        if let Some(c) = verified_line(&line) {
+            vm_counts.push(c);
+        }
+        let Some(mark) = line.trim().strip_prefix(MARK) else {
+            continue;
+        };
+        let words: Vec<&str> = mark.split_whitespace().collect();
+        match words.as_slice() {
+            ["kernel", release] => {
+                kernel = Some((*release).to_owned());
+                boot = Some(started.elapsed());
+            }
+            ["ran", name, "exit", rc, "ms", ms] => ran.push((
+                (*name).to_owned(),
+                (*rc).to_owned(),
+                ms.parse::<f64>().unwrap_or(f64::NAN) / 1000.0,
+            )),
+            ["end", "status", s] => end_status = Some((*s).to_owned()),
+            ["error", ..] => errors.push(mark.trim().to_owned()),
+            _ => {}
+        }
+    }
+    let status = child.wait().context("waiting for vng")?;
+    finished.store(true, Ordering::Relaxed);
+    let _ = copy_stderr.join();
+    let _ = watchdog.join();
+    let total = started.elapsed();
+
+    eprintln!();
+    eprintln!("xtask: ---- Linux 6.1 VM ----");
+    match &kernel {
+        Some(k) => eprintln!(
+            "xtask: the VM tests ran on Linux {k} ({}; legacy clsact, no TCX), QEMU TCG",
+            vm.kernel.image.display()
+        ),
+        None => eprintln!(
+            "xtask: the VM ({}) never reached the test script",
+            vm.kernel.image.display()
+        ),
+    }
+    if let Some(b) = boot {
+        eprintln!("xtask: boot to the script: {:.1} s", b.as_secs_f64());
+    }
+    for (name, rc, secs) in &ran {
+        let verdict = if rc == "0" { "passed" } else { "FAILED" };
+        eprintln!("xtask: {name}: {verdict} in {secs:.1} s (exit {rc})");
+    }
+    eprintln!(
+        "xtask: VM total: {:.1} s, vng {status}",
+        total.as_secs_f64()
+    );
+    print_counts(&host_counts, &vm_counts);
+
+    if timed_out.load(Ordering::Relaxed) {
+        bail!(
+            "the VM did not finish within {} s and was stopped",
+            VM_TIMEOUT.as_secs()
+        );
+    }
+    if kernel.is_none() {
+        bail!("the VM did not start (vng {status}; its messages are above)");
+    }
+    if let Some(e) = errors.first() {
+        bail!("the VM's script failed before the tests: {e}");
+    }
+    if ran.iter().any(|(_, rc, _)| rc != "0") || end_status.as_deref() != Some("0") {
+        bail!(
+            "tests failed on Linux {}",
+            kernel.as_deref().unwrap_or("6.1")
+        );
+    }
+    if !status.success() {
+        bail!("vng failed ({status}) although every test passed");
+    }
+    if ran.len() != 2 {
+        bail!("the VM ran {} of the 2 test binaries", ran.len());
+    }
+    Ok(())
+}
+
+fn print_counts(host_output: &str, vm_counts: &[(String, String, String)]) {
+    let host: Vec<_> = host_output.lines().filter_map(verified_line).collect();
+    if host.is_empty() && vm_counts.is_empty() {
+        return;
+    }
+    let host_kernel = host.first().map_or("host", |c| c.0.as_str());
+    let vm_kernel = vm_counts.first().map_or("VM", |c| c.0.as_str());
+    eprintln!("xtask: verified instructions (the verifier's processed count, per program):");
+    eprintln!(
+        "xtask:   {:<14}{:>22}{:>22}",
+        "program", host_kernel, vm_kernel
+    );
+    let mut programs: Vec<&str> = host.iter().map(|c| c.1.as_str()).collect();
+    for c in vm_counts {
+        if !programs.contains(&c.1.as_str()) {
+            programs.push(&c.1);
+        }
+    }
+    let count = |list: &[(String, String, String)], p: &str| {
+        list.iter()
+            .find(|c| c.1 == p)
+            .map_or("-".to_owned(), |c| c.2.clone())
+    };
+    for p in programs {
+        eprintln!(
+            "xtask:   {:<14}{:>22}{:>22}",
+            p,
+            count(&host, p),
+            count(vm_counts, p)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{verified_line, version_key};
+
+    #[test]
+    fn kernel_versions_sort_numerically() {
+        assert!(version_key("6.1.0-100-amd64") > version_key("6.1.0-99-amd64"));
+        assert_eq!(version_key("6.1.0-50-amd64"), vec![6, 1, 0, 50, 64]);
+    }
+
+    #[test]
+    fn verified_lines_parse() {
+        assert_eq!(
+            verified_line("verified instructions: kernel 6.1.0-50-amd64 program mgmt_ingress 8159"),
+            Some((
+                "6.1.0-50-amd64".into(),
+                "mgmt_ingress".into(),
+                "8159".into()
+            ))
+        );
+        assert_eq!(
+            verified_line("test verified_instruction_counts ... verified instructions: kernel 6.1.0-50-amd64 program biz_egress 5520"),
+            Some(("6.1.0-50-amd64".into(), "biz_egress".into(), "5520".into()))
+        );
+        assert_eq!(verified_line("test foo ... ok"), None);
+    }
+}
