@@ -35,8 +35,11 @@ const MAX_EXT_HEADERS: usize = 6;
 const MAX_HDR_OFF: usize = 512;
 /// Bytes of headers made linear when the skb's linear area is shorter (rare: GRO'd or paged skbs).
 const PULL_LEN: u32 = 256;
-/// TCP options are at most 40 bytes.
-const TCP_MAX_OPTIONS: usize = 40;
+/// Options walked in a SYN looking for the window scale. Real stacks send five or six (Linux:
+/// MSS, SACK permitted, timestamps, NOP, window scale); a SYN that hides it further gets the
+/// widest window, as if it had not been seen. Each option walked costs the verifier a copy of
+/// the walk, so the bound stays small.
+const TCP_MAX_OPTIONS: usize = 8;
 const TCPOPT_EOL: u8 = 0;
 const TCPOPT_NOP: u8 = 1;
 const TCPOPT_WSCALE: u8 = 3;

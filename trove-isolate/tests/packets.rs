@@ -924,6 +924,32 @@ fn tcp_state_holds_against_forged_segments() {
     ]);
 }
 
+/// The window scale of the SYNs widens the window a FIN or RST is held to; without the option
+/// on both SYNs, nothing is scaled.
+#[rustfmt::skip]
+#[test]
+fn window_scale_comes_from_the_handshake() {
+    use Reason::*;
+    let mut dp = datapath();
+    let syn = |sport, opts: &[u8]| ipv4(V4_PLAIN, proto::TCP, CLIENT, G4, &tcp_opts(sport, 3306, SYN, 1000, 0, 64240, opts));
+    let synack = |dport, opts: &[u8]| ipv4(V4_PLAIN, proto::TCP, G4, CLIENT, &tcp_opts(3306, dport, SYN_ACK, 5000, 1001, 100, opts));
+    let scaled = linux_syn_options(7);
+    // The server's window is 100 << 7 = 12,800 bytes with scaling, 100 without.
+    run_table(&mut dp, &[
+        pass("SYN with Linux's options, scale 7", B, I, syn(33500, &scaled), Allowed),
+        pass("SYN-ACK, scale 7", B, E, synack(33500, &scaled), Tracked),
+        pass("ACK", B, I, v4_seq(CLIENT, G4, (33500, 3306), ACK, 1001, 5001, 200), Tracked),
+        pass("greeting", B, E, v4_seq(G4, CLIENT, (3306, 33500), ACK, 5001, 1001, 100), Tracked),
+        pass("RST 5,000 bytes in: inside the scaled window", B, I, v4_seq(CLIENT, G4, (33500, 3306), RST, 6001, 0, 0), Tracked),
+        drop("RST 20,000 bytes in: outside it", B, I, v4_seq(CLIENT, G4, (33500, 3306), RST, 21001, 0, 0), OutOfWindow),
+        pass("SYN with scale 7", B, I, syn(33501, &scaled), Allowed),
+        pass("SYN-ACK without the option", B, E, synack(33501, &[2, 4, 0x05, 0xb4]), Tracked),
+        pass("ACK, unscaled flow", B, I, v4_seq(CLIENT, G4, (33501, 3306), ACK, 1001, 5001, 200), Tracked),
+        pass("greeting, unscaled flow", B, E, v4_seq(G4, CLIENT, (3306, 33501), ACK, 5001, 1001, 100), Tracked),
+        drop("RST 5,000 bytes in: outside the unscaled window", B, I, v4_seq(CLIENT, G4, (33501, 3306), RST, 6001, 0, 0), OutOfWindow),
+    ]);
+}
+
 /// A remote's ACK earns a flow no place in the established table: only the guest's own segment
 /// after the handshake does (an ACK the guest discards would otherwise hold a slot for a day).
 #[rustfmt::skip]
@@ -1093,6 +1119,7 @@ fn a_narrower_policy_revokes_what_it_no_longer_allows() {
         drop("the revoked peer's SYN-ACK", B, I, v4_tcp(PEER, G4, 3306, 40800, SYN_ACK), NotTracked),
         pass("rabbitmq's SYN-ACK: still allowed", M, I, v4_tcp(RABBIT4, G4, 5672, 40801, SYN_ACK), Tracked),
     ]);
+}
 
 /// The verifier's processed instruction count of each program on the running kernel, one line per
 /// program (`cargo xtask test` shows these from the host and from the 6.1 VM). Kernels since 5.16

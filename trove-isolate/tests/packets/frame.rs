@@ -125,6 +125,35 @@ pub fn tcp_seq(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, window: u1
     t
 }
 
+/// TCP with options (padded with NOPs to a multiple of 4 bytes).
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_opts(
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    window: u16,
+    options: &[u8],
+) -> Vec<u8> {
+    let mut t = tcp_seq(sport, dport, flags, seq, ack, window);
+    let mut options = options.to_vec();
+    while options.len() % 4 != 0 {
+        options.push(1);
+    }
+    t[12] = ((20 + options.len()) as u8 / 4) << 4;
+    t.extend_from_slice(&options);
+    t
+}
+
+/// The options a Linux SYN carries: MSS, SACK permitted, timestamps, NOP, window scale `shift`.
+pub fn linux_syn_options(shift: u8) -> Vec<u8> {
+    let mut o = vec![2, 4, 0x05, 0xb4, 4, 2, 8, 10];
+    o.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
+    o.extend_from_slice(&[1, 3, 3, shift]);
+    o
+}
+
 pub fn udp(sport: u16, dport: u16) -> Vec<u8> {
     let mut u = Vec::new();
     u.extend_from_slice(&sport.to_be_bytes());
