@@ -5,6 +5,7 @@
 
 mod cargo_cmd;
 mod demo;
+mod fuzz;
 mod setup;
 mod sh;
 mod test;
@@ -33,7 +34,8 @@ Examples:
   cargo xtask build --release    # target/release/trove-isolate, eBPF programs embedded
   cargo xtask test               # every test, here and on Linux 6.1 in a VM, as root (CI: .ci/run)
   cargo xtask test --no-vm       # every test, on this machine's kernel only
-  cargo xtask demo               # a simulated Trove guest, before and under enforcement, as root";
+  cargo xtask demo               # a simulated Trove guest, before and under enforcement, as root
+  cargo xtask fuzz --minutes 30  # the datapath against its reference model, the config loader";
 
 #[derive(Parser)]
 #[command(
@@ -75,6 +77,22 @@ enum Command {
         #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
         args: Vec<String>,
     },
+    #[command(
+        about = fuzz::ABOUT,
+        long_about = fuzz::LONG_ABOUT,
+        after_long_help = fuzz::AFTER_LONG_HELP
+    )]
+    Fuzz {
+        /// Total time, split two thirds differential, one third config loader.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Run only one of the two.
+        #[arg(long, value_enum)]
+        only: Option<fuzz::Target>,
+        /// Seed of the differential run (default: from the clock; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Show the isolation on a simulated Trove guest (root)
     ///
     /// Runs setup, builds the release binary, then simulates a Trove guest in network namespaces
@@ -105,6 +123,11 @@ fn main() -> anyhow::Result<()> {
             vm_only,
             args,
         } => test::run(&args, !vm_only, !no_vm),
+        Command::Fuzz {
+            minutes,
+            only,
+            seed,
+        } => fuzz::run(minutes, only, seed),
         Command::Demo => {
             cargo_cmd::build(true)?;
             demo::run()
