@@ -176,7 +176,8 @@ pub enum Reason {
     /// An ICMP/ICMPv6 error about a tracked flow (unreachable, too big, time exceeded), between
     /// that flow's endpoints.
     Related = 2,
-    /// ARP, always passed so the NIC keeps its neighbours.
+    /// ARP in its shape (Ethernet/IPv4 request or reply in a minimal frame; going out, as the
+    /// NIC's own address or a probe), so the NIC keeps its neighbours.
     Arp = 3,
     /// IPv6 neighbour and router discovery and MLD, each in its direction, hop limit and scope.
     NeighborDiscovery = 4,

@@ -12,7 +12,7 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::TcContext;
 use trove_isolate_common::{
-    conntrack::{WSCALE_NONE, WSCALE_UNKNOWN},
+    conntrack::{WSCALE_MAX, WSCALE_NONE, WSCALE_UNKNOWN},
     family, proto, Reason,
 };
 
@@ -267,10 +267,14 @@ fn ipv6(ctx: &TcContext, off: usize) -> Result<Parsed, Reason> {
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                let ext: *const [u8; 2] = ptr_at(ctx, l4_off)?;
+                let ext: *const [u8; 2] = l4_at(ctx, l4_off, end)?;
                 let (nh, len) = unsafe { ((*ext)[0], (*ext)[1]) };
                 next = nh;
                 l4_off += (len as usize + 1) * 8;
+                // The whole header lies inside the packet, or its "next header" is padding.
+                if l4_off > end {
+                    return Err(Reason::Malformed);
+                }
             }
             NEXTHDR_FRAGMENT => return Err(Reason::Fragment),
             _ => break,
@@ -394,7 +398,13 @@ fn window_scale(ctx: &TcContext, mut off: usize, end: usize) -> u8 {
                     return WSCALE_UNKNOWN;
                 }
                 if k == TCPOPT_WSCALE && len == 3 {
-                    return ctx.load::<u8>(off + 2).unwrap_or(WSCALE_UNKNOWN);
+                    // RFC 7323 2.3: a shift above 14 is taken as 14 (and must not alias the
+                    // markers above it).
+                    return match ctx.load::<u8>(off + 2) {
+                        Ok(shift) if shift > WSCALE_MAX => WSCALE_MAX,
+                        Ok(shift) => shift,
+                        Err(_) => WSCALE_UNKNOWN,
+                    };
                 }
                 off += len;
             }

@@ -6,11 +6,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use trove_isolate_common::{
     conntrack::{FlowKey, FlowValue},
-    family, proto, Direction, Role,
+    family, Direction, Role,
 };
 
 use crate::{
     datapath::{Datapath, Table},
+    model,
     policy::Policy,
 };
 
@@ -31,30 +32,18 @@ fn ip(fam: u8, addr: &[u8; 16]) -> IpAddr {
     }
 }
 
-/// Whether `policy` would let the flow's opening packet through: the rule lookup the datapath
-/// makes, for the direction the flow was opened in.
+/// Whether `policy` would let the flow's opening packet through: the reference model's rule
+/// lookup, for the direction the flow was opened in and the destination port of that packet.
 pub fn allowed_by(policy: &Policy, key: &FlowKey, value: &FlowValue) -> bool {
-    let Some(role) = Role::from_u8(key.role) else {
+    let (Some(role), Some(origin)) = (Role::from_u8(key.role), Direction::from_u8(value.origin))
+    else {
         return false;
     };
-    let Some(origin) = Direction::from_u8(value.origin) else {
-        return false;
-    };
-    let Some(nic) = policy.nic(role) else {
-        return false;
-    };
-    let port = match key.proto {
-        proto::TCP | proto::UDP => u16::from_be(match origin {
-            // The rule names the destination port of the opening packet.
-            Direction::Ingress => key.local_port,
-            Direction::Egress => key.remote_port,
-        }),
-        _ => 0,
-    };
-    let remote = remote_ip(key);
-    nic.rules.iter().any(|r| {
-        r.direction == origin && r.proto == key.proto && r.port == port && r.remote.contains(remote)
-    })
+    let port = u16::from_be(match origin {
+        Direction::Ingress => key.local_port,
+        Direction::Egress => key.remote_port,
+    });
+    model::policy_allows(policy, role, origin, key.proto, remote_ip(key), port)
 }
 
 /// Removes every tracked flow (both tables, both roles) that `policy` does not allow. Run after

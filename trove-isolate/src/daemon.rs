@@ -118,10 +118,13 @@ fn apply(
     Ok(datapath)
 }
 
+/// Each NIC's addresses with their prefix lengths.
+pub type NicAddresses = Vec<(Role, Vec<IpNetwork>)>;
+
 /// The local-address map's content for `devices`, and the addresses it came from.
 pub fn local_entries(
     devices: &[(Role, nic::Device)],
-) -> anyhow::Result<(Vec<LocalEntry>, Vec<(Role, Vec<IpNetwork>)>)> {
+) -> anyhow::Result<(Vec<LocalEntry>, NicAddresses)> {
     let mut entries = Vec::new();
     let mut seen = Vec::new();
     for (role, device) in devices {
@@ -283,7 +286,7 @@ async fn upkeep(datapath: &mut Datapath, devices: &Devices) -> anyhow::Result<()
     let mut ticks = tokio::time::interval(ADDRESS_REFRESH);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = None;
-    let mut tick: u32 = 0;
+    let mut sweep_in = SWEEP_EVERY;
     loop {
         ticks.tick().await;
         match local_entries(devices) {
@@ -299,8 +302,9 @@ async fn upkeep(datapath: &mut Datapath, devices: &Devices) -> anyhow::Result<()
             // by the next start); it cannot take traffic meanwhile anyway.
             Err(e) => log::warn!("reading NIC addresses: {e:#}"),
         }
-        tick = tick.wrapping_add(1);
-        if tick % SWEEP_EVERY == 0 {
+        sweep_in -= 1;
+        if sweep_in == 0 {
+            sweep_in = SWEEP_EVERY;
             let occupancy = conntrack::sweep(datapath)?;
             if occupancy.expired_removed > 0 {
                 log::debug!("swept {} expired flows", occupancy.expired_removed);

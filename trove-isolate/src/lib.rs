@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod local;
 pub mod metrics;
+pub mod model;
 pub mod netns;
 pub mod nic;
 pub mod ops;

@@ -138,9 +138,7 @@ pub fn tcp_opts(
 ) -> Vec<u8> {
     let mut t = tcp_seq(sport, dport, flags, seq, ack, window);
     let mut options = options.to_vec();
-    while options.len() % 4 != 0 {
-        options.push(1);
-    }
+    options.resize(options.len().div_ceil(4) * 4, 1);
     t[12] = ((20 + options.len()) as u8 / 4) << 4;
     t.extend_from_slice(&options);
     t

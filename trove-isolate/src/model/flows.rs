@@ -1,0 +1,298 @@
+//! Tracked flows: what each rule about a flow's life does to it.
+//!
+//! A flow starts in the *new* table and moves to the *established* table once it has proved
+//! two-way (the TCP handshake completed, or the first reply of UDP or of a TCP flow picked up
+//! mid-way). Echo flows stay new. TCP flows remember each direction's highest acknowledgment
+//! and window, so that a FIN or RST is held to the receiver's window (RFC 5961).
+
+use std::net::{IpAddr, SocketAddr};
+
+use trove_isolate_common::{Direction, Reason};
+
+use super::parse::{Ends, Ip, ScaleOption, Tcp, L4};
+
+/// The largest window scale shift (RFC 7323 section 2.3).
+pub const MAX_SHIFT: u8 = 14;
+
+/// A flow, from the NIC's point of view (local end, remote end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FlowId {
+    Tcp {
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
+    Udp {
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
+    /// Named by the way its requests go: a request the other way on the same identifier is
+    /// another flow.
+    Echo {
+        local: IpAddr,
+        remote: IpAddr,
+        id: u16,
+        requests: Direction,
+    },
+}
+
+impl FlowId {
+    /// The flow of a packet with these addresses and ends crossing the NIC in `direction`.
+    pub fn of(ip: &Ip, ends: Ends, direction: Direction) -> FlowId {
+        // Coming in, the destination is ours; going out, the source.
+        let (local, remote) = match direction {
+            Direction::Ingress => (ip.dst, ip.src),
+            Direction::Egress => (ip.src, ip.dst),
+        };
+        let sockets = |src_port: u16, dst_port: u16| match direction {
+            Direction::Ingress => (
+                SocketAddr::new(local, dst_port),
+                SocketAddr::new(remote, src_port),
+            ),
+            Direction::Egress => (
+                SocketAddr::new(local, src_port),
+                SocketAddr::new(remote, dst_port),
+            ),
+        };
+        match ends {
+            Ends::Tcp { src_port, dst_port } => {
+                let (local, remote) = sockets(src_port, dst_port);
+                FlowId::Tcp { local, remote }
+            }
+            Ends::Udp { src_port, dst_port } => {
+                let (local, remote) = sockets(src_port, dst_port);
+                FlowId::Udp { local, remote }
+            }
+            Ends::EchoRequest { id } => FlowId::Echo {
+                local,
+                remote,
+                id,
+                requests: direction,
+            },
+            Ends::EchoReply { id } => FlowId::Echo {
+                local,
+                remote,
+                id,
+                requests: direction.reverse(),
+            },
+        }
+    }
+
+    pub fn local(&self) -> IpAddr {
+        match self {
+            FlowId::Tcp { local, .. } | FlowId::Udp { local, .. } => local.ip(),
+            FlowId::Echo { local, .. } => *local,
+        }
+    }
+
+    pub fn remote(&self) -> IpAddr {
+        match self {
+            FlowId::Tcp { remote, .. } | FlowId::Udp { remote, .. } => remote.ip(),
+            FlowId::Echo { remote, .. } => *remote,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    New,
+    Established,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// TCP: the opening SYN was seen.
+    SynSent,
+    /// TCP: the SYN-ACK answered it.
+    SynAcked,
+    /// TCP opened by the remote: the remote acknowledged the SYN-ACK; the guest's own next
+    /// segment proves the handshake.
+    Acked,
+    /// UDP, echo, or TCP picked up mid-flow: no reply yet.
+    Unreplied,
+    /// Proved two-way: in the established table.
+    Established,
+}
+
+/// An acknowledgment a direction sent, with the (unscaled) window that came with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckSeen {
+    pub ack: u32,
+    pub window: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub table: Table,
+    /// The direction of the packet that opened the flow.
+    pub origin: Direction,
+    pub stage: Stage,
+    /// FINs were seen both ways, or a reset that closes.
+    pub closing: bool,
+    /// An in-window FIN was sent that way, indexed by `Direction as usize`.
+    pub fin_seen: [bool; 2],
+    /// TCP: the highest acknowledgment sent each way, indexed by `Direction as usize`.
+    pub acks: [Option<AckSeen>; 2],
+    /// TCP: the window scale option of each side's SYN, indexed by the direction it travelled;
+    /// `None` while that SYN was not seen.
+    pub syn_scale: [Option<ScaleOption>; 2],
+}
+
+fn side(direction: Direction) -> usize {
+    direction as usize
+}
+
+impl Flow {
+    /// A flow a rule allowed `l4` to open in `direction`.
+    pub fn open(direction: Direction, l4: &L4) -> Flow {
+        let mut flow = Flow {
+            table: Table::New,
+            origin: direction,
+            stage: Stage::Unreplied,
+            closing: false,
+            fin_seen: [false; 2],
+            acks: [None; 2],
+            syn_scale: [None; 2],
+        };
+        if let L4::Tcp(tcp) = l4 {
+            if tcp.flags.syn() {
+                flow.stage = Stage::SynSent;
+                flow.syn_scale[side(direction)] = tcp.syn_scale;
+            }
+            flow.record_ack(direction, tcp);
+        }
+        flow
+    }
+
+    /// A packet of an established flow. `None`: a SYN reusing a closing flow's tuple, which
+    /// starts a new flow (the caller forgets this one and judges the SYN as new).
+    pub fn established(&mut self, direction: Direction, l4: &L4) -> Option<Result<Reason, Reason>> {
+        if let L4::Tcp(tcp) = l4 {
+            if tcp.flags.bare_syn() && self.closing {
+                return None;
+            }
+            if tcp.flags.fin() || tcp.flags.rst() {
+                // RFC 5961: a FIN or RST must fall in the receiver's window.
+                if !self.in_receiver_window(direction, tcp.seq) {
+                    return Some(Err(Reason::OutOfWindow));
+                }
+                if self.closes(direction, tcp) {
+                    self.closing = true;
+                }
+            }
+            self.record_ack(direction, tcp);
+        }
+        Some(Ok(Reason::Tracked))
+    }
+
+    /// What closes an established flow, once its FIN or RST is in the window: only what a
+    /// blind sender cannot forge. FINs both ways; a reset from the guest; a reset from the
+    /// remote at exactly the sequence number the guest acknowledged last (RFC 5961 section 3.2;
+    /// any reset when the guest never acknowledged anything). Another in-window reset passes
+    /// (the guest answers it with a challenge ACK) and closes nothing.
+    fn closes(&mut self, direction: Direction, tcp: &Tcp) -> bool {
+        if tcp.flags.rst() {
+            return match direction {
+                Direction::Egress => true,
+                Direction::Ingress => match self.acks[side(Direction::Egress)] {
+                    None => true,
+                    Some(guest) => tcp.seq == guest.ack,
+                },
+            };
+        }
+        self.fin_seen[side(direction)] = true;
+        self.fin_seen[side(direction.reverse())]
+    }
+
+    /// A packet of a flow in the new table: the handshake moves on, and the packet that proves
+    /// the flow two-way promotes it. For TCP the proof comes from the guest's own stack, which
+    /// a remote sender cannot fake: the guest's ACK of the SYN-ACK when the guest opened the
+    /// flow; its first segment after the remote's ACK when the remote opened it; for a flow
+    /// picked up mid-way, the remote's first reply.
+    pub fn embryonic(&mut self, direction: Direction, l4: &L4) -> Result<Reason, Reason> {
+        let reply = direction != self.origin;
+        let from_guest = direction == Direction::Egress;
+        match l4 {
+            L4::Tcp(tcp) => {
+                self.record_ack(direction, tcp);
+                let syn_ack = tcp.flags.syn() && tcp.flags.ack();
+                if self.stage == Stage::SynSent && reply && syn_ack {
+                    self.stage = Stage::SynAcked;
+                    self.syn_scale[side(direction)] = tcp.syn_scale;
+                } else if tcp.flags.bare_ack() {
+                    match self.stage {
+                        // The guest opened the flow and acknowledges the SYN-ACK.
+                        Stage::SynAcked if !reply && from_guest => self.promote(),
+                        // The remote opened it and acknowledges the guest's SYN-ACK.
+                        Stage::SynAcked if !reply => self.stage = Stage::Acked,
+                        // ... and the guest's stack, having accepted that, sends.
+                        Stage::Acked if from_guest => self.promote(),
+                        // Picked up mid-way: the remote answers.
+                        Stage::Unreplied if reply => self.promote(),
+                        _ => {}
+                    }
+                }
+            }
+            L4::Udp { .. } if reply => self.promote(),
+            _ => {}
+        }
+        Ok(Reason::Tracked)
+    }
+
+    fn promote(&mut self) {
+        self.table = Table::Established;
+        self.stage = Stage::Established;
+    }
+
+    /// Notes the acknowledgment and window of a TCP packet with ACK when they move forward
+    /// (RFC 1982 serial order): a newer ACK, or the same ACK with another window.
+    fn record_ack(&mut self, direction: Direction, tcp: &Tcp) {
+        if !tcp.flags.ack() {
+            return;
+        }
+        let new = AckSeen {
+            ack: tcp.ack,
+            window: tcp.window,
+        };
+        let slot = &mut self.acks[side(direction)];
+        let forward = match slot {
+            None => true,
+            Some(old) => {
+                let ahead = tcp.ack.wrapping_sub(old.ack) as i32;
+                ahead > 0 || (ahead == 0 && old.window != tcp.window)
+            }
+        };
+        if forward {
+            *slot = Some(new);
+        }
+    }
+
+    /// The window scale shift of the windows `sender` advertises (RFC 7323 section 2.2: scaling
+    /// holds only when both SYNs carried the option; each side's shift is its own, at most 14).
+    /// A handshake not seen, or an option that did not parse: the widest.
+    fn shift(&self, sender: Direction) -> u32 {
+        let (Some(a), Some(b)) = (self.syn_scale[0], self.syn_scale[1]) else {
+            return u32::from(MAX_SHIFT);
+        };
+        if a == ScaleOption::Absent || b == ScaleOption::Absent {
+            return 0;
+        }
+        match self.syn_scale[side(sender)] {
+            Some(ScaleOption::Shift(n)) => u32::from(n.min(MAX_SHIFT)),
+            _ => u32::from(MAX_SHIFT),
+        }
+    }
+
+    /// RFC 5961 section 3.2 / 4.2, as the datapath states it: a FIN or RST sent in `direction`
+    /// is acceptable when its sequence number lies from one below the receiver's last
+    /// acknowledgment to that acknowledgment plus the receiver's scaled window. A receiver that
+    /// never acknowledged anything offers nothing to check against: accepted.
+    fn in_receiver_window(&self, direction: Direction, seq: u32) -> bool {
+        let receiver = direction.reverse();
+        let Some(seen) = self.acks[side(receiver)] else {
+            return true;
+        };
+        let window = u64::from(seen.window) << self.shift(receiver);
+        let from = seen.ack.wrapping_sub(1);
+        u64::from(seq.wrapping_sub(from)) <= window + 1
+    }
+}
