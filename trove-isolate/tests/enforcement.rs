@@ -355,3 +355,48 @@ fn audit_mode_counts_but_passes() {
         "audit mode dropped:\n{text}"
     );
 }
+
+/// Under TCX a program that passes a packet ends the chain, so ours must run first: a program
+/// already attached "first" before the daemon starts ends up behind it.
+#[test]
+fn tcx_attaches_first_in_the_chain() {
+    use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
+    use trove_isolate::datapath::Datapath;
+    use trove_isolate_common::{Direction, Role};
+
+    let kernel = aya::util::KernelVersion::current().expect("kernel version");
+    if kernel < aya::util::KernelVersion::new(6, 6, 0) {
+        eprintln!("skipped: TCX needs Linux 6.6, this is {kernel:?}");
+        return;
+    }
+    let s = setup("ord");
+    let nic = s.guest.mgmt_nic().to_owned();
+    // Another program (any will do: a second copy of ours, under another name) first in line.
+    let mut other = Datapath::load(None, false).expect("loading a second datapath");
+    let link = s.guest.host.run(|| {
+        let program = other.program(Role::Business, Direction::Egress);
+        let id = program
+            .attach_with_options(
+                &nic,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )
+            .expect("attaching the other program");
+        program.take_link(id).expect("its link")
+    });
+    let _daemon = start(&s, "enforce", "tcx");
+    let order: Vec<String> = s.guest.host.run(|| {
+        let (_, programs) =
+            SchedClassifier::query_tcx(&nic, TcAttachType::Ingress).expect("querying TCX");
+        programs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+            .collect()
+    });
+    drop(link);
+    assert_eq!(
+        order,
+        ["mgmt_ingress", "biz_egress"],
+        "trove-isolate is not first on {nic} ingress"
+    );
+}
