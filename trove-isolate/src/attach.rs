@@ -275,19 +275,40 @@ fn forget_link(program: &mut SchedClassifier, id: aya::programs::tc::SchedClassi
     }
 }
 
+/// Detaches a pinned TCX link before returning. Deleting the pin alone would drop the link's last
+/// reference from bpffs, whose release runs later on a kernel work queue: for a moment after
+/// `detach` returned the program would still judge packets. So the link is opened, its pin
+/// removed, and our descriptor closed, which releases it in this call.
+fn remove_tcx(link_pin: &Path) -> Result<(), AttachError> {
+    let pin_error = |what, e: Box<dyn std::error::Error + Send + Sync>| AttachError::Pin {
+        what,
+        path: link_pin.display().to_string(),
+        source: e,
+    };
+    if !link_pin.exists() {
+        return Ok(());
+    }
+    match PinnedLink::from_pin(link_pin) {
+        Ok(pinned) => {
+            let link = pinned
+                .unpin()
+                .map_err(|e| pin_error("removing", Box::new(e)))?;
+            drop(link);
+            Ok(())
+        }
+        // Not a link we can open (a stale file): removing it is all there is to do.
+        Err(_) => match fs::remove_file(link_pin) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(pin_error("removing", Box::new(e))),
+        },
+    }
+}
+
 /// Removes one recorded attachment. Missing things count as removed.
 pub fn remove(attachment: &Attachment, link_pin: &Path) -> Result<(), AttachError> {
     match &attachment.hook {
-        // With no fd open anywhere, deleting the pin detaches the link.
-        Hook::Tcx => match fs::remove_file(link_pin) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(AttachError::Pin {
-                what: "removing",
-                path: link_pin.display().to_string(),
-                source: Box::new(e),
-            }),
-        },
+        Hook::Tcx => remove_tcx(link_pin),
         Hook::Legacy { priority, handle } => {
             let direction = match attachment.direction.as_str() {
                 "ingress" => Direction::Ingress,

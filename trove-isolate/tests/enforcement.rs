@@ -400,3 +400,36 @@ fn tcx_attaches_first_in_the_chain() {
         "trove-isolate is not first on {nic} ingress"
     );
 }
+
+/// `detach` is done when it returns: a datagram the policy blocked, sent the moment it returns,
+/// gets through (and its answer back), on TCX and on legacy clsact. A TCX link whose pin is only
+/// deleted is released later by the kernel, which left a window here.
+#[test]
+fn detach_is_done_when_it_returns() {
+    use trove_isolate_testbed::udp_probe;
+    let s = setup("det");
+    let blocked: SocketAddr = "192.0.2.10:5672".parse().expect("addr");
+    let attaches: &[&str] = if aya::util::KernelVersion::current()
+        .is_ok_and(|k| k >= aya::util::KernelVersion::new(6, 6, 0))
+    {
+        &["tcx", "legacy"]
+    } else {
+        &["legacy"]
+    };
+    for attach in attaches {
+        for round in 0..10 {
+            let mut daemon = start(&s, "enforce", attach);
+            daemon.kill9();
+            assert!(
+                !udp_probe(&s.guest.host, None, blocked, Duration::from_millis(200)),
+                "{attach} round {round}: the datagram passed under enforcement"
+            );
+            let detach = cli(&["detach", "--pin-path", &s.pin_path]);
+            assert!(detach.status.success(), "detach failed: {detach:?}");
+            assert!(
+                udp_probe(&s.guest.host, None, blocked, Duration::from_millis(300)),
+                "{attach} round {round}: a datagram sent right after detach was dropped"
+            );
+        }
+    }
+}
