@@ -279,7 +279,7 @@ fn forget_link(program: &mut SchedClassifier, id: aya::programs::tc::SchedClassi
 /// reference from bpffs, whose release runs later on a kernel work queue: for a moment after
 /// `detach` returned the program would still judge packets. So the link is opened, its pin
 /// removed, and our descriptor closed, which releases it in this call.
-fn remove_tcx(link_pin: &Path) -> Result<(), AttachError> {
+pub fn remove_tcx(link_pin: &Path) -> Result<(), AttachError> {
     let pin_error = |what, e: Box<dyn std::error::Error + Send + Sync>| AttachError::Pin {
         what,
         path: link_pin.display().to_string(),
@@ -314,7 +314,7 @@ pub fn remove(attachment: &Attachment, link_pin: &Path) -> Result<(), AttachErro
                 "ingress" => Direction::Ingress,
                 _ => Direction::Egress,
             };
-            netns::run_in(attachment.netns.as_deref(), || {
+            let in_netns = netns::run_in(attachment.netns.as_deref(), || {
                 let Ok(link) = SchedClassifierLink::attached(
                     &attachment.interface,
                     tc_attach_type(direction),
@@ -339,7 +339,18 @@ pub fn remove(attachment: &Attachment, link_pin: &Path) -> Result<(), AttachErro
                         source: Box::new(source),
                     }),
                 }
-            })?
+            });
+            match in_netns {
+                Ok(result) => result,
+                // The namespace is gone, and the device's filters with it (a device leaving a
+                // namespace loses its clsact qdisc).
+                Err(netns::NetnsError::Open { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            }
         }
     }
 }

@@ -151,16 +151,19 @@ fn raw_socket_warning(out: &mut String, netns: Option<&std::path::Path>) -> std:
 pub fn detach(pins: &Pins) -> anyhow::Result<String> {
     let mut out = String::new();
     let state_file = pins.state_file();
-    if let Some(state) = State::read(&state_file)? {
-        for a in &state.attachments {
-            let (Some(role), Some(direction)) =
+    if let Some(mut state) = State::read(&state_file)? {
+        // One attachment at a time, the record rewritten after each: a detach that fails half
+        // way leaves a record of exactly what is left, and running it again finishes the job.
+        while let Some(a) = state.attachments.first().cloned() {
+            if let (Some(role), Some(direction)) =
                 (role_named(&a.role), direction_named(&a.direction))
-            else {
-                continue;
-            };
-            attach::remove(a, &pins.link(role, direction)).with_context(|| {
-                format!("detaching {} {} from {}", a.role, a.direction, a.interface)
-            })?;
+            {
+                attach::remove(&a, &pins.link(role, direction)).with_context(|| {
+                    format!("detaching {} {} from {}", a.role, a.direction, a.interface)
+                })?;
+            }
+            state.attachments.remove(0);
+            state.write(&state_file)?;
             writeln!(
                 out,
                 "detached {} {} from {} ({})",
@@ -169,6 +172,14 @@ pub fn detach(pins: &Pins) -> anyhow::Result<String> {
                 a.interface,
                 a.hook.name()
             )?;
+        }
+    }
+    // TCX links pinned without a record: released here, not left to bpffs' deferred release.
+    if let Ok(entries) = fs::read_dir(pins.links_dir()) {
+        for link in entries.filter_map(Result::ok).map(|e| e.path()) {
+            attach::remove_tcx(&link)
+                .with_context(|| format!("detaching the link pinned at {}", link.display()))?;
+            writeln!(out, "detached the link pinned at {}", link.display())?;
         }
     }
     // Whatever else is pinned (links without a record, maps of any layout version).

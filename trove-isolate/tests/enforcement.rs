@@ -433,3 +433,31 @@ fn detach_is_done_when_it_returns() {
         }
     }
 }
+
+/// `detach` finishes wherever things are now: the database container's namespace is gone (and
+/// the business NIC's filters with it), yet it succeeds, and a second run finds nothing left.
+#[test]
+fn detach_finishes_when_the_container_is_gone() {
+    let s = setup("gone");
+    let mut daemon = start(&s, "enforce", "legacy");
+    daemon.kill9();
+    let deleted = std::process::Command::new("ip")
+        .args(["netns", "del", s.guest.container.name()])
+        .status()
+        .expect("ip netns del");
+    assert!(deleted.success());
+    let first = cli(&["detach", "--pin-path", &s.pin_path]);
+    let text = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "detach failed: {first:?}");
+    assert!(text.contains("detached business ingress"), "{text}");
+    let second = cli(&["detach", "--pin-path", &s.pin_path]);
+    let text = String::from_utf8_lossy(&second.stdout);
+    assert!(second.status.success(), "second detach failed: {second:?}");
+    assert!(text.contains("nothing to detach"), "{text}");
+    assert!(!std::path::Path::new(&s.pin_path).exists(), "pins left");
+    let unlisted: SocketAddr = "192.0.2.10:4000".parse().expect("addr");
+    assert!(
+        trove_isolate_testbed::tcp_probe(&s.guest.host, None, unlisted, PROBE),
+        "the management NIC still filters after detach"
+    );
+}
