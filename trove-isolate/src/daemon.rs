@@ -6,9 +6,15 @@
 //! exit nothing is detached: links and maps are pinned, legacy filters stay on their qdiscs, and
 //! the next start adopts them in place.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
 
 use anyhow::{bail, Context as _};
+use sd_notify::NotifyState;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -19,11 +25,11 @@ use ipnetwork::IpNetwork;
 
 use crate::{
     attach, conntrack,
-    datapath::{Datapath, PinnedMaps},
+    datapath::{Datapath, PinnedMaps, Table},
     local, metrics, nic,
     pins::Pins,
     policy::Policy,
-    state::{Attachment, Hook, State},
+    state::{Attachment, Hook, ReloadRecord, State},
 };
 
 /// `statfs` magic of bpffs.
@@ -63,6 +69,7 @@ pub fn enforce(policy: &Policy, log: bool) -> anyhow::Result<(Datapath, State, D
             .map(|n| (n.role.name().to_owned(), n.rules.len()))
             .collect(),
         attachments,
+        ..State::default()
     };
     state.write(&pins.state_file())?;
     Ok((datapath, state, devices))
@@ -234,37 +241,74 @@ pub fn summary(state: &State) -> String {
 pub struct RunOptions {
     /// Forward the programs' debug records to the log.
     pub datapath_log: bool,
+    /// The config file, read again on every reload.
+    pub config: PathBuf,
 }
 
-/// Enforces `policy` and serves metrics until `shutdown` completes. Enforcement stays after.
+/// What the daemon counts besides the datapath, for the metrics.
+#[derive(Debug, Default, Clone)]
+pub struct DaemonStats {
+    pub reloads_ok: u64,
+    pub reloads_error: u64,
+    /// Live flows per (role, table) at the last sweep.
+    pub conntrack: Vec<(Role, Table, usize)>,
+}
+
+/// Enforces `policy` and serves metrics until `shutdown` completes; `reload` yields once per
+/// reload request (SIGHUP). Enforcement stays after.
 pub async fn run(
     policy: Policy,
     options: RunOptions,
+    mut reload: impl Stream,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     // Bind first: a port in use is a reason not to touch the kernel at all.
     let listener = TcpListener::bind(policy.metrics.listen)
         .await
         .with_context(|| format!("[metrics] listen {}", policy.metrics.listen))?;
-    let (mut datapath, state, devices) = enforce(&policy, options.datapath_log)?;
+    let pins = Pins::new(&policy.pin_path);
+    let (mut datapath, mut state, mut devices) = enforce(&policy, options.datapath_log)?;
+    state.pid = Some(std::process::id());
+    state.config = Some(options.config.clone());
+    state.write(&pins.state_file())?;
     println!(
         "{}; metrics on http://{}/metrics",
         summary(&state),
         policy.metrics.listen
     );
     log::info!("{}", summary(&state));
+    notify(&[NotifyState::Status(&summary(&state)), NotifyState::Ready]);
 
     if options.datapath_log {
         let logger = datapath.take_logger()?;
         tokio::spawn(forward_datapath_log(logger));
     }
-    let maps = PinnedMaps::open(&Pins::new(&policy.pin_path))?;
-    let scrape = Arc::new(Scrape { maps, state });
-    tokio::select! {
-        result = serve(listener, scrape) => result?,
-        result = upkeep(&mut datapath, &devices) => result?,
-        () = shutdown => {}
+    let scrape = Arc::new(Scrape {
+        maps: PinnedMaps::open(&pins)?,
+        state: RwLock::new(state),
+        stats: Mutex::new(DaemonStats::default()),
+    });
+    let mut policy = policy;
+    let serving = serve(listener, scrape.clone());
+    tokio::pin!(serving, shutdown);
+    loop {
+        tokio::select! {
+            result = &mut serving => return result,
+            result = upkeep(&mut datapath, &devices, &scrape.stats) => result?,
+            () = reload.next() => {
+                match reload_policy(&options, &policy, &scrape) {
+                    Ok((new_policy, new_datapath, new_devices)) => {
+                        policy = new_policy;
+                        datapath = new_datapath;
+                        devices = new_devices;
+                    }
+                    Err(e) => log::error!("reload refused, the policy in force stays: {e:#}"),
+                }
+            }
+            () = &mut shutdown => break,
+        }
     }
+    notify(&[NotifyState::Stopping]);
     log::info!(
         "stopping; enforcement stays in force (pinned under {})",
         policy.pin_path.display()
@@ -272,6 +316,86 @@ pub async fn run(
     // `datapath` drops here: programs stay referenced by their links and filters.
     drop(datapath);
     Ok(())
+}
+
+/// Something that yields once per event (a signal stream).
+pub trait Stream {
+    fn next(&mut self) -> impl Future<Output = ()>;
+}
+
+/// Validates the config again and, if it is good, applies it through the same reconcile step
+/// as the start (new programs replace the old in place; maps, links and flows carry over; flows
+/// the new policy refuses are revoked). A bad config changes nothing. Counted either way, and
+/// recorded in the state file for `trove-isolate reload`.
+fn reload_policy(
+    options: &RunOptions,
+    current: &Policy,
+    scrape: &Scrape,
+) -> anyhow::Result<(Policy, Datapath, Devices)> {
+    notify(&[
+        NotifyState::Reloading,
+        NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading")),
+    ]);
+    let attempt = {
+        let stats = scrape.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.reloads_ok + stats.reloads_error + 1
+    };
+    let result = (|| {
+        let policy = Policy::load(&options.config)?;
+        if policy.pin_path != current.pin_path {
+            anyhow::bail!(
+                "{}: pin_path: changes only with a restart (in force: {})",
+                options.config.display(),
+                current.pin_path.display()
+            );
+        }
+        if policy.metrics.listen != current.metrics.listen {
+            log::warn!(
+                "[metrics] listen {} takes effect at the next start; still serving on {}",
+                policy.metrics.listen,
+                current.metrics.listen
+            );
+        }
+        let (datapath, mut state, devices) = enforce(&policy, options.datapath_log)?;
+        state.pid = Some(std::process::id());
+        state.config = Some(options.config.clone());
+        Ok((policy, datapath, state, devices))
+    })();
+    let pins = Pins::new(&current.pin_path);
+    let mut stats = scrape.stats.lock().unwrap_or_else(|e| e.into_inner());
+    let mut state = scrape.state.write().unwrap_or_else(|e| e.into_inner());
+    let outcome = match result {
+        Ok((policy, datapath, new_state, devices)) => {
+            stats.reloads_ok += 1;
+            *state = new_state;
+            log::info!("reloaded {}: {}", options.config.display(), summary(&state));
+            Ok((policy, datapath, devices))
+        }
+        Err(e) => {
+            stats.reloads_error += 1;
+            Err(e)
+        }
+    };
+    state.reload = Some(ReloadRecord {
+        attempt,
+        ok: outcome.is_ok(),
+        message: match &outcome {
+            Ok(_) => summary(&state),
+            Err(e) => format!("{e:#}"),
+        },
+    });
+    if let Err(e) = state.write(&pins.state_file()) {
+        log::warn!("recording the reload: {e:#}");
+    }
+    notify(&[NotifyState::Status(&summary(&state)), NotifyState::Ready]);
+    outcome
+}
+
+/// Tells systemd (when it started us with Type=notify); nothing otherwise.
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        log::warn!("notifying the service manager: {e}");
+    }
 }
 
 /// How often the NICs' addresses are read again (a new address takes new flows this long after
@@ -282,7 +406,11 @@ const SWEEP_EVERY: u32 = 10;
 
 /// The datapath's upkeep while the daemon runs: keeps the local-address map in step with the
 /// NICs and sweeps expired flows. Returns only on error.
-async fn upkeep(datapath: &mut Datapath, devices: &Devices) -> anyhow::Result<()> {
+async fn upkeep(
+    datapath: &mut Datapath,
+    devices: &Devices,
+    stats: &Mutex<DaemonStats>,
+) -> anyhow::Result<()> {
     let mut ticks = tokio::time::interval(ADDRESS_REFRESH);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = None;
@@ -306,6 +434,7 @@ async fn upkeep(datapath: &mut Datapath, devices: &Devices) -> anyhow::Result<()
         if sweep_in == 0 {
             sweep_in = SWEEP_EVERY;
             let occupancy = conntrack::sweep(datapath)?;
+            stats.lock().unwrap_or_else(|e| e.into_inner()).conntrack = occupancy.live.clone();
             if occupancy.expired_removed > 0 {
                 log::debug!("swept {} expired flows", occupancy.expired_removed);
             }
@@ -343,7 +472,8 @@ async fn forward_datapath_log(logger: Logger) {
 
 struct Scrape {
     maps: PinnedMaps,
-    state: State,
+    state: RwLock<State>,
+    stats: Mutex<DaemonStats>,
 }
 
 async fn serve(listener: TcpListener, scrape: Arc<Scrape>) -> anyhow::Result<()> {
@@ -383,7 +513,15 @@ async fn respond(mut stream: TcpStream, scrape: &Scrape) -> anyhow::Result<()> {
         (
             "200 OK",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics::render(&counts, &scrape.state),
+            {
+                let state = scrape.state.read().unwrap_or_else(|e| e.into_inner());
+                let stats = scrape
+                    .stats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                metrics::render(&counts, &state, &stats)
+            },
         )
     } else {
         (

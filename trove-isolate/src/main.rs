@@ -1,7 +1,7 @@
 //! The `trove-isolate` command: run the enforcing daemon, check a config, inspect or remove what
 //! is enforced.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -64,6 +64,22 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
     },
+    /// Have the running daemon apply its config file again, with no window.
+    ///
+    /// Validates the config the daemon runs with (named in its state record) first: a bad config
+    /// is reported here and the daemon is not disturbed. Otherwise sends it SIGHUP (what
+    /// `systemctl reload trove-isolate` does) and waits for the outcome: new rules take effect
+    /// without an instant of either more or less than the old or new policy allows, and tracked
+    /// flows the new policy refuses are revoked. Exits non-zero if the daemon refused the
+    /// config or did not answer in time.
+    Reload {
+        /// The pin directory of the running daemon (the config's `pin_path`).
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        /// Seconds to wait for the daemon to report the outcome.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
     /// Remove all enforcement and every pin under the pin directory.
     ///
     /// Detaches the programs from both NICs (in their namespaces), removes the pinned links and
@@ -99,9 +115,15 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .build()
                 .context("starting the tokio runtime")?;
             runtime.block_on(async {
-                // Handlers first: a SIGTERM right after the "enforcing" line must stop us cleanly.
+                // Handlers first: a SIGTERM or SIGHUP right after the "enforcing" line (or the
+                // READY notification) must be handled, not kill us.
                 let shutdown = shutdown_signal()?;
-                daemon::run(policy, daemon::RunOptions { datapath_log }, shutdown).await
+                let hangups = Hangups::install()?;
+                let options = daemon::RunOptions {
+                    datapath_log,
+                    config,
+                };
+                daemon::run(policy, options, hangups, shutdown).await
             })
         }
         Command::Check { config } => {
@@ -118,10 +140,37 @@ fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", ops::status(&Pins::new(pin_path))?);
             Ok(())
         }
+        Command::Reload { pin_path, timeout } => {
+            let outcome = ops::reload(&Pins::new(pin_path), Duration::from_secs(timeout))?;
+            println!("{outcome}");
+            Ok(())
+        }
         Command::Detach { pin_path } => {
             print!("{}", ops::detach(&Pins::new(pin_path))?);
             Ok(())
         }
+    }
+}
+
+/// SIGHUP, one reload request each.
+struct Hangups(tokio::signal::unix::Signal);
+
+impl Hangups {
+    fn install() -> anyhow::Result<Hangups> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Hangups(
+            signal(SignalKind::hangup()).context("installing a SIGHUP handler")?,
+        ))
+    }
+}
+
+impl daemon::Stream for Hangups {
+    async fn next(&mut self) {
+        if self.0.recv().await.is_none() {
+            // No more signals can arrive: never ask for a reload again.
+            std::future::pending::<()>().await;
+        }
+        log::info!("SIGHUP: reloading");
     }
 }
 

@@ -11,7 +11,18 @@ use prometheus_client::{
 };
 use trove_isolate_common::{Direction, Role, Verdict};
 
-use crate::{datapath::Count, state::State};
+use crate::{daemon::DaemonStats, datapath::Count, state::State};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    role: String,
+    table: String,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PacketLabels {
@@ -57,7 +68,7 @@ fn interface_of(state: &State, role: Role) -> String {
 }
 
 /// The exposition text (OpenMetrics) for `counts` under `state`.
-pub fn render(counts: &[Count], state: &State) -> String {
+pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
     let packets = Family::<PacketLabels, Counter>::default();
     let bytes = Family::<PacketLabels, Counter>::default();
     let drops = Family::<ReasonLabels, Counter>::default();
@@ -65,6 +76,23 @@ pub fn render(counts: &[Count], state: &State) -> String {
     let entries = Family::<RoleLabels, Gauge>::default();
     let attached = Family::<AttachLabels, Gauge>::default();
     let build = Family::<VersionLabels, Gauge>::default();
+    let reloads = Family::<ResultLabels, Counter>::default();
+    let conntrack = Family::<TableLabels, Gauge>::default();
+    for (result, n) in [("ok", stats.reloads_ok), ("error", stats.reloads_error)] {
+        reloads
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc_by(n);
+    }
+    for (role, table, n) in &stats.conntrack {
+        conntrack
+            .get_or_create(&TableLabels {
+                role: role.name().into(),
+                table: table.name().into(),
+            })
+            .set(*n as i64);
+    }
 
     // Every series exists from the first scrape, at zero, so rate() works from the start.
     for role in Role::ALL {
@@ -158,6 +186,16 @@ pub fn render(counts: &[Count], state: &State) -> String {
         "Build information; always 1",
         build,
     );
+    registry.register(
+        "trove_isolate_reloads",
+        "Reloads of the config (SIGHUP), by result: error means refused, the policy in force stayed",
+        reloads,
+    );
+    registry.register(
+        "trove_isolate_conntrack_entries",
+        "Live tracked flows per role and table at the last sweep (every 10 s)",
+        conntrack,
+    );
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
@@ -183,6 +221,7 @@ mod tests {
                 hook: Hook::Tcx,
             }],
             policy_entries: vec![("management".into(), 7)],
+            ..State::default()
         };
         let counts = [Count {
             role: Role::Management,
@@ -194,7 +233,12 @@ mod tests {
                 bytes: 180,
             },
         }];
-        let text = render(&counts, &state);
+        let stats = DaemonStats {
+            reloads_ok: 2,
+            reloads_error: 1,
+            conntrack: vec![(Role::Business, crate::datapath::Table::Established, 5)],
+        };
+        let text = render(&counts, &state, &stats);
         for line in [
             r#"trove_isolate_packets_total{interface="ens3",role="management",direction="ingress",verdict="drop"} 3"#,
             r#"trove_isolate_bytes_total{interface="ens3",role="management",direction="ingress",verdict="drop"} 180"#,
@@ -203,6 +247,9 @@ mod tests {
             r#"trove_isolate_attached{interface="ens3",role="management",direction="ingress"} 1"#,
             r#"trove_isolate_attached{interface="",role="business",direction="egress"} 0"#,
             r#"trove_isolate_build_info{version=""#,
+            r#"trove_isolate_reloads_total{result="ok"} 2"#,
+            r#"trove_isolate_reloads_total{result="error"} 1"#,
+            r#"trove_isolate_conntrack_entries{role="business",table="established"} 5"#,
         ] {
             assert!(text.contains(line), "missing {line} in:\n{text}");
         }

@@ -198,3 +198,51 @@ pub fn detach(pins: &Pins) -> anyhow::Result<String> {
     }
     Ok(out)
 }
+
+/// Asks the daemon enforcing under `pins` to reload its config, after validating that config
+/// here; returns what the daemon reports.
+pub fn reload(pins: &Pins, timeout: std::time::Duration) -> anyhow::Result<String> {
+    use nix::{sys::signal, unistd::Pid};
+
+    let state_file = pins.state_file();
+    let state = State::read(&state_file)?.with_context(|| {
+        format!(
+            "no daemon enforces under {} (no record in {})",
+            pins.root().display(),
+            state_file.display()
+        )
+    })?;
+    let (Some(pid), Some(config)) = (state.pid, state.config.clone()) else {
+        anyhow::bail!(
+            "the record in {} names no running daemon (it was written by detach, an older \
+             version, or a daemon that has stopped)",
+            state_file.display()
+        );
+    };
+    // A bad config never reaches the daemon: the error is the operator's to read here.
+    crate::policy::Policy::load(&config).context("the new config is refused")?;
+    let before = state.reload.as_ref().map_or(0, |r| r.attempt);
+    signal::kill(Pid::from_raw(pid as i32), signal::Signal::SIGHUP)
+        .with_context(|| format!("signalling the daemon (PID {pid}) to reload"))?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let now = State::read(&state_file)?;
+        if let Some(record) = now.and_then(|s| s.reload).filter(|r| r.attempt > before) {
+            if record.ok {
+                return Ok(format!("reloaded {}: {}", config.display(), record.message));
+            }
+            anyhow::bail!(
+                "the daemon refused {}: {}",
+                config.display(),
+                record.message
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the daemon (PID {pid}) did not report a reload within {} s",
+                timeout.as_secs()
+            );
+        }
+    }
+}

@@ -50,6 +50,24 @@ pub struct State {
     pub attachments: Vec<Attachment>,
     /// Policy entries per role name, for status and metrics after a restart.
     pub policy_entries: Vec<(String, usize)>,
+    /// The daemon that wrote the record and the config it runs, for `trove-isolate reload`.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+    /// The outcome of the daemon's last reload.
+    #[serde(default)]
+    pub reload: Option<ReloadRecord>,
+}
+
+/// What the last reload did: `trove-isolate reload` waits for `attempt` to move on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadRecord {
+    /// 1 for the daemon's first reload, then counting up.
+    pub attempt: u64,
+    pub ok: bool,
+    /// What is enforced now, or why the reload was refused.
+    pub message: String,
 }
 
 impl State {

@@ -62,9 +62,20 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `run --config` and waits (bounded) for its "enforcing" line.
     pub fn start(config: &Path, pin_path: &Path, metrics: SocketAddr) -> Daemon {
+        Daemon::start_with_env(config, pin_path, metrics, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (NOTIFY_SOCKET, RUST_LOG).
+    pub fn start_with_env(
+        config: &Path,
+        pin_path: &Path,
+        metrics: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -103,6 +114,23 @@ impl Daemon {
             child.kill().expect("kill -9 the daemon");
             child.wait().expect("reap the daemon");
         }
+    }
+
+    /// Kills the daemon and returns what it wrote to stderr (for a failing test's message).
+    pub fn kill_for_stderr(&mut self) -> String {
+        let mut err = String::new();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            let _ = child.wait();
+        }
+        err
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGTERM and wait: the orderly stop systemd does.

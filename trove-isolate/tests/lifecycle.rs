@@ -1,0 +1,322 @@
+//! The daemon's life under a service manager: readiness and reload notifications, reloads that
+//! apply with no window (an allowed stream loses nothing, a denied one gets nothing), a bad config
+//! refused with the policy in force kept, and the unit file `systemd-analyze verify` accepts.
+
+mod common;
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    os::unix::net::UnixDatagram,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use common::{cli, metric, metrics_port, unique, write_config, Daemon, PROBE};
+use trove_isolate_testbed::{scenario, tcp_probe, Guest, Server};
+
+/// The service manager's end of NOTIFY_SOCKET, read by a thread as systemd would (a sender
+/// blocks once ten datagrams wait unread).
+struct Notifications {
+    path: PathBuf,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    read: usize,
+}
+
+impl Notifications {
+    fn bind() -> Notifications {
+        let path = std::env::temp_dir().join(format!("{}.notify", unique("ti")));
+        let socket = UnixDatagram::bind(&path).expect("binding the notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sink, flag) = (lines.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    sink.lock()
+                        .expect("lines")
+                        .extend(text.lines().map(str::to_owned));
+                }
+            }
+        });
+        Notifications {
+            path,
+            lines,
+            stop,
+            read: 0,
+        }
+    }
+
+    /// Waits only for what arrives from now on.
+    fn mark(&mut self) {
+        self.read = self.seen().len();
+    }
+
+    /// Every line received so far.
+    fn seen(&self) -> Vec<String> {
+        self.lines.lock().expect("lines").clone()
+    }
+
+    /// Waits (bounded) for `line` among the lines not yet waited for; returns those lines.
+    fn wait_for(&mut self, line: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let all = self.seen();
+            if let Some(at) = all[self.read..].iter().position(|l| l == line) {
+                let got = all[self.read..=self.read + at].to_vec();
+                self.read += at + 1;
+                return got;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no {line} from the daemon within 20 s; got {:?}",
+                    &all[self.read..]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Notifications {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A stream of datagrams on one flow, each waiting (bounded) for its echo. Counts (sent,
+/// answered). Bounded: at most 2,000,000 datagrams, and by its caller's stop.
+struct DatagramStream {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(u32, u32)>,
+}
+
+impl DatagramStream {
+    fn start(guest: &Guest, to: &str, wait: Duration) -> DatagramStream {
+        let to: SocketAddr = to.parse().expect("target");
+        let socket = guest
+            .host
+            .run(|| UdpSocket::bind("0.0.0.0:0").expect("udp socket in the guest"));
+        socket.set_read_timeout(Some(wait)).expect("timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut sent, mut answered) = (0, 0);
+            let mut buf = [0u8; 64];
+            while !flag.load(Ordering::Relaxed) && sent < 2_000_000 {
+                if socket.send_to(b"stream", to).is_ok() {
+                    sent += 1;
+                    if socket.recv_from(&mut buf).is_ok() {
+                        answered += 1;
+                    }
+                }
+            }
+            (sent, answered)
+        });
+        DatagramStream { stop, thread }
+    }
+
+    fn finish(self) -> (u32, u32) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("stream thread")
+    }
+}
+
+fn reloads() -> u32 {
+    std::env::var("TROVE_ISOLATE_RELOADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+}
+
+#[test]
+fn reload_applies_with_no_window_and_refuses_a_bad_config() {
+    let guest = Guest::new("rel");
+    let port = metrics_port();
+    let _servers: Vec<Server> = scenario::servers(&guest, port);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let good = scenario::config(&guest, "enforce", "auto", &pin_path, port);
+    let config = write_config(&good);
+    let mut notes = Notifications::bind();
+    let notify_path = notes.path.to_str().expect("utf-8").to_owned();
+    let mut daemon = Daemon::start_with_env(
+        &config,
+        pin_path.as_ref(),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &[("NOTIFY_SOCKET", &notify_path)],
+    );
+    let ready = notes.wait_for("READY=1");
+    assert!(
+        ready.iter().any(|l| l.starts_with("STATUS=enforcing")),
+        "{ready:?}"
+    );
+
+    // Reloads under load: an allowed stream (UDP: a lost datagram is never retransmitted, so
+    // every one must be answered) and a denied one, through every reload.
+    let allowed = DatagramStream::start(&guest, "192.0.2.30:5353", Duration::from_secs(1));
+    let denied = DatagramStream::start(&guest, "192.0.2.10:5672", Duration::from_millis(5));
+    std::thread::sleep(Duration::from_millis(100));
+    let n = reloads();
+    let start = Instant::now();
+    for i in 0..n {
+        let out = cli(&["reload", "--pin-path", &pin_path]);
+        if !out.status.success() {
+            panic!(
+                "reload {i} failed: {}\ndaemon's log:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                daemon.kill_for_stderr()
+            );
+        }
+    }
+    let took = start.elapsed();
+    std::thread::sleep(Duration::from_millis(100));
+    let (sent, answered) = allowed.finish();
+    let (denied_sent, denied_answered) = denied.finish();
+    println!("{n} reloads in {took:.1?}; allowed stream {answered}/{sent}, denied {denied_answered}/{denied_sent}");
+    assert!(
+        sent > u32::from(n > 0) * 100,
+        "the allowed stream barely ran: {sent}"
+    );
+    assert_eq!(answered, sent, "allowed datagrams lost across {n} reloads");
+    assert!(
+        denied_sent > 100,
+        "the denied stream barely ran: {denied_sent}"
+    );
+    assert_eq!(
+        denied_answered, 0,
+        "denied datagrams answered across reloads"
+    );
+    let text = daemon.scrape();
+    assert_eq!(
+        metric(&text, "trove_isolate_reloads_total", &["result=\"ok\""]),
+        Some(u64::from(n)),
+        "{text}"
+    );
+    let seen = notes.seen();
+    // One RELOADING=1 per reload; READY=1 once at the start and once after each.
+    for (want, times) in [("RELOADING=1", n), ("READY=1", n + 1)] {
+        let got = seen.iter().filter(|l| *l == want).count();
+        assert_eq!(got, times as usize, "{want} for {n} reloads: {seen:?}");
+    }
+    assert!(seen.iter().any(|l| l.starts_with("MONOTONIC_USEC=")));
+
+    // A narrower policy: the registry rule goes, and with it the registry.
+    let registry: SocketAddr = "192.0.2.20:4000".parse().expect("addr");
+    let rabbit: SocketAddr = "192.0.2.10:5672".parse().expect("addr");
+    assert!(
+        tcp_probe(&guest.host, None, registry, PROBE),
+        "registry before"
+    );
+    let narrower: String = good
+        .lines()
+        .filter(|l| !l.starts_with("registry"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, &narrower).expect("writing the narrower config");
+    let out = cli(&["reload", "--pin-path", &pin_path]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !tcp_probe(&guest.host, None, registry, PROBE),
+        "registry after"
+    );
+    assert!(
+        tcp_probe(&guest.host, None, rabbit, PROBE),
+        "rabbitmq after"
+    );
+
+    // A bad config: `reload` refuses it without disturbing the daemon...
+    std::fs::write(
+        &config,
+        narrower.replace("database_ports = [3306]", "database_ports = []"),
+    )
+    .expect("writing a bad config");
+    let out = cli(&["reload", "--pin-path", &pin_path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a bad config was accepted");
+    assert!(stderr.contains("database_ports"), "{stderr}");
+    // ... and the daemon refuses it too when signalled directly, keeping the policy in force.
+    notes.mark();
+    let pid = daemon.pid().expect("running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    notes.wait_for("READY=1");
+    let text = daemon.scrape();
+    assert_eq!(
+        metric(&text, "trove_isolate_reloads_total", &["result=\"error\""]),
+        Some(1),
+        "{text}"
+    );
+    assert!(
+        !tcp_probe(&guest.host, None, registry, PROBE),
+        "registry after a bad reload"
+    );
+    assert!(
+        tcp_probe(&guest.host, None, rabbit, PROBE),
+        "rabbitmq after a bad reload"
+    );
+
+    notes.mark();
+    daemon.stop();
+    notes.wait_for("STOPPING=1");
+}
+
+/// The unit file as shipped passes `systemd-analyze verify` (with the binary it names pointed at
+/// this build).
+#[test]
+fn the_unit_file_verifies() {
+    let analyze = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output();
+    if analyze.is_err() {
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    }
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dist/trove-isolate.service"
+    ))
+    .expect("reading dist/trove-isolate.service");
+    for want in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=always",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_ADMIN",
+    ] {
+        assert!(unit.contains(want), "the unit lacks {want}");
+    }
+    let dir = std::env::temp_dir().join(unique("ti-unit"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("trove-isolate.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/trove-isolate", common::BIN),
+    )
+    .expect("writing the unit");
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("running systemd-analyze verify");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
