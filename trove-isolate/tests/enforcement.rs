@@ -59,6 +59,11 @@ fn setup(label: &str) -> Setup {
     let metrics = metrics_port();
     let servers = scenario::servers(&guest, metrics);
     let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    // Fresh namespaces resolve their neighbours on first contact, which under an emulated CPU
+    // (the 6.1 VM) can outlast a short probe: make that first contact here, unjudged, with room.
+    for probe in scenario::probes(metrics) {
+        let _ = probe.run(&guest, Duration::from_secs(3));
+    }
     Setup {
         guest,
         _servers: servers,
