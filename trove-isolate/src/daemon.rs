@@ -15,10 +15,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use sd_notify::NotifyState;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-};
+use tokio::net::TcpListener;
 use trove_isolate_common::{Direction, Role};
 
 use ipnetwork::IpNetwork;
@@ -26,9 +23,10 @@ use ipnetwork::IpNetwork;
 use crate::{
     attach, conntrack,
     datapath::{Datapath, PinnedMaps, Table},
-    local, metrics, nic,
+    local, nic,
     pins::Pins,
     policy::Policy,
+    serve::{self, Scrape},
     state::{Attachment, Hook, ReloadRecord, State},
 };
 
@@ -289,7 +287,7 @@ pub async fn run(
         stats: Mutex::new(DaemonStats::default()),
     });
     let mut policy = policy;
-    let serving = serve(listener, scrape.clone());
+    let serving = serve::serve(listener, scrape.clone());
     tokio::pin!(serving, shutdown);
     loop {
         tokio::select! {
@@ -468,76 +466,6 @@ async fn forward_datapath_log(logger: Logger) {
         guard.get_inner_mut().flush();
         guard.clear_ready();
     }
-}
-
-struct Scrape {
-    maps: PinnedMaps,
-    state: RwLock<State>,
-    stats: Mutex<DaemonStats>,
-}
-
-async fn serve(listener: TcpListener, scrape: Arc<Scrape>) -> anyhow::Result<()> {
-    loop {
-        let (stream, peer) = listener
-            .accept()
-            .await
-            .context("accepting a metrics connection")?;
-        let scrape = scrape.clone();
-        tokio::spawn(async move {
-            if let Err(e) = respond(stream, &scrape).await {
-                log::debug!("metrics request from {peer}: {e:#}");
-            }
-        });
-    }
-}
-
-/// A minimal HTTP/1.x responder: `GET /metrics` and nothing else, with bounded reads.
-async fn respond(mut stream: TcpStream, scrape: &Scrape) -> anyhow::Result<()> {
-    let mut request = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            request.extend_from_slice(&buf[..n]);
-        }
-        anyhow::Ok(())
-    })
-    .await
-    .context("request timed out")??;
-    let line = request.split(|b| *b == b'\r').next().unwrap_or_default();
-    let (status, content_type, body) = if line.starts_with(b"GET /metrics ") {
-        let counts = scrape.maps.counts()?;
-        (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            {
-                let state = scrape.state.read().unwrap_or_else(|e| e.into_inner());
-                let stats = scrape
-                    .stats
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                metrics::render(&counts, &state, &stats)
-            },
-        )
-    } else {
-        (
-            "404 Not Found",
-            "text/plain",
-            "only /metrics is served\n".to_owned(),
-        )
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -22,4 +22,5 @@ pub mod ops;
 pub mod pins;
 pub mod policy;
 pub mod rawsock;
+pub mod serve;
 pub mod state;

@@ -67,6 +67,80 @@ fn interface_of(state: &State, role: Role) -> String {
         .unwrap_or_default()
 }
 
+/// The two exposition formats a scraper may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0.0, for scrapers that accept `application/openmetrics-text`.
+    OpenMetrics,
+    /// The classic Prometheus text format 0.0.4, for everyone else.
+    Prometheus,
+}
+
+impl Format {
+    /// What an `Accept` header asks for: OpenMetrics when it names it (Prometheus does), the
+    /// classic format otherwise.
+    pub fn from_accept(accept: &str) -> Format {
+        let wants_openmetrics = accept.split(',').any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| p.replace(' ', "") == "q=0");
+            media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+        });
+        if wants_openmetrics {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// The exposition text in `format`.
+pub fn render_as(format: Format, counts: &[Count], state: &State, stats: &DaemonStats) -> String {
+    let text = render(counts, state, stats);
+    match format {
+        Format::OpenMetrics => text,
+        Format::Prometheus => openmetrics_to_prometheus(&text),
+    }
+}
+
+/// The classic text format of an OpenMetrics exposition. They differ, for what this exposition
+/// holds, only in the metadata: OpenMetrics names a counter family without its `_total` suffix
+/// and has `# UNIT` and `# EOF` lines; the classic format names the family as its samples are
+/// named and has neither. Samples are the same lines in both.
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The exposition text (OpenMetrics) for `counts` under `state`.
 pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
     let packets = Family::<PacketLabels, Counter>::default();
@@ -203,6 +277,21 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn accept_headers_pick_the_format() {
+        use super::Format::{OpenMetrics, Prometheus};
+        for (accept, want) in [
+            ("", Prometheus),
+            ("*/*", Prometheus),
+            ("text/plain", Prometheus),
+            ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", OpenMetrics),
+            ("application/openmetrics-text; q=0", Prometheus),
+            ("text/plain;version=0.0.4;q=1,*/*;q=0.1", Prometheus),
+        ] {
+            assert_eq!(super::Format::from_accept(accept), want, "{accept:?}");
+        }
+    }
+
     use trove_isolate_common::{counters::Counter, Reason};
 
     use super::*;
@@ -239,6 +328,16 @@ mod tests {
             conntrack: vec![(Role::Business, crate::datapath::Table::Established, 5)],
         };
         let text = render(&counts, &state, &stats);
+        let classic = openmetrics_to_prometheus(&text);
+        for line in [
+            "# HELP trove_isolate_packets_total Packets seen by the datapath, by verdict",
+            "# TYPE trove_isolate_packets_total counter",
+            "# TYPE trove_isolate_policy_entries gauge",
+            r#"trove_isolate_packets_total{interface="ens3",role="management",direction="ingress",verdict="drop"} 3"#,
+        ] {
+            assert!(classic.contains(line), "missing {line} in:\n{classic}");
+        }
+        assert!(!classic.contains("# EOF"), "{classic}");
         for line in [
             r#"trove_isolate_packets_total{interface="ens3",role="management",direction="ingress",verdict="drop"} 3"#,
             r#"trove_isolate_bytes_total{interface="ens3",role="management",direction="ingress",verdict="drop"} 180"#,

@@ -320,3 +320,114 @@ fn the_unit_file_verifies() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `GET /metrics` with an Accept header; the response's head and body.
+fn http_get(addr: SocketAddr, accept: Option<&str>) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\n{accept}Connection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    (head.to_owned(), body.to_owned())
+}
+
+/// The endpoint negotiates: Prometheus' own Accept header gets OpenMetrics, anyone else the
+/// classic text format, which `promtool check metrics` accepts.
+#[test]
+fn metrics_speak_both_formats_and_promtool_accepts_them() {
+    let guest = Guest::new("met");
+    let port = metrics_port();
+    let _servers: Vec<Server> = scenario::servers(&guest, port);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let config = write_config(&scenario::config(
+        &guest, "enforce", "auto", &pin_path, port,
+    ));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let _daemon = Daemon::start(&config, pin_path.as_ref(), addr);
+    // Some traffic, so that the counters are not all zero.
+    assert!(!tcp_probe(
+        &guest.host,
+        None,
+        "192.0.2.99:5672".parse().expect("addr"),
+        PROBE
+    ));
+
+    let prometheus_accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (head, body) = http_get(addr, Some(prometheus_accept));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    assert!(
+        body.ends_with("# EOF\n"),
+        "OpenMetrics without # EOF:\n{body}"
+    );
+    assert!(
+        body.contains("# TYPE trove_isolate_drops counter"),
+        "{body}"
+    );
+
+    let (head, body) = http_get(addr, None);
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert!(!body.contains("# EOF"), "{body}");
+    assert!(
+        body.contains("# HELP trove_isolate_drops_total "),
+        "classic text names the counter family with _total:\n{body}"
+    );
+    assert!(
+        metric(
+            &body,
+            "trove_isolate_drops_total",
+            &["role=\"management\"", "reason=\"policy\""]
+        )
+        .unwrap_or(0)
+            > 0,
+        "{body}"
+    );
+
+    let Ok(mut promtool) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        panic!("promtool is not installed (`cargo xtask test` installs it: Debian's prometheus)");
+    };
+    {
+        use std::io::Write as _;
+        let mut stdin = promtool.stdin.take().expect("stdin");
+        stdin.write_all(body.as_bytes()).expect("feeding promtool");
+    }
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused the exposition: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (head, _) = {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut r = String::new();
+        s.read_to_string(&mut r).expect("response");
+        r.split_once("\r\n\r\n")
+            .map(|(h, b)| (h.to_owned(), b.to_owned()))
+            .expect("split")
+    };
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+}

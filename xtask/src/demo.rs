@@ -201,7 +201,7 @@ fn start(binary: &Path, config: &Path) -> anyhow::Result<Child> {
 fn scrape() -> anyhow::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", METRICS_PORT)).context("connecting to metrics")?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)

@@ -32,6 +32,7 @@ pub fn run(extra: &[String], host: bool, in_vm: bool) -> anyhow::Result<()> {
         "the tests load BPF programs, pin them under /sys/fs/bpf and create network namespaces",
     )?;
     if host {
+        promtool()?;
         let mut cmd = Command::new("cargo");
         cmd.args(["test", "--workspace"]).args(extra);
         eprintln!("xtask: cargo test --workspace {}", extra.join(" "));
@@ -41,5 +42,42 @@ pub fn run(extra: &[String], host: bool, in_vm: bool) -> anyhow::Result<()> {
         let vm = vm::setup()?;
         vm::run(&vm)?;
     }
+    Ok(())
+}
+
+/// `promtool`, which the metrics test checks the exposition with: from Debian's `prometheus`
+/// package, installed without letting its service start (no Prometheus server is left running).
+fn promtool() -> anyhow::Result<()> {
+    const WHAT: &str = "promtool (Debian's prometheus package)";
+    if sh::output("promtool", &["--version"]).is_some() {
+        eprintln!("setup: {WHAT} ... ok");
+        return Ok(());
+    }
+    eprintln!(
+        "setup: {WHAT} ... missing; installing (apt-get install prometheus, service not started)"
+    );
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        // Debian's way to keep a package's postinst from starting its service.
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let install = || {
+        sh::run_cmd(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", "prometheus"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    let result = install().or_else(|_| {
+        sh::run("apt-get", &["update"])?;
+        install()
+    });
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    result.map_err(|e| anyhow::anyhow!("installing {WHAT}: {e:#}"))?;
+    eprintln!("setup: {WHAT} ... ok");
     Ok(())
 }

@@ -154,7 +154,7 @@ impl Daemon {
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .expect("sending the request");
         let mut response = String::new();
         stream
