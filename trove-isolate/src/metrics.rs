@@ -11,7 +11,11 @@ use prometheus_client::{
 };
 use trove_isolate_common::{Direction, Role, Verdict};
 
-use crate::{daemon::DaemonStats, datapath::Count, state::State};
+use crate::{
+    daemon::DaemonStats,
+    datapath::{Count, Table},
+    state::State,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -159,6 +163,23 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
             })
             .inc_by(n);
     }
+    let capacity = Family::<TableLabels, Gauge>::default();
+    for role in Role::ALL {
+        for (table, max) in [
+            (Table::New, trove_isolate_common::conntrack::NEW_MAX_ENTRIES),
+            (
+                Table::Established,
+                trove_isolate_common::conntrack::EST_MAX_ENTRIES,
+            ),
+        ] {
+            capacity
+                .get_or_create(&TableLabels {
+                    role: role.name().into(),
+                    table: table.name().into(),
+                })
+                .set(i64::from(max));
+        }
+    }
     for (role, table, n) in &stats.conntrack {
         conntrack
             .get_or_create(&TableLabels {
@@ -270,6 +291,11 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
         "Live tracked flows per role and table at the last sweep (every 10 s)",
         conntrack,
     );
+    registry.register(
+        "trove_isolate_conntrack_capacity",
+        "Flows each role's table holds: a full established table refuses new flows",
+        capacity,
+    );
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
@@ -325,7 +351,7 @@ mod tests {
         let stats = DaemonStats {
             reloads_ok: 2,
             reloads_error: 1,
-            conntrack: vec![(Role::Business, crate::datapath::Table::Established, 5)],
+            conntrack: vec![(Role::Business, Table::Established, 5)],
         };
         let text = render(&counts, &state, &stats);
         let classic = openmetrics_to_prometheus(&text);
@@ -349,8 +375,60 @@ mod tests {
             r#"trove_isolate_reloads_total{result="ok"} 2"#,
             r#"trove_isolate_reloads_total{result="error"} 1"#,
             r#"trove_isolate_conntrack_entries{role="business",table="established"} 5"#,
+            r#"trove_isolate_conntrack_capacity{role="management",table="established"} 65536"#,
         ] {
             assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
+    }
+
+    /// The alert rules and the dashboard shipped in dist/ name only series this exposition has.
+    #[test]
+    fn dist_rules_and_dashboard_name_real_series() {
+        // One series of every family: a drop, an audit record, an entry count, a table.
+        let count = |verdict| Count {
+            role: Role::Business,
+            direction: Direction::Ingress,
+            verdict,
+            reason: Reason::Policy,
+            counter: Counter::default(),
+        };
+        let state = State {
+            policy_entries: vec![("business".into(), 1)],
+            ..State::default()
+        };
+        let stats = DaemonStats {
+            conntrack: vec![(Role::Business, Table::New, 0)],
+            ..DaemonStats::default()
+        };
+        let text = openmetrics_to_prometheus(&render(
+            &[count(Verdict::Drop), count(Verdict::Audit)],
+            &state,
+            &stats,
+        ));
+        let known: std::collections::HashSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        for file in [
+            "prometheus/trove-isolate.rules.yml",
+            "grafana/trove-isolate.json",
+        ] {
+            let path = format!("{}/../dist/{file}", env!("CARGO_MANIFEST_DIR"));
+            let body = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let mut named = 0;
+            for (i, _) in body.match_indices("trove_isolate_") {
+                let name: String = body[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    known.contains(name.as_str()),
+                    "{file} names {name}, not in:\n{known:?}"
+                );
+                named += 1;
+            }
+            assert!(named > 3, "{file} names only {named} series");
         }
     }
 }

@@ -430,4 +430,20 @@ fn metrics_speak_both_formats_and_promtool_accepts_them() {
             .expect("split")
     };
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+
+    // The alerting rules shipped for these metrics load in Prometheus.
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dist/prometheus/trove-isolate.rules.yml"
+    );
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules", rules])
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

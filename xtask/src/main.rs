@@ -5,13 +5,14 @@
 
 mod cargo_cmd;
 mod demo;
+mod dist;
 mod fuzz;
 mod setup;
 mod sh;
 mod test;
 mod vm;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -35,7 +36,9 @@ Examples:
   cargo xtask test               # every test, here and on Linux 6.1 in a VM, as root (CI: .ci/run)
   cargo xtask test --no-vm       # every test, on this machine's kernel only
   cargo xtask demo               # a simulated Trove guest, before and under enforcement, as root
-  cargo xtask fuzz --minutes 30  # the datapath against its reference model, the config loader";
+  cargo xtask fuzz --minutes 30  # the datapath against its reference model, the config loader
+  cargo xtask dist               # target/dist/trove-isolate-*.tar.gz, with a diskimage-builder element
+  cargo xtask install --root DIR # into an image root, unit enabled";
 
 #[derive(Parser)]
 #[command(
@@ -93,6 +96,21 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    #[command(about = dist::DIST_ABOUT, long_about = dist::DIST_LONG_ABOUT)]
+    Dist {
+        /// A config to ship in the element, installed as /etc/trove-isolate/config.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    #[command(about = dist::INSTALL_ABOUT, long_about = dist::INSTALL_LONG_ABOUT)]
+    Install {
+        /// The image root to install into.
+        #[arg(long)]
+        root: PathBuf,
+        /// A config to install as etc/trove-isolate/config.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Show the isolation on a simulated Trove guest (root)
     ///
     /// Runs setup, builds the release binary, then simulates a Trove guest in network namespaces
@@ -113,7 +131,10 @@ fn main() -> anyhow::Result<()> {
     std::env::set_current_dir(root)
         .with_context(|| format!("changing to the workspace root {}", root.display()))?;
 
-    let need_bpffs = !matches!(cli.command, Command::Build { .. });
+    let need_bpffs = !matches!(
+        cli.command,
+        Command::Build { .. } | Command::Dist { .. } | Command::Install { .. }
+    );
     setup::run(need_bpffs)?;
     match cli.command {
         Command::Setup => Ok(()),
@@ -128,6 +149,8 @@ fn main() -> anyhow::Result<()> {
             only,
             seed,
         } => fuzz::run(minutes, only, seed),
+        Command::Dist { config } => dist::dist(config.as_deref()).map(|_| ()),
+        Command::Install { root, config } => dist::install(&root, config.as_deref()),
         Command::Demo => {
             cargo_cmd::build(true)?;
             demo::run()
