@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use trove_isolate::{
     config::{DEFAULT_CONFIG_PATH, DEFAULT_PIN_PATH},
-    daemon, ops,
+    daemon, explain, ops,
     pins::Pins,
     policy::Policy,
 };
@@ -80,6 +80,33 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         timeout: u64,
     },
+    /// Say whether a new flow would pass, and which rule or reason decides, from the maps in
+    /// force.
+    ///
+    /// Asks the pinned maps the questions the programs ask of a flow's first packet: is its local
+    /// end an address of the NIC (with --local), and which policy entry matches (the same
+    /// longest-prefix lookup). The rule is named from the daemon's config when that still
+    /// compiles. Examples:
+    ///   trove-isolate explain --role management --to 192.0.2.10:5672/tcp
+    ///   trove-isolate explain --role business --from 198.51.100.7:3306/tcp
+    Explain {
+        /// The NIC: management or business.
+        #[arg(long, value_parser = explain::role)]
+        role: trove_isolate_common::Role,
+        /// An outbound flow to ADDR:PORT/tcp, ADDR:PORT/udp or ADDR/icmp.
+        #[arg(long, conflicts_with = "from", required_unless_present = "from")]
+        to: Option<explain::Endpoint>,
+        /// An inbound flow from ADDR to the local PORT: ADDR:PORT/tcp (PORT is the NIC's
+        /// service port, e.g. 3306), ADDR:PORT/udp or ADDR/icmp.
+        #[arg(long)]
+        from: Option<explain::Endpoint>,
+        /// The NIC's own end of the flow, checked against the NIC's addresses.
+        #[arg(long)]
+        local: Option<std::net::IpAddr>,
+        /// The pin directory of the enforcement to ask (the config's `pin_path`).
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+    },
     /// Remove all enforcement and every pin under the pin directory.
     ///
     /// Detaches the programs from both NICs (in their namespaces), removes the pinned links and
@@ -143,6 +170,25 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Reload { pin_path, timeout } => {
             let outcome = ops::reload(&Pins::new(pin_path), Duration::from_secs(timeout))?;
             println!("{outcome}");
+            Ok(())
+        }
+        Command::Explain {
+            role,
+            to,
+            from,
+            local,
+            pin_path,
+        } => {
+            let (direction, remote) = match (to, from) {
+                (Some(to), _) => (trove_isolate_common::Direction::Egress, to),
+                (None, Some(from)) => (trove_isolate_common::Direction::Ingress, from),
+                (None, None) => unreachable!("clap requires --to or --from"),
+            };
+            let pins = Pins::new(pin_path);
+            print!(
+                "{}",
+                explain::explain(&pins, role, direction, &remote, local)?
+            );
             Ok(())
         }
         Command::Detach { pin_path } => {

@@ -466,3 +466,95 @@ fn detach_finishes_when_the_container_is_gone() {
         "the management NIC still filters after detach"
     );
 }
+
+/// `explain` answers from the maps in force, and agrees with real traffic.
+#[test]
+fn explain_agrees_with_the_datapath() {
+    let s = setup("exp");
+    let _daemon = start(&s, "enforce", "auto");
+    let explain = |args: &[&str]| {
+        let mut all = vec!["explain", "--pin-path", &s.pin_path];
+        all.extend_from_slice(args);
+        let out = cli(&all);
+        assert!(out.status.success(), "explain {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let cases: [(&[&str], &str, &str); 6] = [
+        (
+            &["--role", "management", "--to", "192.0.2.10:5672/tcp"],
+            "pass (allowed)",
+            "rabbitmq 192.0.2.10:5672",
+        ),
+        (
+            &["--role", "management", "--to", "192.0.2.99:5672/tcp"],
+            "drop (policy)",
+            "management",
+        ),
+        (
+            &["--role", "management", "--to", "192.0.2.30:5353/udp"],
+            "pass (allowed)",
+            "allow udp",
+        ),
+        (
+            &["--role", "business", "--from", "198.51.100.9:3306/tcp"],
+            "pass (allowed)",
+            "clients (any)",
+        ),
+        (
+            &[
+                "--role",
+                "business",
+                "--from",
+                "198.51.100.9:22/tcp",
+                "--local",
+                "192.0.2.1",
+            ],
+            "drop (policy)",
+            "is an address of the NIC",
+        ),
+        (
+            &[
+                "--role",
+                "business",
+                "--to",
+                "198.51.100.7:3306/tcp",
+                "--local",
+                "192.0.2.77",
+            ],
+            "drop (not_local)",
+            "192.0.2.77",
+        ),
+    ];
+    for (args, verdict, detail) in cases {
+        let text = explain(args);
+        assert!(
+            text.contains(verdict) && text.contains(detail),
+            "explain {args:?}:\n{text}"
+        );
+    }
+    // The real flows agree.
+    let rabbit: SocketAddr = "192.0.2.10:5672".parse().expect("addr");
+    let unlisted: SocketAddr = "192.0.2.99:5672".parse().expect("addr");
+    assert!(trove_isolate_testbed::tcp_probe(
+        &s.guest.host,
+        None,
+        rabbit,
+        PROBE
+    ));
+    assert!(!trove_isolate_testbed::tcp_probe(
+        &s.guest.host,
+        None,
+        unlisted,
+        PROBE
+    ));
+    let bad = cli(&[
+        "explain",
+        "--pin-path",
+        &s.pin_path,
+        "--role",
+        "database",
+        "--to",
+        "192.0.2.10:1/tcp",
+    ]);
+    assert!(!bad.status.success(), "a bad role was accepted");
+}

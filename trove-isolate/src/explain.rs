@@ -1,0 +1,290 @@
+//! `trove-isolate explain`: would a new flow pass, and what decides it, asked of the pinned maps
+//! the programs use (not of a config file, which may have changed since).
+//!
+//! The questions are the datapath's own for the first packet of a flow: is it DHCP the NIC
+//! passes, is its local end an address of the NIC, and which policy entry, if any, matches
+//! (the same LPM lookup). Rule ids are named from the daemon's config when it still compiles to
+//! the entries in force.
+
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
+
+use anyhow::Context as _;
+use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
+use trove_isolate_common::{
+    family,
+    local::{LocalKey, LocalValue, OWN},
+    maps,
+    policy::{PolicyKey, PolicyValue},
+    proto, Direction, Mode, Role,
+};
+
+use crate::{datapath::PinnedMaps, pins::Pins, policy::Policy, state::State};
+
+/// A flow to explain: `ADDR:PORT/PROTO`, `[IPv6]:PORT/PROTO` or `ADDR/icmp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    /// 0 for ICMP.
+    pub port: u16,
+    pub proto: u8,
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Endpoint, String> {
+        let (where_, proto) = text.rsplit_once('/').ok_or_else(|| {
+            format!("{text:?}: expected ADDR:PORT/tcp, ADDR:PORT/udp or ADDR/icmp")
+        })?;
+        match proto {
+            "tcp" | "udp" => {
+                let sa: SocketAddr = where_
+                    .parse()
+                    .map_err(|_| format!("{where_:?} is not ADDR:PORT or [IPv6]:PORT"))?;
+                if sa.port() == 0 {
+                    return Err(format!("{where_:?}: port 0"));
+                }
+                let proto = if proto == "tcp" {
+                    proto::TCP
+                } else {
+                    proto::UDP
+                };
+                Ok(Endpoint {
+                    addr: sa.ip(),
+                    port: sa.port(),
+                    proto,
+                })
+            }
+            "icmp" => {
+                let addr: IpAddr = where_
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse()
+                    .map_err(|_| format!("{where_:?} is not an address"))?;
+                let proto = if addr.is_ipv4() {
+                    proto::ICMP
+                } else {
+                    proto::ICMPV6
+                };
+                Ok(Endpoint {
+                    addr,
+                    port: 0,
+                    proto,
+                })
+            }
+            other => Err(format!("{other:?}: expected tcp, udp or icmp")),
+        }
+    }
+}
+
+/// What the datapath would do with the first packet of a flow between `remote` and the NIC of
+/// `role`, opened in `direction` (egress: to `remote`; ingress: from `remote` to the local port
+/// `remote.port`), optionally from/to `local`.
+pub fn explain(
+    pins: &Pins,
+    role: Role,
+    direction: Direction,
+    remote: &Endpoint,
+    local: Option<IpAddr>,
+) -> anyhow::Result<String> {
+    let state = State::read(&pins.state_file())?
+        .with_context(|| format!("nothing is enforced under {}", pins.root().display()))?;
+    let mut out = String::new();
+    let way = match direction {
+        Direction::Egress => format!("to {}", show(remote)),
+        Direction::Ingress => format!("from {} to local port {}", remote.addr, show_port(remote)),
+    };
+    writeln!(
+        out,
+        "a new {} flow {way} on the {} NIC:",
+        proto_name(remote.proto),
+        role.name()
+    )?;
+    if !state.attachments.iter().any(|a| a.role == role.name()) {
+        writeln!(
+            out,
+            "  pass (unprotected): no {} NIC is enforced",
+            role.name()
+        )?;
+        return Ok(out);
+    }
+    let fam = if remote.addr.is_ipv4() {
+        family::V4
+    } else {
+        family::V6
+    };
+    if let Some(local) = local {
+        let own = lookup_local(pins, role, fam, local)?;
+        if !own {
+            writeln!(
+                out,
+                "  drop (not_local): {local} is not an address of the {} NIC",
+                role.name()
+            )?;
+            return Ok(out);
+        }
+        writeln!(out, "  {local} is an address of the NIC")?;
+    } else {
+        writeln!(
+            out,
+            "  (the {} end must be an address of the NIC, else not_local)",
+            match direction {
+                Direction::Egress => "sending",
+                Direction::Ingress => "receiving",
+            }
+        )?;
+    }
+    let entry = lookup_policy(pins, role, direction, fam, remote)?;
+    let mode = PinnedMaps::open(pins)?.mode(role)?;
+    let dropped = if mode == Mode::Audit {
+        "audit (would drop)"
+    } else {
+        "drop"
+    };
+    match entry {
+        Some(rule_id) => writeln!(
+            out,
+            "  pass (allowed): rule #{rule_id}{}",
+            rule_name(&state, rule_id)
+        )?,
+        None => writeln!(
+            out,
+            "  {dropped} (policy): no rule of the {} NIC allows it",
+            role.name()
+        )?,
+    }
+    Ok(out)
+}
+
+fn lookup_local(pins: &Pins, role: Role, fam: u8, addr: IpAddr) -> anyhow::Result<bool> {
+    let trie: LpmTrie<MapData, LocalKey, LocalValue> = LpmTrie::try_from(open(pins, maps::LOCAL)?)?;
+    let bits = if fam == family::V4 { 32 } else { 128 };
+    let key = Key::new(
+        LocalKey::prefix_len(bits),
+        LocalKey {
+            role: role as u8,
+            family: fam,
+            _pad: [0; 2],
+            addr: addr16(addr),
+        },
+    );
+    Ok(trie.get(&key, 0).is_ok_and(|v| v.flags & OWN != 0))
+}
+
+fn lookup_policy(
+    pins: &Pins,
+    role: Role,
+    direction: Direction,
+    fam: u8,
+    remote: &Endpoint,
+) -> anyhow::Result<Option<u32>> {
+    let trie: LpmTrie<MapData, PolicyKey, PolicyValue> =
+        LpmTrie::try_from(open(pins, maps::POLICY)?)?;
+    let bits = if fam == family::V4 { 32 } else { 128 };
+    let key = Key::new(
+        PolicyKey::prefix_len(bits),
+        PolicyKey {
+            role: role as u8,
+            direction: direction as u8,
+            proto: remote.proto,
+            family: fam,
+            port: remote.port.to_be_bytes(),
+            addr: addr16(remote.addr),
+        },
+    );
+    Ok(trie.get(&key, 0).ok().map(|v| v.rule_id))
+}
+
+fn open(pins: &Pins, name: &str) -> anyhow::Result<Map> {
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    Ok(Map::from_map_data(data)?)
+}
+
+/// " (ORIGIN)" from the daemon's config, if it still compiles to the entries in force.
+fn rule_name(state: &State, rule_id: u32) -> String {
+    let Some(config) = &state.config else {
+        return String::new();
+    };
+    let Ok(policy) = Policy::load(config) else {
+        return format!(" ({} no longer compiles)", config.display());
+    };
+    policy
+        .nics
+        .iter()
+        .flat_map(|n| &n.rules)
+        .find(|r| r.id == rule_id)
+        .map(|r| format!(" ({}, from {})", r.origin, config.display()))
+        .unwrap_or_default()
+}
+
+fn addr16(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(v4) => {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&v4.octets());
+            a
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        proto::TCP => "tcp",
+        proto::UDP => "udp",
+        _ => "icmp",
+    }
+}
+
+fn show(e: &Endpoint) -> String {
+    match (e.port, e.addr) {
+        (0, addr) => addr.to_string(),
+        (port, addr) => SocketAddr::new(addr, port).to_string(),
+    }
+}
+
+fn show_port(e: &Endpoint) -> String {
+    if e.port == 0 {
+        "-".into()
+    } else {
+        e.port.to_string()
+    }
+}
+
+/// Parses a `--role` value.
+pub fn role(text: &str) -> Result<Role, String> {
+    Role::ALL
+        .into_iter()
+        .find(|r| r.name() == text)
+        .ok_or_else(|| format!("{text:?}: expected management or business"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        let e: Endpoint = "192.0.2.10:5672/tcp".parse().expect("tcp");
+        assert_eq!((e.port, e.proto), (5672, proto::TCP));
+        let e: Endpoint = "[2001:db8::1]:53/udp".parse().expect("udp");
+        assert_eq!((e.addr.is_ipv6(), e.proto), (true, proto::UDP));
+        let e: Endpoint = "2001:db8::1/icmp".parse().expect("icmp");
+        assert_eq!((e.port, e.proto), (0, proto::ICMPV6));
+        for bad in [
+            "192.0.2.10:5672",
+            "192.0.2.10/tcp",
+            "192.0.2.10:0/tcp",
+            "x:1/tcp",
+            "192.0.2.10:1/sctp",
+        ] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad} accepted");
+        }
+    }
+}
