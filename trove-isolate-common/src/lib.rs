@@ -76,6 +76,8 @@ pub const fn program_name(role: Role, direction: Direction) -> &'static str {
 /// Which NIC of the guest a program protects: the policy domain that leads every key.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "user", serde(rename_all = "lowercase"))]
 pub enum Role {
     /// The management NIC: guest agent RPC, registry pulls, operator SSH.
     Management = 0,
@@ -106,6 +108,8 @@ impl Role {
 /// Which way a packet crosses the protected NIC.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "user", serde(rename_all = "lowercase"))]
 pub enum Direction {
     /// Arriving from the wire.
     Ingress = 0,
@@ -266,6 +270,8 @@ impl Reason {
 /// How a role's verdicts are applied.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "user", serde(rename_all = "lowercase"))]
 pub enum Mode {
     /// Drops are dropped.
     Enforce = 0,
@@ -287,6 +293,24 @@ impl Mode {
             1 => Some(Mode::Audit),
             _ => None,
         }
+    }
+}
+
+impl core::fmt::Display for Role {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl core::fmt::Display for Direction {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl core::fmt::Display for Mode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -99,8 +99,8 @@ pub fn ensure(
         }
     })??;
     Ok(Attachment {
-        role: role.name().to_owned(),
-        direction: direction.name().to_owned(),
+        role,
+        direction,
         interface: device.name.clone(),
         ifindex: device.ifindex,
         netns: device.netns.clone(),
@@ -310,10 +310,7 @@ pub fn remove(attachment: &Attachment, link_pin: &Path) -> Result<(), AttachErro
     match &attachment.hook {
         Hook::Tcx => remove_tcx(link_pin),
         Hook::Legacy { priority, handle } => {
-            let direction = match attachment.direction.as_str() {
-                "ingress" => Direction::Ingress,
-                _ => Direction::Egress,
-            };
+            let direction = attachment.direction;
             let in_netns = netns::run_in(attachment.netns.as_deref(), || {
                 let Ok(link) = SchedClassifierLink::attached(
                     &attachment.interface,

@@ -51,20 +51,18 @@ pub fn enforce(policy: &Policy, log: bool) -> anyhow::Result<(Datapath, State, D
     let result = apply(policy, log, &pins, &devices, &previous, &mut attachments);
     if result.is_err() && first_start {
         for made in &attachments {
-            if let (Some(r), Some(d)) = (role_named(&made.role), direction_named(&made.direction)) {
-                let _ = attach::remove(made, &pins.link(r, d));
-            }
+            let _ = attach::remove(made, &pins.link(made.role, made.direction));
         }
         let _ = std::fs::remove_dir_all(pins.root());
     }
     let datapath = result?;
 
     let state = State {
-        mode: policy.mode.name().to_owned(),
+        mode: policy.mode,
         policy_entries: policy
             .nics
             .iter()
-            .map(|n| (n.role.name().to_owned(), n.rules.len()))
+            .map(|n| (n.role, n.rules.len()))
             .collect(),
         attachments,
         ..State::default()
@@ -149,13 +147,13 @@ type LocalEntry = (
 fn find(attachments: &[Attachment], role: Role, direction: Direction) -> Option<&Attachment> {
     attachments
         .iter()
-        .find(|a| a.role == role.name() && a.direction == direction.name())
+        .find(|a| a.role == role && a.direction == direction)
 }
 
 /// Detaches old attachments the new ones did not take over in place.
 fn retire(pins: &Pins, old: &[Attachment], new: &[Attachment]) -> anyhow::Result<()> {
-    for (before, role, direction) in superseded(old, new) {
-        attach::remove(before, &pins.link(role, direction)).with_context(|| {
+    for before in superseded(old, new) {
+        attach::remove(before, &pins.link(before.role, before.direction)).with_context(|| {
             format!(
                 "detaching the old {} {} program",
                 before.role, before.direction
@@ -168,15 +166,10 @@ fn retire(pins: &Pins, old: &[Attachment], new: &[Attachment]) -> anyhow::Result
 /// The old attachments still to remove once `new` holds: those whose (role, direction) is gone,
 /// moved to another device or namespace, or changed hook kind. A TCX link needs no removal when
 /// the new one is TCX too: its pin was updated in place or renamed over, which released it.
-fn superseded<'a>(
-    old: &'a [Attachment],
-    new: &[Attachment],
-) -> Vec<(&'a Attachment, Role, Direction)> {
+fn superseded<'a>(old: &'a [Attachment], new: &[Attachment]) -> Vec<&'a Attachment> {
     old.iter()
-        .filter_map(|before| {
-            let role = role_named(&before.role)?;
-            let direction = direction_named(&before.direction)?;
-            let replaced_in_place = match find(new, role, direction) {
+        .filter(|before| {
+            let replaced_in_place = match find(new, before.role, before.direction) {
                 Some(now) if before.hook == Hook::Tcx => now.hook == Hook::Tcx,
                 Some(now) => {
                     now.hook == before.hook
@@ -185,17 +178,9 @@ fn superseded<'a>(
                 }
                 None => false,
             };
-            (!replaced_in_place).then_some((before, role, direction))
+            !replaced_in_place
         })
         .collect()
-}
-
-pub fn role_named(name: &str) -> Option<Role> {
-    Role::ALL.into_iter().find(|r| r.name() == name)
-}
-
-pub fn direction_named(name: &str) -> Option<Direction> {
-    Direction::ALL.into_iter().find(|d| d.name() == name)
 }
 
 fn check_bpffs(pins: &Pins) -> anyhow::Result<()> {
@@ -218,7 +203,7 @@ fn check_bpffs(pins: &Pins) -> anyhow::Result<()> {
 pub fn summary(state: &State) -> String {
     let mut parts = Vec::new();
     for role in Role::ALL {
-        if let Some(a) = state.attachments.iter().find(|a| a.role == role.name()) {
+        if let Some(a) = state.attached(role).next() {
             let netns = a
                 .netns
                 .as_ref()
@@ -479,9 +464,10 @@ mod tests {
         netns: Option<&str>,
         hook: Hook,
     ) -> Attachment {
+        let named = |n: &str| format!("\"{n}\"");
         Attachment {
-            role: role.into(),
-            direction: direction.into(),
+            role: serde_json::from_str(&named(role)).expect("a role"),
+            direction: serde_json::from_str(&named(direction)).expect("a direction"),
             interface: "eth0".into(),
             ifindex,
             netns: netns.map(Into::into),
@@ -494,9 +480,9 @@ mod tests {
         handle: 1,
     };
 
-    fn names(v: Vec<(&Attachment, Role, Direction)>) -> Vec<String> {
+    fn names(v: Vec<&Attachment>) -> Vec<String> {
         v.into_iter()
-            .map(|(a, _, _)| format!("{} {} {}", a.role, a.direction, a.hook.name()))
+            .map(|a| format!("{} {} {}", a.role, a.direction, a.hook.name()))
             .collect()
     }
 

@@ -104,7 +104,7 @@ pub fn explain(
         proto_name(remote.proto),
         role.name()
     )?;
-    if !state.attachments.iter().any(|a| a.role == role.name()) {
+    if state.attached(role).next().is_none() {
         writeln!(
             out,
             "  pass (unprotected): no {} NIC is enforced",

@@ -64,9 +64,8 @@ struct VersionLabels {
 /// The interface a role is attached to, per the state record.
 fn interface_of(state: &State, role: Role) -> String {
     state
-        .attachments
-        .iter()
-        .find(|a| a.role == role.name())
+        .attached(role)
+        .next()
         .map(|a| a.interface.clone())
         .unwrap_or_default()
 }
@@ -203,10 +202,7 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
                 let _ = packets.get_or_create(&labels);
                 let _ = bytes.get_or_create(&labels);
             }
-            let is_attached = state
-                .attachments
-                .iter()
-                .any(|a| a.role == role.name() && a.direction == direction.name());
+            let is_attached = state.attachment(role, direction).is_some();
             attached
                 .get_or_create(&AttachLabels {
                     interface: interface.clone(),
@@ -240,7 +236,9 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
     }
     for (role, n) in &state.policy_entries {
         entries
-            .get_or_create(&RoleLabels { role: role.clone() })
+            .get_or_create(&RoleLabels {
+                role: role.name().into(),
+            })
             .set(*n as i64);
     }
     build
@@ -326,16 +324,16 @@ mod tests {
     #[test]
     fn names_and_labels_follow_the_contract() {
         let state = State {
-            mode: "enforce".into(),
+            mode: trove_isolate_common::Mode::Enforce,
             attachments: vec![Attachment {
-                role: "management".into(),
-                direction: "ingress".into(),
+                role: Role::Management,
+                direction: Direction::Ingress,
                 interface: "ens3".into(),
                 ifindex: 2,
                 netns: None,
                 hook: Hook::Tcx,
             }],
-            policy_entries: vec![("management".into(), 7)],
+            policy_entries: vec![(Role::Management, 7)],
             ..State::default()
         };
         let counts = [Count {
@@ -393,7 +391,7 @@ mod tests {
             counter: Counter::default(),
         };
         let state = State {
-            policy_entries: vec![("business".into(), 1)],
+            policy_entries: vec![(Role::Business, 1)],
             ..State::default()
         };
         let stats = DaemonStats {

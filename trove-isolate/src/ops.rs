@@ -7,7 +7,6 @@ use trove_isolate_common::Role;
 
 use crate::{
     attach,
-    daemon::{direction_named, role_named},
     datapath::PinnedMaps,
     pins::Pins,
     rawsock,
@@ -49,8 +48,8 @@ pub fn status(pins: &Pins) -> anyhow::Result<String> {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "-".into());
-        let live = match (&a.hook, role_named(&a.role), direction_named(&a.direction)) {
-            (Hook::Tcx, Some(r), Some(d)) if !pins.link(r, d).exists() => "  (link pin missing!)",
+        let live = match &a.hook {
+            Hook::Tcx if !pins.link(a.role, a.direction).exists() => "  (link pin missing!)",
             _ => "",
         };
         writeln!(
@@ -66,7 +65,7 @@ pub fn status(pins: &Pins) -> anyhow::Result<String> {
     }
     let maps = PinnedMaps::open(pins)?;
     for role in Role::ALL {
-        if !state.attachments.iter().any(|a| a.role == role.name()) {
+        if state.attached(role).next().is_none() {
             writeln!(out, "{}: not protected (no NIC configured)", role.name())?;
             continue;
         }
@@ -74,7 +73,7 @@ pub fn status(pins: &Pins) -> anyhow::Result<String> {
         let entries = state
             .policy_entries
             .iter()
-            .find(|(r, _)| r == role.name())
+            .find(|(r, _)| *r == role)
             .map_or(0, |(_, n)| *n);
         writeln!(
             out,
@@ -83,11 +82,7 @@ pub fn status(pins: &Pins) -> anyhow::Result<String> {
             mode.name()
         )?;
     }
-    if let Some(biz) = state
-        .attachments
-        .iter()
-        .find(|a| a.role == Role::Business.name())
-    {
+    if let Some(biz) = state.attachments.iter().find(|a| a.role == Role::Business) {
         raw_socket_warning(&mut out, biz.netns.as_deref())?;
     }
     writeln!(out, "counters (packets, bytes):")?;
@@ -155,13 +150,9 @@ pub fn detach(pins: &Pins) -> anyhow::Result<String> {
         // One attachment at a time, the record rewritten after each: a detach that fails half
         // way leaves a record of exactly what is left, and running it again finishes the job.
         while let Some(a) = state.attachments.first().cloned() {
-            if let (Some(role), Some(direction)) =
-                (role_named(&a.role), direction_named(&a.direction))
-            {
-                attach::remove(&a, &pins.link(role, direction)).with_context(|| {
-                    format!("detaching {} {} from {}", a.role, a.direction, a.interface)
-                })?;
-            }
+            attach::remove(&a, &pins.link(a.role, a.direction)).with_context(|| {
+                format!("detaching {} {} from {}", a.role, a.direction, a.interface)
+            })?;
             state.attachments.remove(0);
             state.write(&state_file)?;
             writeln!(

@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
+use trove_isolate_common::{Direction, Mode, Role};
 
 /// How one program is attached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,23 +34,21 @@ impl Hook {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
-    /// `Role::name()`.
-    pub role: String,
-    /// `Direction::name()`.
-    pub direction: String,
+    pub role: Role,
+    pub direction: Direction,
     pub interface: String,
     pub ifindex: u32,
     pub netns: Option<PathBuf>,
     pub hook: Hook,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
-    /// `Mode::name()` of the policy in force.
-    pub mode: String,
+    /// The mode of the policy in force.
+    pub mode: Mode,
     pub attachments: Vec<Attachment>,
-    /// Policy entries per role name, for status and metrics after a restart.
-    pub policy_entries: Vec<(String, usize)>,
+    /// Policy entries per role, for status and metrics after a restart.
+    pub policy_entries: Vec<(Role, usize)>,
     /// The daemon that wrote the record and the config it runs, for `trove-isolate reload`.
     #[serde(default)]
     pub pid: Option<u32>,
@@ -58,6 +57,30 @@ pub struct State {
     /// The outcome of the daemon's last reload.
     #[serde(default)]
     pub reload: Option<ReloadRecord>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            mode: Mode::Enforce,
+            attachments: Vec::new(),
+            policy_entries: Vec::new(),
+            pid: None,
+            config: None,
+            reload: None,
+        }
+    }
+}
+
+impl State {
+    /// What is attached for `role`, either direction.
+    pub fn attached(&self, role: Role) -> impl Iterator<Item = &Attachment> {
+        self.attachments.iter().filter(move |a| a.role == role)
+    }
+
+    pub fn attachment(&self, role: Role, direction: Direction) -> Option<&Attachment> {
+        self.attached(role).find(|a| a.direction == direction)
+    }
 }
 
 /// What the last reload did: `trove-isolate reload` waits for `attempt` to move on.
@@ -89,5 +112,49 @@ impl State {
         fs::write(&tmp, serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record written by an earlier version (names as strings, no pid or reload) still reads,
+    /// so an upgraded daemon adopts what the old one attached.
+    #[test]
+    fn an_earlier_record_reads_typed() {
+        let old = r#"{
+          "mode": "audit",
+          "attachments": [
+            {"role": "business", "direction": "egress", "interface": "eth0", "ifindex": 7,
+             "netns": "/run/netns/db", "hook": {"kind": "legacy", "priority": 32752, "handle": 28673}}
+          ],
+          "policy_entries": [["management", 7], ["business", 3]]
+        }"#;
+        let state: State = serde_json::from_str(old).expect("the earlier record reads");
+        assert_eq!(state.mode, Mode::Audit);
+        let a = state
+            .attachment(Role::Business, Direction::Egress)
+            .expect("the attachment");
+        assert_eq!(
+            a.hook,
+            Hook::Legacy {
+                priority: 32752,
+                handle: 28673
+            }
+        );
+        assert_eq!(
+            state.policy_entries,
+            [(Role::Management, 7), (Role::Business, 3)]
+        );
+        assert!(state.pid.is_none() && state.reload.is_none());
+        let again: State =
+            serde_json::from_str(&serde_json::to_string(&state).expect("writes")).expect("reads");
+        assert_eq!(again, state);
+        let bad = old.replace("\"business\", \"direction\"", "\"database\", \"direction\"");
+        assert!(
+            serde_json::from_str::<State>(&bad).is_err(),
+            "an unknown role read"
+        );
     }
 }
