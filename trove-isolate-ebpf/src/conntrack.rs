@@ -126,7 +126,8 @@ fn closes(value: &mut FlowValue, direction: Direction, pkt: &Packet) -> bool {
 /// flow two-way promotes it. For TCP the proof comes from the guest's own stack, which a remote
 /// sender cannot fake: the guest's ACK of the SYN-ACK when it opened the flow, its first
 /// segment after the handshake when the remote did (a remote's ACK the guest discards, bad
-/// checksum and all, earns nothing), or for a flow picked up mid-way, the remote's first reply.
+/// checksum and all, earns nothing), or for a flow picked up mid-way, the other side's first
+/// ACK (the guest's, for one picked up coming in).
 #[inline(always)]
 fn embryonic(
     role: Role,

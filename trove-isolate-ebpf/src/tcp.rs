@@ -20,11 +20,13 @@ pub fn check_flags(pkt: &Packet) -> Result<(), Reason> {
     Ok(())
 }
 
-/// Whether a TCP packet with no tracked flow may open one in its direction: a bare SYN, or going
-/// out, an ACK of a connection the local stack already has (picked up mid-flow, so the guest
-/// agent's session survives the first start; the policy still decides).
+/// Whether a TCP packet with no tracked flow may open one: a bare SYN, or a bare ACK of a
+/// connection that predates enforcement (picked up mid-flow, either way, so database clients,
+/// operator SSH and the agent's RabbitMQ session survive the first start; the policy still
+/// decides, and only the other side's answer establishes it: the guest's own stack for an
+/// inbound one, which answers a connection it does not have with a reset).
 #[inline(always)]
-pub fn opens_flow(pkt: &Packet, egress: bool) -> bool {
+pub fn opens_flow(pkt: &Packet) -> bool {
     let f = pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST);
-    f == TCP_SYN || (egress && f == TCP_ACK)
+    f == TCP_SYN || f == TCP_ACK
 }

@@ -65,7 +65,7 @@ fn flow(role: Role, direction: Direction, pkt: &Packet) -> Result<Reason, Reason
         return verdict;
     }
     let opens = match pkt.kind {
-        Kind::Tcp => tcp::opens_flow(pkt, direction == Direction::Egress),
+        Kind::Tcp => tcp::opens_flow(pkt),
         Kind::EchoReply => false,
         _ => true,
     };

@@ -303,11 +303,11 @@ fn management_nic() {
                 Policy,
             ),
             drop(
-                "unsolicited ACK",
+                "unsolicited ACK (a pickup no rule allows)",
                 M,
                 I,
                 v4_tcp(UNLISTED, G4, 5672, 40010, ACK),
-                NotTracked,
+                Policy,
             ),
             drop(
                 "unsolicited SYN-ACK from rabbitmq",
@@ -500,12 +500,12 @@ fn business_nic_and_isolation_between_nics() {
                 v4_tcp(CLIENT, G4, 33002, 22, SYN),
                 Policy,
             ),
-            drop(
-                "client ACK out of nowhere",
+            pass(
+                "client ACK of a connection older than enforcement: picked up",
                 B,
                 I,
                 v4_tcp(CLIENT, G4, 33003, 3306, ACK),
-                NotTracked,
+                Allowed,
             ),
             pass(
                 "replication SYN to the peer",
@@ -1113,7 +1113,7 @@ fn a_narrower_policy_revokes_what_it_no_longer_allows() {
     let revoked = trove_isolate::conntrack::revoke(&mut dp, &policy).expect("revoke");
     assert_eq!(revoked, 2, "the client's and the peer's flows");
     run_table(&mut dp, &[
-        drop("the revoked client's data", B, I, v4_seq(CLIENT, G4, (33300, 3306), ACK, 11, 51, 1000), NotTracked),
+        drop("the revoked client's data (a pickup the policy refuses)", B, I, v4_seq(CLIENT, G4, (33300, 3306), ACK, 11, 51, 1000), Policy),
         drop("the revoked client's reply path (a pickup the policy refuses)", B, E, v4_seq(G4, CLIENT, (3306, 33300), ACK, 51, 11, 1000), Policy),
         drop("a new SYN on the old tuple meets the new policy", B, I, v4_seq(CLIENT, G4, (33300, 3306), SYN, 99, 0, 1000), Policy),
         drop("the revoked peer's SYN-ACK", B, I, v4_tcp(PEER, G4, 3306, 40800, SYN_ACK), NotTracked),
@@ -1155,4 +1155,30 @@ fn verified_instruction_counts() {
         missing.is_empty(),
         "Linux {release} reports verified_insns, but it is zero for {missing:?}"
     );
+}
+
+/// Connections that predate the first start are picked up in both directions, as the policy
+/// allows them: the other side's answer (for an inbound one, the guest's own stack) establishes
+/// them. Nothing else opens that way.
+#[rustfmt::skip]
+#[test]
+fn connections_older_than_enforcement_are_picked_up() {
+    use trove_isolate::datapath::Table;
+    use Reason::*;
+    let mut dp = datapath();
+    let c = (33600, 3306);
+    let s = (3306, 33600);
+    run_table(&mut dp, &[
+        pass("a database client's data mid-session", B, I, v4_seq(CLIENT, G4, c, ACK | 0x08, 7000, 9000, 500), Allowed),
+        pass("the database answers", B, E, v4_seq(G4, CLIENT, s, ACK | 0x08, 9000, 7010, 500), Tracked),
+        pass("the session carries on", B, I, v4_seq(CLIENT, G4, c, ACK, 7010, 9020, 500), Tracked),
+        pass("an operator's SSH session mid-way", M, I, v4_tcp(OPERATOR, G4, 50600, 22, ACK), Allowed),
+        pass("sshd answers", M, E, v4_tcp(G4, OPERATOR, 22, 50600, ACK), Tracked),
+        drop("mid-session data from a host no rule names", M, I, v4_tcp(UNLISTED, G4, 50601, 22, ACK), Policy),
+        drop("mid-session data to another address", B, I, v4_seq(CLIENT, "192.0.2.77", c, ACK, 1, 1, 1), NotLocal),
+        drop("a FIN mid-session opens nothing", B, I, v4_tcp(CLIENT, G4, 33601, 3306, FIN | ACK), NotTracked),
+        drop("nor does a SYN-ACK", B, I, v4_tcp(CLIENT, G4, 33602, 3306, SYN_ACK), NotTracked),
+    ]);
+    let est = dp.flows(B, Table::Established).expect("flows");
+    assert_eq!(est.len(), 1, "the database session was not established: {est:?}");
 }

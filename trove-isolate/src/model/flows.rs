@@ -226,7 +226,8 @@ impl Flow {
                         Stage::SynAcked if !reply => self.stage = Stage::Acked,
                         // ... and the guest's stack, having accepted that, sends.
                         Stage::Acked if from_guest => self.promote(),
-                        // Picked up mid-way: the remote answers.
+                        // Picked up mid-way: the other side answers (for a flow picked up
+                        // coming in, that is the guest's stack, which resets one it lacks).
                         Stage::Unreplied if reply => self.promote(),
                         _ => {}
                     }

@@ -310,12 +310,12 @@ pub fn invalid_tcp_flags(flags: parse::TcpFlags) -> bool {
     (syn && (fin || rst)) || (fin && rst) || (fin && !ack) || !(syn || rst || ack)
 }
 
-/// Whether a packet with no tracked flow may open one: a bare SYN either way; going out, a bare
-/// ACK too (a connection the guest already had, picked up mid-way); UDP and echo requests; never
-/// an echo reply.
-pub fn opens_flow(direction: Direction, l4: &L4) -> bool {
+/// Whether a packet with no tracked flow may open one: a bare SYN or a bare ACK either way (the
+/// ACK: a connection that predates enforcement, picked up mid-way); UDP and echo requests;
+/// never an echo reply.
+pub fn opens_flow(_direction: Direction, l4: &L4) -> bool {
     match l4 {
-        L4::Tcp(t) => t.flags.bare_syn() || (direction == Direction::Egress && t.flags.bare_ack()),
+        L4::Tcp(t) => t.flags.bare_syn() || t.flags.bare_ack(),
         L4::EchoReply { .. } | L4::OtherIcmp { .. } => false,
         L4::Udp { .. } | L4::EchoRequest { .. } => true,
     }
