@@ -595,11 +595,18 @@ fn flows_are_per_nic_and_local() {
                 Pkt::tcp(CLIENT4, G4, 50000, 3306, 0).frame(),
                 Err(InvalidFlags),
             ),
+            // A bare ACK may be a session older than enforcement: the policy decides it.
             (
                 M,
                 I,
                 Pkt::tcp(CLIENT4, G4, 50000, 3306, ACK).frame(),
-                Err(NotTracked),
+                Err(Policy),
+            ),
+            (
+                B,
+                I,
+                Pkt::tcp(CLIENT4, G4, 50001, 3306, ACK).frame(),
+                Ok(Allowed),
             ),
         ],
     );
