@@ -311,10 +311,22 @@ fn a_full_established_table_refuses_and_never_evicts() {
         count(&dp, B, E, Verdict::Drop, Reason::ConntrackFull),
         before + 1
     );
+    // The client's next segment may pose as a session older than enforcement and reach the
+    // guest, but the guest's answer is what would establish it, and that is refused again.
+    run(&mut dp, B, I, &tcp4(extra, G4, 33001, 3306, ACK, 101, 901));
     assert_eq!(
-        run(&mut dp, B, I, &tcp4(extra, G4, 33001, 3306, ACK, 101, 901)),
+        run(
+            &mut dp,
+            B,
+            E,
+            &tcp4(G4, extra, 3306, 33001, ACK | 0x08, 901, 101)
+        ),
         action::DROP,
-        "the refused flow carries nothing"
+        "the refused flow carries nothing back"
+    );
+    assert_eq!(
+        count(&dp, B, E, Verdict::Drop, Reason::ConntrackFull),
+        before + 2
     );
     session_lives(
         &mut dp,
