@@ -331,15 +331,54 @@ pub mod proto {
     pub const ICMPV6: u8 = 58;
 }
 
-/// Address family tags used in keys (not AF_* values: only these two exist here).
+/// Address family tags used in keys (not AF_* values: only these two exist here), and the
+/// 16-byte address field every key carries (IPv4 in its first four bytes, the rest zero).
 pub mod family {
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
     pub const V4: u8 = 4;
     pub const V6: u8 = 6;
+
+    /// The family tag and key address field of `ip`.
+    pub fn key_addr(ip: IpAddr) -> (u8, [u8; 16]) {
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut addr = [0u8; 16];
+                let o = v4.octets();
+                addr[0] = o[0];
+                addr[1] = o[1];
+                addr[2] = o[2];
+                addr[3] = o[3];
+                (V4, addr)
+            }
+            IpAddr::V6(v6) => (V6, v6.octets()),
+        }
+    }
+
+    /// The address a key's family tag and address field stand for.
+    pub fn ip(family: u8, addr: &[u8; 16]) -> IpAddr {
+        if family == V4 {
+            IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(*addr))
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_addresses_round_trip() {
+        for text in ["192.0.2.1", "2001:db8::1", "0.0.0.0", "::"] {
+            let ip: core::net::IpAddr = text.parse().expect("an address");
+            let (fam, addr) = family::key_addr(ip);
+            assert_eq!(family::ip(fam, &addr), ip);
+        }
+        let (fam, addr) = family::key_addr("192.0.2.1".parse().expect("v4"));
+        assert_eq!((fam, &addr[..5]), (family::V4, &[192, 0, 2, 1, 0][..]));
+    }
 
     #[test]
     fn reason_table_is_dense_and_ordered() {

@@ -2,7 +2,7 @@
 //! sweeping expired established flows (that table never evicts, so its expired entries would
 //! otherwise hold their slots until a packet of the same flow came by).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use trove_isolate_common::{
     conntrack::{FlowKey, FlowValue},
@@ -17,19 +17,11 @@ use crate::{
 
 /// The remote address of a flow key.
 pub fn remote_ip(key: &FlowKey) -> IpAddr {
-    ip(key.family, &key.remote)
+    family::ip(key.family, &key.remote)
 }
 
 pub fn local_ip(key: &FlowKey) -> IpAddr {
-    ip(key.family, &key.local)
-}
-
-fn ip(fam: u8, addr: &[u8; 16]) -> IpAddr {
-    if fam == family::V4 {
-        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(*addr))
-    }
+    family::ip(key.family, &key.local)
 }
 
 /// Whether `policy` would let the flow's opening packet through: the reference model's rule

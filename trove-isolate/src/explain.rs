@@ -224,14 +224,7 @@ fn rule_name(state: &State, rule_id: u32) -> String {
 }
 
 fn addr16(addr: IpAddr) -> [u8; 16] {
-    match addr {
-        IpAddr::V4(v4) => {
-            let mut a = [0u8; 16];
-            a[..4].copy_from_slice(&v4.octets());
-            a
-        }
-        IpAddr::V6(v6) => v6.octets(),
-    }
+    family::key_addr(addr).1
 }
 
 fn proto_name(p: u8) -> &'static str {

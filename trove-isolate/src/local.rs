@@ -70,14 +70,7 @@ pub fn entries(role: Role, nets: &[IpNetwork]) -> Vec<(Key<LocalKey>, LocalValue
 }
 
 fn entry(role: Role, net: IpNetwork, flags: u8) -> (Key<LocalKey>, LocalValue) {
-    let (fam, addr) = match net.ip() {
-        IpAddr::V4(v4) => {
-            let mut a = [0u8; 16];
-            a[..4].copy_from_slice(&v4.octets());
-            (family::V4, a)
-        }
-        IpAddr::V6(v6) => (family::V6, v6.octets()),
-    };
+    let (fam, addr) = family::key_addr(net.ip());
     (
         Key::new(
             LocalKey::prefix_len(u32::from(net.prefix())),

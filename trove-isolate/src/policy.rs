@@ -105,17 +105,7 @@ pub struct Rule {
 
 impl Rule {
     pub fn key(&self, role: Role) -> Key<PolicyKey> {
-        let mut addr = [0u8; 16];
-        let fam = match self.remote.network() {
-            IpAddr::V4(v4) => {
-                addr[..4].copy_from_slice(&v4.octets());
-                family::V4
-            }
-            IpAddr::V6(v6) => {
-                addr = v6.octets();
-                family::V6
-            }
-        };
+        let (fam, addr) = family::key_addr(self.remote.network());
         Key::new(
             PolicyKey::prefix_len(u32::from(self.remote.prefix())),
             PolicyKey {
