@@ -86,9 +86,8 @@ enum Command {
     /// Asks the pinned maps the questions the programs ask of a flow's first packet: is its local
     /// end an address of the NIC (with --local), and which policy entry matches (the same
     /// longest-prefix lookup). The rule is named from the daemon's config when that still
-    /// compiles. Examples:
-    ///   trove-isolate explain --role management --to 192.0.2.10:5672/tcp
-    ///   trove-isolate explain --role business --from 198.51.100.7:3306/tcp
+    /// compiles.
+    #[command(after_long_help = EXPLAIN_EXAMPLES)]
     Explain {
         /// The NIC: management or business.
         #[arg(long, value_parser = explain::role)]
@@ -117,6 +116,12 @@ enum Command {
         pin_path: PathBuf,
     },
 }
+
+const EXPLAIN_EXAMPLES: &str = "\
+Examples:
+  trove-isolate explain --role management --to 192.0.2.10:5672/tcp
+  trove-isolate explain --role business --from 198.51.100.7:3306/tcp --local 192.0.2.1
+  trove-isolate explain --role management --to 2001:db8::53/icmp";
 
 fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
