@@ -23,5 +23,6 @@ pub mod ops;
 pub mod pins;
 pub mod policy;
 pub mod rawsock;
+pub mod reconcile;
 pub mod serve;
 pub mod state;
