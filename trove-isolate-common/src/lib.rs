@@ -11,6 +11,7 @@
 
 pub mod conntrack;
 pub mod counters;
+pub mod events;
 pub mod local;
 pub mod policy;
 pub mod settings;
@@ -26,6 +27,9 @@ pub mod maps {
     pub const LOCAL: &str = "LOCAL";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
+    /// Sampled drop events (a ring buffer) and their per-CPU budget.
+    pub const DROP_EVENTS: &str = "DROP_EVENTS";
+    pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
     /// Flows not yet established, per role: small, short-lived, LRU (a flood evicts only its own
     /// kind).
     pub const CT_NEW_MGMT: &str = "CT_NEW_MGMT";
@@ -35,11 +39,13 @@ pub mod maps {
     /// them and by the daemon's sweep.
     pub const CT_EST_MGMT: &str = "CT_EST_MGMT";
     pub const CT_EST_BIZ: &str = "CT_EST_BIZ";
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 10] = [
         POLICY,
         LOCAL,
         COUNTERS,
         SETTINGS,
+        DROP_EVENTS,
+        EVENT_BUDGET,
         CT_NEW_MGMT,
         CT_NEW_BIZ,
         CT_EST_MGMT,
@@ -164,6 +170,15 @@ impl Verdict {
             Verdict::Pass => "pass",
             Verdict::Drop => "drop",
             Verdict::Audit => "audit",
+        }
+    }
+
+    pub const fn from_u8(v: u8) -> Option<Verdict> {
+        match v {
+            0 => Some(Verdict::Pass),
+            1 => Some(Verdict::Drop),
+            2 => Some(Verdict::Audit),
+            _ => None,
         }
     }
 }

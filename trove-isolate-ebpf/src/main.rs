@@ -14,6 +14,7 @@ mod arp;
 mod conntrack;
 mod counters;
 mod dhcp;
+mod events;
 mod local;
 mod maps;
 mod nd;

@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use trove_isolate_common::{
     conntrack::{FlowKey, FlowValue, EST_MAX_ENTRIES, NEW_MAX_ENTRIES},
     counters::{self, Counter},
+    events::{self, Budget},
     local::{self, LocalKey, LocalValue},
     policy::{self, PolicyKey, PolicyValue},
     settings::Settings,
@@ -37,6 +38,12 @@ pub static CT_EST_BIZ: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(E
 
 #[map]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(counters::MAX_ENTRIES, 0);
+
+#[map]
+pub static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(events::RING_BYTES, 0);
+
+#[map]
+pub static EVENT_BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(Role::COUNT as u32, 0);

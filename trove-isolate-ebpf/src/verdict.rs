@@ -6,7 +6,7 @@ use aya_log_ebpf::debug;
 use trove_isolate_common::{action, Direction, Mode, Reason, Role, Verdict};
 
 use crate::{
-    arp, conntrack, counters, dhcp, local,
+    arp, conntrack, counters, dhcp, events, local,
     maps::SETTINGS,
     nd,
     packet::{Kind, Packet, Parsed},
@@ -24,6 +24,7 @@ pub fn run(ctx: &TcContext, role: Role, direction: Direction) -> i32 {
     match verdict {
         Verdict::Pass => action::PASS,
         Verdict::Audit => {
+            events::sample(ctx, role, direction, verdict, reason);
             debug!(
                 ctx,
                 "audit role={} dir={} reason={}", role as u8, direction as u8, reason as u8
@@ -31,6 +32,7 @@ pub fn run(ctx: &TcContext, role: Role, direction: Direction) -> i32 {
             action::PASS
         }
         Verdict::Drop => {
+            events::sample(ctx, role, direction, verdict, reason);
             debug!(
                 ctx,
                 "drop role={} dir={} reason={}", role as u8, direction as u8, reason as u8

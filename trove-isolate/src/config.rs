@@ -23,6 +23,8 @@ pub struct Config {
     pub pin_path: Option<String>,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub drops: DropsConfig,
     pub management: Option<ManagementConfig>,
     pub business: Option<BusinessConfig>,
 }
@@ -33,6 +35,14 @@ pub struct MetricsConfig {
     pub listen: Option<String>,
     #[serde(default)]
     pub allow_from: Vec<String>,
+}
+
+/// Sampled drop events: how many the datapath sends and how many the daemon logs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropsConfig {
+    pub events_per_second: Option<i64>,
+    pub log_per_second: Option<i64>,
 }
 
 /// How a section names its NIC.

@@ -4,20 +4,24 @@
 use std::{
     future::Future,
     path::PathBuf,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex, RwLock,
+    },
     time::Duration,
 };
 
 use anyhow::Context as _;
 use sd_notify::NotifyState;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::broadcast};
 use trove_isolate_common::Role;
 
 use ipnetwork::IpNetwork;
 
 use crate::{
     conntrack,
-    datapath::{Datapath, PinnedMaps, Table},
+    datapath::{self, Datapath, PinnedMaps, Table},
+    drops,
     pins::Pins,
     policy::Policy,
     reconcile::{enforce, local_entries, Devices},
@@ -47,6 +51,9 @@ pub fn summary(state: &State) -> String {
     format!("enforcing ({}): {}", state.mode, parts.join(", "))
 }
 
+/// Drop events a slow `drops` client may fall behind by before it is told it missed some.
+const DROP_FEED_DEPTH: usize = 1024;
+
 pub struct RunOptions {
     /// Forward the programs' debug records to the log.
     pub datapath_log: bool,
@@ -61,6 +68,13 @@ pub struct DaemonStats {
     pub reloads_error: u64,
     /// Live flows per (role, table) at the last sweep.
     pub conntrack: Vec<(Role, Table, usize)>,
+    /// Drop events read from the datapath.
+    pub drop_events: u64,
+    /// Drop events read but not logged (over `[drops] log_per_second`).
+    pub drop_events_not_logged: u64,
+    /// Drop events the datapath did not send (over its budget, or the ring was full); read from
+    /// the pinned budget map at each scrape.
+    pub drop_events_unsent: u64,
 }
 
 /// Enforces `policy` and serves metrics until `shutdown` completes; `reload` yields once per
@@ -96,17 +110,31 @@ pub async fn run(
         maps: PinnedMaps::open(&pins)?,
         state: RwLock::new(state),
         stats: Mutex::new(DaemonStats::default()),
+        drop_log_per_second: AtomicU32::new(policy.drops.log_per_second),
     });
+    let (feed, _) = broadcast::channel(DROP_FEED_DEPTH);
+    let events = drops::follow(
+        datapath::open_drop_events(&pins)?,
+        scrape.clone(),
+        feed.clone(),
+    );
+    let socket = pins.drops_socket();
+    let subscribers = drops::serve_subscribers(&socket, feed);
     let mut policy = policy;
     let serving = serve::serve(listener, scrape.clone());
-    tokio::pin!(serving, shutdown);
+    tokio::pin!(serving, shutdown, events, subscribers);
     loop {
         tokio::select! {
             result = &mut serving => return result,
+            result = &mut events => return result,
+            result = &mut subscribers => return result,
             result = upkeep(&mut datapath, &devices, &scrape.stats) => result?,
             () = reload.next() => {
                 match reload_policy(&options, &policy, &scrape) {
                     Ok((new_policy, new_datapath, new_devices)) => {
+                        scrape
+                            .drop_log_per_second
+                            .store(new_policy.drops.log_per_second, Ordering::Relaxed);
                         policy = new_policy;
                         datapath = new_datapath;
                         devices = new_devices;
@@ -118,6 +146,7 @@ pub async fn run(
         }
     }
     notify(&[NotifyState::Stopping]);
+    let _ = std::fs::remove_file(&socket);
     log::info!(
         "stopping; enforcement stays in force (pinned under {})",
         policy.pin_path.display()

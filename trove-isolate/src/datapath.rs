@@ -10,13 +10,14 @@ use std::{borrow::Borrow, collections::HashSet, fmt, fs};
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::SchedClassifier,
     Ebpf, EbpfLoader,
 };
 use trove_isolate_common::{
     conntrack::{FlowKey, FlowValue},
     counters::{self, Counter},
+    events::Budget,
     local::{LocalKey, LocalValue},
     maps,
     policy::{PolicyKey, PolicyValue},
@@ -194,6 +195,30 @@ impl Datapath {
             .with_context(|| format!("setting {} dhcp", role.name()))
     }
 
+    /// How many drop events each CPU may send per second for `role`'s NIC (0: none).
+    pub fn set_events(&mut self, role: Role, per_cpu_second: u32) -> anyhow::Result<()> {
+        self.update_settings(role, |s| s.events_per_cpu_second = per_cpu_second)
+            .with_context(|| format!("setting {} drop events", role.name()))
+    }
+
+    /// The drop-event ring buffer (packet tests read it directly).
+    pub fn drop_events(&mut self) -> anyhow::Result<RingBuf<&mut MapData>> {
+        let map = self
+            .ebpf
+            .map_mut(maps::DROP_EVENTS)
+            .context("drop events map missing")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Events the datapath did not send (over budget or ring full), summed over CPUs.
+    pub fn events_suppressed(&self) -> anyhow::Result<u64> {
+        let map = self
+            .ebpf
+            .map(maps::EVENT_BUDGET)
+            .context("event budget map missing")?;
+        read_suppressed(&PerCpuArray::try_from(map)?)
+    }
+
     fn update_settings(
         &mut self,
         role: Role,
@@ -242,6 +267,7 @@ impl Table {
 pub struct PinnedMaps {
     counters: PerCpuArray<MapData, Counter>,
     settings: Array<MapData, Settings>,
+    budget: PerCpuArray<MapData, Budget>,
 }
 
 /// One counter slot, summed over CPUs.
@@ -265,7 +291,13 @@ impl PinnedMaps {
         Ok(PinnedMaps {
             counters: PerCpuArray::try_from(open(maps::COUNTERS)?)?,
             settings: Array::try_from(open(maps::SETTINGS)?)?,
+            budget: PerCpuArray::try_from(open(maps::EVENT_BUDGET)?)?,
         })
+    }
+
+    /// Drop events the datapath did not send (over budget or ring full), summed over CPUs.
+    pub fn events_suppressed(&self) -> anyhow::Result<u64> {
+        read_suppressed(&self.budget)
     }
 
     /// Every non-zero counter.
@@ -277,6 +309,19 @@ impl PinnedMaps {
         let settings = self.settings.get(&(role as u32), 0)?;
         Mode::from_u8(settings.mode).context("unknown mode in the settings map")
     }
+}
+
+fn read_suppressed<T: Borrow<MapData>>(map: &PerCpuArray<T, Budget>) -> anyhow::Result<u64> {
+    Ok(map.get(&0, 0)?.iter().map(|b| b.suppressed).sum())
+}
+
+/// The pinned drop-event ring buffer, for a reader of its own (the daemon, or `drops` when no
+/// daemon runs).
+pub fn open_drop_events(pins: &Pins) -> anyhow::Result<RingBuf<MapData>> {
+    let path = pins.map(maps::DROP_EVENTS);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    Ok(RingBuf::try_from(Map::from_map_data(data)?)?)
 }
 
 /// Every non-zero slot of a counters map, summed over CPUs.

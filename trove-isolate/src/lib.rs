@@ -13,6 +13,7 @@ pub mod config;
 pub mod conntrack;
 pub mod daemon;
 pub mod datapath;
+pub mod drops;
 pub mod explain;
 pub mod local;
 pub mod metrics;

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use trove_isolate::{
     config::{DEFAULT_CONFIG_PATH, DEFAULT_PIN_PATH},
-    daemon, explain, ops,
+    daemon, drops, explain, ops,
     pins::Pins,
     policy::Policy,
 };
@@ -106,6 +106,41 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
     },
+    /// Follow sampled drop events live: interface, role, direction, verdict, reason, protocol,
+    /// source > destination and length, one line each.
+    ///
+    /// Reads the running daemon's event stream, or the datapath's ring buffer itself when no
+    /// daemon runs. Events are sampled in the datapath, at most `[drops] events_per_second` (the
+    /// rest are counted in trove_isolate_drop_events_suppressed_total{stage="datapath"}); every
+    /// drop is counted in trove_isolate_drops_total whether or not it is sampled. In audit mode
+    /// the packets audit passed are reported with verdict `audit`.
+    #[command(after_long_help = DROPS_EXAMPLES)]
+    Drops {
+        /// Only events on this interface (its name where it is attached, e.g. eth0).
+        #[arg(long)]
+        interface: Option<String>,
+        /// Only events of this NIC: management or business.
+        #[arg(long, value_parser = explain::role)]
+        role: Option<trove_isolate_common::Role>,
+        /// Only events in this direction: ingress or egress.
+        #[arg(long, value_parser = drops_direction)]
+        direction: Option<trove_isolate_common::Direction>,
+        /// Only events with this reason (repeatable): policy, not_tracked, not_local, ...
+        #[arg(long = "reason", value_parser = drops_reason)]
+        reasons: Vec<trove_isolate_common::Reason>,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Exit after this many matching events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit after this many seconds.
+        #[arg(long = "for", value_name = "SECONDS")]
+        duration: Option<f64>,
+        /// The pin directory of the enforcement to follow (the config's `pin_path`).
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+    },
     /// Remove all enforcement and every pin under the pin directory.
     ///
     /// Detaches the programs from both NICs (in their namespaces), removes the pinned links and
@@ -122,6 +157,32 @@ Examples:
   trove-isolate explain --role management --to 192.0.2.10:5672/tcp
   trove-isolate explain --role business --from 198.51.100.7:3306/tcp --local 192.0.2.1
   trove-isolate explain --role management --to 2001:db8::53/icmp";
+
+const DROPS_EXAMPLES: &str = "\
+Examples:
+  trove-isolate drops
+  trove-isolate drops --role business --reason policy
+  trove-isolate drops --interface eth1 --json --count 10";
+
+fn drops_direction(text: &str) -> Result<trove_isolate_common::Direction, String> {
+    trove_isolate_common::Direction::ALL
+        .into_iter()
+        .find(|d| d.name() == text)
+        .ok_or_else(|| format!("{text:?}: expected ingress or egress"))
+}
+
+fn drops_reason(text: &str) -> Result<trove_isolate_common::Reason, String> {
+    use trove_isolate_common::Reason;
+    let drops: Vec<Reason> = Reason::ALL.into_iter().filter(|r| r.is_drop()).collect();
+    drops
+        .iter()
+        .copied()
+        .find(|r| r.name() == text)
+        .ok_or_else(|| {
+            let names: Vec<&str> = drops.iter().map(|r| r.name()).collect();
+            format!("{text:?}: expected one of {}", names.join(", "))
+        })
+}
 
 fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -195,6 +256,32 @@ fn run(command: Command) -> anyhow::Result<()> {
                 explain::explain(&pins, role, direction, &remote, local)?
             );
             Ok(())
+        }
+        Command::Drops {
+            interface,
+            role,
+            direction,
+            reasons,
+            json,
+            count,
+            duration,
+            pin_path,
+        } => {
+            let duration = duration
+                .map(|s| Duration::try_from_secs_f64(s).context("--for: seconds, at least 0"))
+                .transpose()?;
+            let options = drops::Follow {
+                filter: drops::Filter {
+                    interface,
+                    role,
+                    direction,
+                    reasons,
+                },
+                json,
+                count,
+                duration,
+            };
+            drops::follow_cli(&Pins::new(pin_path), &options)
         }
         Command::Detach { pin_path } => {
             print!("{}", ops::detach(&Pins::new(pin_path))?);

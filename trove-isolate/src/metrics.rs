@@ -23,6 +23,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TableLabels {
     role: String,
     table: String,
@@ -162,6 +167,19 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
             })
             .inc_by(n);
     }
+    let drop_events = Counter::<u64>::default();
+    drop_events.inc_by(stats.drop_events);
+    let suppressed = Family::<StageLabels, Counter>::default();
+    for (stage, n) in [
+        ("datapath", stats.drop_events_unsent),
+        ("log", stats.drop_events_not_logged),
+    ] {
+        suppressed
+            .get_or_create(&StageLabels {
+                stage: stage.into(),
+            })
+            .inc_by(n);
+    }
     let capacity = Family::<TableLabels, Gauge>::default();
     for role in Role::ALL {
         for (table, max) in [
@@ -294,6 +312,17 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
         "Flows each role's table holds: a full established table refuses new flows",
         capacity,
     );
+    registry.register(
+        "trove_isolate_drop_events",
+        "Sampled drop events the daemon read from the datapath",
+        drop_events,
+    );
+    registry.register(
+        "trove_isolate_drop_events_suppressed",
+        "Drop events held back: stage=datapath over the [drops] events_per_second budget or with \
+         the ring full, stage=log read but over [drops] log_per_second",
+        suppressed,
+    );
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
@@ -350,6 +379,9 @@ mod tests {
             reloads_ok: 2,
             reloads_error: 1,
             conntrack: vec![(Role::Business, Table::Established, 5)],
+            drop_events: 9,
+            drop_events_not_logged: 4,
+            drop_events_unsent: 11,
         };
         let text = render(&counts, &state, &stats);
         let classic = openmetrics_to_prometheus(&text);
@@ -374,6 +406,9 @@ mod tests {
             r#"trove_isolate_reloads_total{result="error"} 1"#,
             r#"trove_isolate_conntrack_entries{role="business",table="established"} 5"#,
             r#"trove_isolate_conntrack_capacity{role="management",table="established"} 65536"#,
+            "trove_isolate_drop_events_total 9",
+            r#"trove_isolate_drop_events_suppressed_total{stage="datapath"} 11"#,
+            r#"trove_isolate_drop_events_suppressed_total{stage="log"} 4"#,
         ] {
             assert!(text.contains(line), "missing {line} in:\n{text}");
         }

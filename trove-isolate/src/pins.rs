@@ -65,6 +65,11 @@ impl Pins {
             .join(format!("{}_{}", role.name(), direction.name()))
     }
 
+    /// The daemon's drop-event socket, next to the state file.
+    pub fn drops_socket(&self) -> PathBuf {
+        self.state_file().with_extension("drops.sock")
+    }
+
     /// The state file of this pin path: `/sys/fs/bpf/trove-isolate` → `sys-fs-bpf-trove-isolate.json`.
     pub fn state_file(&self) -> PathBuf {
         let escaped: String = self

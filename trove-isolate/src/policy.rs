@@ -22,8 +22,8 @@ use trove_isolate_common::{
 };
 
 use crate::config::{
-    AllowConfig, BusinessConfig, Config, ConfigError, ManagementConfig, MetricsConfig, NicConfig,
-    DEFAULT_METRICS_LISTEN, DEFAULT_PIN_PATH,
+    AllowConfig, BusinessConfig, Config, ConfigError, DropsConfig, ManagementConfig, MetricsConfig,
+    NicConfig, DEFAULT_METRICS_LISTEN, DEFAULT_PIN_PATH,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,12 +141,36 @@ pub struct MetricsPolicy {
     pub allow_from: Vec<IpNetwork>,
 }
 
+/// Sampled drop events (`[drops]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropsPolicy {
+    /// Events the datapath sends per second, over all CPUs (0: none).
+    pub events_per_second: u32,
+    /// Drop lines the daemon logs per second; the rest are counted as suppressed.
+    pub log_per_second: u32,
+}
+
+impl DropsPolicy {
+    pub const DEFAULT_EVENTS_PER_SECOND: u32 = 100;
+    pub const DEFAULT_LOG_PER_SECOND: u32 = 10;
+    const MAX_PER_SECOND: i64 = 1_000_000;
+
+    /// The per-CPU budget the datapath enforces: the total shared out, at least one each.
+    pub fn events_per_cpu_second(&self, cpus: usize) -> u32 {
+        match self.events_per_second {
+            0 => 0,
+            n => n.div_ceil(cpus.max(1) as u32),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub mode: Mode,
     pub attach: AttachMode,
     pub pin_path: PathBuf,
     pub metrics: MetricsPolicy,
+    pub drops: DropsPolicy,
     /// Management first.
     pub nics: Vec<NicPolicy>,
 }
@@ -473,6 +497,32 @@ fn pin_path(top: &Ctx, pin_path: Option<&str>) -> Result<PathBuf, ConfigError> {
     Ok(pin_path)
 }
 
+fn drops(ctx: &Ctx, config: &DropsConfig) -> Result<DropsPolicy, ConfigError> {
+    let rate = |key: &str, value: Option<i64>, default: u32| match value {
+        None => Ok(default),
+        Some(n) if (0..=DropsPolicy::MAX_PER_SECOND).contains(&n) => Ok(n as u32),
+        Some(n) => Err(ctx.err(
+            key,
+            format!(
+                "{n} is out of range (0 to {}; 0 turns it off)",
+                DropsPolicy::MAX_PER_SECOND
+            ),
+        )),
+    };
+    Ok(DropsPolicy {
+        events_per_second: rate(
+            "events_per_second",
+            config.events_per_second,
+            DropsPolicy::DEFAULT_EVENTS_PER_SECOND,
+        )?,
+        log_per_second: rate(
+            "log_per_second",
+            config.log_per_second,
+            DropsPolicy::DEFAULT_LOG_PER_SECOND,
+        )?,
+    })
+}
+
 /// The metrics listener, and the scraper prefixes for the management NIC's rules.
 fn metrics(
     m: &Ctx,
@@ -666,6 +716,7 @@ impl Policy {
         let attach = attach(&top, config.attach.as_deref())?;
         let pin_path = pin_path(&top, config.pin_path.as_deref())?;
         let (metrics, scrapers) = metrics(&section("metrics"), &config.metrics)?;
+        let drops = drops(&section("drops"), &config.drops)?;
 
         let mut next_id = 0;
         let mut nics = Vec::new();
@@ -709,6 +760,7 @@ impl Policy {
             attach,
             pin_path,
             metrics,
+            drops,
             nics,
         })
     }
@@ -797,6 +849,11 @@ impl fmt::Display for Policy {
                 .collect();
             writeln!(f, " (scrapers from {})", from.join(", "))?;
         }
+        writeln!(
+            f,
+            "drops     {} events/s sampled, {} log lines/s",
+            self.drops.events_per_second, self.drops.log_per_second
+        )?;
         for role in Role::ALL {
             let Some(nic) = self.nic(role) else {
                 writeln!(f, "\n{}: not configured, not protected", role.name())?;

@@ -78,6 +78,7 @@ fn apply(
     for role in Role::ALL {
         datapath.set_mode(role, policy.mode)?;
         datapath.set_dhcp(role, policy.nic(role).is_some_and(|n| n.dhcp))?;
+        datapath.set_events(role, policy.drops.events_per_cpu_second(cpus()))?;
     }
     // The NICs' addresses before any program judges a packet: a new flow must be the NIC's own.
     let (local, _) = local_entries(devices)?;
@@ -109,6 +110,11 @@ fn apply(
             .with_context(|| format!("removing stale map pin {}", stale.display()))?;
     }
     Ok(datapath)
+}
+
+/// CPUs the datapath may run on: the event budget is per CPU.
+fn cpus() -> usize {
+    aya::util::nr_cpus().unwrap_or(1)
 }
 
 /// Each NIC's addresses with their prefix lengths.

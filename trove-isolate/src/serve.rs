@@ -7,7 +7,7 @@
 
 use std::{
     convert::Infallible,
-    sync::{Arc, Mutex, RwLock},
+    sync::{atomic::AtomicU32, Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -36,6 +36,8 @@ pub struct Scrape {
     pub maps: PinnedMaps,
     pub state: RwLock<State>,
     pub stats: Mutex<DaemonStats>,
+    /// `[drops] log_per_second` in force (a reload may change it).
+    pub drop_log_per_second: AtomicU32,
 }
 
 /// A slow client cannot hold a connection open longer than this while sending its request.
@@ -89,13 +91,18 @@ fn respond(request: &Request<Incoming>, scrape: &Scrape) -> Response<Full<Bytes>
             );
         }
     };
+    let unsent = scrape.maps.events_suppressed().unwrap_or_else(|e| {
+        log::warn!("reading the drop event budget for a scrape: {e:#}");
+        0
+    });
     let body = {
         let state = scrape.state.read().unwrap_or_else(|e| e.into_inner());
-        let stats = scrape
+        let mut stats = scrape
             .stats
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        stats.drop_events_unsent = unsent;
         metrics::render_as(format, &counts, &state, &stats)
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));

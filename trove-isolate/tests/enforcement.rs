@@ -611,3 +611,172 @@ fn a_database_session_older_than_the_first_start_survives_it() {
     assert_eq!(&buf[..n], b"during");
     server.join().expect("server");
 }
+
+/// Drop events on real traffic: `drops` follows them live with its filters, the daemon logs no
+/// more than `log_per_second`, and every drop is either an event or counted as suppressed.
+#[test]
+fn drop_events_follow_live_within_their_limits() {
+    let s = setup("drp");
+    let mut text = scenario::config(&s.guest, "enforce", "auto", &s.pin_path, s.metrics);
+    text.push_str("\n[drops]\nevents_per_second = 20\nlog_per_second = 2\n");
+    let config = write_config(&text);
+    let started = std::time::Instant::now();
+    let daemon = Daemon::start(
+        &config,
+        s.pin_path.as_ref(),
+        SocketAddr::from(([127, 0, 0, 1], s.metrics)),
+    );
+    let socket = s
+        .guest
+        .host
+        .run(|| UdpSocket::bind("0.0.0.0:0").expect("udp socket in the guest"));
+    let local_port = socket.local_addr().expect("local address").port();
+    // An unlisted host of the management network: the guest may not send to it.
+    let denied: SocketAddr = "192.0.2.99:9".parse().expect("address");
+
+    let follower = std::process::Command::new(common::BIN)
+        .args(["drops", "--pin-path", &s.pin_path, "--json", "--count", "3"])
+        .args(["--role", "management", "--direction", "egress"])
+        .args(["--reason", "policy", "--for", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning drops");
+    let mut follower = follower;
+    // Bounded: one datagram every 20 ms until `drops` has its three events, at most 10 s.
+    for _ in 0..500 {
+        socket.send_to(b"denied", denied).expect("sending");
+        std::thread::sleep(Duration::from_millis(20));
+        if follower.try_wait().expect("polling drops").is_some() {
+            break;
+        }
+    }
+    let _ = follower.kill();
+    let out = follower.wait_with_output().expect("drops output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(
+        events.len(),
+        3,
+        "drops printed:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for event in &events {
+        let field = |k: &str| event[k].as_str().unwrap_or_default().to_owned();
+        assert_eq!(
+            [field("interface"), field("role"), field("direction")],
+            [s.guest.mgmt_nic(), "management", "egress"]
+        );
+        assert_eq!(
+            [field("verdict"), field("reason"), field("protocol")],
+            ["drop", "policy", "udp"]
+        );
+        assert_eq!(
+            [field("src"), field("dst")],
+            [format!("192.0.2.1:{local_port}"), denied.to_string()]
+        );
+    }
+
+    // A burst: far over both budgets.
+    for _ in 0..400 {
+        socket.send_to(b"denied", denied).expect("sending");
+    }
+    // Every drop is an event or counted as suppressed once the daemon has read the ring.
+    let mut last = String::new();
+    let settled = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        last = daemon.scrape();
+        let drops: u64 = last
+            .lines()
+            .filter(|l| l.starts_with("trove_isolate_drops_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        let events = metric_plain(&last, "trove_isolate_drop_events_total");
+        let unsent = metric(
+            &last,
+            "trove_isolate_drop_events_suppressed_total",
+            &["stage=\"datapath\""],
+        );
+        drops >= 403 && Some(drops) == events.zip(unsent).map(|(e, u)| e + u)
+    });
+    assert!(settled, "drops and events+suppressed never agreed:\n{last}");
+    let unsent = metric(
+        &last,
+        "trove_isolate_drop_events_suppressed_total",
+        &["stage=\"datapath\""],
+    );
+    let not_logged = metric(
+        &last,
+        "trove_isolate_drop_events_suppressed_total",
+        &["stage=\"log\""],
+    );
+    assert!(unsent > Some(0) && not_logged > Some(0), "{last}");
+    // The log kept to 2 lines a second, and says what it held back once the second is over.
+    let mut stderr = daemon.stderr();
+    for _ in 0..30 {
+        if stderr.contains("more drop events in the last second were not logged") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        stderr = daemon.stderr();
+    }
+    let logged = stderr.matches("drop event: ").count() as u64;
+    let windows = started.elapsed().as_secs() + 2;
+    assert!(
+        logged >= 1 && logged <= 2 * windows,
+        "{logged} drop lines logged:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("more drop events in the last second were not logged"),
+        "{stderr}"
+    );
+
+    // With the daemon stopped (enforcement stays), `drops` reads the ring buffer itself.
+    let mut daemon = daemon;
+    daemon.stop();
+    let follower = std::process::Command::new(common::BIN)
+        .args([
+            "drops",
+            "--pin-path",
+            &s.pin_path,
+            "--count",
+            "1",
+            "--for",
+            "10",
+        ])
+        .args(["--interface", s.guest.mgmt_nic()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning drops");
+    let mut follower = follower;
+    for _ in 0..250 {
+        socket.send_to(b"denied", denied).expect("sending");
+        std::thread::sleep(Duration::from_millis(40));
+        if follower.try_wait().expect("polling drops").is_some() {
+            break;
+        }
+    }
+    let _ = follower.kill();
+    let out = follower.wait_with_output().expect("drops output");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success()
+            && stdout.contains(" management egress drop policy udp ")
+            && stderr.contains("no daemon is running"),
+        "drops without a daemon: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+}
+
+/// The value of an unlabelled series.
+fn metric_plain(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}

@@ -1182,3 +1182,96 @@ fn connections_older_than_enforcement_are_picked_up() {
     let est = dp.flows(B, Table::Established).expect("flows");
     assert_eq!(est.len(), 1, "the database session was not established: {est:?}");
 }
+
+/// Drop events: a dropped packet sends its head with the verdict and reason, a passed one sends
+/// nothing, the per-CPU budget holds, and every drop over it is counted as suppressed.
+#[test]
+fn drop_events_carry_the_packet_and_keep_to_their_budget() {
+    use trove_isolate::drops::{self, DropEvent};
+    // One CPU: the budget is per CPU.
+    let mut one = nix::sched::CpuSet::new();
+    one.set(0).expect("cpu 0");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).expect("pinning to cpu 0");
+
+    let mut dp = datapath();
+    dp.set_events(M, 3).expect("setting the event budget");
+    let drain = |dp: &mut Datapath| -> Vec<DropEvent> {
+        let mut ring = dp.drop_events().expect("the ring buffer");
+        let mut out = Vec::new();
+        while let Some(record) = ring.next() {
+            out.push(drops::decode(&record, |_| "mgmt0".into()).expect("a record of this layout"));
+        }
+        out
+    };
+    let run = |dp: &mut Datapath, role, direction, frame: &[u8], repeat| {
+        dp.program(role, direction)
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value as i32
+    };
+
+    let allowed = v4_tcp(G4, RABBIT4, 40000, 5672, SYN);
+    assert_eq!(run(&mut dp, M, E, &allowed, 1), action::PASS);
+    assert!(drain(&mut dp).is_empty(), "a passed packet sent an event");
+
+    let denied = v4_tcp(UNLISTED, G4, 40001, 3306, SYN);
+    assert_eq!(run(&mut dp, M, I, &denied, 1), action::DROP);
+    let events = drain(&mut dp);
+    let want = DropEvent {
+        time: events.first().map(|e| e.time.clone()).unwrap_or_default(),
+        interface: "mgmt0".into(),
+        role: M,
+        direction: I,
+        verdict: "drop".into(),
+        reason: "policy".into(),
+        protocol: "tcp".into(),
+        src: format!("{UNLISTED}:40001"),
+        dst: format!("{G4}:3306"),
+        len: denied.len() as u32,
+    };
+    assert_eq!(events, [want]);
+
+    let v6 = v6_tcp("2001:db8:1::99", G6, 40002, 3306, SYN);
+    assert_eq!(run(&mut dp, M, I, &v6, 1), action::DROP);
+    let events = drain(&mut dp);
+    assert_eq!(
+        (events.len(), events[0].src.as_str(), events[0].dst.as_str()),
+        (1, "[2001:db8:1::99]:40002", "[2001:db8:1::1]:3306")
+    );
+
+    // Two sent in this window: one more, then the budget is spent.
+    let before = dp.events_suppressed().expect("reading the budget");
+    assert_eq!(run(&mut dp, M, I, &denied, 10), action::DROP);
+    let sent = drain(&mut dp).len() as u64;
+    let suppressed = dp.events_suppressed().expect("reading the budget") - before;
+    assert_eq!(sent + suppressed, 10, "every drop is sent or counted");
+    // Exactly one more unless a window (1 s) ended between the runs.
+    assert!(
+        (1..=3).contains(&sent),
+        "{sent} events sent over a budget of 3"
+    );
+
+    // No budget on the business NIC: no event, nothing counted as suppressed.
+    let denied = v4_tcp(UNLISTED, G4, 40003, 22, SYN);
+    let before = dp.events_suppressed().expect("reading the budget");
+    assert_eq!(run(&mut dp, B, I, &denied, 5), action::DROP);
+    assert!(drain(&mut dp).is_empty());
+    assert_eq!(dp.events_suppressed().expect("reading the budget"), before);
+
+    // Audit mode reports what it would have dropped, with verdict audit.
+    dp.set_events(B, 5).expect("setting the event budget");
+    dp.set_mode(B, Mode::Audit).expect("audit mode");
+    assert_eq!(run(&mut dp, B, I, &denied, 1), action::PASS);
+    let events = drain(&mut dp);
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.verdict.as_str(), e.reason.as_str()))
+            .collect::<Vec<_>>(),
+        [("audit", "policy")]
+    );
+}

@@ -54,6 +54,9 @@ pub fn cli(args: &[&str]) -> Output {
 
 pub struct Daemon {
     child: Option<Child>,
+    /// Everything the daemon wrote to stderr so far: drained as it comes, so a chatty daemon
+    /// never blocks on a full pipe.
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
     pub config: PathBuf,
     pub pin_path: PathBuf,
     pub metrics: SocketAddr,
@@ -81,6 +84,21 @@ impl Daemon {
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {BIN}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("piped stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&chunk[..n]);
+                sink.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_str(&text);
+            }
+        });
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -89,6 +107,7 @@ impl Daemon {
         });
         let mut daemon = Daemon {
             child: Some(child),
+            stderr,
             config: config.to_owned(),
             pin_path: pin_path.to_owned(),
             metrics,
@@ -96,13 +115,7 @@ impl Daemon {
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(line) if line.starts_with("enforcing") => daemon,
             other => {
-                let mut child = daemon.child.take().expect("child");
-                let _ = child.kill();
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                let _ = child.wait();
+                let err = daemon.kill_for_stderr();
                 panic!("daemon did not report enforcing (got {other:?}); stderr:\n{err}");
             }
         }
@@ -118,15 +131,21 @@ impl Daemon {
 
     /// Kills the daemon and returns what it wrote to stderr (for a failing test's message).
     pub fn kill_for_stderr(&mut self) -> String {
-        let mut err = String::new();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
             let _ = child.wait();
         }
-        err
+        // The drain thread ends at EOF, right after the exit; give it a moment.
+        std::thread::sleep(Duration::from_millis(50));
+        self.stderr()
+    }
+
+    /// What the daemon wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn pid(&self) -> Option<u32> {

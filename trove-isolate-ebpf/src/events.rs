@@ -1,0 +1,66 @@
+//! Sampled drop events: a per-CPU budget, then the packet's head into the ring buffer.
+//!
+//! Runs only for packets that are dropped (or would be, in audit mode), after they are counted;
+//! nothing here can change a verdict.
+
+use aya_ebpf::{
+    bindings::__sk_buff, helpers::bpf_ktime_get_ns, helpers::bpf_skb_load_bytes,
+    programs::TcContext, EbpfContext as _,
+};
+use trove_isolate_common::{
+    events::{DropEvent, HEAD, WINDOW_NS},
+    Direction, Reason, Role, Verdict,
+};
+
+use crate::maps::{DROP_EVENTS, EVENT_BUDGET, SETTINGS};
+
+#[inline(always)]
+pub fn sample(ctx: &TcContext, role: Role, direction: Direction, verdict: Verdict, reason: Reason) {
+    let limit = match SETTINGS.get(role as u32) {
+        Some(s) if s.events_per_cpu_second > 0 => s.events_per_cpu_second as u64,
+        _ => return,
+    };
+    let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    // Per-CPU slot: no other writer.
+    let budget = unsafe { &mut *budget };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(budget.window_ns) >= WINDOW_NS {
+        budget.window_ns = now;
+        budget.sent = 0;
+    }
+    if budget.sent >= limit {
+        budget.suppressed += 1;
+        return;
+    }
+    let Some(mut entry) = DROP_EVENTS.reserve::<DropEvent>(0) else {
+        budget.suppressed += 1;
+        return;
+    };
+    budget.sent += 1;
+    let event = entry.as_mut_ptr();
+    let skb = ctx.as_ptr() as *mut __sk_buff;
+    let len = ctx.len();
+    // Bounded to 1..=HEAD for the verifier: the helper takes no zero length.
+    let captured = if len >= HEAD as u32 { HEAD as u32 } else { len };
+    unsafe {
+        (*event).ktime_ns = now;
+        (*event).len = len;
+        (*event).ifindex = (*skb).ifindex;
+        (*event).role = role as u8;
+        (*event).direction = direction as u8;
+        (*event).verdict = verdict as u8;
+        (*event).reason = reason as u8;
+        (*event)._pad = [0; 2];
+        let loaded = captured > 0
+            && bpf_skb_load_bytes(
+                skb as *const _,
+                0,
+                (*event).head.as_mut_ptr() as *mut _,
+                captured,
+            ) == 0;
+        (*event).captured = if loaded { captured as u16 } else { 0 };
+    }
+    entry.submit(0);
+}
