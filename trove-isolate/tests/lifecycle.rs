@@ -447,3 +447,136 @@ fn metrics_speak_both_formats_and_promtool_accepts_them() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A real Prometheus server (Debian's) scrapes the daemon, negotiating OpenMetrics as it does
+/// in production, and PromQL answers with the counters after a known number of packets.
+#[test]
+fn a_real_prometheus_scrapes_it_and_promql_counts_the_packets() {
+    let guest = Guest::new("prm");
+    let port = metrics_port();
+    let _servers: Vec<Server> = scenario::servers(&guest, port);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let config = write_config(&scenario::config(
+        &guest, "enforce", "auto", &pin_path, port,
+    ));
+    let _daemon = Daemon::start(
+        &config,
+        pin_path.as_ref(),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    );
+
+    // Exactly N datagrams the policy refuses: the guest to an unlisted host of its network.
+    const N: u64 = 37;
+    let socket = guest
+        .host
+        .run(|| UdpSocket::bind("0.0.0.0:0").expect("udp socket in the guest"));
+    for _ in 0..N {
+        socket
+            .send_to(b"denied", "192.0.2.99:7")
+            .expect("sending a datagram");
+    }
+
+    let prometheus = Prometheus::start(port);
+    let query = r#"sum(trove_isolate_drops_total{role="management",direction="egress",reason="policy"})"#;
+    let mut last = String::new();
+    // Bounded: Prometheus starts in a few seconds and scrapes every second.
+    let answered = (0..60).any(|_| {
+        std::thread::sleep(Duration::from_millis(500));
+        last = prometheus.query(query);
+        promql_value(&last) == Some(N as f64)
+    });
+    assert!(answered, "PromQL {query} never answered {N}: {last}");
+    let up = prometheus.query(r#"up{job="trove-isolate"}"#);
+    assert_eq!(promql_value(&up), Some(1.0), "{up}");
+    // The daemon's own series came through the OpenMetrics parser too.
+    let build = prometheus.query("trove_isolate_build_info");
+    assert_eq!(promql_value(&build), Some(1.0), "{build}");
+}
+
+/// Debian's `prometheus` with a one-second scrape of the daemon, its data in a temporary
+/// directory; killed and removed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    dir: PathBuf,
+    web: SocketAddr,
+}
+
+impl Prometheus {
+    fn start(target: u16) -> Prometheus {
+        let dir = std::env::temp_dir().join(unique("trove-isolate-prometheus"));
+        std::fs::create_dir_all(&dir).expect("prometheus dir");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  \
+                 - job_name: trove-isolate\n    static_configs:\n      \
+                 - targets: ['127.0.0.1:{target}']\n"
+            ),
+        )
+        .expect("prometheus.yml");
+        let web = SocketAddr::from(([127, 0, 0, 1], metrics_port()));
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("prometheus is not installed (`cargo xtask test` installs it): {e}")
+            });
+        Prometheus { child, dir, web }
+    }
+
+    /// The API's JSON answer to an instant query (empty while Prometheus is not up yet).
+    fn query(&self, promql: &str) -> String {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&self.web, Duration::from_secs(2))
+        else {
+            return String::new();
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let request = format!(
+            // HTTP/1.0: a plain body, never chunked.
+            "GET /api/v1/query?query={encoded} HTTP/1.0\r\nHost: localhost\r\n\r\n"
+        );
+        let mut response = String::new();
+        if stream.write_all(request.as_bytes()).is_err()
+            || stream.read_to_string(&mut response).is_err()
+        {
+            return String::new();
+        }
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The value of a one-sample instant vector answer.
+fn promql_value(body: &str) -> Option<f64> {
+    let json: serde_json::Value = serde_json::from_str(body).ok()?;
+    let result = json["data"]["result"].as_array()?;
+    match result.as_slice() {
+        [one] => one["value"][1].as_str()?.parse().ok(),
+        _ => None,
+    }
+}
