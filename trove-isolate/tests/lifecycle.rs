@@ -16,6 +16,7 @@ use std::{
 };
 
 use common::{cli, metric, metrics_port, unique, write_config, Daemon, PROBE};
+use trove_isolate_common::LAYOUT_VERSION;
 use trove_isolate_testbed::{scenario, tcp_probe, Guest, Server};
 
 /// The service manager's end of NOTIFY_SOCKET, read by a thread as systemd would (a sender
@@ -579,4 +580,93 @@ fn promql_value(body: &str) -> Option<f64> {
         [one] => one["value"][1].as_str()?.parse().ok(),
         _ => None,
     }
+}
+
+/// An upgrade to a binary whose map layout changed (versioned pin names): the new one starts
+/// from fresh maps, attaches its programs in place of the old with every map filled first, and
+/// removes the old layout's pins. A database session open across it carries on (its first
+/// exchange after the start gets through), and what the policy refuses stays refused.
+#[test]
+fn an_upgrade_with_a_changed_map_layout_keeps_sessions_and_leaves_no_old_pins() {
+    use std::io::{Read as _, Write as _};
+    let guest = Guest::new("upg");
+    let port = metrics_port();
+    let _servers: Vec<Server> = scenario::servers(&guest, port);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let config = write_config(
+        &scenario::config(&guest, "enforce", "auto", &pin_path, port)
+            .replace("database_ports = [3306]", "database_ports = [3306, 3307]"),
+    );
+    let metrics = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut daemon = Daemon::start(&config, pin_path.as_ref(), metrics);
+
+    let listener = guest
+        .container
+        .run(|| std::net::TcpListener::bind("192.0.2.1:3307").expect("listening on 3307"));
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("the client connects");
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        for _ in 0..2 {
+            let n = conn.read(&mut buf).expect("a request");
+            conn.write_all(&buf[..n]).expect("the answer");
+        }
+    });
+    let mut client = guest.biz_net.run(|| {
+        std::net::TcpStream::connect_timeout(
+            &"192.0.2.1:3307".parse().expect("addr"),
+            Duration::from_secs(2),
+        )
+        .expect("connecting under enforcement")
+    });
+    client.set_read_timeout(Some(PROBE)).expect("timeout");
+    let mut buf = [0u8; 64];
+    client.write_all(b"before").expect("request before");
+    assert_eq!(client.read(&mut buf).expect("answer before"), 6);
+
+    // The old binary stops; its maps stay pinned, now under the previous layout's names.
+    daemon.stop();
+    let old_pins: Vec<PathBuf> = std::fs::read_dir(&pin_path)
+        .expect("pin dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(&format!("_v{}", LAYOUT_VERSION)))
+        .collect();
+    assert!(!old_pins.is_empty(), "no versioned map pins under {pin_path}");
+    for pin in &old_pins {
+        let older = pin
+            .to_string_lossy()
+            .replace(&format!("_v{LAYOUT_VERSION}"), &format!("_v{}", LAYOUT_VERSION - 1));
+        std::fs::rename(pin, &older).expect("renaming a pin to the old layout's name");
+    }
+
+    let mut daemon = Daemon::start(&config, pin_path.as_ref(), metrics);
+    client.write_all(b"during").expect("request after the upgrade");
+    let n = client
+        .read(&mut buf)
+        .expect("the session was cut by the upgrade");
+    assert_eq!(&buf[..n], b"during");
+    server.join().expect("server");
+    assert!(
+        !tcp_probe(
+            &guest.host,
+            None,
+            "192.0.2.99:5672".parse().expect("addr"),
+            PROBE
+        ),
+        "a refused flow passed after the upgrade"
+    );
+    let left: Vec<String> = std::fs::read_dir(&pin_path)
+        .expect("pin dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(&format!("_v{}", LAYOUT_VERSION - 1)))
+        .collect();
+    assert!(left.is_empty(), "old layout pins left: {left:?}");
+    let stderr = daemon.kill_for_stderr();
+    assert!(
+        stderr.contains("removing map pin of an older layout"),
+        "{stderr}"
+    );
 }
