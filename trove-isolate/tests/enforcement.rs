@@ -406,14 +406,30 @@ fn tcx_attaches_first_in_the_chain() {
     );
 }
 
-/// `detach` is done when it returns: a datagram the policy blocked, sent the moment it returns,
-/// gets through (and its answer back), on TCX and on legacy clsact. A TCX link whose pin is only
-/// deleted is released later by the kernel, which left a window here.
+/// `detach` is done when it returns: datagrams the policy blocked, sent the moment it returns,
+/// get through (and their answers back) in both directions of both NICs, on TCX and on legacy
+/// clsact, round after round. A TCX link whose pin is only deleted is released later by the
+/// kernel, which left a window here.
 #[test]
 fn detach_is_done_when_it_returns() {
-    use trove_isolate_testbed::udp_probe;
+    use trove_isolate_testbed::{udp_probe, udp_server};
     let s = setup("det");
-    let blocked: SocketAddr = "192.0.2.10:5672".parse().expect("addr");
+    let g = &s.guest;
+    let any7777: SocketAddr = "[::]:7777".parse().expect("addr");
+    let decoy: SocketAddr = "192.0.2.10:5672".parse().expect("addr");
+    let guest7777: SocketAddr = "192.0.2.1:7777".parse().expect("addr");
+    // Echo servers behind what the policy blocks, one per NIC and direction.
+    let _echo = [
+        udp_server(&g.host, any7777),
+        udp_server(&g.container, any7777),
+        udp_server(&g.biz_net, decoy),
+    ];
+    let flows = [
+        ("management egress", &g.host, decoy),
+        ("management ingress", &g.mgmt_net, guest7777),
+        ("business egress", &g.container, decoy),
+        ("business ingress", &g.biz_net, guest7777),
+    ];
     let attaches: &[&str] = if aya::util::KernelVersion::current()
         .is_ok_and(|k| k >= aya::util::KernelVersion::new(6, 6, 0))
     {
@@ -421,20 +437,28 @@ fn detach_is_done_when_it_returns() {
     } else {
         &["legacy"]
     };
+    let rounds: u32 = std::env::var("TROVE_ISOLATE_DETACH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
     for attach in attaches {
-        for round in 0..10 {
+        for round in 0..rounds {
             let mut daemon = start(&s, "enforce", attach);
             daemon.kill9();
+            // Blocked under enforcement (one flow per round, in turn, to keep rounds short).
+            let (name, from, to) = flows[round as usize % flows.len()];
             assert!(
-                !udp_probe(&s.guest.host, None, blocked, Duration::from_millis(200)),
-                "{attach} round {round}: the datagram passed under enforcement"
+                !udp_probe(from, None, to, Duration::from_millis(150)),
+                "{attach} round {round}: {name} passed under enforcement"
             );
             let detach = cli(&["detach", "--pin-path", &s.pin_path]);
             assert!(detach.status.success(), "detach failed: {detach:?}");
-            assert!(
-                udp_probe(&s.guest.host, None, blocked, Duration::from_millis(300)),
-                "{attach} round {round}: a datagram sent right after detach was dropped"
-            );
+            for (name, from, to) in &flows {
+                assert!(
+                    udp_probe(from, None, *to, Duration::from_millis(300)),
+                    "{attach} round {round}: {name}, sent right after detach, was dropped"
+                );
+            }
         }
     }
 }

@@ -478,7 +478,8 @@ fn a_real_prometheus_scrapes_it_and_promql_counts_the_packets() {
     }
 
     let prometheus = Prometheus::start(port);
-    let query = r#"sum(trove_isolate_drops_total{role="management",direction="egress",reason="policy"})"#;
+    let query =
+        r#"sum(trove_isolate_drops_total{role="management",direction="egress",reason="policy"})"#;
     let mut last = String::new();
     // Bounded: Prometheus starts in a few seconds and scrapes every second.
     let answered = (0..60).any(|_| {
@@ -519,7 +520,10 @@ impl Prometheus {
         let web = SocketAddr::from(([127, 0, 0, 1], metrics_port()));
         let child = std::process::Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={web}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -533,7 +537,8 @@ impl Prometheus {
     /// The API's JSON answer to an instant query (empty while Prometheus is not up yet).
     fn query(&self, promql: &str) -> String {
         use std::io::{Read as _, Write as _};
-        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&self.web, Duration::from_secs(2))
+        let Ok(mut stream) =
+            std::net::TcpStream::connect_timeout(&self.web, Duration::from_secs(2))
         else {
             return String::new();
         };
@@ -631,18 +636,27 @@ fn an_upgrade_with_a_changed_map_layout_keeps_sessions_and_leaves_no_old_pins() 
         .expect("pin dir")
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().ends_with(&format!("_v{}", LAYOUT_VERSION)))
+        .filter(|p| {
+            p.to_string_lossy()
+                .ends_with(&format!("_v{}", LAYOUT_VERSION))
+        })
         .collect();
-    assert!(!old_pins.is_empty(), "no versioned map pins under {pin_path}");
+    assert!(
+        !old_pins.is_empty(),
+        "no versioned map pins under {pin_path}"
+    );
     for pin in &old_pins {
-        let older = pin
-            .to_string_lossy()
-            .replace(&format!("_v{LAYOUT_VERSION}"), &format!("_v{}", LAYOUT_VERSION - 1));
+        let older = pin.to_string_lossy().replace(
+            &format!("_v{LAYOUT_VERSION}"),
+            &format!("_v{}", LAYOUT_VERSION - 1),
+        );
         std::fs::rename(pin, &older).expect("renaming a pin to the old layout's name");
     }
 
     let mut daemon = Daemon::start(&config, pin_path.as_ref(), metrics);
-    client.write_all(b"during").expect("request after the upgrade");
+    client
+        .write_all(b"during")
+        .expect("request after the upgrade");
     let n = client
         .read(&mut buf)
         .expect("the session was cut by the upgrade");
