@@ -4,6 +4,10 @@
 use anyhow::{anyhow, Context as _};
 use aya_build::{Package, Toolchain};
 
+// The pinned toolchain, shared with `cargo xtask setup`.
+#[path = "../xtask/src/ebpf_toolchain.rs"]
+mod ebpf_toolchain;
+
 fn main() -> anyhow::Result<()> {
     let out_dir = std::env::var("OUT_DIR").context("OUT_DIR not set")?;
     if std::env::var_os("AYA_BUILD_SKIP").is_some() {
@@ -21,13 +25,21 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = ebpf_dir
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
+    let toolchain = ebpf_toolchain::installed().ok_or_else(|| {
+        anyhow!(
+            "the pinned eBPF toolchain ({}, rustc {}) is not installed: run `cargo xtask setup`",
+            ebpf_toolchain::CHANNEL,
+            ebpf_toolchain::COMMIT
+        )
+    })?;
+    println!("cargo:rerun-if-changed=../xtask/src/ebpf_toolchain.rs");
     aya_build::build_ebpf(
         [Package {
             name: "trove-isolate-ebpf",
             root_dir: ebpf_dir,
             ..Default::default()
         }],
-        Toolchain::Nightly,
+        Toolchain::Custom(toolchain),
     )
     .context(
         "building the eBPF programs failed; run `cargo xtask setup` (nightly rust-src, bpf-linker)",

@@ -89,7 +89,11 @@ fn differential(seconds: u64, seed: Option<u64>) -> anyhow::Result<()> {
 }
 
 fn config(seconds: u64) -> anyhow::Result<()> {
-    if sh::output("cargo", &["+nightly", "fuzz", "--version"]).is_none() {
+    // The pinned nightly setup installed (cargo fuzz needs a nightly for its sanitizer flags).
+    let nightly = crate::ebpf_toolchain::installed()
+        .context("the pinned nightly is not installed: run `cargo xtask setup`")?;
+    let plus = format!("+{nightly}");
+    if sh::output("cargo", &[&plus, "fuzz", "--version"]).is_none() {
         eprintln!("xtask fuzz: installing cargo-fuzz (cargo install cargo-fuzz --locked) ...");
         sh::run("cargo", &["install", "cargo-fuzz", "--locked"])
             .context("installing cargo-fuzz")?;
@@ -98,7 +102,7 @@ fn config(seconds: u64) -> anyhow::Result<()> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir("fuzz")
         .args([
-            "+nightly",
+            &plus,
             "fuzz",
             "run",
             "config",

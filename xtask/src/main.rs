@@ -6,6 +6,7 @@
 mod cargo_cmd;
 mod demo;
 mod dist;
+mod ebpf_toolchain;
 mod fuzz;
 mod setup;
 mod sh;

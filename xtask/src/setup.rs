@@ -2,8 +2,8 @@
 //!
 //! Each step checks first and reports `ok` when there is nothing to do, so the whole setup is
 //! quick (well under a second) on a machine that has it all. The recipe is the one verified in
-//! the project's toolchain notes: rust-src for the nightly, bpf-linker 0.13 linked against the
-//! nightly rustc's own libLLVM, bpffs at /sys/fs/bpf.
+//! the project's toolchain notes: the pinned nightly (`ebpf_toolchain`) with rust-src, the pinned
+//! bpf-linker linked against that nightly's own libLLVM, bpffs at /sys/fs/bpf.
 
 use std::{env, fs, os::unix::fs::symlink, path::PathBuf, process::Command};
 
@@ -24,38 +24,37 @@ well under a second. It never asks questions (safe for CI without stdin). Steps,
  1. PATH: puts ~/.cargo/bin first, for the commands xtask starts (the eBPF build needs
     rustup and bpf-linker there). Only xtask's own environment changes, not your shell's.
 
- 2. The nightly toolchain: `rustup toolchain install nightly --profile minimal` when
-    `rustc +nightly` does not run (with RUSTUP_AUTO_INSTALL=0 nothing installs it
-    implicitly). Fails, saying so, if rustup cannot install it.
+ 2. The pinned nightly (xtask/src/ebpf_toolchain.rs: the one place naming the channel,
+    its commit, its LLVM major and the bpf-linker release). An installed toolchain is
+    the pinned one when `rustc +<name> --version` shows the pinned commit: the dated
+    channel, or a plain `nightly` that is exactly it. Otherwise
+    `rustup toolchain install <channel> --profile minimal` (with RUSTUP_AUTO_INSTALL=0
+    nothing installs it implicitly). Fails, saying so, if rustup cannot install it.
 
- 3. rust-src for the nightly, for -Z build-std=core:
-    `rustup component add rust-src --toolchain nightly` (about 80 MB under ~/.rustup).
+ 3. rust-src for that toolchain, for -Z build-std=core:
+    `rustup component add rust-src --toolchain <name>` (about 80 MB under ~/.rustup).
 
- 4. bpf-linker 0.13 in ~/.cargo/bin, built against the nightly rustc's own libLLVM (its
-    default wants LLVM 23; Debian bookworm has only 14-16). Makes two symlinks to the
-    nightly's libLLVM.so.* in ~/.cache/trove-isolate/llvm/lib, then runs
-      LLVM_PREFIX=~/.cache/trove-isolate/llvm cargo +nightly install bpf-linker \\
-        --version 0.13.0 --locked --force --no-default-features --features llvm-<N>
-    with N the nightly's LLVM major (22 today). About 3 minutes on 2 cores, once; skipped
-    when `bpf-linker --version` runs and reports 0.13. bpf-linker loads libLLVM through
-    that directory: keep it. If a nightly update removes the old libLLVM, setup rebuilds.
+ 4. bpf-linker (the pinned release) in ~/.cargo/bin, built against the pinned nightly's own
+    libLLVM (its default wants LLVM 23; Debian bookworm has only 14-16). Checks that the
+    nightly's LLVM major is the pinned one, makes two symlinks to its libLLVM.so.* in
+    ~/.cache/trove-isolate/llvm/lib, then runs
+      LLVM_PREFIX=~/.cache/trove-isolate/llvm cargo +<name> install bpf-linker \\
+        --version <pinned> --locked --force --no-default-features --features llvm-<N>
+    About 3 minutes on 2 cores, once; skipped when `bpf-linker --version` runs and reports
+    the pinned release. bpf-linker loads libLLVM through that directory: keep it.
 
  5. bpffs at /sys/fs/bpf: `mount -t bpf bpf /sys/fs/bpf` unless
     `stat -f -c %T /sys/fs/bpf` says bpf_fs. Needs root; `build` only warns without it.";
 
-const BPF_LINKER_VERSION: &str = "0.13.0";
-/// What `bpf-linker --version` must report (any 0.13.x will do).
-const BPF_LINKER_SERIES: &str = "0.13.";
-/// The LLVM majors bpf-linker 0.13 has a feature for (`llvm-21`, ...).
-const BPF_LINKER_LLVM_MAJORS: [u32; 3] = [21, 22, 23];
+use crate::ebpf_toolchain::{self, BPF_LINKER_VERSION, CHANNEL, COMMIT, LLVM_MAJOR};
 
 /// Runs every step. With `need_bpffs` false (for `build`), an unmounted bpffs that cannot be
 /// mounted (not root) is a warning instead of an error.
 pub fn run(need_bpffs: bool) -> anyhow::Result<()> {
     cargo_bin_on_path()?;
-    nightly()?;
-    nightly_rust_src()?;
-    bpf_linker()?;
+    let toolchain = nightly()?;
+    nightly_rust_src(toolchain)?;
+    bpf_linker(toolchain)?;
     bpffs(need_bpffs)?;
     Ok(())
 }
@@ -77,86 +76,93 @@ fn cargo_bin_on_path() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn nightly() -> anyhow::Result<()> {
-    const WHAT: &str = "nightly toolchain";
-    if let Some(v) = sh::output("rustc", &["+nightly", "--version"]) {
-        done(WHAT, &format!("ok ({})", v.trim()));
-        return Ok(());
+/// The pinned nightly, installed if missing; returns its rustup name.
+fn nightly() -> anyhow::Result<&'static str> {
+    let what = format!("pinned nightly ({CHANNEL}, rustc {COMMIT})");
+    if let Some(name) = ebpf_toolchain::installed() {
+        done(&what, &format!("ok (toolchain `{name}`)"));
+        return Ok(name);
     }
     done(
-        WHAT,
-        "missing; installing (rustup toolchain install nightly --profile minimal)",
+        &what,
+        &format!("missing; installing (rustup toolchain install {CHANNEL} --profile minimal)"),
     );
     sh::run(
         "rustup",
-        &["toolchain", "install", "nightly", "--profile", "minimal"],
+        &["toolchain", "install", CHANNEL, "--profile", "minimal"],
     )
-    .context(
-        "the nightly toolchain is missing and `rustup toolchain install nightly --profile minimal` \
-         failed (no network?). It is needed to build the eBPF programs and RUSTUP_AUTO_INSTALL=0 \
-         keeps rustup from fetching it implicitly: install it, then run `cargo xtask setup` again",
-    )?;
-    let v = sh::output("rustc", &["+nightly", "--version"])
-        .context("the nightly toolchain was installed but `rustc +nightly --version` fails")?;
-    done(WHAT, &format!("ok ({})", v.trim()));
-    Ok(())
+    .with_context(|| {
+        format!(
+            "the pinned nightly is missing and `rustup toolchain install {CHANNEL} --profile \
+             minimal` failed (no network?). It is needed to build the eBPF programs and \
+             RUSTUP_AUTO_INSTALL=0 keeps rustup from fetching it implicitly: install it, then \
+             run `cargo xtask setup` again"
+        )
+    })?;
+    let name = ebpf_toolchain::installed().with_context(|| {
+        format!("{CHANNEL} was installed but `rustc +{CHANNEL} --version` does not show {COMMIT}")
+    })?;
+    done(&what, &format!("ok (toolchain `{name}`)"));
+    Ok(name)
 }
 
-fn nightly_rust_src() -> anyhow::Result<()> {
-    const WHAT: &str = "rust-src for nightly";
+fn nightly_rust_src(toolchain: &str) -> anyhow::Result<()> {
+    let what = format!("rust-src for {toolchain}");
     let has_it = || {
         sh::output(
             "rustup",
-            &["component", "list", "--toolchain", "nightly", "--installed"],
+            &["component", "list", "--toolchain", toolchain, "--installed"],
         )
         .is_some_and(|out| out.lines().any(|l| l.trim().starts_with("rust-src")))
     };
     if has_it() {
-        done(WHAT, "ok");
+        done(&what, "ok");
         return Ok(());
     }
-    done(WHAT, "missing; adding (about 80 MB)");
+    done(&what, "missing; adding (about 80 MB)");
     sh::run(
         "rustup",
-        &["component", "add", "rust-src", "--toolchain", "nightly"],
+        &["component", "add", "rust-src", "--toolchain", toolchain],
     )
-    .context("adding rust-src to the nightly toolchain (needed for -Z build-std=core)")?;
+    .context("adding rust-src to the pinned nightly (needed for -Z build-std=core)")?;
     if !has_it() {
-        bail!("rustup added rust-src to the nightly toolchain but does not list it as installed");
+        bail!("rustup added rust-src to {toolchain} but does not list it as installed");
     }
-    done(WHAT, "ok");
+    done(&what, "ok");
     Ok(())
 }
 
-/// `Some(version line)` when a bpf-linker on PATH runs and is of the 0.13 series.
+/// `Some(version line)` when a bpf-linker on PATH runs and is the pinned release.
 fn working_bpf_linker() -> Option<String> {
     let out = sh::output("bpf-linker", &["--version"])?;
     let line = out.lines().next()?.trim().to_owned();
     line.split_whitespace()
         .nth(1)
-        .is_some_and(|v| v.starts_with(BPF_LINKER_SERIES))
+        .is_some_and(|v| v == BPF_LINKER_VERSION)
         .then_some(line)
 }
 
-fn bpf_linker() -> anyhow::Result<()> {
-    const WHAT: &str = "bpf-linker 0.13";
+fn bpf_linker(toolchain: &str) -> anyhow::Result<()> {
+    let what = &format!("bpf-linker {BPF_LINKER_VERSION}");
     if let Some(v) = working_bpf_linker() {
-        done(WHAT, &format!("ok ({v})"));
+        done(what, &format!("ok ({v})"));
         return Ok(());
     }
+    let plus = format!("+{toolchain}");
     // bpf-linker links libLLVM dynamically, and its default feature wants LLVM 23; the only LLVM
     // new enough here is the nightly rustc's own. Point LLVM_PREFIX at a directory holding it.
-    let verbose = sh::output("rustc", &["+nightly", "-vV"])
-        .context("asking the nightly rustc for its LLVM version (rustc +nightly -vV)")?;
+    let verbose = sh::output("rustc", &[&plus, "-vV"]).with_context(|| {
+        format!("asking the pinned rustc for its LLVM version (rustc {plus} -vV)")
+    })?;
     let llvm_major = llvm_major(&verbose)
-        .with_context(|| format!("no `LLVM version: N.x` in `rustc +nightly -vV`:\n{verbose}"))?;
-    if !BPF_LINKER_LLVM_MAJORS.contains(&llvm_major) {
+        .with_context(|| format!("no `LLVM version: N.x` in `rustc {plus} -vV`:\n{verbose}"))?;
+    if llvm_major != LLVM_MAJOR {
         bail!(
-            "the nightly rustc uses LLVM {llvm_major}, but bpf-linker {BPF_LINKER_VERSION} only \
-             builds against LLVM {BPF_LINKER_LLVM_MAJORS:?}: install a nightly that matches"
+            "the pinned nightly uses LLVM {llvm_major}, but xtask/src/ebpf_toolchain.rs says \
+             {LLVM_MAJOR}: the pin is inconsistent (move the channel, commit and LLVM major together)"
         );
     }
-    let sysroot = sh::output("rustc", &["+nightly", "--print", "sysroot"])
+    let sysroot = sh::output("rustc", &[&plus, "--print", "sysroot"])
         .context("asking the nightly rustc for its sysroot")?;
     let lib_dir = PathBuf::from(sysroot.trim()).join("lib");
     // The real library (its file name is its SONAME, e.g. libLLVM.so.22.1-rust-1.97.0-nightly),
@@ -186,7 +192,7 @@ fn bpf_linker() -> anyhow::Result<()> {
     }
     let feature = format!("llvm-{llvm_major}");
     done(
-        WHAT,
+        what,
         &format!(
             "missing; building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM \
              {llvm_major} ({lib}; about 3 minutes on 2 cores) ..."
@@ -197,7 +203,7 @@ fn bpf_linker() -> anyhow::Result<()> {
     sh::run_cmd(
         Command::new("cargo")
             .args([
-                "+nightly",
+                &plus,
                 "install",
                 "bpf-linker",
                 "--version",
@@ -215,7 +221,7 @@ fn bpf_linker() -> anyhow::Result<()> {
         "bpf-linker was installed but `bpf-linker --version` does not run or reports another \
          version (another bpf-linker earlier on PATH?)",
     )?;
-    done(WHAT, &format!("ok ({v})"));
+    done(what, &format!("ok ({v})"));
     Ok(())
 }
 
