@@ -6,6 +6,7 @@ use aya_build::{Package, Toolchain};
 
 // The pinned toolchain, shared with `cargo xtask setup`.
 #[path = "../xtask/src/ebpf_toolchain.rs"]
+#[allow(dead_code)] // the build needs only the channel, the commit and `installed`
 mod ebpf_toolchain;
 
 fn main() -> anyhow::Result<()> {
