@@ -31,6 +31,13 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// Runs `body` on a thread until the server is dropped (`body` polls the stop flag).
+    pub fn spawn(body: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> Server {
+        spawn(body)
+    }
+}
+
 /// Echoes one message per connection. Binds inside `ns` (the socket stays in it).
 pub fn tcp_server(ns: &NetNs, addr: SocketAddr) -> Server {
     let listener = ns.run(|| {

@@ -24,9 +24,10 @@ use crate::{
     drops,
     pins::Pins,
     policy::Policy,
-    reconcile::{enforce, local_entries, Devices},
+    linkwatch::{self, Change},
+    reconcile::{self, enforce, local_entries, Devices, NicAddresses},
     serve::{self, Scrape},
-    state::{ReloadRecord, State},
+    state::{MoveRecord, ReloadRecord, State},
 };
 
 /// One line saying what is enforced where: the daemon's readiness message.
@@ -75,6 +76,28 @@ pub struct DaemonStats {
     /// Drop events the datapath did not send (over its budget, or the ring was full); read from
     /// the pinned budget map at each scrape.
     pub drop_events_unsent: u64,
+    /// Re-attachments after a NIC moved, per interface (its name where it is now), and those
+    /// that began with the NIC already up.
+    pub reattach: Vec<(String, u64)>,
+    pub reattach_after_up: Vec<(String, u64)>,
+    /// Per role: its NIC is configured but not found, or not enforced where it is.
+    pub unprotected: [bool; Role::COUNT],
+}
+
+impl DaemonStats {
+    fn count_reattach(&mut self, interface: &str, after_up: bool) {
+        let bump = |list: &mut Vec<(String, u64)>| match list
+            .iter_mut()
+            .find(|(i, _)| i == interface)
+        {
+            Some((_, n)) => *n += 1,
+            None => list.push((interface.to_owned(), 1)),
+        };
+        bump(&mut self.reattach);
+        if after_up {
+            bump(&mut self.reattach_after_up);
+        }
+    }
 }
 
 /// Enforces `policy` and serves metrics until `shutdown` completes; `reload` yields once per
@@ -90,7 +113,9 @@ pub async fn run(
         .await
         .with_context(|| format!("[metrics] listen {}", policy.metrics.listen))?;
     let pins = Pins::new(&policy.pin_path);
-    let (mut datapath, mut state, mut devices) = enforce(&policy, options.datapath_log)?;
+    // Listen before enforcing: a NIC that moves while we attach is heard, and followed.
+    let mut changes = linkwatch::watch().context("watching the NICs (netlink)")?;
+    let (datapath, mut state, devices) = enforce(&policy, options.datapath_log)?;
     state.pid = Some(std::process::id());
     state.config = Some(options.config.clone());
     state.write(&pins.state_file())?;
@@ -102,42 +127,75 @@ pub async fn run(
     log::info!("{}", summary(&state));
     notify(&[NotifyState::Status(&summary(&state)), NotifyState::Ready]);
 
+    let mut world = Enforcing {
+        policy,
+        datapath,
+        devices,
+        pins,
+        addresses: None,
+    };
     if options.datapath_log {
-        let logger = datapath.take_logger()?;
+        let logger = world.datapath.take_logger()?;
         tokio::spawn(forward_datapath_log(logger));
     }
     let scrape = Arc::new(Scrape {
-        maps: PinnedMaps::open(&pins)?,
+        maps: PinnedMaps::open(&world.pins)?,
         state: RwLock::new(state),
         stats: Mutex::new(DaemonStats::default()),
-        drop_log_per_second: AtomicU32::new(policy.drops.log_per_second),
+        drop_log_per_second: AtomicU32::new(world.policy.drops.log_per_second),
     });
     let (feed, _) = broadcast::channel(DROP_FEED_DEPTH);
     let events = drops::follow(
-        datapath::open_drop_events(&pins)?,
+        datapath::open_drop_events(&world.pins)?,
         scrape.clone(),
         feed.clone(),
     );
-    let socket = pins.drops_socket();
+    let socket = world.pins.drops_socket();
     let subscribers = drops::serve_subscribers(&socket, feed);
-    let mut policy = policy;
     let serving = serve::serve(listener, scrape.clone());
+    let mut address_tick = tokio::time::interval(ADDRESS_REFRESH);
+    address_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep_tick = tokio::time::interval(SWEEP_PERIOD);
+    sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(serving, shutdown, events, subscribers);
     loop {
         tokio::select! {
             result = &mut serving => return result,
             result = &mut events => return result,
             result = &mut subscribers => return result,
-            result = upkeep(&mut datapath, &devices, &scrape.stats) => result?,
+            change = changes.recv() => {
+                let Some(change) = change else {
+                    anyhow::bail!("the link watcher stopped: NIC moves would go unheard");
+                };
+                let mut link = change == Change::Link;
+                while let Ok(more) = changes.try_recv() {
+                    link |= more == Change::Link;
+                }
+                if link {
+                    world.follow(&scrape);
+                }
+                world.refresh_addresses()?;
+            }
+            _ = address_tick.tick() => {
+                // Events can be missed (a namespace without an id here): look again anyway
+                // while a NIC is unaccounted for.
+                if scrape.stats.lock().unwrap_or_else(|e| e.into_inner()).unprotected.iter().any(|u| *u) {
+                    world.follow(&scrape);
+                }
+                world.refresh_addresses()?;
+            }
+            _ = sweep_tick.tick() => world.sweep(&scrape.stats)?,
             () = reload.next() => {
-                match reload_policy(&options, &policy, &scrape) {
+                match reload_policy(&options, &world.policy, &scrape) {
                     Ok((new_policy, new_datapath, new_devices)) => {
                         scrape
                             .drop_log_per_second
                             .store(new_policy.drops.log_per_second, Ordering::Relaxed);
-                        policy = new_policy;
-                        datapath = new_datapath;
-                        devices = new_devices;
+                        world.policy = new_policy;
+                        world.datapath = new_datapath;
+                        world.devices = new_devices;
+                        world.addresses = None;
+                        world.refresh_addresses()?;
                     }
                     Err(e) => log::error!("reload refused, the policy in force stays: {e:#}"),
                 }
@@ -149,11 +207,122 @@ pub async fn run(
     let _ = std::fs::remove_file(&socket);
     log::info!(
         "stopping; enforcement stays in force (pinned under {})",
-        policy.pin_path.display()
+        world.policy.pin_path.display()
     );
-    // `datapath` drops here: programs stay referenced by their links and filters.
-    drop(datapath);
+    // The datapath drops here: programs stay referenced by their links and filters.
+    drop(world);
     Ok(())
+}
+
+/// What the daemon's loop works on between events.
+struct Enforcing {
+    policy: Policy,
+    datapath: Datapath,
+    devices: Devices,
+    pins: Pins,
+    /// The NICs' addresses as last written to the local-address map.
+    addresses: Option<NicAddresses>,
+}
+
+impl Enforcing {
+    /// Follows NICs that moved (docker-hostnic), records and counts it.
+    fn follow(&mut self, scrape: &Scrape) {
+        let mut state = scrape.state.write().unwrap_or_else(|e| e.into_inner());
+        let followed = reconcile::follow(
+            &self.policy,
+            &mut self.datapath,
+            &self.pins,
+            &mut self.devices,
+            &mut state,
+        );
+        // After attaching, not before (that is the race): a sandbox made since the last look
+        // gets an id, so its events are heard from now on.
+        linkwatch::give_ids();
+        let mut stats = scrape.stats.lock().unwrap_or_else(|e| e.into_inner());
+        for moved in &followed.moved {
+            let how = if moved.reattached {
+                "re-attached"
+            } else {
+                "its TCX links followed it"
+            };
+            let late = if moved.reattached && moved.to.up {
+                " (it was already up: packets may have reached it unjudged)"
+            } else {
+                ""
+            };
+            log::info!(
+                "{} NIC moved from {} to {}: {how} in {:.1} ms{late}",
+                moved.role,
+                moved.from,
+                moved.to,
+                moved.took.as_secs_f64() * 1e3
+            );
+            if moved.reattached {
+                stats.count_reattach(&moved.to.name, moved.to.up);
+            }
+            state.moves.retain(|m| m.role != moved.role);
+            state.moves.push(MoveRecord {
+                role: moved.role,
+                from: moved.from.to_string(),
+                to: moved.to.to_string(),
+                at_unix_ms: unix_ms(),
+                reattach_ms: moved.took.as_secs_f64() * 1e3,
+                reattached: moved.reattached,
+                after_up: moved.reattached && moved.to.up,
+            });
+        }
+        for role in Role::ALL {
+            let now = followed.unprotected.iter().find(|(r, _)| *r == role);
+            let was = stats.unprotected[role as usize];
+            match now {
+                Some((_, why)) if !was => {
+                    log::error!("{role} NIC is not protected: {why}");
+                }
+                None if was => log::info!("{role} NIC is protected again"),
+                _ => {}
+            }
+            stats.unprotected[role as usize] = now.is_some();
+        }
+        if !followed.moved.is_empty() {
+            if let Err(e) = state.write(&self.pins.state_file()) {
+                log::warn!("recording the move: {e:#}");
+            }
+        }
+    }
+
+    /// Keeps the local-address map in step with the NICs' addresses.
+    fn refresh_addresses(&mut self) -> anyhow::Result<()> {
+        match local_entries(&self.devices) {
+            Ok((entries, nets)) if self.addresses.as_ref() != Some(&nets) => {
+                self.datapath.sync_local(&entries)?;
+                if self.addresses.is_some() {
+                    log::info!("NIC addresses changed: {}", describe(&nets));
+                }
+                self.addresses = Some(nets);
+            }
+            Ok(_) => {}
+            // A NIC that is gone keeps its last addresses until it is found again; it cannot
+            // take traffic meanwhile anyway.
+            Err(e) => log::warn!("reading NIC addresses: {e:#}"),
+        }
+        Ok(())
+    }
+
+    /// Removes expired established flows and records the tables' occupancy.
+    fn sweep(&mut self, stats: &Mutex<DaemonStats>) -> anyhow::Result<()> {
+        let occupancy = conntrack::sweep(&mut self.datapath)?;
+        stats.lock().unwrap_or_else(|e| e.into_inner()).conntrack = occupancy.live.clone();
+        if occupancy.expired_removed > 0 {
+            log::debug!("swept {} expired flows", occupancy.expired_removed);
+        }
+        Ok(())
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Something that yields once per event (a signal stream).
@@ -203,8 +372,9 @@ fn reload_policy(
     let mut stats = scrape.stats.lock().unwrap_or_else(|e| e.into_inner());
     let mut state = scrape.state.write().unwrap_or_else(|e| e.into_inner());
     let outcome = match result {
-        Ok((policy, datapath, new_state, devices)) => {
+        Ok((policy, datapath, mut new_state, devices)) => {
             stats.reloads_ok += 1;
+            new_state.moves = std::mem::take(&mut state.moves);
             *state = new_state;
             log::info!("reloaded {}: {}", options.config.display(), summary(&state));
             Ok((policy, datapath, devices))
@@ -236,49 +406,11 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
-/// How often the NICs' addresses are read again (a new address takes new flows this long after
-/// it appears; nothing is ever allowed early).
+/// How often the NICs' addresses are read again besides on address events (a new address takes
+/// new flows once read; nothing is ever allowed early).
 const ADDRESS_REFRESH: Duration = Duration::from_secs(1);
 /// How often expired established flows are swept.
-const SWEEP_EVERY: u32 = 10;
-
-/// The datapath's upkeep while the daemon runs: keeps the local-address map in step with the
-/// NICs and sweeps expired flows. Returns only on error.
-async fn upkeep(
-    datapath: &mut Datapath,
-    devices: &Devices,
-    stats: &Mutex<DaemonStats>,
-) -> anyhow::Result<()> {
-    let mut ticks = tokio::time::interval(ADDRESS_REFRESH);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = None;
-    let mut sweep_in = SWEEP_EVERY;
-    loop {
-        ticks.tick().await;
-        match local_entries(devices) {
-            Ok((entries, nets)) if last.as_ref() != Some(&nets) => {
-                datapath.sync_local(&entries)?;
-                if last.is_some() {
-                    log::info!("NIC addresses changed: {}", describe(&nets));
-                }
-                last = Some(nets);
-            }
-            Ok(_) => {}
-            // A NIC that went away keeps its last addresses until it is back (and found again
-            // by the next start); it cannot take traffic meanwhile anyway.
-            Err(e) => log::warn!("reading NIC addresses: {e:#}"),
-        }
-        sweep_in -= 1;
-        if sweep_in == 0 {
-            sweep_in = SWEEP_EVERY;
-            let occupancy = conntrack::sweep(datapath)?;
-            stats.lock().unwrap_or_else(|e| e.into_inner()).conntrack = occupancy.live.clone();
-            if occupancy.expired_removed > 0 {
-                log::debug!("swept {} expired flows", occupancy.expired_removed);
-            }
-        }
-    }
-}
+const SWEEP_PERIOD: Duration = Duration::from_secs(10);
 
 fn describe(nets: &[(Role, Vec<IpNetwork>)]) -> String {
     nets.iter()

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod drops;
 pub mod explain;
+pub mod linkwatch;
 pub mod local;
 pub mod metrics;
 pub mod model;

@@ -23,6 +23,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterfaceLabels {
+    interface: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabels {
     stage: String,
 }
@@ -180,6 +185,30 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
             })
             .inc_by(n);
     }
+    let reattach = Family::<InterfaceLabels, Counter>::default();
+    let reattach_after_up = Family::<InterfaceLabels, Counter>::default();
+    for (family, counts) in [
+        (&reattach, &stats.reattach),
+        (&reattach_after_up, &stats.reattach_after_up),
+    ] {
+        for (interface, n) in counts {
+            family
+                .get_or_create(&InterfaceLabels {
+                    interface: interface.clone(),
+                })
+                .inc_by(*n);
+        }
+    }
+    let unprotected = Family::<RoleLabels, Gauge>::default();
+    for role in Role::ALL {
+        // A configured NIC not found or not enforced; a role without a NIC is not "unprotected"
+        // but unconfigured (trove_isolate_attached says which).
+        unprotected
+            .get_or_create(&RoleLabels {
+                role: role.name().into(),
+            })
+            .set(i64::from(stats.unprotected[role as usize]));
+    }
     let capacity = Family::<TableLabels, Gauge>::default();
     for role in Role::ALL {
         for (table, max) in [
@@ -311,6 +340,23 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
         "trove_isolate_conntrack_capacity",
         "Flows each role's table holds: a full established table refuses new flows",
         capacity,
+    );
+    registry.register(
+        "trove_isolate_reattach",
+        "Times the programs were attached again after the NIC moved (docker-hostnic moves the \
+         business NIC at every database container start), by the interface's new name",
+        reattach,
+    );
+    registry.register(
+        "trove_isolate_reattach_after_up",
+        "Re-attachments that began with the moved NIC already up: packets may have reached it \
+         unjudged in between",
+        reattach_after_up,
+    );
+    registry.register(
+        "trove_isolate_unprotected",
+        "1 while the role's configured NIC is not found, or not enforced where it is",
+        unprotected,
     );
     registry.register(
         "trove_isolate_drop_events",

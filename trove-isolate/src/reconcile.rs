@@ -7,6 +7,8 @@
 //! here detaches on exit: links and maps are pinned, legacy filters stay on their qdiscs, and the
 //! next start adopts them in place.
 
+use std::time::{Duration, Instant};
+
 use anyhow::{bail, Context as _};
 use ipnetwork::IpNetwork;
 use trove_isolate_common::{Direction, Role};
@@ -177,6 +179,138 @@ fn superseded<'a>(old: &'a [Attachment], new: &[Attachment]) -> Vec<&'a Attachme
             !replaced_in_place
         })
         .collect()
+}
+
+/// A NIC found somewhere other than where it was attached.
+#[derive(Debug, Clone)]
+pub struct Moved {
+    pub role: Role,
+    pub from: nic::Device,
+    pub to: nic::Device,
+    /// Programs attached again (legacy: the move tore the filters down); TCX links follow
+    /// their device, and are only checked.
+    pub reattached: bool,
+    /// From the look that found it to its programs holding there.
+    pub took: Duration,
+}
+
+/// What following the NICs found.
+#[derive(Debug, Default)]
+pub struct Followed {
+    pub moved: Vec<Moved>,
+    /// Roles whose NIC is nowhere to be found, or could not be attached where it is now.
+    pub unprotected: Vec<(Role, String)>,
+}
+
+/// How often following one NIC is tried before it counts as unprotected (it may be renamed
+/// between being found and being attached to).
+const FOLLOW_ATTEMPTS: usize = 3;
+
+/// Finds every NIC where it is now and, where one moved, attaches there: the NIC follower's
+/// reconcile step, run on every link event. `devices` and `state` are updated in place.
+pub fn follow(
+    policy: &Policy,
+    datapath: &mut Datapath,
+    pins: &Pins,
+    devices: &mut Devices,
+    state: &mut State,
+) -> Followed {
+    let mut followed = Followed::default();
+    for nic_policy in &policy.nics {
+        let role = nic_policy.role;
+        let Some(slot) = devices.iter_mut().find(|(r, _)| *r == role) else {
+            continue;
+        };
+        let started = Instant::now();
+        let mut last_error = String::new();
+        let mut done = false;
+        for _ in 0..FOLLOW_ATTEMPTS {
+            let now = match nic::resolve(&nic_policy.nic) {
+                Ok(device) => device,
+                Err(e) => {
+                    last_error = format!("{e:#}");
+                    continue;
+                }
+            };
+            if now.same_place(&slot.1) {
+                rename(state, role, &now);
+                slot.1 = now;
+                done = true;
+                break;
+            }
+            match attach_where_it_is(policy, datapath, pins, state, role, &now) {
+                Ok(reattached) => {
+                    followed.moved.push(Moved {
+                        role,
+                        from: slot.1.clone(),
+                        to: now.clone(),
+                        reattached,
+                        took: started.elapsed(),
+                    });
+                    slot.1 = now;
+                    done = true;
+                    break;
+                }
+                Err(e) => last_error = format!("{e:#}"),
+            }
+        }
+        if !done {
+            followed.unprotected.push((role, last_error));
+        }
+    }
+    followed
+}
+
+/// Attaches `role`'s programs to `device`, recording them in `state`. Returns whether they were
+/// attached anew (legacy) rather than found following the device (TCX).
+fn attach_where_it_is(
+    policy: &Policy,
+    datapath: &mut Datapath,
+    pins: &Pins,
+    state: &mut State,
+    role: Role,
+    device: &nic::Device,
+) -> anyhow::Result<bool> {
+    let mut reattached = false;
+    for direction in Direction::ALL {
+        let before = state.attachment(role, direction).cloned();
+        let tcx = before
+            .as_ref()
+            .map_or(attach::use_tcx(policy.attach), |a| a.hook == Hook::Tcx);
+        // A TCX link moved with its device: update the pinned link in place where it is now
+        // (a defunct one, of a device that is gone, is replaced).
+        let previous = before.map(|mut a| {
+            if a.hook == Hook::Tcx {
+                a.ifindex = device.ifindex;
+                a.netns = device.netns.clone();
+            }
+            a
+        });
+        let attachment = attach::ensure(
+            datapath.program(role, direction),
+            role,
+            direction,
+            device,
+            tcx,
+            &pins.link(role, direction),
+            previous.as_ref(),
+        )
+        .with_context(|| format!("attaching {role} {direction} to {device}"))?;
+        reattached |= !tcx;
+        state
+            .attachments
+            .retain(|a| !(a.role == role && a.direction == direction));
+        state.attachments.push(attachment);
+    }
+    Ok(reattached)
+}
+
+/// The NIC is where it was under another name (docker-hostnic renames it `eth0`): its programs
+/// stay; only the record changes.
+fn rename(state: &mut State, role: Role, device: &nic::Device) {
+    for a in state.attachments.iter_mut().filter(|a| a.role == role) {
+        a.interface.clone_from(&device.name);
+    }
 }
 
 fn check_bpffs(pins: &Pins) -> anyhow::Result<()> {

@@ -42,7 +42,7 @@ pub struct Attachment {
     pub hook: Hook,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// The mode of the policy in force.
     pub mode: Mode,
@@ -57,6 +57,29 @@ pub struct State {
     /// The outcome of the daemon's last reload.
     #[serde(default)]
     pub reload: Option<ReloadRecord>,
+    /// The last move of each role's NIC the daemon followed.
+    #[serde(default)]
+    pub moves: Vec<MoveRecord>,
+}
+
+/// A NIC the daemon followed to a new place (docker-hostnic moves the business NIC at every
+/// start of the database container).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MoveRecord {
+    pub role: Role,
+    /// Where it was and where it is now: `NAME (ifindex N) in NETNS`.
+    pub from: String,
+    pub to: String,
+    /// When the daemon found it there (Unix time, ms).
+    pub at_unix_ms: u64,
+    /// How long finding it and attaching there took.
+    pub reattach_ms: f64,
+    /// Whether the programs had to be attached again (legacy: the move tore down the filters;
+    /// TCX links follow the device).
+    pub reattached: bool,
+    /// Whether the NIC was already up when attaching began: packets may have reached it
+    /// unjudged in between.
+    pub after_up: bool,
 }
 
 impl Default for State {
@@ -68,6 +91,7 @@ impl Default for State {
             pid: None,
             config: None,
             reload: None,
+            moves: Vec::new(),
         }
     }
 }

@@ -1,0 +1,260 @@
+//! Following the business NIC through docker-hostnic's moves: at every start of the database
+//! container the NIC is downed in the guest's namespace, moved into a new sandbox namespace,
+//! renamed `eth0`, given its addresses and brought up; at every stop it comes back. A sender on
+//! the tenant network streams datagrams the policy refuses at the NIC the whole time, and none
+//! may arrive, on TCX (links follow the device) and on legacy clsact (the move tears the filters
+//! down: the daemon attaches again on hearing the move, before the NIC comes up).
+
+mod common;
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use common::{cli, metrics_port, unique, write_config, Daemon, PROBE};
+use trove_isolate_testbed::{addr, scenario, tcp_probe, tcp_server, Guest, NetNs, Server};
+
+/// A port of the database container the policy does not open.
+const DENIED_PORT: u16 = 7777;
+
+/// Counts datagrams arriving at `port` inside `ns` until dropped.
+struct Arrivals {
+    count: Arc<AtomicU64>,
+    _server: Server,
+}
+
+impl Arrivals {
+    fn listen(ns: &NetNs, port: u16) -> Arrivals {
+        let socket = ns.run(|| UdpSocket::bind(("::", port)).expect("udp listener"));
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("timeout");
+        let count = Arc::new(AtomicU64::new(0));
+        let seen = count.clone();
+        let server = Server::spawn(move |stop| {
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if socket.recv_from(&mut buf).is_ok() {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Arrivals {
+            count,
+            _server: server,
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// Streams datagrams to the NIC's denied port from the tenant network until stopped: one every
+/// 200 µs, at most 300,000.
+struct DeniedStream {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl DeniedStream {
+    fn start(guest: &Guest) -> DeniedStream {
+        let to = SocketAddr::from(([192, 0, 2, 1], DENIED_PORT));
+        let socket = guest
+            .biz_net
+            .run(|| UdpSocket::bind("192.0.2.50:0").expect("udp socket on the tenant network"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut sent = 0;
+            while !flag.load(Ordering::Relaxed) && sent < 300_000 {
+                if socket.send_to(b"denied", to).is_ok() {
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            sent
+        });
+        DeniedStream { stop, thread }
+    }
+
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("sender")
+    }
+}
+
+fn moves() -> usize {
+    std::env::var("TROVE_ISOLATE_MOVES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+/// Waits (bounded) until the daemon has logged `n` moves of the business NIC.
+fn await_moves(daemon: &Daemon, n: usize, when: &str) -> String {
+    await_log(daemon, "business NIC moved from", n, when)
+}
+
+/// Waits (bounded) until the daemon's log holds `n` lines containing `what`.
+fn await_log(daemon: &Daemon, what: &str, n: usize, when: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = daemon.stderr();
+        if log.lines().filter(|l| l.contains(what)).count() >= n {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{when}: the daemon did not log {what:?} {n} times:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn follows_the_nic(attach: &str) {
+    let guest = Guest::new(&format!("f{}", &attach[..1]));
+    let metrics = metrics_port();
+    let _servers = scenario::servers(&guest, metrics);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let config = write_config(&scenario::config(
+        &guest, "enforce", attach, &pin_path, metrics,
+    ));
+    let daemon = Daemon::start(
+        &config,
+        pin_path.as_ref(),
+        SocketAddr::from(([127, 0, 0, 1], metrics)),
+    );
+    let client: SocketAddr = "192.0.2.1:3306".parse().expect("addr");
+    let nic = guest.biz_nic();
+    let rounds = moves();
+
+    // The tenant network's entry for the guest survives the NIC's link going down at every move
+    // (as a switch's would); left to ARP, the denied stream keeps it retrying at 1 s intervals
+    // and the first connection after a start waits for the next try, enforcement or not.
+    guest.biz_net.ip(&format!(
+        "neigh replace {} lladdr {} dev peer0 nud permanent",
+        addr::GUEST_V4,
+        guest.biz_mac_text()
+    ));
+    // Where the NIC is between starts: the guest's own namespace, down, as `eth1`.
+    let in_host = Arrivals::listen(&guest.host, DENIED_PORT);
+    let mut arrivals = vec![Arrivals::listen(&guest.container, DENIED_PORT)];
+    let stream = DeniedStream::start(&guest);
+    let mut sandbox: Option<NetNs> = None;
+    let mut db_servers: Vec<Server> = Vec::new();
+    let mut followed = 0;
+    for round in 0..rounds {
+        // Stop: the NIC comes back to the guest's namespace, the sandbox is deleted.
+        let current = sandbox.as_ref().unwrap_or(&guest.container);
+        current.ip(&format!("link set {nic} down"));
+        current.ip(&format!("link set {nic} netns {}", guest.host.name()));
+        guest.host.ip(&format!("link set {nic} name eth1"));
+        followed += 1;
+        await_moves(&daemon, followed, &format!("round {round}, back in the guest"));
+
+        // Start: a new sandbox; the NIC moves in, is renamed, addressed and brought up.
+        let new = NetNs::new(&format!("sb{round}"));
+        new.ip("link set lo up");
+        arrivals.push(Arrivals::listen(&new, DENIED_PORT));
+        db_servers.push(tcp_server(&new, "[::]:3306".parse().expect("addr")));
+        guest.host.ip("link set eth1 down");
+        guest.host.ip(&format!("link set eth1 netns {}", new.name()));
+        new.ip(&format!("link set eth1 name {nic}"));
+        new.ip(&format!("addr add {}/24 dev {nic}", addr::GUEST_V4));
+        new.ip(&format!("addr add {}/64 dev {nic} nodad", addr::GUEST_V6));
+        new.ip(&format!("link set {nic} up"));
+        followed += 1;
+        let log = await_moves(&daemon, followed, &format!("round {round}, into the sandbox"));
+        // A new flow must be to the NIC's own address: wait until the daemon has read them
+        // (it does on their netlink events, within milliseconds) after the move.
+        let moved_at = log.rfind("business NIC moved from").expect("a move");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !daemon.stderr()[moved_at..].contains("business [192.0.2.1/24, 2001:db8:1::1/64") {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the daemon never read the NIC's addresses:\n{}",
+                daemon.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            tcp_probe(&guest.biz_net, None, client, PROBE),
+            "{attach} round {round}: the database is unreachable in its new sandbox\n{}\n{}",
+            daemon.stderr(),
+            daemon
+                .scrape()
+                .lines()
+                .filter(|l| l.starts_with("trove_isolate_drops_total") || l.starts_with("trove_isolate_packets_total"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        sandbox = Some(new);
+    }
+    let current = sandbox.as_ref().unwrap_or(&guest.container);
+    // Let the last datagrams land.
+    std::thread::sleep(Duration::from_millis(100));
+    let sent = stream.finish();
+    let delivered: u64 = arrivals.iter().map(Arrivals::count).sum::<u64>() + in_host.count();
+    let log = daemon.stderr();
+    let late = log.matches("it was already up").count();
+    println!(
+        "{attach}: {rounds} starts and stops of the container, {sent} denied datagrams sent, \
+         {delivered} delivered; re-attachments that began with the NIC already up: {late}"
+    );
+    assert_eq!(
+        delivered, 0,
+        "{attach}: denied datagrams reached the database container across the moves\n{log}"
+    );
+
+    // status names where the NIC is now; detach works there.
+    let status = cli(&["status", "--pin-path", &pin_path]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains(&current.path().display().to_string()),
+        "status does not name the NIC's namespace {}:\n{text}",
+        current.path().display()
+    );
+    let mut daemon = daemon;
+    daemon.kill9();
+    let detach = cli(&["detach", "--pin-path", &pin_path]);
+    assert!(detach.status.success(), "detach failed: {detach:?}");
+    // Nothing filters the NIC where it is now: the denied port is reachable.
+    let before = arrivals.last().expect("arrivals").count();
+    let probe = guest
+        .biz_net
+        .run(|| UdpSocket::bind("192.0.2.50:0").expect("udp socket"));
+    probe
+        .send_to(b"after", SocketAddr::from(([192, 0, 2, 1], DENIED_PORT)))
+        .expect("sending");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while arrivals.last().expect("arrivals").count() == before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        arrivals.last().expect("arrivals").count() > before,
+        "the NIC is still filtered after detach"
+    );
+    drop(db_servers);
+}
+
+#[test]
+fn the_business_nic_is_followed_on_legacy() {
+    follows_the_nic("legacy");
+}
+
+#[test]
+fn the_business_nic_is_followed_on_tcx() {
+    if aya::util::KernelVersion::current()
+        .is_ok_and(|k| k < aya::util::KernelVersion::new(6, 6, 0))
+    {
+        eprintln!("TCX needs Linux 6.6: skipped");
+        return;
+    }
+    follows_the_nic("tcx");
+}
