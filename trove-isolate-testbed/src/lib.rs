@@ -17,6 +17,8 @@ pub use probe::{tcp_probe, tcp_server, udp_probe, udp_server, Server};
 
 /// The simulated guest.
 pub struct Guest {
+    mgmt_mac: [u8; 6],
+    biz_mac: [u8; 6],
     /// The guest VM's own namespace: the management NIC, sshd, the metrics endpoint.
     pub host: NetNs,
     /// The database container's namespace: the business NIC (moved there by docker-hostnic).
@@ -29,8 +31,26 @@ pub struct Guest {
 
 const MGMT_NIC: &str = "mgmt0";
 const BIZ_NIC: &str = "eth0";
-const MGMT_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0x00, 0x00, 0x01];
-const BIZ_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0x00, 0x00, 0x02];
+/// OpenStack's MAC prefix; the rest is unique per guest, because a NIC named by MAC is looked
+/// for in every namespace, and tests run side by side.
+const MAC_PREFIX: [u8; 3] = [0xfa, 0x16, 0x3e];
+
+static NEXT_GUEST: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// The MAC of NIC `nic` (1 management, 2 business) of a new guest.
+fn guest_mac(guest: u16, nic: u8) -> [u8; 6] {
+    // 16 bits of the process and 8 of the guest keep concurrent test processes apart too.
+    let pid = std::process::id() as u16;
+    let [p0, p1] = pid.to_be_bytes();
+    [
+        MAC_PREFIX[0],
+        MAC_PREFIX[1],
+        MAC_PREFIX[2] ^ p0 & 0x0f,
+        p1,
+        (guest as u8) & 0x7f,
+        nic,
+    ]
+}
 
 fn mac_text(mac: [u8; 6]) -> String {
     mac.iter()
@@ -41,7 +61,10 @@ fn mac_text(mac: [u8; 6]) -> String {
 
 impl Guest {
     pub fn new(label: &str) -> Guest {
+        let n = NEXT_GUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let guest = Guest {
+            mgmt_mac: guest_mac(n, 1),
+            biz_mac: guest_mac(n, 2),
             host: NetNs::new(&format!("{label}g")),
             container: NetNs::new(&format!("{label}c")),
             mgmt_net: NetNs::new(&format!("{label}m")),
@@ -50,14 +73,14 @@ impl Guest {
         guest.wire(
             &guest.host,
             MGMT_NIC,
-            MGMT_MAC,
+            guest.mgmt_mac,
             &guest.mgmt_net,
             addr::MGMT_NET,
         );
         guest.wire(
             &guest.container,
             BIZ_NIC,
-            BIZ_MAC,
+            guest.biz_mac,
             &guest.biz_net,
             addr::BIZ_NET,
         );
@@ -101,15 +124,15 @@ impl Guest {
     }
 
     pub fn mgmt_mac(&self) -> [u8; 6] {
-        MGMT_MAC
+        self.mgmt_mac
     }
 
     pub fn biz_mac(&self) -> [u8; 6] {
-        BIZ_MAC
+        self.biz_mac
     }
 
     /// `aa:bb:cc:dd:ee:ff` of the business NIC, as a config names it.
     pub fn biz_mac_text(&self) -> String {
-        mac_text(BIZ_MAC)
+        mac_text(self.biz_mac)
     }
 }

@@ -19,8 +19,10 @@ use aya::{
 use trove_isolate_common::{program_name, Direction, Role};
 
 use crate::{
+    datapath::Datapath,
     netns,
-    nic::Device,
+    nic::{self, Device},
+    pins::Pins,
     policy::AttachMode,
     state::{Attachment, Hook},
 };
@@ -68,44 +70,79 @@ pub fn use_tcx(mode: AttachMode) -> bool {
     }
 }
 
-/// Ensures `program` (for `role`, `direction`) is attached to `device`. `previous` is what the
-/// state file says was attached for this (role, direction), if anything.
+/// Ensures both of `role`'s programs are attached to `device`, in one visit to its namespace
+/// (the NIC follower races docker-hostnic bringing the NIC up). `previous` is what the state
+/// file says was attached for each direction, if anything.
 pub fn ensure(
-    program: &mut SchedClassifier,
+    datapath: &mut Datapath,
     role: Role,
-    direction: Direction,
     device: &Device,
     tcx: bool,
-    link_pin: &Path,
-    previous: Option<&Attachment>,
-) -> Result<Attachment, AttachError> {
-    let program_name = program_name(role, direction);
-    let same_device =
-        previous.is_some_and(|p| p.ifindex == device.ifindex && p.netns == device.netns);
-    let hook = netns::run_in(device.netns.as_deref(), || {
-        if tcx {
-            ensure_tcx(
-                program,
-                program_name,
-                direction,
-                device,
-                link_pin,
-                same_device,
-            )
-        } else {
-            let replace =
-                same_device && matches!(previous.map(|p| &p.hook), Some(Hook::Legacy { .. }));
-            ensure_legacy(program, program_name, direction, device, replace)
+    pins: &Pins,
+    previous: [Option<&Attachment>; 2],
+) -> Result<Ensured, AttachError> {
+    let (hooks, before, after) = netns::run_in(device.netns.as_deref(), || {
+        // The device just before and just after: how much it may have received unjudged.
+        let before = nic::snapshot(device.ifindex);
+        let mut hooks = Vec::new();
+        for (direction, previous) in Direction::ALL.into_iter().zip(previous) {
+            let program = datapath.program(role, direction);
+            let name = program_name(role, direction);
+            let same_device =
+                previous.is_some_and(|p| p.ifindex == device.ifindex && p.netns == device.netns);
+            let hook = if tcx {
+                ensure_tcx(
+                    program,
+                    name,
+                    direction,
+                    device,
+                    &pins.link(role, direction),
+                    same_device,
+                )?
+            } else {
+                let replace =
+                    same_device && matches!(previous.map(|p| &p.hook), Some(Hook::Legacy { .. }));
+                ensure_legacy(program, name, direction, device, replace)?
+            };
+            hooks.push((direction, hook));
         }
+        Ok::<_, AttachError>((hooks, before, nic::snapshot(device.ifindex)))
     })??;
-    Ok(Attachment {
-        role,
-        direction,
-        interface: device.name.clone(),
-        ifindex: device.ifindex,
-        netns: device.netns.clone(),
-        hook,
+    let attachments = hooks
+        .into_iter()
+        .map(|(direction, hook)| Attachment {
+            role,
+            direction,
+            interface: device.name.clone(),
+            ifindex: device.ifindex,
+            netns: device.netns.clone(),
+            hook,
+        })
+        .collect();
+    Ok(Ensured {
+        attachments,
+        before,
+        after,
     })
+}
+
+/// What [`ensure`] attached, and the device just before and just after.
+pub struct Ensured {
+    pub attachments: Vec<Attachment>,
+    pub before: Option<nic::Snapshot>,
+    pub after: Option<nic::Snapshot>,
+}
+
+impl Ensured {
+    /// Whether packets may have reached the device unjudged while attaching: it was up before
+    /// (since when is unknown), or it received some meanwhile.
+    pub fn maybe_unjudged(&self) -> bool {
+        match (self.before, self.after) {
+            (Some(b), Some(a)) => b.up || a.rx_packets > b.rx_packets,
+            (Some(b), None) => b.up,
+            _ => true,
+        }
+    }
 }
 
 fn program_error(
@@ -312,8 +349,13 @@ pub fn remove(attachment: &Attachment, link_pin: &Path) -> Result<(), AttachErro
         Hook::Legacy { priority, handle } => {
             let direction = attachment.direction;
             let in_netns = netns::run_in(attachment.netns.as_deref(), || {
+                // By its ifindex: the NIC may have been renamed since (docker-hostnic names it
+                // eth0 once in its sandbox).
+                let interface = nix::net::if_::if_indextoname(attachment.ifindex)
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| attachment.interface.clone());
                 let Ok(link) = SchedClassifierLink::attached(
-                    &attachment.interface,
+                    &interface,
                     tc_attach_type(direction),
                     *priority,
                     TcHandle::from(*handle),
@@ -332,7 +374,7 @@ pub fn remove(attachment: &Attachment, link_pin: &Path) -> Result<(), AttachErro
                     Err(source) => Err(AttachError::Program {
                         what: "detaching",
                         program: "filter",
-                        device: attachment.interface.clone(),
+                        device: interface,
                         source: Box::new(source),
                     }),
                 }

@@ -22,9 +22,9 @@ use crate::{
     conntrack,
     datapath::{self, Datapath, PinnedMaps, Table},
     drops,
+    linkwatch::{self, Change},
     pins::Pins,
     policy::Policy,
-    linkwatch::{self, Change},
     reconcile::{self, enforce, local_entries, Devices, NicAddresses},
     serve::{self, Scrape},
     state::{MoveRecord, ReloadRecord, State},
@@ -86,13 +86,11 @@ pub struct DaemonStats {
 
 impl DaemonStats {
     fn count_reattach(&mut self, interface: &str, after_up: bool) {
-        let bump = |list: &mut Vec<(String, u64)>| match list
-            .iter_mut()
-            .find(|(i, _)| i == interface)
-        {
-            Some((_, n)) => *n += 1,
-            None => list.push((interface.to_owned(), 1)),
-        };
+        let bump =
+            |list: &mut Vec<(String, u64)>| match list.iter_mut().find(|(i, _)| i == interface) {
+                Some((_, n)) => *n += 1,
+                None => list.push((interface.to_owned(), 1)),
+            };
         bump(&mut self.reattach);
         if after_up {
             bump(&mut self.reattach_after_up);
@@ -245,8 +243,9 @@ impl Enforcing {
             } else {
                 "its TCX links followed it"
             };
-            let late = if moved.reattached && moved.to.up {
-                " (it was already up: packets may have reached it unjudged)"
+            let late = if moved.late {
+                " (it was up or receiving before the programs held: packets may have reached it \
+                 unjudged)"
             } else {
                 ""
             };
@@ -258,7 +257,7 @@ impl Enforcing {
                 moved.took.as_secs_f64() * 1e3
             );
             if moved.reattached {
-                stats.count_reattach(&moved.to.name, moved.to.up);
+                stats.count_reattach(&moved.to.name, moved.late);
             }
             state.moves.retain(|m| m.role != moved.role);
             state.moves.push(MoveRecord {
@@ -268,7 +267,7 @@ impl Enforcing {
                 at_unix_ms: unix_ms(),
                 reattach_ms: moved.took.as_secs_f64() * 1e3,
                 reattached: moved.reattached,
-                after_up: moved.reattached && moved.to.up,
+                after_up: moved.late,
             });
         }
         for role in Role::ALL {
@@ -283,7 +282,7 @@ impl Enforcing {
             }
             stats.unprotected[role as usize] = now.is_some();
         }
-        if !followed.moved.is_empty() {
+        if !followed.moved.is_empty() || followed.renamed {
             if let Err(e) = state.write(&self.pins.state_file()) {
                 log::warn!("recording the move: {e:#}");
             }

@@ -116,7 +116,9 @@ fn listen(socket: &Socket, tx: &mpsc::Sender<Change>) {
         let changes = match socket.recv(&mut &mut buf[..], 0) {
             Ok(n) => classify(&buf[..n]),
             // ENOBUFS: events were lost; anything may have changed.
-            Err(e) if e.raw_os_error() == Some(libc_enobufs()) => vec![Change::Link, Change::Address],
+            Err(e) if e.raw_os_error() == Some(libc_enobufs()) => {
+                vec![Change::Link, Change::Address]
+            }
             Err(e) => {
                 log::error!("the link watcher stopped: {e}");
                 return;

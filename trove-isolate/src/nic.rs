@@ -152,19 +152,13 @@ fn find(spec: &NicSpec) -> Result<(String, bool), NicError> {
         source,
     })?;
     let mut entries = addrs.map(|ifa| {
-        let mac = ifa
-            .address
-            .as_ref()
-            .and_then(|a| a.as_link_addr()?.addr());
+        let mac = ifa.address.as_ref().and_then(|a| a.as_link_addr()?.addr());
         let up = ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
         (ifa.interface_name, mac, up)
     });
     match &spec.selector {
         // A name not listed (no such device) is reported by if_nametoindex.
-        NicSelector::Name(name) => Ok((
-            name.clone(),
-            entries.any(|(n, _, up)| n == *name && up),
-        )),
+        NicSelector::Name(name) => Ok((name.clone(), entries.any(|(n, _, up)| n == *name && up))),
         NicSelector::Mac(mac) => entries
             .find(|(_, m, _)| *m == Some(*mac))
             .map(|(name, _, up)| (name, up))
@@ -172,4 +166,47 @@ fn find(spec: &NicSpec) -> Result<(String, bool), NicError> {
                 spec: spec.to_string(),
             }),
     }
+}
+
+/// A device's state at one instant, for measuring the window of a re-attachment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub up: bool,
+    pub rx_packets: u64,
+}
+
+/// `ifindex`'s state in the current thread's namespace (RTM_GETLINK); `None` if it is not
+/// there.
+pub fn snapshot(ifindex: u32) -> Option<Snapshot> {
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+    use netlink_packet_route::{
+        link::{LinkAttribute, LinkFlags, LinkMessage},
+        RouteNetlinkMessage,
+    };
+    use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
+
+    let mut socket = Socket::new(NETLINK_ROUTE).ok()?;
+    socket.bind_auto().ok()?;
+    let mut request = LinkMessage::default();
+    request.header.index = ifindex;
+    let mut message = NetlinkMessage::from(RouteNetlinkMessage::GetLink(request));
+    message.header.flags = NLM_F_REQUEST;
+    message.finalize();
+    let mut bytes = vec![0u8; message.buffer_len()];
+    message.serialize(&mut bytes);
+    socket.send(&bytes, 0).ok()?;
+    let mut answer = vec![0u8; 16 * 1024];
+    let n = socket.recv(&mut &mut answer[..], 0).ok()?;
+    let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer[..n]).ok()?;
+    let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) = reply.payload else {
+        return None;
+    };
+    let rx_packets = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Stats64(s) => Some(s.rx_packets),
+        _ => None,
+    });
+    Some(Snapshot {
+        up: link.header.flags.contains(LinkFlags::Up),
+        rx_packets: rx_packets.unwrap_or(0),
+    })
 }

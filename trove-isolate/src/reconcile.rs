@@ -91,19 +91,9 @@ fn apply(
     }
     let tcx = attach::use_tcx(policy.attach);
     for (role, device) in devices {
-        for direction in Direction::ALL {
-            let before = find(&previous.attachments, *role, direction);
-            let attachment = attach::ensure(
-                datapath.program(*role, direction),
-                *role,
-                direction,
-                device,
-                tcx,
-                &pins.link(*role, direction),
-                before,
-            )?;
-            attachments.push(attachment);
-        }
+        let before = Direction::ALL.map(|d| find(&previous.attachments, *role, d));
+        attachments
+            .extend(attach::ensure(&mut datapath, *role, device, tcx, pins, before)?.attachments);
     }
     retire(pins, &previous.attachments, attachments)?;
     for stale in pins.stale_maps() {
@@ -190,6 +180,9 @@ pub struct Moved {
     /// Programs attached again (legacy: the move tore the filters down); TCX links follow
     /// their device, and are only checked.
     pub reattached: bool,
+    /// Re-attached, but the NIC was up before, or received packets while attaching: some may
+    /// have reached it unjudged (docker-hostnic brought it up first).
+    pub late: bool,
     /// From the look that found it to its programs holding there.
     pub took: Duration,
 }
@@ -200,6 +193,8 @@ pub struct Followed {
     pub moved: Vec<Moved>,
     /// Roles whose NIC is nowhere to be found, or could not be attached where it is now.
     pub unprotected: Vec<(Role, String)>,
+    /// A NIC has a new name where it was (the record changed).
+    pub renamed: bool,
 }
 
 /// How often following one NIC is tried before it counts as unprotected (it may be renamed
@@ -233,18 +228,22 @@ pub fn follow(
                 }
             };
             if now.same_place(&slot.1) {
-                rename(state, role, &now);
+                if now.name != slot.1.name {
+                    rename(state, role, &now);
+                    followed.renamed = true;
+                }
                 slot.1 = now;
                 done = true;
                 break;
             }
             match attach_where_it_is(policy, datapath, pins, state, role, &now) {
-                Ok(reattached) => {
+                Ok((reattached, late)) => {
                     followed.moved.push(Moved {
                         role,
                         from: slot.1.clone(),
                         to: now.clone(),
                         reattached,
+                        late,
                         took: started.elapsed(),
                     });
                     slot.1 = now;
@@ -262,7 +261,8 @@ pub fn follow(
 }
 
 /// Attaches `role`'s programs to `device`, recording them in `state`. Returns whether they were
-/// attached anew (legacy) rather than found following the device (TCX).
+/// attached anew (legacy) rather than found following the device (TCX), and whether packets may
+/// have reached it unjudged before they held.
 fn attach_where_it_is(
     policy: &Policy,
     datapath: &mut Datapath,
@@ -270,39 +270,43 @@ fn attach_where_it_is(
     state: &mut State,
     role: Role,
     device: &nic::Device,
-) -> anyhow::Result<bool> {
-    let mut reattached = false;
-    for direction in Direction::ALL {
-        let before = state.attachment(role, direction).cloned();
-        let tcx = before
-            .as_ref()
-            .map_or(attach::use_tcx(policy.attach), |a| a.hook == Hook::Tcx);
-        // A TCX link moved with its device: update the pinned link in place where it is now
-        // (a defunct one, of a device that is gone, is replaced).
-        let previous = before.map(|mut a| {
-            if a.hook == Hook::Tcx {
-                a.ifindex = device.ifindex;
-                a.netns = device.netns.clone();
-            }
-            a
-        });
-        let attachment = attach::ensure(
-            datapath.program(role, direction),
-            role,
-            direction,
-            device,
-            tcx,
-            &pins.link(role, direction),
-            previous.as_ref(),
-        )
-        .with_context(|| format!("attaching {role} {direction} to {device}"))?;
-        reattached |= !tcx;
-        state
-            .attachments
-            .retain(|a| !(a.role == role && a.direction == direction));
-        state.attachments.push(attachment);
-    }
-    Ok(reattached)
+) -> anyhow::Result<(bool, bool)> {
+    let before: Vec<Option<Attachment>> = Direction::ALL
+        .iter()
+        .map(|d| state.attachment(role, *d).cloned())
+        .collect();
+    let tcx = before
+        .iter()
+        .flatten()
+        .next()
+        .map_or(attach::use_tcx(policy.attach), |a| a.hook == Hook::Tcx);
+    // A TCX link moved with its device: update the pinned link in place where it is now (a
+    // defunct one, of a device that is gone, is replaced).
+    let previous: Vec<Option<Attachment>> = before
+        .into_iter()
+        .map(|b| {
+            b.map(|mut a| {
+                if a.hook == Hook::Tcx {
+                    a.ifindex = device.ifindex;
+                    a.netns = device.netns.clone();
+                }
+                a
+            })
+        })
+        .collect();
+    let ensured = attach::ensure(
+        datapath,
+        role,
+        device,
+        tcx,
+        pins,
+        [previous[0].as_ref(), previous[1].as_ref()],
+    )
+    .with_context(|| format!("attaching {role} to {device}"))?;
+    let late = !tcx && ensured.maybe_unjudged();
+    state.attachments.retain(|a| a.role != role);
+    state.attachments.extend(ensured.attachments);
+    Ok((!tcx, late))
 }
 
 /// The NIC is where it was under another name (docker-hostnic renames it `eth0`): its programs
