@@ -428,6 +428,9 @@ mod tests {
             drop_events: 9,
             drop_events_not_logged: 4,
             drop_events_unsent: 11,
+            reattach: vec![("eth0".into(), 20)],
+            reattach_after_up: vec![("eth0".into(), 1)],
+            unprotected: [false, true],
         };
         let text = render(&counts, &state, &stats);
         let classic = openmetrics_to_prometheus(&text);
@@ -455,6 +458,10 @@ mod tests {
             "trove_isolate_drop_events_total 9",
             r#"trove_isolate_drop_events_suppressed_total{stage="datapath"} 11"#,
             r#"trove_isolate_drop_events_suppressed_total{stage="log"} 4"#,
+            r#"trove_isolate_reattach_total{interface="eth0"} 20"#,
+            r#"trove_isolate_reattach_after_up_total{interface="eth0"} 1"#,
+            r#"trove_isolate_unprotected{role="management"} 0"#,
+            r#"trove_isolate_unprotected{role="business"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line} in:\n{text}");
         }

@@ -104,7 +104,7 @@ pub fn namespace_files() -> Vec<PathBuf> {
             Some((meta.modified().ok()?, path))
         })
         .collect();
-    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
     let mut seen = vec![own];
     let mut out = Vec::new();
     for (_, path) in files {
