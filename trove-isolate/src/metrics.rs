@@ -187,6 +187,17 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
     }
     let reattach = Family::<InterfaceLabels, Counter>::default();
     let reattach_after_up = Family::<InterfaceLabels, Counter>::default();
+    // At zero for each NIC where it is now, so that increase() sees the first one.
+    for role in Role::ALL {
+        let interface = interface_of(state, role);
+        if !interface.is_empty() {
+            for family in [&reattach, &reattach_after_up] {
+                let _ = family.get_or_create(&InterfaceLabels {
+                    interface: interface.clone(),
+                });
+            }
+        }
+    }
     for (family, counts) in [
         (&reattach, &stats.reattach),
         (&reattach_after_up, &stats.reattach_after_up),
@@ -484,6 +495,8 @@ mod tests {
         };
         let stats = DaemonStats {
             conntrack: vec![(Role::Business, Table::New, 0)],
+            reattach: vec![("eth0".into(), 1)],
+            reattach_after_up: vec![("eth0".into(), 1)],
             ..DaemonStats::default()
         };
         let text = openmetrics_to_prometheus(&render(
