@@ -52,6 +52,11 @@ pub enum AttachError {
     },
 }
 
+/// Whether a clsact filter at `priority`/`handle` is in our place.
+pub fn is_our_filter(priority: u16, handle: u32) -> bool {
+    priority == LEGACY_PRIORITY && handle == LEGACY_HANDLE
+}
+
 pub fn tc_attach_type(direction: Direction) -> TcAttachType {
     match direction {
         Direction::Ingress => TcAttachType::Ingress,
@@ -297,7 +302,8 @@ fn ensure_legacy(
     Ok(legacy_hook())
 }
 
-fn legacy_hook() -> Hook {
+/// Our filters' place on the clsact qdisc.
+pub fn legacy_hook() -> Hook {
     Hook::Legacy {
         priority: LEGACY_PRIORITY,
         handle: LEGACY_HANDLE,

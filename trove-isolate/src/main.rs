@@ -10,6 +10,7 @@ use trove_isolate::{
     daemon, drops, explain, ops,
     pins::Pins,
     policy::Policy,
+    status,
 };
 
 /// Per-interface network isolation for OpenStack Trove database guests.
@@ -58,11 +59,21 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
-    /// Show what is attached where, the mode of each role and the verdict counters.
+    /// Show where each NIC is now, what the kernel has attached to it, and what differs from
+    /// the record.
+    ///
+    /// Finds each NIC as the daemon does (by MAC in every network namespace: the host's,
+    /// /run/netns/*, /var/run/docker/netns/*), asks the kernel what is on its hooks there (TCX
+    /// programs, clsact filters) and compares with the state record: a NIC that moved, was
+    /// renamed, or lacks our programs is spelled out, as is a daemon that is not running. Then
+    /// the mode, the policy size, the last move the daemon followed and the verdict counters.
     Status {
         /// The pin directory of the enforcement to inspect (the config's `pin_path`).
         #[arg(long, default_value = DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
+        /// One JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Have the running daemon apply its config file again, with no window.
     ///
@@ -229,8 +240,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Status { pin_path } => {
-            print!("{}", ops::status(&Pins::new(pin_path))?);
+        Command::Status { pin_path, json } => {
+            let report = status::report(&Pins::new(pin_path))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
             Ok(())
         }
         Command::Reload { pin_path, timeout } => {

@@ -1,152 +1,30 @@
-//! `status` and `detach`: working on what a daemon left pinned, with or without it running.
+//! `detach` and `reload`: working on what a daemon left pinned, with or without it running.
 
 use std::{fmt::Write as _, fs, io};
 
 use anyhow::Context as _;
-use trove_isolate_common::Role;
+
+use trove_isolate_common::{Direction, Role};
 
 use crate::{
-    attach,
-    datapath::PinnedMaps,
+    attach, inspect, nic,
     pins::Pins,
-    rawsock,
-    state::{Hook, State},
+    policy::Policy,
+    state::{Attachment, Hook, State},
 };
-
-/// What `status` prints: attachments, mode and counters.
-pub fn status(pins: &Pins) -> anyhow::Result<String> {
-    let state = State::read(&pins.state_file())?;
-    let mut out = String::new();
-    let Some(state) = state else {
-        if pins.root().exists() {
-            writeln!(
-                out,
-                "pins exist under {} but no record of what is attached (in {}); \
-                 `run` adopts them, `detach` removes them",
-                pins.root().display(),
-                pins.state_file().display()
-            )?;
-        } else {
-            writeln!(
-                out,
-                "not enforcing: nothing under {}",
-                pins.root().display()
-            )?;
-        }
-        return Ok(out);
-    };
-    writeln!(
-        out,
-        "pin path {}  mode {}",
-        pins.root().display(),
-        state.mode
-    )?;
-    writeln!(out, "attached:")?;
-    for a in &state.attachments {
-        let netns = a
-            .netns
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "-".into());
-        let live = match &a.hook {
-            Hook::Tcx if !pins.link(a.role, a.direction).exists() => "  (link pin missing!)",
-            _ => "",
-        };
-        writeln!(
-            out,
-            "  {:<10} {:<7} {:<12} ifindex {:<4} netns {:<28} {}{live}",
-            a.role,
-            a.direction,
-            a.interface,
-            a.ifindex,
-            netns,
-            a.hook.name()
-        )?;
-    }
-    let maps = PinnedMaps::open(pins)?;
-    for role in Role::ALL {
-        if state.attached(role).next().is_none() {
-            writeln!(out, "{}: not protected (no NIC configured)", role.name())?;
-            continue;
-        }
-        let mode = maps.mode(role)?;
-        let entries = state
-            .policy_entries
-            .iter()
-            .find(|(r, _)| *r == role)
-            .map_or(0, |(_, n)| *n);
-        writeln!(
-            out,
-            "{}: mode {}, {entries} policy entries",
-            role.name(),
-            mode.name()
-        )?;
-    }
-    if let Some(biz) = state.attachments.iter().find(|a| a.role == Role::Business) {
-        raw_socket_warning(&mut out, biz.netns.as_deref())?;
-    }
-    writeln!(out, "counters (packets, bytes):")?;
-    let counts = maps.counts()?;
-    if counts.is_empty() {
-        writeln!(out, "  none yet")?;
-    }
-    for c in counts {
-        writeln!(
-            out,
-            "  {:<10} {:<7} {:<5} {:<22} {:>10} {:>12}",
-            c.role.name(),
-            c.direction.name(),
-            c.verdict.name(),
-            c.reason.name(),
-            c.counter.packets,
-            c.counter.bytes
-        )?;
-    }
-    Ok(out)
-}
-
-/// Warns when processes in the business NIC's namespace hold CAP_NET_RAW: packet sockets read
-/// frames before TC ingress and can send past TC egress.
-fn raw_socket_warning(out: &mut String, netns: Option<&std::path::Path>) -> std::fmt::Result {
-    let where_ = netns.map_or_else(
-        || "the host namespace".to_owned(),
-        |p| p.display().to_string(),
-    );
-    match rawsock::holders(netns) {
-        Ok(found) if found.is_empty() => Ok(()),
-        Ok(found) => {
-            let list: Vec<String> = found
-                .iter()
-                .take(8)
-                .map(|p| format!("{} ({})", p.pid, p.command))
-                .collect();
-            let more = found.len().saturating_sub(8);
-            let more = if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            };
-            writeln!(
-                out,
-                "WARNING: {} process(es) in the business NIC's namespace {where_} hold CAP_NET_RAW: \
-                 {}{more}. Packet sockets see frames before TC ingress and can send past TC \
-                 egress; drop NET_RAW from the database container (see SECURITY.md).",
-                found.len(),
-                list.join(", ")
-            )
-        }
-        Err(e) => writeln!(
-            out,
-            "note: cannot check {where_} for CAP_NET_RAW holders: {e}"
-        ),
-    }
-}
 
 /// Removes all enforcement and every pin under `pins`. Returns what was removed, one per line.
 pub fn detach(pins: &Pins) -> anyhow::Result<String> {
     let mut out = String::new();
     let state_file = pins.state_file();
     if let Some(mut state) = State::read(&state_file)? {
+        // Our filters where each NIC is now, if the record missed them (the NIC moved and the
+        // daemon re-attached there, then died before recording it).
+        let strays = unrecorded_filters(&state);
+        if !strays.is_empty() {
+            state.attachments.extend(strays);
+            state.write(&state_file)?;
+        }
         // One attachment at a time, the record rewritten after each: a detach that fails half
         // way leaves a record of exactly what is left, and running it again finishes the job.
         while let Some(a) = state.attachments.first().cloned() {
@@ -188,6 +66,45 @@ pub fn detach(pins: &Pins) -> anyhow::Result<String> {
         writeln!(out, "nothing to detach under {}", pins.root().display())?;
     }
     Ok(out)
+}
+
+/// Our clsact filters on each configured NIC where it is now that the record does not list.
+fn unrecorded_filters(state: &State) -> Vec<Attachment> {
+    let Some(policy) = state.config.as_ref().and_then(|c| Policy::load(c).ok()) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for role in Role::ALL {
+        let Some(device) = policy.nic(role).and_then(|n| nic::resolve(&n.nic).ok()) else {
+            continue;
+        };
+        let Ok(hooks) = inspect::hooks(&device, role) else {
+            continue;
+        };
+        for direction in Direction::ALL {
+            let ours = hooks
+                .iter()
+                .any(|h| h.direction == direction && h.ours && h.kind == "legacy");
+            let recorded = state.attachments.iter().any(|a| {
+                a.role == role
+                    && a.direction == direction
+                    && a.ifindex == device.ifindex
+                    && a.netns == device.netns
+                    && matches!(a.hook, Hook::Legacy { .. })
+            });
+            if ours && !recorded {
+                found.push(Attachment {
+                    role,
+                    direction,
+                    interface: device.name.clone(),
+                    ifindex: device.ifindex,
+                    netns: device.netns.clone(),
+                    hook: attach::legacy_hook(),
+                });
+            }
+        }
+    }
+    found
 }
 
 /// Asks the daemon enforcing under `pins` to reload its config, after validating that config

@@ -257,19 +257,62 @@ fn follows_the_nic(attach: &str) {
         "{metrics}"
     );
 
-    // status names where the NIC is now; detach works there.
-    let status = cli(&["status", "--pin-path", &pin_path]);
-    let text = String::from_utf8_lossy(&status.stdout);
-    assert!(
-        text.contains(&current.path().display().to_string()),
-        "status does not name the NIC's namespace {}:\n{text}\n{}",
-        current.path().display(),
-        daemon.stderr()
+    // status reads the kernel: where the NIC is now, and our programs on it.
+    let report = status_json(&pin_path);
+    let biz = business(&report);
+    assert_eq!(
+        (biz["now"]["netns"].as_str(), biz["enforced"].as_bool()),
+        (
+            Some(current.path().display().to_string().as_str()),
+            Some(true)
+        ),
+        "{report:#}"
     );
+    assert!(
+        report["problems"].as_array().is_some_and(Vec::is_empty),
+        "{report:#}"
+    );
+
+    // With the daemon gone, a move is not followed: status says so, in plain words.
     let mut daemon = daemon;
     daemon.kill9();
+    let last = NetNs::new("sbx");
+    current.ip(&format!("link set {nic} down"));
+    current.ip(&format!("link set {nic} netns {}", last.name()));
+    last.ip(&format!("addr add {}/24 dev {nic}", addr::GUEST_V4));
+    last.ip(&format!("link set {nic} up"));
+    let report = status_json(&pin_path);
+    let biz = business(&report);
+    let problems = report["problems"].to_string();
+    assert_eq!(
+        biz["now"]["netns"].as_str(),
+        Some(last.path().display().to_string().as_str()),
+        "{report:#}"
+    );
+    assert!(
+        problems.contains("business NIC moved: the record says")
+            && problems.contains("is not running"),
+        "{report:#}"
+    );
+    // TCX links follow the device; legacy filters were left behind.
+    assert_eq!(
+        biz["enforced"].as_bool(),
+        Some(attach == "tcx"),
+        "{report:#}"
+    );
+    let text =
+        String::from_utf8_lossy(&cli(&["status", "--pin-path", &pin_path]).stdout).into_owned();
+    let verdict = if attach == "tcx" {
+        "enforced"
+    } else {
+        "NOT ENFORCED"
+    };
+    assert!(text.contains(verdict), "{text}");
+
+    // detach works wherever the NIC is now.
     let detach = cli(&["detach", "--pin-path", &pin_path]);
     assert!(detach.status.success(), "detach failed: {detach:?}");
+    let arrivals = [Arrivals::listen(&last, DENIED_PORT)];
     // Nothing filters the NIC where it is now: the denied port is reachable.
     let before = arrivals.last().expect("arrivals").count();
     let probe = guest
@@ -287,6 +330,19 @@ fn follows_the_nic(attach: &str) {
         "the NIC is still filtered after detach"
     );
     drop(db_servers);
+}
+
+fn status_json(pin_path: &str) -> serde_json::Value {
+    let out = cli(&["status", "--json", "--pin-path", pin_path]);
+    assert!(out.status.success(), "status --json failed: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+}
+
+fn business(report: &serde_json::Value) -> &serde_json::Value {
+    report["nics"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["role"] == "business"))
+        .unwrap_or_else(|| panic!("no business NIC in {report:#}"))
 }
 
 #[test]
