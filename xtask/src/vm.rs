@@ -55,6 +55,8 @@ emulation (no KVM: nested KVM does not work on the CI machines). That part:
       packets (all of it, with --nocapture for the verified instruction counts);
       enforcement, all but the TCX tests (there is no TCX on 6.1): legacy clsact
       explicitly, and attach = \"auto\", which picks legacy there;
+      follow, on legacy: the business NIC moved through 20 container starts and stops
+      with a denied stream running (with --nocapture, for the window it measured);
 
  4. prints the kernel the VM ran, the boot time and each binary's run time, and each program's
     verified instruction count on the host and on 6.1. A test failing in the VM, or the VM not
@@ -322,6 +324,7 @@ fn virtme_ng(venv: &Path) -> anyhow::Result<PathBuf> {
 struct TestBins {
     packets: PathBuf,
     enforcement: PathBuf,
+    follow: PathBuf,
 }
 
 fn test_bins() -> anyhow::Result<TestBins> {
@@ -356,6 +359,7 @@ fn test_bins() -> anyhow::Result<TestBins> {
     Ok(TestBins {
         packets: find("packets")?,
         enforcement: find("enforcement")?,
+        follow: find("follow")?,
     })
 }
 
@@ -407,12 +411,14 @@ run() {{
 }}
 run packets '{packets}' --test-threads=1 --nocapture
 run enforcement '{enforcement}' --test-threads=1 --skip policy_holds_on_tcx --skip tcx_attaches_first_in_the_chain
+run follow '{follow}' --test-threads=1 --nocapture --skip the_business_nic_is_followed_on_tcx
 echo "{MARK} end status $status"
 exit $status
 "#,
         root = root.display(),
         packets = bins.packets.display(),
         enforcement = bins.enforcement.display(),
+        follow = bins.follow.display(),
     )
 }
 
