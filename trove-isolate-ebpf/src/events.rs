@@ -42,8 +42,10 @@ pub fn sample(ctx: &TcContext, role: Role, direction: Direction, verdict: Verdic
     let event = entry.as_mut_ptr();
     let skb = ctx.as_ptr() as *mut __sk_buff;
     let len = ctx.len();
-    // Bounded to 1..=HEAD for the verifier: the helper takes no zero length.
-    let captured = if len >= HEAD as u32 { HEAD as u32 } else { len };
+    let wanted = if len >= HEAD as u32 { HEAD as u32 } else { len };
+    // The same as `wanted` for 1..=HEAD, in a range every kernel's verifier can see is
+    // [1, HEAD] (the helper takes no zero length; 6.1 loses a plain `> 0` check).
+    let size = (wanted.wrapping_sub(1) & (HEAD as u32 - 1)) + 1;
     unsafe {
         (*event).ktime_ns = now;
         (*event).len = len;
@@ -53,14 +55,9 @@ pub fn sample(ctx: &TcContext, role: Role, direction: Direction, verdict: Verdic
         (*event).verdict = verdict as u8;
         (*event).reason = reason as u8;
         (*event)._pad = [0; 2];
-        let loaded = captured > 0
-            && bpf_skb_load_bytes(
-                skb as *const _,
-                0,
-                (*event).head.as_mut_ptr() as *mut _,
-                captured,
-            ) == 0;
-        (*event).captured = if loaded { captured as u16 } else { 0 };
+        let loaded =
+            bpf_skb_load_bytes(skb as *const _, 0, (*event).head.as_mut_ptr() as *mut _, size) == 0;
+        (*event).captured = if loaded && wanted > 0 { size as u16 } else { 0 };
     }
     entry.submit(0);
 }
