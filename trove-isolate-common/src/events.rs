@@ -9,7 +9,10 @@
 /// How many leading bytes of the packet an event carries: Ethernet, an IPv6 header with a few
 /// extension headers and the ports fit.
 pub const HEAD: usize = 128;
-const _: () = assert!(HEAD.is_power_of_two(), "the datapath bounds the copy with HEAD - 1");
+const _: () = assert!(
+    HEAD.is_power_of_two(),
+    "the datapath bounds the copy with HEAD - 1"
+);
 
 /// Size of the ring buffer in bytes (a power of two, a multiple of the page size): about 1,500
 /// events, several seconds of the default budget with nobody reading.

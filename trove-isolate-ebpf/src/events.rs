@@ -55,8 +55,12 @@ pub fn sample(ctx: &TcContext, role: Role, direction: Direction, verdict: Verdic
         (*event).verdict = verdict as u8;
         (*event).reason = reason as u8;
         (*event)._pad = [0; 2];
-        let loaded =
-            bpf_skb_load_bytes(skb as *const _, 0, (*event).head.as_mut_ptr() as *mut _, size) == 0;
+        let loaded = bpf_skb_load_bytes(
+            skb as *const _,
+            0,
+            (*event).head.as_mut_ptr() as *mut _,
+            size,
+        ) == 0;
         (*event).captured = if loaded && wanted > 0 { size as u16 } else { 0 };
     }
     entry.submit(0);

@@ -25,6 +25,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub drops: DropsConfig,
+    /// Trove discovery: the policy of a Trove guest from the guest's own files.
+    pub trove: Option<TroveConfig>,
     pub management: Option<ManagementConfig>,
     pub business: Option<BusinessConfig>,
 }
@@ -35,6 +37,16 @@ pub struct MetricsConfig {
     pub listen: Option<String>,
     #[serde(default)]
     pub allow_from: Vec<String>,
+}
+
+/// `[trove]`: where the guest's files are (relative paths are under `root`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TroveConfig {
+    pub root: Option<String>,
+    pub conf_dir: Option<String>,
+    pub eth1_json: Option<String>,
+    pub docker_daemon_json: Option<String>,
 }
 
 /// Sampled drop events: how many the datapath sends and how many the daemon logs.
@@ -56,7 +68,7 @@ pub struct NicConfig {
 
 // The NIC keys repeat in each section rather than `#[serde(flatten)]` a `NicConfig`: serde
 // cannot combine `flatten` with `deny_unknown_fields`, and a misspelt key must be an error.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManagementConfig {
     pub interface: Option<String>,
@@ -82,7 +94,7 @@ pub struct AllowConfig {
     pub proto: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BusinessConfig {
     pub interface: Option<String>,

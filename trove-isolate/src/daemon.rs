@@ -155,6 +155,7 @@ pub async fn run(
     address_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweep_tick = tokio::time::interval(SWEEP_PERIOD);
     sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refresh_at = next_refresh(&world.policy);
     tokio::pin!(serving, shutdown, events, subscribers);
     loop {
         tokio::select! {
@@ -183,6 +184,10 @@ pub async fn run(
                 world.refresh_addresses()?;
             }
             _ = sweep_tick.tick() => world.sweep(&scrape.stats)?,
+            () = sleep_until(refresh_at), if refresh_at.is_some() => {
+                world.refresh_names(&options.config);
+                refresh_at = next_refresh(&world.policy);
+            }
             () = reload.next() => {
                 match reload_policy(&options, &world.policy, &scrape) {
                     Ok((new_policy, new_datapath, new_devices)) => {
@@ -194,6 +199,7 @@ pub async fn run(
                         world.devices = new_devices;
                         world.addresses = None;
                         world.refresh_addresses()?;
+                        refresh_at = next_refresh(&world.policy);
                     }
                     Err(e) => log::error!("reload refused, the policy in force stays: {e:#}"),
                 }
@@ -289,6 +295,66 @@ impl Enforcing {
         }
     }
 
+    /// Looks the policy's host names up again and applies what changed: the new addresses are
+    /// written before the old are removed (no allowed flow to an address still in the answer
+    /// loses a packet), and flows to addresses gone from the answer are revoked. A lookup that
+    /// fails keeps the addresses in force until the next try.
+    fn refresh_names(&mut self, config: &std::path::Path) {
+        let fresh = match Policy::load(config) {
+            Ok(p) => p,
+            Err(e) => {
+                log::warn!(
+                    "looking the policy's host names up again: {e}; the addresses in force stay"
+                );
+                return;
+            }
+        };
+        // Only the names' rules are refreshed here; any other change to the file waits for a
+        // reload, as ever.
+        let before: std::collections::HashSet<_> = self
+            .policy
+            .entries()
+            .into_iter()
+            .map(|(k, v)| (k.prefix_len(), k.data(), v.rule_id))
+            .collect();
+        let after: std::collections::HashSet<_> = fresh
+            .entries()
+            .into_iter()
+            .map(|(k, v)| (k.prefix_len(), k.data(), v.rule_id))
+            .collect();
+        for u in &fresh.unresolved {
+            log::warn!("{u}");
+        }
+        if before == after {
+            self.policy.names = fresh.names;
+            self.policy.unresolved = fresh.unresolved;
+            return;
+        }
+        let applied = self
+            .datapath
+            .sync_policy(&fresh.entries())
+            .and_then(|()| conntrack::revoke(&mut self.datapath, &fresh));
+        match applied {
+            Ok(revoked) => {
+                let names: Vec<String> = fresh
+                    .names
+                    .iter()
+                    .map(|n| {
+                        let a: Vec<String> = n.addresses.iter().map(ToString::to_string).collect();
+                        format!("{} = {}", n.host, a.join(", "))
+                    })
+                    .collect();
+                log::info!(
+                    "host names resolve differently now: {}; {revoked} flows to addresses no \
+                     longer in the answers revoked",
+                    names.join("; ")
+                );
+                self.policy = fresh;
+            }
+            Err(e) => log::error!("applying the new addresses of host names: {e:#}"),
+        }
+    }
+
     /// Keeps the local-address map in step with the NICs' addresses.
     fn refresh_addresses(&mut self) -> anyhow::Result<()> {
         match local_entries(&self.devices) {
@@ -315,6 +381,19 @@ impl Enforcing {
             log::debug!("swept {} expired flows", occupancy.expired_removed);
         }
         Ok(())
+    }
+}
+
+/// When to look the policy's host names up again, if it names any.
+fn next_refresh(policy: &Policy) -> Option<tokio::time::Instant> {
+    policy.refresh_in().map(|d| tokio::time::Instant::now() + d)
+}
+
+/// Sleeps until `at` (never, for `None`: the branch is disabled then anyway).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -210,3 +210,34 @@ pub fn snapshot(ifindex: u32) -> Option<Snapshot> {
         rx_packets: rx_packets.unwrap_or(0),
     })
 }
+
+/// The daemon's namespace's Ethernet NICs (not loopback, not virtual pairs' host ends), as
+/// (name, MAC `aa:bb:cc:dd:ee:ff`).
+pub fn host_nics() -> Result<Vec<(String, String)>, nix::Error> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for ifa in getifaddrs()? {
+        let Some(mac) = ifa.address.as_ref().and_then(|a| a.as_link_addr()?.addr()) else {
+            continue;
+        };
+        if ifa
+            .flags
+            .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+            || mac == [0; 6]
+        {
+            continue;
+        }
+        // Physical (or paravirtual) NICs have a device link in sysfs; veth, bridges do not.
+        if !Path::new(&format!("/sys/class/net/{}/device", ifa.interface_name)).exists() {
+            continue;
+        }
+        let text = mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        if !out.iter().any(|(n, _)| *n == ifa.interface_name) {
+            out.push((ifa.interface_name, text));
+        }
+    }
+    Ok(out)
+}

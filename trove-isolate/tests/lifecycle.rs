@@ -137,7 +137,7 @@ fn reloads() -> u32 {
     std::env::var("TROVE_ISOLATE_RELOADS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30)
+        .unwrap_or(100)
 }
 
 #[test]

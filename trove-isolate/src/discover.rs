@@ -1,0 +1,584 @@
+//! Trove discovery: a guest's policy from the files Trove puts on it, the compiler's second
+//! front end (the config file is the first).
+//!
+//! From `[trove] root` (default `/`), it reads:
+//! - `conf_dir` (`etc/trove/conf.d`), every `*.conf` in name order as oslo.config does with
+//!   `--config-dir` (a later value wins): RabbitMQ from `[DEFAULT] transport_url` and
+//!   `[oslo_messaging_notifications] transport_url` (every host; 5671 with
+//!   `[oslo_messaging_rabbit] ssl`), registries from `[guest_agent] container_registry` and the
+//!   datastore's `docker_image` / `backup_docker_image`, the database ports from
+//!   `[DEFAULT] datastore_manager`;
+//! - `docker_daemon_json` (`etc/docker/daemon.json`): `insecure-registries`;
+//! - `eth1_json` (`etc/trove/eth1.json`): the business NIC's `mac_address`;
+//! - what any guest needs at boot: the metadata service, the resolvers of `etc/resolv.conf`
+//!   (when an endpoint is a name), the NTP servers of chrony's or timesyncd's config.
+//!
+//! Every finding carries its origin (file, section, key) for `check`. Passwords in transport
+//! URLs are never kept, logged or printed.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use ini::{Ini, ParseOption};
+
+/// Where discovery reads, relative to `root`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TroveFiles {
+    pub root: PathBuf,
+    pub conf_dir: PathBuf,
+    pub eth1_json: PathBuf,
+    pub docker_daemon_json: PathBuf,
+}
+
+impl TroveFiles {
+    pub const DEFAULT_ROOT: &str = "/";
+    pub const DEFAULT_CONF_DIR: &str = "etc/trove/conf.d";
+    pub const DEFAULT_ETH1_JSON: &str = "etc/trove/eth1.json";
+    pub const DEFAULT_DOCKER_DAEMON_JSON: &str = "etc/docker/daemon.json";
+
+    fn at(&self, relative: &Path) -> PathBuf {
+        self.root.join(relative)
+    }
+
+    fn at_str(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+}
+
+/// A protocol an endpoint is reached with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// One thing found, with where it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found<T> {
+    pub value: T,
+    pub origin: String,
+}
+
+/// A host (name or address literal) and port the management NIC must reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// What a Trove guest's files say the policy is.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    pub rabbitmq: Vec<Found<Endpoint>>,
+    pub registries: Vec<Found<Endpoint>>,
+    /// Other outbound endpoints a guest needs (metadata, NTP).
+    pub services: Vec<Found<Endpoint>>,
+    pub database_ports: Vec<Found<u16>>,
+    pub business_mac: Option<Found<String>>,
+    /// The nameservers of resolv.conf: reached on port 53 when any endpoint is a name.
+    pub resolvers: Vec<Found<std::net::IpAddr>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> DiscoverError {
+    DiscoverError::Invalid {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// The metadata service cloud-init reads at first boot.
+pub const METADATA: &str = "169.254.169.254";
+
+/// The database ports of each datastore Trove's guest agent runs.
+pub fn datastore_ports(manager: &str) -> Option<&'static [u16]> {
+    Some(match manager {
+        "mysql" | "percona" => &[3306],
+        "mariadb" => &[3306, 4444, 4567, 4568],
+        "postgresql" => &[5432],
+        "redis" => &[6379, 16379],
+        "mongodb" => &[27017, 27019],
+        "cassandra" => &[9042, 7000, 7001],
+        "couchdb" => &[5984],
+        _ => return None,
+    })
+}
+
+/// Reads the guest's files under `files.root`.
+pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
+    let mut found = Discovered::default();
+    let conf = OsloConf::load_dir(&files.at(&files.conf_dir))?;
+
+    // RabbitMQ: both transport URLs, every host.
+    let ssl = conf
+        .get("oslo_messaging_rabbit", "ssl")
+        .is_some_and(|v| oslo_bool(&v.value));
+    for section in ["DEFAULT", "oslo_messaging_notifications"] {
+        if let Some(url) = conf.get(section, "transport_url") {
+            // A continuation line (the next host on its own line) joins with a newline.
+            let joined: String = url.value.split_whitespace().collect();
+            let hosts = transport_hosts(&joined, ssl).map_err(|m| {
+                invalid(
+                    Path::new(&url.file),
+                    format!("[{section}] transport_url: {m}"),
+                )
+            })?;
+            for endpoint in hosts {
+                push(
+                    &mut found.rabbitmq,
+                    endpoint,
+                    &url.origin(section, "transport_url"),
+                );
+            }
+        }
+    }
+    if found.rabbitmq.is_empty() {
+        return Err(invalid(
+            &files.at(&files.conf_dir),
+            "no [DEFAULT] transport_url in any *.conf: the guest agent's RabbitMQ is unknown",
+        ));
+    }
+
+    // Registries: the configured one, the datastore's images, daemon.json's insecure ones.
+    let manager = conf.get("DEFAULT", "datastore_manager");
+    if let Some(registry) = conf.get("guest_agent", "container_registry") {
+        if let Some(endpoint) = registry_endpoint(&registry.value) {
+            push(
+                &mut found.registries,
+                endpoint,
+                &registry.origin("guest_agent", "container_registry"),
+            );
+        }
+    }
+    if let Some(manager) = &manager {
+        for key in ["docker_image", "backup_docker_image"] {
+            if let Some(image) = conf.get(&manager.value, key) {
+                if let Some(endpoint) = image_registry(&image.value) {
+                    push(
+                        &mut found.registries,
+                        endpoint,
+                        &image.origin(&manager.value, key),
+                    );
+                }
+            }
+        }
+    }
+    let daemon_json = files.at(&files.docker_daemon_json);
+    if let Some(text) = read_optional(&daemon_json)? {
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| invalid(&daemon_json, format!("not JSON: {e}")))?;
+        for registry in json["insecure-registries"].as_array().into_iter().flatten() {
+            if let Some(endpoint) = registry.as_str().and_then(registry_endpoint) {
+                let origin = format!("{} insecure-registries", daemon_json.display());
+                push(&mut found.registries, endpoint, &origin);
+            }
+        }
+    }
+
+    // The database: its ports, and the business NIC Trove told the guest about.
+    if let Some(manager) = &manager {
+        let ports = datastore_ports(&manager.value).ok_or_else(|| {
+            invalid(
+                Path::new(&manager.file),
+                format!(
+                    "[DEFAULT] datastore_manager = {:?}: no known database ports; name them in \
+                     [business] database_ports",
+                    manager.value
+                ),
+            )
+        })?;
+        for port in ports {
+            found.database_ports.push(Found {
+                value: *port,
+                origin: manager.origin("DEFAULT", "datastore_manager"),
+            });
+        }
+    }
+    let eth1 = files.at(&files.eth1_json);
+    if let Some(text) = read_optional(&eth1)? {
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| invalid(&eth1, format!("not JSON: {e}")))?;
+        let mac = json["mac_address"]
+            .as_str()
+            .ok_or_else(|| invalid(&eth1, "no mac_address"))?;
+        found.business_mac = Some(Found {
+            value: mac.to_ascii_lowercase(),
+            origin: format!("{} mac_address", eth1.display()),
+        });
+    }
+
+    // What every guest needs at boot.
+    push(
+        &mut found.services,
+        Endpoint {
+            host: METADATA.into(),
+            port: 80,
+            proto: Proto::Tcp,
+        },
+        "the metadata service (cloud-init)",
+    );
+    for (file, servers) in ntp_servers(files)? {
+        for host in servers {
+            let endpoint = Endpoint {
+                host,
+                port: 123,
+                proto: Proto::Udp,
+            };
+            push(
+                &mut found.services,
+                endpoint,
+                &format!("{} (NTP)", file.display()),
+            );
+        }
+    }
+    let resolv = files.at_str("etc/resolv.conf");
+    if let Some(text) = read_optional(&resolv)? {
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            if words.next() == Some("nameserver") {
+                if let Some(ip) = words.next().and_then(|w| w.parse().ok()) {
+                    let origin = format!("{} nameserver", resolv.display());
+                    if !found.resolvers.iter().any(|r| r.value == ip) {
+                        found.resolvers.push(Found { value: ip, origin });
+                    }
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn push(list: &mut Vec<Found<Endpoint>>, endpoint: Endpoint, origin: &str) {
+    if !list.iter().any(|f| f.value == endpoint) {
+        list.push(Found {
+            value: endpoint,
+            origin: origin.to_owned(),
+        });
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, DiscoverError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(DiscoverError::Read {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// oslo.config's booleans.
+fn oslo_bool(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "true" | "1" | "yes" | "on"
+    )
+}
+
+/// A value and where it was read.
+#[derive(Debug, Clone)]
+struct Value {
+    value: String,
+    file: String,
+}
+
+impl Value {
+    fn origin(&self, section: &str, key: &str) -> String {
+        let file = Path::new(&self.file)
+            .file_name()
+            .map_or_else(|| self.file.clone(), |n| n.to_string_lossy().into_owned());
+        format!("{file} [{section}] {key}")
+    }
+}
+
+/// oslo.config INI files, merged as the guest agent sees them: sections repeat and merge, a
+/// later value of a key wins (in a file, and across files in name order).
+struct OsloConf {
+    values: BTreeMap<(String, String), Value>,
+}
+
+impl OsloConf {
+    fn load_dir(dir: &Path) -> Result<OsloConf, DiscoverError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| DiscoverError::Read {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+            .collect();
+        files.sort();
+        let mut conf = OsloConf {
+            values: BTreeMap::new(),
+        };
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(|source| DiscoverError::Read {
+                path: file.display().to_string(),
+                source,
+            })?;
+            conf.merge(&file, &text)?;
+        }
+        Ok(conf)
+    }
+
+    fn merge(&mut self, file: &Path, text: &str) -> Result<(), DiscoverError> {
+        let options = ParseOption {
+            enabled_quote: false,
+            enabled_escape: false,
+            enabled_indented_mutiline_value: true,
+            ..ParseOption::default()
+        };
+        let ini = Ini::load_from_str_opt(text, options)
+            .map_err(|e| invalid(file, format!("not an oslo.config INI file: {e}")))?;
+        for (section, properties) in ini.iter() {
+            let section = section.unwrap_or("DEFAULT");
+            for (key, value) in properties.iter() {
+                self.values.insert(
+                    (section.to_owned(), key.trim().to_owned()),
+                    Value {
+                        value: value.trim().to_owned(),
+                        file: file.display().to_string(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&self, section: &str, key: &str) -> Option<Value> {
+        self.values
+            .get(&(section.to_owned(), key.to_owned()))
+            .filter(|v| !v.value.is_empty())
+            .cloned()
+    }
+}
+
+/// The hosts of an oslo.messaging transport URL:
+/// `rabbit://user:pass@host1:5672,user2:pass2@[2001:db8::1]:5671/vhost?query`. A host without
+/// a port gets 5672, or 5671 over TLS (`ssl`, or `ssl=1` in the query). Errors never quote the
+/// URL: it holds passwords.
+pub fn transport_hosts(url: &str, ssl: bool) -> Result<Vec<Endpoint>, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or("not a URL (expected rabbit://user:pass@host:port/vhost)")?;
+    if !scheme.starts_with("rabbit") && scheme != "amqp" && scheme != "kombu" {
+        return Err(format!(
+            "scheme {scheme:?}: only RabbitMQ transports are understood"
+        ));
+    }
+    let (netloc, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let query_ssl = tail.split_once('?').is_some_and(|(_, q)| {
+        q.split('&')
+            .any(|kv| matches!(kv, "ssl=1" | "ssl=true" | "ssl=True"))
+    });
+    let default_port = if ssl || query_ssl { 5671 } else { 5672 };
+    let mut hosts = Vec::new();
+    for (i, part) in netloc.split(',').enumerate() {
+        // Parsed one at a time, as oslo.messaging does; the credentials are dropped here.
+        let parsed = url::Url::parse(&format!("rabbit://{part}/"))
+            .map_err(|e| format!("host {} of the URL: {e}", i + 1))?;
+        let host = match parsed.host() {
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Domain(d)) => d.to_owned(),
+            None => return Err(format!("host {} of the URL has no host", i + 1)),
+        };
+        let endpoint = Endpoint {
+            host,
+            port: parsed.port().unwrap_or(default_port),
+            proto: Proto::Tcp,
+        };
+        if !hosts.contains(&endpoint) {
+            hosts.push(endpoint);
+        }
+    }
+    Ok(hosts)
+}
+
+/// `host[:port][/path]` as docker names a registry; 443 when no port is given.
+pub fn registry_endpoint(text: &str) -> Option<Endpoint> {
+    let text = text.trim();
+    let text = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .unwrap_or(text);
+    let hostport = text.split('/').next()?;
+    if hostport.is_empty() {
+        return None;
+    }
+    let parsed = url::Url::parse(&format!("https://{hostport}/")).ok()?;
+    let host = match parsed.host()? {
+        url::Host::Ipv6(a) => a.to_string(),
+        url::Host::Ipv4(a) => a.to_string(),
+        url::Host::Domain(d) => d.to_owned(),
+    };
+    Some(Endpoint {
+        host,
+        port: parsed.port().unwrap_or(443),
+        proto: Proto::Tcp,
+    })
+}
+
+/// The registry of an image reference, if it names one (`registry:4000/trove/mysql:8.0`). A
+/// first component counts as a registry when it has a dot or a port, or is `localhost`, as in
+/// docker's reference grammar; otherwise the image is on Docker Hub.
+pub fn image_registry(image: &str) -> Option<Endpoint> {
+    let (first, rest) = image.trim().split_once('/')?;
+    if rest.is_empty() {
+        return None;
+    }
+    let is_registry = first.contains(['.', ':']) || first == "localhost" || first.starts_with('[');
+    is_registry.then(|| registry_endpoint(first)).flatten()
+}
+
+/// NTP servers named by chrony's or timesyncd's config, if present.
+fn ntp_servers(files: &TroveFiles) -> Result<Vec<(PathBuf, Vec<String>)>, DiscoverError> {
+    let mut out = Vec::new();
+    let chrony = files.at_str("etc/chrony/chrony.conf");
+    if let Some(text) = read_optional(&chrony)? {
+        let servers: Vec<String> = text
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                matches!(w.next(), Some("server" | "pool" | "peer"))
+                    .then(|| w.next().map(str::to_owned))
+                    .flatten()
+            })
+            .collect();
+        if !servers.is_empty() {
+            out.push((chrony, servers));
+        }
+    }
+    let timesyncd = files.at_str("etc/systemd/timesyncd.conf");
+    if let Some(text) = read_optional(&timesyncd)? {
+        let servers: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("NTP="))
+            .flat_map(|v| v.split_whitespace().map(str::to_owned))
+            .collect();
+        if !servers.is_empty() {
+            out.push((timesyncd, servers));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_urls_give_every_host_and_never_a_password() {
+        let hosts = transport_hosts(
+            "rabbit://guest:s3cr3t@rabbit-1.example:5672,other:p%40ss@[2001:db8::10]:5671,x:y@192.0.2.10/trove?ha=1",
+            false,
+        )
+        .expect("parses");
+        let shown: Vec<String> = hosts.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "rabbit-1.example:5672",
+                "[2001:db8::10]:5671",
+                "192.0.2.10:5672"
+            ]
+        );
+        let tls = transport_hosts("rabbit://u:p@192.0.2.10/", true).expect("parses");
+        assert_eq!(tls[0].port, 5671);
+        let tls = transport_hosts("rabbit://u:p@192.0.2.10/?ssl=1", false).expect("parses");
+        assert_eq!(tls[0].port, 5671);
+        let err = transport_hosts("rabbit://u:hunter2@[::1/x", false).unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = transport_hosts("kafka://u:hunter2@h:1/", false).unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn image_references_name_their_registry_or_docker_hub() {
+        let r = |s| image_registry(s).map(|e| e.to_string());
+        assert_eq!(
+            r("192.0.2.20:4000/trove/mysql:8.0"),
+            Some("192.0.2.20:4000".into())
+        );
+        assert_eq!(
+            r("registry.example/trove/mysql"),
+            Some("registry.example:443".into())
+        );
+        assert_eq!(r("localhost/mysql"), Some("localhost:443".into()));
+        assert_eq!(r("mysql:8.0"), None);
+        assert_eq!(r("library/mysql"), None);
+        assert_eq!(
+            registry_endpoint("https://[2001:db8::20]:5000").map(|e| e.to_string()),
+            Some("[2001:db8::20]:5000".into())
+        );
+    }
+
+    #[test]
+    fn oslo_ini_repeats_comments_and_continuations() {
+        let mut conf = OsloConf {
+            values: BTreeMap::new(),
+        };
+        let text = "\
+# a comment
+; another
+[DEFAULT]
+transport_url = rabbit://a:b@192.0.2.10:5672/
+datastore_manager = mysql
+
+[guest_agent]
+container_registry = 192.0.2.20:4000
+
+[DEFAULT]
+# the repeated section merges; the later value wins
+transport_url = rabbit://a:b@192.0.2.11:5672,
+    a:b@192.0.2.12:5672/
+";
+        conf.merge(Path::new("/x/trove-guestagent.conf"), text)
+            .expect("parses");
+        let url = conf.get("DEFAULT", "transport_url").expect("url");
+        let hosts: Vec<String> = transport_hosts(&url.value.replace(['\n', ' '], ""), false)
+            .expect("hosts")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(hosts, ["192.0.2.11:5672", "192.0.2.12:5672"]);
+        assert_eq!(
+            conf.get("DEFAULT", "datastore_manager").map(|v| v.value),
+            Some("mysql".into())
+        );
+        assert_eq!(
+            conf.get("guest_agent", "container_registry")
+                .map(|v| v.origin("guest_agent", "container_registry")),
+            Some("trove-guestagent.conf [guest_agent] container_registry".into())
+        );
+    }
+}

@@ -1,0 +1,744 @@
+//! The compile step, one function per config section: each checks its values, names the key of
+//! every error, and turns what it allows into rules.
+
+use super::*;
+
+pub(super) fn any_v4() -> IpNetwork {
+    IpNetwork::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0).expect("0.0.0.0/0 is valid")
+}
+
+pub(super) fn any_v6() -> IpNetwork {
+    IpNetwork::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0).expect("::/0 is valid")
+}
+
+/// Collects rules for one NIC, numbering them and dropping exact duplicates.
+pub(super) struct RuleSet<'a> {
+    role: Role,
+    next_id: &'a mut u32,
+    seen: HashSet<(Direction, u8, u16, IpNetwork)>,
+    pub(super) rules: Vec<Rule>,
+}
+
+impl<'a> RuleSet<'a> {
+    pub(super) fn new(role: Role, next_id: &'a mut u32) -> Self {
+        RuleSet {
+            role,
+            next_id,
+            seen: HashSet::new(),
+            rules: vec![],
+        }
+    }
+
+    pub(super) fn add(
+        &mut self,
+        direction: Direction,
+        proto: u8,
+        port: u16,
+        remote: IpNetwork,
+        origin: String,
+    ) {
+        let remote = normalise(remote);
+        if self.seen.insert((direction, proto, port, remote)) {
+            *self.next_id += 1;
+            self.rules.push(Rule {
+                id: *self.next_id,
+                direction,
+                proto,
+                port,
+                remote,
+                origin,
+            });
+        }
+    }
+
+    pub(super) fn tcp(
+        &mut self,
+        direction: Direction,
+        port: u16,
+        remote: IpNetwork,
+        origin: String,
+    ) {
+        self.add(direction, proto::TCP, port, remote, origin);
+    }
+
+    pub(super) fn finish(self, nic: NicSpec, dhcp: bool) -> NicPolicy {
+        NicPolicy {
+            role: self.role,
+            nic,
+            rules: self.rules,
+            dhcp,
+        }
+    }
+}
+
+/// The network address of a prefix (host bits cleared).
+pub(super) fn normalise(net: IpNetwork) -> IpNetwork {
+    IpNetwork::new(net.network(), net.prefix()).expect("same prefix length is valid")
+}
+
+/// A configured address or prefix: what the datapath matches, and how a rule's origin shows it.
+#[derive(Debug, Clone)]
+pub(super) struct Remote<T> {
+    matched: T,
+    /// As written (host bits cleared), plus what it is matched as when that differs.
+    shown: String,
+}
+
+impl<T: fmt::Display> Remote<T> {
+    fn plain(matched: T) -> Self {
+        let shown = matched.to_string();
+        Remote { matched, shown }
+    }
+
+    fn mapped(written: impl fmt::Display, matched: T) -> Self {
+        let shown = format!("{written} (IPv4-mapped, as {matched})");
+        Remote { matched, shown }
+    }
+}
+
+impl<T> fmt::Display for Remote<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// Where an IPv6 prefix lies against the IPv4-mapped range `::ffff:0:0/96`. Mapped addresses
+/// never appear on the wire (those hosts send IPv4), so a rule for them must be the IPv4 one.
+pub(super) enum Mapped {
+    Outside,
+    /// `::ffff:a.b.c.d/(96+n)`: the IPv4 `a.b.c.d/n`.
+    Within(Ipv4Network),
+    /// Wider than /96 and covering it: IPv6 hosts and IPv4 ones in one prefix, which no rule
+    /// expresses. `::/0` is not this: it is "any IPv6 address", written on purpose.
+    Covers,
+}
+
+pub(super) fn mapped(net: Ipv6Network) -> Mapped {
+    let range_start = Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0);
+    match net.network().to_ipv4_mapped() {
+        Some(v4) if net.prefix() >= 96 => Mapped::Within(
+            Ipv4Network::new(v4, net.prefix() - 96).expect("a /96+n mapped prefix is an IPv4 /n"),
+        ),
+        _ if net.prefix() > 0 && net.prefix() < 96 && net.contains(range_start) => Mapped::Covers,
+        _ => Mapped::Outside,
+    }
+}
+
+/// Validation context: the file and the section, for error messages.
+pub(super) struct Ctx<'a> {
+    pub(super) path: &'a Path,
+    pub(super) section: &'static str,
+}
+
+impl Ctx<'_> {
+    pub(super) fn err(&self, key: impl fmt::Display, message: impl fmt::Display) -> ConfigError {
+        let key = if self.section.is_empty() {
+            key.to_string()
+        } else {
+            format!("[{}] {key}", self.section)
+        };
+        ConfigError::invalid(self.path, key, message)
+    }
+
+    /// A CIDR (a bare address is a host prefix); host bits are cleared, not refused. An
+    /// IPv4-mapped IPv6 prefix is matched as the IPv4 prefix it stands for.
+    pub(super) fn cidr(&self, key: &str, text: &str) -> Result<Remote<IpNetwork>, ConfigError> {
+        let net = text
+            .parse::<IpNetwork>()
+            .map(normalise)
+            .map_err(|e| self.err(key, format!("{text:?} is not a CIDR: {e}")))?;
+        let IpNetwork::V6(v6) = net else {
+            return Ok(Remote::plain(net));
+        };
+        match mapped(v6) {
+            Mapped::Outside => Ok(Remote::plain(net)),
+            Mapped::Within(v4) => Ok(Remote::mapped(v6, IpNetwork::V4(v4))),
+            Mapped::Covers => Err(self.err(
+                key,
+                format!(
+                    "{text:?} covers the IPv4-mapped range ::ffff:0:0/96, whose hosts send IPv4: \
+                     one prefix cannot hold both; list the IPv6 prefixes and the IPv4 CIDRs \
+                     separately"
+                ),
+            )),
+        }
+    }
+
+    pub(super) fn cidrs(
+        &self,
+        key: &str,
+        list: &[String],
+    ) -> Result<Vec<Remote<IpNetwork>>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, t)| self.cidr(&format!("{key}[{i}]"), t))
+            .collect()
+    }
+
+    /// `IP:port`, `[IPv6]:port` (an IPv4-mapped IPv6 address matched as the IPv4 one) or
+    /// `name:port`.
+    pub(super) fn endpoint(&self, key: &str, text: &str) -> Result<Target, ConfigError> {
+        const EXPECTED: &str = "(expected IP:port, [IPv6]:port or name:port)";
+        if let Ok(sa) = text.parse::<SocketAddr>() {
+            self.port(key, Some(i64::from(sa.port())))?;
+            return Ok(Target::Address(match sa {
+                SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                    Some(v4) => Remote::mapped(sa, SocketAddr::new(IpAddr::V4(v4), sa.port())),
+                    None => Remote::plain(sa),
+                },
+                SocketAddr::V4(_) => Remote::plain(sa),
+            }));
+        }
+        let bare = text
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .unwrap_or(text);
+        if bare.parse::<IpAddr>().is_ok() {
+            return Err(self.err(key, format!("{text:?} has no port {EXPECTED}")));
+        }
+        // A colon inside the host part means an IPv6 address that needed brackets or was mistyped.
+        let (host, port) = match text.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') || host.starts_with('[') => {
+                (host, Some(port))
+            }
+            _ => (text, None),
+        };
+        let host_is_ip = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .parse::<IpAddr>()
+            .is_ok();
+        if host_is_ip {
+            let port = port.unwrap_or_default();
+            return Err(self.err(key, format!("{text:?}: {port:?} is not a port (1..=65535)")));
+        }
+        if is_host_name(host) {
+            let Some(port) = port else {
+                return Err(self.err(key, format!("{text:?} has no port {EXPECTED}")));
+            };
+            let port = port.parse::<i64>().map_err(|_| {
+                self.err(key, format!("{text:?}: {port:?} is not a port (1..=65535)"))
+            })?;
+            let port = self.port(key, Some(port))?;
+            return Ok(Target::Name(host.to_ascii_lowercase(), port));
+        }
+        Err(self.err(key, format!("{text:?} is not an endpoint {EXPECTED}")))
+    }
+
+    pub(super) fn port(
+        &self,
+        key: impl fmt::Display,
+        port: Option<i64>,
+    ) -> Result<u16, ConfigError> {
+        match port {
+            None => Err(self.err(key, "a port is required")),
+            Some(p) => match u16::try_from(p) {
+                Ok(p) if p != 0 => Ok(p),
+                _ => Err(self.err(key, format!("{p} is not a port (1..=65535)"))),
+            },
+        }
+    }
+
+    pub(super) fn nic(&self, nic: &NicConfig) -> Result<NicSpec, ConfigError> {
+        let selector = match (&nic.interface, &nic.mac) {
+            (Some(_), Some(_)) => {
+                return Err(self.err("interface/mac", "give one of interface or mac, not both"))
+            }
+            (None, None) => {
+                return Err(self.err("interface/mac", "one of interface or mac is required"))
+            }
+            (Some(name), None) => {
+                if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+                    return Err(self.err("interface", format!("{name:?} is not an interface name")));
+                }
+                NicSelector::Name(name.clone())
+            }
+            (None, Some(mac)) => NicSelector::Mac(parse_mac(mac).ok_or_else(|| {
+                self.err(
+                    "mac",
+                    format!("{mac:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff)"),
+                )
+            })?),
+        };
+        let netns = match &nic.netns {
+            Some(p) if !p.starts_with('/') => {
+                return Err(self.err(
+                    "netns",
+                    format!("{p:?} must be an absolute path (e.g. /run/netns/NAME)"),
+                ))
+            }
+            Some(p) => Some(PathBuf::from(p)),
+            None => None,
+        };
+        Ok(NicSpec { selector, netns })
+    }
+}
+
+/// Something that could be a DNS name, as opposed to a garbled address.
+pub(super) fn is_host_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 253
+        && text.chars().any(|c| c.is_ascii_alphabetic())
+        && text
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+}
+
+pub(super) fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+pub(super) fn icmp_for(net: &IpNetwork) -> u8 {
+    if net.is_ipv4() {
+        proto::ICMP
+    } else {
+        proto::ICMPV6
+    }
+}
+
+/// An endpoint as written: an address, or a host name to resolve.
+pub(super) enum Target {
+    Address(Remote<SocketAddr>),
+    Name(String, u16),
+}
+
+/// What the sections compile from besides their own keys: what Trove discovery found, how to
+/// look up host names, and what the lookups found.
+pub(super) struct Sources<'a> {
+    pub(super) discovered: Option<&'a Discovered>,
+    pub(super) resolver: &'a dyn Resolve,
+    pub(super) names: Vec<NameRecord>,
+    pub(super) unresolved: Vec<Unresolved>,
+}
+
+/// A name that did not resolve.
+pub(super) struct Unresolved {
+    /// The key it was written at (or where discovery found it).
+    pub(super) key: String,
+    pub(super) kind: &'static str,
+    pub(super) host: String,
+    pub(super) origin: String,
+    pub(super) error: String,
+}
+
+/// Rules to each address of one endpoint (`kind`: rabbitmq, registry, ...), written at `key`
+/// or found at `origin` by discovery.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn endpoint_rules(
+    c: &Ctx,
+    key: &str,
+    text: &str,
+    kind: &'static str,
+    found_at: Option<&str>,
+    proto_number: u8,
+    set: &mut RuleSet,
+    sources: &mut Sources,
+) -> Result<(), ConfigError> {
+    let from = found_at.map(|o| format!(" (from {o})")).unwrap_or_default();
+    match c.endpoint(key, text)? {
+        Target::Address(ep) => {
+            let host = IpNetwork::from(ep.matched.ip());
+            let origin = format!("{kind} {ep}{from}");
+            set.add(
+                Direction::Egress,
+                proto_number,
+                ep.matched.port(),
+                host,
+                origin,
+            );
+        }
+        Target::Name(host, port) => {
+            let origin = format!("{kind} {host}:{port}{from}");
+            match sources.resolver.lookup(&host) {
+                Ok(answer) => {
+                    for address in &answer.addresses {
+                        // An IPv4-mapped answer is matched as the IPv4 address it stands for.
+                        let matched = match address {
+                            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(*address, IpAddr::V4),
+                            IpAddr::V4(_) => *address,
+                        };
+                        set.add(
+                            Direction::Egress,
+                            proto_number,
+                            port,
+                            IpNetwork::from(matched),
+                            format!("{origin} = {matched}"),
+                        );
+                    }
+                    sources.names.push(NameRecord {
+                        host,
+                        kind,
+                        origin,
+                        addresses: answer.addresses,
+                        ttl: answer.ttl,
+                    });
+                }
+                Err(error) => sources.unresolved.push(Unresolved {
+                    key: key.to_owned(),
+                    kind,
+                    host,
+                    origin,
+                    error,
+                }),
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn mode(top: &Ctx, mode: Option<&str>) -> Result<Mode, ConfigError> {
+    match mode {
+        None | Some("enforce") => Ok(Mode::Enforce),
+        Some("audit") => Ok(Mode::Audit),
+        Some(other) => Err(top.err(
+            "mode",
+            format!("{other:?}: expected \"enforce\" or \"audit\""),
+        )),
+    }
+}
+
+pub(super) fn attach(top: &Ctx, attach: Option<&str>) -> Result<AttachMode, ConfigError> {
+    match attach {
+        None | Some("auto") => Ok(AttachMode::Auto),
+        Some("tcx") => Ok(AttachMode::Tcx),
+        Some("legacy") => Ok(AttachMode::Legacy),
+        Some(other) => Err(top.err(
+            "attach",
+            format!("{other:?}: expected \"auto\", \"tcx\" or \"legacy\""),
+        )),
+    }
+}
+
+pub(super) fn pin_path(top: &Ctx, pin_path: Option<&str>) -> Result<PathBuf, ConfigError> {
+    let pin_path = PathBuf::from(pin_path.unwrap_or(DEFAULT_PIN_PATH));
+    if !pin_path.is_absolute() {
+        return Err(top.err(
+            "pin_path",
+            format!("{} must be an absolute path", pin_path.display()),
+        ));
+    }
+    Ok(pin_path)
+}
+
+pub(super) fn drops(ctx: &Ctx, config: &DropsConfig) -> Result<DropsPolicy, ConfigError> {
+    let rate = |key: &str, value: Option<i64>, default: u32| match value {
+        None => Ok(default),
+        Some(n) if (0..=DropsPolicy::MAX_PER_SECOND).contains(&n) => Ok(n as u32),
+        Some(n) => Err(ctx.err(
+            key,
+            format!(
+                "{n} is out of range (0 to {}; 0 turns it off)",
+                DropsPolicy::MAX_PER_SECOND
+            ),
+        )),
+    };
+    Ok(DropsPolicy {
+        events_per_second: rate(
+            "events_per_second",
+            config.events_per_second,
+            DropsPolicy::DEFAULT_EVENTS_PER_SECOND,
+        )?,
+        log_per_second: rate(
+            "log_per_second",
+            config.log_per_second,
+            DropsPolicy::DEFAULT_LOG_PER_SECOND,
+        )?,
+    })
+}
+
+/// The metrics listener, and the scraper prefixes for the management NIC's rules.
+pub(super) fn metrics(
+    m: &Ctx,
+    config: &MetricsConfig,
+) -> Result<(MetricsPolicy, Vec<Remote<IpNetwork>>), ConfigError> {
+    let listen_text = config.listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN);
+    let listen: SocketAddr = listen_text
+        .parse()
+        .map_err(|_| m.err("listen", format!("{listen_text:?} is not an IP:port")))?;
+    if listen.port() == 0 {
+        return Err(m.err(
+            "listen",
+            format!("{listen_text:?}: port 0 means any free port; name the port scrapers use"),
+        ));
+    }
+    let allow_from = m.cidrs("allow_from", &config.allow_from)?;
+    // The rule opens the port on the management NIC's addresses, where the loopback listener is
+    // not: it would only expose whatever else listens on that port.
+    if !allow_from.is_empty() && listen.ip().to_canonical().is_loopback() {
+        return Err(m.err(
+            "allow_from",
+            format!(
+                "scrapers cannot reach the loopback [metrics] listen {listen}, and the rule \
+                 would open port {} on the management NIC to whatever else listens on it; set \
+                 [metrics] listen to an address scrapers reach, or leave allow_from empty",
+                listen.port()
+            ),
+        ));
+    }
+    let policy = MetricsPolicy {
+        listen,
+        allow_from: allow_from.iter().map(|r| r.matched).collect(),
+    };
+    Ok((policy, allow_from))
+}
+
+/// Outbound to the control plane and named extras; inbound SSH and metrics scrapes.
+pub(super) fn management(
+    c: &Ctx,
+    mgmt: &ManagementConfig,
+    metrics: &MetricsPolicy,
+    scrapers: &[Remote<IpNetwork>],
+    next_id: &mut u32,
+    sources: &mut Sources,
+) -> Result<NicPolicy, ConfigError> {
+    let nic = c.nic(&mgmt.nic())?;
+    let mut set = RuleSet::new(Role::Management, next_id);
+    for (key, kind, list) in [
+        ("rabbitmq", "rabbitmq", &mgmt.rabbitmq),
+        ("registry", "registry", &mgmt.registry),
+    ] {
+        for (i, text) in list.iter().enumerate() {
+            let key = format!("{key}[{i}]");
+            endpoint_rules(c, &key, text, kind, None, proto::TCP, &mut set, sources)?;
+        }
+    }
+    if let Some(found) = sources.discovered {
+        let lists = [
+            ("rabbitmq", &found.rabbitmq),
+            ("registry", &found.registries),
+            ("service", &found.services),
+        ];
+        for (kind, list) in lists {
+            for f in list {
+                let p = match f.value.proto {
+                    discover::Proto::Tcp => proto::TCP,
+                    discover::Proto::Udp => proto::UDP,
+                };
+                let text = f.value.to_string();
+                endpoint_rules(
+                    c,
+                    &f.origin,
+                    &text,
+                    kind,
+                    Some(&f.origin),
+                    p,
+                    &mut set,
+                    sources,
+                )?;
+            }
+        }
+    }
+    for (i, entry) in mgmt.allow.iter().enumerate() {
+        allow(c, i, entry, &mut set)?;
+    }
+    let ssh_port = c.port("ssh_port", Some(mgmt.ssh_port.unwrap_or(22)))?;
+    for net in c.cidrs("ssh_from", &mgmt.ssh_from)? {
+        let origin = format!("ssh_from {net}");
+        set.tcp(Direction::Ingress, ssh_port, net.matched, origin);
+    }
+    for net in scrapers {
+        let origin = format!("metrics allow_from {net}");
+        set.tcp(
+            Direction::Ingress,
+            metrics.listen.port(),
+            net.matched,
+            origin,
+        );
+    }
+    unresolved(c, &set, sources)?;
+    dns(&mut set, sources);
+    // DHCP is no rule: its broadcasts and link-scoped multicasts match no unicast prefix, and
+    // the datapath passes it statelessly from this flag.
+    Ok(set.finish(nic, mgmt.dhcp.unwrap_or(true)))
+}
+
+/// A name that does not resolve is an error, unless another endpoint of its kind is reachable
+/// (then the policy goes ahead without it, and says so).
+fn unresolved(c: &Ctx, set: &RuleSet, sources: &Sources) -> Result<(), ConfigError> {
+    for u in &sources.unresolved {
+        let prefix = format!("{} ", u.kind);
+        let others = set.rules.iter().any(|r| r.origin.starts_with(&prefix));
+        if !others {
+            return Err(c.err(
+                &u.key,
+                format!(
+                    "{} does not resolve ({}), and no other {} endpoint does",
+                    u.host, u.error, u.kind
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// DNS to the resolvers, when an endpoint is a name: UDP and TCP port 53 to each.
+fn dns(set: &mut RuleSet, sources: &Sources) {
+    if sources.names.is_empty() && sources.unresolved.is_empty() {
+        return;
+    }
+    for (resolver, origin) in resolvers(sources.discovered) {
+        let net = IpNetwork::from(resolver);
+        let origin = format!("dns {resolver}:53 (from {origin}; endpoints are host names)");
+        set.add(Direction::Egress, proto::UDP, 53, net, origin.clone());
+        set.add(Direction::Egress, proto::TCP, 53, net, origin);
+    }
+}
+
+/// The nameservers host names are resolved with: the Trove root's resolv.conf when discovery
+/// is on, the system's otherwise.
+pub(super) fn resolvers(discovered: Option<&Discovered>) -> Vec<(IpAddr, String)> {
+    match discovered {
+        Some(d) => d
+            .resolvers
+            .iter()
+            .map(|r| (r.value, r.origin.clone()))
+            .collect(),
+        None => std::fs::read_to_string("/etc/resolv.conf")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some("nameserver"))
+                    .then(|| w.next()?.parse().ok())
+                    .flatten()
+            })
+            .map(|ip| (ip, "/etc/resolv.conf nameserver".to_owned()))
+            .collect(),
+    }
+}
+
+/// One `[management] allow` entry: an outbound rule.
+pub(super) fn allow(
+    c: &Ctx,
+    i: usize,
+    allow: &AllowConfig,
+    set: &mut RuleSet,
+) -> Result<(), ConfigError> {
+    let written = c.cidr(&format!("allow[{i}].to"), &allow.to)?;
+    let to = written.matched;
+    match allow.proto.as_str() {
+        "tcp" | "udp" => {
+            let port = c.port(format!("allow[{i}].port"), allow.port)?;
+            let p = if allow.proto == "tcp" {
+                proto::TCP
+            } else {
+                proto::UDP
+            };
+            let origin = format!("allow {} {written} port {port}", allow.proto);
+            set.add(Direction::Egress, p, port, to, origin);
+        }
+        "icmp" => {
+            if allow.port.is_some() {
+                return Err(c.err(format!("allow[{i}].port"), "icmp has no ports; remove port"));
+            }
+            set.add(
+                Direction::Egress,
+                icmp_for(&to),
+                0,
+                to,
+                format!("allow icmp {written}"),
+            );
+        }
+        other => {
+            return Err(c.err(
+                format!("allow[{i}].proto"),
+                format!("{other:?}: expected \"tcp\", \"udp\" or \"icmp\""),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// The origin of the rules an empty `[business] clients` compiles to.
+pub(super) const ANY_CLIENTS: &str = "clients (any)";
+
+/// Database traffic only: inbound from clients, outbound to replication peers.
+pub(super) fn business(
+    c: &Ctx,
+    biz: &BusinessConfig,
+    next_id: &mut u32,
+    discovered: Option<&Discovered>,
+) -> Result<NicPolicy, ConfigError> {
+    let mut nic_config = biz.nic();
+    if nic_config.interface.is_none() && nic_config.mac.is_none() {
+        // Trove tells the guest its business NIC in eth1.json.
+        nic_config.mac = discovered
+            .and_then(|d| d.business_mac.as_ref())
+            .map(|m| m.value.clone());
+    }
+    let nic = c.nic(&nic_config)?;
+    let mut ports = biz
+        .database_ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| c.port(format!("database_ports[{i}]"), Some(*p)))
+        .collect::<Result<Vec<u16>, _>>()?;
+    for found in discovered
+        .map(|d| d.database_ports.as_slice())
+        .unwrap_or_default()
+    {
+        if !ports.contains(&found.value) {
+            ports.push(found.value);
+        }
+    }
+    if ports.is_empty() {
+        return Err(c.err("database_ports", "at least one database port is required"));
+    }
+    let clients: Vec<(IpNetwork, String)> = if biz.clients.is_empty() {
+        let any = || ANY_CLIENTS.to_owned();
+        vec![(any_v4(), any()), (any_v6(), any())]
+    } else {
+        c.cidrs("clients", &biz.clients)?
+            .into_iter()
+            .map(|net| (net.matched, format!("clients {net}")))
+            .collect()
+    };
+    let peers = c.cidrs("peers", &biz.peers)?;
+    let mut set = RuleSet::new(Role::Business, next_id);
+    for port in &ports {
+        for (net, origin) in &clients {
+            set.tcp(Direction::Ingress, *port, *net, origin.clone());
+        }
+        for net in &peers {
+            let origin = format!("peers {net}");
+            set.tcp(Direction::Egress, *port, net.matched, origin);
+        }
+    }
+    Ok(set.finish(nic, false))
+}
+
+/// The policy map holds [`MAX_ENTRIES`] rules across both roles. A bigger policy would fail
+/// partway through writing the map at run time; refused here, `check` sees it too.
+pub(super) fn fits_the_map(top: &Ctx, nics: &[NicPolicy]) -> Result<(), ConfigError> {
+    let total: usize = nics.iter().map(|n| n.rules.len()).sum();
+    if total <= MAX_ENTRIES as usize {
+        return Ok(());
+    }
+    let per_role: Vec<String> = nics
+        .iter()
+        .map(|n| format!("{} {}", n.role.name(), n.rules.len()))
+        .collect();
+    let sections: Vec<String> = nics
+        .iter()
+        .filter(|n| !n.rules.is_empty())
+        .map(|n| format!("[{}]", n.role.name()))
+        .collect();
+    Err(top.err(
+        sections.join("/"),
+        format!(
+            "the policy compiles to {total} entries ({}), more than the policy map holds \
+             ({MAX_ENTRIES}); merge CIDRs into wider prefixes",
+            per_role.join(", ")
+        ),
+    ))
+}

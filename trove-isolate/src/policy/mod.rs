@@ -1,0 +1,440 @@
+//! The validated policy: what each NIC may do, as rules the datapath can look up.
+//!
+//! Built from a [`Config`] in one pass that checks every value and names the key of every error.
+//! A rule is (role, direction, protocol, port, remote prefix): the remote is the destination for
+//! egress rules and the source for ingress rules, the port is always the destination port. Only
+//! new flows consult rules; replies ride connection tracking. [`Policy::entries`] is the policy
+//! map's content; [`fmt::Display`] is what `trove-isolate check` prints.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use aya::maps::lpm_trie::Key;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use trove_isolate_common::{
+    family,
+    policy::{PolicyKey, PolicyValue, MAX_ENTRIES},
+    proto, Direction, Mode, Role,
+};
+
+use crate::{
+    config::{
+        AllowConfig, BusinessConfig, Config, ConfigError, DropsConfig, ManagementConfig,
+        MetricsConfig, NicConfig, TroveConfig, DEFAULT_METRICS_LISTEN, DEFAULT_PIN_PATH,
+    },
+    discover::{self, Discovered, TroveFiles},
+    resolve::{self, Resolve},
+};
+
+mod compile;
+mod print;
+#[cfg(test)]
+mod tests;
+
+use compile::*;
+use print::open_rule_warning;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    Auto,
+    Tcx,
+    Legacy,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Tcx => "tcx",
+            AttachMode::Legacy => "legacy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NicSelector {
+    Name(String),
+    Mac([u8; 6]),
+}
+
+impl fmt::Display for NicSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NicSelector::Name(name) => f.write_str(name),
+            NicSelector::Mac(m) => write!(
+                f,
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            ),
+        }
+    }
+}
+
+/// Which NIC a role protects: the configured identity, not the device found at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicSpec {
+    pub selector: NicSelector,
+    pub netns: Option<PathBuf>,
+}
+
+impl NicSpec {
+    /// Whether two specs can only mean one device: the same name in the same namespace, or the
+    /// same MAC anywhere (a MAC names the device whichever namespace it sits in).
+    pub fn same_nic(&self, other: &NicSpec) -> bool {
+        match (&self.selector, &other.selector) {
+            (NicSelector::Mac(a), NicSelector::Mac(b)) => a == b,
+            (NicSelector::Name(a), NicSelector::Name(b)) => a == b && self.netns == other.netns,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for NicSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.selector)?;
+        if let Some(netns) = &self.netns {
+            write!(f, " in {}", netns.display())?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub id: u32,
+    pub direction: Direction,
+    pub proto: u8,
+    /// 0 for ICMP.
+    pub port: u16,
+    pub remote: IpNetwork,
+    /// The config entry the rule comes from, for `check` and `explain`.
+    pub origin: String,
+}
+
+impl Rule {
+    pub fn key(&self, role: Role) -> Key<PolicyKey> {
+        let (fam, addr) = family::key_addr(self.remote.network());
+        Key::new(
+            PolicyKey::prefix_len(u32::from(self.remote.prefix())),
+            PolicyKey {
+                role: role as u8,
+                direction: self.direction as u8,
+                proto: self.proto,
+                family: fam,
+                port: self.port.to_be_bytes(),
+                addr,
+            },
+        )
+    }
+
+    pub fn value(&self) -> PolicyValue {
+        PolicyValue { rule_id: self.id }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicPolicy {
+    pub role: Role,
+    pub nic: NicSpec,
+    pub rules: Vec<Rule>,
+    /// Pass DHCP client traffic: the datapath lets DHCPv4 68->67 and DHCPv6 546->547 (and the
+    /// replies) through statelessly, broadcast/link scope only, outside the policy map. Only the
+    /// management NIC may have it: the business network has fixed addresses.
+    pub dhcp: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsPolicy {
+    pub listen: SocketAddr,
+    pub allow_from: Vec<IpNetwork>,
+}
+
+/// Sampled drop events (`[drops]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DropsPolicy {
+    /// Events the datapath sends per second, over all CPUs (0: none).
+    pub events_per_second: u32,
+    /// Drop lines the daemon logs per second; the rest are counted as suppressed.
+    pub log_per_second: u32,
+}
+
+impl DropsPolicy {
+    pub const DEFAULT_EVENTS_PER_SECOND: u32 = 100;
+    pub const DEFAULT_LOG_PER_SECOND: u32 = 10;
+    const MAX_PER_SECOND: i64 = 1_000_000;
+
+    /// The per-CPU budget the datapath enforces: the total shared out, at least one each.
+    pub fn events_per_cpu_second(&self, cpus: usize) -> u32 {
+        match self.events_per_second {
+            0 => 0,
+            n => n.div_ceil(cpus.max(1) as u32),
+        }
+    }
+}
+
+/// A host name an endpoint named, as resolved when the policy was compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameRecord {
+    pub host: String,
+    /// rabbitmq, registry, service.
+    pub kind: &'static str,
+    pub origin: String,
+    pub addresses: Vec<IpAddr>,
+    pub ttl: std::time::Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub mode: Mode,
+    pub attach: AttachMode,
+    pub pin_path: PathBuf,
+    pub metrics: MetricsPolicy,
+    pub drops: DropsPolicy,
+    /// Host names resolved into the rules, and those that did not resolve (allowed only while
+    /// another endpoint of their kind does).
+    pub names: Vec<NameRecord>,
+    pub unresolved: Vec<String>,
+    /// Management first.
+    pub nics: Vec<NicPolicy>,
+}
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Policy, ConfigError> {
+        Policy::from_config(&Config::load(path)?, path)
+    }
+
+    /// Compiles `config`, resolving host names with the nameservers of resolv.conf (the Trove
+    /// root's when discovery is on).
+    pub fn from_config(config: &Config, path: &Path) -> Result<Policy, ConfigError> {
+        let discovered = discovery(config, path)?;
+        let servers = resolvers(discovered.as_ref())
+            .into_iter()
+            .map(|(ip, _)| ip)
+            .collect();
+        Policy::compile(
+            config,
+            path,
+            discovered.as_ref(),
+            &resolve::Dns::new(servers),
+        )
+    }
+
+    /// [`Policy::from_config`] with the resolver given (tests).
+    pub fn from_config_with(
+        config: &Config,
+        path: &Path,
+        resolver: &dyn Resolve,
+    ) -> Result<Policy, ConfigError> {
+        let discovered = discovery(config, path)?;
+        Policy::compile(config, path, discovered.as_ref(), resolver)
+    }
+
+    fn compile(
+        config: &Config,
+        path: &Path,
+        discovered: Option<&Discovered>,
+        resolver: &dyn Resolve,
+    ) -> Result<Policy, ConfigError> {
+        let top = Ctx { path, section: "" };
+        let section = |section| Ctx { path, section };
+        let mode = mode(&top, config.mode.as_deref())?;
+        let attach = attach(&top, config.attach.as_deref())?;
+        let pin_path = pin_path(&top, config.pin_path.as_deref())?;
+        let (metrics, scrapers) = metrics(&section("metrics"), &config.metrics)?;
+        let drops = drops(&section("drops"), &config.drops)?;
+
+        // With discovery on, both sections exist whether or not the file has them: the NICs
+        // and what they carry come from the guest's files, and explicit keys add to that.
+        let management_config = match &config.management {
+            Some(m) => Some(m.clone()),
+            None if discovered.is_some() => Some(implied_management(&top, discovered)?),
+            None => None,
+        };
+        let business_config = match &config.business {
+            Some(b) => Some(b.clone()),
+            None if discovered.is_some_and(|d| d.business_mac.is_some()) => {
+                Some(BusinessConfig::default())
+            }
+            None => None,
+        };
+        let mut sources = Sources {
+            discovered,
+            resolver,
+            names: Vec::new(),
+            unresolved: Vec::new(),
+        };
+        let mut next_id = 0;
+        let mut nics = Vec::new();
+        if let Some(mgmt) = &management_config {
+            nics.push(management(
+                &section("management"),
+                mgmt,
+                &metrics,
+                &scrapers,
+                &mut next_id,
+                &mut sources,
+            )?);
+        }
+        if let Some(biz) = &business_config {
+            nics.push(business(
+                &section("business"),
+                biz,
+                &mut next_id,
+                discovered,
+            )?);
+        }
+        if management_config.is_none() && !metrics.allow_from.is_empty() {
+            return Err(ConfigError::invalid(
+                path,
+                "[metrics] allow_from",
+                "opens the metrics port on the management NIC, but there is no [management] section",
+            ));
+        }
+        if nics.is_empty() {
+            return Err(top.err(
+                "[management]/[business]",
+                "at least one of the two sections is required",
+            ));
+        }
+        if let [a, b] = &nics[..] {
+            if a.nic.same_nic(&b.nic) {
+                return Err(ConfigError::invalid(
+                    path,
+                    "[business] interface/mac",
+                    format!("names the same NIC as [management] ({})", a.nic),
+                ));
+            }
+        }
+        fits_the_map(&top, &nics)?;
+        Ok(Policy {
+            mode,
+            attach,
+            pin_path,
+            metrics,
+            drops,
+            names: sources.names,
+            unresolved: sources
+                .unresolved
+                .iter()
+                .map(|u| format!("{}: {} does not resolve ({})", u.origin, u.host, u.error))
+                .collect(),
+            nics,
+        })
+    }
+
+    /// When the names in the policy should be looked up again: the shortest TTL, within
+    /// [`resolve::MIN_REFRESH`] and [`resolve::MAX_REFRESH`]; soon when a name did not resolve.
+    /// `None` when the policy names no hosts.
+    pub fn refresh_in(&self) -> Option<std::time::Duration> {
+        let shortest = self.names.iter().map(|n| n.ttl).min();
+        let shortest = match (shortest, self.unresolved.is_empty()) {
+            (s, true) => s?,
+            (Some(s), false) => s.min(resolve::UNRESOLVED_RETRY),
+            (None, false) => resolve::UNRESOLVED_RETRY,
+        };
+        Some(shortest.clamp(resolve::MIN_REFRESH, resolve::MAX_REFRESH))
+    }
+
+    pub fn nic(&self, role: Role) -> Option<&NicPolicy> {
+        self.nics.iter().find(|n| n.role == role)
+    }
+
+    /// The policy map's content: every rule of every role.
+    pub fn entries(&self) -> Vec<(Key<PolicyKey>, PolicyValue)> {
+        self.nics
+            .iter()
+            .flat_map(|n| n.rules.iter().map(|r| (r.key(n.role), r.value())))
+            .collect()
+    }
+
+    /// Where the policy is open to any address, for `check` to say loudly. A valid config may
+    /// mean it; a closed one (no `ssh_from`, say) needs no warning: it fails visibly.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings: Vec<String> = self
+            .unresolved
+            .iter()
+            .map(|u| format!("{u}; going ahead with the endpoints of its kind that do"))
+            .collect();
+        for nic in &self.nics {
+            if nic.rules.iter().any(|r| r.origin == ANY_CLIENTS) {
+                warnings.push(
+                    "[business] clients is empty: the database ports accept connections from ANY \
+                     address (0.0.0.0/0 and ::/0); list client CIDRs to narrow it"
+                        .to_owned(),
+                );
+            }
+            for rule in &nic.rules {
+                if rule.remote.prefix() == 0 && rule.origin != ANY_CLIENTS {
+                    warnings.push(open_rule_warning(nic.role, rule));
+                }
+            }
+        }
+        warnings
+    }
+}
+
+/// Runs Trove discovery when the config has a `[trove]` section.
+fn discovery(config: &Config, path: &Path) -> Result<Option<Discovered>, ConfigError> {
+    let Some(trove) = &config.trove else {
+        return Ok(None);
+    };
+    let files = trove_files(trove);
+    discover::discover(&files)
+        .map(Some)
+        .map_err(|e| ConfigError::invalid(path, "[trove]", format!("discovery: {e}")))
+}
+
+fn trove_files(trove: &TroveConfig) -> TroveFiles {
+    let or = |v: &Option<String>, d: &str| PathBuf::from(v.as_deref().unwrap_or(d));
+    TroveFiles {
+        root: or(&trove.root, TroveFiles::DEFAULT_ROOT),
+        conf_dir: or(&trove.conf_dir, TroveFiles::DEFAULT_CONF_DIR),
+        eth1_json: or(&trove.eth1_json, TroveFiles::DEFAULT_ETH1_JSON),
+        docker_daemon_json: or(
+            &trove.docker_daemon_json,
+            TroveFiles::DEFAULT_DOCKER_DAEMON_JSON,
+        ),
+    }
+}
+
+/// The management NIC of a Trove guest when the config does not name it: Trove never does; it
+/// is the host namespace's other NIC (not loopback, not the business NIC of eth1.json).
+fn implied_management(
+    top: &Ctx,
+    discovered: Option<&Discovered>,
+) -> Result<ManagementConfig, ConfigError> {
+    let business = discovered
+        .and_then(|d| d.business_mac.as_ref())
+        .map(|m| m.value.clone());
+    let candidates = crate::nic::host_nics()
+        .map_err(|e| top.err("[management]", format!("listing the host's NICs: {e}")))?;
+    let others: Vec<(String, String)> = candidates
+        .into_iter()
+        .filter(|(_, mac)| Some(mac) != business.as_ref())
+        .collect();
+    match others.as_slice() {
+        [(_, mac)] => Ok(ManagementConfig {
+            mac: Some(mac.clone()),
+            ..ManagementConfig::default()
+        }),
+        [] => Err(top.err(
+            "[management]",
+            "no NIC besides the business NIC in the host namespace: name it with interface or mac",
+        )),
+        many => Err(top.err(
+            "[management]",
+            format!(
+                "{} NICs could be the management NIC ({}): name it with interface or mac",
+                many.len(),
+                many.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}

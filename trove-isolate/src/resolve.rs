@@ -1,0 +1,103 @@
+//! Host names in endpoints: resolved when the policy is compiled, and again as their TTLs run
+//! out (the daemon recompiles and applies through the reconcile step: new addresses are added
+//! before old ones are removed, and flows to an address no longer in the answer are revoked).
+//!
+//! Lookups go to the resolvers the policy allows DNS to (resolv.conf's nameservers) with
+//! hickory-resolver, never cached here, each on a thread of its own (the resolver runs its own
+//! runtime, which cannot nest in the daemon's).
+
+use std::{net::IpAddr, time::Duration};
+
+use hickory_resolver::{
+    config::{NameServerConfigGroup, ResolverConfig, ResolverOpts},
+    Resolver,
+};
+
+/// One answer: the addresses and how long they may be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub addresses: Vec<IpAddr>,
+    pub ttl: Duration,
+}
+
+/// Looks up host names.
+pub trait Resolve {
+    fn lookup(&self, host: &str) -> Result<Answer, String>;
+}
+
+/// The floor and the ceiling of re-resolution: a TTL of 0 must not mean a busy loop, and a day
+/// is too long to follow a moved RabbitMQ.
+pub const MIN_REFRESH: Duration = Duration::from_secs(5);
+pub const MAX_REFRESH: Duration = Duration::from_secs(3600);
+/// How soon a name that did not resolve is tried again.
+pub const UNRESOLVED_RETRY: Duration = Duration::from_secs(30);
+
+/// DNS over UDP (and TCP when truncated) to `servers` on port 53.
+pub struct Dns {
+    servers: Vec<IpAddr>,
+    port: u16,
+}
+
+impl Dns {
+    pub fn new(servers: Vec<IpAddr>) -> Dns {
+        Dns { servers, port: 53 }
+    }
+
+    /// Servers on another port (the tests' own responder).
+    pub fn with_port(servers: Vec<IpAddr>, port: u16) -> Dns {
+        Dns { servers, port }
+    }
+}
+
+impl Resolve for Dns {
+    fn lookup(&self, host: &str) -> Result<Answer, String> {
+        if self.servers.is_empty() {
+            return Err("no nameserver to ask (resolv.conf lists none)".into());
+        }
+        let group = NameServerConfigGroup::from_ips_clear(&self.servers, self.port, true);
+        let config = ResolverConfig::from_parts(None, Vec::new(), group);
+        let mut opts = ResolverOpts::default();
+        opts.timeout = Duration::from_secs(2);
+        opts.attempts = 2;
+        // Every answer fresh: a cache would hide the TTL we follow.
+        opts.cache_size = 0;
+        // A fully qualified name: no search domains.
+        opts.ndots = 0;
+        let fqdn = if host.ends_with('.') {
+            host.to_owned()
+        } else {
+            format!("{host}.")
+        };
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let resolver =
+                        Resolver::new(config, opts).map_err(|e| format!("resolver: {e}"))?;
+                    let lookup = resolver
+                        .lookup_ip(fqdn.as_str())
+                        .map_err(|e| e.to_string())?;
+                    let ttl = lookup
+                        .valid_until()
+                        .saturating_duration_since(std::time::Instant::now());
+                    let mut addresses: Vec<IpAddr> = lookup.iter().collect();
+                    addresses.sort();
+                    addresses.dedup();
+                    if addresses.is_empty() {
+                        return Err("no addresses in the answer".to_owned());
+                    }
+                    Ok(Answer { addresses, ttl })
+                })
+                .join()
+                .unwrap_or_else(|_| Err("the resolver thread panicked".into()))
+        })
+    }
+}
+
+/// A resolver for policies that name no hosts: any lookup is a bug, said plainly.
+pub struct NoNames;
+
+impl Resolve for NoNames {
+    fn lookup(&self, _host: &str) -> Result<Answer, String> {
+        Err("no resolver in use".into())
+    }
+}
