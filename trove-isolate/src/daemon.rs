@@ -82,6 +82,8 @@ pub struct DaemonStats {
     pub reattach_after_up: Vec<(String, u64)>,
     /// Per role: its NIC is configured but not found, or not enforced where it is.
     pub unprotected: [bool; Role::COUNT],
+    /// Host names of the policy that did not resolve at the last lookup.
+    pub unresolved_names: usize,
 }
 
 impl DaemonStats {
@@ -139,7 +141,10 @@ pub async fn run(
     let scrape = Arc::new(Scrape {
         maps: PinnedMaps::open(&world.pins)?,
         state: RwLock::new(state),
-        stats: Mutex::new(DaemonStats::default()),
+        stats: Mutex::new(DaemonStats {
+            unresolved_names: world.policy.unresolved.len(),
+            ..DaemonStats::default()
+        }),
         drop_log_per_second: AtomicU32::new(world.policy.drops.log_per_second),
     });
     let (feed, _) = broadcast::channel(DROP_FEED_DEPTH);
@@ -187,6 +192,8 @@ pub async fn run(
             () = sleep_until(refresh_at), if refresh_at.is_some() => {
                 world.refresh_names(&options.config);
                 refresh_at = next_refresh(&world.policy);
+                scrape.stats.lock().unwrap_or_else(|e| e.into_inner()).unresolved_names =
+                    world.policy.unresolved.len();
             }
             () = reload.next() => {
                 match reload_policy(&options, &world.policy, &scrape) {
@@ -200,6 +207,8 @@ pub async fn run(
                         world.addresses = None;
                         world.refresh_addresses()?;
                         refresh_at = next_refresh(&world.policy);
+                        scrape.stats.lock().unwrap_or_else(|e| e.into_inner()).unresolved_names =
+                            world.policy.unresolved.len();
                     }
                     Err(e) => log::error!("reload refused, the policy in force stays: {e:#}"),
                 }

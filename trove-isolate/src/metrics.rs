@@ -352,6 +352,14 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
         "Flows each role's table holds: a full established table refuses new flows",
         capacity,
     );
+    let unresolved = Gauge::<i64>::default();
+    unresolved.set(stats.unresolved_names as i64);
+    registry.register(
+        "trove_isolate_unresolved_names",
+        "Host names of the policy that did not resolve at the last lookup (the endpoints of \
+         their kind that did are in force)",
+        unresolved,
+    );
     registry.register(
         "trove_isolate_reattach",
         "Times the programs were attached again after the NIC moved (docker-hostnic moves the \
@@ -442,6 +450,7 @@ mod tests {
             reattach: vec![("eth0".into(), 20)],
             reattach_after_up: vec![("eth0".into(), 1)],
             unprotected: [false, true],
+            unresolved_names: 1,
         };
         let text = render(&counts, &state, &stats);
         let classic = openmetrics_to_prometheus(&text);
@@ -473,6 +482,7 @@ mod tests {
             r#"trove_isolate_reattach_after_up_total{interface="eth0"} 1"#,
             r#"trove_isolate_unprotected{role="management"} 0"#,
             r#"trove_isolate_unprotected{role="business"} 1"#,
+            "trove_isolate_unresolved_names 1",
         ] {
             assert!(text.contains(line), "missing {line} in:\n{text}");
         }

@@ -70,7 +70,11 @@ pub fn detach(pins: &Pins) -> anyhow::Result<String> {
 
 /// Our clsact filters on each configured NIC where it is now that the record does not list.
 fn unrecorded_filters(state: &State) -> Vec<Attachment> {
-    let Some(policy) = state.config.as_ref().and_then(|c| Policy::load(c).ok()) else {
+    let Some(policy) = state
+        .config
+        .as_ref()
+        .and_then(|c| Policy::load_offline(c).ok())
+    else {
         return Vec::new();
     };
     let mut found = Vec::new();

@@ -101,3 +101,16 @@ impl Resolve for NoNames {
         Err("no resolver in use".into())
     }
 }
+
+/// For what needs the policy's NICs, not its addresses (`status`, `detach`): every name
+/// "resolves" to nothing, without a query.
+pub struct Offline;
+
+impl Resolve for Offline {
+    fn lookup(&self, _host: &str) -> Result<Answer, String> {
+        Ok(Answer {
+            addresses: Vec::new(),
+            ttl: MAX_REFRESH,
+        })
+    }
+}

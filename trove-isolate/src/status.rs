@@ -141,7 +141,10 @@ pub fn report(pins: &Pins) -> anyhow::Result<Report> {
         }
     }
     // The config names the NICs; a record alone knows only where they were.
-    let policy = state.config.as_ref().and_then(|c| Policy::load(c).ok());
+    let policy = state
+        .config
+        .as_ref()
+        .and_then(|c| Policy::load_offline(c).ok());
     let maps = PinnedMaps::open(pins).ok();
     for role in Role::ALL {
         let recorded = state.attached(role).next().map(Place::of_attachment);

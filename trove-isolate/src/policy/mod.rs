@@ -223,6 +223,12 @@ impl Policy {
         )
     }
 
+    /// The policy of the config at `path` without looking any name up: for what needs its NICs
+    /// and settings, not the addresses of its names.
+    pub fn load_offline(path: &Path) -> Result<Policy, ConfigError> {
+        Policy::from_config_with(&Config::load(path)?, path, &resolve::Offline)
+    }
+
     /// [`Policy::from_config`] with the resolver given (tests).
     pub fn from_config_with(
         config: &Config,
@@ -250,6 +256,13 @@ impl Policy {
         // With discovery on, both sections exist whether or not the file has them: the NICs
         // and what they carry come from the guest's files, and explicit keys add to that.
         let management_config = match &config.management {
+            // Keys without the NIC: Trove never names the management NIC either.
+            Some(m) if m.interface.is_none() && m.mac.is_none() && discovered.is_some() => {
+                Some(ManagementConfig {
+                    mac: implied_management(&top, discovered)?.mac,
+                    ..m.clone()
+                })
+            }
             Some(m) => Some(m.clone()),
             None if discovered.is_some() => Some(implied_management(&top, discovered)?),
             None => None,
