@@ -42,8 +42,8 @@ pub struct DropEvent {
     pub head: [u8; HEAD],
 }
 
-/// The per-CPU event budget: at most `Settings::events_per_cpu_second` events per
-/// [`WINDOW_NS`] on each CPU.
+/// The per-CPU event budget of a role (the map is indexed by [`crate::Role`]): at most
+/// `Settings::events_per_cpu_second` events per [`WINDOW_NS`] on each CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Budget {

@@ -20,7 +20,8 @@ pub fn sample(ctx: &TcContext, role: Role, direction: Direction, verdict: Verdic
         Some(s) if s.events_per_cpu_second > 0 => s.events_per_cpu_second as u64,
         _ => return,
     };
-    let Some(budget) = EVENT_BUDGET.get_ptr_mut(0) else {
+    // Per role: a flood on one NIC does not silence the other's events.
+    let Some(budget) = EVENT_BUDGET.get_ptr_mut(role as u32) else {
         return;
     };
     // Per-CPU slot: no other writer.

@@ -43,7 +43,7 @@ pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(counte
 pub static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(events::RING_BYTES, 0);
 
 #[map]
-pub static EVENT_BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(1, 0);
+pub static EVENT_BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(Role::COUNT as u32, 0);
 
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(Role::COUNT as u32, 0);

@@ -21,11 +21,10 @@ use ipnetwork::IpNetwork;
 use crate::{
     conntrack,
     datapath::{self, Datapath, PinnedMaps, Table},
-    drops,
-    linkwatch::{self, Change},
+    drops, linkwatch, local,
     pins::Pins,
     policy::Policy,
-    reconcile::{self, enforce, local_entries, Devices, NicAddresses},
+    reconcile::{self, enforce, Devices, NicAddresses},
     serve::{self, Scrape},
     state::{MoveRecord, ReloadRecord, State},
 };
@@ -161,36 +160,39 @@ pub async fn run(
     let mut sweep_tick = tokio::time::interval(SWEEP_PERIOD);
     sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refresh_at = next_refresh(&world.policy);
+    let mut lookup: Option<tokio::task::JoinHandle<Result<Policy, String>>> = None;
     tokio::pin!(serving, shutdown, events, subscribers);
     loop {
         tokio::select! {
             result = &mut serving => return result,
             result = &mut events => return result,
             result = &mut subscribers => return result,
-            change = changes.recv() => {
-                let Some(change) = change else {
-                    anyhow::bail!("the link watcher stopped: NIC moves would go unheard");
-                };
-                let mut link = change == Change::Link;
-                while let Ok(more) = changes.try_recv() {
-                    link |= more == Change::Link;
-                }
+            changed = changes.next() => {
+                let (link, _address) = changed?;
                 if link {
                     world.follow(&scrape);
                 }
                 world.refresh_addresses()?;
             }
             _ = address_tick.tick() => {
-                // Events can be missed (a namespace without an id here): look again anyway
-                // while a NIC is unaccounted for.
-                if scrape.stats.lock().unwrap_or_else(|e| e.into_inner()).unprotected.iter().any(|u| *u) {
-                    world.follow(&scrape);
-                }
+                // Events can be missed (a namespace without an id here, a filter deleted by
+                // hand): look again every tick.
+                world.follow(&scrape);
                 world.refresh_addresses()?;
             }
             _ = sweep_tick.tick() => world.sweep(&scrape.stats)?,
-            () = sleep_until(refresh_at), if refresh_at.is_some() => {
-                world.refresh_names(&options.config);
+            () = sleep_until(refresh_at), if refresh_at.is_some() && lookup.is_none() => {
+                // Lookups block (seconds, for a resolver that does not answer): off the loop,
+                // so NIC moves, scrapes and drop events never wait for DNS.
+                let config = options.config.clone();
+                lookup = Some(tokio::task::spawn_blocking(move || {
+                    Policy::load(&config).map_err(|e| e.to_string())
+                }));
+                refresh_at = None;
+            }
+            fresh = async { lookup.as_mut().expect("guarded").await }, if lookup.is_some() => {
+                lookup = None;
+                world.apply_names(fresh.unwrap_or_else(|e| Err(format!("the lookup task: {e}"))));
                 refresh_at = next_refresh(&world.policy);
                 scrape.stats.lock().unwrap_or_else(|e| e.into_inner()).unresolved_names =
                     world.policy.unresolved.len();
@@ -285,6 +287,13 @@ impl Enforcing {
                 after_up: moved.late,
             });
         }
+        for (role, device) in &followed.restored {
+            log::warn!(
+                "{role} NIC {device} had lost our programs (it left and came back, or they were \
+                 removed): attached again"
+            );
+            stats.count_reattach(&device.name, true);
+        }
         for role in Role::ALL {
             let now = followed.unprotected.iter().find(|(r, _)| *r == role);
             let was = stats.unprotected[role as usize];
@@ -297,19 +306,19 @@ impl Enforcing {
             }
             stats.unprotected[role as usize] = now.is_some();
         }
-        if !followed.moved.is_empty() || followed.renamed {
+        if !followed.moved.is_empty() || followed.renamed || !followed.restored.is_empty() {
             if let Err(e) = state.write(&self.pins.state_file()) {
                 log::warn!("recording the move: {e:#}");
             }
         }
     }
 
-    /// Looks the policy's host names up again and applies what changed: the new addresses are
-    /// written before the old are removed (no allowed flow to an address still in the answer
-    /// loses a packet), and flows to addresses gone from the answer are revoked. A lookup that
-    /// fails keeps the addresses in force until the next try.
-    fn refresh_names(&mut self, config: &std::path::Path) {
-        let fresh = match Policy::load(config) {
+    /// Applies the host names' new lookups (`fresh`: the config compiled again, off the loop):
+    /// the new addresses are written before the old are removed (no allowed flow to an address
+    /// still in the answer loses a packet), and flows to addresses gone from the answers are
+    /// revoked. A name that failed keeps its addresses until the next try.
+    fn apply_names(&mut self, fresh: Result<Policy, String>) {
+        let fresh = match fresh {
             Ok(p) => p,
             Err(e) => {
                 log::warn!(
@@ -318,34 +327,27 @@ impl Enforcing {
                 return;
             }
         };
-        // Only the names' rules are refreshed here; any other change to the file waits for a
-        // reload, as ever.
-        let before: std::collections::HashSet<_> = self
-            .policy
-            .entries()
-            .into_iter()
-            .map(|(k, v)| (k.prefix_len(), k.data(), v.rule_id))
-            .collect();
-        let after: std::collections::HashSet<_> = fresh
-            .entries()
-            .into_iter()
-            .map(|(k, v)| (k.prefix_len(), k.data(), v.rule_id))
-            .collect();
         for u in &fresh.unresolved {
-            log::warn!("{u}");
+            log::warn!("{u}; its addresses in force stay");
         }
-        if before == after {
-            self.policy.names = fresh.names;
-            self.policy.unresolved = fresh.unresolved;
+        let next = self.policy.with_names_from(&fresh);
+        let key = |p: &Policy| -> std::collections::HashSet<_> {
+            p.entries()
+                .into_iter()
+                .map(|(k, _)| (k.prefix_len(), k.data()))
+                .collect()
+        };
+        if key(&next) == key(&self.policy) {
+            self.policy = next;
             return;
         }
         let applied = self
             .datapath
-            .sync_policy(&fresh.entries())
-            .and_then(|()| conntrack::revoke(&mut self.datapath, &fresh));
+            .sync_policy(&next.entries())
+            .and_then(|()| conntrack::revoke(&mut self.datapath, &next));
         match applied {
             Ok(revoked) => {
-                let names: Vec<String> = fresh
+                let names: Vec<String> = next
                     .names
                     .iter()
                     .map(|n| {
@@ -358,7 +360,7 @@ impl Enforcing {
                      longer in the answers revoked",
                     names.join("; ")
                 );
-                self.policy = fresh;
+                self.policy = next;
             }
             Err(e) => log::error!("applying the new addresses of host names: {e:#}"),
         }
@@ -366,18 +368,34 @@ impl Enforcing {
 
     /// Keeps the local-address map in step with the NICs' addresses.
     fn refresh_addresses(&mut self) -> anyhow::Result<()> {
-        match local_entries(&self.devices) {
-            Ok((entries, nets)) if self.addresses.as_ref() != Some(&nets) => {
-                self.datapath.sync_local(&entries)?;
-                if self.addresses.is_some() {
-                    log::info!("NIC addresses changed: {}", describe(&nets));
+        // Each NIC on its own: one that cannot be read (gone, mid-move) keeps its last
+        // addresses, and does not hold the other's back.
+        let mut nets: NicAddresses = Vec::new();
+        for (role, device) in &self.devices {
+            match local::addresses(device) {
+                Ok(now) => nets.push((*role, now)),
+                Err(e) => {
+                    let last = self
+                        .addresses
+                        .as_ref()
+                        .and_then(|a| a.iter().find(|(r, _)| r == role))
+                        .map(|(_, n)| n.clone())
+                        .unwrap_or_default();
+                    log::debug!("reading the {role} NIC's addresses: {e:#}; keeping the last");
+                    nets.push((*role, last));
                 }
-                self.addresses = Some(nets);
             }
-            Ok(_) => {}
-            // A NIC that is gone keeps its last addresses until it is found again; it cannot
-            // take traffic meanwhile anyway.
-            Err(e) => log::warn!("reading NIC addresses: {e:#}"),
+        }
+        if self.addresses.as_ref() != Some(&nets) {
+            let entries: Vec<_> = nets
+                .iter()
+                .flat_map(|(role, n)| local::entries(*role, n))
+                .collect();
+            self.datapath.sync_local(&entries)?;
+            if self.addresses.is_some() {
+                log::info!("NIC addresses changed: {}", describe(&nets));
+            }
+            self.addresses = Some(nets);
         }
         Ok(())
     }

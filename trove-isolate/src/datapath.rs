@@ -312,7 +312,15 @@ impl PinnedMaps {
 }
 
 fn read_suppressed<T: Borrow<MapData>>(map: &PerCpuArray<T, Budget>) -> anyhow::Result<u64> {
-    Ok(map.get(&0, 0)?.iter().map(|b| b.suppressed).sum())
+    let mut total = 0;
+    for role in Role::ALL {
+        total += map
+            .get(&(role as u32), 0)?
+            .iter()
+            .map(|b| b.suppressed)
+            .sum::<u64>();
+    }
+    Ok(total)
 }
 
 /// The pinned drop-event ring buffer, for a reader of its own (the daemon, or `drops` when no

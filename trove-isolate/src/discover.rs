@@ -255,21 +255,40 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
             );
         }
     }
-    let resolv = files.at_str("etc/resolv.conf");
-    if let Some(text) = read_optional(&resolv)? {
+    found.resolvers = nameservers(&files.root)?;
+    Ok(found)
+}
+
+/// The nameservers under `root`: resolv.conf's, and when that names a local stub (Ubuntu's
+/// systemd-resolved at 127.0.0.53), the upstream servers the stub forwards to, which are what
+/// the management NIC must reach.
+pub fn nameservers(root: &Path) -> Result<Vec<Found<std::net::IpAddr>>, DiscoverError> {
+    let mut out: Vec<Found<std::net::IpAddr>> = Vec::new();
+    let read = |path: PathBuf, out: &mut Vec<Found<std::net::IpAddr>>| {
+        let Some(text) = read_optional(&path)? else {
+            return Ok::<_, DiscoverError>(());
+        };
         for line in text.lines() {
             let mut words = line.split_whitespace();
-            if words.next() == Some("nameserver") {
-                if let Some(ip) = words.next().and_then(|w| w.parse().ok()) {
-                    let origin = format!("{} nameserver", resolv.display());
-                    if !found.resolvers.iter().any(|r| r.value == ip) {
-                        found.resolvers.push(Found { value: ip, origin });
-                    }
+            if words.next() != Some("nameserver") {
+                continue;
+            }
+            if let Some(ip) = words.next().and_then(|w| w.parse().ok()) {
+                if !out.iter().any(|r| r.value == ip) {
+                    out.push(Found {
+                        value: ip,
+                        origin: format!("{} nameserver", path.display()),
+                    });
                 }
             }
         }
+        Ok(())
+    };
+    read(root.join("etc/resolv.conf"), &mut out)?;
+    if out.iter().any(|r| r.value.is_loopback()) {
+        read(root.join("run/systemd/resolve/resolv.conf"), &mut out)?;
     }
-    Ok(found)
+    Ok(out)
 }
 
 fn push(list: &mut Vec<Found<Endpoint>>, endpoint: Endpoint, origin: &str) {

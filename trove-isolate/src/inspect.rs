@@ -28,37 +28,44 @@ pub struct Hooked {
 }
 
 /// Everything on `device`'s ingress and egress hooks, in its namespace. A kernel without TCX
-/// lists no TCX programs; a device without clsact lists no filters.
+/// lists no TCX programs; a device without clsact lists no filters. An error, not an empty
+/// list, when the device cannot be asked right now (gone, or renamed under the query).
 pub fn hooks(device: &Device, role: Role) -> anyhow::Result<Vec<Hooked>> {
+    let tcx_kernel = aya::util::KernelVersion::current()
+        .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
     let found = netns::run_in(device.netns.as_deref(), || {
+        // By ifindex: the name may have changed since it was found (docker-hostnic renames).
+        let name = nix::net::if_::if_indextoname(device.ifindex)
+            .map_err(|e| anyhow::anyhow!("no device with ifindex {}: {e}", device.ifindex))?
+            .to_string_lossy()
+            .into_owned();
         let mut found = Vec::new();
         for direction in Direction::ALL {
-            found.extend(tcx(device, role, direction));
+            if tcx_kernel {
+                found.extend(tcx(&name, role, direction)?);
+            }
             found.extend(filters(device.ifindex, direction));
         }
-        found
-    })?;
+        Ok::<_, anyhow::Error>(found)
+    })??;
     Ok(found)
 }
 
-fn tcx(device: &Device, role: Role, direction: Direction) -> Vec<Hooked> {
-    let Ok((_, programs)) =
-        SchedClassifier::query_tcx(&device.name, attach::tc_attach_type(direction))
-    else {
-        return Vec::new();
-    };
-    programs
+fn tcx(name: &str, role: Role, direction: Direction) -> anyhow::Result<Vec<Hooked>> {
+    let (_, programs) = SchedClassifier::query_tcx(name, attach::tc_attach_type(direction))
+        .map_err(|e| anyhow::anyhow!("querying the TCX programs of {name}: {e}"))?;
+    Ok(programs
         .iter()
         .map(|p| {
-            let name = p.name_as_str().unwrap_or("?").to_owned();
+            let program = p.name_as_str().unwrap_or("?").to_owned();
             Hooked {
                 direction,
                 kind: "tcx",
-                ours: name == program_name(role, direction),
-                what: format!("program {name} (id {})", p.id()),
+                ours: program == program_name(role, direction),
+                what: format!("program {program} (id {})", p.id()),
             }
         })
-        .collect()
+        .collect())
 }
 
 /// The clsact filters of one direction (RTM_GETTFILTER dump under ffff:fff2 / ffff:fff3).

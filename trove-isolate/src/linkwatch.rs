@@ -11,7 +11,13 @@
 //! events only say "look again"; what moved where is found by [`crate::nic::resolve`], which is
 //! what a start does too.
 
-use std::os::fd::AsRawFd as _;
+use std::{
+    os::fd::AsRawFd as _,
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc,
+    },
+};
 
 use anyhow::Context as _;
 use netlink_packet_core::{
@@ -22,15 +28,44 @@ use netlink_packet_route::{
     RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 /// What to look at again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
     /// A device appeared, left, changed name or state: where are the NICs now?
-    Link,
+    Link = 1,
     /// An address came or went: what are the NICs' addresses now?
-    Address,
+    Address = 2,
+}
+
+/// The changes heard since the last [`Changes::next`], one flag per kind: a burst of events
+/// is one look, and no kind is ever lost to another (a channel that drops when full could lose
+/// a move behind address events).
+pub struct Changes {
+    pending: Arc<AtomicU8>,
+    wake: Arc<Notify>,
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Changes {
+    /// Waits for changes; returns (a link changed, an address changed). Errors once the
+    /// listener has stopped.
+    pub async fn next(&mut self) -> anyhow::Result<(bool, bool)> {
+        loop {
+            let pending = self.pending.swap(0, Ordering::AcqRel);
+            if pending != 0 {
+                return Ok((
+                    pending & Change::Link as u8 != 0,
+                    pending & Change::Address as u8 != 0,
+                ));
+            }
+            if !self.alive.load(Ordering::Acquire) {
+                anyhow::bail!("the link watcher stopped: NIC moves would go unheard");
+            }
+            self.wake.notified().await;
+        }
+    }
 }
 
 // rtnetlink multicast groups (linux/rtnetlink.h) and message types.
@@ -44,9 +79,8 @@ const RTM_DELADDR: u16 = 21;
 /// Room for a burst of events (a container start is a dozen or so).
 const RECEIVE_BUFFER: usize = 4 << 20;
 
-/// Starts listening; changes arrive on the returned channel, coalesced (a change already
-/// waiting is not queued twice). The listener thread lives as long as the receiver.
-pub fn watch() -> anyhow::Result<mpsc::Receiver<Change>> {
+/// Starts listening on a thread of its own; [`Changes::next`] says what changed.
+pub fn watch() -> anyhow::Result<Changes> {
     let mut socket = Socket::new(NETLINK_ROUTE).context("opening a netlink socket")?;
     socket.bind_auto().context("binding the netlink socket")?;
     for group in [RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR] {
@@ -60,12 +94,25 @@ pub fn watch() -> anyhow::Result<mpsc::Receiver<Change>> {
     // Best effort: the default is enough for a guest's pace; an overrun says "look again".
     let _ = socket.set_rx_buf_sz(RECEIVE_BUFFER);
     give_ids();
-    let (tx, rx) = mpsc::channel(2);
+    let changes = Changes {
+        pending: Arc::new(AtomicU8::new(0)),
+        wake: Arc::new(Notify::new()),
+        alive: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+    };
+    let (pending, wake, alive) = (
+        changes.pending.clone(),
+        changes.wake.clone(),
+        changes.alive.clone(),
+    );
     std::thread::Builder::new()
         .name("linkwatch".into())
-        .spawn(move || listen(&socket, &tx))
+        .spawn(move || {
+            listen(&socket, &pending, &wake);
+            alive.store(false, Ordering::Release);
+            wake.notify_one();
+        })
         .context("starting the link watcher")?;
-    Ok(rx)
+    Ok(changes)
 }
 
 /// Gives every network namespace that has a file an id in ours (RTM_NEWNSID), so that its link
@@ -110,7 +157,7 @@ pub fn give_ids() {
     }
 }
 
-fn listen(socket: &Socket, tx: &mpsc::Sender<Change>) {
+fn listen(socket: &Socket, pending: &AtomicU8, wake: &Notify) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let changes = match socket.recv(&mut &mut buf[..], 0) {
@@ -124,11 +171,11 @@ fn listen(socket: &Socket, tx: &mpsc::Sender<Change>) {
                 return;
             }
         };
-        for change in changes {
-            match tx.try_send(change) {
-                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
-            }
+        let bits = changes.iter().fold(0, |b, c| b | *c as u8);
+        if bits != 0 {
+            pending.fetch_or(bits, Ordering::AcqRel);
+            // A permit is stored if the daemon is not waiting: the next wait returns at once.
+            wake.notify_one();
         }
     }
 }

@@ -14,10 +14,56 @@ use std::{
 
 use nix::{ifaddrs::getifaddrs, net::if_::if_nametoindex};
 
-use crate::{
-    netns::{self, NetnsError},
-    policy::{NicSelector, NicSpec},
-};
+use crate::netns::{self, NetnsError};
+
+/// How the config names a NIC: by name (in its namespace) or by MAC (anywhere).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NicSelector {
+    Name(String),
+    Mac([u8; 6]),
+}
+
+impl std::fmt::Display for NicSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NicSelector::Name(name) => f.write_str(name),
+            NicSelector::Mac(m) => write!(
+                f,
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            ),
+        }
+    }
+}
+
+/// Which NIC a role protects: the configured identity, not the device found at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicSpec {
+    pub selector: NicSelector,
+    pub netns: Option<PathBuf>,
+}
+
+impl NicSpec {
+    /// Whether two specs can only mean one device: the same name in the same namespace, or the
+    /// same MAC anywhere (a MAC names the device whichever namespace it sits in).
+    pub fn same_nic(&self, other: &NicSpec) -> bool {
+        match (&self.selector, &other.selector) {
+            (NicSelector::Mac(a), NicSelector::Mac(b)) => a == b,
+            (NicSelector::Name(a), NicSelector::Name(b)) => a == b && self.netns == other.netns,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for NicSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.selector)?;
+        if let Some(netns) = &self.netns {
+            write!(f, " in {}", netns.display())?;
+        }
+        Ok(())
+    }
+}
 
 /// A NIC as found in its namespace at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,37 +102,93 @@ pub enum NicError {
     NoSuchMac { spec: String },
     #[error("listing interfaces for {spec}")]
     List { spec: String, source: nix::Error },
+    #[error(
+        "more than one device has the MAC {spec} ({devices}): refusing to guess which is the NIC"
+    )]
+    Ambiguous { spec: String, devices: String },
 }
 
 /// Where named network namespaces live: `ip netns` and docker's sandboxes.
 pub const NETNS_DIRS: [&str; 2] = ["/run/netns", "/var/run/docker/netns"];
 
-/// Finds the NIC of `spec` now. By MAC: in the configured namespace first, then the daemon's
-/// own, then every namespace file, newest first (docker-hostnic's latest sandbox); by name: in
-/// the configured namespace.
-pub fn resolve(spec: &NicSpec) -> Result<Device, NicError> {
+/// Where a NIC was last seen: its namespace and ifindex there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub ifindex: u32,
+    pub netns: Option<PathBuf>,
+}
+
+impl From<&Device> for Place {
+    fn from(d: &Device) -> Place {
+        Place {
+            ifindex: d.ifindex,
+            netns: d.netns.clone(),
+        }
+    }
+}
+
+/// Finds the NIC of `spec` now; `last`, where it was last seen, wins while it is still there.
+///
+/// By name: in the configured namespace. By MAC: every device with that MAC in the configured
+/// namespace, the daemon's own and every namespace file. The NIC stays where it was while a
+/// device with its MAC is still there (a device a container makes with the same MAC cannot
+/// lure it away); otherwise the one device with the MAC is where it moved. Two or more, none
+/// of them where it was, is refused: guessing could leave the real NIC unfiltered.
+pub fn resolve(spec: &NicSpec, last: Option<&Place>) -> Result<Device, NicError> {
     if !matches!(spec.selector, NicSelector::Mac(_)) {
-        return resolve_in(spec, spec.netns.as_deref());
+        return resolve_in(spec, spec.netns.as_deref())?
+            .into_iter()
+            .next()
+            .ok_or_else(|| NicError::NoSuchMac {
+                spec: spec.to_string(),
+            });
     }
-    let first = resolve_in(spec, spec.netns.as_deref());
-    if first.is_ok() {
-        return first;
+    let mut places: Vec<Option<PathBuf>> = Vec::new();
+    if let Some(last) = last {
+        places.push(last.netns.clone());
     }
+    places.push(spec.netns.clone());
+    places.push(None);
+    places.extend(namespace_files().into_iter().map(Some));
     let mut seen = Vec::new();
-    for ns in std::iter::once(None).chain(namespace_files().into_iter().map(Some)) {
+    let mut found: Vec<Device> = Vec::new();
+    let mut first_error = None;
+    for ns in places {
         let id = namespace_id(ns.as_deref());
         if id.is_none() || seen.contains(&id) {
             continue;
         }
         seen.push(id);
-        if ns.as_deref() == spec.netns.as_deref() {
-            continue; // tried first
-        }
-        if let Ok(device) = resolve_in(spec, ns.as_deref()) {
-            return Ok(device);
+        match resolve_in(spec, ns.as_deref()) {
+            Ok(devices) => {
+                // Still where it was: stay, whatever else carries the MAC.
+                if let Some(here) = devices
+                    .iter()
+                    .find(|d| last.is_some_and(|l| Place::from(*d) == *l))
+                {
+                    return Ok(here.clone());
+                }
+                found.extend(devices);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
         }
     }
-    first
+    match found.len() {
+        0 => Err(first_error.unwrap_or_else(|| NicError::NoSuchMac {
+            spec: spec.to_string(),
+        })),
+        1 => Ok(found.remove(0)),
+        _ => Err(NicError::Ambiguous {
+            spec: spec.to_string(),
+            devices: found
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        }),
+    }
 }
 
 /// Every file naming a network namespace, newest first. Files of our own namespace are left
@@ -127,44 +229,59 @@ pub fn namespace_id(netns: Option<&Path>) -> Option<(u64, u64)> {
     (meta.dev() == own.dev()).then_some((meta.dev(), meta.ino()))
 }
 
-/// Finds `spec`'s device in the namespace `netns` (`None`: the daemon's own).
-fn resolve_in(spec: &NicSpec, netns: Option<&Path>) -> Result<Device, NicError> {
-    let (name, ifindex, up) = netns::run_in(netns, || {
-        let (name, up) = find(spec)?;
-        let ifindex = if_nametoindex(name.as_str()).map_err(|source| NicError::NotFound {
-            spec: spec.to_string(),
-            source,
-        })?;
-        Ok::<_, NicError>((name, ifindex, up))
+/// `spec`'s devices in the namespace `netns` (`None`: the daemon's own): by name, the one so
+/// named (an error if there is none); by MAC, every one with it (perhaps none).
+fn resolve_in(spec: &NicSpec, netns: Option<&Path>) -> Result<Vec<Device>, NicError> {
+    let found = netns::run_in(netns, || {
+        let mut out = Vec::new();
+        for (name, up) in find(spec)? {
+            let ifindex = if_nametoindex(name.as_str()).map_err(|source| NicError::NotFound {
+                spec: spec.to_string(),
+                source,
+            })?;
+            out.push((name, ifindex, up));
+        }
+        Ok::<_, NicError>(out)
     })??;
-    Ok(Device {
-        name,
-        ifindex,
-        netns: netns.map(Path::to_path_buf),
-        up,
-    })
+    Ok(found
+        .into_iter()
+        .map(|(name, ifindex, up)| Device {
+            name,
+            ifindex,
+            netns: netns.map(Path::to_path_buf),
+            up,
+        })
+        .collect())
 }
 
-/// The interface name for `spec` in the current thread's namespace, and whether it is up.
-fn find(spec: &NicSpec) -> Result<(String, bool), NicError> {
+/// The interface names for `spec` in the current thread's namespace, and whether each is up.
+fn find(spec: &NicSpec) -> Result<Vec<(String, bool)>, NicError> {
     let addrs = getifaddrs().map_err(|source| NicError::List {
         spec: spec.to_string(),
         source,
     })?;
-    let mut entries = addrs.map(|ifa| {
-        let mac = ifa.address.as_ref().and_then(|a| a.as_link_addr()?.addr());
-        let up = ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
-        (ifa.interface_name, mac, up)
-    });
+    let entries: Vec<(String, Option<[u8; 6]>, bool)> = addrs
+        .map(|ifa| {
+            let mac = ifa.address.as_ref().and_then(|a| a.as_link_addr()?.addr());
+            let up = ifa.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
+            (ifa.interface_name, mac, up)
+        })
+        .collect();
     match &spec.selector {
         // A name not listed (no such device) is reported by if_nametoindex.
-        NicSelector::Name(name) => Ok((name.clone(), entries.any(|(n, _, up)| n == *name && up))),
-        NicSelector::Mac(mac) => entries
-            .find(|(_, m, _)| *m == Some(*mac))
-            .map(|(name, _, up)| (name, up))
-            .ok_or_else(|| NicError::NoSuchMac {
-                spec: spec.to_string(),
-            }),
+        NicSelector::Name(name) => Ok(vec![(
+            name.clone(),
+            entries.iter().any(|(n, _, up)| n == name && *up),
+        )]),
+        NicSelector::Mac(mac) => {
+            let mut out: Vec<(String, bool)> = Vec::new();
+            for (name, m, up) in entries {
+                if m == Some(*mac) && !out.iter().any(|(n, _)| *n == name) {
+                    out.push((name, up));
+                }
+            }
+            Ok(out)
+        }
     }
 }
 

@@ -79,7 +79,14 @@ fn unrecorded_filters(state: &State) -> Vec<Attachment> {
     };
     let mut found = Vec::new();
     for role in Role::ALL {
-        let Some(device) = policy.nic(role).and_then(|n| nic::resolve(&n.nic).ok()) else {
+        let last = state.attached(role).next().map(|a| nic::Place {
+            ifindex: a.ifindex,
+            netns: a.netns.clone(),
+        });
+        let Some(device) = policy
+            .nic(role)
+            .and_then(|n| nic::resolve(&n.nic, last.as_ref()).ok())
+        else {
             continue;
         };
         let Ok(hooks) = inspect::hooks(&device, role) else {

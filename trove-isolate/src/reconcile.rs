@@ -29,13 +29,21 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 pub fn enforce(policy: &Policy, log: bool) -> anyhow::Result<(Datapath, State, Devices)> {
     let pins = Pins::new(&policy.pin_path);
     check_bpffs(&pins)?;
+    let previous = State::read(&pins.state_file())?;
     let mut devices = Vec::new();
     for nic_policy in &policy.nics {
-        let device = nic::resolve(&nic_policy.nic)
+        // Where our programs were: the NIC stays there while it is there.
+        let last = previous
+            .as_ref()
+            .and_then(|p| p.attached(nic_policy.role).next())
+            .map(|a| nic::Place {
+                ifindex: a.ifindex,
+                netns: a.netns.clone(),
+            });
+        let device = nic::resolve(&nic_policy.nic, last.as_ref())
             .with_context(|| format!("[{}] NIC {}", nic_policy.role.name(), nic_policy.nic))?;
         devices.push((nic_policy.role, device));
     }
-    let previous = State::read(&pins.state_file())?;
     // A first start that fails leaves nothing behind; a later one leaves the policy in force.
     let first_start = previous.is_none() && !pins.root().exists();
     let previous = previous.unwrap_or_default();
@@ -195,6 +203,8 @@ pub struct Followed {
     pub unprotected: Vec<(Role, String)>,
     /// A NIC has a new name where it was (the record changed).
     pub renamed: bool,
+    /// NICs where they were, whose programs had gone and were attached again.
+    pub restored: Vec<(Role, nic::Device)>,
 }
 
 /// How often following one NIC is tried before it counts as unprotected (it may be renamed
@@ -220,7 +230,7 @@ pub fn follow(
         let mut last_error = String::new();
         let mut done = false;
         for _ in 0..FOLLOW_ATTEMPTS {
-            let now = match nic::resolve(&nic_policy.nic) {
+            let now = match nic::resolve(&nic_policy.nic, Some(&nic::Place::from(&slot.1))) {
                 Ok(device) => device,
                 Err(e) => {
                     last_error = format!("{e:#}");
@@ -233,8 +243,29 @@ pub fn follow(
                     followed.renamed = true;
                 }
                 slot.1 = now;
-                done = true;
-                break;
+                // Where it was, but are our programs still on it? A NIC that left and came
+                // back between two looks lost its clsact filters; a filter can be deleted.
+                match crate::inspect::hooks(&slot.1, role) {
+                    Ok(hooks) if !crate::inspect::enforced(&hooks) => {}
+                    // Enforced; or it cannot be asked right now (renamed under the query):
+                    // the next look asks again.
+                    _ => {
+                        done = true;
+                        break;
+                    }
+                }
+                let device = slot.1.clone();
+                match attach_where_it_is(policy, datapath, pins, state, role, &device) {
+                    Ok(_) => {
+                        followed.restored.push((role, device));
+                        done = true;
+                        break;
+                    }
+                    Err(e) => {
+                        last_error = format!("{e:#}");
+                        continue;
+                    }
+                }
             }
             match attach_where_it_is(policy, datapath, pins, state, role, &now) {
                 Ok((reattached, late)) => {

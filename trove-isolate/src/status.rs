@@ -155,8 +155,12 @@ pub fn report(pins: &Pins) -> anyhow::Result<Report> {
         if recorded.is_none() && spec.is_none() {
             continue;
         }
+        let last = state.attached(role).next().map(|a| nic::Place {
+            ifindex: a.ifindex,
+            netns: a.netns.clone(),
+        });
         let found = match (&spec, state.attached(role).next()) {
-            (Some(spec), _) => nic::resolve(spec).map_err(|e| format!("{e:#}")),
+            (Some(spec), _) => nic::resolve(spec, last.as_ref()).map_err(|e| format!("{e:#}")),
             // No config to go by: the recorded device, if it is still there.
             (None, Some(a)) => recorded_device(a),
             (None, None) => Err("not configured".to_owned()),

@@ -359,3 +359,131 @@ fn the_business_nic_is_followed_on_tcx() {
     }
     follows_the_nic("tcx");
 }
+
+/// Waits (bounded) until `status --json` satisfies `ok`; the last report.
+fn await_status(
+    pin_path: &str,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = status_json(pin_path);
+        if ok(&report) {
+            return report;
+        }
+        assert!(Instant::now() < deadline, "{what}:\n{report:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A device a container makes with the business NIC's MAC does not lure the daemon away from
+/// the NIC; when the NIC moves while such a decoy exists, the daemon refuses to guess (and says
+/// so) rather than leave the NIC unfiltered behind a decoy it chose; the decoy gone, it follows.
+#[test]
+fn a_device_with_the_nics_mac_does_not_lure_the_daemon() {
+    let guest = Guest::new("lure");
+    let metrics = metrics_port();
+    let _servers = scenario::servers(&guest, metrics);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let config = write_config(&scenario::config(
+        &guest, "enforce", "legacy", &pin_path, metrics,
+    ));
+    let daemon = Daemon::start(
+        &config,
+        pin_path.as_ref(),
+        SocketAddr::from(([127, 0, 0, 1], metrics)),
+    );
+    let mac = guest.biz_mac_text();
+    let nic = guest.biz_nic();
+    let decoy = NetNs::new("decoy");
+    decoy.ip("link add fake type veth peer name fakepeer");
+    decoy.ip(&format!("link set fake address {mac}"));
+    decoy.ip("link set fake up");
+    // Ticks pass (the daemon looks every second); it stays with the real NIC.
+    std::thread::sleep(Duration::from_millis(2500));
+    let container = guest.container.path().display().to_string();
+    let report = status_json(&pin_path);
+    let biz = business(&report);
+    assert_eq!(
+        (biz["now"]["netns"].as_str(), biz["enforced"].as_bool()),
+        (Some(container.as_str()), Some(true)),
+        "{report:#}"
+    );
+
+    // The NIC moves while the decoy is there: two candidates, neither where it was.
+    let sandbox = NetNs::new("lsb");
+    guest.container.ip(&format!("link set {nic} down"));
+    guest
+        .container
+        .ip(&format!("link set {nic} netns {}", sandbox.name()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.stderr().contains("refusing to guess") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal:\n{}",
+            daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        daemon
+            .scrape()
+            .contains("trove_isolate_unprotected{role=\"business\"} 1"),
+        "the lost NIC is not reported unprotected"
+    );
+
+    // The decoy goes: the one device with the MAC is the NIC, followed there.
+    decoy.ip("link del fake");
+    let where_ = sandbox.path().display().to_string();
+    await_status(
+        &pin_path,
+        "the NIC was not followed once the decoy went",
+        |r| {
+            let b = business(r);
+            b["now"]["netns"].as_str() == Some(where_.as_str())
+                && b["enforced"].as_bool() == Some(true)
+        },
+    );
+    assert!(daemon.stderr().contains("business NIC is protected again"));
+}
+
+/// Our clsact filters removed by hand (or lost by a NIC that left and came back between two
+/// looks) are found missing and attached again within a second.
+#[test]
+fn lost_filters_are_attached_again() {
+    let guest = Guest::new("lost");
+    let metrics = metrics_port();
+    let _servers = scenario::servers(&guest, metrics);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let config = write_config(&scenario::config(
+        &guest, "enforce", "legacy", &pin_path, metrics,
+    ));
+    let daemon = Daemon::start(
+        &config,
+        pin_path.as_ref(),
+        SocketAddr::from(([127, 0, 0, 1], metrics)),
+    );
+    let nic = guest.biz_nic();
+    let out = std::process::Command::new("tc")
+        .args([
+            "-n",
+            guest.container.name(),
+            "qdisc",
+            "del",
+            "dev",
+            nic,
+            "clsact",
+        ])
+        .output()
+        .expect("tc");
+    assert!(out.status.success(), "tc qdisc del: {out:?}");
+    await_status(&pin_path, "the filters were not attached again", |r| {
+        business(r)["enforced"].as_bool() == Some(true)
+    });
+    assert!(
+        daemon.stderr().contains("had lost our programs"),
+        "{}",
+        daemon.stderr()
+    );
+}

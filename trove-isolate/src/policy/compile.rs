@@ -17,6 +17,8 @@ pub(super) struct RuleSet<'a> {
     next_id: &'a mut u32,
     seen: HashSet<(Direction, u8, u16, IpNetwork)>,
     pub(super) rules: Vec<Rule>,
+    /// The host name the rules being added are addresses of.
+    naming: Option<String>,
 }
 
 impl<'a> RuleSet<'a> {
@@ -26,6 +28,7 @@ impl<'a> RuleSet<'a> {
             next_id,
             seen: HashSet::new(),
             rules: vec![],
+            naming: None,
         }
     }
 
@@ -47,6 +50,7 @@ impl<'a> RuleSet<'a> {
                 port,
                 remote,
                 origin,
+                host: self.naming.clone(),
             });
         }
     }
@@ -361,6 +365,7 @@ pub(super) fn endpoint_rules(
             let origin = format!("{kind} {host}:{port}{from}");
             match sources.resolver.lookup(&host) {
                 Ok(answer) => {
+                    set.naming = Some(host.clone());
                     for address in &answer.addresses {
                         // An IPv4-mapped answer is matched as the IPv4 address it stands for.
                         let matched = match address {
@@ -375,6 +380,7 @@ pub(super) fn endpoint_rules(
                             format!("{origin} = {matched}"),
                         );
                     }
+                    set.naming = None;
                     sources.names.push(NameRecord {
                         host,
                         kind,
@@ -603,16 +609,10 @@ pub(super) fn resolvers(discovered: Option<&Discovered>) -> Vec<(IpAddr, String)
             .iter()
             .map(|r| (r.value, r.origin.clone()))
             .collect(),
-        None => std::fs::read_to_string("/etc/resolv.conf")
+        None => discover::nameservers(Path::new("/"))
             .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let mut w = l.split_whitespace();
-                (w.next() == Some("nameserver"))
-                    .then(|| w.next()?.parse().ok())
-                    .flatten()
-            })
-            .map(|ip| (ip, "/etc/resolv.conf nameserver".to_owned()))
+            .into_iter()
+            .map(|r| (r.value, r.origin))
             .collect(),
     }
 }

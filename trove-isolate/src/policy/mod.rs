@@ -55,53 +55,8 @@ impl AttachMode {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NicSelector {
-    Name(String),
-    Mac([u8; 6]),
-}
-
-impl fmt::Display for NicSelector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NicSelector::Name(name) => f.write_str(name),
-            NicSelector::Mac(m) => write!(
-                f,
-                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                m[0], m[1], m[2], m[3], m[4], m[5]
-            ),
-        }
-    }
-}
-
-/// Which NIC a role protects: the configured identity, not the device found at one moment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NicSpec {
-    pub selector: NicSelector,
-    pub netns: Option<PathBuf>,
-}
-
-impl NicSpec {
-    /// Whether two specs can only mean one device: the same name in the same namespace, or the
-    /// same MAC anywhere (a MAC names the device whichever namespace it sits in).
-    pub fn same_nic(&self, other: &NicSpec) -> bool {
-        match (&self.selector, &other.selector) {
-            (NicSelector::Mac(a), NicSelector::Mac(b)) => a == b,
-            (NicSelector::Name(a), NicSelector::Name(b)) => a == b && self.netns == other.netns,
-            _ => false,
-        }
-    }
-}
-
-impl fmt::Display for NicSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.selector)?;
-        if let Some(netns) = &self.netns {
-            write!(f, " in {}", netns.display())?;
-        }
-        Ok(())
-    }
-}
+/// The NIC identity types live with the code that finds NICs.
+pub use crate::nic::{NicSelector, NicSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -113,6 +68,8 @@ pub struct Rule {
     pub remote: IpNetwork,
     /// The config entry the rule comes from, for `check` and `explain`.
     pub origin: String,
+    /// The host name whose address `remote` is, for rules of a name (refreshed with its TTL).
+    pub host: Option<String>,
 }
 
 impl Rule {
@@ -198,6 +155,7 @@ pub struct Policy {
     /// another endpoint of their kind does).
     pub names: Vec<NameRecord>,
     pub unresolved: Vec<String>,
+    pub unresolved_hosts: Vec<String>,
     /// Management first.
     pub nics: Vec<NicPolicy>,
 }
@@ -335,8 +293,65 @@ impl Policy {
                 .iter()
                 .map(|u| format!("{}: {} does not resolve ({})", u.origin, u.host, u.error))
                 .collect(),
+            unresolved_hosts: sources.unresolved.iter().map(|u| u.host.clone()).collect(),
             nics,
         })
+    }
+
+    /// This policy with the rules of its host names taken from `fresh` (the same config
+    /// compiled again with new lookups): a name `fresh` could not resolve keeps its addresses
+    /// in force, and nothing else changes (other edits of the file wait for a reload).
+    pub fn with_names_from(&self, fresh: &Policy) -> Policy {
+        let failed: HashSet<&str> = fresh.unresolved_hosts.iter().map(String::as_str).collect();
+        let known: HashSet<&str> = self
+            .names
+            .iter()
+            .map(|n| n.host.as_str())
+            .chain(self.unresolved_hosts.iter().map(String::as_str))
+            .collect();
+        let refreshed = |host: &Option<String>| {
+            host.as_deref()
+                .is_some_and(|h| known.contains(h) && !failed.contains(h))
+        };
+        let mut next = self.clone();
+        let mut id = self
+            .nics
+            .iter()
+            .flat_map(|n| n.rules.iter().map(|r| r.id))
+            .max()
+            .unwrap_or(0);
+        for nic in &mut next.nics {
+            nic.rules.retain(|r| !refreshed(&r.host));
+            let Some(fresh_nic) = fresh.nic(nic.role) else {
+                continue;
+            };
+            for rule in fresh_nic.rules.iter().filter(|r| refreshed(&r.host)) {
+                let duplicate = nic.rules.iter().any(|r| {
+                    (r.direction, r.proto, r.port, r.remote)
+                        == (rule.direction, rule.proto, rule.port, rule.remote)
+                });
+                if !duplicate {
+                    id += 1;
+                    nic.rules.push(Rule { id, ..rule.clone() });
+                }
+            }
+        }
+        next.names = self
+            .names
+            .iter()
+            .filter(|n| failed.contains(n.host.as_str()))
+            .cloned()
+            .chain(
+                fresh
+                    .names
+                    .iter()
+                    .filter(|n| known.contains(n.host.as_str()))
+                    .cloned(),
+            )
+            .collect();
+        next.unresolved = fresh.unresolved.clone();
+        next.unresolved_hosts = fresh.unresolved_hosts.clone();
+        next
     }
 
     /// When the names in the policy should be looked up again: the shortest TTL, within

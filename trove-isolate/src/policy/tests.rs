@@ -999,6 +999,60 @@ mod discovery {
     }
 
     #[test]
+    fn a_refresh_changes_only_the_names_rules_and_keeps_a_failed_names_addresses() {
+        let config = format!(
+            "[trove]\nroot = \"{}\"\n[management]\ninterface = \"ens3\"\n",
+            fixture("postgresql")
+        );
+        let before = Table(HashMap::from([
+            ("rabbit-1.trove.test", ("192.0.2.10", 300)),
+            ("rabbit-2.trove.test", ("192.0.2.11", 60)),
+            ("registry.trove.test", ("192.0.2.20", 600)),
+            ("ntp.trove.test", ("192.0.2.123", 3600)),
+        ]));
+        let current = compile(&config, &before).expect("compiles");
+        // rabbit-1 moved; rabbit-2 fails this time; an edit of the file adds a rule.
+        let after = Table(HashMap::from([
+            ("rabbit-1.trove.test", ("192.0.2.14", 300)),
+            ("registry.trove.test", ("192.0.2.20", 600)),
+            ("ntp.trove.test", ("192.0.2.123", 3600)),
+        ]));
+        let edited = format!("{config}ssh_from = [\"203.0.113.0/24\"]\n");
+        let fresh = compile(&edited, &after).expect("compiles: rabbit-1 resolves");
+        let next = current.with_names_from(&fresh);
+        let remotes: Vec<String> = next
+            .nic(Role::Management)
+            .expect("management")
+            .rules
+            .iter()
+            .filter(|r| r.port == 5672)
+            .map(|r| r.remote.to_string())
+            .collect();
+        assert!(remotes.contains(&"192.0.2.14/32".to_owned()), "{remotes:?}");
+        assert!(
+            !remotes.contains(&"192.0.2.10/32".to_owned()),
+            "{remotes:?}"
+        );
+        assert!(
+            remotes.contains(&"192.0.2.11/32".to_owned()),
+            "a name that failed lost its addresses: {remotes:?}"
+        );
+        assert!(
+            !rules(&next, Role::Management)
+                .iter()
+                .any(|r| r.contains("ssh_from")),
+            "an edit of the file was applied without a reload"
+        );
+        let ids: HashSet<u32> = next
+            .nics
+            .iter()
+            .flat_map(|n| n.rules.iter().map(|r| r.id))
+            .collect();
+        let count: usize = next.nics.iter().map(|n| n.rules.len()).sum();
+        assert_eq!(ids.len(), count, "rule ids repeat");
+    }
+
+    #[test]
     fn explicit_keys_add_to_discovery() {
         let config = format!(
             "[trove]\nroot = \"{}\"\n[management]\ninterface = \"ens3\"\nrabbitmq = [\"192.0.2.99:5672\"]\nssh_from = [\"203.0.113.0/24\"]\n[business]\ndatabase_ports = [33060]\n",
