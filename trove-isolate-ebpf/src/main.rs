@@ -50,6 +50,13 @@ pub fn biz_egress(ctx: TcContext) -> i32 {
     verdict::run(&ctx, Role::Business, Direction::Egress)
 }
 
+/// Does nothing: the yardstick `cargo xtask bench` measures our programs against. Never
+/// attached; loaded only by the benchmark.
+#[classifier]
+pub fn bench_empty(_ctx: TcContext) -> i32 {
+    trove_isolate_common::action::PASS
+}
+
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -28,6 +28,9 @@ use trove_isolate_common::{
 
 use crate::pins::Pins;
 
+/// The empty program's name in the eBPF object.
+const BENCH_EMPTY: &str = "bench_empty";
+
 pub struct Datapath {
     ebpf: Ebpf,
 }
@@ -82,6 +85,20 @@ impl Datapath {
             .program_mut(name)
             .and_then(|p| p.try_into().ok())
             .unwrap_or_else(|| unreachable!("{name} was checked at load"))
+    }
+
+    /// The object's empty program, loaded: the benchmark's yardstick.
+    pub fn bench_empty(&mut self) -> anyhow::Result<&mut SchedClassifier> {
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(BENCH_EMPTY)
+            .context("program bench_empty missing from the eBPF object")?
+            .try_into()
+            .context("bench_empty is not a classifier")?;
+        if program.fd().is_err() {
+            program.load().context("loading bench_empty")?;
+        }
+        Ok(program)
     }
 
     /// Starts forwarding the programs' debug records to the `log` crate.

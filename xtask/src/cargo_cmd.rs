@@ -17,19 +17,24 @@ changes nothing outside target/. Does not need root (without root, setup leaves 
 /// eBPF build prints through the build script (`warning: trove-isolate@…: Compiling …`, dozens of
 /// lines on a fresh build) is held back and shown only if the build fails.
 pub fn build(release: bool) -> anyhow::Result<()> {
-    use std::io::{BufRead as _, BufReader};
-    use std::process::{Command, Stdio};
-
     let mut args = vec!["build", "--package", "trove-isolate"];
     if release {
         args.push("--release");
     }
+    cargo_quietly(&args)
+}
+
+/// Runs `cargo ARGS` with the eBPF build's output held back unless it fails.
+pub fn cargo_quietly(args: &[&str]) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+
     eprintln!(
         "xtask: cargo {} (the eBPF build's output only if it fails)",
         args.join(" ")
     );
     let mut child = Command::new("cargo")
-        .args(&args)
+        .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -3,6 +3,7 @@
 //! Every task first runs [`setup`], which installs what the build needs and is quick when all is
 //! there, so nobody has to remember it. Each command lives in its own module.
 
+mod bench;
 mod cargo_cmd;
 mod demo;
 mod dist;
@@ -38,6 +39,7 @@ Examples:
   cargo xtask test --no-vm       # every test, on this machine's kernel only
   cargo xtask demo               # a simulated Trove guest, before and under enforcement, as root
   cargo xtask fuzz --minutes 30  # the datapath against its reference model, the config loader
+  cargo xtask bench [--quick]    # per-packet cost against an empty TC program, as root
   cargo xtask dist               # target/dist/trove-isolate-*.tar.gz, with a diskimage-builder element
   cargo xtask install --root DIR # into an image root, unit enabled";
 
@@ -112,6 +114,12 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    #[command(about = bench::ABOUT, long_about = bench::LONG_ABOUT)]
+    Bench {
+        /// Fewer repetitions (50,000 instead of 200,000): well under two minutes.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Show the isolation on a simulated Trove guest (root)
     ///
     /// Runs setup, builds the release binary, then simulates a Trove guest in network namespaces
@@ -152,6 +160,7 @@ fn main() -> anyhow::Result<()> {
         } => fuzz::run(minutes, only, seed),
         Command::Dist { config } => dist::dist(config.as_deref()).map(|_| ()),
         Command::Install { root, config } => dist::install(&root, config.as_deref()),
+        Command::Bench { quick } => bench::run(quick),
         Command::Demo => {
             cargo_cmd::build(true)?;
             demo::run()
