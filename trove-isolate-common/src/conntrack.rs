@@ -127,7 +127,7 @@ pub mod flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowValue {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last refresh.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the last refresh.
     pub last_seen_ns: u64,
     /// [`crate::Direction`] of the packet that opened the flow.
     pub origin: u8,

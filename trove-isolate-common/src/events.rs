@@ -25,7 +25,7 @@ pub const WINDOW_NS: u64 = 1_000_000_000;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct DropEvent {
-    /// `bpf_ktime_get_ns` when the packet was judged.
+    /// `bpf_ktime_get_coarse_ns` when the packet was judged.
     pub ktime_ns: u64,
     /// The packet's length on the wire (skb->len).
     pub len: u32,

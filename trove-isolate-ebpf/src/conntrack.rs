@@ -5,7 +5,7 @@
 //! new". TCP flows carry each direction's highest acknowledgment and window, so that a FIN or RST
 //! can be held to the receiver's window (RFC 5961): a blind reset cannot close a flow.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use trove_isolate_common::{
     conntrack::{
         flags, state, FlowKey, FlowValue, REFRESH_NS, WSCALE_MAX, WSCALE_NONE, WSCALE_UNKNOWN,
@@ -21,9 +21,12 @@ use crate::{
 /// `-EEXIST`: another CPU promoted the same flow first.
 const EEXIST: i32 = -17;
 
+/// CLOCK_MONOTONIC_COARSE: a flow's timeouts are seconds long, and the coarse clock costs half
+/// of the precise one per packet (`cargo xtask bench`, BENCHMARKS.md). The daemon's sweep reads
+/// the same clock.
 #[inline(always)]
 fn now() -> u64 {
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// The verdict for `pkt` if its flow is tracked, `None` if it has no live flow.

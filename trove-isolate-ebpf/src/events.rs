@@ -4,7 +4,7 @@
 //! nothing here can change a verdict.
 
 use aya_ebpf::{
-    bindings::__sk_buff, helpers::bpf_ktime_get_ns, helpers::bpf_skb_load_bytes,
+    bindings::__sk_buff, helpers::bpf_ktime_get_coarse_ns, helpers::bpf_skb_load_bytes,
     programs::TcContext, EbpfContext as _,
 };
 use trove_isolate_common::{
@@ -26,7 +26,8 @@ pub fn sample(ctx: &TcContext, role: Role, direction: Direction, verdict: Verdic
     };
     // Per-CPU slot: no other writer.
     let budget = unsafe { &mut *budget };
-    let now = unsafe { bpf_ktime_get_ns() };
+    // Coarse: a budget window is a second long; every sampled drop pays for the clock.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if now.wrapping_sub(budget.window_ns) >= WINDOW_NS {
         budget.window_ns = now;
         budget.sent = 0;

@@ -50,11 +50,78 @@ pub fn biz_egress(ctx: TcContext) -> i32 {
     verdict::run(&ctx, Role::Business, Direction::Egress)
 }
 
-/// Does nothing: the yardstick `cargo xtask bench` measures our programs against. Never
-/// attached; loaded only by the benchmark.
-#[classifier]
-pub fn bench_empty(_ctx: TcContext) -> i32 {
-    trove_isolate_common::action::PASS
+/// `cargo xtask bench`'s yardsticks and stages, never attached (the loader loads them only for
+/// the benchmark). `bench_empty` does nothing; the others each do one stage of the pipeline
+/// alone on an established flow's packet, so the benchmark can say where the time goes.
+mod bench {
+    use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
+    use trove_isolate_common::{action, Direction, Reason, Role, Verdict};
+
+    use crate::{counters, maps, packet::Parsed, parse};
+
+    #[classifier]
+    pub fn bench_empty(_ctx: TcContext) -> i32 {
+        action::PASS
+    }
+
+    /// Parsing alone.
+    #[classifier]
+    pub fn bench_parse(ctx: TcContext) -> i32 {
+        match parse::parse(&ctx) {
+            Ok(_) => action::PASS,
+            Err(_) => action::DROP,
+        }
+    }
+
+    /// Parsing, the flow key, and the established table's lookup (no update, no clock).
+    #[classifier]
+    pub fn bench_lookup(ctx: TcContext) -> i32 {
+        match parse::parse(&ctx) {
+            Ok(Parsed::Flow(pkt)) => {
+                let key = pkt.flow_key(Role::Management, Direction::Ingress);
+                match maps::ct_est(Role::Management).get_ptr(key) {
+                    Some(_) => action::PASS,
+                    None => action::DROP,
+                }
+            }
+            _ => action::DROP,
+        }
+    }
+
+    /// The clock the flow tables stamp every packet with.
+    #[classifier]
+    pub fn bench_clock(_ctx: TcContext) -> i32 {
+        let now = unsafe { bpf_ktime_get_ns() };
+        if now == 0 {
+            action::DROP
+        } else {
+            action::PASS
+        }
+    }
+
+    /// The coarse clock (jiffies), for comparison.
+    #[classifier]
+    pub fn bench_clock_coarse(_ctx: TcContext) -> i32 {
+        let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+        if now == 0 {
+            action::DROP
+        } else {
+            action::PASS
+        }
+    }
+
+    /// Counting one packet.
+    #[classifier]
+    pub fn bench_count(ctx: TcContext) -> i32 {
+        counters::count(
+            Role::Management,
+            Direction::Ingress,
+            Verdict::Pass,
+            Reason::Tracked,
+            ctx.len(),
+        );
+        action::PASS
+    }
 }
 
 #[cfg(target_arch = "bpf")]

@@ -226,8 +226,38 @@ fn main() -> anyhow::Result<()> {
     ];
 
     let empty_frame = v4("192.0.2.10", "192.0.2.1", 5672, 40000, ACK);
-    let empty = measure(dp.bench_empty()?, &empty_frame, &o)?;
+    let empty = measure(dp.bench_program("bench_empty")?, &empty_frame, &o)?;
     let mut rows = vec![("empty TC program (r0 = -1; exit)".to_owned(), empty, 1.0)];
+    // Stages alone, on the established flow's reply: where the time goes.
+    for (name, program) in [
+        ("stage: parse only", "bench_parse"),
+        (
+            "stage: parse + flow key + established-table lookup",
+            "bench_lookup",
+        ),
+        ("stage: the clock (bpf_ktime_get_ns)", "bench_clock"),
+        (
+            "stage: the coarse clock (bpf_ktime_get_coarse_ns)",
+            "bench_clock_coarse",
+        ),
+        ("stage: one counter update", "bench_count"),
+    ] {
+        let program = dp.bench_program(program)?;
+        let verdict = program
+            .test_run(TestRunOptions {
+                data_in: Some(&empty_frame),
+                repeat: 1,
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?
+            .return_value as i32;
+        anyhow::ensure!(
+            verdict == action::PASS,
+            "{name}: the stage returned {verdict}"
+        );
+        let ns = measure(program, &empty_frame, &o)?;
+        rows.push((name.to_owned(), ns, ns / empty));
+    }
     for (name, role, direction, frame) in &cases {
         // Each case must take the path it names: established ones pass, the rest are dropped.
         let program = dp.program(*role, *direction);

@@ -84,8 +84,8 @@ pub fn sweep(datapath: &mut Datapath) -> anyhow::Result<Occupancy> {
     Ok(occupancy)
 }
 
-/// The clock of `bpf_ktime_get_ns`.
+/// The datapath's clock (`bpf_ktime_get_coarse_ns`): CLOCK_MONOTONIC_COARSE.
 fn monotonic_ns() -> anyhow::Result<u64> {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)?;
     Ok(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
 }

@@ -28,9 +28,6 @@ use trove_isolate_common::{
 
 use crate::pins::Pins;
 
-/// The empty program's name in the eBPF object.
-const BENCH_EMPTY: &str = "bench_empty";
-
 pub struct Datapath {
     ebpf: Ebpf,
 }
@@ -87,16 +84,19 @@ impl Datapath {
             .unwrap_or_else(|| unreachable!("{name} was checked at load"))
     }
 
-    /// The object's empty program, loaded: the benchmark's yardstick.
-    pub fn bench_empty(&mut self) -> anyhow::Result<&mut SchedClassifier> {
+    /// One of the object's benchmark programs (`bench_empty`, `bench_parse`, ...), loaded.
+    /// They are never attached, and loaded only here.
+    pub fn bench_program(&mut self, name: &str) -> anyhow::Result<&mut SchedClassifier> {
         let program: &mut SchedClassifier = self
             .ebpf
-            .program_mut(BENCH_EMPTY)
-            .context("program bench_empty missing from the eBPF object")?
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the eBPF object"))?
             .try_into()
-            .context("bench_empty is not a classifier")?;
+            .with_context(|| format!("{name} is not a classifier"))?;
         if program.fd().is_err() {
-            program.load().context("loading bench_empty")?;
+            program
+                .load()
+                .with_context(|| format!("loading {name} (verifier)"))?;
         }
         Ok(program)
     }
