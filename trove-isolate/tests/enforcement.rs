@@ -588,52 +588,21 @@ fn explain_agrees_with_the_datapath() {
 /// no rule names still cannot open one.
 #[test]
 fn a_database_session_older_than_the_first_start_survives_it() {
-    use std::io::{Read as _, Write as _};
     let s = setup("old");
-    // A long-lived echo server on a database port of its own, in the database container.
-    let listener = s
-        .guest
-        .container
-        .run(|| std::net::TcpListener::bind("192.0.2.1:3307").expect("listening on 3307"));
-    let server = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("the client connects");
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let mut buf = [0u8; 64];
-        for _ in 0..2 {
-            let n = conn.read(&mut buf).expect("a request");
-            conn.write_all(&buf[..n]).expect("the answer");
-        }
-    });
-    let mut client = s.guest.biz_net.run(|| {
-        std::net::TcpStream::connect_timeout(
-            &"192.0.2.1:3307".parse().expect("addr"),
-            Duration::from_secs(2),
-        )
-        .expect("connecting before enforcement")
-    });
-    client.set_read_timeout(Some(PROBE)).expect("timeout");
-    let mut buf = [0u8; 64];
-    client.write_all(b"before").expect("request before");
-    assert_eq!(client.read(&mut buf).expect("answer before"), 6);
-
-    let config = write_config(
-        &scenario::config(&s.guest, "enforce", "auto", &s.pin_path, s.metrics)
-            .replace("database_ports = [3306]", "database_ports = [3306, 3307]"),
-    );
+    let session = common::Session::open(&s.guest);
+    let config = write_config(&common::config_with_session_port(&scenario::config(
+        &s.guest,
+        "enforce",
+        "auto",
+        &s.pin_path,
+        s.metrics,
+    )));
     let _daemon = Daemon::start(
         &config,
         s.pin_path.as_ref(),
         SocketAddr::from(([127, 0, 0, 1], s.metrics)),
     );
-    client
-        .write_all(b"during")
-        .expect("request under enforcement");
-    let n = client
-        .read(&mut buf)
-        .expect("the session older than the start was cut");
-    assert_eq!(&buf[..n], b"during");
-    server.join().expect("server");
+    session.carries_on("by the first start");
 }
 
 /// Drop events on real traffic: `drops` follows them live with its filters, the daemon logs no

@@ -360,6 +360,23 @@ fn the_business_nic_is_followed_on_tcx() {
     follows_the_nic("tcx");
 }
 
+/// A simulated guest enforced on legacy clsact: the guest, its servers, the pin path, the daemon.
+fn enforcing_on_legacy(label: &str) -> (Guest, Vec<Server>, String, Daemon) {
+    let guest = Guest::new(label);
+    let metrics = metrics_port();
+    let servers = scenario::servers(&guest, metrics);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let config = write_config(&scenario::config(
+        &guest, "enforce", "legacy", &pin_path, metrics,
+    ));
+    let daemon = Daemon::start(
+        &config,
+        pin_path.as_ref(),
+        SocketAddr::from(([127, 0, 0, 1], metrics)),
+    );
+    (guest, servers, pin_path, daemon)
+}
+
 /// Waits (bounded) until `status --json` satisfies `ok`; the last report.
 fn await_status(
     pin_path: &str,
@@ -382,18 +399,7 @@ fn await_status(
 /// so) rather than leave the NIC unfiltered behind a decoy it chose; the decoy gone, it follows.
 #[test]
 fn a_device_with_the_nics_mac_does_not_lure_the_daemon() {
-    let guest = Guest::new("lure");
-    let metrics = metrics_port();
-    let _servers = scenario::servers(&guest, metrics);
-    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
-    let config = write_config(&scenario::config(
-        &guest, "enforce", "legacy", &pin_path, metrics,
-    ));
-    let daemon = Daemon::start(
-        &config,
-        pin_path.as_ref(),
-        SocketAddr::from(([127, 0, 0, 1], metrics)),
-    );
+    let (guest, _servers, pin_path, daemon) = enforcing_on_legacy("lure");
     let mac = guest.biz_mac_text();
     let nic = guest.biz_nic();
     let decoy = NetNs::new("decoy");
@@ -452,18 +458,7 @@ fn a_device_with_the_nics_mac_does_not_lure_the_daemon() {
 /// looks) are found missing and attached again within a second.
 #[test]
 fn lost_filters_are_attached_again() {
-    let guest = Guest::new("lost");
-    let metrics = metrics_port();
-    let _servers = scenario::servers(&guest, metrics);
-    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
-    let config = write_config(&scenario::config(
-        &guest, "enforce", "legacy", &pin_path, metrics,
-    ));
-    let daemon = Daemon::start(
-        &config,
-        pin_path.as_ref(),
-        SocketAddr::from(([127, 0, 0, 1], metrics)),
-    );
+    let (guest, _servers, pin_path, daemon) = enforcing_on_legacy("lost");
     let nic = guest.biz_nic();
     let out = std::process::Command::new("tc")
         .args([

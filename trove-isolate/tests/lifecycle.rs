@@ -593,42 +593,16 @@ fn promql_value(body: &str) -> Option<f64> {
 /// exchange after the start gets through), and what the policy refuses stays refused.
 #[test]
 fn an_upgrade_with_a_changed_map_layout_keeps_sessions_and_leaves_no_old_pins() {
-    use std::io::{Read as _, Write as _};
     let guest = Guest::new("upg");
     let port = metrics_port();
     let _servers: Vec<Server> = scenario::servers(&guest, port);
     let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
-    let config = write_config(
-        &scenario::config(&guest, "enforce", "auto", &pin_path, port)
-            .replace("database_ports = [3306]", "database_ports = [3306, 3307]"),
-    );
+    let config = write_config(&common::config_with_session_port(&scenario::config(
+        &guest, "enforce", "auto", &pin_path, port,
+    )));
     let metrics = SocketAddr::from(([127, 0, 0, 1], port));
     let mut daemon = Daemon::start(&config, pin_path.as_ref(), metrics);
-
-    let listener = guest
-        .container
-        .run(|| std::net::TcpListener::bind("192.0.2.1:3307").expect("listening on 3307"));
-    let server = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("the client connects");
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let mut buf = [0u8; 64];
-        for _ in 0..2 {
-            let n = conn.read(&mut buf).expect("a request");
-            conn.write_all(&buf[..n]).expect("the answer");
-        }
-    });
-    let mut client = guest.biz_net.run(|| {
-        std::net::TcpStream::connect_timeout(
-            &"192.0.2.1:3307".parse().expect("addr"),
-            Duration::from_secs(2),
-        )
-        .expect("connecting under enforcement")
-    });
-    client.set_read_timeout(Some(PROBE)).expect("timeout");
-    let mut buf = [0u8; 64];
-    client.write_all(b"before").expect("request before");
-    assert_eq!(client.read(&mut buf).expect("answer before"), 6);
+    let session = common::Session::open(&guest);
 
     // The old binary stops; its maps stay pinned, now under the previous layout's names.
     daemon.stop();
@@ -654,14 +628,7 @@ fn an_upgrade_with_a_changed_map_layout_keeps_sessions_and_leaves_no_old_pins() 
     }
 
     let mut daemon = Daemon::start(&config, pin_path.as_ref(), metrics);
-    client
-        .write_all(b"during")
-        .expect("request after the upgrade");
-    let n = client
-        .read(&mut buf)
-        .expect("the session was cut by the upgrade");
-    assert_eq!(&buf[..n], b"during");
-    server.join().expect("server");
+    session.carries_on("by the upgrade");
     assert!(
         !tcp_probe(
             &guest.host,

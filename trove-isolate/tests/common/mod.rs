@@ -209,3 +209,63 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> Option<u64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// A database session kept open across something (a first start, an upgrade): an echo server on
+/// its own database port (192.0.2.1:3307) in the container, a client on the tenant network, and
+/// two exchanges, one before and one after.
+pub struct Session {
+    server: std::thread::JoinHandle<()>,
+    client: TcpStream,
+}
+
+impl Session {
+    /// Connects and makes the first exchange.
+    pub fn open(guest: &trove_isolate_testbed::Guest) -> Session {
+        use std::io::{Read as _, Write as _};
+        let listener = guest
+            .container
+            .run(|| std::net::TcpListener::bind("192.0.2.1:3307").expect("listening on 3307"));
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("the client connects");
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut buf = [0u8; 64];
+            for _ in 0..2 {
+                let n = conn.read(&mut buf).expect("a request");
+                conn.write_all(&buf[..n]).expect("the answer");
+            }
+        });
+        let mut client = guest.biz_net.run(|| {
+            TcpStream::connect_timeout(
+                &"192.0.2.1:3307".parse().expect("addr"),
+                Duration::from_secs(2),
+            )
+            .expect("connecting")
+        });
+        client.set_read_timeout(Some(PROBE)).expect("timeout");
+        let mut buf = [0u8; 64];
+        client.write_all(b"before").expect("request before");
+        assert_eq!(client.read(&mut buf).expect("answer before"), 6);
+        Session { server, client }
+    }
+
+    /// The second exchange, right away: it must get its answer within [`PROBE`].
+    pub fn carries_on(mut self, when: &str) {
+        use std::io::{Read as _, Write as _};
+        let mut buf = [0u8; 64];
+        self.client
+            .write_all(b"during")
+            .expect("the second request");
+        let n = self
+            .client
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("the session was cut {when}: {e}"));
+        assert_eq!(&buf[..n], b"during");
+        self.server.join().expect("server");
+    }
+}
+
+/// The scenario's config with a second database port (3307) for [`Session`].
+pub fn config_with_session_port(text: &str) -> String {
+    text.replace("database_ports = [3306]", "database_ports = [3306, 3307]")
+}
