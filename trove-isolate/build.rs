@@ -34,6 +34,10 @@ fn main() -> anyhow::Result<()> {
         )
     })?;
     println!("cargo:rerun-if-changed=../xtask/src/ebpf_toolchain.rs");
+    // aya-build turns every line the eBPF build prints into a cargo warning, replayed on every
+    // later build: keep that build quiet unless it fails (errors are printed regardless).
+    // SAFETY: the build script is single-threaded here.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [Package {
             name: "trove-isolate-ebpf",

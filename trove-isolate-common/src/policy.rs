@@ -7,8 +7,12 @@
 /// Bits of [`PolicyKey`] before the address, always matched in full.
 pub const FIXED_PREFIX_BITS: u32 = 6 * 8;
 
-/// Upper bound on rules across all roles (the map's max_entries).
-pub const MAX_ENTRIES: u32 = 16_384;
+/// Upper bound on rules across all roles. The loader sizes the map from the compiled policy
+/// (the trie allocates per entry, so its size is a limit, not memory).
+pub const MAX_ENTRIES: u32 = 1 << 22;
+
+/// The map's size in the object, before the loader sets it from the policy.
+pub const OBJECT_ENTRIES: u32 = 1024;
 
 /// LPM trie key data (aya wraps it with the `prefix_len` word).
 #[repr(C)]

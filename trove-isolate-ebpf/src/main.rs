@@ -57,7 +57,7 @@ mod bench {
     use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
     use trove_isolate_common::{action, Direction, Reason, Role, Verdict};
 
-    use crate::{counters, maps, packet::Parsed, parse};
+    use crate::{counters, local, maps, packet::Parsed, parse, policy};
 
     #[classifier]
     pub fn bench_empty(_ctx: TcContext) -> i32 {
@@ -83,6 +83,22 @@ mod bench {
                     Some(_) => action::PASS,
                     None => action::DROP,
                 }
+            }
+            _ => action::DROP,
+        }
+    }
+
+    /// A new flow's decision without the flow tables: parsing, the own-address lookup and the
+    /// policy lookup of a packet coming in to the business NIC (both LPM tries).
+    #[classifier]
+    pub fn bench_decide(ctx: TcContext) -> i32 {
+        let (role, direction) = (Role::Business, Direction::Ingress);
+        match parse::parse(&ctx) {
+            Ok(Parsed::Flow(pkt))
+                if local::own(role, pkt.family, &pkt.dst)
+                    && policy::check(role, direction, &pkt).is_ok() =>
+            {
+                action::PASS
             }
             _ => action::DROP,
         }

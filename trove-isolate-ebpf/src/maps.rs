@@ -17,7 +17,7 @@ use trove_isolate_common::{
 
 #[map]
 pub static POLICY: LpmTrie<PolicyKey, PolicyValue> =
-    LpmTrie::with_max_entries(policy::MAX_ENTRIES, 0);
+    LpmTrie::with_max_entries(policy::OBJECT_ENTRIES, 0);
 
 #[map]
 pub static LOCAL: LpmTrie<LocalKey, LocalValue> = LpmTrie::with_max_entries(local::MAX_ENTRIES, 0);

@@ -33,8 +33,6 @@ const MAX_EXT_HEADERS: usize = 6;
 /// No header we read may start beyond this offset; keeps offsets bounded for the verifier and
 /// bounds the linear area we ask for.
 const MAX_HDR_OFF: usize = 512;
-/// Bytes of headers made linear when the skb's linear area is shorter (rare: GRO'd or paged skbs).
-const PULL_LEN: u32 = 256;
 /// Options walked in a SYN looking for the window scale. Real stacks send five or six (Linux:
 /// MSS, SACK permitted, timestamps, NOP, window scale); a SYN that hides it further gets the
 /// widest window, as if it had not been seen. Each option walked costs the verifier a copy of
@@ -125,11 +123,25 @@ struct TcpHdr {
 }
 
 /// A bounds-checked pointer to a `T` at `off` in the packet.
+///
+/// Headers are almost always in the skb's linear area. When one is not (a paged skb), the
+/// area is extended to cover that header first, and only then: a bulk TCP segment keeps its
+/// payload in pages, and pulling past its headers copies payload into the head (for the clones
+/// TCP transmits, into a new head). A pull invalidates earlier packet pointers, so callers read
+/// what they need from a header before asking for the next.
 #[inline(always)]
 fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, Reason> {
+    if off > MAX_HDR_OFF {
+        return Err(Reason::Malformed);
+    }
+    if ctx.data() + off + size_of::<T>() > ctx.data_end() {
+        // On failure (a truncated packet) the check below sees the short area: fail closed.
+        let _ = ctx.pull_data((off + size_of::<T>()) as u32);
+    }
+    // The check on the pointer itself, as the verifier needs to see it.
     let start = ctx.data();
     let end = ctx.data_end();
-    if off > MAX_HDR_OFF || start + off + size_of::<T>() > end {
+    if start + off + size_of::<T>() > end {
         return Err(Reason::Malformed);
     }
     Ok((start + off) as *const T)
@@ -137,7 +149,6 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, Reason> {
 
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Parsed, Reason> {
-    ensure_linear(ctx);
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     match u16::from_be(unsafe { (*eth).proto }) {
         ETH_P_ARP => arp(ctx, ETH_HLEN),
@@ -175,21 +186,6 @@ fn arp(ctx: &TcContext, off: usize) -> Result<Parsed, Reason> {
         sender,
         frame_len: ctx.len(),
     }))
-}
-
-/// Makes the headers directly readable when the skb keeps them in pages. Almost never needed
-/// (the stack builds headers in the linear area), so the common case is one comparison.
-#[inline(always)]
-fn ensure_linear(ctx: &TcContext) {
-    let want = if ctx.len() < PULL_LEN {
-        ctx.len()
-    } else {
-        PULL_LEN
-    };
-    if ctx.data_end() - ctx.data() < want as usize {
-        // On failure the bounds checks below see the short area and fail closed.
-        let _ = ctx.pull_data(want);
-    }
 }
 
 #[inline(always)]

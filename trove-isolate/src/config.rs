@@ -25,6 +25,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub drops: DropsConfig,
+    #[serde(default)]
+    pub conntrack: ConntrackConfig,
     /// Trove discovery: the policy of a Trove guest from the guest's own files.
     pub trove: Option<TroveConfig>,
     pub management: Option<ManagementConfig>,
@@ -55,6 +57,14 @@ pub struct TroveConfig {
 pub struct DropsConfig {
     pub events_per_second: Option<i64>,
     pub log_per_second: Option<i64>,
+}
+
+/// The connection-tracking tables' sizes, per NIC (both are allocated in full at load).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConntrackConfig {
+    pub established_entries: Option<i64>,
+    pub new_entries: Option<i64>,
 }
 
 /// How a section names its NIC.

@@ -23,7 +23,7 @@ use crate::{
     datapath::{self, Datapath, PinnedMaps, Table},
     drops, linkwatch, local,
     pins::Pins,
-    policy::Policy,
+    policy::{ConntrackPolicy, Policy},
     reconcile::{self, enforce, Devices, NicAddresses},
     serve::{self, Scrape},
     state::{MoveRecord, ReloadRecord, State},
@@ -83,6 +83,8 @@ pub struct DaemonStats {
     pub unprotected: [bool; Role::COUNT],
     /// Host names of the policy that did not resolve at the last lookup.
     pub unresolved_names: usize,
+    /// The flow tables' sizes in force (the defaults until the daemon says otherwise).
+    pub conntrack_capacity: Option<ConntrackPolicy>,
 }
 
 impl DaemonStats {
@@ -114,7 +116,7 @@ pub async fn run(
     let pins = Pins::new(&policy.pin_path);
     // Listen before enforcing: a NIC that moves while we attach is heard, and followed.
     let mut changes = linkwatch::watch().context("watching the NICs (netlink)")?;
-    let (datapath, mut state, devices) = enforce(&policy, options.datapath_log)?;
+    let (datapath, mut state, devices) = enforce(&policy, None, options.datapath_log)?;
     state.pid = Some(std::process::id());
     state.config = Some(options.config.clone());
     state.write(&pins.state_file())?;
@@ -124,10 +126,12 @@ pub async fn run(
         policy.metrics.listen
     );
     log::info!("{}", summary(&state));
+    give_back_freed_memory();
     notify(&[NotifyState::Status(&summary(&state)), NotifyState::Ready]);
 
     let mut world = Enforcing {
         policy,
+        policy_map_exact: true,
         datapath,
         devices,
         pins,
@@ -142,6 +146,7 @@ pub async fn run(
         state: RwLock::new(state),
         stats: Mutex::new(DaemonStats {
             unresolved_names: world.policy.unresolved.len(),
+            conntrack_capacity: Some(world.policy.conntrack),
             ..DaemonStats::default()
         }),
         drop_log_per_second: AtomicU32::new(world.policy.drops.log_per_second),
@@ -198,7 +203,11 @@ pub async fn run(
                     world.policy.unresolved.len();
             }
             () = reload.next() => {
-                match reload_policy(&options, &world.policy, &scrape) {
+                let in_force = world.policy_map_exact.then_some(&world.policy);
+                let reloaded = reload_policy(&options, &world.policy, in_force, &scrape);
+                // Whatever a failed reload wrote before it failed, the next one checks the map.
+                world.policy_map_exact = reloaded.is_ok();
+                match reloaded {
                     Ok((new_policy, new_datapath, new_devices)) => {
                         scrape
                             .drop_log_per_second
@@ -209,8 +218,9 @@ pub async fn run(
                         world.addresses = None;
                         world.refresh_addresses()?;
                         refresh_at = next_refresh(&world.policy);
-                        scrape.stats.lock().unwrap_or_else(|e| e.into_inner()).unresolved_names =
-                            world.policy.unresolved.len();
+                        let mut stats = scrape.stats.lock().unwrap_or_else(|e| e.into_inner());
+                        stats.unresolved_names = world.policy.unresolved.len();
+                        stats.conntrack_capacity = Some(world.policy.conntrack);
                     }
                     Err(e) => log::error!("reload refused, the policy in force stays: {e:#}"),
                 }
@@ -232,6 +242,9 @@ pub async fn run(
 /// What the daemon's loop works on between events.
 struct Enforcing {
     policy: Policy,
+    /// The policy map holds exactly `policy`'s entries: a reload writes only the difference.
+    /// False after a write that failed part-way, until a reload has read the map back.
+    policy_map_exact: bool,
     datapath: Datapath,
     devices: Devices,
     pins: Pins,
@@ -341,10 +354,12 @@ impl Enforcing {
             self.policy = next;
             return;
         }
+        let in_force = self.policy_map_exact.then(|| self.policy.entries());
         let applied = self
             .datapath
-            .sync_policy(&next.entries())
+            .sync_policy(&next.entries(), in_force.as_deref())
             .and_then(|()| conntrack::revoke(&mut self.datapath, &next));
+        self.policy_map_exact = applied.is_ok();
         match applied {
             Ok(revoked) => {
                 let names: Vec<String> = next
@@ -442,6 +457,7 @@ pub trait Stream {
 fn reload_policy(
     options: &RunOptions,
     current: &Policy,
+    in_force: Option<&Policy>,
     scrape: &Scrape,
 ) -> anyhow::Result<(Policy, Datapath, Devices)> {
     notify(&[
@@ -468,7 +484,7 @@ fn reload_policy(
                 current.metrics.listen
             );
         }
-        let (datapath, mut state, devices) = enforce(&policy, options.datapath_log)?;
+        let (datapath, mut state, devices) = enforce(&policy, in_force, options.datapath_log)?;
         state.pid = Some(std::process::id());
         state.config = Some(options.config.clone());
         Ok((policy, datapath, state, devices))
@@ -500,8 +516,20 @@ fn reload_policy(
     if let Err(e) = state.write(&pins.state_file()) {
         log::warn!("recording the reload: {e:#}");
     }
+    give_back_freed_memory();
     notify(&[NotifyState::Status(&summary(&state)), NotifyState::Ready]);
     outcome
+}
+
+/// Returns the heap a start or a reload freed to the kernel. Parsing and compiling a big config
+/// (100,000 prefixes) takes tens of MiB for a moment; malloc keeps freed pages for reuse, and
+/// the daemon's RSS would stay at that peak for its whole life.
+fn give_back_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator; it has no preconditions.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
 }
 
 /// Tells systemd (when it started us with Type=notify); nothing otherwise.

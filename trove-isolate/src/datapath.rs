@@ -6,7 +6,12 @@
 //! Policy updates add before they remove: a rule present in both the old and the new policy is
 //! never missing from the map, not even for an instant.
 
-use std::{borrow::Borrow, collections::HashSet, fmt, fs};
+use std::{
+    borrow::Borrow,
+    collections::HashSet,
+    fmt, fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context as _};
 use aya::{
@@ -26,17 +31,36 @@ use trove_isolate_common::{
     Direction, Mode, Reason, Role, Verdict,
 };
 
-use crate::pins::Pins;
+use crate::{capacity::Capacity, pins::Pins};
 
 pub struct Datapath {
     ebpf: Ebpf,
+    /// Maps made anew because their pinned size no longer served: pinned in place of the old
+    /// ones by [`Datapath::pin_resized`] once the programs that use them are attached.
+    resized: Vec<Resized>,
+}
+
+/// A map whose pinned size no longer served.
+#[derive(Debug, Clone)]
+pub struct Resized {
+    pub map: &'static str,
+    pub pin: PathBuf,
+    pub from: u32,
+    pub to: u32,
 }
 
 impl Datapath {
     /// Loads the programs (verifier included) with every map bound to its pin under `pins`, or
-    /// with fresh unpinned maps when `pins` is `None` (packet tests, benchmarks).
-    /// `log` keeps the programs' debug records on (they cost ~20 ns per denied packet).
-    pub fn load(pins: Option<&Pins>, log: bool) -> anyhow::Result<Datapath> {
+    /// with fresh unpinned maps when `pins` is `None` (packet tests, benchmarks). Maps are sized
+    /// by `capacity`; a pinned one too small for it (with `in_force` rules in the policy map now)
+    /// is made anew, see [`Capacity`]. `log` keeps the programs' debug records on (they cost
+    /// ~20 ns per denied packet).
+    pub fn load(
+        pins: Option<&Pins>,
+        log: bool,
+        capacity: &Capacity,
+        in_force: usize,
+    ) -> anyhow::Result<Datapath> {
         if crate::EBPF_OBJECT.is_empty() {
             bail!("this binary was built with AYA_BUILD_SKIP: it carries no eBPF programs");
         }
@@ -52,8 +76,29 @@ impl Datapath {
             None => Vec::new(),
         };
         let mut loader = EbpfLoader::new();
+        let mut resized = Vec::new();
+        for (name, wanted) in capacity.sized() {
+            loader.map_max_entries(name, wanted);
+        }
         for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
+            let kept = match capacity.sized().iter().find(|(n, _)| n == name) {
+                Some(&(map, to)) => match pinned_max_entries(path)? {
+                    Some(from) if !capacity.keeps(map, from, in_force) => {
+                        resized.push(Resized {
+                            map,
+                            pin: path.clone(),
+                            from,
+                            to,
+                        });
+                        false
+                    }
+                    _ => true,
+                },
+                None => true,
+            };
+            if kept {
+                loader.map_pin_path(name, path.as_path());
+            }
         }
         let level: u8 = if log { 0xff } else { 0 };
         loader.override_global(aya_log::LEVEL, &level, true);
@@ -73,7 +118,62 @@ impl Datapath {
                     .with_context(|| format!("loading program {name} (verifier)"))?;
             }
         }
-        Ok(Datapath { ebpf })
+        Ok(Datapath { ebpf, resized })
+    }
+
+    /// The maps made anew at load because their pinned size no longer served.
+    pub fn resized(&self) -> &[Resized] {
+        &self.resized
+    }
+
+    /// Copies the flows of resized flow tables' old pins into the new tables, so the swap to the
+    /// new programs loses no tracked flow that existed before it. Flows that do not fit a
+    /// smaller table are left out (and picked up again mid-flow as the policy allows).
+    pub fn carry_flows(&mut self) -> anyhow::Result<usize> {
+        let mut carried = 0;
+        for r in self.resized.clone() {
+            if r.map == maps::POLICY {
+                continue;
+            }
+            let old = MapData::from_pin(&r.pin)
+                .with_context(|| format!("opening pinned map {}", r.pin.display()))?;
+            let old: HashMap<MapData, FlowKey, FlowValue> =
+                HashMap::try_from(Map::from_map_data(old)?)?;
+            let map = self
+                .ebpf
+                .map_mut(r.map)
+                .with_context(|| format!("map {} missing", r.map))?;
+            let mut new: HashMap<&mut MapData, FlowKey, FlowValue> = HashMap::try_from(map)?;
+            for (key, value) in old.iter().filter_map(Result::ok) {
+                if new.insert(key, value, 0).is_err() {
+                    break;
+                }
+                carried += 1;
+            }
+        }
+        Ok(carried)
+    }
+
+    /// Pins each resized map in place of the old one (once the programs that use it are
+    /// attached: the old map goes when the last program holding it does).
+    pub fn pin_resized(&mut self) -> anyhow::Result<()> {
+        for r in std::mem::take(&mut self.resized) {
+            let map = self
+                .ebpf
+                .map(r.map)
+                .with_context(|| format!("map {} missing", r.map))?;
+            fs::remove_file(&r.pin)
+                .with_context(|| format!("removing the old pin {}", r.pin.display()))?;
+            map.pin(&r.pin)
+                .with_context(|| format!("pinning {} at {}", r.map, r.pin.display()))?;
+            log::info!(
+                "map {} resized from {} to {} entries",
+                r.map.to_ascii_lowercase(),
+                r.from,
+                r.to
+            );
+        }
+        Ok(())
     }
 
     pub fn program(&mut self, role: Role, direction: Direction) -> &mut SchedClassifier {
@@ -106,30 +206,65 @@ impl Datapath {
         aya_log::EbpfLogger::init(&mut self.ebpf).context("initialising aya-log")
     }
 
-    /// Makes the policy map hold exactly `entries`: inserts all, then removes the stale.
-    pub fn sync_policy(&mut self, entries: &[(Key<PolicyKey>, PolicyValue)]) -> anyhow::Result<()> {
-        self.sync_trie(maps::POLICY, entries)
+    /// Makes the policy map hold exactly `entries`. `in_force`, when given, is what the map
+    /// holds now (what this daemon wrote last): then only the difference is written, and
+    /// nothing is read back. Without it (a start), every entry is written and the map's keys
+    /// are read to find the stale ones.
+    pub fn sync_policy(
+        &mut self,
+        entries: &[(Key<PolicyKey>, PolicyValue)],
+        in_force: Option<&[(Key<PolicyKey>, PolicyValue)]>,
+    ) -> anyhow::Result<()> {
+        // A map made anew at this load holds nothing yet, whatever was in force.
+        let in_force = in_force.filter(|_| !self.resized.iter().any(|r| r.map == maps::POLICY));
+        self.sync_trie(maps::POLICY, entries, in_force)
             .context("writing the policy map")
+    }
+
+    /// Every entry of the policy map, as (prefix length, key, value).
+    pub fn policy_map(&self) -> anyhow::Result<Vec<(u32, PolicyKey, PolicyValue)>> {
+        let map = self.ebpf.map(maps::POLICY).context("policy map missing")?;
+        let trie: LpmTrie<&MapData, PolicyKey, PolicyValue> = LpmTrie::try_from(map)?;
+        let mut out = Vec::new();
+        for key in trie.keys() {
+            let key = key?;
+            out.push((key.prefix_len(), key.data(), trie.get(&key, 0)?));
+        }
+        Ok(out)
     }
 
     /// Makes the local-address map hold exactly `entries` (the NICs' addresses and links).
     pub fn sync_local(&mut self, entries: &[(Key<LocalKey>, LocalValue)]) -> anyhow::Result<()> {
-        self.sync_trie(maps::LOCAL, entries)
+        self.sync_trie(maps::LOCAL, entries, None)
             .context("writing the local address map")
     }
 
     /// Add before remove: an entry in both the old and the new content is never missing.
-    fn sync_trie<K, V>(&mut self, name: &str, entries: &[(Key<K>, V)]) -> anyhow::Result<()>
+    fn sync_trie<K, V>(
+        &mut self,
+        name: &str,
+        entries: &[(Key<K>, V)],
+        in_force: Option<&[(Key<K>, V)]>,
+    ) -> anyhow::Result<()>
     where
         K: aya::Pod + Eq + std::hash::Hash + fmt::Debug,
-        V: aya::Pod,
+        V: aya::Pod + PartialEq,
     {
         let map = self
             .ebpf
             .map_mut(name)
             .with_context(|| format!("map {name} missing"))?;
         let mut trie: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map)?;
+        let id = |k: &Key<K>| (k.prefix_len(), k.data());
+        let held: Option<std::collections::HashMap<(u32, K), &V>> =
+            in_force.map(|old| old.iter().map(|(k, v)| (id(k), v)).collect());
         for (i, (key, value)) in entries.iter().enumerate() {
+            if held
+                .as_ref()
+                .is_some_and(|held| held.get(&id(key)) == Some(&value))
+            {
+                continue;
+            }
             trie.insert(key, value, 0).map_err(|e| match e {
                 MapError::SyscallError(ref s) if s.io_error.raw_os_error() == Some(28) => {
                     anyhow::anyhow!(
@@ -140,18 +275,27 @@ impl Datapath {
                 e => anyhow::Error::new(e).context(format!("inserting entry {i} of {name}")),
             })?;
         }
-        let wanted: HashSet<(u32, K)> = entries
-            .iter()
-            .map(|(k, _)| (k.prefix_len(), k.data()))
-            .collect();
-        let stale: Vec<Key<K>> = trie
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
-            .collect();
+        let wanted: HashSet<(u32, K)> = entries.iter().map(|(k, _)| id(k)).collect();
+        let stale: Vec<Key<K>> = match in_force {
+            Some(old) => old
+                .iter()
+                .filter(|(k, _)| !wanted.contains(&id(k)))
+                .map(|(k, _)| Key::new(k.prefix_len(), k.data()))
+                .collect(),
+            None => trie
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| !wanted.contains(&id(k)))
+                .collect(),
+        };
         for key in stale {
-            trie.remove(&key)
-                .with_context(|| format!("removing a stale entry of {name}"))?;
+            match trie.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(2) => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("removing a stale entry of {name}"))
+                }
+            }
         }
         Ok(())
     }
@@ -278,6 +422,19 @@ impl Table {
             Table::Established => "established",
         }
     }
+}
+
+/// The size of the map pinned at `path`, if one is.
+fn pinned_max_entries(path: &Path) -> anyhow::Result<Option<u32>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let data = MapData::from_pin(path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let info = data
+        .info()
+        .with_context(|| format!("reading the size of {}", path.display()))?;
+    Ok(Some(info.max_entries()))
 }
 
 /// Reads the pinned maps of a running or past daemon (for `status`, `metrics`).

@@ -196,7 +196,13 @@ fn drops_reason(text: &str) -> Result<trove_isolate_common::Reason, String> {
 }
 
 fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut logger = env_logger::Builder::new();
+    // The netlink crate warns about every attribute a newer kernel sends that it does not know
+    // (IFLA_INET6_CONF grew in 6.x): noise on every dump, nothing an operator can act on.
+    logger.filter_level(log::LevelFilter::Info);
+    logger.filter_module("netlink_packet_route", log::LevelFilter::Error);
+    logger.parse_env(env_logger::Env::default());
+    logger.init();
     match run(Cli::parse().command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

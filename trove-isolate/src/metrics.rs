@@ -221,13 +221,13 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
             .set(i64::from(stats.unprotected[role as usize]));
     }
     let capacity = Family::<TableLabels, Gauge>::default();
+    let sizes = stats
+        .conntrack_capacity
+        .unwrap_or(crate::policy::ConntrackPolicy::DEFAULT);
     for role in Role::ALL {
         for (table, max) in [
-            (Table::New, trove_isolate_common::conntrack::NEW_MAX_ENTRIES),
-            (
-                Table::Established,
-                trove_isolate_common::conntrack::EST_MAX_ENTRIES,
-            ),
+            (Table::New, sizes.new_entries),
+            (Table::Established, sizes.established_entries),
         ] {
             capacity
                 .get_or_create(&TableLabels {
@@ -451,6 +451,10 @@ mod tests {
             reattach_after_up: vec![("eth0".into(), 1)],
             unprotected: [false, true],
             unresolved_names: 1,
+            conntrack_capacity: Some(crate::policy::ConntrackPolicy {
+                established_entries: 4096,
+                new_entries: 2048,
+            }),
         };
         let text = render(&counts, &state, &stats);
         let classic = openmetrics_to_prometheus(&text);
@@ -474,7 +478,7 @@ mod tests {
             r#"trove_isolate_reloads_total{result="ok"} 2"#,
             r#"trove_isolate_reloads_total{result="error"} 1"#,
             r#"trove_isolate_conntrack_entries{role="business",table="established"} 5"#,
-            r#"trove_isolate_conntrack_capacity{role="management",table="established"} 65536"#,
+            r#"trove_isolate_conntrack_capacity{role="management",table="established"} 4096"#,
             "trove_isolate_drop_events_total 9",
             r#"trove_isolate_drop_events_suppressed_total{stage="datapath"} 11"#,
             r#"trove_isolate_drop_events_suppressed_total{stage="log"} 4"#,

@@ -14,7 +14,9 @@ use ipnetwork::IpNetwork;
 use trove_isolate_common::{Direction, Role};
 
 use crate::{
-    attach, conntrack,
+    attach,
+    capacity::Capacity,
+    conntrack,
     datapath::Datapath,
     local, nic,
     pins::Pins,
@@ -26,7 +28,13 @@ use crate::{
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Applies `policy` to the kernel; returns the loaded datapath and what is now attached.
-pub fn enforce(policy: &Policy, log: bool) -> anyhow::Result<(Datapath, State, Devices)> {
+/// `in_force` is the policy the map holds now, when this process wrote it (a reload): then
+/// only the difference is written.
+pub fn enforce(
+    policy: &Policy,
+    in_force: Option<&Policy>,
+    log: bool,
+) -> anyhow::Result<(Datapath, State, Devices)> {
     let pins = Pins::new(&policy.pin_path);
     check_bpffs(&pins)?;
     let previous = State::read(&pins.state_file())?;
@@ -48,7 +56,15 @@ pub fn enforce(policy: &Policy, log: bool) -> anyhow::Result<(Datapath, State, D
     let first_start = previous.is_none() && !pins.root().exists();
     let previous = previous.unwrap_or_default();
     let mut attachments = Vec::new();
-    let result = apply(policy, log, &pins, &devices, &previous, &mut attachments);
+    let result = apply(
+        policy,
+        in_force,
+        log,
+        &pins,
+        &devices,
+        &previous,
+        &mut attachments,
+    );
     if result.is_err() && first_start {
         for made in &attachments {
             let _ = attach::remove(made, &pins.link(made.role, made.direction));
@@ -77,14 +93,20 @@ pub type Devices = Vec<(Role, nic::Device)>;
 /// Loads, writes the maps, attaches (recording each attachment as it is made) and retires.
 fn apply(
     policy: &Policy,
+    in_force: Option<&Policy>,
     log: bool,
     pins: &Pins,
     devices: &[(Role, nic::Device)],
     previous: &State,
     attachments: &mut Vec<Attachment>,
 ) -> anyhow::Result<Datapath> {
-    let mut datapath = Datapath::load(Some(pins), log)?;
-    datapath.sync_policy(&policy.entries())?;
+    // The rules the pinned map holds now, as the last reconcile recorded them.
+    let rules_held = previous.policy_entries.iter().map(|(_, n)| n).sum();
+    let capacity = Capacity::for_policy(policy);
+    let mut datapath = Datapath::load(Some(pins), log, &capacity, rules_held)?;
+    let in_force = in_force.map(Policy::entries);
+    datapath.sync_policy(&policy.entries(), in_force.as_deref())?;
+    drop(in_force);
     for role in Role::ALL {
         datapath.set_mode(role, policy.mode)?;
         datapath.set_dhcp(role, policy.nic(role).is_some_and(|n| n.dhcp))?;
@@ -93,6 +115,12 @@ fn apply(
     // The NICs' addresses before any program judges a packet: a new flow must be the NIC's own.
     let (local, _) = local_entries(devices)?;
     datapath.sync_local(&local)?;
+    if !datapath.resized().is_empty() {
+        let carried = datapath.carry_flows()?;
+        if carried > 0 {
+            log::info!("carried {carried} tracked flows into the resized tables");
+        }
+    }
     let revoked = conntrack::revoke(&mut datapath, policy)?;
     if revoked > 0 {
         log::info!("revoked {revoked} tracked flows the policy no longer allows");
@@ -104,6 +132,7 @@ fn apply(
             .extend(attach::ensure(&mut datapath, *role, device, tcx, pins, before)?.attachments);
     }
     retire(pins, &previous.attachments, attachments)?;
+    datapath.pin_resized()?;
     for stale in pins.stale_maps() {
         log::info!("removing map pin of an older layout: {}", stale.display());
         std::fs::remove_file(&stale)

@@ -36,6 +36,7 @@ use proptest::test_runner::{
     Config as ProptestConfig, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner,
 };
 use trove_isolate::{
+    capacity::Capacity,
     config::Config,
     datapath::{Datapath, Table},
     model::{FlowId, Model, Stage},
@@ -134,8 +135,9 @@ struct Seen {
 impl Harness {
     fn new() -> Harness {
         let policy = policy();
-        let mut dp = Datapath::load(None, false).expect("loading the datapath (root, BPF)");
-        dp.sync_policy(&policy.entries())
+        let mut dp = Datapath::load(None, false, &Capacity::for_policy(&policy), 0)
+            .expect("loading the datapath (root, BPF)");
+        dp.sync_policy(&policy.entries(), None)
             .expect("writing the policy map");
         let mut local = Vec::new();
         for role in Role::ALL {

@@ -366,7 +366,7 @@ fn audit_mode_counts_but_passes() {
 #[test]
 fn tcx_attaches_first_in_the_chain() {
     use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
-    use trove_isolate::datapath::Datapath;
+    use trove_isolate::{capacity::Capacity, datapath::Datapath};
     use trove_isolate_common::{Direction, Role};
 
     let kernel = aya::util::KernelVersion::current().expect("kernel version");
@@ -377,7 +377,8 @@ fn tcx_attaches_first_in_the_chain() {
     let s = setup("ord");
     let nic = s.guest.mgmt_nic().to_owned();
     // Another program (any will do: a second copy of ours, under another name) first in line.
-    let mut other = Datapath::load(None, false).expect("loading a second datapath");
+    let mut other =
+        Datapath::load(None, false, &Capacity::DEFAULT, 0).expect("loading a second datapath");
     let link = s.guest.host.run(|| {
         let program = other.program(Role::Business, Direction::Egress);
         let id = program

@@ -14,6 +14,7 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use ipnetwork::IpNetwork;
 use packets::frame::*;
 use trove_isolate::{
+    capacity::Capacity,
     config::Config,
     datapath::{Datapath, Table},
     local,
@@ -48,8 +49,9 @@ fn datapath() -> Datapath {
     let path = Path::new("flood.toml");
     let config = Config::parse(CONFIG, path).expect("test config parses");
     let policy = Policy::from_config(&config, path).expect("test config compiles");
-    let mut dp = Datapath::load(None, false).expect("loading the datapath (root, BPF)");
-    dp.sync_policy(&policy.entries()).expect("policy");
+    let mut dp = Datapath::load(None, false, &Capacity::for_policy(&policy), 0)
+        .expect("loading the datapath (root, BPF)");
+    dp.sync_policy(&policy.entries(), None).expect("policy");
     let nets: Vec<IpNetwork> = ["192.0.2.1/24", "2001:db8:1::1/64"]
         .iter()
         .map(|n| n.parse().expect("net"))

@@ -7,7 +7,7 @@ mod common;
 use std::{
     net::{SocketAddr, UdpSocket},
     os::unix::net::UnixDatagram,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -650,4 +650,97 @@ fn an_upgrade_with_a_changed_map_layout_keeps_sessions_and_leaves_no_old_pins() 
         stderr.contains("removing map pin of an older layout"),
         "{stderr}"
     );
+}
+
+/// The size of the map pinned at `pin`.
+fn pinned_size(pin: &Path) -> u32 {
+    aya::maps::MapData::from_pin(pin)
+        .and_then(|m| m.info())
+        .unwrap_or_else(|e| panic!("reading {}: {e}", pin.display()))
+        .max_entries()
+}
+
+#[test]
+fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
+    let guest = Guest::new("rsz");
+    let port = metrics_port();
+    let _servers: Vec<Server> = scenario::servers(&guest, port);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let small = common::config_with_session_port(&scenario::config(
+        &guest, "enforce", "auto", &pin_path, port,
+    ));
+    let config = write_config(&small);
+    let metrics = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut daemon = Daemon::start(&config, pin_path.as_ref(), metrics);
+    let pins = trove_isolate::pins::Pins::new(&pin_path);
+    let policy_pin = pins.map("POLICY");
+    let established_pin = pins.map("CT_EST_BIZ");
+    let before = pinned_size(&policy_pin);
+    assert!(before < 2_000, "the policy map starts at {before} entries");
+    assert_eq!(pinned_size(&established_pin), 65_536);
+
+    let session = common::Session::open(&guest);
+    let allowed = DatagramStream::start(&guest, "192.0.2.30:5353", Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(100));
+    // 5,000 more client prefixes (no traffic goes to them) and a bigger established table.
+    let hosts: Vec<String> = (0..5_000u32)
+        .map(|i| format!("\"{}/32\"", std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+        .collect();
+    let big = small.replace(
+        "clients = []",
+        &format!(
+            "clients = [\"192.0.2.0/24\", \"2001:db8:1::/64\", {}]",
+            hosts.join(", ")
+        ),
+    ) + "\n[conntrack]\nestablished_entries = 131072\n";
+    std::fs::write(&config, big).expect("rewriting the config");
+    let out = cli(&["reload", "--pin-path", &pin_path]);
+    assert!(
+        out.status.success(),
+        "reload failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        daemon.kill_for_stderr()
+    );
+    session.carries_on("by the resize");
+    std::thread::sleep(Duration::from_millis(100));
+    let (sent, answered) = allowed.finish();
+    assert!(sent > 10, "the allowed stream barely ran: {sent}");
+    assert_eq!(answered, sent, "allowed datagrams lost across the resize");
+    assert!(
+        tcp_probe(
+            &guest.biz_net,
+            None,
+            "192.0.2.1:3306".parse().expect("addr"),
+            PROBE
+        ),
+        "a listed client was refused after the resize"
+    );
+    assert!(
+        !tcp_probe(
+            &guest.host,
+            None,
+            "192.0.2.99:5672".parse().expect("addr"),
+            PROBE
+        ),
+        "a refused flow passed after the resize"
+    );
+    assert!(pinned_size(&policy_pin) >= 2 * 5_000);
+    assert_eq!(pinned_size(&established_pin), 131_072);
+    let text = daemon.scrape();
+    assert_eq!(
+        metric(
+            &text,
+            "trove_isolate_conntrack_capacity",
+            &["role=\"business\"", "table=\"established\""]
+        ),
+        Some(131_072)
+    );
+    let stderr = daemon.kill_for_stderr();
+    for want in [
+        "map policy resized from",
+        "map ct_est_biz resized from 65536 to 131072 entries",
+        "carried",
+    ] {
+        assert!(stderr.contains(want), "{want:?} not in:\n{stderr}");
+    }
 }

@@ -13,7 +13,9 @@ use std::path::Path;
 use aya::programs::{TestRun as _, TestRunOptions};
 use ipnetwork::IpNetwork;
 use packets::frame::*;
-use trove_isolate::{config::Config, datapath::Datapath, local, policy::Policy};
+use trove_isolate::{
+    capacity::Capacity, config::Config, datapath::Datapath, local, policy::Policy,
+};
 use trove_isolate_common::{action, proto, Direction, Mode, Reason, Role, Verdict};
 use Direction::{Egress as E, Ingress as I};
 use Role::{Business as B, Management as M};
@@ -87,8 +89,9 @@ fn datapath() -> Datapath {
     let path = Path::new("packets.toml");
     let config = Config::parse(CONFIG, path).expect("test config parses");
     let policy = Policy::from_config(&config, path).expect("test config compiles");
-    let mut dp = Datapath::load(None, false).expect("loading the datapath (root, BPF)");
-    dp.sync_policy(&policy.entries())
+    let mut dp = Datapath::load(None, false, &Capacity::for_policy(&policy), 0)
+        .expect("loading the datapath (root, BPF)");
+    dp.sync_policy(&policy.entries(), None)
         .expect("writing the policy map");
     let nets: Vec<IpNetwork> = NIC_ADDRESSES
         .iter()
@@ -1109,7 +1112,7 @@ fn a_narrower_policy_revokes_what_it_no_longer_allows() {
     let path = Path::new("narrower.toml");
     let policy = trove_isolate::policy::Policy::from_config(&Config::parse(&narrower, path).expect("parses"), path)
         .expect("compiles");
-    dp.sync_policy(&policy.entries()).expect("policy");
+    dp.sync_policy(&policy.entries(), None).expect("policy");
     let revoked = trove_isolate::conntrack::revoke(&mut dp, &policy).expect("revoke");
     assert_eq!(revoked, 2, "the client's and the peer's flows");
     run_table(&mut dp, &[
@@ -1119,6 +1122,46 @@ fn a_narrower_policy_revokes_what_it_no_longer_allows() {
         drop("the revoked peer's SYN-ACK", B, I, v4_tcp(PEER, G4, 3306, 40800, SYN_ACK), NotTracked),
         pass("rabbitmq's SYN-ACK: still allowed", M, I, v4_tcp(RABBIT4, G4, 5672, 40801, SYN_ACK), Tracked),
     ]);
+}
+
+/// A reload writes only the difference from the policy in force: the map ends holding exactly
+/// the new policy, and a rule in both (whose value changed or not) is never rewritten away.
+#[test]
+fn a_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
+    let path = Path::new("diff.toml");
+    let compile = |text: &str| {
+        Policy::from_config(&Config::parse(text, path).expect("parses"), path).expect("compiles")
+    };
+    let old = compile(CONFIG);
+    let new = compile(&CONFIG.replace(
+        "peers = [\"198.51.100.7/32\"]",
+        "clients = [\"203.0.113.0/24\", \"2001:db8:7::/48\"]",
+    ));
+    let sorted = |mut v: Vec<(
+        u32,
+        trove_isolate_common::policy::PolicyKey,
+        trove_isolate_common::policy::PolicyValue,
+    )>| {
+        v.sort_by_key(|(len, key, _)| (*len, *key));
+        v
+    };
+    let expected = |p: &Policy| {
+        sorted(
+            p.entries()
+                .into_iter()
+                .map(|(k, v)| (k.prefix_len(), k.data(), v))
+                .collect(),
+        )
+    };
+    let mut dp = datapath();
+    assert_eq!(sorted(dp.policy_map().expect("read")), expected(&old));
+    dp.sync_policy(&new.entries(), Some(&old.entries()))
+        .expect("the difference");
+    assert_eq!(sorted(dp.policy_map().expect("read")), expected(&new));
+    assert_ne!(expected(&old), expected(&new));
+    // And back, with the full write (a start): it reads the map to find what is stale.
+    dp.sync_policy(&old.entries(), None).expect("full write");
+    assert_eq!(sorted(dp.policy_map().expect("read")), expected(&old));
 }
 
 /// The verifier's processed instruction count of each program on the running kernel, one line per
@@ -1134,7 +1177,8 @@ fn verified_instruction_counts() {
         .map(|n| n.parse::<u32>().unwrap_or(0));
     let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
     let reports = version >= (5, 16);
-    let mut dp = Datapath::load(None, false).expect("loading the datapath (root, BPF)");
+    let mut dp = Datapath::load(None, false, &Capacity::DEFAULT, 0)
+        .expect("loading the datapath (root, BPF)");
     let mut missing = Vec::new();
     for role in Role::ALL {
         for direction in Direction::ALL {

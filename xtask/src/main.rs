@@ -39,7 +39,7 @@ Examples:
   cargo xtask test --no-vm       # every test, on this machine's kernel only
   cargo xtask demo               # a simulated Trove guest, before and under enforcement, as root
   cargo xtask fuzz --minutes 30  # the datapath against its reference model, the config loader
-  cargo xtask bench [--quick]    # per-packet cost against an empty TC program, as root
+  cargo xtask bench [--quick]    # per-packet cost, scaling, real traffic vs nftables, the daemon; as root
   cargo xtask dist               # target/dist/trove-isolate-*.tar.gz, with a diskimage-builder element
   cargo xtask install --root DIR # into an image root, unit enabled";
 
@@ -116,7 +116,7 @@ enum Command {
     },
     #[command(about = bench::ABOUT, long_about = bench::LONG_ABOUT)]
     Bench {
-        /// Fewer repetitions (50,000 instead of 200,000): well under two minutes.
+        /// Fewer repetitions, sizes and rounds: about two minutes.
         #[arg(long)]
         quick: bool,
     },

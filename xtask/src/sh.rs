@@ -68,3 +68,37 @@ pub fn require_root(why: &str) -> anyhow::Result<()> {
 pub fn is_root() -> bool {
     fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
+
+/// Installs Debian packages (`apt-get update` only if the first try fails) without letting
+/// their services start: nothing is left running.
+pub fn apt_install(what: &str, packages: &[&str]) -> anyhow::Result<()> {
+    eprintln!(
+        "setup: {what} ... missing; installing (apt-get install {}, services not started)",
+        packages.join(" ")
+    );
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        // Debian's way to keep a package's postinst from starting its service.
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let install = || {
+        run_cmd(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(packages)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    let result = install().or_else(|_| {
+        run("apt-get", &["update"])?;
+        install()
+    });
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    result.map_err(|e| anyhow::anyhow!("installing {what}: {e:#}"))?;
+    eprintln!("setup: {what} ... ok");
+    Ok(())
+}

@@ -53,31 +53,5 @@ fn promtool() -> anyhow::Result<()> {
         eprintln!("setup: {WHAT} ... ok");
         return Ok(());
     }
-    eprintln!(
-        "setup: {WHAT} ... missing; installing (apt-get install prometheus, service not started)"
-    );
-    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
-    let ours = !policy.exists();
-    if ours {
-        // Debian's way to keep a package's postinst from starting its service.
-        std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
-        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    }
-    let install = || {
-        sh::run_cmd(
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends", "prometheus"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-    };
-    let result = install().or_else(|_| {
-        sh::run("apt-get", &["update"])?;
-        install()
-    });
-    if ours {
-        let _ = std::fs::remove_file(policy);
-    }
-    result.map_err(|e| anyhow::anyhow!("installing {WHAT}: {e:#}"))?;
-    eprintln!("setup: {WHAT} ... ok");
-    Ok(())
+    sh::apt_install(WHAT, &["prometheus"])
 }

@@ -23,8 +23,9 @@ use trove_isolate_common::{
 
 use crate::{
     config::{
-        AllowConfig, BusinessConfig, Config, ConfigError, DropsConfig, ManagementConfig,
-        MetricsConfig, NicConfig, TroveConfig, DEFAULT_METRICS_LISTEN, DEFAULT_PIN_PATH,
+        AllowConfig, BusinessConfig, Config, ConfigError, ConntrackConfig, DropsConfig,
+        ManagementConfig, MetricsConfig, NicConfig, TroveConfig, DEFAULT_METRICS_LISTEN,
+        DEFAULT_PIN_PATH,
     },
     discover::{self, Discovered, TroveFiles},
     resolve::{self, Resolve},
@@ -133,6 +134,26 @@ impl DropsPolicy {
     }
 }
 
+/// The connection-tracking tables' sizes per NIC (`[conntrack]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConntrackPolicy {
+    /// Established flows (a hash that never evicts: a full table refuses new flows).
+    pub established_entries: u32,
+    /// Flows not yet established (an LRU: a flood evicts only other new flows).
+    pub new_entries: u32,
+}
+
+impl ConntrackPolicy {
+    pub const DEFAULT: ConntrackPolicy = ConntrackPolicy {
+        established_entries: trove_isolate_common::conntrack::EST_MAX_ENTRIES,
+        new_entries: trove_isolate_common::conntrack::NEW_MAX_ENTRIES,
+    };
+    /// Below this a busy database host would refuse clients; above it the tables alone would
+    /// take gigabytes.
+    pub const MIN_ENTRIES: i64 = 1024;
+    pub const MAX_ENTRIES: i64 = 1 << 24;
+}
+
 /// A host name an endpoint named, as resolved when the policy was compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameRecord {
@@ -151,6 +172,7 @@ pub struct Policy {
     pub pin_path: PathBuf,
     pub metrics: MetricsPolicy,
     pub drops: DropsPolicy,
+    pub conntrack: ConntrackPolicy,
     /// Host names resolved into the rules, and those that did not resolve (allowed only while
     /// another endpoint of their kind does).
     pub names: Vec<NameRecord>,
@@ -210,6 +232,7 @@ impl Policy {
         let pin_path = pin_path(&top, config.pin_path.as_deref())?;
         let (metrics, scrapers) = metrics(&section("metrics"), &config.metrics)?;
         let drops = drops(&section("drops"), &config.drops)?;
+        let conntrack = conntrack(&section("conntrack"), &config.conntrack)?;
 
         // With discovery on, both sections exist whether or not the file has them: the NICs
         // and what they carry come from the guest's files, and explicit keys add to that.
@@ -287,6 +310,7 @@ impl Policy {
             pin_path,
             metrics,
             drops,
+            conntrack,
             names: sources.names,
             unresolved: sources
                 .unresolved

@@ -58,6 +58,7 @@ impl fmt::Display for Policy {
             "drops     {} events/s sampled, {} log lines/s",
             self.drops.events_per_second, self.drops.log_per_second
         )?;
+        writeln!(f, "{}", crate::capacity::Capacity::for_policy(self))?;
         if !self.names.is_empty() {
             writeln!(
                 f,

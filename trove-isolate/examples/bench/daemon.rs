@@ -1,0 +1,245 @@
+//! Section 4: the daemon on a simulated Trove guest (namespaces the bench makes and removes): its
+//! memory, its time from start to enforced, and a reload that replaces every client prefix, at
+//! several policy sizes. Start and reload end when the daemon tells systemd it is ready
+//! (READY=1 on NOTIFY_SOCKET), which it does once the kernel enforces the new policy.
+
+use std::{
+    os::unix::net::UnixDatagram,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use nix::{sys::signal, unistd::Pid};
+use trove_isolate::{config::Config, policy::Policy};
+use trove_isolate_testbed::{scenario, Guest};
+
+use crate::scaling;
+
+pub struct DaemonRun {
+    pub entries: usize,
+    pub start_seconds: f64,
+    /// A reload of the same config, and one that replaces every client prefix.
+    pub reload_same_seconds: f64,
+    pub reload_seconds: f64,
+    /// VmRSS once enforcing, and after the reload; VmHWM (the peak) at the end. KiB.
+    pub rss_kib: u64,
+    pub rss_after_reload_kib: u64,
+    pub peak_kib: u64,
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The scenario's guest config with `clients` client prefixes (so about that many entries).
+fn config(guest: &Guest, pin_path: &Path, port: u16, clients: usize, seed: u64) -> String {
+    let base = scenario::config(
+        guest,
+        "enforce",
+        "auto",
+        &pin_path.display().to_string(),
+        port,
+    );
+    let list: Vec<String> = scaling::prefixes(clients, seed)
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect();
+    base.replace(
+        "clients = []",
+        &format!("clients = [\"198.51.100.0/24\", {}]", list.join(", ")),
+    )
+}
+
+fn vm_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("{field} of process {pid}"))
+}
+
+/// Waits for a READY=1 notification; fails if the daemon exits first.
+fn ready(socket: &UnixDatagram, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match socket.recv(&mut buf) {
+            Ok(n)
+                if String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1") =>
+            {
+                return Ok(())
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the daemon exited ({status}) before it was ready");
+        }
+    }
+    bail!("the daemon was not ready within {READY_TIMEOUT:?}")
+}
+
+/// A daemon started by the bench, with its notify socket; [`Running::stop`] stops it and
+/// removes its enforcement.
+pub struct Running {
+    bin: PathBuf,
+    child: Child,
+    socket: UnixDatagram,
+    notify_path: PathBuf,
+    pin_path: PathBuf,
+}
+
+impl Running {
+    /// Starts `run --config` and waits until it enforces; its log goes to `dir`.
+    pub fn start(
+        bin: &Path,
+        config: &Path,
+        pin_path: &Path,
+        dir: &Path,
+    ) -> anyhow::Result<Running> {
+        let notify_path = dir.join(format!(
+            "notify-{}.sock",
+            pin_path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+        ));
+        let _ = std::fs::remove_file(&notify_path);
+        let socket = UnixDatagram::bind(&notify_path)?;
+        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let log = std::fs::File::create(dir.join(format!(
+            "{}.log",
+            pin_path.file_name().and_then(|n| n.to_str()).unwrap_or("daemon")
+        )))?;
+        let child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut running = Running {
+            bin: bin.to_owned(),
+            child,
+            socket,
+            notify_path,
+            pin_path: pin_path.to_owned(),
+        };
+        if let Err(e) = running.ready() {
+            let _ = running.stop();
+            return Err(e);
+        }
+        Ok(running)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a READY=1 notification; fails if the daemon exits first.
+    pub fn ready(&mut self) -> anyhow::Result<()> {
+        ready(&self.socket, &mut self.child)
+    }
+
+    pub fn reload(&mut self) -> anyhow::Result<()> {
+        signal::kill(Pid::from_raw(self.pid() as i32), signal::Signal::SIGHUP)?;
+        self.ready()
+    }
+
+    /// CPU time the daemon used so far (user + system), seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the command name (which may hold spaces) start at its closing paren.
+        let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        Ok(ticks / 100.0)
+    }
+
+    /// SIGTERM, then `detach` (enforcement outlives the daemon), then the pins.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let _ = signal::kill(Pid::from_raw(self.pid() as i32), signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+        let detached = Command::new(&self.bin)
+            .args(["detach", "--pin-path"])
+            .arg(&self.pin_path)
+            .stdout(Stdio::null())
+            .status();
+        let _ = std::fs::remove_file(&self.notify_path);
+        if !detached.is_ok_and(|s| s.success()) {
+            bail!("detach failed; pins stay at {}", self.pin_path.display());
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_path);
+        Ok(())
+    }
+}
+
+fn one(bin: &Path, clients: usize, n: usize, out: &Path) -> anyhow::Result<DaemonRun> {
+    let guest = Guest::new(&format!("bd{n}"));
+    let tag = format!("trove-isolate-bench-{}-{n}", std::process::id());
+    let pin_path = PathBuf::from("/sys/fs/bpf").join(&tag);
+    let dir = std::env::temp_dir().join(&tag);
+    std::fs::create_dir_all(&dir)?;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let config_path = dir.join("config.toml");
+    let text = config(&guest, &pin_path, port, clients, 1);
+    std::fs::write(&config_path, &text)?;
+    let policy = Policy::from_config_with(
+        &Config::parse(&text, &config_path)?,
+        &config_path,
+        &trove_isolate::resolve::NoNames,
+    )?;
+    let entries = policy.entries().len();
+    drop(policy);
+    eprintln!("bench: daemon, {entries} policy entries");
+
+    let started = Instant::now();
+    let mut running = Running::start(bin, &config_path, &pin_path, out)?;
+    let start_seconds = started.elapsed().as_secs_f64();
+    let result = (|| -> anyhow::Result<DaemonRun> {
+        let rss_kib = vm_kib(running.pid(), "VmRSS:")?;
+        let reloading = Instant::now();
+        running.reload()?;
+        let reload_same_seconds = reloading.elapsed().as_secs_f64();
+        // Every client prefix replaced by another: the reload adds all and removes all.
+        std::fs::write(&config_path, config(&guest, &pin_path, port, clients, 2))?;
+        let reloading = Instant::now();
+        running.reload()?;
+        let reload_seconds = reloading.elapsed().as_secs_f64();
+        Ok(DaemonRun {
+            entries,
+            start_seconds,
+            reload_same_seconds,
+            reload_seconds,
+            rss_kib,
+            rss_after_reload_kib: vm_kib(running.pid(), "VmRSS:")?,
+            peak_kib: vm_kib(running.pid(), "VmHWM:")?,
+        })
+    })();
+    let stopped = running.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(guest);
+    let run = result?;
+    stopped?;
+    Ok(run)
+}
+
+pub fn run(bin: &Path, sizes: &[usize], out: &Path) -> anyhow::Result<Vec<DaemonRun>> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(n, &clients)| one(bin, clients, n, out))
+        .collect()
+}

@@ -1,0 +1,305 @@
+//! `cargo xtask bench` runs this, as root. Sections:
+//! 1. per-packet cost of every path through BPF_PROG_TEST_RUN, as ns and as a ratio to an
+//!    empty TC program measured in the same process ([`per_packet`]);
+//! 2. the same paths as the policy grows to 1,000,000 entries ([`scaling`]);
+//! 3. real traffic over veth against nftables ([`traffic`]);
+//! 4. the daemon: memory, start to enforced, a reload ([`daemon`]).
+//!
+//! Prints Markdown tables; `--out DIR` writes the numbers as JSON too.
+
+#[path = "../../tests/packets/frame.rs"]
+#[allow(dead_code)]
+mod frame;
+
+mod daemon;
+mod per_packet;
+mod scaling;
+mod traffic;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde_json::json;
+use trove_isolate::{config::Config, policy::Policy};
+
+const CONFIG: &str = r#"
+[management]
+interface = "mgmt0"
+rabbitmq = ["192.0.2.10:5672"]
+registry = ["192.0.2.20:4000"]
+ssh_from = ["203.0.113.0/24"]
+[business]
+interface = "eth0"
+database_ports = [3306]
+clients = ["198.51.100.0/24"]
+"#;
+
+pub struct Options {
+    pub repeat: u32,
+    pub runs: usize,
+    out: Option<PathBuf>,
+    sizes: Vec<usize>,
+    bin: Option<PathBuf>,
+    daemon_sizes: Vec<usize>,
+    traffic: Option<usize>,
+    rounds: usize,
+    seconds: f64,
+}
+
+fn list(text: &str) -> anyhow::Result<Vec<usize>> {
+    text.split(',')
+        .map(|n| n.trim().replace('_', "").parse().context("a list of sizes"))
+        .collect()
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut o = Options {
+        repeat: 200_000,
+        runs: 5,
+        out: None,
+        sizes: Vec::new(),
+        bin: None,
+        daemon_sizes: Vec::new(),
+        traffic: None,
+        rounds: 3,
+        seconds: 2.0,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().context(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--repeat" => o.repeat = value()?.parse()?,
+            "--runs" => o.runs = value()?.parse()?,
+            "--out" => o.out = Some(value()?.into()),
+            "--scaling" => o.sizes = list(&value()?)?,
+            "--bin" => o.bin = Some(value()?.into()),
+            "--daemon" => o.daemon_sizes = list(&value()?)?,
+            "--traffic" => o.traffic = Some(value()?.replace('_', "").parse()?),
+            "--rounds" => o.rounds = value()?.parse()?,
+            "--seconds" => o.seconds = value()?.parse()?,
+            other => anyhow::bail!("unknown argument {other}"),
+        }
+    }
+    Ok(o)
+}
+
+/// A measured path: ns per packet and the ratio to the empty program of the same run.
+pub struct Row {
+    pub name: String,
+    pub ns: f64,
+    pub ratio: f64,
+}
+
+impl Row {
+    pub fn new(name: &str, ns: f64, empty: f64) -> Row {
+        Row {
+            name: name.to_owned(),
+            ns,
+            ratio: ns / empty,
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({"path": self.name, "ns": self.ns, "ratio": self.ratio})
+    }
+}
+
+pub fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn write(out: Option<&Path>, name: &str, value: serde_json::Value) -> anyhow::Result<()> {
+    if let Some(dir) = out {
+        let path = dir.join(name);
+        std::fs::write(&path, serde_json::to_string_pretty(&value)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let o = options()?;
+    let out = o.out.as_deref();
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir)?;
+    }
+    let path = Path::new("bench.toml");
+    let policy = Policy::from_config_with(
+        &Config::parse(CONFIG, path)?,
+        path,
+        &trove_isolate::resolve::NoNames,
+    )?;
+
+    eprintln!("bench: 1. per-packet cost");
+    let rows = per_packet::run(&policy, &o)?;
+    println!("## 1. Per-packet cost (BPF_PROG_TEST_RUN)\n");
+    println!("| path | ns/packet | × empty |");
+    println!("|---|---:|---:|");
+    for r in &rows {
+        println!("| {} | {:.1} | {:.2} |", r.name, r.ns, r.ratio);
+    }
+    println!(
+        "\n(median of {} runs of {} repetitions each; logs and drop events off)\n",
+        o.runs, o.repeat
+    );
+    write(
+        out,
+        "per-packet.json",
+        json!(rows.iter().map(Row::json).collect::<Vec<_>>()),
+    )?;
+
+    if !o.sizes.is_empty() {
+        eprintln!("bench: 2. scaling with the policy's size");
+        let scaled = scaling::run(&policy, &o.sizes, &o)?;
+        println!("## 2. Scaling with the policy's size (× the empty program of each run)\n");
+        let names: Vec<&str> = scaled[0]
+            .rows
+            .iter()
+            .skip(1)
+            .map(|r| r.name.as_str())
+            .collect();
+        println!("| entries | map written in | {} |", names.join(" | "));
+        println!("|---:|---:|{}", "---:|".repeat(names.len()));
+        for s in &scaled {
+            let cells: Vec<String> = s
+                .rows
+                .iter()
+                .skip(1)
+                .map(|r| format!("{:.2} ({:.0} ns)", r.ratio, r.ns))
+                .collect();
+            println!(
+                "| {} | {:.2} s | {} |",
+                s.entries,
+                s.load_seconds,
+                cells.join(" | ")
+            );
+        }
+        let first = &scaled[0];
+        let last = &scaled[scaled.len() - 1];
+        println!(
+            "\nLargest policy against the smallest ({} vs {} entries), ratio of ratios:",
+            last.entries, first.entries
+        );
+        for (a, b) in first.rows.iter().zip(&last.rows).skip(1) {
+            println!("- {}: {:.2}", a.name, b.ratio / a.ratio);
+        }
+        println!();
+        write(
+            out,
+            "scaling.json",
+            json!(scaled
+                .iter()
+                .map(|s| json!({
+                    "entries": s.entries,
+                    "load_seconds": s.load_seconds,
+                    "paths": s.rows.iter().map(Row::json).collect::<Vec<_>>(),
+                }))
+                .collect::<Vec<_>>()),
+        )?;
+    }
+
+    let bin = || o.bin.as_deref().context("--bin: the trove-isolate binary");
+    if let Some(entries) = o.traffic {
+        let bin = bin()?;
+        eprintln!("bench: 3. real traffic over veth");
+        let dir = out.unwrap_or(Path::new("."));
+        let t = traffic::run(bin, entries, o.rounds, o.seconds, dir)?;
+        println!(
+            "## 3. Real traffic over veth, {} client prefixes (median of {} rounds)\n",
+            t.entries, o.rounds
+        );
+        println!("| filter | new TCP connections/s | 64-byte frames/s | TCP throughput | ratio to no filter (connections, frames, throughput) | put in place in |");
+        println!("|---|---:|---:|---:|---|---:|");
+        let of = |filter: traffic::Filter, get: fn(&traffic::Sample) -> f64| {
+            median(
+                t.samples
+                    .iter()
+                    .filter(|s| s.filter == filter)
+                    .map(get)
+                    .collect(),
+            )
+        };
+        let base = |get| of(traffic::Filter::Nothing, get);
+        for filter in traffic::Filter::ALL {
+            let conn = of(filter, |s| s.connections_per_second);
+            let frames = of(filter, |s| s.frames_per_second);
+            let bits = of(filter, |s| s.tcp_bits_per_second);
+            println!(
+                "| {} | {:.0} | {:.0} | {:.2} Gbit/s | {:.2}, {:.2}, {:.2} | {:.2} s |",
+                filter.name(),
+                conn,
+                frames,
+                bits / 1e9,
+                conn / base(|s| s.connections_per_second),
+                frames / base(|s| s.frames_per_second),
+                bits / base(|s| s.tcp_bits_per_second),
+                of(filter, |s| s.setup_seconds),
+            );
+        }
+        let failed: u64 = t.samples.iter().map(|s| s.failed_connections).sum();
+        let frame = median(t.samples.iter().map(|s| s.mean_frame_bytes).collect());
+        println!(
+            "\n(mean frame of the small-frame test {frame:.0} bytes; {failed} connection attempts \
+             failed in all; {} s per measurement)\n",
+            o.seconds
+        );
+        write(
+            out,
+            "traffic.json",
+            json!(t
+                .samples
+                .iter()
+                .map(|s| json!({
+                    "filter": s.filter.name(),
+                    "connections_per_second": s.connections_per_second,
+                    "failed_connections": s.failed_connections,
+                    "frames_per_second": s.frames_per_second,
+                    "mean_frame_bytes": s.mean_frame_bytes,
+                    "tcp_bits_per_second": s.tcp_bits_per_second,
+                    "setup_seconds": s.setup_seconds,
+                }))
+                .collect::<Vec<_>>()),
+        )?;
+    }
+
+    if !o.daemon_sizes.is_empty() {
+        let bin = bin()?;
+        eprintln!("bench: 4. the daemon");
+        let runs = daemon::run(bin, &o.daemon_sizes, out.unwrap_or(Path::new(".")))?;
+        println!("## 4. The daemon on a simulated guest\n");
+        println!("| entries | start to enforced | reload, same config | reload, every prefix replaced | RSS enforcing | RSS after the reloads | peak RSS |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        for r in &runs {
+            println!(
+                "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+                r.entries,
+                r.start_seconds * 1e3,
+                r.reload_same_seconds * 1e3,
+                r.reload_seconds * 1e3,
+                mib(r.rss_kib),
+                mib(r.rss_after_reload_kib),
+                mib(r.peak_kib)
+            );
+        }
+        println!();
+        write(
+            out,
+            "daemon.json",
+            json!(runs
+                .iter()
+                .map(|r| json!({
+                    "entries": r.entries,
+                    "start_seconds": r.start_seconds,
+                    "reload_same_seconds": r.reload_same_seconds,
+                    "reload_seconds": r.reload_seconds,
+                    "rss_kib": r.rss_kib,
+                    "rss_after_reload_kib": r.rss_after_reload_kib,
+                    "peak_kib": r.peak_kib,
+                }))
+                .collect::<Vec<_>>()),
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! Section 1: the per-packet cost of each path through BPF_PROG_TEST_RUN, against the object's
+//! empty classifier measured in the same process. Logs and drop events are off.
+
+use anyhow::Context as _;
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use ipnetwork::IpNetwork;
+use trove_isolate::{capacity::Capacity, datapath::Datapath, local, policy::Policy};
+use trove_isolate_common::{action, proto, Direction, Role};
+
+use crate::{frame::*, Options, Row};
+
+/// A path of the datapath: the frame that takes it and the verdict it must give.
+pub struct Case {
+    pub name: &'static str,
+    pub role: Role,
+    pub direction: Direction,
+    pub frame: Vec<u8>,
+    pub pass: bool,
+}
+
+fn v4(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    ipv4(V4_PLAIN, proto::TCP, src, dst, &tcp(sport, dport, flags))
+}
+
+/// The remote addresses the cases use: a generated policy must not cover them.
+pub const PROBED: [&str; 6] = [
+    "192.0.2.10",
+    "192.0.2.99",
+    "198.51.100.7",
+    "198.51.100.8",
+    "203.0.113.9",
+    "2001:db8:1::99",
+];
+
+/// Loads the datapath with `policy`, the NICs' addresses, and two TCP flows set up through
+/// their real handshakes: one to RabbitMQ, one inbound database session.
+pub fn prepare(policy: &Policy) -> anyhow::Result<Datapath> {
+    let mut dp = Datapath::load(None, false, &Capacity::for_policy(policy), 0)
+        .context("loading the datapath (root, BPF)")?;
+    dp.sync_policy(&policy.entries(), None)?;
+    let nets: Vec<IpNetwork> = ["192.0.2.1/24", "2001:db8:1::1/64", "fe80::1/64"]
+        .iter()
+        .map(|n| n.parse().expect("net"))
+        .collect();
+    let mut entries = local::entries(Role::Management, &nets);
+    entries.extend(local::entries(Role::Business, &nets));
+    dp.sync_local(&entries)?;
+
+    let (m, b) = (Role::Management, Role::Business);
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    for (role, direction, frame) in [
+        (m, e, v4("192.0.2.1", "192.0.2.10", 40000, 5672, SYN)),
+        (m, i, v4("192.0.2.10", "192.0.2.1", 5672, 40000, SYN_ACK)),
+        (m, e, v4("192.0.2.1", "192.0.2.10", 40000, 5672, ACK)),
+        (b, i, v4("198.51.100.7", "192.0.2.1", 50000, 3306, SYN)),
+        (b, e, v4("192.0.2.1", "198.51.100.7", 3306, 50000, SYN_ACK)),
+        (b, i, v4("198.51.100.7", "192.0.2.1", 50000, 3306, ACK)),
+        (b, e, v4("192.0.2.1", "198.51.100.7", 3306, 50000, ACK)),
+    ] {
+        verdict(dp.program(role, direction), &frame).context("setting up a flow")?;
+    }
+    Ok(dp)
+}
+
+pub fn cases() -> Vec<Case> {
+    let (m, b) = (Role::Management, Role::Business);
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    // Two destination-options headers (next header 60), 8 bytes each.
+    let ext = [(60u8, ext8()), (60u8, ext8())];
+    let case = |name, role, direction, frame, pass| Case {
+        name,
+        role,
+        direction,
+        frame,
+        pass,
+    };
+    vec![
+        case(
+            "management: established, reply in",
+            m,
+            i,
+            v4("192.0.2.10", "192.0.2.1", 5672, 40000, ACK),
+            true,
+        ),
+        case(
+            "management: established, out",
+            m,
+            e,
+            v4("192.0.2.1", "192.0.2.10", 40000, 5672, ACK),
+            true,
+        ),
+        case(
+            "business: established, in",
+            b,
+            i,
+            v4("198.51.100.7", "192.0.2.1", 50000, 3306, ACK),
+            true,
+        ),
+        case(
+            "business: established, reply out",
+            b,
+            e,
+            v4("192.0.2.1", "198.51.100.7", 3306, 50000, ACK),
+            true,
+        ),
+        case(
+            "business: new flow allowed (a SYN; repeats find it in the new table)",
+            b,
+            i,
+            v4("198.51.100.8", "192.0.2.1", 40010, 3306, SYN),
+            true,
+        ),
+        case(
+            "management: new flow denied (SYN, no rule)",
+            m,
+            i,
+            v4("192.0.2.99", "192.0.2.1", 40001, 3306, SYN),
+            false,
+        ),
+        case(
+            "business: new flow denied (SYN, no rule)",
+            b,
+            i,
+            v4("203.0.113.9", "192.0.2.1", 40002, 3306, SYN),
+            false,
+        ),
+        case(
+            "management: unsolicited ACK",
+            m,
+            i,
+            v4("192.0.2.99", "192.0.2.1", 40003, 22, ACK),
+            false,
+        ),
+        case(
+            "business: IPv6 + 2 extension headers, denied",
+            b,
+            i,
+            ipv6_ext(
+                proto::TCP,
+                &ext,
+                "2001:db8:1::99",
+                "2001:db8:1::1",
+                &tcp(40004, 22, SYN),
+            ),
+            false,
+        ),
+        case(
+            "business: IPv6 SYN denied, no extension headers",
+            b,
+            i,
+            ipv6(
+                proto::TCP,
+                "2001:db8:1::99",
+                "2001:db8:1::1",
+                &tcp(40005, 22, SYN),
+            ),
+            false,
+        ),
+    ]
+}
+
+/// The frame of the new-flow decision stage: an allowed client's SYN to the database port.
+pub fn decide_frame() -> Vec<u8> {
+    v4("198.51.100.8", "192.0.2.1", 40020, 3306, SYN)
+}
+
+/// The stage that decides a new flow (own-address and policy lookups, no flow tables), checked
+/// to allow its frame, measured.
+pub fn measure_decision(dp: &mut Datapath, empty: f64, o: &Options) -> anyhow::Result<Row> {
+    let name = "stage: a new flow's decision (parse, own-address and policy lookups)";
+    let program = dp.bench_program("bench_decide")?;
+    let frame = decide_frame();
+    let got = verdict(program, &frame)?;
+    anyhow::ensure!(got == action::PASS, "{name}: the stage returned {got}");
+    Ok(Row::new(name, measure(program, &frame, o)?, empty))
+}
+
+/// The frame the empty program and the stages run on: the established flow's reply.
+pub fn reply_frame() -> Vec<u8> {
+    v4("192.0.2.10", "192.0.2.1", 5672, 40000, ACK)
+}
+
+/// One run of the program on the frame: its return value.
+pub fn verdict(program: &mut SchedClassifier, frame: &[u8]) -> anyhow::Result<i32> {
+    Ok(program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?
+        .return_value as i32)
+}
+
+/// Median ns per packet of `runs` runs of `repeat` repetitions.
+pub fn measure(program: &mut SchedClassifier, frame: &[u8], o: &Options) -> anyhow::Result<f64> {
+    let mut samples = Vec::with_capacity(o.runs);
+    for _ in 0..o.runs {
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat: o.repeat,
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        // The kernel reports the mean per repetition.
+        samples.push(result.duration.as_secs_f64() * 1e9);
+    }
+    Ok(crate::median(samples))
+}
+
+/// Each case checked to take its path (established ones and the allowed one pass, the rest are
+/// dropped), then measured.
+pub fn measure_cases(
+    dp: &mut Datapath,
+    cases: &[Case],
+    empty: f64,
+    o: &Options,
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for case in cases {
+        let program = dp.program(case.role, case.direction);
+        let got = verdict(program, &case.frame)?;
+        let want = if case.pass {
+            action::PASS
+        } else {
+            action::DROP
+        };
+        anyhow::ensure!(
+            got == want,
+            "{}: the program returned {got}, not {want}",
+            case.name
+        );
+        let ns = measure(program, &case.frame, o)?;
+        rows.push(Row::new(case.name, ns, empty));
+    }
+    Ok(rows)
+}
+
+/// The section: the empty program, each stage alone, then every path.
+pub fn run(policy: &Policy, o: &Options) -> anyhow::Result<Vec<Row>> {
+    let mut dp = prepare(policy)?;
+    let frame = reply_frame();
+    let empty = measure(dp.bench_program("bench_empty")?, &frame, o)?;
+    let mut rows = vec![Row::new("empty TC program (r0 = -1; exit)", empty, empty)];
+    // Stages alone, on the established flow's reply: where the time goes.
+    for (name, program) in [
+        ("stage: parse only", "bench_parse"),
+        (
+            "stage: parse + flow key + established-table lookup",
+            "bench_lookup",
+        ),
+        ("stage: the clock (bpf_ktime_get_ns)", "bench_clock"),
+        (
+            "stage: the coarse clock (bpf_ktime_get_coarse_ns)",
+            "bench_clock_coarse",
+        ),
+        ("stage: one counter update", "bench_count"),
+    ] {
+        let program = dp.bench_program(program)?;
+        let got = verdict(program, &frame)?;
+        anyhow::ensure!(got == action::PASS, "{name}: the stage returned {got}");
+        let ns = measure(program, &frame, o)?;
+        rows.push(Row::new(name, ns, empty));
+    }
+    rows.push(measure_decision(&mut dp, empty, o)?);
+    rows.extend(measure_cases(&mut dp, &cases(), empty, o)?);
+    Ok(rows)
+}

@@ -1,0 +1,132 @@
+//! Section 2: the same paths with policies of 1 to 1,000,000 entries, IPv4 and IPv6 mixed, host
+//! addresses and shorter prefixes, each in a datapath of its own sized for it.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Instant,
+};
+
+use ipnetwork::IpNetwork;
+use trove_isolate::policy::{Policy, Rule};
+use trove_isolate_common::{proto, Direction, Role};
+
+use crate::{
+    per_packet::{self, PROBED},
+    Options, Row,
+};
+
+/// The paths whose cost could grow with the policy: the established one (which must not look at
+/// it) and those that decide a new flow.
+const PATHS: [&str; 4] = [
+    "business: established, in",
+    "business: new flow allowed (a SYN; repeats find it in the new table)",
+    "business: new flow denied (SYN, no rule)",
+    "business: IPv6 SYN denied, no extension headers",
+];
+
+/// A small deterministic generator (xorshift64*): the same policies on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// `count` distinct client prefixes: half IPv4 (/32 mostly, some /28 to /16), half IPv6 (/128
+/// mostly, some /64 and /48), none covering an address the cases probe.
+pub fn prefixes(count: usize, seed: u64) -> Vec<IpNetwork> {
+    let probed: Vec<IpAddr> = PROBED.iter().map(|a| a.parse().expect("address")).collect();
+    let mut rng = Rng(seed | 1);
+    let mut seen = HashSet::with_capacity(count);
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count {
+        let r = rng.next();
+        let net = if r & 1 == 0 {
+            let prefix = [32, 32, 32, 28, 24, 16][(r >> 1) as usize % 6];
+            let addr = Ipv4Addr::from((r >> 32) as u32);
+            IpNetwork::new(IpAddr::V4(addr), prefix).expect("prefix")
+        } else {
+            let prefix = [128, 128, 64, 48][(r >> 1) as usize % 4];
+            // Global unicast (2000::/3), like real clients.
+            let high = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+            let addr = Ipv6Addr::from((high >> 3) | (1u128 << 125));
+            IpNetwork::new(IpAddr::V6(addr), prefix).expect("prefix")
+        };
+        let net = IpNetwork::new(net.network(), net.prefix()).expect("prefix");
+        if probed.iter().any(|p| net.contains(*p)) || !seen.insert(net) {
+            continue;
+        }
+        out.push(net);
+    }
+    out
+}
+
+/// `base` with rules added to the business NIC until it holds `total` entries in all.
+pub fn grown(base: &Policy, total: usize, seed: u64) -> Policy {
+    let mut policy = base.clone();
+    let have: usize = policy.nics.iter().map(|n| n.rules.len()).sum();
+    let next_id = policy
+        .nics
+        .iter()
+        .flat_map(|n| n.rules.iter().map(|r| r.id + 1))
+        .max()
+        .unwrap_or(0);
+    let nic = policy
+        .nics
+        .iter_mut()
+        .find(|n| n.role == Role::Business)
+        .expect("the base policy has a business NIC");
+    for (id, net) in (next_id..).zip(prefixes(total.saturating_sub(have), seed)) {
+        nic.rules.push(Rule {
+            id,
+            direction: Direction::Ingress,
+            proto: proto::TCP,
+            port: 3306,
+            remote: net,
+            origin: "bench".to_owned(),
+            host: None,
+        });
+    }
+    policy
+}
+
+pub struct Scaled {
+    pub entries: usize,
+    /// Writing the policy map, seconds.
+    pub load_seconds: f64,
+    pub rows: Vec<Row>,
+}
+
+pub fn run(base: &Policy, sizes: &[usize], o: &Options) -> anyhow::Result<Vec<Scaled>> {
+    let cases: Vec<_> = per_packet::cases()
+        .into_iter()
+        .filter(|c| PATHS.contains(&c.name))
+        .collect();
+    let mut out = Vec::new();
+    for &size in sizes {
+        let policy = grown(base, size, 0x7472_6f76_6521);
+        let entries = policy.entries().len();
+        eprintln!("bench: scaling, {entries} policy entries");
+        let started = Instant::now();
+        let mut dp = per_packet::prepare(&policy)?;
+        let load_seconds = started.elapsed().as_secs_f64();
+        let frame = per_packet::reply_frame();
+        let empty = per_packet::measure(dp.bench_program("bench_empty")?, &frame, o)?;
+        let mut rows = vec![
+            Row::new("empty TC program", empty, empty),
+            per_packet::measure_decision(&mut dp, empty, o)?,
+        ];
+        rows.extend(per_packet::measure_cases(&mut dp, &cases, empty, o)?);
+        out.push(Scaled {
+            entries,
+            load_seconds,
+            rows,
+        });
+    }
+    Ok(out)
+}
