@@ -91,16 +91,16 @@ impl Capacity {
                 + std::mem::size_of::<policy::PolicyValue>()) as u64;
         Memory {
             conntrack_per_nic: table(self.ct_established) + table(self.ct_new),
-            // A rule may add an intermediate node as well (kernel/bpf/lpm_trie.c).
-            policy: self.policy_rules as u64 * per_rule * 2,
+            policy: self.policy_rules as u64 * per_rule,
         }
     }
 }
 
-/// `struct htab_elem` before the key.
+/// `struct htab_elem` before the key. With the bucket array this matches the kernel's own
+/// account of the tables (`memlock` in the map's fdinfo, Linux 6.18).
 const HASH_ELEMENT_HEADER: u64 = 48;
-/// `struct lpm_trie_node` before its data, rounded as the allocator does.
-const LPM_NODE_HEADER: u64 = 48;
+/// `struct lpm_trie_node` before its data, as the kernel accounts a trie's entries.
+const LPM_NODE_HEADER: u64 = 24;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Memory {

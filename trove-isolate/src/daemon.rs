@@ -464,6 +464,7 @@ fn reload_policy(
         NotifyState::Reloading,
         NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading")),
     ]);
+    let started = std::time::Instant::now();
     let attempt = {
         let stats = scrape.stats.lock().unwrap_or_else(|e| e.into_inner());
         stats.reloads_ok + stats.reloads_error + 1
@@ -497,7 +498,12 @@ fn reload_policy(
             stats.reloads_ok += 1;
             new_state.moves = std::mem::take(&mut state.moves);
             *state = new_state;
-            log::info!("reloaded {}: {}", options.config.display(), summary(&state));
+            log::info!(
+                "reloaded {} in {} ms: {}",
+                options.config.display(),
+                started.elapsed().as_millis(),
+                summary(&state)
+            );
             Ok((policy, datapath, devices))
         }
         Err(e) => {
@@ -519,6 +525,20 @@ fn reload_policy(
     give_back_freed_memory();
     notify(&[NotifyState::Status(&summary(&state)), NotifyState::Ready]);
     outcome
+}
+
+/// Keeps malloc from moving big allocations onto the heap for good. glibc raises its mmap
+/// threshold each time an mmapped block is freed (up to 32 MiB); after the first reload, a big
+/// policy's vectors would live on the heap among small allocations that pin its pages, and the
+/// daemon's RSS would grow with every reload. A fixed threshold keeps them mmapped: freed,
+/// they go back to the kernel whole.
+pub fn fixed_malloc_thresholds() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 128 * 1024);
+        nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, 1024 * 1024);
+    }
 }
 
 /// Returns the heap a start or a reload freed to the kernel. Parsing and compiling a big config

@@ -8,7 +8,6 @@
 
 use std::{
     borrow::Borrow,
-    collections::HashSet,
     fmt, fs,
     path::{Path, PathBuf},
 };
@@ -256,7 +255,7 @@ impl Datapath {
             .with_context(|| format!("map {name} missing"))?;
         let mut trie: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map)?;
         let id = |k: &Key<K>| (k.prefix_len(), k.data());
-        let held: Option<std::collections::HashMap<(u32, K), &V>> =
+        let held: Option<foldhash::HashMap<(u32, K), &V>> =
             in_force.map(|old| old.iter().map(|(k, v)| (id(k), v)).collect());
         for (i, (key, value)) in entries.iter().enumerate() {
             if held
@@ -275,7 +274,7 @@ impl Datapath {
                 e => anyhow::Error::new(e).context(format!("inserting entry {i} of {name}")),
             })?;
         }
-        let wanted: HashSet<(u32, K)> = entries.iter().map(|(k, _)| id(k)).collect();
+        let wanted: foldhash::HashSet<(u32, K)> = entries.iter().map(|(k, _)| id(k)).collect();
         let stale: Vec<Key<K>> = match in_force {
             Some(old) => old
                 .iter()

@@ -219,7 +219,7 @@ fn rule_name(state: &State, rule_id: u32) -> String {
         .iter()
         .flat_map(|n| &n.rules)
         .find(|r| r.id == rule_id)
-        .map(|r| format!(" ({}, from {})", r.origin, config.display()))
+        .map(|r| format!(" ({}, from {})", r.origin(), config.display()))
         .unwrap_or_default()
 }
 

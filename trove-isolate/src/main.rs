@@ -219,6 +219,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             config,
             datapath_log,
         } => {
+            daemon::fixed_malloc_thresholds();
             let policy = Policy::load(&config)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

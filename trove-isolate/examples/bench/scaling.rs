@@ -8,7 +8,7 @@ use std::{
 };
 
 use ipnetwork::IpNetwork;
-use trove_isolate::policy::{Policy, Rule};
+use trove_isolate::policy::{Origin, Policy, Rule};
 use trove_isolate_common::{proto, Direction, Role};
 
 use crate::{
@@ -88,7 +88,7 @@ pub fn grown(base: &Policy, total: usize, seed: u64) -> Policy {
             proto: proto::TCP,
             port: 3306,
             remote: net,
-            origin: "bench".to_owned(),
+            origin: Origin::Entry("bench"),
             host: None,
         });
     }

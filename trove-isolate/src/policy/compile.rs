@@ -15,7 +15,7 @@ pub(super) fn any_v6() -> IpNetwork {
 pub(super) struct RuleSet<'a> {
     role: Role,
     next_id: &'a mut u32,
-    seen: HashSet<(Direction, u8, u16, IpNetwork)>,
+    seen: foldhash::HashSet<(Direction, u8, u16, IpNetwork)>,
     pub(super) rules: Vec<Rule>,
     /// The host name the rules being added are addresses of.
     naming: Option<String>,
@@ -26,7 +26,7 @@ impl<'a> RuleSet<'a> {
         RuleSet {
             role,
             next_id,
-            seen: HashSet::new(),
+            seen: foldhash::HashSet::default(),
             rules: vec![],
             naming: None,
         }
@@ -38,7 +38,7 @@ impl<'a> RuleSet<'a> {
         proto: u8,
         port: u16,
         remote: IpNetwork,
-        origin: String,
+        origin: impl Into<Origin>,
     ) {
         let remote = normalise(remote);
         if self.seen.insert((direction, proto, port, remote)) {
@@ -49,7 +49,7 @@ impl<'a> RuleSet<'a> {
                 proto,
                 port,
                 remote,
-                origin,
+                origin: origin.into(),
                 host: self.naming.clone(),
             });
         }
@@ -60,7 +60,7 @@ impl<'a> RuleSet<'a> {
         direction: Direction,
         port: u16,
         remote: IpNetwork,
-        origin: String,
+        origin: impl Into<Origin>,
     ) {
         self.add(direction, proto::TCP, port, remote, origin);
     }
@@ -89,17 +89,36 @@ pub(super) struct Remote<T> {
     matched: T,
     /// As written (host bits cleared), plus what it is matched as when that differs.
     shown: String,
+    /// Shown as it is matched.
+    plain: bool,
 }
 
 impl<T: fmt::Display> Remote<T> {
     fn plain(matched: T) -> Self {
         let shown = matched.to_string();
-        Remote { matched, shown }
+        Remote {
+            matched,
+            shown,
+            plain: true,
+        }
     }
 
     fn mapped(written: impl fmt::Display, matched: T) -> Self {
         let shown = format!("{written} (IPv4-mapped, as {matched})");
-        Remote { matched, shown }
+        Remote {
+            matched,
+            shown,
+            plain: false,
+        }
+    }
+
+    /// The origin of a rule for this entry of list `key`.
+    fn origin(&self, key: &'static str) -> Origin {
+        if self.plain {
+            Origin::Entry(key)
+        } else {
+            format!("{key} {}", self.shown).into()
+        }
     }
 }
 
@@ -584,16 +603,19 @@ pub(super) fn management(
     }
     let ssh_port = c.port("ssh_port", Some(mgmt.ssh_port.unwrap_or(22)))?;
     for net in c.cidrs("ssh_from", &mgmt.ssh_from)? {
-        let origin = format!("ssh_from {net}");
-        set.tcp(Direction::Ingress, ssh_port, net.matched, origin);
+        set.tcp(
+            Direction::Ingress,
+            ssh_port,
+            net.matched,
+            net.origin("ssh_from"),
+        );
     }
     for net in scrapers {
-        let origin = format!("metrics allow_from {net}");
         set.tcp(
             Direction::Ingress,
             metrics.listen.port(),
             net.matched,
-            origin,
+            net.origin("metrics allow_from"),
         );
     }
     unresolved(c, &set, sources)?;
@@ -608,7 +630,7 @@ pub(super) fn management(
 fn unresolved(c: &Ctx, set: &RuleSet, sources: &Sources) -> Result<(), ConfigError> {
     for u in &sources.unresolved {
         let prefix = format!("{} ", u.kind);
-        let others = set.rules.iter().any(|r| r.origin.starts_with(&prefix));
+        let others = set.rules.iter().any(|r| r.origin().starts_with(&prefix));
         if !others {
             return Err(c.err(
                 &u.key,
@@ -729,13 +751,13 @@ pub(super) fn business(
     if ports.is_empty() {
         return Err(c.err("database_ports", "at least one database port is required"));
     }
-    let clients: Vec<(IpNetwork, String)> = if biz.clients.is_empty() {
-        let any = || ANY_CLIENTS.to_owned();
+    let clients: Vec<(IpNetwork, Origin)> = if biz.clients.is_empty() {
+        let any = || Origin::from(ANY_CLIENTS.to_owned());
         vec![(any_v4(), any()), (any_v6(), any())]
     } else {
         c.cidrs("clients", &biz.clients)?
             .into_iter()
-            .map(|net| (net.matched, format!("clients {net}")))
+            .map(|net| (net.matched, net.origin("clients")))
             .collect()
     };
     let peers = c.cidrs("peers", &biz.peers)?;
@@ -745,8 +767,7 @@ pub(super) fn business(
             set.tcp(Direction::Ingress, *port, *net, origin.clone());
         }
         for net in &peers {
-            let origin = format!("peers {net}");
-            set.tcp(Direction::Egress, *port, net.matched, origin);
+            set.tcp(Direction::Egress, *port, net.matched, net.origin("peers"));
         }
     }
     Ok(set.finish(nic, false))

@@ -67,13 +67,38 @@ pub struct Rule {
     /// 0 for ICMP.
     pub port: u16,
     pub remote: IpNetwork,
-    /// The config entry the rule comes from, for `check` and `explain`.
-    pub origin: String,
+    /// The config entry the rule comes from, for `check` and `explain`: see [`Rule::origin`].
+    pub origin: Origin,
     /// The host name whose address `remote` is, for rules of a name (refreshed with its TTL).
     pub host: Option<String>,
 }
 
+/// Where a rule comes from. The daemon keeps every rule for its whole life, 100,000 client
+/// prefixes and more: an entry of a list costs no allocation of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Said in full: an endpoint, what discovery found and where, a name.
+    Text(Box<str>),
+    /// An entry of a list key (`clients`, `ssh_from`, ...) written as the rule's remote:
+    /// shown as "<key> <remote>".
+    Entry(&'static str),
+}
+
+impl From<String> for Origin {
+    fn from(text: String) -> Origin {
+        Origin::Text(text.into_boxed_str())
+    }
+}
+
 impl Rule {
+    /// The config entry the rule comes from, as `check` and `explain` show it.
+    pub fn origin(&self) -> std::borrow::Cow<'_, str> {
+        match &self.origin {
+            Origin::Text(text) => std::borrow::Cow::Borrowed(text),
+            Origin::Entry(key) => std::borrow::Cow::Owned(format!("{key} {}", self.remote)),
+        }
+    }
+
     pub fn key(&self, role: Role) -> Key<PolicyKey> {
         let (fam, addr) = family::key_addr(self.remote.network());
         Key::new(
@@ -412,7 +437,7 @@ impl Policy {
             .map(|u| format!("{u}; going ahead with the endpoints of its kind that do"))
             .collect();
         for nic in &self.nics {
-            if nic.rules.iter().any(|r| r.origin == ANY_CLIENTS) {
+            if nic.rules.iter().any(|r| r.origin() == ANY_CLIENTS) {
                 warnings.push(
                     "[business] clients is empty: the database ports accept connections from ANY \
                      address (0.0.0.0/0 and ::/0); list client CIDRs to narrow it"
@@ -420,7 +445,7 @@ impl Policy {
                 );
             }
             for rule in &nic.rules {
-                if rule.remote.prefix() == 0 && rule.origin != ANY_CLIENTS {
+                if rule.remote.prefix() == 0 && rule.origin() != ANY_CLIENTS {
                     warnings.push(open_rule_warning(nic.role, rule));
                 }
             }

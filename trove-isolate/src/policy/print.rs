@@ -23,7 +23,7 @@ pub(super) fn open_rule_warning(role: Role, rule: &Rule) -> String {
             "the guest may reach {any} on {proto} port {port}; narrow it to the destinations needed"
         ),
     };
-    format!("{} NIC, {}: {open}", role.name(), rule.origin)
+    format!("{} NIC, {}: {open}", role.name(), rule.origin())
 }
 
 pub(super) fn proto_name(p: u8) -> &'static str {
@@ -114,7 +114,7 @@ impl fmt::Display for Policy {
                     r.id,
                     proto_name(r.proto),
                     r.remote.to_string(),
-                    r.origin
+                    r.origin()
                 )?;
             }
         }

@@ -65,7 +65,7 @@ fn find<'a>(p: &'a Policy, role: Role, origin: &str) -> &'a Rule {
         .unwrap_or_else(|| panic!("no {} NIC", role.name()));
     nic.rules
         .iter()
-        .find(|r| r.origin == origin)
+        .find(|r| r.origin() == origin)
         .unwrap_or_else(|| panic!("no rule {origin:?} in {:#?}", nic.rules))
 }
 
@@ -744,7 +744,7 @@ fn duplicates_keep_the_first_origin() {
     ));
     let rules = &p.nics[0].rules;
     assert_eq!(rules.len(), 1, "{rules:#?}");
-    assert_eq!(rules[0].origin, "registry 192.0.2.20:4000");
+    assert_eq!(rules[0].origin(), "registry 192.0.2.20:4000");
     assert_eq!(rules[0].id, 1);
 }
 
@@ -871,7 +871,7 @@ mod discovery {
                     proto_name(r.proto),
                     r.remote,
                     r.port,
-                    r.origin
+                    r.origin()
                 )
             })
             .collect()
