@@ -17,13 +17,15 @@ pub mod policy;
 pub mod settings;
 
 /// Version of the map layouts below; part of every pinned map's name.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Names of the maps in the eBPF object (the `static`s of `trove-isolate-ebpf/src/maps.rs`).
 pub mod maps {
     use crate::Role;
 
     pub const POLICY: &str = "POLICY";
+    /// The prefix lengths the policy's rules use, per (role, direction, family).
+    pub const POLICY_LENGTHS: &str = "POLICY_LENGTHS";
     pub const LOCAL: &str = "LOCAL";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
@@ -39,8 +41,9 @@ pub mod maps {
     /// them and by the daemon's sweep.
     pub const CT_EST_MGMT: &str = "CT_EST_MGMT";
     pub const CT_EST_BIZ: &str = "CT_EST_BIZ";
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         POLICY,
+        POLICY_LENGTHS,
         LOCAL,
         COUNTERS,
         SETTINGS,

@@ -1,20 +1,28 @@
-//! The policy map: an LPM trie of allow rules.
+//! The policy map: a hash of allow rules, and the prefix lengths it holds.
 //!
 //! The key leads with the policy domain (role), then direction, protocol, address family and port,
-//! all fully specified, and ends with the remote address, which is the only part matched by prefix.
-//! Two NICs with identical CIDRs therefore can never match each other's rules.
+//! all fully specified, then the prefix length and the remote prefix (host bits zero). Two NICs
+//! with identical CIDRs therefore can never match each other's rules.
+//!
+//! A new flow is looked up once per prefix length present for its (role, direction, family),
+//! longest first ([`PrefixLengths`]): the first hit is the longest match. The cost follows the
+//! number of prefix lengths a policy uses, not the number of its rules (an LPM trie's walk grows
+//! with the rules sharing a key's fixed part: 2.9× from 4 to 1,000,000 rules, BENCHMARKS.md).
 
-/// Bits of [`PolicyKey`] before the address, always matched in full.
-pub const FIXED_PREFIX_BITS: u32 = 6 * 8;
+use crate::{family, Direction, Role};
 
 /// Upper bound on rules across all roles. The loader sizes the map from the compiled policy
-/// (the trie allocates per entry, so its size is a limit, not memory).
+/// (the hash allocates per entry, so its size is a limit, not memory).
 pub const MAX_ENTRIES: u32 = 1 << 22;
 
 /// The map's size in the object, before the loader sets it from the policy.
 pub const OBJECT_ENTRIES: u32 = 1024;
 
-/// LPM trie key data (aya wraps it with the `prefix_len` word).
+/// Prefix lengths a (role, direction, family) may use: the datapath's lookups per new flow are
+/// bounded by this. A policy that needs more is refused with the class named.
+pub const MAX_LENGTHS: usize = 16;
+
+/// Hash key of a rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyKey {
@@ -26,16 +34,145 @@ pub struct PolicyKey {
     pub family: u8,
     /// Local port for ingress rules, remote port for egress rules, network byte order; 0 for ICMP.
     pub port: [u8; 2],
-    /// Remote address: IPv4 in the first 4 bytes, rest zero.
+    /// Bits of `addr` that are matched.
+    pub prefix: u8,
+    pub _pad: u8,
+    /// Remote prefix, host bits zero: IPv4 in the first 4 bytes, rest zero.
     pub addr: [u8; 16],
 }
 
-impl PolicyKey {
-    /// Prefix length of the LPM key for an address prefix of `addr_bits`.
-    pub const fn prefix_len(addr_bits: u32) -> u32 {
-        FIXED_PREFIX_BITS + addr_bits
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 24);
+
+/// `addr` with all but its first `prefix` bits cleared.
+pub fn masked(addr: &[u8; 16], prefix: u8) -> [u8; 16] {
+    let mask = mask(prefix);
+    let mut out = [0u8; 16];
+    for i in 0..16 {
+        out[i] = addr[i] & mask[i];
+    }
+    out
+}
+
+/// The byte mask of a `prefix`-bit prefix.
+pub fn mask(prefix: u8) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        let bits = i32::from(prefix) - 8 * i as i32;
+        *byte = match bits {
+            8.. => 0xff,
+            ..=0 => 0,
+            n => 0xffu8 << (8 - n),
+        };
+    }
+    out
+}
+
+/// A prefix length a class uses, with its mask made once here rather than per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LengthSlot {
+    /// [`EMPTY`]: no length in this slot.
+    pub prefix: u8,
+    pub _pad: [u8; 3],
+    /// [`mask`] of `prefix`, as four words in the order the bytes are in memory.
+    pub mask: [u32; 4],
+}
+
+/// A slot with no length.
+pub const EMPTY: u8 = 0xff;
+
+impl LengthSlot {
+    pub const EMPTY: LengthSlot = LengthSlot {
+        prefix: EMPTY,
+        _pad: [0; 3],
+        mask: [0; 4],
+    };
+
+    pub fn new(prefix: u8) -> LengthSlot {
+        let m = mask(prefix);
+        let word = |i: usize| u32::from_ne_bytes([m[i], m[i + 1], m[i + 2], m[i + 3]]);
+        LengthSlot {
+            prefix,
+            _pad: [0; 3],
+            mask: [word(0), word(4), word(8), word(12)],
+        }
     }
 }
+
+/// The prefix lengths the rules of one (role, direction, family) use: the first `count` slots,
+/// of which the empty ones are skipped.
+///
+/// A length keeps its slot for as long as it is used, and the daemon changes a set only by
+/// filling empty slots (before it adds rules) or by emptying slots (after it removed their
+/// rules). A packet judged while a set is being written therefore finds every length whose
+/// rules are in the map, whatever mix of old and new bytes it reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixLengths {
+    pub count: u32,
+    pub slots: [LengthSlot; MAX_LENGTHS],
+}
+
+impl Default for PrefixLengths {
+    fn default() -> Self {
+        PrefixLengths {
+            count: 0,
+            slots: [LengthSlot::EMPTY; MAX_LENGTHS],
+        }
+    }
+}
+
+impl PrefixLengths {
+    /// The lengths in use.
+    pub fn prefixes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.slots[..(self.count as usize).min(MAX_LENGTHS)]
+            .iter()
+            .filter(|s| s.prefix != EMPTY)
+            .map(|s| s.prefix)
+    }
+
+    /// These lengths and `more`: each missing one takes the first empty slot. `more` holds at
+    /// most [`MAX_LENGTHS`] lengths, and so do these: the policy compiler refuses more.
+    pub fn with(&self, more: &[u8]) -> PrefixLengths {
+        let mut out = *self;
+        for i in out.count as usize..MAX_LENGTHS {
+            out.slots[i] = LengthSlot::EMPTY;
+        }
+        for &prefix in more {
+            if out.prefixes().any(|p| p == prefix) {
+                continue;
+            }
+            if let Some(i) = out.slots.iter().position(|s| s.prefix == EMPTY) {
+                out.slots[i] = LengthSlot::new(prefix);
+                out.count = out.count.max(i as u32 + 1);
+            }
+        }
+        out
+    }
+
+    /// Only those of these lengths that are in `keep`; the others' slots emptied.
+    pub fn only(&self, keep: &[u8]) -> PrefixLengths {
+        let mut out = *self;
+        for slot in &mut out.slots {
+            if slot.prefix != EMPTY && !keep.contains(&slot.prefix) {
+                *slot = LengthSlot::EMPTY;
+            }
+        }
+        while out.count > 0 && out.slots[out.count as usize - 1].prefix == EMPTY {
+            out.count -= 1;
+        }
+        out
+    }
+}
+
+/// The prefix-length map's index of (role, direction, family).
+#[inline(always)]
+pub const fn class(role: Role, direction: Direction, fam: u8) -> u32 {
+    (role as u32 * 2 + direction as u32) * 2 + (fam == family::V6) as u32
+}
+
+/// Entries of the prefix-length map.
+pub const CLASSES: u32 = Role::COUNT as u32 * 2 * 2;
 
 /// What a matching rule says. Every entry is an allow; the id names the rule for `explain`.
 #[repr(C)]
@@ -47,4 +184,41 @@ pub struct PolicyValue {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PolicyKey {}
 #[cfg(feature = "user")]
+unsafe impl aya::Pod for PrefixLengths {}
+#[cfg(feature = "user")]
 unsafe impl aya::Pod for PolicyValue {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths_keep_their_slots_through_a_change() {
+        let set = PrefixLengths::default().with(&[32, 24]);
+        assert!(set.prefixes().eq([32, 24]));
+        // 24 goes, 16 comes: the union first, then the new set alone.
+        let union = set.with(&[32, 16]);
+        assert!(union.prefixes().eq([32, 24, 16]));
+        let new = union.only(&[32, 16]);
+        assert_eq!(new.slots[0], set.slots[0], "32 kept its slot");
+        assert_eq!(new.slots[1], LengthSlot::EMPTY);
+        assert_eq!(new.count, 3);
+        // The hole is filled by the next new length; a set emptied at its end shrinks.
+        let next = new.with(&[8]);
+        assert_eq!(next.slots[1].prefix, 8);
+        assert_eq!(next.only(&[32]).count, 1);
+    }
+
+    #[test]
+    fn masks_keep_the_prefix_bits_only() {
+        let addr = [0xff; 16];
+        assert_eq!(masked(&addr, 0), [0; 16]);
+        assert_eq!(masked(&addr, 128), addr);
+        let m = masked(&addr, 20);
+        assert_eq!(m[..4], [0xff, 0xff, 0xf0, 0]);
+        assert!(m[4..].iter().all(|&b| b == 0));
+        let slot = LengthSlot::new(20);
+        assert_eq!(slot.mask[0].to_ne_bytes(), [0xff, 0xff, 0xf0, 0]);
+        assert_eq!(slot.mask[1..], [0, 0, 0]);
+    }
+}

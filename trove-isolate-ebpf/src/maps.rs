@@ -2,6 +2,7 @@
 //! (`trove_isolate_common::maps`), which pins them under versioned names.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -10,14 +11,18 @@ use trove_isolate_common::{
     counters::{self, Counter},
     events::{self, Budget},
     local::{self, LocalKey, LocalValue},
-    policy::{self, PolicyKey, PolicyValue},
+    policy::{self, PolicyKey, PolicyValue, PrefixLengths},
     settings::Settings,
     Role,
 };
 
+/// Allocated per rule (no preallocation): its size is a limit the loader sets from the policy.
 #[map]
-pub static POLICY: LpmTrie<PolicyKey, PolicyValue> =
-    LpmTrie::with_max_entries(policy::OBJECT_ENTRIES, 0);
+pub static POLICY: HashMap<PolicyKey, PolicyValue> =
+    HashMap::with_max_entries(policy::OBJECT_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static POLICY_LENGTHS: Array<PrefixLengths> = Array::with_max_entries(policy::CLASSES, 0);
 
 #[map]
 pub static LOCAL: LpmTrie<LocalKey, LocalValue> = LpmTrie::with_max_entries(local::MAX_ENTRIES, 0);

@@ -1,8 +1,8 @@
 //! How big each map is made at load.
 //!
-//! The policy trie follows the compiled policy. It allocates per entry, so its size is only a
-//! limit; it gets headroom for a reload, whose add-before-remove holds the old and the new rules
-//! together for a moment. The connection-tracking tables follow `[conntrack]` and are allocated
+//! The policy map follows the compiled policy. It allocates its rules per entry (only its
+//! buckets are made at load), so its size is mostly a limit; it gets headroom for a reload,
+//! whose add-before-remove holds the old and the new rules together for a moment. The connection-tracking tables follow `[conntrack]` and are allocated
 //! in full at load (a hash map preallocates, and so does an LRU).
 //!
 //! A pinned map is kept while its size still serves. Otherwise the loader makes a new one of the
@@ -86,12 +86,13 @@ impl Capacity {
             // (kernel/bpf/hashtab.c).
             entries * (HASH_ELEMENT_HEADER + flow as u64) + entries.next_power_of_two() * 16
         };
-        let per_rule = LPM_NODE_HEADER
-            + (std::mem::size_of::<policy::PolicyKey>()
-                + std::mem::size_of::<policy::PolicyValue>()) as u64;
+        // A rule is an element of a hash allocated per entry (its value rounded up to 8 bytes);
+        // the buckets are allocated at load.
+        let per_rule = HASH_ELEMENT_HEADER + std::mem::size_of::<policy::PolicyKey>() as u64 + 8;
         Memory {
             conntrack_per_nic: table(self.ct_established) + table(self.ct_new),
-            policy: self.policy_rules as u64 * per_rule,
+            policy: self.policy_rules as u64 * per_rule
+                + u64::from(self.policy).next_power_of_two() * 16,
         }
     }
 }
@@ -99,8 +100,6 @@ impl Capacity {
 /// `struct htab_elem` before the key. With the bucket array this matches the kernel's own
 /// account of the tables (`memlock` in the map's fdinfo, Linux 6.18).
 const HASH_ELEMENT_HEADER: u64 = 48;
-/// `struct lpm_trie_node` before its data, as the kernel accounts a trie's entries.
-const LPM_NODE_HEADER: u64 = 24;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Memory {

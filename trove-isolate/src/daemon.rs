@@ -344,20 +344,17 @@ impl Enforcing {
             log::warn!("{u}; its addresses in force stay");
         }
         let next = self.policy.with_names_from(&fresh);
-        let key = |p: &Policy| -> std::collections::HashSet<_> {
-            p.entries()
-                .into_iter()
-                .map(|(k, _)| (k.prefix_len(), k.data()))
-                .collect()
+        let key = |p: &Policy| -> foldhash::HashSet<_> {
+            p.entries().into_iter().map(|(k, _)| k).collect()
         };
         if key(&next) == key(&self.policy) {
             self.policy = next;
             return;
         }
-        let in_force = self.policy_map_exact.then(|| self.policy.entries());
+        let in_force = self.policy_map_exact.then_some(&self.policy);
         let applied = self
             .datapath
-            .sync_policy(&next.entries(), in_force.as_deref())
+            .sync_policy(&next, in_force)
             .and_then(|()| conntrack::revoke(&mut self.datapath, &next));
         self.policy_map_exact = applied.is_ok();
         match applied {

@@ -24,13 +24,13 @@ use trove_isolate_common::{
     events::Budget,
     local::{LocalKey, LocalValue},
     maps,
-    policy::{PolicyKey, PolicyValue},
+    policy::{self, PolicyKey, PolicyValue, PrefixLengths},
     program_name,
     settings::Settings,
     Direction, Mode, Reason, Role, Verdict,
 };
 
-use crate::{capacity::Capacity, pins::Pins};
+use crate::{capacity::Capacity, pins::Pins, policy::Policy};
 
 pub struct Datapath {
     ebpf: Ebpf,
@@ -38,6 +38,9 @@ pub struct Datapath {
     /// ones by [`Datapath::pin_resized`] once the programs that use them are attached.
     resized: Vec<Resized>,
 }
+
+/// The policy maps' content: the rules, and each class's prefix lengths.
+pub type PolicyContent = (Vec<(PolicyKey, PolicyValue)>, Vec<Vec<u8>>);
 
 /// A map whose pinned size no longer served.
 #[derive(Debug, Clone)]
@@ -205,65 +208,144 @@ impl Datapath {
         aya_log::EbpfLogger::init(&mut self.ebpf).context("initialising aya-log")
     }
 
-    /// Makes the policy map hold exactly `entries`. `in_force`, when given, is what the map
-    /// holds now (what this daemon wrote last): then only the difference is written, and
-    /// nothing is read back. Without it (a start), every entry is written and the map's keys
-    /// are read to find the stale ones.
+    /// Makes the policy maps hold exactly `policy`'s rules and prefix lengths. `in_force`, when
+    /// given, is what the map holds now (what this daemon wrote last): then only the difference
+    /// is written, and nothing is read back. Without it (a start), every rule is written and the
+    /// map's keys are read to find the stale ones.
+    ///
+    /// No window: the prefix lengths are first widened to the union of the old and the new, the
+    /// new rules are added, the stale removed, and only then are the lengths narrowed. Each
+    /// step only adds or only removes, so a packet judged in between, even one that reads a
+    /// half-written length set, finds every rule of either policy that is still in the map.
     pub fn sync_policy(
         &mut self,
-        entries: &[(Key<PolicyKey>, PolicyValue)],
-        in_force: Option<&[(Key<PolicyKey>, PolicyValue)]>,
+        policy: &Policy,
+        in_force: Option<&Policy>,
     ) -> anyhow::Result<()> {
         // A map made anew at this load holds nothing yet, whatever was in force.
         let in_force = in_force.filter(|_| !self.resized.iter().any(|r| r.map == maps::POLICY));
-        self.sync_trie(maps::POLICY, entries, in_force)
-            .context("writing the policy map")
+        let wanted = policy.prefix_lengths();
+        let mut lengths = self.lengths_map()?;
+        let mut now: Vec<PrefixLengths> = (0..policy::CLASSES)
+            .map(|c| lengths.get(&c, 0).unwrap_or_default())
+            .collect();
+        for (c, (set, wanted)) in now.iter_mut().zip(&wanted).enumerate() {
+            *set = set.with(wanted);
+            lengths
+                .set(c as u32, *set, 0)
+                .context("widening the policy's prefix lengths")?;
+        }
+        self.sync_rules(&policy.entries(), in_force.map(Policy::entries).as_deref())
+            .context("writing the policy map")?;
+        let mut lengths = self.lengths_map()?;
+        for (c, (set, wanted)) in now.iter().zip(&wanted).enumerate() {
+            lengths
+                .set(c as u32, set.only(wanted), 0)
+                .context("narrowing the policy's prefix lengths")?;
+        }
+        Ok(())
     }
 
-    /// Every entry of the policy map, as (prefix length, key, value).
-    pub fn policy_map(&self) -> anyhow::Result<Vec<(u32, PolicyKey, PolicyValue)>> {
-        let map = self.ebpf.map(maps::POLICY).context("policy map missing")?;
-        let trie: LpmTrie<&MapData, PolicyKey, PolicyValue> = LpmTrie::try_from(map)?;
-        let mut out = Vec::new();
-        for key in trie.keys() {
-            let key = key?;
-            out.push((key.prefix_len(), key.data(), trie.get(&key, 0)?));
+    fn lengths_map(&mut self) -> anyhow::Result<Array<&mut MapData, PrefixLengths>> {
+        let map = self
+            .ebpf
+            .map_mut(maps::POLICY_LENGTHS)
+            .context("prefix lengths map missing")?;
+        Ok(Array::try_from(map)?)
+    }
+
+    /// Add before remove: a rule in both the old and the new policy is never missing.
+    fn sync_rules(
+        &mut self,
+        entries: &[(PolicyKey, PolicyValue)],
+        in_force: Option<&[(PolicyKey, PolicyValue)]>,
+    ) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(maps::POLICY)
+            .context("policy map missing")?;
+        let mut rules: HashMap<&mut MapData, PolicyKey, PolicyValue> = HashMap::try_from(map)?;
+        let held: Option<foldhash::HashMap<PolicyKey, PolicyValue>> =
+            in_force.map(|old| old.iter().copied().collect());
+        for (i, (key, value)) in entries.iter().enumerate() {
+            if held
+                .as_ref()
+                .is_some_and(|held| held.get(key) == Some(value))
+            {
+                continue;
+            }
+            rules.insert(key, value, 0).map_err(|e| match e {
+                MapError::SyscallError(ref s)
+                    if matches!(s.io_error.raw_os_error(), Some(7) | Some(28)) =>
+                {
+                    anyhow::anyhow!(
+                        "the policy map is full after {i} of {} rules",
+                        entries.len()
+                    )
+                }
+                e => anyhow::Error::new(e).context(format!("inserting rule {i}")),
+            })?;
         }
-        Ok(out)
+        let wanted: foldhash::HashSet<PolicyKey> = entries.iter().map(|(k, _)| *k).collect();
+        let stale: Vec<PolicyKey> = match in_force {
+            Some(old) => old
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| !wanted.contains(k))
+                .collect(),
+            None => rules
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| !wanted.contains(k))
+                .collect(),
+        };
+        for key in stale {
+            match rules.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(2) => {}
+                Err(e) => return Err(e).context("removing a stale rule"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every rule in the policy map, and the prefix lengths of each class (longest first).
+    pub fn policy_map(&self) -> anyhow::Result<PolicyContent> {
+        let map = self.ebpf.map(maps::POLICY).context("policy map missing")?;
+        let rules: HashMap<&MapData, PolicyKey, PolicyValue> = HashMap::try_from(map)?;
+        let rules = rules.iter().collect::<Result<Vec<_>, _>>()?;
+        let map = self
+            .ebpf
+            .map(maps::POLICY_LENGTHS)
+            .context("prefix lengths map missing")?;
+        let lengths: Array<&MapData, PrefixLengths> = Array::try_from(map)?;
+        let mut classes = Vec::new();
+        for c in 0..policy::CLASSES {
+            let mut prefixes: Vec<u8> = lengths.get(&c, 0)?.prefixes().collect();
+            prefixes.sort_unstable_by(|a, b| b.cmp(a));
+            classes.push(prefixes);
+        }
+        Ok((rules, classes))
     }
 
     /// Makes the local-address map hold exactly `entries` (the NICs' addresses and links).
     pub fn sync_local(&mut self, entries: &[(Key<LocalKey>, LocalValue)]) -> anyhow::Result<()> {
-        self.sync_trie(maps::LOCAL, entries, None)
+        self.sync_trie(maps::LOCAL, entries)
             .context("writing the local address map")
     }
 
     /// Add before remove: an entry in both the old and the new content is never missing.
-    fn sync_trie<K, V>(
-        &mut self,
-        name: &str,
-        entries: &[(Key<K>, V)],
-        in_force: Option<&[(Key<K>, V)]>,
-    ) -> anyhow::Result<()>
+    fn sync_trie<K, V>(&mut self, name: &str, entries: &[(Key<K>, V)]) -> anyhow::Result<()>
     where
         K: aya::Pod + Eq + std::hash::Hash + fmt::Debug,
-        V: aya::Pod + PartialEq,
+        V: aya::Pod,
     {
         let map = self
             .ebpf
             .map_mut(name)
             .with_context(|| format!("map {name} missing"))?;
         let mut trie: LpmTrie<&mut MapData, K, V> = LpmTrie::try_from(map)?;
-        let id = |k: &Key<K>| (k.prefix_len(), k.data());
-        let held: Option<foldhash::HashMap<(u32, K), &V>> =
-            in_force.map(|old| old.iter().map(|(k, v)| (id(k), v)).collect());
         for (i, (key, value)) in entries.iter().enumerate() {
-            if held
-                .as_ref()
-                .is_some_and(|held| held.get(&id(key)) == Some(&value))
-            {
-                continue;
-            }
             trie.insert(key, value, 0).map_err(|e| match e {
                 MapError::SyscallError(ref s) if s.io_error.raw_os_error() == Some(28) => {
                     anyhow::anyhow!(
@@ -274,27 +356,18 @@ impl Datapath {
                 e => anyhow::Error::new(e).context(format!("inserting entry {i} of {name}")),
             })?;
         }
-        let wanted: foldhash::HashSet<(u32, K)> = entries.iter().map(|(k, _)| id(k)).collect();
-        let stale: Vec<Key<K>> = match in_force {
-            Some(old) => old
-                .iter()
-                .filter(|(k, _)| !wanted.contains(&id(k)))
-                .map(|(k, _)| Key::new(k.prefix_len(), k.data()))
-                .collect(),
-            None => trie
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| !wanted.contains(&id(k)))
-                .collect(),
-        };
+        let wanted: foldhash::HashSet<(u32, K)> = entries
+            .iter()
+            .map(|(k, _)| (k.prefix_len(), k.data()))
+            .collect();
+        let stale: Vec<Key<K>> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+            .collect();
         for key in stale {
-            match trie.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(2) => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("removing a stale entry of {name}"))
-                }
-            }
+            trie.remove(&key)
+                .with_context(|| format!("removing a stale entry of {name}"))?;
         }
         Ok(())
     }

@@ -13,12 +13,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
+use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData};
 use trove_isolate_common::{
     family,
     local::{LocalKey, LocalValue, OWN},
     maps,
-    policy::{PolicyKey, PolicyValue},
+    policy::{self, PolicyKey, PolicyValue, PrefixLengths},
     proto, Direction, Mode, Role,
 };
 
@@ -175,6 +175,7 @@ fn lookup_local(pins: &Pins, role: Role, fam: u8, addr: IpAddr) -> anyhow::Resul
     Ok(trie.get(&key, 0).is_ok_and(|v| v.flags & OWN != 0))
 }
 
+/// The datapath's lookup, on the pinned maps: the rule of the longest prefix that matches.
 fn lookup_policy(
     pins: &Pins,
     role: Role,
@@ -182,21 +183,33 @@ fn lookup_policy(
     fam: u8,
     remote: &Endpoint,
 ) -> anyhow::Result<Option<u32>> {
-    let trie: LpmTrie<MapData, PolicyKey, PolicyValue> =
-        LpmTrie::try_from(open(pins, maps::POLICY)?)?;
-    let bits = if fam == family::V4 { 32 } else { 128 };
-    let key = Key::new(
-        PolicyKey::prefix_len(bits),
-        PolicyKey {
+    let rules: HashMap<MapData, PolicyKey, PolicyValue> =
+        HashMap::try_from(open(pins, maps::POLICY)?)?;
+    let lengths: Array<MapData, PrefixLengths> =
+        Array::try_from(open(pins, maps::POLICY_LENGTHS)?)?;
+    let mut prefixes: Vec<u8> = lengths
+        .get(&policy::class(role, direction, fam), 0)?
+        .prefixes()
+        .collect();
+    // Longest first: the rule the datapath's match stands for.
+    prefixes.sort_unstable_by(|a, b| b.cmp(a));
+    let addr = addr16(remote.addr);
+    for prefix in prefixes {
+        let key = PolicyKey {
             role: role as u8,
             direction: direction as u8,
             proto: remote.proto,
             family: fam,
             port: remote.port.to_be_bytes(),
-            addr: addr16(remote.addr),
-        },
-    );
-    Ok(trie.get(&key, 0).ok().map(|v| v.rule_id))
+            prefix,
+            _pad: 0,
+            addr: policy::masked(&addr, prefix),
+        };
+        if let Ok(value) = rules.get(&key, 0) {
+            return Ok(Some(value.rule_id));
+        }
+    }
+    Ok(None)
 }
 
 fn open(pins: &Pins, name: &str) -> anyhow::Result<Map> {

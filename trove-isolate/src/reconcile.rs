@@ -104,9 +104,7 @@ fn apply(
     let rules_held = previous.policy_entries.iter().map(|(_, n)| n).sum();
     let capacity = Capacity::for_policy(policy);
     let mut datapath = Datapath::load(Some(pins), log, &capacity, rules_held)?;
-    let in_force = in_force.map(Policy::entries);
-    datapath.sync_policy(&policy.entries(), in_force.as_deref())?;
-    drop(in_force);
+    datapath.sync_policy(policy, in_force)?;
     for role in Role::ALL {
         datapath.set_mode(role, policy.mode)?;
         datapath.set_dhcp(role, policy.nic(role).is_some_and(|n| n.dhcp))?;

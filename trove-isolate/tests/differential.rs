@@ -137,7 +137,7 @@ impl Harness {
         let policy = policy();
         let mut dp = Datapath::load(None, false, &Capacity::for_policy(&policy), 0)
             .expect("loading the datapath (root, BPF)");
-        dp.sync_policy(&policy.entries(), None)
+        dp.sync_policy(&policy, None)
             .expect("writing the policy map");
         let mut local = Vec::new();
         for role in Role::ALL {

@@ -51,7 +51,7 @@ fn datapath() -> Datapath {
     let policy = Policy::from_config(&config, path).expect("test config compiles");
     let mut dp = Datapath::load(None, false, &Capacity::for_policy(&policy), 0)
         .expect("loading the datapath (root, BPF)");
-    dp.sync_policy(&policy.entries(), None).expect("policy");
+    dp.sync_policy(&policy, None).expect("policy");
     let nets: Vec<IpNetwork> = ["192.0.2.1/24", "2001:db8:1::1/64"]
         .iter()
         .map(|n| n.parse().expect("net"))

@@ -91,7 +91,7 @@ fn datapath() -> Datapath {
     let policy = Policy::from_config(&config, path).expect("test config compiles");
     let mut dp = Datapath::load(None, false, &Capacity::for_policy(&policy), 0)
         .expect("loading the datapath (root, BPF)");
-    dp.sync_policy(&policy.entries(), None)
+    dp.sync_policy(&policy, None)
         .expect("writing the policy map");
     let nets: Vec<IpNetwork> = NIC_ADDRESSES
         .iter()
@@ -1112,7 +1112,7 @@ fn a_narrower_policy_revokes_what_it_no_longer_allows() {
     let path = Path::new("narrower.toml");
     let policy = trove_isolate::policy::Policy::from_config(&Config::parse(&narrower, path).expect("parses"), path)
         .expect("compiles");
-    dp.sync_policy(&policy.entries(), None).expect("policy");
+    dp.sync_policy(&policy, None).expect("policy");
     let revoked = trove_isolate::conntrack::revoke(&mut dp, &policy).expect("revoke");
     assert_eq!(revoked, 2, "the client's and the peer's flows");
     run_table(&mut dp, &[
@@ -1137,30 +1137,23 @@ fn a_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
         "peers = [\"198.51.100.7/32\"]",
         "clients = [\"203.0.113.0/24\", \"2001:db8:7::/48\"]",
     ));
-    let sorted = |mut v: Vec<(
-        u32,
-        trove_isolate_common::policy::PolicyKey,
-        trove_isolate_common::policy::PolicyValue,
-    )>| {
-        v.sort_by_key(|(len, key, _)| (*len, *key));
-        v
+    use trove_isolate_common::policy::{PolicyKey, PolicyValue};
+    type Content = (Vec<(PolicyKey, PolicyValue)>, Vec<Vec<u8>>);
+    let sorted = |(mut rules, lengths): Content| {
+        rules.sort_by_key(|(key, _)| *key);
+        (rules, lengths)
     };
-    let expected = |p: &Policy| {
-        sorted(
-            p.entries()
-                .into_iter()
-                .map(|(k, v)| (k.prefix_len(), k.data(), v))
-                .collect(),
-        )
-    };
+    let expected = |p: &Policy| sorted((p.entries(), p.prefix_lengths()));
     let mut dp = datapath();
     assert_eq!(sorted(dp.policy_map().expect("read")), expected(&old));
-    dp.sync_policy(&new.entries(), Some(&old.entries()))
-        .expect("the difference");
+    dp.sync_policy(&new, Some(&old)).expect("the difference");
     assert_eq!(sorted(dp.policy_map().expect("read")), expected(&new));
     assert_ne!(expected(&old), expected(&new));
+    // The new policy's lengths: the /48 is new, and no IPv4 /32 is left on the business NIC's
+    // egress (the peer went).
+    assert_ne!(expected(&old).1, expected(&new).1);
     // And back, with the full write (a start): it reads the map to find what is stale.
-    dp.sync_policy(&old.entries(), None).expect("full write");
+    dp.sync_policy(&old, None).expect("full write");
     assert_eq!(sorted(dp.policy_map().expect("read")), expected(&old));
 }
 

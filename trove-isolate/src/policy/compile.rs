@@ -802,3 +802,38 @@ pub(super) fn fits_within(top: &Ctx, nics: &[NicPolicy], limit: usize) -> Result
         ),
     ))
 }
+
+/// The datapath looks a new flow up once per prefix length its (role, direction, family) uses,
+/// at most [`MAX_LENGTHS`] of them.
+pub(super) fn few_enough_lengths(top: &Ctx, nics: &[NicPolicy]) -> Result<(), ConfigError> {
+    for nic in nics {
+        for direction in Direction::ALL {
+            for (fam, name) in [(family::V4, "IPv4"), (family::V6, "IPv6")] {
+                let mut lengths: Vec<u8> = nic
+                    .rules
+                    .iter()
+                    .map(|r| r.key(nic.role))
+                    .filter(|k| k.direction == direction as u8 && k.family == fam)
+                    .map(|k| k.prefix)
+                    .collect();
+                lengths.sort_unstable_by(|a, b| b.cmp(a));
+                lengths.dedup();
+                if lengths.len() > MAX_LENGTHS {
+                    let shown: Vec<String> = lengths.iter().map(|l| format!("/{l}")).collect();
+                    return Err(top.err(
+                        format!("[{}]", nic.role.name()),
+                        format!(
+                            "the {} NIC's {} {name} rules use {} prefix lengths ({}), more than \
+                             {MAX_LENGTHS}; merge prefixes into fewer lengths",
+                            nic.role.name(),
+                            direction.name(),
+                            lengths.len(),
+                            shown.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -13,11 +13,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::lpm_trie::Key;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use trove_isolate_common::{
     family,
-    policy::{PolicyKey, PolicyValue, MAX_ENTRIES},
+    policy::{self, PolicyKey, PolicyValue, MAX_ENTRIES, MAX_LENGTHS},
     proto, Direction, Mode, Role,
 };
 
@@ -73,6 +72,13 @@ pub struct Rule {
     pub host: Option<String>,
 }
 
+/// The prefix-length class of a key.
+pub fn class_of(k: &PolicyKey) -> u32 {
+    let role = Role::from_u8(k.role).unwrap_or(Role::Management);
+    let direction = Direction::from_u8(k.direction).unwrap_or(Direction::Ingress);
+    policy::class(role, direction, k.family)
+}
+
 /// Where a rule comes from. The daemon keeps every rule for its whole life, 100,000 client
 /// prefixes and more: an entry of a list costs no allocation of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,19 +105,19 @@ impl Rule {
         }
     }
 
-    pub fn key(&self, role: Role) -> Key<PolicyKey> {
+    /// The rule's key in the policy map (the remote's network address: host bits zero).
+    pub fn key(&self, role: Role) -> PolicyKey {
         let (fam, addr) = family::key_addr(self.remote.network());
-        Key::new(
-            PolicyKey::prefix_len(u32::from(self.remote.prefix())),
-            PolicyKey {
-                role: role as u8,
-                direction: self.direction as u8,
-                proto: self.proto,
-                family: fam,
-                port: self.port.to_be_bytes(),
-                addr,
-            },
-        )
+        PolicyKey {
+            role: role as u8,
+            direction: self.direction as u8,
+            proto: self.proto,
+            family: fam,
+            port: self.port.to_be_bytes(),
+            prefix: self.remote.prefix(),
+            _pad: 0,
+            addr,
+        }
     }
 
     pub fn value(&self) -> PolicyValue {
@@ -329,6 +335,7 @@ impl Policy {
             }
         }
         fits_the_map(&top, &nics)?;
+        few_enough_lengths(&top, &nics)?;
         Ok(Policy {
             mode,
             attach,
@@ -421,11 +428,28 @@ impl Policy {
     }
 
     /// The policy map's content: every rule of every role.
-    pub fn entries(&self) -> Vec<(Key<PolicyKey>, PolicyValue)> {
+    pub fn entries(&self) -> Vec<(PolicyKey, PolicyValue)> {
         self.nics
             .iter()
             .flat_map(|n| n.rules.iter().map(|r| (r.key(n.role), r.value())))
             .collect()
+    }
+
+    /// The prefix lengths the rules of each (role, direction, family) use, longest first,
+    /// indexed by [`policy::class`].
+    pub fn prefix_lengths(&self) -> Vec<Vec<u8>> {
+        let mut out = vec![Vec::new(); policy::CLASSES as usize];
+        for nic in &self.nics {
+            for rule in &nic.rules {
+                let k = rule.key(nic.role);
+                out[class_of(&k) as usize].push(k.prefix);
+            }
+        }
+        for lengths in &mut out {
+            lengths.sort_unstable_by(|a, b| b.cmp(a));
+            lengths.dedup();
+        }
+        out
     }
 
     /// Where the policy is open to any address, for `check` to say loudly. A valid config may

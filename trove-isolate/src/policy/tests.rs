@@ -1,8 +1,6 @@
 //! The compiler's tests: every refusal names its key; every section compiles to the rules it
 //! should.
 
-use trove_isolate_common::policy::FIXED_PREFIX_BITS;
-
 use super::*;
 
 const PATH: &str = "config.toml";
@@ -114,9 +112,8 @@ fn keys_have_the_map_layout() {
 
     let rabbit4 = find(&p, Role::Management, "rabbitmq 192.0.2.10:5672");
     let k = rabbit4.key(Role::Management);
-    let d = k.data();
-    assert_eq!(k.prefix_len(), FIXED_PREFIX_BITS + 32);
-    assert_eq!(k.prefix_len(), 80);
+    let d = k;
+    assert_eq!(k.prefix, 32);
     assert_eq!(d.role, Role::Management as u8);
     assert_eq!(d.direction, Direction::Egress as u8);
     assert_eq!((d.proto, d.family), (proto::TCP, family::V4));
@@ -133,8 +130,8 @@ fn keys_have_the_map_layout() {
 
     let rabbit6 = find(&p, Role::Management, "rabbitmq [2001:db8:1::10]:5671");
     let k = rabbit6.key(Role::Management);
-    let d = k.data();
-    assert_eq!(k.prefix_len(), FIXED_PREFIX_BITS + 128);
+    let d = k;
+    assert_eq!(k.prefix, 128);
     assert_eq!(d.family, family::V6);
     assert_eq!(d.port, 5671u16.to_be_bytes());
     assert_eq!(
@@ -144,16 +141,16 @@ fn keys_have_the_map_layout() {
 
     let ssh = find(&p, Role::Management, "ssh_from 203.0.113.0/24");
     let k = ssh.key(Role::Management);
-    let d = k.data();
-    assert_eq!(k.prefix_len(), FIXED_PREFIX_BITS + 24);
+    let d = k;
+    assert_eq!(k.prefix, 24);
     assert_eq!(d.direction, Direction::Ingress as u8);
     assert_eq!(d.port, [0, 22]);
     assert_eq!(d.addr[..4], [203, 0, 113, 0]);
 
     let any = find(&p, Role::Business, "clients (any)");
     let k = any.key(Role::Business);
-    let d = k.data();
-    assert_eq!(k.prefix_len(), FIXED_PREFIX_BITS);
+    let d = k;
+    assert_eq!(k.prefix, 0);
     assert_eq!(d.role, Role::Business as u8);
     assert_eq!(d.direction, Direction::Ingress as u8);
     assert_eq!(d.port, 3306u16.to_be_bytes());
@@ -593,7 +590,7 @@ fn ipv4_mapped_addresses_are_matched_as_ipv4() {
             (direction, pr, port, remote),
             "{origin}"
         );
-        assert_eq!(r.key(role).data().family, family::V4, "{origin}");
+        assert_eq!(r.key(role).family, family::V4, "{origin}");
     }
     assert_eq!(p.entries().len(), want.len(), "{p}");
     assert_eq!(
@@ -758,8 +755,8 @@ fn same_cidr_on_both_nics_differs_only_in_role() {
     let m = find(&p, Role::Management, "allow tcp 198.51.100.0/24 port 3306");
     let b = find(&p, Role::Business, "peers 198.51.100.0/24");
     let (km, kb) = (m.key(Role::Management), b.key(Role::Business));
-    assert_eq!(km.prefix_len(), kb.prefix_len());
-    let (dm, db) = (km.data(), kb.data());
+    assert_eq!(km.prefix, kb.prefix);
+    let (dm, db) = (km, kb);
     assert_ne!(dm.role, db.role);
     assert_eq!(
         PolicyKey {
@@ -821,10 +818,7 @@ fn dhcp_is_a_flag_not_rules() {
         "dhcp compiled to rules: {:#?}",
         mgmt.rules
     );
-    assert!(p
-        .entries()
-        .iter()
-        .all(|(k, _)| k.data().proto != proto::UDP));
+    assert!(p.entries().iter().all(|(k, _)| k.proto != proto::UDP));
 }
 
 /// Trove discovery: fixture trees of real guests' files.
@@ -1103,4 +1097,30 @@ mod discovery {
             "{err}"
         );
     }
+}
+
+#[test]
+fn a_class_may_use_at_most_sixteen_prefix_lengths() {
+    let clients = |n: u8| -> String {
+        let list: Vec<String> = (0..n)
+            .map(|i| format!("\"2001:db8::/{}\"", 112 + i))
+            .collect();
+        format!("clients = [{}]", list.join(", "))
+    };
+    let p = ok(&business(&clients(16)));
+    assert_eq!(
+        p.prefix_lengths()[trove_isolate_common::policy::class(
+            Role::Business,
+            Direction::Ingress,
+            family::V6
+        ) as usize]
+            .len(),
+        16
+    );
+    let msg = refused(&business(&clients(17)), "[business]");
+    assert!(
+        msg.contains("business NIC's ingress IPv6 rules use 17 prefix lengths (/128, /127"),
+        "{msg}"
+    );
+    assert!(msg.contains("more than 16"), "{msg}");
 }
