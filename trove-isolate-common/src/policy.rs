@@ -4,9 +4,9 @@
 //! all fully specified, then the prefix length and the remote prefix (host bits zero). Two NICs
 //! with identical CIDRs therefore can never match each other's rules.
 //!
-//! A new flow is looked up once per prefix length present for its (role, direction, family),
-//! longest first ([`PrefixLengths`]): the first hit is the longest match. The cost follows the
-//! number of prefix lengths a policy uses, not the number of its rules (an LPM trie's walk grows
+//! A new flow is looked up once per prefix length present for its (role, direction, family)
+//! ([`PrefixLengths`]); every rule allows, so any hit decides. The cost follows the number of
+//! prefix lengths a policy uses, not the number of its rules (an LPM trie's walk grows
 //! with the rules sharing a key's fixed part: 2.9× from 4 to 1,000,000 rules, BENCHMARKS.md).
 
 use crate::{family, Direction, Role};
@@ -82,10 +82,13 @@ pub struct LengthSlot {
 pub const EMPTY: u8 = 0xff;
 
 impl LengthSlot {
+    /// All-ones mask: a packet that reads a slot half-written (a prefix with the words of
+    /// another mask) keeps more address bits than the prefix, never fewer, so it can only match
+    /// a rule whose prefix its address is really in.
     pub const EMPTY: LengthSlot = LengthSlot {
         prefix: EMPTY,
         _pad: [0; 3],
-        mask: [0; 4],
+        mask: [u32::MAX; 4],
     };
 
     pub fn new(prefix: u8) -> LengthSlot {
@@ -131,9 +134,9 @@ impl PrefixLengths {
             .map(|s| s.prefix)
     }
 
-    /// These lengths and `more`: each missing one takes the first empty slot. `more` holds at
-    /// most [`MAX_LENGTHS`] lengths, and so do these: the policy compiler refuses more.
-    pub fn with(&self, more: &[u8]) -> PrefixLengths {
+    /// These lengths and `more`: each missing one takes the first empty slot. `None` when
+    /// they do not all fit side by side.
+    pub fn with(&self, more: &[u8]) -> Option<PrefixLengths> {
         let mut out = *self;
         for i in out.count as usize..MAX_LENGTHS {
             out.slots[i] = LengthSlot::EMPTY;
@@ -142,12 +145,20 @@ impl PrefixLengths {
             if out.prefixes().any(|p| p == prefix) {
                 continue;
             }
-            if let Some(i) = out.slots.iter().position(|s| s.prefix == EMPTY) {
-                out.slots[i] = LengthSlot::new(prefix);
-                out.count = out.count.max(i as u32 + 1);
-            }
+            let i = out.slots.iter().position(|s| s.prefix == EMPTY)?;
+            out.slots[i] = LengthSlot::new(prefix);
+            out.count = out.count.max(i as u32 + 1);
         }
-        out
+        Some(out)
+    }
+
+    /// Every slot emptied, `count` kept: a set that changes more than fits side by side goes
+    /// through this (new flows of the class are refused meanwhile; nothing is matched wrongly).
+    pub fn cleared(&self) -> PrefixLengths {
+        PrefixLengths {
+            count: self.count,
+            slots: [LengthSlot::EMPTY; MAX_LENGTHS],
+        }
     }
 
     /// Only those of these lengths that are in `keep`; the others' slots emptied.
@@ -194,19 +205,24 @@ mod tests {
 
     #[test]
     fn lengths_keep_their_slots_through_a_change() {
-        let set = PrefixLengths::default().with(&[32, 24]);
+        let set = PrefixLengths::default().with(&[32, 24]).expect("fits");
         assert!(set.prefixes().eq([32, 24]));
         // 24 goes, 16 comes: the union first, then the new set alone.
-        let union = set.with(&[32, 16]);
+        let union = set.with(&[32, 16]).expect("fits");
         assert!(union.prefixes().eq([32, 24, 16]));
         let new = union.only(&[32, 16]);
         assert_eq!(new.slots[0], set.slots[0], "32 kept its slot");
         assert_eq!(new.slots[1], LengthSlot::EMPTY);
         assert_eq!(new.count, 3);
         // The hole is filled by the next new length; a set emptied at its end shrinks.
-        let next = new.with(&[8]);
+        let next = new.with(&[8]).expect("fits");
         assert_eq!(next.slots[1].prefix, 8);
         assert_eq!(next.only(&[32]).count, 1);
+        // Seventeen side by side do not fit.
+        let full: [u8; MAX_LENGTHS] = core::array::from_fn(|i| 100 + i as u8);
+        let full_set = PrefixLengths::default().with(&full).expect("sixteen fit");
+        assert!(full_set.with(&[1]).is_none());
+        assert!(full_set.cleared().prefixes().next().is_none());
     }
 
     #[test]

@@ -222,6 +222,9 @@ pub async fn run(
                         stats.unresolved_names = world.policy.unresolved.len();
                         stats.conntrack_capacity = Some(world.policy.conntrack);
                     }
+                    Err(e) if e.downcast_ref::<reconcile::PartlyApplied>().is_some() => {
+                        return Err(e.context("the reload failed part-way"));
+                    }
                     Err(e) => log::error!("reload refused, the policy in force stays: {e:#}"),
                 }
             }
@@ -347,7 +350,7 @@ impl Enforcing {
         let key = |p: &Policy| -> foldhash::HashSet<_> {
             p.entries().into_iter().map(|(k, _)| k).collect()
         };
-        if key(&next) == key(&self.policy) {
+        if self.policy_map_exact && key(&next) == key(&self.policy) {
             self.policy = next;
             return;
         }

@@ -226,11 +226,21 @@ impl Datapath {
         let in_force = in_force.filter(|_| !self.resized.iter().any(|r| r.map == maps::POLICY));
         let wanted = policy.prefix_lengths();
         let mut lengths = self.lengths_map()?;
-        let mut now: Vec<PrefixLengths> = (0..policy::CLASSES)
-            .map(|c| lengths.get(&c, 0).unwrap_or_default())
-            .collect();
+        let mut now = Vec::new();
+        for c in 0..policy::CLASSES {
+            now.push(
+                lengths
+                    .get(&c, 0)
+                    .context("reading the policy's prefix lengths")?,
+            );
+        }
+        // Widen: each class's new lengths into empty slots, before any rule of theirs exists.
+        let mut crowded = Vec::new();
         for (c, (set, wanted)) in now.iter_mut().zip(&wanted).enumerate() {
-            *set = set.with(wanted);
+            match set.with(wanted) {
+                Some(wider) => *set = wider,
+                None => crowded.push(c),
+            }
             lengths
                 .set(c as u32, *set, 0)
                 .context("widening the policy's prefix lengths")?;
@@ -239,8 +249,24 @@ impl Datapath {
             .context("writing the policy map")?;
         let mut lengths = self.lengths_map()?;
         for (c, (set, wanted)) in now.iter().zip(&wanted).enumerate() {
+            let narrow = if crowded.contains(&c) {
+                // The old and the new lengths do not fit side by side: empty every slot, then
+                // write the new set. New flows of this class are refused in between.
+                log::warn!(
+                    "the policy's prefix lengths changed more than fit side by side (class {c}): \
+                     new flows of that class were refused for a moment"
+                );
+                lengths
+                    .set(c as u32, set.cleared(), 0)
+                    .context("clearing the policy's prefix lengths")?;
+                PrefixLengths::default()
+                    .with(wanted)
+                    .context("a policy with more prefix lengths than a class holds")?
+            } else {
+                set.only(wanted)
+            };
             lengths
-                .set(c as u32, set.only(wanted), 0)
+                .set(c as u32, narrow, 0)
                 .context("narrowing the policy's prefix lengths")?;
         }
         Ok(())

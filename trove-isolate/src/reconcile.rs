@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use ipnetwork::IpNetwork;
-use trove_isolate_common::{Direction, Role};
+use trove_isolate_common::{maps, Direction, Role};
 
 use crate::{
     attach,
@@ -123,14 +123,31 @@ fn apply(
     if revoked > 0 {
         log::info!("revoked {revoked} tracked flows the policy no longer allows");
     }
+    let policy_resized = datapath.resized().iter().any(|r| r.map == maps::POLICY);
+    let resized = !datapath.resized().is_empty();
     let tcx = attach::use_tcx(policy.attach);
-    for (role, device) in devices {
-        let before = Direction::ALL.map(|d| find(&previous.attachments, *role, d));
-        attachments
-            .extend(attach::ensure(&mut datapath, *role, device, tcx, pins, before)?.attachments);
+    let swapped = (|| -> anyhow::Result<()> {
+        for (role, device) in devices {
+            let before = Direction::ALL.map(|d| find(&previous.attachments, *role, d));
+            attachments.extend(
+                attach::ensure(&mut datapath, *role, device, tcx, pins, before)?.attachments,
+            );
+        }
+        retire(pins, &previous.attachments, attachments)?;
+        datapath.pin_resized()
+    })();
+    match swapped {
+        Err(e) if resized && !attachments.is_empty() => return Err(e.context(PartlyApplied)),
+        other => other?,
     }
-    retire(pins, &previous.attachments, attachments)?;
-    datapath.pin_resized()?;
+    if policy_resized {
+        // Until the swap, the old programs judged new flows by the old policy map; flows they
+        // opened meanwhile in the tables both share meet the new policy now.
+        let late = conntrack::revoke(&mut datapath, policy)?;
+        if late > 0 {
+            log::info!("revoked {late} flows opened by the old programs during the swap");
+        }
+    }
     for stale in pins.stale_maps() {
         log::info!("removing map pin of an older layout: {}", stale.display());
         std::fs::remove_file(&stale)
@@ -138,6 +155,13 @@ fn apply(
     }
     Ok(datapath)
 }
+
+/// A reconcile that failed after it had moved programs onto maps made anew (a resize): this
+/// process no longer holds the maps those programs use. The daemon exits, and its next start
+/// (the service manager restarts it) takes them over from scratch.
+#[derive(Debug, thiserror::Error)]
+#[error("programs were already moved onto resized maps; a restart takes them over")]
+pub struct PartlyApplied;
 
 /// CPUs the datapath may run on: the event budget is per CPU.
 fn cpus() -> usize {

@@ -1157,6 +1157,46 @@ fn a_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
     assert_eq!(sorted(dp.policy_map().expect("read")), expected(&old));
 }
 
+/// A reload whose old and new prefix lengths do not fit side by side (16 per class each, none
+/// shared) still ends with exactly the new policy, and its clients are let in.
+#[test]
+fn prefix_lengths_that_do_not_fit_side_by_side_are_swapped() {
+    use Reason::*;
+    let path = Path::new("lengths.toml");
+    let with_lengths = |lengths: std::ops::Range<u8>| {
+        let clients: Vec<String> = lengths.map(|l| format!("\"2001:db8:77::/{l}\"")).collect();
+        let text = CONFIG.replace(
+            "peers = [\"198.51.100.7/32\"]",
+            &format!("clients = [\"198.51.100.0/24\", {}]", clients.join(", ")),
+        );
+        trove_isolate::policy::Policy::from_config(
+            &Config::parse(&text, path).expect("parses"),
+            path,
+        )
+        .expect("compiles")
+    };
+    let (old, new) = (with_lengths(64..80), with_lengths(80..96));
+    let mut dp = datapath();
+    dp.sync_policy(&old, None).expect("old");
+    dp.sync_policy(&new, Some(&old)).expect("new");
+    let (mut rules, lengths) = dp.policy_map().expect("read");
+    rules.sort_by_key(|(k, _)| *k);
+    let mut want = new.entries();
+    want.sort_by_key(|(k, _)| *k);
+    assert_eq!((rules, lengths), (want, new.prefix_lengths()));
+    let client = "2001:db8:77::5";
+    run_table(
+        &mut dp,
+        &[pass(
+            "a client of the new policy",
+            B,
+            I,
+            ipv6(proto::TCP, client, "2001:db8:1::1", &tcp(40100, 3306, SYN)),
+            Allowed,
+        )],
+    );
+}
+
 /// The verifier's processed instruction count of each program on the running kernel, one line per
 /// program (`cargo xtask test` shows these from the host and from the 6.1 VM). Kernels since 5.16
 /// report the count (`verified_insns` in bpf_prog_info); there it must not be zero.

@@ -37,7 +37,7 @@ pub const PROBED: [&str; 6] = [
 pub fn prepare(policy: &Policy) -> anyhow::Result<Datapath> {
     let mut dp = Datapath::load(None, false, &Capacity::for_policy(policy), 0)
         .context("loading the datapath (root, BPF)")?;
-    dp.sync_policy(&policy, None)?;
+    dp.sync_policy(policy, None)?;
     let nets: Vec<IpNetwork> = ["192.0.2.1/24", "2001:db8:1::1/64", "fe80::1/64"]
         .iter()
         .map(|n| n.parse().expect("net"))
