@@ -93,14 +93,16 @@ mod bench {
     #[classifier]
     pub fn bench_decide(ctx: TcContext) -> i32 {
         let (role, direction) = (Role::Business, Direction::Ingress);
-        match parse::parse(&ctx) {
-            Ok(Parsed::Flow(pkt))
-                if local::own(role, pkt.family, &pkt.dst)
-                    && policy::check(role, direction, &pkt).is_ok() =>
-            {
-                action::PASS
-            }
-            _ => action::DROP,
+        let pkt = match parse::parse(&ctx) {
+            Ok(Parsed::Flow(pkt)) => pkt,
+            _ => return action::DROP,
+        };
+        if !local::own(role, pkt.family, &pkt.dst) {
+            return action::DROP;
+        }
+        match policy::check(role, direction, &pkt) {
+            Ok(()) => action::PASS,
+            Err(_) => action::DROP,
         }
     }
 

@@ -1197,6 +1197,24 @@ fn prefix_lengths_that_do_not_fit_side_by_side_are_swapped() {
     );
 }
 
+/// `cargo xtask bench`'s programs pass the verifier too (they are loaded only there).
+#[test]
+fn the_benchmark_programs_load() {
+    let mut dp = datapath();
+    for name in [
+        "bench_empty",
+        "bench_parse",
+        "bench_lookup",
+        "bench_decide",
+        "bench_clock",
+        "bench_clock_coarse",
+        "bench_count",
+    ] {
+        dp.bench_program(name)
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    }
+}
+
 /// The verifier's processed instruction count of each program on the running kernel, one line per
 /// program (`cargo xtask test` shows these from the host and from the 6.1 VM). Kernels since 5.16
 /// report the count (`verified_insns` in bpf_prog_info); there it must not be zero.
