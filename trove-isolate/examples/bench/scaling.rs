@@ -37,8 +37,14 @@ impl Rng {
     }
 }
 
-/// `count` distinct client prefixes: half IPv4 (/32 mostly, some /28 to /16), half IPv6 (/128
-/// mostly, some /64 and /48), none covering an address the cases probe.
+/// The prefix lengths generated, per family.
+const V4_LENGTHS: [u8; 4] = [32, 28, 24, 16];
+const V6_LENGTHS: [u8; 3] = [128, 64, 48];
+
+/// `count` distinct client prefixes: half IPv4 (/32 mostly, some /28, /24, /16), half IPv6 (/128
+/// mostly, some /64, /48), none covering an address the cases probe. The first seven use each
+/// length once, so that every policy of 11 entries or more uses the same lengths: the lookup's
+/// cost follows the lengths in use, and the sizes then differ in their number of rules only.
 pub fn prefixes(count: usize, seed: u64) -> Vec<IpNetwork> {
     let probed: Vec<IpAddr> = PROBED.iter().map(|a| a.parse().expect("address")).collect();
     let mut rng = Rng(seed | 1);
@@ -46,12 +52,26 @@ pub fn prefixes(count: usize, seed: u64) -> Vec<IpNetwork> {
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
         let r = rng.next();
-        let net = if r & 1 == 0 {
-            let prefix = [32, 32, 32, 28, 24, 16][(r >> 1) as usize % 6];
+        let first = out.len() < V4_LENGTHS.len() + V6_LENGTHS.len();
+        let v4 = if first {
+            out.len() < V4_LENGTHS.len()
+        } else {
+            r & 1 == 0
+        };
+        let net = if v4 {
+            let prefix = if first {
+                V4_LENGTHS[out.len()]
+            } else {
+                [32, 32, 32, 28, 24, 16][(r >> 1) as usize % 6]
+            };
             let addr = Ipv4Addr::from((r >> 32) as u32);
             IpNetwork::new(IpAddr::V4(addr), prefix).expect("prefix")
         } else {
-            let prefix = [128, 128, 64, 48][(r >> 1) as usize % 4];
+            let prefix = if first {
+                V6_LENGTHS[out.len() - V4_LENGTHS.len()]
+            } else {
+                [128, 128, 64, 48][(r >> 1) as usize % 4]
+            };
             // Global unicast (2000::/3), like real clients.
             let high = (u128::from(rng.next()) << 64) | u128::from(rng.next());
             let addr = Ipv6Addr::from((high >> 3) | (1u128 << 125));
