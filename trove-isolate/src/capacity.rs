@@ -1,9 +1,10 @@
 //! How big each map is made at load.
 //!
-//! The policy map follows the compiled policy. It allocates its rules per entry (only its
-//! buckets are made at load), so its size is mostly a limit; it gets headroom for a reload,
-//! whose add-before-remove holds the old and the new rules together for a moment. The connection-tracking tables follow `[conntrack]` and are allocated
-//! in full at load (a hash map preallocates, and so does an LRU).
+//! The policy map follows the compiled policy. It allocates its rules as they are added (only
+//! its buckets are made at load), so its size is mostly a limit; it gets headroom for a reload,
+//! whose add-before-remove holds the old and the new rules together for a moment. The
+//! connection-tracking tables follow `[conntrack]` and are allocated in full at load (a hash map
+//! preallocates, and so does an LRU).
 //!
 //! A pinned map is kept while its size still serves. Otherwise the loader makes a new one of the
 //! wanted size, fills it, attaches the programs that use it, and only then pins it in the old
@@ -113,7 +114,7 @@ impl fmt::Display for Capacity {
         let memory = self.memory();
         writeln!(
             f,
-            "maps      policy: {} rules, room for {} (allocated per rule: about {})",
+            "maps      policy: {} rules, room for {} (buckets at load, rules as added: about {})",
             self.policy_rules,
             self.policy,
             mib(memory.policy)
