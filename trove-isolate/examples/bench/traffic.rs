@@ -2,11 +2,12 @@
 //! client (198.51.100.1) and the guest's business NIC (198.51.100.2), with the same client
 //! prefixes behind every filter: nothing, trove-isolate, nftables with sets, and a linear
 //! nftables chain (the listed client last, so every new flow walks all of it). Each round
-//! measures every filter in turn, so a noisy machine's drift hits them alike; the table gives
+//! measures every filter in turn, starting one further on each time, so that a noisy machine's
+//! drift and the order hit them alike, each in a pair of namespaces made for it; the table gives
 //! the median of the rounds.
 //!
-//! Per filter: new TCP connections per second (connect, then close with a reset so that no
-//! TIME_WAIT runs the client out of ports), the rate of 64-byte frames (10-byte writes on a
+//! Per filter: new TCP connections per second (sequential connects from 32 source addresses, so
+//! that no 4-tuple is used twice in a run), the rate of 64-byte frames (10-byte writes on a
 //! TCP_NODELAY connection; the client has TCP timestamps and autocorking off so each write is
 //! one 64-byte frame while the window allows, and the frames the NIC received are counted), and
 //! TCP throughput (iperf3).
@@ -461,7 +462,6 @@ pub fn run(
             bail!("{tool} is not installed (cargo xtask bench installs it)");
         }
     }
-    let pair = Pair::new()?;
     // The listed client last: a linear chain walks every other prefix first.
     let pool = IpNetwork::new(IpAddr::V4(POOL.0), POOL.1)?;
     let mut prefixes = scaling::prefixes(entries.saturating_sub(2), 3);
@@ -478,7 +478,13 @@ pub fn run(
 
     let mut samples = Vec::new();
     for round in 0..rounds {
-        for filter in Filter::ALL {
+        // Each round starts one filter further on, so that every filter takes every place.
+        let order = (0..Filter::ALL.len()).map(|i| Filter::ALL[(i + round) % Filter::ALL.len()]);
+        for filter in order {
+            // A pair of namespaces of its own: a measurement starts from a clean stack, with no
+            // TIME_WAIT sockets or conntrack entries (nf_conntrack's count is per namespace)
+            // left by the connections of the one before.
+            let pair = Pair::new()?;
             eprintln!(
                 "bench: traffic, round {} of {rounds}: {}",
                 round + 1,
@@ -518,7 +524,6 @@ pub fn run(
             samples.push(measured?);
         }
     }
-    drop(pair);
     Ok(Traffic {
         entries: prefixes.len(),
         samples,
