@@ -14,7 +14,8 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::{AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::atomic::Ordering,
@@ -185,59 +186,53 @@ fn serve(pair: &Pair, drain: bool) -> anyhow::Result<Server> {
 /// on two cores, and a dropped SYN costs its client a second), and an accept that wakes every
 /// 100 ms to see whether it should stop.
 fn listen() -> anyhow::Result<TcpListener> {
-    use nix::sys::socket::{
-        bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
-        SockaddrIn,
-    };
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, IntoRawFd as _};
+    use nix::sys::socket::{listen, setsockopt, sockopt, Backlog};
+    let fd = bound_socket(SocketAddrV4::new(SERVER, PORT), |fd| {
+        setsockopt(fd, sockopt::ReuseAddr, &true)?;
+        setsockopt(
+            fd,
+            sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(0, 100_000),
+        )
+    })?;
+    listen(&fd, Backlog::new(4096)?)?;
+    Ok(TcpListener::from(fd))
+}
+
+/// An IPv4 stream socket with `options` set, bound to `addr`.
+fn bound_socket(
+    addr: SocketAddrV4,
+    options: impl FnOnce(&OwnedFd) -> nix::Result<()>,
+) -> nix::Result<OwnedFd> {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
     let fd = socket(
         AddressFamily::Inet,
         SockType::Stream,
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    setsockopt(
-        &fd,
-        sockopt::ReceiveTimeout,
-        &nix::sys::time::TimeVal::new(0, 100_000),
-    )?;
-    bind(
-        fd.as_raw_fd(),
-        &SockaddrIn::from(std::net::SocketAddrV4::new(SERVER, PORT)),
-    )?;
-    listen(&fd, Backlog::new(4096)?)?;
-    Ok(unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) })
+    options(&fd)?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(addr))?;
+    Ok(fd)
 }
 
 /// A TCP connection from `from` (any free port: the tuple, not the port, must be unique).
 fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    use nix::sys::socket::{
-        bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
-    };
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, IntoRawFd as _};
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    setsockopt(&fd, sockopt::IpBindAddressNoPort, &true)?;
-    // A blocking connect gives up after the send timeout.
-    setsockopt(
-        &fd,
-        sockopt::SendTimeout,
-        &nix::sys::time::TimeVal::new(1, 0),
-    )?;
-    bind(
-        fd.as_raw_fd(),
-        &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0)),
-    )?;
+    use nix::sys::socket::{connect, setsockopt, sockopt, SockaddrIn};
+    let fd = bound_socket(SocketAddrV4::new(from, 0), |fd| {
+        setsockopt(fd, sockopt::IpBindAddressNoPort, &true)?;
+        // A blocking connect gives up after the send timeout.
+        setsockopt(
+            fd,
+            sockopt::SendTimeout,
+            &nix::sys::time::TimeVal::new(1, 0),
+        )
+    })?;
     let SocketAddr::V4(to) = to else {
         return Err(std::io::ErrorKind::InvalidInput.into());
     };
     connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
-    Ok(unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) })
+    Ok(TcpStream::from(fd))
 }
 
 fn connections(pair: &Pair, seconds: f64) -> anyhow::Result<(f64, u64)> {
