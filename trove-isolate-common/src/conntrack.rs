@@ -10,12 +10,18 @@
 //! A flow is keyed from the protected NIC's point of view (local / remote), so a packet and its
 //! reply find the same entry whichever direction they cross. The role leads the key as in the
 //! policy map.
+//!
+//! Each table comes in two families: IPv4 flows have tables of their own keyed by the 16-byte
+//! [`FlowKey4`], IPv6 flows the 40-byte [`FlowKey`]. The kernel hashes and compares the whole
+//! key on every lookup, and the short key costs half as much (BENCHMARKS.md, section 1), on the
+//! path every packet of an established flow takes. Userspace sees every flow as a [`FlowKey`]
+//! ([`FlowKey4::widen`]).
 
 use crate::{family, proto, Direction, Role};
 
-/// Established flows per role.
+/// Established flows per role and family.
 pub const EST_MAX_ENTRIES: u32 = 65_536;
-/// Not-yet-established flows per role.
+/// Not-yet-established flows per role and family.
 pub const NEW_MAX_ENTRIES: u32 = 16_384;
 
 /// An unanswered or half-open flow in the new table.
@@ -89,6 +95,63 @@ impl FlowKey {
             (self.proto, self.family),
             (proto::ICMP, family::V4) | (proto::ICMPV6, family::V6)
         )
+    }
+}
+
+/// The key of an IPv4 flow: [`FlowKey`] without what its table already says (the role and the
+/// family) and with 4-byte addresses. Words, not byte arrays, so the datapath builds it with a
+/// few stores.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey4 {
+    /// The address bytes as on the wire, read as a native-endian word.
+    pub local: u32,
+    pub remote: u32,
+    /// As in [`FlowKey`].
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub _pad2: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
+
+impl FlowKey4 {
+    /// The IPv4 flow of `key`; `None` for an IPv6 one.
+    pub fn narrow(key: &FlowKey) -> Option<FlowKey4> {
+        if key.family != family::V4 {
+            return None;
+        }
+        let word = |a: &[u8; 16]| u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
+        Some(FlowKey4 {
+            local: word(&key.local),
+            remote: word(&key.remote),
+            local_port: key.local_port,
+            remote_port: key.remote_port,
+            proto: key.proto,
+            _pad: 0,
+            _pad2: 0,
+        })
+    }
+
+    /// The same flow as a [`FlowKey`] of `role`'s table.
+    pub fn widen(&self, role: Role) -> FlowKey {
+        let sixteen = |a: u32| {
+            let mut out = [0u8; 16];
+            out[..4].copy_from_slice(&a.to_ne_bytes());
+            out
+        };
+        FlowKey {
+            role: role as u8,
+            proto: self.proto,
+            family: family::V4,
+            _pad: 0,
+            local_port: self.local_port,
+            remote_port: self.remote_port,
+            local: sixteen(self.local),
+            remote: sixteen(self.remote),
+        }
     }
 }
 
@@ -172,4 +235,32 @@ impl FlowValue {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FlowKey {}
 #[cfg(feature = "user")]
+unsafe impl aya::Pod for FlowKey4 {}
+#[cfg(feature = "user")]
 unsafe impl aya::Pod for FlowValue {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv4_key_narrows_and_widens_to_the_same_flow() {
+        let key = FlowKey::new(
+            Role::Business,
+            Direction::Ingress,
+            proto::TCP,
+            family::V4,
+            [198, 51, 100, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            50000u16.to_be(),
+            3306u16.to_be(),
+        );
+        let narrow = FlowKey4::narrow(&key).expect("an IPv4 key");
+        assert_eq!(narrow.local.to_ne_bytes(), [192, 0, 2, 1]);
+        assert_eq!(narrow.remote.to_ne_bytes(), [198, 51, 100, 7]);
+        assert_eq!(narrow.widen(Role::Business), key);
+        let mut v6 = key;
+        v6.family = family::V6;
+        assert_eq!(FlowKey4::narrow(&v6), None);
+    }
+}

@@ -2,19 +2,17 @@
 //! established table once it proves two-way (see `trove_isolate_common::conntrack`).
 //!
 //! [`judge`] answers for a packet whose flow is tracked; `None` means "no live flow: judge it as
-//! new". TCP flows carry each direction's highest acknowledgment and window, so that a FIN or RST
+//! new". Every function works on one family's tables ([`FlowTables`]), keyed by `K`. TCP flows carry each direction's highest acknowledgment and window, so that a FIN or RST
 //! can be held to the receiver's window (RFC 5961): a blind reset cannot close a flow.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use trove_isolate_common::{
-    conntrack::{
-        flags, state, FlowKey, FlowValue, REFRESH_NS, WSCALE_MAX, WSCALE_NONE, WSCALE_UNKNOWN,
-    },
-    Direction, Reason, Role,
+    conntrack::{flags, state, FlowValue, REFRESH_NS, WSCALE_MAX, WSCALE_NONE, WSCALE_UNKNOWN},
+    Direction, Reason,
 };
 
 use crate::{
-    maps::{ct_est, ct_new},
+    maps::FlowTables,
     packet::{Kind, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -31,41 +29,41 @@ fn now() -> u64 {
 
 /// The verdict for `pkt` if its flow is tracked, `None` if it has no live flow.
 #[inline(always)]
-pub fn judge(
-    role: Role,
+pub fn judge<K>(
+    t: &FlowTables<K>,
+    key: &K,
     direction: Direction,
-    key: &FlowKey,
     pkt: &Packet,
 ) -> Option<Result<Reason, Reason>> {
     let now = now();
-    if let Some(value) = ct_est(role).get_ptr_mut(key) {
+    if let Some(value) = t.est.get_ptr_mut(key) {
         let value = unsafe { &mut *value };
-        if value.expired(key.proto, now) {
-            let _ = ct_est(role).remove(key);
-        } else if let Some(verdict) = established(role, key, value, direction, pkt, now) {
+        if value.expired(pkt.proto, now) {
+            let _ = t.est.remove(key);
+        } else if let Some(verdict) = established(t, key, value, direction, pkt, now) {
             return Some(verdict);
         }
     }
-    let value = ct_new(role).get_ptr_mut(key)?;
+    let value = t.new.get_ptr_mut(key)?;
     let value = unsafe { &mut *value };
-    if value.expired(key.proto, now) {
+    if value.expired(pkt.proto, now) {
         return None;
     }
-    Some(embryonic(role, key, value, direction, pkt, now))
+    Some(embryonic(t, key, value, direction, pkt, now))
 }
 
 /// Whether `key` is a live flow in either table (for ICMP errors: no refresh, errors do not keep
 /// flows alive).
 #[inline(always)]
-pub fn tracked(role: Role, key: &FlowKey) -> bool {
+pub fn tracked<K>(t: &FlowTables<K>, key: &K, proto: u8) -> bool {
     let now = now();
-    if let Some(value) = ct_est(role).get_ptr(key) {
-        if !unsafe { &*value }.expired(key.proto, now) {
+    if let Some(value) = t.est.get_ptr(key) {
+        if !unsafe { &*value }.expired(proto, now) {
             return true;
         }
     }
-    match ct_new(role).get_ptr(key) {
-        Some(value) => !unsafe { &*value }.expired(key.proto, now),
+    match t.new.get_ptr(key) {
+        Some(value) => !unsafe { &*value }.expired(proto, now),
         None => false,
     }
 }
@@ -79,9 +77,9 @@ pub fn tracked(role: Role, key: &FlowKey) -> bool {
 /// rule for accepting a reset). An in-window RST that is not exact passes (the guest answers it
 /// with a challenge ACK) and changes nothing.
 #[inline(always)]
-fn established(
-    role: Role,
-    key: &FlowKey,
+fn established<K>(
+    t: &FlowTables<K>,
+    key: &K,
     value: &mut FlowValue,
     direction: Direction,
     pkt: &Packet,
@@ -90,7 +88,7 @@ fn established(
     if pkt.kind == Kind::Tcp {
         let f = pkt.tcp_flags;
         if f & (TCP_SYN | TCP_ACK) == TCP_SYN && value.flags & flags::CLOSING != 0 {
-            let _ = ct_est(role).remove(key);
+            let _ = t.est.remove(key);
             return None;
         }
         if f & (TCP_FIN | TCP_RST) != 0 {
@@ -132,9 +130,9 @@ fn closes(value: &mut FlowValue, direction: Direction, pkt: &Packet) -> bool {
 /// checksum and all, earns nothing), or for a flow picked up mid-way, the other side's first
 /// ACK (the guest's, for one picked up coming in).
 #[inline(always)]
-fn embryonic(
-    role: Role,
-    key: &FlowKey,
+fn embryonic<K>(
+    t: &FlowTables<K>,
+    key: &K,
     value: &mut FlowValue,
     direction: Direction,
     pkt: &Packet,
@@ -158,18 +156,16 @@ fn embryonic(
                 settle_wscale(value, direction, pkt.wscale);
             } else if plain_ack {
                 match value.state {
-                    state::SYN_ACKED if !reply && from_guest => {
-                        return promote(role, key, value, now)
-                    }
+                    state::SYN_ACKED if !reply && from_guest => return promote(t, key, value, now),
                     state::SYN_ACKED if !reply => value.state = state::ACKED,
-                    state::ACKED if from_guest => return promote(role, key, value, now),
-                    state::UNREPLIED if reply => return promote(role, key, value, now),
+                    state::ACKED if from_guest => return promote(t, key, value, now),
+                    state::UNREPLIED if reply => return promote(t, key, value, now),
                     _ => {}
                 }
             }
             Ok(Reason::Tracked)
         }
-        Kind::Udp if reply => promote(role, key, value, now),
+        Kind::Udp if reply => promote(t, key, value, now),
         // Echo flows live in the new table: the key already fixes which way requests go.
         _ => Ok(Reason::Tracked),
     }
@@ -178,12 +174,12 @@ fn embryonic(
 /// Moves a flow to the established table. A full table refuses it: the flow is forgotten, and
 /// its next packets are unsolicited.
 #[inline(always)]
-fn promote(role: Role, key: &FlowKey, value: &FlowValue, now: u64) -> Result<Reason, Reason> {
+fn promote<K>(t: &FlowTables<K>, key: &K, value: &FlowValue, now: u64) -> Result<Reason, Reason> {
     let mut est = *value;
     est.state = state::ESTABLISHED;
     est.last_seen_ns = now;
-    let inserted = ct_est(role).insert(key, est, 0);
-    let _ = ct_new(role).remove(key);
+    let inserted = t.est.insert(key, est, 0);
+    let _ = t.new.remove(key);
     match inserted {
         Ok(()) => Ok(Reason::Tracked),
         Err(EEXIST) => Ok(Reason::Tracked),
@@ -193,7 +189,12 @@ fn promote(role: Role, key: &FlowKey, value: &FlowValue, now: u64) -> Result<Rea
 
 /// Starts tracking a new flow a rule allowed.
 #[inline(always)]
-pub fn track(role: Role, key: &FlowKey, direction: Direction, pkt: &Packet) -> Result<(), Reason> {
+pub fn track<K>(
+    t: &FlowTables<K>,
+    key: &K,
+    direction: Direction,
+    pkt: &Packet,
+) -> Result<(), Reason> {
     let mut value = FlowValue {
         last_seen_ns: now(),
         origin: direction as u8,
@@ -213,7 +214,7 @@ pub fn track(role: Role, key: &FlowKey, direction: Direction, pkt: &Packet) -> R
         record_ack(&mut value, direction, pkt);
     }
     // An LRU insert always finds room: at worst it evicts the least recent new flow.
-    ct_new(role)
+    t.new
         .insert(key, value, 0)
         .map_err(|_| Reason::ConntrackFull)
 }

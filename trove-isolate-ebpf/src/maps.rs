@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use trove_isolate_common::{
-    conntrack::{FlowKey, FlowValue, EST_MAX_ENTRIES, NEW_MAX_ENTRIES},
+    conntrack::{FlowKey, FlowKey4, FlowValue, EST_MAX_ENTRIES, NEW_MAX_ENTRIES},
     counters::{self, Counter},
     events::{self, Budget},
     local::{self, LocalKey, LocalValue},
@@ -28,18 +28,35 @@ pub static POLICY_LENGTHS: Array<PrefixLengths> = Array::with_max_entries(policy
 pub static LOCAL: LpmTrie<LocalKey, LocalValue> = LpmTrie::with_max_entries(local::MAX_ENTRIES, 0);
 
 #[map]
-pub static CT_NEW_MGMT: LruHashMap<FlowKey, FlowValue> =
+pub static CT_NEW4_MGMT: LruHashMap<FlowKey4, FlowValue> =
     LruHashMap::with_max_entries(NEW_MAX_ENTRIES, 0);
 
 #[map]
-pub static CT_NEW_BIZ: LruHashMap<FlowKey, FlowValue> =
+pub static CT_NEW4_BIZ: LruHashMap<FlowKey4, FlowValue> =
     LruHashMap::with_max_entries(NEW_MAX_ENTRIES, 0);
 
 #[map]
-pub static CT_EST_MGMT: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(EST_MAX_ENTRIES, 0);
+pub static CT_NEW6_MGMT: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(NEW_MAX_ENTRIES, 0);
 
 #[map]
-pub static CT_EST_BIZ: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(EST_MAX_ENTRIES, 0);
+pub static CT_NEW6_BIZ: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(NEW_MAX_ENTRIES, 0);
+
+#[map]
+pub static CT_EST4_MGMT: HashMap<FlowKey4, FlowValue> =
+    HashMap::with_max_entries(EST_MAX_ENTRIES, 0);
+
+#[map]
+pub static CT_EST4_BIZ: HashMap<FlowKey4, FlowValue> =
+    HashMap::with_max_entries(EST_MAX_ENTRIES, 0);
+
+#[map]
+pub static CT_EST6_MGMT: HashMap<FlowKey, FlowValue> =
+    HashMap::with_max_entries(EST_MAX_ENTRIES, 0);
+
+#[map]
+pub static CT_EST6_BIZ: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(EST_MAX_ENTRIES, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(counters::MAX_ENTRIES, 0);
@@ -53,20 +70,39 @@ pub static EVENT_BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(Rol
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(Role::COUNT as u32, 0);
 
-/// The role's tables. The role is a constant of each program, so each program references only
-/// its own two maps.
+/// A role's two flow tables of one family, keyed by `K`.
+pub struct FlowTables<K: 'static> {
+    pub new: &'static LruHashMap<K, FlowValue>,
+    pub est: &'static HashMap<K, FlowValue>,
+}
+
+/// The role's IPv4 tables. The role is a constant of each program, so each program references
+/// only its own maps.
 #[inline(always)]
-pub fn ct_new(role: Role) -> &'static LruHashMap<FlowKey, FlowValue> {
+pub fn flows4(role: Role) -> FlowTables<FlowKey4> {
     match role {
-        Role::Management => &CT_NEW_MGMT,
-        Role::Business => &CT_NEW_BIZ,
+        Role::Management => FlowTables {
+            new: &CT_NEW4_MGMT,
+            est: &CT_EST4_MGMT,
+        },
+        Role::Business => FlowTables {
+            new: &CT_NEW4_BIZ,
+            est: &CT_EST4_BIZ,
+        },
     }
 }
 
+/// The role's IPv6 tables.
 #[inline(always)]
-pub fn ct_est(role: Role) -> &'static HashMap<FlowKey, FlowValue> {
+pub fn flows6(role: Role) -> FlowTables<FlowKey> {
     match role {
-        Role::Management => &CT_EST_MGMT,
-        Role::Business => &CT_EST_BIZ,
+        Role::Management => FlowTables {
+            new: &CT_NEW6_MGMT,
+            est: &CT_EST6_MGMT,
+        },
+        Role::Business => FlowTables {
+            new: &CT_NEW6_BIZ,
+            est: &CT_EST6_BIZ,
+        },
     }
 }

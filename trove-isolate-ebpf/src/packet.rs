@@ -1,7 +1,7 @@
 //! What the parser hands to the later stages: the header fields they judge, not the packet.
 
 use trove_isolate_common::{
-    conntrack::{echo_marker, FlowKey},
+    conntrack::{echo_marker, FlowKey, FlowKey4},
     Direction, Role,
 };
 
@@ -68,6 +68,30 @@ impl Packet {
             _ => {}
         }
         key
+    }
+
+    /// The IPv4 table's key of the same flow (for a packet of `family::V4`).
+    #[inline(always)]
+    pub fn flow_key4(&self, direction: Direction) -> FlowKey4 {
+        let word = |a: &[u8; 16]| u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
+        let (local, remote, local_port, remote_port) = match direction {
+            Direction::Ingress => (&self.dst, &self.src, self.dst_port, self.src_port),
+            Direction::Egress => (&self.src, &self.dst, self.src_port, self.dst_port),
+        };
+        let remote_port = match self.kind {
+            Kind::EchoRequest => echo_marker(direction),
+            Kind::EchoReply => echo_marker(direction.reverse()),
+            _ => remote_port,
+        };
+        FlowKey4 {
+            local: word(local),
+            remote: word(remote),
+            local_port,
+            remote_port,
+            proto: self.proto,
+            _pad: 0,
+            _pad2: 0,
+        }
     }
 
     /// The port a policy rule names: the destination port in both directions (the remote

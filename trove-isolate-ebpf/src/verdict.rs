@@ -3,11 +3,11 @@
 
 use aya_ebpf::programs::TcContext;
 use aya_log_ebpf::debug;
-use trove_isolate_common::{action, Direction, Mode, Reason, Role, Verdict};
+use trove_isolate_common::{action, family, Direction, Mode, Reason, Role, Verdict};
 
 use crate::{
     arp, conntrack, counters, dhcp, events, local,
-    maps::SETTINGS,
+    maps::{flows4, flows6, SETTINGS},
     nd,
     packet::{Kind, Packet, Parsed},
     parse, policy, tcp,
@@ -62,8 +62,18 @@ fn flow(role: Role, direction: Direction, pkt: &Packet) -> Result<Reason, Reason
         Kind::Udp if dhcp::allowed(role, direction, pkt) => return Ok(Reason::Dhcp),
         _ => {}
     }
-    let key = pkt.flow_key(role, direction);
-    if let Some(verdict) = conntrack::judge(role, direction, &key, pkt) {
+    // Each family has tables of its own; IPv4's short key is the cheaper lookup.
+    let judged = if pkt.family == family::V4 {
+        conntrack::judge(&flows4(role), &pkt.flow_key4(direction), direction, pkt)
+    } else {
+        conntrack::judge(
+            &flows6(role),
+            &pkt.flow_key(role, direction),
+            direction,
+            pkt,
+        )
+    };
+    if let Some(verdict) = judged {
         return verdict;
     }
     let opens = match pkt.kind {
@@ -82,7 +92,16 @@ fn flow(role: Role, direction: Direction, pkt: &Packet) -> Result<Reason, Reason
         return Err(Reason::NotLocal);
     }
     policy::check(role, direction, pkt)?;
-    conntrack::track(role, &key, direction, pkt)?;
+    if pkt.family == family::V4 {
+        conntrack::track(&flows4(role), &pkt.flow_key4(direction), direction, pkt)?;
+    } else {
+        conntrack::track(
+            &flows6(role),
+            &pkt.flow_key(role, direction),
+            direction,
+            pkt,
+        )?;
+    }
     Ok(Reason::Allowed)
 }
 
@@ -97,12 +116,28 @@ fn related(
     quoted: &Packet,
 ) -> Result<Reason, Reason> {
     // The quoted packet crossed the NIC the other way.
-    let key = quoted.flow_key(role, direction.reverse());
-    let endpoints = match direction {
-        Direction::Ingress => outer.dst == key.local,
-        Direction::Egress => outer.src == key.local && outer.dst == key.remote,
+    let (local, remote) = match direction {
+        Direction::Ingress => (&quoted.src, &quoted.dst),
+        Direction::Egress => (&quoted.dst, &quoted.src),
     };
-    if endpoints && conntrack::tracked(role, &key) {
+    let endpoints = match direction {
+        Direction::Ingress => outer.dst == *local,
+        Direction::Egress => outer.src == *local && outer.dst == *remote,
+    };
+    if !endpoints {
+        return Err(Reason::NotTracked);
+    }
+    let quoted_way = direction.reverse();
+    let tracked = if quoted.family == family::V4 {
+        conntrack::tracked(&flows4(role), &quoted.flow_key4(quoted_way), quoted.proto)
+    } else {
+        conntrack::tracked(
+            &flows6(role),
+            &quoted.flow_key(role, quoted_way),
+            quoted.proto,
+        )
+    };
+    if tracked {
         Ok(Reason::Related)
     } else {
         Err(Reason::NotTracked)

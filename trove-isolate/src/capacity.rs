@@ -54,13 +54,17 @@ impl Capacity {
     }
 
     /// Each map sized here with the size wanted.
-    pub fn sized(&self) -> [(&'static str, u32); 5] {
+    pub fn sized(&self) -> [(&'static str, u32); 9] {
         [
             (maps::POLICY, self.policy),
-            (maps::CT_EST_MGMT, self.ct_established),
-            (maps::CT_EST_BIZ, self.ct_established),
-            (maps::CT_NEW_MGMT, self.ct_new),
-            (maps::CT_NEW_BIZ, self.ct_new),
+            (maps::CT_EST4_MGMT, self.ct_established),
+            (maps::CT_EST4_BIZ, self.ct_established),
+            (maps::CT_EST6_MGMT, self.ct_established),
+            (maps::CT_EST6_BIZ, self.ct_established),
+            (maps::CT_NEW4_MGMT, self.ct_new),
+            (maps::CT_NEW4_BIZ, self.ct_new),
+            (maps::CT_NEW6_MGMT, self.ct_new),
+            (maps::CT_NEW6_BIZ, self.ct_new),
         ]
     }
 
@@ -79,13 +83,15 @@ impl Capacity {
     /// Kernel memory the maps take, estimated from their sizes: the flow tables in full, the
     /// policy per rule.
     pub fn memory(&self) -> Memory {
-        let flow =
-            std::mem::size_of::<conntrack::FlowKey>() + std::mem::size_of::<conntrack::FlowValue>();
+        let value = std::mem::size_of::<conntrack::FlowValue>();
+        let key =
+            std::mem::size_of::<conntrack::FlowKey4>() + std::mem::size_of::<conntrack::FlowKey>();
+        // Both families' tables: an element carries a 48-byte header; buckets are a power of two
+        // of 16 bytes (kernel/bpf/hashtab.c).
         let table = |entries: u32| -> u64 {
             let entries = u64::from(entries);
-            // An element carries a 48-byte header; buckets are a power of two of 16 bytes
-            // (kernel/bpf/hashtab.c).
-            entries * (HASH_ELEMENT_HEADER + flow as u64) + entries.next_power_of_two() * 16
+            entries * (2 * (HASH_ELEMENT_HEADER + value as u64) + key as u64)
+                + 2 * entries.next_power_of_two() * 16
         };
         // A rule is an element of a hash allocated per entry (its value rounded up to 8 bytes);
         // the buckets are allocated at load.
@@ -121,8 +127,8 @@ impl fmt::Display for Capacity {
         )?;
         write!(
             f,
-            "          conntrack per NIC: {} established + {} new flows \
-             (allocated at load: about {} per NIC, {} for {})",
+            "          conntrack per NIC: {} established + {} new flows, each for IPv4 and \
+             for IPv6 (allocated at load: about {} per NIC, {} for {})",
             self.ct_established,
             self.ct_new,
             mib(memory.conntrack_per_nic),
@@ -163,10 +169,11 @@ mod tests {
     #[test]
     fn flow_tables_are_kept_only_at_the_configured_size() {
         let c = capacity(10);
-        assert!(c.keeps(maps::CT_EST_BIZ, 65_536, 0));
-        assert!(c.keeps(maps::CT_NEW_MGMT, 16_384, 0));
-        assert!(!c.keeps(maps::CT_EST_BIZ, 16_384, 0));
-        assert!(!c.keeps(maps::CT_NEW_MGMT, 65_536, 0));
+        assert!(c.keeps(maps::CT_EST4_BIZ, 65_536, 0));
+        assert!(c.keeps(maps::CT_EST6_BIZ, 65_536, 0));
+        assert!(c.keeps(maps::CT_NEW4_MGMT, 16_384, 0));
+        assert!(!c.keeps(maps::CT_EST4_BIZ, 16_384, 0));
+        assert!(!c.keeps(maps::CT_NEW6_MGMT, 65_536, 0));
     }
 
     #[test]

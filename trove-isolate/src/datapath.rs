@@ -19,9 +19,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use trove_isolate_common::{
-    conntrack::{FlowKey, FlowValue},
+    conntrack::{FlowKey, FlowKey4, FlowValue},
     counters::{self, Counter},
     events::Budget,
+    family,
     local::{LocalKey, LocalValue},
     maps,
     policy::{self, PolicyKey, PolicyValue, PrefixLengths},
@@ -129,8 +130,7 @@ impl Datapath {
     }
 
     /// Copies the flows of resized flow tables' old pins into the new tables, so the swap to the
-    /// new programs loses no tracked flow that existed before it. Flows that do not fit a
-    /// smaller table are left out (and picked up again mid-flow as the policy allows).
+    /// new programs loses no tracked flow that existed before it (see [`carry`]).
     pub fn carry_flows(&mut self) -> anyhow::Result<usize> {
         let mut carried = 0;
         for r in self.resized.clone() {
@@ -139,19 +139,16 @@ impl Datapath {
             }
             let old = MapData::from_pin(&r.pin)
                 .with_context(|| format!("opening pinned map {}", r.pin.display()))?;
-            let old: HashMap<MapData, FlowKey, FlowValue> =
-                HashMap::try_from(Map::from_map_data(old)?)?;
+            let old = Map::from_map_data(old)?;
             let map = self
                 .ebpf
                 .map_mut(r.map)
                 .with_context(|| format!("map {} missing", r.map))?;
-            let mut new: HashMap<&mut MapData, FlowKey, FlowValue> = HashMap::try_from(map)?;
-            for (key, value) in old.iter().filter_map(Result::ok) {
-                if new.insert(key, value, 0).is_err() {
-                    break;
-                }
-                carried += 1;
-            }
+            carried += if Table::is_v4(r.map) {
+                carry::<FlowKey4>(old, map)?
+            } else {
+                carry::<FlowKey>(old, map)?
+            };
         }
         Ok(carried)
     }
@@ -398,34 +395,54 @@ impl Datapath {
         Ok(())
     }
 
-    /// Every entry of one of `role`'s flow tables.
+    /// Every entry of one of `role`'s flow tables, both families (IPv4 keys widened).
     pub fn flows(&self, role: Role, table: Table) -> anyhow::Result<Vec<(FlowKey, FlowValue)>> {
-        let name = table.map_name(role);
-        let map = self
-            .ebpf
-            .map(name)
-            .with_context(|| format!("map {name} missing"))?;
-        let flows: HashMap<&MapData, FlowKey, FlowValue> = HashMap::try_from(map)?;
+        let map = |fam| {
+            let name = table.map_name(role, fam);
+            self.ebpf
+                .map(name)
+                .with_context(|| format!("map {name} missing"))
+        };
         // A flow deleted by the datapath while we walk ends the walk early at worst; the next
         // sweep sees the rest.
-        Ok(flows.iter().filter_map(Result::ok).collect())
+        let v4: HashMap<&MapData, FlowKey4, FlowValue> = HashMap::try_from(map(family::V4)?)?;
+        let mut flows: Vec<(FlowKey, FlowValue)> = v4
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k.widen(role), v))
+            .collect();
+        let v6: HashMap<&MapData, FlowKey, FlowValue> = HashMap::try_from(map(family::V6)?)?;
+        flows.extend(v6.iter().filter_map(Result::ok));
+        Ok(flows)
     }
 
-    /// Removes `keys` from one of `role`'s flow tables; ones already gone count as removed.
+    /// Removes `keys` from one of `role`'s flow tables (each from its family's); ones already
+    /// gone count as removed.
     pub fn remove_flows(
         &mut self,
         role: Role,
         table: Table,
         keys: &[FlowKey],
     ) -> anyhow::Result<()> {
-        let name = table.map_name(role);
+        let (v4, v6): (Vec<&FlowKey>, Vec<&FlowKey>) =
+            keys.iter().partition(|k| k.family == family::V4);
+        let v4: Vec<FlowKey4> = v4.into_iter().filter_map(FlowKey4::narrow).collect();
+        self.remove_keys::<FlowKey4>(table.map_name(role, family::V4), &v4)?;
+        self.remove_keys::<FlowKey>(table.map_name(role, family::V6), &v6)
+    }
+
+    fn remove_keys<K: aya::Pod>(
+        &mut self,
+        name: &str,
+        keys: &[impl Borrow<K>],
+    ) -> anyhow::Result<()> {
         let map = self
             .ebpf
             .map_mut(name)
             .with_context(|| format!("map {name} missing"))?;
-        let mut flows: HashMap<&mut MapData, FlowKey, FlowValue> = HashMap::try_from(map)?;
+        let mut flows: HashMap<&mut MapData, K, FlowValue> = HashMap::try_from(map)?;
         for key in keys {
-            match flows.remove(key) {
+            match flows.remove(key.borrow()) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(2) => {}
                 Err(e) => return Err(e).with_context(|| format!("removing a flow from {name}")),
@@ -507,11 +524,20 @@ pub enum Table {
 impl Table {
     pub const ALL: [Table; 2] = [Table::New, Table::Established];
 
-    pub fn map_name(self, role: Role) -> &'static str {
+    /// The map of this table for `role` and `family`.
+    pub fn map_name(self, role: Role, family: u8) -> &'static str {
         match self {
-            Table::New => maps::ct_new(role),
-            Table::Established => maps::ct_est(role),
+            Table::New => maps::ct_new(role, family),
+            Table::Established => maps::ct_est(role, family),
         }
+    }
+
+    /// Whether `map` is an IPv4 flow table (keyed by `FlowKey4`).
+    fn is_v4(map: &str) -> bool {
+        Role::ALL
+            .iter()
+            .flat_map(|&r| Table::ALL.map(|t| t.map_name(r, family::V4)))
+            .any(|name| name == map)
     }
 
     pub fn name(self) -> &'static str {
@@ -520,6 +546,22 @@ impl Table {
             Table::Established => "established",
         }
     }
+}
+
+/// Copies the flows of `old` into `new` (a resized table of the same key) until it is full:
+/// flows that do not fit a smaller table are left out (and picked up again mid-flow as the
+/// policy allows).
+fn carry<K: aya::Pod>(old: Map, new: &mut Map) -> anyhow::Result<usize> {
+    let old: HashMap<MapData, K, FlowValue> = HashMap::try_from(old)?;
+    let mut new: HashMap<&mut MapData, K, FlowValue> = HashMap::try_from(new)?;
+    let mut carried = 0;
+    for (key, value) in old.iter().filter_map(Result::ok) {
+        if new.insert(key, value, 0).is_err() {
+            break;
+        }
+        carried += 1;
+    }
+    Ok(carried)
 }
 
 /// The size of the map pinned at `path`, if one is.

@@ -247,33 +247,40 @@ fn established_sessions_survive_a_million_new_flows() {
     );
 }
 
+/// The four frames of a handshake from IPv6 source 2001:db8:2::`i` and the guest's first
+/// segment (the one that establishes the flow).
+fn handshake6(syn: &mut SynFlood, i: u32) -> [(Direction, Vec<u8>); 4] {
+    let s = syn.from(i).to_vec();
+    let mut synack = ipv6(
+        proto::TCP,
+        G6,
+        "2001:db8:2::",
+        &tcp_seq(3306, 40000, SYN_ACK, 900, 2, 1000),
+    );
+    synack[14 + 36..14 + 40].copy_from_slice(&i.to_be_bytes());
+    let mut ack = s.clone();
+    ack[14 + 40 + 13] = ACK;
+    let mut greeting = synack.clone();
+    greeting[14 + 40 + 13] = ACK;
+    [(I, s), (E, synack), (I, ack), (E, greeting)]
+}
+
 /// When the established table is full, a completed handshake is refused (`conntrack_full`) and
-/// no established flow is evicted; the management NIC's table is its own.
+/// no established flow is evicted; the management NIC's tables, and the other family's, are
+/// their own.
 #[test]
 fn a_full_established_table_refuses_and_never_evicts() {
     let mut dp = datapath();
     handshake(&mut dp, B, "192.0.2.50", 33000, 3306);
     handshake(&mut dp, M, "203.0.113.5", 50000, 22);
-    let fill = EST_MAX_ENTRIES - 1;
+    // The IPv6 table, filled: handshakes from IPv6 sources 2001:db8:2::i.
+    let fill = EST_MAX_ENTRIES;
     let start = Instant::now();
     let mut syn = SynFlood::new(3306);
     for i in 0..fill {
-        // Handshakes from IPv6 sources 2001:db8:2::i.
-        let s = syn.from(i).to_vec();
-        let mut synack = ipv6(
-            proto::TCP,
-            G6,
-            "2001:db8:2::",
-            &tcp_seq(3306, 40000, SYN_ACK, 900, 2, 1000),
-        );
-        synack[14 + 36..14 + 40].copy_from_slice(&i.to_be_bytes());
-        let mut ack = s.clone();
-        ack[14 + 40 + 13] = ACK;
-        let mut greeting = synack.clone();
-        greeting[14 + 40 + 13] = ACK;
-        for (direction, frame) in [(I, &s), (E, &synack), (I, &ack), (E, &greeting)] {
+        for (direction, frame) in handshake6(&mut syn, i) {
             assert_eq!(
-                run(&mut dp, B, direction, frame),
+                run(&mut dp, B, direction, &frame),
                 action::PASS,
                 "handshake {i}"
             );
@@ -282,30 +289,17 @@ fn a_full_established_table_refuses_and_never_evicts() {
     println!("{fill} handshakes in {:.1?}", start.elapsed());
     assert_eq!(
         dp.flows(B, Table::Established).expect("flows").len(),
-        EST_MAX_ENTRIES as usize
+        EST_MAX_ENTRIES as usize + 1
     );
     // One more: its handshake completes on the wire, but the guest's first segment, which would
     // establish it, is refused.
-    let extra = "192.0.2.60";
     let before = count(&dp, B, E, Verdict::Drop, Reason::ConntrackFull);
-    let open = [
-        (I, tcp4(extra, G4, 33001, 3306, SYN, 100, 0), action::PASS),
-        (
-            E,
-            tcp4(G4, extra, 3306, 33001, SYN_ACK, 900, 101),
-            action::PASS,
-        ),
-        (I, tcp4(extra, G4, 33001, 3306, ACK, 101, 901), action::PASS),
-        (
-            E,
-            tcp4(G4, extra, 3306, 33001, ACK | 0x08, 901, 101),
-            action::DROP,
-        ),
-    ];
-    for (i, (direction, frame, want)) in open.iter().enumerate() {
+    let extra = handshake6(&mut syn, fill);
+    let wants = [action::PASS, action::PASS, action::PASS, action::DROP];
+    for (i, ((direction, frame), want)) in extra.iter().zip(wants).enumerate() {
         assert_eq!(
             run(&mut dp, B, *direction, frame),
-            *want,
+            want,
             "step {i} of the extra flow"
         );
     }
@@ -315,14 +309,9 @@ fn a_full_established_table_refuses_and_never_evicts() {
     );
     // The client's next segment may pose as a session older than enforcement and reach the
     // guest, but the guest's answer is what would establish it, and that is refused again.
-    run(&mut dp, B, I, &tcp4(extra, G4, 33001, 3306, ACK, 101, 901));
+    run(&mut dp, B, I, &extra[2].1);
     assert_eq!(
-        run(
-            &mut dp,
-            B,
-            E,
-            &tcp4(G4, extra, 3306, 33001, ACK | 0x08, 901, 101)
-        ),
+        run(&mut dp, B, E, &extra[3].1),
         action::DROP,
         "the refused flow carries nothing back"
     );
@@ -330,13 +319,23 @@ fn a_full_established_table_refuses_and_never_evicts() {
         count(&dp, B, E, Verdict::Drop, Reason::ConntrackFull),
         before + 2
     );
+    // IPv4 flows have a table of their own.
+    handshake(&mut dp, B, "192.0.2.60", 33001, 3306);
+    session_lives(
+        &mut dp,
+        B,
+        "192.0.2.60",
+        33001,
+        3306,
+        "a new IPv4 session with the IPv6 table full",
+    );
     session_lives(
         &mut dp,
         B,
         "192.0.2.50",
         33000,
         3306,
-        "database session with the table full",
+        "database session with the IPv6 table full",
     );
     session_lives(
         &mut dp,

@@ -1205,6 +1205,8 @@ fn the_benchmark_programs_load() {
         "bench_empty",
         "bench_parse",
         "bench_lookup",
+        "bench_miss",
+        "bench_own",
         "bench_decide",
         "bench_clock",
         "bench_clock_coarse",

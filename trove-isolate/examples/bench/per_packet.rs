@@ -250,6 +250,11 @@ pub fn run(policy: &Policy, o: &Options) -> anyhow::Result<Vec<Row>> {
             "stage: parse + flow key + established-table lookup",
             "bench_lookup",
         ),
+        (
+            "stage: parse + a lookup that misses the established table",
+            "bench_miss",
+        ),
+        ("stage: parse + own-address lookup (LPM trie)", "bench_own"),
         ("stage: the clock (bpf_ktime_get_ns)", "bench_clock"),
         (
             "stage: the coarse clock (bpf_ktime_get_coarse_ns)",
