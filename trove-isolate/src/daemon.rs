@@ -24,7 +24,7 @@ use crate::{
     drops, linkwatch, local,
     pins::Pins,
     policy::{ConntrackPolicy, Policy},
-    reconcile::{self, enforce, Devices, NicAddresses},
+    reconcile::{self, enforce, reenforce, Devices, NicAddresses},
     serve::{self, Scrape},
     state::{MoveRecord, ReloadRecord, State},
 };
@@ -116,7 +116,7 @@ pub async fn run(
     let pins = Pins::new(&policy.pin_path);
     // Listen before enforcing: a NIC that moves while we attach is heard, and followed.
     let mut changes = linkwatch::watch().context("watching the NICs (netlink)")?;
-    let (datapath, mut state, devices) = enforce(&policy, None, options.datapath_log)?;
+    let (datapath, mut state, devices) = enforce(&policy, options.datapath_log)?;
     state.pid = Some(std::process::id());
     state.config = Some(options.config.clone());
     state.write(&pins.state_file())?;
@@ -204,7 +204,13 @@ pub async fn run(
             }
             () = reload.next() => {
                 let in_force = world.policy_map_exact.then_some(&world.policy);
-                let reloaded = reload_policy(&options, &world.policy, in_force, &scrape);
+                let reloaded = reload_policy(
+                    &options,
+                    &world.policy,
+                    in_force,
+                    &mut world.datapath,
+                    &scrape,
+                );
                 // Whatever a failed reload wrote before it failed, the next one checks the map.
                 world.policy_map_exact = reloaded.is_ok();
                 match reloaded {
@@ -213,7 +219,9 @@ pub async fn run(
                             .drop_log_per_second
                             .store(new_policy.drops.log_per_second, Ordering::Relaxed);
                         world.policy = new_policy;
-                        world.datapath = new_datapath;
+                        if let Some(loaded) = new_datapath {
+                            world.datapath = loaded;
+                        }
                         world.devices = new_devices;
                         world.addresses = None;
                         world.refresh_addresses()?;
@@ -458,8 +466,9 @@ fn reload_policy(
     options: &RunOptions,
     current: &Policy,
     in_force: Option<&Policy>,
+    datapath: &mut Datapath,
     scrape: &Scrape,
-) -> anyhow::Result<(Policy, Datapath, Devices)> {
+) -> anyhow::Result<(Policy, Option<Datapath>, Devices)> {
     notify(&[
         NotifyState::Reloading,
         NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading")),
@@ -485,26 +494,32 @@ fn reload_policy(
                 current.metrics.listen
             );
         }
-        let (datapath, mut state, devices) = enforce(&policy, in_force, options.datapath_log)?;
+        let (loaded, mut state, devices) =
+            reenforce(&policy, in_force, options.datapath_log, datapath)?;
         state.pid = Some(std::process::id());
         state.config = Some(options.config.clone());
-        Ok((policy, datapath, state, devices))
+        Ok((policy, loaded, state, devices))
     })();
     let pins = Pins::new(&current.pin_path);
     let mut stats = scrape.stats.lock().unwrap_or_else(|e| e.into_inner());
     let mut state = scrape.state.write().unwrap_or_else(|e| e.into_inner());
     let outcome = match result {
-        Ok((policy, datapath, mut new_state, devices)) => {
+        Ok((policy, loaded, mut new_state, devices)) => {
             stats.reloads_ok += 1;
             new_state.moves = std::mem::take(&mut state.moves);
             *state = new_state;
+            // Programs are loaded (and verified) again only when a map must be resized.
+            let programs = match loaded {
+                Some(_) => "programs loaded anew",
+                None => "programs kept",
+            };
             log::info!(
-                "reloaded {} in {} ms: {}",
+                "reloaded {} in {} ms ({programs}): {}",
                 options.config.display(),
                 started.elapsed().as_millis(),
                 summary(&state)
             );
-            Ok((policy, datapath, devices))
+            Ok((policy, loaded, devices))
         }
         Err(e) => {
             stats.reloads_error += 1;

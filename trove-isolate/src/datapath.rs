@@ -38,6 +38,10 @@ pub struct Datapath {
     /// Maps made anew because their pinned size no longer served: pinned in place of the old
     /// ones by [`Datapath::pin_resized`] once the programs that use them are attached.
     resized: Vec<Resized>,
+    /// The entries of each map [`Capacity`] sizes, as loaded (kept pins keep their size).
+    sizes: Vec<(&'static str, u32)>,
+    /// Whether the programs keep their debug records.
+    log: bool,
 }
 
 /// The policy maps' content: the rules, and each class's prefix lengths.
@@ -80,8 +84,10 @@ impl Datapath {
         };
         let mut loader = EbpfLoader::new();
         let mut resized = Vec::new();
+        let mut sizes = Vec::new();
         for (name, wanted) in capacity.sized() {
             loader.map_max_entries(name, wanted);
+            sizes.push((name, wanted));
         }
         for (name, path) in &paths {
             let kept = match capacity.sized().iter().find(|(n, _)| n == name) {
@@ -95,7 +101,12 @@ impl Datapath {
                         });
                         false
                     }
-                    _ => true,
+                    Some(from) => {
+                        sizes.retain(|(n, _)| *n != map);
+                        sizes.push((map, from));
+                        true
+                    }
+                    None => true,
                 },
                 None => true,
             };
@@ -108,20 +119,25 @@ impl Datapath {
         let mut ebpf = loader
             .load(crate::EBPF_OBJECT)
             .context("loading the eBPF object (maps bound to their pins)")?;
-        for role in Role::ALL {
-            for direction in Direction::ALL {
-                let name = program_name(role, direction);
-                let program: &mut SchedClassifier = ebpf
-                    .program_mut(name)
-                    .with_context(|| format!("program {name} missing from the eBPF object"))?
-                    .try_into()
-                    .with_context(|| format!("program {name} is not a classifier"))?;
-                program
-                    .load()
-                    .with_context(|| format!("loading program {name} (verifier)"))?;
-            }
-        }
-        Ok(Datapath { ebpf, resized })
+        load_programs(&mut ebpf)?;
+        Ok(Datapath {
+            ebpf,
+            resized,
+            sizes,
+            log,
+        })
+    }
+
+    /// Whether these loaded programs and maps serve `capacity` (with `in_force` rules in the
+    /// policy map now) as a fresh [`Datapath::load`] would, so a reload can keep them and skip
+    /// the verifier: no map would be resized, and the debug records are as wanted.
+    pub fn serves(&self, capacity: &Capacity, in_force: usize, log: bool) -> bool {
+        self.log == log
+            && self.resized.is_empty()
+            && self
+                .sizes
+                .iter()
+                .all(|&(map, entries)| capacity.keeps(map, entries, in_force))
     }
 
     /// The maps made anew at load because their pinned size no longer served.
@@ -546,6 +562,45 @@ impl Table {
             Table::Established => "established",
         }
     }
+}
+
+/// Loads the four programs, one thread each: the verifier takes most of a start, and the
+/// kernel verifies programs side by side.
+fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let names: Vec<&str> = Role::ALL
+        .iter()
+        .flat_map(|&role| Direction::ALL.map(|direction| program_name(role, direction)))
+        .collect();
+    let mut programs = Vec::new();
+    for (name, program) in ebpf.programs_mut() {
+        if names.contains(&name) {
+            let program: &mut SchedClassifier = program
+                .try_into()
+                .with_context(|| format!("program {name} is not a classifier"))?;
+            programs.push((name, program));
+        }
+    }
+    if let Some(name) = names
+        .iter()
+        .find(|n| !programs.iter().any(|(p, _)| p == *n))
+    {
+        bail!("program {name} missing from the eBPF object");
+    }
+    std::thread::scope(|scope| {
+        let loading: Vec<_> = programs
+            .into_iter()
+            .map(|(name, program)| {
+                scope.spawn(move || {
+                    program
+                        .load()
+                        .with_context(|| format!("loading program {name} (verifier)"))
+                })
+            })
+            .collect();
+        loading
+            .into_iter()
+            .try_for_each(|l| l.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    })
 }
 
 /// Copies the flows of `old` into `new` (a resized table of the same key) until it is full:

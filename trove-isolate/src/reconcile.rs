@@ -28,13 +28,32 @@ use crate::{
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Applies `policy` to the kernel; returns the loaded datapath and what is now attached.
-/// `in_force` is the policy the map holds now, when this process wrote it (a reload): then
-/// only the difference is written.
-pub fn enforce(
+pub fn enforce(policy: &Policy, log: bool) -> anyhow::Result<(Datapath, State, Devices)> {
+    let (loaded, state, devices) = enforce_with(policy, None, log, None)?;
+    let datapath = loaded.context("the datapath was not loaded")?;
+    Ok((datapath, state, devices))
+}
+
+/// A reload: [`enforce`] with `current`, the datapath this process enforces with, kept when it
+/// serves the new policy ([`Datapath::serves`]: no map to resize), so the programs are not
+/// loaded and verified again. `in_force` is the policy the map holds now, when this process
+/// wrote it: then only the difference is written. Returns the datapath loaded instead of
+/// `current`, if one was.
+pub fn reenforce(
     policy: &Policy,
     in_force: Option<&Policy>,
     log: bool,
-) -> anyhow::Result<(Datapath, State, Devices)> {
+    current: &mut Datapath,
+) -> anyhow::Result<(Option<Datapath>, State, Devices)> {
+    enforce_with(policy, in_force, log, Some(current))
+}
+
+fn enforce_with(
+    policy: &Policy,
+    in_force: Option<&Policy>,
+    log: bool,
+    current: Option<&mut Datapath>,
+) -> anyhow::Result<(Option<Datapath>, State, Devices)> {
     let pins = Pins::new(&policy.pin_path);
     check_bpffs(&pins)?;
     let previous = State::read(&pins.state_file())?;
@@ -60,6 +79,7 @@ pub fn enforce(
         policy,
         in_force,
         log,
+        current,
         &pins,
         &devices,
         &previous,
@@ -71,7 +91,7 @@ pub fn enforce(
         }
         let _ = std::fs::remove_dir_all(pins.root());
     }
-    let datapath = result?;
+    let loaded = result?;
 
     let state = State {
         mode: policy.mode,
@@ -84,26 +104,35 @@ pub fn enforce(
         ..State::default()
     };
     state.write(&pins.state_file())?;
-    Ok((datapath, state, devices))
+    Ok((loaded, state, devices))
 }
 
 /// Each configured NIC as found at the last reconcile.
 pub type Devices = Vec<(Role, nic::Device)>;
 
-/// Loads, writes the maps, attaches (recording each attachment as it is made) and retires.
+/// Loads (unless `current` serves), writes the maps, attaches (recording each attachment as it
+/// is made) and retires. Returns the datapath it loaded, if it did.
+#[allow(clippy::too_many_arguments)]
 fn apply(
     policy: &Policy,
     in_force: Option<&Policy>,
     log: bool,
+    current: Option<&mut Datapath>,
     pins: &Pins,
     devices: &[(Role, nic::Device)],
     previous: &State,
     attachments: &mut Vec<Attachment>,
-) -> anyhow::Result<Datapath> {
+) -> anyhow::Result<Option<Datapath>> {
     // The rules the pinned map holds now, as the last reconcile recorded them.
     let rules_held = previous.policy_entries.iter().map(|(_, n)| n).sum();
     let capacity = Capacity::for_policy(policy);
-    let mut datapath = Datapath::load(Some(pins), log, &capacity, rules_held)?;
+    let mut loaded = None;
+    // Kept only while its maps are still the pinned ones (`detach` removes the pins).
+    let pinned = || maps::ALL.iter().all(|m| pins.map(m).exists());
+    let datapath = match current {
+        Some(current) if current.serves(&capacity, rules_held, log) && pinned() => current,
+        _ => loaded.insert(Datapath::load(Some(pins), log, &capacity, rules_held)?),
+    };
     datapath.sync_policy(policy, in_force)?;
     for role in Role::ALL {
         datapath.set_mode(role, policy.mode)?;
@@ -119,7 +148,7 @@ fn apply(
             log::info!("carried {carried} tracked flows into the resized tables");
         }
     }
-    let revoked = conntrack::revoke(&mut datapath, policy)?;
+    let revoked = conntrack::revoke(datapath, policy)?;
     if revoked > 0 {
         log::info!("revoked {revoked} tracked flows the policy no longer allows");
     }
@@ -129,9 +158,8 @@ fn apply(
     let swapped = (|| -> anyhow::Result<()> {
         for (role, device) in devices {
             let before = Direction::ALL.map(|d| find(&previous.attachments, *role, d));
-            attachments.extend(
-                attach::ensure(&mut datapath, *role, device, tcx, pins, before)?.attachments,
-            );
+            attachments
+                .extend(attach::ensure(datapath, *role, device, tcx, pins, before)?.attachments);
         }
         retire(pins, &previous.attachments, attachments)?;
         datapath.pin_resized()
@@ -143,7 +171,7 @@ fn apply(
     if policy_resized {
         // Until the swap, the old programs judged new flows by the old policy map; flows they
         // opened meanwhile in the tables both share meet the new policy now.
-        let late = conntrack::revoke(&mut datapath, policy)?;
+        let late = conntrack::revoke(datapath, policy)?;
         if late > 0 {
             log::info!("revoked {late} flows opened by the old programs during the swap");
         }
@@ -153,7 +181,7 @@ fn apply(
         std::fs::remove_file(&stale)
             .with_context(|| format!("removing stale map pin {}", stale.display()))?;
     }
-    Ok(datapath)
+    Ok(loaded)
 }
 
 /// A reconcile that failed after it had moved programs onto maps made anew (a resize): this

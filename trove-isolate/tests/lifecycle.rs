@@ -272,6 +272,15 @@ fn reload_applies_with_no_window_and_refuses_a_bad_config() {
     notes.mark();
     daemon.stop();
     notes.wait_for("STOPPING=1");
+    // The maps served every policy here: each reload kept the loaded programs (no verifier).
+    let stderr = daemon.stderr();
+    let reloaded = stderr.lines().filter(|l| l.contains("reloaded ")).count();
+    let kept = stderr
+        .lines()
+        .filter(|l| l.contains("(programs kept)"))
+        .count();
+    assert_eq!(reloaded, n as usize + 1, "{stderr}");
+    assert_eq!(kept, reloaded, "{stderr}");
 }
 
 /// The unit file as shipped passes `systemd-analyze verify` (with the binary it names pointed at
@@ -737,6 +746,7 @@ fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
     );
     let stderr = daemon.kill_for_stderr();
     for want in [
+        "(programs loaded anew)",
         "map policy resized from",
         "map ct_est4_biz resized from 65536 to 131072 entries",
         "map ct_est6_biz resized from 65536 to 131072 entries",
