@@ -9,6 +9,7 @@
 use std::{
     borrow::Borrow,
     fmt, fs,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -31,7 +32,7 @@ use trove_isolate_common::{
     Direction, Mode, Reason, Role, Verdict,
 };
 
-use crate::{capacity::Capacity, pins::Pins, policy::Policy};
+use crate::{capacity::Capacity, map_batch, pins::Pins, policy::Policy};
 
 pub struct Datapath {
     ebpf: Ebpf,
@@ -413,23 +414,33 @@ impl Datapath {
 
     /// Every entry of one of `role`'s flow tables, both families (IPv4 keys widened).
     pub fn flows(&self, role: Role, table: Table) -> anyhow::Result<Vec<(FlowKey, FlowValue)>> {
-        let map = |fam| {
-            let name = table.map_name(role, fam);
-            self.ebpf
-                .map(name)
-                .with_context(|| format!("map {name} missing"))
+        let v4: Vec<(FlowKey4, FlowValue)> = self.entries(table.map_name(role, family::V4))?;
+        let mut flows: Vec<(FlowKey, FlowValue)> =
+            v4.into_iter().map(|(k, v)| (k.widen(role), v)).collect();
+        flows.extend(self.entries::<FlowKey, FlowValue>(table.map_name(role, family::V6))?);
+        Ok(flows)
+    }
+
+    /// Every entry of the hash map `name`, read in batches where the kernel can.
+    fn entries<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> anyhow::Result<Vec<(K, V)>> {
+        let map = self
+            .ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing"))?;
+        // Checks the key and value sizes.
+        let typed: HashMap<&MapData, K, V> = HashMap::try_from(map)?;
+        let data = match map {
+            Map::HashMap(data) | Map::LruHashMap(data) => data,
+            _ => bail!("map {name} is not a hash map"),
         };
+        if let Some(entries) =
+            map_batch::entries(data.fd().as_fd()).with_context(|| format!("reading map {name}"))?
+        {
+            return Ok(entries);
+        }
         // A flow deleted by the datapath while we walk ends the walk early at worst; the next
         // sweep sees the rest.
-        let v4: HashMap<&MapData, FlowKey4, FlowValue> = HashMap::try_from(map(family::V4)?)?;
-        let mut flows: Vec<(FlowKey, FlowValue)> = v4
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, v)| (k.widen(role), v))
-            .collect();
-        let v6: HashMap<&MapData, FlowKey, FlowValue> = HashMap::try_from(map(family::V6)?)?;
-        flows.extend(v6.iter().filter_map(Result::ok));
-        Ok(flows)
+        Ok(typed.iter().filter_map(Result::ok).collect())
     }
 
     /// Removes `keys` from one of `role`'s flow tables (each from its family's); ones already

@@ -20,6 +20,7 @@ pub mod explain;
 pub mod inspect;
 pub mod linkwatch;
 pub mod local;
+pub mod map_batch;
 pub mod metrics;
 pub mod model;
 pub mod netns;

@@ -44,6 +44,8 @@ pub struct Options {
     traffic: Option<usize>,
     rounds: usize,
     seconds: f64,
+    /// The real-traffic section's filters, no filter first.
+    filters: Vec<traffic::Filter>,
 }
 
 fn list(text: &str) -> anyhow::Result<Vec<usize>> {
@@ -62,6 +64,7 @@ fn options() -> anyhow::Result<Options> {
         daemon_sizes: Vec::new(),
         traffic: None,
         rounds: 3,
+        filters: traffic::Filter::ALL.to_vec(),
         seconds: 2.0,
     };
     let mut args = std::env::args().skip(1);
@@ -77,6 +80,21 @@ fn options() -> anyhow::Result<Options> {
             "--traffic" => o.traffic = Some(value()?.replace('_', "").parse()?),
             "--rounds" => o.rounds = value()?.parse()?,
             "--seconds" => o.seconds = value()?.parse()?,
+            "--filters" => {
+                o.filters = value()?
+                    .split(',')
+                    .map(|key| {
+                        traffic::Filter::ALL
+                            .into_iter()
+                            .find(|f| f.key() == key)
+                            .with_context(|| format!("--filters: no filter {key:?}"))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                anyhow::ensure!(
+                    o.filters.first() == Some(&traffic::Filter::Nothing),
+                    "--filters: the first must be none (the yardstick)"
+                );
+            }
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -207,7 +225,7 @@ fn main() -> anyhow::Result<()> {
         let bin = bin()?;
         eprintln!("bench: 3. real traffic over veth");
         let dir = out.unwrap_or(Path::new("."));
-        let t = traffic::run(bin, entries, o.rounds, o.seconds, dir)?;
+        let t = traffic::run(bin, &o.filters, entries, o.rounds, o.seconds, dir)?;
         println!(
             "## 3. Real traffic over veth, {} client prefixes (median of {} rounds)\n",
             t.entries, o.rounds
@@ -224,7 +242,7 @@ fn main() -> anyhow::Result<()> {
             )
         };
         let base = |get| of(traffic::Filter::Nothing, get);
-        for filter in traffic::Filter::ALL {
+        for filter in o.filters.iter().copied() {
             let conn = of(filter, |s| s.connections_per_second);
             let frames = of(filter, |s| s.frames_per_second);
             let bits = of(filter, |s| s.tcp_bits_per_second);

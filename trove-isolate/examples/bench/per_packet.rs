@@ -237,6 +237,68 @@ pub fn measure_cases(
     Ok(rows)
 }
 
+/// The frames of connection number `i` through the business NIC, each with the direction it
+/// crosses: the handshake, the guest's greeting (which establishes the flow), a request, and
+/// the close (0x08: PSH). Each connection has a tuple of its own.
+fn connection(i: u32) -> Vec<(Direction, Vec<u8>)> {
+    let client = format!("198.51.100.{}", 10 + i / 50_000);
+    let port = 10_000 + (i % 50_000) as u16;
+    let (c, g) = (client.as_str(), "192.0.2.1");
+    let seg = |src: &str, dst: &str, sport, dport, flags, seq, ack| {
+        ipv4(
+            V4_PLAIN,
+            proto::TCP,
+            src,
+            dst,
+            &tcp_seq(sport, dport, flags, seq, ack, 1000),
+        )
+    };
+    let (i, e) = (Direction::Ingress, Direction::Egress);
+    vec![
+        (i, seg(c, g, port, 3306, SYN, 100, 0)),
+        (e, seg(g, c, 3306, port, SYN_ACK, 900, 101)),
+        (i, seg(c, g, port, 3306, ACK, 101, 901)),
+        (e, seg(g, c, 3306, port, ACK | 0x08, 901, 101)),
+        (i, seg(c, g, port, 3306, ACK | 0x08, 101, 911)),
+        (e, seg(g, c, 3306, port, FIN | ACK, 911, 111)),
+        (i, seg(c, g, port, 3306, FIN | ACK, 111, 912)),
+        (e, seg(g, c, 3306, port, ACK, 912, 112)),
+    ]
+}
+
+/// A whole connection's cost: `count` connections (each on a tuple of its own, so each meets
+/// empty flow-table slots and is inserted, promoted and closed) through the business NIC's
+/// programs, one BPF_PROG_TEST_RUN per frame, the kernel's time summed; then the same frames
+/// through the empty program. ns per connection, ours and the empty program's.
+pub fn measure_connections(dp: &mut Datapath, count: u32) -> anyhow::Result<(f64, f64)> {
+    let run_once = |program: &mut SchedClassifier, frame: &[u8]| -> anyhow::Result<(i32, f64)> {
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat: 1,
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        Ok((
+            result.return_value as i32,
+            result.duration.as_secs_f64() * 1e9,
+        ))
+    };
+    let (mut ours, mut empty) = (0.0, 0.0);
+    for i in 0..count {
+        for (direction, frame) in connection(i) {
+            let (verdict, ns) = run_once(dp.program(Role::Business, direction), &frame)?;
+            anyhow::ensure!(
+                verdict == action::PASS,
+                "connection {i}: a frame going {direction:?} was dropped"
+            );
+            ours += ns;
+            empty += run_once(dp.bench_program("bench_empty")?, &frame)?.1;
+        }
+    }
+    Ok((ours / f64::from(count), empty / f64::from(count)))
+}
+
 /// The section: the empty program, each stage alone, then every path.
 pub fn run(policy: &Policy, o: &Options) -> anyhow::Result<Vec<Row>> {
     let mut dp = prepare(policy)?;
@@ -270,5 +332,11 @@ pub fn run(policy: &Policy, o: &Options) -> anyhow::Result<Vec<Row>> {
     }
     rows.push(measure_decision(&mut dp, empty, o)?);
     rows.extend(measure_cases(&mut dp, &cases(), empty, o)?);
+    let (ours, empty_connection) = measure_connections(&mut dp, o.repeat / 10)?;
+    rows.push(Row::new(
+        "business: a whole connection, 8 frames on a new tuple (ns per connection)",
+        ours,
+        empty_connection,
+    ));
     Ok(rows)
 }

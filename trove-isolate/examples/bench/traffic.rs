@@ -1,7 +1,7 @@
 //! Section 3: real traffic over a veth pair between two namespaces the bench makes, a tenant
 //! client (198.51.100.1) and the guest's business NIC (198.51.100.2), with the same client
-//! prefixes behind every filter: nothing, trove-isolate, nftables with sets, and a linear
-//! nftables chain (the listed client last, so every new flow walks all of it). Each round
+//! prefixes behind every filter: nothing, empty TC programs (the hooks' own cost), trove-isolate,
+//! nftables with sets, and a linear nftables chain (the listed client last, so every new flow walks all of it). Each round
 //! measures every filter in turn, starting one further on each time, so that a noisy machine's
 //! drift and the order hit them alike, each in a pair of namespaces made for it; the table gives
 //! the median of the rounds.
@@ -26,6 +26,9 @@ use anyhow::{bail, Context as _};
 use ipnetwork::IpNetwork;
 use trove_isolate_testbed::{tcp_probe, tcp_server, NetNs, Server};
 
+use aya::programs::{tc::TcAttachOptions, LinkOrder, TcAttachType};
+use trove_isolate::{capacity::Capacity, datapath::Datapath};
+
 use crate::{daemon, scaling};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
@@ -47,22 +50,38 @@ const MAX_WRITES: u64 = 100_000_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filter {
     Nothing,
+    /// The object's empty classifier on both hooks of the guest's NIC (TCX): what the hook
+    /// itself costs, the yardstick of section 1 in real traffic.
+    Empty,
     TroveIsolate,
     NftSets,
     NftLinear,
 }
 
 impl Filter {
-    pub const ALL: [Filter; 4] = [
+    pub const ALL: [Filter; 5] = [
         Filter::Nothing,
+        Filter::Empty,
         Filter::TroveIsolate,
         Filter::NftSets,
         Filter::NftLinear,
     ];
 
+    /// Its name for `--filters`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Filter::Nothing => "none",
+            Filter::Empty => "empty",
+            Filter::TroveIsolate => "trove-isolate",
+            Filter::NftSets => "nft-sets",
+            Filter::NftLinear => "nft-linear",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Filter::Nothing => "no filter",
+            Filter::Empty => "empty TC programs (r0 = -1; exit)",
             Filter::TroveIsolate => "trove-isolate",
             Filter::NftSets => "nftables, sets + ct state",
             Filter::NftLinear => "nftables, linear chain + ct state",
@@ -368,6 +387,8 @@ fn nft_ruleset(prefixes: &[IpNetwork], linear: bool) -> String {
 /// Puts a filter in place; returns how long it took, and what undoes it.
 enum Installed {
     Nothing,
+    /// Dropped, it detaches the programs.
+    Empty(Box<Datapath>),
     Daemon(daemon::Running, u16),
     Nft,
 }
@@ -396,6 +417,7 @@ fn install(
     let started = Instant::now();
     let installed = match filter {
         Filter::Nothing => Installed::Nothing,
+        Filter::Empty => Installed::Empty(Box::new(empty_programs(pair)?)),
         Filter::TroveIsolate => {
             let pin_path = PathBuf::from(format!(
                 "/sys/fs/bpf/trove-isolate-traffic-{}-{round}",
@@ -426,9 +448,30 @@ fn install(
     Ok((installed, started.elapsed().as_secs_f64()))
 }
 
+/// `bench_empty` attached first on both hooks of the guest's NIC, in its namespace.
+fn empty_programs(pair: &Pair) -> anyhow::Result<Datapath> {
+    let mut datapath = Datapath::load(None, false, &Capacity::DEFAULT, 0)?;
+    let program = datapath.bench_program("bench_empty")?;
+    trove_isolate::netns::run_in(Some(&pair.server.path()), || {
+        for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+            program.attach_with_options(
+                "eth0",
+                hook,
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )?;
+        }
+        Ok::<_, aya::programs::ProgramError>(())
+    })??;
+    Ok(datapath)
+}
+
 fn remove(installed: Installed, pair: &Pair) -> anyhow::Result<()> {
     match installed {
         Installed::Nothing => Ok(()),
+        Installed::Empty(datapath) => {
+            drop(datapath);
+            Ok(())
+        }
         Installed::Daemon(running, port) => {
             for line in drops(port)? {
                 eprintln!("bench: trove-isolate dropped: {line}");
@@ -447,6 +490,7 @@ fn remove(installed: Installed, pair: &Pair) -> anyhow::Result<()> {
 
 pub fn run(
     bin: &Path,
+    filters: &[Filter],
     entries: usize,
     rounds: usize,
     seconds: f64,
@@ -474,7 +518,7 @@ pub fn run(
     let mut samples = Vec::new();
     for round in 0..rounds {
         // Each round starts one filter further on, so that every filter takes every place.
-        let order = (0..Filter::ALL.len()).map(|i| Filter::ALL[(i + round) % Filter::ALL.len()]);
+        let order = (0..filters.len()).map(|i| filters[(i + round) % filters.len()]);
         for filter in order {
             // A pair of namespaces of its own: a measurement starts from a clean stack, with no
             // TIME_WAIT sockets or conntrack entries (nf_conntrack's count is per namespace)
@@ -496,7 +540,7 @@ pub fn run(
                 );
                 let stranger = tcp_probe(&pair.client, Some(IpAddr::V4(STRANGER)), echo, probe);
                 anyhow::ensure!(
-                    stranger == (filter == Filter::Nothing),
+                    stranger == matches!(filter, Filter::Nothing | Filter::Empty),
                     "{}: a client in no list {}",
                     filter.name(),
                     if stranger { "passed" } else { "was refused" }
