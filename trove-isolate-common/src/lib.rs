@@ -380,6 +380,16 @@ pub mod family {
 
     pub const V4: u8 = 4;
     pub const V6: u8 = 6;
+    pub const ALL: [u8; 2] = [V4, V6];
+
+    /// The metric label of a family.
+    pub const fn name(family: u8) -> &'static str {
+        if family == V4 {
+            "ipv4"
+        } else {
+            "ipv6"
+        }
+    }
 
     /// The family tag and key address field of `ip`.
     pub fn key_addr(ip: IpAddr) -> (u8, [u8; 16]) {

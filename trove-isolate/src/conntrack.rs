@@ -58,10 +58,10 @@ pub fn revoke(datapath: &mut Datapath, policy: &Policy) -> anyhow::Result<usize>
     Ok(removed)
 }
 
-/// What a sweep found: live flows per (role, table).
+/// What a sweep found: live flows per (role, table, family).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Occupancy {
-    pub live: Vec<(Role, Table, usize)>,
+    pub live: Vec<(Role, Table, u8, usize)>,
     pub expired_removed: usize,
 }
 
@@ -78,7 +78,10 @@ pub fn sweep(datapath: &mut Datapath) -> anyhow::Result<Occupancy> {
             let expired: Vec<FlowKey> = expired.into_iter().map(|(k, _)| k).collect();
             datapath.remove_flows(role, table, &expired)?;
             occupancy.expired_removed += expired.len();
-            occupancy.live.push((role, table, live.len()));
+            for fam in family::ALL {
+                let n = live.iter().filter(|(k, _)| k.family == fam).count();
+                occupancy.live.push((role, table, fam, n));
+            }
         }
     }
     Ok(occupancy)

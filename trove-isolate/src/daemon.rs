@@ -67,7 +67,7 @@ pub struct DaemonStats {
     pub reloads_ok: u64,
     pub reloads_error: u64,
     /// Live flows per (role, table) at the last sweep.
-    pub conntrack: Vec<(Role, Table, usize)>,
+    pub conntrack: Vec<(Role, Table, u8, usize)>,
     /// Drop events read from the datapath.
     pub drop_events: u64,
     /// Drop events read but not logged (over `[drops] log_per_second`).

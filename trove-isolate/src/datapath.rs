@@ -43,6 +43,9 @@ pub struct Datapath {
     sizes: Vec<(&'static str, u32)>,
     /// Whether the programs keep their debug records.
     log: bool,
+    /// The policy map was made at this load (no pin, or resized) and no policy written to it
+    /// yet: whatever policy was in force, it holds none of it.
+    policy_map_new: bool,
 }
 
 /// The policy maps' content: the rules, and each class's prefix lengths.
@@ -115,6 +118,11 @@ impl Datapath {
                 loader.map_pin_path(name, path.as_path());
             }
         }
+        let policy_map_new = resized.iter().any(|r| r.map == maps::POLICY)
+            || paths
+                .iter()
+                .find(|(name, _)| *name == maps::POLICY)
+                .is_none_or(|(_, path)| !path.exists());
         let level: u8 = if log { 0xff } else { 0 };
         loader.override_global(aya_log::LEVEL, &level, true);
         let mut ebpf = loader
@@ -126,6 +134,17 @@ impl Datapath {
             resized,
             sizes,
             log,
+            policy_map_new,
+        })
+    }
+
+    /// Whether the maps pinned under `pins` are this datapath's own (not removed by `detach`, not
+    /// made anew by another process since).
+    pub fn holds_pins(&self, pins: &Pins) -> bool {
+        maps::ALL.iter().all(|name| {
+            let pinned = MapData::from_pin(pins.map(name)).and_then(|m| m.info());
+            let loaded = self.ebpf.map(name).and_then(map_data).map(MapData::info);
+            matches!((pinned, loaded), (Ok(p), Some(Ok(l))) if p.id() == l.id())
         })
     }
 
@@ -237,7 +256,7 @@ impl Datapath {
         in_force: Option<&Policy>,
     ) -> anyhow::Result<()> {
         // A map made anew at this load holds nothing yet, whatever was in force.
-        let in_force = in_force.filter(|_| !self.resized.iter().any(|r| r.map == maps::POLICY));
+        let in_force = in_force.filter(|_| !self.policy_map_new);
         let wanted = policy.prefix_lengths();
         let mut lengths = self.lengths_map()?;
         let mut now = Vec::new();
@@ -283,6 +302,7 @@ impl Datapath {
                 .set(c as u32, narrow, 0)
                 .context("narrowing the policy's prefix lengths")?;
         }
+        self.policy_map_new = false;
         Ok(())
     }
 
@@ -433,10 +453,10 @@ impl Datapath {
             Map::HashMap(data) | Map::LruHashMap(data) => data,
             _ => bail!("map {name} is not a hash map"),
         };
-        if let Some(entries) =
-            map_batch::entries(data.fd().as_fd()).with_context(|| format!("reading map {name}"))?
-        {
-            return Ok(entries);
+        match map_batch::entries(data.fd().as_fd()) {
+            Ok(Some(entries)) => return Ok(entries),
+            Ok(None) => {}
+            Err(e) => log::warn!("reading map {name} in batches: {e}; walking it instead"),
         }
         // A flow deleted by the datapath while we walk ends the walk early at worst; the next
         // sweep sees the rest.
@@ -612,6 +632,19 @@ fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
             .into_iter()
             .try_for_each(|l| l.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
     })
+}
+
+/// The map behind any of the kinds the object has.
+fn map_data(map: &Map) -> Option<&MapData> {
+    match map {
+        Map::Array(m)
+        | Map::HashMap(m)
+        | Map::LruHashMap(m)
+        | Map::LpmTrie(m)
+        | Map::PerCpuArray(m)
+        | Map::RingBuf(m) => Some(m),
+        _ => None,
+    }
 }
 
 /// Copies the flows of `old` into `new` (a resized table of the same key) until it is full:

@@ -16,6 +16,8 @@ use aya::Pod;
 const BATCH: usize = 4096;
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// The kernel's own "not supported" (ENOTSUPP, not in libc), for a map without batch operations.
+const ENOTSUPP: i32 = 524;
 
 /// The `batch` member of `union bpf_attr`.
 #[repr(C)]
@@ -37,14 +39,15 @@ pub fn entries<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<(K, 
     let mut all = Vec::new();
     // The position the kernel hands back: a bucket index for hash maps (4 bytes; room to spare).
     let mut token = [0u64; 2];
+    let token = token.as_mut_ptr() as u64;
     let mut first = true;
     let mut room = BATCH;
     loop {
         let mut keys: Vec<MaybeUninit<K>> = Vec::with_capacity(room);
         let mut values: Vec<MaybeUninit<V>> = Vec::with_capacity(room);
         let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { token.as_ptr() as u64 },
-            out_batch: token.as_mut_ptr() as u64,
+            in_batch: if first { 0 } else { token },
+            out_batch: token,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
             count: room as u32,
@@ -84,7 +87,7 @@ pub fn entries<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<(K, 
             }
             // A bucket bigger than the room: again from the same place with more.
             Some(libc::ENOSPC) if room < 1 << 20 => room *= 4,
-            Some(libc::EINVAL | libc::ENOTSUP | libc::EOPNOTSUPP) if first => return Ok(None),
+            Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP) if first => return Ok(None),
             _ => return Err(error.unwrap_or_else(|| io::Error::other("batch lookup"))),
         }
     }

@@ -9,7 +9,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use trove_isolate_common::{Direction, Role, Verdict};
+use trove_isolate_common::{family, Direction, Role, Verdict};
 
 use crate::{
     daemon::DaemonStats,
@@ -36,6 +36,14 @@ struct StageLabels {
 struct TableLabels {
     role: String,
     table: String,
+}
+
+/// A flow table of one family: each family has tables of its own, of the configured size.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowTableLabels {
+    role: String,
+    table: String,
+    family: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -164,7 +172,7 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
     let attached = Family::<AttachLabels, Gauge>::default();
     let build = Family::<VersionLabels, Gauge>::default();
     let reloads = Family::<ResultLabels, Counter>::default();
-    let conntrack = Family::<TableLabels, Gauge>::default();
+    let conntrack = Family::<FlowTableLabels, Gauge>::default();
     for (result, n) in [("ok", stats.reloads_ok), ("error", stats.reloads_error)] {
         reloads
             .get_or_create(&ResultLabels {
@@ -237,11 +245,12 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
                 .set(i64::from(max));
         }
     }
-    for (role, table, n) in &stats.conntrack {
+    for (role, table, fam, n) in &stats.conntrack {
         conntrack
-            .get_or_create(&TableLabels {
+            .get_or_create(&FlowTableLabels {
                 role: role.name().into(),
                 table: table.name().into(),
+                family: family::name(*fam).into(),
             })
             .set(*n as i64);
     }
@@ -344,12 +353,12 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
     );
     registry.register(
         "trove_isolate_conntrack_entries",
-        "Live tracked flows per role and table at the last sweep (every 10 s)",
+        "Live tracked flows per role, table and IP family at the last sweep (every 10 s)",
         conntrack,
     );
     registry.register(
         "trove_isolate_conntrack_capacity",
-        "Flows each role's table holds: a full established table refuses new flows",
+        "Flows each role's table holds, for each IP family: a full established table refuses new flows",
         capacity,
     );
     let unresolved = Gauge::<i64>::default();
@@ -443,7 +452,7 @@ mod tests {
         let stats = DaemonStats {
             reloads_ok: 2,
             reloads_error: 1,
-            conntrack: vec![(Role::Business, Table::Established, 5)],
+            conntrack: vec![(Role::Business, Table::Established, family::V4, 5)],
             drop_events: 9,
             drop_events_not_logged: 4,
             drop_events_unsent: 11,
@@ -477,7 +486,7 @@ mod tests {
             r#"trove_isolate_build_info{version=""#,
             r#"trove_isolate_reloads_total{result="ok"} 2"#,
             r#"trove_isolate_reloads_total{result="error"} 1"#,
-            r#"trove_isolate_conntrack_entries{role="business",table="established"} 5"#,
+            r#"trove_isolate_conntrack_entries{role="business",table="established",family="ipv4"} 5"#,
             r#"trove_isolate_conntrack_capacity{role="management",table="established"} 4096"#,
             "trove_isolate_drop_events_total 9",
             r#"trove_isolate_drop_events_suppressed_total{stage="datapath"} 11"#,
@@ -508,7 +517,7 @@ mod tests {
             ..State::default()
         };
         let stats = DaemonStats {
-            conntrack: vec![(Role::Business, Table::New, 0)],
+            conntrack: vec![(Role::Business, Table::New, family::V6, 0)],
             reattach: vec![("eth0".into(), 1)],
             reattach_after_up: vec![("eth0".into(), 1)],
             ..DaemonStats::default()

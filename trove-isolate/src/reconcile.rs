@@ -127,10 +127,10 @@ fn apply(
     let rules_held = previous.policy_entries.iter().map(|(_, n)| n).sum();
     let capacity = Capacity::for_policy(policy);
     let mut loaded = None;
-    // Kept only while its maps are still the pinned ones (`detach` removes the pins).
-    let pinned = || maps::ALL.iter().all(|m| pins.map(m).exists());
     let datapath = match current {
-        Some(current) if current.serves(&capacity, rules_held, log) && pinned() => current,
+        Some(current) if current.serves(&capacity, rules_held, log) && current.holds_pins(pins) => {
+            current
+        }
         _ => loaded.insert(Datapath::load(Some(pins), log, &capacity, rules_held)?),
     };
     datapath.sync_policy(policy, in_force)?;

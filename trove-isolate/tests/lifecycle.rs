@@ -283,6 +283,71 @@ fn reload_applies_with_no_window_and_refuses_a_bad_config() {
     assert_eq!(kept, reloaded, "{stderr}");
 }
 
+/// A reload keeps the loaded programs only while the pinned maps are theirs: after a `detach`
+/// (which removes the pins) under a running daemon, the next reload loads the programs anew on
+/// fresh pinned maps and enforces the policy again.
+#[test]
+fn a_reload_after_detach_enforces_again_on_fresh_maps() {
+    let guest = Guest::new("rdt");
+    let port = metrics_port();
+    let _servers: Vec<Server> = scenario::servers(&guest, port);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let config = write_config(&scenario::config(
+        &guest, "enforce", "auto", &pin_path, port,
+    ));
+    let mut daemon = Daemon::start(
+        &config,
+        pin_path.as_ref(),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+    );
+    let rabbit: SocketAddr = "192.0.2.10:5672".parse().expect("addr");
+    let refused: SocketAddr = "192.0.2.99:5672".parse().expect("addr");
+    assert!(
+        !tcp_probe(&guest.host, None, refused, PROBE),
+        "refused before"
+    );
+
+    let out = cli(&["detach", "--pin-path", &pin_path]);
+    assert!(out.status.success(), "detach: {out:?}");
+    let policy_pin = trove_isolate::pins::Pins::new(&pin_path).map("POLICY");
+    assert!(!policy_pin.exists(), "detach left the policy map pinned");
+
+    // `detach` removed the state record `reload` finds the daemon by: signal it directly.
+    let pid = daemon.pid().expect("running");
+    for (n, round) in ["after detach", "again"].into_iter().enumerate() {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while daemon.stderr().matches("reloaded ").count() <= n {
+            assert!(
+                Instant::now() < deadline,
+                "reload {round} not done:\n{}",
+                daemon.kill_for_stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(policy_pin.exists(), "{round}: the policy map is not pinned");
+        assert!(
+            tcp_probe(&guest.host, None, rabbit, PROBE),
+            "{round}: rabbitmq refused"
+        );
+        assert!(
+            !tcp_probe(&guest.host, None, refused, PROBE),
+            "{round}: a refused destination passed"
+        );
+    }
+    let status = cli(&["status", "--pin-path", &pin_path]);
+    assert!(status.status.success(), "status: {status:?}");
+    let stderr = daemon.kill_for_stderr();
+    let reloads: Vec<&str> = stderr.lines().filter(|l| l.contains("reloaded ")).collect();
+    assert_eq!(reloads.len(), 2, "{stderr}");
+    assert!(reloads[0].contains("(programs loaded anew)"), "{stderr}");
+    assert!(reloads[1].contains("(programs kept)"), "{stderr}");
+}
+
 /// The unit file as shipped passes `systemd-analyze verify` (with the binary it names pointed at
 /// this build).
 #[test]
@@ -453,6 +518,21 @@ fn metrics_speak_both_formats_and_promtool_accepts_them() {
     assert!(
         out.status.success(),
         "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And they mean what they say: the near-full alert follows each family's table.
+    let tests = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/prometheus/conntrack.test.yml"
+    );
+    let out = std::process::Command::new("promtool")
+        .args(["test", "rules", tests])
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool test rules: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
