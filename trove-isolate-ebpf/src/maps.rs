@@ -51,12 +51,15 @@ pub static CT_EST4_MGMT: HashMap<FlowKey4, FlowValue> =
 pub static CT_EST4_BIZ: HashMap<FlowKey4, FlowValue> =
     HashMap::with_max_entries(EST_MAX_ENTRIES, 0);
 
+/// IPv6 established flows are allocated as they come (many guests have none): the same limit,
+/// without the memory at load.
 #[map]
 pub static CT_EST6_MGMT: HashMap<FlowKey, FlowValue> =
-    HashMap::with_max_entries(EST_MAX_ENTRIES, 0);
+    HashMap::with_max_entries(EST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static CT_EST6_BIZ: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(EST_MAX_ENTRIES, 0);
+pub static CT_EST6_BIZ: HashMap<FlowKey, FlowValue> =
+    HashMap::with_max_entries(EST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(counters::MAX_ENTRIES, 0);

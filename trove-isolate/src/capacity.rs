@@ -3,8 +3,9 @@
 //! The policy map follows the compiled policy. It allocates its rules as they are added (only
 //! its buckets are made at load), so its size is mostly a limit; it gets headroom for a reload,
 //! whose add-before-remove holds the old and the new rules together for a moment. The
-//! connection-tracking tables follow `[conntrack]` and are allocated in full at load (a hash map
-//! preallocates, and so does an LRU).
+//! connection-tracking tables follow `[conntrack]`, each family's at the configured size, and are
+//! allocated in full at load (a hash map preallocates, and so does an LRU), except IPv6's
+//! established tables: they allocate flows as they come, as many guests have no IPv6 flows.
 //!
 //! A pinned map is kept while its size still serves. Otherwise the loader makes a new one of the
 //! wanted size, fills it, attaches the programs that use it, and only then pins it in the old
@@ -83,21 +84,27 @@ impl Capacity {
     /// Kernel memory the maps take, estimated from their sizes: the flow tables in full, the
     /// policy per rule.
     pub fn memory(&self) -> Memory {
-        let value = std::mem::size_of::<conntrack::FlowValue>();
-        let key =
-            std::mem::size_of::<conntrack::FlowKey4>() + std::mem::size_of::<conntrack::FlowKey>();
-        // Both families' tables: an element carries a 48-byte header; buckets are a power of two
-        // of 16 bytes (kernel/bpf/hashtab.c).
-        let table = |entries: u32| -> u64 {
-            let entries = u64::from(entries);
-            entries * (2 * (HASH_ELEMENT_HEADER + value as u64) + key as u64)
-                + 2 * entries.next_power_of_two() * 16
-        };
+        let value = std::mem::size_of::<conntrack::FlowValue>() as u64;
+        let element = |key: usize| HASH_ELEMENT_HEADER + key as u64 + value;
+        let (v4, v6) = (
+            element(std::mem::size_of::<conntrack::FlowKey4>()),
+            element(std::mem::size_of::<conntrack::FlowKey>()),
+        );
+        // Buckets are a power of two of 16 bytes (kernel/bpf/hashtab.c); a preallocated table
+        // has every element at load.
+        let buckets = |entries: u32| u64::from(entries).next_power_of_two() * 16;
+        let (est, new) = (u64::from(self.ct_established), u64::from(self.ct_new));
         // A rule is an element of a hash allocated per entry (its value rounded up to 8 bytes);
         // the buckets are allocated at load.
         let per_rule = HASH_ELEMENT_HEADER + std::mem::size_of::<policy::PolicyKey>() as u64 + 8;
         Memory {
-            conntrack_per_nic: table(self.ct_established) + table(self.ct_new),
+            // Both families' new tables and IPv4's established table in full; IPv6's
+            // established table allocates its flows as they come.
+            conntrack_per_nic: est * v4
+                + new * (v4 + v6)
+                + 2 * buckets(self.ct_established)
+                + 2 * buckets(self.ct_new),
+            conntrack_ipv6_per_nic: est * v6,
             policy: self.policy_rules as u64 * per_rule
                 + u64::from(self.policy).next_power_of_two() * 16,
         }
@@ -110,7 +117,10 @@ const HASH_ELEMENT_HEADER: u64 = 48;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Memory {
+    /// The flow tables of one NIC at load.
     pub conntrack_per_nic: u64,
+    /// What one NIC's IPv6 established flows take when its table is full (allocated per flow).
+    pub conntrack_ipv6_per_nic: u64,
     pub policy: u64,
 }
 
@@ -128,12 +138,14 @@ impl fmt::Display for Capacity {
         write!(
             f,
             "          conntrack per NIC: {} established + {} new flows, each for IPv4 and \
-             for IPv6 (allocated at load: about {} per NIC, {} for {})",
+             for IPv6 (allocated at load: about {} per NIC, {} for {}; IPv6 established flows \
+             as they come, up to {} more per NIC)",
             self.ct_established,
             self.ct_new,
             mib(memory.conntrack_per_nic),
             mib(memory.conntrack_per_nic * Role::COUNT as u64),
-            Role::ALL.map(|r| r.name()).join(" and ")
+            Role::ALL.map(|r| r.name()).join(" and "),
+            mib(memory.conntrack_ipv6_per_nic)
         )
     }
 }

@@ -148,6 +148,12 @@ impl Datapath {
         })
     }
 
+    /// The kernel's id of the map `name`.
+    pub fn map_id(&self, name: &str) -> Option<u32> {
+        let info = self.ebpf.map(name).and_then(map_data)?.info().ok()?;
+        Some(info.id())
+    }
+
     /// Whether these loaded programs and maps serve `capacity` (with `in_force` rules in the
     /// policy map now) as a fresh [`Datapath::load`] would, so a reload can keep them and skip
     /// the verifier: no map would be resized, and the debug records are as wanted.

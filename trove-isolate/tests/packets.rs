@@ -16,7 +16,7 @@ use packets::frame::*;
 use trove_isolate::{
     capacity::Capacity, config::Config, datapath::Datapath, local, policy::Policy,
 };
-use trove_isolate_common::{action, proto, Direction, Mode, Reason, Role, Verdict};
+use trove_isolate_common::{action, maps, proto, Direction, Mode, Reason, Role, Verdict};
 use Direction::{Egress as E, Ingress as I};
 use Role::{Business as B, Management as M};
 
@@ -1195,6 +1195,53 @@ fn prefix_lengths_that_do_not_fit_side_by_side_are_swapped() {
             Allowed,
         )],
     );
+}
+
+/// `check`'s estimate of a NIC's flow tables at load matches the kernel's own account: `memlock`
+/// in each map's fdinfo, which Linux 6.4 and later compute from what the map allocated (before,
+/// it is a rough footprint, and this test only prints it).
+#[test]
+fn the_flow_tables_take_the_memory_check_reports() {
+    let dp = datapath();
+    let memlock = |name: &str| -> u64 {
+        let id = dp.map_id(name).expect("the map's id");
+        // This process holds the map: find its fd by the id.
+        for entry in std::fs::read_dir("/proc/self/fdinfo").expect("fdinfo") {
+            let text = std::fs::read_to_string(entry.expect("entry").path()).unwrap_or_default();
+            if text.lines().any(|l| l == format!("map_id:\t{id}")) {
+                return text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("memlock:\t"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("memlock");
+            }
+        }
+        panic!("no fd of map {name} (id {id})")
+    };
+    let kernel: u64 = [
+        maps::CT_EST4_BIZ,
+        maps::CT_EST6_BIZ,
+        maps::CT_NEW4_BIZ,
+        maps::CT_NEW6_BIZ,
+    ]
+    .iter()
+    .map(|m| memlock(m))
+    .sum();
+    let estimate = Capacity::DEFAULT.memory().conntrack_per_nic;
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    println!("flow tables of one NIC: kernel {kernel} bytes, check {estimate}");
+    if version >= (6, 4) {
+        let ratio = kernel as f64 / estimate as f64;
+        assert!(
+            (0.95..1.05).contains(&ratio),
+            "the kernel accounts {kernel} bytes, check says {estimate}"
+        );
+    }
 }
 
 /// `cargo xtask bench`'s programs pass the verifier too (they are loaded only there).
