@@ -506,36 +506,24 @@ fn metrics_speak_both_formats_and_promtool_accepts_them() {
     };
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 
-    // The alerting rules shipped for these metrics load in Prometheus.
-    let rules = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../dist/prometheus/trove-isolate.rules.yml"
-    );
-    let out = std::process::Command::new("promtool")
-        .args(["check", "rules", rules])
-        .output()
-        .expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check rules: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // And they mean what they say: the near-full alert follows each family's table.
-    let tests = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/prometheus/conntrack.test.yml"
-    );
-    let out = std::process::Command::new("promtool")
-        .args(["test", "rules", tests])
-        .output()
-        .expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool test rules: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The alerting rules shipped for these metrics load in Prometheus, and they mean what they
+    // say: the near-full alert follows each family's table.
+    for (what, file) in [
+        ("check", "/../dist/prometheus/trove-isolate.rules.yml"),
+        ("test", "/tests/fixtures/prometheus/conntrack.test.yml"),
+    ] {
+        let path = format!("{}{file}", env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new("promtool")
+            .args([what, "rules", &path])
+            .output()
+            .expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool {what} rules: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// A real Prometheus server (Debian's) scrapes the daemon, negotiating OpenMetrics as it does

@@ -1197,6 +1197,11 @@ fn prefix_lengths_that_do_not_fit_side_by_side_are_swapped() {
     );
 }
 
+fn kernel_at_least(major: u8, minor: u8) -> bool {
+    aya::util::KernelVersion::current()
+        .is_ok_and(|v| v >= aya::util::KernelVersion::new(major, minor, 0))
+}
+
 /// `check`'s estimate of a NIC's flow tables at load matches the kernel's own account: `memlock`
 /// in each map's fdinfo, which Linux 6.4 and later compute from what the map allocated (before,
 /// it is a rough footprint, and this test only prints it).
@@ -1228,14 +1233,8 @@ fn the_flow_tables_take_the_memory_check_reports() {
     .map(|m| memlock(m))
     .sum();
     let estimate = Capacity::DEFAULT.memory().conntrack_per_nic;
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
-    let mut numbers = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse::<u32>().unwrap_or(0));
-    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
     println!("flow tables of one NIC: kernel {kernel} bytes, check {estimate}");
-    if version >= (6, 4) {
+    if kernel_at_least(6, 4) {
         let ratio = kernel as f64 / estimate as f64;
         assert!(
             (0.95..1.05).contains(&ratio),
@@ -1272,11 +1271,7 @@ fn verified_instruction_counts() {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .expect("reading /proc/sys/kernel/osrelease");
     let release = release.trim();
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse::<u32>().unwrap_or(0));
-    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    let reports = version >= (5, 16);
+    let reports = kernel_at_least(5, 16);
     let mut dp = Datapath::load(None, false, &Capacity::DEFAULT, 0)
         .expect("loading the datapath (root, BPF)");
     let mut missing = Vec::new();
