@@ -33,7 +33,8 @@ pub mod maps {
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
     /// Flows not yet established, per role and family: small, short-lived, LRU (a flood evicts
-    /// only its own kind).
+    /// only its own kind). IPv4 tables are keyed by `conntrack::FlowKey4`, IPv6 ones by
+    /// `conntrack::FlowKey`.
     pub const CT_NEW4_MGMT: &str = "CT_NEW4_MGMT";
     pub const CT_NEW4_BIZ: &str = "CT_NEW4_BIZ";
     pub const CT_NEW6_MGMT: &str = "CT_NEW6_MGMT";
@@ -45,18 +46,6 @@ pub mod maps {
     pub const CT_EST4_BIZ: &str = "CT_EST4_BIZ";
     pub const CT_EST6_MGMT: &str = "CT_EST6_MGMT";
     pub const CT_EST6_BIZ: &str = "CT_EST6_BIZ";
-    /// The flow tables: IPv4 ones keyed by `conntrack::FlowKey4`, IPv6 ones by
-    /// `conntrack::FlowKey`.
-    pub const FLOW_TABLES: [&str; 8] = [
-        CT_NEW4_MGMT,
-        CT_NEW4_BIZ,
-        CT_NEW6_MGMT,
-        CT_NEW6_BIZ,
-        CT_EST4_MGMT,
-        CT_EST4_BIZ,
-        CT_EST6_MGMT,
-        CT_EST6_BIZ,
-    ];
     pub const ALL: [&str; 15] = [
         POLICY,
         POLICY_LENGTHS,
