@@ -5,7 +5,7 @@
 //! new". Every function works on one family's tables ([`FlowTables`]), keyed by `K`. TCP flows carry each direction's highest acknowledgment and window, so that a FIN or RST
 //! can be held to the receiver's window (RFC 5961): a blind reset cannot close a flow.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use trove_isolate_common::{
     conntrack::{flags, state, FlowValue, REFRESH_NS, WSCALE_MAX, WSCALE_NONE, WSCALE_UNKNOWN},
     Direction, Reason,
@@ -14,6 +14,7 @@ use trove_isolate_common::{
 use crate::{
     maps::FlowTables,
     packet::{Kind, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse,
 };
 
 /// `-EEXIST`: another CPU promoted the same flow first.
@@ -30,6 +31,7 @@ fn now() -> u64 {
 /// The verdict for `pkt` if its flow is tracked, `None` if it has no live flow.
 #[inline(always)]
 pub fn judge<K>(
+    ctx: &TcContext,
     t: &FlowTables<K>,
     key: &K,
     direction: Direction,
@@ -38,18 +40,17 @@ pub fn judge<K>(
     let now = now();
     if let Some(value) = t.est.get_ptr_mut(key) {
         let value = unsafe { &mut *value };
-        if value.expired(pkt.proto, now) {
-            let _ = t.est.remove(key);
-        } else if let Some(verdict) = established(t, key, value, direction, pkt, now) {
-            return Some(verdict);
+        if !value.expired(pkt.proto, now) {
+            return Some(established(value, direction, pkt, now));
         }
+        let _ = t.est.remove(key);
     }
     let value = t.new.get_ptr_mut(key)?;
     let value = unsafe { &mut *value };
     if value.expired(pkt.proto, now) {
         return None;
     }
-    Some(embryonic(t, key, value, direction, pkt, now))
+    Some(embryonic(ctx, t, key, value, direction, pkt, now))
 }
 
 /// Whether `key` is a live flow in either table (for ICMP errors: no refresh, errors do not keep
@@ -68,8 +69,55 @@ pub fn tracked<K>(t: &FlowTables<K>, key: &K, proto: u8) -> bool {
     }
 }
 
-/// A packet of an established flow. `None`: a SYN reusing the tuple of a closing flow, which
-/// starts over as a new flow (and meets the policy again).
+/// Opens the flow of a packet the rules allowed. Any packet but a bare SYN comes here only when
+/// its tuple has no live flow ([`judge`]). A bare SYN comes straight from the rules: on a live
+/// flow (a retransmission, or the other side's SYN of a simultaneous open) it passes and
+/// changes nothing but the flow's age; on a closing established flow, or a pickup nothing has
+/// answered, it starts the flow over.
+#[inline(always)]
+pub fn open<K>(
+    ctx: &TcContext,
+    t: &FlowTables<K>,
+    key: &K,
+    direction: Direction,
+    pkt: &Packet,
+    syn: bool,
+) -> Result<Reason, Reason> {
+    let now = now();
+    if syn {
+        if let Some(value) = t.est.get_ptr_mut(key) {
+            let value = unsafe { &mut *value };
+            if value.expired(pkt.proto, now) || value.flags & flags::CLOSING != 0 {
+                let _ = t.est.remove(key);
+            } else {
+                refresh(value, now);
+                return Ok(Reason::Tracked);
+            }
+        }
+        if let Some(value) = t.new.get_ptr_mut(key) {
+            let value = unsafe { &mut *value };
+            // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep:
+            // the SYN starts the tuple over rather than inherit its acknowledgment.
+            if !value.expired(pkt.proto, now) && value.state != state::UNREPLIED {
+                refresh(value, now);
+                return Ok(Reason::Tracked);
+            }
+        }
+    }
+    track(ctx, t, key, direction, pkt, now)?;
+    Ok(Reason::Allowed)
+}
+
+/// Stamps a flow as seen, at most once per [`REFRESH_NS`] (a write dirties the entry's cache
+/// line for every CPU).
+#[inline(always)]
+fn refresh(value: &mut FlowValue, now: u64) {
+    if now.saturating_sub(value.last_seen_ns) > REFRESH_NS {
+        value.last_seen_ns = now;
+    }
+}
+
+/// A packet of an established flow (never a bare SYN: those take [`open`]).
 ///
 /// A FIN or RST must fall in the receiver's window (else `OutOfWindow`). What closes the flow
 /// is held to what a blind sender cannot forge: FINs seen both ways, an RST from the guest, or
@@ -77,23 +125,16 @@ pub fn tracked<K>(t: &FlowTables<K>, key: &K, proto: u8) -> bool {
 /// rule for accepting a reset). An in-window RST that is not exact passes (the guest answers it
 /// with a challenge ACK) and changes nothing.
 #[inline(always)]
-fn established<K>(
-    t: &FlowTables<K>,
-    key: &K,
+fn established(
     value: &mut FlowValue,
     direction: Direction,
     pkt: &Packet,
     now: u64,
-) -> Option<Result<Reason, Reason>> {
+) -> Result<Reason, Reason> {
     if pkt.kind == Kind::Tcp {
-        let f = pkt.tcp_flags;
-        if f & (TCP_SYN | TCP_ACK) == TCP_SYN && value.flags & flags::CLOSING != 0 {
-            let _ = t.est.remove(key);
-            return None;
-        }
-        if f & (TCP_FIN | TCP_RST) != 0 {
+        if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
             if !in_window(value, direction, pkt) {
-                return Some(Err(Reason::OutOfWindow));
+                return Err(Reason::OutOfWindow);
             }
             if closes(value, direction, pkt) {
                 value.flags |= flags::CLOSING;
@@ -102,10 +143,8 @@ fn established<K>(
         }
         record_ack(value, direction, pkt);
     }
-    if now.saturating_sub(value.last_seen_ns) > REFRESH_NS {
-        value.last_seen_ns = now;
-    }
-    Some(Ok(Reason::Tracked))
+    refresh(value, now);
+    Ok(Reason::Tracked)
 }
 
 /// Whether an in-window FIN or RST closes the flow (see [`established`]).
@@ -131,6 +170,7 @@ fn closes(value: &mut FlowValue, direction: Direction, pkt: &Packet) -> bool {
 /// ACK (the guest's, for one picked up coming in).
 #[inline(always)]
 fn embryonic<K>(
+    ctx: &TcContext,
     t: &FlowTables<K>,
     key: &K,
     value: &mut FlowValue,
@@ -139,9 +179,7 @@ fn embryonic<K>(
     now: u64,
 ) -> Result<Reason, Reason> {
     let reply = direction as u8 != value.origin;
-    if now.saturating_sub(value.last_seen_ns) > REFRESH_NS {
-        value.last_seen_ns = now;
-    }
+    refresh(value, now);
     match pkt.kind {
         Kind::Tcp => {
             let f = pkt.tcp_flags;
@@ -153,7 +191,8 @@ fn embryonic<K>(
                 && f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
             {
                 value.state = state::SYN_ACKED;
-                settle_wscale(value, direction, pkt.wscale);
+                // Read only here: an unsolicited SYN-ACK never walks its options.
+                settle_wscale(value, direction, parse::window_scale(ctx, pkt));
             } else if plain_ack {
                 match value.state {
                     state::SYN_ACKED if !reply && from_guest => return promote(t, key, value, now),
@@ -189,14 +228,16 @@ fn promote<K>(t: &FlowTables<K>, key: &K, value: &FlowValue, now: u64) -> Result
 
 /// Starts tracking a new flow a rule allowed.
 #[inline(always)]
-pub fn track<K>(
+fn track<K>(
+    ctx: &TcContext,
     t: &FlowTables<K>,
     key: &K,
     direction: Direction,
     pkt: &Packet,
+    now: u64,
 ) -> Result<(), Reason> {
     let mut value = FlowValue {
-        last_seen_ns: now(),
+        last_seen_ns: now,
         origin: direction as u8,
         state: state::UNREPLIED,
         flags: 0,
@@ -209,7 +250,8 @@ pub fn track<K>(
     if pkt.kind == Kind::Tcp {
         if pkt.tcp_flags & TCP_SYN != 0 {
             value.state = state::SYN_SENT;
-            value.wscale[direction as usize & 1] = pkt.wscale;
+            // Read only now: a refused SYN never walks its options.
+            value.wscale[direction as usize & 1] = parse::window_scale(ctx, pkt);
         }
         record_ack(&mut value, direction, pkt);
     }

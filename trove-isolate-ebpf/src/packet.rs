@@ -29,8 +29,6 @@ pub struct Packet {
     pub proto: u8,
     pub kind: Kind,
     pub tcp_flags: u8,
-    /// TCP window scale option of a SYN, or `WSCALE_UNKNOWN`.
-    pub wscale: u8,
     /// IPv4 TTL or IPv6 hop limit.
     pub hop_limit: u8,
     /// ICMP/ICMPv6 type and code (0 otherwise).
@@ -42,6 +40,10 @@ pub struct Packet {
     pub seq: u32,
     pub ack: u32,
     pub window: u16,
+    /// Where the TCP options start in the frame, and their length in bytes: the flow tables
+    /// read the window scale from them only when a handshake needs it (`parse::window_scale`).
+    pub options_at: u16,
+    pub options_len: u8,
     pub src: [u8; 16],
     pub dst: [u8; 16],
 }

@@ -30,3 +30,9 @@ pub fn opens_flow(pkt: &Packet) -> bool {
     let f = pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST);
     f == TCP_SYN || f == TCP_ACK
 }
+
+/// A SYN without ACK: the opening of a connection (a SYN-ACK answers one).
+#[inline(always)]
+pub fn bare_syn(pkt: &Packet) -> bool {
+    pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}

@@ -48,42 +48,87 @@ fn decide(ctx: &TcContext, role: Role, direction: Direction) -> Result<Reason, R
         Parsed::Arp(arp) => arp::check(role, direction, &arp),
         Parsed::NeighborDiscovery(pkt) => nd::check(role, direction, &pkt),
         Parsed::Related { outer, quoted } => related(role, direction, &outer, &quoted),
-        Parsed::Flow(pkt) => flow(role, direction, &pkt),
+        Parsed::Flow(pkt) => flow(ctx, role, direction, &pkt),
     }
 }
 
 /// A packet that is, or may start, a flow: tracked flows first, then the checks a new flow
-/// must pass (it may open one, it is the NIC's own, a rule allows it).
+/// must pass (it may open one, a rule allows it, it is the NIC's own).
+///
+/// A bare SYN asks to open a flow whatever its tuple holds, so it meets those checks before the
+/// flow tables: a refused one costs no table lookup, and a SYN on a tracked tuple (a
+/// retransmission, a reopened closing flow, a simultaneous open) is held to the rules in force.
 #[inline(always)]
-fn flow(role: Role, direction: Direction, pkt: &Packet) -> Result<Reason, Reason> {
-    match pkt.kind {
-        Kind::Tcp => tcp::check_flags(pkt)?,
+fn flow(ctx: &TcContext, role: Role, direction: Direction, pkt: &Packet) -> Result<Reason, Reason> {
+    let syn = match pkt.kind {
+        Kind::Tcp => {
+            tcp::check_flags(pkt)?;
+            tcp::bare_syn(pkt)
+        }
         Kind::OtherIcmp => return Err(Reason::NotTracked),
         Kind::Udp if dhcp::allowed(role, direction, pkt) => return Ok(Reason::Dhcp),
-        _ => {}
-    }
+        _ => false,
+    };
     // Each family has tables of its own; IPv4's short key is the cheaper lookup.
-    let judged = if pkt.family == family::V4 {
-        conntrack::judge(&flows4(role), &pkt.flow_key4(direction), direction, pkt)
+    let v4 = pkt.family == family::V4;
+    if !syn {
+        let judged = if v4 {
+            conntrack::judge(
+                ctx,
+                &flows4(role),
+                &pkt.flow_key4(direction),
+                direction,
+                pkt,
+            )
+        } else {
+            conntrack::judge(
+                ctx,
+                &flows6(role),
+                &pkt.flow_key(role, direction),
+                direction,
+                pkt,
+            )
+        };
+        if let Some(verdict) = judged {
+            return verdict;
+        }
+        let opens = match pkt.kind {
+            Kind::Tcp => tcp::opens_flow(pkt),
+            Kind::EchoReply => false,
+            _ => true,
+        };
+        if !opens {
+            return Err(Reason::NotTracked);
+        }
+    }
+    admit(role, direction, pkt)?;
+    if v4 {
+        conntrack::open(
+            ctx,
+            &flows4(role),
+            &pkt.flow_key4(direction),
+            direction,
+            pkt,
+            syn,
+        )
     } else {
-        conntrack::judge(
+        conntrack::open(
+            ctx,
             &flows6(role),
             &pkt.flow_key(role, direction),
             direction,
             pkt,
+            syn,
         )
-    };
-    if let Some(verdict) = judged {
-        return verdict;
     }
-    let opens = match pkt.kind {
-        Kind::Tcp => tcp::opens_flow(pkt),
-        Kind::EchoReply => false,
-        _ => true,
-    };
-    if !opens {
-        return Err(Reason::NotTracked);
-    }
+}
+
+/// What a new flow must pass: a rule allows it, and it is the NIC's own (addressed to it coming
+/// in, sent from it going out). The policy goes first: what a hostile network sends mostly
+/// fails it, so most refusals cost one lookup.
+#[inline(always)]
+fn admit(role: Role, direction: Direction, pkt: &Packet) -> Result<(), Reason> {
+    policy::check(role, direction, pkt)?;
     let local = match direction {
         Direction::Ingress => &pkt.dst,
         Direction::Egress => &pkt.src,
@@ -91,18 +136,7 @@ fn flow(role: Role, direction: Direction, pkt: &Packet) -> Result<Reason, Reason
     if !local::own(role, pkt.family, local) {
         return Err(Reason::NotLocal);
     }
-    policy::check(role, direction, pkt)?;
-    if pkt.family == family::V4 {
-        conntrack::track(&flows4(role), &pkt.flow_key4(direction), direction, pkt)?;
-    } else {
-        conntrack::track(
-            &flows6(role),
-            &pkt.flow_key(role, direction),
-            direction,
-            pkt,
-        )?;
-    }
-    Ok(Reason::Allowed)
+    Ok(())
 }
 
 /// An ICMP error passes when it is about a tracked flow and travels between that flow's

@@ -1,9 +1,9 @@
 //! `trove-isolate explain`: would a new flow pass, and what decides it, asked of the pinned maps
 //! the programs use (not of a config file, which may have changed since).
 //!
-//! The questions are the datapath's own for the first packet of a flow: is it DHCP the NIC
-//! passes, is its local end an address of the NIC, and which policy entry, if any, matches
-//! (the same LPM lookup). Rule ids are named from the daemon's config when it still compiles to
+//! The questions are the datapath's own for the first packet of a flow, in its order: is it
+//! DHCP the NIC passes, which policy entry, if any, matches (the same lookups), and is its local
+//! end an address of the NIC. Rule ids are named from the daemon's config when it still compiles to
 //! the entries in force.
 
 use std::{
@@ -117,18 +117,25 @@ pub fn explain(
     } else {
         family::V6
     };
-    if let Some(local) = local {
-        let own = lookup_local(pins, role, fam, local)?;
-        if !own {
-            writeln!(
-                out,
-                "  drop (not_local): {local} is not an address of the {} NIC",
-                role.name()
-            )?;
-            return Ok(out);
-        }
-        writeln!(out, "  {local} is an address of the NIC")?;
+    // The datapath's order: the rules, then the own-address check.
+    let entry = lookup_policy(pins, role, direction, fam, remote)?;
+    let mode = PinnedMaps::open(pins)?.mode(role)?;
+    let dropped = if mode == Mode::Audit {
+        "audit (would drop)"
     } else {
+        "drop"
+    };
+    let Some(rule_id) = entry else {
+        writeln!(
+            out,
+            "  {dropped} (policy): no rule of the {} NIC allows it",
+            role.name()
+        )?;
+        return Ok(out);
+    };
+    let rule = format!("rule #{rule_id}{}", rule_name(&state, rule_id));
+    let Some(local) = local else {
+        writeln!(out, "  pass (allowed): {rule}")?;
         writeln!(
             out,
             "  (the {} end must be an address of the NIC, else not_local)",
@@ -137,26 +144,19 @@ pub fn explain(
                 Direction::Ingress => "receiving",
             }
         )?;
-    }
-    let entry = lookup_policy(pins, role, direction, fam, remote)?;
-    let mode = PinnedMaps::open(pins)?.mode(role)?;
-    let dropped = if mode == Mode::Audit {
-        "audit (would drop)"
-    } else {
-        "drop"
+        return Ok(out);
     };
-    match entry {
-        Some(rule_id) => writeln!(
+    if !lookup_local(pins, role, fam, local)? {
+        writeln!(out, "  {rule} allows it")?;
+        writeln!(
             out,
-            "  pass (allowed): rule #{rule_id}{}",
-            rule_name(&state, rule_id)
-        )?,
-        None => writeln!(
-            out,
-            "  {dropped} (policy): no rule of the {} NIC allows it",
+            "  {dropped} (not_local): {local} is not an address of the {} NIC",
             role.name()
-        )?,
+        )?;
+        return Ok(out);
     }
+    writeln!(out, "  {local} is an address of the NIC")?;
+    writeln!(out, "  pass (allowed): {rule}")?;
     Ok(out)
 }
 

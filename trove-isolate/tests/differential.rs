@@ -839,7 +839,7 @@ fn named_table() -> Vec<Named> {
                     M,
                     I,
                     Pkt::udp("192.0.2.254", "255.255.255.255", 12345, 68).framed(),
-                    Err(NotLocal),
+                    Err(Policy),
                 ),
                 (
                     M,

@@ -535,7 +535,7 @@ fn explain_agrees_with_the_datapath() {
                 "192.0.2.1",
             ],
             "drop (policy)",
-            "is an address of the NIC",
+            "no rule of the business NIC allows it",
         ),
         (
             &[

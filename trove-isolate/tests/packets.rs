@@ -988,14 +988,14 @@ fn dhcp_is_no_tunnel() {
         pass("renewal to the on-link server", M, E, v4_udp(G4, "192.0.2.254", 68, 67), Dhcp),
         pass("ack to our address", M, I, v4_udp("192.0.2.254", G4, 67, 68), Dhcp),
         drop("server port from off-link", M, I, v4_udp("198.51.100.9", G4, 67, 68), Policy),
-        drop("client port from a spoofed source", M, E, v4_udp("192.0.2.77", "255.255.255.255", 68, 67), NotLocal),
+        drop("client port from a spoofed source", M, E, v4_udp("192.0.2.77", "255.255.255.255", 68, 67), Policy),
         pass("offer to broadcast", M, I, v4_udp("192.0.2.254", "255.255.255.255", 67, 68), Dhcp),
         drop("any source port to a server port 67 off-link", M, E, v4_udp(G4, "198.51.100.9", 40000, 67), Policy),
         drop("client port to port 67 off-link", M, E, v4_udp(G4, "198.51.100.9", 68, 67), Policy),
         drop("port 68 from a port other than 67", M, I, v4_udp("198.51.100.9", G4, 40000, 68), Policy),
-        drop("server port to 68 of another address", M, I, v4_udp("192.0.2.254", "192.0.2.77", 67, 68), NotLocal),
+        drop("server port to 68 of another address", M, I, v4_udp("192.0.2.254", "192.0.2.77", 67, 68), Policy),
         drop("the reply path of a would-be tunnel", M, I, v4_udp("198.51.100.9", G4, 67, 40000), Policy),
-        drop("DHCP on the business NIC", B, E, v4_udp("0.0.0.0", "255.255.255.255", 68, 67), NotLocal),
+        drop("DHCP on the business NIC", B, E, v4_udp("0.0.0.0", "255.255.255.255", 68, 67), Policy),
         pass("DHCPv6 solicit", M, E, ipv6(proto::UDP, "fe80::1", "ff02::1:2", &udp(546, 547)), Dhcp),
         pass("DHCPv6 reply", M, I, ipv6(proto::UDP, "fe80::2", "fe80::1", &udp(547, 546)), Dhcp),
         drop("DHCPv6 to a global server", M, E, ipv6(proto::UDP, G6, "2001:db8:9::9", &udp(546, 547)), Policy),
@@ -1069,6 +1069,48 @@ fn new_flows_must_be_the_nics_own() {
         pass("the NIC's own address", B, I, v4_tcp(CLIENT, G4, 33202, 3306, SYN), Allowed),
         pass("the NIC's own IPv6 address", B, I, v6_tcp(CLIENT6, G6, 33203, 3306, SYN), Allowed),
     ]);
+}
+
+/// A bare SYN asks to open a flow, so it meets the rules (then the own-address check) before
+/// the flow tables, whatever its tuple holds: a retransmission passes on, the other side's SYN
+/// on the same tuple (a simultaneous open) needs a rule of its own, and a refused SYN leaves
+/// nothing in the tables.
+#[rustfmt::skip]
+#[test]
+fn a_syn_meets_the_rules_even_on_a_tracked_tuple() {
+    use trove_isolate::datapath::Table;
+    use Reason::*;
+    let mut dp = datapath();
+    run_table(&mut dp, &[
+        pass("operator SYN", M, I, v4_tcp(OPERATOR, G4, 50000, 22, SYN), Allowed),
+        pass("its retransmission", M, I, v4_tcp(OPERATOR, G4, 50000, 22, SYN), Tracked),
+        drop("the guest's SYN on the same tuple", M, E, v4_tcp(G4, OPERATOR, 22, 50000, SYN), Policy),
+        drop("spoofed and unlisted: the rules answer first", M, E, v4_tcp("192.0.2.77", UNLISTED, 40700, 80, SYN), Policy),
+        drop("spoofed and listed", M, E, v4_tcp("192.0.2.77", RABBIT4, 40701, 5672, SYN), NotLocal),
+    ]);
+    assert_eq!(dp.flows(M, Table::New).expect("flows").len(), 1, "only the operator's flow");
+}
+
+/// A bare ACK picked up mid-flow that nothing answered holds no connection: an allowed SYN on its
+/// tuple starts it over as a handshake, rather than inherit the acknowledgment the ACK carried
+/// (a planted one would hold the guest's own FIN and RST out of window).
+#[rustfmt::skip]
+#[test]
+fn a_syn_starts_an_unanswered_pickup_over() {
+    use trove_isolate::datapath::Table;
+    use trove_isolate_common::conntrack::state;
+    use Reason::*;
+    let mut dp = datapath();
+    let c = (33500, 3306);
+    run_table(&mut dp, &[
+        pass("a bare ACK posing as an old session", B, I, v4_seq(CLIENT, G4, c, ACK, 5, 4_000_000_000, 0), Allowed),
+        pass("the client's SYN on its tuple", B, I, v4_seq(CLIENT, G4, c, SYN, 10, 0, 64240), Allowed),
+    ]);
+    let flows = dp.flows(B, Table::New).expect("flows");
+    assert_eq!(flows.len(), 1);
+    let (_, value) = flows[0];
+    assert_eq!(value.state, state::SYN_SENT, "the handshake starts over");
+    assert_eq!(value.flags, 0, "nothing of the ACK is kept");
 }
 
 /// Transport headers are bounded by the IP packet, not the frame.

@@ -31,7 +31,7 @@ ssh_from = ["203.0.113.0/24"]
 [business]
 interface = "eth0"
 database_ports = [3306]
-clients = ["198.51.100.0/24"]
+clients = ["198.51.100.0/24", "2001:db8:2::/48"]
 "#;
 
 pub struct Options {

@@ -22,18 +22,24 @@ fn v4(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     ipv4(V4_PLAIN, proto::TCP, src, dst, &tcp(sport, dport, flags))
 }
 
+fn v6(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    ipv6(proto::TCP, src, dst, &tcp(sport, dport, flags))
+}
+
 /// The remote addresses the cases use: a generated policy must not cover them.
-pub const PROBED: [&str; 6] = [
+pub const PROBED: [&str; 7] = [
     "192.0.2.10",
     "192.0.2.99",
     "198.51.100.7",
     "198.51.100.8",
     "203.0.113.9",
     "2001:db8:1::99",
+    "2001:db8:2::7",
 ];
 
-/// Loads the datapath with `policy`, the NICs' addresses, and two TCP flows set up through
-/// their real handshakes: one to RabbitMQ, one inbound database session.
+/// Loads the datapath with `policy`, the NICs' addresses, and three TCP flows set up through
+/// their real handshakes: one to RabbitMQ, an inbound database session over IPv4 and one over
+/// IPv6.
 pub fn prepare(policy: &Policy) -> anyhow::Result<Datapath> {
     let mut dp = Datapath::load(None, false, &Capacity::for_policy(policy), 0)
         .context("loading the datapath (root, BPF)")?;
@@ -56,6 +62,14 @@ pub fn prepare(policy: &Policy) -> anyhow::Result<Datapath> {
         (b, e, v4("192.0.2.1", "198.51.100.7", 3306, 50000, SYN_ACK)),
         (b, i, v4("198.51.100.7", "192.0.2.1", 50000, 3306, ACK)),
         (b, e, v4("192.0.2.1", "198.51.100.7", 3306, 50000, ACK)),
+        (b, i, v6("2001:db8:2::7", "2001:db8:1::1", 50000, 3306, SYN)),
+        (
+            b,
+            e,
+            v6("2001:db8:1::1", "2001:db8:2::7", 3306, 50000, SYN_ACK),
+        ),
+        (b, i, v6("2001:db8:2::7", "2001:db8:1::1", 50000, 3306, ACK)),
+        (b, e, v6("2001:db8:1::1", "2001:db8:2::7", 3306, 50000, ACK)),
     ] {
         verdict(dp.program(role, direction), &frame).context("setting up a flow")?;
     }
@@ -97,6 +111,13 @@ pub fn cases() -> Vec<Case> {
             true,
         ),
         case(
+            "business: IPv6 established, in",
+            b,
+            i,
+            v6("2001:db8:2::7", "2001:db8:1::1", 50000, 3306, ACK),
+            true,
+        ),
+        case(
             "business: established, reply out",
             b,
             e,
@@ -108,6 +129,19 @@ pub fn cases() -> Vec<Case> {
             b,
             i,
             v4("198.51.100.8", "192.0.2.1", 40010, 3306, SYN),
+            true,
+        ),
+        case(
+            "business: new flow allowed, a SYN with Linux's options (repeats as above)",
+            b,
+            i,
+            ipv4(
+                V4_PLAIN,
+                proto::TCP,
+                "198.51.100.8",
+                "192.0.2.1",
+                &tcp_opts(40011, 3306, SYN, 1, 0, 64240, &linux_syn_options(7)),
+            ),
             true,
         ),
         case(
@@ -125,10 +159,30 @@ pub fn cases() -> Vec<Case> {
             false,
         ),
         case(
+            "business: new flow denied, a SYN with Linux's options",
+            b,
+            i,
+            ipv4(
+                V4_PLAIN,
+                proto::TCP,
+                "203.0.113.9",
+                "192.0.2.1",
+                &tcp_opts(40007, 3306, SYN, 1, 0, 64240, &linux_syn_options(7)),
+            ),
+            false,
+        ),
+        case(
             "management: unsolicited ACK",
             m,
             i,
             v4("192.0.2.99", "192.0.2.1", 40003, 22, ACK),
+            false,
+        ),
+        case(
+            "business: IPv6 unsolicited ACK",
+            b,
+            i,
+            v6("2001:db8:1::99", "2001:db8:1::1", 40006, 3306, ACK),
             false,
         ),
         case(
@@ -140,7 +194,7 @@ pub fn cases() -> Vec<Case> {
                 &ext,
                 "2001:db8:1::99",
                 "2001:db8:1::1",
-                &tcp(40004, 22, SYN),
+                &tcp(40004, 3306, SYN),
             ),
             false,
         ),
@@ -152,7 +206,7 @@ pub fn cases() -> Vec<Case> {
                 proto::TCP,
                 "2001:db8:1::99",
                 "2001:db8:1::1",
-                &tcp(40005, 22, SYN),
+                &tcp(40005, 3306, SYN),
             ),
             false,
         ),
@@ -238,7 +292,7 @@ pub fn measure_cases(
 }
 
 /// The frames of connection number `i` through the business NIC, each with the direction it
-/// crosses: the handshake, the guest's greeting (which establishes the flow), a request, and
+/// crosses: the handshake (with the options a Linux SYN carries), the guest's greeting (which establishes the flow), a request, and
 /// the close (0x08: PSH). Each connection has a tuple of its own.
 fn connection(i: u32) -> Vec<(Direction, Vec<u8>)> {
     let client = format!("198.51.100.{}", 10 + i / 50_000);
@@ -253,10 +307,16 @@ fn connection(i: u32) -> Vec<(Direction, Vec<u8>)> {
             &tcp_seq(sport, dport, flags, seq, ack, 1000),
         )
     };
+    // The SYN and SYN-ACK carry the options Linux sends.
+    let open = |src: &str, dst: &str, sport, dport, flags, seq, ack| {
+        let opts = linux_syn_options(7);
+        let l4 = tcp_opts(sport, dport, flags, seq, ack, 64240, &opts);
+        ipv4(V4_PLAIN, proto::TCP, src, dst, &l4)
+    };
     let (i, e) = (Direction::Ingress, Direction::Egress);
     vec![
-        (i, seg(c, g, port, 3306, SYN, 100, 0)),
-        (e, seg(g, c, 3306, port, SYN_ACK, 900, 101)),
+        (i, open(c, g, port, 3306, SYN, 100, 0)),
+        (e, open(g, c, 3306, port, SYN_ACK, 900, 101)),
         (i, seg(c, g, port, 3306, ACK, 101, 901)),
         (e, seg(g, c, 3306, port, ACK | 0x08, 901, 101)),
         (i, seg(c, g, port, 3306, ACK | 0x08, 101, 911)),

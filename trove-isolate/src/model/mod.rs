@@ -14,9 +14,10 @@
 //! 3. ICMP errors pass when they quote a tracked flow and travel between its endpoints.
 //! 4. TCP flag combinations no stack sends are invalid; ICMP that is not echo tracks nothing;
 //!    DHCP client traffic passes untracked when the NIC asks for it.
-//! 5. A packet of a tracked flow follows the flow ([`flows`]).
-//! 6. Otherwise the packet must be able to open a flow, be the NIC's own, and be allowed by a
-//!    rule; then its flow is tracked.
+//! 5. A packet of a tracked flow follows the flow ([`flows`]). A bare SYN first meets the
+//!    checks of rule 6 but the first, tracked tuple or not: it asks to open a flow.
+//! 6. Otherwise the packet must be able to open a flow, be allowed by a rule, and be the NIC's
+//!    own; then its flow is tracked.
 
 pub mod flows;
 pub mod parse;
@@ -210,16 +211,34 @@ impl Model {
             return Ok(Reason::Dhcp);
         }
         let id = FlowId::of(&pkt.ip, ends, direction);
+        // A bare SYN asks to open a flow whatever its tuple holds: it meets the rules first.
+        let syn = matches!(pkt.l4, L4::Tcp(t) if t.flags.bare_syn());
+        if syn {
+            self.admit(role, direction, id, pkt)?;
+        }
         if let Some(verdict) = self.follow_flow(role, direction, id, &pkt.l4) {
             return verdict;
         }
-        if !opens_flow(direction, &pkt.l4) {
-            return Err(Reason::NotTracked);
+        if !syn {
+            if !opens_flow(direction, &pkt.l4) {
+                return Err(Reason::NotTracked);
+            }
+            self.admit(role, direction, id, pkt)?;
         }
-        // A new flow is the NIC's own: addressed to it coming in, sent from it going out.
-        if !self.own(role, id.local()) {
-            return Err(Reason::NotLocal);
-        }
+        self.flows
+            .insert((role, id), Flow::open(direction, &pkt.l4));
+        Ok(Reason::Allowed)
+    }
+
+    /// What a new flow must pass: a rule allows it, then it is the NIC's own (addressed to it
+    /// coming in, sent from it going out).
+    fn admit(
+        &self,
+        role: Role,
+        direction: Direction,
+        id: FlowId,
+        pkt: &Packet,
+    ) -> Result<(), Reason> {
         let port = match pkt.l4 {
             L4::Tcp(t) => t.dst_port,
             L4::Udp { dst_port, .. } => dst_port,
@@ -236,13 +255,14 @@ impl Model {
         if !allowed {
             return Err(Reason::Policy);
         }
-        self.flows
-            .insert((role, id), Flow::open(direction, &pkt.l4));
-        Ok(Reason::Allowed)
+        if !self.own(role, id.local()) {
+            return Err(Reason::NotLocal);
+        }
+        Ok(())
     }
 
-    /// The verdict of a packet of a tracked flow; `None` when it has none (or reopens a
-    /// closing one, which is then forgotten).
+    /// The verdict of a packet of a tracked flow; `None` when it has none (or, for an allowed
+    /// SYN, when it reopens a closing flow or an unanswered pickup, which is then forgotten).
     fn follow_flow(
         &mut self,
         role: Role,
@@ -251,7 +271,14 @@ impl Model {
         l4: &L4,
     ) -> Option<Result<Reason, Reason>> {
         let flow = self.flows.get_mut(&(role, id))?;
+        let syn = matches!(l4, L4::Tcp(t) if t.flags.bare_syn());
         match flow.table {
+            // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep:
+            // an allowed SYN starts its tuple over.
+            Table::New if syn && flow.stage == Stage::Unreplied => {
+                self.flows.remove(&(role, id));
+                None
+            }
             Table::New => Some(flow.embryonic(direction, l4)),
             Table::Established => {
                 let verdict = flow.established(direction, l4);

@@ -281,6 +281,42 @@ fn remote_opened_tcp_is_proved_by_the_guest() {
 }
 
 #[test]
+fn a_syn_meets_the_rules_even_on_a_tracked_tuple() {
+    let mut m = model();
+    let syn = Pkt::tcp(OPERATOR4, G4, 50000, 22, SYN).seq_ack(10, 0, 100);
+    // The guest's SYN back on the same tuple (a simultaneous open): no rule lets the guest open
+    // a flow to the operator's port, so it is refused although the tuple is tracked.
+    let crossing = Pkt::tcp(G4, OPERATOR4, 22, 50000, SYN).seq_ack(70, 0, 100);
+    run(
+        &mut m,
+        &[
+            (M, I, syn.frame(), Ok(Allowed)),
+            (M, I, syn.frame(), Ok(Tracked)),
+            (M, E, crossing.frame(), Err(Policy)),
+        ],
+    );
+    let (_, _, flow) = m.flows().next().expect("one flow");
+    assert_eq!((flow.table, flow.stage), (Table::New, Stage::SynSent));
+}
+
+#[test]
+fn a_syn_starts_an_unanswered_pickup_over() {
+    let mut m = model();
+    let ack = Pkt::tcp(OPERATOR4, G4, 50000, 22, ACK).seq_ack(5, 4_000_000_000, 0);
+    let syn = Pkt::tcp(OPERATOR4, G4, 50000, 22, SYN).seq_ack(10, 0, 100);
+    run(
+        &mut m,
+        &[
+            (M, I, ack.frame(), Ok(Allowed)),
+            (M, I, syn.frame(), Ok(Allowed)),
+        ],
+    );
+    let (_, _, flow) = m.flows().next().expect("one flow");
+    assert_eq!((flow.table, flow.stage), (Table::New, Stage::SynSent));
+    assert_eq!(flow.acks, [None, None], "nothing of the ACK is kept");
+}
+
+#[test]
 fn arp_in_its_shape() {
     let mut m = model();
     let mut probe = arp();
@@ -480,14 +516,14 @@ fn dhcp_client_traffic() {
                 M,
                 I,
                 Pkt::udp("8.8.8.8", "255.255.255.255", 12345, 68).frame(),
-                Err(NotLocal),
+                Err(Policy),
             ),
-            // The business NIC does not ask for DHCP.
+            // The business NIC does not ask for DHCP: ordinary UDP, which no rule allows.
             (
                 B,
                 E,
                 Pkt::udp("0.0.0.0", "255.255.255.255", 68, 67).frame(),
-                Err(NotLocal),
+                Err(Policy),
             ),
         ],
     );
