@@ -24,7 +24,7 @@ const EEXIST: i32 = -17;
 /// of the precise one per packet (`cargo xtask bench`, BENCHMARKS.md). The daemon's sweep reads
 /// the same clock.
 #[inline(always)]
-fn now() -> u64 {
+pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
@@ -69,43 +69,35 @@ pub fn tracked<K>(t: &FlowTables<K>, key: &K, proto: u8) -> bool {
     }
 }
 
-/// Opens the flow of a packet the rules allowed. Any packet but a bare SYN comes here only when
-/// its tuple has no live flow ([`judge`]). A bare SYN comes straight from the rules: on a live
-/// flow (a retransmission, or the other side's SYN of a simultaneous open) it passes and
-/// changes nothing but the flow's age; on a closing established flow, or a pickup nothing has
-/// answered, it starts the flow over.
+/// A bare SYN a rule allowed, on its tuple's flow if it has a live one: passes (a
+/// retransmission, or the other side's SYN of a simultaneous open) and changes nothing but the
+/// flow's age. `None`: no live flow, or one the SYN starts over (a closing established flow, or a
+/// pickup nothing has answered, which is removed or overwritten): the SYN opens a flow.
 #[inline(always)]
-pub fn open<K>(
-    ctx: &TcContext,
+pub fn reopen<K>(
     t: &FlowTables<K>,
     key: &K,
-    direction: Direction,
     pkt: &Packet,
-    syn: bool,
-) -> Result<Reason, Reason> {
-    let now = now();
-    if syn {
-        if let Some(value) = t.est.get_ptr_mut(key) {
-            let value = unsafe { &mut *value };
-            if value.expired(pkt.proto, now) || value.flags & flags::CLOSING != 0 {
-                let _ = t.est.remove(key);
-            } else {
-                refresh(value, now);
-                return Ok(Reason::Tracked);
-            }
-        }
-        if let Some(value) = t.new.get_ptr_mut(key) {
-            let value = unsafe { &mut *value };
-            // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep:
-            // the SYN starts the tuple over rather than inherit its acknowledgment.
-            if !value.expired(pkt.proto, now) && value.state != state::UNREPLIED {
-                refresh(value, now);
-                return Ok(Reason::Tracked);
-            }
+    now: u64,
+) -> Option<Result<Reason, Reason>> {
+    if let Some(value) = t.est.get_ptr_mut(key) {
+        let value = unsafe { &mut *value };
+        if value.expired(pkt.proto, now) || value.flags & flags::CLOSING != 0 {
+            let _ = t.est.remove(key);
+        } else {
+            refresh(value, now);
+            return Some(Ok(Reason::Tracked));
         }
     }
-    track(ctx, t, key, direction, pkt, now)?;
-    Ok(Reason::Allowed)
+    let value = t.new.get_ptr_mut(key)?;
+    let value = unsafe { &mut *value };
+    // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep: the SYN
+    // starts the tuple over rather than inherit its acknowledgment.
+    if value.expired(pkt.proto, now) || value.state == state::UNREPLIED {
+        return None;
+    }
+    refresh(value, now);
+    Some(Ok(Reason::Tracked))
 }
 
 /// Stamps a flow as seen, at most once per [`REFRESH_NS`] (a write dirties the entry's cache
@@ -117,7 +109,7 @@ fn refresh(value: &mut FlowValue, now: u64) {
     }
 }
 
-/// A packet of an established flow (never a bare SYN: those take [`open`]).
+/// A packet of an established flow (never a bare SYN: those take [`reopen`]).
 ///
 /// A FIN or RST must fall in the receiver's window (else `OutOfWindow`). What closes the flow
 /// is held to what a blind sender cannot forge: FINs seen both ways, an RST from the guest, or
@@ -228,7 +220,7 @@ fn promote<K>(t: &FlowTables<K>, key: &K, value: &FlowValue, now: u64) -> Result
 
 /// Starts tracking a new flow a rule allowed.
 #[inline(always)]
-fn track<K>(
+pub fn track<K>(
     ctx: &TcContext,
     t: &FlowTables<K>,
     key: &K,

@@ -7,7 +7,7 @@ use trove_isolate_common::{action, family, Direction, Mode, Reason, Role, Verdic
 
 use crate::{
     arp, conntrack, counters, dhcp, events, local,
-    maps::{flows4, flows6, SETTINGS},
+    maps::{flows4, flows6, FlowTables, SETTINGS},
     nd,
     packet::{Kind, Packet, Parsed},
     parse, policy, tcp,
@@ -55,7 +55,7 @@ fn decide(ctx: &TcContext, role: Role, direction: Direction) -> Result<Reason, R
 /// A packet that is, or may start, a flow: tracked flows first, then the checks a new flow
 /// must pass (it may open one, a rule allows it, it is the NIC's own).
 ///
-/// A bare SYN asks to open a flow whatever its tuple holds, so it meets those checks before the
+/// A bare SYN asks to open a flow whatever its tuple holds, so it meets the rules before the
 /// flow tables: a refused one costs no table lookup, and a SYN on a tracked tuple (a
 /// retransmission, a reopened closing flow, a simultaneous open) is held to the rules in force.
 #[inline(always)]
@@ -101,10 +101,11 @@ fn flow(ctx: &TcContext, role: Role, direction: Direction, pkt: &Packet) -> Resu
             return Err(Reason::NotTracked);
         }
     }
-    admit(role, direction, pkt)?;
+    policy::check(role, direction, pkt)?;
     if v4 {
-        conntrack::open(
+        open(
             ctx,
+            role,
             &flows4(role),
             &pkt.flow_key4(direction),
             direction,
@@ -112,8 +113,9 @@ fn flow(ctx: &TcContext, role: Role, direction: Direction, pkt: &Packet) -> Resu
             syn,
         )
     } else {
-        conntrack::open(
+        open(
             ctx,
+            role,
             &flows6(role),
             &pkt.flow_key(role, direction),
             direction,
@@ -123,12 +125,26 @@ fn flow(ctx: &TcContext, role: Role, direction: Direction, pkt: &Packet) -> Resu
     }
 }
 
-/// What a new flow must pass: a rule allows it, and it is the NIC's own (addressed to it coming
-/// in, sent from it going out). The policy goes first: what a hostile network sends mostly
-/// fails it, so most refusals cost one lookup.
+/// Opens the flow of a packet a rule allowed. A bare SYN on a live flow passes as a packet of
+/// it ([`conntrack::reopen`]). Otherwise the packet must be the NIC's own (addressed to it coming
+/// in, sent from it going out), and its flow is tracked. The check comes after the rules: what a
+/// hostile network sends mostly fails them, so most refusals cost one lookup.
 #[inline(always)]
-fn admit(role: Role, direction: Direction, pkt: &Packet) -> Result<(), Reason> {
-    policy::check(role, direction, pkt)?;
+fn open<K>(
+    ctx: &TcContext,
+    role: Role,
+    t: &FlowTables<K>,
+    key: &K,
+    direction: Direction,
+    pkt: &Packet,
+    syn: bool,
+) -> Result<Reason, Reason> {
+    let now = conntrack::now();
+    if syn {
+        if let Some(verdict) = conntrack::reopen(t, key, pkt, now) {
+            return verdict;
+        }
+    }
     let local = match direction {
         Direction::Ingress => &pkt.dst,
         Direction::Egress => &pkt.src,
@@ -136,7 +152,8 @@ fn admit(role: Role, direction: Direction, pkt: &Packet) -> Result<(), Reason> {
     if !local::own(role, pkt.family, local) {
         return Err(Reason::NotLocal);
     }
-    Ok(())
+    conntrack::track(ctx, t, key, direction, pkt, now)?;
+    Ok(Reason::Allowed)
 }
 
 /// An ICMP error passes when it is about a tracked flow and travels between that flow's

@@ -218,10 +218,10 @@ pub fn decide_frame() -> Vec<u8> {
     v4("198.51.100.8", "192.0.2.1", 40020, 3306, SYN)
 }
 
-/// The stage that decides a new flow (own-address and policy lookups, no flow tables), checked
+/// The stage that decides a new flow (policy and own-address lookups, no flow tables), checked
 /// to allow its frame, measured.
 pub fn measure_decision(dp: &mut Datapath, empty: f64, o: &Options) -> anyhow::Result<Row> {
-    let name = "stage: a new flow's decision (parse, own-address and policy lookups)";
+    let name = "stage: a new flow's decision (parse, policy and own-address lookups)";
     let program = dp.bench_program("bench_decide")?;
     let frame = decide_frame();
     let got = verdict(program, &frame)?;

@@ -14,8 +14,8 @@
 //! 3. ICMP errors pass when they quote a tracked flow and travel between its endpoints.
 //! 4. TCP flag combinations no stack sends are invalid; ICMP that is not echo tracks nothing;
 //!    DHCP client traffic passes untracked when the NIC asks for it.
-//! 5. A packet of a tracked flow follows the flow ([`flows`]). A bare SYN first meets the
-//!    checks of rule 6 but the first, tracked tuple or not: it asks to open a flow.
+//! 5. A packet of a tracked flow follows the flow ([`flows`]). A bare SYN first meets the rules
+//!    (rule 6's second check), tracked tuple or not: it asks to open a flow.
 //! 6. Otherwise the packet must be able to open a flow, be allowed by a rule, and be the NIC's
 //!    own; then its flow is tracked.
 
@@ -214,7 +214,7 @@ impl Model {
         // A bare SYN asks to open a flow whatever its tuple holds: it meets the rules first.
         let syn = matches!(pkt.l4, L4::Tcp(t) if t.flags.bare_syn());
         if syn {
-            self.admit(role, direction, id, pkt)?;
+            self.allowed(role, direction, id, pkt)?;
         }
         if let Some(verdict) = self.follow_flow(role, direction, id, &pkt.l4) {
             return verdict;
@@ -223,16 +223,19 @@ impl Model {
             if !opens_flow(direction, &pkt.l4) {
                 return Err(Reason::NotTracked);
             }
-            self.admit(role, direction, id, pkt)?;
+            self.allowed(role, direction, id, pkt)?;
+        }
+        // A new flow is the NIC's own: addressed to it coming in, sent from it going out.
+        if !self.own(role, id.local()) {
+            return Err(Reason::NotLocal);
         }
         self.flows
             .insert((role, id), Flow::open(direction, &pkt.l4));
         Ok(Reason::Allowed)
     }
 
-    /// What a new flow must pass: a rule allows it, then it is the NIC's own (addressed to it
-    /// coming in, sent from it going out).
-    fn admit(
+    /// Whether a rule allows the flow `pkt` would open.
+    fn allowed(
         &self,
         role: Role,
         direction: Direction,
@@ -252,17 +255,15 @@ impl Model {
             id.remote(),
             port,
         );
-        if !allowed {
-            return Err(Reason::Policy);
+        if allowed {
+            Ok(())
+        } else {
+            Err(Reason::Policy)
         }
-        if !self.own(role, id.local()) {
-            return Err(Reason::NotLocal);
-        }
-        Ok(())
     }
 
     /// The verdict of a packet of a tracked flow; `None` when it has none (or, for an allowed
-    /// SYN, when it reopens a closing flow or an unanswered pickup, which is then forgotten).
+    /// SYN, when it reopens a closing flow, which is then forgotten, or an unanswered pickup).
     fn follow_flow(
         &mut self,
         role: Role,
@@ -274,11 +275,8 @@ impl Model {
         let syn = matches!(l4, L4::Tcp(t) if t.flags.bare_syn());
         match flow.table {
             // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep:
-            // an allowed SYN starts its tuple over.
-            Table::New if syn && flow.stage == Stage::Unreplied => {
-                self.flows.remove(&(role, id));
-                None
-            }
+            // an allowed SYN starts its tuple over (the new flow replaces it).
+            Table::New if syn && flow.stage == Stage::Unreplied => None,
             Table::New => Some(flow.embryonic(direction, l4)),
             Table::Established => {
                 let verdict = flow.established(direction, l4);
