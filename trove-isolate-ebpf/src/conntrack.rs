@@ -37,9 +37,10 @@ pub fn judge<K>(
     direction: Direction,
     pkt: &Packet,
 ) -> Option<Result<Reason, Reason>> {
-    let now = now();
+    // The clock only once a table answers: an unsolicited packet never reads it.
     if let Some(value) = t.est.get_ptr_mut(key) {
         let value = unsafe { &mut *value };
+        let now = now();
         if !value.expired(pkt.proto, now) {
             return Some(established(value, direction, pkt, now));
         }
@@ -47,6 +48,7 @@ pub fn judge<K>(
     }
     let value = t.new.get_ptr_mut(key)?;
     let value = unsafe { &mut *value };
+    let now = now();
     if value.expired(pkt.proto, now) {
         return None;
     }

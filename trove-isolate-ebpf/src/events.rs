@@ -9,14 +9,23 @@ use aya_ebpf::{
 };
 use trove_isolate_common::{
     events::{DropEvent, HEAD, WINDOW_NS},
+    settings::Settings,
     Direction, Reason, Role, Verdict,
 };
 
-use crate::maps::{DROP_EVENTS, EVENT_BUDGET, SETTINGS};
+use crate::maps::{DROP_EVENTS, EVENT_BUDGET};
 
+/// `settings`: the role's, as the caller read them for the verdict.
 #[inline(always)]
-pub fn sample(ctx: &TcContext, role: Role, direction: Direction, verdict: Verdict, reason: Reason) {
-    let limit = match SETTINGS.get(role as u32) {
+pub fn sample(
+    ctx: &TcContext,
+    settings: Option<&Settings>,
+    role: Role,
+    direction: Direction,
+    verdict: Verdict,
+    reason: Reason,
+) {
+    let limit = match settings {
         Some(s) if s.events_per_cpu_second > 0 => s.events_per_cpu_second as u64,
         _ => return,
     };

@@ -15,30 +15,31 @@ use crate::{
 
 #[inline(always)]
 pub fn run(ctx: &TcContext, role: Role, direction: Direction) -> i32 {
-    let (verdict, reason) = match decide(ctx, role, direction) {
-        Ok(reason) => (Verdict::Pass, reason),
-        Err(reason) if audit(role) => (Verdict::Audit, reason),
-        Err(reason) => (Verdict::Drop, reason),
+    let reason = match decide(ctx, role, direction) {
+        Ok(reason) => {
+            counters::count(role, direction, Verdict::Pass, reason, ctx.len());
+            return action::PASS;
+        }
+        Err(reason) => reason,
     };
+    // Read only on the drop path, so passing packets never touch the settings map.
+    let settings = SETTINGS.get(role as u32);
+    let audit = matches!(settings, Some(s) if s.mode == Mode::Audit as u8);
+    let verdict = if audit { Verdict::Audit } else { Verdict::Drop };
     counters::count(role, direction, verdict, reason, ctx.len());
-    match verdict {
-        Verdict::Pass => action::PASS,
-        Verdict::Audit => {
-            events::sample(ctx, role, direction, verdict, reason);
-            debug!(
-                ctx,
-                "audit role={} dir={} reason={}", role as u8, direction as u8, reason as u8
-            );
-            action::PASS
-        }
-        Verdict::Drop => {
-            events::sample(ctx, role, direction, verdict, reason);
-            debug!(
-                ctx,
-                "drop role={} dir={} reason={}", role as u8, direction as u8, reason as u8
-            );
-            action::DROP
-        }
+    events::sample(ctx, settings, role, direction, verdict, reason);
+    if audit {
+        debug!(
+            ctx,
+            "audit role={} dir={} reason={}", role as u8, direction as u8, reason as u8
+        );
+        action::PASS
+    } else {
+        debug!(
+            ctx,
+            "drop role={} dir={} reason={}", role as u8, direction as u8, reason as u8
+        );
+        action::DROP
     }
 }
 
@@ -193,10 +194,4 @@ fn related(
     } else {
         Err(Reason::NotTracked)
     }
-}
-
-/// Read only on the drop path, so passing packets never touch the settings map.
-#[inline(always)]
-fn audit(role: Role) -> bool {
-    matches!(SETTINGS.get(role as u32), Some(s) if s.mode == Mode::Audit as u8)
 }

@@ -390,6 +390,21 @@ pub fn run(policy: &Policy, o: &Options) -> anyhow::Result<Vec<Row>> {
         let ns = measure(program, &frame, o)?;
         rows.push(Row::new(name, ns, empty));
     }
+    // The one stage that differs between the families: parsing.
+    let v6 = ipv6_ext(
+        proto::TCP,
+        &[(60u8, ext8()), (60u8, ext8())],
+        "2001:db8:1::99",
+        "2001:db8:1::1",
+        &tcp(40004, 3306, SYN),
+    );
+    let parse = dp.bench_program("bench_parse")?;
+    anyhow::ensure!(verdict(parse, &v6)? == action::PASS, "IPv6 parse stage");
+    rows.push(Row::new(
+        "stage: parse only, IPv6 with 2 extension headers",
+        measure(parse, &v6, o)?,
+        empty,
+    ));
     rows.push(measure_decision(&mut dp, empty, o)?);
     rows.extend(measure_cases(&mut dp, &cases(), empty, o)?);
     let (ours, empty_connection) = measure_connections(&mut dp, o.repeat / 10)?;
