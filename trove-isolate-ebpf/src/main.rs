@@ -3,8 +3,8 @@
 //! One program per (role, direction), so the policy domain is a constant of the program rather
 //! than something looked up by ifindex (ifindexes collide across network namespaces, and the
 //! business NIC lives in the database container's). Each entry is one line into
-//! [`verdict::run`], which reads as the pipeline: parse → conntrack → local → policy → count →
-//! action.
+//! [`verdict::run`], which reads as the pipeline: parse → conntrack → policy → local → count →
+//! action (a SYN meets the policy before conntrack).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // On the host this crate builds as an empty binary so `cargo build/clippy --workspace` work.
