@@ -94,10 +94,10 @@ enum Command {
     /// Say whether a new flow would pass, and which rule or reason decides, from the maps in
     /// force.
     ///
-    /// Asks the pinned maps the questions the programs ask of a flow's first packet: is its local
-    /// end an address of the NIC (with --local), and which policy entry matches (the same
-    /// longest-prefix lookup). The rule is named from the daemon's config when that still
-    /// compiles.
+    /// Asks the pinned maps the questions the programs ask of a flow's first packet, in their
+    /// order: which policy entry matches (the same lookups, longest prefix first), then whether
+    /// its local end is an address of the NIC (with --local). The rule is named from the
+    /// daemon's config when that still compiles.
     #[command(after_long_help = EXPLAIN_EXAMPLES)]
     Explain {
         /// The NIC: management or business.
