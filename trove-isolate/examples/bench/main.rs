@@ -142,6 +142,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = out {
         std::fs::create_dir_all(dir)?;
     }
+    // The daemons' configs and logs: beside the JSON, or under target/ (never the working tree).
+    let logs = out.unwrap_or(Path::new("target/bench"));
+    std::fs::create_dir_all(logs)?;
     let path = Path::new("bench.toml");
     let policy = Policy::from_config_with(
         &Config::parse(CONFIG, path)?,
@@ -224,7 +227,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(entries) = o.traffic {
         let bin = bin()?;
         eprintln!("bench: 3. real traffic over veth");
-        let dir = out.unwrap_or(Path::new("."));
+        let dir = logs;
         let t = traffic::run(bin, &o.filters, entries, o.rounds, o.seconds, dir)?;
         println!(
             "## 3. Real traffic over veth, {} client prefixes (median of {} rounds)\n",
@@ -287,7 +290,7 @@ fn main() -> anyhow::Result<()> {
     if !o.daemon_sizes.is_empty() {
         let bin = bin()?;
         eprintln!("bench: 4. the daemon");
-        let runs = daemon::run(bin, &o.daemon_sizes, out.unwrap_or(Path::new(".")))?;
+        let runs = daemon::run(bin, &o.daemon_sizes, logs)?;
         println!("## 4. The daemon on a simulated guest\n");
         println!("| entries | start to enforced (median of {}; range) | reload, same config | reload, every prefix replaced | RSS enforcing | RSS after the reloads | peak RSS |", daemon::STARTS);
         println!("|---:|---:|---:|---:|---:|---:|---:|");
