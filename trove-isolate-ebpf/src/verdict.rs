@@ -126,10 +126,11 @@ fn flow(ctx: &TcContext, role: Role, direction: Direction, pkt: &Packet) -> Resu
     }
 }
 
-/// Opens the flow of a packet a rule allowed. A bare SYN on a live flow passes as a packet of
-/// it ([`conntrack::reopen`]). Otherwise the packet must be the NIC's own (addressed to it coming
-/// in, sent from it going out), and its flow is tracked. The check comes after the rules: what a
-/// hostile network sends mostly fails them, so most refusals cost one lookup.
+/// Opens the flow of a packet a rule allowed, if it is the NIC's own (addressed to it coming
+/// in, sent from it going out): a bare SYN on a live flow passes as a packet of it
+/// ([`conntrack::reopen`]); otherwise the flow is tracked. The check comes after the rules:
+/// what a hostile network sends mostly fails them, so most refusals cost one lookup. A SYN meets
+/// it even on a live flow: an address the NIC no longer has opens nothing.
 #[inline(always)]
 fn open<K>(
     ctx: &TcContext,
@@ -140,18 +141,18 @@ fn open<K>(
     pkt: &Packet,
     syn: bool,
 ) -> Result<Reason, Reason> {
-    let now = conntrack::now();
-    if syn {
-        if let Some(verdict) = conntrack::reopen(t, key, pkt, now) {
-            return verdict;
-        }
-    }
     let local = match direction {
         Direction::Ingress => &pkt.dst,
         Direction::Egress => &pkt.src,
     };
     if !local::own(role, pkt.family, local) {
         return Err(Reason::NotLocal);
+    }
+    let now = conntrack::now();
+    if syn {
+        if let Some(verdict) = conntrack::reopen(t, key, pkt, now) {
+            return verdict;
+        }
     }
     conntrack::track(ctx, t, key, direction, pkt, now)?;
     Ok(Reason::Allowed)

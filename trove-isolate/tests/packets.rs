@@ -1091,6 +1091,35 @@ fn a_syn_meets_the_rules_even_on_a_tracked_tuple() {
     assert_eq!(dp.flows(M, Table::New).expect("flows").len(), 1, "only the operator's flow");
 }
 
+/// A SYN meets the own-address check even on a live flow: once the NIC no longer has the
+/// flow's address, the flow's packets carry on but a SYN opens nothing.
+#[rustfmt::skip]
+#[test]
+fn a_syn_to_an_address_the_nic_lost_opens_nothing() {
+    use Reason::*;
+    let mut dp = datapath();
+    let (c, s) = ((33600, 3306), (3306, 33600));
+    run_table(&mut dp, &[
+        pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 10, 0, 64240), Allowed),
+        pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 70, 11, 100), Tracked),
+        pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 11, 71, 200), Tracked),
+        pass("the guest's first segment", B, E, v4_seq(G4, CLIENT, s, ACK, 71, 11, 100), Tracked),
+    ]);
+    // The business NIC loses its IPv4 address.
+    let nets: Vec<IpNetwork> = NIC_ADDRESSES
+        .iter()
+        .map(|n| n.parse().expect("net"))
+        .collect();
+    let mut entries = local::entries(M, &nets);
+    let kept: Vec<IpNetwork> = nets.iter().copied().filter(|n| !n.is_ipv4()).collect();
+    entries.extend(local::entries(B, &kept));
+    dp.sync_local(&entries).expect("writing the local address map");
+    run_table(&mut dp, &[
+        pass("the session's data", B, I, v4_seq(CLIENT, G4, c, ACK | 0x08, 11, 71, 200), Tracked),
+        drop("a SYN on its tuple", B, I, v4_seq(CLIENT, G4, c, SYN, 500, 0, 64240), NotLocal),
+    ]);
+}
+
 /// A bare ACK picked up mid-flow that nothing answered holds no connection: an allowed SYN on its
 /// tuple starts it over as a handshake, rather than inherit the acknowledgment the ACK carried
 /// (a planted one would hold the guest's own FIN and RST out of window).

@@ -14,8 +14,8 @@
 //! 3. ICMP errors pass when they quote a tracked flow and travel between its endpoints.
 //! 4. TCP flag combinations no stack sends are invalid; ICMP that is not echo tracks nothing;
 //!    DHCP client traffic passes untracked when the NIC asks for it.
-//! 5. A packet of a tracked flow follows the flow ([`flows`]). A bare SYN first meets the rules
-//!    (rule 6's second check), tracked tuple or not: it asks to open a flow.
+//! 5. A packet of a tracked flow follows the flow ([`flows`]). A bare SYN first meets rule 6's
+//!    rules and own-address check, tracked tuple or not: it asks to open a flow.
 //! 6. Otherwise the packet must be able to open a flow, be allowed by a rule, and be the NIC's
 //!    own; then its flow is tracked.
 
@@ -214,7 +214,7 @@ impl Model {
         // A bare SYN asks to open a flow whatever its tuple holds: it meets the rules first.
         let syn = matches!(pkt.l4, L4::Tcp(t) if t.flags.bare_syn());
         if syn {
-            self.allowed(role, direction, id, pkt)?;
+            self.admit(role, direction, id, pkt)?;
         }
         if let Some(verdict) = self.follow_flow(role, direction, id, &pkt.l4) {
             return verdict;
@@ -223,15 +223,27 @@ impl Model {
             if !opens_flow(direction, &pkt.l4) {
                 return Err(Reason::NotTracked);
             }
-            self.allowed(role, direction, id, pkt)?;
-        }
-        // A new flow is the NIC's own: addressed to it coming in, sent from it going out.
-        if !self.own(role, id.local()) {
-            return Err(Reason::NotLocal);
+            self.admit(role, direction, id, pkt)?;
         }
         self.flows
             .insert((role, id), Flow::open(direction, &pkt.l4));
         Ok(Reason::Allowed)
+    }
+
+    /// What a new flow must pass: a rule allows it, then it is the NIC's own (addressed to it
+    /// coming in, sent from it going out).
+    fn admit(
+        &self,
+        role: Role,
+        direction: Direction,
+        id: FlowId,
+        pkt: &Packet,
+    ) -> Result<(), Reason> {
+        self.allowed(role, direction, id, pkt)?;
+        if !self.own(role, id.local()) {
+            return Err(Reason::NotLocal);
+        }
+        Ok(())
     }
 
     /// Whether a rule allows the flow `pkt` would open.
