@@ -239,21 +239,6 @@ impl Model {
         id: FlowId,
         pkt: &Packet,
     ) -> Result<(), Reason> {
-        self.allowed(role, direction, id, pkt)?;
-        if !self.own(role, id.local()) {
-            return Err(Reason::NotLocal);
-        }
-        Ok(())
-    }
-
-    /// Whether a rule allows the flow `pkt` would open.
-    fn allowed(
-        &self,
-        role: Role,
-        direction: Direction,
-        id: FlowId,
-        pkt: &Packet,
-    ) -> Result<(), Reason> {
         let port = match pkt.l4 {
             L4::Tcp(t) => t.dst_port,
             L4::Udp { dst_port, .. } => dst_port,
@@ -267,11 +252,13 @@ impl Model {
             id.remote(),
             port,
         );
-        if allowed {
-            Ok(())
-        } else {
-            Err(Reason::Policy)
+        if !allowed {
+            return Err(Reason::Policy);
         }
+        if !self.own(role, id.local()) {
+            return Err(Reason::NotLocal);
+        }
+        Ok(())
     }
 
     /// The verdict of a packet of a tracked flow; `None` when it has none (or, for an allowed
