@@ -11,17 +11,19 @@
 //! reply find the same entry whichever direction they cross. The role leads the key as in the
 //! policy map.
 //!
-//! Each table comes in two families: IPv4 flows have tables of their own keyed by the 16-byte
-//! [`FlowKey4`], IPv6 flows the 40-byte [`FlowKey`]. The kernel hashes and compares the whole
-//! key on every lookup, and the short key costs half as much (BENCHMARKS.md, section 1), on the
-//! path every packet of an established flow takes. Userspace sees every flow as a [`FlowKey`]
-//! ([`FlowKey4::widen`]).
+//! Each table comes in two keyings ([`Keying`]): TCP over IPv4 (the database's and RabbitMQ's
+//! traffic) has tables of its own keyed by the 12-byte [`FlowKey4`], every other flow (IPv6, UDP,
+//! ICMP echo) tables keyed by the 40-byte [`FlowKey`]. The kernel hashes (jhash) and compares the
+//! whole key on every lookup, and jhash mixes 12 bytes at a time only while more than 12 remain:
+//! a key of 12 bytes is hashed without a round of mixing, which makes its lookup cost less than
+//! half of a 16-byte key's (BENCHMARKS.md, section 1), on the path every packet of an established
+//! flow takes. Userspace sees every flow as a [`FlowKey`] ([`FlowKey4::widen`]).
 
 use crate::{family, proto, Direction, Role};
 
-/// Established flows per role and family.
+/// Established flows per role and keying.
 pub const EST_MAX_ENTRIES: u32 = 65_536;
-/// Not-yet-established flows per role and family.
+/// Not-yet-established flows per role and keying.
 pub const NEW_MAX_ENTRIES: u32 = 16_384;
 
 /// An unanswered or half-open flow in the new table.
@@ -98,9 +100,40 @@ impl FlowKey {
     }
 }
 
-/// The key of an IPv4 flow: [`FlowKey`] without what its table already says (the role and the
-/// family) and with 4-byte addresses. Words, not byte arrays, so the datapath builds it with a
-/// few stores.
+/// Which tables a flow lives in, by the key they use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Keying {
+    /// TCP over IPv4: [`FlowKey4`].
+    Tcp4,
+    /// Every other flow: [`FlowKey`].
+    Wide,
+}
+
+impl Keying {
+    pub const ALL: [Keying; 2] = [Keying::Tcp4, Keying::Wide];
+
+    /// The metric label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Keying::Tcp4 => "tcp4",
+            Keying::Wide => "wide",
+        }
+    }
+
+    /// The tables of a flow of `proto` over `family`.
+    #[inline(always)]
+    pub const fn of(family: u8, proto: u8) -> Keying {
+        if family == family::V4 && proto == proto::TCP {
+            Keying::Tcp4
+        } else {
+            Keying::Wide
+        }
+    }
+}
+
+/// The key of a TCP flow over IPv4: [`FlowKey`] without what its table already says (the role,
+/// the family and the protocol) and with 4-byte addresses. Words, not byte arrays, so the
+/// datapath builds it with a few stores; 12 bytes, so the kernel hashes it without a mixing round.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey4 {
@@ -110,17 +143,14 @@ pub struct FlowKey4 {
     /// As in [`FlowKey`].
     pub local_port: u16,
     pub remote_port: u16,
-    pub proto: u8,
-    pub _pad: u8,
-    pub _pad2: u16,
 }
 
-const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowKey4>() == 12);
 
 impl FlowKey4 {
-    /// The IPv4 flow of `key`; `None` for an IPv6 one.
+    /// The key of `key` if it is a TCP flow over IPv4 ([`Keying::Tcp4`]).
     pub fn narrow(key: &FlowKey) -> Option<FlowKey4> {
-        if key.family != family::V4 {
+        if Keying::of(key.family, key.proto) != Keying::Tcp4 {
             return None;
         }
         let word = |a: &[u8; 16]| u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
@@ -129,9 +159,6 @@ impl FlowKey4 {
             remote: word(&key.remote),
             local_port: key.local_port,
             remote_port: key.remote_port,
-            proto: key.proto,
-            _pad: 0,
-            _pad2: 0,
         })
     }
 
@@ -144,7 +171,7 @@ impl FlowKey4 {
         };
         FlowKey {
             role: role as u8,
-            proto: self.proto,
+            proto: proto::TCP,
             family: family::V4,
             _pad: 0,
             local_port: self.local_port,
@@ -244,7 +271,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_ipv4_key_narrows_and_widens_to_the_same_flow() {
+    fn a_tcp_over_ipv4_key_narrows_and_widens_to_the_same_flow() {
         let key = FlowKey::new(
             Role::Business,
             Direction::Ingress,
@@ -262,5 +289,8 @@ mod tests {
         let mut v6 = key;
         v6.family = family::V6;
         assert_eq!(FlowKey4::narrow(&v6), None);
+        let mut udp = key;
+        udp.proto = proto::UDP;
+        assert_eq!(FlowKey4::narrow(&udp), None);
     }
 }

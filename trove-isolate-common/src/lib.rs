@@ -17,11 +17,11 @@ pub mod policy;
 pub mod settings;
 
 /// Version of the map layouts below; part of every pinned map's name.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Names of the maps in the eBPF object (the `static`s of `trove-isolate-ebpf/src/maps.rs`).
 pub mod maps {
-    use crate::Role;
+    use crate::{conntrack::Keying, Role};
 
     pub const POLICY: &str = "POLICY";
     /// The prefix lengths the policy's rules use, per (role, direction, family).
@@ -32,20 +32,21 @@ pub mod maps {
     /// Sampled drop events (a ring buffer) and their per-CPU budget.
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
-    /// Flows not yet established, per role and family: small, short-lived, LRU (a flood evicts
-    /// only its own kind). IPv4 tables are keyed by `conntrack::FlowKey4`, IPv6 ones by
+    /// Flows not yet established, per role and keying (`conntrack::Keying`): small,
+    /// short-lived, LRU (a flood evicts only its own kind). The `TCP4_` tables hold TCP over
+    /// IPv4, keyed by `conntrack::FlowKey4`; the `CT_` tables every other flow, keyed by
     /// `conntrack::FlowKey`.
-    pub const CT_NEW4_MGMT: &str = "CT_NEW4_MGMT";
-    pub const CT_NEW4_BIZ: &str = "CT_NEW4_BIZ";
-    pub const CT_NEW6_MGMT: &str = "CT_NEW6_MGMT";
-    pub const CT_NEW6_BIZ: &str = "CT_NEW6_BIZ";
-    /// Established flows, per role and family: a plain hash that never evicts (full means new
+    pub const TCP4_NEW_MGMT: &str = "TCP4_NEW_MGMT";
+    pub const TCP4_NEW_BIZ: &str = "TCP4_NEW_BIZ";
+    pub const CT_NEW_MGMT: &str = "CT_NEW_MGMT";
+    pub const CT_NEW_BIZ: &str = "CT_NEW_BIZ";
+    /// Established flows, per role and keying: a plain hash that never evicts (full means new
     /// flows are refused with `conntrack_full`); expired entries are deleted by the datapath when
     /// it meets them and by the daemon's sweep.
-    pub const CT_EST4_MGMT: &str = "CT_EST4_MGMT";
-    pub const CT_EST4_BIZ: &str = "CT_EST4_BIZ";
-    pub const CT_EST6_MGMT: &str = "CT_EST6_MGMT";
-    pub const CT_EST6_BIZ: &str = "CT_EST6_BIZ";
+    pub const TCP4_EST_MGMT: &str = "TCP4_EST_MGMT";
+    pub const TCP4_EST_BIZ: &str = "TCP4_EST_BIZ";
+    pub const CT_EST_MGMT: &str = "CT_EST_MGMT";
+    pub const CT_EST_BIZ: &str = "CT_EST_BIZ";
     pub const ALL: [&str; 15] = [
         POLICY,
         POLICY_LENGTHS,
@@ -54,33 +55,33 @@ pub mod maps {
         SETTINGS,
         DROP_EVENTS,
         EVENT_BUDGET,
-        CT_NEW4_MGMT,
-        CT_NEW4_BIZ,
-        CT_NEW6_MGMT,
-        CT_NEW6_BIZ,
-        CT_EST4_MGMT,
-        CT_EST4_BIZ,
-        CT_EST6_MGMT,
-        CT_EST6_BIZ,
+        TCP4_NEW_MGMT,
+        TCP4_NEW_BIZ,
+        CT_NEW_MGMT,
+        CT_NEW_BIZ,
+        TCP4_EST_MGMT,
+        TCP4_EST_BIZ,
+        CT_EST_MGMT,
+        CT_EST_BIZ,
     ];
 
-    /// The not-yet-established flow map of `role` for `family` (`family::V4` or `V6`).
-    pub const fn ct_new(role: Role, family: u8) -> &'static str {
-        match (role, family == crate::family::V4) {
-            (Role::Management, true) => CT_NEW4_MGMT,
-            (Role::Business, true) => CT_NEW4_BIZ,
-            (Role::Management, false) => CT_NEW6_MGMT,
-            (Role::Business, false) => CT_NEW6_BIZ,
+    /// The not-yet-established flow map of `role` for flows keyed as `keying`.
+    pub const fn ct_new(role: Role, keying: Keying) -> &'static str {
+        match (role, keying) {
+            (Role::Management, Keying::Tcp4) => TCP4_NEW_MGMT,
+            (Role::Business, Keying::Tcp4) => TCP4_NEW_BIZ,
+            (Role::Management, Keying::Wide) => CT_NEW_MGMT,
+            (Role::Business, Keying::Wide) => CT_NEW_BIZ,
         }
     }
 
-    /// The established flow map of `role` for `family`.
-    pub const fn ct_est(role: Role, family: u8) -> &'static str {
-        match (role, family == crate::family::V4) {
-            (Role::Management, true) => CT_EST4_MGMT,
-            (Role::Business, true) => CT_EST4_BIZ,
-            (Role::Management, false) => CT_EST6_MGMT,
-            (Role::Business, false) => CT_EST6_BIZ,
+    /// The established flow map of `role` for flows keyed as `keying`.
+    pub const fn ct_est(role: Role, keying: Keying) -> &'static str {
+        match (role, keying) {
+            (Role::Management, Keying::Tcp4) => TCP4_EST_MGMT,
+            (Role::Business, Keying::Tcp4) => TCP4_EST_BIZ,
+            (Role::Management, Keying::Wide) => CT_EST_MGMT,
+            (Role::Business, Keying::Wide) => CT_EST_BIZ,
         }
     }
 }

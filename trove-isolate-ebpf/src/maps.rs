@@ -28,37 +28,37 @@ pub static POLICY_LENGTHS: Array<PrefixLengths> = Array::with_max_entries(policy
 pub static LOCAL: LpmTrie<LocalKey, LocalValue> = LpmTrie::with_max_entries(local::MAX_ENTRIES, 0);
 
 #[map]
-pub static CT_NEW4_MGMT: LruHashMap<FlowKey4, FlowValue> =
+pub static TCP4_NEW_MGMT: LruHashMap<FlowKey4, FlowValue> =
     LruHashMap::with_max_entries(NEW_MAX_ENTRIES, 0);
 
 #[map]
-pub static CT_NEW4_BIZ: LruHashMap<FlowKey4, FlowValue> =
+pub static TCP4_NEW_BIZ: LruHashMap<FlowKey4, FlowValue> =
     LruHashMap::with_max_entries(NEW_MAX_ENTRIES, 0);
 
 #[map]
-pub static CT_NEW6_MGMT: LruHashMap<FlowKey, FlowValue> =
+pub static CT_NEW_MGMT: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(NEW_MAX_ENTRIES, 0);
 
 #[map]
-pub static CT_NEW6_BIZ: LruHashMap<FlowKey, FlowValue> =
+pub static CT_NEW_BIZ: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(NEW_MAX_ENTRIES, 0);
 
 #[map]
-pub static CT_EST4_MGMT: HashMap<FlowKey4, FlowValue> =
+pub static TCP4_EST_MGMT: HashMap<FlowKey4, FlowValue> =
     HashMap::with_max_entries(EST_MAX_ENTRIES, 0);
 
 #[map]
-pub static CT_EST4_BIZ: HashMap<FlowKey4, FlowValue> =
+pub static TCP4_EST_BIZ: HashMap<FlowKey4, FlowValue> =
     HashMap::with_max_entries(EST_MAX_ENTRIES, 0);
 
-/// IPv6 established flows are allocated as they come (many guests have none): the same limit,
-/// without the memory at load.
+/// Established flows other than TCP over IPv4 are allocated as they come (many guests have
+/// few or none): the same limit, without the memory at load.
 #[map]
-pub static CT_EST6_MGMT: HashMap<FlowKey, FlowValue> =
+pub static CT_EST_MGMT: HashMap<FlowKey, FlowValue> =
     HashMap::with_max_entries(EST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static CT_EST6_BIZ: HashMap<FlowKey, FlowValue> =
+pub static CT_EST_BIZ: HashMap<FlowKey, FlowValue> =
     HashMap::with_max_entries(EST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
@@ -73,39 +73,39 @@ pub static EVENT_BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(Rol
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(Role::COUNT as u32, 0);
 
-/// A role's two flow tables of one family, keyed by `K`.
+/// A role's two flow tables of one keying, keyed by `K`.
 pub struct FlowTables<K: 'static> {
     pub new: &'static LruHashMap<K, FlowValue>,
     pub est: &'static HashMap<K, FlowValue>,
 }
 
-/// The role's IPv4 tables. The role is a constant of each program, so each program references
-/// only its own maps.
+/// The role's tables of TCP over IPv4. The role is a constant of each program, so each program
+/// references only its own maps.
 #[inline(always)]
-pub fn flows4(role: Role) -> FlowTables<FlowKey4> {
+pub fn flows_tcp4(role: Role) -> FlowTables<FlowKey4> {
     match role {
         Role::Management => FlowTables {
-            new: &CT_NEW4_MGMT,
-            est: &CT_EST4_MGMT,
+            new: &TCP4_NEW_MGMT,
+            est: &TCP4_EST_MGMT,
         },
         Role::Business => FlowTables {
-            new: &CT_NEW4_BIZ,
-            est: &CT_EST4_BIZ,
+            new: &TCP4_NEW_BIZ,
+            est: &TCP4_EST_BIZ,
         },
     }
 }
 
-/// The role's IPv6 tables.
+/// The role's tables of every other flow.
 #[inline(always)]
-pub fn flows6(role: Role) -> FlowTables<FlowKey> {
+pub fn flows_wide(role: Role) -> FlowTables<FlowKey> {
     match role {
         Role::Management => FlowTables {
-            new: &CT_NEW6_MGMT,
-            est: &CT_EST6_MGMT,
+            new: &CT_NEW_MGMT,
+            est: &CT_EST_MGMT,
         },
         Role::Business => FlowTables {
-            new: &CT_NEW6_BIZ,
-            est: &CT_EST6_BIZ,
+            new: &CT_NEW_BIZ,
+            est: &CT_EST_BIZ,
         },
     }
 }

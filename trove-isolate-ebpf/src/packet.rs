@@ -72,7 +72,8 @@ impl Packet {
         key
     }
 
-    /// The IPv4 table's key of the same flow (for a packet of `family::V4`).
+    /// The key of the same flow in the tables of TCP over IPv4 (for such a packet:
+    /// [`Keying::Tcp4`](trove_isolate_common::conntrack::Keying)).
     #[inline(always)]
     pub fn flow_key4(&self, direction: Direction) -> FlowKey4 {
         let word = |a: &[u8; 16]| u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
@@ -80,19 +81,11 @@ impl Packet {
             Direction::Ingress => (&self.dst, &self.src, self.dst_port, self.src_port),
             Direction::Egress => (&self.src, &self.dst, self.src_port, self.dst_port),
         };
-        let remote_port = match self.kind {
-            Kind::EchoRequest => echo_marker(direction),
-            Kind::EchoReply => echo_marker(direction.reverse()),
-            _ => remote_port,
-        };
         FlowKey4 {
             local: word(local),
             remote: word(remote),
             local_port,
             remote_port,
-            proto: self.proto,
-            _pad: 0,
-            _pad2: 0,
         }
     }
 

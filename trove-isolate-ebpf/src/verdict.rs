@@ -3,11 +3,11 @@
 
 use aya_ebpf::programs::TcContext;
 use aya_log_ebpf::debug;
-use trove_isolate_common::{action, family, Direction, Mode, Reason, Role, Verdict};
+use trove_isolate_common::{action, conntrack::Keying, Direction, Mode, Reason, Role, Verdict};
 
 use crate::{
     arp, conntrack, counters, dhcp, events, local,
-    maps::{flows4, flows6, FlowTables, SETTINGS},
+    maps::{flows_tcp4, flows_wide, FlowTables, SETTINGS},
     nd,
     packet::{Kind, Packet, Parsed},
     parse, policy, tcp,
@@ -70,27 +70,43 @@ fn flow(ctx: &TcContext, role: Role, direction: Direction, pkt: &Packet) -> Resu
         Kind::Udp if dhcp::allowed(role, direction, pkt) => return Ok(Reason::Dhcp),
         _ => false,
     };
-    // Each family has tables of its own; IPv4's short key is the cheaper lookup.
-    let v4 = pkt.family == family::V4;
+    // TCP over IPv4, the database's traffic, has tables of its own: their 12-byte key is the
+    // cheapest to hash.
+    match Keying::of(pkt.family, pkt.proto) {
+        Keying::Tcp4 => flow_in(
+            ctx,
+            role,
+            direction,
+            pkt,
+            syn,
+            &flows_tcp4(role),
+            &pkt.flow_key4(direction),
+        ),
+        Keying::Wide => flow_in(
+            ctx,
+            role,
+            direction,
+            pkt,
+            syn,
+            &flows_wide(role),
+            &pkt.flow_key(role, direction),
+        ),
+    }
+}
+
+/// [`flow`] in the tables `t` of the packet's keying.
+#[inline(always)]
+fn flow_in<K>(
+    ctx: &TcContext,
+    role: Role,
+    direction: Direction,
+    pkt: &Packet,
+    syn: bool,
+    t: &FlowTables<K>,
+    key: &K,
+) -> Result<Reason, Reason> {
     if !syn {
-        let judged = if v4 {
-            conntrack::judge(
-                ctx,
-                &flows4(role),
-                &pkt.flow_key4(direction),
-                direction,
-                pkt,
-            )
-        } else {
-            conntrack::judge(
-                ctx,
-                &flows6(role),
-                &pkt.flow_key(role, direction),
-                direction,
-                pkt,
-            )
-        };
-        if let Some(verdict) = judged {
+        if let Some(verdict) = conntrack::judge(ctx, t, key, direction, pkt) {
             return verdict;
         }
         let opens = match pkt.kind {
@@ -103,27 +119,7 @@ fn flow(ctx: &TcContext, role: Role, direction: Direction, pkt: &Packet) -> Resu
         }
     }
     policy::check(role, direction, pkt)?;
-    if v4 {
-        open(
-            ctx,
-            role,
-            &flows4(role),
-            &pkt.flow_key4(direction),
-            direction,
-            pkt,
-            syn,
-        )
-    } else {
-        open(
-            ctx,
-            role,
-            &flows6(role),
-            &pkt.flow_key(role, direction),
-            direction,
-            pkt,
-            syn,
-        )
-    }
+    open(ctx, role, t, key, direction, pkt, syn)
 }
 
 /// Opens the flow of a packet a rule allowed, if it is the NIC's own (addressed to it coming
@@ -181,14 +177,17 @@ fn related(
         return Err(Reason::NotTracked);
     }
     let quoted_way = direction.reverse();
-    let tracked = if quoted.family == family::V4 {
-        conntrack::tracked(&flows4(role), &quoted.flow_key4(quoted_way), quoted.proto)
-    } else {
-        conntrack::tracked(
-            &flows6(role),
+    let tracked = match Keying::of(quoted.family, quoted.proto) {
+        Keying::Tcp4 => conntrack::tracked(
+            &flows_tcp4(role),
+            &quoted.flow_key4(quoted_way),
+            quoted.proto,
+        ),
+        Keying::Wide => conntrack::tracked(
+            &flows_wide(role),
             &quoted.flow_key(role, quoted_way),
             quoted.proto,
-        )
+        ),
     };
     if tracked {
         Ok(Reason::Related)

@@ -3,9 +3,10 @@
 //! The policy map follows the compiled policy. It allocates its rules as they are added (only
 //! its buckets are made at load), so its size is mostly a limit; it gets headroom for a reload,
 //! whose add-before-remove holds the old and the new rules together for a moment. The
-//! connection-tracking tables follow `[conntrack]`, each family's at the configured size, and are
-//! allocated in full at load (a hash map preallocates, and so does an LRU), except IPv6's
-//! established tables: they allocate flows as they come, as many guests have no IPv6 flows.
+//! connection-tracking tables follow `[conntrack]`, each keying's at the configured size, and are
+//! allocated in full at load (a hash map preallocates, and so does an LRU), except the wide
+//! established tables (every flow but TCP over IPv4): they allocate flows as they come, as many
+//! guests have few such flows.
 //!
 //! A pinned map is kept while its size still serves. Otherwise the loader makes a new one of the
 //! wanted size, fills it, attaches the programs that use it, and only then pins it in the old
@@ -58,14 +59,14 @@ impl Capacity {
     pub fn sized(&self) -> [(&'static str, u32); 9] {
         [
             (maps::POLICY, self.policy),
-            (maps::CT_EST4_MGMT, self.ct_established),
-            (maps::CT_EST4_BIZ, self.ct_established),
-            (maps::CT_EST6_MGMT, self.ct_established),
-            (maps::CT_EST6_BIZ, self.ct_established),
-            (maps::CT_NEW4_MGMT, self.ct_new),
-            (maps::CT_NEW4_BIZ, self.ct_new),
-            (maps::CT_NEW6_MGMT, self.ct_new),
-            (maps::CT_NEW6_BIZ, self.ct_new),
+            (maps::TCP4_EST_MGMT, self.ct_established),
+            (maps::TCP4_EST_BIZ, self.ct_established),
+            (maps::CT_EST_MGMT, self.ct_established),
+            (maps::CT_EST_BIZ, self.ct_established),
+            (maps::TCP4_NEW_MGMT, self.ct_new),
+            (maps::TCP4_NEW_BIZ, self.ct_new),
+            (maps::CT_NEW_MGMT, self.ct_new),
+            (maps::CT_NEW_BIZ, self.ct_new),
         ]
     }
 
@@ -86,7 +87,7 @@ impl Capacity {
     pub fn memory(&self) -> Memory {
         let value = std::mem::size_of::<conntrack::FlowValue>() as u64;
         let element = |key: usize| HASH_ELEMENT_HEADER + key as u64 + value;
-        let (v4, v6) = (
+        let (tcp4, wide) = (
             element(std::mem::size_of::<conntrack::FlowKey4>()),
             element(std::mem::size_of::<conntrack::FlowKey>()),
         );
@@ -98,13 +99,13 @@ impl Capacity {
         // the buckets are allocated at load.
         let per_rule = HASH_ELEMENT_HEADER + std::mem::size_of::<policy::PolicyKey>() as u64 + 8;
         Memory {
-            // Both families' new tables and IPv4's established table in full; IPv6's
-            // established table allocates its flows as they come.
-            conntrack_per_nic: est * v4
-                + new * (v4 + v6)
+            // Both keyings' new tables and the established table of TCP over IPv4 in full; the
+            // other established table allocates its flows as they come.
+            conntrack_per_nic: est * tcp4
+                + new * (tcp4 + wide)
                 + 2 * buckets(self.ct_established)
                 + 2 * buckets(self.ct_new),
-            conntrack_ipv6_per_nic: est * v6,
+            conntrack_other_per_nic: est * wide,
             policy: self.policy_rules as u64 * per_rule
                 + u64::from(self.policy).next_power_of_two() * 16,
         }
@@ -119,8 +120,9 @@ const HASH_ELEMENT_HEADER: u64 = 48;
 pub struct Memory {
     /// The flow tables of one NIC at load.
     pub conntrack_per_nic: u64,
-    /// What one NIC's IPv6 established flows take when its table is full (allocated per flow).
-    pub conntrack_ipv6_per_nic: u64,
+    /// What one NIC's established flows other than TCP over IPv4 take when their table is full
+    /// (allocated per flow).
+    pub conntrack_other_per_nic: u64,
     pub policy: u64,
 }
 
@@ -137,15 +139,15 @@ impl fmt::Display for Capacity {
         )?;
         write!(
             f,
-            "          conntrack per NIC: {} established + {} new flows, each for IPv4 and \
-             for IPv6 (allocated at load: about {} per NIC, {} for {}; IPv6 established flows \
-             as they come, up to {} more per NIC)",
+            "          conntrack per NIC: {} established + {} new flows, each for TCP over \
+             IPv4 and for the rest (allocated at load: about {} per NIC, {} for {}; other \
+             established flows as they come, up to {} more per NIC)",
             self.ct_established,
             self.ct_new,
             mib(memory.conntrack_per_nic),
             mib(memory.conntrack_per_nic * Role::COUNT as u64),
             Role::ALL.map(|r| r.name()).join(" and "),
-            mib(memory.conntrack_ipv6_per_nic)
+            mib(memory.conntrack_other_per_nic)
         )
     }
 }
@@ -181,11 +183,11 @@ mod tests {
     #[test]
     fn flow_tables_are_kept_only_at_the_configured_size() {
         let c = capacity(10);
-        assert!(c.keeps(maps::CT_EST4_BIZ, 65_536, 0));
-        assert!(c.keeps(maps::CT_EST6_BIZ, 65_536, 0));
-        assert!(c.keeps(maps::CT_NEW4_MGMT, 16_384, 0));
-        assert!(!c.keeps(maps::CT_EST4_BIZ, 16_384, 0));
-        assert!(!c.keeps(maps::CT_NEW6_MGMT, 65_536, 0));
+        assert!(c.keeps(maps::TCP4_EST_BIZ, 65_536, 0));
+        assert!(c.keeps(maps::CT_EST_BIZ, 65_536, 0));
+        assert!(c.keeps(maps::TCP4_NEW_MGMT, 16_384, 0));
+        assert!(!c.keeps(maps::TCP4_EST_BIZ, 16_384, 0));
+        assert!(!c.keeps(maps::CT_NEW_MGMT, 65_536, 0));
     }
 
     #[test]

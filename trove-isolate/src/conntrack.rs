@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use trove_isolate_common::{
-    conntrack::{FlowKey, FlowValue},
+    conntrack::{FlowKey, FlowValue, Keying},
     family, Direction, Role,
 };
 
@@ -58,11 +58,21 @@ pub fn revoke(datapath: &mut Datapath, policy: &Policy) -> anyhow::Result<usize>
     Ok(removed)
 }
 
-/// What a sweep found: live flows per (role, table, family).
+/// What a sweep found: live flows per table, and per IP family in it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Occupancy {
-    pub live: Vec<(Role, Table, u8, usize)>,
+    pub live: Vec<Live>,
     pub expired_removed: usize,
+}
+
+/// The live flows of one IP family in one of a role's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Live {
+    pub role: Role,
+    pub table: Table,
+    pub keying: Keying,
+    pub family: u8,
+    pub flows: usize,
 }
 
 /// Deletes expired flows from both tables of both roles and counts the live ones.
@@ -78,9 +88,25 @@ pub fn sweep(datapath: &mut Datapath) -> anyhow::Result<Occupancy> {
             let expired: Vec<FlowKey> = expired.into_iter().map(|(k, _)| k).collect();
             datapath.remove_flows(role, table, &expired)?;
             occupancy.expired_removed += expired.len();
-            for fam in family::ALL {
-                let n = live.iter().filter(|(k, _)| k.family == fam).count();
-                occupancy.live.push((role, table, fam, n));
+            // Each table's count, so an alert can follow it; by family within (TCP over IPv4
+            // only in its own tables).
+            for keying in Keying::ALL {
+                for fam in family::ALL {
+                    if keying == Keying::Tcp4 && fam != family::V4 {
+                        continue;
+                    }
+                    let flows = live
+                        .iter()
+                        .filter(|(k, _)| k.family == fam && Keying::of(k.family, k.proto) == keying)
+                        .count();
+                    occupancy.live.push(Live {
+                        role,
+                        table,
+                        keying,
+                        family: fam,
+                        flows,
+                    });
+                }
             }
         }
     }

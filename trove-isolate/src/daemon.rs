@@ -20,7 +20,7 @@ use ipnetwork::IpNetwork;
 
 use crate::{
     conntrack,
-    datapath::{self, Datapath, PinnedMaps, Table},
+    datapath::{self, Datapath, PinnedMaps},
     drops, linkwatch, local,
     pins::Pins,
     policy::{ConntrackPolicy, Policy},
@@ -66,8 +66,8 @@ pub struct RunOptions {
 pub struct DaemonStats {
     pub reloads_ok: u64,
     pub reloads_error: u64,
-    /// Live flows per (role, table) at the last sweep.
-    pub conntrack: Vec<(Role, Table, u8, usize)>,
+    /// Live flows per table and family at the last sweep.
+    pub conntrack: Vec<conntrack::Live>,
     /// Drop events read from the datapath.
     pub drop_events: u64,
     /// Drop events read but not logged (over `[drops] log_per_second`).

@@ -20,10 +20,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use trove_isolate_common::{
-    conntrack::{FlowKey, FlowKey4, FlowValue},
+    conntrack::{FlowKey, FlowKey4, FlowValue, Keying},
     counters::{self, Counter},
     events::Budget,
-    family,
     local::{LocalKey, LocalValue},
     maps,
     policy::{self, PolicyKey, PolicyValue, PrefixLengths},
@@ -186,7 +185,7 @@ impl Datapath {
                 .ebpf
                 .map_mut(r.map)
                 .with_context(|| format!("map {} missing", r.map))?;
-            carried += if Table::is_v4(r.map) {
+            carried += if Table::is_tcp4(r.map) {
                 carry::<FlowKey4>(old, map)?
             } else {
                 carry::<FlowKey>(old, map)?
@@ -438,12 +437,12 @@ impl Datapath {
         Ok(())
     }
 
-    /// Every entry of one of `role`'s flow tables, both families (IPv4 keys widened).
+    /// Every entry of one of `role`'s flow tables, both keyings (TCP over IPv4 widened).
     pub fn flows(&self, role: Role, table: Table) -> anyhow::Result<Vec<(FlowKey, FlowValue)>> {
-        let v4: Vec<(FlowKey4, FlowValue)> = self.entries(table.map_name(role, family::V4))?;
+        let tcp4: Vec<(FlowKey4, FlowValue)> = self.entries(table.map_name(role, Keying::Tcp4))?;
         let mut flows: Vec<(FlowKey, FlowValue)> =
-            v4.into_iter().map(|(k, v)| (k.widen(role), v)).collect();
-        flows.extend(self.entries::<FlowKey, FlowValue>(table.map_name(role, family::V6))?);
+            tcp4.into_iter().map(|(k, v)| (k.widen(role), v)).collect();
+        flows.extend(self.entries::<FlowKey, FlowValue>(table.map_name(role, Keying::Wide))?);
         Ok(flows)
     }
 
@@ -469,7 +468,7 @@ impl Datapath {
         Ok(typed.iter().filter_map(Result::ok).collect())
     }
 
-    /// Removes `keys` from one of `role`'s flow tables (each from its family's); ones already
+    /// Removes `keys` from one of `role`'s flow tables (each from its keying's); ones already
     /// gone count as removed.
     pub fn remove_flows(
         &mut self,
@@ -477,11 +476,12 @@ impl Datapath {
         table: Table,
         keys: &[FlowKey],
     ) -> anyhow::Result<()> {
-        let (v4, v6): (Vec<&FlowKey>, Vec<&FlowKey>) =
-            keys.iter().partition(|k| k.family == family::V4);
-        let v4: Vec<FlowKey4> = v4.into_iter().filter_map(FlowKey4::narrow).collect();
-        self.remove_keys::<FlowKey4>(table.map_name(role, family::V4), &v4)?;
-        self.remove_keys::<FlowKey>(table.map_name(role, family::V6), &v6)
+        let (tcp4, wide): (Vec<&FlowKey>, Vec<&FlowKey>) = keys
+            .iter()
+            .partition(|k| Keying::of(k.family, k.proto) == Keying::Tcp4);
+        let tcp4: Vec<FlowKey4> = tcp4.into_iter().filter_map(FlowKey4::narrow).collect();
+        self.remove_keys::<FlowKey4>(table.map_name(role, Keying::Tcp4), &tcp4)?;
+        self.remove_keys::<FlowKey>(table.map_name(role, Keying::Wide), &wide)
     }
 
     fn remove_keys<K: aya::Pod>(
@@ -577,19 +577,19 @@ pub enum Table {
 impl Table {
     pub const ALL: [Table; 2] = [Table::New, Table::Established];
 
-    /// The map of this table for `role` and `family`.
-    pub fn map_name(self, role: Role, family: u8) -> &'static str {
+    /// The map of this table for `role` and flows keyed as `keying`.
+    pub fn map_name(self, role: Role, keying: Keying) -> &'static str {
         match self {
-            Table::New => maps::ct_new(role, family),
-            Table::Established => maps::ct_est(role, family),
+            Table::New => maps::ct_new(role, keying),
+            Table::Established => maps::ct_est(role, keying),
         }
     }
 
-    /// Whether `map` is an IPv4 flow table (keyed by `FlowKey4`).
-    fn is_v4(map: &str) -> bool {
+    /// Whether `map` is a table of TCP over IPv4 (keyed by `FlowKey4`).
+    fn is_tcp4(map: &str) -> bool {
         Role::ALL
             .iter()
-            .flat_map(|&r| Table::ALL.map(|t| t.map_name(r, family::V4)))
+            .flat_map(|&r| Table::ALL.map(|t| t.map_name(r, Keying::Tcp4)))
             .any(|name| name == map)
     }
 

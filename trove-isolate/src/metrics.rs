@@ -38,11 +38,13 @@ struct TableLabels {
     table: String,
 }
 
-/// A flow table of one family: each family has tables of its own, of the configured size.
+/// The flows of one IP family in one flow table: a role's table of each kind comes in two
+/// keyings (TCP over IPv4, and the rest), each of the configured size.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FlowTableLabels {
     role: String,
     table: String,
+    keying: String,
     family: String,
 }
 
@@ -245,14 +247,15 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
                 .set(i64::from(max));
         }
     }
-    for (role, table, fam, n) in &stats.conntrack {
+    for live in &stats.conntrack {
         conntrack
             .get_or_create(&FlowTableLabels {
-                role: role.name().into(),
-                table: table.name().into(),
-                family: family::name(*fam).into(),
+                role: live.role.name().into(),
+                table: live.table.name().into(),
+                keying: live.keying.name().into(),
+                family: family::name(live.family).into(),
             })
-            .set(*n as i64);
+            .set(live.flows as i64);
     }
 
     // Every series exists from the first scrape, at zero, so rate() works from the start.
@@ -353,12 +356,12 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
     );
     registry.register(
         "trove_isolate_conntrack_entries",
-        "Live tracked flows per role, table and IP family at the last sweep (every 10 s)",
+        "Live tracked flows per role, table, keying (tcp4: TCP over IPv4; wide: the rest) and IP family at the last sweep (every 10 s)",
         conntrack,
     );
     registry.register(
         "trove_isolate_conntrack_capacity",
-        "Flows each role's table holds, for each IP family: a full established table refuses new flows",
+        "Flows each role's table holds, for each keying: a full established table refuses new flows",
         capacity,
     );
     let unresolved = Gauge::<i64>::default();
@@ -419,9 +422,10 @@ mod tests {
         }
     }
 
-    use trove_isolate_common::{counters::Counter, Reason};
+    use trove_isolate_common::{conntrack::Keying, counters::Counter, Reason};
 
     use super::*;
+    use crate::conntrack::Live;
     use crate::state::{Attachment, Hook};
 
     #[test]
@@ -452,7 +456,13 @@ mod tests {
         let stats = DaemonStats {
             reloads_ok: 2,
             reloads_error: 1,
-            conntrack: vec![(Role::Business, Table::Established, family::V4, 5)],
+            conntrack: vec![Live {
+                role: Role::Business,
+                table: Table::Established,
+                keying: Keying::Tcp4,
+                family: family::V4,
+                flows: 5,
+            }],
             drop_events: 9,
             drop_events_not_logged: 4,
             drop_events_unsent: 11,
@@ -486,7 +496,7 @@ mod tests {
             r#"trove_isolate_build_info{version=""#,
             r#"trove_isolate_reloads_total{result="ok"} 2"#,
             r#"trove_isolate_reloads_total{result="error"} 1"#,
-            r#"trove_isolate_conntrack_entries{role="business",table="established",family="ipv4"} 5"#,
+            r#"trove_isolate_conntrack_entries{role="business",table="established",keying="tcp4",family="ipv4"} 5"#,
             r#"trove_isolate_conntrack_capacity{role="management",table="established"} 4096"#,
             "trove_isolate_drop_events_total 9",
             r#"trove_isolate_drop_events_suppressed_total{stage="datapath"} 11"#,
@@ -517,7 +527,13 @@ mod tests {
             ..State::default()
         };
         let stats = DaemonStats {
-            conntrack: vec![(Role::Business, Table::New, family::V6, 0)],
+            conntrack: vec![Live {
+                role: Role::Business,
+                table: Table::New,
+                keying: Keying::Wide,
+                family: family::V6,
+                flows: 0,
+            }],
             reattach: vec![("eth0".into(), 1)],
             reattach_after_up: vec![("eth0".into(), 1)],
             ..DaemonStats::default()

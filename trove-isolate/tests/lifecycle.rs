@@ -751,7 +751,7 @@ fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
     let mut daemon = Daemon::start(&config, pin_path.as_ref(), metrics);
     let pins = trove_isolate::pins::Pins::new(&pin_path);
     let policy_pin = pins.map("POLICY");
-    let established_pin = pins.map("CT_EST4_BIZ");
+    let established_pin = pins.map("TCP4_EST_BIZ");
     let before = pinned_size(&policy_pin);
     assert!(before < 2_000, "the policy map starts at {before} entries");
     assert_eq!(pinned_size(&established_pin), 65_536);
@@ -816,8 +816,8 @@ fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
     for want in [
         "(programs loaded anew)",
         "map policy resized from",
-        "map ct_est4_biz resized from 65536 to 131072 entries",
-        "map ct_est6_biz resized from 65536 to 131072 entries",
+        "map tcp4_est_biz resized from 65536 to 131072 entries",
+        "map ct_est_biz resized from 65536 to 131072 entries",
         "carried",
     ] {
         assert!(stderr.contains(want), "{want:?} not in:\n{stderr}");

@@ -30,7 +30,7 @@ interface = "mgmt0"
 rabbitmq = ["192.0.2.10:5672", "[2001:db8:1::10]:5671"]
 registry = ["192.0.2.20:4000"]
 ssh_from = ["203.0.113.0/24"]
-allow = [ { to = "192.0.2.10/32", proto = "icmp" } ]
+allow = [ { to = "192.0.2.10/32", proto = "icmp" }, { to = "192.0.2.53/32", port = 53, proto = "udp" } ]
 [business]
 interface = "eth0"
 database_ports = [3306]
@@ -1071,6 +1071,34 @@ fn new_flows_must_be_the_nics_own() {
     ]);
 }
 
+/// A flow's protocol is part of what it is: TCP over IPv4 has tables of its own, so a UDP flow
+/// lends nothing to a TCP segment of the same addresses and ports, nor a TCP flow to a datagram.
+#[rustfmt::skip]
+#[test]
+fn a_flows_protocol_is_part_of_its_identity() {
+    use trove_isolate::datapath::Table;
+    use Reason::*;
+    let mut dp = datapath();
+    run_table(&mut dp, &[
+        pass("UDP query to the resolver", M, E, v4_udp(G4, "192.0.2.53", 40800, 53), Allowed),
+        pass("its answer", M, I, v4_udp("192.0.2.53", G4, 53, 40800), Tracked),
+        drop("a TCP segment in on the same tuple", M, I, v4_tcp("192.0.2.53", G4, 53, 40800, ACK), Policy),
+        drop("a TCP segment out on the same tuple", M, E, v4_tcp(G4, "192.0.2.53", 40800, 53, ACK), Policy),
+        drop("a TCP SYN out on the same tuple", M, E, v4_tcp(G4, "192.0.2.53", 40800, 53, SYN), Policy),
+        pass("SYN to rabbitmq", M, E, v4_tcp(G4, RABBIT4, 40801, 5672, SYN), Allowed),
+        pass("its SYN-ACK", M, I, v4_tcp(RABBIT4, G4, 5672, 40801, SYN | ACK), Tracked),
+        drop("a datagram in on the same tuple", M, I, v4_udp(RABBIT4, G4, 5672, 40801), Policy),
+        drop("a datagram out on the same tuple", M, E, v4_udp(G4, RABBIT4, 40801, 5672), Policy),
+    ]);
+    let flows = dp.flows(M, Table::New).expect("flows");
+    let mut protos: Vec<u8> = flows.iter().map(|(k, _)| k.proto).collect();
+    protos.sort_unstable();
+    assert_eq!(protos, [proto::TCP], "only the TCP flow waits in the new table: {flows:?}");
+    let flows = dp.flows(M, Table::Established).expect("flows");
+    let protos: Vec<u8> = flows.iter().map(|(k, _)| k.proto).collect();
+    assert_eq!(protos, [proto::UDP], "the answered query is established: {flows:?}");
+}
+
 /// A bare SYN asks to open a flow, so it meets the rules (then the own-address check) before
 /// the flow tables, whatever its tuple holds: a retransmission passes on, the other side's SYN
 /// on the same tuple (a simultaneous open) needs a rule of its own, and a refused SYN leaves
@@ -1295,10 +1323,10 @@ fn the_flow_tables_take_the_memory_check_reports() {
         panic!("no fd of map {name} (id {id})")
     };
     let kernel: u64 = [
-        maps::CT_EST4_BIZ,
-        maps::CT_EST6_BIZ,
-        maps::CT_NEW4_BIZ,
-        maps::CT_NEW6_BIZ,
+        maps::TCP4_EST_BIZ,
+        maps::CT_EST_BIZ,
+        maps::TCP4_NEW_BIZ,
+        maps::CT_NEW_BIZ,
     ]
     .iter()
     .map(|m| memlock(m))

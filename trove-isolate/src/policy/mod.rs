@@ -165,7 +165,7 @@ impl DropsPolicy {
     }
 }
 
-/// The connection-tracking tables' sizes per NIC and IP family (`[conntrack]`).
+/// The connection-tracking tables' sizes per NIC and keying (`[conntrack]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConntrackPolicy {
     /// Established flows (a hash that never evicts: a full table refuses new flows).
