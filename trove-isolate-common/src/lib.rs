@@ -23,7 +23,11 @@ pub const LAYOUT_VERSION: u32 = 6;
 pub mod maps {
     use crate::{conntrack::Keying, Role};
 
-    pub const POLICY: &str = "POLICY";
+    /// The rules, per address family: IPv4's keyed by `policy::PolicyKey4`, IPv6's by
+    /// `policy::PolicyKey`. Both are sized alike, for the whole policy.
+    pub const POLICY4: &str = "POLICY4";
+    pub const POLICY6: &str = "POLICY6";
+    pub const POLICIES: [&str; 2] = [POLICY4, POLICY6];
     /// The prefix lengths the policy's rules use, per (role, direction, family).
     pub const POLICY_LENGTHS: &str = "POLICY_LENGTHS";
     pub const LOCAL: &str = "LOCAL";
@@ -47,8 +51,9 @@ pub mod maps {
     pub const TCP4_EST_BIZ: &str = "TCP4_EST_BIZ";
     pub const CT_EST_MGMT: &str = "CT_EST_MGMT";
     pub const CT_EST_BIZ: &str = "CT_EST_BIZ";
-    pub const ALL: [&str; 15] = [
-        POLICY,
+    pub const ALL: [&str; 16] = [
+        POLICY4,
+        POLICY6,
         POLICY_LENGTHS,
         LOCAL,
         COUNTERS,
@@ -64,6 +69,11 @@ pub mod maps {
         CT_EST_MGMT,
         CT_EST_BIZ,
     ];
+
+    /// Whether `name` is one of the policy maps.
+    pub fn is_policy(name: &str) -> bool {
+        POLICIES.contains(&name)
+    }
 
     /// The not-yet-established flow map of `role` for flows keyed as `keying`.
     pub const fn ct_new(role: Role, keying: Keying) -> &'static str {

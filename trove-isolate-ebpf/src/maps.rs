@@ -11,14 +11,18 @@ use trove_isolate_common::{
     counters::{self, Counter},
     events::{self, Budget},
     local::{self, LocalKey, LocalValue},
-    policy::{self, PolicyKey, PolicyValue, PrefixLengths},
+    policy::{self, PolicyKey, PolicyKey4, PolicyValue, PrefixLengths},
     settings::Settings,
     Role,
 };
 
-/// Allocated per rule (no preallocation): its size is a limit the loader sets from the policy.
+/// Allocated per rule (no preallocation): their size is a limit the loader sets from the policy.
 #[map]
-pub static POLICY: HashMap<PolicyKey, PolicyValue> =
+pub static POLICY4: HashMap<PolicyKey4, PolicyValue> =
+    HashMap::with_max_entries(policy::OBJECT_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static POLICY6: HashMap<PolicyKey, PolicyValue> =
     HashMap::with_max_entries(policy::OBJECT_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]

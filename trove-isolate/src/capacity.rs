@@ -22,7 +22,7 @@ use crate::policy::Policy;
 /// The sizes wanted for the maps that follow the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity {
-    /// Rules across both roles the policy map has room for.
+    /// Rules across both roles each policy map (one per family) has room for.
     pub policy: u32,
     /// The rules of the policy being applied.
     pub policy_rules: usize,
@@ -56,9 +56,10 @@ impl Capacity {
     }
 
     /// Each map sized here with the size wanted.
-    pub fn sized(&self) -> [(&'static str, u32); 9] {
+    pub fn sized(&self) -> [(&'static str, u32); 10] {
         [
-            (maps::POLICY, self.policy),
+            (maps::POLICY4, self.policy),
+            (maps::POLICY6, self.policy),
             (maps::TCP4_EST_MGMT, self.ct_established),
             (maps::TCP4_EST_BIZ, self.ct_established),
             (maps::CT_EST_MGMT, self.ct_established),
@@ -70,11 +71,12 @@ impl Capacity {
         ]
     }
 
-    /// Whether a pinned `map` of `pinned` entries serves, with `in_force` rules in it now: the
-    /// policy map while the rules in force and the new ones fit side by side, a flow table while
-    /// it has the configured size.
+    /// Whether a pinned `map` of `pinned` entries serves, with `in_force` rules in the policy
+    /// now: a policy map while the rules in force and the new ones fit side by side (counted
+    /// across both families, as the maps are sized), a flow table while it has the configured
+    /// size.
     pub fn keeps(&self, map: &str, pinned: u32, in_force: usize) -> bool {
-        if map == maps::POLICY {
+        if maps::is_policy(map) {
             return pinned as usize >= in_force.saturating_add(self.policy_rules);
         }
         self.sized()
@@ -95,8 +97,9 @@ impl Capacity {
         // has every element at load.
         let buckets = |entries: u32| u64::from(entries).next_power_of_two() * 16;
         let (est, new) = (u64::from(self.ct_established), u64::from(self.ct_new));
-        // A rule is an element of a hash allocated per entry (its value rounded up to 8 bytes);
-        // the buckets are allocated at load.
+        // A rule is an element of a hash allocated per entry (its value rounded up to 8 bytes;
+        // counted with IPv6's key, 12 bytes more than IPv4's); the buckets of both families'
+        // maps are allocated at load.
         let per_rule = HASH_ELEMENT_HEADER + std::mem::size_of::<policy::PolicyKey>() as u64 + 8;
         Memory {
             // Both keyings' new tables and the established table of TCP over IPv4 in full; the
@@ -107,7 +110,7 @@ impl Capacity {
                 + 2 * buckets(self.ct_new),
             conntrack_other_per_nic: est * wide,
             policy: self.policy_rules as u64 * per_rule
-                + u64::from(self.policy).next_power_of_two() * 16,
+                + maps::POLICIES.len() as u64 * buckets(self.policy),
         }
     }
 }
@@ -132,7 +135,8 @@ impl fmt::Display for Capacity {
         let memory = self.memory();
         writeln!(
             f,
-            "maps      policy: {} rules, room for {} (buckets at load, rules as added: about {})",
+            "maps      policy: {} rules, room for {} in each family's map (buckets at load, rules \
+             as added: about {})",
             self.policy_rules,
             self.policy,
             mib(memory.policy)
@@ -174,9 +178,9 @@ mod tests {
         let c = capacity(100_000);
         assert_eq!(c.policy, 201_024);
         // Made for 100,000 rules: a reload of 100,000 others fits beside them.
-        assert!(c.keeps(maps::POLICY, c.policy, 100_000));
+        assert!(c.keeps(maps::POLICY4, c.policy, 100_000));
         // A map made for 10 rules does not take 100,000.
-        assert!(!c.keeps(maps::POLICY, Capacity::policy_room(10), 10));
+        assert!(!c.keeps(maps::POLICY6, Capacity::policy_room(10), 10));
         assert_eq!(Capacity::policy_room(usize::MAX), u32::MAX);
     }
 

@@ -23,9 +23,10 @@ use trove_isolate_common::{
     conntrack::{FlowKey, FlowKey4, FlowValue, Keying},
     counters::{self, Counter},
     events::Budget,
+    family,
     local::{LocalKey, LocalValue},
     maps,
-    policy::{self, PolicyKey, PolicyValue, PrefixLengths},
+    policy::{self, PolicyKey, PolicyKey4, PolicyValue, PrefixLengths},
     program_name,
     settings::Settings,
     Direction, Mode, Reason, Role, Verdict,
@@ -117,11 +118,13 @@ impl Datapath {
                 loader.map_pin_path(name, path.as_path());
             }
         }
-        let policy_map_new = resized.iter().any(|r| r.map == maps::POLICY)
-            || paths
-                .iter()
-                .find(|(name, _)| *name == maps::POLICY)
-                .is_none_or(|(_, path)| !path.exists());
+        let policy_map_new = resized.iter().any(|r| maps::is_policy(r.map))
+            || maps::POLICIES.iter().any(|policy| {
+                paths
+                    .iter()
+                    .find(|(name, _)| name == policy)
+                    .is_none_or(|(_, path)| !path.exists())
+            });
         let level: u8 = if log { 0xff } else { 0 };
         loader.override_global(aya_log::LEVEL, &level, true);
         let mut ebpf = loader
@@ -175,7 +178,7 @@ impl Datapath {
     pub fn carry_flows(&mut self) -> anyhow::Result<usize> {
         let mut carried = 0;
         for r in self.resized.clone() {
-            if r.map == maps::POLICY {
+            if maps::is_policy(r.map) {
                 continue;
             }
             let old = MapData::from_pin(&r.pin)
@@ -319,18 +322,45 @@ impl Datapath {
         Ok(Array::try_from(map)?)
     }
 
-    /// Add before remove: a rule in both the old and the new policy is never missing.
+    /// Each family's rules into its map (see [`Datapath::sync_rules_in`]).
     fn sync_rules(
         &mut self,
         entries: &[(PolicyKey, PolicyValue)],
         in_force: Option<&[(PolicyKey, PolicyValue)]>,
     ) -> anyhow::Result<()> {
+        let v4 = |rules: &[(PolicyKey, PolicyValue)]| -> Vec<(PolicyKey4, PolicyValue)> {
+            rules
+                .iter()
+                .filter_map(|(k, v)| Some((PolicyKey4::narrow(k)?, *v)))
+                .collect()
+        };
+        let v6 = |rules: &[(PolicyKey, PolicyValue)]| -> Vec<(PolicyKey, PolicyValue)> {
+            rules
+                .iter()
+                .filter(|(k, _)| k.family == family::V6)
+                .copied()
+                .collect()
+        };
+        self.sync_rules_in(maps::POLICY4, &v4(entries), in_force.map(v4).as_deref())?;
+        self.sync_rules_in(maps::POLICY6, &v6(entries), in_force.map(v6).as_deref())
+    }
+
+    /// Add before remove: a rule in both the old and the new policy is never missing.
+    fn sync_rules_in<K>(
+        &mut self,
+        name: &str,
+        entries: &[(K, PolicyValue)],
+        in_force: Option<&[(K, PolicyValue)]>,
+    ) -> anyhow::Result<()>
+    where
+        K: aya::Pod + Eq + std::hash::Hash,
+    {
         let map = self
             .ebpf
-            .map_mut(maps::POLICY)
-            .context("policy map missing")?;
-        let mut rules: HashMap<&mut MapData, PolicyKey, PolicyValue> = HashMap::try_from(map)?;
-        let held: Option<foldhash::HashMap<PolicyKey, PolicyValue>> =
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing"))?;
+        let mut rules: HashMap<&mut MapData, K, PolicyValue> = HashMap::try_from(map)?;
+        let held: Option<foldhash::HashMap<K, PolicyValue>> =
             in_force.map(|old| old.iter().copied().collect());
         for (i, (key, value)) in entries.iter().enumerate() {
             if held
@@ -344,15 +374,15 @@ impl Datapath {
                     if matches!(s.io_error.raw_os_error(), Some(7) | Some(28)) =>
                 {
                     anyhow::anyhow!(
-                        "the policy map is full after {i} of {} rules",
+                        "the policy map {name} is full after {i} of {} rules",
                         entries.len()
                     )
                 }
                 e => anyhow::Error::new(e).context(format!("inserting rule {i}")),
             })?;
         }
-        let wanted: foldhash::HashSet<PolicyKey> = entries.iter().map(|(k, _)| *k).collect();
-        let stale: Vec<PolicyKey> = match in_force {
+        let wanted: foldhash::HashSet<K> = entries.iter().map(|(k, _)| *k).collect();
+        let stale: Vec<K> = match in_force {
             Some(old) => old
                 .iter()
                 .map(|(k, _)| *k)
@@ -374,11 +404,21 @@ impl Datapath {
         Ok(())
     }
 
-    /// Every rule in the policy map, and the prefix lengths of each class (longest first).
+    /// Every rule in the policy maps (IPv4's widened), and the prefix lengths of each class
+    /// (longest first).
     pub fn policy_map(&self) -> anyhow::Result<PolicyContent> {
-        let map = self.ebpf.map(maps::POLICY).context("policy map missing")?;
-        let rules: HashMap<&MapData, PolicyKey, PolicyValue> = HashMap::try_from(map)?;
-        let rules = rules.iter().collect::<Result<Vec<_>, _>>()?;
+        let map = self.ebpf.map(maps::POLICY4).context("policy map missing")?;
+        let rules4: HashMap<&MapData, PolicyKey4, PolicyValue> = HashMap::try_from(map)?;
+        let mut rules = Vec::new();
+        for rule in rules4.iter() {
+            let (k, v) = rule?;
+            rules.push((k.widen(), v));
+        }
+        let map = self.ebpf.map(maps::POLICY6).context("policy map missing")?;
+        let rules6: HashMap<&MapData, PolicyKey, PolicyValue> = HashMap::try_from(map)?;
+        for rule in rules6.iter() {
+            rules.push(rule?);
+        }
         let map = self
             .ebpf
             .map(maps::POLICY_LENGTHS)

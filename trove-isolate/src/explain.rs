@@ -18,7 +18,7 @@ use trove_isolate_common::{
     family,
     local::{LocalKey, LocalValue, OWN},
     maps,
-    policy::{self, PolicyKey, PolicyValue, PrefixLengths},
+    policy::{self, PolicyKey, PolicyKey4, PolicyValue, PrefixLengths},
     proto, Direction, Mode, Role,
 };
 
@@ -183,8 +183,10 @@ fn lookup_policy(
     fam: u8,
     remote: &Endpoint,
 ) -> anyhow::Result<Option<u32>> {
-    let rules: HashMap<MapData, PolicyKey, PolicyValue> =
-        HashMap::try_from(open(pins, maps::POLICY)?)?;
+    let rules4: HashMap<MapData, PolicyKey4, PolicyValue> =
+        HashMap::try_from(open(pins, maps::POLICY4)?)?;
+    let rules6: HashMap<MapData, PolicyKey, PolicyValue> =
+        HashMap::try_from(open(pins, maps::POLICY6)?)?;
     let lengths: Array<MapData, PrefixLengths> =
         Array::try_from(open(pins, maps::POLICY_LENGTHS)?)?;
     let mut prefixes: Vec<u8> = lengths
@@ -205,7 +207,11 @@ fn lookup_policy(
             _pad: 0,
             addr: policy::masked(&addr, prefix),
         };
-        if let Ok(value) = rules.get(&key, 0) {
+        let found = match PolicyKey4::narrow(&key) {
+            Some(key4) => rules4.get(&key4, 0),
+            None => rules6.get(&key, 0),
+        };
+        if let Ok(value) = found {
             return Ok(Some(value.rule_id));
         }
     }

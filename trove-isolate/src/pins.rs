@@ -94,7 +94,7 @@ mod tests {
         let pins = Pins::new(&dir);
         let old = dir.join(format!("policy_v{}", LAYOUT_VERSION + 1));
         for file in [
-            pins.map("POLICY"),
+            pins.map("POLICY4"),
             pins.map("COUNTERS"),
             old.clone(),
             dir.join("notes_vx"),
@@ -109,9 +109,9 @@ mod tests {
     fn names_carry_the_layout_version() {
         let pins = Pins::new("/sys/fs/bpf/trove-isolate");
         assert_eq!(
-            pins.map("POLICY"),
+            pins.map("POLICY4"),
             Path::new(&format!(
-                "/sys/fs/bpf/trove-isolate/policy_v{LAYOUT_VERSION}"
+                "/sys/fs/bpf/trove-isolate/policy4_v{LAYOUT_VERSION}"
             ))
         );
         assert_eq!(

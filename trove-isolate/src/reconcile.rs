@@ -152,7 +152,7 @@ fn apply(
     if revoked > 0 {
         log::info!("revoked {revoked} tracked flows the policy no longer allows");
     }
-    let policy_resized = datapath.resized().iter().any(|r| r.map == maps::POLICY);
+    let policy_resized = datapath.resized().iter().any(|r| maps::is_policy(r.map));
     let resized = !datapath.resized().is_empty();
     let tcx = attach::use_tcx(policy.attach);
     let swapped = (|| -> anyhow::Result<()> {

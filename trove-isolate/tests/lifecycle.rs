@@ -309,7 +309,7 @@ fn a_reload_after_detach_enforces_again_on_fresh_maps() {
 
     let out = cli(&["detach", "--pin-path", &pin_path]);
     assert!(out.status.success(), "detach: {out:?}");
-    let policy_pin = trove_isolate::pins::Pins::new(&pin_path).map("POLICY");
+    let policy_pin = trove_isolate::pins::Pins::new(&pin_path).map("POLICY4");
     assert!(!policy_pin.exists(), "detach left the policy map pinned");
 
     // `detach` removed the state record `reload` finds the daemon by: signal it directly.
@@ -750,7 +750,7 @@ fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
     let metrics = SocketAddr::from(([127, 0, 0, 1], port));
     let mut daemon = Daemon::start(&config, pin_path.as_ref(), metrics);
     let pins = trove_isolate::pins::Pins::new(&pin_path);
-    let policy_pin = pins.map("POLICY");
+    let policy_pin = pins.map("POLICY4");
     let established_pin = pins.map("TCP4_EST_BIZ");
     let before = pinned_size(&policy_pin);
     assert!(before < 2_000, "the policy map starts at {before} entries");
@@ -815,7 +815,8 @@ fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
     let stderr = daemon.kill_for_stderr();
     for want in [
         "(programs loaded anew)",
-        "map policy resized from",
+        "map policy4 resized from",
+        "map policy6 resized from",
         "map tcp4_est_biz resized from 65536 to 131072 entries",
         "map ct_est_biz resized from 65536 to 131072 entries",
         "carried",
