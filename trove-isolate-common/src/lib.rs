@@ -24,10 +24,10 @@ pub mod maps {
     use crate::{conntrack::Keying, Role};
 
     /// The rules, per address family: IPv4's keyed by `policy::PolicyKey4`, IPv6's by
-    /// `policy::PolicyKey`. Both are sized alike, for the whole policy.
+    /// `policy::PolicyKey` (`policy::map_index` says which). Each is sized for its own rules.
     pub const POLICY4: &str = "POLICY4";
     pub const POLICY6: &str = "POLICY6";
-    pub const POLICIES: [&str; 2] = [POLICY4, POLICY6];
+    pub const POLICIES: [&str; crate::policy::MAPS] = [POLICY4, POLICY6];
     /// The prefix lengths the policy's rules use, per (role, direction, family).
     pub const POLICY_LENGTHS: &str = "POLICY_LENGTHS";
     pub const LOCAL: &str = "LOCAL";
@@ -72,7 +72,12 @@ pub mod maps {
 
     /// Whether `name` is one of the policy maps.
     pub fn is_policy(name: &str) -> bool {
-        POLICIES.contains(&name)
+        policy_index(name).is_some()
+    }
+
+    /// The index of the policy map `name` in [`POLICIES`].
+    pub fn policy_index(name: &str) -> Option<usize> {
+        POLICIES.iter().position(|p| *p == name)
     }
 
     /// The not-yet-established flow map of `role` for flows keyed as `keying`.

@@ -49,6 +49,18 @@ pub struct PolicyKey {
 
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 24);
 
+/// The policy maps a rule can live in, in the order of [`crate::maps::POLICIES`].
+pub const MAPS: usize = 2;
+
+/// The index in [`crate::maps::POLICIES`] of the map that holds `key`.
+pub const fn map_index(key: &PolicyKey) -> usize {
+    if key.family == family::V4 {
+        0
+    } else {
+        1
+    }
+}
+
 /// Hash key of an IPv4 rule: [`PolicyKey`] without the family (its map's) and with a 4-byte
 /// address.
 #[repr(C)]

@@ -1,8 +1,9 @@
 //! How big each map is made at load.
 //!
-//! The policy map follows the compiled policy. It allocates its rules as they are added (only
-//! its buckets are made at load), so its size is mostly a limit; it gets headroom for a reload,
-//! whose add-before-remove holds the old and the new rules together for a moment. The
+//! The policy maps (one per family) follow the compiled policy, each its own rules. A map
+//! allocates its rules as they are added (only its buckets are made at load), so its size is
+//! mostly a limit; it gets headroom for a reload, whose add-before-remove holds the old and the
+//! new rules together for a moment. The
 //! connection-tracking tables follow `[conntrack]`, each keying's at the configured size, and are
 //! allocated in full at load (a hash map preallocates, and so does an LRU), except the wide
 //! established tables (every flow but TCP over IPv4): they allocate flows as they come, as many
@@ -19,13 +20,16 @@ use trove_isolate_common::{conntrack, maps, policy, Role};
 
 use crate::policy::Policy;
 
+/// Rules per policy map, in the order of `maps::POLICIES` (IPv4, IPv6).
+pub type PolicyRules = [usize; policy::MAPS];
+
 /// The sizes wanted for the maps that follow the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capacity {
-    /// Rules across both roles each policy map (one per family) has room for.
-    pub policy: u32,
-    /// The rules of the policy being applied.
-    pub policy_rules: usize,
+    /// Rules across both roles each policy map has room for (`maps::POLICIES` order).
+    pub policy: [u32; policy::MAPS],
+    /// The rules of the policy being applied, per policy map.
+    pub policy_rules: PolicyRules,
     pub ct_established: u32,
     pub ct_new: u32,
 }
@@ -33,20 +37,31 @@ pub struct Capacity {
 impl Capacity {
     /// The defaults, for a datapath loaded without a policy of its own.
     pub const DEFAULT: Capacity = Capacity {
-        policy: 1024,
-        policy_rules: 0,
+        policy: [1024; policy::MAPS],
+        policy_rules: [0; policy::MAPS],
         ct_established: conntrack::EST_MAX_ENTRIES,
         ct_new: conntrack::NEW_MAX_ENTRIES,
     };
 
     pub fn for_policy(policy: &Policy) -> Capacity {
-        let rules = policy.nics.iter().map(|n| n.rules.len()).sum();
+        let rules = Capacity::rules_of(policy);
         Capacity {
-            policy: Capacity::policy_room(rules),
+            policy: rules.map(Capacity::policy_room),
             policy_rules: rules,
             ct_established: policy.conntrack.established_entries,
             ct_new: policy.conntrack.new_entries,
         }
+    }
+
+    /// How many of `policy`'s rules each policy map holds.
+    pub fn rules_of(policy: &Policy) -> PolicyRules {
+        let mut rules = [0; policy::MAPS];
+        for nic in &policy.nics {
+            for rule in &nic.rules {
+                rules[policy::map_index(&rule.key(nic.role))] += 1;
+            }
+        }
+        rules
     }
 
     /// Room for twice the rules (a reload that replaces every rule fits), and for a reload
@@ -58,8 +73,8 @@ impl Capacity {
     /// Each map sized here with the size wanted.
     pub fn sized(&self) -> [(&'static str, u32); 10] {
         [
-            (maps::POLICY4, self.policy),
-            (maps::POLICY6, self.policy),
+            (maps::POLICY4, self.policy[0]),
+            (maps::POLICY6, self.policy[1]),
             (maps::TCP4_EST_MGMT, self.ct_established),
             (maps::TCP4_EST_BIZ, self.ct_established),
             (maps::CT_EST_MGMT, self.ct_established),
@@ -72,12 +87,11 @@ impl Capacity {
     }
 
     /// Whether a pinned `map` of `pinned` entries serves, with `in_force` rules in the policy
-    /// now: a policy map while the rules in force and the new ones fit side by side (counted
-    /// across both families, as the maps are sized), a flow table while it has the configured
-    /// size.
-    pub fn keeps(&self, map: &str, pinned: u32, in_force: usize) -> bool {
-        if maps::is_policy(map) {
-            return pinned as usize >= in_force.saturating_add(self.policy_rules);
+    /// maps now: a policy map while its rules in force and its new ones fit side by side, a
+    /// flow table while it has the configured size.
+    pub fn keeps(&self, map: &str, pinned: u32, in_force: &PolicyRules) -> bool {
+        if let Some(i) = maps::policy_index(map) {
+            return pinned as usize >= in_force[i].saturating_add(self.policy_rules[i]);
         }
         self.sized()
             .iter()
@@ -87,20 +101,27 @@ impl Capacity {
     /// Kernel memory the maps take, estimated from their sizes: the flow tables in full, the
     /// policy per rule.
     pub fn memory(&self) -> Memory {
-        let value = std::mem::size_of::<conntrack::FlowValue>() as u64;
-        let element = |key: usize| HASH_ELEMENT_HEADER + key as u64 + value;
+        let flow = |key: usize| element(key, std::mem::size_of::<conntrack::FlowValue>());
         let (tcp4, wide) = (
-            element(std::mem::size_of::<conntrack::FlowKey4>()),
-            element(std::mem::size_of::<conntrack::FlowKey>()),
+            flow(std::mem::size_of::<conntrack::FlowKey4>()),
+            flow(std::mem::size_of::<conntrack::FlowKey>()),
         );
         // Buckets are a power of two of 16 bytes (kernel/bpf/hashtab.c); a preallocated table
         // has every element at load.
         let buckets = |entries: u32| u64::from(entries).next_power_of_two() * 16;
         let (est, new) = (u64::from(self.ct_established), u64::from(self.ct_new));
-        // A rule is an element of a hash allocated per entry (its value rounded up to 8 bytes;
-        // counted with IPv6's key, 12 bytes more than IPv4's); the buckets of both families'
-        // maps are allocated at load.
-        let per_rule = HASH_ELEMENT_HEADER + std::mem::size_of::<policy::PolicyKey>() as u64 + 8;
+        // A rule is an element of a hash allocated per entry; the buckets are allocated at load.
+        let keys = [
+            std::mem::size_of::<policy::PolicyKey4>(),
+            std::mem::size_of::<policy::PolicyKey>(),
+        ];
+        let policy: u64 = (0..policy::MAPS)
+            .map(|i| {
+                self.policy_rules[i] as u64
+                    * element(keys[i], std::mem::size_of::<policy::PolicyValue>())
+                    + buckets(self.policy[i])
+            })
+            .sum();
         Memory {
             // Both keyings' new tables and the established table of TCP over IPv4 in full; the
             // other established table allocates its flows as they come.
@@ -109,8 +130,7 @@ impl Capacity {
                 + 2 * buckets(self.ct_established)
                 + 2 * buckets(self.ct_new),
             conntrack_other_per_nic: est * wide,
-            policy: self.policy_rules as u64 * per_rule
-                + maps::POLICIES.len() as u64 * buckets(self.policy),
+            policy,
         }
     }
 }
@@ -118,6 +138,12 @@ impl Capacity {
 /// `struct htab_elem` before the key. With the bucket array this matches the kernel's own
 /// account of the tables (`memlock` in the map's fdinfo, Linux 6.18).
 const HASH_ELEMENT_HEADER: u64 = 48;
+
+/// What one element of a hash map takes: the header, then the key and the value, each rounded up
+/// to 8 bytes (kernel/bpf/hashtab.c).
+fn element(key: usize, value: usize) -> u64 {
+    HASH_ELEMENT_HEADER + key.next_multiple_of(8) as u64 + value.next_multiple_of(8) as u64
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Memory {
@@ -135,10 +161,12 @@ impl fmt::Display for Capacity {
         let memory = self.memory();
         writeln!(
             f,
-            "maps      policy: {} rules, room for {} in each family's map (buckets at load, rules \
-             as added: about {})",
-            self.policy_rules,
-            self.policy,
+            "maps      policy: {} IPv4 and {} IPv6 rules, room for {} and {} (buckets at load, \
+             rules as added: about {})",
+            self.policy_rules[0],
+            self.policy_rules[1],
+            self.policy[0],
+            self.policy[1],
             mib(memory.policy)
         )?;
         write!(
@@ -166,8 +194,8 @@ mod tests {
 
     fn capacity(rules: usize) -> Capacity {
         Capacity {
-            policy: Capacity::policy_room(rules),
-            policy_rules: rules,
+            policy: [Capacity::policy_room(rules), Capacity::policy_room(0)],
+            policy_rules: [rules, 0],
             ct_established: 65_536,
             ct_new: 16_384,
         }
@@ -176,28 +204,36 @@ mod tests {
     #[test]
     fn the_policy_map_has_room_for_a_reload_that_replaces_every_rule() {
         let c = capacity(100_000);
-        assert_eq!(c.policy, 201_024);
+        assert_eq!(c.policy, [201_024, 1024]);
         // Made for 100,000 rules: a reload of 100,000 others fits beside them.
-        assert!(c.keeps(maps::POLICY4, c.policy, 100_000));
+        assert!(c.keeps(maps::POLICY4, c.policy[0], &[100_000, 0]));
         // A map made for 10 rules does not take 100,000.
-        assert!(!c.keeps(maps::POLICY6, Capacity::policy_room(10), 10));
+        assert!(!c.keeps(maps::POLICY4, Capacity::policy_room(10), &[10, 0]));
+        // Each family's map is held to its own rules: IPv6's keeps its small size however many
+        // IPv4 rules there are, and only its own rules in force can outgrow it.
+        assert!(c.keeps(maps::POLICY6, 1024, &[100_000, 0]));
+        assert!(!c.keeps(maps::POLICY6, 1024, &[0, 1025]));
         assert_eq!(Capacity::policy_room(usize::MAX), u32::MAX);
     }
 
     #[test]
     fn flow_tables_are_kept_only_at_the_configured_size() {
         let c = capacity(10);
-        assert!(c.keeps(maps::TCP4_EST_BIZ, 65_536, 0));
-        assert!(c.keeps(maps::CT_EST_BIZ, 65_536, 0));
-        assert!(c.keeps(maps::TCP4_NEW_MGMT, 16_384, 0));
-        assert!(!c.keeps(maps::TCP4_EST_BIZ, 16_384, 0));
-        assert!(!c.keeps(maps::CT_NEW_MGMT, 65_536, 0));
+        let none = [0; policy::MAPS];
+        assert!(c.keeps(maps::TCP4_EST_BIZ, 65_536, &none));
+        assert!(c.keeps(maps::CT_EST_BIZ, 65_536, &none));
+        assert!(c.keeps(maps::TCP4_NEW_MGMT, 16_384, &none));
+        assert!(!c.keeps(maps::TCP4_EST_BIZ, 16_384, &none));
+        assert!(!c.keeps(maps::CT_NEW_MGMT, 65_536, &none));
     }
 
     #[test]
     fn check_reports_what_will_be_allocated() {
         let text = capacity(10).to_string();
-        assert!(text.contains("policy: 10 rules, room for 1044"), "{text}");
+        assert!(
+            text.contains("policy: 10 IPv4 and 0 IPv6 rules, room for 1044 and 1024"),
+            "{text}"
+        );
         assert!(
             text.contains("65536 established + 16384 new flows"),
             "{text}"

@@ -32,7 +32,12 @@ use trove_isolate_common::{
     Direction, Mode, Reason, Role, Verdict,
 };
 
-use crate::{capacity::Capacity, map_batch, pins::Pins, policy::Policy};
+use crate::{
+    capacity::{Capacity, PolicyRules},
+    map_batch,
+    pins::Pins,
+    policy::Policy,
+};
 
 pub struct Datapath {
     ebpf: Ebpf,
@@ -63,14 +68,14 @@ pub struct Resized {
 impl Datapath {
     /// Loads the programs (verifier included) with every map bound to its pin under `pins`, or
     /// with fresh unpinned maps when `pins` is `None` (packet tests, benchmarks). Maps are sized
-    /// by `capacity`; a pinned one too small for it (with `in_force` rules in the policy map now)
-    /// is made anew, see [`Capacity`]. `log` keeps the programs' debug records on (they cost
+    /// by `capacity`; a pinned one too small for it (with `in_force` rules in the policy maps
+    /// now) is made anew, see [`Capacity`]. `log` keeps the programs' debug records on (they cost
     /// ~20 ns per denied packet).
     pub fn load(
         pins: Option<&Pins>,
         log: bool,
         capacity: &Capacity,
-        in_force: usize,
+        in_force: &PolicyRules,
     ) -> anyhow::Result<Datapath> {
         if crate::EBPF_OBJECT.is_empty() {
             bail!("this binary was built with AYA_BUILD_SKIP: it carries no eBPF programs");
@@ -157,9 +162,9 @@ impl Datapath {
     }
 
     /// Whether these loaded programs and maps serve `capacity` (with `in_force` rules in the
-    /// policy map now) as a fresh [`Datapath::load`] would, so a reload can keep them and skip
+    /// policy maps now) as a fresh [`Datapath::load`] would, so a reload can keep them and skip
     /// the verifier: no map would be resized, and the debug records are as wanted.
-    pub fn serves(&self, capacity: &Capacity, in_force: usize, log: bool) -> bool {
+    pub fn serves(&self, capacity: &Capacity, in_force: &PolicyRules, log: bool) -> bool {
         self.log == log
             && self.resized.is_empty()
             && self
@@ -322,7 +327,9 @@ impl Datapath {
         Ok(Array::try_from(map)?)
     }
 
-    /// Each family's rules into its map (see [`Datapath::sync_rules_in`]).
+    /// Each family's rules into its map. Add before remove, across both maps: a rule in both
+    /// the old and the new policy is never missing, and a write that fails part-way has only
+    /// added rules, in either map.
     fn sync_rules(
         &mut self,
         entries: &[(PolicyKey, PolicyValue)],
@@ -341,12 +348,28 @@ impl Datapath {
                 .copied()
                 .collect()
         };
-        self.sync_rules_in(maps::POLICY4, &v4(entries), in_force.map(v4).as_deref())?;
-        self.sync_rules_in(maps::POLICY6, &v6(entries), in_force.map(v6).as_deref())
+        let (new4, old4) = (v4(entries), in_force.map(v4));
+        let (new6, old6) = (v6(entries), in_force.map(v6));
+        self.add_rules(maps::POLICY4, &new4, old4.as_deref())?;
+        self.add_rules(maps::POLICY6, &new6, old6.as_deref())?;
+        self.remove_stale_rules(maps::POLICY4, &new4, old4.as_deref())?;
+        self.remove_stale_rules(maps::POLICY6, &new6, old6.as_deref())
     }
 
-    /// Add before remove: a rule in both the old and the new policy is never missing.
-    fn sync_rules_in<K>(
+    fn policy_rules<K: aya::Pod>(
+        &mut self,
+        name: &str,
+    ) -> anyhow::Result<HashMap<&mut MapData, K, PolicyValue>> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing"))?;
+        Ok(HashMap::try_from(map)?)
+    }
+
+    /// Writes the rules of `entries` the map `name` does not hold as they are (per `in_force`,
+    /// or all of them).
+    fn add_rules<K>(
         &mut self,
         name: &str,
         entries: &[(K, PolicyValue)],
@@ -355,11 +378,7 @@ impl Datapath {
     where
         K: aya::Pod + Eq + std::hash::Hash,
     {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .with_context(|| format!("map {name} missing"))?;
-        let mut rules: HashMap<&mut MapData, K, PolicyValue> = HashMap::try_from(map)?;
+        let mut rules = self.policy_rules::<K>(name)?;
         let held: Option<foldhash::HashMap<K, PolicyValue>> =
             in_force.map(|old| old.iter().copied().collect());
         for (i, (key, value)) in entries.iter().enumerate() {
@@ -378,9 +397,24 @@ impl Datapath {
                         entries.len()
                     )
                 }
-                e => anyhow::Error::new(e).context(format!("inserting rule {i}")),
+                e => anyhow::Error::new(e).context(format!("inserting rule {i} into {name}")),
             })?;
         }
+        Ok(())
+    }
+
+    /// Removes from the map `name` the rules not in `entries`: those of `in_force`, or without
+    /// it every key the map holds.
+    fn remove_stale_rules<K>(
+        &mut self,
+        name: &str,
+        entries: &[(K, PolicyValue)],
+        in_force: Option<&[(K, PolicyValue)]>,
+    ) -> anyhow::Result<()>
+    where
+        K: aya::Pod + Eq + std::hash::Hash,
+    {
+        let mut rules = self.policy_rules::<K>(name)?;
         let wanted: foldhash::HashSet<K> = entries.iter().map(|(k, _)| *k).collect();
         let stale: Vec<K> = match in_force {
             Some(old) => old
@@ -398,7 +432,9 @@ impl Datapath {
             match rules.remove(&key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(2) => {}
-                Err(e) => return Err(e).context("removing a stale rule"),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("removing a stale rule of {name}"))
+                }
             }
         }
         Ok(())

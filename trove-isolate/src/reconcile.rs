@@ -100,6 +100,7 @@ fn enforce_with(
             .iter()
             .map(|n| (n.role, n.rules.len()))
             .collect(),
+        policy_map_rules: Some(Capacity::rules_of(policy)),
         attachments,
         ..State::default()
     };
@@ -124,14 +125,16 @@ fn apply(
     attachments: &mut Vec<Attachment>,
 ) -> anyhow::Result<Option<Datapath>> {
     // The rules the pinned map holds now, as the last reconcile recorded them.
-    let rules_held = previous.policy_entries.iter().map(|(_, n)| n).sum();
+    let rules_held = previous.rules_held();
     let capacity = Capacity::for_policy(policy);
     let mut loaded = None;
     let datapath = match current {
-        Some(current) if current.serves(&capacity, rules_held, log) && current.holds_pins(pins) => {
+        Some(current)
+            if current.serves(&capacity, &rules_held, log) && current.holds_pins(pins) =>
+        {
             current
         }
-        _ => loaded.insert(Datapath::load(Some(pins), log, &capacity, rules_held)?),
+        _ => loaded.insert(Datapath::load(Some(pins), log, &capacity, &rules_held)?),
     };
     datapath.sync_policy(policy, in_force)?;
     for role in Role::ALL {

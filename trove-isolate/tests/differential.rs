@@ -135,7 +135,7 @@ struct Seen {
 impl Harness {
     fn new() -> Harness {
         let policy = policy();
-        let mut dp = Datapath::load(None, false, &Capacity::for_policy(&policy), 0)
+        let mut dp = Datapath::load(None, false, &Capacity::for_policy(&policy), &[0; 2])
             .expect("loading the datapath (root, BPF)");
         dp.sync_policy(&policy, None)
             .expect("writing the policy map");

@@ -89,7 +89,7 @@ fn datapath() -> Datapath {
     let path = Path::new("packets.toml");
     let config = Config::parse(CONFIG, path).expect("test config parses");
     let policy = Policy::from_config(&config, path).expect("test config compiles");
-    let mut dp = Datapath::load(None, false, &Capacity::for_policy(&policy), 0)
+    let mut dp = Datapath::load(None, false, &Capacity::for_policy(&policy), &[0; 2])
         .expect("loading the datapath (root, BPF)");
     dp.sync_policy(&policy, None)
         .expect("writing the policy map");
@@ -1089,6 +1089,11 @@ fn a_flows_protocol_is_part_of_its_identity() {
         pass("its SYN-ACK", M, I, v4_tcp(RABBIT4, G4, 5672, 40801, SYN | ACK), Tracked),
         drop("a datagram in on the same tuple", M, I, v4_udp(RABBIT4, G4, 5672, 40801), Policy),
         drop("a datagram out on the same tuple", M, E, v4_udp(G4, RABBIT4, 40801, 5672), Policy),
+        // An ICMP error is related to the flow of the protocol it quotes, and no other.
+        pass("unreachable quoting the query", M, I, ipv4(V4_PLAIN, proto::ICMP, "203.0.113.1", G4, &icmp(3, 3, 0, &quote(&v4_udp(G4, "192.0.2.53", 40800, 53), 20))), Related),
+        drop("unreachable quoting TCP on the query's tuple", M, I, ipv4(V4_PLAIN, proto::ICMP, "203.0.113.1", G4, &icmp(3, 3, 0, &quote(&v4_tcp(G4, "192.0.2.53", 40800, 53, ACK), 20))), NotTracked),
+        pass("unreachable quoting the SYN", M, I, ipv4(V4_PLAIN, proto::ICMP, "203.0.113.1", G4, &icmp(3, 3, 0, &quote(&v4_tcp(G4, RABBIT4, 40801, 5672, SYN), 20))), Related),
+        drop("unreachable quoting UDP on the SYN's tuple", M, I, ipv4(V4_PLAIN, proto::ICMP, "203.0.113.1", G4, &icmp(3, 3, 0, &quote(&v4_udp(G4, RABBIT4, 40801, 5672), 20))), NotTracked),
     ]);
     let flows = dp.flows(M, Table::New).expect("flows");
     let mut protos: Vec<u8> = flows.iter().map(|(k, _)| k.proto).collect();
@@ -1097,6 +1102,22 @@ fn a_flows_protocol_is_part_of_its_identity() {
     let flows = dp.flows(M, Table::Established).expect("flows");
     let protos: Vec<u8> = flows.iter().map(|(k, _)| k.proto).collect();
     assert_eq!(protos, [proto::UDP], "the answered query is established: {flows:?}");
+}
+
+/// Each family's rules are in a map of their own: an IPv4 address equal to the first four bytes
+/// of an IPv6 rule's (2001:db8:1::10 is 32.1.13.184) matches nothing, nor the other way round
+/// (192.0.2.10 is c000:20a::).
+#[rustfmt::skip]
+#[test]
+fn a_rule_matches_only_its_own_family() {
+    use Reason::*;
+    let mut dp = datapath();
+    run_table(&mut dp, &[
+        pass("SYN to rabbitmq over IPv6", M, E, v6_tcp(G6, RABBIT6, 41000, 5671, SYN), Allowed),
+        drop("an IPv4 SYN to the IPv6 rule's first bytes", M, E, v4_tcp(G4, "32.1.13.184", 41001, 5671, SYN), Policy),
+        pass("SYN to rabbitmq over IPv4", M, E, v4_tcp(G4, RABBIT4, 41002, 5672, SYN), Allowed),
+        drop("an IPv6 SYN to the IPv4 rule's bytes", M, E, v6_tcp(G6, "c000:20a::", 41003, 5672, SYN), Policy),
+    ]);
 }
 
 /// A bare SYN asks to open a flow, so it meets the rules (then the own-address check) before
@@ -1371,7 +1392,7 @@ fn verified_instruction_counts() {
         .expect("reading /proc/sys/kernel/osrelease");
     let release = release.trim();
     let reports = kernel_at_least(5, 16);
-    let mut dp = Datapath::load(None, false, &Capacity::DEFAULT, 0)
+    let mut dp = Datapath::load(None, false, &Capacity::DEFAULT, &[0; 2])
         .expect("loading the datapath (root, BPF)");
     let mut missing = Vec::new();
     for role in Role::ALL {
