@@ -23,11 +23,13 @@ pub const LAYOUT_VERSION: u32 = 6;
 pub mod maps {
     use crate::{conntrack::Keying, Role};
 
-    /// The rules, per address family: IPv4's keyed by `policy::PolicyKey4`, IPv6's by
-    /// `policy::PolicyKey` (`policy::map_index` says which). Each is sized for its own rules.
+    /// The rules (`policy::map_index` says which map holds one): IPv4's keyed by
+    /// `policy::PolicyKey4`, IPv6 prefixes up to /64 by `policy::PolicyKey6`, longer ones by
+    /// `policy::PolicyKey`. Each is sized for its own rules.
     pub const POLICY4: &str = "POLICY4";
     pub const POLICY6: &str = "POLICY6";
-    pub const POLICIES: [&str; crate::policy::MAPS] = [POLICY4, POLICY6];
+    pub const POLICY6_LONG: &str = "POLICY6_LONG";
+    pub const POLICIES: [&str; crate::policy::MAPS] = [POLICY4, POLICY6, POLICY6_LONG];
     /// The prefix lengths the policy's rules use, per (role, direction, family).
     pub const POLICY_LENGTHS: &str = "POLICY_LENGTHS";
     pub const LOCAL: &str = "LOCAL";
@@ -51,9 +53,10 @@ pub mod maps {
     pub const TCP4_EST_BIZ: &str = "TCP4_EST_BIZ";
     pub const CT_EST_MGMT: &str = "CT_EST_MGMT";
     pub const CT_EST_BIZ: &str = "CT_EST_BIZ";
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         POLICY4,
         POLICY6,
+        POLICY6_LONG,
         POLICY_LENGTHS,
         LOCAL,
         COUNTERS,

@@ -10,10 +10,11 @@
 //! prefix lengths a policy uses, not the number of its rules (an LPM trie's walk grows
 //! with the rules sharing a key's fixed part: 2.9× from 4 to 1,000,000 rules, BENCHMARKS.md).
 //!
-//! IPv4 rules have a map of their own keyed by the 12-byte [`PolicyKey4`]: the kernel hashes a
-//! key of 12 bytes without a round of mixing, so each of an IPv4 flow's lookups costs about half
-//! of what the 24-byte [`PolicyKey`] of IPv6 rules does. Userspace sees every rule as a
-//! [`PolicyKey`] ([`PolicyKey4::widen`]).
+//! The kernel hashes a key of 12 bytes without a round of mixing, so a lookup of one costs about
+//! half of what a 24-byte [`PolicyKey`]'s does. The rules are therefore kept in three maps
+//! ([`map_index`]): IPv4's keyed by the 12-byte [`PolicyKey4`], IPv6 prefixes of up to 64 bits
+//! (clients' /64 and /48) by the 12-byte [`PolicyKey6`], and longer IPv6 prefixes (hosts) by
+//! [`PolicyKey`]. Userspace sees every rule as a [`PolicyKey`] (`widen`).
 
 use crate::{family, Direction, Role};
 
@@ -50,14 +51,20 @@ pub struct PolicyKey {
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 24);
 
 /// The policy maps a rule can live in, in the order of [`crate::maps::POLICIES`].
-pub const MAPS: usize = 2;
+pub const MAPS: usize = 3;
 
-/// The index in [`crate::maps::POLICIES`] of the map that holds `key`.
-pub const fn map_index(key: &PolicyKey) -> usize {
+/// The longest IPv6 prefix [`PolicyKey6`] holds.
+pub const SHORT_V6: u8 = 64;
+
+/// The index in [`crate::maps::POLICIES`] of the map that holds `key`: IPv4's, IPv6's of
+/// prefixes up to [`SHORT_V6`], or IPv6's of longer ones.
+pub fn map_index(key: &PolicyKey) -> usize {
     if key.family == family::V4 {
         0
-    } else {
+    } else if PolicyKey6::narrow(key).is_some() {
         1
+    } else {
+        2
     }
 }
 
@@ -135,6 +142,64 @@ pub fn mask(prefix: u8) -> [u8; 16] {
         };
     }
     out
+}
+
+/// Hash key of an IPv6 rule of a prefix of up to [`SHORT_V6`] bits: the role, direction and
+/// protocol in one byte ([`PolicyKey6::tag`]), the address in 8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey6 {
+    pub tag: u8,
+    pub prefix: u8,
+    /// As in [`PolicyKey`].
+    pub port: [u8; 2],
+    /// The first 8 bytes of the remote prefix, host bits zero.
+    pub addr: [u8; 8],
+}
+
+const _: () = assert!(core::mem::size_of::<PolicyKey6>() == 12);
+
+impl PolicyKey6 {
+    /// Role, direction and protocol in one byte. IPv6 flows are TCP (6), UDP (17) or ICMPv6
+    /// (58): each fits in the 6 bits left; `None` for any other.
+    #[inline(always)]
+    pub const fn tag(role: u8, direction: u8, proto: u8) -> Option<u8> {
+        if proto >= 64 || role > 1 || direction > 1 {
+            return None;
+        }
+        Some(role << 7 | direction << 6 | proto)
+    }
+
+    /// The key of `key` if it is an IPv6 rule of a prefix of up to [`SHORT_V6`] bits.
+    pub fn narrow(key: &PolicyKey) -> Option<PolicyKey6> {
+        if key.family != family::V6 || key.prefix > SHORT_V6 {
+            return None;
+        }
+        let mut addr = [0u8; 8];
+        addr.copy_from_slice(&key.addr[..8]);
+        Some(PolicyKey6 {
+            tag: PolicyKey6::tag(key.role, key.direction, key.proto)?,
+            prefix: key.prefix,
+            port: key.port,
+            addr,
+        })
+    }
+
+    /// The same rule as a [`PolicyKey`].
+    pub fn widen(&self) -> PolicyKey {
+        let mut addr = [0u8; 16];
+        addr[..8].copy_from_slice(&self.addr);
+        PolicyKey {
+            role: self.tag >> 7,
+            direction: (self.tag >> 6) & 1,
+            proto: self.tag & 0x3f,
+            family: family::V6,
+            port: self.port,
+            prefix: self.prefix,
+            _pad: 0,
+            addr,
+        }
+    }
 }
 
 /// A prefix length a class uses, with its mask made once here rather than per packet.
@@ -267,6 +332,8 @@ unsafe impl aya::Pod for PolicyKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PolicyKey4 {}
 #[cfg(feature = "user")]
+unsafe impl aya::Pod for PolicyKey6 {}
+#[cfg(feature = "user")]
 unsafe impl aya::Pod for PrefixLengths {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PolicyValue {}
@@ -295,6 +362,48 @@ mod tests {
             ..key
         };
         assert_eq!(PolicyKey4::narrow(&v6), None);
+    }
+
+    #[test]
+    fn a_short_ipv6_rule_narrows_and_widens_to_the_same_rule() {
+        let addr = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 2, 0xab, 0xcd, 0, 0, 0, 0, 0, 0, 0, 7,
+        ];
+        let key = PolicyKey {
+            role: Role::Business as u8,
+            direction: Direction::Egress as u8,
+            proto: crate::proto::ICMPV6,
+            family: family::V6,
+            port: [0, 0],
+            prefix: 48,
+            _pad: 0,
+            addr: masked(&addr, 48),
+        };
+        let narrow = PolicyKey6::narrow(&key).expect("a /48");
+        assert_eq!(narrow.addr, [0x20, 0x01, 0x0d, 0xb8, 0, 2, 0, 0]);
+        assert_eq!(narrow.widen(), key);
+        assert_eq!(map_index(&key), 1);
+        let host = PolicyKey {
+            prefix: 128,
+            addr,
+            ..key
+        };
+        assert_eq!(PolicyKey6::narrow(&host), None);
+        assert_eq!(map_index(&host), 2);
+        let v4 = PolicyKey {
+            family: family::V4,
+            ..key
+        };
+        assert_eq!((PolicyKey6::narrow(&v4), map_index(&v4)), (None, 0));
+        // Every protocol an IPv6 flow has fits the tag, and the tag keeps them apart.
+        let mut tags = [0u8; 12];
+        let protos = [crate::proto::TCP, crate::proto::UDP, crate::proto::ICMPV6];
+        for (i, tag) in tags.iter_mut().enumerate() {
+            let (r, d) = ((i / 2 % 2) as u8, (i % 2) as u8);
+            *tag = PolicyKey6::tag(r, d, protos[i / 4]).expect("fits");
+        }
+        tags.sort_unstable();
+        assert!(tags.windows(2).all(|w| w[0] != w[1]), "{tags:?}");
     }
 
     #[test]

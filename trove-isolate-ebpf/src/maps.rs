@@ -11,7 +11,7 @@ use trove_isolate_common::{
     counters::{self, Counter},
     events::{self, Budget},
     local::{self, LocalKey, LocalValue},
-    policy::{self, PolicyKey, PolicyKey4, PolicyValue, PrefixLengths},
+    policy::{self, PolicyKey, PolicyKey4, PolicyKey6, PolicyValue, PrefixLengths},
     settings::Settings,
     Role,
 };
@@ -22,7 +22,11 @@ pub static POLICY4: HashMap<PolicyKey4, PolicyValue> =
     HashMap::with_max_entries(policy::OBJECT_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static POLICY6: HashMap<PolicyKey, PolicyValue> =
+pub static POLICY6: HashMap<PolicyKey6, PolicyValue> =
+    HashMap::with_max_entries(policy::OBJECT_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static POLICY6_LONG: HashMap<PolicyKey, PolicyValue> =
     HashMap::with_max_entries(policy::OBJECT_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]

@@ -1,17 +1,18 @@
 //! The policy lookup: one hash lookup per prefix length the policy uses for the packet's
-//! (role, direction, family) (see `trove_isolate_common::policy`), in the family's map.
+//! (role, direction, family) (see `trove_isolate_common::policy`), in the map that holds rules
+//! of that family and length.
 
-use aya_ebpf::maps::HashMap;
 use trove_isolate_common::{
     family,
     policy::{
-        class, LengthSlot, PolicyKey, PolicyKey4, PolicyValue, PrefixLengths, EMPTY, MAX_LENGTHS,
+        class, LengthSlot, PolicyKey, PolicyKey4, PolicyKey6, PrefixLengths, EMPTY, MAX_LENGTHS,
+        SHORT_V6,
     },
     Direction, Reason, Role,
 };
 
 use crate::{
-    maps::{POLICY4, POLICY6, POLICY_LENGTHS},
+    maps::{POLICY4, POLICY6, POLICY6_LONG, POLICY_LENGTHS},
     packet::Packet,
 };
 
@@ -40,29 +41,48 @@ pub fn check(role: Role, direction: Direction, pkt: &Packet) -> Result<(), Reaso
             addr: [0; 4],
         };
         let addr = word(0);
-        any_length(lengths, &POLICY4, &mut key, |key, slot| {
+        any_length(lengths, |slot| {
             key.prefix = slot.prefix;
             key.addr = (addr & slot.mask[0]).to_ne_bytes();
+            POLICY4.get_ptr(key).is_some()
         })
     } else {
-        let mut key = PolicyKey {
-            role: role as u8,
-            direction: direction as u8,
-            proto: pkt.proto,
-            family: pkt.family,
-            port,
-            prefix: 0,
-            _pad: 0,
-            addr: [0; 16],
+        // Only the protocols an IPv6 flow has reach here; any other matches nothing.
+        let Some(tag) = PolicyKey6::tag(role as u8, direction as u8, pkt.proto) else {
+            return Err(Reason::Policy);
         };
         let words = [word(0), word(4), word(8), word(12)];
-        any_length(lengths, &POLICY6, &mut key, |key, slot| {
-            key.prefix = slot.prefix;
-            // Constant indices: plain stack stores for the verifier, no iterator to unroll.
-            #[allow(clippy::needless_range_loop)]
-            for w in 0..4 {
-                let bytes = (words[w] & slot.mask[w]).to_ne_bytes();
-                key.addr[w * 4..w * 4 + 4].copy_from_slice(&bytes);
+        let mut short = PolicyKey6 {
+            tag,
+            prefix: 0,
+            port,
+            addr: [0; 8],
+        };
+        any_length(lengths, |slot| {
+            if slot.prefix <= SHORT_V6 {
+                short.prefix = slot.prefix;
+                short.addr[..4].copy_from_slice(&(words[0] & slot.mask[0]).to_ne_bytes());
+                short.addr[4..].copy_from_slice(&(words[1] & slot.mask[1]).to_ne_bytes());
+                POLICY6.get_ptr(short).is_some()
+            } else {
+                // Made here, not up front: most IPv6 rules are of the short kind.
+                let mut long = PolicyKey {
+                    role: role as u8,
+                    direction: direction as u8,
+                    proto: pkt.proto,
+                    family: pkt.family,
+                    port,
+                    prefix: slot.prefix,
+                    _pad: 0,
+                    addr: [0; 16],
+                };
+                // Constant indices: plain stack stores for the verifier, no iterator to unroll.
+                #[allow(clippy::needless_range_loop)]
+                for w in 0..4 {
+                    let bytes = (words[w] & slot.mask[w]).to_ne_bytes();
+                    long.addr[w * 4..w * 4 + 4].copy_from_slice(&bytes);
+                }
+                POLICY6_LONG.get_ptr(long).is_some()
             }
         })
     };
@@ -73,15 +93,9 @@ pub fn check(role: Role, direction: Direction, pkt: &Packet) -> Result<(), Reaso
     }
 }
 
-/// Whether `rules` holds `key` for one of the lengths in use, `set` writing each length (and
-/// the address masked to it) into the key.
+/// Whether `probe` finds a rule for one of the lengths in use.
 #[inline(always)]
-fn any_length<K>(
-    lengths: &PrefixLengths,
-    rules: &HashMap<K, PolicyValue>,
-    key: &mut K,
-    set: impl Fn(&mut K, &LengthSlot),
-) -> bool {
+fn any_length(lengths: &PrefixLengths, mut probe: impl FnMut(&LengthSlot) -> bool) -> bool {
     let count = lengths.count as usize;
     for i in 0..MAX_LENGTHS {
         if i >= count {
@@ -91,8 +105,7 @@ fn any_length<K>(
         if slot.prefix == EMPTY {
             continue;
         }
-        set(key, slot);
-        if rules.get_ptr(&*key).is_some() {
+        if probe(slot) {
             return true;
         }
     }

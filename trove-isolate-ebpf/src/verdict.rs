@@ -70,6 +70,10 @@ fn flow(ctx: &TcContext, role: Role, direction: Direction, pkt: &Packet) -> Resu
         Kind::Udp if dhcp::allowed(role, direction, pkt) => return Ok(Reason::Dhcp),
         _ => false,
     };
+    if syn {
+        // Before any flow key is made: a refused SYN costs the rules' lookups alone.
+        policy::check(role, direction, pkt)?;
+    }
     // TCP over IPv4, the database's traffic, has tables of its own: their 12-byte key is the
     // cheapest to hash.
     match Keying::of(pkt.family, pkt.proto) {
@@ -94,7 +98,7 @@ fn flow(ctx: &TcContext, role: Role, direction: Direction, pkt: &Packet) -> Resu
     }
 }
 
-/// [`flow`] in the tables `t` of the packet's keying.
+/// [`flow`] in the tables `t` of the packet's keying (a bare SYN has met the rules).
 #[inline(always)]
 fn flow_in<K>(
     ctx: &TcContext,
@@ -117,8 +121,8 @@ fn flow_in<K>(
         if !opens {
             return Err(Reason::NotTracked);
         }
+        policy::check(role, direction, pkt)?;
     }
-    policy::check(role, direction, pkt)?;
     open(ctx, role, t, key, direction, pkt, syn)
 }
 

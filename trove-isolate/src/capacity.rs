@@ -20,7 +20,7 @@ use trove_isolate_common::{conntrack, maps, policy, Role};
 
 use crate::policy::Policy;
 
-/// Rules per policy map, in the order of `maps::POLICIES` (IPv4, IPv6).
+/// Rules per policy map, in the order of `maps::POLICIES`.
 pub type PolicyRules = [usize; policy::MAPS];
 
 /// The sizes wanted for the maps that follow the config.
@@ -35,6 +35,9 @@ pub struct Capacity {
 }
 
 impl Capacity {
+    /// No rules in force: fresh maps.
+    pub const NONE_HELD: PolicyRules = [0; policy::MAPS];
+
     /// The defaults, for a datapath loaded without a policy of its own.
     pub const DEFAULT: Capacity = Capacity {
         policy: [1024; policy::MAPS],
@@ -71,10 +74,11 @@ impl Capacity {
     }
 
     /// Each map sized here with the size wanted.
-    pub fn sized(&self) -> [(&'static str, u32); 10] {
+    pub fn sized(&self) -> [(&'static str, u32); 11] {
         [
             (maps::POLICY4, self.policy[0]),
             (maps::POLICY6, self.policy[1]),
+            (maps::POLICY6_LONG, self.policy[2]),
             (maps::TCP4_EST_MGMT, self.ct_established),
             (maps::TCP4_EST_BIZ, self.ct_established),
             (maps::CT_EST_MGMT, self.ct_established),
@@ -113,6 +117,7 @@ impl Capacity {
         // A rule is an element of a hash allocated per entry; the buckets are allocated at load.
         let keys = [
             std::mem::size_of::<policy::PolicyKey4>(),
+            std::mem::size_of::<policy::PolicyKey6>(),
             std::mem::size_of::<policy::PolicyKey>(),
         ];
         let policy: u64 = (0..policy::MAPS)
@@ -161,12 +166,14 @@ impl fmt::Display for Capacity {
         let memory = self.memory();
         writeln!(
             f,
-            "maps      policy: {} IPv4 and {} IPv6 rules, room for {} and {} (buckets at load, \
-             rules as added: about {})",
+            "maps      policy: {} IPv4 rules, {} IPv6 rules of up to /64 and {} longer, room for \
+             {}, {} and {} (buckets at load, rules as added: about {})",
             self.policy_rules[0],
             self.policy_rules[1],
+            self.policy_rules[2],
             self.policy[0],
             self.policy[1],
+            self.policy[2],
             mib(memory.policy)
         )?;
         write!(
@@ -194,8 +201,12 @@ mod tests {
 
     fn capacity(rules: usize) -> Capacity {
         Capacity {
-            policy: [Capacity::policy_room(rules), Capacity::policy_room(0)],
-            policy_rules: [rules, 0],
+            policy: [
+                Capacity::policy_room(rules),
+                Capacity::policy_room(0),
+                Capacity::policy_room(0),
+            ],
+            policy_rules: [rules, 0, 0],
             ct_established: 65_536,
             ct_new: 16_384,
         }
@@ -204,22 +215,23 @@ mod tests {
     #[test]
     fn the_policy_map_has_room_for_a_reload_that_replaces_every_rule() {
         let c = capacity(100_000);
-        assert_eq!(c.policy, [201_024, 1024]);
+        assert_eq!(c.policy, [201_024, 1024, 1024]);
         // Made for 100,000 rules: a reload of 100,000 others fits beside them.
-        assert!(c.keeps(maps::POLICY4, c.policy[0], &[100_000, 0]));
+        assert!(c.keeps(maps::POLICY4, c.policy[0], &[100_000, 0, 0]));
         // A map made for 10 rules does not take 100,000.
-        assert!(!c.keeps(maps::POLICY4, Capacity::policy_room(10), &[10, 0]));
-        // Each family's map is held to its own rules: IPv6's keeps its small size however many
-        // IPv4 rules there are, and only its own rules in force can outgrow it.
-        assert!(c.keeps(maps::POLICY6, 1024, &[100_000, 0]));
-        assert!(!c.keeps(maps::POLICY6, 1024, &[0, 1025]));
+        assert!(!c.keeps(maps::POLICY4, Capacity::policy_room(10), &[10, 0, 0]));
+        // Each map is held to its own rules: IPv6's keep their small size however many IPv4
+        // rules there are, and only their own rules in force can outgrow them.
+        assert!(c.keeps(maps::POLICY6, 1024, &[100_000, 0, 0]));
+        assert!(!c.keeps(maps::POLICY6, 1024, &[0, 1025, 0]));
+        assert!(!c.keeps(maps::POLICY6_LONG, 1024, &[0, 0, 1025]));
         assert_eq!(Capacity::policy_room(usize::MAX), u32::MAX);
     }
 
     #[test]
     fn flow_tables_are_kept_only_at_the_configured_size() {
         let c = capacity(10);
-        let none = [0; policy::MAPS];
+        let none = Capacity::NONE_HELD;
         assert!(c.keeps(maps::TCP4_EST_BIZ, 65_536, &none));
         assert!(c.keeps(maps::CT_EST_BIZ, 65_536, &none));
         assert!(c.keeps(maps::TCP4_NEW_MGMT, 16_384, &none));
@@ -231,7 +243,10 @@ mod tests {
     fn check_reports_what_will_be_allocated() {
         let text = capacity(10).to_string();
         assert!(
-            text.contains("policy: 10 IPv4 and 0 IPv6 rules, room for 1044 and 1024"),
+            text.contains(
+                "policy: 10 IPv4 rules, 0 IPv6 rules of up to /64 and 0 longer, room for 1044, \
+                 1024 and 1024"
+            ),
             "{text}"
         );
         assert!(

@@ -23,10 +23,9 @@ use trove_isolate_common::{
     conntrack::{FlowKey, FlowKey4, FlowValue, Keying},
     counters::{self, Counter},
     events::Budget,
-    family,
     local::{LocalKey, LocalValue},
     maps,
-    policy::{self, PolicyKey, PolicyKey4, PolicyValue, PrefixLengths},
+    policy::{self, PolicyKey, PolicyKey4, PolicyKey6, PolicyValue, PrefixLengths},
     program_name,
     settings::Settings,
     Direction, Mode, Reason, Role, Verdict,
@@ -327,9 +326,9 @@ impl Datapath {
         Ok(Array::try_from(map)?)
     }
 
-    /// Each family's rules into its map. Add before remove, across both maps: a rule in both
-    /// the old and the new policy is never missing, and a write that fails part-way has only
-    /// added rules, in either map.
+    /// Each rule into its map (`policy::map_index`). Add before remove, across the maps: a
+    /// rule in both the old and the new policy is never missing, and a write that fails
+    /// part-way has only added rules, in any map.
     fn sync_rules(
         &mut self,
         entries: &[(PolicyKey, PolicyValue)],
@@ -341,19 +340,28 @@ impl Datapath {
                 .filter_map(|(k, v)| Some((PolicyKey4::narrow(k)?, *v)))
                 .collect()
         };
-        let v6 = |rules: &[(PolicyKey, PolicyValue)]| -> Vec<(PolicyKey, PolicyValue)> {
+        let v6 = |rules: &[(PolicyKey, PolicyValue)]| -> Vec<(PolicyKey6, PolicyValue)> {
             rules
                 .iter()
-                .filter(|(k, _)| k.family == family::V6)
+                .filter_map(|(k, v)| Some((PolicyKey6::narrow(k)?, *v)))
+                .collect()
+        };
+        let long = |rules: &[(PolicyKey, PolicyValue)]| -> Vec<(PolicyKey, PolicyValue)> {
+            rules
+                .iter()
+                .filter(|(k, _)| maps::POLICIES[policy::map_index(k)] == maps::POLICY6_LONG)
                 .copied()
                 .collect()
         };
         let (new4, old4) = (v4(entries), in_force.map(v4));
         let (new6, old6) = (v6(entries), in_force.map(v6));
+        let (new_long, old_long) = (long(entries), in_force.map(long));
         self.add_rules(maps::POLICY4, &new4, old4.as_deref())?;
         self.add_rules(maps::POLICY6, &new6, old6.as_deref())?;
+        self.add_rules(maps::POLICY6_LONG, &new_long, old_long.as_deref())?;
         self.remove_stale_rules(maps::POLICY4, &new4, old4.as_deref())?;
-        self.remove_stale_rules(maps::POLICY6, &new6, old6.as_deref())
+        self.remove_stale_rules(maps::POLICY6, &new6, old6.as_deref())?;
+        self.remove_stale_rules(maps::POLICY6_LONG, &new_long, old_long.as_deref())
     }
 
     fn policy_rules<K: aya::Pod>(
@@ -440,21 +448,15 @@ impl Datapath {
         Ok(())
     }
 
-    /// Every rule in the policy maps (IPv4's widened), and the prefix lengths of each class
-    /// (longest first).
+    /// Every rule in the policy maps (widened to `PolicyKey`), and the prefix lengths of each
+    /// class (longest first).
     pub fn policy_map(&self) -> anyhow::Result<PolicyContent> {
-        let map = self.ebpf.map(maps::POLICY4).context("policy map missing")?;
-        let rules4: HashMap<&MapData, PolicyKey4, PolicyValue> = HashMap::try_from(map)?;
-        let mut rules = Vec::new();
-        for rule in rules4.iter() {
-            let (k, v) = rule?;
-            rules.push((k.widen(), v));
-        }
-        let map = self.ebpf.map(maps::POLICY6).context("policy map missing")?;
-        let rules6: HashMap<&MapData, PolicyKey, PolicyValue> = HashMap::try_from(map)?;
-        for rule in rules6.iter() {
-            rules.push(rule?);
-        }
+        let mut rules: Vec<(PolicyKey, PolicyValue)> = Vec::new();
+        let v4: Vec<(PolicyKey4, PolicyValue)> = self.entries(maps::POLICY4)?;
+        rules.extend(v4.into_iter().map(|(k, v)| (k.widen(), v)));
+        let v6: Vec<(PolicyKey6, PolicyValue)> = self.entries(maps::POLICY6)?;
+        rules.extend(v6.into_iter().map(|(k, v)| (k.widen(), v)));
+        rules.extend(self.entries::<PolicyKey, PolicyValue>(maps::POLICY6_LONG)?);
         let map = self
             .ebpf
             .map(maps::POLICY_LENGTHS)

@@ -18,7 +18,7 @@ use trove_isolate_common::{
     family,
     local::{LocalKey, LocalValue, OWN},
     maps,
-    policy::{self, PolicyKey, PolicyKey4, PolicyValue, PrefixLengths},
+    policy::{self, PolicyKey, PolicyKey4, PolicyKey6, PolicyValue, PrefixLengths},
     proto, Direction, Mode, Role,
 };
 
@@ -185,8 +185,10 @@ fn lookup_policy(
 ) -> anyhow::Result<Option<u32>> {
     let rules4: HashMap<MapData, PolicyKey4, PolicyValue> =
         HashMap::try_from(open(pins, maps::POLICY4)?)?;
-    let rules6: HashMap<MapData, PolicyKey, PolicyValue> =
+    let rules6: HashMap<MapData, PolicyKey6, PolicyValue> =
         HashMap::try_from(open(pins, maps::POLICY6)?)?;
+    let rules6_long: HashMap<MapData, PolicyKey, PolicyValue> =
+        HashMap::try_from(open(pins, maps::POLICY6_LONG)?)?;
     let lengths: Array<MapData, PrefixLengths> =
         Array::try_from(open(pins, maps::POLICY_LENGTHS)?)?;
     let mut prefixes: Vec<u8> = lengths
@@ -207,9 +209,10 @@ fn lookup_policy(
             _pad: 0,
             addr: policy::masked(&addr, prefix),
         };
-        let found = match PolicyKey4::narrow(&key) {
-            Some(key4) => rules4.get(&key4, 0),
-            None => rules6.get(&key, 0),
+        let found = match (PolicyKey4::narrow(&key), PolicyKey6::narrow(&key)) {
+            (Some(key4), _) => rules4.get(&key4, 0),
+            (None, Some(key6)) => rules6.get(&key6, 0),
+            (None, None) => rules6_long.get(&key, 0),
         };
         if let Ok(value) = found {
             return Ok(Some(value.rule_id));

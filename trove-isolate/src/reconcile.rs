@@ -100,7 +100,7 @@ fn enforce_with(
             .iter()
             .map(|n| (n.role, n.rules.len()))
             .collect(),
-        policy_map_rules: Some(Capacity::rules_of(policy)),
+        policy_map_rules: Some(Capacity::rules_of(policy).to_vec()),
         attachments,
         ..State::default()
     };

@@ -54,7 +54,7 @@ pub struct State {
     /// The rules each policy map holds (`maps::POLICIES` order), which a resize is judged by;
     /// absent from records of earlier versions.
     #[serde(default)]
-    pub policy_map_rules: Option<PolicyRules>,
+    pub policy_map_rules: Option<Vec<usize>>,
     /// The daemon that wrote the record and the config it runs, for `trove-isolate reload`.
     #[serde(default)]
     pub pid: Option<u32>,
@@ -104,13 +104,14 @@ impl Default for State {
 }
 
 impl State {
-    /// The rules each policy map holds as this record says. A record without the split counts
-    /// every rule against each map: at worst a map is made anew once.
+    /// The rules each policy map holds as this record says. A record without the split (or
+    /// with another set of maps) counts every rule against each map: at worst a map is made
+    /// anew once.
     pub fn rules_held(&self) -> PolicyRules {
-        self.policy_map_rules.unwrap_or_else(|| {
-            let total = self.policy_entries.iter().map(|(_, n)| n).sum();
-            [total; policy::MAPS]
-        })
+        match self.policy_map_rules.as_deref().map(PolicyRules::try_from) {
+            Some(Ok(held)) => held,
+            _ => [self.policy_entries.iter().map(|(_, n)| n).sum(); policy::MAPS],
+        }
     }
 
     /// What is attached for `role`, either direction.
@@ -189,7 +190,7 @@ mod tests {
         );
         assert!(state.pid.is_none() && state.reload.is_none());
         // Without the split per policy map, every rule counts against each.
-        assert_eq!(state.rules_held(), [10, 10]);
+        assert_eq!(state.rules_held(), [10; policy::MAPS]);
         let again: State =
             serde_json::from_str(&serde_json::to_string(&state).expect("writes")).expect("reads");
         assert_eq!(again, state);

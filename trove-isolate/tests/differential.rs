@@ -135,8 +135,13 @@ struct Seen {
 impl Harness {
     fn new() -> Harness {
         let policy = policy();
-        let mut dp = Datapath::load(None, false, &Capacity::for_policy(&policy), &[0; 2])
-            .expect("loading the datapath (root, BPF)");
+        let mut dp = Datapath::load(
+            None,
+            false,
+            &Capacity::for_policy(&policy),
+            &Capacity::NONE_HELD,
+        )
+        .expect("loading the datapath (root, BPF)");
         dp.sync_policy(&policy, None)
             .expect("writing the policy map");
         let mut local = Vec::new();

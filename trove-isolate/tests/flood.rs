@@ -49,8 +49,13 @@ fn datapath() -> Datapath {
     let path = Path::new("flood.toml");
     let config = Config::parse(CONFIG, path).expect("test config parses");
     let policy = Policy::from_config(&config, path).expect("test config compiles");
-    let mut dp = Datapath::load(None, false, &Capacity::for_policy(&policy), &[0; 2])
-        .expect("loading the datapath (root, BPF)");
+    let mut dp = Datapath::load(
+        None,
+        false,
+        &Capacity::for_policy(&policy),
+        &Capacity::NONE_HELD,
+    )
+    .expect("loading the datapath (root, BPF)");
     dp.sync_policy(&policy, None).expect("policy");
     let nets: Vec<IpNetwork> = ["192.0.2.1/24", "2001:db8:1::1/64"]
         .iter()

@@ -89,8 +89,13 @@ fn datapath() -> Datapath {
     let path = Path::new("packets.toml");
     let config = Config::parse(CONFIG, path).expect("test config parses");
     let policy = Policy::from_config(&config, path).expect("test config compiles");
-    let mut dp = Datapath::load(None, false, &Capacity::for_policy(&policy), &[0; 2])
-        .expect("loading the datapath (root, BPF)");
+    let mut dp = Datapath::load(
+        None,
+        false,
+        &Capacity::for_policy(&policy),
+        &Capacity::NONE_HELD,
+    )
+    .expect("loading the datapath (root, BPF)");
     dp.sync_policy(&policy, None)
         .expect("writing the policy map");
     let nets: Vec<IpNetwork> = NIC_ADDRESSES
@@ -1244,6 +1249,43 @@ fn a_narrower_policy_revokes_what_it_no_longer_allows() {
     ]);
 }
 
+/// IPv6 rules live in two maps, prefixes up to /64 in one and longer ones in the other: each
+/// length matches exactly its prefix, on both sides of the line.
+#[rustfmt::skip]
+#[test]
+fn ipv6_rules_match_their_prefix_whichever_map_holds_them() {
+    use Reason::*;
+    let path = Path::new("v6.toml");
+    let compile = |text: &str| {
+        trove_isolate::policy::Policy::from_config(&Config::parse(text, path).expect("parses"), path).expect("compiles")
+    };
+    let old = compile(CONFIG);
+    let new = compile(&CONFIG.replace(
+        "peers = [\"198.51.100.7/32\"]",
+        "clients = [\"2001:db8:5::/48\", \"2001:db8:6::7/128\", \"2001:db8:8::/64\", \"2001:db8:9:0:8000::/65\"]",
+    ));
+    let mut dp = datapath();
+    dp.sync_policy(&new, Some(&old)).expect("the new policy");
+    let syn = |client: &str, port: u16| v6_tcp(client, G6, port, 3306, SYN);
+    run_table(&mut dp, &[
+        pass("a /48 client", B, I, syn("2001:db8:5:ffff::1", 42000), Allowed),
+        drop("next to the /48", B, I, syn("2001:db8:4:ffff::1", 42001), Policy),
+        pass("a /128 client", B, I, syn("2001:db8:6::7", 42002), Allowed),
+        drop("next to the /128", B, I, syn("2001:db8:6::8", 42003), Policy),
+        pass("a /64 client", B, I, syn("2001:db8:8::ffff:1", 42004), Allowed),
+        drop("next to the /64", B, I, syn("2001:db8:8:1::1", 42005), Policy),
+        pass("a /65 client", B, I, syn("2001:db8:9:0:8000::1", 42006), Allowed),
+        drop("the other half of the /64", B, I, syn("2001:db8:9:0:7fff::1", 42007), Policy),
+        drop("an IPv4 client", B, I, v4_tcp(CLIENT, G4, 42008, 3306, SYN), Policy),
+        pass("rabbitmq over IPv6 (a /128 endpoint)", M, E, v6_tcp(G6, RABBIT6, 42009, 5671, SYN), Allowed),
+    ]);
+    let mut rules = dp.policy_map().expect("read").0;
+    rules.sort_by_key(|(key, _)| *key);
+    let mut want = new.entries();
+    want.sort_by_key(|(key, _)| *key);
+    assert_eq!(rules, want, "the maps hold exactly the policy");
+}
+
 /// A reload writes only the difference from the policy in force: the map ends holding exactly
 /// the new policy, and a rule in both (whose value changed or not) is never rewritten away.
 #[test]
@@ -1392,7 +1434,7 @@ fn verified_instruction_counts() {
         .expect("reading /proc/sys/kernel/osrelease");
     let release = release.trim();
     let reports = kernel_at_least(5, 16);
-    let mut dp = Datapath::load(None, false, &Capacity::DEFAULT, &[0; 2])
+    let mut dp = Datapath::load(None, false, &Capacity::DEFAULT, &Capacity::NONE_HELD)
         .expect("loading the datapath (root, BPF)");
     let mut missing = Vec::new();
     for role in Role::ALL {

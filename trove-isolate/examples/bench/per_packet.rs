@@ -41,8 +41,13 @@ pub const PROBED: [&str; 7] = [
 /// their real handshakes: one to RabbitMQ, an inbound database session over IPv4 and one over
 /// IPv6.
 pub fn prepare(policy: &Policy) -> anyhow::Result<Datapath> {
-    let mut dp = Datapath::load(None, false, &Capacity::for_policy(policy), &[0; 2])
-        .context("loading the datapath (root, BPF)")?;
+    let mut dp = Datapath::load(
+        None,
+        false,
+        &Capacity::for_policy(policy),
+        &Capacity::NONE_HELD,
+    )
+    .context("loading the datapath (root, BPF)")?;
     dp.sync_policy(policy, None)?;
     let nets: Vec<IpNetwork> = ["192.0.2.1/24", "2001:db8:1::1/64", "fe80::1/64"]
         .iter()
@@ -391,7 +396,7 @@ pub fn run(policy: &Policy, o: &Options) -> anyhow::Result<Vec<Row>> {
         rows.push(Row::new(name, ns, empty));
     }
     // The one stage that differs between the families: parsing.
-    let v6 = ipv6_ext(
+    let ext = ipv6_ext(
         proto::TCP,
         &[(60u8, ext8()), (60u8, ext8())],
         "2001:db8:1::99",
@@ -399,13 +404,19 @@ pub fn run(policy: &Policy, o: &Options) -> anyhow::Result<Vec<Row>> {
         &tcp(40004, 3306, SYN),
     );
     let parse = dp.bench_program("bench_parse")?;
-    anyhow::ensure!(verdict(parse, &v6)? == action::PASS, "IPv6 parse stage");
+    anyhow::ensure!(verdict(parse, &ext)? == action::PASS, "IPv6 parse stage");
     rows.push(Row::new(
         "stage: parse only, IPv6 with 2 extension headers",
-        measure(parse, &v6, o)?,
+        measure(parse, &ext, o)?,
         empty,
     ));
     rows.push(measure_decision(&mut dp, empty, o)?);
+    let name = "stage: a new IPv6 flow's decision (a client prefix of /48)";
+    let program = dp.bench_program("bench_decide")?;
+    let frame = v6("2001:db8:2::8", "2001:db8:1::1", 40021, 3306, SYN);
+    let got = verdict(program, &frame)?;
+    anyhow::ensure!(got == action::PASS, "{name}: the stage returned {got}");
+    rows.push(Row::new(name, measure(program, &frame, o)?, empty));
     rows.extend(measure_cases(&mut dp, &cases(), empty, o)?);
     let (ours, empty_connection) = measure_connections(&mut dp, o.repeat / 10)?;
     rows.push(Row::new(
