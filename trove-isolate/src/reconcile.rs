@@ -124,8 +124,10 @@ fn apply(
     previous: &State,
     attachments: &mut Vec<Attachment>,
 ) -> anyhow::Result<Option<Datapath>> {
-    // The rules the pinned map holds now, as the last reconcile recorded them.
-    let rules_held = previous.rules_held();
+    // The rules the pinned maps hold now: the policy in force when this process wrote it
+    // (host names refreshed since may have moved rules between maps), else as the last
+    // reconcile recorded them.
+    let rules_held = in_force.map_or_else(|| previous.rules_held(), Capacity::rules_of);
     let capacity = Capacity::for_policy(policy);
     let mut loaded = None;
     let datapath = match current {
