@@ -80,8 +80,9 @@ pub struct PolicyKey4 {
     /// As in [`PolicyKey`].
     pub port: [u8; 2],
     pub _pad: [u8; 2],
-    /// Remote prefix, host bits zero.
-    pub addr: [u8; 4],
+    /// Remote prefix, host bits zero: the address bytes as on the wire, read as a native-endian
+    /// word (a word, not bytes, so the datapath builds and copies the key with a few stores).
+    pub addr: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<PolicyKey4>() == 12);
@@ -99,14 +100,14 @@ impl PolicyKey4 {
             prefix: key.prefix,
             port: key.port,
             _pad: [0; 2],
-            addr: [key.addr[0], key.addr[1], key.addr[2], key.addr[3]],
+            addr: u32::from_ne_bytes([key.addr[0], key.addr[1], key.addr[2], key.addr[3]]),
         })
     }
 
     /// The same rule as a [`PolicyKey`].
     pub fn widen(&self) -> PolicyKey {
         let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&self.addr);
+        addr[..4].copy_from_slice(&self.addr.to_ne_bytes());
         PolicyKey {
             role: self.role,
             direction: self.direction,
@@ -153,8 +154,8 @@ pub struct PolicyKey6 {
     pub prefix: u8,
     /// As in [`PolicyKey`].
     pub port: [u8; 2],
-    /// The first 8 bytes of the remote prefix, host bits zero.
-    pub addr: [u8; 8],
+    /// The first 8 bytes of the remote prefix, host bits zero, as two native-endian words.
+    pub addr: [u32; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<PolicyKey6>() == 12);
@@ -175,8 +176,11 @@ impl PolicyKey6 {
         if key.family != family::V6 || key.prefix > SHORT_V6 {
             return None;
         }
-        let mut addr = [0u8; 8];
-        addr.copy_from_slice(&key.addr[..8]);
+        let a = &key.addr;
+        let addr = [
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        ];
         Some(PolicyKey6 {
             tag: PolicyKey6::tag(key.role, key.direction, key.proto)?,
             prefix: key.prefix,
@@ -188,7 +192,8 @@ impl PolicyKey6 {
     /// The same rule as a [`PolicyKey`].
     pub fn widen(&self) -> PolicyKey {
         let mut addr = [0u8; 16];
-        addr[..8].copy_from_slice(&self.addr);
+        addr[..4].copy_from_slice(&self.addr[0].to_ne_bytes());
+        addr[4..8].copy_from_slice(&self.addr[1].to_ne_bytes());
         PolicyKey {
             role: self.tag >> 7,
             direction: (self.tag >> 6) & 1,
@@ -355,7 +360,7 @@ mod tests {
             addr: masked(&[198, 51, 100, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 24),
         };
         let narrow = PolicyKey4::narrow(&key).expect("an IPv4 rule");
-        assert_eq!(narrow.addr, [198, 51, 100, 0]);
+        assert_eq!(narrow.addr.to_ne_bytes(), [198, 51, 100, 0]);
         assert_eq!(narrow.widen(), key);
         let v6 = PolicyKey {
             family: family::V6,
@@ -380,7 +385,8 @@ mod tests {
             addr: masked(&addr, 48),
         };
         let narrow = PolicyKey6::narrow(&key).expect("a /48");
-        assert_eq!(narrow.addr, [0x20, 0x01, 0x0d, 0xb8, 0, 2, 0, 0]);
+        assert_eq!(narrow.addr[0].to_ne_bytes(), [0x20, 0x01, 0x0d, 0xb8]);
+        assert_eq!(narrow.addr[1].to_ne_bytes(), [0, 2, 0, 0]);
         assert_eq!(narrow.widen(), key);
         assert_eq!(map_index(&key), 1);
         let host = PolicyKey {

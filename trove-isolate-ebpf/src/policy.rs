@@ -42,12 +42,12 @@ pub fn check(role: Role, direction: Direction, pkt: &Packet) -> Result<(), Reaso
             prefix: 0,
             port,
             _pad: [0; 2],
-            addr: [0; 4],
+            addr: 0,
         };
         let addr = word(0);
         any_length(lengths, |slot| {
             key.prefix = slot.prefix;
-            key.addr = (addr & slot.mask[0]).to_ne_bytes();
+            key.addr = addr & slot.mask[0];
             POLICY4.get_ptr(&key).is_some()
         })
     } else {
@@ -60,34 +60,32 @@ pub fn check(role: Role, direction: Direction, pkt: &Packet) -> Result<(), Reaso
             tag,
             prefix: 0,
             port,
-            addr: [0; 8],
+            addr: [0; 2],
         };
         any_length(lengths, |slot| {
             if slot.prefix <= SHORT_V6 {
                 short.prefix = slot.prefix;
-                short.addr[..4].copy_from_slice(&(words[0] & slot.mask[0]).to_ne_bytes());
-                short.addr[4..].copy_from_slice(&(words[1] & slot.mask[1]).to_ne_bytes());
-                POLICY6.get_ptr(&short).is_some()
-            } else {
-                // Made here, not up front: most IPv6 rules are of the short kind.
-                let mut long = PolicyKey {
-                    role: role as u8,
-                    direction: direction as u8,
-                    proto: pkt.proto,
-                    family: pkt.family,
-                    port,
-                    prefix: slot.prefix,
-                    _pad: 0,
-                    addr: [0; 16],
-                };
-                // Constant indices: plain stack stores for the verifier, no iterator to unroll.
-                #[allow(clippy::needless_range_loop)]
-                for w in 0..4 {
-                    let bytes = (words[w] & slot.mask[w]).to_ne_bytes();
-                    long.addr[w * 4..w * 4 + 4].copy_from_slice(&bytes);
-                }
-                POLICY6_LONG.get_ptr(&long).is_some()
+                short.addr = [words[0] & slot.mask[0], words[1] & slot.mask[1]];
+                return POLICY6.get_ptr(&short).is_some();
             }
+            // Made here, not up front: most IPv6 rules are of the short kind.
+            let mut long = PolicyKey {
+                role: role as u8,
+                direction: direction as u8,
+                proto: pkt.proto,
+                family: pkt.family,
+                port,
+                prefix: slot.prefix,
+                _pad: 0,
+                addr: [0; 16],
+            };
+            // Constant indices: plain stack stores for the verifier, no iterator to unroll.
+            #[allow(clippy::needless_range_loop)]
+            for w in 0..4 {
+                let bytes = (words[w] & slot.mask[w]).to_ne_bytes();
+                long.addr[w * 4..w * 4 + 4].copy_from_slice(&bytes);
+            }
+            POLICY6_LONG.get_ptr(&long).is_some()
         })
     };
     if allowed {

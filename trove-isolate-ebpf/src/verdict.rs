@@ -70,47 +70,28 @@ fn flow(ctx: &TcContext, role: Role, direction: Direction, pkt: &Packet) -> Resu
         Kind::Udp if dhcp::allowed(role, direction, pkt) => return Ok(Reason::Dhcp),
         _ => false,
     };
-    if syn {
-        // Before any flow key is made: a refused SYN costs the rules' lookups alone.
-        policy::check(role, direction, pkt)?;
-    }
     // TCP over IPv4, the database's traffic, has tables of its own: their 12-byte key is the
-    // cheapest to hash.
-    match Keying::of(pkt.family, pkt.proto) {
-        Keying::Tcp4 => flow_in(
-            ctx,
-            role,
-            direction,
-            pkt,
-            syn,
-            &flows_tcp4(role),
-            &pkt.flow_key4(direction),
-        ),
-        Keying::Wide => flow_in(
-            ctx,
-            role,
-            direction,
-            pkt,
-            syn,
-            &flows_wide(role),
-            &pkt.flow_key(role, direction),
-        ),
-    }
-}
-
-/// [`flow`] in the tables `t` of the packet's keying (a bare SYN has met the rules).
-#[inline(always)]
-fn flow_in<K>(
-    ctx: &TcContext,
-    role: Role,
-    direction: Direction,
-    pkt: &Packet,
-    syn: bool,
-    t: &FlowTables<K>,
-    key: &K,
-) -> Result<Reason, Reason> {
+    // cheapest to hash. Each keying's key is made where its tables are used, so a refused SYN
+    // makes none, and the rules' lookups are in the program once.
+    let keying = Keying::of(pkt.family, pkt.proto);
     if !syn {
-        if let Some(verdict) = conntrack::judge(ctx, t, key, direction, pkt) {
+        let judged = match keying {
+            Keying::Tcp4 => conntrack::judge(
+                ctx,
+                &flows_tcp4(role),
+                &pkt.flow_key4(direction),
+                direction,
+                pkt,
+            ),
+            Keying::Wide => conntrack::judge(
+                ctx,
+                &flows_wide(role),
+                &pkt.flow_key(role, direction),
+                direction,
+                pkt,
+            ),
+        };
+        if let Some(verdict) = judged {
             return verdict;
         }
         let opens = match pkt.kind {
@@ -121,9 +102,28 @@ fn flow_in<K>(
         if !opens {
             return Err(Reason::NotTracked);
         }
-        policy::check(role, direction, pkt)?;
     }
-    open(ctx, role, t, key, direction, pkt, syn)
+    policy::check(role, direction, pkt)?;
+    match keying {
+        Keying::Tcp4 => open(
+            ctx,
+            role,
+            &flows_tcp4(role),
+            &pkt.flow_key4(direction),
+            direction,
+            pkt,
+            syn,
+        ),
+        Keying::Wide => open(
+            ctx,
+            role,
+            &flows_wide(role),
+            &pkt.flow_key(role, direction),
+            direction,
+            pkt,
+            syn,
+        ),
+    }
 }
 
 /// Opens the flow of a packet a rule allowed, if it is the NIC's own (addressed to it coming
