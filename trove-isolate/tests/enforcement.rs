@@ -504,11 +504,27 @@ fn explain_agrees_with_the_datapath() {
         assert!(out.status.success(), "explain {args:?}: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let cases: [(&[&str], &str, &str); 6] = [
+    let cases: [(&[&str], &str, &str); 9] = [
         (
             &["--role", "management", "--to", "192.0.2.10:5672/tcp"],
             "pass (allowed)",
             "rabbitmq 192.0.2.10:5672",
+        ),
+        // IPv6 rules live in two maps, by their length: a host in one, `any` (/0) in the other.
+        (
+            &["--role", "management", "--to", "[2001:db8:1::10]:5671/tcp"],
+            "pass (allowed)",
+            "rabbitmq [2001:db8:1::10]:5671",
+        ),
+        (
+            &["--role", "management", "--to", "[2001:db8:1::99]:5671/tcp"],
+            "drop (policy)",
+            "management",
+        ),
+        (
+            &["--role", "business", "--from", "[2001:db8:1::50]:3306/tcp"],
+            "pass (allowed)",
+            "clients (any)",
         ),
         (
             &["--role", "management", "--to", "192.0.2.99:5672/tcp"],
