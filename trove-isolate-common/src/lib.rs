@@ -33,8 +33,6 @@ pub mod maps {
     /// The prefix lengths the policy's rules use, per (role, direction, family).
     pub const POLICY_LENGTHS: &str = "POLICY_LENGTHS";
     pub const LOCAL: &str = "LOCAL";
-    /// Each NIC's own IPv4 addresses, keyed by the role (`local::Own4`).
-    pub const OWN4: &str = "OWN4";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
     /// Sampled drop events (a ring buffer) and their per-CPU budget.
@@ -55,13 +53,12 @@ pub mod maps {
     pub const TCP4_EST_BIZ: &str = "TCP4_EST_BIZ";
     pub const CT_EST_MGMT: &str = "CT_EST_MGMT";
     pub const CT_EST_BIZ: &str = "CT_EST_BIZ";
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 17] = [
         POLICY4,
         POLICY6,
         POLICY6_LONG,
         POLICY_LENGTHS,
         LOCAL,
-        OWN4,
         COUNTERS,
         SETTINGS,
         DROP_EVENTS,

@@ -4,11 +4,11 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use trove_isolate_common::{
     family,
-    local::{LocalKey, FIXED_PREFIX_BITS, LINK, OWN, OWN4_SLOTS},
+    local::{LocalKey, FIXED_PREFIX_BITS, LINK, OWN},
     Role,
 };
 
-use crate::maps::{LOCAL, OWN4};
+use crate::maps::LOCAL;
 
 /// The [`OWN`] / [`LINK`] flags of `addr` on the NIC of `role`.
 #[inline(always)]
@@ -26,27 +26,9 @@ fn flags(role: Role, fam: u8, addr: &[u8; 16]) -> u8 {
     LOCAL.get(&key).map_or(0, |v| v.flags)
 }
 
-/// Whether `addr` is an address of the NIC: for IPv4 in the role's list of its addresses, unless
-/// it has more than the list holds (or none was written yet); else in the trie.
+/// Whether `addr` is an address of the NIC.
 #[inline(always)]
 pub fn own(role: Role, fam: u8, addr: &[u8; 16]) -> bool {
-    if fam == family::V4 {
-        if let Some(list) = unsafe { OWN4.get(role as u32) } {
-            let count = list.count as usize;
-            if count <= OWN4_SLOTS {
-                let addr = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
-                for i in 0..OWN4_SLOTS {
-                    if i >= count {
-                        break;
-                    }
-                    if list.addrs[i] == addr {
-                        return true;
-                    }
-                }
-                return false;
-            }
-        }
-    }
     flags(role, fam, addr) & OWN != 0
 }
 

@@ -108,7 +108,7 @@ mod bench {
         }
     }
 
-    /// Parsing and the own-address check (an IPv4 packet: the NIC's address list).
+    /// Parsing and the own-address lookup (the LPM trie of the NIC's addresses).
     #[classifier]
     pub fn bench_own(ctx: TcContext) -> i32 {
         match parse::parse(&ctx) {

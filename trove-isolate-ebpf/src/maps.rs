@@ -10,7 +10,7 @@ use trove_isolate_common::{
     conntrack::{FlowKey, FlowKey4, FlowValue, EST_MAX_ENTRIES, NEW_MAX_ENTRIES},
     counters::{self, Counter},
     events::{self, Budget},
-    local::{self, LocalKey, LocalValue, Own4},
+    local::{self, LocalKey, LocalValue},
     policy::{self, PolicyKey, PolicyKey4, PolicyKey6, PolicyValue, PrefixLengths},
     settings::Settings,
     Role,
@@ -34,11 +34,6 @@ pub static POLICY_LENGTHS: Array<PrefixLengths> = Array::with_max_entries(policy
 
 #[map]
 pub static LOCAL: LpmTrie<LocalKey, LocalValue> = LpmTrie::with_max_entries(local::MAX_ENTRIES, 0);
-
-/// Allocated per entry: a replaced list is freed only once no program can be reading it.
-#[map]
-pub static OWN4: HashMap<u32, Own4> =
-    HashMap::with_max_entries(Role::COUNT as u32, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static TCP4_NEW_MGMT: LruHashMap<FlowKey4, FlowValue> =

@@ -23,8 +23,7 @@ use trove_isolate_common::{
     conntrack::{FlowKey, FlowKey4, FlowValue, Keying},
     counters::{self, Counter},
     events::Budget,
-    family,
-    local::{LocalKey, LocalValue, Own4, OWN},
+    local::{LocalKey, LocalValue},
     maps,
     policy::{self, PolicyKey, PolicyKey4, PolicyKey6, PolicyValue, PrefixLengths},
     program_name,
@@ -475,33 +474,7 @@ impl Datapath {
     /// Makes the local-address map hold exactly `entries` (the NICs' addresses and links).
     pub fn sync_local(&mut self, entries: &[(Key<LocalKey>, LocalValue)]) -> anyhow::Result<()> {
         self.sync_trie(maps::LOCAL, entries)
-            .context("writing the local address map")?;
-        // Each role's own IPv4 addresses as one list, replaced whole (see `Own4`).
-        let map = self
-            .ebpf
-            .map_mut(maps::OWN4)
-            .context("own-address map missing")?;
-        let mut lists: HashMap<&mut MapData, u32, Own4> = HashMap::try_from(map)?;
-        for role in Role::ALL {
-            let addrs: Vec<[u8; 4]> = entries
-                .iter()
-                .filter(|(k, v)| {
-                    let key = k.data();
-                    key.role == role as u8
-                        && key.family == family::V4
-                        && v.flags & OWN != 0
-                        && k.prefix_len() == LocalKey::prefix_len(32)
-                })
-                .map(|(k, _)| {
-                    let a = k.data().addr;
-                    [a[0], a[1], a[2], a[3]]
-                })
-                .collect();
-            lists
-                .insert(role as u32, Own4::new(&addrs), 0)
-                .context("writing the own-address map")?;
-        }
-        Ok(())
+            .context("writing the local address map")
     }
 
     /// Add before remove: an entry in both the old and the new content is never missing.

@@ -1174,47 +1174,6 @@ fn a_syn_to_an_address_the_nic_lost_opens_nothing() {
     ]);
 }
 
-/// A NIC's IPv4 addresses are a short list the datapath scans; one with more than the list
-/// holds is asked of the trie. Either way exactly its addresses are its own, and a change of
-/// addresses takes effect at once.
-#[rustfmt::skip]
-#[test]
-fn own_addresses_are_exact_however_many_the_nic_has() {
-    use Reason::*;
-    let mut dp = datapath();
-    let syn = |dst: &str, port: u16| v4_tcp(CLIENT, dst, port, 3306, SYN);
-    let with = |dp: &mut Datapath, business: &[&str]| {
-        let nets = |list: &[&str]| -> Vec<IpNetwork> { list.iter().map(|n| n.parse().expect("net")).collect() };
-        let mut entries = local::entries(M, &nets(&NIC_ADDRESSES));
-        entries.extend(local::entries(B, &nets(business)));
-        dp.sync_local(&entries).expect("writing the local address maps");
-    };
-    // Eight addresses: the list is full.
-    let eight: Vec<String> = (1..=8).map(|i| format!("192.0.2.{i}/24")).collect();
-    with(&mut dp, &eight.iter().map(String::as_str).collect::<Vec<_>>());
-    run_table(&mut dp, &[
-        pass("the first", B, I, syn("192.0.2.1", 43000), Allowed),
-        pass("the eighth", B, I, syn("192.0.2.8", 43001), Allowed),
-        drop("the next one up", B, I, syn("192.0.2.9", 43002), NotLocal),
-        drop("on the subnet, not the NIC's", B, I, syn("192.0.2.200", 43003), NotLocal),
-    ]);
-    // Twelve: more than the list holds, so the trie answers.
-    let twelve: Vec<String> = (1..=12).map(|i| format!("192.0.2.{i}/24")).collect();
-    with(&mut dp, &twelve.iter().map(String::as_str).collect::<Vec<_>>());
-    run_table(&mut dp, &[
-        pass("the twelfth", B, I, syn("192.0.2.12", 43004), Allowed),
-        pass("the first", B, I, syn("192.0.2.1", 43005), Allowed),
-        drop("the thirteenth", B, I, syn("192.0.2.13", 43006), NotLocal),
-    ]);
-    // Back to one: the others are no longer its own.
-    with(&mut dp, &["192.0.2.5/24"]);
-    run_table(&mut dp, &[
-        pass("the one left", B, I, syn("192.0.2.5", 43007), Allowed),
-        drop("one it had", B, I, syn("192.0.2.1", 43008), NotLocal),
-        drop("another it had", B, I, syn("192.0.2.12", 43009), NotLocal),
-    ]);
-}
-
 /// A bare ACK picked up mid-flow that nothing answered holds no connection: an allowed SYN on its
 /// tuple starts it over as a handshake, rather than inherit the acknowledgment the ACK carried
 /// (a planted one would hold the guest's own FIN and RST out of window).

@@ -381,10 +381,7 @@ pub fn run(policy: &Policy, o: &Options) -> anyhow::Result<Vec<Row>> {
             "stage: parse + a lookup that misses the established table",
             "bench_miss",
         ),
-        (
-            "stage: parse + own-address check (the NIC's IPv4 address list)",
-            "bench_own",
-        ),
+        ("stage: parse + own-address lookup (LPM trie)", "bench_own"),
         ("stage: the clock (bpf_ktime_get_ns)", "bench_clock"),
         (
             "stage: the coarse clock (bpf_ktime_get_coarse_ns)",
