@@ -166,8 +166,8 @@ impl fmt::Display for Capacity {
         let memory = self.memory();
         writeln!(
             f,
-            "maps      policy: {} IPv4 rules, {} IPv6 rules of up to /64 and {} longer, room for \
-             {}, {} and {} (buckets at load, rules as added: about {})",
+            "maps      policy rules: {} IPv4, {} IPv6 of up to /64, {} IPv6 longer; room for {}, \
+             {} and {} (buckets at load, rules as added: about {})",
             self.policy_rules[0],
             self.policy_rules[1],
             self.policy_rules[2],
@@ -244,8 +244,8 @@ mod tests {
         let text = capacity(10).to_string();
         assert!(
             text.contains(
-                "policy: 10 IPv4 rules, 0 IPv6 rules of up to /64 and 0 longer, room for 1044, \
-                 1024 and 1024"
+                "policy rules: 10 IPv4, 0 IPv6 of up to /64, 0 IPv6 longer; room for 1044, 1024 \
+                 and 1024"
             ),
             "{text}"
         );
