@@ -334,28 +334,18 @@ impl Datapath {
         entries: &[(PolicyKey, PolicyValue)],
         in_force: Option<&[(PolicyKey, PolicyValue)]>,
     ) -> anyhow::Result<()> {
-        let v4 = |rules: &[(PolicyKey, PolicyValue)]| -> Vec<(PolicyKey4, PolicyValue)> {
-            rules
-                .iter()
-                .filter_map(|(k, v)| Some((PolicyKey4::narrow(k)?, *v)))
-                .collect()
+        let long = |k: &PolicyKey| {
+            (maps::POLICIES[policy::map_index(k)] == maps::POLICY6_LONG).then_some(*k)
         };
-        let v6 = |rules: &[(PolicyKey, PolicyValue)]| -> Vec<(PolicyKey6, PolicyValue)> {
-            rules
-                .iter()
-                .filter_map(|(k, v)| Some((PolicyKey6::narrow(k)?, *v)))
-                .collect()
-        };
-        let long = |rules: &[(PolicyKey, PolicyValue)]| -> Vec<(PolicyKey, PolicyValue)> {
-            rules
-                .iter()
-                .filter(|(k, _)| maps::POLICIES[policy::map_index(k)] == maps::POLICY6_LONG)
-                .copied()
-                .collect()
-        };
-        let (new4, old4) = (v4(entries), in_force.map(v4));
-        let (new6, old6) = (v6(entries), in_force.map(v6));
-        let (new_long, old_long) = (long(entries), in_force.map(long));
+        let (new4, old4) = (
+            narrowed(entries, PolicyKey4::narrow),
+            in_force.map(|r| narrowed(r, PolicyKey4::narrow)),
+        );
+        let (new6, old6) = (
+            narrowed(entries, PolicyKey6::narrow),
+            in_force.map(|r| narrowed(r, PolicyKey6::narrow)),
+        );
+        let (new_long, old_long) = (narrowed(entries, long), in_force.map(|r| narrowed(r, long)));
         self.add_rules(maps::POLICY4, &new4, old4.as_deref())?;
         self.add_rules(maps::POLICY6, &new6, old6.as_deref())?;
         self.add_rules(maps::POLICY6_LONG, &new_long, old_long.as_deref())?;
@@ -650,6 +640,17 @@ pub enum Table {
     New,
     /// Established (never evicted; swept by the daemon).
     Established,
+}
+
+/// The rules of one policy map, in its key (`narrow` says whether a rule is that map's).
+fn narrowed<K>(
+    rules: &[(PolicyKey, PolicyValue)],
+    narrow: impl Fn(&PolicyKey) -> Option<K>,
+) -> Vec<(K, PolicyValue)> {
+    rules
+        .iter()
+        .filter_map(|(k, v)| Some((narrow(k)?, *v)))
+        .collect()
 }
 
 impl Table {
