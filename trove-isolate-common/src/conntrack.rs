@@ -5,7 +5,10 @@
 //! (a plain hash that never evicts) once it proves two-way: the completed TCP handshake, or the
 //! first reply of a UDP or picked-up TCP flow. When the established table is full, promotion
 //! fails and the flow is refused (`conntrack_full`) instead of evicting an established one, as
-//! nf_conntrack's early drop spares assured entries. ICMP echo flows stay in the new table.
+//! nf_conntrack's early drop spares assured entries. ICMP echo flows stay in the new table. A
+//! TCP flow that closes goes back to the new table to finish (or never leaves it, when it closes
+//! before it is proved), so the established table holds open flows only: connection churn
+//! cannot fill it.
 //!
 //! A flow is keyed from the protected NIC's point of view (local / remote), so a packet and its
 //! reply find the same entry whichever direction they cross. The role leads the key as in the
@@ -196,7 +199,7 @@ pub mod state {
     pub const SYN_ACKED: u8 = 2;
     /// UDP, ICMP echo, or TCP picked up mid-flow: waiting for the first reply.
     pub const UNREPLIED: u8 = 3;
-    /// In the established table.
+    /// In the established table; in the new table once it closes ([`super::flags::CLOSING`]).
     pub const ESTABLISHED: u8 = 4;
     /// TCP opened by the remote: the remote acknowledged the SYN-ACK; the guest's first segment
     /// after the handshake promotes it.
@@ -205,8 +208,8 @@ pub mod state {
 
 /// `FlowValue::flags` bits.
 pub mod flags {
-    /// The flow is closing (FINs both ways, or a reset): it gets
-    /// [`super::TCP_CLOSING_TIMEOUT_NS`].
+    /// The flow is closing (FINs both ways, or a reset): it finishes in the new table, with
+    /// [`super::TCP_CLOSING_TIMEOUT_NS`] once it was established.
     pub const CLOSING: u8 = 1;
     /// `ack[Direction::Ingress]` / `ack[Direction::Egress]` hold a value.
     pub const ACK_SEEN: [u8; 2] = [2, 4];

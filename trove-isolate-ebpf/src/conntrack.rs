@@ -42,7 +42,11 @@ pub fn judge<K>(
         let value = unsafe { &mut *value };
         let now = now();
         if !value.expired(pkt.proto, now) {
-            return Some(established(value, direction, pkt, now));
+            let verdict = established(value, direction, pkt, now);
+            if value.flags & flags::CLOSING != 0 {
+                demote(t, key, value);
+            }
+            return Some(verdict);
         }
         let _ = t.est.remove(key);
     }
@@ -52,7 +56,23 @@ pub fn judge<K>(
     if value.expired(pkt.proto, now) {
         return None;
     }
+    if value.state == state::ESTABLISHED {
+        // A closing flow, moved here by `demote`.
+        return Some(established(value, direction, pkt, now));
+    }
     Some(embryonic(ctx, t, key, value, direction, pkt, now))
+}
+
+/// Moves a flow that closed to the new table, where it finishes its closing handshake (the
+/// last ACK, a retransmitted FIN) as an entry the LRU may evict. An established slot is held
+/// only by a connection that is open: churn (a client that connects and disconnects, at any
+/// rate) cannot fill the table that never evicts. New entry first, so that a packet on another
+/// CPU finds the flow in one table or the other; if the new table refuses, the flow stays.
+#[inline(always)]
+fn demote<K>(t: &FlowTables<K>, key: &K, value: &FlowValue) {
+    if t.new.insert(key, *value, 0).is_ok() {
+        let _ = t.est.remove(key);
+    }
 }
 
 /// Whether `key` is a live flow in either table (for ICMP errors: no refresh, errors do not keep
@@ -93,9 +113,12 @@ pub fn reopen<K>(
     }
     let value = t.new.get_ptr_mut(key)?;
     let value = unsafe { &mut *value };
-    // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep: the SYN
-    // starts the tuple over rather than inherit its acknowledgment.
-    if value.expired(pkt.proto, now) || value.state == state::UNREPLIED {
+    // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep, nor is
+    // a closed one: the SYN starts the tuple over rather than inherit its acknowledgment.
+    if value.expired(pkt.proto, now)
+        || value.state == state::UNREPLIED
+        || value.flags & flags::CLOSING != 0
+    {
         return None;
     }
     refresh(value, now);
@@ -152,6 +175,12 @@ fn closes(value: &mut FlowValue, direction: Direction, pkt: &Packet) -> bool {
         let guest = Direction::Egress as usize;
         return value.flags & flags::ACK_SEEN[guest] == 0 || pkt.seq == value.ack[guest];
     }
+    fin_closes(value, d)
+}
+
+/// Notes a FIN sent that way (`d`: `Direction` as index); whether FINs have now gone both ways.
+#[inline(always)]
+fn fin_closes(value: &mut FlowValue, d: usize) -> bool {
     value.flags |= flags::FIN_SEEN[d];
     value.flags & flags::FIN_SEEN[d ^ 1] != 0
 }
@@ -178,7 +207,15 @@ fn embryonic<K>(
         Kind::Tcp => {
             let f = pkt.tcp_flags;
             record_ack(value, direction, pkt);
-            let plain_ack = f & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && f & TCP_ACK != 0;
+            // A connection can close before it is proved (a server that greets and hangs up
+            // at once sends its FIN before the ACK that would promote it): once FINs have gone
+            // both ways it finishes here, and is never promoted.
+            if f & TCP_FIN != 0 && fin_closes(value, direction as usize & 1) {
+                value.flags |= flags::CLOSING;
+            }
+            let plain_ack = f & (TCP_SYN | TCP_FIN | TCP_RST) == 0
+                && f & TCP_ACK != 0
+                && value.flags & flags::CLOSING == 0;
             let from_guest = direction == Direction::Egress;
             if value.state == state::SYN_SENT
                 && reply

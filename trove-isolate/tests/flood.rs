@@ -1,5 +1,6 @@
 //! Floods through BPF_PROG_TEST_RUN: established sessions survive a million new flows from a
-//! million sources, and a full established table refuses new flows instead of evicting.
+//! million sources, a full established table refuses new flows instead of evicting, and
+//! connections that open and close faster than any timeout never fill it.
 //!
 //! `TROVE_ISOLATE_FLOOD` sets the flood size (default 1,000,000); each flood prints its rate.
 
@@ -363,5 +364,76 @@ fn a_full_established_table_refuses_and_never_evicts() {
         50001,
         22,
         "a new SSH session with the business table full",
+    );
+}
+
+/// Connection churn: more connections than the established table holds open, greet and close
+/// one after another (a client that reconnects for every query; a server that greets and hangs
+/// up). Each gives its established slot back when it closes, or never takes one, so none is
+/// refused, and the table holds only what is open.
+#[test]
+fn connection_churn_never_fills_the_established_table() {
+    let mut dp = datapath();
+    handshake(&mut dp, B, "192.0.2.50", 33000, 3306);
+    let n = EST_MAX_ENTRIES + 4_096;
+    let start = Instant::now();
+    for i in 0..n {
+        let client = format!("198.51.100.{}", i % 250 + 2);
+        let port = 10_000 + (i / 250) as u16;
+        let c = |flags, seq, ack| tcp4(&client, G4, port, 3306, flags, seq, ack);
+        let s = |flags, seq, ack| tcp4(G4, &client, 3306, port, flags, seq, ack);
+        // Every other server greets and hangs up in one segment, before the flow is proved.
+        let steps = if i % 2 == 0 {
+            [
+                (I, c(SYN, 100, 0)),
+                (E, s(SYN_ACK, 900, 101)),
+                (I, c(ACK, 101, 901)),
+                (E, s(ACK | 0x08, 901, 101)),
+                (I, c(FIN | ACK, 101, 911)),
+                (E, s(FIN | ACK, 911, 102)),
+                (I, c(ACK, 102, 912)),
+            ]
+        } else {
+            [
+                (I, c(SYN, 100, 0)),
+                (E, s(SYN_ACK, 900, 101)),
+                (I, c(ACK, 101, 901)),
+                (E, s(FIN | ACK | 0x08, 901, 101)),
+                (I, c(ACK, 101, 912)),
+                (I, c(FIN | ACK, 101, 912)),
+                (E, s(ACK, 912, 102)),
+            ]
+        };
+        for (step, (direction, frame)) in steps.iter().enumerate() {
+            assert_eq!(
+                run(&mut dp, B, *direction, frame),
+                action::PASS,
+                "connection {i}, step {step}"
+            );
+        }
+    }
+    println!(
+        "{n} connections opened and closed in {:.1?}",
+        start.elapsed()
+    );
+    assert_eq!(count(&dp, B, E, Verdict::Drop, Reason::ConntrackFull), 0);
+    let est = dp.flows(B, Table::Established).expect("flows");
+    assert_eq!(est.len(), 1, "only the open session holds a slot");
+    session_lives(
+        &mut dp,
+        B,
+        "192.0.2.50",
+        33000,
+        3306,
+        "database session after the churn",
+    );
+    handshake(&mut dp, B, "192.0.2.51", 33001, 3306);
+    session_lives(
+        &mut dp,
+        B,
+        "192.0.2.51",
+        33001,
+        3306,
+        "a new session after the churn",
     );
 }

@@ -981,6 +981,101 @@ fn only_the_guest_promotes_an_inbound_flow() {
     assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1);
 }
 
+/// A connection that closes gives its established slot back at once: it finishes its closing
+/// handshake in the new table, held to the same windows, and a SYN on its tuple starts over.
+/// (Else every closed connection would hold a slot for the closing timeout, and a client that
+/// connects and disconnects fast enough would fill the table that never evicts.)
+#[rustfmt::skip]
+#[test]
+fn a_closed_connection_gives_its_established_slot_back() {
+    use trove_isolate::datapath::Table;
+    use trove_isolate_common::conntrack::{flags, state};
+    use Reason::*;
+    let mut dp = datapath();
+    let c = (33500, 3306);
+    let s = (3306, 33500);
+    let tables = |dp: &Datapath| {
+        let new = dp.flows(B, Table::New).expect("flows");
+        let est = dp.flows(B, Table::Established).expect("flows");
+        (new, est)
+    };
+    run_table(&mut dp, &[
+        pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
+        pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
+        pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
+        pass("greeting", B, E, v4_seq(G4, CLIENT, s, ACK | 0x08, 5001, 1001, 100), Tracked),
+        pass("client FIN: one way only", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 1001, 5101, 200), Tracked),
+    ]);
+    let (new, est) = tables(&dp);
+    assert_eq!((new.len(), est.len()), (0, 1), "an open connection holds its established slot");
+    run_table(&mut dp, &[
+        pass("server FIN: closed", B, E, v4_seq(G4, CLIENT, s, FIN | ACK, 5101, 1002, 100), Tracked),
+    ]);
+    let (new, est) = tables(&dp);
+    assert!(est.is_empty(), "a closed connection still holds an established slot");
+    assert_eq!(new.len(), 1);
+    let closed = new[0].1;
+    assert_eq!(closed.state, state::ESTABLISHED);
+    assert_ne!(closed.flags & flags::CLOSING, 0);
+    run_table(&mut dp, &[
+        pass("the client's last ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1002, 5102, 200), Tracked),
+        pass("the server's FIN again", B, E, v4_seq(G4, CLIENT, s, FIN | ACK, 5101, 1002, 100), Tracked),
+        drop("a FIN outside the client's window", B, E, v4_seq(G4, CLIENT, s, FIN | ACK, 900_000, 1002, 100), OutOfWindow),
+        drop("a blind RST outside the server's window", B, I, v4_seq(CLIENT, G4, c, RST, 800_000, 0, 0), OutOfWindow),
+        pass("a SYN on the tuple starts over", B, I, v4_seq(CLIENT, G4, c, SYN, 9000, 0, 64240), Allowed),
+    ]);
+    let (new, est) = tables(&dp);
+    assert!(est.is_empty());
+    assert_eq!(new.len(), 1);
+    assert_eq!((new[0].1.state, new[0].1.flags & flags::CLOSING), (state::SYN_SENT, 0));
+    // A reset closes too: the guest's, here.
+    run_table(&mut dp, &[
+        pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 20_000, 9001, 100), Tracked),
+        pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 9001, 20_001, 200), Tracked),
+        pass("greeting", B, E, v4_seq(G4, CLIENT, s, ACK | 0x08, 20_001, 9001, 100), Tracked),
+    ]);
+    assert_eq!(tables(&dp).1.len(), 1);
+    run_table(&mut dp, &[
+        pass("the guest resets", B, E, v4_seq(G4, CLIENT, s, RST, 20_001, 0, 0), Tracked),
+    ]);
+    let (new, est) = tables(&dp);
+    assert_eq!((new.len(), est.len()), (1, 0), "a reset connection still holds an established slot");
+}
+
+/// A server that greets and hangs up at once sends its FIN with (or before) the segment that
+/// would promote the flow: FINs both ways before that, and the flow finishes in the new table,
+/// never promoted. (Else every such connection, a database refusing one over its connection
+/// limit for one, would hold an established slot for the established timeout.)
+#[rustfmt::skip]
+#[test]
+fn a_connection_closed_before_it_is_proved_is_never_promoted() {
+    use trove_isolate::datapath::Table;
+    use trove_isolate_common::conntrack::flags;
+    use Reason::*;
+    let mut dp = datapath();
+    let c = (33600, 3306);
+    let s = (3306, 33600);
+    run_table(&mut dp, &[
+        pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
+        pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
+        pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
+        pass("greeting and FIN in one segment", B, E, v4_seq(G4, CLIENT, s, FIN | ACK | 0x08, 5001, 1001, 100), Tracked),
+        pass("client ACK of both", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5012, 200), Tracked),
+        pass("client FIN", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 1001, 5012, 200), Tracked),
+        pass("the guest's last ACK", B, E, v4_seq(G4, CLIENT, s, ACK, 5012, 1002, 100), Tracked),
+    ]);
+    assert!(dp.flows(B, Table::Established).expect("flows").is_empty(), "promoted after it closed");
+    let new = dp.flows(B, Table::New).expect("flows");
+    assert_eq!(new.len(), 1);
+    assert_ne!(new[0].1.flags & flags::CLOSING, 0);
+    run_table(&mut dp, &[
+        pass("the client's FIN again", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 1001, 5012, 200), Tracked),
+        pass("a SYN on the tuple starts over", B, I, v4_seq(CLIENT, G4, c, SYN, 9000, 0, 64240), Allowed),
+    ]);
+    let new = dp.flows(B, Table::New).expect("flows");
+    assert_eq!((new.len(), new[0].1.flags & flags::CLOSING), (1, 0));
+}
+
 /// DHCP is client port <-> server port in link scope, passed without tracking; nothing else
 /// rides its rules.
 #[rustfmt::skip]

@@ -7,7 +7,9 @@
 //! the median of the rounds.
 //!
 //! Per filter: new TCP connections per second (sequential connects from 32 source addresses, so
-//! that no 4-tuple is used twice in a run), the rate of 64-byte frames (10-byte writes on a
+//! that no 4-tuple is used twice in a run; the server greets each, as a MySQL server does, and
+//! the client reads the greeting and closes: a database session's whole life, the tracked
+//! flow's promotion and close included), the rate of 64-byte frames (10-byte writes on a
 //! TCP_NODELAY connection; the client has TCP timestamps and autocorking off so each write is
 //! one 64-byte frame while the window allows, and the frames the NIC received are counted), and
 //! TCP throughput (iperf3).
@@ -33,6 +35,10 @@ use crate::{daemon, scaling};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The daemon's established table: a fraction of the connections one measurement opens, so
+/// that each run shows closed connections giving their slots back (else the test's
+/// connections would fail once the table filled).
+const ESTABLISHED_ENTRIES: u32 = 8192;
 /// A second client address, in no list: every filter must refuse it.
 const STRANGER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 9);
 /// The connection test's sources (listed as one prefix): 32 addresses, so that no 4-tuple is
@@ -175,8 +181,8 @@ impl Pair {
     }
 }
 
-/// A server on the database port for one test: accepts and closes (`drain` false), or reads
-/// each connection to its end. Stops when dropped.
+/// A server on the database port for one test: accepts, greets and closes (`drain` false), or
+/// reads each connection to its end. Stops when dropped.
 fn serve(pair: &Pair, drain: bool) -> anyhow::Result<Server> {
     let listener = pair
         .server
@@ -192,8 +198,10 @@ fn serve(pair: &Pair, drain: bool) -> anyhow::Result<Server> {
                         while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
                     });
                 }
-                // Accepted and closed.
-                Ok(_) => {}
+                // A one-byte greeting, then closed.
+                Ok((mut conn, _)) => {
+                    let _ = conn.write_all(b"g");
+                }
                 // The receive timeout: a look at the stop flag.
                 Err(_) => {}
             }
@@ -263,8 +271,13 @@ fn connections(pair: &Pair, seconds: f64) -> anyhow::Result<(f64, u64)> {
         let (mut ok, mut failed) = (0u64, 0u64);
         while Instant::now() < deadline && ok + failed < MAX_CONNECTIONS {
             let from = Ipv4Addr::from(u32::from(POOL.0) + (ok + failed) as u32 % POOL_SIZE);
-            match connect_from(from, to) {
-                Ok(_closed_on_drop) => ok += 1,
+            // The greeting read, the connection is closed on drop.
+            let greeted = connect_from(from, to).and_then(|mut conn| {
+                conn.set_read_timeout(Some(Duration::from_secs(1)))?;
+                conn.read_exact(&mut [0u8])
+            });
+            match greeted {
+                Ok(()) => ok += 1,
                 Err(_) => failed += 1,
             }
         }
@@ -427,7 +440,7 @@ fn install(
             let clients: Vec<String> = prefixes.iter().map(|n| format!("\"{n}\"")).collect();
             let config = format!(
                 "mode = \"enforce\"\npin_path = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
-                 [conntrack]\nestablished_entries = 1048576\nnew_entries = 262144\n\
+                 [conntrack]\nestablished_entries = {ESTABLISHED_ENTRIES}\n\
                  [business]\ninterface = \"eth0\"\nnetns = \"{}\"\ndatabase_ports = [{PORT}]\n\
                  clients = [{}]\n",
                 pin_path.display(),

@@ -2,7 +2,7 @@
 //!
 //! A flow starts in the *new* table and moves to the *established* table once it has proved
 //! two-way (the TCP handshake completed, or the first reply of UDP or of a TCP flow picked up
-//! mid-way). Echo flows stay new. TCP flows remember each direction's highest acknowledgment
+//! mid-way), and back to the new table once it closes, to finish there. Echo flows stay new. TCP flows remember each direction's highest acknowledgment
 //! and window, so that a FIN or RST is held to the receiver's window (RFC 5961).
 
 use std::net::{IpAddr, SocketAddr};
@@ -109,7 +109,7 @@ pub enum Stage {
     Acked,
     /// UDP, echo, or TCP picked up mid-flow: no reply yet.
     Unreplied,
-    /// Proved two-way: in the established table.
+    /// Proved two-way: in the established table (in the new table once it closes).
     Established,
 }
 
@@ -199,6 +199,11 @@ impl Flow {
                 },
             };
         }
+        self.fin_closes(direction)
+    }
+
+    /// Notes a FIN sent in `direction`; whether FINs have now gone both ways.
+    fn fin_closes(&mut self, direction: Direction) -> bool {
         self.fin_seen[side(direction)] = true;
         self.fin_seen[side(direction.reverse())]
     }
@@ -214,11 +219,16 @@ impl Flow {
         match l4 {
             L4::Tcp(tcp) => {
                 self.record_ack(direction, tcp);
+                // A connection that closes before it is proved (FINs both ways) finishes in the
+                // new table: it is never promoted.
+                if tcp.flags.fin() && self.fin_closes(direction) {
+                    self.closing = true;
+                }
                 let syn_ack = tcp.flags.syn() && tcp.flags.ack();
                 if self.stage == Stage::SynSent && reply && syn_ack {
                     self.stage = Stage::SynAcked;
                     self.syn_scale[side(direction)] = tcp.syn_scale;
-                } else if tcp.flags.bare_ack() {
+                } else if tcp.flags.bare_ack() && !self.closing {
                     match self.stage {
                         // The guest opened the flow and acknowledges the SYN-ACK.
                         Stage::SynAcked if !reply && from_guest => self.promote(),

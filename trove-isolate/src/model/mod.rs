@@ -273,14 +273,20 @@ impl Model {
         let flow = self.flows.get_mut(&(role, id))?;
         let syn = matches!(l4, L4::Tcp(t) if t.flags.bare_syn());
         match flow.table {
-            // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep:
-            // an allowed SYN starts its tuple over (the new flow replaces it).
-            Table::New if syn && flow.stage == Stage::Unreplied => None,
-            Table::New => Some(flow.embryonic(direction, l4)),
-            Table::Established => {
+            // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep,
+            // nor is a closed one: an allowed SYN starts its tuple over (the new flow replaces
+            // it).
+            Table::New if syn && (flow.stage == Stage::Unreplied || flow.closing) => None,
+            Table::New if flow.stage != Stage::Established => Some(flow.embryonic(direction, l4)),
+            // Established, or closed and finishing in the new table.
+            _ => {
                 let verdict = flow.established(direction, l4);
                 if verdict.is_none() {
                     self.flows.remove(&(role, id));
+                } else if flow.closing {
+                    // A closed connection holds no established slot: it finishes where the
+                    // LRU may evict it.
+                    flow.table = Table::New;
                 }
                 verdict
             }

@@ -224,6 +224,20 @@ fn handshake_data_and_in_window_fin() {
     run(&mut m, &[(M, E, guest_fin.frame(), Ok(Tracked))]);
     let (_, _, flow) = m.flows().next().expect("one flow");
     assert!(flow.closing, "FINs both ways close");
+    assert_eq!(
+        (flow.table, flow.stage),
+        (Table::New, Stage::Established),
+        "a closed flow finishes in the new table"
+    );
+    // A retransmitted FIN still passes, and is still held to the guest's window (its ACK of
+    // the FIN moved the window's start to 5002).
+    run(
+        &mut m,
+        &[
+            (M, I, fin(9001), Ok(Tracked)),
+            (M, I, fin(9003), Err(OutOfWindow)),
+        ],
+    );
     // A new SYN on the closing flow starts over, and meets the policy again.
     run(&mut m, &[(M, E, syn.frame(), Ok(Allowed))]);
     let (_, _, flow) = m.flows().next().expect("one flow");
@@ -256,6 +270,11 @@ fn forged_out_of_window_rst() {
     run(&mut m, &[(M, I, rst(1_000_000), Ok(Tracked))]);
     let (_, _, flow) = m.flows().next().expect("one flow");
     assert!(flow.closing);
+    assert_eq!(
+        flow.table,
+        Table::New,
+        "a reset flow leaves the established table"
+    );
 }
 
 #[test]
