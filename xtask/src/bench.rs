@@ -29,8 +29,9 @@ entries (IPv4 and IPv6, host addresses and shorter prefixes, generated from a fi
 3. Real traffic (traffic.json): a veth pair between two namespaces the bench makes, a tenant \
 client and the guest's business NIC, with 100,000 client prefixes behind each filter: nothing, \
 empty TC programs on both hooks (the hooks' own cost), trove-isolate, nftables with sets, a linear \
-nftables chain. New TCP connections per second, \
-64-byte frames per second and TCP throughput (iperf3), in 3 interleaved rounds.
+nftables chain. New TCP connections per second (connect and close; and greeted sessions, where the \
+client reads the server's greeting before it closes, as a database client does), 64-byte frames per \
+second and TCP throughput (iperf3), in 3 interleaved rounds.
 
 4. The daemon (daemon.json): on a simulated guest with 10, 10,000 and 100,000 client prefixes, \
 the time from start to enforced, a reload of the same config and one that replaces every prefix, \

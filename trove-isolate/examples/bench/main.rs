@@ -233,8 +233,8 @@ fn main() -> anyhow::Result<()> {
             "## 3. Real traffic over veth, {} client prefixes (median of {} rounds)\n",
             t.entries, o.rounds
         );
-        println!("| filter | new TCP connections/s | 64-byte frames/s | TCP throughput | ratio to no filter (connections, frames, throughput) | put in place in |");
-        println!("|---|---:|---:|---:|---|---:|");
+        println!("| filter | new TCP connections/s | greeted sessions/s | 64-byte frames/s | TCP throughput | ratio to no filter (connections, sessions, frames, throughput) | put in place in |");
+        println!("|---|---:|---:|---:|---:|---|---:|");
         let of = |filter: traffic::Filter, get: fn(&traffic::Sample) -> f64| {
             median(
                 t.samples
@@ -247,15 +247,18 @@ fn main() -> anyhow::Result<()> {
         let base = |get| of(traffic::Filter::Nothing, get);
         for filter in o.filters.iter().copied() {
             let conn = of(filter, |s| s.connections_per_second);
+            let sessions = of(filter, |s| s.sessions_per_second);
             let frames = of(filter, |s| s.frames_per_second);
             let bits = of(filter, |s| s.tcp_bits_per_second);
             println!(
-                "| {} | {:.0} | {:.0} | {:.2} Gbit/s | {:.2}, {:.2}, {:.2} | {:.2} s |",
+                "| {} | {:.0} | {:.0} | {:.0} | {:.2} Gbit/s | {:.2}, {:.2}, {:.2}, {:.2} | {:.2} s |",
                 filter.name(),
                 conn,
+                sessions,
                 frames,
                 bits / 1e9,
                 conn / base(|s| s.connections_per_second),
+                sessions / base(|s| s.sessions_per_second),
                 frames / base(|s| s.frames_per_second),
                 bits / base(|s| s.tcp_bits_per_second),
                 of(filter, |s| s.setup_seconds),
@@ -277,6 +280,7 @@ fn main() -> anyhow::Result<()> {
                 .map(|s| json!({
                     "filter": s.filter.name(),
                     "connections_per_second": s.connections_per_second,
+                    "sessions_per_second": s.sessions_per_second,
                     "failed_connections": s.failed_connections,
                     "frames_per_second": s.frames_per_second,
                     "mean_frame_bytes": s.mean_frame_bytes,

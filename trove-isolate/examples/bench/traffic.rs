@@ -7,9 +7,9 @@
 //! the median of the rounds.
 //!
 //! Per filter: new TCP connections per second (sequential connects from 32 source addresses, so
-//! that no 4-tuple is used twice in a run; the server greets each, as a MySQL server does, and
-//! the client reads the greeting and closes: a database session's whole life, the tracked
-//! flow's promotion and close included), the rate of 64-byte frames (10-byte writes on a
+//! that no 4-tuple is used twice in a run), twice: connect and close, and a database session's
+//! shape (the server greets, as a MySQL server does, the client reads the greeting and closes:
+//! the tracked flow's promotion and close included), the rate of 64-byte frames (10-byte writes on a
 //! TCP_NODELAY connection; the client has TCP timestamps and autocorking off so each write is
 //! one 64-byte frame while the window allows, and the frames the NIC received are counted), and
 //! TCP throughput (iperf3).
@@ -100,6 +100,9 @@ impl Filter {
 pub struct Sample {
     pub filter: Filter,
     pub connections_per_second: f64,
+    /// Connections that read the server's greeting before they close.
+    pub sessions_per_second: f64,
+    /// Of both tests.
     pub failed_connections: u64,
     pub frames_per_second: f64,
     pub mean_frame_bytes: f64,
@@ -181,9 +184,19 @@ impl Pair {
     }
 }
 
-/// A server on the database port for one test: accepts, greets and closes (`drain` false), or
-/// reads each connection to its end. Stops when dropped.
-fn serve(pair: &Pair, drain: bool) -> anyhow::Result<Server> {
+/// What the test server does with each connection it accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Serve {
+    /// Closes it.
+    Close,
+    /// Writes a one-byte greeting and closes it.
+    Greet,
+    /// Reads it to its end.
+    Drain,
+}
+
+/// A server on the database port for one test. Stops when dropped.
+fn serve(pair: &Pair, how: Serve) -> anyhow::Result<Server> {
     let listener = pair
         .server
         .run(listen)
@@ -191,17 +204,18 @@ fn serve(pair: &Pair, drain: bool) -> anyhow::Result<Server> {
     Ok(Server::spawn(move |stop| {
         while !stop.load(Ordering::Relaxed) {
             match listener.accept() {
-                Ok((mut conn, _)) if drain => {
+                Ok((mut conn, _)) if how == Serve::Drain => {
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
                     std::thread::spawn(move || {
                         let mut buf = vec![0u8; 1 << 16];
                         while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
                     });
                 }
-                // A one-byte greeting, then closed.
-                Ok((mut conn, _)) => {
+                Ok((mut conn, _)) if how == Serve::Greet => {
                     let _ = conn.write_all(b"g");
                 }
+                // Accepted and closed.
+                Ok(_) => {}
                 // The receive timeout: a look at the stop flag.
                 Err(_) => {}
             }
@@ -262,21 +276,26 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(TcpStream::from(fd))
 }
 
-fn connections(pair: &Pair, seconds: f64) -> anyhow::Result<(f64, u64)> {
+/// Sequential connections for `seconds`: connect and close, or (`greeted`, a database session's
+/// shape) connect, read the server's greeting, close. Per second, and how many failed.
+fn connections(pair: &Pair, seconds: f64, greeted: bool) -> anyhow::Result<(f64, u64)> {
     let to = SocketAddr::from((SERVER, PORT));
-    let _server = serve(pair, false)?;
+    let _server = serve(pair, if greeted { Serve::Greet } else { Serve::Close })?;
     Ok(pair.client.run(|| {
         let started = Instant::now();
         let deadline = started + Duration::from_secs_f64(seconds);
         let (mut ok, mut failed) = (0u64, 0u64);
         while Instant::now() < deadline && ok + failed < MAX_CONNECTIONS {
             let from = Ipv4Addr::from(u32::from(POOL.0) + (ok + failed) as u32 % POOL_SIZE);
-            // The greeting read, the connection is closed on drop.
-            let greeted = connect_from(from, to).and_then(|mut conn| {
-                conn.set_read_timeout(Some(Duration::from_secs(1)))?;
-                conn.read_exact(&mut [0u8])
+            // Closed on drop.
+            let session = connect_from(from, to).and_then(|mut conn| match greeted {
+                true => {
+                    conn.set_read_timeout(Some(Duration::from_secs(1)))?;
+                    conn.read_exact(&mut [0u8])
+                }
+                false => Ok(()),
             });
-            match greeted {
+            match session {
                 Ok(()) => ok += 1,
                 Err(_) => failed += 1,
             }
@@ -287,7 +306,7 @@ fn connections(pair: &Pair, seconds: f64) -> anyhow::Result<(f64, u64)> {
 
 fn small_frames(pair: &Pair, seconds: f64) -> anyhow::Result<(f64, f64)> {
     let to = SocketAddr::from((SERVER, PORT));
-    let _server = serve(pair, true)?;
+    let _server = serve(pair, Serve::Drain)?;
     let mut stream = pair
         .client
         .run(|| connect_from(CLIENT, to))
@@ -559,13 +578,15 @@ pub fn run(
                     if stranger { "passed" } else { "was refused" }
                 );
                 drop(echo_server);
-                let (connections_per_second, failed_connections) = connections(&pair, seconds)?;
+                let (connections_per_second, failed) = connections(&pair, seconds, false)?;
+                let (sessions_per_second, failed_sessions) = connections(&pair, seconds, true)?;
                 let (frames_per_second, mean_frame_bytes) = small_frames(&pair, seconds)?;
                 let tcp_bits_per_second = throughput(&pair, seconds)?;
                 Ok(Sample {
                     filter,
                     connections_per_second,
-                    failed_connections,
+                    sessions_per_second,
+                    failed_connections: failed + failed_sessions,
                     frames_per_second,
                     mean_frame_bytes,
                     tcp_bits_per_second,
