@@ -19,6 +19,8 @@ use crate::{
 
 /// `-EEXIST`: another CPU promoted the same flow first.
 const EEXIST: i32 = -17;
+/// Insert only where the key has no entry.
+const BPF_NOEXIST: u64 = 1;
 
 /// CLOCK_MONOTONIC_COARSE: a flow's timeouts are seconds long, and the coarse clock costs half
 /// of the precise one per packet (`cargo xtask bench`, BENCHMARKS.md). The daemon's sweep reads
@@ -56,8 +58,9 @@ pub fn judge<K>(
     if value.expired(pkt.proto, now) {
         return None;
     }
-    if value.state == state::ESTABLISHED {
-        // A closing flow, moved here by `demote`.
+    if value.state == state::ESTABLISHED || value.flags & flags::CLOSING != 0 {
+        // A closed flow (moved here by `demote`, or closed before it was proved): held to the
+        // windows as an established one is.
         return Some(established(value, direction, pkt, now));
     }
     Some(embryonic(ctx, t, key, value, direction, pkt, now))
@@ -67,10 +70,12 @@ pub fn judge<K>(
 /// last ACK, a retransmitted FIN) as an entry the LRU may evict. An established slot is held
 /// only by a connection that is open: churn (a client that connects and disconnects, at any
 /// rate) cannot fill the table that never evicts. New entry first, so that a packet on another
-/// CPU finds the flow in one table or the other; if the new table refuses, the flow stays.
+/// CPU finds the flow in one table or the other. Never over an entry there: that is a SYN that
+/// started the tuple over meanwhile. If the new table refuses, the flow stays (and its next
+/// packet tries again).
 #[inline(always)]
 fn demote<K>(t: &FlowTables<K>, key: &K, value: &FlowValue) {
-    if t.new.insert(key, *value, 0).is_ok() {
+    if t.new.insert(key, *value, BPF_NOEXIST).is_ok() {
         let _ = t.est.remove(key);
     }
 }
@@ -209,8 +214,13 @@ fn embryonic<K>(
             record_ack(value, direction, pkt);
             // A connection can close before it is proved (a server that greets and hangs up
             // at once sends its FIN before the ACK that would promote it): once FINs have gone
-            // both ways it finishes here, and is never promoted.
-            if f & TCP_FIN != 0 && fin_closes(value, direction as usize & 1) {
+            // both ways it finishes here, and is never promoted. A FIN counts only inside a
+            // window its receiver has acknowledged, so a blind one marks nothing.
+            if f & TCP_FIN != 0
+                && acked(value, direction.reverse())
+                && in_window(value, direction, pkt)
+                && fin_closes(value, direction as usize & 1)
+            {
                 value.flags |= flags::CLOSING;
             }
             let plain_ack = f & (TCP_SYN | TCP_FIN | TCP_RST) == 0
@@ -325,6 +335,12 @@ fn settle_wscale(value: &mut FlowValue, reply: Direction, reply_wscale: u8) {
     } else {
         value.wscale[r] = reply_wscale;
     }
+}
+
+/// Whether `side` has sent an acknowledgment this flow recorded.
+#[inline(always)]
+fn acked(value: &FlowValue, side: Direction) -> bool {
+    value.flags & flags::ACK_SEEN[side as usize & 1] != 0
 }
 
 /// Whether a FIN or RST sent in `direction` falls inside the receiver's window: from one below

@@ -39,11 +39,17 @@ pub fn allowed_by(policy: &Policy, key: &FlowKey, value: &FlowValue) -> bool {
 }
 
 /// Removes every tracked flow (both tables, both roles) that `policy` does not allow. Run after
-/// the new policy is in the map, so no flow it refuses can start again; a second pass catches a
-/// flow promoted from the new table while the first walked it.
+/// the new policy is in the map, so no flow it refuses can start again. Flows move between the
+/// tables while they are walked (promoted to the established table, or back to the new one when
+/// they close), so each table is walked twice, in turns: a flow that moves once is caught.
 pub fn revoke(datapath: &mut Datapath, policy: &Policy) -> anyhow::Result<usize> {
     let mut removed = 0;
-    for table in [Table::New, Table::Established, Table::Established] {
+    for table in [
+        Table::New,
+        Table::Established,
+        Table::New,
+        Table::Established,
+    ] {
         for role in Role::ALL {
             let stale: Vec<FlowKey> = datapath
                 .flows(role, table)?

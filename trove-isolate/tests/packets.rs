@@ -1070,10 +1070,25 @@ fn a_connection_closed_before_it_is_proved_is_never_promoted() {
     assert_ne!(new[0].1.flags & flags::CLOSING, 0);
     run_table(&mut dp, &[
         pass("the client's FIN again", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 1001, 5012, 200), Tracked),
+        drop("a blind RST: held to the window as on any closed flow", B, I, v4_seq(CLIENT, G4, c, RST, 800_000, 0, 0), OutOfWindow),
         pass("a SYN on the tuple starts over", B, I, v4_seq(CLIENT, G4, c, SYN, 9000, 0, 64240), Allowed),
     ]);
     let new = dp.flows(B, Table::New).expect("flows");
     assert_eq!((new.len(), new[0].1.flags & flags::CLOSING), (1, 0));
+    // A FIN before its receiver acknowledged anything, or outside the window, marks nothing: a
+    // blind one cannot make a connection count as half closed once it is established.
+    let m = (40600, 5672);
+    let r = (5672, 40600);
+    run_table(&mut dp, &[
+        pass("guest SYN to RabbitMQ", M, E, v4_seq(G4, RABBIT4, m, SYN, 100, 0, 64240), Allowed),
+        pass("a blind FIN before the SYN-ACK", M, I, v4_seq(RABBIT4, G4, r, FIN | ACK, 7, 101, 100), Tracked),
+        pass("SYN-ACK", M, I, v4_seq(RABBIT4, G4, r, SYN_ACK, 700, 101, 100), Tracked),
+        pass("a blind FIN outside the guest's window", M, I, v4_seq(RABBIT4, G4, r, FIN | ACK, 90_000, 101, 100), Tracked),
+        pass("the guest's ACK promotes", M, E, v4_seq(G4, RABBIT4, m, ACK, 101, 701, 100), Tracked),
+    ]);
+    let est = dp.flows(M, Table::Established).expect("flows");
+    assert_eq!(est.len(), 1);
+    assert_eq!(est[0].1.flags & (flags::FIN_SEEN[0] | flags::FIN_SEEN[1] | flags::CLOSING), 0, "a blind FIN was counted");
 }
 
 /// DHCP is client port <-> server port in link scope, passed without tracking; nothing else

@@ -220,8 +220,13 @@ impl Flow {
             L4::Tcp(tcp) => {
                 self.record_ack(direction, tcp);
                 // A connection that closes before it is proved (FINs both ways) finishes in the
-                // new table: it is never promoted.
-                if tcp.flags.fin() && self.fin_closes(direction) {
+                // new table: it is never promoted. A FIN counts only inside a window its
+                // receiver has acknowledged (a blind one marks nothing).
+                if tcp.flags.fin()
+                    && self.acks[side(direction.reverse())].is_some()
+                    && self.in_receiver_window(direction, tcp.seq)
+                    && self.fin_closes(direction)
+                {
                     self.closing = true;
                 }
                 let syn_ack = tcp.flags.syn() && tcp.flags.ack();

@@ -277,8 +277,10 @@ impl Model {
             // nor is a closed one: an allowed SYN starts its tuple over (the new flow replaces
             // it).
             Table::New if syn && (flow.stage == Stage::Unreplied || flow.closing) => None,
-            Table::New if flow.stage != Stage::Established => Some(flow.embryonic(direction, l4)),
-            // Established, or closed and finishing in the new table.
+            Table::New if flow.stage != Stage::Established && !flow.closing => {
+                Some(flow.embryonic(direction, l4))
+            }
+            // Established, or closed and finishing in the new table: held to the windows.
             _ => {
                 let verdict = flow.established(direction, l4);
                 if verdict.is_none() {
