@@ -195,7 +195,7 @@ fn fin_closes(value: &mut FlowValue, d: usize) -> bool {
 /// sender cannot fake: the guest's ACK of the SYN-ACK when it opened the flow, its first
 /// segment after the handshake when the remote did (a remote's ACK the guest discards, bad
 /// checksum and all, earns nothing), or for a flow picked up mid-way, the other side's first
-/// ACK (the guest's, for one picked up coming in).
+/// ACK (the guest's, with data, for one picked up coming in).
 #[inline(always)]
 fn embryonic<K>(
     ctx: &TcContext,
@@ -239,7 +239,11 @@ fn embryonic<K>(
                     state::SYN_ACKED if !reply && from_guest => return promote(t, key, value, now),
                     state::SYN_ACKED if !reply => value.state = state::ACKED,
                     state::ACKED if from_guest => return promote(t, key, value, now),
-                    state::UNREPLIED if reply => return promote(t, key, value, now),
+                    // A pickup's reply: from the guest (the flow was picked up coming in), with
+                    // data, since a socket in TIME_WAIT answers a stray ACK with a bare one.
+                    state::UNREPLIED if reply && (!from_guest || pkt.payload) => {
+                        return promote(t, key, value, now)
+                    }
                     _ => {}
                 }
             }

@@ -306,6 +306,7 @@ fn new_packet(fam: u8, ip_proto: u8, hop_limit: u8) -> Packet {
         window: 0,
         options_at: 0,
         options_len: 0,
+        payload: false,
         src: [0; 16],
         dst: [0; 16],
     }
@@ -350,6 +351,7 @@ fn l4(ctx: &TcContext, off: usize, end: usize, mut pkt: Packet) -> Result<Parsed
             // `ptr_at` keeps `off` below MAX_HDR_OFF: both fit.
             pkt.options_at = (off + size_of::<TcpHdr>()) as u16;
             pkt.options_len = (doff - size_of::<TcpHdr>()) as u8;
+            pkt.payload = off + doff < end;
             Ok(Parsed::Flow(pkt))
         }
         (proto::UDP, _) => {

@@ -254,7 +254,7 @@ fn established_sessions_survive_a_million_new_flows() {
 }
 
 /// The four frames of a handshake from IPv6 source 2001:db8:2::`i` and the guest's first
-/// segment (the one that establishes the flow).
+/// segment, a greeting with data (the one that establishes the flow).
 fn handshake6(syn: &mut SynFlood, i: u32) -> [(Direction, Vec<u8>); 4] {
     let s = syn.from(i).to_vec();
     let mut synack = ipv6(
@@ -266,8 +266,10 @@ fn handshake6(syn: &mut SynFlood, i: u32) -> [(Direction, Vec<u8>); 4] {
     synack[14 + 36..14 + 40].copy_from_slice(&i.to_be_bytes());
     let mut ack = s.clone();
     ack[14 + 40 + 13] = ACK;
-    let mut greeting = synack.clone();
-    greeting[14 + 40 + 13] = ACK;
+    let mut segment = tcp_seq(3306, 40000, ACK | 0x08, 901, 2, 1000);
+    segment.extend_from_slice(b"greeting");
+    let mut greeting = ipv6(proto::TCP, G6, "2001:db8:2::", &segment);
+    greeting[14 + 36..14 + 40].copy_from_slice(&i.to_be_bytes());
     [(I, s), (E, synack), (I, ack), (E, greeting)]
 }
 

@@ -1569,8 +1569,10 @@ fn verified_instruction_counts() {
 }
 
 /// Connections that predate the first start are picked up in both directions, as the policy
-/// allows them: the other side's answer (for an inbound one, the guest's own stack) establishes
-/// them. Nothing else opens that way.
+/// allows them: the other side's answer (for an inbound one, the guest's own stack, with data)
+/// establishes them. Nothing else opens that way. A bare ACK from the guest proves nothing: a
+/// socket in TIME_WAIT sends one to a stray ACK on its tuple, so a client could otherwise turn
+/// each connection it closed into an established slot.
 #[rustfmt::skip]
 #[test]
 fn connections_older_than_enforcement_are_picked_up() {
@@ -1579,10 +1581,15 @@ fn connections_older_than_enforcement_are_picked_up() {
     let mut dp = datapath();
     let c = (33600, 3306);
     let s = (3306, 33600);
+    let t = (33610, 3306);
+    let u = (3306, 33610);
     run_table(&mut dp, &[
         pass("a database client's data mid-session", B, I, v4_seq(CLIENT, G4, c, ACK | 0x08, 7000, 9000, 500), Allowed),
-        pass("the database answers", B, E, v4_seq(G4, CLIENT, s, ACK | 0x08, 9000, 7010, 500), Tracked),
+        pass("the database answers with data", B, E, v4_data(G4, CLIENT, s, 9000, 7010, b"result"), Tracked),
         pass("the session carries on", B, I, v4_seq(CLIENT, G4, c, ACK, 7010, 9020, 500), Tracked),
+        pass("a stray ACK on a closed connection's tuple", B, I, v4_seq(CLIENT, G4, t, ACK, 100, 200, 500), Allowed),
+        pass("TIME_WAIT's bare ACK passes", B, E, v4_seq(G4, CLIENT, u, ACK, 200, 100, 500), Tracked),
+        pass("and again", B, E, v4_seq(G4, CLIENT, u, ACK, 200, 100, 500), Tracked),
         pass("an operator's SSH session mid-way", M, I, v4_tcp(OPERATOR, G4, 50600, 22, ACK), Allowed),
         pass("sshd answers", M, E, v4_tcp(G4, OPERATOR, 22, 50600, ACK), Tracked),
         drop("mid-session data from a host no rule names", M, I, v4_tcp(UNLISTED, G4, 50601, 22, ACK), Policy),
@@ -1591,7 +1598,20 @@ fn connections_older_than_enforcement_are_picked_up() {
         drop("nor does a SYN-ACK", B, I, v4_tcp(CLIENT, G4, 33602, 3306, SYN_ACK), NotTracked),
     ]);
     let est = dp.flows(B, Table::Established).expect("flows");
-    assert_eq!(est.len(), 1, "the database session was not established: {est:?}");
+    assert_eq!(est.len(), 1, "only the database session is established: {est:?}");
+    assert_eq!(u16::from_be(est[0].0.remote_port), 33600);
+    assert!(dp.flows(M, Table::Established).expect("flows").is_empty(), "sshd's bare ACK established it");
+    run_table(&mut dp, &[
+        pass("sshd sends", M, E, v4_data(G4, OPERATOR, (22, 50600), 1, 1, b"banner"), Tracked),
+    ]);
+    assert_eq!(dp.flows(M, Table::Established).expect("flows").len(), 1);
+}
+
+/// An IPv4 TCP segment with ACK and PSH, a window of 500, and data.
+fn v4_data(src: &str, dst: &str, ports: (u16, u16), seq: u32, ack: u32, data: &[u8]) -> Vec<u8> {
+    let mut segment = tcp_seq(ports.0, ports.1, ACK | 0x08, seq, ack, 500);
+    segment.extend_from_slice(data);
+    ipv4(V4_PLAIN, proto::TCP, src, dst, &segment)
 }
 
 /// Drop events: a dropped packet sends its head with the verdict and reason, a passed one sends

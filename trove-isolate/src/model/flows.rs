@@ -212,7 +212,7 @@ impl Flow {
     /// the flow two-way promotes it. For TCP the proof comes from the guest's own stack, which
     /// a remote sender cannot fake: the guest's ACK of the SYN-ACK when the guest opened the
     /// flow; its first segment after the remote's ACK when the remote opened it; for a flow
-    /// picked up mid-way, the remote's first reply.
+    /// picked up mid-way, the other side's first reply (the guest's with data).
     pub fn embryonic(&mut self, direction: Direction, l4: &L4) -> Result<Reason, Reason> {
         let reply = direction != self.origin;
         let from_guest = direction == Direction::Egress;
@@ -242,8 +242,9 @@ impl Flow {
                         // ... and the guest's stack, having accepted that, sends.
                         Stage::Acked if from_guest => self.promote(),
                         // Picked up mid-way: the other side answers (for a flow picked up
-                        // coming in, that is the guest's stack, which resets one it lacks).
-                        Stage::Unreplied if reply => self.promote(),
+                        // coming in, that is the guest's stack, which resets one it lacks, and
+                        // must send data: a socket in TIME_WAIT answers with a bare ACK too).
+                        Stage::Unreplied if reply && (!from_guest || tcp.payload) => self.promote(),
                         _ => {}
                     }
                 }

@@ -95,6 +95,8 @@ pub enum L4 {
         window: u16,
         /// Raw option bytes (padded to a multiple of 4 with end-of-list).
         options: Vec<u8>,
+        /// The segment's data.
+        payload: Vec<u8>,
     },
     Udp {
         sport: u16,
@@ -159,6 +161,7 @@ impl Pkt {
                 ack: 0,
                 window: 0xffff,
                 options: Vec::new(),
+                payload: Vec::new(),
             },
         )
     }
@@ -205,6 +208,14 @@ impl Pkt {
         self
     }
 
+    /// TCP: data in the segment.
+    pub fn data(mut self, bytes: &[u8]) -> Pkt {
+        if let L4::Tcp { payload, .. } = &mut self.l4 {
+            *payload = bytes.to_vec();
+        }
+        self
+    }
+
     /// TCP: a window scale option (kind 3, length 3) after a NOP.
     pub fn wscale(mut self, shift: u8) -> Pkt {
         if let L4::Tcp { options, .. } = &mut self.l4 {
@@ -237,6 +248,7 @@ impl Pkt {
                 ack,
                 window,
                 options,
+                payload,
             } => {
                 let mut opts = options.clone();
                 opts.resize(opts.len().div_ceil(4) * 4, 0);
@@ -251,6 +263,7 @@ impl Pkt {
                 t.extend_from_slice(&window.to_be_bytes());
                 t.extend_from_slice(&[0, 0, 0, 0]);
                 t.extend_from_slice(&opts);
+                t.extend_from_slice(payload);
                 t
             }
             L4::Udp {
@@ -460,9 +473,10 @@ impl fmt::Display for Pkt {
                 ack,
                 window,
                 options,
+                payload,
             } => write!(
                 f,
-                "TCP {} -> {} [{}] seq={seq} ack={ack} win={window}{}",
+                "TCP {} -> {} [{}] seq={seq} ack={ack} win={window}{}{}",
                 sock(self.src, *sport),
                 sock(self.dst, *dport),
                 flags_name(*flags),
@@ -470,6 +484,11 @@ impl fmt::Display for Pkt {
                     String::new()
                 } else {
                     format!(" opts={options:02x?}")
+                },
+                if payload.is_empty() {
+                    String::new()
+                } else {
+                    format!(" data={}", payload.len())
                 }
             )?,
             L4::Udp { sport, dport, .. } => write!(

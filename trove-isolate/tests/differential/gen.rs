@@ -262,6 +262,8 @@ pub enum L4Gen {
         ack: u32,
         window: u16,
         options: Vec<u8>,
+        /// Carries data.
+        data: bool,
     },
     Udp {
         local_port: PortPick,
@@ -301,6 +303,8 @@ pub enum ReplyHow {
         ack: Delta,
         window: u16,
         options: Vec<u8>,
+        /// Carries data.
+        data: bool,
     },
     /// Another packet from the same end, the same direction.
     Again {
@@ -475,9 +479,9 @@ fn icmp_type() -> impl Strategy<Value = IcmpType> {
 
 fn l4_gen() -> BoxedStrategy<L4Gen> {
     prop_oneof![
-        6 => (port_pick(), port_pick(), tcp_flags(), seq_number(), seq_number(), window(), tcp_options())
-            .prop_map(|(local_port, remote_port, flags, seq, ack, window, options)| L4Gen::Tcp {
-                local_port, remote_port, flags, seq, ack, window, options,
+        6 => (port_pick(), port_pick(), tcp_flags(), seq_number(), seq_number(), window(), tcp_options(), any::<bool>())
+            .prop_map(|(local_port, remote_port, flags, seq, ack, window, options, data)| L4Gen::Tcp {
+                local_port, remote_port, flags, seq, ack, window, options, data,
             }),
         3 => (port_pick(), port_pick())
             .prop_map(|(local_port, remote_port)| L4Gen::Udp { local_port, remote_port }),
@@ -547,8 +551,8 @@ fn delta() -> BoxedStrategy<Delta> {
 
 fn reply_how() -> BoxedStrategy<ReplyHow> {
     prop_oneof![
-        6 => (tcp_flags(), delta(), delta(), window(), tcp_options()).prop_map(
-            |(flags, seq, ack, window, options)| ReplyHow::Answer { flags, seq, ack, window, options }
+        6 => (tcp_flags(), delta(), delta(), window(), tcp_options(), any::<bool>()).prop_map(
+            |(flags, seq, ack, window, options, data)| ReplyHow::Answer { flags, seq, ack, window, options, data }
         ),
         3 => (tcp_flags(), delta(), delta(), window())
             .prop_map(|(flags, seq, ack, window)| ReplyHow::Again { flags, seq, ack, window }),
@@ -972,6 +976,7 @@ fn fresh(role: Role, direction: Direction, g: &FreshPkt) -> Pkt {
             ack,
             window,
             options,
+            data,
         } => {
             let (sport, dport) = ends(local_port, remote_port);
             L4::Tcp {
@@ -982,6 +987,7 @@ fn fresh(role: Role, direction: Direction, g: &FreshPkt) -> Pkt {
                 ack: *ack,
                 window: *window,
                 options: options.clone(),
+                payload: data_bytes(*data),
             }
         }
         L4Gen::Udp {
@@ -1080,6 +1086,7 @@ fn service_pkt(
             ack: *ack,
             window: *window,
             options: options.clone(),
+            payload: vec![],
         },
         (frames::TCP, ServiceL4::Other { .. }) => L4::Tcp {
             sport,
@@ -1089,6 +1096,7 @@ fn service_pkt(
             ack: 0,
             window: 0xffff,
             options: vec![],
+            payload: vec![],
         },
         (frames::UDP, _) => L4::Udp {
             sport,
@@ -1146,6 +1154,7 @@ fn handshake_pkts(
                 ack,
                 window,
                 options: options.clone(),
+                payload: vec![],
             },
         )
     };
@@ -1217,6 +1226,7 @@ fn teardown_pkts(t: &Built, reset: &Option<(bool, Delta)>) -> Vec<(Role, Directi
                 ack,
                 window: 0xffff,
                 options: vec![],
+                payload: vec![],
             },
         )
     };
@@ -1373,6 +1383,7 @@ fn reply(t: &Built, how: &ReplyHow) -> (Role, Direction, Pkt) {
             ack,
             window,
             options,
+            data,
         } => {
             let mut r = p.clone();
             std::mem::swap(&mut r.src, &mut r.dst);
@@ -1385,11 +1396,13 @@ fn reply(t: &Built, how: &ReplyHow) -> (Role, Direction, Pkt) {
                     seq: s,
                     ack: a,
                     window: w,
+                    payload: their_data,
                     ..
                 } => {
                     // Their ACK is where our sequence continues; we acknowledge their sequence
-                    // (and their SYN or FIN).
-                    let consumed = u32::from(f & (SYN | frames::FIN) != 0);
+                    // (their data, and their SYN or FIN).
+                    let consumed =
+                        u32::from(f & (SYN | frames::FIN) != 0) + their_data.len() as u32;
                     L4::Tcp {
                         sport: *dport,
                         dport: *sport,
@@ -1402,6 +1415,7 @@ fn reply(t: &Built, how: &ReplyHow) -> (Role, Direction, Pkt) {
                         } else {
                             vec![]
                         },
+                        payload: data_bytes(*data),
                     }
                 }
                 L4::Udp {
@@ -1605,5 +1619,13 @@ fn raw(r: &RawFrame) -> Vec<u8> {
         }
         RawFrame::Ethertype(t, p) => frames::eth(*t, p),
         RawFrame::Bytes(b) => b.clone(),
+    }
+}
+
+/// A TCP segment's data: a few bytes, or none.
+fn data_bytes(data: bool) -> Vec<u8> {
+    match data {
+        true => b"data".to_vec(),
+        false => vec![],
     }
 }
