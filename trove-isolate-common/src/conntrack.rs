@@ -215,6 +215,8 @@ pub mod flags {
     pub const ACK_SEEN: [u8; 2] = [2, 4];
     /// An in-window FIN was sent that way (indexed by `Direction`).
     pub const FIN_SEEN: [u8; 2] = [8, 16];
+    /// `guest_end` holds a value.
+    pub const GUEST_END: u8 = 32;
 }
 
 #[repr(C)]
@@ -237,7 +239,11 @@ pub struct FlowValue {
     /// receiver's next expected sequence number as far as the wire shows.
     pub ack: [u32; 2],
     /// TCP: the (unscaled) window sent with that acknowledgment.
-    pub win: [u32; 2],
+    pub win: [u16; 2],
+    /// TCP: the sequence number just past the furthest the guest has sent (its data, SYN and
+    /// FIN). The remote's acknowledgment is recorded only up to it: a blind sender cannot move
+    /// it past what the guest sent (and so hold the guest's own FIN out of the window).
+    pub guest_end: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);

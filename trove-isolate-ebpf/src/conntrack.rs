@@ -241,7 +241,7 @@ fn embryonic<K>(
                     state::ACKED if from_guest => return promote(t, key, value, now),
                     // A pickup's reply: from the guest (the flow was picked up coming in), with
                     // data, since a socket in TIME_WAIT answers a stray ACK with a bare one.
-                    state::UNREPLIED if reply && (!from_guest || pkt.payload) => {
+                    state::UNREPLIED if reply && (!from_guest || pkt.payload_len > 0) => {
                         return promote(t, key, value, now)
                     }
                     _ => {}
@@ -291,6 +291,7 @@ pub fn track<K>(
         _pad2: [0; 2],
         ack: [0; 2],
         win: [0; 2],
+        guest_end: 0,
     };
     if pkt.kind == Kind::Tcp {
         if pkt.tcp_flags & TCP_SYN != 0 {
@@ -307,14 +308,38 @@ pub fn track<K>(
 }
 
 /// Notes the acknowledgment and window a TCP packet carries when they move forward (an older,
-/// reordered ACK never winds the window back). Writes only on change.
+/// reordered ACK never winds the window back), and how far the guest's own segments reach. The
+/// remote's acknowledgment is noted only up to what the guest sent: a forged one beyond it
+/// would push the window past the guest's own FIN. Writes only on change.
 #[inline(always)]
 fn record_ack(value: &mut FlowValue, direction: Direction, pkt: &Packet) {
+    // Not from a reset: the guest answers a stray segment on a tuple it has no socket for with a
+    // reset at that segment's acknowledgment, which its sender chose.
+    if direction == Direction::Egress && pkt.tcp_flags & TCP_RST == 0 {
+        let f = pkt.tcp_flags;
+        let end = pkt
+            .seq
+            .wrapping_add(pkt.payload_len)
+            .wrapping_add((f & TCP_SYN != 0) as u32)
+            .wrapping_add((f & TCP_FIN != 0) as u32);
+        if value.flags & flags::GUEST_END == 0 {
+            value.flags |= flags::GUEST_END;
+            value.guest_end = end;
+        } else if (end.wrapping_sub(value.guest_end) as i32) > 0 {
+            value.guest_end = end;
+        }
+    }
     if pkt.tcp_flags & TCP_ACK == 0 {
         return;
     }
     let d = direction as usize & 1;
-    let window = pkt.window as u32;
+    if direction == Direction::Ingress
+        && value.flags & flags::GUEST_END != 0
+        && (pkt.ack.wrapping_sub(value.guest_end) as i32) > 0
+    {
+        return;
+    }
+    let window = pkt.window;
     if value.flags & flags::ACK_SEEN[d] == 0 {
         value.flags |= flags::ACK_SEEN[d];
     } else {
@@ -360,7 +385,7 @@ fn in_window(value: &FlowValue, direction: Direction, pkt: &Packet) -> bool {
     if shift > WSCALE_MAX {
         shift = WSCALE_MAX;
     }
-    let window = value.win[receiver] << shift;
+    let window = (value.win[receiver] as u32) << shift;
     let offset = pkt.seq.wrapping_sub(value.ack[receiver]).wrapping_add(1);
     offset <= window.saturating_add(1)
 }

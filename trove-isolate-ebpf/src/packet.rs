@@ -44,8 +44,8 @@ pub struct Packet {
     /// read the window scale from them only when a handshake needs it (`parse::window_scale`).
     pub options_at: u16,
     pub options_len: u8,
-    /// TCP: the segment carries data.
-    pub payload: bool,
+    /// TCP: the bytes of data the segment carries.
+    pub payload_len: u32,
     pub src: [u8; 16],
     pub dst: [u8; 16],
 }

@@ -306,7 +306,7 @@ fn new_packet(fam: u8, ip_proto: u8, hop_limit: u8) -> Packet {
         window: 0,
         options_at: 0,
         options_len: 0,
-        payload: false,
+        payload_len: 0,
         src: [0; 16],
         dst: [0; 16],
     }
@@ -351,7 +351,7 @@ fn l4(ctx: &TcContext, off: usize, end: usize, mut pkt: Packet) -> Result<Parsed
             // `ptr_at` keeps `off` below MAX_HDR_OFF: both fit.
             pkt.options_at = (off + size_of::<TcpHdr>()) as u16;
             pkt.options_len = (doff - size_of::<TcpHdr>()) as u8;
-            pkt.payload = off + doff < end;
+            pkt.payload_len = (end - (off + doff)) as u32;
             Ok(Parsed::Flow(pkt))
         }
         (proto::UDP, _) => {

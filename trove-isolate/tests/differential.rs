@@ -393,19 +393,18 @@ fn key_text(role: Role, k: &FlowKey) -> String {
     )
 }
 
-/// The state both sides keep, in one form: table, origin, state, closing, and each
-/// direction's acknowledgment and window (window scale is compared through verdicts only: the
-/// two keep it in different forms).
+/// The state both sides keep, in one form: table, origin, state, closing, each direction's
+/// acknowledgment and window, and how far the guest's segments reach (window scale is compared
+/// through verdicts only: the two keep it in different forms).
 fn state_text(
     table: Table,
-    origin: u8,
-    st: u8,
-    closing: bool,
+    (origin, st, closing): (u8, u8, bool),
     fin_seen: [bool; 2],
     acks: [Option<(u32, u32)>; 2],
+    guest_end: Option<u32>,
 ) -> String {
     format!(
-        "{} origin={} state={} closing={} fin_in={} fin_out={} ack_in={:?} ack_out={:?}",
+        "{} origin={} state={} closing={} fin_in={} fin_out={} ack_in={:?} ack_out={:?} guest_end={:?}",
         table.name(),
         origin,
         st,
@@ -413,19 +412,20 @@ fn state_text(
         fin_seen[0],
         fin_seen[1],
         acks[0],
-        acks[1]
+        acks[1],
+        guest_end
     )
 }
 
 fn value_text(table: Table, v: &FlowValue) -> String {
-    let ack = |d: usize| (v.flags & flags::ACK_SEEN[d] != 0).then_some((v.ack[d], v.win[d]));
+    let ack =
+        |d: usize| (v.flags & flags::ACK_SEEN[d] != 0).then_some((v.ack[d], u32::from(v.win[d])));
     state_text(
         table,
-        v.origin,
-        v.state,
-        v.flags & flags::CLOSING != 0,
+        (v.origin, v.state, v.flags & flags::CLOSING != 0),
         [0, 1].map(|d| v.flags & flags::FIN_SEEN[d] != 0),
         [ack(0), ack(1)],
+        (v.flags & flags::GUEST_END != 0).then_some(v.guest_end),
     )
 }
 
@@ -446,7 +446,13 @@ fn model_flows(m: &Model) -> BTreeMap<String, String> {
             let acks = f.acks.map(|a| a.map(|a| (a.ack, u32::from(a.window))));
             (
                 key_text(role, &flow_key(role, id)),
-                state_text(table, f.origin as u8, st, f.closing, f.fin_seen, acks),
+                state_text(
+                    table,
+                    (f.origin as u8, st, f.closing),
+                    f.fin_seen,
+                    acks,
+                    f.guest_end,
+                ),
             )
         })
         .collect()

@@ -932,6 +932,39 @@ fn tcp_state_holds_against_forged_segments() {
     ]);
 }
 
+/// Forged ACKs cannot push the client's recorded acknowledgment past what the guest sent: a
+/// blind sender who knows the tuple would otherwise hold the guest's own FIN (and RST) out of
+/// the window, so that the connection never closes and keeps its established slot.
+#[rustfmt::skip]
+#[test]
+fn forged_acks_cannot_hold_the_guests_fin_out() {
+    use trove_isolate::datapath::Table;
+    use Reason::*;
+    let mut dp = datapath();
+    let c = (33700, 3306);
+    let s = (3306, 33700);
+    run_table(&mut dp, &[
+        pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
+        pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
+        pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
+        pass("greeting: 5 bytes", B, E, v4_data(G4, CLIENT, s, 5001, 1001, b"hello"), Tracked),
+        pass("the client acknowledges it", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5006, 200), Tracked),
+    ]);
+    let forged = [1u32 << 30, 1 << 31, 3 << 30, 0, 5006 + 1000];
+    for ack in forged {
+        run_table(&mut dp, &[
+            pass("a forged ACK rides the flow", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, ack, 0), Tracked),
+        ]);
+    }
+    let est = dp.flows(B, Table::Established).expect("flows");
+    assert_eq!(est[0].1.ack[Direction::Ingress as usize], 5006, "a forged acknowledgment was recorded");
+    run_table(&mut dp, &[
+        pass("the guest's FIN", B, E, v4_seq(G4, CLIENT, s, FIN | ACK, 5006, 1001, 100), Tracked),
+        pass("the client's FIN closes", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 1001, 5007, 200), Tracked),
+    ]);
+    assert!(dp.flows(B, Table::Established).expect("flows").is_empty(), "the connection still holds its slot");
+}
+
 /// The window scale of the SYNs widens the window a FIN or RST is held to; without the option
 /// on both SYNs, nothing is scaled.
 #[rustfmt::skip]

@@ -132,6 +132,9 @@ pub struct Flow {
     pub fin_seen: [bool; 2],
     /// TCP: the highest acknowledgment sent each way, indexed by `Direction as usize`.
     pub acks: [Option<AckSeen>; 2],
+    /// TCP: the sequence number just past the furthest the guest has sent (data, SYN, FIN;
+    /// never a reset's, whose sequence may be a stray segment's choice).
+    pub guest_end: Option<u32>,
     /// TCP: the window scale option of each side's SYN, indexed by the direction it travelled;
     /// `None` while that SYN was not seen.
     pub syn_scale: [Option<ScaleOption>; 2],
@@ -151,6 +154,7 @@ impl Flow {
             closing: false,
             fin_seen: [false; 2],
             acks: [None; 2],
+            guest_end: None,
             syn_scale: [None; 2],
         };
         if let L4::Tcp(tcp) = l4 {
@@ -163,17 +167,14 @@ impl Flow {
         flow
     }
 
-    /// A packet of an established flow. `None`: a SYN reusing a closing flow's tuple, which
-    /// starts a new flow (the caller forgets this one and judges the SYN as new).
-    pub fn established(&mut self, direction: Direction, l4: &L4) -> Option<Result<Reason, Reason>> {
+    /// A packet of an established flow, or of a closed one finishing in the new table (never a
+    /// bare SYN: the caller judges those).
+    pub fn established(&mut self, direction: Direction, l4: &L4) -> Result<Reason, Reason> {
         if let L4::Tcp(tcp) = l4 {
-            if tcp.flags.bare_syn() && self.closing {
-                return None;
-            }
             if tcp.flags.fin() || tcp.flags.rst() {
                 // RFC 5961: a FIN or RST must fall in the receiver's window.
                 if !self.in_receiver_window(direction, tcp.seq) {
-                    return Some(Err(Reason::OutOfWindow));
+                    return Err(Reason::OutOfWindow);
                 }
                 if self.closes(direction, tcp) {
                     self.closing = true;
@@ -181,7 +182,7 @@ impl Flow {
             }
             self.record_ack(direction, tcp);
         }
-        Some(Ok(Reason::Tracked))
+        Ok(Reason::Tracked)
     }
 
     /// What closes an established flow, once its FIN or RST is in the window: only what a
@@ -244,7 +245,9 @@ impl Flow {
                         // Picked up mid-way: the other side answers (for a flow picked up
                         // coming in, that is the guest's stack, which resets one it lacks, and
                         // must send data: a socket in TIME_WAIT answers with a bare ACK too).
-                        Stage::Unreplied if reply && (!from_guest || tcp.payload) => self.promote(),
+                        Stage::Unreplied if reply && (!from_guest || tcp.payload_len > 0) => {
+                            self.promote()
+                        }
                         _ => {}
                     }
                 }
@@ -262,9 +265,33 @@ impl Flow {
 
     /// Notes the acknowledgment and window of a TCP packet with ACK when they move forward
     /// (RFC 1982 serial order): a newer ACK, or the same ACK with another window.
+    /// The guest's segments also move `guest_end`, and the remote's acknowledgment is noted only
+    /// up to it (a forged one beyond what the guest sent would hold the guest's FIN out of the
+    /// window).
     fn record_ack(&mut self, direction: Direction, tcp: &Tcp) {
+        if direction == Direction::Egress && !tcp.flags.rst() {
+            let end = tcp
+                .seq
+                .wrapping_add(tcp.payload_len)
+                .wrapping_add(u32::from(tcp.flags.syn()))
+                .wrapping_add(u32::from(tcp.flags.fin()));
+            let further = match self.guest_end {
+                None => true,
+                Some(old) => end.wrapping_sub(old) as i32 > 0,
+            };
+            if further {
+                self.guest_end = Some(end);
+            }
+        }
         if !tcp.flags.ack() {
             return;
+        }
+        if direction == Direction::Ingress {
+            if let Some(end) = self.guest_end {
+                if tcp.ack.wrapping_sub(end) as i32 > 0 {
+                    return;
+                }
+            }
         }
         let new = AckSeen {
             ack: tcp.ack,

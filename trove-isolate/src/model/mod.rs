@@ -271,26 +271,30 @@ impl Model {
         l4: &L4,
     ) -> Option<Result<Reason, Reason>> {
         let flow = self.flows.get_mut(&(role, id))?;
-        let syn = matches!(l4, L4::Tcp(t) if t.flags.bare_syn());
-        match flow.table {
+        if matches!(l4, L4::Tcp(t) if t.flags.bare_syn()) {
             // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep,
             // nor is a closed one: an allowed SYN starts its tuple over (the new flow replaces
-            // it).
-            Table::New if syn && (flow.stage == Stage::Unreplied || flow.closing) => None,
+            // it). On any other flow it passes and changes nothing (a retransmission, or the
+            // other side's SYN of a simultaneous open).
+            if flow.stage == Stage::Unreplied || flow.closing {
+                self.flows.remove(&(role, id));
+                return None;
+            }
+            return Some(Ok(Reason::Tracked));
+        }
+        match flow.table {
             Table::New if flow.stage != Stage::Established && !flow.closing => {
                 Some(flow.embryonic(direction, l4))
             }
             // Established, or closed and finishing in the new table: held to the windows.
             _ => {
                 let verdict = flow.established(direction, l4);
-                if verdict.is_none() {
-                    self.flows.remove(&(role, id));
-                } else if flow.closing {
+                if flow.closing {
                     // A closed connection holds no established slot: it finishes where the
                     // LRU may evict it.
                     flow.table = Table::New;
                 }
-                verdict
+                Some(verdict)
             }
         }
     }

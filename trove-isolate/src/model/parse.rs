@@ -93,8 +93,8 @@ pub struct Tcp {
     pub window: u16,
     /// The window scale option, read from SYNs only.
     pub syn_scale: Option<ScaleOption>,
-    /// The segment carries data.
-    pub payload: bool,
+    /// The bytes of data the segment carries.
+    pub payload_len: u32,
 }
 
 /// The TCP flags byte.
@@ -372,7 +372,7 @@ fn tcp(frame: &[u8], off: usize, end: usize, ip: Ip) -> Result<Frame, Reason> {
         ack: be32([h[8], h[9], h[10], h[11]]),
         window: be16([h[14], h[15]]),
         syn_scale,
-        payload: off + header_len < end,
+        payload_len: (end - (off + header_len)) as u32,
     });
     Ok(Frame::Flow(Packet { ip, l4 }))
 }
