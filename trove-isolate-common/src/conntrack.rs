@@ -249,6 +249,15 @@ pub struct FlowValue {
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
 
 impl FlowValue {
+    /// Whether the guest has finished with the flow: it sent its FIN, or the flow closed. Such a
+    /// flow holds no established slot (it finishes in the new table, with the closing timeout):
+    /// the slots left are the guest's open sockets, which the database's connection limit
+    /// bounds, whatever the remote does (a client that never answers the guest's FIN included).
+    #[inline(always)]
+    pub const fn guest_done(&self) -> bool {
+        self.flags & (flags::CLOSING | flags::FIN_SEEN[crate::Direction::Egress as usize]) != 0
+    }
+
     /// Idle time after which the flow is forgotten.
     #[inline(always)]
     pub const fn timeout_ns(&self, proto: u8) -> u64 {
@@ -256,7 +265,7 @@ impl FlowValue {
             return NEW_TIMEOUT_NS;
         }
         match proto {
-            proto::TCP if self.flags & flags::CLOSING != 0 => TCP_CLOSING_TIMEOUT_NS,
+            proto::TCP if self.guest_done() => TCP_CLOSING_TIMEOUT_NS,
             proto::TCP => TCP_TIMEOUT_NS,
             _ => UDP_TIMEOUT_NS,
         }

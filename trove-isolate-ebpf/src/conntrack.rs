@@ -45,7 +45,7 @@ pub fn judge<K>(
         let now = now();
         if !value.expired(pkt.proto, now) {
             let verdict = established(value, direction, pkt, now);
-            if value.flags & flags::CLOSING != 0 {
+            if value.guest_done() {
                 demote(t, key, value);
             }
             return Some(verdict);
@@ -58,18 +58,19 @@ pub fn judge<K>(
     if value.expired(pkt.proto, now) {
         return None;
     }
-    if value.state == state::ESTABLISHED || value.flags & flags::CLOSING != 0 {
-        // A closed flow (moved here by `demote`, or closed before it was proved): held to the
-        // windows as an established one is.
+    if value.state == state::ESTABLISHED || value.guest_done() {
+        // A flow the guest is done with (moved here by `demote`, or done before it was proved):
+        // held to the windows as an established one is.
         return Some(established(value, direction, pkt, now));
     }
     Some(embryonic(ctx, t, key, value, direction, pkt, now))
 }
 
-/// Moves a flow that closed to the new table, where it finishes its closing handshake (the
-/// last ACK, a retransmitted FIN) as an entry the LRU may evict. An established slot is held
-/// only by a connection that is open: churn (a client that connects and disconnects, at any
-/// rate) cannot fill the table that never evicts. New entry first, so that a packet on another
+/// Moves a flow the guest is done with (its FIN sent, or closed) to the new table, where it
+/// finishes (the remote's last data and FIN, the last ACK, a retransmitted FIN) as an entry the
+/// LRU may evict. An established slot is held only by a connection the guest holds open: churn
+/// (a client that connects and disconnects at any rate, or never answers the guest's FIN)
+/// cannot fill the table that never evicts. New entry first, so that a packet on another
 /// CPU finds the flow in one table or the other. Never over an entry there: that is a SYN that
 /// started the tuple over meanwhile. If the new table refuses, the flow stays (and its next
 /// packet tries again).
@@ -109,7 +110,7 @@ pub fn reopen<K>(
 ) -> Option<Result<Reason, Reason>> {
     if let Some(value) = t.est.get_ptr_mut(key) {
         let value = unsafe { &mut *value };
-        if value.expired(pkt.proto, now) || value.flags & flags::CLOSING != 0 {
+        if value.expired(pkt.proto, now) || value.guest_done() {
             let _ = t.est.remove(key);
         } else {
             refresh(value, now);
@@ -119,11 +120,9 @@ pub fn reopen<K>(
     let value = t.new.get_ptr_mut(key)?;
     let value = unsafe { &mut *value };
     // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep, nor is
-    // a closed one: the SYN starts the tuple over rather than inherit its acknowledgment.
-    if value.expired(pkt.proto, now)
-        || value.state == state::UNREPLIED
-        || value.flags & flags::CLOSING != 0
-    {
+    // one the guest is done with: the SYN starts the tuple over rather than inherit its
+    // acknowledgment.
+    if value.expired(pkt.proto, now) || value.state == state::UNREPLIED || value.guest_done() {
         return None;
     }
     refresh(value, now);
@@ -213,8 +212,8 @@ fn embryonic<K>(
             let f = pkt.tcp_flags;
             record_ack(value, direction, pkt);
             // A connection can close before it is proved (a server that greets and hangs up
-            // at once sends its FIN before the ACK that would promote it): once FINs have gone
-            // both ways it finishes here, and is never promoted. A FIN counts only inside a
+            // at once sends its FIN before the ACK that would promote it): once the guest has
+            // sent its FIN it finishes here, and is never promoted. A FIN counts only inside a
             // window its receiver has acknowledged, so a blind one marks nothing.
             if f & TCP_FIN != 0
                 && acked(value, direction.reverse())
@@ -223,9 +222,8 @@ fn embryonic<K>(
             {
                 value.flags |= flags::CLOSING;
             }
-            let plain_ack = f & (TCP_SYN | TCP_FIN | TCP_RST) == 0
-                && f & TCP_ACK != 0
-                && value.flags & flags::CLOSING == 0;
+            let plain_ack =
+                f & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && f & TCP_ACK != 0 && !value.guest_done();
             let from_guest = direction == Direction::Egress;
             if value.state == state::SYN_SENT
                 && reply
@@ -333,9 +331,10 @@ fn record_ack(value: &mut FlowValue, direction: Direction, pkt: &Packet) {
         return;
     }
     let d = direction as usize & 1;
+    // Nothing from the remote is noted before the guest has sent something to hold it to.
     if direction == Direction::Ingress
-        && value.flags & flags::GUEST_END != 0
-        && (pkt.ack.wrapping_sub(value.guest_end) as i32) > 0
+        && (value.flags & flags::GUEST_END == 0
+            || (pkt.ack.wrapping_sub(value.guest_end) as i32) > 0)
     {
         return;
     }

@@ -99,7 +99,9 @@ fn transitions(
         let event = match before.get(k) {
             None => "flow opened",
             Some(b) if b == a => continue,
-            Some(b) if b.0 == T::Established && a.0 == T::New => "closed: moved to the new table",
+            Some(b) if b.0 == T::Established && a.0 == T::New => {
+                "guest done: moved to the new table"
+            }
             Some(b) if b.2 && !a.2 => "closing flow reopened by a SYN",
             Some(b) if !b.2 && a.2 && a.0 == T::New => "closed before it was proved",
             Some(b) if b.0 == T::New && a.0 == T::Established => match b.1 {

@@ -932,6 +932,38 @@ fn tcp_state_holds_against_forged_segments() {
     ]);
 }
 
+/// A connection the guest has closed (its FIN sent) holds no established slot, whatever the
+/// client does: a client that never answers with its own FIN (one that vanished, or one that
+/// means to hold slots) leaves the flow to finish in the new table, where its late data still
+/// passes.
+#[rustfmt::skip]
+#[test]
+fn a_connection_the_guest_closed_holds_no_slot_whatever_the_client_does() {
+    use trove_isolate::datapath::Table;
+    use Reason::*;
+    let mut dp = datapath();
+    let c = (33800, 3306);
+    let s = (3306, 33800);
+    run_table(&mut dp, &[
+        pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
+        pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
+        pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
+        pass("an error message", B, E, v4_data(G4, CLIENT, s, 5001, 1001, b"too many"), Tracked),
+    ]);
+    assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1);
+    run_table(&mut dp, &[
+        pass("the guest's FIN", B, E, v4_seq(G4, CLIENT, s, FIN | ACK, 5009, 1001, 100), Tracked),
+    ]);
+    assert!(dp.flows(B, Table::Established).expect("flows").is_empty(), "the guest is done, the slot is not");
+    run_table(&mut dp, &[
+        pass("the client acknowledges, and says no more", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5010, 200), Tracked),
+        pass("late data from the client", B, I, v4_seq(CLIENT, G4, c, ACK | 0x08, 1001, 5010, 200), Tracked),
+        drop("a blind FIN outside the guest's window", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 700_000, 5010, 200), OutOfWindow),
+        pass("a SYN on the tuple starts over", B, I, v4_seq(CLIENT, G4, c, SYN, 9000, 0, 64240), Allowed),
+    ]);
+    assert!(dp.flows(B, Table::Established).expect("flows").is_empty());
+}
+
 /// Forged ACKs cannot push the client's recorded acknowledgment past what the guest sent: a
 /// blind sender who knows the tuple would otherwise hold the guest's own FIN (and RST) out of
 /// the window, so that the connection never closes and keeps its established slot.
@@ -945,6 +977,7 @@ fn forged_acks_cannot_hold_the_guests_fin_out() {
     let s = (3306, 33700);
     run_table(&mut dp, &[
         pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
+        pass("a forged ACK before the guest sent anything", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 1 << 30, 0), Tracked),
         pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
         pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
         pass("greeting: 5 bytes", B, E, v4_data(G4, CLIENT, s, 5001, 1001, b"hello"), Tracked),

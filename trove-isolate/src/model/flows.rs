@@ -234,7 +234,7 @@ impl Flow {
                 if self.stage == Stage::SynSent && reply && syn_ack {
                     self.stage = Stage::SynAcked;
                     self.syn_scale[side(direction)] = tcp.syn_scale;
-                } else if tcp.flags.bare_ack() && !self.closing {
+                } else if tcp.flags.bare_ack() && !self.guest_done() {
                     match self.stage {
                         // The guest opened the flow and acknowledges the SYN-ACK.
                         Stage::SynAcked if !reply && from_guest => self.promote(),
@@ -256,6 +256,12 @@ impl Flow {
             _ => {}
         }
         Ok(Reason::Tracked)
+    }
+
+    /// Whether the guest has finished with the flow: its FIN sent, or the flow closed. Such a
+    /// flow is never promoted, and leaves the established table.
+    pub fn guest_done(&self) -> bool {
+        self.closing || self.fin_seen[side(Direction::Egress)]
     }
 
     fn promote(&mut self) {
@@ -286,11 +292,12 @@ impl Flow {
         if !tcp.flags.ack() {
             return;
         }
+        // Nothing from the remote is noted before the guest has sent something to hold it to.
         if direction == Direction::Ingress {
-            if let Some(end) = self.guest_end {
-                if tcp.ack.wrapping_sub(end) as i32 > 0 {
-                    return;
-                }
+            match self.guest_end {
+                None => return,
+                Some(end) if tcp.ack.wrapping_sub(end) as i32 > 0 => return,
+                Some(_) => {}
             }
         }
         let new = AckSeen {

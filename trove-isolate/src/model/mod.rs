@@ -276,22 +276,22 @@ impl Model {
             // nor is a closed one: an allowed SYN starts its tuple over (the new flow replaces
             // it). On any other flow it passes and changes nothing (a retransmission, or the
             // other side's SYN of a simultaneous open).
-            if flow.stage == Stage::Unreplied || flow.closing {
+            if flow.stage == Stage::Unreplied || flow.guest_done() {
                 self.flows.remove(&(role, id));
                 return None;
             }
             return Some(Ok(Reason::Tracked));
         }
         match flow.table {
-            Table::New if flow.stage != Stage::Established && !flow.closing => {
+            Table::New if flow.stage != Stage::Established && !flow.guest_done() => {
                 Some(flow.embryonic(direction, l4))
             }
             // Established, or closed and finishing in the new table: held to the windows.
             _ => {
                 let verdict = flow.established(direction, l4);
-                if flow.closing {
-                    // A closed connection holds no established slot: it finishes where the
-                    // LRU may evict it.
+                if flow.guest_done() {
+                    // A connection the guest is done with holds no established slot: it
+                    // finishes where the LRU may evict it.
                     flow.table = Table::New;
                 }
                 Some(verdict)
