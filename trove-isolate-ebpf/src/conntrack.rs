@@ -210,12 +210,6 @@ fn embryonic<K>(
     match pkt.kind {
         Kind::Tcp => {
             let f = pkt.tcp_flags;
-            let from_guest = direction == Direction::Egress;
-            // The guest acknowledging data it had not acknowledged before: its socket is
-            // receiving, which a closed one's TIME_WAIT never does.
-            let guest_takes_data = from_guest
-                && acked(value, Direction::Egress)
-                && (pkt.ack.wrapping_sub(value.ack[Direction::Egress as usize]) as i32) > 0;
             record_ack(value, direction, pkt);
             // A connection can close before it is proved (a server that greets and hangs up
             // at once sends its FIN before the ACK that would promote it): once the guest has
@@ -230,6 +224,7 @@ fn embryonic<K>(
             }
             let plain_ack =
                 f & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && f & TCP_ACK != 0 && !value.guest_done();
+            let from_guest = direction == Direction::Egress;
             if value.state == state::SYN_SENT
                 && reply
                 && f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
@@ -243,11 +238,8 @@ fn embryonic<K>(
                     state::SYN_ACKED if !reply => value.state = state::ACKED,
                     state::ACKED if from_guest => return promote(t, key, value, now),
                     // A pickup's reply: from the guest (the flow was picked up coming in), with
-                    // data or taking the remote's, since a socket in TIME_WAIT answers a stray
-                    // ACK with a bare one, always the same.
-                    state::UNREPLIED
-                        if reply && (!from_guest || pkt.payload_len > 0 || guest_takes_data) =>
-                    {
+                    // data, since a socket in TIME_WAIT answers a stray ACK with a bare one.
+                    state::UNREPLIED if reply && (!from_guest || pkt.payload_len > 0) => {
                         return promote(t, key, value, now)
                     }
                     _ => {}

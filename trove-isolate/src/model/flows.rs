@@ -219,13 +219,6 @@ impl Flow {
         let from_guest = direction == Direction::Egress;
         match l4 {
             L4::Tcp(tcp) => {
-                // The guest acknowledging data it had not acknowledged before: its socket is
-                // receiving, which a closed one's TIME_WAIT never does.
-                let guest_takes_data = from_guest
-                    && matches!(
-                        self.acks[side(Direction::Egress)],
-                        Some(old) if tcp.ack.wrapping_sub(old.ack) as i32 > 0
-                    );
                 self.record_ack(direction, tcp);
                 // A connection that closes before it is proved (FINs both ways) finishes in the
                 // new table: it is never promoted. A FIN counts only inside a window its
@@ -252,10 +245,7 @@ impl Flow {
                         // Picked up mid-way: the other side answers (for a flow picked up
                         // coming in, that is the guest's stack, which resets one it lacks, and
                         // must send data: a socket in TIME_WAIT answers with a bare ACK too).
-                        Stage::Unreplied
-                            if reply
-                                && (!from_guest || tcp.payload_len > 0 || guest_takes_data) =>
-                        {
+                        Stage::Unreplied if reply && (!from_guest || tcp.payload_len > 0) => {
                             self.promote()
                         }
                         _ => {}
