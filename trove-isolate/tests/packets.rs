@@ -1671,6 +1671,18 @@ fn connections_older_than_enforcement_are_picked_up() {
         pass("sshd sends", M, E, v4_data(G4, OPERATOR, (22, 50600), 1, 1, b"banner"), Tracked),
     ]);
     assert_eq!(dp.flows(M, Table::Established).expect("flows").len(), 1);
+    // An upload older than enforcement, which the guest only acknowledges, is carried from the
+    // new table: acknowledging proves no open socket (a closing one acknowledges the remote's
+    // FIN, and then sits in TIME_WAIT).
+    let up = (33620, 3306);
+    let down = (3306, 33620);
+    run_table(&mut dp, &[
+        pass("upload data", B, I, v4_data(CLIENT, G4, up, 40_000, 80_000, b"0123456789"), Allowed),
+        pass("the guest acknowledges it", B, E, v4_seq(G4, CLIENT, down, ACK, 80_000, 40_010, 500), Tracked),
+        pass("more upload data", B, I, v4_data(CLIENT, G4, up, 40_010, 80_000, b"0123456789"), Tracked),
+        pass("the guest acknowledges that too", B, E, v4_seq(G4, CLIENT, down, ACK, 80_000, 40_020, 500), Tracked),
+    ]);
+    assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1, "an acknowledgment promoted a pickup");
 }
 
 /// An IPv4 TCP segment with ACK and PSH, a window of 500, and data.
