@@ -792,3 +792,82 @@ fn metric_plain(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// Connection churn on real traffic: more database sessions than the established table holds
+/// (its smallest size, 1,024) open, read the server's greeting and close, one after another;
+/// none is refused, because each gives its slot back once the guest has closed it. Before, a
+/// closed connection held its slot for 30 s, and the sessions past the 1,024th were cut.
+#[test]
+fn sessions_beyond_the_established_table_are_never_refused() {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{TcpListener, TcpStream},
+        time::Instant,
+    };
+    const SESSIONS: usize = 2_500;
+    let s = setup("chn");
+    let config = common::config_with_session_port(&scenario::config(
+        &s.guest,
+        "enforce",
+        "auto",
+        &s.pin_path,
+        s.metrics,
+    )) + "\n[conntrack]\nestablished_entries = 1024\n";
+    let daemon = Daemon::start(
+        &write_config(&config),
+        s.pin_path.as_ref(),
+        SocketAddr::from(([127, 0, 0, 1], s.metrics)),
+    );
+    let listener = s.guest.container.run(|| {
+        let l = TcpListener::bind("192.0.2.1:3307").expect("listening on 3307");
+        l.set_nonblocking(true).expect("nonblocking");
+        l
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let server = std::thread::spawn(move || {
+        let mut greeted = 0;
+        while greeted < SESSIONS && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    conn.set_nonblocking(false).expect("blocking");
+                    // A one-byte greeting, then closed, as a server that hangs up.
+                    let _ = conn.write_all(b"g");
+                    greeted += 1;
+                }
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    });
+    let (done, failed) = s.guest.biz_net.run(|| {
+        let (mut done, mut failed) = (0, Vec::new());
+        while done + failed.len() < SESSIONS && Instant::now() < deadline {
+            let session = TcpStream::connect_timeout(
+                &"192.0.2.1:3307".parse().expect("addr"),
+                Duration::from_secs(2),
+            )
+            .and_then(|mut conn| {
+                conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+                conn.read_exact(&mut [0u8])
+            });
+            match session {
+                Ok(()) => done += 1,
+                Err(e) => failed.push(format!("session {}: {e}", done + failed.len())),
+            }
+        }
+        (done, failed)
+    });
+    server.join().expect("server");
+    assert!(
+        failed.is_empty(),
+        "{} sessions failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(done, SESSIONS, "the sessions did not finish in time");
+    let full = metric(
+        &daemon.scrape(),
+        "trove_isolate_drops_total",
+        &["reason=\"conntrack_full\""],
+    );
+    assert_eq!(full.unwrap_or(0), 0, "segments refused for a full table");
+}
