@@ -375,11 +375,11 @@ fn acked(value: &FlowValue, side: Direction) -> bool {
 /// the receiver's last acknowledgment (a retransmitted FIN) to that plus its window.
 #[inline(always)]
 fn in_window(value: &FlowValue, direction: Direction, pkt: &Packet) -> bool {
-    let receiver = direction.reverse() as usize & 1;
-    if value.flags & flags::ACK_SEEN[receiver] == 0 {
+    if !acked(value, direction.reverse()) {
         // The receiver never acknowledged anything we saw: nothing to hold the packet to.
         return true;
     }
+    let receiver = direction.reverse() as usize & 1;
     let mut shift = value.wscale[receiver];
     if shift > WSCALE_MAX {
         shift = WSCALE_MAX;
