@@ -16,11 +16,13 @@
 //!
 //! Each table comes in two keyings ([`Keying`]): TCP over IPv4 (the database's and RabbitMQ's
 //! traffic) has tables of its own keyed by the 12-byte [`FlowKey4`], every other flow (IPv6, UDP,
-//! ICMP echo) tables keyed by the 40-byte [`FlowKey`]. The kernel hashes (jhash) and compares the
+//! ICMP echo) tables keyed by the 24-byte [`WideKey`]. The kernel hashes (jhash) and compares the
 //! whole key on every lookup, and jhash mixes 12 bytes at a time only while more than 12 remain:
-//! a key of 12 bytes is hashed without a round of mixing, which makes its lookup cost less than
-//! half of a 16-byte key's (BENCHMARKS.md, section 1), on the path every packet of an established
-//! flow takes. Userspace sees every flow as a [`FlowKey`] ([`FlowKey4::widen`]).
+//! a key of 12 bytes is hashed without a round of mixing, one of 24 with one round, one of 36
+//! with two (BENCHMARKS.md, section 1), on the path every packet of an established flow takes.
+//! An IPv6 flow is 36 bytes of addresses and ports, so its local address goes in the value
+//! ([`WideValue`]), checked on every hit, and the key holds only a fold of it. Userspace sees
+//! every flow as a [`FlowKey`] ([`FlowKey4::widen`], [`WideKey::widen`]).
 
 use crate::{family, proto, Direction, Role};
 
@@ -185,6 +187,126 @@ impl FlowKey4 {
     }
 }
 
+/// The key of a flow of the wide tables (every flow but TCP over IPv4): the remote address and
+/// both ports exactly, the family and protocol exactly, and the local address folded into the
+/// rest of one word. The value holds the local address itself ([`WideValue::local`]), and a
+/// lookup that finds another local address there has found another flow. Two flows share a key
+/// only when one remote endpoint talks to two of the NIC's addresses whose folds are equal (see
+/// [`fold`]); one of them is tracked at a time. 24 bytes: the kernel's hash mixes it once, where
+/// the 40 bytes of a [`FlowKey`] take three rounds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WideKey {
+    /// The address bytes as on the wire, read as native-endian words (IPv4: the first word).
+    pub remote: [u32; 4],
+    /// As in [`FlowKey`].
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// [`fold`] of the local address with [`class`] of the flow in its low byte.
+    pub tag: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<WideKey>() == 24);
+
+/// A wide table's entry: the flow, and the local address its key only folds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WideValue {
+    pub flow: FlowValue,
+    /// As in [`WideKey::remote`].
+    pub local: [u32; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<WideValue>() == 48);
+
+/// An address's bytes as native-endian words, the form the datapath's keys hold.
+#[inline(always)]
+pub fn words(a: &[u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+/// The inverse of [`words`].
+pub fn bytes(w: &[u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, word) in w.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    out
+}
+
+/// A local address folded into a [`WideKey::tag`] (its low byte cleared for [`class`]). Where
+/// one IPv6 interface identifier serves several prefixes (a link-local and a global address),
+/// the prefixes differ, and so do the folds.
+#[inline(always)]
+pub const fn fold(local: &[u32; 4]) -> u32 {
+    (local[0] ^ local[1] ^ local[2] ^ local[3]) & !0xff
+}
+
+/// The protocol and family of a wide flow, in one byte: the protocol numbers in use are below
+/// 128, so the family takes the top bit.
+#[inline(always)]
+pub const fn class(family: u8, proto: u8) -> u32 {
+    (proto & 0x7f) as u32 | if family == family::V6 { 0x80 } else { 0 }
+}
+
+impl WideKey {
+    /// The key of a flow whose local address is `local` (as [`words`]).
+    #[inline(always)]
+    pub const fn new(
+        family: u8,
+        proto: u8,
+        local: &[u32; 4],
+        remote: [u32; 4],
+        local_port: u16,
+        remote_port: u16,
+    ) -> WideKey {
+        WideKey {
+            remote,
+            local_port,
+            remote_port,
+            tag: fold(local) | class(family, proto),
+        }
+    }
+
+    /// The key of `key` if it is not a TCP flow over IPv4 ([`Keying::Wide`]), and the local
+    /// address its value holds.
+    pub fn narrow(key: &FlowKey) -> Option<(WideKey, [u32; 4])> {
+        if Keying::of(key.family, key.proto) != Keying::Wide {
+            return None;
+        }
+        let local = words(&key.local);
+        let wide = WideKey::new(
+            key.family,
+            key.proto,
+            &local,
+            words(&key.remote),
+            key.local_port,
+            key.remote_port,
+        );
+        Some((wide, local))
+    }
+
+    /// The flow of this key and `value` as a [`FlowKey`] of `role`'s table.
+    pub fn widen(&self, role: Role, value: &WideValue) -> FlowKey {
+        let class = (self.tag & 0xff) as u8;
+        FlowKey {
+            role: role as u8,
+            proto: class & 0x7f,
+            family: if class & 0x80 != 0 {
+                family::V6
+            } else {
+                family::V4
+            },
+            _pad: 0,
+            local_port: self.local_port,
+            remote_port: self.remote_port,
+            local: bytes(&value.local),
+            remote: bytes(&self.remote),
+        }
+    }
+}
+
 /// What an ICMP echo flow's key holds in `remote_port`: the direction its requests travel.
 #[inline(always)]
 pub const fn echo_marker(request_direction: Direction) -> u16 {
@@ -283,6 +405,10 @@ unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for FlowKey4 {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FlowValue {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for WideKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for WideValue {}
 
 #[cfg(test)]
 mod tests {
@@ -310,5 +436,91 @@ mod tests {
         let mut udp = key;
         udp.proto = proto::UDP;
         assert_eq!(FlowKey4::narrow(&udp), None);
+    }
+
+    #[test]
+    fn a_wide_key_and_its_value_give_back_the_flow() {
+        let v6 = FlowKey::new(
+            Role::Management,
+            Direction::Egress,
+            proto::TCP,
+            family::V6,
+            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
+            40000u16.to_be(),
+            5672u16.to_be(),
+        );
+        let udp4 = FlowKey::new(
+            Role::Business,
+            Direction::Ingress,
+            proto::UDP,
+            family::V4,
+            [198, 51, 100, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            5353u16.to_be(),
+            53u16.to_be(),
+        );
+        for key in [v6, udp4] {
+            let (wide, local) = WideKey::narrow(&key).expect("a wide flow");
+            let value = WideValue {
+                flow: FlowValue {
+                    last_seen_ns: 0,
+                    origin: 0,
+                    state: 0,
+                    flags: 0,
+                    _pad: 0,
+                    wscale: [0; 2],
+                    _pad2: [0; 2],
+                    ack: [0; 2],
+                    win: [0; 2],
+                    guest_end: 0,
+                },
+                local,
+            };
+            let role = if key.role == Role::Business as u8 {
+                Role::Business
+            } else {
+                Role::Management
+            };
+            assert_eq!(wide.widen(role, &value), key);
+        }
+        let tcp4 = FlowKey {
+            family: family::V4,
+            proto: proto::TCP,
+            ..udp4
+        };
+        assert_eq!(WideKey::narrow(&tcp4), None);
+    }
+
+    #[test]
+    fn the_family_and_protocol_are_part_of_a_wide_key() {
+        // An IPv6 address may begin with an IPv4 address's bytes: the family still tells them apart.
+        let remote = words(&[192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let local = words(&[198, 51, 100, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let key = |family, proto| WideKey::new(family, proto, &local, remote, 1, 2);
+        let all = [
+            key(family::V4, proto::UDP),
+            key(family::V6, proto::UDP),
+            key(family::V6, proto::TCP),
+            key(family::V4, proto::ICMP),
+            key(family::V6, proto::ICMPV6),
+        ];
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn an_interface_identifier_on_two_prefixes_folds_two_ways() {
+        let iid = [0x02, 0x16, 0x3e, 0xff, 0xfe, 0x12, 0x34, 0x56];
+        let mut link_local = [0u8; 16];
+        link_local[..2].copy_from_slice(&[0xfe, 0x80]);
+        link_local[8..].copy_from_slice(&iid);
+        let mut global = [0u8; 16];
+        global[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        global[8..].copy_from_slice(&iid);
+        assert_ne!(fold(&words(&link_local)), fold(&words(&global)));
     }
 }

@@ -2,12 +2,17 @@
 //! established table once it proves two-way (see `trove_isolate_common::conntrack`).
 //!
 //! [`judge`] answers for a packet whose flow is tracked; `None` means "no live flow: judge it as
-//! new". Every function works on one family's tables ([`FlowTables`]), keyed by `K`. TCP flows carry each direction's highest acknowledgment and window, so that a FIN or RST
-//! can be held to the receiver's window (RFC 5961): a blind reset cannot close a flow.
+//! new". Every function works on one keying's tables ([`Tables`]), through the packet's [`Flow`]
+//! (its key, and how an entry is known to be its own). TCP flows carry each direction's highest
+//! acknowledgment and window, so that a FIN or RST can be held to the receiver's window (RFC
+//! 5961): a blind reset cannot close a flow.
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use trove_isolate_common::{
-    conntrack::{flags, state, FlowValue, REFRESH_NS, WSCALE_MAX, WSCALE_NONE, WSCALE_UNKNOWN},
+    conntrack::{
+        flags, state, FlowKey4, FlowValue, WideKey, WideValue, REFRESH_NS, WSCALE_MAX, WSCALE_NONE,
+        WSCALE_UNKNOWN,
+    },
     Direction, Reason,
 };
 
@@ -22,6 +27,76 @@ const EEXIST: i32 = -17;
 /// Insert only where the key has no entry.
 const BPF_NOEXIST: u64 = 1;
 
+/// A packet's flow in its keying's tables: the key, and how an entry under it is known to be
+/// this flow's.
+pub trait Flow {
+    type Key: 'static;
+    type Entry: Copy + 'static;
+    fn key(&self) -> &Self::Key;
+    /// The flow state in `entry`, if the entry is this flow's.
+    fn state<'a>(&self, entry: &'a mut Self::Entry) -> Option<&'a mut FlowValue>;
+    /// The entry that holds `flow` for this flow.
+    fn entry(&self, flow: FlowValue) -> Self::Entry;
+}
+
+/// The tables a [`Flow`] lives in.
+pub type Tables<F> = FlowTables<<F as Flow>::Key, <F as Flow>::Entry>;
+
+/// TCP over IPv4: the key is the whole tuple.
+impl Flow for FlowKey4 {
+    type Key = FlowKey4;
+    type Entry = FlowValue;
+
+    #[inline(always)]
+    fn key(&self) -> &FlowKey4 {
+        self
+    }
+
+    #[inline(always)]
+    fn state<'a>(&self, entry: &'a mut FlowValue) -> Option<&'a mut FlowValue> {
+        Some(entry)
+    }
+
+    #[inline(always)]
+    fn entry(&self, flow: FlowValue) -> FlowValue {
+        flow
+    }
+}
+
+/// Every other flow: the key folds the local address, which the entry holds whole.
+pub struct Wide {
+    pub key: WideKey,
+    pub local: [u32; 4],
+}
+
+impl Flow for Wide {
+    type Key = WideKey;
+    type Entry = WideValue;
+
+    #[inline(always)]
+    fn key(&self) -> &WideKey {
+        &self.key
+    }
+
+    #[inline(always)]
+    fn state<'a>(&self, entry: &'a mut WideValue) -> Option<&'a mut FlowValue> {
+        // Another local address under the same fold is another flow.
+        if entry.local == self.local {
+            Some(&mut entry.flow)
+        } else {
+            None
+        }
+    }
+
+    #[inline(always)]
+    fn entry(&self, flow: FlowValue) -> WideValue {
+        WideValue {
+            flow,
+            local: self.local,
+        }
+    }
+}
+
 /// CLOCK_MONOTONIC_COARSE: a flow's timeouts are seconds long, and the coarse clock costs half
 /// of the precise one per packet (`cargo xtask bench`, BENCHMARKS.md). The daemon's sweep reads
 /// the same clock.
@@ -32,28 +107,31 @@ pub fn now() -> u64 {
 
 /// The verdict for `pkt` if its flow is tracked, `None` if it has no live flow.
 #[inline(always)]
-pub fn judge<K>(
+pub fn judge<F: Flow>(
     ctx: &TcContext,
-    t: &FlowTables<K>,
-    key: &K,
+    t: &Tables<F>,
+    flow: &F,
     direction: Direction,
     pkt: &Packet,
 ) -> Option<Result<Reason, Reason>> {
+    let key = flow.key();
     // The clock only once a table answers: an unsolicited packet never reads it.
-    if let Some(value) = t.est.get_ptr_mut(key) {
-        let value = unsafe { &mut *value };
-        let now = now();
-        if !value.expired(pkt.proto, now) {
-            let verdict = established(value, direction, pkt, now);
-            if value.guest_done() {
-                demote(t, key, value);
+    if let Some(entry) = t.est.get_ptr_mut(key) {
+        let entry = unsafe { &mut *entry };
+        if let Some(value) = flow.state(entry) {
+            let now = now();
+            if !value.expired(pkt.proto, now) {
+                let verdict = established(value, direction, pkt, now);
+                if value.guest_done() {
+                    demote(t, key, entry);
+                }
+                return Some(verdict);
             }
-            return Some(verdict);
+            let _ = t.est.remove(key);
         }
-        let _ = t.est.remove(key);
     }
-    let value = t.new.get_ptr_mut(key)?;
-    let value = unsafe { &mut *value };
+    let entry = t.new.get_ptr_mut(key)?;
+    let value = flow.state(unsafe { &mut *entry })?;
     let now = now();
     if value.expired(pkt.proto, now) {
         return None;
@@ -63,7 +141,7 @@ pub fn judge<K>(
         // held to the windows as an established one is.
         return Some(established(value, direction, pkt, now));
     }
-    Some(embryonic(ctx, t, key, value, direction, pkt, now))
+    Some(embryonic(ctx, t, flow, value, direction, pkt, now))
 }
 
 /// Moves a flow the guest is done with (its FIN sent, or closed) to the new table, where it
@@ -75,8 +153,8 @@ pub fn judge<K>(
 /// started the tuple over meanwhile. If the new table refuses, the flow stays (and its next
 /// packet tries again).
 #[inline(always)]
-fn demote<K>(t: &FlowTables<K>, key: &K, value: &FlowValue) {
-    if t.new.insert(key, *value, BPF_NOEXIST).is_ok() {
+fn demote<K, V: Copy>(t: &FlowTables<K, V>, key: &K, entry: &V) {
+    if t.new.insert(key, *entry, BPF_NOEXIST).is_ok() {
         let _ = t.est.remove(key);
     }
 }
@@ -84,17 +162,15 @@ fn demote<K>(t: &FlowTables<K>, key: &K, value: &FlowValue) {
 /// Whether `key` is a live flow in either table (for ICMP errors: no refresh, errors do not keep
 /// flows alive).
 #[inline(always)]
-pub fn tracked<K>(t: &FlowTables<K>, key: &K, proto: u8) -> bool {
+pub fn tracked<F: Flow>(t: &Tables<F>, flow: &F, proto: u8) -> bool {
     let now = now();
-    if let Some(value) = t.est.get_ptr(key) {
-        if !unsafe { &*value }.expired(proto, now) {
-            return true;
+    let live = |entry: Option<*mut F::Entry>| match entry {
+        Some(entry) => {
+            matches!(flow.state(unsafe { &mut *entry }), Some(v) if !v.expired(proto, now))
         }
-    }
-    match t.new.get_ptr(key) {
-        Some(value) => !unsafe { &*value }.expired(proto, now),
         None => false,
-    }
+    };
+    live(t.est.get_ptr_mut(flow.key())) || live(t.new.get_ptr_mut(flow.key()))
 }
 
 /// A bare SYN a rule allowed, on its tuple's flow if it has a live one: passes (a
@@ -102,23 +178,25 @@ pub fn tracked<K>(t: &FlowTables<K>, key: &K, proto: u8) -> bool {
 /// flow's age. `None`: no live flow, or one the SYN starts over (a closing established flow, or a
 /// pickup nothing has answered, which is removed or overwritten): the SYN opens a flow.
 #[inline(always)]
-pub fn reopen<K>(
-    t: &FlowTables<K>,
-    key: &K,
+pub fn reopen<F: Flow>(
+    t: &Tables<F>,
+    flow: &F,
     pkt: &Packet,
     now: u64,
 ) -> Option<Result<Reason, Reason>> {
-    if let Some(value) = t.est.get_ptr_mut(key) {
-        let value = unsafe { &mut *value };
-        if value.expired(pkt.proto, now) || value.guest_done() {
-            let _ = t.est.remove(key);
-        } else {
-            refresh(value, now);
-            return Some(Ok(Reason::Tracked));
+    let key = flow.key();
+    if let Some(entry) = t.est.get_ptr_mut(key) {
+        if let Some(value) = flow.state(unsafe { &mut *entry }) {
+            if value.expired(pkt.proto, now) || value.guest_done() {
+                let _ = t.est.remove(key);
+            } else {
+                refresh(value, now);
+                return Some(Ok(Reason::Tracked));
+            }
         }
     }
-    let value = t.new.get_ptr_mut(key)?;
-    let value = unsafe { &mut *value };
+    let entry = t.new.get_ptr_mut(key)?;
+    let value = flow.state(unsafe { &mut *entry })?;
     // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep, nor is
     // one the guest is done with: the SYN starts the tuple over rather than inherit its
     // acknowledgment.
@@ -196,10 +274,10 @@ fn fin_closes(value: &mut FlowValue, d: usize) -> bool {
 /// checksum and all, earns nothing), or for a flow picked up mid-way, the other side's first
 /// ACK (the guest's, with data, for one picked up coming in).
 #[inline(always)]
-fn embryonic<K>(
+fn embryonic<F: Flow>(
     ctx: &TcContext,
-    t: &FlowTables<K>,
-    key: &K,
+    t: &Tables<F>,
+    flow: &F,
     value: &mut FlowValue,
     direction: Direction,
     pkt: &Packet,
@@ -234,20 +312,22 @@ fn embryonic<K>(
                 settle_wscale(value, direction, parse::window_scale(ctx, pkt));
             } else if plain_ack {
                 match value.state {
-                    state::SYN_ACKED if !reply && from_guest => return promote(t, key, value, now),
+                    state::SYN_ACKED if !reply && from_guest => {
+                        return promote(t, flow, value, now)
+                    }
                     state::SYN_ACKED if !reply => value.state = state::ACKED,
-                    state::ACKED if from_guest => return promote(t, key, value, now),
+                    state::ACKED if from_guest => return promote(t, flow, value, now),
                     // A pickup's reply: from the guest (the flow was picked up coming in), with
                     // data, since a socket in TIME_WAIT answers a stray ACK with a bare one.
                     state::UNREPLIED if reply && (!from_guest || pkt.payload_len > 0) => {
-                        return promote(t, key, value, now)
+                        return promote(t, flow, value, now)
                     }
                     _ => {}
                 }
             }
             Ok(Reason::Tracked)
         }
-        Kind::Udp if reply => promote(t, key, value, now),
+        Kind::Udp if reply => promote(t, flow, value, now),
         // Echo flows live in the new table: the key already fixes which way requests go.
         _ => Ok(Reason::Tracked),
     }
@@ -256,12 +336,17 @@ fn embryonic<K>(
 /// Moves a flow to the established table. A full table refuses it: the flow is forgotten, and
 /// its next packets are unsolicited.
 #[inline(always)]
-fn promote<K>(t: &FlowTables<K>, key: &K, value: &FlowValue, now: u64) -> Result<Reason, Reason> {
+fn promote<F: Flow>(
+    t: &Tables<F>,
+    flow: &F,
+    value: &FlowValue,
+    now: u64,
+) -> Result<Reason, Reason> {
     let mut est = *value;
     est.state = state::ESTABLISHED;
     est.last_seen_ns = now;
-    let inserted = t.est.insert(key, est, 0);
-    let _ = t.new.remove(key);
+    let inserted = t.est.insert(flow.key(), flow.entry(est), 0);
+    let _ = t.new.remove(flow.key());
     match inserted {
         Ok(()) => Ok(Reason::Tracked),
         Err(EEXIST) => Ok(Reason::Tracked),
@@ -271,10 +356,10 @@ fn promote<K>(t: &FlowTables<K>, key: &K, value: &FlowValue, now: u64) -> Result
 
 /// Starts tracking a new flow a rule allowed.
 #[inline(always)]
-pub fn track<K>(
+pub fn track<F: Flow>(
     ctx: &TcContext,
-    t: &FlowTables<K>,
-    key: &K,
+    t: &Tables<F>,
+    flow: &F,
     direction: Direction,
     pkt: &Packet,
     now: u64,
@@ -301,7 +386,7 @@ pub fn track<K>(
     }
     // An LRU insert always finds room: at worst it evicts the least recent new flow.
     t.new
-        .insert(key, value, 0)
+        .insert(flow.key(), flow.entry(value), 0)
         .map_err(|_| Reason::ConntrackFull)
 }
 

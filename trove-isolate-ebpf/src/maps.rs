@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use trove_isolate_common::{
-    conntrack::{FlowKey, FlowKey4, FlowValue, EST_MAX_ENTRIES, NEW_MAX_ENTRIES},
+    conntrack::{FlowKey4, FlowValue, WideKey, WideValue, EST_MAX_ENTRIES, NEW_MAX_ENTRIES},
     counters::{self, Counter},
     events::{self, Budget},
     local::{self, LocalKey, LocalValue},
@@ -44,11 +44,11 @@ pub static TCP4_NEW_BIZ: LruHashMap<FlowKey4, FlowValue> =
     LruHashMap::with_max_entries(NEW_MAX_ENTRIES, 0);
 
 #[map]
-pub static CT_NEW_MGMT: LruHashMap<FlowKey, FlowValue> =
+pub static CT_NEW_MGMT: LruHashMap<WideKey, WideValue> =
     LruHashMap::with_max_entries(NEW_MAX_ENTRIES, 0);
 
 #[map]
-pub static CT_NEW_BIZ: LruHashMap<FlowKey, FlowValue> =
+pub static CT_NEW_BIZ: LruHashMap<WideKey, WideValue> =
     LruHashMap::with_max_entries(NEW_MAX_ENTRIES, 0);
 
 #[map]
@@ -62,11 +62,11 @@ pub static TCP4_EST_BIZ: HashMap<FlowKey4, FlowValue> =
 /// Established flows other than TCP over IPv4 are allocated as they come (many guests have
 /// few or none): the same limit, without the memory at load.
 #[map]
-pub static CT_EST_MGMT: HashMap<FlowKey, FlowValue> =
+pub static CT_EST_MGMT: HashMap<WideKey, WideValue> =
     HashMap::with_max_entries(EST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
-pub static CT_EST_BIZ: HashMap<FlowKey, FlowValue> =
+pub static CT_EST_BIZ: HashMap<WideKey, WideValue> =
     HashMap::with_max_entries(EST_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
@@ -81,16 +81,16 @@ pub static EVENT_BUDGET: PerCpuArray<Budget> = PerCpuArray::with_max_entries(Rol
 #[map]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(Role::COUNT as u32, 0);
 
-/// A role's two flow tables of one keying, keyed by `K`.
-pub struct FlowTables<K: 'static> {
-    pub new: &'static LruHashMap<K, FlowValue>,
-    pub est: &'static HashMap<K, FlowValue>,
+/// A role's two flow tables of one keying: keyed by `K`, entries `V`.
+pub struct FlowTables<K: 'static, V: 'static> {
+    pub new: &'static LruHashMap<K, V>,
+    pub est: &'static HashMap<K, V>,
 }
 
 /// The role's tables of TCP over IPv4. The role is a constant of each program, so each program
 /// references only its own maps.
 #[inline(always)]
-pub fn flows_tcp4(role: Role) -> FlowTables<FlowKey4> {
+pub fn flows_tcp4(role: Role) -> FlowTables<FlowKey4, FlowValue> {
     match role {
         Role::Management => FlowTables {
             new: &TCP4_NEW_MGMT,
@@ -105,7 +105,7 @@ pub fn flows_tcp4(role: Role) -> FlowTables<FlowKey4> {
 
 /// The role's tables of every other flow.
 #[inline(always)]
-pub fn flows_wide(role: Role) -> FlowTables<FlowKey> {
+pub fn flows_wide(role: Role) -> FlowTables<WideKey, WideValue> {
     match role {
         Role::Management => FlowTables {
             new: &CT_NEW_MGMT,

@@ -1,9 +1,11 @@
 //! What the parser hands to the later stages: the header fields they judge, not the packet.
 
 use trove_isolate_common::{
-    conntrack::{echo_marker, FlowKey, FlowKey4},
-    Direction, Role,
+    conntrack::{echo_marker, words, FlowKey4, WideKey},
+    Direction,
 };
+
+use crate::conntrack::Wide;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -51,27 +53,31 @@ pub struct Packet {
 }
 
 impl Packet {
-    /// The flow this packet belongs to, keyed from the NIC's point of view.
+    /// The flow this packet belongs to in the wide tables (every flow but TCP over IPv4), keyed
+    /// from the NIC's point of view.
     #[inline(always)]
-    pub fn flow_key(&self, role: Role, direction: Direction) -> FlowKey {
-        let mut key = FlowKey::new(
-            role,
-            direction,
-            self.proto,
-            self.family,
-            self.src,
-            self.dst,
-            self.src_port,
-            self.dst_port,
-        );
+    pub fn wide_flow(&self, direction: Direction) -> Wide {
+        let (local, remote, local_port, mut remote_port) = match direction {
+            Direction::Ingress => (&self.dst, &self.src, self.dst_port, self.src_port),
+            Direction::Egress => (&self.src, &self.dst, self.src_port, self.dst_port),
+        };
         // An echo flow is named by the way its requests go, so a request the other way (an
         // inbound ping on an outbound ping's identifier) is a flow of its own.
         match self.kind {
-            Kind::EchoRequest => key.remote_port = echo_marker(direction),
-            Kind::EchoReply => key.remote_port = echo_marker(direction.reverse()),
+            Kind::EchoRequest => remote_port = echo_marker(direction),
+            Kind::EchoReply => remote_port = echo_marker(direction.reverse()),
             _ => {}
         }
-        key
+        let local = words(local);
+        let key = WideKey::new(
+            self.family,
+            self.proto,
+            &local,
+            words(remote),
+            local_port,
+            remote_port,
+        );
+        Wide { key, local }
     }
 
     /// The key of the same flow in the tables of TCP over IPv4 (for such a packet:

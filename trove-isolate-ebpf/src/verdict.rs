@@ -6,8 +6,10 @@ use aya_log_ebpf::debug;
 use trove_isolate_common::{action, conntrack::Keying, Direction, Mode, Reason, Role, Verdict};
 
 use crate::{
-    arp, conntrack, counters, dhcp, events, local,
-    maps::{flows_tcp4, flows_wide, FlowTables, SETTINGS},
+    arp,
+    conntrack::{self, Flow, Tables},
+    counters, dhcp, events, local,
+    maps::{flows_tcp4, flows_wide, SETTINGS},
     nd,
     packet::{Kind, Packet, Parsed},
     parse, policy, tcp,
@@ -86,7 +88,7 @@ fn flow(ctx: &TcContext, role: Role, direction: Direction, pkt: &Packet) -> Resu
             Keying::Wide => conntrack::judge(
                 ctx,
                 &flows_wide(role),
-                &pkt.flow_key(role, direction),
+                &pkt.wide_flow(direction),
                 direction,
                 pkt,
             ),
@@ -118,7 +120,7 @@ fn flow(ctx: &TcContext, role: Role, direction: Direction, pkt: &Packet) -> Resu
             ctx,
             role,
             &flows_wide(role),
-            &pkt.flow_key(role, direction),
+            &pkt.wide_flow(direction),
             direction,
             pkt,
             syn,
@@ -132,11 +134,11 @@ fn flow(ctx: &TcContext, role: Role, direction: Direction, pkt: &Packet) -> Resu
 /// what a hostile network sends mostly fails them, so most refusals cost one lookup. A SYN meets
 /// it even on a live flow: an address the NIC no longer has opens nothing.
 #[inline(always)]
-fn open<K>(
+fn open<F: Flow>(
     ctx: &TcContext,
     role: Role,
-    t: &FlowTables<K>,
-    key: &K,
+    t: &Tables<F>,
+    flow: &F,
     direction: Direction,
     pkt: &Packet,
     syn: bool,
@@ -150,11 +152,11 @@ fn open<K>(
     }
     let now = conntrack::now();
     if syn {
-        if let Some(verdict) = conntrack::reopen(t, key, pkt, now) {
+        if let Some(verdict) = conntrack::reopen(t, flow, pkt, now) {
             return verdict;
         }
     }
-    conntrack::track(ctx, t, key, direction, pkt, now)?;
+    conntrack::track(ctx, t, flow, direction, pkt, now)?;
     Ok(Reason::Allowed)
 }
 
@@ -189,7 +191,7 @@ fn related(
         ),
         Keying::Wide => conntrack::tracked(
             &flows_wide(role),
-            &quoted.flow_key(role, quoted_way),
+            &quoted.wide_flow(quoted_way),
             quoted.proto,
         ),
     };

@@ -105,10 +105,16 @@ impl Capacity {
     /// Kernel memory the maps take, estimated from their sizes: the flow tables in full, the
     /// policy per rule.
     pub fn memory(&self) -> Memory {
-        let flow = |key: usize| element(key, std::mem::size_of::<conntrack::FlowValue>());
+        use std::mem::size_of;
         let (tcp4, wide) = (
-            flow(std::mem::size_of::<conntrack::FlowKey4>()),
-            flow(std::mem::size_of::<conntrack::FlowKey>()),
+            element(
+                size_of::<conntrack::FlowKey4>(),
+                size_of::<conntrack::FlowValue>(),
+            ),
+            element(
+                size_of::<conntrack::WideKey>(),
+                size_of::<conntrack::WideValue>(),
+            ),
         );
         // Buckets are a power of two of 16 bytes (kernel/bpf/hashtab.c); a preallocated table
         // has every element at load.

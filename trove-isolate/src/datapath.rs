@@ -20,7 +20,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use trove_isolate_common::{
-    conntrack::{FlowKey, FlowKey4, FlowValue, Keying},
+    conntrack::{FlowKey, FlowKey4, FlowValue, Keying, WideKey, WideValue},
     counters::{self, Counter},
     events::Budget,
     local::{LocalKey, LocalValue},
@@ -193,9 +193,9 @@ impl Datapath {
                 .map_mut(r.map)
                 .with_context(|| format!("map {} missing", r.map))?;
             carried += if Table::is_tcp4(r.map) {
-                carry::<FlowKey4>(old, map)?
+                carry::<FlowKey4, FlowValue>(old, map)?
             } else {
-                carry::<FlowKey>(old, map)?
+                carry::<WideKey, WideValue>(old, map)?
             };
         }
         Ok(carried)
@@ -510,7 +510,8 @@ impl Datapath {
         let tcp4: Vec<(FlowKey4, FlowValue)> = self.entries(table.map_name(role, Keying::Tcp4))?;
         let mut flows: Vec<(FlowKey, FlowValue)> =
             tcp4.into_iter().map(|(k, v)| (k.widen(role), v)).collect();
-        flows.extend(self.entries::<FlowKey, FlowValue>(table.map_name(role, Keying::Wide))?);
+        let wide: Vec<(WideKey, WideValue)> = self.entries(table.map_name(role, Keying::Wide))?;
+        flows.extend(wide.into_iter().map(|(k, v)| (k.widen(role, &v), v.flow)));
         Ok(flows)
     }
 
@@ -548,11 +549,21 @@ impl Datapath {
             .iter()
             .partition(|k| Keying::of(k.family, k.proto) == Keying::Tcp4);
         let tcp4: Vec<FlowKey4> = tcp4.into_iter().filter_map(FlowKey4::narrow).collect();
-        self.remove_keys::<FlowKey4>(table.map_name(role, Keying::Tcp4), &tcp4)?;
-        self.remove_keys::<FlowKey>(table.map_name(role, Keying::Wide), &wide)
+        self.remove_keys::<FlowKey4, FlowValue>(table.map_name(role, Keying::Tcp4), &tcp4)?;
+        // A wide key folds the local address: remove only the entry that holds this one.
+        let name = table.map_name(role, Keying::Wide);
+        let held: std::collections::HashMap<WideKey, WideValue> =
+            self.entries(name)?.into_iter().collect();
+        let wide: Vec<WideKey> = wide
+            .into_iter()
+            .filter_map(WideKey::narrow)
+            .filter(|(k, local)| matches!(held.get(k), Some(v) if v.local == *local))
+            .map(|(k, _)| k)
+            .collect();
+        self.remove_keys::<WideKey, WideValue>(name, &wide)
     }
 
-    fn remove_keys<K: aya::Pod>(
+    fn remove_keys<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &str,
         keys: &[impl Borrow<K>],
@@ -561,7 +572,7 @@ impl Datapath {
             .ebpf
             .map_mut(name)
             .with_context(|| format!("map {name} missing"))?;
-        let mut flows: HashMap<&mut MapData, K, FlowValue> = HashMap::try_from(map)?;
+        let mut flows: HashMap<&mut MapData, K, V> = HashMap::try_from(map)?;
         for key in keys {
             match flows.remove(key.borrow()) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -735,9 +746,9 @@ fn map_data(map: &Map) -> Option<&MapData> {
 /// Copies the flows of `old` into `new` (a resized table of the same key) until it is full:
 /// flows that do not fit a smaller table are left out (and picked up again mid-flow as the
 /// policy allows).
-fn carry<K: aya::Pod>(old: Map, new: &mut Map) -> anyhow::Result<usize> {
-    let old: HashMap<MapData, K, FlowValue> = HashMap::try_from(old)?;
-    let mut new: HashMap<&mut MapData, K, FlowValue> = HashMap::try_from(new)?;
+fn carry<K: aya::Pod, V: aya::Pod>(old: Map, new: &mut Map) -> anyhow::Result<usize> {
+    let old: HashMap<MapData, K, V> = HashMap::try_from(old)?;
+    let mut new: HashMap<&mut MapData, K, V> = HashMap::try_from(new)?;
     let mut carried = 0;
     for (key, value) in old.iter().filter_map(Result::ok) {
         if new.insert(key, value, 0).is_err() {

@@ -1285,6 +1285,42 @@ fn a_flows_protocol_is_part_of_its_identity() {
     assert_eq!(protos, [proto::UDP], "the answered query is established: {flows:?}");
 }
 
+/// A flow's key in the wide tables (every flow but TCP over IPv4) holds only a fold of its
+/// local address, the entry the address itself: a packet to or from another address under the
+/// same fold finds the entry but not its flow. 2001:db8:1::5:0:4 folds as the NIC's
+/// 2001:db8:1::1 does (its last two words differ by the same bits), and 193.0.2.1 as 192.0.2.1.
+#[rustfmt::skip]
+#[test]
+fn a_flow_is_its_own_local_address_whatever_its_key_folds() {
+    use trove_isolate::datapath::Table;
+    use Reason::*;
+    const ALIKE6: &str = "2001:db8:1::5:0:4";
+    const ALIKE4: &str = "193.0.2.1";
+    let mut dp = datapath();
+    let c = (33600, 3306);
+    let s = (3306, 33600);
+    run_table(&mut dp, &[
+        pass("client SYN over IPv6", B, I, v6_tcp(CLIENT6, G6, c.0, c.1, SYN), Allowed),
+        pass("SYN-ACK", B, E, v6_tcp(G6, CLIENT6, s.0, s.1, SYN_ACK), Tracked),
+        pass("client ACK", B, I, v6_tcp(CLIENT6, G6, c.0, c.1, ACK), Tracked),
+        pass("the guest's first segment", B, E, v6_tcp(G6, CLIENT6, s.0, s.1, ACK), Tracked),
+    ]);
+    assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1);
+    run_table(&mut dp, &[
+        drop("the client's segment to an address folding alike", B, I, v6_tcp(CLIENT6, ALIKE6, c.0, c.1, ACK), NotLocal),
+        drop("a segment from an address folding alike", B, E, v6_tcp(ALIKE6, CLIENT6, s.0, s.1, ACK), Policy),
+        drop("a reset to an address folding alike", B, I, v6_tcp(CLIENT6, ALIKE6, c.0, c.1, RST | ACK), NotTracked),
+        pass("the flow itself, unharmed", B, I, v6_tcp(CLIENT6, G6, c.0, c.1, ACK), Tracked),
+        pass("UDP query to the resolver", M, E, v4_udp(G4, "192.0.2.53", 40900, 53), Allowed),
+        drop("an answer to an address folding alike", M, I, v4_udp("192.0.2.53", ALIKE4, 53, 40900), Policy),
+        pass("its answer", M, I, v4_udp("192.0.2.53", G4, 53, 40900), Tracked),
+        drop("a query from an address folding alike", M, E, v4_udp(ALIKE4, "192.0.2.53", 40900, 53), NotLocal),
+    ]);
+    let flows = dp.flows(B, Table::Established).expect("flows");
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    assert_eq!(trove_isolate::conntrack::local_ip(&flows[0].0), G6.parse::<std::net::IpAddr>().unwrap());
+}
+
 /// Each family's rules are in a map of their own: an IPv4 address equal to the first four bytes
 /// of an IPv6 rule's (2001:db8:1::10 is 32.1.13.184) matches nothing, nor the other way round
 /// (192.0.2.10 is c000:20a::).
