@@ -110,7 +110,7 @@ impl FlowKey {
 pub enum Keying {
     /// TCP over IPv4: [`FlowKey4`].
     Tcp4,
-    /// Every other flow: [`FlowKey`].
+    /// Every other flow: [`WideKey`].
     Wide,
 }
 
@@ -235,12 +235,21 @@ pub fn bytes(w: &[u32; 4]) -> [u8; 16] {
     out
 }
 
-/// A local address folded into a [`WideKey::tag`] (its low byte cleared for [`class`]). Where
-/// one IPv6 interface identifier serves several prefixes (a link-local and a global address),
-/// the prefixes differ, and so do the folds.
+/// A local address folded into a [`WideKey::tag`]: mixed (multiply and shift, word by word) so
+/// that every bit of the address moves the top 24 bits, which are kept (the low byte is left for
+/// [`class`]). Addresses a NIC has differ in structured ways (two prefixes, one interface
+/// identifier; subnet N, host N), which a plain XOR of the words would fold alike. The daemon
+/// warns when two of a NIC's addresses fold alike anyway (1 in 16,777,216 for a pair).
 #[inline(always)]
 pub const fn fold(local: &[u32; 4]) -> u32 {
-    (local[0] ^ local[1] ^ local[2] ^ local[3]) & !0xff
+    let mut h: u32 = 0;
+    let mut i = 0;
+    while i < 4 {
+        h = (h ^ local[i]).wrapping_mul(0x9e37_79b1);
+        h ^= h >> 16;
+        i += 1;
+    }
+    h.wrapping_mul(0x85eb_ca6b) & !0xff
 }
 
 /// The protocol and family of a wide flow, in one byte: the protocol numbers in use are below
@@ -522,5 +531,17 @@ mod tests {
         global[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
         global[8..].copy_from_slice(&iid);
         assert_ne!(fold(&words(&link_local)), fold(&words(&global)));
+        // Subnet N, host N; prefixes apart in one byte; IPv4 addresses apart in the first byte.
+        let at = |a: &str| words(&crate::family::key_addr(a.parse().unwrap()).1);
+        let (v6, v4) = (at, at);
+        for (a, b) in [
+            (v6("2001:db8:0:1::1"), v6("2001:db8:0:2::2")),
+            (v6("2001:db8:100::1"), v6("2001:db8:200::1")),
+            (v6("2001:db8:1::1"), v6("2001:db8:1::5:0:4")),
+            (v4("10.1.2.3"), v4("11.1.2.3")),
+            (v4("192.0.2.1"), v4("193.0.2.1")),
+        ] {
+            assert_ne!(fold(&a), fold(&b));
+        }
     }
 }

@@ -41,7 +41,7 @@ pub mod maps {
     /// Flows not yet established, per role and keying (`conntrack::Keying`): small,
     /// short-lived, LRU (a flood evicts only its own kind). The `TCP4_` tables hold TCP over
     /// IPv4, keyed by `conntrack::FlowKey4`; the `CT_` tables every other flow, keyed by
-    /// `conntrack::FlowKey`.
+    /// `conntrack::WideKey`.
     pub const TCP4_NEW_MGMT: &str = "TCP4_NEW_MGMT";
     pub const TCP4_NEW_BIZ: &str = "TCP4_NEW_BIZ";
     pub const CT_NEW_MGMT: &str = "CT_NEW_MGMT";

@@ -22,7 +22,7 @@ use crate::{
     parse,
 };
 
-/// `-EEXIST`: another CPU promoted the same flow first.
+/// `-EEXIST`: the key has an entry already.
 const EEXIST: i32 = -17;
 /// Insert only where the key has no entry.
 const BPF_NOEXIST: u64 = 1;
@@ -334,7 +334,9 @@ fn embryonic<F: Flow>(
 }
 
 /// Moves a flow to the established table. A full table refuses it: the flow is forgotten, and
-/// its next packets are unsolicited.
+/// its next packets are unsolicited. Never over an entry there: the same flow, promoted by
+/// another CPU first, or another flow under the same key (a wide key's local address folding
+/// alike), which keeps its slot while this one stays in the new table.
 #[inline(always)]
 fn promote<F: Flow>(
     t: &Tables<F>,
@@ -345,12 +347,25 @@ fn promote<F: Flow>(
     let mut est = *value;
     est.state = state::ESTABLISHED;
     est.last_seen_ns = now;
-    let inserted = t.est.insert(flow.key(), flow.entry(est), 0);
+    let full = match t.est.insert(flow.key(), flow.entry(est), BPF_NOEXIST) {
+        Ok(()) => false,
+        Err(EEXIST) => {
+            let ours = match t.est.get_ptr_mut(flow.key()) {
+                Some(entry) => flow.state(unsafe { &mut *entry }).is_some(),
+                None => false,
+            };
+            if !ours {
+                return Ok(Reason::Tracked);
+            }
+            false
+        }
+        Err(_) => true,
+    };
     let _ = t.new.remove(flow.key());
-    match inserted {
-        Ok(()) => Ok(Reason::Tracked),
-        Err(EEXIST) => Ok(Reason::Tracked),
-        Err(_) => Err(Reason::ConntrackFull),
+    if full {
+        Err(Reason::ConntrackFull)
+    } else {
+        Ok(Reason::Tracked)
     }
 }
 

@@ -374,26 +374,45 @@ impl Datapath {
         in_force: Option<&[(K, PolicyValue)]>,
     ) -> anyhow::Result<()>
     where
-        K: aya::Pod + Eq + std::hash::Hash,
+        K: aya::Pod + Eq + std::hash::Hash + Sync,
     {
-        let mut rules = self.policy_rules::<K>(name)?;
         let held: Option<foldhash::HashMap<K, PolicyValue>> =
             in_force.map(|old| old.iter().copied().collect());
-        for (i, (key, value)) in entries.iter().enumerate() {
-            if held
-                .as_ref()
-                .is_some_and(|held| held.get(key) == Some(value))
-            {
-                continue;
+        let (keys, values): (Vec<K>, Vec<PolicyValue>) = entries
+            .iter()
+            .filter(|(key, value)| {
+                held.as_ref()
+                    .is_none_or(|held| held.get(key) != Some(value))
+            })
+            .copied()
+            .unzip();
+        // Counted in `entries`: the rules the map already held, then those written.
+        let full = |written: usize| {
+            anyhow::anyhow!(
+                "the policy map {name} is full after {} of {} rules",
+                entries.len() - keys.len() + written,
+                entries.len()
+            )
+        };
+        match map_batch::update(self.hash_map_fd(name)?, &keys, &values) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(s) if matches!(s.error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)) => {
+                return Err(full(s.done))
             }
+            Err(s) => {
+                return Err(anyhow::Error::new(s.error)
+                    .context(format!("inserting rule {} into {name}", s.done)))
+            }
+        }
+        // A kernel without batch operations: one at a time.
+        let mut rules = self.policy_rules::<K>(name)?;
+        for (i, (key, value)) in keys.iter().zip(&values).enumerate() {
             rules.insert(key, value, 0).map_err(|e| match e {
                 MapError::SyscallError(ref s)
-                    if matches!(s.io_error.raw_os_error(), Some(7) | Some(28)) =>
+                    if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)) =>
                 {
-                    anyhow::anyhow!(
-                        "the policy map {name} is full after {i} of {} rules",
-                        entries.len()
-                    )
+                    full(i)
                 }
                 e => anyhow::Error::new(e).context(format!("inserting rule {i} into {name}")),
             })?;
@@ -412,20 +431,26 @@ impl Datapath {
     where
         K: aya::Pod + Eq + std::hash::Hash,
     {
-        let mut rules = self.policy_rules::<K>(name)?;
         let wanted: foldhash::HashSet<K> = entries.iter().map(|(k, _)| *k).collect();
-        let stale: Vec<K> = match in_force {
-            Some(old) => old
-                .iter()
-                .map(|(k, _)| *k)
-                .filter(|k| !wanted.contains(k))
-                .collect(),
-            None => rules
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| !wanted.contains(k))
+        let held: Vec<K> = match in_force {
+            Some(old) => old.iter().map(|(k, _)| *k).collect(),
+            None => self
+                .entries::<K, PolicyValue>(name)?
+                .into_iter()
+                .map(|(k, _)| k)
                 .collect(),
         };
+        let stale: Vec<K> = held.into_iter().filter(|k| !wanted.contains(k)).collect();
+        match map_batch::delete(self.hash_map_fd(name)?, &stale) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(s) => {
+                return Err(anyhow::Error::new(s.error))
+                    .with_context(|| format!("removing a stale rule of {name}"))
+            }
+        }
+        // A kernel without batch operations: one at a time.
+        let mut rules = self.policy_rules::<K>(name)?;
         for key in stale {
             match rules.remove(&key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -436,6 +461,15 @@ impl Datapath {
             }
         }
         Ok(())
+    }
+
+    /// The descriptor of the hash map `name`, for the batch operations.
+    fn hash_map_fd(&self, name: &str) -> anyhow::Result<std::os::fd::BorrowedFd<'_>> {
+        match self.ebpf.map(name) {
+            Some(Map::HashMap(data) | Map::LruHashMap(data)) => Ok(data.fd().as_fd()),
+            Some(_) => bail!("map {name} is not a hash map"),
+            None => bail!("map {name} missing"),
+        }
     }
 
     /// Every rule in the policy maps (widened to `PolicyKey`), and the prefix lengths of each
@@ -550,14 +584,17 @@ impl Datapath {
             .partition(|k| Keying::of(k.family, k.proto) == Keying::Tcp4);
         let tcp4: Vec<FlowKey4> = tcp4.into_iter().filter_map(FlowKey4::narrow).collect();
         self.remove_keys::<FlowKey4, FlowValue>(table.map_name(role, Keying::Tcp4), &tcp4)?;
-        // A wide key folds the local address: remove only the entry that holds this one.
+        if wide.is_empty() {
+            return Ok(());
+        }
+        // A wide key folds the local address: never remove an entry holding another one.
         let name = table.map_name(role, Keying::Wide);
         let held: std::collections::HashMap<WideKey, WideValue> =
             self.entries(name)?.into_iter().collect();
         let wide: Vec<WideKey> = wide
             .into_iter()
             .filter_map(WideKey::narrow)
-            .filter(|(k, local)| matches!(held.get(k), Some(v) if v.local == *local))
+            .filter(|(k, local)| !matches!(held.get(k), Some(v) if v.local != *local))
             .map(|(k, _)| k)
             .collect();
         self.remove_keys::<WideKey, WideValue>(name, &wide)

@@ -50,8 +50,16 @@ pub fn addresses(device: &Device) -> anyhow::Result<Vec<IpNetwork>> {
     .with_context(|| format!("listing the addresses of {}", device.name))
 }
 
-/// The `LOCAL` map entries of one NIC.
+/// The `LOCAL` map entries of one NIC. Warns of two addresses whose flows share keys
+/// ([`folding_alike`]); the daemon makes the entries when the addresses change.
 pub fn entries(role: Role, nets: &[IpNetwork]) -> Vec<(Key<LocalKey>, LocalValue)> {
+    for (a, b) in folding_alike(nets) {
+        log::warn!(
+            "the {role} NIC's addresses {a} and {b} fold alike in the flow tables' keys: \
+             one remote endpoint's non-TCP-over-IPv4 flows to the same port on both are \
+             tracked one at a time"
+        );
+    }
     let mut out = Vec::new();
     for net in nets {
         let host = IpNetwork::new(net.ip(), if net.is_ipv4() { 32 } else { 128 })
@@ -66,6 +74,23 @@ pub fn entries(role: Role, nets: &[IpNetwork]) -> Vec<(Key<LocalKey>, LocalValue
     // which for an own address carries both flags.
     let mut seen = BTreeSet::new();
     out.retain(|(k, _)| seen.insert((k.prefix_len(), k.data())));
+    out
+}
+
+/// Pairs of addresses among `nets` whose folds in a wide flow key are equal
+/// (`conntrack::fold`, one pair in 16,777,216): one remote endpoint's flows to the same port on
+/// both share a key.
+pub fn folding_alike(nets: &[IpNetwork]) -> Vec<(IpAddr, IpAddr)> {
+    use trove_isolate_common::conntrack::{fold, words};
+    let fold_of = |ip: IpAddr| (ip.is_ipv4(), fold(&words(&family::key_addr(ip).1)));
+    let mut out = Vec::new();
+    for (i, a) in nets.iter().enumerate() {
+        for b in &nets[i + 1..] {
+            if a.ip() != b.ip() && fold_of(a.ip()) == fold_of(b.ip()) {
+                out.push((a.ip(), b.ip()));
+            }
+        }
+    }
     out
 }
 
@@ -91,6 +116,22 @@ fn entry(role: Role, net: IpNetwork, flags: u8) -> (Key<LocalKey>, LocalValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_folding_alike_are_found() {
+        let nets = |list: &[&str]| -> Vec<IpNetwork> {
+            list.iter().map(|s| s.parse().expect("net")).collect()
+        };
+        // Found by search: 2001:db8:1::1c6:390a folds as 2001:db8:1::1 does.
+        let alike = nets(&["2001:db8:1::1/64", "fe80::1/64", "2001:db8:1::1c6:390a/64"]);
+        assert_eq!(
+            folding_alike(&alike),
+            [(alike[0].ip(), alike[2].ip())],
+            "one pair"
+        );
+        let apart = nets(&["192.0.2.1/24", "2001:db8:0:1::1/64", "2001:db8:0:2::2/64"]);
+        assert!(folding_alike(&apart).is_empty());
+    }
 
     #[test]
     fn an_address_is_own_and_its_subnet_is_link() {

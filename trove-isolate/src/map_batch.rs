@@ -1,7 +1,9 @@
-//! Reading a whole hash map in batches (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6): one syscall per few
-//! thousand entries, where walking it key by key costs two per entry. The daemon reads every
-//! flow table every sweep; at a few hundred thousand flows the walk alone took a good part of a
-//! CPU. aya 0.14 has no batch operations, hence this one syscall by hand.
+//! A hash map's entries read, written and removed in batches (`BPF_MAP_*_BATCH`, Linux 5.6): one
+//! syscall per few thousand entries, where one entry at a time costs a syscall each (two to read).
+//! The daemon reads every flow table every sweep (at a few hundred thousand flows the walk alone
+//! took a good part of a CPU), and writes the policy's difference at each reload (replacing
+//! 100,000 rules took 200,000 syscalls, most of the reload's time). aya 0.14 has no batch
+//! operations, hence these syscalls by hand.
 
 use std::{
     io,
@@ -16,6 +18,8 @@ use aya::Pod;
 const BATCH: usize = 4096;
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// The kernel's own "not supported" (ENOTSUPP, not in libc), for a map without batch operations.
 const ENOTSUPP: i32 = 524;
 
@@ -31,6 +35,146 @@ struct BatchAttr {
     map_fd: u32,
     elem_flags: u64,
     flags: u64,
+}
+
+/// Calls the bpf syscall `cmd` on `attr`.
+///
+/// # Safety
+/// The buffers `attr` points at must be alive across the call and hold `count` keys and values
+/// of the map's sizes (and the token, for a lookup).
+unsafe fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            size_of::<BatchAttr>() as u32,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// A batch write that stopped short: the entries done before `error`.
+#[derive(Debug)]
+pub struct Stopped {
+    pub done: usize,
+    pub error: io::Error,
+}
+
+/// Whether an error means the kernel has no batch operations for the map.
+fn unsupported(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+    )
+}
+
+/// Writes at least this many entries on two threads.
+const PARALLEL: usize = 4 * BATCH;
+
+/// Writes `values[i]` under `keys[i]` into the hash map `fd` (`BPF_ANY`). `Ok(false)` when the
+/// kernel has no batch operations for the map and nothing was written (the caller writes one at
+/// a time instead). A big write goes on two threads: the kernel's work (an allocation and a
+/// bucket per entry) is most of its time, and a hash map takes writers side by side (a lock
+/// per bucket).
+pub fn update<K: Pod + Sync, V: Pod + Sync>(
+    fd: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<bool, Stopped> {
+    assert_eq!(keys.len(), values.len());
+    if keys.len() < PARALLEL {
+        return update_from(fd, keys, values);
+    }
+    let half = keys.len() / 2;
+    let (first, second) = std::thread::scope(|s| {
+        let second = s.spawn(|| update_from(fd, &keys[half..], &values[half..]));
+        let first = update_from(fd, &keys[..half], &values[..half]);
+        (
+            first,
+            second.join().expect("a batch write's thread panicked"),
+        )
+    });
+    let done = |part: &Result<bool, Stopped>, len: usize| match part {
+        Ok(_) => len,
+        Err(s) => s.done,
+    };
+    let written = done(&first, half) + done(&second, keys.len() - half);
+    match (first, second) {
+        (Ok(a), Ok(b)) => Ok(a && b),
+        (Err(error), _) | (_, Err(error)) => Err(Stopped {
+            done: written,
+            error: error.error,
+        }),
+    }
+}
+
+fn update_from<K: Pod, V: Pod>(
+    fd: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<bool, Stopped> {
+    let mut done = 0;
+    while done < keys.len() {
+        let n = (keys.len() - done).min(BATCH);
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done..].as_ptr() as u64,
+            count: n as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `n` keys and values from `done` on, in slices of the map's key and value type.
+        let result = unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) };
+        // The kernel counts back the entries it wrote, also when it stops at an error.
+        let wrote = (attr.count as usize).min(n);
+        match result {
+            Ok(()) => done += n,
+            Err(e) if done == 0 && wrote == 0 && unsupported(&e) => return Ok(false),
+            Err(error) => {
+                return Err(Stopped {
+                    done: done + wrote,
+                    error,
+                })
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Removes `keys` from the hash map `fd`; keys it does not hold count as removed. `Ok(false)` as
+/// for [`update`].
+pub fn delete<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<bool, Stopped> {
+    let mut done = 0;
+    while done < keys.len() {
+        let n = (keys.len() - done).min(BATCH);
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            count: n as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `n` keys from `done` on, in a slice of the map's key type.
+        let result = unsafe { bpf(BPF_MAP_DELETE_BATCH, &mut attr) };
+        let removed = (attr.count as usize).min(n);
+        match result {
+            Ok(()) => done += n,
+            // The kernel stops at the first key the map does not hold: past it, and on.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && removed < n => done += removed + 1,
+            Err(e) if done == 0 && removed == 0 && unsupported(&e) => return Ok(false),
+            Err(error) => {
+                return Err(Stopped {
+                    done: done + removed,
+                    error,
+                })
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Every entry of the hash map `fd` (keys `K`, values `V`). `Ok(None)` when the kernel has no
@@ -54,17 +198,8 @@ pub fn entries<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<(K, 
             map_fd: fd.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        // SAFETY: `attr` points at buffers of `room` keys and values and at `token`, all alive
-        // across the call; the kernel writes at most `count` of each and the count back.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>() as u32,
-            )
-        };
-        let error = (ret < 0).then(io::Error::last_os_error);
+        // SAFETY: room for `room` keys and values, and the token, all alive across the call.
+        let error = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) }.err();
         let got = (attr.count as usize).min(room);
         match error.as_ref().and_then(io::Error::raw_os_error) {
             None | Some(libc::ENOENT) => {
@@ -87,7 +222,7 @@ pub fn entries<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<(K, 
             }
             // A bucket bigger than the room: again from the same place with more.
             Some(libc::ENOSPC) if room < 1 << 20 => room *= 4,
-            Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP) if first => return Ok(None),
+            _ if first && error.as_ref().is_some_and(unsupported) => return Ok(None),
             _ => return Err(error.unwrap_or_else(|| io::Error::other("batch lookup"))),
         }
     }

@@ -1287,15 +1287,15 @@ fn a_flows_protocol_is_part_of_its_identity() {
 
 /// A flow's key in the wide tables (every flow but TCP over IPv4) holds only a fold of its
 /// local address, the entry the address itself: a packet to or from another address under the
-/// same fold finds the entry but not its flow. 2001:db8:1::5:0:4 folds as the NIC's
-/// 2001:db8:1::1 does (its last two words differ by the same bits), and 193.0.2.1 as 192.0.2.1.
+/// same fold finds the entry but not its flow. The two addresses below fold as the NIC's
+/// 2001:db8:1::1 and 192.0.2.1 do (found by search; checked first).
 #[rustfmt::skip]
 #[test]
 fn a_flow_is_its_own_local_address_whatever_its_key_folds() {
     use trove_isolate::datapath::Table;
     use Reason::*;
-    const ALIKE6: &str = "2001:db8:1::5:0:4";
-    const ALIKE4: &str = "193.0.2.1";
+    assert_eq!(fold_of(ALIKE6), fold_of(G6));
+    assert_eq!(fold_of(ALIKE4), fold_of(G4));
     let mut dp = datapath();
     let c = (33600, 3306);
     let s = (3306, 33600);
@@ -1319,6 +1319,53 @@ fn a_flow_is_its_own_local_address_whatever_its_key_folds() {
     let flows = dp.flows(B, Table::Established).expect("flows");
     assert_eq!(flows.len(), 1, "{flows:?}");
     assert_eq!(trove_isolate::conntrack::local_ip(&flows[0].0), G6.parse::<std::net::IpAddr>().unwrap());
+}
+
+/// Addresses whose wide-table fold equals the NIC's own (G6, G4).
+const ALIKE6: &str = "2001:db8:1::1c6:390a";
+const ALIKE4: &str = "1.121.108.242";
+
+fn fold_of(ip: &str) -> u32 {
+    use trove_isolate_common::{conntrack, family};
+    conntrack::fold(&conntrack::words(
+        &family::key_addr(ip.parse().expect("an address")).1,
+    ))
+}
+
+/// Two of the NIC's own addresses under one fold: one remote endpoint's flows to both share a
+/// key. An established flow is never replaced: the later flow works from the new table.
+#[rustfmt::skip]
+#[test]
+fn an_established_flow_keeps_its_slot_against_an_address_folding_alike() {
+    use trove_isolate::datapath::Table;
+    use Reason::*;
+    let mut dp = datapath();
+    let mut nets: Vec<IpNetwork> = NIC_ADDRESSES.iter().map(|n| n.parse().expect("net")).collect();
+    nets.push(format!("{ALIKE6}/128").parse().expect("net"));
+    let mut entries = local::entries(M, &nets);
+    entries.extend(local::entries(B, &nets));
+    dp.sync_local(&entries).expect("writing the local address map");
+    let c = (33700, 3306);
+    let s = (3306, 33700);
+    let handshake = |to: &'static str| {
+        vec![
+            pass("client SYN", B, I, v6_tcp(CLIENT6, to, c.0, c.1, SYN), Allowed),
+            pass("SYN-ACK", B, E, v6_tcp(to, CLIENT6, s.0, s.1, SYN_ACK), Tracked),
+            pass("client ACK", B, I, v6_tcp(CLIENT6, to, c.0, c.1, ACK), Tracked),
+            pass("the guest's first segment", B, E, v6_tcp(to, CLIENT6, s.0, s.1, ACK), Tracked),
+        ]
+    };
+    run_table(&mut dp, &handshake(G6));
+    run_table(&mut dp, &handshake(ALIKE6));
+    run_table(&mut dp, &[
+        pass("the first flow, still established", B, I, v6_tcp(CLIENT6, G6, c.0, c.1, ACK), Tracked),
+        pass("the second, from the new table", B, E, v6_tcp(ALIKE6, CLIENT6, s.0, s.1, ACK), Tracked),
+    ]);
+    let local = |t: Table| -> Vec<std::net::IpAddr> {
+        dp.flows(B, t).expect("flows").iter().map(|(k, _)| trove_isolate::conntrack::local_ip(k)).collect()
+    };
+    assert_eq!(local(Table::Established), [G6.parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(local(Table::New), [ALIKE6.parse::<std::net::IpAddr>().unwrap()]);
 }
 
 /// Each family's rules are in a map of their own: an IPv4 address equal to the first four bytes
@@ -1529,6 +1576,59 @@ fn a_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
     // And back, with the full write (a start): it reads the map to find what is stale.
     dp.sync_policy(&old, None).expect("full write");
     assert_eq!(sorted(dp.policy_map().expect("read")), expected(&old));
+}
+
+/// The policy is written in batches: one that outgrows its map stops with how far it got, and a
+/// full write that fits after it ends with exactly the policy.
+#[test]
+fn a_policy_bigger_than_its_map_is_refused_with_how_far_it_got() {
+    let path = Path::new("big.toml");
+    let with_clients = |n: u32| {
+        let clients: Vec<String> = (0..n)
+            .map(|i| format!("\"198.51.{}.{}/32\"", 100 + i / 256, i % 256))
+            .collect();
+        let text = CONFIG.replace(
+            "peers = [\"198.51.100.7/32\"]",
+            &format!("clients = [{}]", clients.join(", ")),
+        );
+        Policy::from_config(&Config::parse(&text, path).expect("parses"), path).expect("compiles")
+    };
+    let small = with_clients(10);
+    let big = with_clients(5_000);
+    let mut capacity = Capacity::for_policy(&small);
+    capacity.policy = [64; trove_isolate_common::policy::MAPS];
+    let mut dp = Datapath::load(None, false, &capacity, &Capacity::NONE_HELD)
+        .expect("loading the datapath (root, BPF)");
+    dp.sync_policy(&small, None).expect("the small policy fits");
+    let held = |dp: &Datapath| dp.policy_map().expect("read").0.len();
+    let before = held(&dp);
+    let error = format!(
+        "{:#}",
+        dp.sync_policy(&big, Some(&small))
+            .expect_err("5,000 rules in 64")
+    );
+    let total = big
+        .entries()
+        .iter()
+        .filter(|(k, _)| trove_isolate_common::policy::PolicyKey4::narrow(k).is_some())
+        .count();
+    assert!(
+        error.contains(&format!(
+            "the policy map POLICY4 is full after 64 of {total} rules"
+        )),
+        "{error}"
+    );
+    assert!(
+        held(&dp) >= before,
+        "a write that stops part-way has only added rules"
+    );
+    dp.sync_policy(&small, None)
+        .expect("back to the small policy");
+    let mut expected = small.entries();
+    expected.sort_by_key(|(k, _)| *k);
+    let mut rules = dp.policy_map().expect("read").0;
+    rules.sort_by_key(|(k, _)| *k);
+    assert_eq!(rules, expected);
 }
 
 /// A reload whose old and new prefix lengths do not fit side by side (16 per class each, none

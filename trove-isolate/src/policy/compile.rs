@@ -87,44 +87,48 @@ pub(super) fn normalise(net: IpNetwork) -> IpNetwork {
 #[derive(Debug, Clone)]
 pub(super) struct Remote<T> {
     matched: T,
-    /// As written (host bits cleared), plus what it is matched as when that differs.
-    shown: String,
-    /// Shown as it is matched.
-    plain: bool,
+    /// As written (host bits cleared) and what it is matched as, where that differs; else shown
+    /// as matched (made when shown: a policy may list 1,000,000 prefixes).
+    written: Option<String>,
 }
 
 impl<T: fmt::Display> Remote<T> {
     fn plain(matched: T) -> Self {
-        let shown = matched.to_string();
         Remote {
             matched,
-            shown,
-            plain: true,
+            written: None,
         }
     }
 
     fn mapped(written: impl fmt::Display, matched: T) -> Self {
-        let shown = format!("{written} (IPv4-mapped, as {matched})");
-        Remote {
-            matched,
-            shown,
-            plain: false,
-        }
+        let written = Some(format!("{written} (IPv4-mapped, as {matched})"));
+        Remote { matched, written }
     }
 
     /// The origin of a rule for this entry of list `key`.
     fn origin(&self, key: &'static str) -> Origin {
-        if self.plain {
-            Origin::Entry(key)
-        } else {
-            format!("{key} {}", self.shown).into()
+        match &self.written {
+            None => Origin::Entry(key),
+            Some(written) => format!("{key} {written}").into(),
         }
     }
 }
 
-impl<T> fmt::Display for Remote<T> {
+impl<T: fmt::Display> fmt::Display for Remote<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.shown)
+        match &self.written {
+            Some(written) => f.write_str(written),
+            None => self.matched.fmt(f),
+        }
+    }
+}
+
+/// The key of a list's entry in an error message, `key[i]`, made only if one is shown.
+struct Entry<'a>(&'a str, usize);
+
+impl fmt::Display for Entry<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.0, self.1)
     }
 }
 
@@ -168,11 +172,15 @@ impl Ctx<'_> {
 
     /// A CIDR (a bare address is a host prefix); host bits are cleared, not refused. An
     /// IPv4-mapped IPv6 prefix is matched as the IPv4 prefix it stands for.
-    pub(super) fn cidr(&self, key: &str, text: &str) -> Result<Remote<IpNetwork>, ConfigError> {
+    pub(super) fn cidr(
+        &self,
+        key: impl fmt::Display,
+        text: &str,
+    ) -> Result<Remote<IpNetwork>, ConfigError> {
         let net = text
             .parse::<IpNetwork>()
             .map(normalise)
-            .map_err(|e| self.err(key, format!("{text:?} is not a CIDR: {e}")))?;
+            .map_err(|e| self.err(&key, format!("{text:?} is not a CIDR: {e}")))?;
         let IpNetwork::V6(v6) = net else {
             return Ok(Remote::plain(net));
         };
@@ -197,7 +205,7 @@ impl Ctx<'_> {
     ) -> Result<Vec<Remote<IpNetwork>>, ConfigError> {
         list.iter()
             .enumerate()
-            .map(|(i, t)| self.cidr(&format!("{key}[{i}]"), t))
+            .map(|(i, t)| self.cidr(Entry(key, i), t))
             .collect()
     }
 
@@ -681,7 +689,7 @@ pub(super) fn allow(
     allow: &AllowConfig,
     set: &mut RuleSet,
 ) -> Result<(), ConfigError> {
-    let written = c.cidr(&format!("allow[{i}].to"), &allow.to)?;
+    let written = c.cidr(format!("allow[{i}].to"), &allow.to)?;
     let to = written.matched;
     match allow.proto.as_str() {
         "tcp" | "udp" => {
