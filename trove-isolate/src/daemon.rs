@@ -235,6 +235,11 @@ pub async fn run(
                     }
                     Err(e) => log::error!("reload refused, the policy in force stays: {e:#}"),
                 }
+                // Once the policy it replaced is gone: a reload of every prefix frees as much
+                // as the policy in force takes.
+                give_back_freed_memory();
+                let status = summary(&scrape.state.read().unwrap_or_else(|e| e.into_inner()));
+                notify(&[NotifyState::Status(&status), NotifyState::Ready]);
             }
             () = &mut shutdown => break,
         }
@@ -537,8 +542,7 @@ fn reload_policy(
     if let Err(e) = state.write(&pins.state_file()) {
         log::warn!("recording the reload: {e:#}");
     }
-    give_back_freed_memory();
-    notify(&[NotifyState::Status(&summary(&state)), NotifyState::Ready]);
+    // READY=1 comes from the caller, once the new policy has replaced the old.
     outcome
 }
 

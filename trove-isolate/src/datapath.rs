@@ -429,7 +429,7 @@ impl Datapath {
         in_force: Option<&[(K, PolicyValue)]>,
     ) -> anyhow::Result<()>
     where
-        K: aya::Pod + Eq + std::hash::Hash,
+        K: aya::Pod + Eq + std::hash::Hash + Sync,
     {
         let wanted: foldhash::HashSet<K> = entries.iter().map(|(k, _)| *k).collect();
         let held: Vec<K> = match in_force {

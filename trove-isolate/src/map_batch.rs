@@ -87,13 +87,24 @@ pub fn update<K: Pod + Sync, V: Pod + Sync>(
     values: &[V],
 ) -> Result<bool, Stopped> {
     assert_eq!(keys.len(), values.len());
-    if keys.len() < PARALLEL {
-        return update_from(fd, keys, values);
+    in_halves(keys.len(), |at| {
+        update_from(fd, &keys[at.clone()], &values[at])
+    })
+}
+
+/// Runs `write` over `0..len`, on two threads (each half of the range) when `len` is big; the
+/// entries done add up across the halves.
+fn in_halves(
+    len: usize,
+    write: impl Fn(std::ops::Range<usize>) -> Result<bool, Stopped> + Sync,
+) -> Result<bool, Stopped> {
+    if len < PARALLEL {
+        return write(0..len);
     }
-    let half = keys.len() / 2;
+    let half = len / 2;
     let (first, second) = std::thread::scope(|s| {
-        let second = s.spawn(|| update_from(fd, &keys[half..], &values[half..]));
-        let first = update_from(fd, &keys[..half], &values[..half]);
+        let second = s.spawn(|| write(half..len));
+        let first = write(0..half);
         (
             first,
             second.join().expect("a batch write's thread panicked"),
@@ -103,11 +114,11 @@ pub fn update<K: Pod + Sync, V: Pod + Sync>(
         Ok(_) => len,
         Err(s) => s.done,
     };
-    let written = done(&first, half) + done(&second, keys.len() - half);
+    let total = done(&first, half) + done(&second, len - half);
     match (first, second) {
         (Ok(a), Ok(b)) => Ok(a && b),
         (Err(error), _) | (_, Err(error)) => Err(Stopped {
-            done: written,
+            done: total,
             error: error.error,
         }),
     }
@@ -147,8 +158,12 @@ fn update_from<K: Pod, V: Pod>(
 }
 
 /// Removes `keys` from the hash map `fd`; keys it does not hold count as removed. `Ok(false)` as
-/// for [`update`].
-pub fn delete<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<bool, Stopped> {
+/// for [`update`], and on two threads as it.
+pub fn delete<K: Pod + Sync>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<bool, Stopped> {
+    in_halves(keys.len(), |at| delete_from(fd, &keys[at]))
+}
+
+fn delete_from<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<bool, Stopped> {
     let mut done = 0;
     while done < keys.len() {
         let n = (keys.len() - done).min(BATCH);
