@@ -394,15 +394,20 @@ impl Datapath {
                 entries.len()
             )
         };
-        match map_batch::update(self.hash_map_fd(name)?, &keys, &values) {
+        let fd = self.hash_map_fd::<K, PolicyValue>(name)?;
+        // SAFETY: `hash_map_fd` checked the map's key and value sizes.
+        match unsafe { map_batch::update(fd, &keys, &values) } {
             Ok(true) => return Ok(()),
             Ok(false) => {}
             Err(s) if matches!(s.error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)) => {
                 return Err(full(s.done))
             }
             Err(s) => {
-                return Err(anyhow::Error::new(s.error)
-                    .context(format!("inserting rule {} into {name}", s.done)))
+                return Err(anyhow::Error::new(s.error).context(format!(
+                    "writing rules into {name}: {} of {} written",
+                    s.done,
+                    keys.len()
+                )))
             }
         }
         // A kernel without batch operations: one at a time.
@@ -441,7 +446,9 @@ impl Datapath {
                 .collect(),
         };
         let stale: Vec<K> = held.into_iter().filter(|k| !wanted.contains(k)).collect();
-        match map_batch::delete(self.hash_map_fd(name)?, &stale) {
+        let fd = self.hash_map_fd::<K, PolicyValue>(name)?;
+        // SAFETY: `hash_map_fd` checked the map's key size.
+        match unsafe { map_batch::delete(fd, &stale) } {
             Ok(true) => return Ok(()),
             Ok(false) => {}
             Err(s) => {
@@ -463,12 +470,21 @@ impl Datapath {
         Ok(())
     }
 
-    /// The descriptor of the hash map `name`, for the batch operations.
-    fn hash_map_fd(&self, name: &str) -> anyhow::Result<std::os::fd::BorrowedFd<'_>> {
-        match self.ebpf.map(name) {
-            Some(Map::HashMap(data) | Map::LruHashMap(data)) => Ok(data.fd().as_fd()),
-            Some(_) => bail!("map {name} is not a hash map"),
-            None => bail!("map {name} missing"),
+    /// The descriptor of the hash map `name`, for the batch operations, once its key and value
+    /// sizes are checked to be `K`'s and `V`'s.
+    fn hash_map_fd<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<std::os::fd::BorrowedFd<'_>> {
+        let map = self
+            .ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing"))?;
+        HashMap::<&MapData, K, V>::try_from(map)
+            .with_context(|| format!("map {name}: key or value of another size"))?;
+        match map {
+            Map::HashMap(data) | Map::LruHashMap(data) => Ok(data.fd().as_fd()),
+            _ => bail!("map {name} is not a hash map"),
         }
     }
 
@@ -561,7 +577,8 @@ impl Datapath {
             Map::HashMap(data) | Map::LruHashMap(data) => data,
             _ => bail!("map {name} is not a hash map"),
         };
-        match map_batch::entries(data.fd().as_fd()) {
+        // SAFETY: `typed` checked the map's key and value sizes against `K` and `V`.
+        match unsafe { map_batch::entries::<K, V>(data.fd().as_fd()) } {
             Ok(Some(entries)) => return Ok(entries),
             Ok(None) => {}
             Err(e) => log::warn!("reading map {name} in batches: {e}; walking it instead"),

@@ -56,8 +56,9 @@ pub fn entries(role: Role, nets: &[IpNetwork]) -> Vec<(Key<LocalKey>, LocalValue
     for (a, b) in folding_alike(nets) {
         log::warn!(
             "the {role} NIC's addresses {a} and {b} fold alike in the flow tables' keys: \
-             one remote endpoint's non-TCP-over-IPv4 flows to the same port on both are \
-             tracked one at a time"
+             while one remote endpoint has a flow other than TCP over IPv4 established with \
+             one of them, its flow from the same port to the same port on the other stays in \
+             the new table (30 s idle timeout, evictable)"
         );
     }
     let mut out = Vec::new();

@@ -65,6 +65,17 @@ pub struct Stopped {
     pub error: io::Error,
 }
 
+/// The entries a batch call got through: all of them when it succeeds; when it fails, the count
+/// the kernel wrote back, which it writes only once it has started (an unknown command, a map
+/// without batch operations, a bad descriptor leave ours, `n`, in place: none were done).
+fn handled(ok: bool, count: u32, n: usize) -> usize {
+    match count as usize {
+        _ if ok => n,
+        c if c < n => c,
+        _ => 0,
+    }
+}
+
 /// Whether an error means the kernel has no batch operations for the map.
 fn unsupported(error: &io::Error) -> bool {
     matches!(
@@ -81,13 +92,18 @@ const PARALLEL: usize = 4 * BATCH;
 /// a time instead). A big write goes on two threads: the kernel's work (an allocation and a
 /// bucket per entry) is most of its time, and a hash map takes writers side by side (a lock
 /// per bucket).
-pub fn update<K: Pod + Sync, V: Pod + Sync>(
+///
+/// # Safety
+/// `fd` must be a hash map whose keys are `size_of::<K>()` bytes and values `size_of::<V>()`:
+/// the kernel reads that many from each slice per entry.
+pub unsafe fn update<K: Pod + Sync, V: Pod + Sync>(
     fd: BorrowedFd<'_>,
     keys: &[K],
     values: &[V],
 ) -> Result<bool, Stopped> {
     assert_eq!(keys.len(), values.len());
-    in_halves(keys.len(), |at| {
+    // SAFETY: as this function's, which the caller keeps.
+    in_halves(keys.len(), |at| unsafe {
         update_from(fd, &keys[at.clone()], &values[at])
     })
 }
@@ -111,7 +127,8 @@ fn in_halves(
         )
     });
     let done = |part: &Result<bool, Stopped>, len: usize| match part {
-        Ok(_) => len,
+        Ok(true) => len,
+        Ok(false) => 0,
         Err(s) => s.done,
     };
     let total = done(&first, half) + done(&second, len - half);
@@ -124,7 +141,9 @@ fn in_halves(
     }
 }
 
-fn update_from<K: Pod, V: Pod>(
+/// # Safety
+/// As for [`update`].
+unsafe fn update_from<K: Pod, V: Pod>(
     fd: BorrowedFd<'_>,
     keys: &[K],
     values: &[V],
@@ -141,8 +160,7 @@ fn update_from<K: Pod, V: Pod>(
         };
         // SAFETY: `n` keys and values from `done` on, in slices of the map's key and value type.
         let result = unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) };
-        // The kernel counts back the entries it wrote, also when it stops at an error.
-        let wrote = (attr.count as usize).min(n);
+        let wrote = handled(result.is_ok(), attr.count, n);
         match result {
             Ok(()) => done += n,
             Err(e) if done == 0 && wrote == 0 && unsupported(&e) => return Ok(false),
@@ -159,11 +177,17 @@ fn update_from<K: Pod, V: Pod>(
 
 /// Removes `keys` from the hash map `fd`; keys it does not hold count as removed. `Ok(false)` as
 /// for [`update`], and on two threads as it.
-pub fn delete<K: Pod + Sync>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<bool, Stopped> {
-    in_halves(keys.len(), |at| delete_from(fd, &keys[at]))
+///
+/// # Safety
+/// As for [`update`], for the keys.
+pub unsafe fn delete<K: Pod + Sync>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<bool, Stopped> {
+    // SAFETY: as this function's, which the caller keeps.
+    in_halves(keys.len(), |at| unsafe { delete_from(fd, &keys[at]) })
 }
 
-fn delete_from<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<bool, Stopped> {
+/// # Safety
+/// As for [`update`], for the keys.
+unsafe fn delete_from<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<bool, Stopped> {
     let mut done = 0;
     while done < keys.len() {
         let n = (keys.len() - done).min(BATCH);
@@ -175,7 +199,7 @@ fn delete_from<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<bool, Stopped> 
         };
         // SAFETY: `n` keys from `done` on, in a slice of the map's key type.
         let result = unsafe { bpf(BPF_MAP_DELETE_BATCH, &mut attr) };
-        let removed = (attr.count as usize).min(n);
+        let removed = handled(result.is_ok(), attr.count, n);
         match result {
             Ok(()) => done += n,
             // The kernel stops at the first key the map does not hold: past it, and on.
@@ -194,7 +218,10 @@ fn delete_from<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<bool, Stopped> 
 
 /// Every entry of the hash map `fd` (keys `K`, values `V`). `Ok(None)` when the kernel has no
 /// batch operations for it (the caller walks the map instead).
-pub fn entries<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<(K, V)>>> {
+///
+/// # Safety
+/// As for [`update`]: the kernel writes that many bytes per entry into our buffers.
+pub unsafe fn entries<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<(K, V)>>> {
     let mut all = Vec::new();
     // The position the kernel hands back: a bucket index for hash maps (4 bytes; room to spare).
     let mut token = [0u64; 2];
@@ -240,5 +267,20 @@ pub fn entries<K: Pod, V: Pod>(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<(K, 
             _ if first && error.as_ref().is_some_and(unsupported) => return Ok(None),
             _ => return Err(error.unwrap_or_else(|| io::Error::other("batch lookup"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_refused_before_it_started_handled_nothing() {
+        assert_eq!(handled(true, 4096, 4096), 4096);
+        // Stopped at entry 17: the kernel wrote its count back.
+        assert_eq!(handled(false, 17, 4096), 17);
+        // Refused before the first entry (an unknown command, no batch operations): our count.
+        assert_eq!(handled(false, 4096, 4096), 0);
+        assert_eq!(handled(false, 0, 4096), 0);
     }
 }
