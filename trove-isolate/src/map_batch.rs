@@ -104,7 +104,12 @@ pub unsafe fn update<K: Pod + Sync, V: Pod + Sync>(
     assert_eq!(keys.len(), values.len());
     // SAFETY: as this function's, which the caller keeps.
     in_halves(keys.len(), |at| unsafe {
-        update_from(fd, &keys[at.clone()], &values[at])
+        write_from(
+            BPF_MAP_UPDATE_BATCH,
+            fd,
+            &keys[at.clone()],
+            Some(&values[at]),
+        )
     })
 }
 
@@ -141,40 +146,6 @@ fn in_halves(
     }
 }
 
-/// # Safety
-/// As for [`update`].
-unsafe fn update_from<K: Pod, V: Pod>(
-    fd: BorrowedFd<'_>,
-    keys: &[K],
-    values: &[V],
-) -> Result<bool, Stopped> {
-    let mut done = 0;
-    while done < keys.len() {
-        let n = (keys.len() - done).min(BATCH);
-        let mut attr = BatchAttr {
-            keys: keys[done..].as_ptr() as u64,
-            values: values[done..].as_ptr() as u64,
-            count: n as u32,
-            map_fd: fd.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: `n` keys and values from `done` on, in slices of the map's key and value type.
-        let result = unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) };
-        let wrote = handled(result.is_ok(), attr.count, n);
-        match result {
-            Ok(()) => done += n,
-            Err(e) if done == 0 && wrote == 0 && unsupported(&e) => return Ok(false),
-            Err(error) => {
-                return Err(Stopped {
-                    done: done + wrote,
-                    error,
-                })
-            }
-        }
-    }
-    Ok(true)
-}
-
 /// Removes `keys` from the hash map `fd`; keys it does not hold count as removed. `Ok(false)` as
 /// for [`update`], and on two threads as it.
 ///
@@ -182,32 +153,48 @@ unsafe fn update_from<K: Pod, V: Pod>(
 /// As for [`update`], for the keys.
 pub unsafe fn delete<K: Pod + Sync>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<bool, Stopped> {
     // SAFETY: as this function's, which the caller keeps.
-    in_halves(keys.len(), |at| unsafe { delete_from(fd, &keys[at]) })
+    in_halves(keys.len(), |at| unsafe {
+        write_from::<K, u8>(BPF_MAP_DELETE_BATCH, fd, &keys[at], None)
+    })
 }
 
+/// Runs the batch write `cmd` over `keys` (and `values`, for an update) in calls of up to
+/// [`BATCH`] entries. A delete passes over a key the map does not hold (the kernel stops there).
+///
 /// # Safety
-/// As for [`update`], for the keys.
-unsafe fn delete_from<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<bool, Stopped> {
+/// As for [`update`].
+unsafe fn write_from<K: Pod, V: Pod>(
+    cmd: libc::c_long,
+    fd: BorrowedFd<'_>,
+    keys: &[K],
+    values: Option<&[V]>,
+) -> Result<bool, Stopped> {
     let mut done = 0;
     while done < keys.len() {
         let n = (keys.len() - done).min(BATCH);
         let mut attr = BatchAttr {
             keys: keys[done..].as_ptr() as u64,
+            values: values.map_or(0, |v| v[done..].as_ptr() as u64),
             count: n as u32,
             map_fd: fd.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        // SAFETY: `n` keys from `done` on, in a slice of the map's key type.
-        let result = unsafe { bpf(BPF_MAP_DELETE_BATCH, &mut attr) };
-        let removed = handled(result.is_ok(), attr.count, n);
+        // SAFETY: `n` keys (and values) from `done` on, of the map's sizes (the caller's word).
+        let result = unsafe { bpf(cmd, &mut attr) };
+        let handled = handled(result.is_ok(), attr.count, n);
         match result {
             Ok(()) => done += n,
-            // The kernel stops at the first key the map does not hold: past it, and on.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && removed < n => done += removed + 1,
-            Err(e) if done == 0 && removed == 0 && unsupported(&e) => return Ok(false),
+            Err(e)
+                if cmd == BPF_MAP_DELETE_BATCH
+                    && e.raw_os_error() == Some(libc::ENOENT)
+                    && handled < n =>
+            {
+                done += handled + 1
+            }
+            Err(e) if done == 0 && handled == 0 && unsupported(&e) => return Ok(false),
             Err(error) => {
                 return Err(Stopped {
-                    done: done + removed,
+                    done: done + handled,
                     error,
                 })
             }
