@@ -47,6 +47,10 @@ pub struct DropEvent {
     /// `address:port` for TCP and UDP, the address otherwise; empty when not readable.
     pub src: String,
     pub dst: String,
+    /// TCP: the flags, as tcpdump writes them (`S`, `S.`, `.`, `P.`, `F.`, `R`, `R.`; `.` is
+    /// ACK); empty otherwise or when not readable.
+    #[serde(default)]
+    pub tcp_flags: String,
     /// The packet's length.
     pub len: u32,
 }
@@ -60,6 +64,9 @@ impl std::fmt::Display for DropEvent {
         )?;
         if !self.src.is_empty() || !self.dst.is_empty() {
             write!(f, " {} > {}", or_dash(&self.src), or_dash(&self.dst))?;
+        }
+        if !self.tcp_flags.is_empty() {
+            write!(f, " [{}]", self.tcp_flags)?;
         }
         write!(f, " len {}", self.len)
     }
@@ -88,6 +95,7 @@ pub fn decode(record: &[u8], interface: impl Fn(Role) -> String) -> Option<DropE
     let reason = Reason::from_u8(raw.reason)?;
     let captured = usize::from(raw.captured).min(events::HEAD);
     let (protocol, src, dst) = tuple(&raw.head[..captured]);
+    let tcp_flags = tcp_flags(&raw.head[..captured]);
     Some(DropEvent {
         time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         interface: interface(role),
@@ -98,8 +106,39 @@ pub fn decode(record: &[u8], interface: impl Fn(Role) -> String) -> Option<DropE
         protocol,
         src,
         dst,
+        tcp_flags,
         len: raw.len,
     })
+}
+
+/// A TCP segment's flags from a packet's first bytes, as tcpdump writes them.
+fn tcp_flags(head: &[u8]) -> String {
+    let Ok(packet) = LaxSlicedPacket::from_ethernet(head) else {
+        return String::new();
+    };
+    let payload = match &packet.net {
+        Some(LaxNetSlice::Ipv4(ip)) => ip.payload(),
+        Some(LaxNetSlice::Ipv6(ip)) => ip.payload(),
+        _ => return String::new(),
+    };
+    let flags = match payload.payload.get(13) {
+        Some(&flags) if payload.ip_number.0 == 6 && !payload.fragmented => flags,
+        _ => return String::new(),
+    };
+    [
+        (0x02, 'S'),
+        (0x01, 'F'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x20, 'U'),
+        (0x40, 'E'),
+        (0x80, 'W'),
+        (0x10, '.'),
+    ]
+    .iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, c)| *c)
+    .collect()
 }
 
 /// Protocol, source and destination from a packet's first bytes.
@@ -495,5 +534,35 @@ mod tests {
             )
         );
         assert_eq!(tuple(&frame[..10]).0, "ethernet");
+        assert_eq!(tcp_flags(&frame), "", "not TCP");
+    }
+
+    #[test]
+    fn tcp_flags_read_as_tcpdump_writes_them() {
+        let segment = |flags: u8| {
+            let mut frame = vec![0u8; 12];
+            frame.extend_from_slice(&[0x08, 0x00]);
+            frame.extend_from_slice(&[
+                0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 198, 51, 100, 7, 192, 0, 2, 10,
+            ]);
+            let mut tcp = [0u8; 20];
+            tcp[12] = 5 << 4;
+            tcp[13] = flags;
+            frame.extend_from_slice(&tcp);
+            frame
+        };
+        for (flags, shown) in [
+            (0x02, "S"),
+            (0x12, "S."),
+            (0x10, "."),
+            (0x18, "P."),
+            (0x11, "F."),
+            (0x04, "R"),
+            (0x14, "R."),
+        ] {
+            assert_eq!(tcp_flags(&segment(flags)), shown);
+        }
+        // Cut before the flags byte.
+        assert_eq!(tcp_flags(&segment(0x02)[..14 + 20 + 13]), "");
     }
 }

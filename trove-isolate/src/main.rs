@@ -118,7 +118,8 @@ enum Command {
         pin_path: PathBuf,
     },
     /// Follow sampled drop events live: interface, role, direction, verdict, reason, protocol,
-    /// source > destination and length, one line each.
+    /// source > destination, a TCP segment's flags (as tcpdump writes them) and length, one
+    /// line each.
     ///
     /// Reads the running daemon's event stream, or the datapath's ring buffer itself when no
     /// daemon runs. Events are sampled in the datapath, at most `[drops] events_per_second` (the

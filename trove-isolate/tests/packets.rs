@@ -1884,6 +1884,7 @@ fn drop_events_carry_the_packet_and_keep_to_their_budget() {
         protocol: "tcp".into(),
         src: format!("{UNLISTED}:40001"),
         dst: format!("{G4}:3306"),
+        tcp_flags: "S".into(),
         len: denied.len() as u32,
     };
     assert_eq!(events, [want]);
