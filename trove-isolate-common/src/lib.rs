@@ -17,7 +17,7 @@ pub mod policy;
 pub mod settings;
 
 /// Version of the map layouts below; part of every pinned map's name.
-pub const LAYOUT_VERSION: u32 = 10;
+pub const LAYOUT_VERSION: u32 = 11;
 
 /// Names of the maps in the eBPF object (the `static`s of `trove-isolate-ebpf/src/maps.rs`).
 pub mod maps {
@@ -33,6 +33,10 @@ pub mod maps {
     /// The prefix lengths the policy's rules use, per (role, direction, family).
     pub const POLICY_LENGTHS: &str = "POLICY_LENGTHS";
     pub const LOCAL: &str = "LOCAL";
+    /// Each role's own addresses as two `local::OwnSet` slots, and the generation that says
+    /// which slot is in force.
+    pub const OWN_SETS: &str = "OWN_SETS";
+    pub const OWN_GENERATION: &str = "OWN_GENERATION";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
     /// Sampled drop events (a ring buffer) and their per-CPU budget.
@@ -53,12 +57,14 @@ pub mod maps {
     pub const TCP4_EST_BIZ: &str = "TCP4_EST_BIZ";
     pub const CT_EST_MGMT: &str = "CT_EST_MGMT";
     pub const CT_EST_BIZ: &str = "CT_EST_BIZ";
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 19] = [
         POLICY4,
         POLICY6,
         POLICY6_LONG,
         POLICY_LENGTHS,
         LOCAL,
+        OWN_SETS,
+        OWN_GENERATION,
         COUNTERS,
         SETTINGS,
         DROP_EVENTS,

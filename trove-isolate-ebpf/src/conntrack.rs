@@ -177,6 +177,12 @@ pub fn tracked<F: Flow>(t: &Tables<F>, flow: &F, proto: u8) -> bool {
 /// retransmission, or the other side's SYN of a simultaneous open) and changes nothing but the
 /// flow's age. `None`: no live flow, or one the SYN starts over (a closing established flow, or a
 /// pickup nothing has answered, which is removed or overwritten): the SYN opens a flow.
+///
+/// The new table first, where a retransmitted SYN finds its handshake, so it makes one lookup,
+/// not a miss and a lookup. A flow is in one table or the other (in both only for the instant
+/// of a move between them), so the order changes no verdict: a SYN that finds no live flow in
+/// the new table still meets the established one, and removes a closing or expired flow there
+/// before it opens its own.
 #[inline(always)]
 pub fn reopen<F: Flow>(
     t: &Tables<F>,
@@ -185,22 +191,24 @@ pub fn reopen<F: Flow>(
     now: u64,
 ) -> Option<Result<Reason, Reason>> {
     let key = flow.key();
-    if let Some(entry) = t.est.get_ptr_mut(key) {
+    if let Some(entry) = t.new.get_ptr_mut(key) {
         if let Some(value) = flow.state(unsafe { &mut *entry }) {
-            if value.expired(pkt.proto, now) || value.guest_done() {
-                let _ = t.est.remove(key);
-            } else {
+            // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep,
+            // nor is one the guest is done with: the SYN starts the tuple over rather than
+            // inherit its acknowledgment.
+            if !(value.expired(pkt.proto, now)
+                || value.state == state::UNREPLIED
+                || value.guest_done())
+            {
                 refresh(value, now);
                 return Some(Ok(Reason::Tracked));
             }
         }
     }
-    let entry = t.new.get_ptr_mut(key)?;
+    let entry = t.est.get_ptr_mut(key)?;
     let value = flow.state(unsafe { &mut *entry })?;
-    // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep, nor is
-    // one the guest is done with: the SYN starts the tuple over rather than inherit its
-    // acknowledgment.
-    if value.expired(pkt.proto, now) || value.state == state::UNREPLIED || value.guest_done() {
+    if value.expired(pkt.proto, now) || value.guest_done() {
+        let _ = t.est.remove(key);
         return None;
     }
     refresh(value, now);

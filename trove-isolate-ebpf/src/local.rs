@@ -3,12 +3,13 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use trove_isolate_common::{
+    conntrack::words,
     family,
-    local::{LocalKey, FIXED_PREFIX_BITS, LINK, OWN},
+    local::{LocalKey, OwnSet, FIXED_PREFIX_BITS, LINK, OWN, TRIE_ONLY},
     Role,
 };
 
-use crate::maps::LOCAL;
+use crate::maps::{LOCAL, OWN_GENERATION, OWN_SETS};
 
 /// The [`OWN`] / [`LINK`] flags of `addr` on the NIC of `role`.
 #[inline(always)]
@@ -26,10 +27,35 @@ fn flags(role: Role, fam: u8, addr: &[u8; 16]) -> u8 {
     LOCAL.get(&key).map_or(0, |v| v.flags)
 }
 
-/// Whether `addr` is an address of the NIC.
+/// Whether `addr` is an address of the NIC: the role's set in force says, unless the NIC has
+/// more addresses of the family than a set holds (or no set is kept), when the trie does.
 #[inline(always)]
 pub fn own(role: Role, fam: u8, addr: &[u8; 16]) -> bool {
+    match in_set(role, fam, addr) {
+        Some(held) => held,
+        None => own_in_trie(role, fam, addr),
+    }
+}
+
+/// Whether the trie says `addr` is an address of the NIC.
+#[inline(always)]
+pub fn own_in_trie(role: Role, fam: u8, addr: &[u8; 16]) -> bool {
     flags(role, fam, addr) & OWN != 0
+}
+
+/// The answer of the role's set in force, if it has one. Both lookups are of arrays, which the
+/// verifier inlines: no helper call. The slot is read through the generation it depends on, so
+/// no CPU reads it before the generation that names it (the daemon's write order does the
+/// rest).
+#[inline(always)]
+fn in_set(role: Role, fam: u8, addr: &[u8; 16]) -> Option<bool> {
+    let generation = *OWN_GENERATION.get(0)?;
+    if generation & TRIE_ONLY != 0 {
+        return None;
+    }
+    OWN_SETS
+        .get(OwnSet::slot(role, generation))?
+        .holds(fam, &words(addr))
 }
 
 /// Whether `addr` is on one of the NIC's links: its subnets, IPv6 link-local or link-scope

@@ -10,7 +10,7 @@ use trove_isolate_common::{
     conntrack::{FlowKey4, FlowValue, WideKey, WideValue, EST_MAX_ENTRIES, NEW_MAX_ENTRIES},
     counters::{self, Counter},
     events::{self, Budget},
-    local::{self, LocalKey, LocalValue},
+    local::{self, LocalKey, LocalValue, OwnSet},
     policy::{self, PolicyKey, PolicyKey4, PolicyKey6, PolicyValue, PrefixLengths},
     settings::Settings,
     Role,
@@ -34,6 +34,13 @@ pub static POLICY_LENGTHS: Array<PrefixLengths> = Array::with_max_entries(policy
 
 #[map]
 pub static LOCAL: LpmTrie<LocalKey, LocalValue> = LpmTrie::with_max_entries(local::MAX_ENTRIES, 0);
+
+/// Two slots per role; the generation says which is in force (`local::OwnSet::slot`).
+#[map]
+pub static OWN_SETS: Array<OwnSet> = Array::with_max_entries(local::SET_SLOTS, 0);
+
+#[map]
+pub static OWN_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static TCP4_NEW_MGMT: LruHashMap<FlowKey4, FlowValue> =

@@ -23,7 +23,7 @@ use trove_isolate_common::{
     conntrack::{FlowKey, FlowKey4, FlowValue, Keying, WideKey, WideValue},
     counters::{self, Counter},
     events::Budget,
-    local::{LocalKey, LocalValue},
+    local::{LocalKey, LocalValue, OwnSet, TRIE_ONLY},
     maps,
     policy::{self, PolicyKey, PolicyKey4, PolicyKey6, PolicyValue, PrefixLengths},
     program_name,
@@ -33,7 +33,7 @@ use trove_isolate_common::{
 
 use crate::{
     capacity::{Capacity, PolicyRules},
-    map_batch,
+    map_batch, own_sets,
     pins::Pins,
     policy::Policy,
 };
@@ -50,6 +50,9 @@ pub struct Datapath {
     /// The policy map was made at this load (no pin, or resized) and no policy written to it
     /// yet: whatever policy was in force, it holds none of it.
     policy_map_new: bool,
+    /// The own-address sets' generation known to have been in force for a grace period: the
+    /// slot not in force is written without a wait only under it (see [`own_sets`]).
+    own_settled: Option<u32>,
 }
 
 /// The policy maps' content: the rules, and each class's prefix lengths.
@@ -129,6 +132,11 @@ impl Datapath {
                     .find(|(name, _)| name == policy)
                     .is_none_or(|(_, path)| !path.exists())
             });
+        // Pinned sets may have flipped in another process; sets made anew never have.
+        let own_settled = match paths.iter().find(|(name, _)| *name == maps::OWN_GENERATION) {
+            Some((_, path)) if path.exists() => None,
+            _ => Some(0),
+        };
         let level: u8 = if log { 0xff } else { 0 };
         loader.override_global(aya_log::LEVEL, &level, true);
         let mut ebpf = loader
@@ -141,6 +149,7 @@ impl Datapath {
             sizes,
             log,
             policy_map_new,
+            own_settled,
         })
     }
 
@@ -511,10 +520,85 @@ impl Datapath {
         Ok((rules, classes))
     }
 
-    /// Makes the local-address map hold exactly `entries` (the NICs' addresses and links).
+    /// Makes the local-address map hold exactly `entries` (the NICs' addresses and links), then
+    /// the own-address sets the own addresses among them. The trie first: a set that overflows
+    /// leaves its checks to it.
     pub fn sync_local(&mut self, entries: &[(Key<LocalKey>, LocalValue)]) -> anyhow::Result<()> {
         self.sync_trie(maps::LOCAL, entries)
-            .context("writing the local address map")
+            .context("writing the local address map")?;
+        self.sync_own_sets(&own_sets::sets_of(entries))
+            .context("writing the own-address sets")
+    }
+
+    /// Puts `sets` in force, in the order [`own_sets`] gives; nothing when they are already. When
+    /// no set is (`TRIE_ONLY`), every slot is free once a grace period has passed.
+    fn sync_own_sets(&mut self, sets: &[OwnSet; Role::COUNT]) -> anyhow::Result<()> {
+        let generation = self.own_generation()?;
+        let trie_only = generation & TRIE_ONLY != 0;
+        let mut slots: Array<&mut MapData, OwnSet> = Array::try_from(
+            self.ebpf
+                .map_mut(maps::OWN_SETS)
+                .context("own-address sets map missing")?,
+        )?;
+        let mut in_force = [OwnSet::default(); Role::COUNT];
+        for role in Role::ALL {
+            in_force[role as usize] = slots.get(&OwnSet::slot(role, generation), 0)?;
+        }
+        if in_force == *sets && !trie_only {
+            return Ok(());
+        }
+        if self.own_settled != Some(generation) {
+            if let Err(e) = own_sets::grace() {
+                if trie_only {
+                    return Ok(());
+                }
+                log::warn!(
+                    "waiting for running BPF programs (a map-of-maps update): {e}; the NICs' own \
+                     addresses are checked in the trie until a wait succeeds (about 12 ns more \
+                     per new flow)"
+                );
+                return self.set_own_generation(generation | TRIE_ONLY);
+            }
+        }
+        let next = generation.wrapping_add(1) & !TRIE_ONLY;
+        for role in Role::ALL {
+            slots.set(OwnSet::slot(role, next), sets[role as usize], 0)?;
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.set_own_generation(next)?;
+        // Settled once a grace period has passed, which this datapath learns only by waiting.
+        self.own_settled = None;
+        Ok(())
+    }
+
+    /// Leaves every own-address check to the trie until the addresses next change (the tests' way
+    /// to check the trie the sets stand in for; the daemon's where a wait for running programs
+    /// fails).
+    pub fn own_sets_off(&mut self) -> anyhow::Result<()> {
+        let generation = self.own_generation()?;
+        self.set_own_generation(generation | TRIE_ONLY)
+    }
+
+    /// Whether an own-address set is in force (else the trie answers every check).
+    pub fn own_sets_on(&self) -> anyhow::Result<bool> {
+        Ok(self.own_generation()? & TRIE_ONLY == 0)
+    }
+
+    fn own_generation(&self) -> anyhow::Result<u32> {
+        let map = self
+            .ebpf
+            .map(maps::OWN_GENERATION)
+            .context("own-address generation map missing")?;
+        Ok(Array::<&MapData, u32>::try_from(map)?.get(&0, 0)?)
+    }
+
+    fn set_own_generation(&mut self, generation: u32) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(maps::OWN_GENERATION)
+            .context("own-address generation map missing")?;
+        Array::<&mut MapData, u32>::try_from(map)?.set(0, generation, 0)?;
+        Ok(())
     }
 
     /// Add before remove: an entry in both the old and the new content is never missing.

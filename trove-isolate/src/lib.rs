@@ -26,6 +26,7 @@ pub mod model;
 pub mod netns;
 pub mod nic;
 pub mod ops;
+pub mod own_sets;
 pub mod pins;
 pub mod policy;
 pub mod rawsock;

@@ -1237,19 +1237,112 @@ fn icmp_is_held_to_its_flows_and_its_link() {
 
 /// New flows must be the NIC's own: addressed to it coming in, from it going out. A forwarded
 /// packet is not judged as the guest's.
+/// The same from the trie alone, as where the sets are not kept (or overflow).
 #[rustfmt::skip]
 #[test]
 fn new_flows_must_be_the_nics_own() {
     use Reason::*;
+    for trie_only in [false, true] {
+        let mut dp = datapath();
+        if trie_only {
+            dp.own_sets_off().expect("leaving the checks to the trie");
+        }
+        run_table(&mut dp, &[
+            drop("client SYN to another address on the link", B, I, v4_tcp(CLIENT, "192.0.2.77", 33200, 3306, SYN), NotLocal),
+            drop("client SYN to a forwarded address", B, I, v4_tcp(CLIENT, "203.0.113.200", 33201, 3306, SYN), NotLocal),
+            drop("client SYN to the subnet's first address", B, I, v4_tcp(CLIENT, "192.0.2.0", 33204, 3306, SYN), NotLocal),
+            drop("client SYN to 0.0.0.0", B, I, v4_tcp(CLIENT, "0.0.0.0", 33205, 3306, SYN), NotLocal),
+            drop("client SYN to another IPv6 address on the link", B, I, v6_tcp(CLIENT6, "2001:db8:1::2", 33206, 3306, SYN), NotLocal),
+            drop("client SYN to ::", B, I, v6_tcp(CLIENT6, "::", 33207, 3306, SYN), NotLocal),
+            drop("forwarded SYN going out to the peer", B, E, v4_tcp("192.0.2.77", PEER, 40600, 3306, SYN), NotLocal),
+            drop("spoofed source to rabbitmq", M, E, v4_tcp("192.0.2.77", RABBIT4, 40601, 5672, SYN), NotLocal),
+            pass("the NIC's own address", B, I, v4_tcp(CLIENT, G4, 33202, 3306, SYN), Allowed),
+            pass("the NIC's own IPv6 address", B, I, v6_tcp(CLIENT6, G6, 33203, 3306, SYN), Allowed),
+            pass("the NIC's own link-local address", B, I, v6_tcp("fe80::50", "fe80::1", 33208, 3306, SYN), Allowed),
+        ]);
+    }
+}
+
+/// The own-address check follows every change of the NIC's addresses, from the first packet
+/// after it: gained, lost, moved, more than a set holds (left to the trie) and back. Each
+/// change is one more flip of the sets' generation, so both slots are written in turn. Every
+/// third change is checked in the trie alone, and every third one comes after the sets were off
+/// (as where a wait for running programs failed), which the change puts back.
+#[test]
+fn the_own_address_check_follows_every_change_of_the_nics_addresses() {
+    use trove_isolate_common::local::SET_V4;
     let mut dp = datapath();
-    run_table(&mut dp, &[
-        drop("client SYN to another address on the link", B, I, v4_tcp(CLIENT, "192.0.2.77", 33200, 3306, SYN), NotLocal),
-        drop("client SYN to a forwarded address", B, I, v4_tcp(CLIENT, "203.0.113.200", 33201, 3306, SYN), NotLocal),
-        drop("forwarded SYN going out to the peer", B, E, v4_tcp("192.0.2.77", PEER, 40600, 3306, SYN), NotLocal),
-        drop("spoofed source to rabbitmq", M, E, v4_tcp("192.0.2.77", RABBIT4, 40601, 5672, SYN), NotLocal),
-        pass("the NIC's own address", B, I, v4_tcp(CLIENT, G4, 33202, 3306, SYN), Allowed),
-        pass("the NIC's own IPv6 address", B, I, v6_tcp(CLIENT6, G6, 33203, 3306, SYN), Allowed),
-    ]);
+    let many: Vec<String> = (1..=SET_V4 + 2)
+        .map(|i| format!("192.0.2.{}/24", 100 + i))
+        .collect();
+    let changes: Vec<Vec<String>> = vec![
+        vec!["192.0.2.1/24".into()],
+        vec![
+            "192.0.2.1/24".into(),
+            "192.0.2.2/24".into(),
+            "2001:db8:1::2/64".into(),
+        ],
+        vec!["192.0.2.2/24".into()],
+        many.clone(),
+        vec!["192.0.2.3/24".into(), "2001:db8:1::1/64".into()],
+        many,
+        vec![],
+        vec!["192.0.2.1/24".into(), "2001:db8:1::1/64".into()],
+    ];
+    let probes: Vec<String> = [
+        "192.0.2.1",
+        "192.0.2.2",
+        "192.0.2.3",
+        "192.0.2.101",
+        "192.0.2.110",
+    ]
+    .iter()
+    .chain(&[
+        "192.0.2.200",
+        "2001:db8:1::1",
+        "2001:db8:1::2",
+        "2001:db8:1::3",
+    ])
+    .map(|a| a.to_string())
+    .collect();
+    let mut port = 34000;
+    for (i, change) in changes.iter().enumerate() {
+        let nets: Vec<IpNetwork> = change.iter().map(|n| n.parse().expect("net")).collect();
+        let mut entries = local::entries(M, &nets);
+        entries.extend(local::entries(B, &nets));
+        if i % 3 == 1 {
+            dp.own_sets_off().expect("leaving the checks to the trie");
+        }
+        dp.sync_local(&entries)
+            .expect("writing the local address map");
+        assert!(
+            dp.own_sets_on().expect("reading the generation"),
+            "change {i}: no set in force"
+        );
+        if i % 3 == 2 {
+            dp.own_sets_off().expect("leaving the checks to the trie");
+        }
+        let cases: Vec<Case> = probes
+            .iter()
+            .map(|probe| {
+                port += 1;
+                let ip: std::net::IpAddr = probe.parse().expect("ip");
+                let own = nets.iter().any(|n| n.ip() == ip);
+                let (client, frame) = if ip.is_ipv4() {
+                    (CLIENT, v4_tcp(CLIENT, probe, port, 3306, SYN))
+                } else {
+                    (CLIENT6, v6_tcp(CLIENT6, probe, port, 3306, SYN))
+                };
+                let name = format!("change {i}: {client} to {probe}");
+                if own {
+                    pass(&name, B, I, frame, Reason::Allowed)
+                } else {
+                    drop(&name, B, I, frame, Reason::NotLocal)
+                }
+            })
+            .collect();
+        run_table(&mut dp, &cases);
+    }
 }
 
 /// A flow's protocol is part of what it is: TCP over IPv4 has tables of its own, so a UDP flow

@@ -381,7 +381,14 @@ pub fn run(policy: &Policy, o: &Options) -> anyhow::Result<Vec<Row>> {
             "stage: parse + a lookup that misses the established table",
             "bench_miss",
         ),
-        ("stage: parse + own-address lookup (LPM trie)", "bench_own"),
+        (
+            "stage: parse + own-address check (the NIC's set, an array)",
+            "bench_own",
+        ),
+        (
+            "stage: parse + own-address lookup in the LPM trie",
+            "bench_own_trie",
+        ),
         ("stage: the clock (bpf_ktime_get_ns)", "bench_clock"),
         (
             "stage: the coarse clock (bpf_ktime_get_coarse_ns)",
