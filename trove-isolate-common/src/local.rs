@@ -8,11 +8,13 @@
 //! the longest match of any address says everything.
 //!
 //! A trie lookup is a helper call (15 ns, a third of a new flow's decision); an array lookup is
-//! inlined by the verifier, and a scan of a few words costs 3 (BENCHMARKS.md). An array's values
-//! are written in place, though, so a set is never rewritten while a packet may read it: each
-//! role has two slots, [`OWN_GENERATION`](crate::maps::OWN_GENERATION) says which one is in
-//! force, and the daemon writes the other, then flips the generation, and lets an RCU grace
-//! period pass before it writes the old one again (see the daemon's `own_sets`).
+//! inlined by the verifier, and a scan of a few words costs 3 (BENCHMARKS.md). So the datapath
+//! asks the set first: an address it holds is own, any other is asked of the trie, which stays
+//! the authority (the daemon writes it first). An array's values are written in place, though,
+//! so a set is never rewritten while a packet may read it: each role has two slots,
+//! [`OWN_GENERATION`](crate::maps::OWN_GENERATION) says which one is in force, and the daemon
+//! writes the other, then flips the generation, and lets an RCU grace period pass before it
+//! writes the old one again (see the daemon's `own_sets`).
 
 /// The address is the NIC's own.
 pub const OWN: u8 = 1;
@@ -50,24 +52,21 @@ pub struct LocalValue {
     pub _pad: [u8; 3],
 }
 
-/// Own IPv4 and IPv6 addresses a set holds. A NIC with more of a family has that family
-/// answered by the trie.
+/// Own IPv4 and IPv6 addresses a set holds. The trie answers for a NIC's others.
 pub const SET_V4: usize = 4;
 pub const SET_V6: usize = 8;
-/// A set's length when the NIC has more addresses of the family than the set holds.
-pub const SET_OVERFLOW: u32 = u32::MAX;
-/// Set in the generation when no set is in force and the trie answers every check: where the
-/// kernel offers no way to wait for a grace period, the daemon never writes a set.
+/// Set in the generation when no set is in force and the trie answers every check (where the
+/// daemon could not wait for running programs, it writes no set).
 pub const TRIE_ONLY: u32 = 1 << 31;
 /// Slots of the sets map: two per role.
 pub const SET_SLOTS: u32 = 4;
 
-/// One role's own addresses, as words (the address bytes read native-endian,
-/// `conntrack::words`).
+/// Up to [`SET_V4`] and [`SET_V6`] of one role's own addresses, as words (the address bytes read
+/// native-endian, `conntrack::words`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct OwnSet {
-    /// Addresses in `v4` / `v6`, or [`SET_OVERFLOW`].
+    /// Addresses in `v4` / `v6`.
     pub v4_len: u32,
     pub v6_len: u32,
     pub v4: [u32; SET_V4],
@@ -81,59 +80,44 @@ impl OwnSet {
         role as u32 * 2 + (generation & 1)
     }
 
-    /// Whether `addr` (an address of `fam`, as words) is in the set; `None` when the NIC has more
-    /// addresses of `fam` than the set holds.
+    /// Whether `addr` (an address of `fam`, as words) is in the set.
     #[inline(always)]
-    pub fn holds(&self, fam: u8, addr: &[u32; 4]) -> Option<bool> {
+    pub fn holds(&self, fam: u8, addr: &[u32; 4]) -> bool {
         if fam == crate::family::V4 {
             let len = self.v4_len;
-            if len == SET_OVERFLOW {
-                return None;
-            }
             let mut i = 0;
             while i < SET_V4 {
                 if (i as u32) < len && self.v4[i] == addr[0] {
-                    return Some(true);
+                    return true;
                 }
                 i += 1;
             }
         } else {
             let len = self.v6_len;
-            if len == SET_OVERFLOW {
-                return None;
-            }
             let mut i = 0;
             while i < SET_V6 {
                 if (i as u32) < len && self.v6[i] == *addr {
-                    return Some(true);
+                    return true;
                 }
                 i += 1;
             }
         }
-        Some(false)
+        false
     }
 
-    /// The set of the own addresses in `addrs` (`fam`, address as words): each family's in the
-    /// order given, or [`SET_OVERFLOW`] where they do not fit.
+    /// The set of the own addresses in `addrs` (`fam`, address as words): each family's first
+    /// ones, in the order given, as many as fit.
     pub fn of(addrs: impl IntoIterator<Item = (u8, [u32; 4])>) -> OwnSet {
         let mut set = OwnSet::default();
         for (fam, addr) in addrs {
             if fam == crate::family::V4 {
-                match set.v4.get_mut(set.v4_len as usize) {
-                    Some(slot) => {
-                        *slot = addr[0];
-                        set.v4_len += 1;
-                    }
-                    None => set.v4_len = SET_OVERFLOW,
+                if let Some(slot) = set.v4.get_mut(set.v4_len as usize) {
+                    *slot = addr[0];
+                    set.v4_len += 1;
                 }
-            } else {
-                match set.v6.get_mut(set.v6_len as usize) {
-                    Some(slot) => {
-                        *slot = addr;
-                        set.v6_len += 1;
-                    }
-                    None => set.v6_len = SET_OVERFLOW,
-                }
+            } else if let Some(slot) = set.v6.get_mut(set.v6_len as usize) {
+                *slot = addr;
+                set.v6_len += 1;
             }
         }
         set

@@ -27,14 +27,14 @@ fn flags(role: Role, fam: u8, addr: &[u8; 16]) -> u8 {
     LOCAL.get(&key).map_or(0, |v| v.flags)
 }
 
-/// Whether `addr` is an address of the NIC: the role's set in force says, unless the NIC has
-/// more addresses of the family than a set holds (or no set is kept), when the trie does.
+/// Whether `addr` is an address of the NIC. The role's set in force answers for the addresses
+/// it holds; the trie, which the daemon writes first, for any other. So an address the NIC has
+/// just gained is its own from the moment it is in the trie, not from the set's flip a grace
+/// period later, and an address the set does not hold costs a trie lookup (a packet the rules
+/// allowed to an address not the NIC's: rare).
 #[inline(always)]
 pub fn own(role: Role, fam: u8, addr: &[u8; 16]) -> bool {
-    match in_set(role, fam, addr) {
-        Some(held) => held,
-        None => own_in_trie(role, fam, addr),
-    }
+    in_set(role, fam, addr) || own_in_trie(role, fam, addr)
 }
 
 /// Whether the trie says `addr` is an address of the NIC.
@@ -43,19 +43,21 @@ pub fn own_in_trie(role: Role, fam: u8, addr: &[u8; 16]) -> bool {
     flags(role, fam, addr) & OWN != 0
 }
 
-/// The answer of the role's set in force, if it has one. Both lookups are of arrays, which the
-/// verifier inlines: no helper call. The slot is read through the generation it depends on, so
-/// no CPU reads it before the generation that names it (the daemon's write order does the
-/// rest).
+/// Whether the role's set in force holds `addr`. Both lookups are of arrays, which the verifier
+/// inlines: no helper call. The slot is read through the generation it depends on, so no CPU
+/// reads it before the generation that names it (the daemon's write order does the rest).
 #[inline(always)]
-fn in_set(role: Role, fam: u8, addr: &[u8; 16]) -> Option<bool> {
-    let generation = *OWN_GENERATION.get(0)?;
+fn in_set(role: Role, fam: u8, addr: &[u8; 16]) -> bool {
+    let Some(&generation) = OWN_GENERATION.get(0) else {
+        return false;
+    };
     if generation & TRIE_ONLY != 0 {
-        return None;
+        return false;
     }
-    OWN_SETS
-        .get(OwnSet::slot(role, generation))?
-        .holds(fam, &words(addr))
+    match OWN_SETS.get(OwnSet::slot(role, generation)) {
+        Some(set) => set.holds(fam, &words(addr)),
+        None => false,
+    }
 }
 
 /// Whether `addr` is on one of the NIC's links: its subnets, IPv6 link-local or link-scope

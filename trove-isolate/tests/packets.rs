@@ -1263,6 +1263,30 @@ fn new_flows_must_be_the_nics_own() {
     }
 }
 
+/// An address the NIC gains is its own from the moment the trie holds it, before the set in
+/// force is replaced (a grace period later): the set answers only for what it holds.
+#[rustfmt::skip]
+#[test]
+fn an_address_gained_is_the_nics_own_before_its_set_is_written() {
+    use Reason::*;
+    let mut dp = datapath();
+    let mut nets: Vec<IpNetwork> = NIC_ADDRESSES
+        .iter()
+        .map(|n| n.parse().expect("net"))
+        .collect();
+    nets.extend(["192.0.2.9/24", "2001:db8:1::9/64"].map(|n| n.parse::<IpNetwork>().expect("net")));
+    let mut entries = local::entries(M, &nets);
+    entries.extend(local::entries(B, &nets));
+    dp.sync_local_trie(&entries).expect("writing the local address map");
+    assert!(dp.own_sets_on().expect("reading the generation"), "the set in force changed");
+    run_table(&mut dp, &[
+        pass("a SYN to the address gained", B, I, v4_tcp(CLIENT, "192.0.2.9", 33900, 3306, SYN), Allowed),
+        pass("a SYN to the IPv6 address gained", B, I, v6_tcp(CLIENT6, "2001:db8:1::9", 33901, 3306, SYN), Allowed),
+        pass("a SYN to an address the set holds", B, I, v4_tcp(CLIENT, G4, 33902, 3306, SYN), Allowed),
+        drop("a SYN to another address on the link", B, I, v4_tcp(CLIENT, "192.0.2.77", 33903, 3306, SYN), NotLocal),
+    ]);
+}
+
 /// The own-address check follows every change of the NIC's addresses, from the first packet
 /// after it: gained, lost, moved, more than a set holds (left to the trie) and back. Each
 /// change is one more flip of the sets' generation, so both slots are written in turn. Every
