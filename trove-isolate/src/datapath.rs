@@ -50,9 +50,9 @@ pub struct Datapath {
     /// The policy map was made at this load (no pin, or resized) and no policy written to it
     /// yet: whatever policy was in force, it holds none of it.
     policy_map_new: bool,
-    /// The own-address sets' generation known to have been in force for a grace period: the
-    /// slot not in force is written without a wait only under it (see [`own_sets`]).
-    own_settled: Option<u32>,
+    /// The own-address sets were made at this load and never written: no packet has read them,
+    /// so the first write needs no wait (see [`own_sets`]).
+    own_fresh: bool,
 }
 
 /// The policy maps' content: the rules, and each class's prefix lengths.
@@ -132,11 +132,10 @@ impl Datapath {
                     .find(|(name, _)| name == policy)
                     .is_none_or(|(_, path)| !path.exists())
             });
-        // Pinned sets may have flipped in another process; sets made anew never have.
-        let own_settled = match paths.iter().find(|(name, _)| *name == maps::OWN_GENERATION) {
-            Some((_, path)) if path.exists() => None,
-            _ => Some(0),
-        };
+        // Pinned sets may be read by programs attached already; sets made anew are not.
+        let own_fresh = !paths
+            .iter()
+            .any(|(name, path)| *name == maps::OWN_GENERATION && path.exists());
         let level: u8 = if log { 0xff } else { 0 };
         loader.override_global(aya_log::LEVEL, &level, true);
         let mut ebpf = loader
@@ -149,7 +148,7 @@ impl Datapath {
             sizes,
             log,
             policy_map_new,
-            own_settled,
+            own_fresh,
         })
     }
 
@@ -539,45 +538,54 @@ impl Datapath {
             .context("writing the local address map")
     }
 
-    /// Puts `sets` in force, in the order [`own_sets`] gives; nothing when they are already. When
-    /// no set is (`TRIE_ONLY`), every slot is free once a grace period has passed.
+    /// Puts `sets` in force, in the order [`own_sets`] gives; nothing when they are already.
     fn sync_own_sets(&mut self, sets: &[OwnSet; Role::COUNT]) -> anyhow::Result<()> {
         let generation = self.own_generation()?;
         let trie_only = generation & TRIE_ONLY != 0;
-        let mut slots: Array<&mut MapData, OwnSet> = Array::try_from(
-            self.ebpf
-                .map_mut(maps::OWN_SETS)
-                .context("own-address sets map missing")?,
-        )?;
         let mut in_force = [OwnSet::default(); Role::COUNT];
-        for role in Role::ALL {
-            in_force[role as usize] = slots.get(&OwnSet::slot(role, generation), 0)?;
+        {
+            let slots = self.own_slots()?;
+            for role in Role::ALL {
+                in_force[role as usize] = slots.get(&OwnSet::slot(role, generation), 0)?;
+            }
         }
         if in_force == *sets && !trie_only {
             return Ok(());
         }
-        if self.own_settled != Some(generation) {
+        if !self.own_fresh {
+            // The trie answers every check from this word on, so the change is in force at once;
+            // once the programs running now have returned, no packet reads a slot.
+            if !trie_only {
+                self.set_own_generation(generation | TRIE_ONLY)?;
+            }
             if let Err(e) = own_sets::grace() {
-                if trie_only {
-                    return Ok(());
+                if !trie_only {
+                    log::warn!(
+                        "waiting for running BPF programs (a map-of-maps update): {e}; the NICs' \
+                         own addresses are checked in the trie until a wait succeeds (about 12 \
+                         ns more per new flow)"
+                    );
                 }
-                log::warn!(
-                    "waiting for running BPF programs (a map-of-maps update): {e}; the NICs' own \
-                     addresses are checked in the trie until a wait succeeds (about 12 ns more \
-                     per new flow)"
-                );
-                return self.set_own_generation(generation | TRIE_ONLY);
+                return Ok(());
             }
         }
         let next = generation.wrapping_add(1) & !TRIE_ONLY;
+        let mut slots = self.own_slots()?;
         for role in Role::ALL {
             slots.set(OwnSet::slot(role, next), sets[role as usize], 0)?;
         }
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         self.set_own_generation(next)?;
-        // Settled once a grace period has passed, which this datapath learns only by waiting.
-        self.own_settled = None;
+        self.own_fresh = false;
         Ok(())
+    }
+
+    fn own_slots(&mut self) -> anyhow::Result<Array<&mut MapData, OwnSet>> {
+        let map = self
+            .ebpf
+            .map_mut(maps::OWN_SETS)
+            .context("own-address sets map missing")?;
+        Ok(Array::try_from(map)?)
     }
 
     /// Leaves every own-address check to the trie until the addresses next change (the tests' way

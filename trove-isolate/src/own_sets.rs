@@ -2,22 +2,20 @@
 //! which the daemon writes them so that no packet reads one half written.
 //!
 //! An array's value is written in place, and the datapath reads the set of the slot the
-//! generation names, with no lock. So the writer
-//! 1. writes the slot not in force,
-//! 2. fences (a packet that reads the new generation reads the slot it names, which depends on
-//!    it, so it sees the slot's new content),
-//! 3. writes the generation (one aligned word),
-//! 4. and writes the old slot again only after every program run that may have read the old
-//!    generation has returned ([`grace`]).
+//! generation names, with no lock; an address a set does not hold is asked of the trie, which
+//! the daemon has written first. So on a change the writer
+//! 1. marks the generation `TRIE_ONLY` (one aligned word): from here every check asks the trie,
+//!    so the change, a lost address included, is in force at once;
+//! 2. waits until every program run that may have read a slot has returned ([`grace`]): no
+//!    packet reads one now;
+//! 3. writes the next slot, fences, and writes the next generation, which clears the mark (a
+//!    packet that reads the new generation reads the slot it names, which depends on it, so it
+//!    sees the slot's new content).
 //!
-//! The wait comes before the next write, not after each flip, so a start does not pay it. The
-//! datapath remembers the generation it knows to be settled: that of maps it made anew (never
-//! flipped), or the one in force after a wait. Any other (its own flip, or one by another process
-//! or another load over the same pins) makes the next write wait first: one grace period, 15 to
-//! 25 ms here, on a change of the NIC's addresses.
-//!
-//! Where the wait fails the daemon keeps no set: the generation is marked `TRIE_ONLY`, one
-//! aligned word, and every check asks the trie, as before the sets.
+//! Maps made anew at this load skip 1 and 2 until their first flip: no packet reads a slot that
+//! was never in force. A change costs one grace period, 15 to 25 ms here, during which new flows
+//! pay the trie lookup. Where the wait fails the mark stays: every check asks the trie, as before
+//! the sets, until a later change waits successfully.
 
 use std::{
     io,
