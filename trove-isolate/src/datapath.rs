@@ -278,7 +278,7 @@ impl Datapath {
         // A map made anew at this load holds nothing yet, whatever was in force.
         let in_force = in_force.filter(|_| !self.policy_map_new);
         let wanted = policy.prefix_lengths();
-        let mut lengths = self.lengths_map()?;
+        let mut lengths = self.array_mut::<PrefixLengths>(maps::POLICY_LENGTHS)?;
         let mut now = Vec::new();
         for c in 0..policy::CLASSES {
             now.push(
@@ -300,7 +300,7 @@ impl Datapath {
         }
         self.sync_rules(&policy.entries(), in_force.map(Policy::entries).as_deref())
             .context("writing the policy map")?;
-        let mut lengths = self.lengths_map()?;
+        let mut lengths = self.array_mut::<PrefixLengths>(maps::POLICY_LENGTHS)?;
         for (c, (set, wanted)) in now.iter().zip(&wanted).enumerate() {
             let narrow = if crowded.contains(&c) {
                 // The old and the new lengths do not fit side by side: empty every slot, then
@@ -326,12 +326,13 @@ impl Datapath {
         Ok(())
     }
 
-    fn lengths_map(&mut self) -> anyhow::Result<Array<&mut MapData, PrefixLengths>> {
+    /// The array map `name`, its values checked to be `V`s, to write.
+    fn array_mut<V: aya::Pod>(&mut self, name: &str) -> anyhow::Result<Array<&mut MapData, V>> {
         let map = self
             .ebpf
-            .map_mut(maps::POLICY_LENGTHS)
-            .context("prefix lengths map missing")?;
-        Ok(Array::try_from(map)?)
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing"))?;
+        Array::try_from(map).with_context(|| format!("map {name}: not an array of these values"))
     }
 
     /// Each rule into its map (`policy::map_index`). Add before remove, across the maps: a
@@ -544,7 +545,7 @@ impl Datapath {
         let trie_only = generation & TRIE_ONLY != 0;
         let mut in_force = [OwnSet::default(); Role::COUNT];
         {
-            let slots = self.own_slots()?;
+            let slots = self.array_mut::<OwnSet>(maps::OWN_SETS)?;
             for role in Role::ALL {
                 in_force[role as usize] = slots.get(&OwnSet::slot(role, generation), 0)?;
             }
@@ -570,7 +571,7 @@ impl Datapath {
             }
         }
         let next = generation.wrapping_add(1) & !TRIE_ONLY;
-        let mut slots = self.own_slots()?;
+        let mut slots = self.array_mut::<OwnSet>(maps::OWN_SETS)?;
         for role in Role::ALL {
             slots.set(OwnSet::slot(role, next), sets[role as usize], 0)?;
         }
@@ -578,14 +579,6 @@ impl Datapath {
         self.set_own_generation(next)?;
         self.own_fresh = false;
         Ok(())
-    }
-
-    fn own_slots(&mut self) -> anyhow::Result<Array<&mut MapData, OwnSet>> {
-        let map = self
-            .ebpf
-            .map_mut(maps::OWN_SETS)
-            .context("own-address sets map missing")?;
-        Ok(Array::try_from(map)?)
     }
 
     /// Leaves every own-address check to the trie until the addresses next change (the tests' way
@@ -610,11 +603,8 @@ impl Datapath {
     }
 
     fn set_own_generation(&mut self, generation: u32) -> anyhow::Result<()> {
-        let map = self
-            .ebpf
-            .map_mut(maps::OWN_GENERATION)
-            .context("own-address generation map missing")?;
-        Array::<&mut MapData, u32>::try_from(map)?.set(0, generation, 0)?;
+        self.array_mut::<u32>(maps::OWN_GENERATION)?
+            .set(0, generation, 0)?;
         Ok(())
     }
 
@@ -787,11 +777,7 @@ impl Datapath {
         role: Role,
         change: impl FnOnce(&mut Settings),
     ) -> anyhow::Result<()> {
-        let map = self
-            .ebpf
-            .map_mut(maps::SETTINGS)
-            .context("settings map missing")?;
-        let mut settings: Array<&mut MapData, Settings> = Array::try_from(map)?;
+        let mut settings = self.array_mut::<Settings>(maps::SETTINGS)?;
         let mut value = settings.get(&(role as u32), 0)?;
         change(&mut value);
         settings.set(role as u32, value, 0)?;
