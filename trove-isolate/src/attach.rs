@@ -19,7 +19,7 @@ use aya::{
 use trove_isolate_common::{program_name, Direction, Role};
 
 use crate::{
-    datapath::Datapath,
+    datapath::Pair,
     netns,
     nic::{self, Device},
     pins::Pins,
@@ -75,11 +75,11 @@ pub fn use_tcx(mode: AttachMode) -> bool {
     }
 }
 
-/// Ensures both of `role`'s programs are attached to `device`, in one visit to its namespace
-/// (the NIC follower races docker-hostnic bringing the NIC up). `previous` is what the state
-/// file says was attached for each direction, if anything.
+/// Ensures both of `role`'s programs (ingress, egress) are attached to `device`, in one visit to
+/// its namespace (the NIC follower races docker-hostnic bringing the NIC up). `previous` is what
+/// the state file says was attached for each direction, if anything.
 pub fn ensure(
-    datapath: &mut Datapath,
+    programs: Pair<'_>,
     role: Role,
     device: &Device,
     tcx: bool,
@@ -90,8 +90,9 @@ pub fn ensure(
         // The device just before and just after: how much it may have received unjudged.
         let before = nic::snapshot(device.ifindex);
         let mut hooks = Vec::new();
-        for (direction, previous) in Direction::ALL.into_iter().zip(previous) {
-            let program = datapath.program(role, direction);
+        for ((direction, previous), program) in
+            Direction::ALL.into_iter().zip(previous).zip(programs)
+        {
             let name = program_name(role, direction);
             let same_device =
                 previous.is_some_and(|p| p.ifindex == device.ifindex && p.netns == device.netns);

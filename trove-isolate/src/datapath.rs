@@ -79,6 +79,29 @@ impl Datapath {
         capacity: &Capacity,
         in_force: &PolicyRules,
     ) -> anyhow::Result<Datapath> {
+        let mut datapath = Datapath::open(pins, log, capacity, in_force)?;
+        let programs = datapath.programs()?;
+        std::thread::scope(|scope| {
+            let pending: Vec<_> = programs
+                .into_iter()
+                .map(|(role, pair)| (role, spawn_loads(scope, pair)))
+                .collect();
+            pending
+                .into_iter()
+                .try_for_each(|(role, pair)| join_loads(role, pair).map(drop))
+        })?;
+        Ok(datapath)
+    }
+
+    /// [`Datapath::load`] without the verifier: the maps are made (or bound to their pins) and
+    /// may be written, and [`Datapath::verify_attaching`] loads the programs. For a first start,
+    /// where no program of ours reads the maps yet.
+    pub fn open(
+        pins: Option<&Pins>,
+        log: bool,
+        capacity: &Capacity,
+        in_force: &PolicyRules,
+    ) -> anyhow::Result<Datapath> {
         if crate::EBPF_OBJECT.is_empty() {
             bail!("this binary was built with AYA_BUILD_SKIP: it carries no eBPF programs");
         }
@@ -122,7 +145,7 @@ impl Datapath {
                 None => true,
             };
             if kept {
-                loader.map_pin_path(name, path.as_path());
+                loader.map_pin_path(name, path.clone());
             }
         }
         let policy_map_new = resized.iter().any(|r| maps::is_policy(r.map))
@@ -136,12 +159,14 @@ impl Datapath {
         let own_fresh = !paths
             .iter()
             .any(|(name, path)| *name == maps::OWN_GENERATION && path.exists());
-        let level: u8 = if log { 0xff } else { 0 };
-        loader.override_global(aya_log::LEVEL, &level, true);
-        let mut ebpf = loader
+        let level: &'static u8 = if log { &0xff } else { &0 };
+        loader.override_global(aya_log::LEVEL, level, true);
+        let ebpf = loader
             .load(crate::EBPF_OBJECT)
             .context("loading the eBPF object (maps bound to their pins)")?;
-        load_programs(&mut ebpf)?;
+        // The kernel's BTF the loader parsed (for CO-RE relocations) takes milliseconds to free:
+        // off the start's path.
+        std::thread::spawn(move || drop(loader));
         Ok(Datapath {
             ebpf,
             resized,
@@ -231,12 +256,86 @@ impl Datapath {
         Ok(())
     }
 
+    /// Whether the four programs are loaded (verified); after [`Datapath::open`] they are not
+    /// until [`Datapath::verify_attaching`].
+    pub fn programs_loaded(&mut self) -> bool {
+        Role::ALL.into_iter().all(|role| {
+            Direction::ALL
+                .into_iter()
+                .all(|direction| self.program(role, direction).fd().is_ok())
+        })
+    }
+
     pub fn program(&mut self, role: Role, direction: Direction) -> &mut SchedClassifier {
         let name = program_name(role, direction);
         self.ebpf
             .program_mut(name)
             .and_then(|p| p.try_into().ok())
             .unwrap_or_else(|| unreachable!("{name} was checked at load"))
+    }
+
+    /// A role's two programs, ingress then egress.
+    pub fn role_programs(&mut self, role: Role) -> Pair<'_> {
+        let mut programs = self.programs().unwrap_or_else(|e| unreachable!("{e:#}"));
+        let at = programs.iter().position(|(r, _)| *r == role);
+        programs
+            .swap_remove(at.unwrap_or_else(|| unreachable!("{role} has programs")))
+            .1
+    }
+
+    /// Each role's two programs, ingress then egress.
+    fn programs(&mut self) -> anyhow::Result<Vec<(Role, Pair<'_>)>> {
+        let mut found: Vec<(&str, &mut SchedClassifier)> = Vec::new();
+        for (name, program) in self.ebpf.programs_mut() {
+            if Role::ALL
+                .iter()
+                .any(|&r| Direction::ALL.iter().any(|&d| program_name(r, d) == name))
+            {
+                let program = program
+                    .try_into()
+                    .with_context(|| format!("program {name} is not a classifier"))?;
+                found.push((name, program));
+            }
+        }
+        let mut take = |role, direction| {
+            let name = program_name(role, direction);
+            let at = found.iter().position(|(n, _)| *n == name);
+            at.map(|at| found.swap_remove(at).1)
+                .with_context(|| format!("program {name} missing from the eBPF object"))
+        };
+        Role::ALL
+            .into_iter()
+            .map(|role| {
+                let ingress = take(role, Direction::Ingress)?;
+                let egress = take(role, Direction::Egress)?;
+                Ok((role, [ingress, egress]))
+            })
+            .collect()
+    }
+
+    /// Verifies the programs one role at a time (its two side by side, a core each) and hands
+    /// each role's pair to `attach` as soon as it is verified, `first` first, while the other
+    /// role's are verified: a first TCX attach waits for an RCU grace period, not for a CPU, so
+    /// the first role's waits hide behind the second role's verifier.
+    pub fn verify_attaching(
+        &mut self,
+        first: Role,
+        mut attach: impl FnMut(Role, Pair<'_>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut programs = self.programs()?;
+        programs.sort_by_key(|(role, _)| *role != first);
+        let mut programs = programs.into_iter();
+        let (Some((r1, p1)), Some((r2, p2))) = (programs.next(), programs.next()) else {
+            unreachable!("two roles");
+        };
+        std::thread::scope(|scope| {
+            let p1 = join_loads(r1, spawn_loads(scope, p1))?;
+            let p2 = spawn_loads(scope, p2);
+            let attached = attach(r1, p1);
+            let p2 = join_loads(r2, p2);
+            attached?;
+            attach(r2, p2?)
+        })
     }
 
     /// One of the object's benchmark programs (`bench_empty`, `bench_parse`, ...), loaded.
@@ -832,43 +931,39 @@ impl Table {
     }
 }
 
-/// Loads the four programs, one thread each: the verifier takes most of a start, and the
-/// kernel verifies programs side by side.
-fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let names: Vec<&str> = Role::ALL
-        .iter()
-        .flat_map(|&role| Direction::ALL.map(|direction| program_name(role, direction)))
-        .collect();
-    let mut programs = Vec::new();
-    for (name, program) in ebpf.programs_mut() {
-        if names.contains(&name) {
-            let program: &mut SchedClassifier = program
-                .try_into()
-                .with_context(|| format!("program {name} is not a classifier"))?;
-            programs.push((name, program));
-        }
-    }
-    if let Some(name) = names
-        .iter()
-        .find(|n| !programs.iter().any(|(p, _)| p == *n))
-    {
-        bail!("program {name} missing from the eBPF object");
-    }
-    std::thread::scope(|scope| {
-        let loading: Vec<_> = programs
-            .into_iter()
-            .map(|(name, program)| {
-                scope.spawn(move || {
-                    program
-                        .load()
-                        .with_context(|| format!("loading program {name} (verifier)"))
-                })
-            })
-            .collect();
-        loading
-            .into_iter()
-            .try_for_each(|l| l.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+/// A role's two programs, ingress then egress ([`Direction`] as index).
+pub type Pair<'a> = [&'a mut SchedClassifier; 2];
+
+type Verifying<'scope, 'a> =
+    [std::thread::ScopedJoinHandle<'scope, anyhow::Result<&'a mut SchedClassifier>>; 2];
+
+/// Starts loading a role's two programs, a thread each: the kernel verifies programs side by
+/// side, and the verifier takes most of a start.
+fn spawn_loads<'scope, 'a: 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    pair: Pair<'a>,
+) -> Verifying<'scope, 'a> {
+    pair.map(|program| {
+        scope.spawn(move || {
+            if program.fd().is_err() {
+                program.load()?;
+            }
+            Ok(program)
+        })
     })
+}
+
+/// The pair [`spawn_loads`] started, once both are loaded.
+fn join_loads<'a>(role: Role, pending: Verifying<'_, 'a>) -> anyhow::Result<Pair<'a>> {
+    let [ingress, egress] =
+        pending.map(|p| p.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+    let name = |d| program_name(role, d);
+    Ok([
+        ingress
+            .with_context(|| format!("loading program {} (verifier)", name(Direction::Ingress)))?,
+        egress
+            .with_context(|| format!("loading program {} (verifier)", name(Direction::Egress)))?,
+    ])
 }
 
 /// The map behind any of the kinds the object has.

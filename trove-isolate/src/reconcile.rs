@@ -17,7 +17,7 @@ use crate::{
     attach,
     capacity::Capacity,
     conntrack,
-    datapath::Datapath,
+    datapath::{Datapath, Pair},
     local, nic,
     pins::Pins,
     policy::Policy,
@@ -80,6 +80,7 @@ fn enforce_with(
         in_force,
         log,
         current,
+        first_start,
         &pins,
         &devices,
         &previous,
@@ -113,12 +114,18 @@ pub type Devices = Vec<(Role, nic::Device)>;
 
 /// Loads (unless `current` serves), writes the maps, attaches (recording each attachment as it
 /// is made) and retires. Returns the datapath it loaded, if it did.
+///
+/// Otherwise the programs are verified before anything is written, so that a reload the
+/// verifier refuses leaves the policy in force untouched. On a `first_start` nothing of ours
+/// reads the maps yet: they are written first, and each role's programs are attached as soon as
+/// they are verified, while the other role's are ([`Datapath::verify_attaching`]).
 #[allow(clippy::too_many_arguments)]
 fn apply(
     policy: &Policy,
     in_force: Option<&Policy>,
     log: bool,
     current: Option<&mut Datapath>,
+    first_start: bool,
     pins: &Pins,
     devices: &[(Role, nic::Device)],
     previous: &State,
@@ -136,6 +143,7 @@ fn apply(
         {
             current
         }
+        _ if first_start => loaded.insert(Datapath::open(Some(pins), log, &capacity, &rules_held)?),
         _ => loaded.insert(Datapath::load(Some(pins), log, &capacity, &rules_held)?),
     };
     datapath.sync_policy(policy, in_force)?;
@@ -161,10 +169,21 @@ fn apply(
     let resized = !datapath.resized().is_empty();
     let tcx = attach::use_tcx(policy.attach);
     let swapped = (|| -> anyhow::Result<()> {
-        for (role, device) in devices {
-            let before = Direction::ALL.map(|d| find(&previous.attachments, *role, d));
-            attachments
-                .extend(attach::ensure(datapath, *role, device, tcx, pins, before)?.attachments);
+        let mut ensure = |role: Role, programs: Pair<'_>| -> anyhow::Result<()> {
+            if let Some((_, device)) = devices.iter().find(|(r, _)| *r == role) {
+                let before = Direction::ALL.map(|d| find(&previous.attachments, role, d));
+                attachments
+                    .extend(attach::ensure(programs, role, device, tcx, pins, before)?.attachments);
+            }
+            Ok(())
+        };
+        if datapath.programs_loaded() {
+            for (role, _) in devices {
+                ensure(*role, datapath.role_programs(*role))?;
+            }
+        } else {
+            let first = devices.first().map_or(Role::Management, |(role, _)| *role);
+            datapath.verify_attaching(first, ensure)?;
         }
         retire(pins, &previous.attachments, attachments)?;
         datapath.pin_resized()
@@ -410,7 +429,7 @@ fn attach_where_it_is(
         })
         .collect();
     let ensured = attach::ensure(
-        datapath,
+        datapath.role_programs(role),
         role,
         device,
         tcx,
