@@ -1,9 +1,9 @@
 //! How big each map is made at load.
 //!
-//! The policy maps (one per family) follow the compiled policy, each its own rules. A map
-//! allocates its rules as they are added (only its buckets are made at load), so its size is
-//! mostly a limit; it gets headroom for a reload, whose add-before-remove holds the old and the
-//! new rules together for a moment. The
+//! The policy maps (one per family) follow the compiled policy, each its own rules, with
+//! headroom for a reload, whose add-before-remove holds the old and the new rules together for a
+//! moment. They are preallocated (a reload's writes take no allocation), so their size is
+//! memory: a map four times bigger than its policy wants is made anew at that size. The
 //! connection-tracking tables follow `[conntrack]`, each keying's at the configured size, and are
 //! allocated in full at load (a hash map preallocates, and so does an LRU), except the wide
 //! established tables (every flow but TCP over IPv4): they allocate flows as they come, as many
@@ -91,19 +91,21 @@ impl Capacity {
     }
 
     /// Whether a pinned `map` of `pinned` entries serves, with `in_force` rules in the policy
-    /// maps now: a policy map while its rules in force and its new ones fit side by side, a
-    /// flow table while it has the configured size.
+    /// maps now: a policy map while its rules in force and its new ones fit side by side and it
+    /// is no more than four times the size its new rules want (it is preallocated: a policy cut
+    /// from 100,000 rules to 10 gives the memory back), a flow table while it has the
+    /// configured size.
     pub fn keeps(&self, map: &str, pinned: u32, in_force: &PolicyRules) -> bool {
         if let Some(i) = maps::policy_index(map) {
-            return pinned as usize >= in_force[i].saturating_add(self.policy_rules[i]);
+            return pinned as usize >= in_force[i].saturating_add(self.policy_rules[i])
+                && pinned <= self.policy[i].saturating_mul(4);
         }
         self.sized()
             .iter()
             .any(|(name, wanted)| *name == map && *wanted == pinned)
     }
 
-    /// Kernel memory the maps take, estimated from their sizes: the flow tables in full, the
-    /// policy per rule.
+    /// Kernel memory the maps take, estimated from their sizes.
     pub fn memory(&self) -> Memory {
         use std::mem::size_of;
         let (tcp4, wide) = (
@@ -120,7 +122,6 @@ impl Capacity {
         // has every element at load.
         let buckets = |entries: u32| u64::from(entries).next_power_of_two() * 16;
         let (est, new) = (u64::from(self.ct_established), u64::from(self.ct_new));
-        // A rule is an element of a hash allocated per entry; the buckets are allocated at load.
         let keys = [
             std::mem::size_of::<policy::PolicyKey4>(),
             std::mem::size_of::<policy::PolicyKey6>(),
@@ -128,7 +129,7 @@ impl Capacity {
         ];
         let policy: u64 = (0..policy::MAPS)
             .map(|i| {
-                self.policy_rules[i] as u64
+                u64::from(self.policy[i])
                     * element(keys[i], std::mem::size_of::<policy::PolicyValue>())
                     + buckets(self.policy[i])
             })
@@ -173,7 +174,7 @@ impl fmt::Display for Capacity {
         writeln!(
             f,
             "maps      policy rules: {} IPv4, {} IPv6 of up to /64, {} IPv6 longer; room for {}, \
-             {} and {} (buckets at load, rules as added: about {})",
+             {} and {} (allocated at load: about {})",
             self.policy_rules[0],
             self.policy_rules[1],
             self.policy_rules[2],
@@ -226,6 +227,11 @@ mod tests {
         assert!(c.keeps(maps::POLICY4, c.policy[0], &[100_000, 0, 0]));
         // A map made for 10 rules does not take 100,000.
         assert!(!c.keeps(maps::POLICY4, Capacity::policy_room(10), &[10, 0, 0]));
+        // Nor is one made for 100,000 kept for 10 (it is preallocated), but it is for a quarter.
+        let few = capacity(10);
+        assert!(!few.keeps(maps::POLICY4, c.policy[0], &[100_000, 0, 0]));
+        let quarter = capacity(25_000);
+        assert!(quarter.keeps(maps::POLICY4, c.policy[0], &[100_000, 0, 0]));
         // Each map is held to its own rules: IPv6's keep their small size however many IPv4
         // rules there are, and only their own rules in force can outgrow them.
         assert!(c.keeps(maps::POLICY6, 1024, &[100_000, 0, 0]));

@@ -812,7 +812,37 @@ fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
         ),
         Some(131_072)
     );
+    let grown = pinned_size(&policy_pin);
+
+    // Back to the small policy: the policy map is preallocated, so it is made small again.
+    let session = common::Session::open(&guest);
+    std::fs::write(&config, &small).expect("rewriting the config");
+    let out = cli(&["reload", "--pin-path", &pin_path]);
+    assert!(
+        out.status.success(),
+        "reload failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        daemon.kill_for_stderr()
+    );
+    session.carries_on("by the shrink");
+    assert!(
+        !tcp_probe(
+            &guest.host,
+            None,
+            "192.0.2.99:5672".parse().expect("addr"),
+            PROBE
+        ),
+        "a refused flow passed after the shrink"
+    );
+    assert_eq!(pinned_size(&policy_pin), before);
+    assert_eq!(pinned_size(&established_pin), 65_536);
     let stderr = daemon.kill_for_stderr();
+    assert!(
+        stderr.contains(&format!(
+            "map policy4 resized from {grown} to {before} entries"
+        )),
+        "{stderr}"
+    );
     for want in [
         "(programs loaded anew)",
         "map policy4 resized from",

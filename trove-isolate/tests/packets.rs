@@ -85,10 +85,14 @@ fn drop(name: &str, role: Role, direction: Direction, frame: Vec<u8>, reason: Re
 /// The addresses both NICs carry: the same on each, as Trove allows.
 const NIC_ADDRESSES: [&str; 3] = ["192.0.2.1/24", "2001:db8:1::1/64", "fe80::1/64"];
 
-fn datapath() -> Datapath {
+fn test_policy() -> Policy {
     let path = Path::new("packets.toml");
     let config = Config::parse(CONFIG, path).expect("test config parses");
-    let policy = Policy::from_config(&config, path).expect("test config compiles");
+    Policy::from_config(&config, path).expect("test config compiles")
+}
+
+fn datapath() -> Datapath {
+    let policy = test_policy();
     let mut dp = Datapath::load(
         None,
         false,
@@ -1801,11 +1805,11 @@ fn kernel_at_least(major: u8, minor: u8) -> bool {
         .is_ok_and(|v| v >= aya::util::KernelVersion::new(major, minor, 0))
 }
 
-/// `check`'s estimate of a NIC's flow tables at load matches the kernel's own account: `memlock`
-/// in each map's fdinfo, which Linux 6.4 and later compute from what the map allocated (before,
+/// `check`'s estimate of a NIC's flow tables and of the policy maps at load matches the kernel's
+/// own account: `memlock` in each map's fdinfo, which Linux 6.4 and later compute from what the map allocated (before,
 /// it is a rough footprint, and this test only prints it).
 #[test]
-fn the_flow_tables_take_the_memory_check_reports() {
+fn the_maps_take_the_memory_check_reports() {
     let dp = datapath();
     let memlock = |name: &str| -> u64 {
         let id = dp.map_id(name).expect("the map's id");
@@ -1831,14 +1835,20 @@ fn the_flow_tables_take_the_memory_check_reports() {
     .iter()
     .map(|m| memlock(m))
     .sum();
-    let estimate = Capacity::DEFAULT.memory().conntrack_per_nic;
-    println!("flow tables of one NIC: kernel {kernel} bytes, check {estimate}");
-    if kernel_at_least(6, 4) {
-        let ratio = kernel as f64 / estimate as f64;
-        assert!(
-            (0.95..1.05).contains(&ratio),
-            "the kernel accounts {kernel} bytes, check says {estimate}"
-        );
+    let policy: u64 = maps::POLICIES.iter().map(|m| memlock(m)).sum();
+    let memory = Capacity::for_policy(&test_policy()).memory();
+    for (what, kernel, estimate) in [
+        ("flow tables of one NIC", kernel, memory.conntrack_per_nic),
+        ("policy maps", policy, memory.policy),
+    ] {
+        println!("{what}: kernel {kernel} bytes, check {estimate}");
+        if kernel_at_least(6, 4) {
+            let ratio = kernel as f64 / estimate as f64;
+            assert!(
+                (0.95..1.05).contains(&ratio),
+                "{what}: the kernel accounts {kernel} bytes, check says {estimate}"
+            );
+        }
     }
 }
 
