@@ -7,6 +7,8 @@
 //! action (a SYN meets the policy before conntrack).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Inline assembly for BPF (`parse::load_u64`): a packet load LLVM would otherwise split.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 // On the host this crate builds as an empty binary so `cargo build/clippy --workspace` work.
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
 
