@@ -706,15 +706,7 @@ fn an_upgrade_with_a_changed_map_layout_keeps_sessions_and_leaves_no_old_pins() 
 
     let mut daemon = Daemon::start(&config, pin_path.as_ref(), metrics);
     session.carries_on("by the upgrade");
-    assert!(
-        !tcp_probe(
-            &guest.host,
-            None,
-            "192.0.2.99:5672".parse().expect("addr"),
-            PROBE
-        ),
-        "a refused flow passed after the upgrade"
-    );
+    assert_refused(&guest, "upgrade");
     let left: Vec<String> = std::fs::read_dir(&pin_path)
         .expect("pin dir")
         .filter_map(Result::ok)
@@ -730,6 +722,19 @@ fn an_upgrade_with_a_changed_map_layout_keeps_sessions_and_leaves_no_old_pins() 
 }
 
 /// The size of the map pinned at `pin`.
+/// A management flow no rule allows is refused right after the `when` step.
+fn assert_refused(guest: &Guest, when: &str) {
+    assert!(
+        !tcp_probe(
+            &guest.host,
+            None,
+            "192.0.2.99:5672".parse().expect("addr"),
+            PROBE
+        ),
+        "a refused flow passed after the {when}"
+    );
+}
+
 fn pinned_size(pin: &Path) -> u32 {
     aya::maps::MapData::from_pin(pin)
         .and_then(|m| m.info())
@@ -770,14 +775,18 @@ fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
             hosts.join(", ")
         ),
     ) + "\n[conntrack]\nestablished_entries = 131072\n";
-    std::fs::write(&config, big).expect("rewriting the config");
-    let out = cli(&["reload", "--pin-path", &pin_path]);
-    assert!(
-        out.status.success(),
-        "reload failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        daemon.kill_for_stderr()
-    );
+    // Rewrites the config and reloads.
+    let reload_to = |daemon: &mut Daemon, text: &str| {
+        std::fs::write(&config, text).expect("rewriting the config");
+        let out = cli(&["reload", "--pin-path", &pin_path]);
+        assert!(
+            out.status.success(),
+            "reload failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            daemon.kill_for_stderr()
+        );
+    };
+    reload_to(&mut daemon, &big);
     session.carries_on("by the resize");
     std::thread::sleep(Duration::from_millis(100));
     let (sent, answered) = allowed.finish();
@@ -792,15 +801,7 @@ fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
         ),
         "a listed client was refused after the resize"
     );
-    assert!(
-        !tcp_probe(
-            &guest.host,
-            None,
-            "192.0.2.99:5672".parse().expect("addr"),
-            PROBE
-        ),
-        "a refused flow passed after the resize"
-    );
+    assert_refused(&guest, "resize");
     assert!(pinned_size(&policy_pin) >= 2 * 5_000);
     assert_eq!(pinned_size(&established_pin), 131_072);
     let text = daemon.scrape();
@@ -816,24 +817,9 @@ fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
 
     // Back to the small policy: the policy map is preallocated, so it is made small again.
     let session = common::Session::open(&guest);
-    std::fs::write(&config, &small).expect("rewriting the config");
-    let out = cli(&["reload", "--pin-path", &pin_path]);
-    assert!(
-        out.status.success(),
-        "reload failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        daemon.kill_for_stderr()
-    );
+    reload_to(&mut daemon, &small);
     session.carries_on("by the shrink");
-    assert!(
-        !tcp_probe(
-            &guest.host,
-            None,
-            "192.0.2.99:5672".parse().expect("addr"),
-            PROBE
-        ),
-        "a refused flow passed after the shrink"
-    );
+    assert_refused(&guest, "shrink");
     assert_eq!(pinned_size(&policy_pin), before);
     assert_eq!(pinned_size(&established_pin), 65_536);
     let stderr = daemon.kill_for_stderr();
