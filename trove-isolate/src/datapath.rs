@@ -165,8 +165,10 @@ impl Datapath {
             .load(crate::EBPF_OBJECT)
             .context("loading the eBPF object (maps bound to their pins)")?;
         // The kernel's BTF the loader parsed (for CO-RE relocations) takes milliseconds to free:
-        // off the start's path.
-        std::thread::spawn(move || drop(loader));
+        // off the start's path, when a thread can be had (else here, as the spawn fails).
+        let _ = std::thread::Builder::new()
+            .name("loader-drop".into())
+            .spawn(move || drop(loader));
         Ok(Datapath {
             ebpf,
             resized,
@@ -260,9 +262,11 @@ impl Datapath {
     /// until [`Datapath::verify_attaching`].
     pub fn programs_loaded(&mut self) -> bool {
         Role::ALL.into_iter().all(|role| {
-            Direction::ALL
-                .into_iter()
-                .all(|direction| self.program(role, direction).fd().is_ok())
+            Direction::ALL.into_iter().all(|direction| {
+                let program = self.ebpf.program_mut(program_name(role, direction));
+                let program: Option<&mut SchedClassifier> = program.and_then(|p| p.try_into().ok());
+                program.is_some_and(|p| p.fd().is_ok())
+            })
         })
     }
 

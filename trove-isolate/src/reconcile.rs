@@ -116,9 +116,11 @@ pub type Devices = Vec<(Role, nic::Device)>;
 /// is made) and retires. Returns the datapath it loaded, if it did.
 ///
 /// Otherwise the programs are verified before anything is written, so that a reload the
-/// verifier refuses leaves the policy in force untouched. On a `first_start` nothing of ours
-/// reads the maps yet: they are written first, and each role's programs are attached as soon as
-/// they are verified, while the other role's are ([`Datapath::verify_attaching`]).
+/// verifier refuses leaves the policy in force untouched. On a `first_start` with TCX nothing of
+/// ours reads the maps yet: they are written first, and each role's programs are attached as
+/// soon as they are verified, while the other role's are ([`Datapath::verify_attaching`]). Not
+/// with legacy filters: one of ours may outlive its pins and state record, and a first start
+/// that failed after replacing it would remove it.
 #[allow(clippy::too_many_arguments)]
 fn apply(
     policy: &Policy,
@@ -136,6 +138,7 @@ fn apply(
     // reconcile recorded them.
     let rules_held = in_force.map_or_else(|| previous.rules_held(), Capacity::rules_of);
     let capacity = Capacity::for_policy(policy);
+    let tcx = attach::use_tcx(policy.attach);
     let mut loaded = None;
     let datapath = match current {
         Some(current)
@@ -143,7 +146,9 @@ fn apply(
         {
             current
         }
-        _ if first_start => loaded.insert(Datapath::open(Some(pins), log, &capacity, &rules_held)?),
+        _ if first_start && tcx => {
+            loaded.insert(Datapath::open(Some(pins), log, &capacity, &rules_held)?)
+        }
         _ => loaded.insert(Datapath::load(Some(pins), log, &capacity, &rules_held)?),
     };
     datapath.sync_policy(policy, in_force)?;
@@ -167,7 +172,6 @@ fn apply(
     }
     let policy_resized = datapath.resized().iter().any(|r| maps::is_policy(r.map));
     let resized = !datapath.resized().is_empty();
-    let tcx = attach::use_tcx(policy.attach);
     let swapped = (|| -> anyhow::Result<()> {
         let mut ensure = |role: Role, programs: Pair<'_>| -> anyhow::Result<()> {
             if let Some((_, device)) = devices.iter().find(|(r, _)| *r == role) {
