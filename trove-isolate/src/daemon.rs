@@ -120,14 +120,7 @@ pub async fn run(
     state.pid = Some(std::process::id());
     state.config = Some(options.config.clone());
     state.write(&pins.state_file())?;
-    println!(
-        "{}; metrics on http://{}/metrics",
-        summary(&state),
-        policy.metrics.listen
-    );
-    log::info!("{}", summary(&state));
-    give_back_freed_memory();
-    notify(&[NotifyState::Status(&summary(&state)), NotifyState::Ready]);
+    let status = summary(&state);
 
     let mut world = Enforcing {
         policy,
@@ -158,8 +151,16 @@ pub async fn run(
         feed.clone(),
     );
     let socket = world.pins.drops_socket();
-    let subscribers = drops::serve_subscribers(&socket, feed);
+    let subscribers = drops::serve_subscribers(drops::bind_subscribers(&socket)?, feed);
     let serving = serve::serve(listener, scrape.clone());
+    // READY once `drops` clients find their socket (see `drops::bind_subscribers`).
+    println!(
+        "{status}; metrics on http://{}/metrics",
+        world.policy.metrics.listen
+    );
+    log::info!("{status}");
+    give_back_freed_memory();
+    notify(&[NotifyState::Status(&status), NotifyState::Ready]);
     let mut address_tick = tokio::time::interval(ADDRESS_REFRESH);
     address_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweep_tick = tokio::time::interval(SWEEP_PERIOD);

@@ -311,12 +311,10 @@ fn interface_of(state: &State, role: Role) -> String {
         .unwrap_or_default()
 }
 
-/// Streams events to every client of the socket at `path`, one JSON line each (a client that
-/// falls behind is told how many it missed). Root only: events name tenants' addresses.
-pub async fn serve_subscribers(
-    path: &Path,
-    feed: broadcast::Sender<Arc<DropEvent>>,
-) -> anyhow::Result<()> {
+/// The socket `drops` clients connect to, at `path`. Root only: events name tenants' addresses.
+/// Bound before the daemon reports READY: a `drops` that found no socket would read the ring
+/// buffer itself, taking the events it reads from the daemon's count.
+pub fn bind_subscribers(path: &Path) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt as _;
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -330,6 +328,15 @@ pub async fn serve_subscribers(
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Streams events to every client of `listener` ([`bind_subscribers`]), one JSON line each (a
+/// client that falls behind is told how many it missed).
+pub async fn serve_subscribers(
+    listener: UnixListener,
+    feed: broadcast::Sender<Arc<DropEvent>>,
+) -> anyhow::Result<()> {
     loop {
         let (mut stream, _) = listener
             .accept()

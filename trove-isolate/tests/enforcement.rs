@@ -636,6 +636,14 @@ fn drop_events_follow_live_within_their_limits() {
         s.pin_path.as_ref(),
         SocketAddr::from(([127, 0, 0, 1], s.metrics)),
     );
+    // Served from the moment the daemon says it enforces: a `drops` that found no socket would
+    // read the ring buffer itself, and the daemon would never count the events it took.
+    let drops_socket = trove_isolate::pins::Pins::new(&s.pin_path).drops_socket();
+    assert!(
+        drops_socket.exists(),
+        "{} not bound when the daemon said it enforces",
+        drops_socket.display()
+    );
     let socket = s
         .guest
         .host
