@@ -315,11 +315,10 @@ unsafe fn addresses(ip: *const Ipv6Hdr) -> ([u8; 16], [u8; 16]) {
 /// aligned (after the 14-byte Ethernet header), and LLVM splits a load it cannot prove aligned
 /// into 2-byte loads and puts them back together with shifts and spills: 16 loads per packet
 /// where 4 do. The verifier allows a misaligned packet load where the CPU has efficient
-/// unaligned access (x86-64, arm64: `CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS`; on a CPU without
-/// it the load would trap or be emulated, and the programs are built and tested for those two).
-/// Eight bytes, not
-/// four: Linux 6.1's verifier followed 50 % more states through the programs' egress paths with
-/// the addresses in 4-byte pieces.
+/// unaligned access (`CONFIG_HAVE_EFFICIENT_UNALIGNED_ACCESS`: x86-64, where it is tested, and
+/// arm64); on a CPU without it the load would trap or be emulated. Eight bytes, not four: Linux
+/// 6.1's verifier followed 50 % more states through the egress programs with the addresses in
+/// 4-byte pieces.
 ///
 /// # Safety
 /// `base` points into the packet, and its `AT + 8` bytes are checked against the packet's end.

@@ -261,12 +261,10 @@ impl Datapath {
     /// Whether the four programs are loaded (verified); after [`Datapath::open`] they are not
     /// until [`Datapath::verify_attaching`].
     pub fn programs_loaded(&mut self) -> bool {
-        Role::ALL.into_iter().all(|role| {
-            Direction::ALL.into_iter().all(|direction| {
-                let program = self.ebpf.program_mut(program_name(role, direction));
-                let program: Option<&mut SchedClassifier> = program.and_then(|p| p.try_into().ok());
-                program.is_some_and(|p| p.fd().is_ok())
-            })
+        self.programs().is_ok_and(|programs| {
+            programs
+                .iter()
+                .all(|(_, pair)| pair.iter().all(|p| p.fd().is_ok()))
         })
     }
 

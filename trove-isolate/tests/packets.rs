@@ -1806,8 +1806,8 @@ fn kernel_at_least(major: u8, minor: u8) -> bool {
 }
 
 /// `check`'s estimate of a NIC's flow tables and of the policy maps at load matches the kernel's
-/// own account: `memlock` in each map's fdinfo, which Linux 6.4 and later compute from what the map allocated (before,
-/// it is a rough footprint, and this test only prints it).
+/// own account: `memlock` in each map's fdinfo, which Linux 6.4 and later compute from what the
+/// map allocated (before, it is a rough footprint, and this test only prints it).
 #[test]
 fn the_maps_take_the_memory_check_reports() {
     let dp = datapath();
@@ -1826,7 +1826,7 @@ fn the_maps_take_the_memory_check_reports() {
         }
         panic!("no fd of map {name} (id {id})")
     };
-    let kernel: u64 = [
+    let flows: u64 = [
         maps::TCP4_EST_BIZ,
         maps::CT_EST_BIZ,
         maps::TCP4_NEW_BIZ,
@@ -1838,7 +1838,7 @@ fn the_maps_take_the_memory_check_reports() {
     let policy: u64 = maps::POLICIES.iter().map(|m| memlock(m)).sum();
     let memory = Capacity::for_policy(&test_policy()).memory();
     for (what, kernel, estimate) in [
-        ("flow tables of one NIC", kernel, memory.conntrack_per_nic),
+        ("flow tables of one NIC", flows, memory.conntrack_per_nic),
         ("policy maps", policy, memory.policy),
     ] {
         println!("{what}: kernel {kernel} bytes, check {estimate}");
