@@ -83,11 +83,27 @@ impl Capacity {
             (maps::TCP4_EST_BIZ, self.ct_established),
             (maps::CT_EST_MGMT, self.ct_established),
             (maps::CT_EST_BIZ, self.ct_established),
-            (maps::TCP4_NEW_MGMT, self.ct_new),
-            (maps::TCP4_NEW_BIZ, self.ct_new),
-            (maps::CT_NEW_MGMT, self.ct_new),
-            (maps::CT_NEW_BIZ, self.ct_new),
+            (maps::TCP4_NEW_MGMT, self.new_table()),
+            (maps::TCP4_NEW_BIZ, self.new_table()),
+            (maps::CT_NEW_MGMT, self.new_table()),
+            (maps::CT_NEW_BIZ, self.new_table()),
         ]
+    }
+
+    /// The entries a new-flow table is made with: the configured size, and one more when that
+    /// is a power of two. The kernel gives a hash map its size rounded up to a power of two in
+    /// buckets, so a table of exactly 2^k entries holds one flow per bucket once full, and an
+    /// LRU table is full whenever connections churn (a closed connection keeps its entry until
+    /// it is evicted or expires). One entry more doubles the buckets: every lookup that misses,
+    /// and every eviction, walks half the chain (BENCHMARKS.md, section 3). The established
+    /// tables keep their size: they fill only at their limit, and their buckets would cost
+    /// more memory (1 MiB a table at the default size) than a full one's walk is worth.
+    pub fn new_table(&self) -> u32 {
+        if self.ct_new.is_power_of_two() {
+            self.ct_new.saturating_add(1)
+        } else {
+            self.ct_new
+        }
     }
 
     /// Whether a pinned `map` of `pinned` entries serves, with `in_force` rules in the policy
@@ -121,7 +137,7 @@ impl Capacity {
         // Buckets are a power of two of 16 bytes (kernel/bpf/hashtab.c); a preallocated table
         // has every element at load.
         let buckets = |entries: u32| u64::from(entries).next_power_of_two() * 16;
-        let (est, new) = (u64::from(self.ct_established), u64::from(self.ct_new));
+        let (est, new) = (u64::from(self.ct_established), u64::from(self.new_table()));
         let keys = [
             std::mem::size_of::<policy::PolicyKey4>(),
             std::mem::size_of::<policy::PolicyKey6>(),
@@ -140,7 +156,7 @@ impl Capacity {
             conntrack_per_nic: est * tcp4
                 + new * (tcp4 + wide)
                 + 2 * buckets(self.ct_established)
-                + 2 * buckets(self.ct_new),
+                + 2 * buckets(self.new_table()),
             conntrack_other_per_nic: est * wide,
             policy,
         }
@@ -246,9 +262,25 @@ mod tests {
         let none = Capacity::NONE_HELD;
         assert!(c.keeps(maps::TCP4_EST_BIZ, 65_536, &none));
         assert!(c.keeps(maps::CT_EST_BIZ, 65_536, &none));
-        assert!(c.keeps(maps::TCP4_NEW_MGMT, 16_384, &none));
+        assert!(c.keeps(maps::TCP4_NEW_MGMT, 16_385, &none));
         assert!(!c.keeps(maps::TCP4_EST_BIZ, 16_384, &none));
         assert!(!c.keeps(maps::CT_NEW_MGMT, 65_536, &none));
+        // A new table of the configured 2^k entries, as made before the rule below, is made anew.
+        assert!(!c.keeps(maps::TCP4_NEW_MGMT, 16_384, &none));
+    }
+
+    #[test]
+    fn a_new_table_of_a_power_of_two_gets_one_entry_more_and_twice_the_buckets() {
+        let mut c = capacity(10);
+        assert_eq!(c.new_table(), 16_385);
+        c.ct_new = 10_000;
+        assert_eq!(c.new_table(), 10_000);
+        c.ct_new = u32::MAX;
+        assert_eq!(c.new_table(), u32::MAX);
+        // The established tables keep the configured size.
+        let sized = c.sized();
+        assert!(sized.contains(&(maps::TCP4_EST_BIZ, 65_536)));
+        assert!(sized.contains(&(maps::CT_NEW_BIZ, u32::MAX)));
     }
 
     #[test]
