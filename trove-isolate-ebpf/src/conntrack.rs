@@ -323,7 +323,12 @@ fn embryonic<F: Flow>(
                     state::SYN_ACKED if !reply && from_guest => {
                         return promote(t, flow, value, now)
                     }
-                    state::SYN_ACKED if !reply => value.state = state::ACKED,
+                    // Only an ACK of all the guest sent (its SYN-ACK) proves the remote saw
+                    // it: a blind one would have the guest's next bare ACK, which it also
+                    // sends to a stray SYN, promote a handshake it never completed.
+                    state::SYN_ACKED if !reply && acks_all_sent(value, pkt) => {
+                        value.state = state::ACKED
+                    }
                     state::ACKED if from_guest => return promote(t, flow, value, now),
                     // A pickup's reply: from the guest (the flow was picked up coming in), with
                     // data, since a socket in TIME_WAIT answers a stray ACK with a bare one.
@@ -471,6 +476,12 @@ fn settle_wscale(value: &mut FlowValue, reply: Direction, reply_wscale: u8) {
     } else {
         value.wscale[r] = reply_wscale;
     }
+}
+
+/// Whether a remote's ACK acknowledges exactly as far as the guest has sent.
+#[inline(always)]
+fn acks_all_sent(value: &FlowValue, pkt: &Packet) -> bool {
+    value.flags & flags::GUEST_END != 0 && pkt.ack == value.guest_end
 }
 
 /// Whether `side` has sent an acknowledgment this flow recorded.

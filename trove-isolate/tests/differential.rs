@@ -761,6 +761,34 @@ fn named_table() -> Vec<Named> {
             s
         }),
         named(
+            "a blind ACK, then the guest's answer to a stray SYN, promote nothing",
+            {
+                let client = |f, seq, ack| {
+                    Pkt::tcp(OPERATOR4, G4, 50001, 22, f)
+                        .seq_ack(seq, ack, 1000)
+                        .framed()
+                };
+                let guest = |f, seq, ack| {
+                    Pkt::tcp(G4, OPERATOR4, 22, 50001, f)
+                        .seq_ack(seq, ack, 1000)
+                        .framed()
+                };
+                vec![
+                    (M, I, client(SYN, 100, 0), Ok(Allowed)),
+                    (M, E, guest(SYN_ACK, 7000, 101), Ok(Tracked)),
+                    // A sender that never saw the SYN-ACK guesses its number.
+                    (M, I, client(ACK, 101, 12345), Ok(Tracked)),
+                    (M, E, guest(RST, 12345, 0), Ok(Tracked)),
+                    (M, I, client(SYN, 0x8000_0064, 0), Ok(Tracked)),
+                    // Linux answers a SYN outside a handshake's window with a bare ACK.
+                    (M, E, guest(ACK, 7001, 101), Ok(Tracked)),
+                    // Still in the new table, where a reset is held to no window (promoted,
+                    // this one would fall outside it).
+                    (M, I, client(RST, 0x4000_0000, 0), Ok(Tracked)),
+                ]
+            },
+        ),
+        named(
             "echo request the wrong way",
             vec![
                 (

@@ -264,7 +264,9 @@ fn handshake6(syn: &mut SynFlood, i: u32) -> [(Direction, Vec<u8>); 4] {
         &tcp_seq(3306, 40000, SYN_ACK, 900, 2, 1000),
     );
     synack[14 + 36..14 + 40].copy_from_slice(&i.to_be_bytes());
+    // The SYN made the client's ACK of the SYN-ACK: all the guest sent.
     let mut ack = s.clone();
+    ack[14 + 40 + 8..14 + 40 + 12].copy_from_slice(&901u32.to_be_bytes());
     ack[14 + 40 + 13] = ACK;
     let mut segment = tcp_seq(3306, 40000, ACK | 0x08, 901, 2, 1000);
     segment.extend_from_slice(b"greeting");

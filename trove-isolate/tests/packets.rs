@@ -889,6 +889,16 @@ fn v4_seq(
     )
 }
 
+/// IPv6 TCP with the sequence and acknowledgment numbers given (a full window).
+fn v6_seq(src: &str, dst: &str, ports: (u16, u16), flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    ipv6(
+        proto::TCP,
+        src,
+        dst,
+        &tcp_seq(ports.0, ports.1, flags, seq, ack, 0xffff),
+    )
+}
+
 fn v4_udp(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
     ipv4(V4_PLAIN, proto::UDP, src, dst, &udp(sport, dport))
 }
@@ -1047,6 +1057,39 @@ fn only_the_guest_promotes_an_inbound_flow() {
     assert!(dp.flows(B, Table::Established).expect("flows").is_empty(), "promoted on the remote's word");
     run_table(&mut dp, &[
         pass("the guest's first segment", B, E, v4_seq(G4, CLIENT, s, ACK, 71, 20, 100), Tracked),
+    ]);
+    assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1);
+}
+
+/// A blind sender cannot have a handshake promoted. It sees nothing the guest sends, so its ACK
+/// of the SYN-ACK carries a wrong number (the guest resets it); a SYN far outside the window then
+/// has the guest's stack answer with a bare ACK (Linux, a request socket in SYN_RECV), the very
+/// segment that promotes a proved handshake. Repeated from spoofed sources it would fill the
+/// established table with connections the database never accepted, and refuse real ones.
+#[rustfmt::skip]
+#[test]
+fn a_blind_handshake_is_never_promoted() {
+    use trove_isolate::datapath::Table;
+    use Reason::*;
+    let mut dp = datapath();
+    let spoofed = "198.51.100.77";
+    let c = (40000, 3306);
+    let s = (3306, 40000);
+    let isn = 1000u32;
+    let guest_isn = 520_258_226u32;
+    run_table(&mut dp, &[
+        pass("spoofed SYN", B, I, v4_seq(spoofed, G4, c, SYN, isn, 0, 64240), Allowed),
+        pass("the guest's SYN-ACK, to a host that never sees it", B, E, v4_seq(G4, spoofed, s, SYN_ACK, guest_isn, isn + 1, 64240), Tracked),
+        pass("a blind ACK of it, the number guessed wrong", B, I, v4_seq(spoofed, G4, c, ACK, isn + 1, 12345, 64240), Tracked),
+        pass("the guest resets it", B, E, v4_seq(G4, spoofed, s, RST, 12345, 0, 0), Tracked),
+        pass("a SYN out of the window", B, I, v4_seq(spoofed, G4, c, SYN, isn.wrapping_add(1 << 31), 0, 64240), Tracked),
+        pass("the guest's bare ACK to it", B, E, v4_seq(G4, spoofed, s, ACK, guest_isn + 1, isn + 1, 64240), Tracked),
+    ]);
+    assert!(dp.flows(B, Table::Established).expect("flows").is_empty(), "a blind handshake was promoted");
+    // The same tuple's real handshake, whose ACK acknowledges the SYN-ACK, is.
+    run_table(&mut dp, &[
+        pass("the real ACK of the SYN-ACK", B, I, v4_seq(spoofed, G4, c, ACK, isn + 1, guest_isn + 1, 64240), Tracked),
+        pass("the guest's first segment", B, E, v4_seq(G4, spoofed, s, ACK | 0x08, guest_isn + 1, isn + 1, 64240), Tracked),
     ]);
     assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1);
 }
@@ -1421,10 +1464,10 @@ fn a_flow_is_its_own_local_address_whatever_its_key_folds() {
     let c = (33600, 3306);
     let s = (3306, 33600);
     run_table(&mut dp, &[
-        pass("client SYN over IPv6", B, I, v6_tcp(CLIENT6, G6, c.0, c.1, SYN), Allowed),
-        pass("SYN-ACK", B, E, v6_tcp(G6, CLIENT6, s.0, s.1, SYN_ACK), Tracked),
-        pass("client ACK", B, I, v6_tcp(CLIENT6, G6, c.0, c.1, ACK), Tracked),
-        pass("the guest's first segment", B, E, v6_tcp(G6, CLIENT6, s.0, s.1, ACK), Tracked),
+        pass("client SYN over IPv6", B, I, v6_seq(CLIENT6, G6, c, SYN, 10, 0), Allowed),
+        pass("SYN-ACK", B, E, v6_seq(G6, CLIENT6, s, SYN_ACK, 70, 11), Tracked),
+        pass("client ACK", B, I, v6_seq(CLIENT6, G6, c, ACK, 11, 71), Tracked),
+        pass("the guest's first segment", B, E, v6_seq(G6, CLIENT6, s, ACK, 71, 11), Tracked),
     ]);
     assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1);
     run_table(&mut dp, &[
@@ -1470,10 +1513,10 @@ fn an_established_flow_keeps_its_slot_against_an_address_folding_alike() {
     let s = (3306, 33700);
     let handshake = |to: &'static str| {
         vec![
-            pass("client SYN", B, I, v6_tcp(CLIENT6, to, c.0, c.1, SYN), Allowed),
-            pass("SYN-ACK", B, E, v6_tcp(to, CLIENT6, s.0, s.1, SYN_ACK), Tracked),
-            pass("client ACK", B, I, v6_tcp(CLIENT6, to, c.0, c.1, ACK), Tracked),
-            pass("the guest's first segment", B, E, v6_tcp(to, CLIENT6, s.0, s.1, ACK), Tracked),
+            pass("client SYN", B, I, v6_seq(CLIENT6, to, c, SYN, 10, 0), Allowed),
+            pass("SYN-ACK", B, E, v6_seq(to, CLIENT6, s, SYN_ACK, 70, 11), Tracked),
+            pass("client ACK", B, I, v6_seq(CLIENT6, to, c, ACK, 11, 71), Tracked),
+            pass("the guest's first segment", B, E, v6_seq(to, CLIENT6, s, ACK, 71, 11), Tracked),
         ]
     };
     run_table(&mut dp, &handshake(G6));

@@ -238,8 +238,13 @@ impl Flow {
                     match self.stage {
                         // The guest opened the flow and acknowledges the SYN-ACK.
                         Stage::SynAcked if !reply && from_guest => self.promote(),
-                        // The remote opened it and acknowledges the guest's SYN-ACK.
-                        Stage::SynAcked if !reply => self.stage = Stage::Acked,
+                        // The remote opened it and acknowledges the guest's SYN-ACK: all of
+                        // what the guest sent, which a blind sender cannot know (the guest
+                        // also answers a stray SYN with a bare ACK, which must promote
+                        // nothing).
+                        Stage::SynAcked if !reply && self.guest_end == Some(tcp.ack) => {
+                            self.stage = Stage::Acked
+                        }
                         // ... and the guest's stack, having accepted that, sends.
                         Stage::Acked if from_guest => self.promote(),
                         // Picked up mid-way: the other side answers (for a flow picked up
