@@ -2,23 +2,39 @@
 //! direction a host uses it, with the hop limit RFC 4861 and RFC 3810 require (255 for neighbour
 //! discovery, 1 for MLD, which no router forwards), code 0, and in link scope. A guest is not a router:
 //! it sends no router advertisements, redirects or MLD queries.
+//!
+//! Solicitations and advertisements are held to a host's shape, as ARP is: no bigger than the
+//! message and the options a host sends (nothing rides along, to or from a host no rule names),
+//! and going out only as the NIC's own: from one of its addresses (or ::, for duplicate address
+//! detection), and an advertisement only for one of them.
 
-use trove_isolate_common::{Direction, Reason, Role};
+use trove_isolate_common::{family, Direction, Reason, Role};
 
 use crate::{local, packet::Packet};
 
 const ROUTER_SOLICITATION: u8 = 133;
 const ROUTER_ADVERTISEMENT: u8 = 134;
-const NEIGHBOR_SOLICITATION: u8 = 135;
-const NEIGHBOR_ADVERTISEMENT: u8 = 136;
+pub const NEIGHBOR_SOLICITATION: u8 = 135;
+pub const NEIGHBOR_ADVERTISEMENT: u8 = 136;
 const REDIRECT: u8 = 137;
 const MLD_QUERY: u8 = 130;
 const MLD_REPORT: u8 = 131;
 const MLD_DONE: u8 = 132;
 const MLD2_REPORT: u8 = 143;
 
+/// The longest router solicitation, neighbour solicitation or advertisement that passes, in
+/// bytes of ICMPv6: the message (8 or 24 bytes) and up to 40 of options, where a host sends its
+/// link-layer address (8) and, probing an address, a nonce (8).
+pub const MAX_LEN: u32 = 64;
+
+/// `target`: a neighbour solicitation's or advertisement's.
 #[inline(always)]
-pub fn check(role: Role, direction: Direction, pkt: &Packet) -> Result<Reason, Reason> {
+pub fn check(
+    role: Role,
+    direction: Direction,
+    pkt: &Packet,
+    target: &[u8; 16],
+) -> Result<Reason, Reason> {
     let ingress = direction == Direction::Ingress;
     let (hop_limit, ok_scope) = match pkt.icmp_type {
         // Router advertisements and redirects come from a router's link-local address.
@@ -35,6 +51,25 @@ pub fn check(role: Role, direction: Direction, pkt: &Packet) -> Result<Reason, R
     };
     if pkt.hop_limit != hop_limit || pkt.icmp_code != 0 || !ok_scope {
         return Err(Reason::Malformed);
+    }
+    let ty = pkt.icmp_type;
+    if matches!(
+        ty,
+        ROUTER_SOLICITATION | NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT
+    ) {
+        if pkt.payload_len > MAX_LEN {
+            return Err(Reason::Malformed);
+        }
+        if !ingress {
+            let own = |addr: &[u8; 16]| local::own(role, family::V6, addr);
+            // An advertisement answers for an address, so it comes from one; the solicitations
+            // may come from :: (duplicate address detection, or no address yet).
+            let from_own =
+                own(&pkt.src) || (ty != NEIGHBOR_ADVERTISEMENT && local::unspecified(&pkt.src));
+            if !from_own || (ty == NEIGHBOR_ADVERTISEMENT && !own(target)) {
+                return Err(Reason::NotLocal);
+            }
+        }
     }
     Ok(Reason::NeighborDiscovery)
 }

@@ -46,7 +46,7 @@ pub struct Packet {
     /// read the window scale from them only when a handshake needs it (`parse::window_scale`).
     pub options_at: u16,
     pub options_len: u8,
-    /// TCP: the bytes of data the segment carries.
+    /// TCP: the bytes of data the segment carries; neighbour discovery: the message's length.
     pub payload_len: u32,
     pub src: [u8; 16],
     pub dst: [u8; 16],
@@ -118,8 +118,13 @@ pub struct Arp {
 /// What the parser recognised.
 pub enum Parsed {
     Arp(Arp),
-    /// IPv6 neighbour/router discovery or MLD: type, hop limit and addresses in the packet.
-    NeighborDiscovery(Packet),
+    /// IPv6 neighbour/router discovery or MLD: type, hop limit and addresses in the packet, the
+    /// message's length in `payload_len`; a neighbour solicitation's or advertisement's target
+    /// (zero for the other types).
+    NeighborDiscovery {
+        pkt: Packet,
+        target: [u8; 16],
+    },
     /// An IP packet of a flow.
     Flow(Packet),
     /// An ICMP error: the outer packet (addresses) and the packet quoted inside it, which

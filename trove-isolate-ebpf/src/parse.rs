@@ -16,7 +16,10 @@ use trove_isolate_common::{
     family, proto, Reason,
 };
 
-use crate::packet::{Arp, Kind, Packet, Parsed};
+use crate::{
+    nd,
+    packet::{Arp, Kind, Packet, Parsed},
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -107,6 +110,15 @@ struct IcmpHdr {
     check: u16,
     id: u16,
     seq: u16,
+}
+
+/// A neighbour solicitation or advertisement (RFC 4861): the ICMPv6 header, 4 bytes of flags or
+/// reserved, the target address.
+#[repr(C)]
+struct NdHdr {
+    icmp: [u8; 4],
+    flags: [u8; 4],
+    target: [u8; 16],
 }
 
 #[repr(C)]
@@ -296,19 +308,22 @@ fn ipv6(ctx: &TcContext, off: usize) -> Result<Parsed, Reason> {
 #[inline(always)]
 unsafe fn addresses(ip: *const Ipv6Hdr) -> ([u8; 16], [u8; 16]) {
     let p = ip as *const u8;
-    let bytes = |words: [u64; 2]| {
-        let mut out = [0u8; 16];
-        for (i, w) in words.iter().enumerate() {
-            out[i * 8..i * 8 + 8].copy_from_slice(&w.to_ne_bytes());
-        }
-        out
-    };
     unsafe {
         (
             bytes([load_u64::<8>(p), load_u64::<16>(p)]),
             bytes([load_u64::<24>(p), load_u64::<32>(p)]),
         )
     }
+}
+
+/// The 16 bytes of two 8-byte loads, in packet order.
+#[inline(always)]
+fn bytes(words: [u64; 2]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        out[i * 8..i * 8 + 8].copy_from_slice(&w.to_ne_bytes());
+    }
+    out
 }
 
 /// Eight bytes of the packet at `base + AT`, in one load. An IPv6 header's addresses are 2-byte
@@ -526,7 +541,19 @@ fn icmp(ctx: &TcContext, off: usize, end: usize, mut pkt: Packet) -> Result<Pars
             pkt.dst_port = id;
             Ok(Parsed::Flow(pkt))
         }
-        IcmpClass::NeighborDiscovery => Ok(Parsed::NeighborDiscovery(pkt)),
+        IcmpClass::NeighborDiscovery => {
+            pkt.payload_len = (end - off) as u32;
+            let mut target = [0; 16];
+            if ty == nd::NEIGHBOR_SOLICITATION || ty == nd::NEIGHBOR_ADVERTISEMENT {
+                let msg: *const NdHdr = l4_at(ctx, off, end)?;
+                // Checked against the packet's end by `l4_at`, all 24 bytes.
+                target = unsafe {
+                    let p = msg as *const u8;
+                    bytes([load_u64::<8>(p), load_u64::<16>(p)])
+                };
+            }
+            Ok(Parsed::NeighborDiscovery { pkt, target })
+        }
         IcmpClass::Other => Ok(Parsed::Flow(pkt)),
         IcmpClass::Error => {
             let quoted = quoted(ctx, off + size_of::<IcmpHdr>(), end, pkt.family)?;

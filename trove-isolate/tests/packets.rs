@@ -368,7 +368,13 @@ fn management_nic() {
                 "neighbour advertisement out",
                 M,
                 E,
-                ipv6_hl(proto::ICMPV6, 255, G6, RABBIT6, &icmp(136, 0, 0, &[0; 16])),
+                ipv6_hl(
+                    proto::ICMPV6,
+                    255,
+                    G6,
+                    RABBIT6,
+                    &icmp(136, 0, 0, &octets(G6)),
+                ),
                 NeighborDiscovery,
             ),
             pass(
@@ -889,6 +895,20 @@ fn v4_seq(
     )
 }
 
+fn octets(ip: &str) -> [u8; 16] {
+    ip.parse::<std::net::Ipv6Addr>()
+        .expect("an IPv6 address")
+        .octets()
+}
+
+/// A neighbour solicitation (135) or advertisement (136), hop limit 255, naming `target`, with
+/// `options` bytes of options after it.
+fn nd_msg(ty: u8, src: &str, dst: &str, target: &str, options: usize) -> Vec<u8> {
+    let mut rest = octets(target).to_vec();
+    rest.resize(16 + options, 0xaa);
+    ipv6_hl(proto::ICMPV6, 255, src, dst, &icmp(ty, 0, 0, &rest))
+}
+
 /// IPv6 TCP with the sequence and acknowledgment numbers given (a full window).
 fn v6_seq(src: &str, dst: &str, ports: (u16, u16), flags: u8, seq: u32, ack: u32) -> Vec<u8> {
     ipv6(
@@ -1242,7 +1262,8 @@ fn icmp_is_held_to_its_flows_and_its_link() {
     let mut dp = datapath();
     let out = v4_tcp(G4, RABBIT4, 40500, 5672, SYN);
     let inbound = v4_tcp(OPERATOR, G4, 50500, 22, SYN);
-    let nd = |ty: u8, hop: u8, src: &str, dst: &str| ipv6_hl(proto::ICMPV6, hop, src, dst, &icmp(ty, 0, 0, &[0; 16]));
+    // A solicitation or advertisement names the sender's own address as its target here.
+    let nd = |ty: u8, hop: u8, src: &str, dst: &str| ipv6_hl(proto::ICMPV6, hop, src, dst, &icmp(ty, 0, 0, &octets(src)));
     run_table(&mut dp, &[
         pass("SYN to rabbitmq", M, E, out.clone(), Allowed),
         pass("operator SSH SYN", M, I, inbound.clone(), Allowed),
@@ -1261,6 +1282,17 @@ fn icmp_is_held_to_its_flows_and_its_link() {
         drop("NS in, hop limit 64 (routed)", B, I, nd(135, 64, "fe80::2", "ff02::1:ff00:1"), Malformed),
         pass("NA out to an on-link neighbour", B, E, nd(136, 255, G6, "2001:db8:1::50"), NeighborDiscovery),
         drop("NA out to an off-link host", B, E, nd(136, 255, G6, "2001:db8:99::1"), Malformed),
+        // Held to a host's shape, as ARP is: no data rides along, and only as the NIC's own.
+        drop("NA out for another host's address", B, E, nd_msg(136, G6, "2001:db8:1::50", "2001:db8:1::50", 0), NotLocal),
+        drop("NA out from another host's address", B, E, nd(136, 255, "2001:db8:1::51", "2001:db8:1::50"), NotLocal),
+        drop("NS out from another host's address", B, E, nd(135, 255, "2001:db8:1::51", "2001:db8:1::50"), NotLocal),
+        pass("NS out from :: (duplicate address detection)", B, E, nd_msg(135, "::", "ff02::1:ff00:1", G6, 8), NeighborDiscovery),
+        drop("NA out from ::", B, E, nd_msg(136, "::", "ff02::1", G6, 0), NotLocal),
+        pass("NS out with 40 bytes of options (64 in all)", B, E, nd_msg(135, G6, "2001:db8:1::50", "2001:db8:1::50", 40), NeighborDiscovery),
+        drop("NS out with 48 bytes of options", B, E, nd_msg(135, G6, "2001:db8:1::50", "2001:db8:1::50", 48), Malformed),
+        drop("NS in carrying 1,200 bytes", B, I, nd_msg(135, "2001:db8:1::50", G6, G6, 1200), Malformed),
+        drop("NA in carrying 1,200 bytes", B, I, nd_msg(136, "2001:db8:1::50", G6, "2001:db8:1::50", 1200), Malformed),
+        drop("NA too short for its target", B, I, ipv6_hl(proto::ICMPV6, 255, "2001:db8:1::50", G6, &icmp(136, 0, 0, &[0; 15])), Malformed),
         drop("NA out, hop limit 64", B, E, nd(136, 64, G6, "fe80::2"), Malformed),
         pass("RA in from the router's link-local address", M, I, nd(134, 255, "fe80::ff", "ff02::1"), NeighborDiscovery),
         drop("RA in from a global address", M, I, nd(134, 255, RABBIT6, "ff02::1"), Malformed),

@@ -71,7 +71,9 @@ impl Model {
                 ip,
                 icmp_type,
                 code,
-            } => self.neighbor_discovery(role, direction, &ip, icmp_type, code),
+                len,
+                target,
+            } => self.neighbor_discovery(role, direction, &ip, (icmp_type, code), len, target),
             Frame::IcmpError { outer, quoted } => self.related(role, direction, &outer, &quoted),
             Frame::Flow(pkt) => self.flow(role, direction, &pkt),
         }
@@ -134,14 +136,18 @@ impl Model {
     /// 255. MLD queries come in from a link-local address; reports and done go out from a
     /// link-local address (or :: before one exists) to link-scope multicast, all with hop
     /// limit 1, and code 0. Any other type or direction is unsupported; a wrong hop limit,
-    /// code or scope is malformed.
+    /// code or scope is malformed. Solicitations and advertisements are held to a host's shape,
+    /// as ARP is: at most 64 bytes (the message and the options a host sends), and going out
+    /// from one of the NIC's own addresses (a solicitation also from ::), an advertisement for
+    /// one of them; else `not_local`.
     fn neighbor_discovery(
         &self,
         role: Role,
         direction: Direction,
         ip: &Ip,
-        icmp_type: u8,
-        code: u8,
+        (icmp_type, code): (u8, u8),
+        len: usize,
+        target: Option<Ipv6Addr>,
     ) -> Result<Reason, Reason> {
         use Direction::{Egress, Ingress};
         const ROUTER_SOLICITATION: u8 = 133;
@@ -169,6 +175,24 @@ impl Model {
         };
         if ip.hop_limit != hop_limit || code != 0 || !in_scope {
             return Err(Reason::Malformed);
+        }
+        const MAX_LEN: usize = 64;
+        let solicit_or_advert = matches!(
+            icmp_type,
+            ROUTER_SOLICITATION | NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT
+        );
+        if solicit_or_advert {
+            if len > MAX_LEN {
+                return Err(Reason::Malformed);
+            }
+            if direction == Egress {
+                let advert = icmp_type == NEIGHBOR_ADVERTISEMENT;
+                let from_own = self.own(role, ip.src) || (!advert && ip.src.is_unspecified());
+                let for_own = !advert || target.is_some_and(|t| self.own(role, IpAddr::V6(t)));
+                if !from_own || !for_own {
+                    return Err(Reason::NotLocal);
+                }
+            }
         }
         Ok(Reason::NeighborDiscovery)
     }

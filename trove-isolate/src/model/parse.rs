@@ -39,8 +39,15 @@ const TCP_OPTION_WINDOW_SCALE: u8 = 3;
 pub enum Frame {
     /// ARP for IPv4 over Ethernet, request or reply.
     Arp { sender: Ipv4Addr, frame_len: usize },
-    /// ICMPv6 neighbour/router discovery or MLD.
-    NeighborDiscovery { ip: Ip, icmp_type: u8, code: u8 },
+    /// ICMPv6 neighbour/router discovery or MLD: `len` bytes of ICMPv6, and a neighbour
+    /// solicitation's or advertisement's target.
+    NeighborDiscovery {
+        ip: Ip,
+        icmp_type: u8,
+        code: u8,
+        len: usize,
+        target: Option<Ipv6Addr>,
+    },
     /// An ICMP/ICMPv6 error and the packet it quotes.
     IcmpError { outer: Ip, quoted: Quoted },
     /// A packet that is or may start a flow.
@@ -441,11 +448,23 @@ fn icmp(frame: &[u8], off: usize, end: usize, ip: Ip) -> Result<Frame, Reason> {
         IcmpClass::EchoReply => L4::EchoReply { id },
         IcmpClass::Other => L4::OtherIcmp { icmp_type },
         IcmpClass::NeighborDiscovery => {
+            // A neighbour solicitation or advertisement (135, 136; RFC 4861): 4 bytes after
+            // the header, then the target address.
+            let target = match icmp_type {
+                135 | 136 => {
+                    let m: [u8; 24] = header(frame, off, end)?;
+                    let t: [u8; 16] = m[8..].try_into().expect("16 bytes");
+                    Some(Ipv6Addr::from(t))
+                }
+                _ => None,
+            };
             return Ok(Frame::NeighborDiscovery {
                 ip,
                 icmp_type,
                 code,
-            })
+                len: end - off,
+                target,
+            });
         }
         IcmpClass::Error => {
             let quoted = quoted(frame, off + 8, end, ip.src.is_ipv6())?;
