@@ -311,9 +311,12 @@ fn embryonic<F: Flow>(
             let plain_ack =
                 f & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && f & TCP_ACK != 0 && !value.guest_done();
             let from_guest = direction == Direction::Egress;
+            // The remote's SYN-ACK must acknowledge the guest's SYN: a blind one would set the
+            // window scales the flow's FIN and RST are held to.
             if value.state == state::SYN_SENT
                 && reply
                 && f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+                && (from_guest || acks_all_sent(value, pkt))
             {
                 value.state = state::SYN_ACKED;
                 // Read only here: an unsolicited SYN-ACK never walks its options.

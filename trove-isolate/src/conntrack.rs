@@ -57,8 +57,8 @@ pub fn revoke(datapath: &mut Datapath, policy: &Policy) -> anyhow::Result<usize>
                 .filter(|(k, v)| !allowed_by(policy, k, v))
                 .map(|(k, _)| k)
                 .collect();
-            removed += stale.len();
-            datapath.remove_flows(role, table, &stale)?;
+            removed +=
+                datapath.remove_flows(role, table, &stale, |k, v| !allowed_by(policy, k, v))?;
         }
     }
     Ok(removed)
@@ -92,8 +92,10 @@ pub fn sweep(datapath: &mut Datapath) -> anyhow::Result<Occupancy> {
                 .into_iter()
                 .partition(|(k, v)| v.expired(k.proto, now));
             let expired: Vec<FlowKey> = expired.into_iter().map(|(k, _)| k).collect();
-            datapath.remove_flows(role, table, &expired)?;
-            occupancy.expired_removed += expired.len();
+            // Read again before each removal: a SYN may have opened a flow under an expired
+            // one's key meanwhile.
+            occupancy.expired_removed +=
+                datapath.remove_flows(role, table, &expired, |k, v| v.expired(k.proto, now))?;
             // Each table's count, so an alert can follow it; by family within (TCP over IPv4
             // only in its own tables).
             for keying in Keying::ALL {

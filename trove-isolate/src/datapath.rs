@@ -402,6 +402,7 @@ impl Datapath {
         self.sync_rules(&policy.entries(), in_force.map(Policy::entries).as_deref())
             .context("writing the policy map")?;
         let mut lengths = self.array_mut::<PrefixLengths>(maps::POLICY_LENGTHS)?;
+        let mut emptied = false;
         for (c, (set, wanted)) in now.iter().zip(&wanted).enumerate() {
             let narrow = if crowded.contains(&c) {
                 // The old and the new lengths do not fit side by side: empty every slot, then
@@ -413,6 +414,10 @@ impl Datapath {
                 lengths
                     .set(c as u32, set.cleared(), 0)
                     .context("clearing the policy's prefix lengths")?;
+                // A slot takes another length only once no program run that read the old one
+                // is left: a packet holding an old length could pair it with a new, shorter
+                // mask and match a rule its address is not in.
+                quiesce_lengths();
                 PrefixLengths::default()
                     .with(wanted)
                     .context("a policy with more prefix lengths than a class holds")?
@@ -422,6 +427,11 @@ impl Datapath {
             lengths
                 .set(c as u32, narrow, 0)
                 .context("narrowing the policy's prefix lengths")?;
+            emptied |= narrow.prefixes().count() < set.prefixes().count();
+        }
+        // The same for a slot this narrowing emptied, before a later reload fills it again.
+        if emptied {
+            quiesce_lengths();
         }
         self.policy_map_new = false;
         Ok(())
@@ -780,53 +790,72 @@ impl Datapath {
         Ok(typed.iter().filter_map(Result::ok).collect())
     }
 
-    /// Removes `keys` from one of `role`'s flow tables (each from its keying's); ones already
-    /// gone count as removed.
+    /// Removes the flows under `keys` from one of `role`'s flow tables (each from its keying's)
+    /// whose entry `stale` still condemns when it is read again, just before its removal:
+    /// between the walk that chose them and this, the datapath may have put another flow under
+    /// a key (a SYN on the tuple of an expired one), or moved the flow on. An entry of a wide
+    /// table holding another local address under the key's fold is another flow, and is kept.
+    /// Returns how many were removed.
     pub fn remove_flows(
         &mut self,
         role: Role,
         table: Table,
         keys: &[FlowKey],
-    ) -> anyhow::Result<()> {
-        let (tcp4, wide): (Vec<&FlowKey>, Vec<&FlowKey>) = keys
-            .iter()
-            .partition(|k| Keying::of(k.family, k.proto) == Keying::Tcp4);
-        let tcp4: Vec<FlowKey4> = tcp4.into_iter().filter_map(FlowKey4::narrow).collect();
-        self.remove_keys::<FlowKey4, FlowValue>(table.map_name(role, Keying::Tcp4), &tcp4)?;
+        stale: impl Fn(&FlowKey, &FlowValue) -> bool,
+    ) -> anyhow::Result<usize> {
+        let tcp4: Vec<FlowKey4> = keys.iter().filter_map(FlowKey4::narrow).collect();
+        let mut removed = self.remove_keys::<FlowKey4, FlowValue>(
+            table.map_name(role, Keying::Tcp4),
+            &tcp4,
+            |k, v| stale(&k.widen(role), v),
+        )?;
+        let wide: Vec<(WideKey, [u32; 4])> = keys.iter().filter_map(WideKey::narrow).collect();
         if wide.is_empty() {
-            return Ok(());
+            return Ok(removed);
         }
-        // A wide key folds the local address: never remove an entry holding another one.
-        let name = table.map_name(role, Keying::Wide);
-        let held: std::collections::HashMap<WideKey, WideValue> =
-            self.entries(name)?.into_iter().collect();
-        let wide: Vec<WideKey> = wide
-            .into_iter()
-            .filter_map(WideKey::narrow)
-            .filter(|(k, local)| !matches!(held.get(k), Some(v) if v.local != *local))
-            .map(|(k, _)| k)
-            .collect();
-        self.remove_keys::<WideKey, WideValue>(name, &wide)
+        let locals: std::collections::HashMap<WideKey, [u32; 4]> = wide.iter().copied().collect();
+        let keys: Vec<WideKey> = wide.into_iter().map(|(k, _)| k).collect();
+        removed += self.remove_keys::<WideKey, WideValue>(
+            table.map_name(role, Keying::Wide),
+            &keys,
+            |k, v| locals.get(k) == Some(&v.local) && stale(&k.widen(role, v), &v.flow),
+        )?;
+        Ok(removed)
     }
 
+    /// Removes each of `keys` from the hash map `name` whose entry, read just before, `stale`
+    /// condemns; a key already gone is skipped.
     fn remove_keys<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &str,
-        keys: &[impl Borrow<K>],
-    ) -> anyhow::Result<()> {
+        keys: &[K],
+        stale: impl Fn(&K, &V) -> bool,
+    ) -> anyhow::Result<usize> {
         let map = self
             .ebpf
             .map_mut(name)
             .with_context(|| format!("map {name} missing"))?;
         let mut flows: HashMap<&mut MapData, K, V> = HashMap::try_from(map)?;
+        let gone = |e: &MapError| match e {
+            MapError::KeyNotFound => true,
+            MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(2),
+            _ => false,
+        };
+        let mut removed = 0;
         for key in keys {
-            match flows.remove(key.borrow()) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(2) => {}
+            match flows.get(key, 0) {
+                Ok(value) if stale(key, &value) => {}
+                Ok(_) => continue,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading a flow of {name}")),
+            }
+            match flows.remove(key) {
+                Ok(()) => removed += 1,
+                Err(e) if gone(&e) => {}
                 Err(e) => return Err(e).with_context(|| format!("removing a flow from {name}")),
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// Every non-zero counter.
@@ -978,6 +1007,16 @@ fn map_data(map: &Map) -> Option<&MapData> {
         | Map::PerCpuArray(m)
         | Map::RingBuf(m) => Some(m),
         _ => None,
+    }
+}
+
+/// Waits until every program run that may have read a prefix-length slot before now has
+/// returned ([`own_sets::grace`]). Should the wait fail, the write goes on as it did before
+/// the wait existed: a packet would have to stall between reading a slot's length and its mask
+/// for both writes to land in between.
+fn quiesce_lengths() {
+    if let Err(e) = own_sets::grace() {
+        log::warn!("waiting for running BPF programs before reusing a prefix-length slot: {e}");
     }
 }
 

@@ -196,7 +196,7 @@ impl Harness {
                     .map(|(k, _)| k)
                     .collect();
                 self.dp
-                    .remove_flows(role, table, &keys)
+                    .remove_flows(role, table, &keys, |_, _| true)
                     .expect("removing flows");
             }
         }

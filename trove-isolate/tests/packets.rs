@@ -1114,6 +1114,67 @@ fn a_blind_handshake_is_never_promoted() {
     assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1);
 }
 
+/// A SYN-ACK moves the guest's own handshake on only when it acknowledges the guest's SYN: a
+/// blind one, racing the real server's, would otherwise set the window scales the flow's FIN
+/// and RST are held to.
+#[rustfmt::skip]
+#[test]
+fn a_blind_syn_ack_moves_no_handshake_on() {
+    use trove_isolate::datapath::Table;
+    use trove_isolate_common::conntrack::state;
+    use Reason::*;
+    let mut dp = datapath();
+    let c = (41500, 5672);
+    let s = (5672, 41500);
+    let stage = |dp: &Datapath| dp.flows(M, Table::New).expect("flows")[0].1.state;
+    run_table(&mut dp, &[
+        pass("the guest's SYN to rabbitmq", M, E, v4_seq(G4, RABBIT4, c, SYN, 100, 0, 64240), Allowed),
+        pass("a SYN-ACK acknowledging something else", M, I, v4_seq(RABBIT4, G4, s, SYN_ACK, 7000, 5555, 64240), Tracked),
+    ]);
+    assert_eq!(stage(&dp), state::SYN_SENT);
+    run_table(&mut dp, &[
+        pass("the server's SYN-ACK", M, I, v4_seq(RABBIT4, G4, s, SYN_ACK, 9000, 101, 64240), Tracked),
+    ]);
+    assert_eq!(stage(&dp), state::SYN_ACKED);
+    run_table(&mut dp, &[
+        pass("the guest's ACK", M, E, v4_seq(G4, RABBIT4, c, ACK, 101, 9001, 64240), Tracked),
+    ]);
+    assert_eq!(dp.flows(M, Table::Established).expect("flows").len(), 1);
+}
+
+/// The daemon removes a flow (expired, or revoked) only if its entry, read again just before,
+/// still condemns it: between the walk that chose it and the removal, the datapath may have put
+/// another flow under its key. Here the walk sees an unanswered pickup, then a SYN starts the
+/// tuple over; the removal must leave the SYN's handshake alone.
+#[rustfmt::skip]
+#[test]
+fn a_removal_spares_a_flow_put_under_the_key_after_the_walk() {
+    use trove_isolate::datapath::Table;
+    use trove_isolate_common::conntrack::state;
+    use Reason::*;
+    let mut dp = datapath();
+    let c = (33800, 3306);
+    let s = (3306, 33800);
+    run_table(&mut dp, &[
+        pass("a pickup's bare ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 500, 900, 200), Allowed),
+    ]);
+    let walked = dp.flows(B, Table::New).expect("flows");
+    assert_eq!(walked.len(), 1);
+    assert_eq!(walked[0].1.state, state::UNREPLIED);
+    let keys: Vec<_> = walked.iter().map(|(k, _)| *k).collect();
+    run_table(&mut dp, &[
+        pass("a SYN starts the tuple over", B, I, v4_seq(CLIENT, G4, c, SYN, 10, 0, 64240), Allowed),
+    ]);
+    let condemned = |_: &_, v: &trove_isolate_common::conntrack::FlowValue| v.state == state::UNREPLIED;
+    assert_eq!(dp.remove_flows(B, Table::New, &keys, condemned).expect("removing"), 0);
+    run_table(&mut dp, &[
+        pass("the SYN's handshake goes on", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 70, 11, 100), Tracked),
+    ]);
+    // What still condemns it goes.
+    assert_eq!(dp.remove_flows(B, Table::New, &keys, |_, _| true).expect("removing"), 1);
+    assert!(dp.flows(B, Table::New).expect("flows").is_empty());
+}
+
 /// A connection that closes gives its established slot back at once: it finishes its closing
 /// handshake in the new table, held to the same windows, and a SYN on its tuple starts over.
 /// (Else every closed connection would hold a slot for the closing timeout, and a client that

@@ -231,7 +231,10 @@ impl Flow {
                     self.closing = true;
                 }
                 let syn_ack = tcp.flags.syn() && tcp.flags.ack();
-                if self.stage == Stage::SynSent && reply && syn_ack {
+                // The remote's SYN-ACK must acknowledge the guest's SYN exactly: a blind one
+                // would set the window scales the flow's FIN and RST are held to.
+                let acks_guest_syn = from_guest || self.guest_end == Some(tcp.ack);
+                if self.stage == Stage::SynSent && reply && syn_ack && acks_guest_syn {
                     self.stage = Stage::SynAcked;
                     self.syn_scale[side(direction)] = tcp.syn_scale;
                 } else if tcp.flags.bare_ack() && !self.guest_done() {
