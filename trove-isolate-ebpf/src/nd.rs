@@ -10,12 +10,14 @@
 
 use trove_isolate_common::{family, Direction, Reason, Role};
 
-use crate::{local, packet::Packet};
+use aya_ebpf::programs::TcContext;
+
+use crate::{local, packet::Packet, parse};
 
 const ROUTER_SOLICITATION: u8 = 133;
 const ROUTER_ADVERTISEMENT: u8 = 134;
-pub const NEIGHBOR_SOLICITATION: u8 = 135;
-pub const NEIGHBOR_ADVERTISEMENT: u8 = 136;
+const NEIGHBOR_SOLICITATION: u8 = 135;
+const NEIGHBOR_ADVERTISEMENT: u8 = 136;
 const REDIRECT: u8 = 137;
 const MLD_QUERY: u8 = 130;
 const MLD_REPORT: u8 = 131;
@@ -27,13 +29,12 @@ const MLD2_REPORT: u8 = 143;
 /// link-layer address (8) and, probing an address, a nonce (8).
 pub const MAX_LEN: u32 = 64;
 
-/// `target`: a neighbour solicitation's or advertisement's.
 #[inline(always)]
 pub fn check(
+    ctx: &TcContext,
     role: Role,
     direction: Direction,
     pkt: &Packet,
-    target: &[u8; 16],
 ) -> Result<Reason, Reason> {
     let ingress = direction == Direction::Ingress;
     let (hop_limit, ok_scope) = match pkt.icmp_type {
@@ -60,13 +61,18 @@ pub fn check(
         if pkt.payload_len > MAX_LEN {
             return Err(Reason::Malformed);
         }
+        // A solicitation or advertisement holds its target whole.
+        let target = match ty {
+            ROUTER_SOLICITATION => [0; 16],
+            _ => parse::nd_target(ctx, pkt)?,
+        };
         if !ingress {
             let own = |addr: &[u8; 16]| local::own(role, family::V6, addr);
             // An advertisement answers for an address, so it comes from one; the solicitations
             // may come from :: (duplicate address detection, or no address yet).
             let from_own =
                 own(&pkt.src) || (ty != NEIGHBOR_ADVERTISEMENT && local::unspecified(&pkt.src));
-            if !from_own || (ty == NEIGHBOR_ADVERTISEMENT && !own(target)) {
+            if !from_own || (ty == NEIGHBOR_ADVERTISEMENT && !own(&target)) {
                 return Err(Reason::NotLocal);
             }
         }

@@ -44,6 +44,7 @@ pub struct Packet {
     pub window: u16,
     /// Where the TCP options start in the frame, and their length in bytes: the flow tables
     /// read the window scale from them only when a handshake needs it (`parse::window_scale`).
+    /// Neighbour discovery: where the message starts (`parse::nd_target`).
     pub options_at: u16,
     pub options_len: u8,
     /// TCP: the bytes of data the segment carries; neighbour discovery: the message's length.
@@ -118,13 +119,9 @@ pub struct Arp {
 /// What the parser recognised.
 pub enum Parsed {
     Arp(Arp),
-    /// IPv6 neighbour/router discovery or MLD: type, hop limit and addresses in the packet, the
-    /// message's length in `payload_len`; a neighbour solicitation's or advertisement's target
-    /// (zero for the other types).
-    NeighborDiscovery {
-        pkt: Packet,
-        target: [u8; 16],
-    },
+    /// IPv6 neighbour/router discovery or MLD: type, hop limit and addresses in the packet;
+    /// where the message starts in `options_at`, its length in `payload_len`.
+    NeighborDiscovery(Packet),
     /// An IP packet of a flow.
     Flow(Packet),
     /// An ICMP error: the outer packet (addresses) and the packet quoted inside it, which

@@ -16,10 +16,7 @@ use trove_isolate_common::{
     family, proto, Reason,
 };
 
-use crate::{
-    nd,
-    packet::{Arp, Kind, Packet, Parsed},
-};
+use crate::packet::{Arp, Kind, Packet, Parsed};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -316,6 +313,19 @@ unsafe fn addresses(ip: *const Ipv6Hdr) -> ([u8; 16], [u8; 16]) {
     }
 }
 
+/// The target address of the neighbour solicitation or advertisement `pkt` (`Malformed` when
+/// the message is too short to hold one).
+#[inline(always)]
+pub fn nd_target(ctx: &TcContext, pkt: &Packet) -> Result<[u8; 16], Reason> {
+    let off = pkt.options_at as usize;
+    let msg: *const NdHdr = l4_at(ctx, off, off + pkt.payload_len as usize)?;
+    // `l4_at` checked all 24 bytes against the packet's end.
+    Ok(unsafe {
+        let p = msg as *const u8;
+        bytes([load_u64::<8>(p), load_u64::<16>(p)])
+    })
+}
+
 /// The 16 bytes of two 8-byte loads, in packet order.
 #[inline(always)]
 fn bytes(words: [u64; 2]) -> [u8; 16] {
@@ -542,17 +552,10 @@ fn icmp(ctx: &TcContext, off: usize, end: usize, mut pkt: Packet) -> Result<Pars
             Ok(Parsed::Flow(pkt))
         }
         IcmpClass::NeighborDiscovery => {
+            // Read by `nd::check`, the only stage that needs them.
+            pkt.options_at = off as u16;
             pkt.payload_len = (end - off) as u32;
-            let mut target = [0; 16];
-            if ty == nd::NEIGHBOR_SOLICITATION || ty == nd::NEIGHBOR_ADVERTISEMENT {
-                let msg: *const NdHdr = l4_at(ctx, off, end)?;
-                // Checked against the packet's end by `l4_at`, all 24 bytes.
-                target = unsafe {
-                    let p = msg as *const u8;
-                    bytes([load_u64::<8>(p), load_u64::<16>(p)])
-                };
-            }
-            Ok(Parsed::NeighborDiscovery { pkt, target })
+            Ok(Parsed::NeighborDiscovery(pkt))
         }
         IcmpClass::Other => Ok(Parsed::Flow(pkt)),
         IcmpClass::Error => {

@@ -49,7 +49,7 @@ pub fn run(ctx: &TcContext, role: Role, direction: Direction) -> i32 {
 fn decide(ctx: &TcContext, role: Role, direction: Direction) -> Result<Reason, Reason> {
     match parse::parse(ctx)? {
         Parsed::Arp(arp) => arp::check(role, direction, &arp),
-        Parsed::NeighborDiscovery { pkt, target } => nd::check(role, direction, &pkt, &target),
+        Parsed::NeighborDiscovery(pkt) => nd::check(ctx, role, direction, &pkt),
         Parsed::Related { outer, quoted } => related(role, direction, &outer, &quoted),
         Parsed::Flow(pkt) => flow(ctx, role, direction, &pkt),
     }

@@ -59,24 +59,48 @@ pub fn prepare(policy: &Policy) -> anyhow::Result<Datapath> {
 
     let (m, b) = (Role::Management, Role::Business);
     let (i, e) = (Direction::Ingress, Direction::Egress);
+    // Each handshake's numbers add up (the opener's SYN at 100, the answer's at 900): only an
+    // ACK of all the other side sent moves a handshake on.
+    let tcp4 = |src, dst, sport, dport, flags, seq, ack| {
+        ipv4(
+            V4_PLAIN,
+            proto::TCP,
+            src,
+            dst,
+            &tcp_seq(sport, dport, flags, seq, ack, 0xffff),
+        )
+    };
+    let tcp6 = |src, dst, sport, dport, flags, seq, ack| {
+        ipv6(
+            proto::TCP,
+            src,
+            dst,
+            &tcp_seq(sport, dport, flags, seq, ack, 0xffff),
+        )
+    };
+    let (g4, rabbit, client4) = ("192.0.2.1", "192.0.2.10", "198.51.100.7");
+    let (g6, client6) = ("2001:db8:1::1", "2001:db8:2::7");
     for (role, direction, frame) in [
-        (m, e, v4("192.0.2.1", "192.0.2.10", 40000, 5672, SYN)),
-        (m, i, v4("192.0.2.10", "192.0.2.1", 5672, 40000, SYN_ACK)),
-        (m, e, v4("192.0.2.1", "192.0.2.10", 40000, 5672, ACK)),
-        (b, i, v4("198.51.100.7", "192.0.2.1", 50000, 3306, SYN)),
-        (b, e, v4("192.0.2.1", "198.51.100.7", 3306, 50000, SYN_ACK)),
-        (b, i, v4("198.51.100.7", "192.0.2.1", 50000, 3306, ACK)),
-        (b, e, v4("192.0.2.1", "198.51.100.7", 3306, 50000, ACK)),
-        (b, i, v6("2001:db8:2::7", "2001:db8:1::1", 50000, 3306, SYN)),
-        (
-            b,
-            e,
-            v6("2001:db8:1::1", "2001:db8:2::7", 3306, 50000, SYN_ACK),
-        ),
-        (b, i, v6("2001:db8:2::7", "2001:db8:1::1", 50000, 3306, ACK)),
-        (b, e, v6("2001:db8:1::1", "2001:db8:2::7", 3306, 50000, ACK)),
+        (m, e, tcp4(g4, rabbit, 40000, 5672, SYN, 100, 0)),
+        (m, i, tcp4(rabbit, g4, 5672, 40000, SYN_ACK, 900, 101)),
+        (m, e, tcp4(g4, rabbit, 40000, 5672, ACK, 101, 901)),
+        (b, i, tcp4(client4, g4, 50000, 3306, SYN, 100, 0)),
+        (b, e, tcp4(g4, client4, 3306, 50000, SYN_ACK, 900, 101)),
+        (b, i, tcp4(client4, g4, 50000, 3306, ACK, 101, 901)),
+        (b, e, tcp4(g4, client4, 3306, 50000, ACK, 901, 101)),
+        (b, i, tcp6(client6, g6, 50000, 3306, SYN, 100, 0)),
+        (b, e, tcp6(g6, client6, 3306, 50000, SYN_ACK, 900, 101)),
+        (b, i, tcp6(client6, g6, 50000, 3306, ACK, 101, 901)),
+        (b, e, tcp6(g6, client6, 3306, 50000, ACK, 901, 101)),
     ] {
         verdict(dp.program(role, direction), &frame).context("setting up a flow")?;
+    }
+    for role in [m, b] {
+        anyhow::ensure!(
+            !dp.flows(role, trove_isolate::datapath::Table::Established)?
+                .is_empty(),
+            "setting up the flows: none established"
+        );
     }
     Ok(dp)
 }
