@@ -6,7 +6,7 @@
 //! Solicitations and advertisements are held to a host's shape, as ARP is: no bigger than the
 //! message and the options a host sends (nothing rides along, to or from a host no rule names),
 //! and going out only as the NIC's own: from one of its addresses (or ::, for duplicate address
-//! detection), and an advertisement only for one of them.
+//! detection), and an advertisement only for the address it comes from.
 
 use trove_isolate_common::{family, Direction, Reason, Role};
 
@@ -67,12 +67,16 @@ pub fn check(
             _ => parse::nd_target(ctx, pkt)?,
         };
         if !ingress {
-            let own = |addr: &[u8; 16]| local::own(role, family::V6, addr);
-            // An advertisement answers for an address, so it comes from one; the solicitations
-            // may come from :: (duplicate address detection, or no address yet).
-            let from_own =
-                own(&pkt.src) || (ty != NEIGHBOR_ADVERTISEMENT && local::unspecified(&pkt.src));
-            if !from_own || (ty == NEIGHBOR_ADVERTISEMENT && !own(&target)) {
+            // An advertisement answers for an own address, from that address (as a host sends
+            // it: Linux picks another source only for anycast or proxy addresses, which a guest
+            // does not have). A solicitation comes from an own address, or from :: (duplicate
+            // address detection, or no address yet). One own-address check either way.
+            let advert = ty == NEIGHBOR_ADVERTISEMENT;
+            if advert && pkt.src != target {
+                return Err(Reason::NotLocal);
+            }
+            let unspecified = !advert && local::unspecified(&pkt.src);
+            if !unspecified && !local::own(role, family::V6, &pkt.src) {
                 return Err(Reason::NotLocal);
             }
         }

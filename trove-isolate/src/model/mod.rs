@@ -139,7 +139,7 @@ impl Model {
     /// code or scope is malformed. Solicitations and advertisements are held to a host's shape,
     /// as ARP is: at most 64 bytes (the message and the options a host sends), and going out
     /// from one of the NIC's own addresses (a solicitation also from ::), an advertisement for
-    /// one of them; else `not_local`.
+    /// the address it comes from; else `not_local`.
     fn neighbor_discovery(
         &self,
         role: Role,
@@ -188,8 +188,8 @@ impl Model {
             if direction == Egress {
                 let advert = icmp_type == NEIGHBOR_ADVERTISEMENT;
                 let from_own = self.own(role, ip.src) || (!advert && ip.src.is_unspecified());
-                let for_own = !advert || target.is_some_and(|t| self.own(role, IpAddr::V6(t)));
-                if !from_own || !for_own {
+                let for_itself = !advert || target.map(IpAddr::V6) == Some(ip.src);
+                if !from_own || !for_itself {
                     return Err(Reason::NotLocal);
                 }
             }
