@@ -308,14 +308,15 @@ fn embryonic<F: Flow>(
             {
                 value.flags |= flags::CLOSING;
             }
+            let from_guest = direction == Direction::Egress;
+            let syn_ack = f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
             let plain_ack =
                 f & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && f & TCP_ACK != 0 && !value.guest_done();
-            let from_guest = direction == Direction::Egress;
             // The remote's SYN-ACK must acknowledge the guest's SYN: a blind one would set the
             // window scales the flow's FIN and RST are held to.
             if value.state == state::SYN_SENT
                 && reply
-                && f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+                && syn_ack
                 && (from_guest || acks_all_sent(value, pkt))
             {
                 value.state = state::SYN_ACKED;
@@ -429,6 +430,11 @@ pub fn track<F: Flow>(
 fn record_ack(value: &mut FlowValue, direction: Direction, pkt: &Packet) {
     // Not from a reset: the guest answers a stray segment on a tuple it has no socket for with a
     // reset at that segment's acknowledgment, which its sender chose.
+    // The guest's SYN-ACK starts its side of the connection: its numbers replace what an earlier
+    // connection on the tuple left (a socket in TIME_WAIT answers the new SYN with a bare ACK of
+    // its old numbers), which the client's ACK of the SYN-ACK would never match.
+    let restart =
+        direction == Direction::Egress && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
     if direction == Direction::Egress && pkt.tcp_flags & TCP_RST == 0 {
         let f = pkt.tcp_flags;
         let end = pkt
@@ -436,7 +442,7 @@ fn record_ack(value: &mut FlowValue, direction: Direction, pkt: &Packet) {
             .wrapping_add(pkt.payload_len)
             .wrapping_add((f & TCP_SYN != 0) as u32)
             .wrapping_add((f & TCP_FIN != 0) as u32);
-        if value.flags & flags::GUEST_END == 0 {
+        if value.flags & flags::GUEST_END == 0 || restart {
             value.flags |= flags::GUEST_END;
             value.guest_end = end;
         } else if (end.wrapping_sub(value.guest_end) as i32) > 0 {
@@ -455,7 +461,7 @@ fn record_ack(value: &mut FlowValue, direction: Direction, pkt: &Packet) {
         return;
     }
     let window = pkt.window;
-    if value.flags & flags::ACK_SEEN[d] == 0 {
+    if value.flags & flags::ACK_SEEN[d] == 0 || restart {
         value.flags |= flags::ACK_SEEN[d];
     } else {
         let ahead = pkt.ack.wrapping_sub(value.ack[d]) as i32;

@@ -4,7 +4,8 @@
 //! it sends no router advertisements, redirects or MLD queries.
 //!
 //! Solicitations and advertisements are held to a host's shape, as ARP is: no bigger than the
-//! message and the options a host sends (nothing rides along, to or from a host no rule names),
+//! message and the options a host sends (so what rides along, to or from a host no rule names,
+//! is bounded),
 //! and going out only as the NIC's own: from one of its addresses (or ::, for duplicate address
 //! detection), and an advertisement only for the address it comes from.
 

@@ -788,6 +788,30 @@ fn named_table() -> Vec<Named> {
                 ]
             },
         ),
+        named("a handshake on the tuple of a connection in TIME_WAIT", {
+            let client = |f, seq, ack| {
+                Pkt::tcp(OPERATOR4, G4, 50002, 22, f)
+                    .seq_ack(seq, ack, 1000)
+                    .framed()
+            };
+            let guest = |f, seq, ack| {
+                Pkt::tcp(G4, OPERATOR4, 22, 50002, f)
+                    .seq_ack(seq, ack, 1000)
+                    .framed()
+            };
+            vec![
+                (M, I, client(SYN, 10, 0), Ok(Allowed)),
+                // TIME_WAIT answers with the old connection's numbers.
+                (M, E, guest(ACK, 2_000_000_000, 777), Ok(Tracked)),
+                (M, I, client(RST, 777, 0), Ok(Tracked)),
+                (M, I, client(SYN, 10, 0), Ok(Tracked)),
+                (M, E, guest(SYN_ACK, 1000, 11), Ok(Tracked)),
+                (M, I, client(ACK, 11, 1001), Ok(Tracked)),
+                (M, E, guest(PSH | ACK, 1001, 11), Ok(Tracked)),
+                // Established: a reset far outside the window is refused.
+                (M, I, client(RST, 0x4000_0000, 0), Err(OutOfWindow)),
+            ]
+        }),
         named(
             "echo request the wrong way",
             vec![

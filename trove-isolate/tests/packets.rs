@@ -1114,6 +1114,30 @@ fn a_blind_handshake_is_never_promoted() {
     assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1);
 }
 
+/// A client reusing the tuple of a connection the guest still holds in TIME_WAIT: the guest
+/// answers the new SYN with a bare ACK of the old connection's numbers, the client resets that,
+/// and the SYN it sends again is answered by a SYN-ACK from another sequence space. The
+/// handshake is judged by the SYN-ACK's numbers, not the old connection's.
+#[rustfmt::skip]
+#[test]
+fn a_handshake_on_the_tuple_of_a_connection_in_time_wait_is_proved() {
+    use trove_isolate::datapath::Table;
+    use Reason::*;
+    let mut dp = datapath();
+    let c = (33900, 3306);
+    let s = (3306, 33900);
+    run_table(&mut dp, &[
+        pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 10, 0, 64240), Allowed),
+        pass("TIME_WAIT's bare ACK, the old numbers", B, E, v4_seq(G4, CLIENT, s, ACK, 2_000_000_000, 777, 100), Tracked),
+        pass("the client resets it", B, I, v4_seq(CLIENT, G4, c, RST, 777, 0, 0), Tracked),
+        pass("client SYN again", B, I, v4_seq(CLIENT, G4, c, SYN, 10, 0, 64240), Tracked),
+        pass("SYN-ACK, a sequence behind the old one", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 1000, 11, 100), Tracked),
+        pass("client ACK of it", B, I, v4_seq(CLIENT, G4, c, ACK, 11, 1001, 200), Tracked),
+        pass("the guest's greeting", B, E, v4_seq(G4, CLIENT, s, ACK | 0x08, 1001, 11, 100), Tracked),
+    ]);
+    assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1, "not promoted");
+}
+
 /// A SYN-ACK moves the guest's own handshake on only when it acknowledges the guest's SYN: a
 /// blind one, racing the real server's, would otherwise set the window scales the flow's FIN
 /// and RST are held to.

@@ -283,6 +283,10 @@ impl Flow {
     /// up to it (a forged one beyond what the guest sent would hold the guest's FIN out of the
     /// window).
     fn record_ack(&mut self, direction: Direction, tcp: &Tcp) {
+        // The guest's SYN-ACK starts its side of the connection: its numbers replace what an
+        // earlier connection on the tuple left (a socket in TIME_WAIT answers the new SYN with
+        // a bare ACK of its old numbers), which the client's ACK of it would never match.
+        let restart = direction == Direction::Egress && tcp.flags.syn() && tcp.flags.ack();
         if direction == Direction::Egress && !tcp.flags.rst() {
             let end = tcp
                 .seq
@@ -291,6 +295,7 @@ impl Flow {
                 .wrapping_add(u32::from(tcp.flags.fin()));
             let further = match self.guest_end {
                 None => true,
+                Some(_) if restart => true,
                 Some(old) => end.wrapping_sub(old) as i32 > 0,
             };
             if further {
@@ -315,6 +320,7 @@ impl Flow {
         let slot = &mut self.acks[side(direction)];
         let forward = match slot {
             None => true,
+            Some(_) if restart => true,
             Some(old) => {
                 let ahead = tcp.ack.wrapping_sub(old.ack) as i32;
                 ahead > 0 || (ahead == 0 && old.window != tcp.window)

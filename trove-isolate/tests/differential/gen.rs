@@ -72,6 +72,10 @@ pub enum Step {
         code: u8,
         src: Index,
         dst: Index,
+        /// A solicitation's or advertisement's target: the source's own address, or another.
+        target: Option<Index>,
+        /// Bytes of options after the target (64 bytes of ICMPv6 at most pass).
+        options: u8,
     },
     /// A packet answering or continuing an earlier step's.
     Reply {
@@ -725,18 +729,24 @@ fn neighbor_discovery() -> BoxedStrategy<Step> {
         prop_oneof![8 => Just(0u8), 1 => any::<u8>()],
         any::<Index>(),
         any::<Index>(),
+        prop_oneof![3 => Just(None), 1 => any::<Index>().prop_map(Some)],
+        prop_oneof![3 => Just(8u8), 2 => Just(0u8), 2 => 0u8..=48],
     )
-        .prop_map(|(role, ty, usual_direction, usual_hop, code, src, dst)| {
-            Step::NeighborDiscovery {
-                role,
-                ty,
-                usual_direction,
-                usual_hop,
-                code,
-                src,
-                dst,
-            }
-        })
+        .prop_map(
+            |(role, ty, usual_direction, usual_hop, code, src, dst, target, options)| {
+                Step::NeighborDiscovery {
+                    role,
+                    ty,
+                    usual_direction,
+                    usual_hop,
+                    code,
+                    src,
+                    dst,
+                    target,
+                    options,
+                }
+            },
+        )
         .boxed()
 }
 
@@ -824,8 +834,17 @@ pub fn build(steps: &[Step]) -> Vec<Built> {
                 code,
                 src,
                 dst,
+                target,
+                options,
             } => {
-                let (direction, p) = nd_pkt(ty, *usual_direction, *usual_hop, *code, src, dst);
+                let how = NdShape {
+                    usual_direction: *usual_direction,
+                    usual_hop: *usual_hop,
+                    code: *code,
+                    target: target.as_ref(),
+                    options: *options,
+                };
+                let (direction, p) = nd_pkt(ty, &how, src, dst);
                 Some(finish(*role, direction, p, &Mutation::None))
             }
             Step::Service {
@@ -1289,32 +1308,44 @@ const ND_ADDRS: [&str; 10] = [
     "ff05::1:3",
 ];
 
-fn nd_pkt(
-    ty: &Index,
+/// How a generated neighbour discovery message departs from the usual.
+struct NdShape<'a> {
     usual_direction: bool,
     usual_hop: bool,
     code: u8,
-    src: &Index,
-    dst: &Index,
-) -> (Direction, Pkt) {
+    target: Option<&'a Index>,
+    options: u8,
+}
+
+fn nd_pkt(ty: &Index, how: &NdShape, src: &Index, dst: &Index) -> (Direction, Pkt) {
     let (ty, mut direction, mut hop) = ND_TYPES[ty.index(ND_TYPES.len())];
-    if !usual_direction {
+    if !how.usual_direction {
         direction = direction.reverse();
     }
-    if !usual_hop {
+    if !how.usual_hop {
         hop = if hop == 1 { 255 } else { 1 };
     }
+    let code = how.code;
     let ty = if ty == 143 && code % 3 == 1 { 131 } else { ty };
     let pick = |i: &Index| frames::addr(ND_ADDRS[i.index(ND_ADDRS.len())]);
+    let src = pick(src);
+    // After the 4 bytes of id and sequence (a solicitation's reserved bytes, an
+    // advertisement's flags): the target, then the options.
+    let target = how.target.map_or(src, pick);
+    let mut body = match target {
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets().to_vec(),
+    };
+    body.resize(16 + usize::from(how.options), 0xaa);
     let mut p = Pkt::new(
-        pick(src),
+        src,
         pick(dst),
         L4::Icmp {
             ty,
             code: if code % 3 == 1 { 0 } else { code },
             id: 0,
             seq: 0,
-            body: vec![0; 16],
+            body,
         },
     );
     p.hop_limit = hop;
