@@ -428,13 +428,13 @@ pub fn track<F: Flow>(
 /// would push the window past the guest's own FIN. Writes only on change.
 #[inline(always)]
 fn record_ack(value: &mut FlowValue, direction: Direction, pkt: &Packet) {
-    // Not from a reset: the guest answers a stray segment on a tuple it has no socket for with a
-    // reset at that segment's acknowledgment, which its sender chose.
     // The guest's SYN-ACK starts its side of the connection: its numbers replace what an earlier
     // connection on the tuple left (a socket in TIME_WAIT answers the new SYN with a bare ACK of
     // its old numbers), which the client's ACK of the SYN-ACK would never match.
     let restart =
         direction == Direction::Egress && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
+    // Not from a reset: the guest answers a stray segment on a tuple it has no socket for with a
+    // reset at that segment's acknowledgment, which its sender chose.
     if direction == Direction::Egress && pkt.tcp_flags & TCP_RST == 0 {
         let f = pkt.tcp_flags;
         let end = pkt

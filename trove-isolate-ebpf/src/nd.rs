@@ -5,13 +5,11 @@
 //!
 //! Solicitations and advertisements are held to a host's shape, as ARP is: no bigger than the
 //! message and the options a host sends (so what rides along, to or from a host no rule names,
-//! is bounded),
-//! and going out only as the NIC's own: from one of its addresses (or ::, for duplicate address
-//! detection), and an advertisement only for the address it comes from.
-
-use trove_isolate_common::{family, Direction, Reason, Role};
+//! is bounded), and going out only as the NIC's own: from one of its addresses (or ::, for
+//! duplicate address detection), and an advertisement only for the address it comes from.
 
 use aya_ebpf::programs::TcContext;
+use trove_isolate_common::{family, Direction, Reason, Role};
 
 use crate::{local, packet::Packet, parse};
 
@@ -28,7 +26,7 @@ const MLD2_REPORT: u8 = 143;
 /// The longest router solicitation, neighbour solicitation or advertisement that passes, in
 /// bytes of ICMPv6: the message (8 or 24 bytes) and up to 40 of options, where a host sends its
 /// link-layer address (8) and, probing an address, a nonce (8).
-pub const MAX_LEN: u32 = 64;
+const MAX_LEN: u32 = 64;
 
 #[inline(always)]
 pub fn check(

@@ -113,9 +113,9 @@ struct IcmpHdr {
 /// reserved, the target address.
 #[repr(C)]
 struct NdHdr {
-    icmp: [u8; 4],
-    flags: [u8; 4],
-    target: [u8; 16],
+    _icmp: [u8; 4],
+    _flags: [u8; 4],
+    _target: [u8; 16],
 }
 
 #[repr(C)]

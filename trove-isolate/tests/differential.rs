@@ -596,6 +596,16 @@ fn a(s: &str) -> IpAddr {
     addr(s)
 }
 
+/// A segment of an operator's SSH connection from `port`: the guest's, or the client's.
+fn ssh_segment(port: u16, from_guest: bool, flags: u8, seq: u32, ack: u32) -> Framed {
+    let p = if from_guest {
+        Pkt::tcp(G4, OPERATOR4, 22, port, flags)
+    } else {
+        Pkt::tcp(OPERATOR4, G4, port, 22, flags)
+    };
+    p.seq_ack(seq, ack, 1000).framed()
+}
+
 fn named_table() -> Vec<Named> {
     let syn = Pkt::tcp(G4, RABBIT4, 40000, 5672, SYN)
         .seq_ack(100, 0, 1000)
@@ -763,16 +773,8 @@ fn named_table() -> Vec<Named> {
         named(
             "a blind ACK, then the guest's answer to a stray SYN, promote nothing",
             {
-                let client = |f, seq, ack| {
-                    Pkt::tcp(OPERATOR4, G4, 50001, 22, f)
-                        .seq_ack(seq, ack, 1000)
-                        .framed()
-                };
-                let guest = |f, seq, ack| {
-                    Pkt::tcp(G4, OPERATOR4, 22, 50001, f)
-                        .seq_ack(seq, ack, 1000)
-                        .framed()
-                };
+                let client = |f, seq, ack| ssh_segment(50001, false, f, seq, ack);
+                let guest = |f, seq, ack| ssh_segment(50001, true, f, seq, ack);
                 vec![
                     (M, I, client(SYN, 100, 0), Ok(Allowed)),
                     (M, E, guest(SYN_ACK, 7000, 101), Ok(Tracked)),
@@ -789,16 +791,8 @@ fn named_table() -> Vec<Named> {
             },
         ),
         named("a handshake on the tuple of a connection in TIME_WAIT", {
-            let client = |f, seq, ack| {
-                Pkt::tcp(OPERATOR4, G4, 50002, 22, f)
-                    .seq_ack(seq, ack, 1000)
-                    .framed()
-            };
-            let guest = |f, seq, ack| {
-                Pkt::tcp(G4, OPERATOR4, 22, 50002, f)
-                    .seq_ack(seq, ack, 1000)
-                    .framed()
-            };
+            let client = |f, seq, ack| ssh_segment(50002, false, f, seq, ack);
+            let guest = |f, seq, ack| ssh_segment(50002, true, f, seq, ack);
             vec![
                 (M, I, client(SYN, 10, 0), Ok(Allowed)),
                 // TIME_WAIT answers with the old connection's numbers.
