@@ -56,13 +56,11 @@ impl Capacity {
         }
     }
 
-    /// How many of `policy`'s rules each policy map holds.
+    /// How many of `policy`'s entries (its rules, expanded) each policy map holds.
     pub fn rules_of(policy: &Policy) -> PolicyRules {
         let mut rules = [0; policy::MAPS];
-        for nic in &policy.nics {
-            for rule in &nic.rules {
-                rules[policy::map_index(&rule.key(nic.role))] += 1;
-            }
+        for (key, _) in policy.entries() {
+            rules[policy::map_index(&key)] += 1;
         }
         rules
     }
@@ -189,7 +187,7 @@ impl fmt::Display for Capacity {
         let memory = self.memory();
         writeln!(
             f,
-            "maps      policy rules: {} IPv4, {} IPv6 of up to /64, {} IPv6 longer; room for {}, \
+            "maps      policy entries: {} IPv4, {} IPv6 of up to /64, {} IPv6 longer; room for {}, \
              {} and {} (allocated at load: about {})",
             self.policy_rules[0],
             self.policy_rules[1],
@@ -288,7 +286,7 @@ mod tests {
         let text = capacity(10).to_string();
         assert!(
             text.contains(
-                "policy rules: 10 IPv4, 0 IPv6 of up to /64, 0 IPv6 longer; room for 1044, 1024 \
+                "policy entries: 10 IPv4, 0 IPv6 of up to /64, 0 IPv6 longer; room for 1044, 1024 \
                  and 1024"
             ),
             "{text}"

@@ -21,6 +21,8 @@ pub struct Config {
     pub mode: Option<String>,
     pub attach: Option<String>,
     pub pin_path: Option<String>,
+    /// Write shorter prefixes as a longer length a class uses, to save lookups (default true).
+    pub prefix_expansion: Option<bool>,
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]

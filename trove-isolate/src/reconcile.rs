@@ -96,11 +96,7 @@ fn enforce_with(
 
     let state = State {
         mode: policy.mode,
-        policy_entries: policy
-            .nics
-            .iter()
-            .map(|n| (n.role, n.rules.len()))
-            .collect(),
+        policy_entries: policy.entries_per_role(),
         policy_map_rules: Some(Capacity::rules_of(policy).to_vec()),
         attachments,
         ..State::default()

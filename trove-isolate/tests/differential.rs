@@ -928,7 +928,50 @@ fn named_table() -> Vec<Named> {
                 ),
             ],
         ),
+        named(
+            "client prefixes written as a longer length, at their edges",
+            {
+                let syn = |from: &str, to: &str| {
+                    Pkt::tcp(from, to, 50000, 3306, SYN)
+                        .seq_ack(1, 0, 1000)
+                        .framed()
+                };
+                let v4 = [
+                    ("198.51.100.31", false),
+                    ("198.51.100.32", true),
+                    ("198.51.100.47", true),
+                    ("198.51.100.48", false),
+                    ("198.51.100.200", true),
+                    ("198.51.100.201", false),
+                ];
+                let v6 = [
+                    ("2001:db8:4::f", true),
+                    ("2001:db8:4::10", false),
+                    ("2001:db8:4::7f", false),
+                    ("2001:db8:4::80", true),
+                    ("2001:db8:4::ff", true),
+                    ("2001:db8:4::100", false),
+                ];
+                let to = |from: &str| if from.contains(':') { G6 } else { BIZ4 };
+                v4.iter()
+                    .chain(&v6)
+                    .map(|&(from, allowed)| {
+                        let want = if allowed { Ok(Allowed) } else { Err(Policy) };
+                        (B, I, syn(from, to(from)), want)
+                    })
+                    .collect()
+            },
+        ),
     ]
+}
+
+#[test]
+fn the_worlds_client_prefixes_are_expanded() {
+    // What the named case above and the generated sequences' edge addresses test.
+    let lengths = policy().prefix_lengths();
+    let class = |fam| trove_isolate_common::policy::class(B, I, fam) as usize;
+    assert_eq!(lengths[class(family::V4)], [32]);
+    assert_eq!(lengths[class(family::V6)], [124, 64]);
 }
 
 #[test]

@@ -1857,6 +1857,42 @@ fn a_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
     // And back, with the full write (a start): it reads the map to find what is stale.
     dp.sync_policy(&old, None).expect("full write");
     assert_eq!(sorted(dp.policy_map().expect("read")), expected(&old));
+    // A /24 among /32s is written as 256 /32s; turning that off and on again swaps the /24's
+    // entries and the class's lengths.
+    let expanded = compile(&CONFIG.replace(
+        "peers = [\"198.51.100.7/32\"]",
+        "clients = [\"203.0.113.0/24\", \"198.51.100.9\"]",
+    ));
+    let as_written = Policy {
+        prefix_expansion: false,
+        ..expanded.clone()
+    };
+    assert_ne!(expected(&expanded), expected(&as_written));
+    let steps = [
+        (&expanded, &old),
+        (&as_written, &expanded),
+        (&expanded, &as_written),
+    ];
+    for (sport, (next, before)) in (40200..).zip(steps) {
+        dp.sync_policy(next, Some(before)).expect("the difference");
+        assert_eq!(sorted(dp.policy_map().expect("read")), expected(next));
+        let clients = ["203.0.113.0", "203.0.113.255", "198.51.100.9"];
+        let syn = |client| v4_tcp(client, "192.0.2.1", sport, 3306, SYN);
+        run_table(
+            &mut dp,
+            &clients.map(|client| pass(client, B, I, syn(client), Reason::Allowed)),
+        );
+        run_table(
+            &mut dp,
+            &[drop(
+                "not a client",
+                B,
+                I,
+                syn("198.51.100.10"),
+                Reason::Policy,
+            )],
+        );
+    }
 }
 
 /// The policy is written in batches: one that outgrows its map stops with how far it got, and a
@@ -1928,7 +1964,9 @@ fn prefix_lengths_that_do_not_fit_side_by_side_are_swapped() {
     let path = Path::new("lengths.toml");
     let with_lengths = |lengths: std::ops::Range<u8>| {
         let clients: Vec<String> = lengths.map(|l| format!("\"2001:db8:77::/{l}\"")).collect();
-        let text = CONFIG.replace(
+        // At the rules' own lengths: expanded, the sixteen would be written at fewer.
+        let text = "prefix_expansion = false\n".to_owned() + CONFIG;
+        let text = text.replace(
             "peers = [\"198.51.100.7/32\"]",
             &format!("clients = [\"198.51.100.0/24\", {}]", clients.join(", ")),
         );
@@ -1939,6 +1977,8 @@ fn prefix_lengths_that_do_not_fit_side_by_side_are_swapped() {
         .expect("compiles")
     };
     let (old, new) = (with_lengths(64..80), with_lengths(80..96));
+    let class = trove_isolate_common::policy::class(B, I, trove_isolate_common::family::V6);
+    assert_eq!(old.prefix_lengths()[class as usize].len(), 16);
     let mut dp = datapath();
     dp.sync_policy(&old, None).expect("old");
     dp.sync_policy(&new, Some(&old)).expect("new");

@@ -180,8 +180,11 @@ fn main() -> anyhow::Result<()> {
             .skip(1)
             .map(|r| r.name.as_str())
             .collect();
-        println!("| entries | map written in | {} |", names.join(" | "));
-        println!("|---:|---:|{}", "---:|".repeat(names.len()));
+        println!(
+            "| rules | map entries | lookups per new flow (IPv4, IPv6) | map written in | {} |",
+            names.join(" | ")
+        );
+        println!("|---:|---:|---:|---:|{}", "---:|".repeat(names.len()));
         for s in &scaled {
             let cells: Vec<String> = s
                 .rows
@@ -189,20 +192,34 @@ fn main() -> anyhow::Result<()> {
                 .skip(1)
                 .map(|r| format!("{:.2} ({:.0} ns)", r.ratio, r.ns))
                 .collect();
+            let expansion = if s.expansion {
+                ""
+            } else {
+                " (prefix_expansion off)"
+            };
             println!(
-                "| {} | {:.2} s | {} |",
+                "| {} | {}{expansion} | {}, {} | {:.2} s | {} |",
+                s.rules,
                 s.entries,
+                s.lookups[0],
+                s.lookups[1],
                 s.load_seconds,
                 cells.join(" | ")
             );
         }
         let last = &scaled[scaled.len() - 1];
-        // Against the smallest policy, and against the smallest that uses the same prefix
-        // lengths as the largest (the lookup's cost follows the lengths, see BENCHMARKS.md).
-        for first in scaled.iter().take(2) {
+        // Against the smallest policy as written, and against the smallest looked up at as many
+        // lengths as the largest: what its size alone costs (the lookup's cost follows the
+        // lengths, see BENCHMARKS.md).
+        let same_lengths = scaled.iter().find(|s| s.lookups == last.lookups);
+        for (first, what) in [
+            (scaled.first(), "as written"),
+            (same_lengths, "at as many lengths"),
+        ] {
+            let Some(first) = first else { continue };
             println!(
-                "\nThe largest policy against {} entries, ratio of ratios:",
-                first.entries
+                "\nThe largest policy against {} rules ({what}), ratio of ratios:",
+                first.rules
             );
             for (a, b) in first.rows.iter().zip(&last.rows).skip(1) {
                 println!("- {}: {:.2}", a.name, b.ratio / a.ratio);
@@ -215,7 +232,10 @@ fn main() -> anyhow::Result<()> {
             json!(scaled
                 .iter()
                 .map(|s| json!({
+                    "rules": s.rules,
                     "entries": s.entries,
+                    "prefix_expansion": s.expansion,
+                    "lookups": s.lookups,
                     "load_seconds": s.load_seconds,
                     "paths": s.rows.iter().map(Row::json).collect::<Vec<_>>(),
                 }))

@@ -9,7 +9,7 @@ use std::{
 
 use ipnetwork::IpNetwork;
 use trove_isolate::policy::{Origin, Policy, Rule};
-use trove_isolate_common::{proto, Direction, Role};
+use trove_isolate_common::{family, policy::class, proto, Direction, Role};
 
 use crate::{
     per_packet::{self, PROBED},
@@ -116,7 +116,13 @@ pub fn grown(base: &Policy, total: usize, seed: u64) -> Policy {
 }
 
 pub struct Scaled {
+    pub rules: usize,
+    /// The policy maps' entries: the rules, expanded unless `expansion` is off.
     pub entries: usize,
+    pub expansion: bool,
+    /// Lookups per new flow of the business NIC's ingress rules (its prefix lengths): IPv4,
+    /// IPv6.
+    pub lookups: [usize; 2],
     /// Writing the policy map, seconds.
     pub load_seconds: f64,
     pub rows: Vec<Row>,
@@ -130,23 +136,46 @@ pub fn run(base: &Policy, sizes: &[usize], o: &Options) -> anyhow::Result<Vec<Sc
     let mut out = Vec::new();
     for &size in sizes {
         let policy = grown(base, size, 0x7472_6f76_6521);
-        let entries = policy.entries().len();
-        eprintln!("bench: scaling, {entries} policy entries");
-        let started = Instant::now();
-        let mut dp = per_packet::prepare(&policy)?;
-        let load_seconds = started.elapsed().as_secs_f64();
-        let frame = per_packet::reply_frame();
-        let empty = per_packet::measure(dp.bench_program("bench_empty")?, &frame, o)?;
-        let mut rows = vec![
-            Row::new("empty TC program", empty, empty),
-            per_packet::measure_decision(&mut dp, empty, o)?,
-        ];
-        rows.extend(per_packet::measure_cases(&mut dp, &cases, empty, o)?);
-        out.push(Scaled {
-            entries,
-            load_seconds,
-            rows,
-        });
+        out.push(measure(&policy, &cases, o)?);
+        // Where expansion writes the policy at fewer lengths, the same rules at their own
+        // lengths too: what the policy's size alone costs.
+        let as_written = Policy {
+            prefix_expansion: false,
+            ..policy
+        };
+        if as_written.entries().len() != out[out.len() - 1].entries {
+            out.push(measure(&as_written, &cases, o)?);
+        }
     }
     Ok(out)
+}
+
+fn measure(policy: &Policy, cases: &[per_packet::Case], o: &Options) -> anyhow::Result<Scaled> {
+    let rules = policy.rules().len();
+    let entries = policy.entries().len();
+    let expansion = policy.prefix_expansion;
+    let lengths = policy.prefix_lengths();
+    let lookups = [family::V4, family::V6]
+        .map(|fam| lengths[class(Role::Business, Direction::Ingress, fam) as usize].len());
+    eprintln!(
+        "bench: scaling, {rules} rules in {entries} policy entries (prefix_expansion {expansion})"
+    );
+    let started = Instant::now();
+    let mut dp = per_packet::prepare(policy)?;
+    let load_seconds = started.elapsed().as_secs_f64();
+    let frame = per_packet::reply_frame();
+    let empty = per_packet::measure(dp.bench_program("bench_empty")?, &frame, o)?;
+    let mut rows = vec![
+        Row::new("empty TC program", empty, empty),
+        per_packet::measure_decision(&mut dp, empty, o)?,
+    ];
+    rows.extend(per_packet::measure_cases(&mut dp, cases, empty, o)?);
+    Ok(Scaled {
+        rules,
+        entries,
+        expansion,
+        lookups,
+        load_seconds,
+        rows,
+    })
 }

@@ -812,7 +812,7 @@ pub(super) fn fits_within(top: &Ctx, nics: &[NicPolicy], limit: usize) -> Result
 }
 
 /// The datapath looks a new flow up once per prefix length its (role, direction, family) uses,
-/// at most [`MAX_LENGTHS`] of them.
+/// at most [`MAX_LENGTHS`] of them. Counted on the rules as written: expansion only lowers it.
 pub(super) fn few_enough_lengths(top: &Ctx, nics: &[NicPolicy]) -> Result<(), ConfigError> {
     for nic in nics {
         for direction in Direction::ALL {

@@ -31,6 +31,7 @@ use crate::{
 };
 
 mod compile;
+pub mod expand;
 mod print;
 #[cfg(test)]
 mod tests;
@@ -204,6 +205,8 @@ pub struct Policy {
     pub metrics: MetricsPolicy,
     pub drops: DropsPolicy,
     pub conntrack: ConntrackPolicy,
+    /// Whether shorter prefixes are written as a longer length their class uses ([`expand`]).
+    pub prefix_expansion: bool,
     /// Host names resolved into the rules, and those that did not resolve (allowed only while
     /// another endpoint of their kind does).
     pub names: Vec<NameRecord>,
@@ -343,6 +346,7 @@ impl Policy {
             metrics,
             drops,
             conntrack,
+            prefix_expansion: config.prefix_expansion.unwrap_or(true),
             names: sources.names,
             unresolved: sources
                 .unresolved
@@ -427,29 +431,53 @@ impl Policy {
         self.nics.iter().find(|n| n.role == role)
     }
 
-    /// The policy map's content: every rule of every role.
-    pub fn entries(&self) -> Vec<(PolicyKey, PolicyValue)> {
+    /// Every rule of every role, as its key and value.
+    pub fn rules(&self) -> Vec<(PolicyKey, PolicyValue)> {
         self.nics
             .iter()
             .flat_map(|n| n.rules.iter().map(|r| (r.key(n.role), r.value())))
             .collect()
     }
 
-    /// The prefix lengths the rules of each (role, direction, family) use, longest first,
+    /// Which of the rules' prefix lengths are written as longer ones ([`expand`]).
+    pub fn expansion(&self) -> expand::Plan {
+        self.expansion_of(&self.rules())
+    }
+
+    fn expansion_of(&self, rules: &[(PolicyKey, PolicyValue)]) -> expand::Plan {
+        let keys = rules.iter().map(|(k, _)| k);
+        match self.prefix_expansion {
+            true => expand::Plan::new(keys),
+            false => expand::Plan::none(keys),
+        }
+    }
+
+    /// The policy maps' content: the rules, with the prefix lengths [`Policy::expansion`]
+    /// expands written as the longer ones.
+    pub fn entries(&self) -> Vec<(PolicyKey, PolicyValue)> {
+        let rules = self.rules();
+        self.expansion_of(&rules).entries(rules)
+    }
+
+    /// How many of the policy maps' entries are each role's.
+    pub fn entries_per_role(&self) -> Vec<(Role, usize)> {
+        let entries = self.entries();
+        self.nics
+            .iter()
+            .map(|n| {
+                let role = n.role as u8;
+                (
+                    n.role,
+                    entries.iter().filter(|(k, _)| k.role == role).count(),
+                )
+            })
+            .collect()
+    }
+
+    /// The prefix lengths the entries of each (role, direction, family) use, longest first,
     /// indexed by [`policy::class`].
     pub fn prefix_lengths(&self) -> Vec<Vec<u8>> {
-        let mut out = vec![Vec::new(); policy::CLASSES as usize];
-        for nic in &self.nics {
-            for rule in &nic.rules {
-                let k = rule.key(nic.role);
-                out[class_of(&k) as usize].push(k.prefix);
-            }
-        }
-        for lengths in &mut out {
-            lengths.sort_unstable_by(|a, b| b.cmp(a));
-            lengths.dedup();
-        }
-        out
+        self.expansion().lengths()
     }
 
     /// Where the policy is open to any address, for `check` to say loudly. A valid config may

@@ -59,6 +59,7 @@ impl fmt::Display for Policy {
             self.drops.events_per_second, self.drops.log_per_second
         )?;
         writeln!(f, "{}", crate::capacity::Capacity::for_policy(self))?;
+        self.fmt_lookups(f)?;
         if !self.names.is_empty() {
             writeln!(
                 f,
@@ -116,6 +117,47 @@ impl fmt::Display for Policy {
                     r.remote.to_string(),
                     r.origin()
                 )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Policy {
+    /// The prefix lengths each class of new flows is looked up at, and the lengths written as a
+    /// longer one to save lookups.
+    fn fmt_lookups(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plan = self.expansion();
+        let lengths = plan.lengths();
+        let mut first = true;
+        for role in Role::ALL {
+            for direction in Direction::ALL {
+                for (fam, name) in [(family::V4, "IPv4"), (family::V6, "IPv6")] {
+                    let class = policy::class(role, direction, fam);
+                    let used = &lengths[class as usize];
+                    if used.is_empty() {
+                        continue;
+                    }
+                    let at: Vec<String> = used.iter().map(|l| format!("/{l}")).collect();
+                    let expanded: Vec<String> = plan
+                        .expanded(class)
+                        .map(|(from, to)| format!("/{from} as /{to}"))
+                        .collect();
+                    let expanded = match expanded.is_empty() {
+                        true => String::new(),
+                        false => format!(" ({})", expanded.join(", ")),
+                    };
+                    let label = if first { "lookups  " } else { "         " };
+                    first = false;
+                    writeln!(
+                        f,
+                        "{label} {} {} {name}: {} per new flow, at {}{expanded}",
+                        role.name(),
+                        direction.name(),
+                        used.len(),
+                        at.join(" ")
+                    )?;
+                }
             }
         }
         Ok(())

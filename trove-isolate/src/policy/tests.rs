@@ -592,7 +592,7 @@ fn ipv4_mapped_addresses_are_matched_as_ipv4() {
         );
         assert_eq!(r.key(role).family, family::V4, "{origin}");
     }
-    assert_eq!(p.entries().len(), want.len(), "{p}");
+    assert_eq!(p.rules().len(), want.len(), "{p}");
     assert_eq!(
         p.metrics.allow_from,
         ["192.0.2.0/28".parse::<IpNetwork>().expect("cidr")]
@@ -1108,19 +1108,74 @@ fn a_class_may_use_at_most_sixteen_prefix_lengths() {
         format!("clients = [{}]", list.join(", "))
     };
     let p = ok(&business(&clients(16)));
-    assert_eq!(
-        p.prefix_lengths()[trove_isolate_common::policy::class(
-            Role::Business,
-            Direction::Ingress,
-            family::V6
-        ) as usize]
-            .len(),
-        16
-    );
+    let mut lengths: Vec<u8> = p.rules().iter().map(|(k, _)| k.prefix).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    assert_eq!(lengths.len(), 16);
+    // Written at fewer: the shortest ones as longer ones (a /112 as 2 /113s, ...).
+    let class = trove_isolate_common::policy::class(Role::Business, Direction::Ingress, family::V6);
+    assert!(p.prefix_lengths()[class as usize].len() < 16, "{p}");
     let msg = refused(&business(&clients(17)), "[business]");
     assert!(
         msg.contains("business NIC's ingress IPv6 rules use 17 prefix lengths (/128, /127"),
         "{msg}"
     );
     assert!(msg.contains("more than 16"), "{msg}");
+}
+
+#[test]
+fn shorter_prefixes_are_written_as_the_longer_length_a_class_uses() {
+    let p = ok(&business(
+        r#"clients = ["198.51.100.0/24", "198.51.100.7", "198.51.100.64/28", "2001:db8:1::/48", "2001:db8::5"]"#,
+    ));
+    let class = |fam| policy::class(Role::Business, Direction::Ingress, fam) as usize;
+    let lengths = p.prefix_lengths();
+    assert_eq!(lengths[class(family::V4)], [32], "{p}");
+    // A /48 among /128s would be 2^80 entries: both lengths stay.
+    assert_eq!(lengths[class(family::V6)], [128, 48], "{p}");
+    let entries = p.entries();
+    let v4: std::collections::HashMap<[u8; 4], u32> = entries
+        .iter()
+        .filter(|(k, _)| k.family == family::V4)
+        .map(|(k, v)| {
+            assert_eq!(k.prefix, 32);
+            ([k.addr[0], k.addr[1], k.addr[2], k.addr[3]], v.rule_id)
+        })
+        .collect();
+    // The /24's 256 addresses, each once, each naming the most specific rule that holds it.
+    assert_eq!(v4.len(), 256);
+    assert_eq!(entries.len(), 256 + 2);
+    let id = |origin: &str| find(&p, Role::Business, origin).id;
+    for (last, &rule) in (0..=255u8).map(|i| (i, &v4[&[198, 51, 100, i]])) {
+        let want = match last {
+            7 => id("clients 198.51.100.7/32"),
+            64..=79 => id("clients 198.51.100.64/28"),
+            _ => id("clients 198.51.100.0/24"),
+        };
+        assert_eq!(rule, want, "198.51.100.{last}");
+    }
+    assert!(
+        p.to_string()
+            .contains("business ingress IPv4: 1 per new flow, at /32 (/28 as /32, /24 as /32)"),
+        "{p}"
+    );
+}
+
+#[test]
+fn expansion_stays_within_its_budget() {
+    // 2,000 /32s and 20 /24s: 5,120 entries more than a class of 2,020 rules may gain
+    // (4,096), so the /24s keep their length; 10 /24s (2,560) fold.
+    let clients = |slash24: u32| -> String {
+        let hosts = (0..2000u32).map(|i| format!("\"198.51.{}.{}\"", 100 + i / 250, i % 250));
+        let nets = (0..slash24).map(|i| format!("\"203.0.{i}.0/24\""));
+        let list: Vec<String> = hosts.chain(nets).collect();
+        format!("clients = [{}]", list.join(", "))
+    };
+    let class = policy::class(Role::Business, Direction::Ingress, family::V4) as usize;
+    let p = ok(&business(&clients(20)));
+    assert_eq!(p.prefix_lengths()[class], [32, 24]);
+    assert_eq!(p.entries().len(), p.rules().len());
+    let p = ok(&business(&clients(10)));
+    assert_eq!(p.prefix_lengths()[class], [32]);
+    assert_eq!(p.entries().len(), 2000 + 10 * 256);
 }

@@ -9,7 +9,8 @@ use trove_isolate_common::Role;
 
 /// Management: rabbitmq, registry, some `allow` rules of each kind, SSH and metrics from the
 /// operators' network, DHCP (the default). Business: two database ports for listed clients,
-/// replication peers.
+/// replication peers. The clients' prefixes of several lengths are written as one longer length
+/// each family (`policy::expand`): the universe holds the edges of the expanded ones.
 pub const CONFIG: &str = r#"
 [metrics]
 listen = "192.0.2.1:9477"
@@ -30,7 +31,10 @@ allow = [
 [business]
 interface = "eth0"
 database_ports = [3306, 5432]
-clients = ["192.0.2.0/24", "2001:db8:1::/64", "203.0.113.0/24"]
+clients = [
+  "192.0.2.0/24", "2001:db8:1::/64", "203.0.113.0/24",
+  "198.51.100.32/28", "198.51.100.200", "2001:db8:4::/124", "2001:db8:4::80/121",
+]
 peers = ["198.51.100.7/32", "2001:db8:1::7/128"]
 "#;
 
@@ -94,6 +98,11 @@ pub const V4_UNIVERSE: &[&str] = &[
     UNLISTED4,
     OPERATOR4,
     PEER4,
+    "198.51.100.31",
+    "198.51.100.32",
+    "198.51.100.47",
+    "198.51.100.48",
+    "198.51.100.200",
     "8.8.8.8",
     "255.255.255.255",
     "192.0.2.255",
@@ -112,6 +121,11 @@ pub const V6_UNIVERSE: &[&str] = &[
     PEER6,
     WEB6,
     ROUTER_LL,
+    "2001:db8:4::f",
+    "2001:db8:4::10",
+    "2001:db8:4::80",
+    "2001:db8:4::ff",
+    "2001:db8:4::100",
     "2001:db8:ffff::1",
     "ff02::1",
     "ff02::2",
