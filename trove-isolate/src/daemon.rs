@@ -19,6 +19,7 @@ use trove_isolate_common::Role;
 use ipnetwork::IpNetwork;
 
 use crate::{
+    capacity::Capacity,
     conntrack,
     datapath::{self, Datapath, PinnedMaps},
     drops, linkwatch, local,
@@ -198,7 +199,17 @@ pub async fn run(
             }
             fresh = async { lookup.as_mut().expect("guarded").await }, if lookup.is_some() => {
                 lookup = None;
-                world.apply_names(fresh.unwrap_or_else(|e| Err(format!("the lookup task: {e}"))));
+                let fresh = fresh.unwrap_or_else(|e| Err(format!("the lookup task: {e}")));
+                if world.apply_names(fresh) {
+                    // What the maps hold now, for the metrics, `status` and the next start's
+                    // sizing.
+                    let mut state = scrape.state.write().unwrap_or_else(|e| e.into_inner());
+                    state.policy_entries = world.policy.entries_per_role();
+                    state.policy_map_rules = Some(Capacity::rules_of(&world.policy).to_vec());
+                    if let Err(e) = state.write(&world.pins.state_file()) {
+                        log::warn!("recording the host names' new addresses: {e:#}");
+                    }
+                }
                 refresh_at = next_refresh(&world.policy);
                 scrape.stats.lock().unwrap_or_else(|e| e.into_inner()).unresolved_names =
                     world.policy.unresolved.len();
@@ -346,27 +357,33 @@ impl Enforcing {
     /// Applies the host names' new lookups (`fresh`: the config compiled again, off the loop):
     /// the new addresses are written before the old are removed (no allowed flow to an address
     /// still in the answer loses a packet), and flows to addresses gone from the answers are
-    /// revoked. A name that failed keeps its addresses until the next try.
-    fn apply_names(&mut self, fresh: Result<Policy, String>) {
+    /// revoked. A name that failed keeps its addresses until the next try. Whether the policy
+    /// map changed.
+    fn apply_names(&mut self, fresh: Result<Policy, String>) -> bool {
         let fresh = match fresh {
             Ok(p) => p,
             Err(e) => {
                 log::warn!(
                     "looking the policy's host names up again: {e}; the addresses in force stay"
                 );
-                return;
+                return false;
             }
         };
         for u in &fresh.unresolved {
             log::warn!("{u}; its addresses in force stay");
         }
         let next = self.policy.with_names_from(&fresh);
-        let key = |p: &Policy| -> foldhash::HashSet<_> {
-            p.entries().into_iter().map(|(k, _)| k).collect()
+        // Values too: a name's address in a prefix written as hosts changes only the rule
+        // an entry names (`explain`).
+        let content = |p: &Policy| -> foldhash::HashSet<_> {
+            p.entries()
+                .into_iter()
+                .map(|(k, v)| (k, v.rule_id))
+                .collect()
         };
-        if self.policy_map_exact && key(&next) == key(&self.policy) {
+        if self.policy_map_exact && content(&next) == content(&self.policy) {
             self.policy = next;
-            return;
+            return false;
         }
         let in_force = self.policy_map_exact.then_some(&self.policy);
         let applied = self
@@ -390,8 +407,12 @@ impl Enforcing {
                     names.join("; ")
                 );
                 self.policy = next;
+                true
             }
-            Err(e) => log::error!("applying the new addresses of host names: {e:#}"),
+            Err(e) => {
+                log::error!("applying the new addresses of host names: {e:#}");
+                false
+            }
         }
     }
 

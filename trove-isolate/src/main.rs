@@ -204,7 +204,15 @@ fn main() -> std::process::ExitCode {
     logger.filter_module("netlink_packet_route", log::LevelFilter::Error);
     logger.parse_env(env_logger::Env::default());
     logger.init();
-    match run(Cli::parse().command) {
+    let command = Cli::parse().command;
+    if !matches!(command, Command::Run { .. }) {
+        // A one-shot command piped into `head` ends quietly when the pipe closes, as other
+        // tools do, rather than panic in print!. Not the daemon: a scraper hanging up must
+        // not kill it.
+        // SAFETY: setting a signal's disposition to the default, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match run(command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line, outermost context first: "what we were doing: why".

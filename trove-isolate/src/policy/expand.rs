@@ -36,14 +36,15 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The plan for a policy of these rules' keys.
+    /// The plan for rules of these keys. A rule of a length the plan was not made for (a host
+    /// name's address, see [`crate::policy::Policy::expansion`]) is written at its own length.
     pub fn new<'a>(keys: impl Iterator<Item = &'a PolicyKey>) -> Plan {
-        let histograms = histograms(keys);
-        let chosen: Vec<(Vec<(u8, u8)>, u64)> = histograms.iter().map(|h| choose(h)).collect();
+        let chosen: Vec<(Vec<(u8, u8)>, u64)> =
+            histograms(keys).iter().map(|h| choose(h)).collect();
         // The maps hold at most MAX_ENTRIES rules in all; a policy near that is written as is.
         let total: u64 = chosen.iter().map(|(_, entries)| entries).sum();
         if total > u64::from(MAX_ENTRIES) {
-            return Plan::as_written(&histograms);
+            return Plan::none();
         }
         Plan {
             classes: chosen.into_iter().map(|(plan, _)| plan).collect(),
@@ -51,16 +52,9 @@ impl Plan {
     }
 
     /// Every rule at its own length (`prefix_expansion = false`).
-    pub fn none<'a>(keys: impl Iterator<Item = &'a PolicyKey>) -> Plan {
-        Plan::as_written(&histograms(keys))
-    }
-
-    fn as_written(histograms: &[Vec<(u8, u64)>]) -> Plan {
+    pub fn none() -> Plan {
         Plan {
-            classes: histograms
-                .iter()
-                .map(|h| h.iter().rev().map(|&(l, _)| (l, l)).collect())
-                .collect(),
+            classes: vec![Vec::new(); CLASSES as usize],
         }
     }
 
@@ -72,15 +66,14 @@ impl Plan {
             .map_or(key.prefix, |&(_, to)| to)
     }
 
-    /// The lengths each class is looked up at, longest first, indexed by class.
-    pub fn lengths(&self) -> Vec<Vec<u8>> {
-        self.classes
-            .iter()
-            .map(|c| {
-                let mut out: Vec<u8> = c.iter().map(|&(_, to)| to).collect();
-                out.dedup();
-                out
-            })
+    /// The lengths the entries of `rules` use per class, longest first, indexed by class.
+    pub fn lengths<'a>(&self, rules: impl Iterator<Item = &'a PolicyKey>) -> Vec<Vec<u8>> {
+        let mut used = vec![[false; 129]; CLASSES as usize];
+        for key in rules {
+            used[class_of(key) as usize][usize::from(self.target(key).min(128))] = true;
+        }
+        used.iter()
+            .map(|u| (0..=128u8).rev().filter(|&l| u[usize::from(l)]).collect())
             .collect()
     }
 

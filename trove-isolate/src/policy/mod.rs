@@ -440,23 +440,31 @@ impl Policy {
     }
 
     /// Which of the rules' prefix lengths are written as longer ones ([`expand`]).
+    ///
+    /// Planned on the rules the config writes out. A host name's addresses come and go with
+    /// its lookups; they are written at their own length (a host's, which no plan expands), so
+    /// a refresh of the names never changes the plan, and with it thousands of entries.
     pub fn expansion(&self) -> expand::Plan {
-        self.expansion_of(&self.rules())
-    }
-
-    fn expansion_of(&self, rules: &[(PolicyKey, PolicyValue)]) -> expand::Plan {
-        let keys = rules.iter().map(|(k, _)| k);
-        match self.prefix_expansion {
-            true => expand::Plan::new(keys),
-            false => expand::Plan::none(keys),
+        if !self.prefix_expansion {
+            return expand::Plan::none();
         }
+        let written: Vec<PolicyKey> = self
+            .nics
+            .iter()
+            .flat_map(|n| {
+                n.rules
+                    .iter()
+                    .filter(|r| r.host.is_none())
+                    .map(|r| r.key(n.role))
+            })
+            .collect();
+        expand::Plan::new(written.iter())
     }
 
     /// The policy maps' content: the rules, with the prefix lengths [`Policy::expansion`]
     /// expands written as the longer ones.
     pub fn entries(&self) -> Vec<(PolicyKey, PolicyValue)> {
-        let rules = self.rules();
-        self.expansion_of(&rules).entries(rules)
+        self.expansion().entries(self.rules())
     }
 
     /// How many of the policy maps' entries are each role's.
@@ -477,7 +485,8 @@ impl Policy {
     /// The prefix lengths the entries of each (role, direction, family) use, longest first,
     /// indexed by [`policy::class`].
     pub fn prefix_lengths(&self) -> Vec<Vec<u8>> {
-        self.expansion().lengths()
+        self.expansion()
+            .lengths(self.rules().iter().map(|(k, _)| k))
     }
 
     /// Where the policy is open to any address, for `check` to say loudly. A valid config may

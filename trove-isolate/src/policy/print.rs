@@ -128,7 +128,7 @@ impl Policy {
     /// longer one to save lookups.
     fn fmt_lookups(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let plan = self.expansion();
-        let lengths = plan.lengths();
+        let lengths = self.prefix_lengths();
         let mut first = true;
         for role in Role::ALL {
             for direction in Direction::ALL {

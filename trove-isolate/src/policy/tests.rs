@@ -1179,3 +1179,28 @@ fn expansion_stays_within_its_budget() {
     assert_eq!(p.prefix_lengths()[class], [32]);
     assert_eq!(p.entries().len(), 2000 + 10 * 256);
 }
+
+#[test]
+fn a_host_names_addresses_never_change_the_expansion() {
+    // Sixteen /24s on the management NIC's egress: one length, nothing to expand. A name's
+    // address (a /32, as a refresh brings one in) is written at its own length: folding the
+    // /24s into /32s would turn one new address into 4,096 new entries.
+    let allow: Vec<String> = (0..16)
+        .map(|i| format!("{{ to = \"203.0.{i}.0/24\", port = 443, proto = \"tcp\" }}"))
+        .collect();
+    let mut p = ok(&management(&format!("allow = [{}]", allow.join(", "))));
+    let class = policy::class(Role::Management, Direction::Egress, family::V4) as usize;
+    assert_eq!(p.prefix_lengths()[class], [24]);
+    let nic = p.nics.iter_mut().find(|n| n.role == Role::Management);
+    nic.expect("management").rules.push(Rule {
+        id: 100,
+        direction: Direction::Egress,
+        proto: proto::TCP,
+        port: 5672,
+        remote: "192.0.2.10/32".parse().expect("cidr"),
+        origin: Origin::from("rabbitmq broker:5672".to_owned()),
+        host: Some("broker".to_owned()),
+    });
+    assert_eq!(p.prefix_lengths()[class], [32, 24]);
+    assert_eq!(p.entries().len(), 17);
+}
