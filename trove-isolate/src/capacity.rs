@@ -58,11 +58,7 @@ impl Capacity {
 
     /// How many of `policy`'s entries (its rules, expanded) each policy map holds.
     pub fn rules_of(policy: &Policy) -> PolicyRules {
-        let mut rules = [0; policy::MAPS];
-        for (key, _) in policy.entries() {
-            rules[policy::map_index(&key)] += 1;
-        }
-        rules
+        policy.entry_counts().maps
     }
 
     /// Room for twice the rules (a reload that replaces every rule fits), and for a reload

@@ -19,7 +19,6 @@ use trove_isolate_common::Role;
 use ipnetwork::IpNetwork;
 
 use crate::{
-    capacity::Capacity,
     conntrack,
     datapath::{self, Datapath, PinnedMaps},
     drops, linkwatch, local,
@@ -204,8 +203,9 @@ pub async fn run(
                     // What the maps hold now, for the metrics, `status` and the next start's
                     // sizing.
                     let mut state = scrape.state.write().unwrap_or_else(|e| e.into_inner());
-                    state.policy_entries = world.policy.entries_per_role();
-                    state.policy_map_rules = Some(Capacity::rules_of(&world.policy).to_vec());
+                    let counts = world.policy.entry_counts();
+                    state.policy_entries = counts.roles;
+                    state.policy_map_rules = Some(counts.maps.to_vec());
                     if let Err(e) = state.write(&world.pins.state_file()) {
                         log::warn!("recording the host names' new addresses: {e:#}");
                     }

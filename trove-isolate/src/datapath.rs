@@ -378,7 +378,7 @@ impl Datapath {
     ) -> anyhow::Result<()> {
         // A map made anew at this load holds nothing yet, whatever was in force.
         let in_force = in_force.filter(|_| !self.policy_map_new);
-        let wanted = policy.prefix_lengths();
+        let (entries, wanted) = policy.entries_and_lengths();
         let mut lengths = self.array_mut::<PrefixLengths>(maps::POLICY_LENGTHS)?;
         let mut now = Vec::new();
         for c in 0..policy::CLASSES {
@@ -399,7 +399,7 @@ impl Datapath {
                 .set(c as u32, *set, 0)
                 .context("widening the policy's prefix lengths")?;
         }
-        self.sync_rules(&policy.entries(), in_force.map(Policy::entries).as_deref())
+        self.sync_rules(&entries, in_force.map(Policy::entries).as_deref())
             .context("writing the policy map")?;
         let mut lengths = self.array_mut::<PrefixLengths>(maps::POLICY_LENGTHS)?;
         let mut emptied = false;

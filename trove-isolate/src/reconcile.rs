@@ -94,10 +94,11 @@ fn enforce_with(
     }
     let loaded = result?;
 
+    let counts = policy.entry_counts();
     let state = State {
         mode: policy.mode,
-        policy_entries: policy.entries_per_role(),
-        policy_map_rules: Some(Capacity::rules_of(policy).to_vec()),
+        policy_entries: counts.roles,
+        policy_map_rules: Some(counts.maps.to_vec()),
         attachments,
         ..State::default()
     };

@@ -36,11 +36,12 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The plan for rules of these keys. A rule of a length the plan was not made for (a host
-    /// name's address, see [`crate::policy::Policy::expansion`]) is written at its own length.
-    pub fn new<'a>(keys: impl Iterator<Item = &'a PolicyKey>) -> Plan {
+    /// The plan for rules of these (class, prefix length)s. A rule of a length the plan was
+    /// not made for (a host name's address, see [`crate::policy::Policy::expansion`]) is
+    /// written at its own length.
+    pub fn new(rules: impl Iterator<Item = (u32, u8)>) -> Plan {
         let chosen: Vec<(Vec<(u8, u8)>, u64)> =
-            histograms(keys).iter().map(|h| choose(h)).collect();
+            histograms(rules).iter().map(|h| choose(h)).collect();
         // The maps hold at most MAX_ENTRIES rules in all; a policy near that is written as is.
         let total: u64 = chosen.iter().map(|(_, entries)| entries).sum();
         if total > u64::from(MAX_ENTRIES) {
@@ -60,17 +61,22 @@ impl Plan {
 
     /// The length a rule of this key's class and prefix is written at.
     pub fn target(&self, key: &PolicyKey) -> u8 {
-        self.classes[class_of(key) as usize]
-            .iter()
-            .find(|&&(from, _)| from == key.prefix)
-            .map_or(key.prefix, |&(_, to)| to)
+        self.target_of(class_of(key), key.prefix)
     }
 
-    /// The lengths the entries of `rules` use per class, longest first, indexed by class.
-    pub fn lengths<'a>(&self, rules: impl Iterator<Item = &'a PolicyKey>) -> Vec<Vec<u8>> {
+    fn target_of(&self, class: u32, prefix: u8) -> u8 {
+        self.classes[class as usize]
+            .iter()
+            .find(|&&(from, _)| from == prefix)
+            .map_or(prefix, |&(_, to)| to)
+    }
+
+    /// The lengths the entries of rules of these (class, prefix length)s use per class,
+    /// longest first, indexed by class.
+    pub fn lengths(&self, rules: impl Iterator<Item = (u32, u8)>) -> Vec<Vec<u8>> {
         let mut used = vec![[false; 129]; CLASSES as usize];
-        for key in rules {
-            used[class_of(key) as usize][usize::from(self.target(key).min(128))] = true;
+        for (class, prefix) in rules {
+            used[class as usize][usize::from(self.target_of(class, prefix).min(128))] = true;
         }
         used.iter()
             .map(|u| (0..=128u8).rev().filter(|&l| u[usize::from(l)]).collect())
@@ -88,15 +94,29 @@ impl Plan {
     /// The map entries of `rules` under this plan: each rule whose length is expanded as the
     /// entries of the longer length that cover it, a longer prefix's rule winning a key.
     pub fn entries(&self, rules: Vec<(PolicyKey, PolicyValue)>) -> Vec<(PolicyKey, PolicyValue)> {
+        if (0..CLASSES).all(|c| self.expanded(c).next().is_none()) {
+            return rules;
+        }
+        let mut out = Vec::with_capacity(rules.len());
+        self.for_each(rules.into_iter(), |k, v| out.push((*k, v)));
+        out
+    }
+
+    /// Calls `f` with each map entry of `rules` under this plan, without gathering them: the
+    /// rules of classes that do not expand as they come, then the expanded classes' entries.
+    pub fn for_each(
+        &self,
+        rules: impl Iterator<Item = (PolicyKey, PolicyValue)>,
+        mut f: impl FnMut(&PolicyKey, PolicyValue),
+    ) {
         let expanding: Vec<bool> = (0..CLASSES)
             .map(|c| self.expanded(c).next().is_some())
             .collect();
-        let mut out = Vec::with_capacity(rules.len());
         // Only the classes that expand need their keys deduplicated.
         let mut merged: HashMap<PolicyKey, (u8, PolicyValue)> = HashMap::new();
         for (key, value) in rules {
             if !expanding[class_of(&key) as usize] {
-                out.push((key, value));
+                f(&key, value);
                 continue;
             }
             let to = self.target(&key);
@@ -117,16 +137,17 @@ impl Plan {
                 }
             }
         }
-        out.extend(merged.into_iter().map(|(k, (_, v))| (k, v)));
-        out
+        for (k, (_, v)) in merged {
+            f(&k, v);
+        }
     }
 }
 
 /// Per class, its rules per length, shortest first.
-fn histograms<'a>(keys: impl Iterator<Item = &'a PolicyKey>) -> Vec<Vec<(u8, u64)>> {
+fn histograms(rules: impl Iterator<Item = (u32, u8)>) -> Vec<Vec<(u8, u64)>> {
     let mut counts = vec![[0u64; 129]; CLASSES as usize];
-    for k in keys {
-        counts[class_of(k) as usize][usize::from(k.prefix.min(128))] += 1;
+    for (class, prefix) in rules {
+        counts[class as usize][usize::from(prefix.min(128))] += 1;
     }
     counts
         .iter()

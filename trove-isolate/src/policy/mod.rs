@@ -186,6 +186,15 @@ impl ConntrackPolicy {
     pub const MAX_ENTRIES: i64 = 1 << 24;
 }
 
+/// How many entries the policy maps hold ([`Policy::entry_counts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryCounts {
+    /// Per map, in the order of `policy::map_index`.
+    pub maps: [usize; policy::MAPS],
+    /// Per configured role.
+    pub roles: Vec<(Role, usize)>,
+}
+
 /// A host name an endpoint named, as resolved when the policy was compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameRecord {
@@ -433,10 +442,15 @@ impl Policy {
 
     /// Every rule of every role, as its key and value.
     pub fn rules(&self) -> Vec<(PolicyKey, PolicyValue)> {
+        let mut out = Vec::with_capacity(self.nics.iter().map(|n| n.rules.len()).sum());
+        out.extend(self.rule_entries());
+        out
+    }
+
+    fn rule_entries(&self) -> impl Iterator<Item = (PolicyKey, PolicyValue)> + '_ {
         self.nics
             .iter()
             .flat_map(|n| n.rules.iter().map(|r| (r.key(n.role), r.value())))
-            .collect()
     }
 
     /// Which of the rules' prefix lengths are written as longer ones ([`expand`]).
@@ -448,17 +462,24 @@ impl Policy {
         if !self.prefix_expansion {
             return expand::Plan::none();
         }
-        let written: Vec<PolicyKey> = self
-            .nics
-            .iter()
-            .flat_map(|n| {
-                n.rules
-                    .iter()
-                    .filter(|r| r.host.is_none())
-                    .map(|r| r.key(n.role))
+        expand::Plan::new(self.classes_and_lengths(|r| r.host.is_none()))
+    }
+
+    /// The (class, prefix length) of each rule `pick` picks: what expansion plans on, read
+    /// without making the rules' keys.
+    fn classes_and_lengths<'a>(
+        &'a self,
+        pick: impl Fn(&Rule) -> bool + Copy + 'a,
+    ) -> impl Iterator<Item = (u32, u8)> + 'a {
+        self.nics.iter().flat_map(move |n| {
+            n.rules.iter().filter(move |r| pick(r)).map(move |r| {
+                let fam = match r.remote {
+                    IpNetwork::V4(_) => family::V4,
+                    IpNetwork::V6(_) => family::V6,
+                };
+                (policy::class(n.role, r.direction, fam), r.remote.prefix())
             })
-            .collect();
-        expand::Plan::new(written.iter())
+        })
     }
 
     /// The policy maps' content: the rules, with the prefix lengths [`Policy::expansion`]
@@ -467,26 +488,41 @@ impl Policy {
         self.expansion().entries(self.rules())
     }
 
-    /// How many of the policy maps' entries are each role's.
-    pub fn entries_per_role(&self) -> Vec<(Role, usize)> {
-        let entries = self.entries();
-        self.nics
+    /// Calls `f` with each of the policy maps' entries, without gathering them.
+    pub fn for_each_entry(&self, f: impl FnMut(&PolicyKey, PolicyValue)) {
+        self.expansion().for_each(self.rule_entries(), f);
+    }
+
+    /// How many entries the policy maps hold, counted in one pass.
+    pub fn entry_counts(&self) -> EntryCounts {
+        let mut counts = EntryCounts {
+            maps: [0; policy::MAPS],
+            roles: Vec::new(),
+        };
+        let mut roles = [0; Role::COUNT];
+        self.for_each_entry(|k, _| {
+            counts.maps[policy::map_index(k)] += 1;
+            roles[usize::from(k.role) % Role::COUNT] += 1;
+        });
+        counts.roles = self
+            .nics
             .iter()
-            .map(|n| {
-                let role = n.role as u8;
-                (
-                    n.role,
-                    entries.iter().filter(|(k, _)| k.role == role).count(),
-                )
-            })
-            .collect()
+            .map(|n| (n.role, roles[n.role as usize]))
+            .collect();
+        counts
     }
 
     /// The prefix lengths the entries of each (role, direction, family) use, longest first,
     /// indexed by [`policy::class`].
     pub fn prefix_lengths(&self) -> Vec<Vec<u8>> {
-        self.expansion()
-            .lengths(self.rules().iter().map(|(k, _)| k))
+        self.expansion().lengths(self.classes_and_lengths(|_| true))
+    }
+
+    /// [`Policy::entries`] and [`Policy::prefix_lengths`], planned once.
+    pub fn entries_and_lengths(&self) -> (Vec<(PolicyKey, PolicyValue)>, Vec<Vec<u8>>) {
+        let plan = self.expansion();
+        let lengths = plan.lengths(self.classes_and_lengths(|_| true));
+        (plan.entries(self.rules()), lengths)
     }
 
     /// Where the policy is open to any address, for `check` to say loudly. A valid config may
