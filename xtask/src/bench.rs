@@ -24,7 +24,9 @@ of 200,000 repetitions, in ns and as a ratio to the empty program of the same ru
 connection (8 frames) on each of 20,000 new tuples, against the empty program on the same frames.
 
 2. Scaling (scaling.json): the paths a policy's size could slow, with 1 to 1,000,000 policy \
-entries (IPv4 and IPv6, host addresses and shorter prefixes, generated from a fixed seed).
+rules (IPv4 and IPv6, host addresses and shorter prefixes, generated from a fixed seed); where \
+prefix expansion writes a policy at fewer prefix lengths, the same rules again at their own \
+lengths.
 
 3. Real traffic (traffic.json): a veth pair between two namespaces the bench makes, a tenant \
 client and the guest's business NIC, with 100,000 client prefixes behind each filter: nothing, \
