@@ -202,8 +202,8 @@ pub async fn run(
                 if world.apply_names(fresh) {
                     // What the maps hold now, for the metrics, `status` and the next start's
                     // sizing.
-                    let mut state = scrape.state.write().unwrap_or_else(|e| e.into_inner());
                     let counts = world.policy.entry_counts();
+                    let mut state = scrape.state.write().unwrap_or_else(|e| e.into_inner());
                     state.policy_entries = counts.roles;
                     state.policy_map_rules = Some(counts.maps.to_vec());
                     if let Err(e) = state.write(&world.pins.state_file()) {

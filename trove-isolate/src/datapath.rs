@@ -379,6 +379,16 @@ impl Datapath {
         // A map made anew at this load holds nothing yet, whatever was in force.
         let in_force = in_force.filter(|_| !self.policy_map_new);
         let (entries, wanted) = policy.entries_and_lengths();
+        // Checked when the config is compiled; a host name's new address may still bring a
+        // length more (a refresh). Refused before anything is written.
+        if let Some(c) = wanted.iter().position(|w| w.len() > policy::MAX_LENGTHS) {
+            anyhow::bail!(
+                "{} would use {} prefix lengths, more than {}",
+                crate::policy::class_name(c as u32),
+                wanted[c].len(),
+                policy::MAX_LENGTHS
+            );
+        }
         let mut lengths = self.array_mut::<PrefixLengths>(maps::POLICY_LENGTHS)?;
         let mut now = Vec::new();
         for c in 0..policy::CLASSES {
@@ -408,8 +418,9 @@ impl Datapath {
                 // The old and the new lengths do not fit side by side: empty every slot, then
                 // write the new set. New flows of this class are refused in between.
                 log::warn!(
-                    "the policy's prefix lengths changed more than fit side by side (class {c}): \
-                     new flows of that class were refused for a moment"
+                    "the policy's prefix lengths changed more than fit side by side ({}): new \
+                     flows they decide were refused for a moment",
+                    crate::policy::class_name(c as u32)
                 );
                 lengths
                     .set(c as u32, set.cleared(), 0)

@@ -1956,6 +1956,43 @@ fn a_policy_bigger_than_its_map_is_refused_with_how_far_it_got() {
     assert_eq!(read(&dp), expected);
 }
 
+/// A class may use 16 prefix lengths; `check` refuses a config that needs more, but a host
+/// name's new addresses could still bring one more at a refresh. The write is refused before
+/// it changes anything.
+#[test]
+fn a_policy_over_the_lengths_a_class_holds_is_refused_untouched() {
+    let mut dp = datapath();
+    let before = dp.policy_map().expect("read");
+    let mut over = test_policy();
+    let nic = over
+        .nics
+        .iter_mut()
+        .find(|n| n.role == B)
+        .expect("business");
+    // Sixteen more besides the ::/0 of any client.
+    for (i, prefix) in (100..116u8).enumerate() {
+        nic.rules.push(trove_isolate::policy::Rule {
+            id: 1000 + i as u32,
+            direction: I,
+            proto: proto::TCP,
+            port: 3306,
+            remote: IpNetwork::new("2001:db8:99::".parse().expect("ip"), prefix).expect("net"),
+            origin: trove_isolate::policy::Origin::from(format!("name-{i}")),
+            host: Some(format!("name-{i}.test")),
+        });
+    }
+    let error = format!(
+        "{:#}",
+        dp.sync_policy(&over, Some(&test_policy()))
+            .expect_err("17 lengths in one class")
+    );
+    assert!(
+        error.contains("the business NIC's ingress IPv6 rules would use 17 prefix lengths"),
+        "{error}"
+    );
+    assert_eq!(dp.policy_map().expect("read"), before);
+}
+
 /// A reload whose old and new prefix lengths do not fit side by side (16 per class each, none
 /// shared) still ends with exactly the new policy, and its clients are let in.
 #[test]

@@ -41,7 +41,21 @@ impl<'a> RuleSet<'a> {
         origin: impl Into<Origin>,
     ) {
         let remote = normalise(remote);
-        if self.seen.insert((direction, proto, port, remote)) {
+        if !self.seen.insert((direction, proto, port, remote)) {
+            // Written in the config and also a name's address: the config's rule stays when
+            // the name's answers change.
+            if self.naming.is_none() {
+                let same = |r: &&mut Rule| {
+                    (r.direction, r.proto, r.port, r.remote) == (direction, proto, port, remote)
+                };
+                if let Some(rule) = self.rules.iter_mut().find(same) {
+                    if rule.host.is_some() {
+                        rule.host = None;
+                        rule.origin = origin.into();
+                    }
+                }
+            }
+        } else {
             *self.next_id += 1;
             self.rules.push(Rule {
                 id: *self.next_id,

@@ -80,6 +80,14 @@ pub fn class_of(k: &PolicyKey) -> u32 {
     policy::class(role, direction, k.family)
 }
 
+/// How messages name a prefix-length class: "the business NIC's ingress IPv4 rules".
+pub fn class_name(class: u32) -> String {
+    let role = Role::from_u8((class / 4) as u8).map_or("?", |r| r.name());
+    let direction = Direction::from_u8((class / 2 % 2) as u8).map_or("?", |d| d.name());
+    let family = if class % 2 == 1 { "IPv6" } else { "IPv4" };
+    format!("the {role} NIC's {direction} {family} rules")
+}
+
 /// Where a rule comes from. The daemon keeps every rule for its whole life, 100,000 client
 /// prefixes and more: an entry of a list costs no allocation of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -390,6 +398,19 @@ impl Policy {
             .max()
             .unwrap_or(0);
         for nic in &mut next.nics {
+            // A name's rule that its new answers keep keeps its id (`explain` names it, and
+            // an unchanged answer changes nothing in the map).
+            let kept: std::collections::HashMap<_, u32> = nic
+                .rules
+                .iter()
+                .filter(|r| refreshed(&r.host))
+                .map(|r| {
+                    (
+                        (r.direction, r.proto, r.port, r.remote, r.host.clone()),
+                        r.id,
+                    )
+                })
+                .collect();
             nic.rules.retain(|r| !refreshed(&r.host));
             let Some(fresh_nic) = fresh.nic(nic.role) else {
                 continue;
@@ -400,7 +421,14 @@ impl Policy {
                         == (rule.direction, rule.proto, rule.port, rule.remote)
                 });
                 if !duplicate {
-                    id += 1;
+                    let same = (rule.direction, rule.proto, rule.port, rule.remote);
+                    let id = match kept.get(&(same.0, same.1, same.2, same.3, rule.host.clone())) {
+                        Some(&kept) => kept,
+                        None => {
+                            id += 1;
+                            id
+                        }
+                    };
                     nic.rules.push(Rule { id, ..rule.clone() });
                 }
             }

@@ -1049,6 +1049,44 @@ mod discovery {
             .collect();
         let count: usize = next.nics.iter().map(|n| n.rules.len()).sum();
         assert_eq!(ids.len(), count, "rule ids repeat");
+        // A name whose answer did not change keeps its rule's id; answers that change nothing
+        // change nothing in the maps (the daemon then writes nothing).
+        let id_of = |p: &Policy, remote: &str| {
+            p.nic(Role::Management)
+                .expect("management")
+                .rules
+                .iter()
+                .find(|r| r.remote.to_string() == remote)
+                .map(|r| r.id)
+        };
+        assert_eq!(
+            id_of(&next, "192.0.2.20/32"),
+            id_of(&current, "192.0.2.20/32")
+        );
+        let same = current.with_names_from(&compile(&config, &before).expect("compiles"));
+        let mut entries = (same.entries(), current.entries());
+        entries.0.sort_by_key(|(k, _)| *k);
+        entries.1.sort_by_key(|(k, _)| *k);
+        assert_eq!(entries.0, entries.1);
+    }
+
+    #[test]
+    fn a_configured_address_that_is_also_a_names_survives_the_names_move() {
+        let config = "[management]\ninterface = \"ens3\"\nrabbitmq = [\"broker.trove.test:5672\", \
+                      \"192.0.2.10:5672\"]\n";
+        let at = |addr| Table(HashMap::from([("broker.trove.test", (addr, 300))]));
+        let current = compile(config, &at("192.0.2.10")).expect("compiles");
+        let next = current.with_names_from(&compile(config, &at("192.0.2.14")).expect("compiles"));
+        let remotes: Vec<String> = next
+            .nic(Role::Management)
+            .expect("management")
+            .rules
+            .iter()
+            .filter(|r| r.port == 5672)
+            .map(|r| r.remote.to_string())
+            .collect();
+        assert!(remotes.contains(&"192.0.2.10/32".to_owned()), "{remotes:?}");
+        assert!(remotes.contains(&"192.0.2.14/32".to_owned()), "{remotes:?}");
     }
 
     #[test]
