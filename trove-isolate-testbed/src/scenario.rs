@@ -33,7 +33,8 @@ interface = "{mgmt}"
 netns = "{host}"
 rabbitmq = ["{rabbit4}:5672", "[{rabbit6}]:5671"]
 registry = ["{registry}:4000"]
-ssh_from = ["203.0.113.0/24"]
+# A network and a host: written as 257 /32s, one lookup per new flow (prefix expansion).
+ssh_from = ["203.0.113.0/24", "{extra}"]
 allow = [
   {{ to = "{extra}/32", port = 8080, proto = "tcp" }},
   {{ to = "{extra}/32", port = 5353, proto = "udp" }},

@@ -152,6 +152,14 @@ fn policy_holds(attach: &str) {
         .unwrap_or(0)
             > 0
     );
+    // The operator's SSH above went through an expanded entry: `ssh_from`'s /24 is written
+    // as 256 /32s beside its host.
+    let mgmt_entries = metric(
+        &text,
+        "trove_isolate_policy_entries",
+        &["role=\"management\""],
+    );
+    assert!(mgmt_entries.unwrap_or(0) > 256, "{text}");
     assert!(text.contains("trove_isolate_build_info{version="), "{text}");
 }
 

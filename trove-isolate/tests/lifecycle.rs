@@ -758,7 +758,9 @@ fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
     let policy_pin = pins.map("POLICY4");
     let established_pin = pins.map("TCP4_EST_BIZ");
     let before = pinned_size(&policy_pin);
-    assert!(before < 2_000, "the policy map starts at {before} entries");
+    // About 520 entries (the management NIC's /24s are written as /32s) and room to replace
+    // them: far below what 5,000 prefixes more need.
+    assert!(before < 4_000, "the policy map starts at {before} entries");
     assert_eq!(pinned_size(&established_pin), 65_536);
 
     let session = common::Session::open(&guest);
