@@ -141,7 +141,7 @@ impl Policy {
                     let at: Vec<String> = used.iter().map(|l| format!("/{l}")).collect();
                     let expanded: Vec<String> = plan
                         .expanded(class)
-                        .map(|(from, to)| format!("/{from} as /{to}"))
+                        .map(|(from, to)| format!("/{from} written as /{to}"))
                         .collect();
                     let expanded = match expanded.is_empty() {
                         true => String::new(),
@@ -155,7 +155,7 @@ impl Policy {
                         role.name(),
                         direction.name(),
                         used.len(),
-                        at.join(" ")
+                        at.join(", ")
                     )?;
                 }
             }

@@ -1194,7 +1194,7 @@ fn shorter_prefixes_are_written_as_the_longer_length_a_class_uses() {
     }
     assert!(
         p.to_string()
-            .contains("business ingress IPv4: 1 per new flow, at /32 (/28 as /32, /24 as /32)"),
+            .contains("business ingress IPv4: 1 per new flow, at /32 (/28 written as /32, /24 written as /32)"),
         "{p}"
     );
 }
