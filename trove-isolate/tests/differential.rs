@@ -928,6 +928,36 @@ fn named_table() -> Vec<Named> {
                 ),
             ],
         ),
+        // Found by the generated sequences (8,000 of them, seed 11): before the remote's SYN-ACK
+        // a side's own window scale option bounds its shift. The guest offered 0, so its
+        // window of 1,000 holds the remote's FIN at 1,001 out: it passes, but counts for nothing.
+        named(
+            "a FIN before the SYN-ACK, held to the guest's own window scale",
+            {
+                let peer =
+                    |f, seq, ack, win| Pkt::tcp(PEER4, G4, 3306, 40000, f).seq_ack(seq, ack, win);
+                vec![
+                    (
+                        B,
+                        E,
+                        Pkt::tcp(G4, PEER4, 40000, 3306, SYN)
+                            .seq_ack(0, 0, 65535)
+                            .wscale(0)
+                            .framed(),
+                        Ok(Allowed),
+                    ),
+                    (
+                        B,
+                        E,
+                        Pkt::tcp(G4, PEER4, 40000, 3306, RST_ACK)
+                            .seq_ack(1, 0, 1000)
+                            .framed(),
+                        Ok(Tracked),
+                    ),
+                    (B, I, peer(FIN_ACK, 1001, 1, 65535).framed(), Ok(Tracked)),
+                ]
+            },
+        ),
         named(
             "client prefixes written as a longer length, at their edges",
             {

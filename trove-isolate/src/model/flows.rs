@@ -333,13 +333,13 @@ impl Flow {
 
     /// The window scale shift of the windows `sender` advertises (RFC 7323 section 2.2: scaling
     /// holds only when both SYNs carried the option; each side's shift is its own, at most 14).
-    /// A handshake not seen, or an option that did not parse: the widest.
+    /// Before the other side's SYN is seen, a side's own option is the most its shift can be.
+    /// A SYN not seen, no option, or one that did not parse: the widest.
     fn shift(&self, sender: Direction) -> u32 {
-        let (Some(a), Some(b)) = (self.syn_scale[0], self.syn_scale[1]) else {
-            return u32::from(MAX_SHIFT);
-        };
-        if a == ScaleOption::Absent || b == ScaleOption::Absent {
-            return 0;
+        if let (Some(a), Some(b)) = (self.syn_scale[0], self.syn_scale[1]) {
+            if a == ScaleOption::Absent || b == ScaleOption::Absent {
+                return 0;
+            }
         }
         match self.syn_scale[side(sender)] {
             Some(ScaleOption::Shift(n)) => u32::from(n.min(MAX_SHIFT)),
