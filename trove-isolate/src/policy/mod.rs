@@ -400,16 +400,12 @@ impl Policy {
         for nic in &mut next.nics {
             // A name's rule that its new answers keep keeps its id (`explain` names it, and
             // an unchanged answer changes nothing in the map).
+            let identity = |r: &Rule| (r.direction, r.proto, r.port, r.remote, r.host.clone());
             let kept: std::collections::HashMap<_, u32> = nic
                 .rules
                 .iter()
                 .filter(|r| refreshed(&r.host))
-                .map(|r| {
-                    (
-                        (r.direction, r.proto, r.port, r.remote, r.host.clone()),
-                        r.id,
-                    )
-                })
+                .map(|r| (identity(r), r.id))
                 .collect();
             nic.rules.retain(|r| !refreshed(&r.host));
             let Some(fresh_nic) = fresh.nic(nic.role) else {
@@ -421,8 +417,7 @@ impl Policy {
                         == (rule.direction, rule.proto, rule.port, rule.remote)
                 });
                 if !duplicate {
-                    let same = (rule.direction, rule.proto, rule.port, rule.remote);
-                    let id = match kept.get(&(same.0, same.1, same.2, same.3, rule.host.clone())) {
+                    let id = match kept.get(&identity(rule)) {
                         Some(&kept) => kept,
                         None => {
                             id += 1;

@@ -997,6 +997,17 @@ mod discovery {
         );
     }
 
+    /// The remotes the management NIC may reach on RabbitMQ's port.
+    fn brokers(p: &Policy) -> Vec<String> {
+        p.nic(Role::Management)
+            .expect("management")
+            .rules
+            .iter()
+            .filter(|r| r.port == 5672)
+            .map(|r| r.remote.to_string())
+            .collect()
+    }
+
     #[test]
     fn a_refresh_changes_only_the_names_rules_and_keeps_a_failed_names_addresses() {
         let config = format!(
@@ -1019,14 +1030,7 @@ mod discovery {
         let edited = format!("{config}ssh_from = [\"203.0.113.0/24\"]\n");
         let fresh = compile(&edited, &after).expect("compiles: rabbit-1 resolves");
         let next = current.with_names_from(&fresh);
-        let remotes: Vec<String> = next
-            .nic(Role::Management)
-            .expect("management")
-            .rules
-            .iter()
-            .filter(|r| r.port == 5672)
-            .map(|r| r.remote.to_string())
-            .collect();
+        let remotes = brokers(&next);
         assert!(remotes.contains(&"192.0.2.14/32".to_owned()), "{remotes:?}");
         assert!(
             !remotes.contains(&"192.0.2.10/32".to_owned()),
@@ -1077,14 +1081,7 @@ mod discovery {
         let at = |addr| Table(HashMap::from([("broker.trove.test", (addr, 300))]));
         let current = compile(config, &at("192.0.2.10")).expect("compiles");
         let next = current.with_names_from(&compile(config, &at("192.0.2.14")).expect("compiles"));
-        let remotes: Vec<String> = next
-            .nic(Role::Management)
-            .expect("management")
-            .rules
-            .iter()
-            .filter(|r| r.port == 5672)
-            .map(|r| r.remote.to_string())
-            .collect();
+        let remotes = brokers(&next);
         assert!(remotes.contains(&"192.0.2.10/32".to_owned()), "{remotes:?}");
         assert!(remotes.contains(&"192.0.2.14/32".to_owned()), "{remotes:?}");
     }
