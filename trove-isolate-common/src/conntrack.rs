@@ -365,7 +365,11 @@ pub struct FlowValue {
     /// TCP window scale of the windows sent each way (indexed by `Direction`), or
     /// [`WSCALE_UNKNOWN`].
     pub wscale: [u8; 2],
-    pub _pad2: [u8; 2],
+    /// TCP: the bytes of data the opening SYN carried (TCP Fast Open), at most 65,535. A
+    /// server that refuses them acknowledges the SYN alone (RFC 7413, section 4.2), so the
+    /// guest's handshake is answered by an acknowledgment from `guest_end - syn_data` to
+    /// `guest_end`. (Was padding: an entry written before reads 0, the exact rule.)
+    pub syn_data: u16,
     /// TCP: the highest acknowledgment number sent each way (indexed by `Direction`): the
     /// receiver's next expected sequence number as far as the wire shows.
     pub ack: [u32; 2],
@@ -479,7 +483,7 @@ mod tests {
                     flags: 0,
                     _pad: 0,
                     wscale: [0; 2],
-                    _pad2: [0; 2],
+                    syn_data: 0,
                     ack: [0; 2],
                     win: [0; 2],
                     guest_end: 0,

@@ -317,7 +317,7 @@ fn embryonic<F: Flow>(
             if value.state == state::SYN_SENT
                 && reply
                 && syn_ack
-                && (from_guest || acks_all_sent(value, pkt))
+                && (from_guest || acks_syn(value, pkt))
             {
                 value.state = state::SYN_ACKED;
                 // Read only here: an unsolicited SYN-ACK never walks its options.
@@ -403,7 +403,7 @@ pub fn track<F: Flow>(
         flags: 0,
         _pad: 0,
         wscale: [WSCALE_UNKNOWN; 2],
-        _pad2: [0; 2],
+        syn_data: 0,
         ack: [0; 2],
         win: [0; 2],
         guest_end: 0,
@@ -413,6 +413,12 @@ pub fn track<F: Flow>(
             value.state = state::SYN_SENT;
             // Read only now: a refused SYN never walks its options.
             value.wscale[direction as usize & 1] = parse::window_scale(ctx, pkt);
+            // Fewer, never more, when it does not fit: a SYN-ACK must acknowledge the SYN.
+            value.syn_data = if pkt.payload_len > u16::MAX as u32 {
+                u16::MAX
+            } else {
+                pkt.payload_len as u16
+            };
         }
         record_ack(&mut value, direction, pkt);
     }
@@ -485,6 +491,16 @@ fn settle_wscale(value: &mut FlowValue, reply: Direction, reply_wscale: u8) {
     } else {
         value.wscale[r] = reply_wscale;
     }
+}
+
+/// Whether a remote's SYN-ACK acknowledges the guest's SYN: all the guest sent, or less by
+/// at most the data its SYN carried, which a Fast Open server may refuse (RFC 7413; Linux then
+/// acknowledges the SYN alone, and the guest sends the data again). A blind sender must still
+/// guess one of `syn_data + 1` numbers.
+#[inline(always)]
+fn acks_syn(value: &FlowValue, pkt: &Packet) -> bool {
+    value.flags & flags::GUEST_END != 0
+        && value.guest_end.wrapping_sub(pkt.ack) <= value.syn_data as u32
 }
 
 /// Whether a remote's ACK acknowledges exactly as far as the guest has sent.

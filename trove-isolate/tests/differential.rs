@@ -396,17 +396,17 @@ fn key_text(role: Role, k: &FlowKey) -> String {
 }
 
 /// The state both sides keep, in one form: table, origin, state, closing, each direction's
-/// acknowledgment and window, and how far the guest's segments reach (window scale is compared
-/// through verdicts only: the two keep it in different forms).
+/// acknowledgment and window, how far the guest's segments reach, and the opening SYN's data
+/// (window scale is compared through verdicts only: the two keep it in different forms).
 fn state_text(
     table: Table,
     (origin, st, closing): (u8, u8, bool),
     fin_seen: [bool; 2],
     acks: [Option<(u32, u32)>; 2],
-    guest_end: Option<u32>,
+    (guest_end, syn_data): (Option<u32>, u16),
 ) -> String {
     format!(
-        "{} origin={} state={} closing={} fin_in={} fin_out={} ack_in={:?} ack_out={:?} guest_end={:?}",
+        "{} origin={} state={} closing={} fin_in={} fin_out={} ack_in={:?} ack_out={:?} guest_end={:?} syn_data={}",
         table.name(),
         origin,
         st,
@@ -415,7 +415,8 @@ fn state_text(
         fin_seen[1],
         acks[0],
         acks[1],
-        guest_end
+        guest_end,
+        syn_data
     )
 }
 
@@ -427,7 +428,10 @@ fn value_text(table: Table, v: &FlowValue) -> String {
         (v.origin, v.state, v.flags & flags::CLOSING != 0),
         [0, 1].map(|d| v.flags & flags::FIN_SEEN[d] != 0),
         [ack(0), ack(1)],
-        (v.flags & flags::GUEST_END != 0).then_some(v.guest_end),
+        (
+            (v.flags & flags::GUEST_END != 0).then_some(v.guest_end),
+            v.syn_data,
+        ),
     )
 }
 
@@ -453,7 +457,7 @@ fn model_flows(m: &Model) -> BTreeMap<String, String> {
                     (f.origin as u8, st, f.closing),
                     f.fin_seen,
                     acks,
-                    f.guest_end,
+                    (f.guest_end, f.syn_data),
                 ),
             )
         })
@@ -804,6 +808,81 @@ fn named_table() -> Vec<Named> {
                 (M, E, guest(PSH | ACK, 1001, 11), Ok(Tracked)),
                 // Established: a reset far outside the window is refused.
                 (M, I, client(RST, 0x4000_0000, 0), Err(OutOfWindow)),
+            ]
+        }),
+        named("TCP Fast Open: the SYN's data refused, then accepted", {
+            // The guest's SYN carries 5 bytes (sequence 100 to 106), as Linux sends it with
+            // MSG_FASTOPEN; a server that refuses the cookie acknowledges the SYN alone (101).
+            let guest =
+                |port, f, seq, ack| Pkt::tcp(G4, RABBIT4, port, 5672, f).seq_ack(seq, ack, 1000);
+            let server =
+                |port, f, seq, ack| Pkt::tcp(RABBIT4, G4, 5672, port, f).seq_ack(seq, ack, 2000);
+            vec![
+                (
+                    M,
+                    E,
+                    guest(40100, SYN, 100, 0).data(b"hello").framed(),
+                    Ok(Allowed),
+                ),
+                // Past all the guest sent, or short of its SYN: not an answer to it.
+                (
+                    M,
+                    I,
+                    server(40100, SYN_ACK, 5000, 107).framed(),
+                    Ok(Tracked),
+                ),
+                (
+                    M,
+                    I,
+                    server(40100, SYN_ACK, 5000, 100).framed(),
+                    Ok(Tracked),
+                ),
+                (
+                    M,
+                    I,
+                    server(40100, SYN_ACK, 5000, 101).framed(),
+                    Ok(Tracked),
+                ),
+                // The guest's ACK sends the data again, and proves the flow.
+                (
+                    M,
+                    E,
+                    guest(40100, PSH | ACK, 101, 5001).data(b"hello").framed(),
+                    Ok(Tracked),
+                ),
+                (
+                    M,
+                    I,
+                    server(40100, RST, 0x4000_0000, 0).framed(),
+                    Err(OutOfWindow),
+                ),
+                // A server that takes the data acknowledges it all, and may answer before the
+                // guest's ACK.
+                (
+                    M,
+                    E,
+                    guest(40101, SYN, 100, 0).data(b"hello").framed(),
+                    Ok(Allowed),
+                ),
+                (
+                    M,
+                    I,
+                    server(40101, SYN_ACK, 5000, 106).framed(),
+                    Ok(Tracked),
+                ),
+                (
+                    M,
+                    I,
+                    server(40101, PSH | ACK, 5001, 106).data(b"ok").framed(),
+                    Ok(Tracked),
+                ),
+                (M, E, guest(40101, ACK, 106, 5003).framed(), Ok(Tracked)),
+                (
+                    M,
+                    I,
+                    server(40101, RST, 0x4000_0000, 0).framed(),
+                    Err(OutOfWindow),
+                ),
             ]
         }),
         named(

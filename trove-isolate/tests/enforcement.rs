@@ -887,3 +887,173 @@ fn sessions_beyond_the_established_table_are_never_refused() {
     );
     assert_eq!(full.unwrap_or(0), 0, "segments refused for a full table");
 }
+
+/// TCP Fast Open on real traffic, the guest as the client (as its agent is RabbitMQ's): three
+/// connections to a server that offers it. The first asks for a cookie, the second's SYN
+/// carries data the server takes, and the third's, after the server changed its cookie key,
+/// data it refuses: its SYN-ACK acknowledges the SYN alone and the guest sends the data again.
+/// Each gets its answer, and the established table holds all three.
+#[test]
+fn fast_open_connections_are_established_whether_or_not_the_server_takes_the_data() {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{SocketAddrV4, TcpListener},
+        time::Instant,
+    };
+    use trove_isolate_testbed::{addr, NetNs};
+    let guest = Guest::new("tfo");
+    let metrics = metrics_port();
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let rabbit: SocketAddrV4 = format!("{}:5672", addr::RABBITMQ_V4).parse().expect("addr");
+    let sysctl = |ns: &NetNs, name: &str, value: &str| {
+        ns.run(|| std::fs::write(format!("/proc/sys/net/ipv4/{name}"), value))
+            .unwrap_or_else(|e| panic!("{name} = {value} in {}: {e}", ns.name()));
+    };
+    sysctl(&guest.host, "tcp_fastopen", "1");
+    sysctl(&guest.mgmt_net, "tcp_fastopen", "2");
+    let listener = guest.mgmt_net.run(|| {
+        let l = TcpListener::bind(rabbit).expect("listening as RabbitMQ");
+        set_int(&l, libc::IPPROTO_TCP, libc::TCP_FASTOPEN, 16);
+        l.set_nonblocking(true).expect("nonblocking");
+        l
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let server = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while held.len() < 3 && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    conn.set_nonblocking(false).expect("blocking");
+                    conn.set_read_timeout(Some(Duration::from_secs(3)))
+                        .expect("timeout");
+                    let mut hello = [0u8; 5];
+                    if conn.read_exact(&mut hello).is_ok() && &hello == b"hello" {
+                        let _ = conn.write_all(b"ok");
+                    }
+                    held.push(conn);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+        held
+    });
+    let _daemon = Daemon::start(
+        &write_config(&scenario::config(
+            &guest, "enforce", "auto", &pin_path, metrics,
+        )),
+        pin_path.as_ref(),
+        SocketAddr::from(([127, 0, 0, 1], metrics)),
+    );
+    let passive = |counter: &str| guest.mgmt_net.run(|| netstat(counter));
+    let mut clients = Vec::new();
+    for (i, what) in ["asking for a cookie", "data taken", "data refused"]
+        .iter()
+        .enumerate()
+    {
+        if i == 2 {
+            sysctl(
+                &guest.mgmt_net,
+                "tcp_fastopen_key",
+                "00000001-00000002-00000003-00000004",
+            );
+        }
+        let mut conn = guest
+            .host
+            .run(|| fast_open(rabbit, b"hello"))
+            .unwrap_or_else(|e| panic!("connection {i} ({what}): {e}"));
+        let mut answer = [0u8; 2];
+        conn.read_exact(&mut answer)
+            .unwrap_or_else(|e| panic!("connection {i} ({what}) got no answer: {e}"));
+        assert_eq!(&answer, b"ok", "connection {i} ({what})");
+        clients.push(conn);
+    }
+    let held = server.join().expect("server");
+    assert_eq!(held.len(), 3);
+    // The kernel did what the names say: one SYN's data taken, one refused for its cookie.
+    assert_eq!(
+        (
+            passive("TCPFastOpenPassive"),
+            passive("TCPFastOpenPassiveFail")
+        ),
+        (1, 1),
+        "the server's Fast Open counters"
+    );
+    let established = common::tcp4_flows(
+        pin_path.as_ref(),
+        trove_isolate_common::Role::Management,
+        trove_isolate::datapath::Table::Established,
+    );
+    let to_rabbit = established
+        .iter()
+        .filter(|(k, _)| u16::from_be(k.remote_port) == 5672)
+        .count();
+    assert_eq!(
+        to_rabbit, 3,
+        "connections to RabbitMQ in the established table"
+    );
+}
+
+fn set_int(socket: &impl std::os::fd::AsRawFd, level: i32, name: i32, value: i32) {
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
+/// A connection opened by `sendto(MSG_FASTOPEN)` with `data`, as a Fast Open client does: the
+/// data goes in the SYN when the kernel holds a cookie for `to`.
+fn fast_open(to: std::net::SocketAddrV4, data: &[u8]) -> std::io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    // Bounds the connect that sendto makes, and the reads after.
+    stream.set_write_timeout(Some(Duration::from_secs(3)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: to.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*to.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let sent = unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_FASTOPEN,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if sent != data.len() as isize {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
+/// A TcpExt counter of the calling thread's network namespace.
+fn netstat(counter: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").expect("netstat");
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let at = names.split_whitespace().position(|n| n == counter);
+        if let Some(v) = at.and_then(|i| values.split_whitespace().nth(i)) {
+            return v.parse().expect("a counter");
+        }
+    }
+    panic!("no TcpExt counter {counter}")
+}

@@ -1166,6 +1166,42 @@ fn a_blind_syn_ack_moves_no_handshake_on() {
     assert_eq!(dp.flows(M, Table::Established).expect("flows").len(), 1);
 }
 
+/// TCP Fast Open (RFC 7413), as Linux sends it (checked on the kernel: MSG_FASTOPEN from a
+/// namespace): the guest's SYN carries data. A server that takes it acknowledges it all; one
+/// that refuses it (no cookie, or a stale one) acknowledges the SYN alone, and the guest sends
+/// the data again with its ACK. Both handshakes are proved; a SYN-ACK acknowledging less than
+/// the SYN or more than the guest sent moves nothing.
+#[rustfmt::skip]
+#[test]
+fn a_fast_open_handshake_is_proved_whether_or_not_the_server_takes_the_data() {
+    use trove_isolate::datapath::Table;
+    use trove_isolate_common::conntrack::state;
+    use Reason::*;
+    let mut dp = datapath();
+    let out = |port, flags, seq, ack, data: &[u8]| v4_segment(G4, RABBIT4, (port, 5672), flags, (seq, ack), data);
+    let back = |port, flags, seq, ack, data: &[u8]| v4_segment(RABBIT4, G4, (5672, port), flags, (seq, ack), data);
+    let stage = |dp: &Datapath| dp.flows(M, Table::New).expect("flows").iter().map(|f| f.1.state).collect::<Vec<_>>();
+    run_table(&mut dp, &[
+        pass("the guest's SYN with 5 bytes", M, E, out(41600, SYN, 100, 0, b"hello"), Allowed),
+        pass("a SYN-ACK past all the guest sent", M, I, back(41600, SYN_ACK, 9000, 107, b""), Tracked),
+        pass("a SYN-ACK short of the SYN", M, I, back(41600, SYN_ACK, 9000, 100, b""), Tracked),
+    ]);
+    assert_eq!(stage(&dp), [state::SYN_SENT]);
+    run_table(&mut dp, &[
+        pass("the SYN-ACK of a server refusing the data", M, I, back(41600, SYN_ACK, 9000, 101, b""), Tracked),
+    ]);
+    assert_eq!(stage(&dp), [state::SYN_ACKED]);
+    run_table(&mut dp, &[
+        pass("the guest's ACK, with the data again", M, E, out(41600, ACK | 0x08, 101, 9001, b"hello"), Tracked),
+        pass("a SYN with data to a server that takes it", M, E, out(41601, SYN, 700, 0, b"hello"), Allowed),
+        pass("its SYN-ACK, acknowledging the data", M, I, back(41601, SYN_ACK, 3000, 706, b""), Tracked),
+        pass("its answer, before the guest's ACK", M, I, back(41601, ACK | 0x08, 3001, 706, b"ok"), Tracked),
+        pass("the guest's ACK", M, E, out(41601, ACK, 706, 3003, b""), Tracked),
+    ]);
+    assert!(stage(&dp).is_empty());
+    assert_eq!(dp.flows(M, Table::Established).expect("flows").len(), 2);
+}
+
 /// The daemon removes a flow (expired, or revoked) only if its entry, read again just before,
 /// still condemns it: between the walk that chose it and the removal, the datapath may have put
 /// another flow under its key. Here the walk sees an unanswered pickup, then a SYN starts the
@@ -2193,11 +2229,23 @@ fn connections_older_than_enforcement_are_picked_up() {
     assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1, "an acknowledgment promoted a pickup");
 }
 
-/// An IPv4 TCP segment with ACK and PSH, a window of 500, and data.
-fn v4_data(src: &str, dst: &str, ports: (u16, u16), seq: u32, ack: u32, data: &[u8]) -> Vec<u8> {
-    let mut segment = tcp_seq(ports.0, ports.1, ACK | 0x08, seq, ack, 500);
+/// An IPv4 TCP segment with `flags`, a window of 500, and `data`.
+fn v4_segment(
+    src: &str,
+    dst: &str,
+    ports: (u16, u16),
+    flags: u8,
+    (seq, ack): (u32, u32),
+    data: &[u8],
+) -> Vec<u8> {
+    let mut segment = tcp_seq(ports.0, ports.1, flags, seq, ack, 500);
     segment.extend_from_slice(data);
     ipv4(V4_PLAIN, proto::TCP, src, dst, &segment)
+}
+
+/// An IPv4 TCP segment with ACK and PSH, a window of 500, and data.
+fn v4_data(src: &str, dst: &str, ports: (u16, u16), seq: u32, ack: u32, data: &[u8]) -> Vec<u8> {
+    v4_segment(src, dst, ports, ACK | 0x08, (seq, ack), data)
 }
 
 /// Drop events: a dropped packet sends its head with the verdict and reason, a passed one sends

@@ -138,6 +138,8 @@ pub struct Flow {
     /// TCP: the window scale option of each side's SYN, indexed by the direction it travelled;
     /// `None` while that SYN was not seen.
     pub syn_scale: [Option<ScaleOption>; 2],
+    /// TCP: the data the opening SYN carried (Fast Open), in bytes, at most 65,535.
+    pub syn_data: u16,
 }
 
 fn side(direction: Direction) -> usize {
@@ -156,11 +158,13 @@ impl Flow {
             acks: [None; 2],
             guest_end: None,
             syn_scale: [None; 2],
+            syn_data: 0,
         };
         if let L4::Tcp(tcp) = l4 {
             if tcp.flags.syn() {
                 flow.stage = Stage::SynSent;
                 flow.syn_scale[side(direction)] = tcp.syn_scale;
+                flow.syn_data = u16::try_from(tcp.payload_len).unwrap_or(u16::MAX);
             }
             flow.record_ack(direction, tcp);
         }
@@ -231,9 +235,13 @@ impl Flow {
                     self.closing = true;
                 }
                 let syn_ack = tcp.flags.syn() && tcp.flags.ack();
-                // The remote's SYN-ACK must acknowledge the guest's SYN exactly: a blind one
-                // would set the window scales the flow's FIN and RST are held to.
-                let acks_guest_syn = from_guest || self.guest_end == Some(tcp.ack);
+                // The remote's SYN-ACK must acknowledge the guest's SYN: a blind one would set
+                // the window scales the flow's FIN and RST are held to. All the guest sent, or
+                // less by at most the data its SYN carried: a Fast Open server may refuse that
+                // (RFC 7413), acknowledging the SYN alone.
+                let acks_guest_syn = from_guest
+                    || matches!(self.guest_end,
+                        Some(end) if end.wrapping_sub(tcp.ack) <= u32::from(self.syn_data));
                 if self.stage == Stage::SynSent && reply && syn_ack && acks_guest_syn {
                     self.stage = Stage::SynAcked;
                     self.syn_scale[side(direction)] = tcp.syn_scale;

@@ -269,3 +269,28 @@ impl Session {
 pub fn config_with_session_port(text: &str) -> String {
     text.replace("database_ports = [3306]", "database_ports = [3306, 3307]")
 }
+
+/// The TCP-over-IPv4 flows in one of `role`'s tables, read from the daemon's pinned maps.
+pub fn tcp4_flows(
+    pin_path: &Path,
+    role: trove_isolate_common::Role,
+    table: trove_isolate::datapath::Table,
+) -> Vec<(
+    trove_isolate_common::conntrack::FlowKey4,
+    trove_isolate_common::conntrack::FlowValue,
+)> {
+    use aya::maps::{HashMap, Map, MapData};
+    use trove_isolate_common::conntrack::Keying;
+    let path = trove_isolate::pins::Pins::new(pin_path).map(table.map_name(role, Keying::Tcp4));
+    let data = MapData::from_pin(&path)
+        .unwrap_or_else(|e| panic!("opening pinned map {}: {e}", path.display()));
+    let map = match table {
+        trove_isolate::datapath::Table::New => Map::LruHashMap(data),
+        trove_isolate::datapath::Table::Established => Map::HashMap(data),
+    };
+    let flows: HashMap<MapData, _, _> = HashMap::try_from(map).expect("a flow table");
+    flows
+        .iter()
+        .collect::<Result<_, _>>()
+        .expect("reading a flow table")
+}
