@@ -365,7 +365,7 @@ pub struct FlowValue {
     /// TCP window scale of the windows sent each way (indexed by `Direction`), or
     /// [`WSCALE_UNKNOWN`].
     pub wscale: [u8; 2],
-    /// TCP: the bytes of data the opening SYN carried (TCP Fast Open), at most 65,535. A
+    /// TCP: the bytes of data the guest's opening SYN carried (TCP Fast Open), at most 65,535. A
     /// server that refuses them acknowledges the SYN alone (RFC 7413, section 4.2), so the
     /// guest's handshake is answered by an acknowledgment from `guest_end - syn_data` to
     /// `guest_end`. (Was padding: an entry written before reads 0, the exact rule.)

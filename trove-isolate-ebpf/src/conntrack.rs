@@ -413,12 +413,17 @@ pub fn track<F: Flow>(
             value.state = state::SYN_SENT;
             // Read only now: a refused SYN never walks its options.
             value.wscale[direction as usize & 1] = parse::window_scale(ctx, pkt);
-            // Fewer, never more, when it does not fit: a SYN-ACK must acknowledge the SYN.
-            value.syn_data = if pkt.payload_len > u16::MAX as u32 {
-                u16::MAX
-            } else {
-                pkt.payload_len as u16
-            };
+            // The guest's own: what the remote's SYN-ACK answers. (Coming in it would be
+            // unused, and the clamp's branch alone nearly doubled the states Linux 6.1's
+            // verifier followed through the ingress programs.) Fewer, never more, when it does
+            // not fit: a SYN-ACK must acknowledge the SYN.
+            if direction == Direction::Egress {
+                value.syn_data = if pkt.payload_len > u16::MAX as u32 {
+                    u16::MAX
+                } else {
+                    pkt.payload_len as u16
+                };
+            }
         }
         record_ack(&mut value, direction, pkt);
     }

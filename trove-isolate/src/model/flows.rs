@@ -138,7 +138,7 @@ pub struct Flow {
     /// TCP: the window scale option of each side's SYN, indexed by the direction it travelled;
     /// `None` while that SYN was not seen.
     pub syn_scale: [Option<ScaleOption>; 2],
-    /// TCP: the data the opening SYN carried (Fast Open), in bytes, at most 65,535.
+    /// TCP: the data the guest's opening SYN carried (Fast Open), in bytes, at most 65,535.
     pub syn_data: u16,
 }
 
@@ -164,7 +164,9 @@ impl Flow {
             if tcp.flags.syn() {
                 flow.stage = Stage::SynSent;
                 flow.syn_scale[side(direction)] = tcp.syn_scale;
-                flow.syn_data = u16::try_from(tcp.payload_len).unwrap_or(u16::MAX);
+                if direction == Direction::Egress {
+                    flow.syn_data = u16::try_from(tcp.payload_len).unwrap_or(u16::MAX);
+                }
             }
             flow.record_ack(direction, tcp);
         }
