@@ -888,7 +888,7 @@ fn sessions_beyond_the_established_table_are_never_refused() {
     assert_eq!(full.unwrap_or(0), 0, "segments refused for a full table");
 }
 
-/// TCP Fast Open on real traffic, the guest as the client (as its agent is RabbitMQ's): three
+/// TCP Fast Open on real traffic, the guest as the client (its agent is RabbitMQ's): three
 /// connections to a server that offers it. The first asks for a cookie, the second's SYN
 /// carries data the server takes, and the third's, after the server changed its cookie key,
 /// data it refuses: its SYN-ACK acknowledges the SYN alone and the guest sends the data again.
