@@ -472,10 +472,7 @@ pub(super) fn attach(top: &Ctx, attach: Option<&str>) -> Result<AttachMode, Conf
 pub(super) fn pin_path(top: &Ctx, pin_path: Option<&str>) -> Result<PathBuf, ConfigError> {
     let pin_path = PathBuf::from(pin_path.unwrap_or(DEFAULT_PIN_PATH));
     if !pin_path.is_absolute() {
-        return Err(top.err(
-            "pin_path",
-            format!("{} must be an absolute path", pin_path.display()),
-        ));
+        return Err(top.err("pin_path", format!("{pin_path:?} must be an absolute path")));
     }
     Ok(pin_path)
 }

@@ -46,6 +46,10 @@ fn refused(text: &str, key: &str) -> String {
     let msg = err.to_string();
     assert!(msg.starts_with("config.toml: "), "file not named: {msg}");
     assert!(msg.contains(key), "key {key} not named: {msg}");
+    // One line, whatever the value holds (TOML's own syntax errors quote the text around).
+    if !matches!(err, ConfigError::Syntax { .. }) {
+        assert!(!msg.contains('\n'), "an error over several lines: {msg}");
+    }
     msg
 }
 
@@ -435,6 +439,17 @@ fn bad_mac_and_netns_are_refused() {
     refused(
         "[management]\ninterface = \"ens3\"\nnetns = \"run/netns/x\"\n",
         "[management] netns",
+    );
+}
+
+/// Found by `cargo xtask fuzz`: a value quoted in an error is escaped, so that a relative path
+/// written over two lines gives one line of error.
+#[test]
+fn a_relative_pin_path_is_refused_on_one_line() {
+    let msg = refused("pin_path = \"\"\"bpf\ntrove\"\"\"\n", "pin_path");
+    assert!(
+        msg.contains(r#""bpf\ntrove" must be an absolute path"#),
+        "{msg}"
     );
 }
 
