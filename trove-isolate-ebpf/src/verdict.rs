@@ -152,7 +152,7 @@ fn open<F: Flow>(
     }
     let now = conntrack::now();
     if syn {
-        if let Some(verdict) = conntrack::reopen(t, flow, pkt, now) {
+        if let Some(verdict) = conntrack::reopen(t, flow, direction, pkt, now) {
             return verdict;
         }
     }

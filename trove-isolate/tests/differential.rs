@@ -886,6 +886,31 @@ fn named_table() -> Vec<Named> {
             ]
         }),
         named(
+            "a guest's SYN at a new sequence number starts its unanswered handshake over",
+            {
+                let guest =
+                    |f, seq, ack| Pkt::tcp(G4, RABBIT4, 40102, 5672, f).seq_ack(seq, ack, 1000);
+                let server =
+                    |f, seq, ack| Pkt::tcp(RABBIT4, G4, 5672, 40102, f).seq_ack(seq, ack, 2000);
+                vec![
+                    (
+                        M,
+                        E,
+                        guest(SYN, 100, 0).data(b"hello").framed(),
+                        Ok(Allowed),
+                    ),
+                    // A retransmission: the same number, without the data.
+                    (M, E, guest(SYN, 100, 0).framed(), Ok(Tracked)),
+                    // Another connection on the tuple.
+                    (M, E, guest(SYN, 90_000, 0).framed(), Ok(Allowed)),
+                    (M, I, server(SYN_ACK, 5000, 101).framed(), Ok(Tracked)),
+                    (M, I, server(SYN_ACK, 5000, 90_001).framed(), Ok(Tracked)),
+                    (M, E, guest(ACK, 90_001, 5001).framed(), Ok(Tracked)),
+                    (M, I, server(RST, 0x4000_0000, 0).framed(), Err(OutOfWindow)),
+                ]
+            },
+        ),
+        named(
             "echo request the wrong way",
             vec![
                 (

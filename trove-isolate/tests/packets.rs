@@ -1202,6 +1202,41 @@ fn a_fast_open_handshake_is_proved_whether_or_not_the_server_takes_the_data() {
     assert_eq!(dp.flows(M, Table::Established).expect("flows").len(), 2);
 }
 
+/// A guest's SYN at another sequence number, on a tuple whose handshake nothing has answered,
+/// is a new connection (the old one gave up: a client bound to its port connects again) and
+/// starts the tuple over, so that the server's SYN-ACK to it proves it. A retransmission, at the
+/// same number (without the data of a Fast Open SYN), changes nothing.
+#[rustfmt::skip]
+#[test]
+fn a_guests_new_syn_on_an_unanswered_handshake_starts_it_over() {
+    use trove_isolate::datapath::Table;
+    use trove_isolate_common::conntrack::state;
+    use Reason::*;
+    let mut dp = datapath();
+    let out = |flags, seq, ack, data: &[u8]| v4_segment(G4, RABBIT4, (41700, 5672), flags, (seq, ack), data);
+    let back = |flags, seq, ack| v4_segment(RABBIT4, G4, (5672, 41700), flags, (seq, ack), b"");
+    let new = |dp: &Datapath| dp.flows(M, Table::New).expect("flows").iter().map(|f| (f.1.state, f.1.guest_end)).collect::<Vec<_>>();
+    run_table(&mut dp, &[
+        pass("a Fast Open SYN, 5 bytes", M, E, out(SYN, 100, 0, b"hello"), Allowed),
+        pass("its retransmission, without the data", M, E, out(SYN, 100, 0, b""), Tracked),
+    ]);
+    assert_eq!(new(&dp), [(state::SYN_SENT, 106)], "a retransmission started the handshake over");
+    run_table(&mut dp, &[
+        pass("a new connection on the tuple", M, E, out(SYN, 90_000, 0, b""), Allowed),
+    ]);
+    assert_eq!(new(&dp), [(state::SYN_SENT, 90_001)]);
+    run_table(&mut dp, &[
+        pass("the SYN-ACK of the old connection's SYN", M, I, back(SYN_ACK, 9000, 101), Tracked),
+    ]);
+    assert_eq!(new(&dp), [(state::SYN_SENT, 90_001)]);
+    run_table(&mut dp, &[
+        pass("the server's SYN-ACK to the new one", M, I, back(SYN_ACK, 9000, 90_001), Tracked),
+        pass("the guest's ACK", M, E, out(ACK, 90_001, 9001, b""), Tracked),
+    ]);
+    assert!(new(&dp).is_empty());
+    assert_eq!(dp.flows(M, Table::Established).expect("flows").len(), 1);
+}
+
 /// The daemon removes a flow (expired, or revoked) only if its entry, read again just before,
 /// still condemns it: between the walk that chose it and the removal, the datapath may have put
 /// another flow under its key. Here the walk sees an unanswered pickup, then a SYN starts the

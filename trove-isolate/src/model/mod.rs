@@ -295,12 +295,21 @@ impl Model {
         l4: &L4,
     ) -> Option<Result<Reason, Reason>> {
         let flow = self.flows.get_mut(&(role, id))?;
-        if matches!(l4, L4::Tcp(t) if t.flags.bare_syn()) {
+        let bare_syn = match l4 {
+            L4::Tcp(t) if t.flags.bare_syn() => Some(t),
+            _ => None,
+        };
+        if let Some(syn) = bare_syn {
             // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep,
-            // nor is a closed one: an allowed SYN starts its tuple over (the new flow replaces
-            // it). On any other flow it passes and changes nothing (a retransmission, or the
-            // other side's SYN of a simultaneous open).
-            if flow.stage == Stage::Unreplied || flow.guest_done() {
+            // nor is a closed one, nor a handshake of the guest's nothing answered when the
+            // guest's SYN starts another sequence (a new connection on the tuple; a
+            // retransmission starts at the same one): an allowed SYN starts its tuple over (the
+            // new flow replaces it). On any other flow it passes and changes nothing (a
+            // retransmission, or the other side's SYN of a simultaneous open).
+            if flow.stage == Stage::Unreplied
+                || flow.guest_done()
+                || flow.restarted_by(direction, syn.seq)
+            {
                 self.flows.remove(&(role, id));
                 return None;
             }
