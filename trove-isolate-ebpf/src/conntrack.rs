@@ -176,8 +176,8 @@ pub fn tracked<F: Flow>(t: &Tables<F>, flow: &F, proto: u8) -> bool {
 /// A bare SYN a rule allowed, on its tuple's flow if it has a live one: passes (a
 /// retransmission, or the other side's SYN of a simultaneous open) and changes nothing but the
 /// flow's age. `None`: no live flow, or one the SYN starts over (a closing established flow, a
-/// pickup nothing has answered, or a handshake of the guest's nothing has answered when the
-/// guest's SYN starts another sequence: removed or overwritten): the SYN opens a flow.
+/// pickup nothing has answered, or a handshake the guest opened and never acknowledged when
+/// the guest's SYN starts another sequence: removed or overwritten): the SYN opens a flow.
 ///
 /// The new table first, where a retransmitted SYN finds its handshake, so it makes one lookup,
 /// not a miss and a lookup. A flow is in one table or the other (in both only for the instant
@@ -218,15 +218,15 @@ pub fn reopen<F: Flow>(
     Some(Ok(Reason::Tracked))
 }
 
-/// Whether the guest's SYN opens another connection than the unanswered handshake it opened
-/// on the tuple: it starts at another sequence number than that handshake's SYN (a
+/// Whether the guest's SYN opens another connection than the handshake it opened on the tuple
+/// and never acknowledged: it starts at another sequence number than that handshake's SYN (a
 /// retransmission starts at the same one, without the data a Fast Open SYN carried). Such a
-/// handshake is one the guest gave up (a client bound to its port connects again), and the
-/// server's SYN-ACK will answer the new SYN's numbers.
+/// handshake is one the guest gave up (a client bound to its port connects again; a SYN-ACK
+/// it reset), and the server's SYN-ACK will answer the new SYN's numbers.
 #[inline(always)]
 fn new_connection(value: &FlowValue, direction: Direction, pkt: &Packet) -> bool {
     direction == Direction::Egress
-        && value.state == state::SYN_SENT
+        && (value.state == state::SYN_SENT || value.state == state::SYN_ACKED)
         && value.origin == Direction::Egress as u8
         && value.flags & flags::GUEST_END != 0
         && pkt.seq != value.guest_end.wrapping_sub(1 + value.syn_data as u32)

@@ -886,27 +886,38 @@ fn named_table() -> Vec<Named> {
             ]
         }),
         named(
-            "a guest's SYN at a new sequence number starts its unanswered handshake over",
+            "a guest's SYN at a new sequence number starts a handshake it never acknowledged over",
             {
-                let guest =
-                    |f, seq, ack| Pkt::tcp(G4, RABBIT4, 40102, 5672, f).seq_ack(seq, ack, 1000);
-                let server =
-                    |f, seq, ack| Pkt::tcp(RABBIT4, G4, 5672, 40102, f).seq_ack(seq, ack, 2000);
+                let guest = |port, f, seq, ack| {
+                    Pkt::tcp(G4, RABBIT4, port, 5672, f)
+                        .seq_ack(seq, ack, 1000)
+                        .framed()
+                };
+                let server = |port, f, seq, ack| {
+                    Pkt::tcp(RABBIT4, G4, 5672, port, f)
+                        .seq_ack(seq, ack, 2000)
+                        .framed()
+                };
+                let fast_open = Pkt::tcp(G4, RABBIT4, 40102, 5672, SYN)
+                    .seq_ack(100, 0, 1000)
+                    .data(b"hello");
                 vec![
-                    (
-                        M,
-                        E,
-                        guest(SYN, 100, 0).data(b"hello").framed(),
-                        Ok(Allowed),
-                    ),
+                    (M, E, fast_open.framed(), Ok(Allowed)),
                     // A retransmission: the same number, without the data.
-                    (M, E, guest(SYN, 100, 0).framed(), Ok(Tracked)),
+                    (M, E, guest(40102, SYN, 100, 0), Ok(Tracked)),
                     // Another connection on the tuple.
-                    (M, E, guest(SYN, 90_000, 0).framed(), Ok(Allowed)),
-                    (M, I, server(SYN_ACK, 5000, 101).framed(), Ok(Tracked)),
-                    (M, I, server(SYN_ACK, 5000, 90_001).framed(), Ok(Tracked)),
-                    (M, E, guest(ACK, 90_001, 5001).framed(), Ok(Tracked)),
-                    (M, I, server(RST, 0x4000_0000, 0).framed(), Err(OutOfWindow)),
+                    (M, E, guest(40102, SYN, 90_000, 0), Ok(Allowed)),
+                    (M, I, server(40102, SYN_ACK, 5000, 101), Ok(Tracked)),
+                    (M, I, server(40102, SYN_ACK, 5000, 90_001), Ok(Tracked)),
+                    (M, E, guest(40102, ACK, 90_001, 5001), Ok(Tracked)),
+                    (M, I, server(40102, RST, 0x4000_0000, 0), Err(OutOfWindow)),
+                    // A SYN-ACK the guest resets, then another connection on the tuple.
+                    (M, E, guest(40103, SYN, 100, 0), Ok(Allowed)),
+                    (M, I, server(40103, SYN_ACK, 5000, 101), Ok(Tracked)),
+                    (M, E, guest(40103, RST, 101, 0), Ok(Tracked)),
+                    (M, E, guest(40103, SYN, 60_000, 0), Ok(Allowed)),
+                    (M, I, server(40103, SYN_ACK, 7000, 60_001), Ok(Tracked)),
+                    (M, E, guest(40103, ACK, 60_001, 7001), Ok(Tracked)),
                 ]
             },
         ),

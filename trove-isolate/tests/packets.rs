@@ -1235,6 +1235,16 @@ fn a_guests_new_syn_on_an_unanswered_handshake_starts_it_over() {
     ]);
     assert!(new(&dp).is_empty());
     assert_eq!(dp.flows(M, Table::Established).expect("flows").len(), 1);
+    // A handshake the guest reset after its SYN-ACK, then connected again: the new one's own.
+    let out = |flags, seq, ack| v4_segment(G4, RABBIT4, (41701, 5672), flags, (seq, ack), b"");
+    let back = |flags, seq, ack| v4_segment(RABBIT4, G4, (5672, 41701), flags, (seq, ack), b"");
+    run_table(&mut dp, &[
+        pass("a SYN", M, E, out(SYN, 100, 0), Allowed),
+        pass("its SYN-ACK", M, I, back(SYN_ACK, 9000, 101), Tracked),
+        pass("the guest resets it", M, E, out(RST, 101, 0), Tracked),
+        pass("a new connection on the tuple", M, E, out(SYN, 60_000, 0), Allowed),
+    ]);
+    assert_eq!(new(&dp), [(state::SYN_SENT, 60_001)]);
 }
 
 /// The daemon removes a flow (expired, or revoked) only if its entry, read again just before,

@@ -277,12 +277,12 @@ impl Flow {
     }
 
     /// Whether a bare SYN sent in `direction` at sequence `seq` is another connection than
-    /// this handshake of the guest's, which nothing has answered: the guest's SYN at another
+    /// this handshake the guest opened and never acknowledged: the guest's SYN at another
     /// sequence number than the one it opened with (its data, a Fast Open SYN's, aside).
     pub fn restarted_by(&self, direction: Direction, seq: u32) -> bool {
         direction == Direction::Egress
             && self.origin == Direction::Egress
-            && self.stage == Stage::SynSent
+            && matches!(self.stage, Stage::SynSent | Stage::SynAcked)
             && matches!(self.guest_end,
                 Some(end) if seq != end.wrapping_sub(1 + u32::from(self.syn_data)))
     }

@@ -301,8 +301,8 @@ impl Model {
         };
         if let Some(syn) = bare_syn {
             // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep,
-            // nor is a closed one, nor a handshake of the guest's nothing answered when the
-            // guest's SYN starts another sequence (a new connection on the tuple; a
+            // nor is a closed one, nor a handshake the guest opened and never acknowledged when
+            // the guest's SYN starts another sequence (a new connection on the tuple; a
             // retransmission starts at the same one): an allowed SYN starts its tuple over (the
             // new flow replaces it). On any other flow it passes and changes nothing (a
             // retransmission, or the other side's SYN of a simultaneous open).
