@@ -105,7 +105,35 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// The verdict for `pkt` if its flow is tracked, `None` if it has no live flow.
+/// What the flow tables say of a packet: its verdict if its flow is tracked.
+///
+/// Not an `Option<Result<Reason, Reason>>`: a `None` leaves the verdict's bytes undefined, and
+/// LLVM may load them from the stack before it tests for `None`. Linux 5.15's verifier refuses
+/// that read of a slot nothing wrote ("invalid read from stack"), so every field is written on
+/// every path.
+#[derive(Clone, Copy)]
+pub struct Answer {
+    pub tracked: bool,
+    pub verdict: Result<Reason, Reason>,
+}
+
+impl Answer {
+    /// No live flow: the packet is judged as new.
+    pub const UNTRACKED: Answer = Answer {
+        tracked: false,
+        verdict: Err(Reason::NotTracked),
+    };
+
+    #[inline(always)]
+    fn tracked(verdict: Result<Reason, Reason>) -> Answer {
+        Answer {
+            tracked: true,
+            verdict,
+        }
+    }
+}
+
+/// The verdict for `pkt` if its flow is tracked ([`Answer::UNTRACKED`] if it has no live flow).
 #[inline(always)]
 pub fn judge<F: Flow>(
     ctx: &TcContext,
@@ -113,7 +141,7 @@ pub fn judge<F: Flow>(
     flow: &F,
     direction: Direction,
     pkt: &Packet,
-) -> Option<Result<Reason, Reason>> {
+) -> Answer {
     let key = flow.key();
     // The clock only once a table answers: an unsolicited packet never reads it.
     if let Some(entry) = t.est.get_ptr_mut(key) {
@@ -125,23 +153,27 @@ pub fn judge<F: Flow>(
                 if value.guest_done() {
                     demote(t, key, entry);
                 }
-                return Some(verdict);
+                return Answer::tracked(verdict);
             }
             let _ = t.est.remove(key);
         }
     }
-    let entry = t.new.get_ptr_mut(key)?;
-    let value = flow.state(unsafe { &mut *entry })?;
+    let Some(entry) = t.new.get_ptr_mut(key) else {
+        return Answer::UNTRACKED;
+    };
+    let Some(value) = flow.state(unsafe { &mut *entry }) else {
+        return Answer::UNTRACKED;
+    };
     let now = now();
     if value.expired(pkt.proto, now) {
-        return None;
+        return Answer::UNTRACKED;
     }
     if value.state == state::ESTABLISHED || value.guest_done() {
         // A flow the guest is done with (moved here by `demote`, or done before it was proved):
         // held to the windows as an established one is.
-        return Some(established(value, direction, pkt, now));
+        return Answer::tracked(established(value, direction, pkt, now));
     }
-    Some(embryonic(ctx, t, flow, value, direction, pkt, now))
+    Answer::tracked(embryonic(ctx, t, flow, value, direction, pkt, now))
 }
 
 /// Moves a flow the guest is done with (its FIN sent, or closed) to the new table, where it
@@ -175,7 +207,7 @@ pub fn tracked<F: Flow>(t: &Tables<F>, flow: &F, proto: u8) -> bool {
 
 /// A bare SYN a rule allowed, on its tuple's flow if it has a live one: passes (a
 /// retransmission, or the other side's SYN of a simultaneous open) and changes nothing but the
-/// flow's age. `None`: no live flow, or one the SYN starts over (a closing established flow, a
+/// flow's age. [`Answer::UNTRACKED`]: no live flow, or one the SYN starts over (a closing established flow, a
 /// pickup nothing has answered, or a handshake the guest opened and never acknowledged when
 /// the guest's SYN starts another sequence: removed or overwritten): the SYN opens a flow.
 ///
@@ -191,7 +223,7 @@ pub fn reopen<F: Flow>(
     direction: Direction,
     pkt: &Packet,
     now: u64,
-) -> Option<Result<Reason, Reason>> {
+) -> Answer {
     let key = flow.key();
     if let Some(entry) = t.new.get_ptr_mut(key) {
         if let Some(value) = flow.state(unsafe { &mut *entry }) {
@@ -204,18 +236,22 @@ pub fn reopen<F: Flow>(
                 || new_connection(value, direction, pkt))
             {
                 refresh(value, now);
-                return Some(Ok(Reason::Tracked));
+                return Answer::tracked(Ok(Reason::Tracked));
             }
         }
     }
-    let entry = t.est.get_ptr_mut(key)?;
-    let value = flow.state(unsafe { &mut *entry })?;
+    let Some(entry) = t.est.get_ptr_mut(key) else {
+        return Answer::UNTRACKED;
+    };
+    let Some(value) = flow.state(unsafe { &mut *entry }) else {
+        return Answer::UNTRACKED;
+    };
     if value.expired(pkt.proto, now) || value.guest_done() {
         let _ = t.est.remove(key);
-        return None;
+        return Answer::UNTRACKED;
     }
     refresh(value, now);
-    Some(Ok(Reason::Tracked))
+    Answer::tracked(Ok(Reason::Tracked))
 }
 
 /// Whether the guest's SYN opens another connection than the handshake it opened on the tuple

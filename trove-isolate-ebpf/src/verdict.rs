@@ -93,8 +93,8 @@ fn flow(ctx: &TcContext, role: Role, direction: Direction, pkt: &Packet) -> Resu
                 pkt,
             ),
         };
-        if let Some(verdict) = judged {
-            return verdict;
+        if judged.tracked {
+            return judged.verdict;
         }
         let opens = match pkt.kind {
             Kind::Tcp => tcp::opens_flow(pkt),
@@ -152,8 +152,9 @@ fn open<F: Flow>(
     }
     let now = conntrack::now();
     if syn {
-        if let Some(verdict) = conntrack::reopen(t, flow, direction, pkt, now) {
-            return verdict;
+        let reopened = conntrack::reopen(t, flow, direction, pkt, now);
+        if reopened.tracked {
+            return reopened.verdict;
         }
     }
     conntrack::track(ctx, t, flow, direction, pkt, now)?;
