@@ -12,6 +12,7 @@ mod fuzz;
 mod setup;
 mod sh;
 mod test;
+mod ubuntu;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ const AFTER_LONG_HELP: &str = "\
 Examples:
   cargo xtask setup              # prepare a fresh machine (about 4 minutes the first time)
   cargo xtask build --release    # target/release/trove-isolate, eBPF programs embedded
-  cargo xtask test               # every test, here and on Linux 6.1 in a VM, as root (CI: .ci/run)
+  cargo xtask test               # every test, here and on the guests' kernels in VMs, as root (CI: .ci/run)
   cargo xtask test --no-vm       # every test, on this machine's kernel only
   cargo xtask demo               # a simulated Trove guest, before and under enforcement, as root
   cargo xtask fuzz --minutes 30  # the datapath against its reference model, the config loader
@@ -73,10 +74,10 @@ enum Command {
         after_long_help = test::AFTER_LONG_HELP
     )]
     Test {
-        /// Skip the Linux 6.1 VM: only the tests on this machine's kernel.
+        /// Skip the VMs: only the tests on this machine's kernel.
         #[arg(long, conflicts_with = "vm_only")]
         no_vm: bool,
-        /// Only the Linux 6.1 VM part (after setup and a build), not the tests on this machine.
+        /// Only the VM part (Linux 5.15, 6.8 and 6.1; after setup and a build), not the tests on this machine.
         #[arg(long)]
         vm_only: bool,
         /// Passed to `cargo test --workspace` as they are (write them after `--`); not to the VM.

@@ -1,15 +1,15 @@
-//! `cargo xtask test`: every test of the workspace, as root, here and on Linux 6.1 in a VM.
+//! `cargo xtask test`: every test of the workspace, as root, here and on the guests' kernels in VMs.
 
 use std::{process::Command, sync::LazyLock};
 
 use crate::{sh, vm};
 
 pub const ABOUT: &str =
-    "Run every test of the workspace, here and on Linux 6.1 in a VM (root; what CI runs)";
+    "Run every test of the workspace, here and on Trove guests' kernels in VMs (root; what CI runs)";
 
 const HOST: &str = "\
-Run every test of the workspace, here and on Linux 6.1 in a VM (root; what CI runs through \
-.ci/run).
+Run every test of the workspace, here and on Trove guests' kernels in VMs (root; what CI runs \
+through .ci/run).
 
 Runs setup, checks that it runs as root, then `cargo test --workspace [CARGO_TEST_ARGS...]`: unit \
 tests, the BPF_PROG_TEST_RUN packet tables, and real traffic across veth pairs in network \
@@ -21,9 +21,9 @@ pub static LONG_ABOUT: LazyLock<String> = LazyLock::new(|| format!("{HOST}\n\n{}
 
 pub const AFTER_LONG_HELP: &str = "\
 Examples:
-  cargo xtask test                                       # everything, here and in the 6.1 VM
+  cargo xtask test                                       # everything, here and in the VMs
   cargo xtask test --no-vm                               # everything, on this machine only
-  cargo xtask test --vm-only                             # only the 6.1 VM
+  cargo xtask test --vm-only                             # only the VMs
   cargo xtask test --no-vm -- -p trove-isolate --test packets   # one test file
   cargo xtask test --no-vm -- audit -- --nocapture       # names containing `audit`, output shown";
 
