@@ -8,7 +8,7 @@ use std::{
         atomic::{AtomicU32, Ordering},
         Arc, Mutex, RwLock,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -23,7 +23,7 @@ use crate::{
     datapath::{self, Datapath, PinnedMaps},
     drops, linkwatch, local,
     pins::Pins,
-    policy::{ConntrackPolicy, Policy},
+    policy::{ConntrackPolicy, Policy, Source},
     reconcile::{self, enforce, reenforce, Devices, NicAddresses},
     serve::{self, Scrape},
     state::{MoveRecord, ReloadRecord, State},
@@ -101,9 +101,10 @@ impl DaemonStats {
     }
 }
 
-/// Enforces `policy` and serves metrics until `shutdown` completes; `reload` yields once per
-/// reload request (SIGHUP). Enforcement stays after.
+/// Enforces `policy` (compiled from `source`) and serves metrics until `shutdown` completes;
+/// `reload` yields once per reload request (SIGHUP). Enforcement stays after.
 pub async fn run(
+    source: Source,
     policy: Policy,
     options: RunOptions,
     mut reload: impl Stream,
@@ -123,6 +124,7 @@ pub async fn run(
     let status = summary(&state);
 
     let mut world = Enforcing {
+        source,
         policy,
         policy_map_exact: true,
         datapath,
@@ -166,7 +168,12 @@ pub async fn run(
     let mut sweep_tick = tokio::time::interval(SWEEP_PERIOD);
     sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refresh_at = next_refresh(&world.policy);
-    let mut lookup: Option<tokio::task::JoinHandle<Result<Policy, String>>> = None;
+    // Host names looked up again for the config in force, and the reload it was started under:
+    // a reload that lands meanwhile makes it stale.
+    let mut lookup: Option<(tokio::task::JoinHandle<Result<Policy, String>>, u64)> = None;
+    // A reload's config read and compiled (its names looked up), and when it was asked for.
+    let mut reloading: Option<(tokio::task::JoinHandle<anyhow::Result<Loaded>>, Instant)> = None;
+    let mut reloads_applied: u64 = 0;
     tokio::pin!(serving, shutdown, events, subscribers);
     loop {
         tokio::select! {
@@ -189,15 +196,25 @@ pub async fn run(
             _ = sweep_tick.tick() => world.sweep(&scrape.stats)?,
             () = sleep_until(refresh_at), if refresh_at.is_some() && lookup.is_none() => {
                 // Lookups block (seconds, for a resolver that does not answer): off the loop,
-                // so NIC moves, scrapes and drop events never wait for DNS.
-                let config = options.config.clone();
-                lookup = Some(tokio::task::spawn_blocking(move || {
-                    Policy::load(&config).map_err(|e| e.to_string())
-                }));
+                // so NIC moves, scrapes and drop events never wait for DNS. The config in
+                // force, not the file: an edit takes effect at a reload, never at a refresh.
+                let source = world.source.clone();
+                let path = options.config.clone();
+                lookup = Some((
+                    tokio::task::spawn_blocking(move || {
+                        Policy::from_source(&source, &path).map_err(|e| e.to_string())
+                    }),
+                    reloads_applied,
+                ));
                 refresh_at = None;
             }
-            fresh = async { lookup.as_mut().expect("guarded").await }, if lookup.is_some() => {
-                lookup = None;
+            fresh = async { (&mut lookup.as_mut().expect("guarded").0).await }, if lookup.is_some() => {
+                let (_, under) = lookup.take().expect("guarded");
+                if under != reloads_applied {
+                    // The reload looked every name up itself, for its own config.
+                    refresh_at = next_refresh(&world.policy);
+                    continue;
+                }
                 let fresh = fresh.unwrap_or_else(|e| Err(format!("the lookup task: {e}")));
                 if world.apply_names(fresh) {
                     // What the maps hold now, for the metrics, `status` and the next start's
@@ -215,9 +232,19 @@ pub async fn run(
                     world.policy.unresolved.len();
             }
             () = reload.next() => {
+                // A request while one loads starts over: the file may have changed since that
+                // one read it, and whoever asked must get what it holds now. (The one loading
+                // finishes off the loop, unheard.)
+                reloading = Some(start_reload(&options));
+            }
+            loaded = async { (&mut reloading.as_mut().expect("guarded").0).await }, if reloading.is_some() => {
+                let (_, asked) = reloading.take().expect("guarded");
+                let loaded = loaded.unwrap_or_else(|e| Err(anyhow::anyhow!("the reload task: {e}")));
                 let in_force = world.policy_map_exact.then_some(&world.policy);
                 let reloaded = reload_policy(
                     &options,
+                    loaded,
+                    asked,
                     &world.policy,
                     in_force,
                     &mut world.datapath,
@@ -226,10 +253,12 @@ pub async fn run(
                 // Whatever a failed reload wrote before it failed, the next one checks the map.
                 world.policy_map_exact = reloaded.is_ok();
                 match reloaded {
-                    Ok((new_policy, new_datapath, new_devices)) => {
+                    Ok((new_source, new_policy, new_datapath, new_devices)) => {
+                        reloads_applied += 1;
                         scrape
                             .drop_log_per_second
                             .store(new_policy.drops.log_per_second, Ordering::Relaxed);
+                        world.source = new_source;
                         world.policy = new_policy;
                         if let Some(loaded) = new_datapath {
                             world.datapath = loaded;
@@ -244,6 +273,17 @@ pub async fn run(
                     }
                     Err(e) if e.downcast_ref::<reconcile::PartlyApplied>().is_some() => {
                         return Err(e.context("the reload failed part-way"));
+                    }
+                    Err(e) if e.downcast_ref::<reconcile::WroteMaps>().is_some() => {
+                        match world.restore() {
+                            Ok(()) => log::error!(
+                                "reload refused, the policy in force is written back: {e:#}"
+                            ),
+                            Err(r) => log::error!(
+                                "reload refused, and writing the policy in force back failed \
+                                 ({r:#}); the next reload or name refresh tries again: {e:#}"
+                            ),
+                        }
                     }
                     Err(e) => log::error!("reload refused, the policy in force stays: {e:#}"),
                 }
@@ -269,6 +309,8 @@ pub async fn run(
 
 /// What the daemon's loop works on between events.
 struct Enforcing {
+    /// What `policy` was compiled from: what a name refresh compiles again.
+    source: Source,
     policy: Policy,
     /// The policy map holds exactly `policy`'s entries: a reload writes only the difference.
     /// False after a write that failed part-way, until a reload has read the map back.
@@ -416,6 +458,18 @@ impl Enforcing {
         }
     }
 
+    /// After a reload that failed once it had begun writing: writes the policy in force back (its
+    /// rules, read back from the map; its settings) and the NICs' addresses as they are now, so
+    /// that the kernel does what the log says stays in force. Flows the failed policy revoked
+    /// stay revoked.
+    fn restore(&mut self) -> anyhow::Result<()> {
+        self.datapath.sync_policy(&self.policy, None)?;
+        self.policy_map_exact = true;
+        reconcile::write_settings(&mut self.datapath, &self.policy)?;
+        self.addresses = None;
+        self.refresh_addresses()
+    }
+
     /// Keeps the local-address map in step with the NICs' addresses.
     fn refresh_addresses(&mut self) -> anyhow::Result<()> {
         // Each NIC on its own: one that cannot be read (gone, mid-move) keeps its last
@@ -485,28 +539,47 @@ pub trait Stream {
     fn next(&mut self) -> impl Future<Output = ()>;
 }
 
-/// Validates the config again and, if it is good, applies it through the same reconcile step
-/// as the start (new programs replace the old in place; maps, links and flows carry over; flows
-/// the new policy refuses are revoked). A bad config changes nothing. Counted either way, and
-/// recorded in the state file for `trove-isolate reload`.
-fn reload_policy(
+/// A reload's config, and the policy compiled from it.
+type Loaded = (Source, Policy);
+
+/// Starts a reload: tells systemd, then reads and compiles the config off the loop (its host
+/// names are looked up: seconds, for a resolver that does not answer), so that the NICs are
+/// followed meanwhile. [`reload_policy`] applies it.
+fn start_reload(
     options: &RunOptions,
-    current: &Policy,
-    in_force: Option<&Policy>,
-    datapath: &mut Datapath,
-    scrape: &Scrape,
-) -> anyhow::Result<(Policy, Option<Datapath>, Devices)> {
+) -> (tokio::task::JoinHandle<anyhow::Result<Loaded>>, Instant) {
     notify(&[
         NotifyState::Reloading,
         NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Status("reloading")),
     ]);
-    let started = std::time::Instant::now();
+    let path = options.config.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let source = Source::load(&path)?;
+        let policy = Policy::from_source(&source, &path)?;
+        Ok((source, policy))
+    });
+    (task, Instant::now())
+}
+
+/// Applies a reload's config if it is good, through the same reconcile step as the start (new
+/// programs replace the old in place; maps, links and flows carry over; flows the new policy
+/// refuses are revoked). A bad config changes nothing. Counted either way, and recorded in the
+/// state file for `trove-isolate reload`.
+fn reload_policy(
+    options: &RunOptions,
+    loaded: anyhow::Result<Loaded>,
+    started: Instant,
+    current: &Policy,
+    in_force: Option<&Policy>,
+    datapath: &mut Datapath,
+    scrape: &Scrape,
+) -> anyhow::Result<(Source, Policy, Option<Datapath>, Devices)> {
     let attempt = {
         let stats = scrape.stats.lock().unwrap_or_else(|e| e.into_inner());
         stats.reloads_ok + stats.reloads_error + 1
     };
     let result = (|| {
-        let policy = Policy::load(&options.config)?;
+        let (source, policy) = loaded?;
         if policy.pin_path != current.pin_path {
             anyhow::bail!(
                 "{}: pin_path: changes only with a restart (in force: {})",
@@ -525,13 +598,13 @@ fn reload_policy(
             reenforce(&policy, in_force, options.datapath_log, datapath)?;
         state.pid = Some(std::process::id());
         state.config = Some(options.config.clone());
-        Ok((policy, loaded, state, devices))
+        Ok((source, policy, loaded, state, devices))
     })();
     let pins = Pins::new(&current.pin_path);
     let mut stats = scrape.stats.lock().unwrap_or_else(|e| e.into_inner());
     let mut state = scrape.state.write().unwrap_or_else(|e| e.into_inner());
     let outcome = match result {
-        Ok((policy, loaded, mut new_state, devices)) => {
+        Ok((source, policy, loaded, mut new_state, devices)) => {
             stats.reloads_ok += 1;
             new_state.moves = std::mem::take(&mut state.moves);
             *state = new_state;
@@ -546,7 +619,7 @@ fn reload_policy(
                 started.elapsed().as_millis(),
                 summary(&state)
             );
-            Ok((policy, loaded, devices))
+            Ok((source, policy, loaded, devices))
         }
         Err(e) => {
             stats.reloads_error += 1;

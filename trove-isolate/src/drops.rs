@@ -338,10 +338,13 @@ pub async fn serve_subscribers(
     feed: broadcast::Sender<Arc<DropEvent>>,
 ) -> anyhow::Result<()> {
     loop {
-        let (mut stream, _) = listener
-            .accept()
-            .await
-            .context("accepting a drops client")?;
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                crate::serve::accept_failed("drops", &e).await;
+                continue;
+            }
+        };
         let mut events = feed.subscribe();
         tokio::spawn(async move {
             loop {

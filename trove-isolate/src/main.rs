@@ -9,7 +9,7 @@ use trove_isolate::{
     config::{DEFAULT_CONFIG_PATH, DEFAULT_PIN_PATH},
     daemon, drops, explain, ops,
     pins::Pins,
-    policy::Policy,
+    policy::{Policy, Source},
     status,
 };
 
@@ -161,6 +161,10 @@ enum Command {
         /// The pin directory of the enforcement to remove (the config's `pin_path`).
         #[arg(long, default_value = DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
+        /// Detach even while the daemon enforcing there runs (it attaches again at its next
+        /// look, within a second). Without it, detach refuses and says to stop the daemon first.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -229,7 +233,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             datapath_log,
         } => {
             daemon::fixed_malloc_thresholds();
-            let policy = Policy::load(&config)?;
+            let source = Source::load(&config)?;
+            let policy = Policy::from_source(&source, &config)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -243,7 +248,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     datapath_log,
                     config,
                 };
-                daemon::run(policy, options, hangups, shutdown).await
+                daemon::run(source, policy, options, hangups, shutdown).await
             })
         }
         Command::Check { config } => {
@@ -315,8 +320,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             drops::follow_cli(&Pins::new(pin_path), &options)
         }
-        Command::Detach { pin_path } => {
-            print!("{}", ops::detach(&Pins::new(pin_path))?);
+        Command::Detach { pin_path, force } => {
+            print!("{}", ops::detach(&Pins::new(pin_path), force)?);
             Ok(())
         }
     }

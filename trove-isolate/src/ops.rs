@@ -14,10 +14,22 @@ use crate::{
 };
 
 /// Removes all enforcement and every pin under `pins`. Returns what was removed, one per line.
-pub fn detach(pins: &Pins) -> anyhow::Result<String> {
+///
+/// Refused while the daemon that enforces there runs (unless `force`): it would attach its
+/// programs again at its next look, within a second, and the operator would have been told
+/// they were gone.
+pub fn detach(pins: &Pins, force: bool) -> anyhow::Result<String> {
     let mut out = String::new();
     let state_file = pins.state_file();
     if let Some(mut state) = State::read(&state_file)? {
+        if let Some(pid) = running_daemon(&state).filter(|_| !force) {
+            anyhow::bail!(
+                "the daemon enforcing under {} (PID {pid}) is running, and would attach its \
+                 programs again within a second: stop it first (systemctl stop trove-isolate), \
+                 then detach; --force detaches under it anyway",
+                pins.root().display()
+            );
+        }
         // Our filters where each NIC is now, if the record missed them (the NIC moved and the
         // daemon re-attached there, then died before recording it).
         let strays = unrecorded_filters(&state);
@@ -116,6 +128,14 @@ fn unrecorded_filters(state: &State) -> Vec<Attachment> {
         }
     }
     found
+}
+
+/// The daemon the record names, if it still runs: a live trove-isolate process (a PID the
+/// kernel has given to another program since does not count).
+fn running_daemon(state: &State) -> Option<u32> {
+    let pid = state.pid?;
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (comm.trim_end() == "trove-isolate").then_some(pid)
 }
 
 /// Asks the daemon enforcing under `pins` to reload its config, after validating that config

@@ -75,6 +75,7 @@ fn enforce_with(
     let first_start = previous.is_none() && !pins.root().exists();
     let previous = previous.unwrap_or_default();
     let mut attachments = Vec::new();
+    let reload = current.is_some();
     let result = apply(
         policy,
         in_force,
@@ -85,7 +86,8 @@ fn enforce_with(
         &devices,
         &previous,
         &mut attachments,
-    );
+    )
+    .map_err(|e| if reload { e.context(WroteMaps) } else { e });
     if result.is_err() && first_start {
         for made in &attachments {
             let _ = attach::remove(made, &pins.link(made.role, made.direction));
@@ -149,11 +151,7 @@ fn apply(
         _ => loaded.insert(Datapath::load(Some(pins), log, &capacity, &rules_held)?),
     };
     datapath.sync_policy(policy, in_force)?;
-    for role in Role::ALL {
-        datapath.set_mode(role, policy.mode)?;
-        datapath.set_dhcp(role, policy.nic(role).is_some_and(|n| n.dhcp))?;
-        datapath.set_events(role, policy.drops.events_per_cpu_second(cpus()))?;
-    }
+    write_settings(datapath, policy)?;
     // The NICs' addresses before any program judges a packet: a new flow must be the NIC's own.
     let (local, _) = local_entries(devices)?;
     datapath.sync_local(&local)?;
@@ -215,6 +213,22 @@ fn apply(
 #[derive(Debug, thiserror::Error)]
 #[error("programs were already moved onto resized maps; a restart takes them over")]
 pub struct PartlyApplied;
+
+/// A reload that failed once it had begun writing the maps (rules, mode, the NICs' addresses):
+/// the daemon writes the policy in force back.
+#[derive(Debug, thiserror::Error)]
+#[error("it failed after it began writing the maps")]
+pub struct WroteMaps;
+
+/// Writes each role's settings of `policy`: its mode, DHCP, the drop events' budget.
+pub fn write_settings(datapath: &mut Datapath, policy: &Policy) -> anyhow::Result<()> {
+    for role in Role::ALL {
+        datapath.set_mode(role, policy.mode)?;
+        datapath.set_dhcp(role, policy.nic(role).is_some_and(|n| n.dhcp))?;
+        datapath.set_events(role, policy.drops.events_per_cpu_second(cpus()))?;
+    }
+    Ok(())
+}
 
 /// CPUs the datapath may run on: the event budget is per CPU.
 fn cpus() -> usize {

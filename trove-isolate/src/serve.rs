@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use http_body_util::Full;
 use hyper::{
     body::{Bytes, Incoming},
@@ -21,7 +20,7 @@ use hyper::{
     Method, Request, Response, StatusCode,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{
     daemon::DaemonStats,
@@ -42,16 +41,26 @@ pub struct Scrape {
 
 /// A slow client cannot hold a connection open longer than this while sending its request.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Metrics connections served at once. More wait in the listen backlog: clients that hold
+/// connections open cannot take the daemon's file descriptors (at its limit, no NIC move could
+/// be followed).
+pub const MAX_CONNECTIONS: usize = 64;
 
-/// Accepts and answers until an accept fails.
+/// Accepts and answers, for as long as the daemon runs.
 pub async fn serve(listener: TcpListener, scrape: Arc<Scrape>) -> anyhow::Result<()> {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, peer) = listener
-            .accept()
-            .await
-            .context("accepting a metrics connection")?;
+        let slot = slots.clone().acquire_owned().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                accept_failed("metrics", &e).await;
+                continue;
+            }
+        };
         let scrape = scrape.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request| {
                 let scrape = scrape.clone();
                 async move { Ok::<_, Infallible>(respond(&request, &scrape)) }
@@ -65,6 +74,14 @@ pub async fn serve(listener: TcpListener, scrape: Arc<Scrape>) -> anyhow::Result
             }
         });
     }
+}
+
+/// An accept that fails (out of file descriptors or memory, a connection reset before it was
+/// taken) fails for the moment, not for good: logged, then tried again shortly. A flood of
+/// connections never stops the daemon.
+pub async fn accept_failed(what: &str, e: &std::io::Error) {
+    log::warn!("accepting a {what} connection: {e}; trying again in 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 fn respond(request: &Request<Incoming>, scrape: &Scrape) -> Response<Full<Bytes>> {

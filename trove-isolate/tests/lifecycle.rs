@@ -307,7 +307,18 @@ fn a_reload_after_detach_enforces_again_on_fresh_maps() {
         "refused before"
     );
 
-    let out = cli(&["detach", "--pin-path", &pin_path]);
+    // Refused under the running daemon, which would attach again; done with --force.
+    let under_daemon = cli(&["detach", "--pin-path", &pin_path]);
+    let says = String::from_utf8_lossy(&under_daemon.stderr);
+    assert!(
+        !under_daemon.status.success(),
+        "detach under the daemon: {under_daemon:?}"
+    );
+    assert!(
+        says.contains("is running") && says.contains("--force"),
+        "{says}"
+    );
+    let out = cli(&["detach", "--force", "--pin-path", &pin_path]);
     assert!(out.status.success(), "detach: {out:?}");
     let policy_pin = trove_isolate::pins::Pins::new(&pin_path).map("POLICY4");
     assert!(!policy_pin.exists(), "detach left the policy map pinned");
@@ -845,4 +856,64 @@ fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
         !stderr.contains("map policy6 resized"),
         "IPv6's policy map was resized for IPv4 rules:\n{stderr}"
     );
+}
+
+/// Clients that open metrics connections and hold them cannot take the daemon's file
+/// descriptors (at its limit it could follow no NIC move), nor stop it: it serves a bounded
+/// number at once, and an accept that fails is tried again, never the end of the daemon. The
+/// daemon runs here with room for 100 descriptors more than it uses; 300 connections are held.
+#[test]
+fn held_metrics_connections_cannot_take_the_daemons_descriptors() {
+    let guest = Guest::new("mfd");
+    let port = metrics_port();
+    let _servers: Vec<Server> = scenario::servers(&guest, port);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let config = write_config(&scenario::config(
+        &guest, "enforce", "auto", &pin_path, port,
+    ));
+    let endpoint = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut daemon = Daemon::start(&config, pin_path.as_ref(), endpoint);
+    let pid = daemon.pid().expect("running");
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let limit = open_fds() + 100;
+    let set = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .output()
+        .expect("running prlimit");
+    assert!(set.status.success(), "prlimit: {set:?}");
+
+    let held: Vec<std::net::TcpStream> = (0..300)
+        .filter_map(|_| std::net::TcpStream::connect_timeout(&endpoint, PROBE).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let most = open_fds();
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.starts_with(" Z"))
+    });
+    assert!(
+        alive,
+        "the daemon died with {} connections held:\n{}",
+        held.len(),
+        daemon.kill_for_stderr()
+    );
+    assert!(
+        most < limit,
+        "{most} descriptors open, the limit is {limit}"
+    );
+    drop(held);
+    // Scrapes answer again once the held connections are gone.
+    let text = daemon.scrape();
+    assert!(text.contains("trove_isolate_packets_total"), "{text}");
+    let rabbit: SocketAddr = "192.0.2.10:5672".parse().expect("addr");
+    assert!(
+        tcp_probe(&guest.host, None, rabbit, PROBE),
+        "rabbitmq refused"
+    );
+    daemon.stop();
 }

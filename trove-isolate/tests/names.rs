@@ -2,12 +2,14 @@
 //! whose transport URL names RabbitMQ by host name and whose resolv.conf points at a DNS
 //! responder of this test's own on loopback), the answer changing under it: the allowed address
 //! follows within the TTL, the old one stops working, and an address still in the answer keeps
-//! working throughout.
+//! working throughout. A reload that waits for DNS holds nothing else back, and a refresh of
+//! the names compiles the config in force, never an edit nobody reloaded.
 
 mod common;
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -28,9 +30,11 @@ const NAME: &str = "rabbit.names.test.";
 const TTL: u32 = 5;
 
 /// A DNS responder on 127.0.0.1:53 answering A queries for [`NAME`] with the addresses in
-/// `answer` (nothing else resolves). Bounded: it stops when dropped.
+/// `answer` (nothing else resolves), or nothing at all while `silent`. Bounded: it stops when
+/// dropped.
 struct Responder {
     answer: Arc<Mutex<Vec<Ipv4Addr>>>,
+    silent: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -43,14 +47,18 @@ impl Responder {
             .set_read_timeout(Some(Duration::from_millis(50)))
             .expect("timeout");
         let answer = Arc::new(Mutex::new(first.to_vec()));
+        let silent = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (answer2, stop2) = (answer.clone(), stop.clone());
+        let (answer2, silent2, stop2) = (answer.clone(), silent.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !stop2.load(Ordering::Relaxed) {
                 let Ok((n, from)) = socket.recv_from(&mut buf) else {
                     continue;
                 };
+                if silent2.load(Ordering::Relaxed) {
+                    continue;
+                }
                 let Ok(query) = Message::from_vec(&buf[..n]) else {
                     continue;
                 };
@@ -87,6 +95,7 @@ impl Responder {
         });
         Responder {
             answer,
+            silent,
             stop,
             thread: Some(thread),
         }
@@ -94,6 +103,11 @@ impl Responder {
 
     fn answer(&self, addresses: &[Ipv4Addr]) {
         *self.answer.lock().expect("answer") = addresses.to_vec();
+    }
+
+    /// Stops answering (a resolver that does not answer: the lookup times out).
+    fn silence(&self) {
+        self.silent.store(true, Ordering::Relaxed);
     }
 }
 
@@ -111,29 +125,35 @@ struct Tree(PathBuf);
 
 impl Tree {
     fn new(guest: &Guest) -> Tree {
-        let root = std::env::temp_dir().join(unique("ti-names-guest"));
-        let write = |path: &str, text: String| {
-            let path = root.join(path);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
-            std::fs::write(&path, text).expect("fixture file");
-        };
-        write(
+        let tree = Tree(std::env::temp_dir().join(unique("ti-names-guest")));
+        tree.write(
             "etc/trove/conf.d/guest_info.conf",
             "[DEFAULT]\ndatastore_manager = mysql\n".into(),
         );
-        write(
-            "etc/trove/conf.d/trove-guestagent.conf",
-            format!(
-                "[DEFAULT]\ntransport_url = rabbit://trove:names-secret@{}:5672/trove\n",
-                NAME.trim_end_matches('.')
-            ),
-        );
-        write(
+        tree.rabbitmq_port(5672);
+        tree.write(
             "etc/trove/eth1.json",
             format!("{{\"mac_address\": \"{}\"}}", guest.biz_mac_text()),
         );
-        write("etc/resolv.conf", "nameserver 127.0.0.1\n".into());
-        Tree(root)
+        tree.write("etc/resolv.conf", "nameserver 127.0.0.1\n".into());
+        tree
+    }
+
+    fn write(&self, path: &str, text: String) {
+        let path = self.0.join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        std::fs::write(&path, text).expect("fixture file");
+    }
+
+    /// The agent's transport URL: RabbitMQ by [`NAME`], on `port`.
+    fn rabbitmq_port(&self, port: u16) {
+        self.write(
+            "etc/trove/conf.d/trove-guestagent.conf",
+            format!(
+                "[DEFAULT]\ntransport_url = rabbit://trove:names-secret@{}:{port}/trove\n",
+                NAME.trim_end_matches('.')
+            ),
+        );
     }
 
     fn root(&self) -> &Path {
@@ -159,6 +179,37 @@ fn until(within: Duration, want: bool, probe: impl Fn() -> bool) -> Option<Durat
     None
 }
 
+/// The daemon's config for `tree` (Trove discovery alone; the guest's NICs in its namespaces).
+fn config_for(guest: &Guest, tree: &Tree, pin_path: &str, metrics: u16) -> PathBuf {
+    write_config(&format!(
+        "pin_path = \"{pin_path}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+         [trove]\nroot = \"{}\"\n\
+         [management]\ninterface = \"{}\"\nnetns = \"{}\"\n\
+         [business]\nnetns = \"{}\"\n",
+        tree.root().display(),
+        guest.mgmt_nic(),
+        guest.host.path().display(),
+        guest.container.path().display(),
+    ))
+}
+
+/// Whether /metrics answers within `within` (connect, request and response).
+fn scrape_within(metrics: SocketAddr, within: Duration) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&metrics, within) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(within));
+    let _ = stream.set_write_timeout(Some(within));
+    if stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut first = [0u8; 12];
+    stream.read_exact(&mut first).is_ok() && first.starts_with(b"HTTP/1.1 200")
+}
+
 #[test]
 fn a_host_name_is_followed_within_its_ttl() {
     let guest = Guest::new("nm");
@@ -170,16 +221,7 @@ fn a_host_name_is_followed_within_its_ttl() {
     let responder = Responder::start(&[old]);
     let tree = Tree::new(&guest);
     let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
-    let config = write_config(&format!(
-        "pin_path = \"{pin_path}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
-         [trove]\nroot = \"{}\"\n\
-         [management]\ninterface = \"{}\"\nnetns = \"{}\"\n\
-         [business]\nnetns = \"{}\"\n",
-        tree.root().display(),
-        guest.mgmt_nic(),
-        guest.host.path().display(),
-        guest.container.path().display(),
-    ));
+    let config = config_for(&guest, &tree, &pin_path, metrics);
     let check = common::cli(&["check", "--config", &config.display().to_string()]);
     let shown = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "check refused the tree: {check:?}");
@@ -240,4 +282,101 @@ fn a_host_name_is_followed_within_its_ttl() {
         log.contains("host names resolve differently now") && !log.contains("names-secret"),
         "{log}"
     );
+}
+
+/// A reload whose config names a host the resolver does not answer for waits seconds for DNS;
+/// the daemon's loop goes on meanwhile (it follows the NICs, answers scrapes): the config is read
+/// and compiled off it. Then the reload is refused and the policy in force stays.
+#[test]
+fn a_reload_waiting_for_dns_holds_nothing_else_back() {
+    let guest = Guest::new("nr");
+    let metrics = metrics_port();
+    let _servers = scenario::servers(&guest, metrics);
+    let rabbit: Ipv4Addr = addr::RABBITMQ_V4.parse().expect("addr");
+    let responder = Responder::start(&[rabbit]);
+    let tree = Tree::new(&guest);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let config = config_for(&guest, &tree, &pin_path, metrics);
+    let endpoint = SocketAddr::from(([127, 0, 0, 1], metrics));
+    let mut daemon = Daemon::start(&config, pin_path.as_ref(), endpoint);
+    let reach = || tcp_probe(&guest.host, None, SocketAddr::from((rabbit, 5672)), PROBE);
+    assert!(reach(), "rabbitmq unreachable before the reload");
+
+    responder.silence();
+    let pid = daemon.pid().expect("running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    // The lookup takes two tries of 2 s: every scrape meanwhile answers within a second.
+    let start = Instant::now();
+    let mut scrapes = 0;
+    while start.elapsed() < Duration::from_secs(3) {
+        assert!(
+            scrape_within(endpoint, Duration::from_secs(1)),
+            "a scrape {:?} into the reload got no answer within 1 s:\n{}",
+            start.elapsed(),
+            daemon.kill_for_stderr()
+        );
+        scrapes += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(scrapes >= 5, "only {scrapes} scrapes");
+    let refused = until(Duration::from_secs(20), true, || {
+        daemon
+            .stderr()
+            .contains("reload refused, the policy in force stays")
+    });
+    assert!(
+        refused.is_some(),
+        "no refusal:\n{}",
+        daemon.kill_for_stderr()
+    );
+    assert!(reach(), "rabbitmq unreachable after the refused reload");
+    daemon.stop();
+}
+
+/// Looking the names up again compiles the config in force: an edit of the guest's files
+/// that nobody reloaded (RabbitMQ's port) changes nothing, while the name's new address is
+/// followed on the port in force. A reload then applies the edit.
+#[test]
+fn a_name_refresh_applies_no_edit_nobody_reloaded() {
+    let guest = Guest::new("ne");
+    let metrics = metrics_port();
+    let _servers = scenario::servers(&guest, metrics);
+    let old: Ipv4Addr = addr::RABBITMQ_V4.parse().expect("addr");
+    let new: Ipv4Addr = addr::UNLISTED_V4.parse().expect("addr");
+    let responder = Responder::start(&[old]);
+    let tree = Tree::new(&guest);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let config = config_for(&guest, &tree, &pin_path, metrics);
+    let daemon = Daemon::start(
+        &config,
+        pin_path.as_ref(),
+        SocketAddr::from(([127, 0, 0, 1], metrics)),
+    );
+    let reach = |ip: Ipv4Addr| tcp_probe(&guest.host, None, SocketAddr::from((ip, 5672)), PROBE);
+    assert!(reach(old), "rabbitmq unreachable");
+
+    // RabbitMQ moves to 5671 in the agent's file, unreloaded; the name gains an address.
+    tree.rabbitmq_port(5671);
+    responder.answer(&[old, new]);
+    let within = Duration::from_secs(u64::from(TTL) + 4);
+    let opened = until(within, true, || reach(new));
+    assert!(
+        opened.is_some(),
+        "the name's new address never opened on the port in force:\n{}",
+        daemon.stderr()
+    );
+    assert!(
+        reach(old),
+        "the refresh applied the unreloaded edit:\n{}",
+        daemon.stderr()
+    );
+
+    // The reload applies it: 5672 is no longer RabbitMQ's.
+    let reload = common::cli(&["reload", "--pin-path", &pin_path]);
+    assert!(reload.status.success(), "reload: {reload:?}");
+    assert!(!reach(old), "5672 still allowed after the reload");
 }

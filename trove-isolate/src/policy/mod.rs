@@ -233,9 +233,40 @@ pub struct Policy {
     pub nics: Vec<NicPolicy>,
 }
 
+/// What a policy is compiled from: the config, and what discovery read from the guest's files.
+/// The daemon keeps the one in force, so that looking its host names up again compiles the same
+/// inputs: an edit of either file takes effect at a reload, never at a name refresh.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub config: Config,
+    discovered: Option<Discovered>,
+}
+
+impl Source {
+    pub fn load(path: &Path) -> Result<Source, ConfigError> {
+        let config = Config::load(path)?;
+        let discovered = discovery(&config, path)?;
+        Ok(Source { config, discovered })
+    }
+}
+
 impl Policy {
     pub fn load(path: &Path) -> Result<Policy, ConfigError> {
         Policy::from_config(&Config::load(path)?, path)
+    }
+
+    /// Compiles `source` (read from `path`), looking its host names up now.
+    pub fn from_source(source: &Source, path: &Path) -> Result<Policy, ConfigError> {
+        let servers = resolvers(source.discovered.as_ref())
+            .into_iter()
+            .map(|(ip, _)| ip)
+            .collect();
+        Policy::compile(
+            &source.config,
+            path,
+            source.discovered.as_ref(),
+            &resolve::Dns::new(servers),
+        )
     }
 
     /// Compiles `config`, resolving host names with the nameservers of resolv.conf (the Trove
