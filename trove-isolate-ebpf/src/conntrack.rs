@@ -1,8 +1,8 @@
 //! Connection tracking: a flow starts in the role's new table and is promoted to its
 //! established table once it proves two-way (see `trove_isolate_common::conntrack`).
 //!
-//! [`judge`] answers for a packet whose flow is tracked; `None` means "no live flow: judge it as
-//! new". Every function works on one keying's tables ([`Tables`]), through the packet's [`Flow`]
+//! [`judge`] answers for a packet whose flow is tracked; [`Answer::UNTRACKED`] means "no live
+//! flow: judge it as new". Every function works on one keying's tables ([`Tables`]), through the packet's [`Flow`]
 //! (its key, and how an entry is known to be its own). TCP flows carry each direction's highest
 //! acknowledgment and window, so that a FIN or RST can be held to the receiver's window (RFC
 //! 5961): a blind reset cannot close a flow.

@@ -239,6 +239,12 @@ pub async fn run(
             }
             loaded = async { (&mut reloading.as_mut().expect("guarded").0).await }, if reloading.is_some() => {
                 let (_, asked) = reloading.take().expect("guarded");
+                // A request that came as this one finished (`select!` picks among ready
+                // branches at random) wants the file as it is now.
+                if ready_now(reload.next()) {
+                    reloading = Some(start_reload(&options));
+                    continue;
+                }
                 let loaded = loaded.unwrap_or_else(|e| Err(anyhow::anyhow!("the reload task: {e}")));
                 let in_force = world.policy_map_exact.then_some(&world.policy);
                 let reloaded = reload_policy(
@@ -281,7 +287,8 @@ pub async fn run(
                             ),
                             Err(r) => log::error!(
                                 "reload refused, and writing the policy in force back failed \
-                                 ({r:#}); the next reload or name refresh tries again: {e:#}"
+                                 ({r:#}): the kernel may hold part of the refused policy until \
+                                 a reload succeeds: {e:#}"
                             ),
                         }
                     }
@@ -463,11 +470,14 @@ impl Enforcing {
     /// that the kernel does what the log says stays in force. Flows the failed policy revoked
     /// stay revoked.
     fn restore(&mut self) -> anyhow::Result<()> {
-        self.datapath.sync_policy(&self.policy, None)?;
-        self.policy_map_exact = true;
-        reconcile::write_settings(&mut self.datapath, &self.policy)?;
+        // Each part whatever became of the others: the mode (an audit mode the refused policy
+        // set would pass everything) most of all.
+        let settings = reconcile::write_settings(&mut self.datapath, &self.policy);
+        let rules = self.datapath.sync_policy(&self.policy, None);
+        self.policy_map_exact = rules.is_ok();
         self.addresses = None;
-        self.refresh_addresses()
+        let addresses = self.refresh_addresses();
+        settings.and(rules).and(addresses)
     }
 
     /// Keeps the local-address map in step with the NICs' addresses.
@@ -518,6 +528,13 @@ impl Enforcing {
 /// When to look the policy's host names up again, if it names any.
 fn next_refresh(policy: &Policy) -> Option<tokio::time::Instant> {
     policy.refresh_in().map(|d| tokio::time::Instant::now() + d)
+}
+
+/// Whether `future` is ready at once (polled once, never waited for).
+fn ready_now(future: impl Future) -> bool {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    future.as_mut().poll(&mut cx).is_ready()
 }
 
 /// Sleeps until `at` (never, for `None`: the branch is disabled then anyway).

@@ -239,7 +239,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            runtime.block_on(async {
+            let result = runtime.block_on(async {
                 // Handlers first: a SIGTERM or SIGHUP right after the "enforcing" line (or the
                 // READY notification) must be handled, not kill us.
                 let shutdown = shutdown_signal()?;
@@ -249,7 +249,10 @@ fn run(command: Command) -> anyhow::Result<()> {
                     config,
                 };
                 daemon::run(source, policy, options, hangups, shutdown).await
-            })
+            });
+            // A reload or a lookup of names still waiting for DNS is left, not waited for.
+            runtime.shutdown_background();
+            result
         }
         Command::Check { config } => {
             let policy = Policy::load(&config)?;

@@ -151,7 +151,7 @@ pub fn reload(pins: &Pins, timeout: std::time::Duration) -> anyhow::Result<Strin
             state_file.display()
         )
     })?;
-    let (Some(pid), Some(config)) = (state.pid, state.config.clone()) else {
+    let (Some(pid), Some(config)) = (running_daemon(&state), state.config.clone()) else {
         anyhow::bail!(
             "the record in {} names no running daemon (it was written by detach, an older \
              version, or a daemon that has stopped)",

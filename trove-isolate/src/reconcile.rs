@@ -104,7 +104,9 @@ fn enforce_with(
         attachments,
         ..State::default()
     };
-    state.write(&pins.state_file())?;
+    state
+        .write(&pins.state_file())
+        .map_err(|e| if reload { e.context(WroteMaps) } else { e })?;
     Ok((loaded, state, devices))
 }
 
@@ -167,7 +169,7 @@ fn apply(
     }
     let policy_resized = datapath.resized().iter().any(|r| maps::is_policy(r.map));
     let resized = !datapath.resized().is_empty();
-    let swapped = (|| -> anyhow::Result<()> {
+    let finished = (|| -> anyhow::Result<()> {
         let mut ensure = |role: Role, programs: Pair<'_>| -> anyhow::Result<()> {
             if let Some((_, device)) = devices.iter().find(|(r, _)| *r == role) {
                 let before = Direction::ALL.map(|d| find(&previous.attachments, role, d));
@@ -185,26 +187,30 @@ fn apply(
             datapath.verify_attaching(first, ensure)?;
         }
         retire(pins, &previous.attachments, attachments)?;
-        datapath.pin_resized()
-    })();
-    match swapped {
-        Err(e) if resized && !attachments.is_empty() => return Err(e.context(PartlyApplied)),
-        other => other?,
-    }
-    if policy_resized {
-        // Until the swap, the old programs judged new flows by the old policy map; flows they
-        // opened meanwhile in the tables both share meet the new policy now.
-        let late = conntrack::revoke(datapath, policy)?;
-        if late > 0 {
-            log::info!("revoked {late} flows opened by the old programs during the swap");
+        datapath.pin_resized()?;
+        if policy_resized {
+            // Until the swap, the old programs judged new flows by the old policy map; flows
+            // they opened meanwhile in the tables both share meet the new policy now.
+            let late = conntrack::revoke(datapath, policy)?;
+            if late > 0 {
+                log::info!("revoked {late} flows opened by the old programs during the swap");
+            }
         }
+        for stale in pins.stale_maps() {
+            log::info!("removing map pin of an older layout: {}", stale.display());
+            std::fs::remove_file(&stale)
+                .with_context(|| format!("removing stale map pin {}", stale.display()))?;
+        }
+        Ok(())
+    })();
+    match finished {
+        // Programs may already read maps made anew (one direction's, one role's or all): which
+        // maps are in force is only sure again after a restart. (An attach that fails half way
+        // leaves its first direction attached without a record.)
+        Err(e) if resized => Err(e.context(PartlyApplied)),
+        Err(e) => Err(e),
+        Ok(()) => Ok(loaded),
     }
-    for stale in pins.stale_maps() {
-        log::info!("removing map pin of an older layout: {}", stale.display());
-        std::fs::remove_file(&stale)
-            .with_context(|| format!("removing stale map pin {}", stale.display()))?;
-    }
-    Ok(loaded)
 }
 
 /// A reconcile that failed after it had moved programs onto maps made anew (a resize): this

@@ -860,8 +860,9 @@ fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
 
 /// Clients that open metrics connections and hold them cannot take the daemon's file
 /// descriptors (at its limit it could follow no NIC move), nor stop it: it serves a bounded
-/// number at once, and an accept that fails is tried again, never the end of the daemon. The
-/// daemon runs here with room for 100 descriptors more than it uses; 300 connections are held.
+/// number at once, and the rest wait in the listen backlog. The daemon runs here with room for
+/// 100 descriptors more than it uses; 300 connections are held. (Before the bound, it accepted
+/// until an accept failed, and that ended the daemon.)
 #[test]
 fn held_metrics_connections_cannot_take_the_daemons_descriptors() {
     let guest = Guest::new("mfd");

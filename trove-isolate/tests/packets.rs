@@ -2180,6 +2180,7 @@ fn the_benchmark_programs_load() {
         "bench_lookup",
         "bench_miss",
         "bench_own",
+        "bench_own_trie",
         "bench_decide",
         "bench_clock",
         "bench_clock_coarse",
@@ -2191,7 +2192,7 @@ fn the_benchmark_programs_load() {
 }
 
 /// The verifier's processed instruction count of each program on the running kernel, one line per
-/// program (`cargo xtask test` shows these from the host and from the 6.1 VM). Kernels since 5.16
+/// program (`cargo xtask test` shows these from the host and from each VM). Kernels since 5.16
 /// report the count (`verified_insns` in bpf_prog_info); there it must not be zero.
 #[test]
 fn verified_instruction_counts() {

@@ -46,6 +46,20 @@ const ARCHIVE: &str = "http://archive.ubuntu.com/ubuntu";
 const KEY_FINGERPRINT: &str = "F6ECB3762474EDA9D21B7022871920D1991BC93C";
 static KEYRING: &[u8] = include_bytes!("../keys/ubuntu-archive-2018.gpg");
 
+/// Ubuntu's archive could not be reached at all (no name, no route, a timeout): the one failure
+/// the VM part works around. Anything else (a signature or a hash that does not match, a
+/// package missing) is an error.
+#[derive(Debug)]
+pub struct Unreachable(String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
 /// A kernel ready to boot: its image, and its modules under /lib/modules.
 pub struct Kernel {
     /// `5.15.0-204-generic`
@@ -156,9 +170,12 @@ fn fetch(series: &Series, cache: &Path, work: &Path) -> anyhow::Result<Kernel> {
     sh::run("depmod", &[&release]).context("depmod for the Ubuntu kernel's modules")?;
     let dir = cache.join(&release);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Renamed into place last: a copy cut short is never taken for a kernel.
     let image = dir.join("vmlinuz");
-    fs::copy(root.join(format!("boot/vmlinuz-{release}")), &image)
+    let part = dir.join("vmlinuz.part");
+    fs::copy(root.join(format!("boot/vmlinuz-{release}")), &part)
         .with_context(|| format!("the image package has no boot/vmlinuz-{release}"))?;
+    fs::rename(&part, &image).with_context(|| format!("renaming {}", part.display()))?;
     Ok(Kernel { release, image })
 }
 
@@ -252,22 +269,31 @@ fn package_file(index: &str, package: &str) -> Option<(String, String)> {
 }
 
 fn download(url: &str, to: &Path) -> anyhow::Result<()> {
-    sh::run_cmd(
-        Command::new("curl")
-            .args(["--fail", "--silent", "--show-error", "--location"])
-            .args([
-                "--retry",
-                "3",
-                "--connect-timeout",
-                "20",
-                "--max-time",
-                "900",
-            ])
-            .arg("--output")
-            .arg(to)
-            .arg(url),
-    )
-    .with_context(|| format!("downloading {url}"))
+    let out = Command::new("curl")
+        .args(["--fail", "--silent", "--show-error", "--location"])
+        .args([
+            "--retry",
+            "3",
+            "--connect-timeout",
+            "20",
+            "--max-time",
+            "900",
+        ])
+        .arg("--output")
+        .arg(to)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .context("running curl")?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let why = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    // curl's exit codes for a host it could not resolve or reach, or that never answered.
+    if matches!(out.status.code(), Some(5 | 6 | 7 | 28)) {
+        return Err(Unreachable(format!("downloading {url}: {why}")).into());
+    }
+    bail!("downloading {url}: curl {}: {why}", out.status)
 }
 
 fn check_sha256(file: &Path, expected: &str) -> anyhow::Result<()> {
