@@ -396,3 +396,55 @@ fn a_name_refresh_applies_no_edit_nobody_reloaded() {
     assert!(reload.status.success(), "reload: {reload:?}");
     assert!(!reach(old), "5672 still allowed after the reload");
 }
+
+/// A daemon that starts while DNS does not answer (a guest booting before its resolver does)
+/// enforces anyway: RabbitMQ, known only by name, is unreachable, the rest of the policy holds,
+/// and once the resolver answers the name opens within seconds (a kind none of whose names
+/// resolves is tried again every 5 s). `check` refuses the same config: no RabbitMQ resolves.
+#[test]
+fn a_start_without_dns_enforces_and_opens_the_name_once_it_resolves() {
+    let guest = Guest::new("nd");
+    let metrics = metrics_port();
+    let _servers = scenario::servers(&guest, metrics);
+    let rabbit: Ipv4Addr = addr::RABBITMQ_V4.parse().expect("addr");
+    let unlisted: Ipv4Addr = addr::UNLISTED_V4.parse().expect("addr");
+    let responder = Responder::start(&[rabbit]);
+    responder.silence(true);
+    let tree = Tree::new(&guest);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let config = config_for(&guest, &tree, &pin_path, metrics);
+    let check = common::cli(&["check", "--config", &config.display().to_string()]);
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success(), "check: {check:?}");
+    assert!(said.contains("no other rabbitmq endpoint does"), "{said}");
+
+    let daemon = Daemon::start(
+        &config,
+        pin_path.as_ref(),
+        SocketAddr::from(([127, 0, 0, 1], metrics)),
+    );
+    let reach = |ip: Ipv4Addr| tcp_probe(&guest.host, None, SocketAddr::from((ip, 5672)), PROBE);
+    assert!(
+        !reach(rabbit),
+        "rabbitmq reachable before its name resolved"
+    );
+    assert!(!reach(unlisted), "the policy is not enforced");
+    let log = daemon.stderr();
+    assert!(
+        log.contains("no other rabbitmq endpoint does") && !log.contains("names-secret"),
+        "{log}"
+    );
+
+    responder.silence(false);
+    let opened = until(Duration::from_secs(20), true, || reach(rabbit));
+    assert!(
+        opened.is_some(),
+        "rabbitmq never opened once its name resolved:\n{}",
+        daemon.stderr()
+    );
+    assert!(!reach(unlisted), "an address no rule names opened");
+    println!(
+        "rabbitmq opened {:?} after the resolver answered",
+        opened.expect("opened")
+    );
+}
