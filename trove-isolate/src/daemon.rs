@@ -23,7 +23,7 @@ use crate::{
     datapath::{self, Datapath, PinnedMaps},
     drops, linkwatch, local,
     pins::Pins,
-    policy::{Alone, ConntrackPolicy, Policy, Source},
+    policy::{ConntrackPolicy, Policy, Source},
     reconcile::{self, enforce, reenforce, Devices, NicAddresses},
     serve::{self, Scrape},
     state::{MoveRecord, ReloadRecord, State},
@@ -202,8 +202,7 @@ pub async fn run(
                 let path = options.config.clone();
                 lookup = Some((
                     tokio::task::spawn_blocking(move || {
-                        Policy::from_source(&source, &path, Alone::FailClosed)
-                            .map_err(|e| e.to_string())
+                        Policy::from_source(&source, &path).map_err(|e| e.to_string())
                     }),
                     reloads_applied,
                 ));
@@ -573,8 +572,7 @@ fn start_reload(
     let path = options.config.clone();
     let task = tokio::task::spawn_blocking(move || {
         let source = Source::load(&path)?;
-        // A reload may be refused: the policy in force stays, its addresses with it.
-        let policy = Policy::from_source(&source, &path, Alone::Refuse)?;
+        let policy = Policy::from_source(&source, &path)?;
         Ok((source, policy))
     });
     (task, Instant::now())

@@ -9,7 +9,7 @@ use trove_isolate::{
     config::{DEFAULT_CONFIG_PATH, DEFAULT_PIN_PATH},
     daemon, drops, explain, ops,
     pins::Pins,
-    policy::{Alone, Policy, Source},
+    policy::{Policy, Source},
     status,
 };
 
@@ -234,12 +234,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => {
             daemon::fixed_malloc_thresholds();
             let source = Source::load(&config)?;
-            // Whatever DNS does: a kind of endpoint none of whose names resolves is
-            // unreachable until one does (at boot, waiting for DNS would leave the guest open).
-            let policy = Policy::from_source(&source, &config, Alone::FailClosed)?;
-            for u in &policy.unresolved {
-                log::warn!("{u}; tried again soon");
-            }
+            let policy = Policy::from_source(&source, &config)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

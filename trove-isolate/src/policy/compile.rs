@@ -367,24 +367,10 @@ pub(super) struct Sources<'a> {
     pub(super) resolver: &'a dyn Resolve,
     pub(super) names: Vec<NameRecord>,
     pub(super) unresolved: Vec<Unresolved>,
-    pub(super) alone: Alone,
-}
-
-/// What becomes of a name that does not resolve when no other endpoint of its kind does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Alone {
-    /// The config is refused (`check`, a reload: the policy in force stays).
-    Refuse,
-    /// Compiled without it: nothing of its kind is reachable until it resolves (the daemon's
-    /// start, which must enforce whatever DNS does: at boot, a guest that waited for DNS would
-    /// run open).
-    FailClosed,
 }
 
 /// A name that did not resolve.
 pub(super) struct Unresolved {
-    /// No other endpoint of its kind resolved.
-    pub(super) alone: bool,
     /// The key it was written at (or where discovery found it).
     pub(super) key: String,
     pub(super) kind: &'static str,
@@ -448,7 +434,6 @@ pub(super) fn endpoint_rules(
                     });
                 }
                 Err(error) => sources.unresolved.push(Unresolved {
-                    alone: false,
                     key: key.to_owned(),
                     kind,
                     host,
@@ -660,13 +645,12 @@ pub(super) fn management(
 }
 
 /// A name that does not resolve is an error, unless another endpoint of its kind is reachable
-/// (then the policy goes ahead without it, and says so) or the caller asked to fail closed.
-fn unresolved(c: &Ctx, set: &RuleSet, sources: &mut Sources) -> Result<(), ConfigError> {
-    for u in &mut sources.unresolved {
+/// (then the policy goes ahead without it, and says so).
+fn unresolved(c: &Ctx, set: &RuleSet, sources: &Sources) -> Result<(), ConfigError> {
+    for u in &sources.unresolved {
         let prefix = format!("{} ", u.kind);
         let others = set.rules.iter().any(|r| r.origin().starts_with(&prefix));
-        u.alone = !others;
-        if !others && sources.alone == Alone::Refuse {
+        if !others {
             return Err(c.err(
                 &u.key,
                 format!(

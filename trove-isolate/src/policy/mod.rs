@@ -36,7 +36,6 @@ mod print;
 #[cfg(test)]
 mod tests;
 
-pub use compile::Alone;
 use compile::*;
 use print::open_rule_warning;
 
@@ -230,9 +229,6 @@ pub struct Policy {
     pub names: Vec<NameRecord>,
     pub unresolved: Vec<String>,
     pub unresolved_hosts: Vec<String>,
-    /// Kinds of endpoint none of whose names resolved (compiled with [`Alone::FailClosed`]):
-    /// nothing of the kind is reachable until one does.
-    pub unreachable: Vec<&'static str>,
     /// Management first.
     pub nics: Vec<NicPolicy>,
 }
@@ -259,9 +255,8 @@ impl Policy {
         Policy::from_config(&Config::load(path)?, path)
     }
 
-    /// Compiles `source` (read from `path`), looking its host names up now; `alone` says what
-    /// becomes of a kind of endpoint none of whose names resolves.
-    pub fn from_source(source: &Source, path: &Path, alone: Alone) -> Result<Policy, ConfigError> {
+    /// Compiles `source` (read from `path`), looking its host names up now.
+    pub fn from_source(source: &Source, path: &Path) -> Result<Policy, ConfigError> {
         let servers = resolvers(source.discovered.as_ref())
             .into_iter()
             .map(|(ip, _)| ip)
@@ -271,7 +266,6 @@ impl Policy {
             path,
             source.discovered.as_ref(),
             &resolve::Dns::new(servers),
-            alone,
         )
     }
 
@@ -288,7 +282,6 @@ impl Policy {
             path,
             discovered.as_ref(),
             &resolve::Dns::new(servers),
-            Alone::Refuse,
         )
     }
 
@@ -304,18 +297,8 @@ impl Policy {
         path: &Path,
         resolver: &dyn Resolve,
     ) -> Result<Policy, ConfigError> {
-        Policy::from_config_alone_with(config, path, resolver, Alone::Refuse)
-    }
-
-    /// [`Policy::from_config_with`], saying what becomes of a kind none of whose names resolves.
-    pub fn from_config_alone_with(
-        config: &Config,
-        path: &Path,
-        resolver: &dyn Resolve,
-        alone: Alone,
-    ) -> Result<Policy, ConfigError> {
         let discovered = discovery(config, path)?;
-        Policy::compile(config, path, discovered.as_ref(), resolver, alone)
+        Policy::compile(config, path, discovered.as_ref(), resolver)
     }
 
     fn compile(
@@ -323,7 +306,6 @@ impl Policy {
         path: &Path,
         discovered: Option<&Discovered>,
         resolver: &dyn Resolve,
-        alone: Alone,
     ) -> Result<Policy, ConfigError> {
         let top = Ctx { path, section: "" };
         let section = |section| Ctx { path, section };
@@ -360,7 +342,6 @@ impl Policy {
             resolver,
             names: Vec::new(),
             unresolved: Vec::new(),
-            alone,
         };
         let mut next_id = 0;
         let mut nics = Vec::new();
@@ -418,32 +399,9 @@ impl Policy {
             unresolved: sources
                 .unresolved
                 .iter()
-                .map(|u| {
-                    let alone = if u.alone {
-                        format!(
-                            ", and no other {} endpoint does: none is reachable until one does",
-                            u.kind
-                        )
-                    } else {
-                        String::new()
-                    };
-                    format!(
-                        "{}: {} does not resolve ({}){alone}",
-                        u.origin, u.host, u.error
-                    )
-                })
+                .map(|u| format!("{}: {} does not resolve ({})", u.origin, u.host, u.error))
                 .collect(),
             unresolved_hosts: sources.unresolved.iter().map(|u| u.host.clone()).collect(),
-            unreachable: {
-                let mut kinds: Vec<&'static str> = sources
-                    .unresolved
-                    .iter()
-                    .filter(|u| u.alone)
-                    .map(|u| u.kind)
-                    .collect();
-                kinds.dedup();
-                kinds
-            },
             nics,
         })
     }
@@ -516,7 +474,6 @@ impl Policy {
             .collect();
         next.unresolved = fresh.unresolved.clone();
         next.unresolved_hosts = fresh.unresolved_hosts.clone();
-        next.unreachable = fresh.unreachable.clone();
         next
     }
 
@@ -524,10 +481,6 @@ impl Policy {
     /// [`resolve::MIN_REFRESH`] and [`resolve::MAX_REFRESH`]; soon when a name did not resolve.
     /// `None` when the policy names no hosts.
     pub fn refresh_in(&self) -> Option<std::time::Duration> {
-        // A kind none of whose names resolved is unreachable meanwhile: tried again soon.
-        if !self.unreachable.is_empty() {
-            return Some(resolve::MIN_REFRESH);
-        }
         let shortest = self.names.iter().map(|n| n.ttl).min();
         let shortest = match (shortest, self.unresolved.is_empty()) {
             (s, true) => s?,
@@ -632,13 +585,7 @@ impl Policy {
         let mut warnings: Vec<String> = self
             .unresolved
             .iter()
-            .map(|u| {
-                if u.contains(", and no other ") {
-                    format!("{u}; tried again every 5 s")
-                } else {
-                    format!("{u}; going ahead with the endpoints of its kind that do")
-                }
-            })
+            .map(|u| format!("{u}; going ahead with the endpoints of its kind that do"))
             .collect();
         for nic in &self.nics {
             if nic.rules.iter().any(|r| r.origin() == ANY_CLIENTS) {

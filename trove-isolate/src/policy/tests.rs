@@ -1010,29 +1010,6 @@ mod discovery {
                 && !err.contains("pg-secret"),
             "{err}"
         );
-        // The daemon's start fails closed instead: no broker is reachable, the names are
-        // tried again every 5 s, DNS stays open to the resolver.
-        let path = Path::new(PATH);
-        let p = Policy::from_config_alone_with(
-            &Config::parse(&config, path).expect("parses"),
-            path,
-            &only_registry,
-            Alone::FailClosed,
-        )
-        .expect("compiles, failing closed");
-        assert_eq!(p.unreachable, ["rabbitmq"]);
-        let mgmt = rules(&p, Role::Management);
-        assert!(!mgmt.iter().any(|r| r.contains(" 5672 |")), "{mgmt:?}");
-        assert!(mgmt.iter().any(|r| r.contains(" 53 | dns")), "{mgmt:?}");
-        assert_eq!(p.refresh_in(), Some(Duration::from_secs(5)));
-        assert!(
-            p.warnings()
-                .iter()
-                .any(|w| w.contains("no other rabbitmq endpoint does")
-                    && w.contains("tried again every 5 s")),
-            "{:?}",
-            p.warnings()
-        );
     }
 
     /// The remotes the management NIC may reach on RabbitMQ's port.
