@@ -396,3 +396,58 @@ fn a_name_refresh_applies_no_edit_nobody_reloaded() {
     assert!(reload.status.success(), "reload: {reload:?}");
     assert!(!reach(old), "5672 still allowed after the reload");
 }
+
+/// The rules to the resolvers follow resolv.conf, as a name's follow its answers: DHCP rewrites
+/// it (and at boot lists the servers only once it has a lease), and a resolver it no longer
+/// lists is closed. Real datagrams from the guest to port 53 of a host of the management
+/// network, before, while and after resolv.conf lists it.
+#[test]
+fn the_dns_rules_follow_resolv_conf() {
+    let guest = Guest::new("nv");
+    let metrics = metrics_port();
+    let _servers = scenario::servers(&guest, metrics);
+    let rabbit: Ipv4Addr = addr::RABBITMQ_V4.parse().expect("addr");
+    let resolver: Ipv4Addr = addr::UNLISTED_V4.parse().expect("addr");
+    let _dns = trove_isolate_testbed::udp_server(&guest.mgmt_net, SocketAddr::from((resolver, 53)));
+    let _responder = Responder::start(&[rabbit]);
+    let tree = Tree::new(&guest);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let config = config_for(&guest, &tree, &pin_path, metrics);
+    let daemon = Daemon::start(
+        &config,
+        pin_path.as_ref(),
+        SocketAddr::from(([127, 0, 0, 1], metrics)),
+    );
+    let dns = || {
+        trove_isolate_testbed::udp_probe(&guest.host, None, SocketAddr::from((resolver, 53)), PROBE)
+    };
+    assert!(
+        !dns(),
+        "port 53 of a host resolv.conf does not list is open"
+    );
+
+    let within = Duration::from_secs(u64::from(TTL) + 4);
+    tree.write(
+        "etc/resolv.conf",
+        format!("nameserver 127.0.0.1\nnameserver {resolver}\n"),
+    );
+    let opened = until(within, true, dns);
+    assert!(
+        opened.is_some(),
+        "a resolver resolv.conf lists now never opened:\n{}",
+        daemon.stderr()
+    );
+    tree.write("etc/resolv.conf", "nameserver 127.0.0.1\n".into());
+    let closed = until(within, false, dns);
+    assert!(
+        closed.is_some(),
+        "a resolver resolv.conf no longer lists stayed open:\n{}",
+        daemon.stderr()
+    );
+    assert!(tcp_probe(
+        &guest.host,
+        None,
+        SocketAddr::from((rabbit, 5672)),
+        PROBE
+    ));
+}

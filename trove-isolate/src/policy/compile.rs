@@ -663,18 +663,26 @@ fn unresolved(c: &Ctx, set: &RuleSet, sources: &Sources) -> Result<(), ConfigErr
     Ok(())
 }
 
-/// DNS to the resolvers, when an endpoint is a name: UDP and TCP port 53 to each.
+/// DNS to the resolvers, when an endpoint is a name: UDP and TCP port 53 to each. Marked as
+/// the rules of [`RESOLVERS`], so that they follow resolv.conf as a name's follow its answers.
 fn dns(set: &mut RuleSet, sources: &Sources) {
     if sources.names.is_empty() && sources.unresolved.is_empty() {
         return;
     }
+    set.naming = Some(RESOLVERS.to_owned());
     for (resolver, origin) in resolvers(sources.discovered) {
         let net = IpNetwork::from(resolver);
         let origin = format!("dns {resolver}:53 (from {origin}; endpoints are host names)");
         set.add(Direction::Egress, proto::UDP, 53, net, origin.clone());
         set.add(Direction::Egress, proto::TCP, 53, net, origin);
     }
+    set.naming = None;
 }
+
+/// What the rules to the resolvers are "the rules of" ([`Rule::host`]): not a host name (it
+/// cannot be one: no name holds parentheses), but refreshed like one, from resolv.conf, which
+/// DHCP rewrites.
+pub const RESOLVERS: &str = "(resolvers)";
 
 /// The nameservers host names are resolved with: the Trove root's resolv.conf when discovery
 /// is on, the system's otherwise.

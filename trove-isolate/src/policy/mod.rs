@@ -248,6 +248,18 @@ impl Source {
         let discovered = discovery(&config, path)?;
         Ok(Source { config, discovered })
     }
+
+    /// What discovery read, with the nameservers as they are now: DHCP rewrites resolv.conf
+    /// (and systemd-resolved's upstream list), and the DNS rules follow it.
+    fn discovered_now(&self) -> Option<Discovered> {
+        let mut discovered = self.discovered.clone()?;
+        if let Some(trove) = &self.config.trove {
+            if let Ok(now) = discover::nameservers(&trove_files(trove).root) {
+                discovered.resolvers = now;
+            }
+        }
+        Some(discovered)
+    }
 }
 
 impl Policy {
@@ -257,14 +269,15 @@ impl Policy {
 
     /// Compiles `source` (read from `path`), looking its host names up now.
     pub fn from_source(source: &Source, path: &Path) -> Result<Policy, ConfigError> {
-        let servers = resolvers(source.discovered.as_ref())
+        let discovered = source.discovered_now();
+        let servers = resolvers(discovered.as_ref())
             .into_iter()
             .map(|(ip, _)| ip)
             .collect();
         Policy::compile(
             &source.config,
             path,
-            source.discovered.as_ref(),
+            discovered.as_ref(),
             &resolve::Dns::new(servers),
         )
     }
@@ -410,12 +423,23 @@ impl Policy {
     /// compiled again with new lookups): a name `fresh` could not resolve keeps its addresses
     /// in force, and nothing else changes (other edits of the file wait for a reload).
     pub fn with_names_from(&self, fresh: &Policy) -> Policy {
-        let failed: HashSet<&str> = fresh.unresolved_hosts.iter().map(String::as_str).collect();
+        let mut failed: HashSet<&str> = fresh.unresolved_hosts.iter().map(String::as_str).collect();
+        // The resolvers as resolv.conf lists them now; none listed (a file being rewritten)
+        // keeps those in force, as a name that failed keeps its addresses.
+        let resolvers = |p: &Policy| {
+            p.nics
+                .iter()
+                .any(|n| n.rules.iter().any(|r| r.host.as_deref() == Some(RESOLVERS)))
+        };
+        if !resolvers(fresh) {
+            failed.insert(RESOLVERS);
+        }
         let known: HashSet<&str> = self
             .names
             .iter()
             .map(|n| n.host.as_str())
             .chain(self.unresolved_hosts.iter().map(String::as_str))
+            .chain([RESOLVERS])
             .collect();
         let refreshed = |host: &Option<String>| {
             host.as_deref()

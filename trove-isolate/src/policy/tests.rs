@@ -993,6 +993,34 @@ mod discovery {
             .any(|w| w.contains("rabbit-gone.trove.test")));
         // The shortest TTL, or sooner for the name that did not resolve.
         assert_eq!(p.refresh_in(), Some(Duration::from_secs(30)));
+        // The resolvers' rules follow resolv.conf at a refresh; none listed keeps them.
+        let dns_rules = |p: &Policy| -> Vec<String> {
+            rules(p, Role::Management)
+                .into_iter()
+                .filter(|r| r.contains(" 53 | dns"))
+                .collect()
+        };
+        let mut moved = p.clone();
+        let mut none = p.clone();
+        for nic in &mut moved.nics {
+            for r in nic
+                .rules
+                .iter_mut()
+                .filter(|r| r.host.as_deref() == Some(RESOLVERS))
+            {
+                r.remote = "192.0.2.53/32".parse().expect("net");
+            }
+        }
+        for nic in &mut none.nics {
+            nic.rules.retain(|r| r.host.as_deref() != Some(RESOLVERS));
+        }
+        let followed = dns_rules(&p.with_names_from(&moved));
+        assert_eq!(followed.len(), 2, "{followed:?}");
+        assert!(
+            followed.iter().all(|r| r.contains("192.0.2.53/32")),
+            "{followed:?}"
+        );
+        assert_eq!(dns_rules(&p.with_names_from(&none)), dns_rules(&p));
         assert!(p
             .to_string()
             .contains("rabbit-2.trove.test = 192.0.2.11 (TTL 60 s)"));
