@@ -167,6 +167,9 @@ pub async fn run(
     address_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweep_tick = tokio::time::interval(SWEEP_PERIOD);
     sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // From the loop itself: a loop that stops turning stops the pings, and systemd restarts the
+    // daemon (enforcement stays pinned meanwhile).
+    let mut watchdog_tick = watchdog().map(|every| tokio::time::interval(every / 2));
     let mut refresh_at = next_refresh(&world.policy);
     // Host names looked up again for the config in force, and the reload it was started under:
     // a reload that lands meanwhile makes it stale.
@@ -194,6 +197,9 @@ pub async fn run(
                 world.refresh_addresses()?;
             }
             _ = sweep_tick.tick() => world.sweep(&scrape.stats)?,
+            _ = async { watchdog_tick.as_mut().expect("guarded").tick().await }, if watchdog_tick.is_some() => {
+                notify(&[NotifyState::Watchdog]);
+            }
             () = sleep_until(refresh_at), if refresh_at.is_some() && lookup.is_none() => {
                 // Lookups block (seconds, for a resolver that does not answer): off the loop,
                 // so NIC moves, scrapes and drop events never wait for DNS. The config in
@@ -528,6 +534,18 @@ impl Enforcing {
 /// When to look the policy's host names up again, if it names any.
 fn next_refresh(policy: &Policy) -> Option<tokio::time::Instant> {
     policy.refresh_in().map(|d| tokio::time::Instant::now() + d)
+}
+
+/// systemd's watchdog interval for this process (`WatchdogSec=`: WATCHDOG_USEC, and
+/// WATCHDOG_PID when set), if it asks for pings.
+fn watchdog() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec))
 }
 
 /// Whether `future` is ready at once (polled once, never waited for).

@@ -154,13 +154,19 @@ fn reload_applies_with_no_window_and_refuses_a_bad_config() {
         &config,
         pin_path.as_ref(),
         SocketAddr::from(([127, 0, 0, 1], port)),
-        &[("NOTIFY_SOCKET", &notify_path)],
+        &[
+            ("NOTIFY_SOCKET", &notify_path),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
     );
     let ready = notes.wait_for("READY=1");
     assert!(
         ready.iter().any(|l| l.starts_with("STATUS=enforcing")),
         "{ready:?}"
     );
+    // WatchdogSec=1: a ping from the loop at least every half second.
+    notes.wait_for("WATCHDOG=1");
+    notes.wait_for("WATCHDOG=1");
 
     // Reloads under load: an allowed stream (UDP: a lost datagram is never retransmitted, so
     // every one must be answered) and a denied one, through every reload.
