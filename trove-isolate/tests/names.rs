@@ -23,7 +23,7 @@ use hickory_proto::{
     op::{Message, MessageType, ResponseCode},
     rr::{rdata::A, RData, Record, RecordType},
 };
-use trove_isolate_testbed::{addr, scenario, tcp_probe, Guest};
+use trove_isolate_testbed::{addr, scenario, tcp_probe, Guest, Server};
 
 const NAME: &str = "rabbit.names.test.";
 /// The floor of re-resolution: the answers' TTL.
@@ -185,18 +185,56 @@ fn until(within: Duration, want: bool, probe: impl Fn() -> bool) -> Option<Durat
     None
 }
 
-/// The daemon's config for `tree` (Trove discovery alone; the guest's NICs in its namespaces).
-fn config_for(guest: &Guest, tree: &Tree, pin_path: &str, metrics: u16) -> PathBuf {
-    write_config(&format!(
-        "pin_path = \"{pin_path}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
-         [trove]\nroot = \"{}\"\n\
-         [management]\ninterface = \"{}\"\nnetns = \"{}\"\n\
-         [business]\nnetns = \"{}\"\n",
-        tree.root().display(),
-        guest.mgmt_nic(),
-        guest.host.path().display(),
-        guest.container.path().display(),
-    ))
+/// A guest configured by Trove discovery alone, its RabbitMQ named by [`NAME`] (the responder
+/// answering), and the daemon's config for it. Fields drop in order: listeners and responder
+/// before the guest's namespaces.
+struct Named {
+    _servers: Vec<Server>,
+    responder: Responder,
+    tree: Tree,
+    guest: Guest,
+    pin_path: String,
+    config: PathBuf,
+    metrics: SocketAddr,
+}
+
+impl Named {
+    fn new(label: &str, first: &[Ipv4Addr]) -> Named {
+        let guest = Guest::new(label);
+        let port = metrics_port();
+        let servers = scenario::servers(&guest, port);
+        let responder = Responder::start(first);
+        let tree = Tree::new(&guest);
+        let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+        let config = write_config(&format!(
+            "pin_path = \"{pin_path}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
+             [trove]\nroot = \"{}\"\n\
+             [management]\ninterface = \"{}\"\nnetns = \"{}\"\n\
+             [business]\nnetns = \"{}\"\n",
+            tree.root().display(),
+            guest.mgmt_nic(),
+            guest.host.path().display(),
+            guest.container.path().display(),
+        ));
+        Named {
+            _servers: servers,
+            responder,
+            tree,
+            guest,
+            pin_path,
+            config,
+            metrics: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    fn start(&self) -> Daemon {
+        Daemon::start(&self.config, self.pin_path.as_ref(), self.metrics)
+    }
+
+    /// Whether the guest reaches port 5672 of `ip` (through the management NIC).
+    fn reach(&self, ip: Ipv4Addr) -> bool {
+        tcp_probe(&self.guest.host, None, SocketAddr::from((ip, 5672)), PROBE)
+    }
 }
 
 /// Whether /metrics answers within `within` (connect, request and response).
@@ -218,30 +256,19 @@ fn scrape_within(metrics: SocketAddr, within: Duration) -> bool {
 
 #[test]
 fn a_host_name_is_followed_within_its_ttl() {
-    let guest = Guest::new("nm");
-    let metrics = metrics_port();
-    let _servers = scenario::servers(&guest, metrics);
     let old: Ipv4Addr = addr::RABBITMQ_V4.parse().expect("addr");
     // A host of the management network with a listener on 5672 that no rule names.
     let new: Ipv4Addr = addr::UNLISTED_V4.parse().expect("addr");
-    let responder = Responder::start(&[old]);
-    let tree = Tree::new(&guest);
-    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
-    let config = config_for(&guest, &tree, &pin_path, metrics);
-    let check = common::cli(&["check", "--config", &config.display().to_string()]);
+    let n = Named::new("nm", &[old]);
+    let check = common::cli(&["check", "--config", &n.config.display().to_string()]);
     let shown = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "check refused the tree: {check:?}");
     assert!(
         shown.contains("rabbit.names.test = 192.0.2.10") && !shown.contains("names-secret"),
         "{shown}"
     );
-    let daemon = Daemon::start(
-        &config,
-        pin_path.as_ref(),
-        SocketAddr::from(([127, 0, 0, 1], metrics)),
-    );
-    let to = |ip: Ipv4Addr| SocketAddr::from((ip, 5672));
-    let reach = |ip: Ipv4Addr| tcp_probe(&guest.host, None, to(ip), PROBE);
+    let daemon = n.start();
+    let reach = |ip| n.reach(ip);
     assert!(reach(old), "the name's address is unreachable");
     assert!(
         !reach(new),
@@ -249,7 +276,7 @@ fn a_host_name_is_followed_within_its_ttl() {
     );
 
     // Both addresses: the new one opens within the TTL; the old one never closes meanwhile.
-    responder.answer(&[old, new]);
+    n.responder.answer(&[old, new]);
     let within = Duration::from_secs(u64::from(TTL) + 4);
     let start = Instant::now();
     let mut old_failed = 0;
@@ -270,7 +297,7 @@ fn a_host_name_is_followed_within_its_ttl() {
     assert_eq!(old_failed, 0, "an address still in the answer was refused");
 
     // Only the new one: the old one closes within the TTL.
-    responder.answer(&[new]);
+    n.responder.answer(&[new]);
     let closed = until(within, false, || reach(old));
     assert!(
         closed.is_some(),
@@ -297,17 +324,11 @@ fn a_host_name_is_followed_within_its_ttl() {
 /// refusal, when its lookup gives up, is never heard.
 #[test]
 fn a_reload_waiting_for_dns_holds_nothing_else_back() {
-    let guest = Guest::new("nr");
-    let metrics = metrics_port();
-    let _servers = scenario::servers(&guest, metrics);
     let rabbit: Ipv4Addr = addr::RABBITMQ_V4.parse().expect("addr");
-    let responder = Responder::start(&[rabbit]);
-    let tree = Tree::new(&guest);
-    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
-    let config = config_for(&guest, &tree, &pin_path, metrics);
-    let endpoint = SocketAddr::from(([127, 0, 0, 1], metrics));
-    let mut daemon = Daemon::start(&config, pin_path.as_ref(), endpoint);
-    let reach = || tcp_probe(&guest.host, None, SocketAddr::from((rabbit, 5672)), PROBE);
+    let n = Named::new("nr", &[rabbit]);
+    let (responder, endpoint) = (&n.responder, n.metrics);
+    let mut daemon = n.start();
+    let reach = || n.reach(rabbit);
     assert!(reach(), "rabbitmq unreachable before the reload");
 
     responder.silence(true);
@@ -358,21 +379,12 @@ fn a_reload_waiting_for_dns_holds_nothing_else_back() {
 /// followed on the port in force. A reload then applies the edit.
 #[test]
 fn a_name_refresh_applies_no_edit_nobody_reloaded() {
-    let guest = Guest::new("ne");
-    let metrics = metrics_port();
-    let _servers = scenario::servers(&guest, metrics);
     let old: Ipv4Addr = addr::RABBITMQ_V4.parse().expect("addr");
     let new: Ipv4Addr = addr::UNLISTED_V4.parse().expect("addr");
-    let responder = Responder::start(&[old]);
-    let tree = Tree::new(&guest);
-    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
-    let config = config_for(&guest, &tree, &pin_path, metrics);
-    let daemon = Daemon::start(
-        &config,
-        pin_path.as_ref(),
-        SocketAddr::from(([127, 0, 0, 1], metrics)),
-    );
-    let reach = |ip: Ipv4Addr| tcp_probe(&guest.host, None, SocketAddr::from((ip, 5672)), PROBE);
+    let n = Named::new("ne", &[old]);
+    let (responder, tree, pin_path) = (&n.responder, &n.tree, &n.pin_path);
+    let daemon = n.start();
+    let reach = |ip| n.reach(ip);
     assert!(reach(old), "rabbitmq unreachable");
 
     // RabbitMQ moves to 5671 in the agent's file, unreloaded; the name gains an address.
@@ -392,7 +404,7 @@ fn a_name_refresh_applies_no_edit_nobody_reloaded() {
     );
 
     // The reload applies it: 5672 is no longer RabbitMQ's.
-    let reload = common::cli(&["reload", "--pin-path", &pin_path]);
+    let reload = common::cli(&["reload", "--pin-path", pin_path]);
     assert!(reload.status.success(), "reload: {reload:?}");
     assert!(!reach(old), "5672 still allowed after the reload");
 }
@@ -403,21 +415,12 @@ fn a_name_refresh_applies_no_edit_nobody_reloaded() {
 /// network, before, while and after resolv.conf lists it.
 #[test]
 fn the_dns_rules_follow_resolv_conf() {
-    let guest = Guest::new("nv");
-    let metrics = metrics_port();
-    let _servers = scenario::servers(&guest, metrics);
     let rabbit: Ipv4Addr = addr::RABBITMQ_V4.parse().expect("addr");
     let resolver: Ipv4Addr = addr::UNLISTED_V4.parse().expect("addr");
+    let n = Named::new("nv", &[rabbit]);
+    let (guest, tree) = (&n.guest, &n.tree);
     let _dns = trove_isolate_testbed::udp_server(&guest.mgmt_net, SocketAddr::from((resolver, 53)));
-    let _responder = Responder::start(&[rabbit]);
-    let tree = Tree::new(&guest);
-    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
-    let config = config_for(&guest, &tree, &pin_path, metrics);
-    let daemon = Daemon::start(
-        &config,
-        pin_path.as_ref(),
-        SocketAddr::from(([127, 0, 0, 1], metrics)),
-    );
+    let daemon = n.start();
     let dns = || {
         trove_isolate_testbed::udp_probe(&guest.host, None, SocketAddr::from((resolver, 53)), PROBE)
     };
@@ -444,10 +447,5 @@ fn the_dns_rules_follow_resolv_conf() {
         "a resolver resolv.conf no longer lists stayed open:\n{}",
         daemon.stderr()
     );
-    assert!(tcp_probe(
-        &guest.host,
-        None,
-        SocketAddr::from((rabbit, 5672)),
-        PROBE
-    ));
+    assert!(n.reach(rabbit));
 }
