@@ -476,9 +476,14 @@ fn lost_filters_are_attached_again() {
     await_status(&pin_path, "the filters were not attached again", |r| {
         business(r)["enforced"].as_bool() == Some(true)
     });
-    assert!(
-        daemon.stderr().contains("had lost our programs"),
-        "{}",
-        daemon.stderr()
-    );
+    // The log line comes after the attachment `status` saw, through the daemon's stderr pipe.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !daemon.stderr().contains("had lost our programs") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line for the lost filters:\n{}",
+            daemon.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
