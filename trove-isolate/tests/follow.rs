@@ -423,15 +423,12 @@ fn a_device_with_the_nics_mac_does_not_lure_the_daemon() {
     guest
         .container
         .ip(&format!("link set {nic} netns {}", sandbox.name()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !daemon.stderr().contains("refusing to guess") {
-        assert!(
-            Instant::now() < deadline,
-            "no refusal:\n{}",
-            daemon.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    await_log(
+        &daemon,
+        "refusing to guess",
+        1,
+        "the NIC moved beside a decoy",
+    );
     assert!(
         daemon
             .scrape()
@@ -451,7 +448,13 @@ fn a_device_with_the_nics_mac_does_not_lure_the_daemon() {
                 && b["enforced"].as_bool() == Some(true)
         },
     );
-    assert!(daemon.stderr().contains("business NIC is protected again"));
+    // Logged after the move `status` saw: on a loaded machine, a moment later.
+    await_log(
+        &daemon,
+        "business NIC is protected again",
+        1,
+        "the decoy went",
+    );
 }
 
 /// Our clsact filters removed by hand (or lost by a NIC that left and came back between two
@@ -476,14 +479,11 @@ fn lost_filters_are_attached_again() {
     await_status(&pin_path, "the filters were not attached again", |r| {
         business(r)["enforced"].as_bool() == Some(true)
     });
-    // The log line comes after the attachment `status` saw, through the daemon's stderr pipe.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !daemon.stderr().contains("had lost our programs") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no log line for the lost filters:\n{}",
-            daemon.stderr()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    // Logged after the attachment `status` saw: on a loaded machine, a moment later.
+    await_log(
+        &daemon,
+        "had lost our programs",
+        1,
+        "the filters were removed",
+    );
 }
