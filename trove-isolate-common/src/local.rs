@@ -5,7 +5,8 @@
 //! forwarded or spoofed packet is never judged as the guest's own. DHCP and neighbour discovery
 //! use the on-link prefixes for their scope. The daemon keeps the maps in step with the NIC.
 //! An own address is entered as a host prefix with both flags, its subnet with [`LINK`] only, so
-//! the longest match of any address says everything.
+//! the longest match of any address says everything. An own IPv6 address's solicited-node group
+//! is entered with [`GROUP`].
 //!
 //! A trie lookup is a helper call (15 ns, a third of a new flow's decision); an array lookup is
 //! inlined by the verifier, and a scan of a few words costs 3 (BENCHMARKS.md). So the datapath
@@ -20,6 +21,10 @@
 pub const OWN: u8 = 1;
 /// The address is on one of the NIC's links (its subnets, link-local included).
 pub const LINK: u8 = 2;
+/// The address is the solicited-node group of an own IPv6 address (ff02::1:ff00:0/104 and the
+/// address's low 24 bits, RFC 4291): the only groups an MLD report going out may name. Entered
+/// as a host prefix with this flag alone.
+pub const GROUP: u8 = 4;
 
 /// Bits of [`LocalKey`] before the address, always matched in full.
 pub const FIXED_PREFIX_BITS: u32 = 4 * 8;
@@ -47,7 +52,7 @@ impl LocalKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LocalValue {
-    /// [`OWN`] | [`LINK`].
+    /// [`OWN`] | [`LINK`], or [`GROUP`].
     pub flags: u8,
     pub _pad: [u8; 3],
 }

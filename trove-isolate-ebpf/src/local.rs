@@ -5,13 +5,13 @@ use aya_ebpf::maps::lpm_trie::Key;
 use trove_isolate_common::{
     conntrack::words,
     family,
-    local::{LocalKey, OwnSet, FIXED_PREFIX_BITS, LINK, OWN, TRIE_ONLY},
+    local::{LocalKey, OwnSet, FIXED_PREFIX_BITS, GROUP, LINK, OWN, TRIE_ONLY},
     Role,
 };
 
 use crate::maps::{LOCAL, OWN_GENERATION, OWN_SETS};
 
-/// The [`OWN`] / [`LINK`] flags of `addr` on the NIC of `role`.
+/// The [`OWN`] / [`LINK`] / [`GROUP`] flags of `addr` on the NIC of `role`.
 #[inline(always)]
 fn flags(role: Role, fam: u8, addr: &[u8; 16]) -> u8 {
     let addr_bits = if fam == family::V4 { 32 } else { 128 };
@@ -58,6 +58,12 @@ fn in_set(role: Role, fam: u8, addr: &[u8; 16]) -> bool {
         Some(set) => set.holds(fam, &words(addr)),
         None => false,
     }
+}
+
+/// Whether `group` is the solicited-node group of one of the NIC's IPv6 addresses.
+#[inline(always)]
+pub fn own_group(role: Role, group: &[u8; 16]) -> bool {
+    flags(role, family::V6, group) & GROUP != 0
 }
 
 /// Whether `addr` is on one of the NIC's links: its subnets, IPv6 link-local or link-scope

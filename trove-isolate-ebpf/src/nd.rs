@@ -3,10 +3,15 @@
 //! discovery, 1 for MLD, which no router forwards), code 0, and in link scope. A guest is not a router:
 //! it sends no router advertisements, redirects or MLD queries.
 //!
-//! Solicitations and advertisements are held to a host's shape, as ARP is: no bigger than the
-//! message and the options a host sends (so what rides along, to or from a host no rule names,
-//! is bounded), and going out only as the NIC's own: from one of its addresses (or ::, for
-//! duplicate address detection), and an advertisement only for the address it comes from.
+//! What goes out to the link is held to what Linux sends, so that what a process can make ride
+//! along, to a host no rule names, is bounded (SECURITY.md):
+//! - Solicitations and advertisements have a host's shape, as ARP does: no extension headers,
+//!   no bigger than the message and the options a host sends, and going out only as the NIC's
+//!   own (from one of its addresses, or :: for duplicate address detection; an advertisement
+//!   only for the address it comes from).
+//! - MLD reports name only the solicited-node groups of the NIC's own addresses, with no sources,
+//!   from its link-local address (or ::), behind the one hop-by-hop header Linux puts there. The
+//!   groups a process joins are its choice, so their reports would carry its bits to the link.
 
 use aya_ebpf::programs::TcContext;
 use trove_isolate_common::{family, Direction, Reason, Role};
@@ -27,6 +32,26 @@ const MLD2_REPORT: u8 = 143;
 /// bytes of ICMPv6: the message (8 or 24 bytes) and up to 40 of options, where a host sends its
 /// link-layer address (8) and, probing an address, a nonce (8).
 const MAX_LEN: u32 = 64;
+
+/// The hop-by-hop header in front of every MLD message Linux sends (`mcast.c`): next header
+/// ICMPv6, length 0, a router alert for MLD (RFC 2711), two bytes of padding.
+const MLD_HOP_BY_HOP: [u8; 8] = [58, 0, 5, 2, 0, 0, 1, 0];
+/// An MLDv1 report or done: the header, the maximum response delay and reserved bytes (zero
+/// going out), the group.
+const MLD1_LEN: u32 = 24;
+/// An MLDv2 report: an 8-byte header, then records of 20 bytes (with no sources).
+const MLD2_HEADER: u32 = 8;
+const MLD2_RECORD: u32 = 20;
+/// The most records a report that passes holds: one per solicited-node group of the NIC, whose
+/// IPv6 addresses share one where their low 24 bits do (a SLAAC address and its link-local one).
+pub const MAX_RECORDS: u32 = 32;
+/// Record types a host reports for a group it has joined with no sources (RFC 3810 5.2.12):
+/// current state include (1) and exclude (2), changes to include (3) and exclude (4). Allow and
+/// block (5, 6) always list sources.
+const LAST_RECORD_TYPE: u8 = 4;
+/// ff02::2, where MLDv1 done goes, and ff02::16, where MLDv2 reports go.
+const ALL_ROUTERS: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const ALL_MLDV2_ROUTERS: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16];
 
 #[inline(always)]
 pub fn check(
@@ -52,35 +77,109 @@ pub fn check(
     if pkt.hop_limit != hop_limit || pkt.icmp_code != 0 || !ok_scope {
         return Err(Reason::Malformed);
     }
-    let ty = pkt.icmp_type;
-    if matches!(
-        ty,
-        ROUTER_SOLICITATION | NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT
-    ) {
-        if pkt.payload_len > MAX_LEN {
-            return Err(Reason::Malformed);
+    match pkt.icmp_type {
+        ROUTER_SOLICITATION | NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT => {
+            host_shaped(ctx, role, ingress, pkt)?
         }
-        // A solicitation or advertisement holds its target whole.
-        let target = match ty {
-            ROUTER_SOLICITATION => [0; 16],
-            _ => parse::nd_target(ctx, pkt)?,
-        };
-        if !ingress {
-            // An advertisement answers for an own address, from that address (as a host sends
-            // it: Linux picks another source only for anycast or proxy addresses, which a guest
-            // does not have). A solicitation comes from an own address, or from :: (duplicate
-            // address detection, or no address yet). One own-address check either way.
-            let advert = ty == NEIGHBOR_ADVERTISEMENT;
-            if advert && pkt.src != target {
-                return Err(Reason::NotLocal);
-            }
-            let unspecified = !advert && local::unspecified(&pkt.src);
-            if !unspecified && !local::own(role, family::V6, &pkt.src) {
-                return Err(Reason::NotLocal);
-            }
-        }
+        // Going out: the only direction they pass.
+        MLD_REPORT | MLD_DONE | MLD2_REPORT => own_report(ctx, role, pkt)?,
+        _ => {}
     }
     Ok(Reason::NeighborDiscovery)
+}
+
+/// A router solicitation, neighbour solicitation or advertisement as a host sends it, in either
+/// direction; going out, the NIC's own.
+#[inline(always)]
+fn host_shaped(ctx: &TcContext, role: Role, ingress: bool, pkt: &Packet) -> Result<(), Reason> {
+    if pkt.payload_len > MAX_LEN || pkt.options_len != 0 {
+        return Err(Reason::Malformed);
+    }
+    let ty = pkt.icmp_type;
+    // A solicitation or advertisement holds its target whole.
+    let target = match ty {
+        ROUTER_SOLICITATION => [0; 16],
+        _ => parse::nd_target(ctx, pkt)?,
+    };
+    if !ingress {
+        // An advertisement answers for an own address, from that address (as a host sends
+        // it: Linux picks another source only for anycast or proxy addresses, which a guest
+        // does not have). A solicitation comes from an own address, or from :: (duplicate
+        // address detection, or no address yet). One own-address check either way.
+        let advert = ty == NEIGHBOR_ADVERTISEMENT;
+        if advert && pkt.src != target {
+            return Err(Reason::NotLocal);
+        }
+        let unspecified = !advert && local::unspecified(&pkt.src);
+        if !unspecified && !local::own(role, family::V6, &pkt.src) {
+            return Err(Reason::NotLocal);
+        }
+    }
+    Ok(())
+}
+
+/// An MLD report or done going out: Linux's hop-by-hop header alone in front of it, from the
+/// NIC's own link-local address or ::, and naming only the NIC's own solicited-node groups.
+/// Its shape wrong: `malformed`; another source or group: `not_local`.
+#[inline(always)]
+fn own_report(ctx: &TcContext, role: Role, pkt: &Packet) -> Result<(), Reason> {
+    if pkt.options_len != 1 || parse::nd_ext_header(ctx, pkt)? != u64::from_ne_bytes(MLD_HOP_BY_HOP)
+    {
+        return Err(Reason::Malformed);
+    }
+    // The trie alone: a report is rare, and each inlined scan of the sets costs the verifier.
+    if !local::unspecified(&pkt.src) && !local::own_in_trie(role, family::V6, &pkt.src) {
+        return Err(Reason::NotLocal);
+    }
+    let word = parse::nd_word(ctx, pkt)?;
+    if pkt.icmp_type != MLD2_REPORT {
+        // A report goes to its group, done to the routers.
+        if pkt.payload_len != MLD1_LEN || word != [0; 4] {
+            return Err(Reason::Malformed);
+        }
+        let group = parse::nd_target(ctx, pkt)?;
+        let to = if pkt.icmp_type == MLD_REPORT {
+            group
+        } else {
+            ALL_ROUTERS
+        };
+        if pkt.dst != to {
+            return Err(Reason::Malformed);
+        }
+        return match local::own_group(role, &group) {
+            true => Ok(()),
+            false => Err(Reason::NotLocal),
+        };
+    }
+    let records = u16::from_be_bytes([word[2], word[3]]) as u32;
+    if pkt.dst != ALL_MLDV2_ROUTERS
+        || word[0] != 0
+        || word[1] != 0
+        || records == 0
+        || records > MAX_RECORDS
+        || pkt.payload_len != MLD2_HEADER + records * MLD2_RECORD
+    {
+        return Err(Reason::Malformed);
+    }
+    let mut at = pkt.options_at as usize + MLD2_HEADER as usize;
+    for i in 0..MAX_RECORDS {
+        if i >= records {
+            break;
+        }
+        let record = parse::mld_record(ctx, at)?;
+        if record.record_type == 0
+            || record.record_type > LAST_RECORD_TYPE
+            || record.aux_len != 0
+            || record.sources != 0
+        {
+            return Err(Reason::Malformed);
+        }
+        if !local::own_group(role, &record.group) {
+            return Err(Reason::NotLocal);
+        }
+        at += MLD2_RECORD as usize;
+    }
+    Ok(())
 }
 
 /// An outgoing message's destination is on the link, so no router carries it further.

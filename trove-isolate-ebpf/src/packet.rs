@@ -44,7 +44,8 @@ pub struct Packet {
     pub window: u16,
     /// Where the TCP options start in the frame, and their length in bytes: the flow tables
     /// read the window scale from them only when a handshake needs it (`parse::window_scale`).
-    /// Neighbour discovery: where the message starts (`parse::nd_target`).
+    /// Neighbour discovery and MLD: where the message starts (`parse::nd_target`), and the
+    /// length of the IPv6 extension headers before it, in 8-byte units (at most 255).
     pub options_at: u16,
     pub options_len: u8,
     /// TCP: the bytes of data the segment carries; neighbour discovery: the message's length.

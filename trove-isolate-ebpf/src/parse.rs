@@ -110,12 +110,24 @@ struct IcmpHdr {
 }
 
 /// A neighbour solicitation or advertisement (RFC 4861): the ICMPv6 header, 4 bytes of flags or
-/// reserved, the target address.
+/// reserved, the target address. An MLDv1 report or done (RFC 2710) has the same shape: the
+/// maximum response delay and 2 reserved bytes, the group.
 #[repr(C)]
 struct NdHdr {
     _icmp: [u8; 4],
     _flags: [u8; 4],
     _target: [u8; 16],
+}
+
+/// A multicast address record of an MLDv2 report (RFC 3810 5.2): record type, auxiliary data
+/// length, number of sources, the group (then the sources and auxiliary data, which a report
+/// that passes has none of).
+#[repr(C)]
+pub struct McRecord {
+    pub record_type: u8,
+    pub aux_len: u8,
+    pub sources: u16,
+    pub group: [u8; 16],
 }
 
 #[repr(C)]
@@ -294,6 +306,8 @@ fn ipv6(ctx: &TcContext, off: usize) -> Result<Parsed, Reason> {
     let mut pkt = new_packet(family::V6, next, hop_limit);
     pkt.src = src;
     pkt.dst = dst;
+    // The extension headers' length, for neighbour discovery's shape (TCP's options replace it).
+    pkt.options_len = ((l4_off - off - IPV6_HLEN) / 8).min(u8::MAX as usize) as u8;
     l4(ctx, l4_off, end, pkt)
 }
 
@@ -324,6 +338,36 @@ pub fn nd_target(ctx: &TcContext, pkt: &Packet) -> Result<[u8; 16], Reason> {
         let p = msg as *const u8;
         bytes([load_u64::<8>(p), load_u64::<16>(p)])
     })
+}
+
+/// Bytes 4 to 8 of the neighbour discovery or MLD message `pkt` (a solicitation's reserved
+/// bytes, an advertisement's flags; MLDv1: the maximum response delay and reserved bytes; an
+/// MLDv2 report: reserved bytes and the number of records), in packet order.
+#[inline(always)]
+pub fn nd_word(ctx: &TcContext, pkt: &Packet) -> Result<[u8; 4], Reason> {
+    let off = pkt.options_at as usize;
+    let msg: *const [u8; 8] = l4_at(ctx, off, off + pkt.payload_len as usize)?;
+    let m = unsafe { *msg };
+    Ok([m[4], m[5], m[6], m[7]])
+}
+
+/// The 8 bytes before the neighbour discovery or MLD message `pkt`, as one word: its one
+/// extension header when `options_len` is 1.
+#[inline(always)]
+pub fn nd_ext_header(ctx: &TcContext, pkt: &Packet) -> Result<u64, Reason> {
+    // Read with `bpf_skb_load_bytes`: a packet pointer below the message's offset loses the
+    // verifier's bounds. Below the message, so inside the packet.
+    let off = (pkt.options_at as usize).wrapping_sub(8);
+    ctx.load::<[u8; 8]>(off)
+        .map(u64::from_ne_bytes)
+        .map_err(|_| Reason::Malformed)
+}
+
+/// The MLDv2 multicast address record at `off` (read with `bpf_skb_load_bytes`: the offset
+/// depends on the record's index). The caller keeps it inside the message.
+#[inline(always)]
+pub fn mld_record(ctx: &TcContext, off: usize) -> Result<McRecord, Reason> {
+    ctx.load::<McRecord>(off).map_err(|_| Reason::Malformed)
 }
 
 /// The 16 bytes of two 8-byte loads, in packet order.

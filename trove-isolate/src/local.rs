@@ -4,16 +4,19 @@
 //! forwarded or spoofed packet is never judged as the guest's own; DHCP and neighbour discovery
 //! are scoped to the on-link prefixes. [`addresses`] reads a NIC's addresses inside its
 //! namespace; [`entries`] turns them into map entries (an own address as a host prefix with both
-//! flags, its subnet with `LINK` only).
+//! flags, its subnet with `LINK` only, an IPv6 address's solicited-node group with `GROUP`).
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv6Addr},
+};
 
 use aya::maps::lpm_trie::Key;
 use ipnetwork::IpNetwork;
 use nix::ifaddrs::getifaddrs;
 use trove_isolate_common::{
     family,
-    local::{LocalKey, LocalValue, LINK, OWN},
+    local::{LocalKey, LocalValue, GROUP, LINK, OWN},
     Role,
 };
 
@@ -70,12 +73,43 @@ pub fn entries(role: Role, nets: &[IpNetwork]) -> Vec<(Key<LocalKey>, LocalValue
         if subnet.prefix() != host.prefix() {
             out.push(entry(role, subnet, LINK));
         }
+        if let IpAddr::V6(v6) = net.ip() {
+            let group = IpNetwork::new(IpAddr::V6(solicited_node(v6)), 128).expect("a host prefix");
+            out.push(entry(role, group, GROUP));
+        }
     }
-    // An address whose subnet is another address's host prefix would collide: keep the first,
-    // which for an own address carries both flags.
-    let mut seen = BTreeSet::new();
-    out.retain(|(k, _)| seen.insert((k.prefix_len(), k.data())));
-    out
+    // Entries of one key carry all their flags: an address whose subnet is another address's
+    // host prefix, or a multicast address root adds to the NIC that is an address's group.
+    let mut merged: BTreeMap<(u32, LocalKey), u8> = BTreeMap::new();
+    let mut order = Vec::new();
+    for (key, value) in &out {
+        let id = (key.prefix_len(), key.data());
+        if !merged.contains_key(&id) {
+            order.push(*key);
+        }
+        *merged.entry(id).or_default() |= value.flags;
+    }
+    order
+        .into_iter()
+        .map(|key| {
+            let flags = merged[&(key.prefix_len(), key.data())];
+            (
+                key,
+                LocalValue {
+                    flags,
+                    _pad: [0; 3],
+                },
+            )
+        })
+        .collect()
+}
+
+/// The solicited-node multicast group of `addr` (RFC 4291 2.7.1): ff02::1:ff00:0/104 and the
+/// address's low 24 bits. A host joins it for each of its addresses, and it is the only group
+/// whose MLD reports pass going out (SECURITY.md).
+pub fn solicited_node(addr: Ipv6Addr) -> Ipv6Addr {
+    let low = u128::from(addr) & 0x00ff_ffff;
+    Ipv6Addr::from(0xff02_0000_0000_0000_0000_0001_ff00_0000 | low)
 }
 
 /// Pairs of addresses among `nets` whose folds in a wide flow key are equal
@@ -135,6 +169,26 @@ mod tests {
     }
 
     #[test]
+    fn entries_of_one_key_carry_all_their_flags() {
+        // A multicast address on the NIC (root's `ip addr add ... autojoin`) that is another
+        // address's solicited-node group: own, and a group a report may name.
+        let nets: Vec<IpNetwork> = ["2001:db8::5/64", "ff02::1:ff00:5/128", "192.0.2.1/32"]
+            .iter()
+            .map(|s| s.parse().expect("net"))
+            .collect();
+        let e = entries(Role::Management, &nets);
+        let flags_of = |addr: &str, bits: u32| {
+            let (_, octets) = family::key_addr(addr.parse().expect("address"));
+            e.iter()
+                .filter(|(k, _)| k.prefix_len() == 32 + bits && k.data().addr == octets)
+                .map(|(_, v)| v.flags)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(flags_of("ff02::1:ff00:5", 128), [OWN | LINK | GROUP]);
+        assert_eq!(flags_of("192.0.2.1", 32), [OWN | LINK]);
+    }
+
+    #[test]
     fn an_address_is_own_and_its_subnet_is_link() {
         let nets: Vec<IpNetwork> = ["192.0.2.1/24", "2001:db8:1::1/64", "192.0.2.7/32"]
             .iter()
@@ -152,8 +206,16 @@ mod tests {
                 (32 + 24, family::V4, LINK),
                 (32 + 128, family::V6, OWN | LINK),
                 (32 + 64, family::V6, LINK),
+                (32 + 128, family::V6, GROUP),
                 (32 + 32, family::V4, OWN | LINK),
             ]
+        );
+        assert_eq!(
+            e[4].0.data().addr,
+            "ff02::1:ff00:1"
+                .parse::<Ipv6Addr>()
+                .expect("group")
+                .octets()
         );
         assert!(e.iter().all(|(k, _)| k.data().role == Role::Business as u8));
         assert_eq!(e[1].0.data().addr[..4], [192, 0, 2, 0]);

@@ -6,7 +6,7 @@
 mod common;
 
 use std::{
-    net::{SocketAddr, UdpSocket},
+    net::{Ipv6Addr, SocketAddr, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -16,6 +16,7 @@ use std::{
 
 use common::{cli, metric, metrics_port, unique, write_config, Daemon, PROBE};
 use trove_isolate_testbed::{
+    addr,
     scenario::{self, Probe},
     Guest, Server,
 };
@@ -1056,4 +1057,212 @@ fn netstat(counter: &str) -> u64 {
         }
     }
     panic!("no TcpExt counter {counter}")
+}
+
+/// MLD reports reach the link only for the NIC's own solicited-node groups. The groups a process
+/// joins are its choice, bit by bit, and their reports would carry those bits to every host on
+/// the link; neighbour discovery needs only the NIC's own. Heard from the tenant network's side
+/// of the business NIC, where a router's query is still answered.
+#[test]
+fn mld_reports_reach_the_link_only_for_the_nics_own_groups() {
+    let s = setup("mld");
+    let daemon = start(&s, "enforce", "auto");
+    let joined: Ipv6Addr = "ff02::db8:42".parse().expect("a group");
+    let own = trove_isolate::local::solicited_node(addr::GUEST_V6.parse().expect("an address"));
+    let tap = s.guest.biz_net.run(|| Tap::open("peer0"));
+    let refused = || {
+        metric(
+            &daemon.scrape(),
+            "trove_isolate_drops_total",
+            &[
+                "role=\"business\"",
+                "direction=\"egress\"",
+                "reason=\"not_local\"",
+            ],
+        )
+        .unwrap_or(0)
+    };
+    let before = refused();
+    // Linux reports a join at once and again within a second (RFC 3810's robustness).
+    let member = s.guest.container.run(|| {
+        let socket = UdpSocket::bind("[::]:0").expect("a socket in the container");
+        let nic = nix::net::if_::if_nametoindex(s.guest.biz_nic()).expect("the business NIC");
+        socket
+            .join_multicast_v6(&joined, nic)
+            .expect("joining a group");
+        socket
+    });
+    let heard = tap.reports(Duration::from_secs(3));
+    assert!(
+        heard.iter().all(|groups| !groups.contains(&joined)),
+        "a report of the joined group {joined} reached the link: {heard:?}"
+    );
+    let after_join = refused();
+    assert!(
+        after_join > before,
+        "no report of the joined group was refused ({before} → {after_join}): none sent?"
+    );
+    drop(member);
+    let heard = tap.reports(Duration::from_secs(3));
+    assert!(
+        heard.iter().all(|groups| !groups.contains(&joined)),
+        "a report leaving the joined group reached the link: {heard:?}"
+    );
+    tap.send(&mld_general_query(Duration::from_millis(1000)));
+    let heard = tap.reports(Duration::from_secs(3));
+    assert!(
+        heard.iter().any(|groups| groups.contains(&own)),
+        "the guest's answer to a query, naming its own group {own}, did not reach the link: \
+         {heard:?}"
+    );
+    let solicited_node = |g: &Ipv6Addr| g.octets()[..13] == own.octets()[..13];
+    assert!(
+        heard.iter().flatten().all(solicited_node),
+        "a report of a group other than a solicited-node one reached the link: {heard:?}"
+    );
+}
+
+/// A packet socket on a NIC: every frame the link carries to it, and a way to send one.
+struct Tap {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Tap {
+    /// Opens it on `nic` of the calling thread's namespace.
+    fn open(nic: &str) -> Tap {
+        use std::os::fd::FromRawFd as _;
+        let all = (libc::ETH_P_ALL as u16).to_be();
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                all.into(),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let index = nix::net::if_::if_nametoindex(nic).expect("the NIC");
+        let mut at: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        at.sll_family = libc::AF_PACKET as u16;
+        at.sll_protocol = all;
+        at.sll_ifindex = index as i32;
+        let bound = unsafe {
+            libc::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                (&at as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            bound,
+            0,
+            "binding to {nic}: {}",
+            std::io::Error::last_os_error()
+        );
+        Tap { fd }
+    }
+
+    /// The groups each MLD report names that the link carries within `window`.
+    fn reports(&self, window: Duration) -> Vec<Vec<Ipv6Addr>> {
+        use std::os::fd::AsRawFd as _;
+        let deadline = std::time::Instant::now() + window;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return out;
+            }
+            let mut ready = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if unsafe { libc::poll(&mut ready, 1, left.as_millis().max(1) as i32) } <= 0 {
+                continue;
+            }
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if let Some(groups) = usize::try_from(n).ok().and_then(|n| mld_groups(&buf[..n])) {
+                out.push(groups);
+            }
+        }
+    }
+
+    fn send(&self, frame: &[u8]) {
+        use std::os::fd::AsRawFd as _;
+        let sent =
+            unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(
+            sent,
+            frame.len() as isize,
+            "sending: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The groups an Ethernet frame holding an MLD report or done names (none for any other frame).
+fn mld_groups(frame: &[u8]) -> Option<Vec<Ipv6Addr>> {
+    let group = |b: &[u8]| Some(Ipv6Addr::from(<[u8; 16]>::try_from(b.get(..16)?).ok()?));
+    let ip = frame.get(14..).filter(|_| frame[12..14] == [0x86, 0xdd])?;
+    let (mut next, mut off) = (*ip.get(6)?, 40);
+    while matches!(next, 0 | 43 | 60) {
+        next = *ip.get(off)?;
+        off += (usize::from(*ip.get(off + 1)?) + 1) * 8;
+    }
+    let msg = ip.get(off..).filter(|_| next == 58)?;
+    match *msg.first()? {
+        131 | 132 => Some(vec![group(msg.get(8..)?)?]),
+        143 => {
+            let mut groups = Vec::new();
+            let mut at = 8;
+            for _ in 0..u16::from_be_bytes([*msg.get(6)?, *msg.get(7)?]) {
+                let record = msg.get(at..at + 20)?;
+                groups.push(group(&record[4..])?);
+                let sources = usize::from(u16::from_be_bytes([record[2], record[3]]));
+                at += 20 + sources * 16 + usize::from(record[1]) * 4;
+            }
+            Some(groups)
+        }
+        _ => None,
+    }
+}
+
+/// A router's MLDv2 general query to all nodes, as Ethernet, asking for answers within
+/// `max_delay`: from a link-local address, hop limit 1, behind a router alert.
+fn mld_general_query(max_delay: Duration) -> Vec<u8> {
+    use etherparse::{Icmpv6Header, Icmpv6Type};
+    let src: Ipv6Addr = "fe80::99".parse().expect("an address");
+    let dst: Ipv6Addr = "ff02::1".parse().expect("an address");
+    let delay = (max_delay.as_millis() as u16).to_be_bytes();
+    // After the delay and reserved bytes: the group (none: general), QRV 2, QQIC 125 s, no sources.
+    let mut rest = [0u8; 20];
+    rest[16] = 2;
+    rest[17] = 125;
+    let kind = Icmpv6Type::Unknown {
+        type_u8: 130,
+        code_u8: 0,
+        bytes5to8: [delay[0], delay[1], 0, 0],
+    };
+    let icmp =
+        Icmpv6Header::with_checksum(kind, src.octets(), dst.octets(), &rest).expect("a query");
+    let mut frame = vec![0x33, 0x33, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 0x99, 0x86, 0xdd];
+    frame.extend_from_slice(&[0x60, 0, 0, 0, 0, 8 + 28, 0, 1]);
+    frame.extend_from_slice(&src.octets());
+    frame.extend_from_slice(&dst.octets());
+    frame.extend_from_slice(&[58, 0, 5, 2, 0, 0, 1, 0]);
+    frame.extend_from_slice(&icmp.to_bytes());
+    frame.extend_from_slice(&rest);
+    frame
 }

@@ -909,6 +909,42 @@ fn nd_msg(ty: u8, src: &str, dst: &str, target: &str, options: usize) -> Vec<u8>
     ipv6_hl(proto::ICMPV6, 255, src, dst, &icmp(ty, 0, 0, &rest))
 }
 
+/// The hop-by-hop header Linux puts in front of MLD: a router alert for MLD, and padding.
+const MLD_HOP_BY_HOP: [u8; 8] = [58, 0, 5, 2, 0, 0, 1, 0];
+/// The solicited-node group of the test NIC's IPv6 addresses (2001:db8:1::1, fe80::1).
+const OWN_GROUP: &str = "ff02::1:ff00:1";
+
+/// An MLD message with hop limit 1 behind the extension headers `ext`.
+fn mld_ext(ext: &[(u8, Vec<u8>)], src: &str, dst: &str, message: &[u8]) -> Vec<u8> {
+    ipv6_full(proto::ICMPV6, 1, ext, src, dst, message)
+}
+
+/// An MLD message as Linux sends it: hop limit 1, behind the hop-by-hop header alone.
+fn mld(src: &str, dst: &str, message: &[u8]) -> Vec<u8> {
+    mld_ext(&[(0, MLD_HOP_BY_HOP.to_vec())], src, dst, message)
+}
+
+/// An MLDv1 report (131) or done (132) naming `group`.
+fn mld1(ty: u8, group: &str) -> Vec<u8> {
+    let mut m = vec![ty, 0, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&octets(group));
+    m
+}
+
+/// An MLDv2 report of `records`: record type, group, number of sources, words of auxiliary data.
+fn mld2(records: &[(u8, &str, u16, u8)]) -> Vec<u8> {
+    let mut m = vec![143, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&(records.len() as u16).to_be_bytes());
+    for &(ty, group, sources, aux) in records {
+        m.extend_from_slice(&[ty, aux]);
+        m.extend_from_slice(&sources.to_be_bytes());
+        m.extend_from_slice(&octets(group));
+        m.extend(std::iter::repeat_n(0x11, usize::from(sources) * 16));
+        m.extend(std::iter::repeat_n(0x22, usize::from(aux) * 4));
+    }
+    m
+}
+
 /// IPv6 TCP with the sequence and acknowledgment numbers given (a full window).
 fn v6_seq(src: &str, dst: &str, ports: (u16, u16), flags: u8, seq: u32, ack: u32) -> Vec<u8> {
     ipv6(
@@ -1465,9 +1501,42 @@ fn icmp_is_held_to_its_flows_and_its_link() {
         drop("RA out: the guest is no router", M, E, nd(134, 255, "fe80::1", "ff02::1"), UnsupportedProtocol),
         drop("redirect out", M, E, nd(137, 255, "fe80::1", "fe80::2"), UnsupportedProtocol),
         drop("RS in", M, I, nd(133, 255, "fe80::2", "ff02::2"), UnsupportedProtocol),
-        pass("MLDv2 report out", M, E, nd(143, 1, "fe80::1", "ff02::16"), NeighborDiscovery),
-        drop("MLDv2 report out, hop limit 2", M, E, nd(143, 2, "fe80::1", "ff02::16"), Malformed),
-        drop("MLDv2 report out to a unicast host", M, E, nd(143, 1, "fe80::1", RABBIT6), Malformed),
+        drop("NS out behind a destination options header", B, E, { let m = icmp(135, 0, 0, &octets("2001:db8:1::50")); ipv6_full(proto::ICMPV6, 255, &[(60, ext8())], G6, "2001:db8:1::50", &m) }, Malformed),
+        drop("NS in behind 2,048 bytes of destination options", B, I, { let mut x = vec![0, 255]; x.resize(2048, 0); let m = icmp(135, 0, 0, &octets(G6)); ipv6_full(proto::ICMPV6, 255, &[(60, x)], "2001:db8:1::50", G6, &m) }, Malformed),
+        // MLD reports name the NIC's own solicited-node groups only, as Linux sends them.
+        pass("MLDv2 report out of the NIC's solicited-node group", M, E, mld("fe80::1", "ff02::16", &mld2(&[(4, OWN_GROUP, 0, 0)])), NeighborDiscovery),
+        pass("MLDv2 report out from :: (no link-local address yet)", M, E, mld("::", "ff02::16", &mld2(&[(4, OWN_GROUP, 0, 0)])), NeighborDiscovery),
+        pass("MLDv2 report out answering a query (two records)", B, E, mld("fe80::1", "ff02::16", &mld2(&[(2, OWN_GROUP, 0, 0), (1, OWN_GROUP, 0, 0)])), NeighborDiscovery),
+        drop("MLDv2 report out of a group a process joined", M, E, mld("fe80::1", "ff02::16", &mld2(&[(4, "ff02::db8:42", 0, 0)])), NotLocal),
+        drop("MLDv2 report out of an own group and a joined one", B, E, mld("fe80::1", "ff02::16", &mld2(&[(2, OWN_GROUP, 0, 0), (2, "ff02::1:3", 0, 0)])), NotLocal),
+        drop("MLDv2 report out of another address's solicited-node group", M, E, mld("fe80::1", "ff02::16", &mld2(&[(4, "ff02::1:ff00:50", 0, 0)])), NotLocal),
+        drop("MLDv2 report out with a source", M, E, mld("fe80::1", "ff02::16", &mld2(&[(4, OWN_GROUP, 1, 0)])), Malformed),
+        drop("MLDv2 report out with auxiliary data", M, E, mld("fe80::1", "ff02::16", &mld2(&[(4, OWN_GROUP, 0, 1)])), Malformed),
+        drop("MLDv2 report out, record type 5 (allow new sources)", M, E, mld("fe80::1", "ff02::16", &mld2(&[(5, OWN_GROUP, 0, 0)])), Malformed),
+        drop("MLDv2 report out, record type 0", M, E, mld("fe80::1", "ff02::16", &mld2(&[(0, OWN_GROUP, 0, 0)])), Malformed),
+        drop("MLDv2 report out with no records", M, E, mld("fe80::1", "ff02::16", &mld2(&[])), Malformed),
+        drop("MLDv2 report out of 33 records", M, E, mld("fe80::1", "ff02::16", &mld2(&[(2, OWN_GROUP, 0, 0); 33])), Malformed),
+        pass("MLDv2 report out of 32 records", M, E, mld("fe80::1", "ff02::16", &mld2(&[(2, OWN_GROUP, 0, 0); 32])), NeighborDiscovery),
+        drop("MLDv2 report out counting more records than it holds", M, E, mld("fe80::1", "ff02::16", &{ let mut m = mld2(&[(4, OWN_GROUP, 0, 0)]); m[7] = 2; m }), Malformed),
+        drop("MLDv2 report out with bytes after its records", M, E, mld("fe80::1", "ff02::16", &{ let mut m = mld2(&[(4, OWN_GROUP, 0, 0)]); m.extend_from_slice(&[0x33; 12]); m }), Malformed),
+        drop("MLDv2 report out with its reserved bytes set", M, E, mld("fe80::1", "ff02::16", &{ let mut m = mld2(&[(4, OWN_GROUP, 0, 0)]); m[5] = 7; m }), Malformed),
+        drop("MLDv2 report out with no hop-by-hop header", M, E, mld_ext(&[], "fe80::1", "ff02::16", &mld2(&[(4, OWN_GROUP, 0, 0)])), Malformed),
+        drop("MLDv2 report out, hop-by-hop header of other bytes", M, E, mld_ext(&[(0, vec![0, 0, 1, 4, 0xde, 0xad, 0xbe, 0xef])], "fe80::1", "ff02::16", &mld2(&[(4, OWN_GROUP, 0, 0)])), Malformed),
+        drop("MLDv2 report out, a 16-byte hop-by-hop header", M, E, mld_ext(&[(0, { let mut x = MLD_HOP_BY_HOP.to_vec(); x[1] = 1; x.resize(16, 0); x })], "fe80::1", "ff02::16", &mld2(&[(4, OWN_GROUP, 0, 0)])), Malformed),
+        drop("MLDv2 report out, destination options after it", M, E, mld_ext(&[(0, MLD_HOP_BY_HOP.to_vec()), (60, ext8())], "fe80::1", "ff02::16", &mld2(&[(4, OWN_GROUP, 0, 0)])), Malformed),
+        drop("MLDv2 report out from a link-local address not the NIC's", M, E, mld("fe80::77", "ff02::16", &mld2(&[(4, OWN_GROUP, 0, 0)])), NotLocal),
+        drop("MLDv2 report out to all nodes", M, E, mld("fe80::1", "ff02::1", &mld2(&[(4, OWN_GROUP, 0, 0)])), Malformed),
+        drop("MLDv2 report out, hop limit 2", M, E, { let mut f = mld("fe80::1", "ff02::16", &mld2(&[(4, OWN_GROUP, 0, 0)])); f[14 + 7] = 2; f }, Malformed),
+        drop("MLDv2 report out to a unicast host", M, E, mld("fe80::1", RABBIT6, &mld2(&[(4, OWN_GROUP, 0, 0)])), Malformed),
+        drop("MLDv2 report coming in", M, I, mld("fe80::2", "ff02::16", &mld2(&[(4, "ff02::1:ff00:2", 0, 0)])), UnsupportedProtocol),
+        pass("MLDv1 report out of the NIC's group, to it", B, E, mld("fe80::1", OWN_GROUP, &mld1(131, OWN_GROUP)), NeighborDiscovery),
+        drop("MLDv1 report out of a group a process joined", B, E, mld("fe80::1", "ff02::db8:42", &mld1(131, "ff02::db8:42")), NotLocal),
+        drop("MLDv1 report out to another group than it names", B, E, mld("fe80::1", "ff02::1", &mld1(131, OWN_GROUP)), Malformed),
+        drop("MLDv1 report out with a response delay", B, E, mld("fe80::1", OWN_GROUP, &{ let mut m = mld1(131, OWN_GROUP); m[4] = 1; m }), Malformed),
+        drop("MLDv1 report out with bytes after its group", B, E, mld("fe80::1", OWN_GROUP, &{ let mut m = mld1(131, OWN_GROUP); m.extend_from_slice(&[0x33; 8]); m }), Malformed),
+        pass("MLDv1 done out of the NIC's group, to the routers", B, E, mld("fe80::1", "ff02::2", &mld1(132, OWN_GROUP)), NeighborDiscovery),
+        drop("MLDv1 done out of a group a process joined", B, E, mld("fe80::1", "ff02::2", &mld1(132, "ff02::db8:42")), NotLocal),
+        drop("MLDv1 done out to its group", B, E, mld("fe80::1", OWN_GROUP, &mld1(132, OWN_GROUP)), Malformed),
         pass("MLD query in", M, I, nd(130, 1, "fe80::ff", "ff02::1"), NeighborDiscovery),
         drop("MLD query in from a global address", M, I, nd(130, 1, RABBIT6, "ff02::1"), Malformed),
         drop("node information query", M, I, nd(139, 255, "fe80::2", "fe80::1"), NotTracked),
@@ -1529,6 +1598,7 @@ fn an_address_gained_is_the_nics_own_before_its_set_is_written() {
         pass("a SYN to the IPv6 address gained", B, I, v6_tcp(CLIENT6, "2001:db8:1::9", 33901, 3306, SYN), Allowed),
         pass("a SYN to an address the set holds", B, I, v4_tcp(CLIENT, G4, 33902, 3306, SYN), Allowed),
         drop("a SYN to another address on the link", B, I, v4_tcp(CLIENT, "192.0.2.77", 33903, 3306, SYN), NotLocal),
+        pass("an MLD report of the gained address's group", B, E, mld("fe80::1", "ff02::16", &mld2(&[(4, "ff02::1:ff00:9", 0, 0)])), NeighborDiscovery),
     ]);
 }
 

@@ -71,9 +71,17 @@ impl Model {
                 ip,
                 icmp_type,
                 code,
-                len,
+                ext,
+                message,
                 target,
-            } => self.neighbor_discovery(role, direction, &ip, (icmp_type, code), len, target),
+            } => self.neighbor_discovery(
+                role,
+                direction,
+                &ip,
+                (icmp_type, code),
+                (&ext, &message),
+                target,
+            ),
             Frame::IcmpError { outer, quoted } => self.related(role, direction, &outer, &quoted),
             Frame::Flow(pkt) => self.flow(role, direction, &pkt),
         }
@@ -137,16 +145,17 @@ impl Model {
     /// link-local address (or :: before one exists) to link-scope multicast, all with hop
     /// limit 1, and code 0. Any other type or direction is unsupported; a wrong hop limit,
     /// code or scope is malformed. Solicitations and advertisements are held to a host's shape,
-    /// as ARP is: at most 64 bytes (the message and the options a host sends), and going out
-    /// from one of the NIC's own addresses (a solicitation also from ::), an advertisement for
-    /// the address it comes from; else `not_local`.
+    /// as ARP is: no extension headers, at most 64 bytes (the message and the options a host
+    /// sends), and going out from one of the NIC's own addresses (a solicitation also from ::),
+    /// an advertisement for the address it comes from; else `not_local`. Reports and done are
+    /// held to what Linux sends ([`Model::mld_report`]).
     fn neighbor_discovery(
         &self,
         role: Role,
         direction: Direction,
         ip: &Ip,
         (icmp_type, code): (u8, u8),
-        len: usize,
+        (ext, message): (&[u8], &[u8]),
         target: Option<Ipv6Addr>,
     ) -> Result<Reason, Reason> {
         use Direction::{Egress, Ingress};
@@ -181,8 +190,11 @@ impl Model {
             icmp_type,
             ROUTER_SOLICITATION | NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT
         );
+        if matches!(icmp_type, MLD_REPORT | MLD_DONE | MLD2_REPORT) {
+            return self.mld_report(role, ip, ext, message);
+        }
         if solicit_or_advert {
-            if len > MAX_LEN {
+            if message.len() > MAX_LEN || !ext.is_empty() {
                 return Err(Reason::Malformed);
             }
             if direction == Egress {
@@ -192,6 +204,75 @@ impl Model {
                 if !from_own || !for_itself {
                     return Err(Reason::NotLocal);
                 }
+            }
+        }
+        Ok(Reason::NeighborDiscovery)
+    }
+
+    /// An MLD report or done going out (RFC 2710, RFC 3810), as Linux sends it: behind one
+    /// hop-by-hop header, a router alert for MLD and padding (else `malformed`); from one of the
+    /// NIC's addresses or :: (else `not_local`). MLDv1: 24 bytes, the delay and reserved bytes
+    /// zero, a report to its group and done to ff02::2 (else `malformed`). MLDv2: to ff02::16,
+    /// reserved bytes zero, 1 to 32 records filling the message exactly, each of type 1 to 4
+    /// with no sources and no auxiliary data (else `malformed`). Every group named is the
+    /// solicited-node group of one of the NIC's IPv6 addresses (else `not_local`). Records are
+    /// judged in order; the first that fails gives the reason.
+    fn mld_report(
+        &self,
+        role: Role,
+        ip: &Ip,
+        ext: &[u8],
+        message: &[u8],
+    ) -> Result<Reason, Reason> {
+        const HOP_BY_HOP: [u8; 8] = [58, 0, 5, 2, 0, 0, 1, 0];
+        const MAX_RECORDS: usize = 32;
+        let own_group = |group: &[u8]| {
+            let group = Ipv6Addr::from(<[u8; 16]>::try_from(group).expect("16 bytes"));
+            self.local.iter().any(|(r, net)| {
+                *r == role
+                    && matches!(net.ip(), IpAddr::V6(a) if crate::local::solicited_node(a) == group)
+            })
+        };
+        if ext != HOP_BY_HOP {
+            return Err(Reason::Malformed);
+        }
+        if !ip.src.is_unspecified() && !self.own(role, ip.src) {
+            return Err(Reason::NotLocal);
+        }
+        let word = &message[4..8];
+        if message[0] != 143 {
+            let group = message.get(8..24).ok_or(Reason::Malformed)?;
+            let to = match message[0] {
+                131 => group.to_vec(),
+                _ => Ipv6Addr::from(0xff02_u128 << 112 | 2).octets().to_vec(),
+            };
+            let dst = match ip.dst {
+                IpAddr::V6(a) => a.octets().to_vec(),
+                IpAddr::V4(_) => unreachable!("ICMPv6 over IPv6"),
+            };
+            if message.len() != 24 || word != [0; 4] || dst != to {
+                return Err(Reason::Malformed);
+            }
+            return match own_group(group) {
+                true => Ok(Reason::NeighborDiscovery),
+                false => Err(Reason::NotLocal),
+            };
+        }
+        let records = usize::from(u16::from_be_bytes([word[2], word[3]]));
+        if ip.dst != "ff02::16".parse::<IpAddr>().expect("address")
+            || word[..2] != [0, 0]
+            || !(1..=MAX_RECORDS).contains(&records)
+            || message.len() != 8 + 20 * records
+        {
+            return Err(Reason::Malformed);
+        }
+        for record in message[8..].chunks_exact(20) {
+            let sources = u16::from_be_bytes([record[2], record[3]]);
+            if !(1..=4).contains(&record[0]) || record[1] != 0 || sources != 0 {
+                return Err(Reason::Malformed);
+            }
+            if !own_group(&record[4..20]) {
+                return Err(Reason::NotLocal);
             }
         }
         Ok(Reason::NeighborDiscovery)

@@ -39,13 +39,14 @@ const TCP_OPTION_WINDOW_SCALE: u8 = 3;
 pub enum Frame {
     /// ARP for IPv4 over Ethernet, request or reply.
     Arp { sender: Ipv4Addr, frame_len: usize },
-    /// ICMPv6 neighbour/router discovery or MLD: `len` bytes of ICMPv6, and a neighbour
-    /// solicitation's or advertisement's target.
+    /// ICMPv6 neighbour/router discovery or MLD: the extension headers before it, the whole
+    /// ICMPv6 message, and a neighbour solicitation's or advertisement's target.
     NeighborDiscovery {
         ip: Ip,
         icmp_type: u8,
         code: u8,
-        len: usize,
+        ext: Vec<u8>,
+        message: Vec<u8>,
         target: Option<Ipv6Addr>,
     },
     /// An ICMP/ICMPv6 error and the packet it quotes.
@@ -63,6 +64,8 @@ pub struct Ip {
     pub hop_limit: u8,
     /// IPv4 protocol or the IPv6 header after the extension headers.
     pub proto: u8,
+    /// IPv6: the bytes of extension headers before `proto`'s header.
+    pub ext_len: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -277,6 +280,7 @@ fn ipv4(frame: &[u8], off: usize, gso: bool) -> Result<Frame, Reason> {
         dst: v4(&h[16..20]),
         hop_limit: h[8],
         proto: h[9],
+        ext_len: 0,
     };
     transport(frame, off + header_len, end, ip)
 }
@@ -325,6 +329,7 @@ fn ipv6(frame: &[u8], off: usize, gso: bool) -> Result<Frame, Reason> {
         dst: v6(&h[24..40]),
         hop_limit: h[7],
         proto: next,
+        ext_len: l4_off - off - 40,
     };
     transport(frame, l4_off, end, ip)
 }
@@ -462,7 +467,8 @@ fn icmp(frame: &[u8], off: usize, end: usize, ip: Ip) -> Result<Frame, Reason> {
                 ip,
                 icmp_type,
                 code,
-                len: end - off,
+                ext: frame[off - ip.ext_len..off].to_vec(),
+                message: frame[off..end].to_vec(),
                 target,
             });
         }
@@ -489,6 +495,7 @@ fn quoted(frame: &[u8], off: usize, end: usize, v6_family: bool) -> Result<Quote
             dst: v6(&h[24..40]),
             hop_limit: h[7],
             proto: h[6],
+            ext_len: 0,
         };
         (ip, off + 40)
     } else {
@@ -506,6 +513,7 @@ fn quoted(frame: &[u8], off: usize, end: usize, v6_family: bool) -> Result<Quote
             dst: v4(&h[16..20]),
             hop_limit: h[8],
             proto: h[9],
+            ext_len: 0,
         };
         (ip, off + header_len)
     };

@@ -554,6 +554,14 @@ fn neighbor_discovery() {
     let nd = |src: &str, dst: &str, ty: u8, hop: u8| {
         Pkt::icmp(src, dst, ty, 0, vec![0; 16]).hop(hop).frame()
     };
+    let mld = |src: &str, group: &str| {
+        let mut record = vec![4, 0, 0, 0];
+        record.extend_from_slice(&v6_octets(group));
+        // Identifier 0 and sequence 1: reserved bytes, then a count of one record.
+        let mut p = Pkt::icmp(src, "ff02::16", 143, 0, record).hop(1);
+        p.ext = vec![Ext::MldRouterAlert];
+        p.frame()
+    };
     run(
         &mut m,
         &[
@@ -591,7 +599,12 @@ fn neighbor_discovery() {
                 nd(ROUTER_LL, "ff02::1", 130, 1),
                 Ok(NeighborDiscovery),
             ),
-            (M, E, nd("::", "ff02::16", 143, 1), Ok(NeighborDiscovery)),
+            // An MLDv2 report of one record, the NIC's solicited-node group (ff02::1:ff00:1).
+            (M, E, mld(MGMT_LL, "ff02::1:ff00:1"), Ok(NeighborDiscovery)),
+            (M, E, mld("::", "ff02::1:ff00:1"), Ok(NeighborDiscovery)),
+            (M, E, mld(MGMT_LL, "ff02::db8:42"), Err(NotLocal)),
+            // Without Linux's hop-by-hop header.
+            (M, E, nd("::", "ff02::16", 143, 1), Err(Malformed)),
             (M, E, nd(G6, "ff02::16", 143, 1), Err(Malformed)),
             (M, E, nd(MGMT_LL, "ff05::1:3", 131, 1), Err(Malformed)),
             (

@@ -36,11 +36,21 @@ pub fn addr(s: &str) -> IpAddr {
     s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
 }
 
+/// The bytes of an IPv6 address.
+pub fn v6_octets(s: &str) -> [u8; 16] {
+    match addr(s) {
+        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(_) => panic!("{s}: not IPv6"),
+    }
+}
+
 /// An IPv6 extension header in a chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ext {
     /// Hop-by-hop options, `len` in 8-byte units beyond the first 8 (padding only).
     HopByHop(u8),
+    /// The hop-by-hop header Linux puts in front of MLD: a router alert for MLD, and padding.
+    MldRouterAlert,
     Routing(u8),
     DestOptions(u8),
     Fragment {
@@ -52,7 +62,7 @@ pub enum Ext {
 impl Ext {
     pub fn number(&self) -> u8 {
         match self {
-            Ext::HopByHop(_) => 0,
+            Ext::HopByHop(_) | Ext::MldRouterAlert => 0,
             Ext::Routing(_) => 43,
             Ext::DestOptions(_) => 60,
             Ext::Fragment { .. } => 44,
@@ -73,6 +83,7 @@ impl Ext {
                 }
                 b
             }
+            Ext::MldRouterAlert => vec![next, 0, 5, 2, 0, 0, 1, 0],
             Ext::Fragment { offset, more } => {
                 let field = (offset << 3) | u16::from(*more);
                 let mut b = vec![next, 0];

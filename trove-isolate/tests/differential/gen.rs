@@ -76,6 +76,10 @@ pub enum Step {
         target: Option<Index>,
         /// Bytes of options after the target (64 bytes of ICMPv6 at most pass).
         options: u8,
+        /// The extension headers before the message.
+        ext: NdExt,
+        /// An MLD report's or done's content.
+        mld: MldGen,
     },
     /// A packet answering or continuing an earlier step's.
     Reply {
@@ -723,18 +727,35 @@ fn teardown() -> BoxedStrategy<Step> {
 
 fn neighbor_discovery() -> BoxedStrategy<Step> {
     (
-        role(),
-        any::<Index>(),
-        prop_oneof![5 => Just(true), 1 => Just(false)],
-        prop_oneof![5 => Just(true), 1 => Just(false)],
-        prop_oneof![8 => Just(0u8), 1 => any::<u8>()],
+        (
+            role(),
+            any::<Index>(),
+            prop_oneof![5 => Just(true), 1 => Just(false)],
+            prop_oneof![5 => Just(true), 1 => Just(false)],
+            prop_oneof![8 => Just(0u8), 1 => any::<u8>()],
+        ),
         any::<Index>(),
         any::<Index>(),
         prop_oneof![3 => Just(None), 1 => any::<Index>().prop_map(Some)],
         prop_oneof![3 => Just(8u8), 2 => Just(0u8), 2 => 0u8..=48],
+        prop_oneof![
+            10 => Just(NdExt::Usual),
+            1 => Just(NdExt::Bare),
+            1 => ext().prop_map(NdExt::Extra),
+            1 => ext().prop_map(NdExt::Only),
+        ],
+        mld_gen(),
     )
         .prop_map(
-            |(role, ty, usual_direction, usual_hop, code, src, dst, target, options)| {
+            |(
+                (role, ty, usual_direction, usual_hop, code),
+                src,
+                dst,
+                target,
+                options,
+                ext,
+                mld,
+            )| {
                 Step::NeighborDiscovery {
                     role,
                     ty,
@@ -745,7 +766,81 @@ fn neighbor_discovery() -> BoxedStrategy<Step> {
                     dst,
                     target,
                     options,
+                    ext,
+                    mld,
                 }
+            },
+        )
+        .boxed()
+}
+
+/// The extension headers before a neighbour discovery or MLD message.
+#[derive(Clone, Debug)]
+pub enum NdExt {
+    /// As Linux sends it: none, or for MLD the hop-by-hop header with the router alert.
+    Usual,
+    /// None at all.
+    Bare,
+    /// The usual ones and one more after them.
+    Extra(Ext),
+    /// One other header in place of the usual ones.
+    Only(Ext),
+}
+
+/// What an MLD report or done holds, mostly as Linux sends it.
+#[derive(Clone, Debug)]
+pub struct MldGen {
+    /// Record type, group, sources, words of auxiliary data (MLDv1: the first record's group).
+    records: Vec<(u8, Index, u8, u8)>,
+    /// Added to the record count an MLDv2 report states.
+    count_skew: u8,
+    /// MLDv2: the reserved bytes; MLDv1: the maximum response delay.
+    reserved: u16,
+    /// Bytes after the records (MLDv1: after the group).
+    trailing: u8,
+    /// To where the type goes (else the step's destination).
+    usual_dst: bool,
+    /// From the NIC's link-local address (else the step's source).
+    usual_src: bool,
+}
+
+/// Groups an MLD message may name: the solicited-node groups of the world's addresses (fe80::1,
+/// 2001:db8:1::1: ff00:1; fe80::2: ff00:2), another address's, and groups a process may join.
+const MLD_GROUPS: [&str; 9] = [
+    "ff02::1:ff00:1",
+    "ff02::1:ff00:2",
+    "ff02::1:ff00:1",
+    "ff02::1:ff00:2",
+    "ff02::1:ff00:1",
+    "ff02::1:ff00:99",
+    "ff02::1:3",
+    "ff02::db8:42",
+    "ff05::1:ff00:1",
+];
+
+fn mld_gen() -> BoxedStrategy<MldGen> {
+    let record = (
+        prop_oneof![6 => 1u8..=4, 1 => any::<u8>()],
+        any::<Index>(),
+        prop_oneof![8 => Just(0u8), 1 => 1u8..=3],
+        prop_oneof![8 => Just(0u8), 1 => 1u8..=2],
+    );
+    (
+        prop_oneof![8 => vec(record.clone(), 1..=3), 1 => vec(record, 0..=34)],
+        prop_oneof![8 => Just(0u8), 1 => 1u8..=2],
+        prop_oneof![8 => Just(0u16), 1 => any::<u16>()],
+        prop_oneof![8 => Just(0u8), 1 => 1u8..=20],
+        prop_oneof![6 => Just(true), 1 => Just(false)],
+        prop_oneof![4 => Just(true), 1 => Just(false)],
+    )
+        .prop_map(
+            |(records, count_skew, reserved, trailing, usual_dst, usual_src)| MldGen {
+                records,
+                count_skew,
+                reserved,
+                trailing,
+                usual_dst,
+                usual_src,
             },
         )
         .boxed()
@@ -837,6 +932,8 @@ pub fn build(steps: &[Step]) -> Vec<Built> {
                 dst,
                 target,
                 options,
+                ext,
+                mld,
             } => {
                 let how = NdShape {
                     usual_direction: *usual_direction,
@@ -844,8 +941,10 @@ pub fn build(steps: &[Step]) -> Vec<Built> {
                     code: *code,
                     target: target.as_ref(),
                     options: *options,
+                    ext,
+                    mld,
                 };
-                let (direction, p) = nd_pkt(ty, &how, src, dst);
+                let (direction, p) = nd_pkt(*role, ty, &how, src, dst);
                 Some(finish(*role, direction, p, &Mutation::None))
             }
             Step::Service {
@@ -1285,7 +1384,7 @@ fn teardown_pkts(t: &Built, reset: &Option<(bool, Delta)>) -> Vec<(Role, Directi
 }
 
 /// (type, direction a host uses it in, hop limit).
-const ND_TYPES: [(u8, Direction, u8); 9] = [
+const ND_TYPES: [(u8, Direction, u8); 11] = [
     (133, Direction::Egress, 255),
     (134, Direction::Ingress, 255),
     (135, Direction::Egress, 255),
@@ -1294,6 +1393,9 @@ const ND_TYPES: [(u8, Direction, u8); 9] = [
     (136, Direction::Ingress, 255),
     (137, Direction::Ingress, 255),
     (130, Direction::Ingress, 1),
+    // MLDv2, MLDv1 report or done (by the code): their records and groups want more cases.
+    (143, Direction::Egress, 1),
+    (143, Direction::Egress, 1),
     (143, Direction::Egress, 1),
 ];
 const ND_ADDRS: [&str; 10] = [
@@ -1316,9 +1418,11 @@ struct NdShape<'a> {
     code: u8,
     target: Option<&'a Index>,
     options: u8,
+    ext: &'a NdExt,
+    mld: &'a MldGen,
 }
 
-fn nd_pkt(ty: &Index, how: &NdShape, src: &Index, dst: &Index) -> (Direction, Pkt) {
+fn nd_pkt(role: Role, ty: &Index, how: &NdShape, src: &Index, dst: &Index) -> (Direction, Pkt) {
     let (ty, mut direction, mut hop) = ND_TYPES[ty.index(ND_TYPES.len())];
     if !how.usual_direction {
         direction = direction.reverse();
@@ -1327,9 +1431,47 @@ fn nd_pkt(ty: &Index, how: &NdShape, src: &Index, dst: &Index) -> (Direction, Pk
         hop = if hop == 1 { 255 } else { 1 };
     }
     let code = how.code;
-    let ty = if ty == 143 && code % 3 == 1 { 131 } else { ty };
+    let ty = match (ty, code % 3) {
+        (143, 1) => 131,
+        (143, 2) if code > 2 => 132,
+        _ => ty,
+    };
     let pick = |i: &Index| frames::addr(ND_ADDRS[i.index(ND_ADDRS.len())]);
     let src = pick(src);
+    let mld = matches!(ty, 131 | 132 | 143);
+    let ext = match (how.ext, mld) {
+        (NdExt::Usual, true) => vec![Ext::MldRouterAlert],
+        (NdExt::Usual | NdExt::Bare, _) => vec![],
+        (NdExt::Extra(e), true) => vec![Ext::MldRouterAlert, e.clone()],
+        (NdExt::Extra(e) | NdExt::Only(e), _) => vec![e.clone()],
+    };
+    if mld {
+        let src = match (how.mld.usual_src, role) {
+            (true, Role::Management) => frames::addr("fe80::1"),
+            (true, Role::Business) => frames::addr("fe80::2"),
+            (false, _) => src,
+        };
+        let (id, seq, body, to) = mld_message(ty, how.mld);
+        let dst = if how.mld.usual_dst {
+            frames::addr(to)
+        } else {
+            pick(dst)
+        };
+        let mut p = Pkt::new(
+            src,
+            dst,
+            L4::Icmp {
+                ty,
+                code: if code.is_multiple_of(3) { code } else { 0 },
+                id,
+                seq,
+                body,
+            },
+        );
+        p.hop_limit = hop;
+        p.ext = ext;
+        return (direction, p);
+    }
     // After the 4 bytes of id and sequence (a solicitation's reserved bytes, an
     // advertisement's flags): the target, then the options.
     let target = how.target.map_or(src, pick);
@@ -1350,7 +1492,32 @@ fn nd_pkt(ty: &Index, how: &NdShape, src: &Index, dst: &Index) -> (Direction, Pk
         },
     );
     p.hop_limit = hop;
+    p.ext = ext;
     (direction, p)
+}
+
+/// The identifier and sequence fields (bytes 4 to 8), the body, and where the message goes, of
+/// an MLD report or done of `ty`.
+fn mld_message(ty: u8, m: &MldGen) -> (u16, u16, Vec<u8>, &'static str) {
+    let group = |i: &Index| MLD_GROUPS[i.index(MLD_GROUPS.len())];
+    let trailing = vec![0x33; usize::from(m.trailing)];
+    if ty != 143 {
+        let g = m.records.first().map_or(MLD_GROUPS[0], |r| group(&r.1));
+        let mut body = frames::v6_octets(g).to_vec();
+        body.extend_from_slice(&trailing);
+        let to = if ty == 131 { g } else { "ff02::2" };
+        return (m.reserved, 0, body, to);
+    }
+    let mut body = Vec::new();
+    for (record_type, g, sources, aux) in &m.records {
+        body.extend_from_slice(&[*record_type, *aux, 0, *sources]);
+        body.extend_from_slice(&frames::v6_octets(group(g)));
+        body.extend(std::iter::repeat_n(0x11, usize::from(*sources) * 16));
+        body.extend(std::iter::repeat_n(0x22, usize::from(*aux) * 4));
+    }
+    body.extend_from_slice(&trailing);
+    let count = (m.records.len() as u16).wrapping_add(u16::from(m.count_skew));
+    (m.reserved, count, body, "ff02::16")
 }
 
 const DHCP_V4_SPECIAL: [&str; 4] = ["255.255.255.255", "0.0.0.0", "192.0.2.254", "10.0.0.1"];

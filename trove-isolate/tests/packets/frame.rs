@@ -68,7 +68,8 @@ pub fn ipv6_hl(proto: u8, hop_limit: u8, src: &str, dst: &str, l4: &[u8]) -> Vec
     ipv6_full(proto, hop_limit, &[], src, dst, l4)
 }
 
-fn ipv6_full(
+/// IPv6 with a given hop limit and extension headers.
+pub fn ipv6_full(
     proto: u8,
     hop_limit: u8,
     ext: &[(u8, Vec<u8>)],
