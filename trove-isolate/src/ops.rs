@@ -132,7 +132,7 @@ fn unrecorded_filters(state: &State) -> Vec<Attachment> {
 
 /// The daemon the record names, if it still runs: a live trove-isolate process (a PID the
 /// kernel has given to another program since does not count).
-fn running_daemon(state: &State) -> Option<u32> {
+pub fn running_daemon(state: &State) -> Option<u32> {
     let pid = state.pid?;
     let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     (comm.trim_end() == "trove-isolate").then_some(pid)

@@ -70,6 +70,11 @@ impl Pins {
         self.state_file().with_extension("drops.sock")
     }
 
+    /// The file whose lock the daemon holds while it runs, next to the state file.
+    pub fn lock_file(&self) -> PathBuf {
+        self.state_file().with_extension("lock")
+    }
+
     /// The state file of this pin path: `/sys/fs/bpf/trove-isolate` → `sys-fs-bpf-trove-isolate.json`.
     pub fn state_file(&self) -> PathBuf {
         let escaped: String = self

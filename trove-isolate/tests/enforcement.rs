@@ -346,6 +346,53 @@ fn bad_config_is_refused_and_the_old_policy_stays() {
 }
 
 /// Audit mode decides the same, drops nothing, and counts what it would have dropped.
+/// One daemon per pin path: a second, even on another metrics port, would write the same maps
+/// to its own policy. It is refused before it touches the kernel, naming the first.
+#[test]
+fn a_second_daemon_on_the_pin_path_is_refused() {
+    let s = setup("two");
+    let probes = scenario::probes(s.metrics);
+    let mut first = start(&s, "enforce", "auto");
+    let other = scenario::config(&s.guest, "audit", "auto", &s.pin_path, metrics_port());
+    let path = write_config(&other);
+    let mut second = std::process::Command::new(common::BIN)
+        .args(["run", "--config", path.to_str().expect("utf-8 path")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting a second daemon");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("waiting for it") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second daemon on {} ran for 20 s", s.pin_path);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().expect("piped"), &mut stderr)
+        .expect("its stderr");
+    let _ = std::fs::remove_file(&path);
+    assert!(!status.success(), "a second daemon started: {stderr}");
+    let pid = first.pid().expect("the first daemon's PID");
+    assert!(
+        stderr.contains("another trove-isolate daemon") && stderr.contains(&pid.to_string()),
+        "the refusal does not name the first daemon (PID {pid}):\n{stderr}"
+    );
+    // The first still enforces its policy, not the second's audit mode.
+    assert_probes(
+        &s.guest,
+        &probes,
+        "after a second daemon was refused",
+        |p| p.allowed,
+    );
+    first.stop();
+}
+
 #[test]
 fn audit_mode_counts_but_passes() {
     let s = setup("aud");
