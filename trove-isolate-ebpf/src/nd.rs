@@ -121,7 +121,10 @@ fn host_shaped(ctx: &TcContext, role: Role, ingress: bool, pkt: &Packet) -> Resu
 /// An MLD report or done going out: Linux's hop-by-hop header alone in front of it, from the
 /// NIC's own link-local address or ::, and naming only the NIC's own solicited-node groups.
 /// Its shape wrong: `malformed`; another source or group: `not_local`.
-#[inline(always)]
+///
+/// A function of its own in the program (a BPF-to-BPF call), as `parse::no_source_route` is:
+/// its many exits come back through one return.
+#[inline(never)]
 fn own_report(ctx: &TcContext, role: Role, pkt: &Packet) -> Result<(), Reason> {
     if pkt.options_len != 1 || parse::nd_ext_header(ctx, pkt)? != u64::from_ne_bytes(MLD_HOP_BY_HOP)
     {

@@ -44,6 +44,14 @@ const TCPOPT_WSCALE: u8 = 3;
 
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
+/// IPv4 options (RFC 791) walked looking for a source route. Linux sends a few when a socket
+/// asks (`IP_OPTIONS`: record route, timestamps, a source route) and none otherwise; a packet
+/// with more is refused rather than read in part. Each option walked costs the verifier a copy.
+pub const IPV4_MAX_OPTIONS: usize = 8;
+const IPOPT_END: u8 = 0;
+const IPOPT_NOOP: u8 = 1;
+const IPOPT_LSRR: u8 = 131;
+const IPOPT_SSRR: u8 = 137;
 
 #[repr(C)]
 struct EthHdr {
@@ -234,10 +242,52 @@ fn ipv4(ctx: &TcContext, off: usize) -> Result<Parsed, Reason> {
     if frag_off & (IP_MF | IP_OFFSET) != 0 {
         return Err(Reason::Fragment);
     }
+    if ihl > size_of::<Ipv4Hdr>() {
+        no_source_route(ctx, off + size_of::<Ipv4Hdr>(), off + ihl)?;
+    }
     let mut pkt = new_packet(family::V4, ip_proto, ttl);
     pkt.src[..4].copy_from_slice(&src);
     pkt.dst[..4].copy_from_slice(&dst);
     l4(ctx, off + ihl, end, pkt)
+}
+
+/// The IPv4 options from `at` to `end`, walked to their end-of-list: a loose or strict source
+/// route names hosts the packet is to visit after the header's destination, so the policy,
+/// which judges that destination, has no words for it (and Linux drops one coming in). An option
+/// whose length does not fit is malformed. Read with `bpf_skb_load_bytes`: the offsets vary.
+///
+/// A function of its own in the program (a BPF-to-BPF call): the walk's many exits come back
+/// through one return, so the verifier follows the rest of the program once per verdict rather
+/// than once per way through the walk.
+#[inline(never)]
+fn no_source_route(ctx: &TcContext, mut at: usize, end: usize) -> Result<(), Reason> {
+    for _ in 0..IPV4_MAX_OPTIONS {
+        if at >= end {
+            return Ok(());
+        }
+        let kind = ctx.load::<u8>(at).map_err(|_| Reason::Malformed)?;
+        match kind {
+            IPOPT_END => return Ok(()),
+            IPOPT_NOOP => {
+                at += 1;
+                continue;
+            }
+            IPOPT_LSRR | IPOPT_SSRR => return Err(Reason::UnsupportedProtocol),
+            _ => {}
+        }
+        if at + 1 >= end {
+            return Err(Reason::Malformed);
+        }
+        let len = ctx.load::<u8>(at + 1).map_err(|_| Reason::Malformed)? as usize;
+        if len < 2 || at + len > end {
+            return Err(Reason::Malformed);
+        }
+        at += len;
+    }
+    match at >= end {
+        true => Ok(()),
+        false => Err(Reason::UnsupportedProtocol),
+    }
 }
 
 /// Where the IP packet starting at `off` with the given length field ends. Zero means a BIG TCP
@@ -283,13 +333,19 @@ fn ipv6(ctx: &TcContext, off: usize) -> Result<Parsed, Reason> {
     for _ in 0..MAX_EXT_HEADERS {
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                let ext: *const [u8; 2] = l4_at(ctx, l4_off, end)?;
-                let (nh, len) = unsafe { ((*ext)[0], (*ext)[1]) };
+                let ext: *const [u8; 4] = l4_at(ctx, l4_off, end)?;
+                let (nh, len, segments_left) = unsafe { ((*ext)[0], (*ext)[1], (*ext)[3]) };
+                let routing = next == NEXTHDR_ROUTING;
                 next = nh;
                 l4_off += (len as usize + 1) * 8;
                 // The whole header lies inside the packet, or its "next header" is padding.
                 if l4_off > end {
                     return Err(Reason::Malformed);
+                }
+                // A routing header with segments left: the destination is only the next hop
+                // of a source route, and the policy judges destinations.
+                if routing && segments_left != 0 {
+                    return Err(Reason::UnsupportedProtocol);
                 }
             }
             NEXTHDR_FRAGMENT => return Err(Reason::Fragment),

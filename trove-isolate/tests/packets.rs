@@ -581,6 +581,37 @@ fn business_nic_and_isolation_between_nics() {
     );
 }
 
+/// A source route names hosts a packet is to visit after the header's destination, which is all
+/// the policy judges: refused both ways (Linux drops one coming in), as is an options field read
+/// only in part; an option whose length does not fit is malformed.
+#[rustfmt::skip]
+#[test]
+fn source_routes_are_refused() {
+    use Reason::*;
+    let mut dp = datapath();
+    let syn = |options: &[u8], port: u16| ipv4_options(options, proto::TCP, G4, RABBIT4, &tcp(port, 5672, SYN));
+    let lsrr = [131, 7, 4, 198, 51, 100, 9];
+    let ssrr = [137, 7, 4, 198, 51, 100, 9];
+    let record_route = [7, 7, 4, 0, 0, 0, 0];
+    let rh = |segments_left: u8| vec![0, 0, 4, segments_left, 0, 0, 0, 0];
+    run_table(&mut dp, &[
+        drop("IPv4 loose source route", M, E, syn(&lsrr, 42000), UnsupportedProtocol),
+        drop("IPv4 strict source route after record route and NOPs", M, E, syn(&[&[1, 1][..], &record_route, &ssrr].concat(), 42001), UnsupportedProtocol),
+        drop("IPv4 loose source route coming in", M, I, ipv4_options(&lsrr, proto::TCP, OPERATOR, G4, &tcp(52000, 22, SYN)), UnsupportedProtocol),
+        drop("IPv4 loose source route, UDP", B, E, ipv4_options(&lsrr, proto::UDP, G4, PEER, &udp(40000, 3306)), UnsupportedProtocol),
+        pass("IPv4 record route", M, E, syn(&record_route, 42002), Allowed),
+        pass("IPv4 source route bytes after end-of-list", M, E, syn(&[&[0][..], &lsrr].concat(), 42003), Allowed),
+        pass("IPv4 with 8 no-operations (the bound)", M, E, syn(&[1; 8], 42004), Allowed),
+        drop("IPv4 with 12 no-operations", M, E, syn(&[1; 12], 42005), UnsupportedProtocol),
+        drop("IPv4 option longer than the options", M, E, syn(&[7, 12, 4, 0], 42006), Malformed),
+        drop("IPv4 option of length 1", M, E, syn(&[7, 1, 0, 0], 42007), Malformed),
+        drop("IPv4 option whose length is past the options", M, E, syn(&[1, 1, 1, 7], 42008), Malformed),
+        drop("IPv6 routing header with a segment left", M, E, ipv6_ext(proto::TCP, &[(43, rh(1))], G6, RABBIT6, &tcp(42009, 5671, SYN)), UnsupportedProtocol),
+        drop("IPv6 routing header with a segment left, coming in", B, I, ipv6_ext(proto::TCP, &[(43, rh(2))], CLIENT6, G6, &tcp(42010, 3306, SYN)), UnsupportedProtocol),
+        pass("IPv6 routing header with no segments left", M, E, ipv6_ext(proto::TCP, &[(43, rh(0))], G6, RABBIT6, &tcp(42011, 5671, SYN)), Allowed),
+    ]);
+}
+
 #[test]
 fn headers_that_must_fail_closed() {
     use Reason::*;

@@ -29,6 +29,12 @@ const IPV6_DEST_OPTIONS: u8 = 60;
 
 const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
 const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
+/// IPv4 options walked looking for a source route (the datapath's bound).
+pub const MAX_IPV4_OPTIONS: usize = 8;
+const IPV4_OPTION_END: u8 = 0;
+const IPV4_OPTION_NOP: u8 = 1;
+const IPV4_OPTION_LSRR: u8 = 131;
+const IPV4_OPTION_SSRR: u8 = 137;
 
 const TCP_OPTION_END: u8 = 0;
 const TCP_OPTION_NOP: u8 = 1;
@@ -275,6 +281,7 @@ fn ipv4(frame: &[u8], off: usize, gso: bool) -> Result<Frame, Reason> {
     if frag & (IPV4_MORE_FRAGMENTS | IPV4_FRAGMENT_OFFSET) != 0 {
         return Err(Reason::Fragment);
     }
+    no_source_route(&frame[off + 20..off + header_len])?;
     let ip = Ip {
         src: v4(&h[12..16]),
         dst: v4(&h[16..20]),
@@ -285,8 +292,40 @@ fn ipv4(frame: &[u8], off: usize, gso: bool) -> Result<Frame, Reason> {
     transport(frame, off + header_len, end, ip)
 }
 
+/// IPv4 options (RFC 791), walked option by option to their end-of-list, at most
+/// [`MAX_IPV4_OPTIONS`] (a no-operation is one byte, any other a kind and a length of at least 2
+/// that fits): a loose or strict source route, or more options than that, is *unsupported* (the
+/// destination would be only the next hop); a length that does not fit is *malformed*.
+fn no_source_route(options: &[u8]) -> Result<(), Reason> {
+    let mut at = 0;
+    for _ in 0..MAX_IPV4_OPTIONS {
+        let Some(&kind) = options.get(at) else {
+            return Ok(());
+        };
+        match kind {
+            IPV4_OPTION_END => return Ok(()),
+            IPV4_OPTION_NOP => {
+                at += 1;
+                continue;
+            }
+            IPV4_OPTION_LSRR | IPV4_OPTION_SSRR => return Err(Reason::UnsupportedProtocol),
+            _ => {}
+        }
+        let len = usize::from(*options.get(at + 1).ok_or(Reason::Malformed)?);
+        if len < 2 || at + len > options.len() {
+            return Err(Reason::Malformed);
+        }
+        at += len;
+    }
+    if at < options.len() {
+        return Err(Reason::UnsupportedProtocol);
+    }
+    Ok(())
+}
+
 /// IPv6: version 6, hop-by-hop / routing / destination options headers walked (at most six,
-/// each inside the packet), a fragment header refused as a fragment.
+/// each inside the packet), a fragment header refused as a fragment, a routing header with
+/// segments left (a source route) refused as unsupported.
 fn ipv6(frame: &[u8], off: usize, gso: bool) -> Result<Frame, Reason> {
     let h: [u8; 40] = header(frame, off, frame.len())?;
     if h[0] >> 4 != 6 {
@@ -304,11 +343,14 @@ fn ipv6(frame: &[u8], off: usize, gso: bool) -> Result<Frame, Reason> {
     for _ in 0..MAX_EXTENSION_HEADERS {
         match next {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => {
-                let ext: [u8; 2] = header(frame, l4_off, end)?;
+                let ext: [u8; 4] = header(frame, l4_off, end)?;
                 let ext_len = (usize::from(ext[1]) + 1) * 8;
                 // The whole extension header lies inside the packet.
                 if l4_off + ext_len > end {
                     return Err(Reason::Malformed);
+                }
+                if next == IPV6_ROUTING && ext[3] != 0 {
+                    return Err(Reason::UnsupportedProtocol);
                 }
                 next = ext[0];
                 l4_off += ext_len;

@@ -105,6 +105,35 @@ fn ethernet_and_ip_headers() {
 }
 
 #[test]
+fn source_routes_are_unsupported() {
+    let v4 = |options: &[u8]| {
+        let mut p = Pkt::tcp(G4, RABBIT4, 40000, 5672, SYN);
+        p.v4_options = options.to_vec();
+        p.frame()
+    };
+    let lsrr = [131, 7, 4, 198, 51, 100, 9];
+    assert_eq!(parse_err(&v4(&lsrr)), UnsupportedProtocol);
+    assert_eq!(
+        parse_err(&v4(&[&[1, 1][..], &[137, 3, 4]].concat())),
+        UnsupportedProtocol
+    );
+    assert!(parse::frame(&v4(&[&[0][..], &lsrr].concat()), false).is_ok());
+    assert!(parse::frame(&v4(&[7, 7, 4, 0, 0, 0, 0]), false).is_ok());
+    assert!(parse::frame(&v4(&[1; 8]), false).is_ok());
+    assert_eq!(parse_err(&v4(&[1; 9])), UnsupportedProtocol);
+    assert_eq!(parse_err(&v4(&[7, 9, 4, 0])), Malformed);
+    assert_eq!(parse_err(&v4(&[7, 1, 0, 0])), Malformed);
+    assert_eq!(parse_err(&v4(&[1, 1, 1, 7])), Malformed);
+    let v6 = |ext: Ext| {
+        let mut p = Pkt::tcp(G6, RABBIT6, 40000, 5671, SYN);
+        p.ext = vec![ext];
+        p.frame()
+    };
+    assert_eq!(parse_err(&v6(Ext::SourceRoute(0))), UnsupportedProtocol);
+    assert!(parse::frame(&v6(Ext::Routing(0)), false).is_ok());
+}
+
+#[test]
 fn ipv6_extension_headers() {
     let with = |ext: Vec<Ext>| {
         let mut p = Pkt::tcp(G6, RABBIT6, 40000, 5671, SYN);

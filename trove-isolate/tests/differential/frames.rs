@@ -51,7 +51,10 @@ pub enum Ext {
     HopByHop(u8),
     /// The hop-by-hop header Linux puts in front of MLD: a router alert for MLD, and padding.
     MldRouterAlert,
+    /// A routing header with no segments left (the packet is at its final destination).
     Routing(u8),
+    /// A routing header with a segment left: a source route.
+    SourceRoute(u8),
     DestOptions(u8),
     Fragment {
         offset: u16,
@@ -63,7 +66,7 @@ impl Ext {
     pub fn number(&self) -> u8 {
         match self {
             Ext::HopByHop(_) | Ext::MldRouterAlert => 0,
-            Ext::Routing(_) => 43,
+            Ext::Routing(_) | Ext::SourceRoute(_) => 43,
             Ext::DestOptions(_) => 60,
             Ext::Fragment { .. } => 44,
         }
@@ -71,12 +74,16 @@ impl Ext {
 
     fn bytes(&self, next: u8) -> Vec<u8> {
         match self {
-            Ext::HopByHop(len) | Ext::Routing(len) | Ext::DestOptions(len) => {
+            Ext::HopByHop(len)
+            | Ext::Routing(len)
+            | Ext::SourceRoute(len)
+            | Ext::DestOptions(len) => {
                 let mut b = vec![0u8; (usize::from(*len) + 1) * 8];
                 b[0] = next;
                 b[1] = *len;
-                if matches!(self, Ext::Routing(_)) {
-                    b[2] = 4; // segment routing type; segments left 0
+                if matches!(self, Ext::Routing(_) | Ext::SourceRoute(_)) {
+                    b[2] = 4; // segment routing type
+                    b[3] = u8::from(matches!(self, Ext::SourceRoute(_))); // segments left
                 } else {
                     b[2] = 1; // PadN
                     b[3] = (b.len() - 4) as u8;

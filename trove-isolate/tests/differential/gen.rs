@@ -509,8 +509,37 @@ fn ext() -> BoxedStrategy<Ext> {
     prop_oneof![
         3 => len.clone().prop_map(Ext::HopByHop),
         2 => len.clone().prop_map(Ext::Routing),
+        1 => len.clone().prop_map(Ext::SourceRoute),
         3 => len.prop_map(Ext::DestOptions),
         1 => (0u16..8192, any::<bool>()).prop_map(|(offset, more)| Ext::Fragment { offset, more }),
+    ]
+    .boxed()
+}
+
+/// IPv4 options: mostly none; some as a socket's `IP_OPTIONS` gives them (record route,
+/// timestamps, a loose or strict source route, no-operations, end-of-list), some of any bytes.
+fn v4_options() -> BoxedStrategy<Vec<u8>> {
+    let option = prop_oneof![
+        3 => Just(vec![1u8]),
+        1 => Just(vec![0u8]),
+        2 => Just(vec![7u8, 7, 4, 0, 0, 0, 0]),
+        1 => Just(vec![68u8, 8, 5, 0, 0, 0, 0, 0]),
+        2 => Just(vec![131u8, 7, 4, 198, 51, 100, 9]),
+        1 => Just(vec![137u8, 7, 4, 198, 51, 100, 9]),
+        1 => (any::<u8>(), 0u8..=12).prop_map(|(kind, len)| {
+            let mut o = vec![kind, len];
+            o.resize(usize::from(len.max(2)), 0);
+            o
+        }),
+    ];
+    prop_oneof![
+        16 => Just(vec![]),
+        3 => vec(option, 1..=10).prop_map(|os| {
+            let mut all: Vec<u8> = os.concat();
+            all.truncate(40);
+            all
+        }),
+        1 => vec(any::<u8>(), 1..=40),
     ]
     .boxed()
 }
@@ -521,7 +550,7 @@ fn fresh_pkt() -> BoxedStrategy<FreshPkt> {
         local_pick(),
         addr_pick(),
         prop_oneof![6 => Just(64u8), 3 => Just(255), 3 => Just(1), 1 => any::<u8>()],
-        prop_oneof![8 => Just(vec![]), 1 => vec(any::<u8>(), 1..=40)],
+        v4_options(),
         prop_oneof![20 => Just(DF), 4 => Just(0u16), 1 => Just(0x2000), 1 => any::<u16>()],
         prop_oneof![
             16 => Just(vec![]),

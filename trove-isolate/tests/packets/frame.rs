@@ -58,6 +58,18 @@ pub fn ipv4(opts: V4, proto: u8, src: &str, dst: &str, l4: &[u8]) -> Vec<u8> {
     eth(ETH_IP, &h)
 }
 
+/// IPv4 carrying `options` (padded with no-operations to a multiple of 4 bytes).
+pub fn ipv4_options(options: &[u8], proto: u8, src: &str, dst: &str, l4: &[u8]) -> Vec<u8> {
+    let mut f = ipv4(V4_PLAIN, proto, src, dst, l4);
+    let mut opts = options.to_vec();
+    opts.resize(opts.len().div_ceil(4) * 4, 1);
+    let hlen = 20 + opts.len();
+    f.splice(14 + 20..14 + 20, opts);
+    f[14] = 0x40 | (hlen / 4) as u8;
+    f[14 + 2..14 + 4].copy_from_slice(&((hlen + l4.len()) as u16).to_be_bytes());
+    f
+}
+
 /// IPv6 with `ext` as (next header, header bytes) pairs chained in front of the L4 payload.
 pub fn ipv6_ext(proto: u8, ext: &[(u8, Vec<u8>)], src: &str, dst: &str, l4: &[u8]) -> Vec<u8> {
     ipv6_full(proto, 64, ext, src, dst, l4)
