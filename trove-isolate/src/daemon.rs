@@ -21,7 +21,7 @@ use ipnetwork::IpNetwork;
 use crate::{
     conntrack,
     datapath::{self, Datapath, PinnedMaps},
-    drops, linkwatch, local,
+    drops, linkwatch, local, pin_lock,
     pins::Pins,
     policy::{ConntrackPolicy, Policy, Source},
     reconcile::{self, enforce, reenforce, Devices, NicAddresses},
@@ -101,38 +101,6 @@ impl DaemonStats {
     }
 }
 
-/// Holds the pin path for the daemon's life. A second daemon under it would write the same maps,
-/// each to its own policy, undoing the other's. The lock is on a file beside the state file,
-/// and the kernel lets it go however the process ends.
-fn hold(pins: &Pins) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    use nix::fcntl::{Flock, FlockArg};
-    let path = pins.lock_file();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        if errno != nix::errno::Errno::EWOULDBLOCK {
-            return anyhow::Error::new(errno).context(format!("locking {}", path.display()));
-        }
-        let who = State::read(&pins.state_file())
-            .ok()
-            .flatten()
-            .and_then(|state| crate::ops::running_daemon(&state))
-            .map_or(String::new(), |pid| format!(" (PID {pid})"));
-        anyhow::anyhow!(
-            "another trove-isolate daemon{who} enforces under {}: two would undo each other's \
-             policy; stop it first, or give this one its own pin_path",
-            pins.root().display()
-        )
-    })
-}
-
 /// Enforces `policy` (compiled from `source`) and serves metrics until `shutdown` completes;
 /// `reload` yields once per reload request (SIGHUP). Enforcement stays after.
 pub async fn run(
@@ -147,7 +115,15 @@ pub async fn run(
         .await
         .with_context(|| format!("[metrics] listen {}", policy.metrics.listen))?;
     let pins = Pins::new(&policy.pin_path);
-    let _held = hold(&pins)?;
+    // One daemon per pin path (`pin_lock`), before the kernel is touched.
+    let _held = pin_lock::try_take(&pins)?.map_err(|pid| {
+        anyhow::anyhow!(
+            "another trove-isolate daemon{} enforces under {}: two would undo each other's \
+             policy; stop it first, or give this one its own pin_path",
+            pin_lock::named(pid),
+            pins.root().display()
+        )
+    })?;
     // Listen before enforcing: a NIC that moves while we attach is heard, and followed.
     let mut changes = linkwatch::watch().context("watching the NICs (netlink)")?;
     let (datapath, mut state, devices) = enforce(&policy, options.datapath_log)?;

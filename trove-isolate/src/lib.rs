@@ -27,6 +27,7 @@ pub mod netns;
 pub mod nic;
 pub mod ops;
 pub mod own_sets;
+pub mod pin_lock;
 pub mod pins;
 pub mod policy;
 pub mod rawsock;

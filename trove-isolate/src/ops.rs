@@ -19,6 +19,23 @@ use crate::{
 /// programs again at its next look, within a second, and the operator would have been told
 /// they were gone.
 pub fn detach(pins: &Pins, force: bool) -> anyhow::Result<String> {
+    // The daemon's lock, held while we work: a daemon starting now has not yet written its PID
+    // to the record. Best effort: with /run unwritable, detach still works.
+    let _held = match crate::pin_lock::try_take(pins) {
+        Ok(Ok(held)) => Some(held),
+        Ok(Err(pid)) if !force => anyhow::bail!(
+            "the daemon enforcing under {}{} is running (it holds the pin path's lock), and \
+             would attach its programs again within a second: stop it first (systemctl stop \
+             trove-isolate), then detach; --force detaches under it anyway",
+            pins.root().display(),
+            crate::pin_lock::named(pid)
+        ),
+        Ok(Err(_)) => None,
+        Err(e) => {
+            log::warn!("detaching without the pin path's lock: {e:#}");
+            None
+        }
+    };
     let mut out = String::new();
     let state_file = pins.state_file();
     if let Some(mut state) = State::read(&state_file)? {

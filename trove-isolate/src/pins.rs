@@ -18,8 +18,12 @@ pub struct Pins {
 }
 
 impl Pins {
+    /// One spelling per directory (`//` and `.` dropped, as `Path::components` reads them), so
+    /// the state file and the lock beside it are one for every way a config writes the path.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into().components().collect(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -70,7 +74,7 @@ impl Pins {
         self.state_file().with_extension("drops.sock")
     }
 
-    /// The file whose lock the daemon holds while it runs, next to the state file.
+    /// The file whose lock the daemon holds while it runs (`pin_lock`), next to the state file.
     pub fn lock_file(&self) -> PathBuf {
         self.state_file().with_extension("lock")
     }
@@ -127,5 +131,12 @@ mod tests {
             pins.state_file(),
             Path::new("/run/trove-isolate/sys-fs-bpf-trove-isolate.json")
         );
+        for spelling in ["/sys/fs/bpf//trove-isolate/", "/sys/fs/bpf/./trove-isolate"] {
+            assert_eq!(
+                Pins::new(spelling).lock_file(),
+                pins.lock_file(),
+                "{spelling}"
+            );
+        }
     }
 }

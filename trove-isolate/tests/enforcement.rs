@@ -345,7 +345,6 @@ fn bad_config_is_refused_and_the_old_policy_stays() {
     }
 }
 
-/// Audit mode decides the same, drops nothing, and counts what it would have dropped.
 /// One daemon per pin path: a second, even on another metrics port, would write the same maps
 /// to its own policy. It is refused before it touches the kernel, naming the first.
 #[test]
@@ -393,6 +392,7 @@ fn a_second_daemon_on_the_pin_path_is_refused() {
     first.stop();
 }
 
+/// Audit mode decides the same, drops nothing, and counts what it would have dropped.
 #[test]
 fn audit_mode_counts_but_passes() {
     let s = setup("aud");
