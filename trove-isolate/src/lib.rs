@@ -23,6 +23,7 @@ pub mod local;
 pub mod map_batch;
 pub mod metrics;
 pub mod model;
+pub mod multicast;
 pub mod netns;
 pub mod nic;
 pub mod ops;

@@ -193,6 +193,9 @@ pub fn report(pins: &Pins) -> anyhow::Result<Report> {
                 }
                 nic.enforced = inspect::enforced(&nic.hooks);
                 nic.now = Some(Place::of_device(&device));
+                if let Some(note) = refused_groups_note(role, &device) {
+                    report.problems.push(note);
+                }
             }
             Err(e) => report
                 .problems
@@ -262,6 +265,29 @@ fn drift(problems: &mut Vec<String>, nic: &NicReport) {
             recorded.interface, now.interface
         )),
         _ => {}
+    }
+}
+
+/// Notes the groups the NIC carries whose MLD reports are refused going out: behind a switch
+/// that snoops MLD, a report listing one beside the NIC's own groups is lost with them.
+fn refused_groups_note(role: Role, device: &Device) -> Option<String> {
+    match crate::multicast::refused_groups(device) {
+        Ok(groups) if groups.is_empty() => None,
+        Ok(groups) => {
+            let list: Vec<String> = groups.iter().map(ToString::to_string).collect();
+            Some(format!(
+                "note: the {role} NIC {} carries multicast groups whose MLD reports are refused \
+                 going out: {}. Behind a switch that snoops MLD, a report that lists one beside \
+                 the NIC's own groups is lost with them; net.ipv6.conf.{}.force_mld_version = 1 \
+                 reports each group alone (SECURITY.md)",
+                device.name,
+                list.join(", "),
+                device.name
+            ))
+        }
+        Err(e) => Some(format!(
+            "note: cannot list the multicast groups of the {role} NIC: {e:#}"
+        )),
     }
 }
 

@@ -1149,12 +1149,25 @@ fn mld_reports_reach_the_link_only_for_the_nics_own_groups() {
         after_join > before,
         "no report of the joined group was refused ({before} → {after_join}): none sent?"
     );
+    // `status` names the group, whose reports are refused.
+    let status = |when: &str| {
+        let out = cli(&["status", "--pin-path", &s.pin_path]);
+        assert!(out.status.success(), "status {when}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = status("with the group joined");
+    assert!(
+        said.contains("MLD reports are refused") && said.contains(&joined.to_string()),
+        "status does not name the joined group:\n{said}"
+    );
     drop(member);
     let heard = tap.reports(Duration::from_secs(3));
     assert!(
         heard.iter().all(|groups| !groups.contains(&joined)),
         "a report leaving the joined group reached the link: {heard:?}"
     );
+    let said = status("after the group was left");
+    assert!(!said.contains(&joined.to_string()), "{said}");
     tap.send(&mld_general_query(Duration::from_millis(1000)));
     let heard = tap.reports(Duration::from_secs(3));
     assert!(
