@@ -78,15 +78,18 @@ enum Command {
     /// Have the running daemon apply its config file again, with no window.
     ///
     /// Validates the config the daemon runs with (named in its state record) first: a bad config
-    /// is reported here and the daemon is not disturbed. Otherwise sends it SIGHUP (what
-    /// `systemctl reload trove-isolate` does) and waits for the outcome: new rules take effect
-    /// without an instant of either more or less than the old or new policy allows, and tracked
-    /// flows the new policy refuses are revoked. Exits non-zero if the daemon refused the
-    /// config or did not answer in time.
+    /// is reported here and the daemon is not disturbed. Otherwise sends it SIGHUP and waits for
+    /// the outcome: new rules take effect without an instant of either more or less than the
+    /// old or new policy allows, and tracked flows the new policy refuses are revoked. Exits
+    /// non-zero if the daemon refused the config or did not answer in time, so `systemctl
+    /// reload trove-isolate`, which runs this, fails on a refused config.
     Reload {
         /// The pin directory of the running daemon (the config's `pin_path`).
         #[arg(long, default_value = DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
+        /// Find the daemon from its config file instead: the file's `pin_path`, or the default.
+        #[arg(long, conflicts_with = "pin_path")]
+        config: Option<PathBuf>,
         /// Seconds to wait for the daemon to report the outcome.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
@@ -233,17 +236,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             datapath_log,
         } => {
             daemon::fixed_malloc_thresholds();
-            let source = Source::load(&config)?;
-            let policy = Policy::from_source(&source, &config)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
             let result = runtime.block_on(async {
-                // Handlers first: a SIGTERM or SIGHUP right after the "enforcing" line (or the
-                // READY notification) must be handled, not kill us.
+                // Handlers first: a SIGTERM or SIGHUP while the config is read and its names
+                // looked up, or right after the "enforcing" line (or the READY notification),
+                // must be handled, not kill us. A SIGHUP before enforcing is a reload after.
                 let shutdown = shutdown_signal()?;
                 let hangups = Hangups::install()?;
+                let source = Source::load(&config)?;
+                let policy = Policy::from_source(&source, &config)?;
                 let options = daemon::RunOptions {
                     datapath_log,
                     config,
@@ -273,7 +277,17 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Reload { pin_path, timeout } => {
+        Command::Reload {
+            pin_path,
+            config,
+            timeout,
+        } => {
+            let pin_path = match config {
+                Some(path) => trove_isolate::config::Config::load(&path)?
+                    .pin_path
+                    .map_or_else(|| PathBuf::from(DEFAULT_PIN_PATH), PathBuf::from),
+                None => pin_path,
+            };
             let outcome = ops::reload(&Pins::new(pin_path), Duration::from_secs(timeout))?;
             println!("{outcome}");
             Ok(())

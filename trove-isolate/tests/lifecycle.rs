@@ -230,7 +230,8 @@ fn reload_applies_with_no_window_and_refuses_a_bad_config() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&config, &narrower).expect("writing the narrower config");
-    let out = cli(&["reload", "--pin-path", &pin_path]);
+    // As the unit's ExecReload does: the daemon found from its config file.
+    let out = cli(&["reload", "--config", config.to_str().expect("a UTF-8 path")]);
     assert!(out.status.success(), "{out:?}");
     assert!(
         !tcp_probe(&guest.host, None, registry, PROBE),
@@ -383,11 +384,10 @@ fn the_unit_file_verifies() {
     .expect("reading dist/trove-isolate.service");
     for want in [
         "Type=notify",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/usr/local/bin/trove-isolate reload --config /etc/trove-isolate/config.toml",
         "Restart=always",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_ADMIN",
     ] {
         assert!(unit.contains(want), "the unit lacks {want}");
     }
