@@ -2,8 +2,9 @@
 //!
 //! A flow a rule allowed starts in the **new** table (an LRU hash: small, short timeouts, a
 //! flood of new flows evicts only other new flows) and is promoted to the **established** table
-//! (a plain hash that never evicts) once it proves two-way: the completed TCP handshake, or the
-//! first reply of a UDP or picked-up TCP flow. When the established table is full, promotion
+//! (a plain hash that never evicts) once it proves two-way: the completed TCP handshake, the
+//! first reply of a picked-up TCP flow, or for UDP a reply and traffic still flowing after
+//! [`UDP_STREAM_NS`] (a query and its answer stay new). When the established table is full, promotion
 //! fails and the flow is refused (`conntrack_full`) instead of evicting an established one, as
 //! nf_conntrack's early drop spares assured entries. ICMP echo flows stay in the new table. A
 //! TCP flow that closes goes back to the new table to finish (or never leaves it, when it closes
@@ -38,6 +39,15 @@ pub const TCP_TIMEOUT_NS: u64 = 24 * 3600 * 1_000_000_000;
 /// After FINs both ways or a reset: long enough for the closing handshake to finish.
 pub const TCP_CLOSING_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
 pub const UDP_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
+/// A UDP flow earns an established slot once it still carries datagrams this long after it
+/// began, with a reply seen: a stream. A query and its answer (DNS, NTP) finish sooner and stay
+/// in the new table, where they time out after [`NEW_TIMEOUT_NS`] or are evicted, so a process
+/// that sends many queries from many ports churns the new table, never filling the established
+/// one (nf_conntrack's UDP stream rule, with its 2 s).
+pub const UDP_STREAM_NS: u64 = 2 * 1_000_000_000;
+/// A UDP flow's start is kept in units of 2^20 ns (about a millisecond) in 32 bits
+/// ([`FlowValue::guest_end`]), which wrap after 52 days; a flow in the new table is younger.
+pub const BORN_SHIFT: u32 = 20;
 /// `last_seen` is refreshed at most this often, to keep per-packet writes rare.
 pub const REFRESH_NS: u64 = 1_000_000_000;
 
@@ -335,6 +345,8 @@ pub mod state {
     /// TCP opened by the remote: the remote acknowledged the SYN-ACK; the guest's first segment
     /// after the handshake promotes it.
     pub const ACKED: u8 = 5;
+    /// UDP: a reply was seen; promoted once it is a stream ([`super::UDP_STREAM_NS`]).
+    pub const REPLIED: u8 = 6;
 }
 
 /// `FlowValue::flags` bits.
@@ -378,6 +390,8 @@ pub struct FlowValue {
     /// TCP: the sequence number just past the furthest the guest has sent (its data, SYN and
     /// FIN). The remote's acknowledgment is recorded only up to it: a blind sender cannot move
     /// it past what the guest sent (and so hold the guest's own FIN out of the window).
+    /// UDP: when the flow began, the coarse clock shifted right by [`BORN_SHIFT`] (with
+    /// [`flags::GUEST_END`] clear).
     pub guest_end: u32,
 }
 
@@ -391,6 +405,20 @@ impl FlowValue {
     #[inline(always)]
     pub const fn guest_done(&self) -> bool {
         self.flags & (flags::CLOSING | flags::FIN_SEEN[crate::Direction::Egress as usize]) != 0
+    }
+
+    /// Notes that a UDP flow begins at `now_ns` ([`FlowValue::guest_end`]).
+    #[inline(always)]
+    pub fn set_born(&mut self, now_ns: u64) {
+        self.guest_end = (now_ns >> BORN_SHIFT) as u32;
+    }
+
+    /// Whether a UDP flow that began with [`FlowValue::set_born`] is [`UDP_STREAM_NS`] old at
+    /// `now_ns`.
+    #[inline(always)]
+    pub fn old_enough_to_stream(&self, now_ns: u64) -> bool {
+        let age = ((now_ns >> BORN_SHIFT) as u32).wrapping_sub(self.guest_end);
+        age >= (UDP_STREAM_NS >> BORN_SHIFT) as u32
     }
 
     /// Idle time after which the flow is forgotten.

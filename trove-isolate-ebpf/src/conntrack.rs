@@ -333,7 +333,8 @@ fn fin_closes(value: &mut FlowValue, d: usize) -> bool {
 /// sender cannot fake: the guest's ACK of the SYN-ACK when it opened the flow, its first
 /// segment after the handshake when the remote did (a remote's ACK the guest discards, bad
 /// checksum and all, earns nothing), or for a flow picked up mid-way, the other side's first
-/// ACK (the guest's, with data, for one picked up coming in).
+/// ACK (the guest's, with data, for one picked up coming in). A UDP flow is promoted by a packet
+/// either way once it has had a reply and is `UDP_STREAM_NS` old (a stream).
 #[inline(always)]
 fn embryonic<F: Flow>(
     ctx: &TcContext,
@@ -397,7 +398,17 @@ fn embryonic<F: Flow>(
             }
             Ok(Reason::Tracked)
         }
-        Kind::Udp if reply => promote(t, flow, value, now),
+        // A query and its answer stay here; a flow still exchanging datagrams once it is old
+        // enough is a stream, and earns an established slot.
+        Kind::Udp => {
+            if reply && value.state == state::UNREPLIED {
+                value.state = state::REPLIED;
+            }
+            if value.state == state::REPLIED && value.old_enough_to_stream(now) {
+                return promote(t, flow, value, now);
+            }
+            Ok(Reason::Tracked)
+        }
         // Echo flows live in the new table: the key already fixes which way requests go.
         _ => Ok(Reason::Tracked),
     }
@@ -479,6 +490,8 @@ pub fn track<F: Flow>(
             }
         }
         record_ack(&mut value, direction, pkt);
+    } else {
+        value.set_born(now);
     }
     // An LRU insert always finds room: at worst it evicts the least recent new flow.
     t.new

@@ -107,7 +107,7 @@ fn transitions(
             Some(b) if b.0 == T::New && a.0 == T::Established => match b.1 {
                 Stage::SynAcked => "promoted: guest acked the SYN-ACK",
                 Stage::Acked => "promoted: guest sent after the remote's ACK",
-                Stage::Unreplied => "promoted: reply to UDP or picked-up TCP",
+                Stage::Unreplied => "promoted: reply to picked-up TCP",
                 _ => "promoted: other",
             },
             Some(b) if !b.2 && a.2 => "closing",
@@ -115,6 +115,7 @@ fn transitions(
             Some(b) if b.1 != a.1 => match a.1 {
                 Stage::SynAcked => "SYN-ACK seen",
                 Stage::Acked => "remote acked the SYN-ACK",
+                Stage::Replied => "UDP answered",
                 _ => "stage changed",
             },
             Some(_) => continue,
@@ -442,6 +443,7 @@ fn model_flows(m: &Model) -> BTreeMap<String, String> {
                 Stage::SynSent => state::SYN_SENT,
                 Stage::SynAcked => state::SYN_ACKED,
                 Stage::Unreplied => state::UNREPLIED,
+                Stage::Replied => state::REPLIED,
                 Stage::Acked => state::ACKED,
                 Stage::Established => state::ESTABLISHED,
             };

@@ -1739,13 +1739,12 @@ fn a_flows_protocol_is_part_of_its_identity() {
         pass("unreachable quoting the SYN", M, I, ipv4(V4_PLAIN, proto::ICMP, "203.0.113.1", G4, &icmp(3, 3, 0, &quote(&v4_tcp(G4, RABBIT4, 40801, 5672, SYN), 20))), Related),
         drop("unreachable quoting UDP on the SYN's tuple", M, I, ipv4(V4_PLAIN, proto::ICMP, "203.0.113.1", G4, &icmp(3, 3, 0, &quote(&v4_udp(G4, RABBIT4, 40801, 5672), 20))), NotTracked),
     ]);
+    // The handshake and the answered query (no stream yet) both wait in the new table.
     let flows = dp.flows(M, Table::New).expect("flows");
     let mut protos: Vec<u8> = flows.iter().map(|(k, _)| k.proto).collect();
     protos.sort_unstable();
-    assert_eq!(protos, [proto::TCP], "only the TCP flow waits in the new table: {flows:?}");
-    let flows = dp.flows(M, Table::Established).expect("flows");
-    let protos: Vec<u8> = flows.iter().map(|(k, _)| k.proto).collect();
-    assert_eq!(protos, [proto::UDP], "the answered query is established: {flows:?}");
+    assert_eq!(protos, [proto::TCP, proto::UDP], "{flows:?}");
+    assert!(dp.flows(M, Table::Established).expect("flows").is_empty());
 }
 
 /// A flow's key in the wide tables (every flow but TCP over IPv4) holds only a fold of its
@@ -1782,6 +1781,46 @@ fn a_flow_is_its_own_local_address_whatever_its_key_folds() {
     let flows = dp.flows(B, Table::Established).expect("flows");
     assert_eq!(flows.len(), 1, "{flows:?}");
     assert_eq!(trove_isolate::conntrack::local_ip(&flows[0].0), G6.parse::<std::net::IpAddr>().unwrap());
+}
+
+/// A UDP flow takes an established slot only as a stream: a reply seen, and datagrams still
+/// flowing 2 s after it began. A query and its answer stay in the new table (so many of them
+/// churn the table that evicts, never the one that does not), as does a flow nothing answers.
+#[rustfmt::skip]
+#[test]
+fn udp_earns_an_established_slot_only_as_a_stream() {
+    use trove_isolate::datapath::Table;
+    use trove_isolate_common::conntrack::{state, UDP_STREAM_NS};
+    use Reason::*;
+    let mut dp = datapath();
+    let states = |dp: &Datapath, t: Table| -> Vec<(u16, u8)> {
+        let mut v: Vec<_> = dp.flows(M, t).expect("flows").iter().map(|(k, v)| (u16::from_be(k.local_port), v.state)).collect();
+        v.sort();
+        v
+    };
+    run_table(&mut dp, &[
+        pass("a query", M, E, v4_udp(G4, "192.0.2.53", 41000, 53), Allowed),
+        pass("its answer", M, I, v4_udp("192.0.2.53", G4, 53, 41000), Tracked),
+        pass("the next query on the socket", M, E, v4_udp(G4, "192.0.2.53", 41000, 53), Tracked),
+        pass("its answer", M, I, v4_udp("192.0.2.53", G4, 53, 41000), Tracked),
+        pass("a query nothing answers", M, E, v4_udp(G4, "192.0.2.53", 41001, 53), Allowed),
+    ]);
+    assert_eq!(states(&dp, Table::New), [(41000, state::REPLIED), (41001, state::UNREPLIED)]);
+    assert!(states(&dp, Table::Established).is_empty(), "an answered query took an established slot");
+    std::thread::sleep(std::time::Duration::from_nanos(UDP_STREAM_NS) + std::time::Duration::from_millis(200));
+    run_table(&mut dp, &[
+        pass("the unanswered one asks again", M, E, v4_udp(G4, "192.0.2.53", 41001, 53), Tracked),
+    ]);
+    assert!(states(&dp, Table::Established).is_empty(), "a flow nothing answered was promoted");
+    run_table(&mut dp, &[
+        pass("a datagram of the answered flow, 2 s on: a stream", M, I, v4_udp("192.0.2.53", G4, 53, 41000), Tracked),
+    ]);
+    assert_eq!(states(&dp, Table::Established), [(41000, state::ESTABLISHED)]);
+    assert_eq!(states(&dp, Table::New), [(41001, state::UNREPLIED)]);
+    run_table(&mut dp, &[
+        pass("the stream goes on", M, E, v4_udp(G4, "192.0.2.53", 41000, 53), Tracked),
+        pass("both ways", M, I, v4_udp("192.0.2.53", G4, 53, 41000), Tracked),
+    ]);
 }
 
 /// Addresses whose wide-table fold equals the NIC's own (G6, G4).

@@ -1,9 +1,11 @@
 //! Tracked flows: what each rule about a flow's life does to it.
 //!
 //! A flow starts in the *new* table and moves to the *established* table once it has proved
-//! two-way (the TCP handshake completed, or the first reply of UDP or of a TCP flow picked up
-//! mid-way), and back to the new table once it closes, to finish there. Echo flows stay new. TCP flows remember each direction's highest acknowledgment
-//! and window, so that a FIN or RST is held to the receiver's window (RFC 5961).
+//! two-way (the TCP handshake completed, or the first reply of a TCP flow picked up mid-way),
+//! and back to the new table once it closes, to finish there. Echo flows stay new, and so do UDP
+//! flows here: the datapath promotes one only once it is a stream, 2 s old, and the model has no
+//! clock. TCP flows remember each direction's highest acknowledgment and window, so that a FIN
+//! or RST is held to the receiver's window (RFC 5961).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -109,6 +111,10 @@ pub enum Stage {
     Acked,
     /// UDP, echo, or TCP picked up mid-flow: no reply yet.
     Unreplied,
+    /// UDP: a reply was seen. The datapath promotes the flow once it is a stream, still
+    /// carrying datagrams 2 s after it began (`UDP_STREAM_NS`); the model has no clock, and its
+    /// flows never get that old (the packet tables' test waits for it).
+    Replied,
     /// Proved two-way: in the established table (in the new table once it closes).
     Established,
 }
@@ -270,7 +276,9 @@ impl Flow {
                     }
                 }
             }
-            L4::Udp { .. } if reply => self.promote(),
+            L4::Udp { .. } if reply && self.stage == Stage::Unreplied => {
+                self.stage = Stage::Replied
+            }
             _ => {}
         }
         Ok(Reason::Tracked)

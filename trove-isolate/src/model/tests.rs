@@ -710,7 +710,7 @@ fn flows_are_per_nic_and_local() {
 }
 
 #[test]
-fn udp_is_promoted_by_its_reply() {
+fn an_answered_query_stays_new() {
     let mut m = model();
     let query = Pkt::udp(G4, DNS, 40000, 53);
     let answer = Pkt::udp(DNS, G4, 53, 40000);
@@ -720,10 +720,12 @@ fn udp_is_promoted_by_its_reply() {
             (M, E, query.frame(), Ok(Allowed)),
             (M, E, query.frame(), Ok(Tracked)),
             (M, I, answer.frame(), Ok(Tracked)),
+            (M, E, query.frame(), Ok(Tracked)),
+            (M, I, answer.frame(), Ok(Tracked)),
         ],
     );
     let (_, _, flow) = m.flows().next().expect("one flow");
-    assert_eq!(flow.table, Table::Established);
+    assert_eq!((flow.table, flow.stage), (Table::New, Stage::Replied));
 }
 
 #[test]
