@@ -360,6 +360,13 @@ pub mod flags {
     pub const FIN_SEEN: [u8; 2] = [8, 16];
     /// `guest_end` holds a value.
     pub const GUEST_END: u8 = 32;
+    /// The remote sent a reset inside the window that closes nothing by the exact rule: the
+    /// guest's stack may have taken it all the same (Linux also takes one at its next expected
+    /// sequence number, which runs ahead of the last acknowledgment it sent, at the edge of its
+    /// SACK blocks, and one below it after a FIN), and then never sends on the tuple again. Such
+    /// a flow gives its established slot back ([`super::FlowValue::releases_slot`]) until the
+    /// guest sends anything but a reset, as its live socket does: a challenge ACK (RFC 5961).
+    pub const RESET_SEEN: u8 = 64;
 }
 
 #[repr(C)]
@@ -421,6 +428,14 @@ impl FlowValue {
         age >= (UDP_STREAM_NS >> BORN_SHIFT) as u32
     }
 
+    /// Whether the flow holds no established slot: the guest is done with it, or the remote
+    /// reset it and the guest has not spoken since ([`flags::RESET_SEEN`]). It finishes in the
+    /// new table, with the closing timeout.
+    #[inline(always)]
+    pub const fn releases_slot(&self) -> bool {
+        self.guest_done() || self.flags & flags::RESET_SEEN != 0
+    }
+
     /// Idle time after which the flow is forgotten.
     #[inline(always)]
     pub const fn timeout_ns(&self, proto: u8) -> u64 {
@@ -428,7 +443,7 @@ impl FlowValue {
             return NEW_TIMEOUT_NS;
         }
         match proto {
-            proto::TCP if self.guest_done() => TCP_CLOSING_TIMEOUT_NS,
+            proto::TCP if self.releases_slot() => TCP_CLOSING_TIMEOUT_NS,
             proto::TCP => TCP_TIMEOUT_NS,
             _ => UDP_TIMEOUT_NS,
         }

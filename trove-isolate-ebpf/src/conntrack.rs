@@ -150,7 +150,7 @@ pub fn judge<F: Flow>(
             let now = now();
             if !value.expired(pkt.proto, now) {
                 let verdict = established(value, direction, pkt, now);
-                if value.guest_done() {
+                if value.releases_slot() {
                     demote(t, key, entry);
                 }
                 return Answer::tracked(verdict);
@@ -169,18 +169,24 @@ pub fn judge<F: Flow>(
         return Answer::UNTRACKED;
     }
     if value.state == state::ESTABLISHED || value.guest_done() {
-        // A flow the guest is done with (moved here by `demote`, or done before it was proved):
-        // held to the windows as an established one is.
-        return Answer::tracked(established(value, direction, pkt, now));
+        // A flow the guest is done with (moved here by `demote`, or done before it was proved),
+        // or one a remote's reset moved here: held to the windows as an established one is.
+        let verdict = established(value, direction, pkt, now);
+        if value.state == state::ESTABLISHED && !value.releases_slot() {
+            // Moved here by a reset the guest has since shown it did not take.
+            restore(t, key, unsafe { &*entry });
+        }
+        return Answer::tracked(verdict);
     }
     Answer::tracked(embryonic(ctx, t, flow, value, direction, pkt, now))
 }
 
-/// Moves a flow the guest is done with (its FIN sent, or closed) to the new table, where it
-/// finishes (the remote's last data and FIN, the last ACK, a retransmitted FIN) as an entry the
-/// LRU may evict. An established slot is held only by a connection the guest holds open: churn
-/// (a client that connects and disconnects at any rate, or never answers the guest's FIN)
-/// cannot fill the table that never evicts. New entry first, so that a packet on another
+/// Moves a flow the guest is done with (its FIN sent, or closed), or one the remote may have
+/// reset ([`flags::RESET_SEEN`]), to the new table, where it finishes (the remote's last data
+/// and FIN, the last ACK, a retransmitted FIN) as an entry the LRU may evict. An established
+/// slot is held only by a connection the guest holds open: churn (a client that connects and
+/// disconnects at any rate, by FIN or by reset, or never answers the guest's FIN) cannot fill
+/// the table that never evicts. New entry first, so that a packet on another
 /// CPU finds the flow in one table or the other. Never over an entry there: that is a SYN that
 /// started the tuple over meanwhile. If the new table refuses, the flow stays (and its next
 /// packet tries again).
@@ -188,6 +194,16 @@ pub fn judge<F: Flow>(
 fn demote<K, V: Copy>(t: &FlowTables<K, V>, key: &K, entry: &V) {
     if t.new.insert(key, *entry, BPF_NOEXIST).is_ok() {
         let _ = t.est.remove(key);
+    }
+}
+
+/// Moves a flow a remote's reset had demoted back to the established table, once the guest has
+/// sent on it again (its socket lives). Established entry first, as [`demote`] does the new one;
+/// if the table refuses (full, or another flow under the key), the flow goes on from here.
+#[inline(always)]
+fn restore<K, V: Copy>(t: &FlowTables<K, V>, key: &K, entry: &V) {
+    if t.est.insert(key, *entry, BPF_NOEXIST).is_ok() {
+        let _ = t.new.remove(key);
     }
 }
 
@@ -232,7 +248,7 @@ pub fn reopen<F: Flow>(
             // inherit its acknowledgment.
             if !(value.expired(pkt.proto, now)
                 || value.state == state::UNREPLIED
-                || value.guest_done()
+                || value.releases_slot()
                 || new_connection(value, direction, pkt))
             {
                 refresh(value, now);
@@ -246,7 +262,7 @@ pub fn reopen<F: Flow>(
     let Some(value) = flow.state(unsafe { &mut *entry }) else {
         return Answer::UNTRACKED;
     };
-    if value.expired(pkt.proto, now) || value.guest_done() {
+    if value.expired(pkt.proto, now) || value.releases_slot() {
         let _ = t.est.remove(key);
         return Answer::UNTRACKED;
     }
@@ -282,8 +298,10 @@ fn refresh(value: &mut FlowValue, now: u64) {
 /// A FIN or RST must fall in the receiver's window (else `OutOfWindow`). What closes the flow
 /// is held to what a blind sender cannot forge: FINs seen both ways, an RST from the guest, or
 /// an RST from the remote at exactly the sequence number the guest acknowledged last (RFC 5961's
-/// rule for accepting a reset). An in-window RST that is not exact passes (the guest answers it
-/// with a challenge ACK) and changes nothing.
+/// rule for accepting a reset). An in-window RST from the remote that is not exact passes and
+/// closes nothing, but the flow gives its established slot back until the guest sends again
+/// ([`flags::RESET_SEEN`]): a blind reset earns a challenge ACK, which restores it, while one
+/// the guest's stack took (Linux takes more than the exact one) leaves it to time out.
 #[inline(always)]
 fn established(
     value: &mut FlowValue,
@@ -299,9 +317,19 @@ fn established(
             if closes(value, direction, pkt) {
                 value.flags |= flags::CLOSING;
                 value.last_seen_ns = now;
+            } else if pkt.tcp_flags & TCP_RST != 0 {
+                // The remote's (the guest's always closes): its stack may have taken it.
+                value.flags |= flags::RESET_SEEN;
             }
         }
         record_ack(value, direction, pkt);
+        // Anything but a reset from the guest: its socket lives.
+        if direction == Direction::Egress
+            && pkt.tcp_flags & TCP_RST == 0
+            && value.flags & flags::RESET_SEEN != 0
+        {
+            value.flags &= !flags::RESET_SEEN;
+        }
     }
     refresh(value, now);
     Ok(Reason::Tracked)

@@ -80,11 +80,14 @@ struct Harness {
 }
 
 /// The part of a model flow whose changes count as coverage events.
-type Shape = (trove_isolate::model::Table, Stage, bool, [bool; 2]);
+type Shape = (trove_isolate::model::Table, Stage, bool, [bool; 2], bool);
 
 fn shapes(m: &Model) -> HashMap<(Role, FlowId), Shape> {
     m.flows()
-        .map(|(r, id, f)| ((r, *id), (f.table, f.stage, f.closing, f.fin_seen)))
+        .map(|(r, id, f)| {
+            let shape = (f.table, f.stage, f.closing, f.fin_seen, f.reset_seen);
+            ((r, *id), shape)
+        })
         .collect()
 }
 
@@ -99,6 +102,10 @@ fn transitions(
         let event = match before.get(k) {
             None => "flow opened",
             Some(b) if b == a => continue,
+            Some(b) if !b.4 && a.4 => "remote's reset: slot given back",
+            Some(b) if b.4 && !a.4 && a.0 == T::Established => {
+                "guest spoke after a reset: slot back"
+            }
             Some(b) if b.0 == T::Established && a.0 == T::New => {
                 "guest done: moved to the new table"
             }
@@ -396,22 +403,24 @@ fn key_text(role: Role, k: &FlowKey) -> String {
     )
 }
 
-/// The state both sides keep, in one form: table, origin, state, closing, each direction's
-/// acknowledgment and window, how far the guest's segments reach, and the opening SYN's data
-/// (window scale is compared through verdicts only: the two keep it in different forms).
+/// The state both sides keep, in one form: table, origin, state, closing, a remote's reset
+/// pending, each direction's acknowledgment and window, how far the guest's segments reach, and
+/// the opening SYN's data (window scale is compared through verdicts only: the two keep it in
+/// different forms).
 fn state_text(
     table: Table,
-    (origin, st, closing): (u8, u8, bool),
+    (origin, st, closing, reset_seen): (u8, u8, bool, bool),
     fin_seen: [bool; 2],
     acks: [Option<(u32, u32)>; 2],
     (guest_end, syn_data): (Option<u32>, u16),
 ) -> String {
     format!(
-        "{} origin={} state={} closing={} fin_in={} fin_out={} ack_in={:?} ack_out={:?} guest_end={:?} syn_data={}",
+        "{} origin={} state={} closing={} reset_seen={} fin_in={} fin_out={} ack_in={:?} ack_out={:?} guest_end={:?} syn_data={}",
         table.name(),
         origin,
         st,
         closing,
+        reset_seen,
         fin_seen[0],
         fin_seen[1],
         acks[0],
@@ -426,7 +435,12 @@ fn value_text(table: Table, v: &FlowValue) -> String {
         |d: usize| (v.flags & flags::ACK_SEEN[d] != 0).then_some((v.ack[d], u32::from(v.win[d])));
     state_text(
         table,
-        (v.origin, v.state, v.flags & flags::CLOSING != 0),
+        (
+            v.origin,
+            v.state,
+            v.flags & flags::CLOSING != 0,
+            v.flags & flags::RESET_SEEN != 0,
+        ),
         [0, 1].map(|d| v.flags & flags::FIN_SEEN[d] != 0),
         [ack(0), ack(1)],
         (
@@ -456,7 +470,7 @@ fn model_flows(m: &Model) -> BTreeMap<String, String> {
                 key_text(role, &flow_key(role, id)),
                 state_text(
                     table,
-                    (f.origin as u8, st, f.closing),
+                    (f.origin as u8, st, f.closing, f.reset_seen),
                     f.fin_seen,
                     acks,
                     (f.guest_end, f.syn_data),
@@ -766,8 +780,11 @@ fn named_table() -> Vec<Named> {
             s.extend([
                 (M, I, rst_in(4999).framed(), Err(OutOfWindow)),
                 (M, I, rst_in(0x8000_0000).framed(), Err(OutOfWindow)),
-                // In the window but not exact: passes (the guest challenges it), closes nothing.
+                // In the window but not exact: passes and closes nothing, but gives the
+                // established slot back until the guest sends again.
                 (M, I, rst_in(5000).framed(), Ok(Tracked)),
+                // Its challenge ACK: the guest's socket lives, and the flow has its slot back.
+                (M, E, ack.framed(), Ok(Tracked)),
                 (M, E, syn.framed(), Ok(Tracked)),
                 (M, I, data.framed(), Ok(Tracked)),
                 // Exactly at the guest's last ACK: closes.
@@ -776,6 +793,20 @@ fn named_table() -> Vec<Named> {
             ]);
             s
         }),
+        named(
+            "a remote's reset the guest may have taken: no slot, a SYN starts over",
+            {
+                let mut s = handshake();
+                s.extend([
+                    (M, I, data.framed(), Ok(Tracked)),
+                    // At what the guest has received, not what it acknowledged: Linux takes it.
+                    (M, I, rst_in(5001 + 10).framed(), Ok(Tracked)),
+                    (M, I, data.framed(), Ok(Tracked)),
+                    (M, E, syn.framed(), Ok(Allowed)),
+                ]);
+                s
+            },
+        ),
         named(
             "a blind ACK, then the guest's answer to a stray SYN, promote nothing",
             {

@@ -1783,6 +1783,79 @@ fn a_flow_is_its_own_local_address_whatever_its_key_folds() {
     assert_eq!(trove_isolate::conntrack::local_ip(&flows[0].0), G6.parse::<std::net::IpAddr>().unwrap());
 }
 
+/// A remote's in-window reset that is not at exactly the guest's last acknowledgment closes
+/// nothing, but Linux may take it all the same (here: at its next expected sequence number,
+/// past data it has not acknowledged yet), and then its socket is gone and it never sends on
+/// the tuple again. So the flow gives its established slot back: else a client could leave
+/// every connection it resets this way holding a slot for a day. A blind reset earns the
+/// guest's challenge ACK, which gives the slot back to the flow.
+#[rustfmt::skip]
+#[test]
+fn a_reset_the_guest_may_have_taken_gives_the_established_slot_back() {
+    use trove_isolate::datapath::Table;
+    use trove_isolate_common::conntrack::{flags, TCP_CLOSING_TIMEOUT_NS};
+    use Reason::*;
+    let mut dp = datapath();
+    let handshake = |port: u16| {
+        let (c, s) = ((port, 3306), (3306, port));
+        vec![
+            pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
+            pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
+            pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
+            pass("greeting", B, E, v4_seq(G4, CLIENT, s, ACK | 0x08, 5001, 1001, 100), Tracked),
+        ]
+    };
+    let slots = |dp: &Datapath| {
+        let est = dp.flows(B, Table::Established).expect("flows").len();
+        let new = dp.flows(B, Table::New).expect("flows");
+        (est, new)
+    };
+    run_table(&mut dp, &handshake(34000));
+    assert_eq!(slots(&dp).0, 1);
+    let (c, s) = ((34000, 3306), (3306, 34000));
+    run_table(&mut dp, &[
+        pass("a request the guest has not acknowledged yet", B, I, v4_segment(CLIENT, G4, c, ACK | 0x08, (1001, 5001), &[7; 100]), Tracked),
+        pass("a reset at what the guest has received", B, I, v4_seq(CLIENT, G4, c, RST, 1101, 0, 0), Tracked),
+    ]);
+    let (est, new) = slots(&dp);
+    assert_eq!(est, 0, "a connection the guest's stack may have reset holds an established slot");
+    assert_eq!(new.len(), 1);
+    assert_ne!(new[0].1.flags & flags::RESET_SEEN, 0);
+    assert_eq!(new[0].1.timeout_ns(6), TCP_CLOSING_TIMEOUT_NS);
+    run_table(&mut dp, &[
+        pass("the client sends on", B, I, v4_segment(CLIENT, G4, c, ACK | 0x08, (1101, 5001), &[7; 10]), Tracked),
+        pass("the guest, with no socket, resets", B, E, v4_seq(G4, CLIENT, s, RST, 5001, 0, 0), Tracked),
+    ]);
+    assert_eq!(slots(&dp).0, 0);
+
+    // A blind reset inside the window: the guest's challenge ACK gives the slot back.
+    run_table(&mut dp, &handshake(34001));
+    let (c, s) = ((34001, 3306), (3306, 34001));
+    run_table(&mut dp, &[
+        pass("a blind reset inside the window", B, I, v4_seq(CLIENT, G4, c, RST, 1001 + 50, 0, 0), Tracked),
+    ]);
+    assert_eq!(slots(&dp).0, 0);
+    run_table(&mut dp, &[
+        pass("the guest's challenge ACK", B, E, v4_seq(G4, CLIENT, s, ACK, 5001, 1001, 100), Tracked),
+    ]);
+    let (est, new) = slots(&dp);
+    assert_eq!((est, new.len()), (1, 1), "the blind reset's flow is established again: {new:?}");
+    let est = dp.flows(B, Table::Established).expect("flows");
+    assert_eq!(est[0].1.flags & flags::RESET_SEEN, 0);
+    run_table(&mut dp, &[
+        pass("the connection goes on", B, I, v4_seq(CLIENT, G4, c, ACK | 0x08, 1001, 5001, 200), Tracked),
+        drop("a FIN outside the window still is out", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 900_000, 5001, 200), OutOfWindow),
+    ]);
+
+    // A SYN on a flow the remote may have reset starts the tuple over.
+    run_table(&mut dp, &handshake(34002));
+    let c = (34002, 3306);
+    run_table(&mut dp, &[
+        pass("a reset off the exact number", B, I, v4_seq(CLIENT, G4, c, RST, 1002, 0, 0), Tracked),
+        pass("a new connection on the tuple", B, I, v4_seq(CLIENT, G4, c, SYN, 70_000, 0, 64240), Allowed),
+    ]);
+}
+
 /// A UDP flow takes an established slot only as a stream: a reply seen, and datagrams still
 /// flowing 2 s after it began. A query and its answer stay in the new table (so many of them
 /// churn the table that evicts, never the one that does not), as does a flow nothing answers.

@@ -134,6 +134,10 @@ pub struct Flow {
     pub stage: Stage,
     /// FINs were seen both ways, or a reset that closes.
     pub closing: bool,
+    /// The remote sent an in-window reset that closes nothing by the exact rule, and the guest
+    /// has sent nothing but resets since: its stack may have taken it (Linux takes more than
+    /// the exact one), so the flow holds no established slot.
+    pub reset_seen: bool,
     /// An in-window FIN was sent that way, indexed by `Direction as usize`.
     pub fin_seen: [bool; 2],
     /// TCP: the highest acknowledgment sent each way, indexed by `Direction as usize`.
@@ -160,6 +164,7 @@ impl Flow {
             origin: direction,
             stage: Stage::Unreplied,
             closing: false,
+            reset_seen: false,
             fin_seen: [false; 2],
             acks: [None; 2],
             guest_end: None,
@@ -190,9 +195,17 @@ impl Flow {
                 }
                 if self.closes(direction, tcp) {
                     self.closing = true;
+                } else if tcp.flags.rst() {
+                    // The remote's: a blind one earns a challenge ACK; one the guest's stack
+                    // took, silence.
+                    self.reset_seen = true;
                 }
             }
             self.record_ack(direction, tcp);
+            // The guest sends anything but a reset: its socket lives.
+            if direction == Direction::Egress && !tcp.flags.rst() {
+                self.reset_seen = false;
+            }
         }
         Ok(Reason::Tracked)
     }
@@ -299,6 +312,12 @@ impl Flow {
     /// flow is never promoted, and leaves the established table.
     pub fn guest_done(&self) -> bool {
         self.closing || self.fin_seen[side(Direction::Egress)]
+    }
+
+    /// Whether the flow holds no established slot: the guest is done with it, or the remote
+    /// may have reset it (`reset_seen`).
+    pub fn releases_slot(&self) -> bool {
+        self.guest_done() || self.reset_seen
     }
 
     fn promote(&mut self) {

@@ -388,7 +388,7 @@ impl Model {
             // new flow replaces it). On any other flow it passes and changes nothing (a
             // retransmission, or the other side's SYN of a simultaneous open).
             if flow.stage == Stage::Unreplied
-                || flow.guest_done()
+                || flow.releases_slot()
                 || flow.restarted_by(direction, syn.seq)
             {
                 self.flows.remove(&(role, id));
@@ -400,14 +400,18 @@ impl Model {
             Table::New if flow.stage != Stage::Established && !flow.guest_done() => {
                 Some(flow.embryonic(direction, l4))
             }
-            // Established, or closed and finishing in the new table: held to the windows.
+            // Established, or closed or reset and finishing in the new table: held to the
+            // windows.
             _ => {
                 let verdict = flow.established(direction, l4);
-                if flow.guest_done() {
-                    // A connection the guest is done with holds no established slot: it
-                    // finishes where the LRU may evict it.
-                    flow.table = Table::New;
-                }
+                // A connection the guest is done with, or the remote may have reset, holds no
+                // established slot: it finishes where the LRU may evict it. Once the guest
+                // sends on a reset one again, its socket lives, and it has its slot back.
+                flow.table = if flow.releases_slot() {
+                    Table::New
+                } else {
+                    Table::Established
+                };
                 Some(verdict)
             }
         }
