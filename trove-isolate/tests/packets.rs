@@ -1018,6 +1018,7 @@ fn tcp_state_holds_against_forged_segments() {
         drop("blind FIN outside the window", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 77_777, 5001, 200), OutOfWindow),
         drop("RST to the client, outside its window", B, E, v4_seq(G4, CLIENT, s, RST, 9, 0, 0), OutOfWindow),
         pass("in-window RST off the exact sequence: passes, closes nothing", B, I, v4_seq(CLIENT, G4, c, RST, 1050, 0, 0), Tracked),
+        pass("the guest's challenge ACK: its socket lives", B, E, v4_seq(G4, CLIENT, s, ACK, 5001, 1001, 100), Tracked),
         pass("in-window FIN from the client alone: closes nothing", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 1001, 5101, 200), Tracked),
         pass("a SYN on the live tuple rides it (the guest answers it)", B, I, v4_seq(CLIENT, G4, c, SYN, 1, 0, 0), Tracked),
         pass("the server's FIN: FINs both ways, closing", B, E, v4_seq(G4, CLIENT, s, FIN | ACK, 5101, 1002, 100), Tracked),
