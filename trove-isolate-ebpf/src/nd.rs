@@ -85,6 +85,16 @@ pub fn check(
         MLD_REPORT | MLD_DONE | MLD2_REPORT => own_report(ctx, role, pkt)?,
         _ => {}
     }
+    // Coming in, addressed to the NIC or its link (a query's hop limit of 1 keeps it there): a
+    // message to another address would be forwarded where the guest forwards IPv6 (Docker's
+    // `ipv6` turns it on), carrying what no rule names past the NIC.
+    if ingress
+        && pkt.icmp_type != MLD_QUERY
+        && !local::link_multicast(&pkt.dst)
+        && !local::own(role, family::V6, &pkt.dst)
+    {
+        return Err(Reason::NotLocal);
+    }
     Ok(Reason::NeighborDiscovery)
 }
 

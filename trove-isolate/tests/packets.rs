@@ -1530,6 +1530,15 @@ fn icmp_is_held_to_its_flows_and_its_link() {
         drop("NA out, hop limit 64", B, E, nd(136, 64, G6, "fe80::2"), Malformed),
         pass("RA in from the router's link-local address", M, I, nd(134, 255, "fe80::ff", "ff02::1"), NeighborDiscovery),
         drop("RA in from a global address", M, I, nd(134, 255, RABBIT6, "ff02::1"), Malformed),
+        // Coming in, to the NIC or its link: past it, where the guest forwards IPv6, they would
+        // carry what no rule names on to hosts behind it.
+        pass("NS in to the NIC's address (unreachability detection)", B, I, nd_msg(135, "2001:db8:1::50", G6, G6, 8), NeighborDiscovery),
+        pass("NA in to all nodes", B, I, nd_msg(136, "fe80::2", "ff02::1", "fe80::2", 8), NeighborDiscovery),
+        drop("NS in to an address behind the guest", B, I, nd_msg(135, "2001:db8:1::50", "2001:db8:7::9", "2001:db8:7::9", 8), NotLocal),
+        drop("NA in to an address behind the guest", B, I, nd_msg(136, "2001:db8:1::50", "2001:db8:7::9", "2001:db8:1::50", 0), NotLocal),
+        drop("RA in to an address behind the guest", M, I, nd(134, 255, "fe80::ff", "2001:db8:7::9"), NotLocal),
+        drop("redirect in to an address behind the guest", M, I, nd(137, 255, "fe80::ff", "2001:db8:7::9"), NotLocal),
+        pass("redirect in to the NIC's link-local address", M, I, nd(137, 255, "fe80::ff", "fe80::1"), NeighborDiscovery),
         drop("RA out: the guest is no router", M, E, nd(134, 255, "fe80::1", "ff02::1"), UnsupportedProtocol),
         drop("redirect out", M, E, nd(137, 255, "fe80::1", "fe80::2"), UnsupportedProtocol),
         drop("RS in", M, I, nd(133, 255, "fe80::2", "ff02::2"), UnsupportedProtocol),

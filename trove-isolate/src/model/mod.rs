@@ -147,8 +147,9 @@ impl Model {
     /// code or scope is malformed. Solicitations and advertisements are held to a host's shape,
     /// as ARP is: no extension headers, at most 64 bytes (the message and the options a host
     /// sends), and going out from one of the NIC's own addresses (a solicitation also from ::),
-    /// an advertisement for the address it comes from; else `not_local`. Reports and done are
-    /// held to what Linux sends ([`Model::mld_report`]).
+    /// an advertisement for the address it comes from; else `not_local`. Coming in, all but
+    /// queries are addressed to one of the NIC's addresses or to ff02::/16 (else `not_local`).
+    /// Reports and done are held to what Linux sends ([`Model::mld_report`]).
     fn neighbor_discovery(
         &self,
         role: Role,
@@ -205,6 +206,15 @@ impl Model {
                     return Err(Reason::NotLocal);
                 }
             }
+        }
+        // Coming in, to the NIC or its link (a query's hop limit keeps it there): one to
+        // another address would be forwarded where the guest forwards IPv6.
+        if direction == Ingress
+            && icmp_type != MLD_QUERY
+            && !link_multicast(ip.dst)
+            && !self.own(role, ip.dst)
+        {
+            return Err(Reason::NotLocal);
         }
         Ok(Reason::NeighborDiscovery)
     }
