@@ -114,8 +114,10 @@ pub fn install_into(
 
 fn checked_config(config: Option<&Path>, binary: &Path) -> anyhow::Result<()> {
     if let Some(config) = config {
+        // Offline: the build host is not the guest whose Trove files, NICs and names the full
+        // check reads (the unit runs that one on the guest, before it starts the daemon).
         let out = Command::new(binary)
-            .args(["check", "--config"])
+            .args(["check", "--offline", "--config"])
             .arg(config)
             .output()
             .context("running trove-isolate check")?;
