@@ -481,39 +481,197 @@ pub fn image_registry(image: &str) -> Option<Endpoint> {
 
 /// NTP servers named by chrony's or timesyncd's config, if present.
 fn ntp_servers(files: &TroveFiles) -> Result<Vec<(PathBuf, Vec<String>)>, DiscoverError> {
-    let mut out = Vec::new();
-    let chrony = files.at_str("etc/chrony/chrony.conf");
-    if let Some(text) = read_optional(&chrony)? {
-        let servers: Vec<String> = text
-            .lines()
+    let mut out = chrony_servers(files)?;
+    out.extend(timesyncd_servers(files)?);
+    Ok(out)
+}
+
+/// chrony's `server`, `pool` and `peer` lines: in chrony.conf, the `.conf` files of its
+/// `confdir`s and the `.sources` files of its `sourcedir`s (Ubuntu's chrony.conf keeps its
+/// pools in the first and reads the others from both).
+fn chrony_servers(files: &TroveFiles) -> Result<Vec<(PathBuf, Vec<String>)>, DiscoverError> {
+    let main = files.at_str("etc/chrony/chrony.conf");
+    let Some(text) = read_optional(&main)? else {
+        return Ok(Vec::new());
+    };
+    let mut sources = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let suffix = match words.next() {
+            Some("confdir") => ".conf",
+            Some("sourcedir") => ".sources",
+            _ => continue,
+        };
+        for dir in words {
+            for path in files_in(&files.at_str(dir.trim_start_matches('/')), suffix)? {
+                if let Some(text) = read_optional(&path)? {
+                    sources.push((path, text));
+                }
+            }
+        }
+    }
+    sources.insert(0, (main, text));
+    let servers = |text: &str| -> Vec<String> {
+        text.lines()
             .filter_map(|l| {
                 let mut w = l.split_whitespace();
                 matches!(w.next(), Some("server" | "pool" | "peer"))
                     .then(|| w.next().map(str::to_owned))
                     .flatten()
             })
-            .collect();
-        if !servers.is_empty() {
-            out.push((chrony, servers));
+            .collect()
+    };
+    Ok(sources
+        .into_iter()
+        .map(|(path, text)| (path, servers(&text)))
+        .filter(|(_, servers)| !servers.is_empty())
+        .collect())
+}
+
+/// systemd-timesyncd's servers: `NTP=` of timesyncd.conf and its drop-ins (an empty assignment
+/// clears the list), and only when that names none, `FallbackNTP=`, or where nothing sets it,
+/// the default the distribution compiled in, which systemd's shipped file gives as a comment
+/// (Ubuntu's `#FallbackNTP=ntp.ubuntu.com`, which a stock guest uses).
+fn timesyncd_servers(files: &TroveFiles) -> Result<Vec<(PathBuf, Vec<String>)>, DiscoverError> {
+    let main = files.at_str("etc/systemd/timesyncd.conf");
+    let mut paths = vec![main.clone()];
+    paths.extend(files_in(
+        &files.at_str("etc/systemd/timesyncd.conf.d"),
+        ".conf",
+    )?);
+    let mut ntp: Option<(PathBuf, Vec<String>)> = None;
+    let mut fallback: Option<(PathBuf, Vec<String>)> = None;
+    let mut default: Option<(PathBuf, Vec<String>)> = None;
+    let mut any = false;
+    for path in paths {
+        let Some(text) = read_optional(&path)? else {
+            continue;
+        };
+        any = true;
+        for line in text.lines().map(str::trim) {
+            let (slot, value) = if let Some(v) = line.strip_prefix("NTP=") {
+                (&mut ntp, v)
+            } else if let Some(v) = line.strip_prefix("FallbackNTP=") {
+                (&mut fallback, v)
+            } else if let Some(v) = line.strip_prefix("#FallbackNTP=") {
+                (&mut default, v)
+            } else {
+                continue;
+            };
+            let servers: Vec<String> = value.split_whitespace().map(str::to_owned).collect();
+            match slot {
+                // An empty assignment resets the list; others add to it.
+                Some((_, list)) if !servers.is_empty() => list.extend(servers),
+                _ => *slot = Some((path.clone(), servers)),
+            }
         }
     }
-    let timesyncd = files.at_str("etc/systemd/timesyncd.conf");
-    if let Some(text) = read_optional(&timesyncd)? {
-        let servers: Vec<String> = text
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("NTP="))
-            .flat_map(|v| v.split_whitespace().map(str::to_owned))
-            .collect();
-        if !servers.is_empty() {
-            out.push((timesyncd, servers));
-        }
+    if !any {
+        return Ok(Vec::new());
     }
+    let chosen = match (ntp, fallback) {
+        (Some(ntp), _) if !ntp.1.is_empty() => ntp,
+        (_, Some(fallback)) => fallback,
+        _ => default.unwrap_or_default(),
+    };
+    Ok(if chosen.1.is_empty() {
+        Vec::new()
+    } else {
+        vec![chosen]
+    })
+}
+
+/// The files in `dir` whose names end with `suffix`, sorted (none if `dir` does not exist).
+fn files_in(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>, DiscoverError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(DiscoverError::Read {
+                path: dir.display().to_string(),
+                source,
+            })
+        }
+    };
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_str().is_some_and(|s| s.ends_with(suffix)))
+        .collect();
+    out.sort();
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A root of the given files (path, text) in a fresh temporary directory.
+    fn tree(files: &[(&str, &str)]) -> TroveFiles {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let root = std::env::temp_dir().join(format!("ti-discover-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (path, text) in files {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().expect("a parent")).expect("dir");
+            std::fs::write(&path, text).expect("write");
+        }
+        TroveFiles {
+            conf_dir: root.join("etc/trove/conf.d"),
+            eth1_json: root.join("etc/trove/eth1.json"),
+            docker_daemon_json: root.join("etc/docker/daemon.json"),
+            root,
+        }
+    }
+
+    fn ntp(files: &[(&str, &str)]) -> Vec<String> {
+        let t = tree(files);
+        let found = ntp_servers(&t).expect("reads");
+        let _ = std::fs::remove_dir_all(&t.root);
+        found.into_iter().flat_map(|(_, s)| s).collect()
+    }
+
+    #[test]
+    fn ntp_servers_follow_what_the_clients_read() {
+        // Ubuntu's stock timesyncd.conf: everything commented, the compiled-in fallback used.
+        let stock = "[Time]\n#NTP=\n#FallbackNTP=ntp.ubuntu.com\n#RootDistanceMaxSec=5\n";
+        let at = "etc/systemd/timesyncd.conf";
+        assert_eq!(ntp(&[(at, stock)]), ["ntp.ubuntu.com"]);
+        // NTP= wins over any fallback; a drop-in adds to it, an empty assignment clears it.
+        let set = "[Time]\nNTP=192.0.2.123\n#FallbackNTP=ntp.ubuntu.com\n";
+        assert_eq!(ntp(&[(at, set)]), ["192.0.2.123"]);
+        let drop_in = "etc/systemd/timesyncd.conf.d/50-site.conf";
+        assert_eq!(
+            ntp(&[(at, set), (drop_in, "[Time]\nNTP=\nNTP=ntp.example\n")]),
+            ["ntp.example"]
+        );
+        assert_eq!(
+            ntp(&[(at, stock), (drop_in, "[Time]\nFallbackNTP=\n")]),
+            Vec::<String>::new()
+        );
+        // chrony: its confdir's and sourcedir's files too.
+        let chrony = "confdir /etc/chrony/conf.d\npool ntp.ubuntu.com iburst maxsources 4\n\
+                      sourcedir /run/chrony-dhcp\nsourcedir /etc/chrony/sources.d\n";
+        assert_eq!(
+            ntp(&[
+                ("etc/chrony/chrony.conf", chrony),
+                ("etc/chrony/conf.d/site.conf", "server 192.0.2.124 iburst\n"),
+                (
+                    "run/chrony-dhcp/ens3.sources",
+                    "server 192.0.2.125 iburst\n"
+                ),
+                ("etc/chrony/sources.d/x.sources", "pool pool.example\n"),
+                ("etc/chrony/sources.d/ignored.txt", "server 192.0.2.99\n"),
+            ]),
+            [
+                "ntp.ubuntu.com",
+                "192.0.2.124",
+                "192.0.2.125",
+                "pool.example"
+            ]
+        );
+    }
 
     #[test]
     fn transport_urls_give_every_host_and_never_a_password() {
