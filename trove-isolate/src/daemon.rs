@@ -624,6 +624,20 @@ fn reload_policy(
     };
     let result = (|| {
         let (source, policy) = loaded?;
+        // A name the policy in force reaches that does not resolve now (DNS down for a moment)
+        // would lose its addresses, and its flows: the policy in force stays instead. (A name
+        // new to the config fails closed until it resolves, as at a start.)
+        if let Some(name) = policy
+            .unresolved_hosts
+            .iter()
+            .find(|h| current.names.iter().any(|n| &n.host == *h))
+        {
+            anyhow::bail!(
+                "{}: {name} does not resolve now, and the policy in force reaches it: reload \
+                 again once DNS answers",
+                options.config.display()
+            );
+        }
         if policy.pin_path != current.pin_path {
             anyhow::bail!(
                 "{}: pin_path: changes only with a restart (in force: {})",

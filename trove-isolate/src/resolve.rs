@@ -29,8 +29,9 @@ pub trait Resolve {
 /// is too long to follow a moved RabbitMQ.
 pub const MIN_REFRESH: Duration = Duration::from_secs(5);
 pub const MAX_REFRESH: Duration = Duration::from_secs(3600);
-/// How soon a name that did not resolve is tried again.
-pub const UNRESOLVED_RETRY: Duration = Duration::from_secs(30);
+/// How soon a name that did not resolve is tried again: soon, since at boot the daemon starts
+/// before DHCP has given the guest a resolver, and the name's endpoint is refused until then.
+pub const UNRESOLVED_RETRY: Duration = Duration::from_secs(5);
 
 /// DNS over UDP (and TCP when truncated) to `servers` on port 53.
 pub struct Dns {

@@ -317,6 +317,49 @@ fn a_host_name_is_followed_within_its_ttl() {
     );
 }
 
+/// At boot the unit starts before DHCP has given the guest a resolver. A name that does not
+/// resolve then fails closed: `check` warns, the daemon enforces, nothing reaches the name's
+/// endpoint, and the name is looked up again until it resolves, when its endpoint opens.
+#[test]
+fn a_name_that_does_not_resolve_at_start_opens_once_it_does() {
+    let rabbit: Ipv4Addr = addr::RABBITMQ_V4.parse().expect("addr");
+    let n = Named::new("nx", &[]);
+    let check = common::cli(&["check", "--config", &n.config.display().to_string()]);
+    let warned = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        check.status.success()
+            && warned.contains("WARNING: ")
+            && warned.contains("does not resolve"),
+        "{check:?}"
+    );
+    let daemon = n.start();
+    assert!(
+        !n.reach(rabbit),
+        "an endpoint whose name does not resolve is reachable"
+    );
+    let unresolved = || -> Option<String> {
+        let text = daemon.scrape();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("trove_isolate_unresolved_names "))?;
+        line.rsplit(' ').next().map(str::to_owned)
+    };
+    assert_eq!(unresolved().as_deref(), Some("1"));
+    n.responder.answer(&[rabbit]);
+    let within = trove_isolate::resolve::UNRESOLVED_RETRY + Duration::from_secs(5);
+    let opened = until(within, true, || n.reach(rabbit));
+    assert!(
+        opened.is_some(),
+        "the name resolved and its endpoint stayed shut:\n{}",
+        daemon.stderr()
+    );
+    println!(
+        "the endpoint opened {:?} after its name began to resolve",
+        opened.expect("opened")
+    );
+    assert_eq!(unresolved().as_deref(), Some("0"));
+}
+
 /// A reload whose config names a host the resolver does not answer for waits seconds for DNS;
 /// the daemon's loop goes on meanwhile (the loop that follows the NICs; here, what shows it:
 /// scrapes answer), since the config is read and compiled off it. A second request while it
@@ -371,6 +414,21 @@ fn a_reload_waiting_for_dns_holds_nothing_else_back() {
     assert_eq!(log.matches("reloaded ").count(), 1, "{log}");
     assert!(!log.contains("reload refused"), "{log}");
     assert!(reach(), "rabbitmq unreachable after the reload");
+
+    // A reload while DNS is down: refused, so the name in force keeps its addresses (and its
+    // flows), where the new config would reach it through none.
+    responder.silence(true);
+    let out = common::cli(&["reload", "--pin-path", &n.pin_path, "--timeout", "30"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("does not resolve now"),
+        "{out:?}"
+    );
+    assert!(
+        reach(),
+        "rabbitmq unreachable after a reload while DNS was down"
+    );
+    responder.silence(false);
     daemon.stop();
 }
 

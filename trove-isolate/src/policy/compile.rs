@@ -371,9 +371,6 @@ pub(super) struct Sources<'a> {
 
 /// A name that did not resolve.
 pub(super) struct Unresolved {
-    /// The key it was written at (or where discovery found it).
-    pub(super) key: String,
-    pub(super) kind: &'static str,
     pub(super) host: String,
     pub(super) origin: String,
     pub(super) error: String,
@@ -434,8 +431,6 @@ pub(super) fn endpoint_rules(
                     });
                 }
                 Err(error) => sources.unresolved.push(Unresolved {
-                    key: key.to_owned(),
-                    kind,
                     host,
                     origin,
                     error,
@@ -637,30 +632,10 @@ pub(super) fn management(
             net.origin("metrics allow_from"),
         );
     }
-    unresolved(c, &set, sources)?;
     dns(&mut set, sources);
     // DHCP is no rule: its broadcasts and link-scoped multicasts match no unicast prefix, and
     // the datapath passes it statelessly from this flag.
     Ok(set.finish(nic, mgmt.dhcp.unwrap_or(true)))
-}
-
-/// A name that does not resolve is an error, unless another endpoint of its kind is reachable
-/// (then the policy goes ahead without it, and says so).
-fn unresolved(c: &Ctx, set: &RuleSet, sources: &Sources) -> Result<(), ConfigError> {
-    for u in &sources.unresolved {
-        let prefix = format!("{} ", u.kind);
-        let others = set.rules.iter().any(|r| r.origin().starts_with(&prefix));
-        if !others {
-            return Err(c.err(
-                &u.key,
-                format!(
-                    "{} does not resolve ({}), and no other {} endpoint does",
-                    u.host, u.error, u.kind
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// DNS to the resolvers, when an endpoint is a name: UDP and TCP port 53 to each. Marked as

@@ -609,7 +609,12 @@ impl Policy {
         let mut warnings: Vec<String> = self
             .unresolved
             .iter()
-            .map(|u| format!("{u}; going ahead with the endpoints of its kind that do"))
+            .map(|u| {
+                format!(
+                    "{u}; nothing reaches it until it does (looked up again every {} s)",
+                    crate::resolve::UNRESOLVED_RETRY.as_secs()
+                )
+            })
             .collect();
         for nic in &self.nics {
             if nic.rules.iter().any(|r| r.origin() == ANY_CLIENTS) {

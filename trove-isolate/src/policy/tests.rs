@@ -454,8 +454,8 @@ fn a_relative_pin_path_is_refused_on_one_line() {
 }
 
 #[test]
-fn a_host_name_that_does_not_resolve_is_refused_unless_another_of_its_kind_does() {
-    // Another broker is reachable: going ahead, with a warning.
+fn a_host_name_that_does_not_resolve_fails_closed_with_a_warning() {
+    // Another broker is reachable: going ahead with it, with a warning.
     let p = ok(&management(
         "rabbitmq = [\"192.0.2.10:5672\", \"rabbit.example:5672\"]",
     ));
@@ -466,11 +466,26 @@ fn a_host_name_that_does_not_resolve_is_refused_unless_another_of_its_kind_does(
         "{:?}",
         p.warnings()
     );
-    let msg = refused(
-        &management("registry = [\"registry.example:4000\"]"),
-        "[management] registry[0]",
+    // No registry resolves (at boot, before DHCP gave the guest a resolver): no rule reaches
+    // one until it does, and everything else is enforced.
+    let p = ok(&management("registry = [\"registry.example:4000\"]"));
+    assert!(
+        p.warnings()
+            .iter()
+            .any(|w| w.contains("registry.example does not resolve")
+                && w.contains("nothing reaches it until it does")),
+        "{:?}",
+        p.warnings()
     );
-    assert!(msg.contains("no other registry endpoint does"), "{msg}");
+    let mgmt = p.nic(Role::Management).expect("management");
+    assert!(
+        mgmt.rules.iter().all(|r| r.port != 4000),
+        "{:?}",
+        mgmt.rules
+    );
+    assert!(p
+        .refresh_in()
+        .is_some_and(|d| d <= crate::resolve::UNRESOLVED_RETRY));
     let msg = refused(
         &management("registry = [\"registry\"]"),
         "[management] registry[0]",
@@ -992,7 +1007,7 @@ mod discovery {
             .iter()
             .any(|w| w.contains("rabbit-gone.trove.test")));
         // The shortest TTL, or sooner for the name that did not resolve.
-        assert_eq!(p.refresh_in(), Some(Duration::from_secs(30)));
+        assert_eq!(p.refresh_in(), Some(crate::resolve::UNRESOLVED_RETRY));
         // The resolvers' rules follow resolv.conf at a refresh; none listed keeps them.
         let dns_rules = |p: &Policy| -> Vec<String> {
             rules(p, Role::Management)
@@ -1025,19 +1040,21 @@ mod discovery {
             .to_string()
             .contains("rabbit-2.trove.test = 192.0.2.11 (TTL 60 s)"));
 
-        // No broker at all resolves: refused, naming where the name came from.
+        // No broker at all resolves: none is reachable until one does, and the warning names
+        // where the name came from.
         let only_registry = Table(HashMap::from([(
             "registry.trove.test",
             ("192.0.2.20", 600),
         )]));
-        let err = compile(&config, &only_registry).unwrap_err().to_string();
+        let p = compile(&config, &only_registry).expect("compiles");
+        let warnings = p.warnings().join("\n");
         assert!(
-            err.contains("trove-guestagent.conf [DEFAULT] transport_url")
-                && err.contains("does not resolve")
-                && err.contains("no other rabbitmq endpoint does")
-                && !err.contains("pg-secret"),
-            "{err}"
+            warnings.contains("trove-guestagent.conf [DEFAULT] transport_url")
+                && warnings.contains("does not resolve")
+                && !warnings.contains("pg-secret"),
+            "{warnings}"
         );
+        assert!(brokers(&p).is_empty(), "{:?}", brokers(&p));
     }
 
     /// The remotes the management NIC may reach on RabbitMQ's port.
