@@ -3,13 +3,13 @@
 //! A flow a rule allowed starts in the **new** table (an LRU hash: small, short timeouts, a
 //! flood of new flows evicts only other new flows) and is promoted to the **established** table
 //! (a plain hash that never evicts) once it proves two-way: the completed TCP handshake, the
-//! first reply of a picked-up TCP flow, or for UDP a reply and traffic still flowing after
-//! [`UDP_STREAM_NS`] (a query and its answer stay new). When the established table is full, promotion
-//! fails and the flow is refused (`conntrack_full`) instead of evicting an established one, as
-//! nf_conntrack's early drop spares assured entries. ICMP echo flows stay in the new table. A
-//! TCP flow that closes goes back to the new table to finish (or never leaves it, when it closes
-//! before it is proved), so the established table holds open flows only: connection churn
-//! cannot fill it.
+//! first reply of a picked-up TCP flow, or for UDP a reply and the guest still sending after
+//! [`UDP_STREAM_NS`] (a query and its answer stay new). When the established table is full,
+//! promotion fails and the flow is refused (`conntrack_full`) instead of evicting an
+//! established one, as nf_conntrack's early drop spares assured entries. ICMP echo flows stay
+//! in the new table. A TCP flow that closes goes back to the new table to finish (or never
+//! leaves it, when it closes before it is proved), as does one the remote may have reset, so
+//! the established table holds open flows only: connection churn cannot fill it.
 //!
 //! A flow is keyed from the protected NIC's point of view (local / remote), so a packet and its
 //! reply find the same entry whichever direction they cross. The role leads the key as in the
@@ -39,7 +39,7 @@ pub const TCP_TIMEOUT_NS: u64 = 24 * 3600 * 1_000_000_000;
 /// After FINs both ways or a reset: long enough for the closing handshake to finish.
 pub const TCP_CLOSING_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
 pub const UDP_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
-/// A UDP flow earns an established slot once it still carries datagrams this long after it
+/// A UDP flow earns an established slot once the guest still sends on it this long after it
 /// began, with a reply seen: a stream. A query and its answer (DNS, NTP) finish sooner and stay
 /// in the new table, where they time out after [`NEW_TIMEOUT_NS`] or are evicted, so a process
 /// that sends many queries from many ports churns the new table, never filling the established
@@ -227,7 +227,7 @@ pub struct WideValue {
     pub local: [u32; 4],
 }
 
-const _: () = assert!(core::mem::size_of::<WideValue>() == 48);
+const _: () = assert!(core::mem::size_of::<WideValue>() == 56);
 
 /// An address's bytes as native-endian words, the form the datapath's keys hold.
 #[inline(always)]
@@ -361,11 +361,15 @@ pub mod flags {
     /// `guest_end` holds a value.
     pub const GUEST_END: u8 = 32;
     /// The remote sent a reset inside the window that closes nothing by the exact rule: the
-    /// guest's stack may have taken it all the same (Linux also takes one at its next expected
-    /// sequence number, which runs ahead of the last acknowledgment it sent, at the edge of its
-    /// SACK blocks, and one below it after a FIN), and then never sends on the tuple again. Such
-    /// a flow gives its established slot back ([`super::FlowValue::releases_slot`]) until the
-    /// guest sends anything but a reset, as its live socket does: a challenge ACK (RFC 5961).
+    /// guest's stack may take it all the same (Linux also takes one at its next expected
+    /// sequence number, which runs ahead of the last acknowledgment it sent, at the right edge
+    /// of its highest SACK block, and one below it after the remote's FIN), and then never sends
+    /// on the tuple again. Such a flow gives its established slot back
+    /// ([`super::FlowValue::releases_slot`]) until the guest acknowledges past the highest such
+    /// reset ([`super::FlowValue::reset_seq`]; past one beyond it once the remote's FIN was
+    /// seen): a socket whose next expected sequence number is past a reset's never takes it.
+    /// Any other packet the guest sends proves nothing: TC sees a batch of packets before the
+    /// stack does, so the guest may still acknowledge the data in front of a reset it takes.
     pub const RESET_SEEN: u8 = 64;
 }
 
@@ -400,9 +404,13 @@ pub struct FlowValue {
     /// UDP: when the flow began, the coarse clock shifted right by [`BORN_SHIFT`] (with
     /// [`flags::GUEST_END`] clear).
     pub guest_end: u32,
+    /// TCP, with [`flags::RESET_SEEN`]: the highest sequence number of the remote's resets the
+    /// guest's stack may take.
+    pub reset_seq: u32,
+    pub _pad2: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 40);
 
 impl FlowValue {
     /// Whether the guest has finished with the flow: it sent its FIN, or the flow closed. Such a
@@ -428,9 +436,10 @@ impl FlowValue {
         age >= (UDP_STREAM_NS >> BORN_SHIFT) as u32
     }
 
-    /// Whether the flow holds no established slot: the guest is done with it, or the remote
-    /// reset it and the guest has not spoken since ([`flags::RESET_SEEN`]). It finishes in the
-    /// new table, with the closing timeout.
+    /// Whether the flow holds no established slot: the guest is done with it (it finishes in the
+    /// new table, with the closing timeout), or the remote sent a reset the guest's stack may
+    /// take ([`flags::RESET_SEEN`]: it waits in the new table, with its usual timeout, where the
+    /// LRU may evict it if it is dead).
     #[inline(always)]
     pub const fn releases_slot(&self) -> bool {
         self.guest_done() || self.flags & flags::RESET_SEEN != 0
@@ -443,7 +452,7 @@ impl FlowValue {
             return NEW_TIMEOUT_NS;
         }
         match proto {
-            proto::TCP if self.releases_slot() => TCP_CLOSING_TIMEOUT_NS,
+            proto::TCP if self.guest_done() => TCP_CLOSING_TIMEOUT_NS,
             proto::TCP => TCP_TIMEOUT_NS,
             _ => UDP_TIMEOUT_NS,
         }
@@ -530,6 +539,8 @@ mod tests {
                     ack: [0; 2],
                     win: [0; 2],
                     guest_end: 0,
+                    reset_seq: 0,
+                    _pad2: 0,
                 },
                 local,
             };

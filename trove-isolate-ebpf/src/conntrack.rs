@@ -173,7 +173,7 @@ pub fn judge<F: Flow>(
         // or one a remote's reset moved here: held to the windows as an established one is.
         let verdict = established(value, direction, pkt, now);
         if value.state == state::ESTABLISHED && !value.releases_slot() {
-            // Moved here by a reset the guest has since shown it did not take.
+            // Moved here by a reset the guest has since shown it does not take.
             restore(t, key, unsafe { &*entry });
         }
         return Answer::tracked(verdict);
@@ -198,7 +198,7 @@ fn demote<K, V: Copy>(t: &FlowTables<K, V>, key: &K, entry: &V) {
 }
 
 /// Moves a flow a remote's reset had demoted back to the established table, once the guest has
-/// sent on it again (its socket lives). Established entry first, as [`demote`] does the new one;
+/// acknowledged past the reset (its socket lives on). Established entry first, as [`demote`] does the new one;
 /// if the table refuses (full, or another flow under the key), the flow goes on from here.
 #[inline(always)]
 fn restore<K, V: Copy>(t: &FlowTables<K, V>, key: &K, entry: &V) {
@@ -299,9 +299,9 @@ fn refresh(value: &mut FlowValue, now: u64) {
 /// is held to what a blind sender cannot forge: FINs seen both ways, an RST from the guest, or
 /// an RST from the remote at exactly the sequence number the guest acknowledged last (RFC 5961's
 /// rule for accepting a reset). An in-window RST from the remote that is not exact passes and
-/// closes nothing, but the flow gives its established slot back until the guest sends again
-/// ([`flags::RESET_SEEN`]): a blind reset earns a challenge ACK, which restores it, while one
-/// the guest's stack took (Linux takes more than the exact one) leaves it to time out.
+/// closes nothing, but the flow gives its established slot back until the guest acknowledges
+/// past it ([`flags::RESET_SEEN`]): Linux takes more resets than the exact one, and then never
+/// sends again. A UDP flow is refreshed by the guest's datagrams only.
 #[inline(always)]
 fn established(
     value: &mut FlowValue,
@@ -318,21 +318,44 @@ fn established(
                 value.flags |= flags::CLOSING;
                 value.last_seen_ns = now;
             } else if pkt.tcp_flags & TCP_RST != 0 {
-                // The remote's (the guest's always closes): its stack may have taken it.
-                value.flags |= flags::RESET_SEEN;
+                // The remote's (the guest's always closes): its stack may take it.
+                note_reset(value, pkt.seq);
             }
         }
         record_ack(value, direction, pkt);
-        // Anything but a reset from the guest: its socket lives.
         if direction == Direction::Egress
-            && pkt.tcp_flags & TCP_RST == 0
             && value.flags & flags::RESET_SEEN != 0
+            && acks_past_reset(value, pkt)
         {
             value.flags &= !flags::RESET_SEEN;
         }
     }
-    refresh(value, now);
+    // A UDP flow lives while the guest sends on it: a remote alone keeps no slot.
+    if pkt.kind != Kind::Udp || direction == Direction::Egress {
+        refresh(value, now);
+    }
     Ok(Reason::Tracked)
+}
+
+/// Notes a remote's reset the guest's stack may take ([`flags::RESET_SEEN`]): the highest.
+#[inline(always)]
+fn note_reset(value: &mut FlowValue, seq: u32) {
+    if value.flags & flags::RESET_SEEN == 0 || (seq.wrapping_sub(value.reset_seq) as i32) > 0 {
+        value.reset_seq = seq;
+    }
+    value.flags |= flags::RESET_SEEN;
+}
+
+/// Whether the guest's packet acknowledges past every reset noted: its stack's next expected
+/// sequence number is beyond them, so it takes none (Linux takes one at that number, at the
+/// edge of a SACK block, which lies beyond it, or one below it after the remote's FIN: hence
+/// one more then). An acknowledgment at or before a reset proves nothing: the stack may
+/// acknowledge the data in front of a reset after TC has seen both, then take the reset.
+#[inline(always)]
+fn acks_past_reset(value: &FlowValue, pkt: &Packet) -> bool {
+    let margin = (value.flags & flags::FIN_SEEN[Direction::Ingress as usize] != 0) as i32;
+    pkt.tcp_flags & (TCP_ACK | TCP_RST) == TCP_ACK
+        && (pkt.ack.wrapping_sub(value.reset_seq) as i32) > margin
 }
 
 /// Whether an in-window FIN or RST closes the flow (see [`established`]).
@@ -361,8 +384,8 @@ fn fin_closes(value: &mut FlowValue, d: usize) -> bool {
 /// sender cannot fake: the guest's ACK of the SYN-ACK when it opened the flow, its first
 /// segment after the handshake when the remote did (a remote's ACK the guest discards, bad
 /// checksum and all, earns nothing), or for a flow picked up mid-way, the other side's first
-/// ACK (the guest's, with data, for one picked up coming in). A UDP flow is promoted by a packet
-/// either way once it has had a reply and is `UDP_STREAM_NS` old (a stream).
+/// ACK (the guest's, with data, for one picked up coming in). A UDP flow is promoted by the guest's
+/// datagram once it has had a reply and is `UDP_STREAM_NS` old (a stream).
 #[inline(always)]
 fn embryonic<F: Flow>(
     ctx: &TcContext,
@@ -407,7 +430,7 @@ fn embryonic<F: Flow>(
             } else if plain_ack {
                 match value.state {
                     state::SYN_ACKED if !reply && from_guest => {
-                        return promote(t, flow, value, now)
+                        return promote(t, flow, value, now, Full::Forget)
                     }
                     // Only an ACK of all the guest sent (its SYN-ACK) proves the remote saw
                     // it: a blind one would have the guest's next bare ACK, which it also
@@ -415,11 +438,13 @@ fn embryonic<F: Flow>(
                     state::SYN_ACKED if !reply && acks_all_sent(value, pkt) => {
                         value.state = state::ACKED
                     }
-                    state::ACKED if from_guest => return promote(t, flow, value, now),
+                    state::ACKED if from_guest => {
+                        return promote(t, flow, value, now, Full::Forget)
+                    }
                     // A pickup's reply: from the guest (the flow was picked up coming in), with
                     // data, since a socket in TIME_WAIT answers a stray ACK with a bare one.
                     state::UNREPLIED if reply && (!from_guest || pkt.payload_len > 0) => {
-                        return promote(t, flow, value, now)
+                        return promote(t, flow, value, now, Full::Forget)
                     }
                     _ => {}
                 }
@@ -432,8 +457,13 @@ fn embryonic<F: Flow>(
             if reply && value.state == state::UNREPLIED {
                 value.state = state::REPLIED;
             }
-            if value.state == state::REPLIED && value.old_enough_to_stream(now) {
-                return promote(t, flow, value, now);
+            // The guest's datagram: a remote alone cannot make a stream of a query the guest
+            // is done with.
+            if value.state == state::REPLIED
+                && direction == Direction::Egress
+                && value.old_enough_to_stream(now)
+            {
+                return promote(t, flow, value, now, Full::Stay);
             }
             Ok(Reason::Tracked)
         }
@@ -442,16 +472,26 @@ fn embryonic<F: Flow>(
     }
 }
 
-/// Moves a flow to the established table. A full table refuses it: the flow is forgotten, and
-/// its next packets are unsolicited. Never over an entry there: the same flow, promoted by
-/// another CPU first, or another flow under the same key (a wide key's local address folding
-/// alike), which keeps its slot while this one stays in the new table.
+/// What [`promote`] does with a flow the full established table refuses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Full {
+    /// Forgets it, refusing the packet: its next packets are unsolicited (a TCP handshake).
+    Forget,
+    /// Leaves it in the new table, where it goes on (a UDP stream, which worked there).
+    Stay,
+}
+
+/// Moves a flow to the established table. A full table refuses it ([`Full`]). Never over an
+/// entry there: the same flow, promoted by another CPU first, or another flow under the same
+/// key (a wide key's local address folding alike), which keeps its slot while this one stays
+/// in the new table.
 #[inline(always)]
 fn promote<F: Flow>(
     t: &Tables<F>,
     flow: &F,
     value: &FlowValue,
     now: u64,
+    if_full: Full,
 ) -> Result<Reason, Reason> {
     let mut est = *value;
     est.state = state::ESTABLISHED;
@@ -468,6 +508,7 @@ fn promote<F: Flow>(
             }
             false
         }
+        Err(_) if if_full == Full::Stay => return Ok(Reason::Tracked),
         Err(_) => true,
     };
     let _ = t.new.remove(flow.key());
@@ -499,6 +540,8 @@ pub fn track<F: Flow>(
         ack: [0; 2],
         win: [0; 2],
         guest_end: 0,
+        reset_seq: 0,
+        _pad2: 0,
     };
     if pkt.kind == Kind::Tcp {
         if pkt.tcp_flags & TCP_SYN != 0 {

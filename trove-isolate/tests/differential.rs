@@ -85,7 +85,13 @@ type Shape = (trove_isolate::model::Table, Stage, bool, [bool; 2], bool);
 fn shapes(m: &Model) -> HashMap<(Role, FlowId), Shape> {
     m.flows()
         .map(|(r, id, f)| {
-            let shape = (f.table, f.stage, f.closing, f.fin_seen, f.reset_seen);
+            let shape = (
+                f.table,
+                f.stage,
+                f.closing,
+                f.fin_seen,
+                f.reset_seen.is_some(),
+            );
             ((r, *id), shape)
         })
         .collect()
@@ -104,7 +110,7 @@ fn transitions(
             Some(b) if b == a => continue,
             Some(b) if !b.4 && a.4 => "remote's reset: slot given back",
             Some(b) if b.4 && !a.4 && a.0 == T::Established => {
-                "guest spoke after a reset: slot back"
+                "guest acked past a reset: slot back"
             }
             Some(b) if b.0 == T::Established && a.0 == T::New => {
                 "guest done: moved to the new table"
@@ -409,13 +415,13 @@ fn key_text(role: Role, k: &FlowKey) -> String {
 /// different forms).
 fn state_text(
     table: Table,
-    (origin, st, closing, reset_seen): (u8, u8, bool, bool),
+    (origin, st, closing, reset_seen): (u8, u8, bool, Option<u32>),
     fin_seen: [bool; 2],
     acks: [Option<(u32, u32)>; 2],
     (guest_end, syn_data): (Option<u32>, u16),
 ) -> String {
     format!(
-        "{} origin={} state={} closing={} reset_seen={} fin_in={} fin_out={} ack_in={:?} ack_out={:?} guest_end={:?} syn_data={}",
+        "{} origin={} state={} closing={} reset_seen={:?} fin_in={} fin_out={} ack_in={:?} ack_out={:?} guest_end={:?} syn_data={}",
         table.name(),
         origin,
         st,
@@ -439,7 +445,7 @@ fn value_text(table: Table, v: &FlowValue) -> String {
             v.origin,
             v.state,
             v.flags & flags::CLOSING != 0,
-            v.flags & flags::RESET_SEEN != 0,
+            (v.flags & flags::RESET_SEEN != 0).then_some(v.reset_seq),
         ),
         [0, 1].map(|d| v.flags & flags::FIN_SEEN[d] != 0),
         [ack(0), ack(1)],

@@ -1018,10 +1018,11 @@ fn tcp_state_holds_against_forged_segments() {
         drop("blind FIN outside the window", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 77_777, 5001, 200), OutOfWindow),
         drop("RST to the client, outside its window", B, E, v4_seq(G4, CLIENT, s, RST, 9, 0, 0), OutOfWindow),
         pass("in-window RST off the exact sequence: passes, closes nothing", B, I, v4_seq(CLIENT, G4, c, RST, 1050, 0, 0), Tracked),
-        pass("the guest's challenge ACK: its socket lives", B, E, v4_seq(G4, CLIENT, s, ACK, 5001, 1001, 100), Tracked),
-        pass("in-window FIN from the client alone: closes nothing", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 1001, 5101, 200), Tracked),
+        pass("the client's request", B, I, v4_segment(CLIENT, G4, c, ACK | 0x08, (1001, 5001), &[7; 60]), Tracked),
+        pass("the guest acknowledges past the reset: it took none", B, E, v4_seq(G4, CLIENT, s, ACK, 5001, 1061, 100), Tracked),
+        pass("in-window FIN from the client alone: closes nothing", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 1061, 5101, 200), Tracked),
         pass("a SYN on the live tuple rides it (the guest answers it)", B, I, v4_seq(CLIENT, G4, c, SYN, 1, 0, 0), Tracked),
-        pass("the server's FIN: FINs both ways, closing", B, E, v4_seq(G4, CLIENT, s, FIN | ACK, 5101, 1002, 100), Tracked),
+        pass("the server's FIN: FINs both ways, closing", B, E, v4_seq(G4, CLIENT, s, FIN | ACK, 5101, 1062, 100), Tracked),
         pass("a SYN reusing the closed tuple is a new flow", B, I, v4_seq(CLIENT, G4, c, SYN, 7000, 0, 64240), Allowed),
         pass("second client SYN", B, I, v4_seq(CLIENT, G4, c2, SYN, 300, 0, 64240), Allowed),
         pass("second SYN-ACK", B, E, v4_seq(G4, CLIENT, s2, SYN_ACK, 800, 301, 100), Tracked),
@@ -1794,16 +1795,18 @@ fn a_flow_is_its_own_local_address_whatever_its_key_folds() {
 }
 
 /// A remote's in-window reset that is not at exactly the guest's last acknowledgment closes
-/// nothing, but Linux may take it all the same (here: at its next expected sequence number,
-/// past data it has not acknowledged yet), and then its socket is gone and it never sends on
-/// the tuple again. So the flow gives its established slot back: else a client could leave
-/// every connection it resets this way holding a slot for a day. A blind reset earns the
-/// guest's challenge ACK, which gives the slot back to the flow.
+/// nothing, but Linux may take it all the same (at its next expected sequence number, which runs
+/// past data it has not acknowledged yet; at the right edge of its highest SACK block; one
+/// below it after the remote's FIN), and then its socket is gone and it never sends on the tuple
+/// again. So the flow gives its established slot back (else a client could leave every
+/// connection it resets so holding a slot for a day), and has it back only once the guest
+/// acknowledges past the reset: before, its stack may still be acknowledging the data in front
+/// of a reset TC saw first and the stack then takes.
 #[rustfmt::skip]
 #[test]
-fn a_reset_the_guest_may_have_taken_gives_the_established_slot_back() {
+fn a_reset_the_guest_may_take_gives_the_established_slot_back() {
     use trove_isolate::datapath::Table;
-    use trove_isolate_common::conntrack::{flags, TCP_CLOSING_TIMEOUT_NS};
+    use trove_isolate_common::conntrack::{flags, TCP_TIMEOUT_NS};
     use Reason::*;
     let mut dp = datapath();
     let handshake = |port: u16| {
@@ -1815,59 +1818,81 @@ fn a_reset_the_guest_may_have_taken_gives_the_established_slot_back() {
             pass("greeting", B, E, v4_seq(G4, CLIENT, s, ACK | 0x08, 5001, 1001, 100), Tracked),
         ]
     };
-    let slots = |dp: &Datapath| {
-        let est = dp.flows(B, Table::Established).expect("flows").len();
+    let established = |dp: &Datapath| dp.flows(B, Table::Established).expect("flows").len();
+    let reset_seen = |dp: &Datapath, port: u16| -> Option<u32> {
         let new = dp.flows(B, Table::New).expect("flows");
-        (est, new)
+        let (_, v) = new.iter().find(|(k, _)| u16::from_be(k.remote_port) == port)?;
+        (v.flags & flags::RESET_SEEN != 0).then_some(v.reset_seq)
     };
+
+    // A reset at what the guest has received, past what it has acknowledged.
     run_table(&mut dp, &handshake(34000));
-    assert_eq!(slots(&dp).0, 1);
+    assert_eq!(established(&dp), 1);
     let (c, s) = ((34000, 3306), (3306, 34000));
     run_table(&mut dp, &[
         pass("a request the guest has not acknowledged yet", B, I, v4_segment(CLIENT, G4, c, ACK | 0x08, (1001, 5001), &[7; 100]), Tracked),
         pass("a reset at what the guest has received", B, I, v4_seq(CLIENT, G4, c, RST, 1101, 0, 0), Tracked),
     ]);
-    let (est, new) = slots(&dp);
-    assert_eq!(est, 0, "a connection the guest's stack may have reset holds an established slot");
-    assert_eq!(new.len(), 1);
-    assert_ne!(new[0].1.flags & flags::RESET_SEEN, 0);
-    assert_eq!(new[0].1.timeout_ns(6), TCP_CLOSING_TIMEOUT_NS);
+    assert_eq!(established(&dp), 0, "a connection the guest's stack may have reset holds an established slot");
+    assert_eq!(reset_seen(&dp, 34000), Some(1101));
+    let new = dp.flows(B, Table::New).expect("flows");
+    assert_eq!(new[0].1.timeout_ns(6), TCP_TIMEOUT_NS, "a live connection must not lapse in 30 s idle");
+    run_table(&mut dp, &[
+        // TC saw the reset before the stack saw the request: the stack acknowledges the request,
+        // then takes the reset. That acknowledgment proves nothing.
+        pass("the guest acknowledges the request, up to the reset", B, E, v4_seq(G4, CLIENT, s, ACK, 5001, 1101, 100), Tracked),
+    ]);
+    assert_eq!(established(&dp), 0, "an acknowledgment up to the reset gave the slot back");
     run_table(&mut dp, &[
         pass("the client sends on", B, I, v4_segment(CLIENT, G4, c, ACK | 0x08, (1101, 5001), &[7; 10]), Tracked),
         pass("the guest, with no socket, resets", B, E, v4_seq(G4, CLIENT, s, RST, 5001, 0, 0), Tracked),
     ]);
-    assert_eq!(slots(&dp).0, 0);
+    assert_eq!(established(&dp), 0);
 
-    // A blind reset inside the window: the guest's challenge ACK gives the slot back.
+    // A blind reset inside the window: the guest's challenge ACK (at what it has received, short
+    // of the reset) proves nothing yet; its acknowledgment past the reset gives the slot back.
     run_table(&mut dp, &handshake(34001));
     let (c, s) = ((34001, 3306), (3306, 34001));
     run_table(&mut dp, &[
         pass("a blind reset inside the window", B, I, v4_seq(CLIENT, G4, c, RST, 1001 + 50, 0, 0), Tracked),
-    ]);
-    assert_eq!(slots(&dp).0, 0);
-    run_table(&mut dp, &[
         pass("the guest's challenge ACK", B, E, v4_seq(G4, CLIENT, s, ACK, 5001, 1001, 100), Tracked),
     ]);
-    let (est, new) = slots(&dp);
-    assert_eq!((est, new.len()), (1, 1), "the blind reset's flow is established again: {new:?}");
-    let est = dp.flows(B, Table::Established).expect("flows");
-    assert_eq!(est[0].1.flags & flags::RESET_SEEN, 0);
+    assert_eq!(established(&dp), 0);
+    assert_eq!(reset_seen(&dp, 34001), Some(1051));
     run_table(&mut dp, &[
-        pass("the connection goes on", B, I, v4_seq(CLIENT, G4, c, ACK | 0x08, 1001, 5001, 200), Tracked),
+        pass("the client's next request", B, I, v4_segment(CLIENT, G4, c, ACK | 0x08, (1001, 5001), &[7; 60]), Tracked),
+        pass("the guest acknowledges past the reset", B, E, v4_seq(G4, CLIENT, s, ACK, 5001, 1061, 100), Tracked),
+    ]);
+    assert_eq!(established(&dp), 1, "the blind reset's flow did not get its slot back");
+    assert_eq!(reset_seen(&dp, 34001), None);
+    run_table(&mut dp, &[
         drop("a FIN outside the window still is out", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 900_000, 5001, 200), OutOfWindow),
     ]);
 
-    // A SYN on a flow the remote may have reset starts the tuple over.
+    // After the remote's FIN, Linux takes a reset one below its next expected number: the
+    // guest's acknowledgment of the FIN, one past that reset, proves nothing.
     run_table(&mut dp, &handshake(34002));
-    let c = (34002, 3306);
+    let (c, s) = ((34002, 3306), (3306, 34002));
+    run_table(&mut dp, &[
+        pass("the client's FIN", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 1001, 5001, 200), Tracked),
+        pass("the guest acknowledges it", B, E, v4_seq(G4, CLIENT, s, ACK, 5001, 1002, 100), Tracked),
+        pass("a reset just below the guest's acknowledgment", B, I, v4_seq(CLIENT, G4, c, RST, 1001, 0, 0), Tracked),
+        pass("the guest acknowledges the FIN again", B, E, v4_seq(G4, CLIENT, s, ACK, 5001, 1002, 100), Tracked),
+    ]);
+    assert_eq!(reset_seen(&dp, 34002), Some(1001));
+
+    // A SYN on a flow the remote may have reset starts the tuple over.
+    run_table(&mut dp, &handshake(34003));
+    let c = (34003, 3306);
     run_table(&mut dp, &[
         pass("a reset off the exact number", B, I, v4_seq(CLIENT, G4, c, RST, 1002, 0, 0), Tracked),
         pass("a new connection on the tuple", B, I, v4_seq(CLIENT, G4, c, SYN, 70_000, 0, 64240), Allowed),
     ]);
+    assert_eq!(established(&dp), 1);
 }
 
-/// A UDP flow takes an established slot only as a stream: a reply seen, and datagrams still
-/// flowing 2 s after it began. A query and its answer stay in the new table (so many of them
+/// A UDP flow takes an established slot only as a stream: a reply seen, and the guest still
+/// sending 2 s after it began. A query and its answer stay in the new table (so many of them
 /// churn the table that evicts, never the one that does not), as does a flow nothing answers.
 #[rustfmt::skip]
 #[test]
@@ -1896,7 +1921,11 @@ fn udp_earns_an_established_slot_only_as_a_stream() {
     ]);
     assert!(states(&dp, Table::Established).is_empty(), "a flow nothing answered was promoted");
     run_table(&mut dp, &[
-        pass("a datagram of the answered flow, 2 s on: a stream", M, I, v4_udp("192.0.2.53", G4, 53, 41000), Tracked),
+        pass("the remote's datagram, 2 s on: no stream of its own making", M, I, v4_udp("192.0.2.53", G4, 53, 41000), Tracked),
+    ]);
+    assert!(states(&dp, Table::Established).is_empty(), "the remote alone made a stream");
+    run_table(&mut dp, &[
+        pass("the guest's datagram, 2 s on: a stream", M, E, v4_udp(G4, "192.0.2.53", 41000, 53), Tracked),
     ]);
     assert_eq!(states(&dp, Table::Established), [(41000, state::ESTABLISHED)]);
     assert_eq!(states(&dp, Table::New), [(41001, state::UNREPLIED)]);

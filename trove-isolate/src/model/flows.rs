@@ -134,10 +134,10 @@ pub struct Flow {
     pub stage: Stage,
     /// FINs were seen both ways, or a reset that closes.
     pub closing: bool,
-    /// The remote sent an in-window reset that closes nothing by the exact rule, and the guest
-    /// has sent nothing but resets since: its stack may have taken it (Linux takes more than
-    /// the exact one), so the flow holds no established slot.
-    pub reset_seen: bool,
+    /// The highest sequence number of the remote's in-window resets that close nothing by the
+    /// exact rule, while the guest has not acknowledged past it: its stack may take one (Linux
+    /// takes more than the exact one), so the flow holds no established slot.
+    pub reset_seen: Option<u32>,
     /// An in-window FIN was sent that way, indexed by `Direction as usize`.
     pub fin_seen: [bool; 2],
     /// TCP: the highest acknowledgment sent each way, indexed by `Direction as usize`.
@@ -164,7 +164,7 @@ impl Flow {
             origin: direction,
             stage: Stage::Unreplied,
             closing: false,
-            reset_seen: false,
+            reset_seen: None,
             fin_seen: [false; 2],
             acks: [None; 2],
             guest_end: None,
@@ -196,15 +196,27 @@ impl Flow {
                 if self.closes(direction, tcp) {
                     self.closing = true;
                 } else if tcp.flags.rst() {
-                    // The remote's: a blind one earns a challenge ACK; one the guest's stack
-                    // took, silence.
-                    self.reset_seen = true;
+                    // The remote's (the guest's closes): its stack may take it. The highest.
+                    self.reset_seen = Some(match self.reset_seen {
+                        Some(seen) if (seen.wrapping_sub(tcp.seq) as i32) > 0 => seen,
+                        _ => tcp.seq,
+                    });
                 }
             }
             self.record_ack(direction, tcp);
-            // The guest sends anything but a reset: its socket lives.
-            if direction == Direction::Egress && !tcp.flags.rst() {
-                self.reset_seen = false;
+            // The guest acknowledges past every such reset (past one beyond it once the
+            // remote's FIN came: Linux takes a reset just below its next expected number then):
+            // its stack takes none. Any less proves nothing: it may acknowledge the data in front
+            // of a reset it then takes.
+            if let Some(seen) = self.reset_seen {
+                let margin = i32::from(self.fin_seen[side(Direction::Ingress)]);
+                if direction == Direction::Egress
+                    && tcp.flags.ack()
+                    && !tcp.flags.rst()
+                    && (tcp.ack.wrapping_sub(seen) as i32) > margin
+                {
+                    self.reset_seen = None;
+                }
             }
         }
         Ok(Reason::Tracked)
@@ -317,7 +329,7 @@ impl Flow {
     /// Whether the flow holds no established slot: the guest is done with it, or the remote
     /// may have reset it (`reset_seen`).
     pub fn releases_slot(&self) -> bool {
-        self.guest_done() || self.reset_seen
+        self.guest_done() || self.reset_seen.is_some()
     }
 
     fn promote(&mut self) {
