@@ -45,11 +45,18 @@ pub const UDP_TIMEOUT_NS: u64 = 120 * 1_000_000_000;
 /// that sends many queries from many ports churns the new table, never filling the established
 /// one (nf_conntrack's UDP stream rule, with its 2 s).
 pub const UDP_STREAM_NS: u64 = 2 * 1_000_000_000;
-/// A UDP flow's start is kept in units of 2^20 ns (about a millisecond) in 32 bits
-/// ([`FlowValue::guest_end`]), which wrap after 52 days; a flow in the new table is younger.
-pub const BORN_SHIFT: u32 = 20;
+/// The flow tables keep time in ticks of 2^20 ns (about a millisecond) of the coarse clock, in
+/// 32 bits ([`ticks`]): they wrap after 52 days, and a flow's timeouts are a day at most. (A
+/// 64-bit stamp made an entry 40 bytes, which cost every connection a few per cent.)
+pub const TICK_SHIFT: u32 = 20;
 /// `last_seen` is refreshed at most this often, to keep per-packet writes rare.
 pub const REFRESH_NS: u64 = 1_000_000_000;
+
+/// The coarse clock's `now_ns` in the flow tables' ticks ([`TICK_SHIFT`]).
+#[inline(always)]
+pub const fn ticks(now_ns: u64) -> u32 {
+    (now_ns >> TICK_SHIFT) as u32
+}
 
 /// Window scale assumed when a flow's handshake was not seen (picked up mid-flow): the largest
 /// RFC 7323 allows, so that only the sequence check, never a legitimate packet, suffers.
@@ -227,7 +234,7 @@ pub struct WideValue {
     pub local: [u32; 4],
 }
 
-const _: () = assert!(core::mem::size_of::<WideValue>() == 56);
+const _: () = assert!(core::mem::size_of::<WideValue>() == 48);
 
 /// An address's bytes as native-endian words, the form the datapath's keys hold.
 #[inline(always)]
@@ -376,8 +383,11 @@ pub mod flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowValue {
-    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the last refresh.
-    pub last_seen_ns: u64,
+    /// [`ticks`] of `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) at the last refresh.
+    pub last_seen: u32,
+    /// TCP, with [`flags::RESET_SEEN`]: the highest sequence number of the remote's resets the
+    /// guest's stack may take.
+    pub reset_seq: u32,
     /// [`crate::Direction`] of the packet that opened the flow.
     pub origin: u8,
     /// [`state`].
@@ -401,16 +411,11 @@ pub struct FlowValue {
     /// TCP: the sequence number just past the furthest the guest has sent (its data, SYN and
     /// FIN). The remote's acknowledgment is recorded only up to it: a blind sender cannot move
     /// it past what the guest sent (and so hold the guest's own FIN out of the window).
-    /// UDP: when the flow began, the coarse clock shifted right by [`BORN_SHIFT`] (with
-    /// [`flags::GUEST_END`] clear).
+    /// UDP: when the flow began, in [`ticks`] (with [`flags::GUEST_END`] clear).
     pub guest_end: u32,
-    /// TCP, with [`flags::RESET_SEEN`]: the highest sequence number of the remote's resets the
-    /// guest's stack may take.
-    pub reset_seq: u32,
-    pub _pad2: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
 
 impl FlowValue {
     /// Whether the guest has finished with the flow: it sent its FIN, or the flow closed. Such a
@@ -425,15 +430,14 @@ impl FlowValue {
     /// Notes that a UDP flow begins at `now_ns` ([`FlowValue::guest_end`]).
     #[inline(always)]
     pub fn set_born(&mut self, now_ns: u64) {
-        self.guest_end = (now_ns >> BORN_SHIFT) as u32;
+        self.guest_end = ticks(now_ns);
     }
 
     /// Whether a UDP flow that began with [`FlowValue::set_born`] is [`UDP_STREAM_NS`] old at
     /// `now_ns`.
     #[inline(always)]
     pub fn old_enough_to_stream(&self, now_ns: u64) -> bool {
-        let age = ((now_ns >> BORN_SHIFT) as u32).wrapping_sub(self.guest_end);
-        age >= (UDP_STREAM_NS >> BORN_SHIFT) as u32
+        ticks(now_ns).wrapping_sub(self.guest_end) >= ticks(UDP_STREAM_NS)
     }
 
     /// Whether the flow holds no established slot: the guest is done with it (it finishes in the
@@ -460,7 +464,19 @@ impl FlowValue {
 
     #[inline(always)]
     pub const fn expired(&self, proto: u8, now_ns: u64) -> bool {
-        now_ns.saturating_sub(self.last_seen_ns) > self.timeout_ns(proto)
+        ticks(now_ns).wrapping_sub(self.last_seen) > ticks(self.timeout_ns(proto))
+    }
+
+    /// Stamps the flow as seen at `now_ns`.
+    #[inline(always)]
+    pub fn stamp(&mut self, now_ns: u64) {
+        self.last_seen = ticks(now_ns);
+    }
+
+    /// Whether the flow was last stamped more than [`REFRESH_NS`] before `now_ns`.
+    #[inline(always)]
+    pub const fn stale(&self, now_ns: u64) -> bool {
+        ticks(now_ns).wrapping_sub(self.last_seen) > ticks(REFRESH_NS)
     }
 }
 
@@ -478,6 +494,37 @@ unsafe impl aya::Pod for WideValue {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Flow time in 32-bit ticks: the timeouts hold to within a tick, across the ticks' wrap.
+    #[test]
+    fn flow_time_is_kept_in_ticks_and_wraps() {
+        const S: u64 = 1_000_000_000;
+        let mut v = FlowValue {
+            last_seen: 0,
+            reset_seq: 0,
+            origin: 0,
+            state: state::ESTABLISHED,
+            flags: 0,
+            _pad: 0,
+            wscale: [0; 2],
+            syn_data: 0,
+            ack: [0; 2],
+            win: [0; 2],
+            guest_end: 0,
+        };
+        // Just before the ticks wrap, and 3 s into the day of the boot.
+        for now in [((1u64 << 32) - 10) << TICK_SHIFT, 3 * S] {
+            v.stamp(now);
+            assert!(!v.expired(proto::UDP, now + UDP_TIMEOUT_NS - S));
+            assert!(v.expired(proto::UDP, now + UDP_TIMEOUT_NS + S));
+            assert!(!v.expired(proto::TCP, now + TCP_TIMEOUT_NS - S));
+            assert!(v.expired(proto::TCP, now + TCP_TIMEOUT_NS + S));
+            assert!(!v.stale(now + REFRESH_NS / 2) && v.stale(now + 2 * REFRESH_NS));
+            v.set_born(now);
+            assert!(!v.old_enough_to_stream(now + UDP_STREAM_NS - S / 10));
+            assert!(v.old_enough_to_stream(now + UDP_STREAM_NS + S / 100));
+        }
+    }
 
     #[test]
     fn a_tcp_over_ipv4_key_narrows_and_widens_to_the_same_flow() {
@@ -529,7 +576,8 @@ mod tests {
             let (wide, local) = WideKey::narrow(&key).expect("a wide flow");
             let value = WideValue {
                 flow: FlowValue {
-                    last_seen_ns: 0,
+                    last_seen: 0,
+                    reset_seq: 0,
                     origin: 0,
                     state: 0,
                     flags: 0,
@@ -539,8 +587,6 @@ mod tests {
                     ack: [0; 2],
                     win: [0; 2],
                     guest_end: 0,
-                    reset_seq: 0,
-                    _pad2: 0,
                 },
                 local,
             };

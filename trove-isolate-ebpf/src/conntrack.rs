@@ -10,7 +10,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use trove_isolate_common::{
     conntrack::{
-        flags, state, FlowKey4, FlowValue, WideKey, WideValue, REFRESH_NS, WSCALE_MAX, WSCALE_NONE,
+        flags, state, ticks, FlowKey4, FlowValue, WideKey, WideValue, WSCALE_MAX, WSCALE_NONE,
         WSCALE_UNKNOWN,
     },
     Direction, Reason,
@@ -284,12 +284,12 @@ fn new_connection(value: &FlowValue, direction: Direction, pkt: &Packet) -> bool
         && pkt.seq != value.guest_end.wrapping_sub(1 + value.syn_data as u32)
 }
 
-/// Stamps a flow as seen, at most once per [`REFRESH_NS`] (a write dirties the entry's cache
+/// Stamps a flow as seen, at most once per `REFRESH_NS` (a write dirties the entry's cache
 /// line for every CPU).
 #[inline(always)]
 fn refresh(value: &mut FlowValue, now: u64) {
-    if now.saturating_sub(value.last_seen_ns) > REFRESH_NS {
-        value.last_seen_ns = now;
+    if value.stale(now) {
+        value.stamp(now);
     }
 }
 
@@ -316,7 +316,7 @@ fn established(
             }
             if closes(value, direction, pkt) {
                 value.flags |= flags::CLOSING;
-                value.last_seen_ns = now;
+                value.stamp(now);
             } else if pkt.tcp_flags & TCP_RST != 0 {
                 // The remote's (the guest's always closes): its stack may take it.
                 note_reset(value, pkt.seq);
@@ -495,7 +495,7 @@ fn promote<F: Flow>(
 ) -> Result<Reason, Reason> {
     let mut est = *value;
     est.state = state::ESTABLISHED;
-    est.last_seen_ns = now;
+    est.stamp(now);
     let full = match t.est.insert(flow.key(), flow.entry(est), BPF_NOEXIST) {
         Ok(()) => false,
         Err(EEXIST) => {
@@ -530,7 +530,8 @@ pub fn track<F: Flow>(
     now: u64,
 ) -> Result<(), Reason> {
     let mut value = FlowValue {
-        last_seen_ns: now,
+        last_seen: ticks(now),
+        reset_seq: 0,
         origin: direction as u8,
         state: state::UNREPLIED,
         flags: 0,
@@ -540,8 +541,6 @@ pub fn track<F: Flow>(
         ack: [0; 2],
         win: [0; 2],
         guest_end: 0,
-        reset_seq: 0,
-        _pad2: 0,
     };
     if pkt.kind == Kind::Tcp {
         if pkt.tcp_flags & TCP_SYN != 0 {
