@@ -372,9 +372,9 @@ pub mod flags {
     /// sequence number, which runs ahead of the last acknowledgment it sent, at the right edge
     /// of its highest SACK block, and one below it after the remote's FIN), and then never sends
     /// on the tuple again. Such a flow gives its established slot back
-    /// ([`super::FlowValue::releases_slot`]) until the guest acknowledges past the highest such
-    /// reset ([`super::FlowValue::reset_seq`]; past one beyond it once the remote's FIN was
-    /// seen): a socket whose next expected sequence number is past a reset's never takes it.
+    /// ([`super::FlowValue::releases_slot`]) until the guest acknowledges more than one past the
+    /// highest such reset ([`super::FlowValue::reset_seq`]): a socket whose next expected
+    /// sequence number is that far past a reset's never takes it.
     /// Any other packet the guest sends proves nothing: TC sees a batch of packets before the
     /// stack does, so the guest may still acknowledge the data in front of a reset it takes.
     pub const RESET_SEEN: u8 = 64;

@@ -346,16 +346,17 @@ fn note_reset(value: &mut FlowValue, seq: u32) {
     value.flags |= flags::RESET_SEEN;
 }
 
-/// Whether the guest's packet acknowledges past every reset noted: its stack's next expected
-/// sequence number is beyond them, so it takes none (Linux takes one at that number, at the
-/// edge of a SACK block, which lies beyond it, or one below it after the remote's FIN: hence
-/// one more then). An acknowledgment at or before a reset proves nothing: the stack may
-/// acknowledge the data in front of a reset after TC has seen both, then take the reset.
+/// Whether the guest's packet acknowledges more than one past every reset noted: its stack's
+/// next expected sequence number is beyond them, so it takes none (Linux takes one at that
+/// number, at the edge of a SACK block, which lies beyond it, or one below it once it has the
+/// remote's FIN: hence the one more, whether or not this flow saw that FIN, which a pickup or a
+/// segment starting below the window carries past it unnoted). An acknowledgment at or just
+/// past a reset proves nothing: the stack may acknowledge the data in front of a reset after
+/// TC has seen both, then take the reset.
 #[inline(always)]
 fn acks_past_reset(value: &FlowValue, pkt: &Packet) -> bool {
-    let margin = (value.flags & flags::FIN_SEEN[Direction::Ingress as usize] != 0) as i32;
     pkt.tcp_flags & (TCP_ACK | TCP_RST) == TCP_ACK
-        && (pkt.ack.wrapping_sub(value.reset_seq) as i32) > margin
+        && (pkt.ack.wrapping_sub(value.reset_seq) as i32) > 1
 }
 
 /// Whether an in-window FIN or RST closes the flow (see [`established`]).

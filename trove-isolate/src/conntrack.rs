@@ -81,21 +81,28 @@ pub struct Live {
     pub flows: usize,
 }
 
-/// Deletes expired flows from both tables of both roles and counts the live ones.
+/// Deletes expired flows from both tables of both roles (and established entries that hold no
+/// slot, [`FlowValue::releases_slot`]) and counts the live ones.
 pub fn sweep(datapath: &mut Datapath) -> anyhow::Result<Occupancy> {
     let now = monotonic_ns()?;
     let mut occupancy = Occupancy::default();
     for role in Role::ALL {
         for table in Table::ALL {
+            // Also an established entry that should hold no slot: the datapath moves such a
+            // flow to the new table at once, but leaves it where that move failed (another
+            // CPU's flow under the key for an instant), for its next packet to try again, and
+            // a connection the remote reset may never send one.
+            let gone = |k: &FlowKey, v: &FlowValue| {
+                v.expired(k.proto, now) || (table == Table::Established && v.releases_slot())
+            };
             let (expired, live): (Vec<_>, Vec<_>) = datapath
                 .flows(role, table)?
                 .into_iter()
-                .partition(|(k, v)| v.expired(k.proto, now));
+                .partition(|(k, v)| gone(k, v));
             let expired: Vec<FlowKey> = expired.into_iter().map(|(k, _)| k).collect();
             // Read again before each removal: a SYN may have opened a flow under an expired
             // one's key meanwhile.
-            occupancy.expired_removed +=
-                datapath.remove_flows(role, table, &expired, |k, v| v.expired(k.proto, now))?;
+            occupancy.expired_removed += datapath.remove_flows(role, table, &expired, gone)?;
             // Each table's count, so an alert can follow it; by family within (TCP over IPv4
             // only in its own tables).
             for keying in Keying::ALL {

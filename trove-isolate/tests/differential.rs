@@ -787,14 +787,22 @@ fn named_table() -> Vec<Named> {
                 (M, I, rst_in(4999).framed(), Err(OutOfWindow)),
                 (M, I, rst_in(0x8000_0000).framed(), Err(OutOfWindow)),
                 // In the window but not exact: passes and closes nothing, but gives the
-                // established slot back until the guest sends again.
+                // established slot back until the guest acknowledges more than one past it.
                 (M, I, rst_in(5000).framed(), Ok(Tracked)),
-                // Its challenge ACK: the guest's socket lives, and the flow has its slot back.
+                // Its challenge ACK, at what it has received: proves nothing yet.
                 (M, E, ack.framed(), Ok(Tracked)),
+                (M, I, data.clone().data(&[7; 20]).framed(), Ok(Tracked)),
+                // Past the reset: the guest's socket lives, and the flow has its slot back.
+                (
+                    M,
+                    E,
+                    ack.clone().seq_ack(101, 5021, 1000).framed(),
+                    Ok(Tracked),
+                ),
                 (M, E, syn.framed(), Ok(Tracked)),
                 (M, I, data.framed(), Ok(Tracked)),
                 // Exactly at the guest's last ACK: closes.
-                (M, I, rst_in(5001).framed(), Ok(Tracked)),
+                (M, I, rst_in(5021).framed(), Ok(Tracked)),
                 (M, E, syn.framed(), Ok(Allowed)),
             ]);
             s

@@ -204,16 +204,15 @@ impl Flow {
                 }
             }
             self.record_ack(direction, tcp);
-            // The guest acknowledges past every such reset (past one beyond it once the
-            // remote's FIN came: Linux takes a reset just below its next expected number then):
-            // its stack takes none. Any less proves nothing: it may acknowledge the data in front
-            // of a reset it then takes.
+            // The guest acknowledges more than one past every such reset (Linux takes one just
+            // below its next expected number once it has the remote's FIN, which may have
+            // passed unnoted): its stack takes none. Any less proves nothing: it may
+            // acknowledge the data in front of a reset it then takes.
             if let Some(seen) = self.reset_seen {
-                let margin = i32::from(self.fin_seen[side(Direction::Ingress)]);
                 if direction == Direction::Egress
                     && tcp.flags.ack()
                     && !tcp.flags.rst()
-                    && (tcp.ack.wrapping_sub(seen) as i32) > margin
+                    && (tcp.ack.wrapping_sub(seen) as i32) > 1
                 {
                     self.reset_seen = None;
                 }

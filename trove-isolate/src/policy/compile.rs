@@ -613,7 +613,7 @@ pub(super) fn management(
         }
     }
     for (i, entry) in mgmt.allow.iter().enumerate() {
-        allow(c, i, entry, &mut set)?;
+        allow(c, i, entry, &mut set, sources)?;
     }
     let ssh_port = c.port("ssh_port", Some(mgmt.ssh_port.unwrap_or(22)))?;
     for net in c.cidrs("ssh_from", &mgmt.ssh_from)? {
@@ -682,7 +682,29 @@ pub(super) fn allow(
     i: usize,
     allow: &AllowConfig,
     set: &mut RuleSet,
+    sources: &mut Sources,
 ) -> Result<(), ConfigError> {
+    // A host name (an object store's, say): its addresses, followed as its answers change.
+    if is_host_name(&allow.to) {
+        let p = match allow.proto.as_str() {
+            "tcp" => proto::TCP,
+            "udp" => proto::UDP,
+            _ => {
+                return Err(c.err(
+                    format!("allow[{i}].to"),
+                    format!(
+                        "{:?} is a host name: allowed for proto \"tcp\" or \"udp\" with a \
+                         port; icmp takes a CIDR",
+                        allow.to
+                    ),
+                ))
+            }
+        };
+        let port = c.port(format!("allow[{i}].port"), allow.port)?;
+        let text = format!("{}:{port}", allow.to);
+        let key = format!("allow[{i}].to");
+        return endpoint_rules(c, &key, &text, "allow", None, p, set, sources);
+    }
     let written = c.cidr(format!("allow[{i}].to"), &allow.to)?;
     let to = written.matched;
     match allow.proto.as_str() {

@@ -1057,6 +1057,60 @@ mod discovery {
         assert!(brokers(&p).is_empty(), "{:?}", brokers(&p));
     }
 
+    /// An `allow` entry may name a host (an object store's, which Trove gives the guest per
+    /// backup): its addresses on the port, followed as the name's answers change, and the DNS
+    /// rules that lookups need. ICMP takes a CIDR only.
+    #[test]
+    fn an_allow_entry_may_name_a_host() {
+        let table = Table(HashMap::from([("swift.trove.test", ("192.0.2.80", 300))]));
+        let config = management(
+            "allow = [ { to = \"swift.trove.test\", port = 8080, proto = \"tcp\" }, \
+             { to = \"192.0.2.81/32\", port = 8080, proto = \"tcp\" } ]",
+        );
+        let p = compile(&config, &table).expect("compiles");
+        let mgmt = rules(&p, Role::Management);
+        assert!(
+            mgmt.iter()
+                .any(|r| r
+                    == "egress tcp 192.0.2.80/32 8080 | allow swift.trove.test:8080 = 192.0.2.80"),
+            "{mgmt:#?}"
+        );
+        assert!(
+            mgmt.iter().any(|r| r.contains("192.0.2.81/32 8080")),
+            "{mgmt:#?}"
+        );
+        assert!(p.names.iter().any(|n| n.host == "swift.trove.test"));
+        // Unresolved: no rule to it, a warning, looked up again.
+        let p = compile(&config, &Table(HashMap::new())).expect("compiles");
+        assert!(p
+            .warnings()
+            .iter()
+            .any(|w| w.contains("swift.trove.test does not resolve")));
+        assert!(!rules(&p, Role::Management)
+            .iter()
+            .any(|r| r.contains(" 8080 | allow swift")));
+        let err = compile(
+            &management("allow = [ { to = \"swift.trove.test\", proto = \"icmp\" } ]"),
+            &table,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("allow[0].to") && err.contains("icmp takes a CIDR"),
+            "{err}"
+        );
+        let err = compile(
+            &management("allow = [ { to = \"192.0.2.300/32\", port = 1, proto = \"tcp\" } ]"),
+            &table,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("allow[0].to"),
+            "a mistyped address read as a name: {err}"
+        );
+    }
+
     /// The remotes the management NIC may reach on RabbitMQ's port.
     fn brokers(p: &Policy) -> Vec<String> {
         p.nic(Role::Management)
