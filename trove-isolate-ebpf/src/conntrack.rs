@@ -198,8 +198,9 @@ fn demote<K, V: Copy>(t: &FlowTables<K, V>, key: &K, entry: &V) {
 }
 
 /// Moves a flow a remote's reset had demoted back to the established table, once the guest has
-/// acknowledged past the reset (its socket lives on). Established entry first, as [`demote`] does the new one;
-/// if the table refuses (full, or another flow under the key), the flow goes on from here.
+/// acknowledged more than one past the reset (its socket lives on). Established entry first, as
+/// [`demote`] does the new one; if the table refuses (full, or another flow under the key), the
+/// flow goes on from here.
 #[inline(always)]
 fn restore<K, V: Copy>(t: &FlowTables<K, V>, key: &K, entry: &V) {
     if t.est.insert(key, *entry, BPF_NOEXIST).is_ok() {
@@ -300,8 +301,8 @@ fn refresh(value: &mut FlowValue, now: u64) {
 /// an RST from the remote at exactly the sequence number the guest acknowledged last (RFC 5961's
 /// rule for accepting a reset). An in-window RST from the remote that is not exact passes and
 /// closes nothing, but the flow gives its established slot back until the guest acknowledges
-/// past it ([`flags::RESET_SEEN`]): Linux takes more resets than the exact one, and then never
-/// sends again. A UDP flow is refreshed by the guest's datagrams only.
+/// more than one past it ([`flags::RESET_SEEN`]): Linux takes more resets than the exact one,
+/// and then never sends again. A UDP flow is refreshed by the guest's datagrams only.
 #[inline(always)]
 fn established(
     value: &mut FlowValue,
@@ -385,8 +386,8 @@ fn fin_closes(value: &mut FlowValue, d: usize) -> bool {
 /// sender cannot fake: the guest's ACK of the SYN-ACK when it opened the flow, its first
 /// segment after the handshake when the remote did (a remote's ACK the guest discards, bad
 /// checksum and all, earns nothing), or for a flow picked up mid-way, the other side's first
-/// ACK (the guest's, with data, for one picked up coming in). A UDP flow is promoted by the guest's
-/// datagram once it has had a reply and is `UDP_STREAM_NS` old (a stream).
+/// ACK (the guest's, with data, for one picked up coming in). A UDP flow is promoted by the
+/// guest's datagram once it has had a reply and is `UDP_STREAM_NS` old (a stream).
 #[inline(always)]
 fn embryonic<F: Flow>(
     ctx: &TcContext,
