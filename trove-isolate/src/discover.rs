@@ -91,6 +91,27 @@ pub struct Discovered {
     pub business_mac: Option<Found<String>>,
     /// The nameservers of resolv.conf: reached on port 53 when any endpoint is a name.
     pub resolvers: Vec<Found<std::net::IpAddr>>,
+    /// How resolv.conf has short names completed: a name the agent's config gives as `rabbit`
+    /// must be looked up as the agent's own resolver looks it up.
+    pub search: SearchList,
+}
+
+/// resolv.conf's completion of names, as glibc reads it: the domains of the last `search` or
+/// `domain` line, and `options ndots:N` (a name with fewer dots is tried with each domain
+/// before it is tried as it is; 1 unless the file says otherwise, at most 15).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchList {
+    pub domains: Vec<String>,
+    pub ndots: usize,
+}
+
+impl Default for SearchList {
+    fn default() -> SearchList {
+        SearchList {
+            domains: Vec::new(),
+            ndots: 1,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -256,7 +277,41 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
         }
     }
     found.resolvers = nameservers(&files.root)?;
+    found.search = search_list(&files.root)?;
     Ok(found)
+}
+
+/// The search list of `etc/resolv.conf` under `root` ([`SearchList`]); the default when there
+/// is no such file. With systemd-resolved's stub, that file carries the link's domains too.
+pub fn search_list(root: &Path) -> Result<SearchList, DiscoverError> {
+    let mut list = SearchList::default();
+    let Some(text) = read_optional(&root.join("etc/resolv.conf"))? else {
+        return Ok(list);
+    };
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("search" | "domain") => {
+                // The root domain completes nothing.
+                list.domains = words
+                    .take_while(|w| !w.starts_with(['#', ';']))
+                    .filter(|w| *w != ".")
+                    .map(|w| w.trim_end_matches('.').to_ascii_lowercase())
+                    .collect();
+            }
+            Some("options") => {
+                for option in words {
+                    if let Some(n) = option.strip_prefix("ndots:") {
+                        if let Ok(n) = n.parse::<usize>() {
+                            list.ndots = n.min(15);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(list)
 }
 
 /// The nameservers under `root`: resolv.conf's, and when that names a local stub (Ubuntu's
@@ -670,6 +725,37 @@ mod tests {
                 "192.0.2.125",
                 "pool.example"
             ]
+        );
+    }
+
+    #[test]
+    fn the_search_list_is_read_as_glibc_reads_it() {
+        let search = |text: &str| {
+            let t = tree(&[("etc/resolv.conf", text)]);
+            let found = search_list(&t.root).expect("reads");
+            let _ = std::fs::remove_dir_all(&t.root);
+            (found.domains, found.ndots)
+        };
+        let none: Vec<String> = Vec::new();
+        assert_eq!(search("nameserver 192.0.2.53\n"), (none.clone(), 1));
+        // systemd-resolved's stub file; the last search or domain line wins.
+        assert_eq!(
+            search("nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch Cloud.Example. .\n"),
+            (vec!["cloud.example".to_owned()], 1)
+        );
+        assert_eq!(
+            search("search a.example b.example # a comment\ndomain c.example\n"),
+            (vec!["c.example".to_owned()], 1)
+        );
+        assert_eq!(
+            search("domain c.example\nsearch a.example b.example\noptions ndots:2 attempts:3\n"),
+            (vec!["a.example".to_owned(), "b.example".to_owned()], 2)
+        );
+        assert_eq!(search("options ndots:40\n"), (none.clone(), 15));
+        let t = tree(&[]);
+        assert_eq!(
+            search_list(&t.root).expect("no file"),
+            SearchList::default()
         );
     }
 

@@ -2,16 +2,19 @@
 //! out (the daemon recompiles and applies through the reconcile step: new addresses are added
 //! before old ones are removed, and flows to an address no longer in the answer are revoked).
 //!
-//! Lookups go to the resolvers the policy allows DNS to (resolv.conf's nameservers) with
+//! Lookups go to the resolvers the policy allows DNS to (resolv.conf's nameservers), short names
+//! completed with resolv.conf's search list as the agent's resolver completes them, with
 //! hickory-resolver, never cached here, each on a thread of its own (the resolver runs its own
 //! runtime, which cannot nest in the daemon's).
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, str::FromStr as _, time::Duration};
 
 use hickory_resolver::{
     config::{NameServerConfigGroup, ResolverConfig, ResolverOpts},
-    Resolver,
+    Name, Resolver,
 };
+
+pub use crate::discover::SearchList;
 
 /// One answer: the addresses and how long they may be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,16 +40,31 @@ pub const UNRESOLVED_RETRY: Duration = Duration::from_secs(5);
 pub struct Dns {
     servers: Vec<IpAddr>,
     port: u16,
+    search: SearchList,
 }
 
 impl Dns {
     pub fn new(servers: Vec<IpAddr>) -> Dns {
-        Dns { servers, port: 53 }
+        Dns {
+            servers,
+            port: 53,
+            search: SearchList::default(),
+        }
     }
 
     /// Servers on another port (the tests' own responder).
     pub fn with_port(servers: Vec<IpAddr>, port: u16) -> Dns {
-        Dns { servers, port }
+        Dns {
+            port,
+            ..Dns::new(servers)
+        }
+    }
+
+    /// Short names completed as resolv.conf says, as glibc completes them for the agent: a name
+    /// with fewer than `ndots` dots is tried with each search domain, then as it is; any other
+    /// name as it is, then with each domain. A name ending in a dot is never completed.
+    pub fn searching(self, search: SearchList) -> Dns {
+        Dns { search, ..self }
     }
 }
 
@@ -56,27 +74,26 @@ impl Resolve for Dns {
             return Err("no nameserver to ask (resolv.conf lists none)".into());
         }
         let group = NameServerConfigGroup::from_ips_clear(&self.servers, self.port, true);
-        let config = ResolverConfig::from_parts(None, Vec::new(), group);
+        let domains = self
+            .search
+            .domains
+            .iter()
+            .filter_map(|d| Name::from_str(&format!("{d}.")).ok())
+            .collect();
+        let config = ResolverConfig::from_parts(None, domains, group);
         let mut opts = ResolverOpts::default();
         opts.timeout = Duration::from_secs(2);
         opts.attempts = 2;
         // Every answer fresh: a cache would hide the TTL we follow.
         opts.cache_size = 0;
-        // A fully qualified name: no search domains.
-        opts.ndots = 0;
-        let fqdn = if host.ends_with('.') {
-            host.to_owned()
-        } else {
-            format!("{host}.")
-        };
+        opts.ndots = self.search.ndots;
+        let name = Name::from_str(host).map_err(|e| format!("not a host name: {e}"))?;
         std::thread::scope(|scope| {
             scope
                 .spawn(move || {
                     let resolver =
                         Resolver::new(config, opts).map_err(|e| format!("resolver: {e}"))?;
-                    let lookup = resolver
-                        .lookup_ip(fqdn.as_str())
-                        .map_err(|e| e.to_string())?;
+                    let lookup = resolver.lookup_ip(name).map_err(|e| e.to_string())?;
                     let ttl = lookup
                         .valid_until()
                         .saturating_duration_since(std::time::Instant::now());

@@ -153,12 +153,14 @@ impl Tree {
 
     /// The agent's transport URL: RabbitMQ by [`NAME`], on `port`.
     fn rabbitmq_port(&self, port: u16) {
+        self.rabbitmq_at(NAME.trim_end_matches('.'), port);
+    }
+
+    /// The agent's transport URL: RabbitMQ by `host`, on `port`.
+    fn rabbitmq_at(&self, host: &str, port: u16) {
         self.write(
             "etc/trove/conf.d/trove-guestagent.conf",
-            format!(
-                "[DEFAULT]\ntransport_url = rabbit://trove:names-secret@{}:{port}/trove\n",
-                NAME.trim_end_matches('.')
-            ),
+            format!("[DEFAULT]\ntransport_url = rabbit://trove:names-secret@{host}:{port}/trove\n"),
         );
     }
 
@@ -358,6 +360,35 @@ fn a_name_that_does_not_resolve_at_start_opens_once_it_does() {
         opened.expect("opened")
     );
     assert_eq!(unresolved().as_deref(), Some("0"));
+}
+
+/// A transport URL naming RabbitMQ by a short name, as deployments that rely on the guest's
+/// search domains write it: the agent's resolver completes it with resolv.conf's search list,
+/// and so must the daemon's, or RabbitMQ stays shut (the name "does not resolve").
+#[test]
+fn a_short_name_is_completed_with_the_search_list() {
+    let rabbit: Ipv4Addr = addr::RABBITMQ_V4.parse().expect("addr");
+    let n = Named::new("short", &[rabbit]);
+    let (short, domain) = NAME.trim_end_matches('.').split_once('.').expect("a dot");
+    n.tree.rabbitmq_at(short, 5672);
+    // The first domain does not have the name (the responder says NXDOMAIN), the second does.
+    n.tree.write(
+        "etc/resolv.conf",
+        format!("nameserver 127.0.0.1\nsearch elsewhere.test {domain}\n"),
+    );
+    let daemon = n.start();
+    assert!(
+        n.reach(rabbit),
+        "RabbitMQ named {short:?}, {NAME} by the search list, is shut:\n{}",
+        daemon.stderr()
+    );
+    assert!(
+        daemon
+            .scrape()
+            .lines()
+            .any(|l| l == "trove_isolate_unresolved_names 0"),
+        "the short name counts as unresolved"
+    );
 }
 
 /// A reload whose config names a host the resolver does not answer for waits seconds for DNS;

@@ -676,6 +676,21 @@ pub(super) fn resolvers(discovered: Option<&Discovered>) -> Vec<(IpAddr, String)
     }
 }
 
+/// The resolver host names are looked up with: resolv.conf's nameservers and search list (the
+/// Trove root's when discovery is on, the system's otherwise), so that a short name resolves as
+/// it does for the agent.
+pub(super) fn resolver(discovered: Option<&Discovered>) -> resolve::Dns {
+    let servers = resolvers(discovered)
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect();
+    let search = match discovered {
+        Some(d) => d.search.clone(),
+        None => discover::search_list(Path::new("/")).unwrap_or_default(),
+    };
+    resolve::Dns::new(servers).searching(search)
+}
+
 /// One `[management] allow` entry: an outbound rule.
 pub(super) fn allow(
     c: &Ctx,

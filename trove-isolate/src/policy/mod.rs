@@ -254,8 +254,12 @@ impl Source {
     fn discovered_now(&self) -> Option<Discovered> {
         let mut discovered = self.discovered.clone()?;
         if let Some(trove) = &self.config.trove {
-            if let Ok(now) = discover::nameservers(&trove_files(trove).root) {
+            let root = trove_files(trove).root;
+            if let Ok(now) = discover::nameservers(&root) {
                 discovered.resolvers = now;
+            }
+            if let Ok(now) = discover::search_list(&root) {
+                discovered.search = now;
             }
         }
         Some(discovered)
@@ -270,15 +274,11 @@ impl Policy {
     /// Compiles `source` (read from `path`), looking its host names up now.
     pub fn from_source(source: &Source, path: &Path) -> Result<Policy, ConfigError> {
         let discovered = source.discovered_now();
-        let servers = resolvers(discovered.as_ref())
-            .into_iter()
-            .map(|(ip, _)| ip)
-            .collect();
         Policy::compile(
             &source.config,
             path,
             discovered.as_ref(),
-            &resolve::Dns::new(servers),
+            &resolver(discovered.as_ref()),
         )
     }
 
@@ -286,15 +286,11 @@ impl Policy {
     /// root's when discovery is on).
     pub fn from_config(config: &Config, path: &Path) -> Result<Policy, ConfigError> {
         let discovered = discovery(config, path)?;
-        let servers = resolvers(discovered.as_ref())
-            .into_iter()
-            .map(|(ip, _)| ip)
-            .collect();
         Policy::compile(
             config,
             path,
             discovered.as_ref(),
-            &resolve::Dns::new(servers),
+            &resolver(discovered.as_ref()),
         )
     }
 
