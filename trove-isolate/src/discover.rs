@@ -8,7 +8,7 @@
 //!   `[oslo_messaging_rabbit] ssl`), registries from `[guest_agent] container_registry` and the
 //!   datastore's `docker_image` / `backup_docker_image`, the database ports from
 //!   `[DEFAULT] datastore_manager`;
-//! - `docker_daemon_json` (`etc/docker/daemon.json`): `insecure-registries`;
+//! - `docker_daemon_json` (`etc/docker/daemon.json`): `insecure-registries`, `registry-mirrors`;
 //! - `eth1_json` (`etc/trove/eth1.json`): the business NIC's `mac_address`;
 //! - what any guest needs at boot: the metadata service, the resolvers of `etc/resolv.conf`
 //!   (when an endpoint is a name), the NTP servers of chrony's or timesyncd's config.
@@ -85,6 +85,9 @@ impl fmt::Display for Endpoint {
 pub struct Discovered {
     pub rabbitmq: Vec<Found<Endpoint>>,
     pub registries: Vec<Found<Endpoint>>,
+    /// The datastore's images that name no registry, so come from Docker Hub, when daemon.json
+    /// names no mirror to pull them through: no rule of discovery's reaches them.
+    pub hub_images: Vec<Found<String>>,
     /// Other outbound endpoints a guest needs (metadata, NTP).
     pub services: Vec<Found<Endpoint>>,
     pub database_ports: Vec<Found<u16>>,
@@ -198,12 +201,13 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
     if let Some(manager) = &manager {
         for key in ["docker_image", "backup_docker_image"] {
             if let Some(image) = conf.get(&manager.value, key) {
-                if let Some(endpoint) = image_registry(&image.value) {
-                    push(
-                        &mut found.registries,
-                        endpoint,
-                        &image.origin(&manager.value, key),
-                    );
+                let origin = image.origin(&manager.value, key);
+                match image_registry(&image.value) {
+                    Some(endpoint) => push(&mut found.registries, endpoint, &origin),
+                    None => found.hub_images.push(Found {
+                        value: image.value.trim().to_owned(),
+                        origin,
+                    }),
                 }
             }
         }
@@ -212,10 +216,16 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
     if let Some(text) = read_optional(&daemon_json)? {
         let json: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| invalid(&daemon_json, format!("not JSON: {e}")))?;
-        for registry in json["insecure-registries"].as_array().into_iter().flatten() {
-            if let Some(endpoint) = registry.as_str().and_then(registry_endpoint) {
-                let origin = format!("{} insecure-registries", daemon_json.display());
-                push(&mut found.registries, endpoint, &origin);
+        for key in ["insecure-registries", "registry-mirrors"] {
+            for registry in json[key].as_array().into_iter().flatten() {
+                if let Some(endpoint) = registry.as_str().and_then(registry_endpoint) {
+                    let origin = format!("{} {key}", daemon_json.display());
+                    push(&mut found.registries, endpoint, &origin);
+                    // dockerd pulls Docker Hub's images through its mirrors.
+                    if key == "registry-mirrors" {
+                        found.hub_images.clear();
+                    }
+                }
             }
         }
     }
@@ -498,9 +508,11 @@ pub fn transport_hosts(url: &str, ssl: bool) -> Result<Vec<Endpoint>, String> {
     Ok(hosts)
 }
 
-/// `host[:port][/path]` as docker names a registry; 443 when no port is given.
+/// `host[:port][/path]` as docker names a registry; 443 when no port is given (80 for an
+/// `http://` URL, as a mirror may be written).
 pub fn registry_endpoint(text: &str) -> Option<Endpoint> {
     let text = text.trim();
+    let default_port = if text.starts_with("http://") { 80 } else { 443 };
     let text = text
         .strip_prefix("https://")
         .or_else(|| text.strip_prefix("http://"))
@@ -517,7 +529,7 @@ pub fn registry_endpoint(text: &str) -> Option<Endpoint> {
     };
     Some(Endpoint {
         host,
-        port: parsed.port().unwrap_or(443),
+        port: parsed.port().unwrap_or(default_port),
         proto: Proto::Tcp,
     })
 }
@@ -802,6 +814,10 @@ mod tests {
         assert_eq!(
             registry_endpoint("https://[2001:db8::20]:5000").map(|e| e.to_string()),
             Some("[2001:db8::20]:5000".into())
+        );
+        assert_eq!(
+            registry_endpoint("http://mirror.example").map(|e| e.to_string()),
+            Some("mirror.example:80".into())
         );
     }
 

@@ -63,7 +63,7 @@ fn check_prints_a_mysql_guest_from_its_files() {
 
 #[test]
 fn check_prints_a_mariadb_guest_with_tls_and_ipv6_brokers() {
-    let (out, _) = check("mariadb");
+    let (out, err) = check("mariadb");
     for want in [
         "rabbitmq [2001:db8::10]:5671",
         "rabbitmq [2001:db8::11]:5671",
@@ -75,6 +75,11 @@ fn check_prints_a_mariadb_guest_with_tls_and_ipv6_brokers() {
     ] {
         assert!(out.contains(want), "check lacks {want:?}:\n{out}");
     }
+    // Its backup image names no registry: Docker Hub, which no rule reaches.
+    assert!(
+        err.contains("WARNING: ") && err.contains("mariadb/backup is on Docker Hub"),
+        "{err}"
+    );
 }
 
 /// The config the image element installs compiles on a guest's files.

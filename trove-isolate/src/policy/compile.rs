@@ -691,6 +691,37 @@ pub(super) fn resolver(discovered: Option<&Discovered>) -> resolve::Dns {
     resolve::Dns::new(servers).searching(search)
 }
 
+/// The datastore images on Docker Hub that nothing reaches: discovery allows no Docker Hub
+/// host (its addresses are a CDN's, which a guest's lookup and dockerd's need not agree on), so
+/// unless an `allow` entry names one, their pulls at prepare, rebuild, upgrade and backup are
+/// refused. Said, not refused: the image may be on the guest already.
+pub(super) fn docker_hub_unreached<'a>(
+    discovered: Option<&Discovered>,
+    mut allows: impl Iterator<Item = &'a AllowConfig>,
+) -> Vec<String> {
+    let hub = |host: &str| {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        host == "docker.io" || host.ends_with(".docker.io") || host.ends_with(".docker.com")
+    };
+    if allows.any(|a| hub(&a.to)) {
+        return Vec::new();
+    }
+    discovered
+        .map(|d| &d.hub_images[..])
+        .unwrap_or_default()
+        .iter()
+        .map(|image| {
+            format!(
+                "{} = {} is on Docker Hub, which no rule reaches: pulling it (prepare, rebuild, \
+                 upgrade, backup) is refused. Name the registry in the image, a mirror in \
+                 daemon.json's registry-mirrors, or allow registry-1.docker.io, auth.docker.io \
+                 and production.cloudflare.docker.com (tcp 443)",
+                image.origin, image.value
+            )
+        })
+        .collect()
+}
+
 /// One `[management] allow` entry: an outbound rule.
 pub(super) fn allow(
     c: &Ctx,

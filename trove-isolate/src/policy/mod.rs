@@ -229,6 +229,8 @@ pub struct Policy {
     pub names: Vec<NameRecord>,
     pub unresolved: Vec<String>,
     pub unresolved_hosts: Vec<String>,
+    /// What discovery found that no rule reaches (images on Docker Hub), for `check` to say.
+    pub unreached: Vec<String>,
     /// Management first.
     pub nics: Vec<NicPolicy>,
 }
@@ -396,6 +398,8 @@ impl Policy {
         }
         fits_the_map(&top, &nics)?;
         few_enough_lengths(&top, &nics)?;
+        let allows = management_config.iter().flat_map(|m| &m.allow);
+        let unreached = docker_hub_unreached(discovered, allows);
         Ok(Policy {
             mode,
             attach,
@@ -411,6 +415,7 @@ impl Policy {
                 .map(|u| format!("{}: {} does not resolve ({})", u.origin, u.host, u.error))
                 .collect(),
             unresolved_hosts: sources.unresolved.iter().map(|u| u.host.clone()).collect(),
+            unreached,
             nics,
         })
     }
@@ -611,6 +616,7 @@ impl Policy {
                     crate::resolve::UNRESOLVED_RETRY.as_secs()
                 )
             })
+            .chain(self.unreached.iter().cloned())
             .collect();
         for nic in &self.nics {
             if nic.rules.iter().any(|r| r.origin() == ANY_CLIENTS) {

@@ -968,6 +968,21 @@ mod discovery {
             assert!(biz.contains(&want), "missing {want} in {biz:?}");
         }
         assert!(!p.to_string().contains("secret"));
+        // Its backup image is on Docker Hub, which discovery allows nothing of: check says so,
+        // unless an allow entry names Docker Hub.
+        let warnings = p.warnings().join("\n");
+        assert!(
+            warnings.contains("[mariadb] backup_docker_image = mariadb/backup is on Docker Hub"),
+            "{warnings}"
+        );
+        let hub =
+            "[[management.allow]]\nto = \"registry-1.docker.io\"\nport = 443\nproto = \"tcp\"\n";
+        let allowed = compile(
+            &config.replace("[business]", &format!("{hub}[business]")),
+            &crate::resolve::NoNames,
+        )
+        .expect("compiles");
+        assert_eq!(allowed.unreached, Vec::<String>::new());
     }
 
     #[test]
@@ -989,6 +1004,7 @@ mod discovery {
             "egress tcp 192.0.2.11/32 5672 | rabbitmq rabbit-2.trove.test:5672",
             "egress tcp 192.0.2.20/32 4000 | registry registry.trove.test:4000",
             "egress udp 192.0.2.123/32 123 | service ntp.trove.test:123",
+            "egress tcp 192.0.2.22/32 80 | registry 192.0.2.22:80 (from ",
             "egress udp 127.0.0.1/32 53 | dns 127.0.0.1:53",
             "egress tcp 127.0.0.1/32 53 | dns 127.0.0.1:53",
         ] {
@@ -1006,6 +1022,12 @@ mod discovery {
             .warnings()
             .iter()
             .any(|w| w.contains("rabbit-gone.trove.test")));
+        // The backup image on Docker Hub is pulled through daemon.json's mirror: no warning.
+        assert_eq!(p.unreached, Vec::<String>::new());
+        assert!(mgmt
+            .iter()
+            .any(|r| r.starts_with("egress tcp 192.0.2.22/32 80")
+                && r.ends_with("daemon.json registry-mirrors)")));
         // The shortest TTL, or sooner for the name that did not resolve.
         assert_eq!(p.refresh_in(), Some(crate::resolve::UNRESOLVED_RETRY));
         // The resolvers' rules follow resolv.conf at a refresh; none listed keeps them.
