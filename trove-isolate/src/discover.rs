@@ -135,6 +135,17 @@ fn invalid(path: &Path, message: impl Into<String>) -> DiscoverError {
     }
 }
 
+/// The guest agent's `[<datastore>] docker_image` when its config sets none (Trove's
+/// `trove/common/cfg.py`): Docker Hub's official images.
+fn default_docker_image(manager: &str) -> Option<&'static str> {
+    match manager {
+        "mysql" => Some("mysql"),
+        "mariadb" => Some("mariadb"),
+        "postgresql" => Some("postgres"),
+        _ => None,
+    }
+}
+
 /// The metadata service cloud-init reads at first boot.
 pub const METADATA: &str = "169.254.169.254";
 
@@ -200,15 +211,22 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
     }
     if let Some(manager) = &manager {
         for key in ["docker_image", "backup_docker_image"] {
-            if let Some(image) = conf.get(&manager.value, key) {
-                let origin = image.origin(&manager.value, key);
-                match image_registry(&image.value) {
-                    Some(endpoint) => push(&mut found.registries, endpoint, &origin),
-                    None => found.hub_images.push(Found {
-                        value: image.value.trim().to_owned(),
-                        origin,
-                    }),
-                }
+            let (value, origin) = match conf.get(&manager.value, key) {
+                Some(image) => (image.value.clone(), image.origin(&manager.value, key)),
+                None => match (key, default_docker_image(&manager.value)) {
+                    ("docker_image", Some(image)) => (
+                        image.to_owned(),
+                        format!("Trove's default for [{}] docker_image", manager.value),
+                    ),
+                    _ => continue,
+                },
+            };
+            match image_registry(&value) {
+                Some(endpoint) => push(&mut found.registries, endpoint, &origin),
+                None => found.hub_images.push(Found {
+                    value: value.trim().to_owned(),
+                    origin,
+                }),
             }
         }
     }
@@ -737,6 +755,50 @@ mod tests {
                 "192.0.2.125",
                 "pool.example"
             ]
+        );
+    }
+
+    #[test]
+    fn images_without_a_registry_come_from_docker_hub_or_its_mirror() {
+        let hub = |files: &[(&str, &str)]| {
+            let t = tree(files);
+            let found = discover(&t).expect("discovers");
+            let _ = std::fs::remove_dir_all(&t.root);
+            let hub: Vec<String> = found
+                .hub_images
+                .iter()
+                .map(|f| format!("{} = {}", f.origin, f.value))
+                .collect();
+            let registries: Vec<String> = found
+                .registries
+                .iter()
+                .map(|f| f.value.to_string())
+                .collect();
+            (hub, registries)
+        };
+        let agent = "etc/trove/conf.d/trove-guestagent.conf";
+        let url =
+            "[DEFAULT]\ntransport_url = rabbit://u:p@192.0.2.10/\ndatastore_manager = mysql\n";
+        // No docker_image: the agent pulls Trove's default, mysql, from Docker Hub.
+        assert_eq!(
+            hub(&[(agent, url)]),
+            (
+                vec!["Trove's default for [mysql] docker_image = mysql".to_owned()],
+                vec![]
+            )
+        );
+        let images =
+            format!("{url}[mysql]\nbackup_docker_image = openstacktrove/db-backup-mysql\n");
+        assert_eq!(hub(&[(agent, &images)]).0.len(), 2);
+        // Pulled through daemon.json's mirror, which is a registry of the policy.
+        let mirror =
+            r#"{"registry-mirrors": ["http://192.0.2.22", "https://mirror.example:5000"]}"#;
+        assert_eq!(
+            hub(&[(agent, &images), ("etc/docker/daemon.json", mirror)]),
+            (
+                vec![],
+                vec!["192.0.2.22:80".to_owned(), "mirror.example:5000".to_owned()]
+            )
         );
     }
 
