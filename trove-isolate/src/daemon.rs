@@ -170,6 +170,7 @@ pub async fn run(
         world.policy.metrics.listen
     );
     log::info!("{status}");
+    log_warnings(&world.policy);
     give_back_freed_memory();
     notify(&[NotifyState::Status(&status), NotifyState::Ready]);
     let mut address_tick = tokio::time::interval(ADDRESS_REFRESH);
@@ -605,6 +606,14 @@ fn start_reload(
     (task, Instant::now())
 }
 
+/// What `check` warns of, in the log too: a policy open to any address, a name that does not
+/// resolve yet, an image no rule reaches. A reload runs no `check`.
+fn log_warnings(policy: &Policy) {
+    for warning in policy.warnings() {
+        log::warn!("{warning}");
+    }
+}
+
 /// Applies a reload's config if it is good, through the same reconcile step as the start (new
 /// programs replace the old in place; maps, links and flows carry over; flows the new policy
 /// refuses are revoked). A bad config changes nothing. Counted either way, and recorded in the
@@ -677,6 +686,7 @@ fn reload_policy(
                 started.elapsed().as_millis(),
                 summary(&state)
             );
+            log_warnings(&policy);
             Ok((source, policy, loaded, devices))
         }
         Err(e) => {

@@ -339,6 +339,13 @@ fn a_name_that_does_not_resolve_at_start_opens_once_it_does() {
         !n.reach(rabbit),
         "an endpoint whose name does not resolve is reachable"
     );
+    // The daemon's log says it too (a reload runs no `check`).
+    let log = daemon.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("does not resolve")),
+        "{log}"
+    );
     let unresolved = || -> Option<String> {
         let text = daemon.scrape();
         let line = text
