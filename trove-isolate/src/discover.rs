@@ -4,10 +4,10 @@
 //! From `[trove] root` (default `/`), it reads:
 //! - `conf_dir` (`etc/trove/conf.d`), every `*.conf` in name order as oslo.config does with
 //!   `--config-dir` (a later value wins): RabbitMQ from `[DEFAULT] transport_url` and
-//!   `[oslo_messaging_notifications] transport_url` (every host; 5671 with
-//!   `[oslo_messaging_rabbit] ssl`), registries from `[guest_agent] container_registry` and the
-//!   datastore's `docker_image` / `backup_docker_image`, the database ports from
-//!   `[DEFAULT] datastore_manager`;
+//!   `[oslo_messaging_notifications] transport_url` (every host; 5672 unless a port is
+//!   given), registries from `[guest_agent] container_registry` and the
+//!   datastore's `docker_image` / `backup_docker_image`, Swift from `[DEFAULT] swift_url`, the
+//!   database ports from `[DEFAULT] datastore_manager`;
 //! - `docker_daemon_json` (`etc/docker/daemon.json`): `insecure-registries`, `registry-mirrors`;
 //! - `eth1_json` (`etc/trove/eth1.json`): the business NIC's `mac_address`;
 //! - what any guest needs at boot: the metadata service, the resolvers of `etc/resolv.conf`
@@ -169,14 +169,11 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
     let conf = OsloConf::load_dir(&files.at(&files.conf_dir))?;
 
     // RabbitMQ: both transport URLs, every host.
-    let ssl = conf
-        .get("oslo_messaging_rabbit", "ssl")
-        .is_some_and(|v| oslo_bool(&v.value));
     for section in ["DEFAULT", "oslo_messaging_notifications"] {
         if let Some(url) = conf.get(section, "transport_url") {
             // A continuation line (the next host on its own line) joins with a newline.
             let joined: String = url.value.split_whitespace().collect();
-            let hosts = transport_hosts(&joined, ssl).map_err(|m| {
+            let hosts = transport_hosts(&joined).map_err(|m| {
                 invalid(
                     Path::new(&url.file),
                     format!("[{section}] transport_url: {m}"),
@@ -201,12 +198,15 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
     // Registries: the configured one, the datastore's images, daemon.json's insecure ones.
     let manager = conf.get("DEFAULT", "datastore_manager");
     if let Some(registry) = conf.get("guest_agent", "container_registry") {
-        if let Some(endpoint) = registry_endpoint(&registry.value) {
-            push(
-                &mut found.registries,
-                endpoint,
-                &registry.origin("guest_agent", "container_registry"),
-            );
+        let origin = registry.origin("guest_agent", "container_registry");
+        match registry_endpoint(&registry.value) {
+            // Docker Hub (cfg.py's own example, https://index.docker.io/v1/): no one address.
+            Some(endpoint) if is_docker_hub(&endpoint.host) => found.hub_images.push(Found {
+                value: registry.value.trim().to_owned(),
+                origin,
+            }),
+            Some(endpoint) => push(&mut found.registries, endpoint, &origin),
+            None => {}
         }
     }
     if let Some(manager) = &manager {
@@ -278,6 +278,19 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
             value: mac.to_ascii_lowercase(),
             origin: format!("{} mac_address", eth1.display()),
         });
+    }
+
+    // Swift, when the agent's config names it: where its guest logs are published (backups
+    // and restores go to the Swift URL each request carries, which only an `allow` can name).
+    if let Some(url) = conf.get("DEFAULT", "swift_url") {
+        // A URL's host and port, read as a registry's URL is.
+        if let Some(endpoint) = registry_endpoint(&url.value) {
+            push(
+                &mut found.services,
+                endpoint,
+                &url.origin("DEFAULT", "swift_url"),
+            );
+        }
     }
 
     // What every guest needs at boot.
@@ -394,12 +407,17 @@ fn read_optional(path: &Path) -> Result<Option<String>, DiscoverError> {
     }
 }
 
-/// oslo.config's booleans.
-fn oslo_bool(value: &str) -> bool {
-    matches!(
-        value.trim().to_ascii_lowercase().as_str(),
-        "true" | "1" | "yes" | "on"
-    )
+/// A value without the one pair of matching quotes around it that oslo.config strips.
+fn unquoted(value: &str) -> &str {
+    for quote in ['"', '\''] {
+        if let Some(inner) = value
+            .strip_prefix(quote)
+            .and_then(|v| v.strip_suffix(quote))
+        {
+            return inner;
+        }
+    }
+    value
 }
 
 /// A value and where it was read.
@@ -464,7 +482,7 @@ impl OsloConf {
                 self.values.insert(
                     (section.to_owned(), key.trim().to_owned()),
                     Value {
-                        value: value.trim().to_owned(),
+                        value: unquoted(value.trim()).to_owned(),
                         file: file.display().to_string(),
                     },
                 );
@@ -483,9 +501,11 @@ impl OsloConf {
 
 /// The hosts of an oslo.messaging transport URL:
 /// `rabbit://user:pass@host1:5672,user2:pass2@[2001:db8::1]:5671/vhost?query`. A host without
-/// a port gets 5672, or 5671 over TLS (`ssl`, or `ssl=1` in the query). Errors never quote the
-/// URL: it holds passwords.
-pub fn transport_hosts(url: &str, ssl: bool) -> Result<Vec<Endpoint>, String> {
+/// a port gets 5672, over TLS too: the rabbit driver writes `host.port or 5672` into the URL
+/// it hands kombu, whatever `[oslo_messaging_rabbit] ssl` says (a TLS broker on 5671 is named
+/// with its port). Empty entries (a trailing comma) are skipped, as oslo.messaging skips them.
+/// Errors never quote the URL: it holds passwords.
+pub fn transport_hosts(url: &str) -> Result<Vec<Endpoint>, String> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or("not a URL (expected rabbit://user:pass@host:port/vhost)")?;
@@ -494,17 +514,9 @@ pub fn transport_hosts(url: &str, ssl: bool) -> Result<Vec<Endpoint>, String> {
             "scheme {scheme:?}: only RabbitMQ transports are understood"
         ));
     }
-    let (netloc, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let query_ssl = tail.split_once('?').is_some_and(|(_, q)| {
-        q.split('&')
-            .any(|kv| matches!(kv, "ssl=1" | "ssl=true" | "ssl=True"))
-    });
-    let default_port = if ssl || query_ssl { 5671 } else { 5672 };
+    let netloc = rest.split(['/', '?']).next().unwrap_or_default();
     let mut hosts = Vec::new();
-    for (i, part) in netloc.split(',').enumerate() {
+    for (i, part) in netloc.split(',').enumerate().filter(|(_, p)| !p.is_empty()) {
         // Parsed one at a time, as oslo.messaging does; the credentials are dropped here.
         let parsed = url::Url::parse(&format!("rabbit://{part}/"))
             .map_err(|e| format!("host {} of the URL: {e}", i + 1))?;
@@ -516,7 +528,7 @@ pub fn transport_hosts(url: &str, ssl: bool) -> Result<Vec<Endpoint>, String> {
         };
         let endpoint = Endpoint {
             host,
-            port: parsed.port().unwrap_or(default_port),
+            port: parsed.port().unwrap_or(5672),
             proto: Proto::Tcp,
         };
         if !hosts.contains(&endpoint) {
@@ -561,7 +573,18 @@ pub fn image_registry(image: &str) -> Option<Endpoint> {
         return None;
     }
     let is_registry = first.contains(['.', ':']) || first == "localhost" || first.starts_with('[');
-    is_registry.then(|| registry_endpoint(first)).flatten()
+    is_registry
+        .then(|| registry_endpoint(first))
+        .flatten()
+        .filter(|e| !is_docker_hub(&e.host))
+}
+
+/// Whether `host` is Docker Hub's (`docker.io/library/mysql`, `index.docker.io`,
+/// `registry-1.docker.io`, its CDN): pulls from it go to a CDN's addresses, which no rule of
+/// discovery's can follow.
+pub fn is_docker_hub(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "docker.io" || host.ends_with(".docker.io") || host.ends_with(".docker.com")
 }
 
 /// NTP servers named by chrony's or timesyncd's config, if present.
@@ -790,6 +813,32 @@ mod tests {
         let images =
             format!("{url}[mysql]\nbackup_docker_image = openstacktrove/db-backup-mysql\n");
         assert_eq!(hub(&[(agent, &images)]).0.len(), 2);
+        // Swift for the guest's logs.
+        let swift = format!("{url}swift_url = http://192.0.2.40:8080/v1/AUTH_\n");
+        let t = tree(&[(agent, &swift)]);
+        let found = discover(&t).expect("discovers");
+        let _ = std::fs::remove_dir_all(&t.root);
+        assert!(
+            found
+                .services
+                .iter()
+                .any(|f| f.value.to_string() == "192.0.2.40:8080"
+                    && f.origin == "trove-guestagent.conf [DEFAULT] swift_url"),
+            "{:?}",
+            found.services
+        );
+        // Docker Hub as the registry to log in to (cfg.py's example) is no registry rule.
+        let login =
+            format!("{url}[guest_agent]\ncontainer_registry = https://index.docker.io/v1/\n");
+        let (hub_images, registries) = hub(&[(agent, &login)]);
+        assert!(registries.is_empty(), "{registries:?}");
+        assert!(
+            hub_images.contains(
+                &"trove-guestagent.conf [guest_agent] container_registry = https://index.docker.io/v1/"
+                    .to_owned()
+            ),
+            "{hub_images:?}"
+        );
         // Pulled through daemon.json's mirror, which is a registry of the policy.
         let mirror =
             r#"{"registry-mirrors": ["http://192.0.2.22", "https://mirror.example:5000"]}"#;
@@ -836,8 +885,7 @@ mod tests {
     #[test]
     fn transport_urls_give_every_host_and_never_a_password() {
         let hosts = transport_hosts(
-            "rabbit://guest:s3cr3t@rabbit-1.example:5672,other:p%40ss@[2001:db8::10]:5671,x:y@192.0.2.10/trove?ha=1",
-            false,
+            "rabbit://guest:s3cr3t@rabbit-1.example:5672,other:p%40ss@[2001:db8::10]:5671,x:y@192.0.2.10,/trove?ha=1",
         )
         .expect("parses");
         let shown: Vec<String> = hosts.iter().map(ToString::to_string).collect();
@@ -849,13 +897,12 @@ mod tests {
                 "192.0.2.10:5672"
             ]
         );
-        let tls = transport_hosts("rabbit://u:p@192.0.2.10/", true).expect("parses");
-        assert_eq!(tls[0].port, 5671);
-        let tls = transport_hosts("rabbit://u:p@192.0.2.10/?ssl=1", false).expect("parses");
-        assert_eq!(tls[0].port, 5671);
-        let err = transport_hosts("rabbit://u:hunter2@[::1/x", false).unwrap_err();
+        // TLS or not, a host without a port is 5672 (what oslo.messaging hands kombu).
+        let tls = transport_hosts("rabbit://u:p@192.0.2.10/?ssl=1").expect("parses");
+        assert_eq!(tls[0].port, 5672);
+        let err = transport_hosts("rabbit://u:hunter2@[::1/x").unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
-        let err = transport_hosts("kafka://u:hunter2@h:1/", false).unwrap_err();
+        let err = transport_hosts("kafka://u:hunter2@h:1/").unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
     }
 
@@ -873,6 +920,9 @@ mod tests {
         assert_eq!(r("localhost/mysql"), Some("localhost:443".into()));
         assert_eq!(r("mysql:8.0"), None);
         assert_eq!(r("library/mysql"), None);
+        // Docker Hub named in full is Docker Hub all the same.
+        assert_eq!(r("docker.io/library/mysql:8.0"), None);
+        assert_eq!(r("index.docker.io/openstacktrove/db-backup-mysql"), None);
         assert_eq!(
             registry_endpoint("https://[2001:db8::20]:5000").map(|e| e.to_string()),
             Some("[2001:db8::20]:5000".into())
@@ -893,10 +943,11 @@ mod tests {
 ; another
 [DEFAULT]
 transport_url = rabbit://a:b@192.0.2.10:5672/
-datastore_manager = mysql
+datastore_manager = \"mysql\"
 
 [guest_agent]
-container_registry = 192.0.2.20:4000
+# oslo.config takes `:` for `=` too, and strips one pair of matching quotes
+container_registry: '192.0.2.20:4000'
 
 [DEFAULT]
 # the repeated section merges; the later value wins
@@ -906,7 +957,7 @@ transport_url = rabbit://a:b@192.0.2.11:5672,
         conf.merge(Path::new("/x/trove-guestagent.conf"), text)
             .expect("parses");
         let url = conf.get("DEFAULT", "transport_url").expect("url");
-        let hosts: Vec<String> = transport_hosts(&url.value.replace(['\n', ' '], ""), false)
+        let hosts: Vec<String> = transport_hosts(&url.value.replace(['\n', ' '], ""))
             .expect("hosts")
             .iter()
             .map(ToString::to_string)
@@ -920,6 +971,11 @@ transport_url = rabbit://a:b@192.0.2.11:5672,
             conf.get("guest_agent", "container_registry")
                 .map(|v| v.origin("guest_agent", "container_registry")),
             Some("trove-guestagent.conf [guest_agent] container_registry".into())
+        );
+        assert_eq!(
+            conf.get("guest_agent", "container_registry")
+                .map(|v| v.value),
+            Some("192.0.2.20:4000".into())
         );
     }
 }

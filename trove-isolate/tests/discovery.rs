@@ -65,8 +65,8 @@ fn check_prints_a_mysql_guest_from_its_files() {
 fn check_prints_a_mariadb_guest_with_tls_and_ipv6_brokers() {
     let (out, err) = check("mariadb");
     for want in [
-        "rabbitmq [2001:db8::10]:5671",
-        "rabbitmq [2001:db8::11]:5671",
+        "rabbitmq [2001:db8::10]:5672",
+        "rabbitmq [2001:db8::11]:5672",
         "rabbitmq 192.0.2.12:5671 (from trove-guestagent.conf [oslo_messaging_notifications] transport_url)",
         "registry [2001:db8::20]:443",
         "port 4567",

@@ -693,17 +693,14 @@ pub(super) fn resolver(discovered: Option<&Discovered>) -> resolve::Dns {
 
 /// The datastore images on Docker Hub that nothing reaches: discovery allows no Docker Hub
 /// host (its addresses are a CDN's, which a guest's lookup and dockerd's need not agree on), so
-/// unless an `allow` entry names one, their pulls at prepare, rebuild, upgrade and backup are
-/// refused. Said, not refused: the image may be on the guest already.
+/// unless an `allow` entry names one, every pull of them is refused (the agent pulls the
+/// database's image each time it creates the container, the backup image at each backup and
+/// restore). Said, not refused: a refused config would leave the guest with no enforcement.
 pub(super) fn docker_hub_unreached<'a>(
     discovered: Option<&Discovered>,
     mut allows: impl Iterator<Item = &'a AllowConfig>,
 ) -> Vec<String> {
-    let hub = |host: &str| {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        host == "docker.io" || host.ends_with(".docker.io") || host.ends_with(".docker.com")
-    };
-    if allows.any(|a| hub(&a.to)) {
+    if allows.any(|a| discover::is_docker_hub(&a.to)) {
         return Vec::new();
     }
     discovered
@@ -712,10 +709,10 @@ pub(super) fn docker_hub_unreached<'a>(
         .iter()
         .map(|image| {
             format!(
-                "{} = {} is on Docker Hub, which no rule reaches: pulling it (prepare, rebuild, \
-                 upgrade, backup) is refused. Name the registry in the image, a mirror in \
-                 daemon.json's registry-mirrors, or allow registry-1.docker.io, auth.docker.io \
-                 and production.cloudflare.docker.com (tcp 443)",
+                "{} = {} is on Docker Hub, which no rule reaches: pulling it (the agent pulls \
+                 at each database start, backup and restore) is refused. Name another registry, \
+                 a mirror in daemon.json's registry-mirrors, or allow registry-1.docker.io, \
+                 auth.docker.io and production.cloudflare.docker.com (tcp 443)",
                 image.origin, image.value
             )
         })

@@ -950,8 +950,8 @@ mod discovery {
         let p = compile(&config, &crate::resolve::NoNames).expect("compiles");
         let mgmt = rules(&p, Role::Management);
         for want in [
-            "egress tcp 2001:db8::10/128 5671 | rabbitmq [2001:db8::10]:5671",
-            "egress tcp 2001:db8::11/128 5671 | rabbitmq [2001:db8::11]:5671",
+            "egress tcp 2001:db8::10/128 5672 | rabbitmq [2001:db8::10]:5672",
+            "egress tcp 2001:db8::11/128 5672 | rabbitmq [2001:db8::11]:5672",
             "egress tcp 192.0.2.12/32 5671 | rabbitmq 192.0.2.12:5671 (from trove-guestagent.conf [oslo_messaging_notifications] transport_url)",
             "egress tcp 2001:db8::20/128 443 | registry [2001:db8::20]:443",
         ] {
