@@ -236,13 +236,32 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
             .map_err(|e| invalid(&daemon_json, format!("not JSON: {e}")))?;
         for key in ["insecure-registries", "registry-mirrors"] {
             for registry in json[key].as_array().into_iter().flatten() {
-                if let Some(endpoint) = registry.as_str().and_then(registry_endpoint) {
-                    let origin = format!("{} {key}", daemon_json.display());
+                let Some(text) = registry.as_str() else {
+                    continue;
+                };
+                // A CIDR of insecure registries names none: its images name theirs.
+                if text.parse::<ipnetwork::IpNetwork>().is_ok() && text.contains('/') {
+                    continue;
+                }
+                let Some(endpoint) = registry_endpoint(text) else {
+                    continue;
+                };
+                let origin = format!("{} {key}", daemon_json.display());
+                // An insecure registry named without a port is tried on 443, then over plain
+                // HTTP on 80.
+                if key == "insecure-registries" && !names_a_port(text) {
+                    let http = Endpoint {
+                        port: 80,
+                        ..endpoint.clone()
+                    };
                     push(&mut found.registries, endpoint, &origin);
-                    // dockerd pulls Docker Hub's images through its mirrors.
-                    if key == "registry-mirrors" {
-                        found.hub_images.clear();
-                    }
+                    push(&mut found.registries, http, &origin);
+                } else {
+                    push(&mut found.registries, endpoint, &origin);
+                }
+                // dockerd pulls Docker Hub's images through its mirrors.
+                if key == "registry-mirrors" {
+                    found.hub_images.clear();
                 }
             }
         }
@@ -564,6 +583,17 @@ pub fn registry_endpoint(text: &str) -> Option<Endpoint> {
     })
 }
 
+/// Whether a registry as docker names it (`host[:port][/path]`, a URL) gives its port.
+fn names_a_port(text: &str) -> bool {
+    let text = text.trim();
+    let text = text.split_once("://").map_or(text, |(_, rest)| rest);
+    let hostport = text.split('/').next().unwrap_or_default();
+    match hostport.rsplit_once(']') {
+        Some((_, after)) => after.starts_with(':'),
+        None => hostport.contains(':'),
+    }
+}
+
 /// The registry of an image reference, if it names one (`registry:4000/trove/mysql:8.0`). A
 /// first component counts as a registry when it has a dot or a port, or is `localhost`, as in
 /// docker's reference grammar; otherwise the image is on Docker Hub.
@@ -838,6 +868,18 @@ mod tests {
                     .to_owned()
             ),
             "{hub_images:?}"
+        );
+        // An insecure registry without a port: 443, then plain HTTP on 80; a CIDR: none.
+        let insecure = r#"{"insecure-registries": ["192.0.2.23", "192.0.2.24:4000", "198.51.100.0/24", "[2001:db8::23]"]}"#;
+        assert_eq!(
+            hub(&[(agent, url), ("etc/docker/daemon.json", insecure)]).1,
+            [
+                "192.0.2.23:443",
+                "192.0.2.23:80",
+                "192.0.2.24:4000",
+                "[2001:db8::23]:443",
+                "[2001:db8::23]:80"
+            ]
         );
         // Pulled through daemon.json's mirror, which is a registry of the policy.
         let mirror =
