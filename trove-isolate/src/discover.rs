@@ -85,9 +85,12 @@ impl fmt::Display for Endpoint {
 pub struct Discovered {
     pub rabbitmq: Vec<Found<Endpoint>>,
     pub registries: Vec<Found<Endpoint>>,
-    /// The datastore's images that name no registry, so come from Docker Hub, when daemon.json
+    /// The datastore's images on Docker Hub (naming no registry, or naming it), when daemon.json
     /// names no mirror to pull them through: no rule of discovery's reaches them.
     pub hub_images: Vec<Found<String>>,
+    /// `[guest_agent] container_registry` when it is Docker Hub, which dockerd logs in to past
+    /// any mirror at the agent's start.
+    pub hub_login: Option<Found<String>>,
     /// Other outbound endpoints a guest needs (metadata, NTP).
     pub services: Vec<Found<Endpoint>>,
     pub database_ports: Vec<Found<u16>>,
@@ -97,10 +100,12 @@ pub struct Discovered {
     /// How resolv.conf has short names completed: a name the agent's config gives as `rabbit`
     /// must be looked up as the agent's own resolver looks it up.
     pub search: SearchList,
+    /// The guest's hosts file, which its resolver asks before DNS.
+    pub hosts_file: PathBuf,
 }
 
 /// resolv.conf's completion of names, as glibc reads it: the domains of the last `search` or
-/// `domain` line, and `options ndots:N` (a name with fewer dots is tried with each domain
+/// `domain` line (else the host name's domain), and `options ndots:N` (a name with fewer dots is tried with each domain
 /// before it is tried as it is; 1 unless the file says otherwise, at most 15).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchList {
@@ -195,17 +200,23 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
         ));
     }
 
-    // Registries: the configured one, the datastore's images, daemon.json's insecure ones.
+    // Registries: the configured one, the datastore's images, daemon.json's insecure ones and
+    // mirrors.
+    let docker = DockerDaemon::load(&files.at(&files.docker_daemon_json))?;
     let manager = conf.get("DEFAULT", "datastore_manager");
     if let Some(registry) = conf.get("guest_agent", "container_registry") {
         let origin = registry.origin("guest_agent", "container_registry");
-        match registry_endpoint(&registry.value) {
-            // Docker Hub (cfg.py's own example, https://index.docker.io/v1/): no one address.
-            Some(endpoint) if is_docker_hub(&endpoint.host) => found.hub_images.push(Found {
-                value: registry.value.trim().to_owned(),
-                origin,
-            }),
-            Some(endpoint) => push(&mut found.registries, endpoint, &origin),
+        match host_port(&registry.value) {
+            // Docker Hub (cfg.py's own example, https://index.docker.io/v1/): no one address,
+            // and dockerd logs in to it past any mirror.
+            Some((host, _)) if is_docker_hub(&host) => {
+                found.hub_login = Some(Found {
+                    value: registry.value.trim().to_owned(),
+                    origin,
+                })
+            }
+            // dockerd logs in over HTTPS whatever the scheme says.
+            Some((host, port)) => docker.registry(&mut found.registries, host, port, &origin),
             None => {}
         }
     }
@@ -221,8 +232,8 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
                     _ => continue,
                 },
             };
-            match image_registry(&value) {
-                Some(endpoint) => push(&mut found.registries, endpoint, &origin),
+            match image_host_port(&value) {
+                Some((host, port)) => docker.registry(&mut found.registries, host, port, &origin),
                 None => found.hub_images.push(Found {
                     value: value.trim().to_owned(),
                     origin,
@@ -230,40 +241,16 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
             }
         }
     }
-    let daemon_json = files.at(&files.docker_daemon_json);
-    if let Some(text) = read_optional(&daemon_json)? {
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| invalid(&daemon_json, format!("not JSON: {e}")))?;
-        for key in ["insecure-registries", "registry-mirrors"] {
-            for registry in json[key].as_array().into_iter().flatten() {
-                let Some(text) = registry.as_str() else {
-                    continue;
-                };
-                // A CIDR of insecure registries names none: its images name theirs.
-                if text.parse::<ipnetwork::IpNetwork>().is_ok() && text.contains('/') {
-                    continue;
-                }
-                let Some(endpoint) = registry_endpoint(text) else {
-                    continue;
-                };
-                let origin = format!("{} {key}", daemon_json.display());
-                // An insecure registry named without a port is tried on 443, then over plain
-                // HTTP on 80.
-                if key == "insecure-registries" && !names_a_port(text) {
-                    let http = Endpoint {
-                        port: 80,
-                        ..endpoint.clone()
-                    };
-                    push(&mut found.registries, endpoint, &origin);
-                    push(&mut found.registries, http, &origin);
-                } else {
-                    push(&mut found.registries, endpoint, &origin);
-                }
-                // dockerd pulls Docker Hub's images through its mirrors.
-                if key == "registry-mirrors" {
-                    found.hub_images.clear();
-                }
-            }
+    for (text, origin) in &docker.insecure {
+        if let Some((host, port)) = host_port(text) {
+            docker.registry(&mut found.registries, host, port, origin);
+        }
+    }
+    for (text, origin) in &docker.mirrors {
+        if let Some(endpoint) = http_endpoint(text) {
+            push(&mut found.registries, endpoint, origin);
+            // dockerd pulls Docker Hub's images through its mirrors (not its logins).
+            found.hub_images.clear();
         }
     }
 
@@ -302,8 +289,7 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
     // Swift, when the agent's config names it: where its guest logs are published (backups
     // and restores go to the Swift URL each request carries, which only an `allow` can name).
     if let Some(url) = conf.get("DEFAULT", "swift_url") {
-        // A URL's host and port, read as a registry's URL is.
-        if let Some(endpoint) = registry_endpoint(&url.value) {
+        if let Some(endpoint) = http_endpoint(&url.value) {
             push(
                 &mut found.services,
                 endpoint,
@@ -338,6 +324,7 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
     }
     found.resolvers = nameservers(&files.root)?;
     found.search = search_list(&files.root)?;
+    found.hosts_file = files.root.join("etc/hosts");
     Ok(found)
 }
 
@@ -345,19 +332,20 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
 /// is no such file. With systemd-resolved's stub, that file carries the link's domains too.
 pub fn search_list(root: &Path) -> Result<SearchList, DiscoverError> {
     let mut list = SearchList::default();
-    let Some(text) = read_optional(&root.join("etc/resolv.conf"))? else {
-        return Ok(list);
-    };
+    let text = read_optional(&root.join("etc/resolv.conf"))?.unwrap_or_default();
+    let mut named = false;
     for line in text.lines() {
         let mut words = line.split_whitespace();
         match words.next() {
-            Some("search" | "domain") => {
-                // The root domain completes nothing.
+            Some(keyword @ ("search" | "domain")) => {
+                // `domain` names one; the root domain completes nothing.
                 list.domains = words
                     .take_while(|w| !w.starts_with(['#', ';']))
+                    .take(if keyword == "domain" { 1 } else { usize::MAX })
                     .filter(|w| *w != ".")
                     .map(|w| w.trim_end_matches('.').to_ascii_lowercase())
                     .collect();
+                named = true;
             }
             Some("options") => {
                 for option in words {
@@ -369,6 +357,13 @@ pub fn search_list(root: &Path) -> Result<SearchList, DiscoverError> {
                 }
             }
             _ => {}
+        }
+    }
+    // No search or domain line: glibc completes with the host name's domain, if it has one.
+    if !named {
+        let hostname = read_optional(&root.join("etc/hostname"))?.unwrap_or_default();
+        if let Some((_, domain)) = hostname.trim().split_once('.') {
+            list.domains = vec![domain.trim_end_matches('.').to_ascii_lowercase()];
         }
     }
     Ok(list)
@@ -557,56 +552,142 @@ pub fn transport_hosts(url: &str) -> Result<Vec<Endpoint>, String> {
     Ok(hosts)
 }
 
-/// `host[:port][/path]` as docker names a registry; 443 when no port is given (80 for an
-/// `http://` URL, as a mirror may be written).
-pub fn registry_endpoint(text: &str) -> Option<Endpoint> {
-    let text = text.trim();
-    let default_port = if text.starts_with("http://") { 80 } else { 443 };
-    let text = text
-        .strip_prefix("https://")
-        .or_else(|| text.strip_prefix("http://"))
-        .unwrap_or(text);
-    let hostport = text.split('/').next()?;
-    if hostport.is_empty() {
-        return None;
+/// What daemon.json says of registries: the insecure ones (with where each was read; a CIDR
+/// names a range of them) and the mirrors.
+#[derive(Default)]
+struct DockerDaemon {
+    insecure: Vec<(String, String)>,
+    insecure_ranges: Vec<ipnetwork::IpNetwork>,
+    mirrors: Vec<(String, String)>,
+}
+
+impl DockerDaemon {
+    fn load(path: &Path) -> Result<DockerDaemon, DiscoverError> {
+        let mut docker = DockerDaemon::default();
+        let Some(text) = read_optional(path)? else {
+            return Ok(docker);
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| invalid(path, format!("not JSON: {e}")))?;
+        let strings = |key: &str| -> Vec<(String, String)> {
+            json[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .map(|v| (v.trim().to_owned(), format!("{} {key}", path.display())))
+                .collect()
+        };
+        for (text, origin) in strings("insecure-registries") {
+            match text.parse::<ipnetwork::IpNetwork>() {
+                Ok(range) if text.contains('/') => docker.insecure_ranges.push(range),
+                _ => docker.insecure.push((text, origin)),
+            }
+        }
+        docker.mirrors = strings("registry-mirrors");
+        Ok(docker)
     }
+
+    /// Whether dockerd takes the registry at `host` (no port given) as insecure: it then falls
+    /// back to plain HTTP, on 80.
+    fn insecure(&self, host: &str) -> bool {
+        self.insecure
+            .iter()
+            .any(|(text, _)| host_port(text).is_some_and(|(h, p)| p.is_none() && h == host))
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| self.insecure_ranges.iter().any(|range| range.contains(ip)))
+    }
+
+    /// A registry dockerd pulls from: over HTTPS on its port (443 unless given), and when it is
+    /// insecure and gives no port, over plain HTTP on 80 too.
+    fn registry(
+        &self,
+        list: &mut Vec<Found<Endpoint>>,
+        host: String,
+        port: Option<u16>,
+        origin: &str,
+    ) {
+        if port.is_none() && self.insecure(&host) {
+            let http = Endpoint {
+                host: host.clone(),
+                port: 80,
+                proto: Proto::Tcp,
+            };
+            push(list, tcp(host, 443), origin);
+            push(list, http, origin);
+        } else {
+            push(list, tcp(host, port.unwrap_or(443)), origin);
+        }
+    }
+}
+
+fn tcp(host: String, port: u16) -> Endpoint {
+    Endpoint {
+        host,
+        port,
+        proto: Proto::Tcp,
+    }
+}
+
+/// The host and, when given, the port of `[scheme://]host[:port][/path]`, the way docker names
+/// a registry or a URL names its server.
+fn host_port(text: &str) -> Option<(String, Option<u16>)> {
+    let text = text.trim();
+    let rest = text.split_once("://").map_or(text, |(_, rest)| rest);
+    let hostport = rest.split('/').next().filter(|h| !h.is_empty())?;
+    let port = match hostport.rsplit_once(']') {
+        Some((_, after)) => after.strip_prefix(':'),
+        None => hostport.rsplit_once(':').map(|(_, port)| port),
+    };
+    let port = match port {
+        Some(port) => Some(port.parse::<u16>().ok()?),
+        None => None,
+    };
     let parsed = url::Url::parse(&format!("https://{hostport}/")).ok()?;
     let host = match parsed.host()? {
         url::Host::Ipv6(a) => a.to_string(),
         url::Host::Ipv4(a) => a.to_string(),
         url::Host::Domain(d) => d.to_owned(),
     };
-    Some(Endpoint {
-        host,
-        port: parsed.port().unwrap_or(default_port),
-        proto: Proto::Tcp,
-    })
+    Some((host, port))
 }
 
-/// Whether a registry as docker names it (`host[:port][/path]`, a URL) gives its port.
-fn names_a_port(text: &str) -> bool {
-    let text = text.trim();
-    let text = text.split_once("://").map_or(text, |(_, rest)| rest);
-    let hostport = text.split('/').next().unwrap_or_default();
-    match hostport.rsplit_once(']') {
-        Some((_, after)) => after.starts_with(':'),
-        None => hostport.contains(':'),
-    }
+/// `host[:port][/path]` as docker names a registry; 443 when no port is given, whatever a
+/// scheme says (dockerd reaches a registry over HTTPS).
+pub fn registry_endpoint(text: &str) -> Option<Endpoint> {
+    host_port(text).map(|(host, port)| tcp(host, port.unwrap_or(443)))
 }
 
-/// The registry of an image reference, if it names one (`registry:4000/trove/mysql:8.0`). A
-/// first component counts as a registry when it has a dot or a port, or is `localhost`, as in
-/// docker's reference grammar; otherwise the image is on Docker Hub.
-pub fn image_registry(image: &str) -> Option<Endpoint> {
+/// A URL's server (a mirror's, Swift's): its port, else its scheme's (80 for `http://`, 443).
+pub fn http_endpoint(text: &str) -> Option<Endpoint> {
+    let default = if text.trim().starts_with("http://") {
+        80
+    } else {
+        443
+    };
+    host_port(text).map(|(host, port)| tcp(host, port.unwrap_or(default)))
+}
+
+/// The registry of an image reference, if it names one other than Docker Hub
+/// (`registry:4000/trove/mysql:8.0`): its host and port, if given. A first component counts as
+/// a registry when it has a dot or a port, or is `localhost`, as in docker's reference grammar;
+/// otherwise the image is on Docker Hub.
+fn image_host_port(image: &str) -> Option<(String, Option<u16>)> {
     let (first, rest) = image.trim().split_once('/')?;
     if rest.is_empty() {
         return None;
     }
     let is_registry = first.contains(['.', ':']) || first == "localhost" || first.starts_with('[');
     is_registry
-        .then(|| registry_endpoint(first))
+        .then(|| host_port(first))
         .flatten()
-        .filter(|e| !is_docker_hub(&e.host))
+        .filter(|(host, _)| !is_docker_hub(host))
+}
+
+/// The registry endpoint of an image reference ([`image_host_port`]; 443 unless given).
+pub fn image_registry(image: &str) -> Option<Endpoint> {
+    image_host_port(image).map(|(host, port)| tcp(host, port.unwrap_or(443)))
 }
 
 /// Whether `host` is Docker Hub's (`docker.io/library/mysql`, `index.docker.io`,
@@ -857,17 +938,36 @@ mod tests {
             "{:?}",
             found.services
         );
-        // Docker Hub as the registry to log in to (cfg.py's example) is no registry rule.
+        // Docker Hub as the registry to log in to (cfg.py's example) is no registry rule, and
+        // a mirror does not stand in for it (dockerd logs in past mirrors).
         let login =
             format!("{url}[guest_agent]\ncontainer_registry = https://index.docker.io/v1/\n");
-        let (hub_images, registries) = hub(&[(agent, &login)]);
-        assert!(registries.is_empty(), "{registries:?}");
-        assert!(
-            hub_images.contains(
-                &"trove-guestagent.conf [guest_agent] container_registry = https://index.docker.io/v1/"
+        let mirror_only = r#"{"registry-mirrors": ["https://mirror.example"]}"#;
+        let t = tree(&[(agent, &login), ("etc/docker/daemon.json", mirror_only)]);
+        let found = discover(&t).expect("discovers");
+        let _ = std::fs::remove_dir_all(&t.root);
+        assert_eq!(
+            found.hub_login.map(|f| format!("{} = {}", f.origin, f.value)),
+            Some(
+                "trove-guestagent.conf [guest_agent] container_registry = https://index.docker.io/v1/"
                     .to_owned()
-            ),
-            "{hub_images:?}"
+            )
+        );
+        let registries: Vec<String> = found
+            .registries
+            .iter()
+            .map(|f| f.value.to_string())
+            .collect();
+        assert_eq!(registries, ["mirror.example:443"]);
+        // A registry to log in to over http:// is still reached over HTTPS, as dockerd logs in.
+        let http = format!("{url}[guest_agent]\ncontainer_registry = http://192.0.2.25\n");
+        assert_eq!(hub(&[(agent, &http)]).1, ["192.0.2.25:443"]);
+        // An image's registry inside an insecure range, with no port: 80 too.
+        let ranged = format!("{url}[mysql]\ndocker_image = 198.51.100.20/trove/mysql\n");
+        let range = r#"{"insecure-registries": ["198.51.100.0/24"]}"#;
+        assert_eq!(
+            hub(&[(agent, &ranged), ("etc/docker/daemon.json", range)]).1,
+            ["198.51.100.20:443", "198.51.100.20:80"]
         );
         // An insecure registry without a port: 443, then plain HTTP on 80; a CIDR: none.
         let insecure = r#"{"insecure-registries": ["192.0.2.23", "192.0.2.24:4000", "198.51.100.0/24", "[2001:db8::23]"]}"#;
@@ -882,13 +982,16 @@ mod tests {
             ]
         );
         // Pulled through daemon.json's mirror, which is a registry of the policy.
-        let mirror =
-            r#"{"registry-mirrors": ["http://192.0.2.22", "https://mirror.example:5000"]}"#;
+        let mirror = r#"{"registry-mirrors": ["http://192.0.2.22", "https://mirror.example:5000", "http://mirror.example:443"]}"#;
         assert_eq!(
             hub(&[(agent, &images), ("etc/docker/daemon.json", mirror)]),
             (
                 vec![],
-                vec!["192.0.2.22:80".to_owned(), "mirror.example:5000".to_owned()]
+                vec![
+                    "192.0.2.22:80".to_owned(),
+                    "mirror.example:5000".to_owned(),
+                    "mirror.example:443".to_owned()
+                ]
             )
         );
     }
@@ -909,9 +1012,19 @@ mod tests {
             (vec!["cloud.example".to_owned()], 1)
         );
         assert_eq!(
-            search("search a.example b.example # a comment\ndomain c.example\n"),
+            search("search a.example b.example # a comment\ndomain c.example d.example\n"),
             (vec!["c.example".to_owned()], 1)
         );
+        // No search line: the host name's domain.
+        let t = tree(&[
+            ("etc/resolv.conf", "nameserver 192.0.2.53\n"),
+            ("etc/hostname", "db-1.guests.example\n"),
+        ]);
+        assert_eq!(
+            search_list(&t.root).expect("reads").domains,
+            ["guests.example"]
+        );
+        let _ = std::fs::remove_dir_all(&t.root);
         assert_eq!(
             search("domain c.example\nsearch a.example b.example\noptions ndots:2 attempts:3\n"),
             (vec!["a.example".to_owned(), "b.example".to_owned()], 2)
@@ -970,8 +1083,12 @@ mod tests {
             Some("[2001:db8::20]:5000".into())
         );
         assert_eq!(
-            registry_endpoint("http://mirror.example").map(|e| e.to_string()),
+            http_endpoint("http://mirror.example").map(|e| e.to_string()),
             Some("mirror.example:80".into())
+        );
+        assert_eq!(
+            registry_endpoint("http://registry.example").map(|e| e.to_string()),
+            Some("registry.example:443".into())
         );
     }
 

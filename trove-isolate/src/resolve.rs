@@ -2,16 +2,22 @@
 //! out (the daemon recompiles and applies through the reconcile step: new addresses are added
 //! before old ones are removed, and flows to an address no longer in the answer are revoked).
 //!
-//! Lookups go to the resolvers the policy allows DNS to (resolv.conf's nameservers), short names
-//! completed with resolv.conf's search list as the agent's resolver completes them, with
-//! hickory-resolver, never cached here, each on a thread of its own (the resolver runs its own
+//! Lookups ask the hosts file first, then the resolvers the policy allows DNS to (resolv.conf's
+//! nameservers), a short name completed with resolv.conf's search list as the agent's resolver
+//! completes it ([`candidates`]), with hickory-resolver, never cached here, each on a thread of its own (the resolver runs its own
 //! runtime, which cannot nest in the daemon's).
 
-use std::{net::IpAddr, str::FromStr as _, time::Duration};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use hickory_resolver::{
-    config::{NameServerConfigGroup, ResolverConfig, ResolverOpts},
-    Name, Resolver,
+    config::{LookupIpStrategy, NameServerConfigGroup, ResolverConfig, ResolverOpts},
+    error::{ResolveError, ResolveErrorKind},
+    proto::op::ResponseCode,
+    Resolver,
 };
 
 pub use crate::discover::SearchList;
@@ -36,12 +42,16 @@ pub const MAX_REFRESH: Duration = Duration::from_secs(3600);
 /// before DHCP has given the guest a resolver, and the name's endpoint is refused until then.
 pub const UNRESOLVED_RETRY: Duration = Duration::from_secs(5);
 
-/// DNS over UDP (and TCP when truncated) to `servers` on port 53.
+/// DNS over UDP (and TCP when truncated) to `servers` on port 53, after a hosts file.
 pub struct Dns {
     servers: Vec<IpAddr>,
     port: u16,
     search: SearchList,
+    hosts: Option<PathBuf>,
 }
+
+/// How soon a name a hosts file answered is read again: a file, not a TTL, says it.
+pub const HOSTS_REFRESH: Duration = Duration::from_secs(60);
 
 impl Dns {
     pub fn new(servers: Vec<IpAddr>) -> Dns {
@@ -49,6 +59,7 @@ impl Dns {
             servers,
             port: 53,
             search: SearchList::default(),
+            hosts: None,
         }
     }
 
@@ -60,55 +71,125 @@ impl Dns {
         }
     }
 
-    /// Short names completed as resolv.conf says, as glibc completes them for the agent: a name
-    /// with fewer than `ndots` dots is tried with each search domain, then as it is; any other
-    /// name as it is, then with each domain. A name ending in a dot is never completed.
+    /// Short names completed as resolv.conf says ([`candidates`]).
     pub fn searching(self, search: SearchList) -> Dns {
         Dns { search, ..self }
+    }
+
+    /// A hosts file asked first, as the agent's resolver asks `/etc/hosts` before DNS.
+    pub fn with_hosts_file(self, path: PathBuf) -> Dns {
+        Dns {
+            hosts: Some(path),
+            ..self
+        }
     }
 }
 
 impl Resolve for Dns {
     fn lookup(&self, host: &str) -> Result<Answer, String> {
+        if let Some(addresses) = self.hosts.as_deref().and_then(|f| in_hosts_file(f, host)) {
+            return Ok(Answer {
+                addresses,
+                ttl: HOSTS_REFRESH,
+            });
+        }
         if self.servers.is_empty() {
             return Err("no nameserver to ask (resolv.conf lists none)".into());
         }
+        let names = candidates(&self.search, host);
         let group = NameServerConfigGroup::from_ips_clear(&self.servers, self.port, true);
-        let domains = self
-            .search
-            .domains
-            .iter()
-            .filter_map(|d| Name::from_str(&format!("{d}.")).ok())
-            .collect();
-        let config = ResolverConfig::from_parts(None, domains, group);
+        let config = ResolverConfig::from_parts(None, Vec::new(), group);
         let mut opts = ResolverOpts::default();
         opts.timeout = Duration::from_secs(2);
         opts.attempts = 2;
         // Every answer fresh: a cache would hide the TTL we follow.
         opts.cache_size = 0;
-        opts.ndots = self.search.ndots;
-        let name = Name::from_str(host).map_err(|e| format!("not a host name: {e}"))?;
+        // Each candidate is asked as the absolute name it is, and no hosts file but the one
+        // above (the daemon's own need not be the guest's).
+        opts.ndots = 0;
+        opts.use_hosts_file = false;
+        // Both families: the agent may connect to either.
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         std::thread::scope(|scope| {
             scope
                 .spawn(move || {
                     let resolver =
                         Resolver::new(config, opts).map_err(|e| format!("resolver: {e}"))?;
-                    let lookup = resolver.lookup_ip(name).map_err(|e| e.to_string())?;
-                    let ttl = lookup
-                        .valid_until()
-                        .saturating_duration_since(std::time::Instant::now());
-                    let mut addresses: Vec<IpAddr> = lookup.iter().collect();
-                    addresses.sort();
-                    addresses.dedup();
-                    if addresses.is_empty() {
-                        return Err("no addresses in the answer".to_owned());
+                    let mut last = String::new();
+                    for name in &names {
+                        match resolver.lookup_ip(name.as_str()) {
+                            Ok(lookup) => return answer(&lookup),
+                            // The next candidate only where the last has no such name or no
+                            // such record (or its server failed), as glibc's search goes on; a
+                            // resolver that does not answer ends it, or a slow first domain
+                            // would hand the name to the next.
+                            Err(e) if moves_on(&e) => last = format!("{name}: {e}"),
+                            Err(e) => return Err(format!("{name}: {e}")),
+                        }
                     }
-                    Ok(Answer { addresses, ttl })
+                    Err(last)
                 })
                 .join()
                 .unwrap_or_else(|_| Err("the resolver thread panicked".into()))
         })
     }
+}
+
+/// The names a lookup of `host` asks for, in order, as glibc's `res_search` tries them: a name
+/// ending in a dot as it is; one with at least `ndots` dots as it is, then with each search
+/// domain; any other with each domain, then as it is.
+pub fn candidates(search: &SearchList, host: &str) -> Vec<String> {
+    if host.ends_with('.') {
+        return vec![host.to_owned()];
+    }
+    let completed = search.domains.iter().map(|d| format!("{host}.{d}."));
+    let raw = format!("{host}.");
+    if host.matches('.').count() >= search.ndots {
+        std::iter::once(raw).chain(completed).collect()
+    } else {
+        completed.chain(std::iter::once(raw)).collect()
+    }
+}
+
+fn moves_on(e: &ResolveError) -> bool {
+    matches!(
+        e.kind(),
+        ResolveErrorKind::NoRecordsFound { response_code, .. }
+            if matches!(
+                *response_code,
+                ResponseCode::NXDomain | ResponseCode::NoError | ResponseCode::ServFail
+            )
+    )
+}
+
+fn answer(lookup: &hickory_resolver::lookup_ip::LookupIp) -> Result<Answer, String> {
+    let ttl = lookup
+        .valid_until()
+        .saturating_duration_since(std::time::Instant::now());
+    let mut addresses: Vec<IpAddr> = lookup.iter().collect();
+    addresses.sort();
+    addresses.dedup();
+    if addresses.is_empty() {
+        return Err("no addresses in the answer".to_owned());
+    }
+    Ok(Answer { addresses, ttl })
+}
+
+/// The addresses a hosts file gives `host` (every line that names it), if any.
+fn in_hosts_file(path: &Path, host: &str) -> Option<Vec<IpAddr>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let host = host.trim_end_matches('.');
+    let mut addresses: Vec<IpAddr> = text
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split('#').next()?.split_whitespace();
+            let ip: IpAddr = words.next()?.parse().ok()?;
+            words.any(|w| w.eq_ignore_ascii_case(host)).then_some(ip)
+        })
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    (!addresses.is_empty()).then_some(addresses)
 }
 
 /// A resolver for policies that name no hosts: any lookup is a bug, said plainly.

@@ -288,6 +288,13 @@ fn reload_applies_with_no_window_and_refuses_a_bad_config() {
         .count();
     assert_eq!(reloaded, n as usize + 1, "{stderr}");
     assert_eq!(kept, reloaded, "{stderr}");
+    // What `check` warns of is logged at the start and at each reload applied (a reload runs no
+    // `check`): these configs leave the database open to any client.
+    let warned = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("clients is empty"))
+        .count();
+    assert_eq!(warned, reloaded + 1, "{stderr}");
 }
 
 /// A reload keeps the loaded programs only while the pinned maps are theirs: after a `detach`

@@ -34,6 +34,7 @@ const TTL: u32 = 5;
 /// dropped.
 struct Responder {
     answer: Arc<Mutex<Vec<Ipv4Addr>>>,
+    others: Others,
     silent: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -42,6 +43,9 @@ struct Responder {
 }
 
 static PORT_53: Mutex<()> = Mutex::new(());
+
+/// Other names a [`Responder`] answers (absolute, with the address), or never answers (`None`).
+type Others = Arc<Mutex<Vec<(String, Option<Ipv4Addr>)>>>;
 
 impl Responder {
     fn start(first: &[Ipv4Addr]) -> Responder {
@@ -52,9 +56,11 @@ impl Responder {
             .set_read_timeout(Some(Duration::from_millis(50)))
             .expect("timeout");
         let answer = Arc::new(Mutex::new(first.to_vec()));
+        let others: Others = Arc::default();
         let silent = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let (answer2, silent2, stop2) = (answer.clone(), silent.clone(), stop.clone());
+        let others2 = others.clone();
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !stop2.load(Ordering::Relaxed) {
@@ -76,6 +82,29 @@ impl Responder {
                     .set_recursion_available(true);
                 reply.add_queries(query.queries().to_vec());
                 let mut known = false;
+                let other = query.queries().first().and_then(|q| {
+                    let name = q.name().to_ascii();
+                    let others = others2.lock().expect("others");
+                    others
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+                        .map(|(_, a)| (q.clone(), *a))
+                });
+                match other {
+                    // A name it never answers: the lookup times out.
+                    Some((_, None)) => continue,
+                    Some((q, Some(ip))) => {
+                        known = true;
+                        if q.query_type() == RecordType::A {
+                            reply.add_answer(Record::from_rdata(
+                                q.name().clone(),
+                                TTL,
+                                RData::A(A(ip)),
+                            ));
+                        }
+                    }
+                    None => {}
+                }
                 for q in query.queries() {
                     if q.name().to_ascii().eq_ignore_ascii_case(NAME) {
                         known = true;
@@ -100,6 +129,7 @@ impl Responder {
         });
         Responder {
             answer,
+            others,
             silent,
             stop,
             thread: Some(thread),
@@ -109,6 +139,14 @@ impl Responder {
 
     fn answer(&self, addresses: &[Ipv4Addr]) {
         *self.answer.lock().expect("answer") = addresses.to_vec();
+    }
+
+    /// Answers `name` (absolute) with `ip`, or never answers it (`None`).
+    fn also(&self, name: &str, ip: Option<Ipv4Addr>) {
+        self.others
+            .lock()
+            .expect("others")
+            .push((name.to_owned(), ip));
     }
 
     /// Stops answering (a resolver that does not answer: the lookup times out), or answers again.
@@ -396,6 +434,56 @@ fn a_short_name_is_completed_with_the_search_list() {
             .any(|l| l == "trove_isolate_unresolved_names 0"),
         "the short name counts as unresolved"
     );
+}
+
+/// The resolver asks for a name as glibc's search does: a short name with each search domain
+/// before it is asked as it is (unless it has `ndots` dots), the next candidate only when one
+/// has no such name (a domain whose server does not answer ends the search: the name does not
+/// resolve, rather than resolving to the next domain's host), and the hosts file first.
+#[test]
+fn the_resolver_completes_names_as_glibc_does() {
+    use trove_isolate::resolve::{Dns, Resolve as _, SearchList};
+
+    let rabbit: Ipv4Addr = addr::RABBITMQ_V4.parse().expect("addr");
+    let other: Ipv4Addr = "192.0.2.99".parse().expect("addr");
+    let responder = Responder::start(&[rabbit]);
+    let (short, domain) = NAME.trim_end_matches('.').split_once('.').expect("a dot");
+    responder.also(&format!("{short}."), Some(other));
+    responder.also(&format!("{short}.slow.test."), None);
+    let dns = |domains: &[&str], ndots: usize| {
+        Dns::new(vec!["127.0.0.1".parse().expect("addr")]).searching(SearchList {
+            domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+            ndots,
+        })
+    };
+    let v4 = |ip: Ipv4Addr| vec![std::net::IpAddr::V4(ip)];
+    let found = |dns: &Dns, host: &str| dns.lookup(host).map(|a| a.addresses);
+    // Fewer dots than ndots: the search domains first (the first one has no such name).
+    let searched = dns(&["elsewhere.test", domain], 1);
+    assert_eq!(found(&searched, short), Ok(v4(rabbit)));
+    // As many as ndots: as it is first.
+    assert_eq!(found(&dns(&[domain], 0), short), Ok(v4(other)));
+    // A name ending in a dot is never completed; one with dots enough is asked as it is.
+    assert_eq!(found(&searched, NAME), Ok(v4(rabbit)));
+    assert_eq!(
+        found(&dns(&["elsewhere.test"], 1), &NAME[..NAME.len() - 1]),
+        Ok(v4(rabbit))
+    );
+    // A first domain whose server does not answer: no answer, not the second domain's.
+    let slow = dns(&["slow.test", domain], 1);
+    let err = found(&slow, short).expect_err("resolved past a domain that did not answer");
+    assert!(err.contains("slow.test"), "{err}");
+    // The hosts file before DNS.
+    let hosts = std::env::temp_dir().join(unique("ti-hosts"));
+    std::fs::write(
+        &hosts,
+        format!("# comment\n127.0.0.1 localhost\n192.0.2.77 {short} x # y\n"),
+    )
+    .expect("hosts file");
+    let with_hosts = dns(&[domain], 1).with_hosts_file(hosts.clone());
+    let from_file = found(&with_hosts, short);
+    let _ = std::fs::remove_file(&hosts);
+    assert_eq!(from_file, Ok(v4("192.0.2.77".parse().expect("addr"))));
 }
 
 /// A reload whose config names a host the resolver does not answer for waits seconds for DNS;

@@ -676,46 +676,68 @@ pub(super) fn resolvers(discovered: Option<&Discovered>) -> Vec<(IpAddr, String)
     }
 }
 
-/// The resolver host names are looked up with: resolv.conf's nameservers and search list (the
-/// Trove root's when discovery is on, the system's otherwise), so that a short name resolves as
-/// it does for the agent.
+/// The resolver host names are looked up with: the hosts file, then resolv.conf's nameservers
+/// and search list (the Trove root's when discovery is on, the system's otherwise), so that a
+/// name resolves as it does for the agent.
 pub(super) fn resolver(discovered: Option<&Discovered>) -> resolve::Dns {
     let servers = resolvers(discovered)
         .into_iter()
         .map(|(ip, _)| ip)
         .collect();
-    let search = match discovered {
-        Some(d) => d.search.clone(),
-        None => discover::search_list(Path::new("/")).unwrap_or_default(),
+    let (search, hosts) = match discovered {
+        Some(d) => (d.search.clone(), d.hosts_file.clone()),
+        None => (
+            discover::search_list(Path::new("/")).unwrap_or_default(),
+            PathBuf::from("/etc/hosts"),
+        ),
     };
-    resolve::Dns::new(servers).searching(search)
+    resolve::Dns::new(servers)
+        .searching(search)
+        .with_hosts_file(hosts)
 }
 
-/// The datastore images on Docker Hub that nothing reaches: discovery allows no Docker Hub
-/// host (its addresses are a CDN's, which a guest's lookup and dockerd's need not agree on), so
-/// unless an `allow` entry names one, every pull of them is refused (the agent pulls the
-/// database's image each time it creates the container, the backup image at each backup and
-/// restore). Said, not refused: a refused config would leave the guest with no enforcement.
+/// What of Docker Hub the guest needs that nothing reaches: discovery allows no Docker Hub host
+/// (its addresses are a CDN's, which a guest's lookup and dockerd's need not agree on), so unless
+/// an `allow` entry names its registry (`registry-1.docker.io`, tcp 443), the datastore's images
+/// there cannot be pulled (the agent pulls the database's image each time it creates its
+/// container, the backup image at each backup and restore), and a `container_registry` there
+/// cannot be logged in to (the agent logs in as it starts). Said, not refused: a refused config
+/// would leave the guest with no enforcement.
 pub(super) fn docker_hub_unreached<'a>(
     discovered: Option<&Discovered>,
     mut allows: impl Iterator<Item = &'a AllowConfig>,
 ) -> Vec<String> {
-    if allows.any(|a| discover::is_docker_hub(&a.to)) {
+    let reaches_hub = |a: &AllowConfig| {
+        a.to.trim_end_matches('.')
+            .eq_ignore_ascii_case("registry-1.docker.io")
+            && a.proto == "tcp"
+            && a.port.is_none_or(|p| p == 443)
+    };
+    let Some(d) = discovered else {
+        return Vec::new();
+    };
+    if allows.any(reaches_hub) {
         return Vec::new();
     }
-    discovered
-        .map(|d| &d.hub_images[..])
-        .unwrap_or_default()
+    let allow = "Name another registry, a mirror in daemon.json's registry-mirrors (images only), \
+                 or allow registry-1.docker.io, auth.docker.io and production.cloudflare.docker.com \
+                 (tcp 443)";
+    d.hub_images
         .iter()
         .map(|image| {
             format!(
-                "{} = {} is on Docker Hub, which no rule reaches: pulling it (the agent pulls \
-                 at each database start, backup and restore) is refused. Name another registry, \
-                 a mirror in daemon.json's registry-mirrors, or allow registry-1.docker.io, \
-                 auth.docker.io and production.cloudflare.docker.com (tcp 443)",
+                "{} = {} is on Docker Hub, which no rule reaches: pulling it (as the agent \
+                 creates the database's container, at each backup and restore) is refused. {allow}",
                 image.origin, image.value
             )
         })
+        .chain(d.hub_login.iter().map(|login| {
+            format!(
+                "{} = {} is Docker Hub, which no rule reaches: the agent's login to it as it \
+                 starts is refused. {allow}",
+                login.origin, login.value
+            )
+        }))
         .collect()
 }
 
