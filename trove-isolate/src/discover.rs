@@ -104,9 +104,10 @@ pub struct Discovered {
     pub hosts_file: PathBuf,
 }
 
-/// resolv.conf's completion of names, as glibc reads it: the domains of the last `search` or
-/// `domain` line (else the host name's domain), and `options ndots:N` (a name with fewer dots is tried with each domain
-/// before it is tried as it is; 1 unless the file says otherwise, at most 15).
+/// resolv.conf's completion of names, as the agent's resolver (dnspython, under eventlet) reads
+/// it: the domains of the last `search` line, else of the last `domain` line, else the host
+/// name's domain; and `options ndots:N` (a name with fewer dots is tried with each domain before
+/// it is tried as it is; 1 unless the file says otherwise, at most 15).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchList {
     pub domains: Vec<String>,
@@ -333,20 +334,22 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
 pub fn search_list(root: &Path) -> Result<SearchList, DiscoverError> {
     let mut list = SearchList::default();
     let text = read_optional(&root.join("etc/resolv.conf"))?.unwrap_or_default();
-    let mut named = false;
+    let (mut search, mut domain) = (None, None);
     for line in text.lines() {
         let mut words = line.split_whitespace();
+        // The root domain completes nothing.
+        let domain_name =
+            |w: &str| (w != ".").then(|| w.trim_end_matches('.').to_ascii_lowercase());
         match words.next() {
-            Some(keyword @ ("search" | "domain")) => {
-                // `domain` names one; the root domain completes nothing.
-                list.domains = words
-                    .take_while(|w| !w.starts_with(['#', ';']))
-                    .take(if keyword == "domain" { 1 } else { usize::MAX })
-                    .filter(|w| *w != ".")
-                    .map(|w| w.trim_end_matches('.').to_ascii_lowercase())
-                    .collect();
-                named = true;
+            Some("search") => {
+                search = Some(
+                    words
+                        .take_while(|w| !w.starts_with(['#', ';']))
+                        .filter_map(domain_name)
+                        .collect::<Vec<_>>(),
+                )
             }
+            Some("domain") => domain = Some(words.next().and_then(domain_name)),
             Some("options") => {
                 for option in words {
                     if let Some(n) = option.strip_prefix("ndots:") {
@@ -359,13 +362,17 @@ pub fn search_list(root: &Path) -> Result<SearchList, DiscoverError> {
             _ => {}
         }
     }
-    // No search or domain line: glibc completes with the host name's domain, if it has one.
-    if !named {
-        let hostname = read_optional(&root.join("etc/hostname"))?.unwrap_or_default();
-        if let Some((_, domain)) = hostname.trim().split_once('.') {
-            list.domains = vec![domain.trim_end_matches('.').to_ascii_lowercase()];
-        }
-    }
+    list.domains = match (search, domain) {
+        (Some(search), _) if !search.is_empty() => search,
+        (_, Some(domain)) => domain.into_iter().collect(),
+        // Neither: the host name's domain, if it has one.
+        _ => read_optional(&root.join("etc/hostname"))?
+            .unwrap_or_default()
+            .trim()
+            .split_once('.')
+            .map(|(_, d)| vec![d.trim_end_matches('.').to_ascii_lowercase()])
+            .unwrap_or_default(),
+    };
     Ok(list)
 }
 
@@ -997,7 +1004,7 @@ mod tests {
     }
 
     #[test]
-    fn the_search_list_is_read_as_glibc_reads_it() {
+    fn the_search_list_is_read_as_the_agents_resolver_reads_it() {
         let search = |text: &str| {
             let t = tree(&[("etc/resolv.conf", text)]);
             let found = search_list(&t.root).expect("reads");
@@ -1006,13 +1013,18 @@ mod tests {
         };
         let none: Vec<String> = Vec::new();
         assert_eq!(search("nameserver 192.0.2.53\n"), (none.clone(), 1));
-        // systemd-resolved's stub file; the last search or domain line wins.
+        // systemd-resolved's stub file, with the root domain among its domains.
         assert_eq!(
             search("nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch Cloud.Example. .\n"),
             (vec!["cloud.example".to_owned()], 1)
         );
+        // A search line wins over a domain line, wherever each is.
         assert_eq!(
             search("search a.example b.example # a comment\ndomain c.example d.example\n"),
+            (vec!["a.example".to_owned(), "b.example".to_owned()], 1)
+        );
+        assert_eq!(
+            search("domain c.example d.example\n"),
             (vec!["c.example".to_owned()], 1)
         );
         // No search line: the host name's domain.

@@ -118,12 +118,27 @@ impl Resolve for Dns {
                     let mut last = String::new();
                     for name in &names {
                         match resolver.lookup_ip(name.as_str()) {
-                            Ok(lookup) => return answer(&lookup),
-                            // The next candidate only where the last has no such name or no
-                            // such record (or its server failed), as glibc's search goes on; a
-                            // resolver that does not answer ends it, or a slow first domain
-                            // would hand the name to the next.
-                            Err(e) if moves_on(&e) => last = format!("{name}: {e}"),
+                            Ok(lookup) => {
+                                let mut found = answer(&lookup)?;
+                                // eventlet asks for a single label as a top-level name too,
+                                // and takes both answers.
+                                let raw = format!("{host}.");
+                                if !host.contains('.') && *name != raw {
+                                    if let Ok(more) = resolver.lookup_ip(raw.as_str()) {
+                                        let more = answer(&more)?;
+                                        found.addresses.extend(more.addresses);
+                                        found.addresses.sort();
+                                        found.addresses.dedup();
+                                        found.ttl = found.ttl.min(more.ttl);
+                                    }
+                                }
+                                return Ok(found);
+                            }
+                            // The next candidate only where the last has no such name, as
+                            // dnspython's search goes on; a resolver that does not answer, or
+                            // fails, ends it, or a slow first domain would hand the name to the
+                            // next.
+                            Err(e) if no_such_name(&e) => last = format!("{name}: {e}"),
                             Err(e) => return Err(format!("{name}: {e}")),
                         }
                     }
@@ -135,9 +150,10 @@ impl Resolve for Dns {
     }
 }
 
-/// The names a lookup of `host` asks for, in order, as glibc's `res_search` tries them: a name
-/// ending in a dot as it is; one with at least `ndots` dots as it is, then with each search
-/// domain; any other with each domain, then as it is.
+/// The names a lookup of `host` asks for, in order, as the agent's resolver tries them
+/// (eventlet's, over dnspython, whose order is glibc's `res_search`'s): a name ending in a dot
+/// as it is; one with at least `ndots` dots as it is, then with each search domain; any other
+/// with each domain, then as it is.
 pub fn candidates(search: &SearchList, host: &str) -> Vec<String> {
     if host.ends_with('.') {
         return vec![host.to_owned()];
@@ -151,14 +167,11 @@ pub fn candidates(search: &SearchList, host: &str) -> Vec<String> {
     }
 }
 
-fn moves_on(e: &ResolveError) -> bool {
+fn no_such_name(e: &ResolveError) -> bool {
     matches!(
         e.kind(),
         ResolveErrorKind::NoRecordsFound { response_code, .. }
-            if matches!(
-                *response_code,
-                ResponseCode::NXDomain | ResponseCode::NoError | ResponseCode::ServFail
-            )
+            if *response_code == ResponseCode::NXDomain
     )
 }
 
