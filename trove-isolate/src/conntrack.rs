@@ -84,7 +84,6 @@ pub struct Live {
 /// Deletes expired flows from both tables of both roles (and established entries that hold no
 /// slot, [`FlowValue::releases_slot`]) and counts the live ones.
 pub fn sweep(datapath: &mut Datapath) -> anyhow::Result<Occupancy> {
-    let now = monotonic_ns()?;
     let mut occupancy = Occupancy::default();
     for role in Role::ALL {
         for table in Table::ALL {
@@ -92,17 +91,22 @@ pub fn sweep(datapath: &mut Datapath) -> anyhow::Result<Occupancy> {
             // flow to the new table at once, but leaves it where that move failed (another
             // CPU's flow under the key for an instant), for its next packet to try again, and
             // a connection the remote reset may never send one.
-            let gone = |k: &FlowKey, v: &FlowValue| {
+            let gone = |now: u64, k: &FlowKey, v: &FlowValue| {
                 v.expired(k.proto, now) || (table == Table::Established && v.releases_slot())
             };
-            let (expired, live): (Vec<_>, Vec<_>) = datapath
-                .flows(role, table)?
-                .into_iter()
-                .partition(|(k, v)| gone(k, v));
+            let flows = datapath.flows(role, table)?;
+            // The clock read after the entries: one stamped after it would look a whole wrap
+            // of the clock old, expired, and a live flow the datapath refreshed during the walk
+            // would be removed.
+            let now = monotonic_ns()?;
+            let (expired, live): (Vec<_>, Vec<_>) =
+                flows.into_iter().partition(|(k, v)| gone(now, k, v));
             let expired: Vec<FlowKey> = expired.into_iter().map(|(k, _)| k).collect();
-            // Read again before each removal: a SYN may have opened a flow under an expired
-            // one's key meanwhile.
-            occupancy.expired_removed += datapath.remove_flows(role, table, &expired, gone)?;
+            // Read again before each removal, with the clock read again after it: a SYN may
+            // have opened a flow under an expired one's key meanwhile, or a packet refreshed it.
+            occupancy.expired_removed += datapath.remove_flows(role, table, &expired, |k, v| {
+                monotonic_ns().is_ok_and(|now| gone(now, k, v))
+            })?;
             // Each table's count, so an alert can follow it; by family within (TCP over IPv4
             // only in its own tables).
             for keying in Keying::ALL {

@@ -17,8 +17,10 @@ use packets::frame::*;
 use trove_isolate::{
     capacity::Capacity,
     config::Config,
+    conntrack,
     datapath::{Datapath, Table},
     local,
+    pins::Pins,
     policy::Policy,
 };
 use trove_isolate_common::{
@@ -47,11 +49,16 @@ fn flood_size() -> u32 {
 }
 
 fn datapath() -> Datapath {
+    datapath_at(None)
+}
+
+/// [`datapath`], its maps pinned under `pins` when given.
+fn datapath_at(pins: Option<&Pins>) -> Datapath {
     let path = Path::new("flood.toml");
     let config = Config::parse(CONFIG, path).expect("test config parses");
     let policy = Policy::from_config(&config, path).expect("test config compiles");
     let mut dp = Datapath::load(
-        None,
+        pins,
         false,
         &Capacity::for_policy(&policy),
         &Capacity::NONE_HELD,
@@ -451,5 +458,80 @@ fn connection_churn_never_fills_the_established_table() {
         33001,
         3306,
         "a new session after the churn",
+    );
+}
+
+/// The sweep never removes a flow the datapath refreshes while it walks the tables. Here a
+/// thread stamps an established flow's entry with the clock as fast as it can, as the datapath
+/// does on the flow's packets, while the sweep runs again and again for two seconds: a sweep
+/// that read its clock before the walk would find an entry stamped after that reading, take it
+/// for a whole wrap of the clock old, and remove a live flow (on a daemon's first sweep, over
+/// tables full of live flows, it did).
+#[test]
+fn a_sweep_never_removes_a_flow_refreshed_while_it_walks() {
+    use aya::maps::{HashMap, Map, MapData};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use trove_isolate_common::conntrack::{FlowKey4, FlowValue, Keying};
+
+    struct Removed(std::path::PathBuf);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let root =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/ti-test-sweep-{}", std::process::id()));
+    let _removed = Removed(root.clone());
+    let pins = Pins::new(&root);
+    let mut dp = datapath_at(Some(&pins));
+    handshake(&mut dp, B, "192.0.2.50", 33000, 3306);
+    let flows = |dp: &Datapath| dp.flows(B, Table::Established).expect("flows").len();
+    assert_eq!(flows(&dp), 1);
+
+    let path = pins.map(Table::Established.map_name(B, Keying::Tcp4));
+    let data = MapData::from_pin(&path).expect("the pinned established table");
+    let mut table: HashMap<MapData, FlowKey4, FlowValue> =
+        HashMap::try_from(Map::HashMap(data)).expect("a flow table");
+    let (key, value) = table
+        .iter()
+        .next()
+        .expect("the flow")
+        .expect("reading the flow");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stamping = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut value = value;
+            let mut stamps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+                    .expect("clock");
+                value.stamp(now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64);
+                // Only over the flow as it is: the sweep may have removed it.
+                if table.insert(key, value, 2 /* BPF_EXIST */).is_err() {
+                    break;
+                }
+                stamps += 1;
+            }
+            stamps
+        })
+    };
+    let until = Instant::now() + std::time::Duration::from_secs(2);
+    let mut sweeps = 0;
+    while Instant::now() < until && flows(&dp) == 1 {
+        conntrack::sweep(&mut dp).expect("sweep");
+        sweeps += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let stamps = stamping.join().expect("the stamping thread");
+    println!("{sweeps} sweeps while the flow was stamped {stamps} times");
+    assert_eq!(
+        flows(&dp),
+        1,
+        "a sweep removed a live flow (after {sweeps} sweeps)"
+    );
+    assert!(
+        sweeps > 10 && stamps > 10,
+        "{sweeps} sweeps, {stamps} stamps"
     );
 }
