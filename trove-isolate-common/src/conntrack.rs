@@ -58,6 +58,23 @@ pub const fn ticks(now_ns: u64) -> u32 {
     (now_ns >> TICK_SHIFT) as u32
 }
 
+/// How far ahead of a reader's clock a stamp may be and still be taken as just made (about a
+/// second): another CPU may stamp a flow with a clock it read after this reader read its own,
+/// and the sweep reads entries the datapath stamps as it walks. Taken for a whole wrap of the
+/// clock old, such a flow would be expired, and removed, while live.
+pub const AHEAD_TICKS: u32 = 1 << 10;
+
+/// Ticks from the stamp `then` to `now_ns`; 0 for a stamp at most [`AHEAD_TICKS`] ahead.
+#[inline(always)]
+pub const fn age(now_ns: u64, then: u32) -> u32 {
+    let age = ticks(now_ns).wrapping_sub(then);
+    if age > u32::MAX - AHEAD_TICKS {
+        0
+    } else {
+        age
+    }
+}
+
 /// Window scale assumed when a flow's handshake was not seen (picked up mid-flow): the largest
 /// RFC 7323 allows, so that only the sequence check, never a legitimate packet, suffers.
 pub const WSCALE_UNKNOWN: u8 = 0xff;
@@ -437,7 +454,7 @@ impl FlowValue {
     /// `now_ns`.
     #[inline(always)]
     pub fn old_enough_to_stream(&self, now_ns: u64) -> bool {
-        ticks(now_ns).wrapping_sub(self.guest_end) >= ticks(UDP_STREAM_NS)
+        age(now_ns, self.guest_end) >= ticks(UDP_STREAM_NS)
     }
 
     /// Whether the flow holds no established slot: the guest is done with it (it finishes in the
@@ -464,7 +481,7 @@ impl FlowValue {
 
     #[inline(always)]
     pub const fn expired(&self, proto: u8, now_ns: u64) -> bool {
-        ticks(now_ns).wrapping_sub(self.last_seen) > ticks(self.timeout_ns(proto))
+        age(now_ns, self.last_seen) > ticks(self.timeout_ns(proto))
     }
 
     /// Stamps the flow as seen at `now_ns`.
@@ -476,7 +493,7 @@ impl FlowValue {
     /// Whether the flow was last stamped more than [`REFRESH_NS`] before `now_ns`.
     #[inline(always)]
     pub const fn stale(&self, now_ns: u64) -> bool {
-        ticks(now_ns).wrapping_sub(self.last_seen) > ticks(REFRESH_NS)
+        age(now_ns, self.last_seen) > ticks(REFRESH_NS)
     }
 }
 
@@ -527,9 +544,14 @@ mod tests {
             assert!(!v.expired(proto::TCP, now + TCP_TIMEOUT_NS - S));
             assert!(v.expired(proto::TCP, now + TCP_TIMEOUT_NS + S));
             assert!(!v.stale(now + REFRESH_NS / 2) && v.stale(now + 2 * REFRESH_NS));
+            // A stamp made with a clock read after the reader's: just made, not a wrap old.
+            let before = now - 5 * (1 << TICK_SHIFT);
+            assert!(!v.expired(proto::TCP, before) && !v.expired(proto::UDP, before));
+            assert!(!v.stale(before));
             v.set_born(now);
             assert!(!v.old_enough_to_stream(now + UDP_STREAM_NS - S / 10));
             assert!(v.old_enough_to_stream(now + UDP_STREAM_NS + S / 100));
+            assert!(!v.old_enough_to_stream(before));
         }
     }
 
