@@ -91,6 +91,9 @@ pub struct Discovered {
     /// `[guest_agent] container_registry` when it is Docker Hub, which dockerd logs in to past
     /// any mirror at the agent's start.
     pub hub_login: Option<Found<String>>,
+    /// The datastore's images on a public registry that serves their layers from a CDN's
+    /// addresses (quay.io, ghcr.io, ...): the registry is reached, its CDN is not.
+    pub cdn_images: Vec<Found<String>>,
     /// Other outbound endpoints a guest needs (metadata, NTP).
     pub services: Vec<Found<Endpoint>>,
     pub database_ports: Vec<Found<u16>>,
@@ -157,16 +160,52 @@ pub const METADATA: &str = "169.254.169.254";
 
 /// The database ports of each datastore Trove's guest agent runs.
 pub fn datastore_ports(manager: &str) -> Option<&'static [u16]> {
+    // Trove's `tcp_ports` defaults (trove/common/cfg.py).
     Some(match manager {
         "mysql" | "percona" => &[3306],
         "mariadb" => &[3306, 4444, 4567, 4568],
         "postgresql" => &[5432],
         "redis" => &[6379, 16379],
-        "mongodb" => &[27017, 27019],
-        "cassandra" => &[9042, 7000, 7001],
+        "mongodb" => &[2500, 27017, 27019],
+        "cassandra" => &[7000, 7001, 7199, 9042, 9160],
         "couchdb" => &[5984],
         _ => return None,
     })
+}
+
+/// The most ports a `tcp_ports` list may come to: a wider range is a typo more likely than a
+/// database's.
+const MAX_LISTED_PORTS: usize = 1024;
+
+/// An oslo.config list of ports and inclusive ranges (`3306, 4444-4445`), as `tcp_ports` is.
+fn port_list(text: &str) -> Result<Vec<u16>, String> {
+    let port = |p: &str| match p.trim().parse::<u16>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{:?} is not a port (1 to 65535)", p.trim())),
+    };
+    let mut ports = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (first, last) = match item.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(item)?, port(item)?),
+        };
+        if first > last {
+            return Err(format!("{item:?}: the range runs backwards"));
+        }
+        ports.extend(first..=last);
+        if ports.len() > MAX_LISTED_PORTS {
+            return Err(format!(
+                "more than {MAX_LISTED_PORTS} ports; name the database's in [business] \
+                 database_ports"
+            ));
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.is_empty() {
+        return Err("no port".into());
+    }
+    Ok(ports)
 }
 
 /// Reads the guest's files under `files.root`.
@@ -234,7 +273,15 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
                 },
             };
             match image_host_port(&value) {
-                Some((host, port)) => docker.registry(&mut found.registries, host, port, &origin),
+                Some((host, port)) => {
+                    if let Some(cdn) = layers_elsewhere(&host) {
+                        found.cdn_images.push(Found {
+                            value: format!("{} (its layers come from {cdn})", value.trim()),
+                            origin: origin.clone(),
+                        });
+                    }
+                    docker.registry(&mut found.registries, host, port, &origin)
+                }
                 None => found.hub_images.push(Found {
                     value: value.trim().to_owned(),
                     origin,
@@ -255,22 +302,44 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
         }
     }
 
-    // The database: its ports, and the business NIC Trove told the guest about.
+    // The database: its ports (the datastore's `tcp_ports`, which the agent publishes the
+    // container's ports from, else Trove's default for the datastore), and the business NIC
+    // Trove told the guest about.
     if let Some(manager) = &manager {
-        let ports = datastore_ports(&manager.value).ok_or_else(|| {
-            invalid(
-                Path::new(&manager.file),
-                format!(
-                    "[DEFAULT] datastore_manager = {:?}: no known database ports; name them in \
-                     [business] database_ports",
-                    manager.value
-                ),
-            )
-        })?;
+        // An empty list publishes nothing, but the database listens all the same: its default.
+        let listed = conf
+            .get(&manager.value, "tcp_ports")
+            .filter(|l| !l.value.trim().is_empty());
+        let (ports, origin) = match listed {
+            Some(listed) => (
+                port_list(&listed.value).map_err(|m| {
+                    invalid(
+                        Path::new(&listed.file),
+                        format!("[{}] tcp_ports: {m}", manager.value),
+                    )
+                })?,
+                listed.origin(&manager.value, "tcp_ports"),
+            ),
+            None => (
+                datastore_ports(&manager.value)
+                    .ok_or_else(|| {
+                        invalid(
+                            Path::new(&manager.file),
+                            format!(
+                                "[DEFAULT] datastore_manager = {:?}: no known database ports; \
+                                 name them in [business] database_ports",
+                                manager.value
+                            ),
+                        )
+                    })?
+                    .to_vec(),
+                manager.origin("DEFAULT", "datastore_manager"),
+            ),
+        };
         for port in ports {
             found.database_ports.push(Found {
-                value: *port,
-                origin: manager.origin("DEFAULT", "datastore_manager"),
+                value: port,
+                origin: origin.clone(),
             });
         }
     }
@@ -697,6 +766,26 @@ pub fn image_registry(image: &str) -> Option<Endpoint> {
     image_host_port(image).map(|(host, port)| tcp(host, port.unwrap_or(443)))
 }
 
+/// Where a public registry at `host` sends dockerd for an image's layers (a redirect to a CDN,
+/// whose addresses no rule can follow), if it is one that does.
+fn layers_elsewhere(host: &str) -> Option<&'static str> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let under = |domain: &str| host == domain || host.ends_with(&format!(".{domain}"));
+    Some(if under("quay.io") {
+        "cdn*.quay.io"
+    } else if under("ghcr.io") {
+        "pkg-containers.githubusercontent.com"
+    } else if under("gcr.io") || host.ends_with("-docker.pkg.dev") {
+        "storage.googleapis.com"
+    } else if under("registry.k8s.io") {
+        "a cloud provider's storage"
+    } else if under("public.ecr.aws") {
+        "cloudfront.net"
+    } else {
+        return None;
+    })
+}
+
 /// Whether `host` is Docker Hub's (`docker.io/library/mysql`, `index.docker.io`,
 /// `registry-1.docker.io`, its CDN): pulls from it go to a CDN's addresses, which no rule of
 /// discovery's can follow.
@@ -945,6 +1034,17 @@ mod tests {
             "{:?}",
             found.services
         );
+        // A public registry that sends layers to a CDN: reached, and said.
+        let quay = format!("{url}[mysql]\ndocker_image = quay.io/openstack.trove/mysql\n");
+        let t = tree(&[(agent, &quay)]);
+        let found = discover(&t).expect("discovers");
+        let _ = std::fs::remove_dir_all(&t.root);
+        assert_eq!(found.cdn_images.len(), 1, "{:?}", found.cdn_images);
+        assert!(found.cdn_images[0].value.contains("cdn*.quay.io"));
+        assert!(found
+            .registries
+            .iter()
+            .any(|f| f.value.to_string() == "quay.io:443"));
         // Docker Hub as the registry to log in to (cfg.py's example) is no registry rule, and
         // a mirror does not stand in for it (dockerd logs in past mirrors).
         let login =
@@ -1001,6 +1101,51 @@ mod tests {
                 ]
             )
         );
+    }
+
+    #[test]
+    fn the_database_ports_are_the_datastores_tcp_ports() {
+        let ports = |conf: &str| {
+            let t = tree(&[("etc/trove/conf.d/trove-guestagent.conf", conf)]);
+            let found = discover(&t);
+            let _ = std::fs::remove_dir_all(&t.root);
+            found.map(|f| {
+                f.database_ports
+                    .iter()
+                    .map(|p| (p.value, p.origin.clone()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let url =
+            "[DEFAULT]\ntransport_url = rabbit://u:p@192.0.2.10/\ndatastore_manager = mariadb\n";
+        let trove = |p| {
+            (
+                p,
+                "trove-guestagent.conf [DEFAULT] datastore_manager".to_owned(),
+            )
+        };
+        assert_eq!(
+            ports(url).expect("discovers"),
+            [trove(3306), trove(4444), trove(4567), trove(4568)]
+        );
+        let listed = |p| (p, "trove-guestagent.conf [mariadb] tcp_ports".to_owned());
+        assert_eq!(
+            ports(&format!("{url}[mariadb]\ntcp_ports = 3307, 4567-4568\n")).expect("discovers"),
+            [listed(3307), listed(4567), listed(4568)]
+        );
+        // An empty list: the datastore's default.
+        assert_eq!(
+            ports(&format!("{url}[mariadb]\ntcp_ports =\n"))
+                .expect("discovers")
+                .len(),
+            4
+        );
+        for bad in ["0", "3306-3300", "x", "1-2000", ","] {
+            let err = ports(&format!("{url}[mariadb]\ntcp_ports = {bad}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("[mariadb] tcp_ports"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -696,49 +696,53 @@ pub(super) fn resolver(discovered: Option<&Discovered>) -> resolve::Dns {
         .with_hosts_file(hosts)
 }
 
-/// What of Docker Hub the guest needs that nothing reaches: discovery allows no Docker Hub host
+/// The registries the guest needs that nothing reaches. Discovery allows no Docker Hub host
 /// (its addresses are a CDN's, which a guest's lookup and dockerd's need not agree on), so unless
 /// an `allow` entry names its registry (`registry-1.docker.io`, tcp 443), the datastore's images
 /// there cannot be pulled (the agent pulls the database's image each time it creates its
 /// container, the backup image at each backup and restore), and a `container_registry` there
-/// cannot be logged in to (the agent logs in as it starts). Said, not refused: a refused config
-/// would leave the guest with no enforcement.
-pub(super) fn docker_hub_unreached<'a>(
+/// cannot be logged in to (the agent logs in as it starts). A public registry that sends the
+/// layers to a CDN is reached, its CDN is not. Said, not refused: a refused config would leave
+/// the guest with no enforcement.
+pub(super) fn images_unreached<'a>(
     discovered: Option<&Discovered>,
     mut allows: impl Iterator<Item = &'a AllowConfig>,
 ) -> Vec<String> {
+    let Some(d) = discovered else {
+        return Vec::new();
+    };
     let reaches_hub = |a: &AllowConfig| {
         a.to.trim_end_matches('.')
             .eq_ignore_ascii_case("registry-1.docker.io")
             && a.proto == "tcp"
             && a.port.is_none_or(|p| p == 443)
     };
-    let Some(d) = discovered else {
-        return Vec::new();
-    };
-    if allows.any(reaches_hub) {
-        return Vec::new();
-    }
+    let hub_reached = allows.any(reaches_hub);
     let allow = "Name another registry, a mirror in daemon.json's registry-mirrors (images only), \
                  or allow registry-1.docker.io, auth.docker.io and production.cloudflare.docker.com \
                  (tcp 443)";
-    d.hub_images
-        .iter()
-        .map(|image| {
-            format!(
-                "{} = {} is on Docker Hub, which no rule reaches: pulling it (as the agent \
-                 creates the database's container, at each backup and restore) is refused. {allow}",
-                image.origin, image.value
-            )
-        })
-        .chain(d.hub_login.iter().map(|login| {
-            format!(
-                "{} = {} is Docker Hub, which no rule reaches: the agent's login to it as it \
-                 starts is refused. {allow}",
-                login.origin, login.value
-            )
-        }))
-        .collect()
+    let hub_images = d.hub_images.iter().filter(|_| !hub_reached).map(|image| {
+        format!(
+            "{} = {} is on Docker Hub, which no rule reaches: pulling it (as the agent creates \
+             the database's container, at each backup and restore) is refused. {allow}",
+            image.origin, image.value
+        )
+    });
+    let hub_login = d.hub_login.iter().filter(|_| !hub_reached).map(|login| {
+        format!(
+            "{} = {} is Docker Hub, which no rule reaches: the agent's login to it as it starts \
+             is refused. {allow}",
+            login.origin, login.value
+        )
+    });
+    let cdn = d.cdn_images.iter().map(|image| {
+        format!(
+            "{} = {}: a CDN no rule reaches, so pulling it is refused. Name a registry of your \
+             own, or allow that CDN's addresses",
+            image.origin, image.value
+        )
+    });
+    hub_images.chain(hub_login).chain(cdn).collect()
 }
 
 /// One `[management] allow` entry: an outbound rule.

@@ -229,7 +229,7 @@ pub struct Policy {
     pub names: Vec<NameRecord>,
     pub unresolved: Vec<String>,
     pub unresolved_hosts: Vec<String>,
-    /// What discovery found that no rule reaches (images on Docker Hub), for `check` to say.
+    /// What discovery found that no rule reaches (images on Docker Hub, or behind a CDN), for `check` to say.
     pub unreached: Vec<String>,
     /// Management first.
     pub nics: Vec<NicPolicy>,
@@ -399,7 +399,7 @@ impl Policy {
         fits_the_map(&top, &nics)?;
         few_enough_lengths(&top, &nics)?;
         let allows = management_config.iter().flat_map(|m| &m.allow);
-        let unreached = docker_hub_unreached(discovered, allows);
+        let unreached = images_unreached(discovered, allows);
         Ok(Policy {
             mode,
             attach,
