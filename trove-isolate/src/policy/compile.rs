@@ -721,11 +721,19 @@ pub(super) fn images_unreached<'a>(
     let allow = "Name another registry, a mirror in daemon.json's registry-mirrors (images only), \
                  or allow registry-1.docker.io, auth.docker.io and production.cloudflare.docker.com \
                  (tcp 443)";
+    let when = |origin: &str| {
+        if origin.ends_with("backup_docker_image") {
+            "at each backup and restore"
+        } else {
+            "each time the agent creates the database's container"
+        }
+    };
     let hub_images = d.hub_images.iter().filter(|_| !hub_reached).map(|image| {
         format!(
-            "{} = {} is on Docker Hub, which no rule reaches: pulling it (as the agent creates \
-             the database's container, at each backup and restore) is refused. {allow}",
-            image.origin, image.value
+            "{} = {} is on Docker Hub, which no rule reaches: pulling it ({}) is refused. {allow}",
+            image.origin,
+            image.value,
+            when(&image.origin)
         )
     });
     let hub_login = d.hub_login.iter().filter(|_| !hub_reached).map(|login| {
