@@ -4,8 +4,8 @@
 //!
 //! Lookups ask the hosts file first, then the resolvers the policy allows DNS to (resolv.conf's
 //! nameservers), a short name completed with resolv.conf's search list as the agent's resolver
-//! completes it ([`candidates`]), with hickory-resolver, never cached here, each on a thread of its own (the resolver runs its own
-//! runtime, which cannot nest in the daemon's).
+//! completes it ([`candidates`]), with hickory-resolver, never cached here, each on a thread of
+//! its own (the resolver runs its own runtime, which cannot nest in the daemon's).
 
 use std::{
     net::IpAddr,

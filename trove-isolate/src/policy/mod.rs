@@ -229,7 +229,8 @@ pub struct Policy {
     pub names: Vec<NameRecord>,
     pub unresolved: Vec<String>,
     pub unresolved_hosts: Vec<String>,
-    /// What discovery found that no rule reaches (images on Docker Hub, or behind a CDN), for `check` to say.
+    /// What discovery found that no rule reaches (images on Docker Hub, or behind a CDN), for
+    /// `check` and the log to say.
     pub unreached: Vec<String>,
     /// Management first.
     pub nics: Vec<NicPolicy>,
