@@ -236,7 +236,8 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
     if found.rabbitmq.is_empty() {
         return Err(invalid(
             &files.at(&files.conf_dir),
-            "no [DEFAULT] transport_url in any *.conf: the guest agent's RabbitMQ is unknown",
+            "no [DEFAULT] transport_url in any *.conf: the guest agent's RabbitMQ is unknown \
+             (at an instance's first boot, cloud-init writes Trove's files after this starts)",
         ));
     }
 
