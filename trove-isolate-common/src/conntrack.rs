@@ -58,11 +58,13 @@ pub const fn ticks(now_ns: u64) -> u32 {
     (now_ns >> TICK_SHIFT) as u32
 }
 
-/// How far ahead of a reader's clock a stamp may be and still be taken as just made (about a
-/// second): another CPU may stamp a flow with a clock it read after this reader read its own,
-/// and the sweep reads entries the datapath stamps as it walks. Taken for a whole wrap of the
-/// clock old, such a flow would be expired, and removed, while live.
-pub const AHEAD_TICKS: u32 = 1 << 10;
+/// How far ahead of a reader's clock a stamp may be and still be taken as just made (about 73
+/// minutes): another CPU may stamp a flow with a clock it read after this reader read its own
+/// (a jiffy apart, or as long as the hypervisor stalls the reader's vCPU between its clock and
+/// the entry), and the sweep reads entries the datapath stamps as it walks. Taken for a whole
+/// wrap of the clock (52 days) old, such a flow would be expired, and removed, while live. The
+/// longest timeout is a day, far inside the rest of the wrap.
+pub const AHEAD_TICKS: u32 = 1 << 22;
 
 /// Ticks from the stamp `then` to `now_ns`; 0 for a stamp at most [`AHEAD_TICKS`] ahead.
 #[inline(always)]
@@ -548,6 +550,9 @@ mod tests {
             let before = now - 5 * (1 << TICK_SHIFT);
             assert!(!v.expired(proto::TCP, before) && !v.expired(proto::UDP, before));
             assert!(!v.stale(before));
+            // An hour ahead (a reader's vCPU stalled) too; a day ahead is a wrap's worth old.
+            assert!(!v.expired(proto::TCP, now.wrapping_sub(3600 * S)));
+            assert!(v.expired(proto::UDP, now.wrapping_sub(86_400 * S)));
             v.set_born(now);
             assert!(!v.old_enough_to_stream(now + UDP_STREAM_NS - S / 10));
             assert!(v.old_enough_to_stream(now + UDP_STREAM_NS + S / 100));

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use trove_isolate_common::{
-    conntrack::{FlowKey, FlowValue, Keying},
+    conntrack::{age, ticks, FlowKey, FlowValue, Keying, REFRESH_NS},
     family, Direction, Role,
 };
 
@@ -91,8 +91,13 @@ pub fn sweep(datapath: &mut Datapath) -> anyhow::Result<Occupancy> {
             // flow to the new table at once, but leaves it where that move failed (another
             // CPU's flow under the key for an instant), for its next packet to try again, and
             // a connection the remote reset may never send one.
+            // Such an entry idle for a while only: the sweep reads and removes it in two calls,
+            // and the guest's ACK past a reset may clear `RESET_SEEN` between them.
             let gone = |now: u64, k: &FlowKey, v: &FlowValue| {
-                v.expired(k.proto, now) || (table == Table::Established && v.releases_slot())
+                v.expired(k.proto, now)
+                    || (table == Table::Established
+                        && v.releases_slot()
+                        && age(now, v.last_seen) > ticks(2 * REFRESH_NS))
             };
             let flows = datapath.flows(role, table)?;
             // The clock read after the entries: one stamped after it would look a whole wrap

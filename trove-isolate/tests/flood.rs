@@ -464,9 +464,10 @@ fn connection_churn_never_fills_the_established_table() {
 /// The sweep never removes a flow the datapath refreshes while it walks the tables. Here a
 /// thread stamps an established flow's entry with the clock as fast as it can, as the datapath
 /// does on the flow's packets, while the sweep runs again and again for two seconds: a sweep
-/// that read its clock before the walk would find an entry stamped after that reading, take it
-/// for a whole wrap of the clock old, and remove a live flow (on a daemon's first sweep, over
-/// tables full of live flows, it did).
+/// that read its clock before the walk, with stamps ahead of a reader's clock taken for a whole
+/// wrap of it old, found an entry stamped after that reading expired, and removed the live flow
+/// (on a daemon's first sweep, over tables full of live flows, it did). Either the clock read
+/// after the walk or the stamps ahead taken as just made (`conntrack::age`) keeps it.
 #[test]
 fn a_sweep_never_removes_a_flow_refreshed_while_it_walks() {
     use aya::maps::{HashMap, Map, MapData};
