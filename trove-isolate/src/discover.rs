@@ -730,12 +730,6 @@ fn host_port(text: &str) -> Option<(String, Option<u16>)> {
     Some((host, port))
 }
 
-/// `host[:port][/path]` as docker names a registry; 443 when no port is given, whatever a
-/// scheme says (dockerd reaches a registry over HTTPS).
-pub fn registry_endpoint(text: &str) -> Option<Endpoint> {
-    host_port(text).map(|(host, port)| tcp(host, port.unwrap_or(443)))
-}
-
 /// A URL's server (a mirror's, Swift's): its port, else its scheme's (80 for `http://`, 443).
 pub fn http_endpoint(text: &str) -> Option<Endpoint> {
     let default = if text.trim().starts_with("http://") {
@@ -760,11 +754,6 @@ fn image_host_port(image: &str) -> Option<(String, Option<u16>)> {
         .then(|| host_port(first))
         .flatten()
         .filter(|(host, _)| !is_docker_hub(host))
-}
-
-/// The registry endpoint of an image reference ([`image_host_port`]; 443 unless given).
-pub fn image_registry(image: &str) -> Option<Endpoint> {
-    image_host_port(image).map(|(host, port)| tcp(host, port.unwrap_or(443)))
 }
 
 /// Where a public registry at `host` sends dockerd for an image's layers (a redirect to a CDN,
@@ -921,6 +910,17 @@ fn files_in(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>, DiscoverError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `host[:port][/path]` as docker names a registry; 443 when no port is given, whatever a
+    /// scheme says (dockerd reaches a registry over HTTPS).
+    fn registry_endpoint(text: &str) -> Option<Endpoint> {
+        host_port(text).map(|(host, port)| tcp(host, port.unwrap_or(443)))
+    }
+
+    /// The registry endpoint of an image reference ([`image_host_port`]; 443 unless given).
+    fn image_registry(image: &str) -> Option<Endpoint> {
+        image_host_port(image).map(|(host, port)| tcp(host, port.unwrap_or(443)))
+    }
 
     /// A root of the given files (path, text) in a fresh temporary directory.
     fn tree(files: &[(&str, &str)]) -> TroveFiles {
