@@ -12,6 +12,7 @@
 pub mod conntrack;
 pub mod counters;
 pub mod events;
+pub mod guard;
 pub mod local;
 pub mod policy;
 pub mod settings;
@@ -38,6 +39,10 @@ pub mod maps {
     pub const OWN_SETS: &str = "OWN_SETS";
     pub const OWN_GENERATION: &str = "OWN_GENERATION";
     pub const COUNTERS: &str = "COUNTERS";
+    /// The boot guard's counters (`guard::counter_index`), pinned so that the daemon that
+    /// follows it reports what it did; its endpoints are written at each load, never pinned.
+    pub const GUARD_COUNTERS: &str = "GUARD_COUNTERS";
+    pub const GUARD_ENDPOINTS: &str = "GUARD_ENDPOINTS";
     pub const SETTINGS: &str = "SETTINGS";
     /// Sampled drop events (a ring buffer) and their per-CPU budget.
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
@@ -57,7 +62,7 @@ pub mod maps {
     pub const TCP4_EST_BIZ: &str = "TCP4_EST_BIZ";
     pub const CT_EST_MGMT: &str = "CT_EST_MGMT";
     pub const CT_EST_BIZ: &str = "CT_EST_BIZ";
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         POLICY4,
         POLICY6,
         POLICY6_LONG,
@@ -77,6 +82,7 @@ pub mod maps {
         TCP4_EST_BIZ,
         CT_EST_MGMT,
         CT_EST_BIZ,
+        GUARD_COUNTERS,
     ];
 
     /// Whether `name` is one of the policy maps.

@@ -7,7 +7,7 @@ use trove_isolate_common::{family, Direction, Reason, Role};
 use crate::{local, packet::Arp};
 
 /// The Ethernet minimum (60 bytes) and room for a VLAN tag the NIC may have stripped.
-const MAX_FRAME: u32 = 64;
+pub const MAX_FRAME: u32 = 64;
 
 #[inline(always)]
 pub fn check(role: Role, direction: Direction, arp: &Arp) -> Result<Reason, Reason> {

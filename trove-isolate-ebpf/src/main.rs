@@ -17,6 +17,7 @@ mod conntrack;
 mod counters;
 mod dhcp;
 mod events;
+mod guard;
 mod local;
 mod maps;
 mod nd;
@@ -50,6 +51,18 @@ pub fn biz_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn biz_egress(ctx: TcContext) -> i32 {
     verdict::run(&ctx, Role::Business, Direction::Egress)
+}
+
+/// The boot guard's, attached to every NIC until Trove's files say which is which (never with
+/// the roles' programs but for the moment the daemon takes over).
+#[classifier]
+pub fn guard_ingress(ctx: TcContext) -> i32 {
+    guard::run(&ctx, Direction::Ingress)
+}
+
+#[classifier]
+pub fn guard_egress(ctx: TcContext) -> i32 {
+    guard::run(&ctx, Direction::Egress)
 }
 
 /// `cargo xtask bench`'s yardsticks and stages, never attached (the loader loads them only for

@@ -10,6 +10,7 @@ use trove_isolate_common::{
     conntrack::{FlowKey4, FlowValue, WideKey, WideValue, EST_MAX_ENTRIES, NEW_MAX_ENTRIES},
     counters::{self, Counter},
     events::{self, Budget},
+    guard::{self, Endpoints},
     local::{self, LocalKey, LocalValue, OwnSet},
     policy::{self, PolicyKey, PolicyKey4, PolicyKey6, PolicyValue, PrefixLengths},
     settings::Settings,
@@ -80,6 +81,14 @@ pub static CT_EST_BIZ: HashMap<WideKey, WideValue> =
 
 #[map]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(counters::MAX_ENTRIES, 0);
+
+/// The boot guard's (`guard.rs`).
+#[map]
+pub static GUARD_COUNTERS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(guard::COUNTER_ENTRIES, 0);
+
+#[map]
+pub static GUARD_ENDPOINTS: Array<Endpoints> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static DROP_EVENTS: RingBuf = RingBuf::with_byte_size(events::RING_BYTES, 0);

@@ -98,6 +98,39 @@ pub fn check(
     Ok(Reason::NeighborDiscovery)
 }
 
+/// Neighbour discovery and MLD as the boot guard holds them, knowing none of the NIC's
+/// addresses: each message in the direction a host uses it, with its hop limit and code, in link
+/// scope where the message says so, and a solicitation or advertisement no bigger than a host's.
+#[inline(always)]
+pub fn guard_check(ctx: &TcContext, direction: Direction, pkt: &Packet) -> Result<Reason, Reason> {
+    let ingress = direction == Direction::Ingress;
+    let (hop_limit, ok_scope) = match pkt.icmp_type {
+        ROUTER_ADVERTISEMENT | REDIRECT if ingress => (255, local::link_local(&pkt.src)),
+        ROUTER_SOLICITATION if !ingress => (255, local::link_multicast(&pkt.dst)),
+        NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT => (255, true),
+        MLD_QUERY if ingress => (1, local::link_local(&pkt.src)),
+        MLD_REPORT | MLD_DONE | MLD2_REPORT if !ingress => (
+            1,
+            (local::link_local(&pkt.src) || local::unspecified(&pkt.src))
+                && local::link_multicast(&pkt.dst),
+        ),
+        _ => return Err(Reason::UnsupportedProtocol),
+    };
+    if pkt.hop_limit != hop_limit || pkt.icmp_code != 0 || !ok_scope {
+        return Err(Reason::Malformed);
+    }
+    match pkt.icmp_type {
+        ROUTER_SOLICITATION | NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT
+            if pkt.payload_len > MAX_LEN || pkt.options_len != 0 =>
+        {
+            return Err(Reason::Malformed)
+        }
+        MLD_REPORT | MLD_DONE | MLD2_REPORT => guard_report(ctx, pkt)?,
+        _ => {}
+    }
+    Ok(Reason::NeighborDiscovery)
+}
+
 /// A router solicitation, neighbour solicitation or advertisement as a host sends it, in either
 /// direction; going out, the NIC's own.
 #[inline(always)]
@@ -136,12 +169,43 @@ fn host_shaped(ctx: &TcContext, role: Role, ingress: bool, pkt: &Packet) -> Resu
 /// its many exits come back through one return.
 #[inline(never)]
 fn own_report(ctx: &TcContext, role: Role, pkt: &Packet) -> Result<(), Reason> {
+    // The trie alone: a report is rare, and each inlined scan of the sets costs the verifier.
+    report(
+        ctx,
+        pkt,
+        |src| local::unspecified(src) || local::own_in_trie(role, family::V6, src),
+        |group| local::own_group(role, group),
+    )
+}
+
+/// An MLD report or done going out while the boot guard holds the NIC, whose addresses it does
+/// not know: shaped as [`own_report`] says, naming solicited-node groups only (what Linux
+/// reports for its addresses; a group a process joins would carry its bits to the link).
+#[inline(never)]
+pub fn guard_report(ctx: &TcContext, pkt: &Packet) -> Result<(), Reason> {
+    report(ctx, pkt, |_| true, solicited_node)
+}
+
+/// ff02::1:ff00:0/104.
+#[inline(always)]
+fn solicited_node(group: &[u8; 16]) -> bool {
+    group[..13] == [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff]
+}
+
+/// The shape of an MLD report or done going out, its source held to `src_ok` and each group it
+/// names to `group_ok`.
+#[inline(always)]
+fn report(
+    ctx: &TcContext,
+    pkt: &Packet,
+    src_ok: impl Fn(&[u8; 16]) -> bool,
+    group_ok: impl Fn(&[u8; 16]) -> bool,
+) -> Result<(), Reason> {
     if pkt.options_len != 1 || parse::nd_ext_header(ctx, pkt)? != u64::from_ne_bytes(MLD_HOP_BY_HOP)
     {
         return Err(Reason::Malformed);
     }
-    // The trie alone: a report is rare, and each inlined scan of the sets costs the verifier.
-    if !local::unspecified(&pkt.src) && !local::own_in_trie(role, family::V6, &pkt.src) {
+    if !src_ok(&pkt.src) {
         return Err(Reason::NotLocal);
     }
     let word = parse::nd_word(ctx, pkt)?;
@@ -159,7 +223,7 @@ fn own_report(ctx: &TcContext, role: Role, pkt: &Packet) -> Result<(), Reason> {
         if pkt.dst != to {
             return Err(Reason::Malformed);
         }
-        return match local::own_group(role, &group) {
+        return match group_ok(&group) {
             true => Ok(()),
             false => Err(Reason::NotLocal),
         };
@@ -187,7 +251,7 @@ fn own_report(ctx: &TcContext, role: Role, pkt: &Packet) -> Result<(), Reason> {
         {
             return Err(Reason::Malformed);
         }
-        if !local::own_group(role, &record.group) {
+        if !group_ok(&record.group) {
             return Err(Reason::NotLocal);
         }
         at += MLD2_RECORD as usize;

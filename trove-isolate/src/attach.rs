@@ -165,7 +165,7 @@ fn program_error(
     }
 }
 
-fn ensure_tcx(
+pub(crate) fn ensure_tcx(
     program: &mut SchedClassifier,
     name: &'static str,
     direction: Direction,
@@ -244,6 +244,25 @@ fn ensure_legacy(
     device: &Device,
     replace: bool,
 ) -> Result<Hook, AttachError> {
+    ensure_filter(
+        program,
+        name,
+        direction,
+        device,
+        replace,
+        (LEGACY_PRIORITY, LEGACY_HANDLE),
+    )
+}
+
+/// [`ensure_legacy`] at the filter place `(priority, handle)`.
+pub(crate) fn ensure_filter(
+    program: &mut SchedClassifier,
+    name: &'static str,
+    direction: Direction,
+    device: &Device,
+    replace: bool,
+    (priority, handle): (u16, u32),
+) -> Result<Hook, AttachError> {
     let attach_type = tc_attach_type(direction);
     if let Err(e) = tc::qdisc_add_clsact(&device.name) {
         let exists = match &e {
@@ -257,15 +276,15 @@ fn ensure_legacy(
             return Err(program_error("adding clsact for", name, device)(e.into()));
         }
     }
-    let handle = TcHandle::from(LEGACY_HANDLE);
+    let tc_handle = TcHandle::from(handle);
     if replace {
         // Swap the program of our filter in place (netlink replace, no gap).
         if let Ok(link) =
-            SchedClassifierLink::attached(&device.name, attach_type, LEGACY_PRIORITY, handle, None)
+            SchedClassifierLink::attached(&device.name, attach_type, priority, tc_handle, None)
         {
             if let Ok(id) = program.attach_to_link(link) {
                 forget_link(program, id);
-                return Ok(legacy_hook());
+                return Ok(Hook::Legacy { priority, handle });
             }
         }
     }
@@ -273,8 +292,8 @@ fn ensure_legacy(
         &device.name,
         attach_type,
         TcAttachOptions::Netlink(NlOptions {
-            priority: LEGACY_PRIORITY,
-            handle,
+            priority,
+            handle: tc_handle,
             classid: None,
         }),
     );
@@ -282,16 +301,13 @@ fn ensure_legacy(
         Ok(id) => id,
         // Our filter is there but the record was lost: replace it.
         Err(_) => {
-            let link = SchedClassifierLink::attached(
-                &device.name,
-                attach_type,
-                LEGACY_PRIORITY,
-                handle,
-                None,
-            )
-            .map_err(|e| {
-                program_error("finding filter for", name, device)(tc::TcError::IoError(e).into())
-            })?;
+            let link =
+                SchedClassifierLink::attached(&device.name, attach_type, priority, tc_handle, None)
+                    .map_err(|e| {
+                        program_error("finding filter for", name, device)(
+                            tc::TcError::IoError(e).into(),
+                        )
+                    })?;
             program.attach_to_link(link).map_err(program_error(
                 "attaching (legacy)",
                 name,
@@ -300,7 +316,7 @@ fn ensure_legacy(
         }
     };
     forget_link(program, id);
-    Ok(legacy_hook())
+    Ok(Hook::Legacy { priority, handle })
 }
 
 /// Our filters' place on the clsact qdisc.
@@ -353,50 +369,63 @@ pub fn remove_tcx(link_pin: &Path) -> Result<(), AttachError> {
 pub fn remove(attachment: &Attachment, link_pin: &Path) -> Result<(), AttachError> {
     match &attachment.hook {
         Hook::Tcx => remove_tcx(link_pin),
-        Hook::Legacy { priority, handle } => {
-            let direction = attachment.direction;
-            let in_netns = netns::run_in(attachment.netns.as_deref(), || {
-                // By its ifindex: the NIC may have been renamed since (docker-hostnic names it
-                // eth0 once in its sandbox).
-                let interface = nix::net::if_::if_indextoname(attachment.ifindex)
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|_| attachment.interface.clone());
-                let Ok(link) = SchedClassifierLink::attached(
-                    &interface,
-                    tc_attach_type(direction),
-                    *priority,
-                    TcHandle::from(*handle),
-                    None,
-                ) else {
-                    return Ok(()); // the device is gone, and its filters with it
-                };
-                use aya::programs::links::Link as _;
-                match link.detach() {
-                    Ok(()) => Ok(()),
-                    Err(aya::programs::ProgramError::TcError(tc::TcError::NetlinkError(e)))
-                        if e.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) =>
-                    {
-                        Ok(())
-                    }
-                    Err(source) => Err(AttachError::Program {
-                        what: "detaching",
-                        program: "filter",
-                        device: interface,
-                        source: Box::new(source),
-                    }),
-                }
-            });
-            match in_netns {
-                Ok(result) => result,
-                // The namespace is gone, and the device's filters with it (a device leaving a
-                // namespace loses its clsact qdisc).
-                Err(netns::NetnsError::Open { source, .. })
-                    if source.kind() == io::ErrorKind::NotFound =>
-                {
-                    Ok(())
-                }
-                Err(e) => Err(e.into()),
+        Hook::Legacy { priority, handle } => remove_filter(
+            attachment.direction,
+            &attachment.interface,
+            attachment.ifindex,
+            attachment.netns.as_deref(),
+            (*priority, *handle),
+        ),
+    }
+}
+
+/// Removes a cls_bpf filter at `(priority, handle)` from the device `ifindex` (named
+/// `interface` when recorded) in `netns`. A device or namespace gone counts as removed.
+pub(crate) fn remove_filter(
+    direction: Direction,
+    interface: &str,
+    ifindex: u32,
+    netns: Option<&Path>,
+    (priority, handle): (u16, u32),
+) -> Result<(), AttachError> {
+    let in_netns = netns::run_in(netns, || {
+        // By its ifindex: the NIC may have been renamed since (docker-hostnic names it eth0 once
+        // in its sandbox).
+        let interface = nix::net::if_::if_indextoname(ifindex)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| interface.to_owned());
+        let Ok(link) = SchedClassifierLink::attached(
+            &interface,
+            tc_attach_type(direction),
+            priority,
+            TcHandle::from(handle),
+            None,
+        ) else {
+            return Ok(()); // the device is gone, and its filters with it
+        };
+        use aya::programs::links::Link as _;
+        match link.detach() {
+            Ok(()) => Ok(()),
+            Err(aya::programs::ProgramError::TcError(tc::TcError::NetlinkError(e)))
+                if e.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) =>
+            {
+                Ok(())
             }
+            Err(source) => Err(AttachError::Program {
+                what: "detaching",
+                program: "filter",
+                device: interface,
+                source: Box::new(source),
+            }),
         }
+    });
+    match in_netns {
+        Ok(result) => result,
+        // The namespace is gone, and the device's filters with it (a device leaving a namespace
+        // loses its clsact qdisc).
+        Err(netns::NetnsError::Open { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
 }

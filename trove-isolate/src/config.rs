@@ -31,6 +31,9 @@ pub struct Config {
     pub conntrack: ConntrackConfig,
     /// Trove discovery: the policy of a Trove guest from the guest's own files.
     pub trove: Option<TroveConfig>,
+    /// The boot guard, while Trove's files are not there yet (with `[trove]` only).
+    #[serde(default)]
+    pub boot: BootConfig,
     pub management: Option<ManagementConfig>,
     pub business: Option<BusinessConfig>,
 }
@@ -51,6 +54,20 @@ pub struct TroveConfig {
     pub conf_dir: Option<String>,
     pub eth1_json: Option<String>,
     pub docker_daemon_json: Option<String>,
+}
+
+/// `[boot]`: the boot guard (`crate::boot_guard`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    /// Hold every NIC closed while Trove's files are missing (default true).
+    pub guard: Option<bool>,
+    /// The NICs to hold (default: every physical NIC in the host namespace).
+    pub interfaces: Option<Vec<String>>,
+    /// Where they are (default: the daemon's own namespace).
+    pub netns: Option<String>,
+    /// The metadata service's TCP endpoints (`address:port`), which stay reachable.
+    pub metadata: Option<Vec<String>>,
 }
 
 /// Sampled drop events: how many the datapath sends and how many the daemon logs.
@@ -157,6 +174,10 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// Trove's files are not there yet: an instance's first boot, before cloud-init writes them
+    /// (`crate::boot_guard` holds the NICs closed meanwhile).
+    #[error("{path}: [trove]: {message}")]
+    TroveFilesMissing { path: PathBuf, message: String },
 }
 
 impl ConfigError {

@@ -19,7 +19,7 @@ use trove_isolate_common::Role;
 use ipnetwork::IpNetwork;
 
 use crate::{
-    conntrack,
+    boot_guard, conntrack,
     datapath::{self, Datapath, PinnedMaps},
     drops, linkwatch, local, pin_lock,
     pins::Pins,
@@ -85,6 +85,9 @@ pub struct DaemonStats {
     pub unresolved_names: usize,
     /// The flow tables' sizes in force (the defaults until the daemon says otherwise).
     pub conntrack_capacity: Option<ConntrackPolicy>,
+    /// What the boot guard passed and dropped before this daemon took over (read once: the
+    /// guard is gone by then).
+    pub boot_guard: Vec<boot_guard::GuardCount>,
 }
 
 impl DaemonStats {
@@ -130,6 +133,21 @@ pub async fn run(
     state.pid = Some(std::process::id());
     state.config = Some(options.config.clone());
     state.write(&pins.state_file())?;
+    // The boot guard held the NICs while Trove's files were missing; the roles' programs hold
+    // them now, ahead of it. A guard that will not go fails the start: systemd tries again.
+    let boot_netns = source
+        .config
+        .boot
+        .netns
+        .as_deref()
+        .map(std::path::Path::new);
+    let released = boot_guard::release(&pins, boot_netns)?;
+    if !released.is_empty() {
+        log::info!(
+            "boot guard released from {}: the policy holds them",
+            released.join(", ")
+        );
+    }
     let status = summary(&state);
 
     let mut world = Enforcing {
@@ -151,6 +169,10 @@ pub async fn run(
         stats: Mutex::new(DaemonStats {
             unresolved_names: world.policy.unresolved.len(),
             conntrack_capacity: Some(world.policy.conntrack),
+            boot_guard: boot_guard::counts(&world.pins).unwrap_or_else(|e| {
+                log::warn!("reading the boot guard's counters: {e:#}");
+                Vec::new()
+            }),
             ..DaemonStats::default()
         }),
         drop_log_per_second: AtomicU32::new(world.policy.drops.log_per_second),

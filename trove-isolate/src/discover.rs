@@ -135,6 +135,9 @@ pub enum DiscoverError {
     },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
+    /// The guest agent's config is not there (yet): no transport URL in any of its files.
+    #[error("{path}: {message}")]
+    NotWritten { path: String, message: String },
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> DiscoverError {
@@ -234,11 +237,13 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
         }
     }
     if found.rabbitmq.is_empty() {
-        return Err(invalid(
-            &files.at(&files.conf_dir),
-            "no [DEFAULT] transport_url in any *.conf: the guest agent's RabbitMQ is unknown \
-             (at an instance's first boot, cloud-init writes Trove's files after this starts)",
-        ));
+        return Err(DiscoverError::NotWritten {
+            path: files.at(&files.conf_dir).display().to_string(),
+            message: "no [DEFAULT] transport_url in any *.conf: the guest agent's RabbitMQ is \
+                      unknown (at an instance's first boot, cloud-init writes Trove's files after \
+                      this starts)"
+                .into(),
+        });
     }
 
     // Registries: the configured one, the datastore's images, daemon.json's insecure ones and
@@ -345,7 +350,22 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
         }
     }
     let eth1 = files.at(&files.eth1_json);
-    if let Some(text) = read_optional(&eth1)? {
+    let eth1_text = read_optional(&eth1)?;
+    // Trove writes eth1.json with the agent's config when the business NIC is isolated: one
+    // without the other is cloud-init half way through.
+    let isolated = conf
+        .get("DEFAULT", "network_isolation")
+        .is_some_and(|v| oslo_true(&v.value));
+    if isolated && eth1_text.is_none() {
+        return Err(DiscoverError::NotWritten {
+            path: eth1.display().to_string(),
+            message: "no such file, and [DEFAULT] network_isolation is on: the business NIC is \
+                      unknown (at an instance's first boot, cloud-init writes Trove's files \
+                      after this starts)"
+                .into(),
+        });
+    }
+    if let Some(text) = eth1_text {
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| invalid(&eth1, format!("not JSON: {e}")))?;
         let mac = json["mac_address"]
@@ -498,6 +518,14 @@ fn read_optional(path: &Path) -> Result<Option<String>, DiscoverError> {
     }
 }
 
+/// An oslo.config boolean that is true (`true`, `yes`, `on`, `1`, any case).
+fn oslo_true(value: &str) -> bool {
+    matches!(
+        unquoted(value.trim()).to_ascii_lowercase().as_str(),
+        "true" | "yes" | "on" | "1"
+    )
+}
+
 /// A value without the one pair of matching quotes around it that oslo.config strips.
 fn unquoted(value: &str) -> &str {
     for quote in ['"', '\''] {
@@ -535,9 +563,19 @@ struct OsloConf {
 
 impl OsloConf {
     fn load_dir(dir: &Path) -> Result<OsloConf, DiscoverError> {
-        let entries = std::fs::read_dir(dir).map_err(|source| DiscoverError::Read {
-            path: dir.display().to_string(),
-            source,
+        let entries = std::fs::read_dir(dir).map_err(|source| match source.kind() {
+            // Not made yet: cloud-init makes it at an instance's first boot.
+            std::io::ErrorKind::NotFound => DiscoverError::NotWritten {
+                path: dir.display().to_string(),
+                message: "no such directory: the guest agent's config is not there (at an \
+                          instance's first boot, cloud-init writes Trove's files after this \
+                          starts)"
+                    .into(),
+            },
+            _ => DiscoverError::Read {
+                path: dir.display().to_string(),
+                source,
+            },
         })?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(Result::ok)
@@ -939,6 +977,62 @@ mod tests {
             docker_daemon_json: root.join("etc/docker/daemon.json"),
             root,
         }
+    }
+
+    /// What cloud-init has not written yet is told apart from what is wrong: no conf dir, no
+    /// transport URL, or eth1.json missing where the agent's config says the business NIC is
+    /// isolated.
+    #[test]
+    fn files_not_written_yet_are_told_apart() {
+        const URL: &str = "[DEFAULT]\ntransport_url = rabbit://u:p@192.0.2.10:5672/\n";
+        let not_written = |files: &[(&str, &str)]| {
+            matches!(
+                discover(&tree(files)),
+                Err(DiscoverError::NotWritten { .. })
+            )
+        };
+        assert!(not_written(&[]));
+        assert!(not_written(&[(
+            "etc/trove/conf.d/guest_info.conf",
+            "[DEFAULT]\n"
+        )]));
+        for on in ["True", "yes", "'on'", "1"] {
+            let info = format!("[DEFAULT]\nnetwork_isolation = {on}\n");
+            assert!(
+                not_written(&[
+                    ("etc/trove/conf.d/guest_info.conf", &info),
+                    ("etc/trove/conf.d/trove-guestagent.conf", URL),
+                ]),
+                "{on}"
+            );
+        }
+        let info = "[DEFAULT]\nnetwork_isolation = True\n";
+        let eth1 = "{\"mac_address\": \"fa:16:3e:00:00:02\"}";
+        for written in [
+            &[("etc/trove/conf.d/trove-guestagent.conf", URL)][..],
+            &[
+                (
+                    "etc/trove/conf.d/guest_info.conf",
+                    "[DEFAULT]\nnetwork_isolation = false\n",
+                ),
+                ("etc/trove/conf.d/trove-guestagent.conf", URL),
+            ],
+            &[
+                ("etc/trove/conf.d/guest_info.conf", info),
+                ("etc/trove/conf.d/trove-guestagent.conf", URL),
+                ("etc/trove/eth1.json", eth1),
+            ],
+        ] {
+            assert!(discover(&tree(written)).is_ok(), "{written:?}");
+        }
+        // Written but wrong is not "not written".
+        assert!(matches!(
+            discover(&tree(&[(
+                "etc/trove/conf.d/trove-guestagent.conf",
+                "[DEFAULT]\ntransport_url = http://x\n"
+            )])),
+            Err(DiscoverError::Invalid { .. })
+        ));
     }
 
     fn ntp(files: &[(&str, &str)]) -> Vec<String> {

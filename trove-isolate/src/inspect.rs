@@ -68,8 +68,22 @@ fn tcx(name: &str, role: Role, direction: Direction) -> anyhow::Result<Vec<Hooke
         .collect())
 }
 
-/// The clsact filters of one direction (RTM_GETTFILTER dump under ffff:fff2 / ffff:fff3).
+/// The clsact filters of one direction.
 fn filters(ifindex: u32, direction: Direction) -> Vec<Hooked> {
+    filter_places(ifindex, direction)
+        .into_iter()
+        .map(|(priority, handle, kind)| Hooked {
+            direction,
+            kind: "legacy",
+            ours: attach::is_our_filter(priority, handle) && kind == "bpf",
+            what: format!("filter pref {priority} handle {handle:#x} {kind}"),
+        })
+        .collect()
+}
+
+/// The clsact filters of one direction of the device `ifindex` in this thread's namespace, as
+/// (priority, handle, kind): an RTM_GETTFILTER dump under ffff:fff2 / ffff:fff3.
+pub fn filter_places(ifindex: u32, direction: Direction) -> Vec<(u16, u32, String)> {
     let parent = match direction {
         Direction::Ingress => TcHandle::MIN_INGRESS,
         Direction::Egress => TcHandle::MIN_EGRESS,
@@ -103,12 +117,7 @@ fn filters(ifindex: u32, direction: Direction) -> Vec<Hooked> {
                     _ => None,
                 })
                 .unwrap_or_default();
-            Hooked {
-                direction,
-                kind: "legacy",
-                ours: attach::is_our_filter(priority, handle) && kind == "bpf",
-                what: format!("filter pref {priority} handle {handle:#x} {kind}"),
-            }
+            (priority, handle, kind)
         })
         .collect()
 }

@@ -9,6 +9,7 @@ pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/trove-isolate-ebpf"));
 
 pub mod attach;
+pub mod boot_guard;
 pub mod capacity;
 pub mod config;
 pub mod conntrack;

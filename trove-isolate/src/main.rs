@@ -1,12 +1,16 @@
 //! The `trove-isolate` command: run the enforcing daemon, check a config, inspect or remove what
 //! is enforced.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use trove_isolate::{
-    config::{DEFAULT_CONFIG_PATH, DEFAULT_PIN_PATH},
+    boot_guard,
+    config::{ConfigError, DEFAULT_CONFIG_PATH, DEFAULT_PIN_PATH},
     daemon, drops, explain, ops,
     pins::Pins,
     policy::{Policy, Source},
@@ -40,6 +44,11 @@ enum Command {
     /// otherwise, or as `attach` says) and pins. A bad config or a missing NIC exits non-zero
     /// before anything already enforced is touched. On SIGTERM or SIGINT it exits and enforcement
     /// stays in force. Prometheus metrics are served at http://LISTEN/metrics.
+    ///
+    /// With `[trove]`, while Trove's files are not there yet (an instance's first boot, before
+    /// cloud-init writes them) and no policy is pinned, it holds every NIC closed with the boot
+    /// guard (`[boot]`: ARP, neighbour discovery, DHCP and the metadata service only) and exits
+    /// non-zero; the start that finds the files enforces, then takes the guard off.
     Run {
         /// The TOML config file.
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
@@ -208,6 +217,63 @@ fn drops_reason(text: &str) -> Result<trove_isolate_common::Reason, String> {
         })
 }
 
+/// The daemon cannot start: Trove's files are not there yet (an instance's first boot), or the
+/// config does not compile. With Trove discovery and no policy pinned, every NIC is held closed
+/// with the boot guard (`[boot] guard = false`: the guard is taken off instead), and the start
+/// fails, so that systemd starts the daemon again until it can enforce.
+fn guard_closed(path: &Path, failed: ConfigError) -> anyhow::Error {
+    let until = match failed {
+        ConfigError::TroveFilesMissing { .. } => "until they are",
+        _ => "until the config compiles",
+    };
+    let guarded = trove_isolate::config::Config::load(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|config| {
+            let pins = Pins::new(
+                config
+                    .pin_path
+                    .as_ref()
+                    .map_or_else(|| PathBuf::from(DEFAULT_PIN_PATH), PathBuf::from),
+            );
+            match boot_guard::Settings::of(&config, path)? {
+                Some(settings) => boot_guard::hold(&pins, &settings).map(Some),
+                None => {
+                    let released = boot_guard::release_unused(&pins)?;
+                    if !released.is_empty() {
+                        log::warn!("boot guard off: released from {}", released.join(", "));
+                    }
+                    Ok(None)
+                }
+            }
+        });
+    let outcome = match guarded {
+        Ok(None) => return failed.into(),
+        Ok(Some(boot_guard::Held::Guarding { nics, missing })) => {
+            let missing = match missing.as_slice() {
+                [] => String::new(),
+                names => format!(
+                    "; [boot] interfaces not found, NOT GUARDED: {}",
+                    names.join(", ")
+                ),
+            };
+            format!(
+                "boot guard: {} held closed (ARP, neighbour discovery, DHCP and the metadata \
+                 service only) {until}{missing}",
+                nics.join(", ")
+            )
+        }
+        Ok(Some(boot_guard::Held::Enforced)) => {
+            format!("the policy pinned before stays in force {until}")
+        }
+        Ok(Some(boot_guard::Held::Busy(pid))) => format!(
+            "boot guard not held: another trove-isolate process{} holds the pin path",
+            trove_isolate::pin_lock::named(pid)
+        ),
+        Err(e) => format!("the boot guard failed too, NOTHING IS ENFORCED: {e:#}"),
+    };
+    anyhow::anyhow!("{failed}\n{outcome}")
+}
+
 fn main() -> std::process::ExitCode {
     let mut logger = env_logger::Builder::new();
     // The netlink crate warns about every attribute a newer kernel sends that it does not know
@@ -251,8 +317,16 @@ fn run(command: Command) -> anyhow::Result<()> {
                 // must be handled, not kill us. A SIGHUP before enforcing is a reload after.
                 let shutdown = shutdown_signal()?;
                 let hangups = Hangups::install()?;
-                let source = Source::load(&config)?;
-                let policy = Policy::from_source(&source, &config)?;
+                // A config that does not even parse says nothing of a guard.
+                let source = match Source::load(&config) {
+                    Ok(source) => source,
+                    Err(e @ (ConfigError::Read { .. } | ConfigError::Syntax { .. })) => {
+                        return Err(e.into())
+                    }
+                    Err(e) => return Err(guard_closed(&config, e)),
+                };
+                let policy =
+                    Policy::from_source(&source, &config).map_err(|e| guard_closed(&config, e))?;
                 let options = daemon::RunOptions {
                     datapath_log,
                     config,

@@ -65,6 +65,13 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuardLabels {
+    direction: String,
+    verdict: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttachLabels {
     interface: String,
     role: String,
@@ -400,6 +407,24 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
          the ring full, stage=log read but over [drops] log_per_second",
         suppressed,
     );
+    if !stats.boot_guard.is_empty() {
+        let guarded = Family::<GuardLabels, Counter>::default();
+        for c in &stats.boot_guard {
+            guarded
+                .get_or_create(&GuardLabels {
+                    direction: c.direction.into(),
+                    verdict: c.verdict.into(),
+                    reason: c.reason.into(),
+                })
+                .inc_by(c.packets);
+        }
+        registry.register(
+            "trove_isolate_boot_guard_packets",
+            "Packets the boot guard judged while Trove's files were missing (first boot), by \
+             verdict and reason; fixed once the daemon enforces",
+            guarded,
+        );
+    }
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
@@ -474,6 +499,13 @@ mod tests {
                 established_entries: 4096,
                 new_entries: 2048,
             }),
+            boot_guard: vec![crate::boot_guard::GuardCount {
+                direction: "ingress",
+                verdict: "drop",
+                reason: "policy",
+                packets: 6,
+                bytes: 400,
+            }],
         };
         let text = render(&counts, &state, &stats);
         let classic = openmetrics_to_prometheus(&text);
@@ -503,6 +535,7 @@ mod tests {
             r#"trove_isolate_drop_events_suppressed_total{stage="log"} 4"#,
             r#"trove_isolate_reattach_total{interface="eth0"} 20"#,
             r#"trove_isolate_reattach_after_up_total{interface="eth0"} 1"#,
+            r#"trove_isolate_boot_guard_packets_total{direction="ingress",verdict="drop",reason="policy"} 6"#,
             r#"trove_isolate_unprotected{role="management"} 0"#,
             r#"trove_isolate_unprotected{role="business"} 1"#,
             "trove_isolate_unresolved_names 1",

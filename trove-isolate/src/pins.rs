@@ -12,6 +12,9 @@ use trove_isolate_common::{Direction, Role, LAYOUT_VERSION};
 /// Where state files live: runtime data, gone at reboot like the pins themselves.
 pub const STATE_DIR: &str = "/run/trove-isolate";
 
+/// How the boot guard's link pins begin.
+pub const GUARD_LINK_PREFIX: &str = "guard_";
+
 #[derive(Debug, Clone)]
 pub struct Pins {
     root: PathBuf,
@@ -67,6 +70,18 @@ impl Pins {
     pub fn link(&self, role: Role, direction: Direction) -> PathBuf {
         self.links_dir()
             .join(format!("{}_{}", role.name(), direction.name()))
+    }
+
+    /// The pin of the boot guard's TCX link of (device, direction): the guard's devices are
+    /// all in one namespace, where an ifindex names one.
+    pub fn guard_link(&self, ifindex: u32, direction: Direction) -> PathBuf {
+        self.links_dir()
+            .join(format!("{GUARD_LINK_PREFIX}{ifindex}_{}", direction.name()))
+    }
+
+    /// The boot guard's record of what it holds, next to the state file.
+    pub fn guard_record(&self) -> PathBuf {
+        self.state_file().with_extension("guard.json")
     }
 
     /// The daemon's drop-event socket, next to the state file.

@@ -9,6 +9,7 @@ use serde::Serialize;
 use trove_isolate_common::{Mode, Role};
 
 use crate::{
+    boot_guard,
     datapath::PinnedMaps,
     inspect::{self, Hooked},
     nic::{self, Device},
@@ -29,6 +30,10 @@ pub struct Report {
     /// Everything that is not as it should be, one sentence each.
     pub problems: Vec<String>,
     pub counters: Vec<CounterReport>,
+    /// The boot guard, if it holds NICs now.
+    pub boot_guard: Option<boot_guard::Record>,
+    /// What the boot guard passed and dropped since boot (kept after it is released).
+    pub boot_guard_counters: Vec<boot_guard::GuardCount>,
 }
 
 #[derive(Debug, Serialize)]
@@ -117,9 +122,33 @@ pub fn report(pins: &Pins) -> anyhow::Result<Report> {
         nics: Vec::new(),
         problems: Vec::new(),
         counters: Vec::new(),
+        boot_guard: None,
+        boot_guard_counters: Vec::new(),
     };
+    match boot_guard::Record::read(pins) {
+        Ok(record) => report.boot_guard = record,
+        Err(e) => report.problems.push(format!(
+            "the boot guard's record is unreadable ({e:#}): the next start or `detach` releases \
+             the guard wherever it is"
+        )),
+    }
+    match boot_guard::counts(pins) {
+        Ok(counts) => report.boot_guard_counters = counts,
+        Err(e) => report
+            .problems
+            .push(format!("cannot read the boot guard's counters: {e:#}")),
+    }
+    if let Some(record) = &report.boot_guard {
+        if state.is_some() {
+            report.problems.push(format!(
+                "the boot guard still holds {} beside the policy: the daemon takes it off once it \
+                 enforces",
+                record.interfaces().join(", ")
+            ));
+        }
+    }
     let Some(state) = state else {
-        if pins.root().exists() {
+        if pins.root().exists() && report.boot_guard.is_none() {
             report.problems.push(format!(
                 "pins exist under {} but no record of what is attached (in {}); `run` adopts \
                  them, `detach` removes them",
@@ -330,11 +359,25 @@ fn raw_socket_warning(netns: Option<&std::path::Path>) -> Option<String> {
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if !self.enforcing {
-            writeln!(f, "not enforcing: nothing recorded for {}", self.pin_path)?;
+            match &self.boot_guard {
+                Some(record) => {
+                    let since =
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(record.since);
+                    writeln!(
+                        f,
+                        "boot guard: {} held closed since {} (ARP, neighbour discovery, DHCP and \
+                         the metadata service only): Trove's files were not there at the last \
+                         start; the daemon enforces once they are",
+                        record.interfaces().join(", "),
+                        humantime::format_rfc3339_seconds(since)
+                    )?;
+                }
+                None => writeln!(f, "not enforcing: nothing recorded for {}", self.pin_path)?,
+            }
             for p in &self.problems {
                 writeln!(f, "{p}")?;
             }
-            return Ok(());
+            return self.fmt_guard_counters(f);
         }
         write!(
             f,
@@ -423,6 +466,23 @@ impl std::fmt::Display for Report {
                 c.reason,
                 c.packets,
                 c.bytes
+            )?;
+        }
+        self.fmt_guard_counters(f)
+    }
+}
+
+impl Report {
+    fn fmt_guard_counters(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.boot_guard_counters.is_empty() {
+            return Ok(());
+        }
+        writeln!(f, "boot guard counters since boot (packets, bytes):")?;
+        for c in &self.boot_guard_counters {
+            writeln!(
+                f,
+                "  {:<7} {:<5} {:<22} {:>10} {:>12}",
+                c.direction, c.verdict, c.reason, c.packets, c.bytes
             )?;
         }
         Ok(())

@@ -18,7 +18,7 @@ use common::{cli, metric, metrics_port, unique, write_config, Daemon, PROBE};
 use trove_isolate_testbed::{
     addr,
     scenario::{self, Probe},
-    Guest, Server,
+    tcp_probe, tcp_server, Guest, NetNs, Server,
 };
 
 /// Asserts every probe gets `expect(probe)`; reports all mismatches at once.
@@ -1328,4 +1328,303 @@ fn mld_general_query(max_delay: Duration) -> Vec<u8> {
     frame.extend_from_slice(&icmp.to_bytes());
     frame.extend_from_slice(&rest);
     frame
+}
+
+/// A guest at its first boot: two NICs in the guest's namespace, Trove's files not written yet.
+/// The management network holds RabbitMQ and the metadata service, the tenant network a client.
+struct FirstBoot {
+    guest: NetNs,
+    mgmt_net: NetNs,
+    tenant: NetNs,
+    tree: std::path::PathBuf,
+    config: std::path::PathBuf,
+    pin_path: String,
+    metrics: SocketAddr,
+    biz_mac: String,
+    _servers: Vec<Server>,
+}
+
+const BOOT_MGMT: &str = "m0";
+const BOOT_BIZ: &str = "b0";
+const BOOT_GUEST_V4: &str = "192.0.2.1";
+const BOOT_METADATA: &str = "192.0.2.254";
+const BOOT_GUEST_BIZ_V4: &str = "198.51.100.1";
+const BOOT_CLIENT_V4: &str = "198.51.100.50";
+
+impl FirstBoot {
+    fn new(attach: &str) -> FirstBoot {
+        let biz_mac = boot_biz_mac();
+        // The same but for the last byte.
+        let mgmt_mac = format!("{}01", &biz_mac[..biz_mac.len() - 2]);
+        let guest = NetNs::new("bootg");
+        let mgmt_net = NetNs::new("bootm");
+        let tenant = NetNs::new("boott");
+        for (nic, mac, outside, guest_addr, hosts) in [
+            (
+                BOOT_MGMT,
+                mgmt_mac.as_str(),
+                &mgmt_net,
+                BOOT_GUEST_V4,
+                &[addr::RABBITMQ_V4, BOOT_METADATA][..],
+            ),
+            (
+                BOOT_BIZ,
+                biz_mac.as_str(),
+                &tenant,
+                BOOT_GUEST_BIZ_V4,
+                &[BOOT_CLIENT_V4][..],
+            ),
+        ] {
+            guest.ip(&format!(
+                "link add {nic} address {mac} type veth peer name peer0 netns {}",
+                outside.name()
+            ));
+            guest.ip(&format!("addr add {guest_addr}/24 dev {nic}"));
+            for host in hosts {
+                outside.ip(&format!("addr add {host}/24 dev peer0"));
+            }
+            outside.ip("link set lo up");
+            outside.ip("link set peer0 up");
+            guest.ip(&format!("link set {nic} up"));
+        }
+        guest.ip("link set lo up");
+        let at = |ip: &str, port: u16| SocketAddr::new(ip.parse().expect("addr"), port);
+        let servers = vec![
+            tcp_server(&guest, at(BOOT_GUEST_V4, 22)),
+            tcp_server(&guest, at(BOOT_GUEST_BIZ_V4, 3306)),
+            tcp_server(&mgmt_net, at(addr::RABBITMQ_V4, 5672)),
+            tcp_server(&mgmt_net, at(BOOT_METADATA, 80)),
+        ];
+        let tree = std::env::temp_dir().join(unique("ti-boot-guest"));
+        std::fs::create_dir_all(&tree).expect("tree");
+        let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+        let port = metrics_port();
+        let config = write_config(&format!(
+            "pin_path = \"{pin_path}\"\nattach = \"{attach}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
+             [trove]\nroot = \"{}\"\n\
+             [boot]\nnetns = \"{netns}\"\ninterfaces = [\"{BOOT_MGMT}\", \"{BOOT_BIZ}\"]\n\
+             metadata = [\"{BOOT_METADATA}:80\"]\n\
+             [management]\ninterface = \"{BOOT_MGMT}\"\nnetns = \"{netns}\"\n\
+             [business]\nnetns = \"{netns}\"\n",
+            tree.display(),
+            netns = guest.path().display(),
+        ));
+        FirstBoot {
+            guest,
+            mgmt_net,
+            tenant,
+            tree,
+            config,
+            pin_path,
+            metrics: SocketAddr::from(([127, 0, 0, 1], port)),
+            biz_mac,
+            _servers: servers,
+        }
+    }
+
+    /// What cloud-init writes: the agent's config (RabbitMQ, a MySQL guest, the metadata service
+    /// as its Swift URL's neighbour) and eth1.json naming the business NIC.
+    fn write_trove_files(&self) {
+        let write = |path: &str, text: String| {
+            let path = self.tree.join(path);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+            std::fs::write(&path, text).expect("fixture file");
+        };
+        write(
+            "etc/trove/conf.d/guest_info.conf",
+            "[DEFAULT]\ndatastore_manager = mysql\n".into(),
+        );
+        write(
+            "etc/trove/conf.d/trove-guestagent.conf",
+            format!(
+                "[DEFAULT]\ntransport_url = rabbit://trove:boot-secret@{}:5672/\n",
+                addr::RABBITMQ_V4
+            ),
+        );
+        write(
+            "etc/trove/eth1.json",
+            format!("{{\"mac_address\": \"{}\"}}", self.biz_mac),
+        );
+    }
+
+    /// Each probe's outcome: the database from the tenant, SSH from the management network,
+    /// RabbitMQ and the metadata service from the guest.
+    fn probes(&self) -> [(&'static str, bool); 4] {
+        let at = |ip: &str, port: u16| SocketAddr::new(ip.parse().expect("addr"), port);
+        [
+            (
+                "tenant -> database",
+                tcp_probe(&self.tenant, None, at(BOOT_GUEST_BIZ_V4, 3306), PROBE),
+            ),
+            (
+                "management network -> ssh",
+                tcp_probe(&self.mgmt_net, None, at(BOOT_GUEST_V4, 22), PROBE),
+            ),
+            (
+                "guest -> rabbitmq",
+                tcp_probe(&self.guest, None, at(addr::RABBITMQ_V4, 5672), PROBE),
+            ),
+            (
+                "guest -> metadata",
+                tcp_probe(&self.guest, None, at(BOOT_METADATA, 80), PROBE),
+            ),
+        ]
+    }
+
+    fn guard_record(&self) -> std::path::PathBuf {
+        trove_isolate::pins::Pins::new(&self.pin_path).guard_record()
+    }
+
+    fn guard_pins(&self) -> Vec<String> {
+        std::fs::read_dir(std::path::Path::new(&self.pin_path).join("links"))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.starts_with("guard_"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for FirstBoot {
+    fn drop(&mut self) {
+        let _ = cli(&["detach", "--pin-path", &self.pin_path]);
+        let _ = std::fs::remove_dir_all(&self.tree);
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// At an instance's first boot the daemon starts before cloud-init writes Trove's files: each
+/// start holds both NICs closed but for the metadata service (the boot guard) and fails, and the
+/// start that finds the files enforces the policy and takes the guard off, with no window.
+#[test]
+fn the_boot_guard_holds_every_nic_until_troves_files_come_on_tcx() {
+    boot_guard_holds("tcx");
+}
+
+#[test]
+fn the_boot_guard_holds_every_nic_until_troves_files_come_on_legacy_clsact() {
+    boot_guard_holds("legacy");
+}
+
+fn boot_guard_holds(attach: &str) {
+    let boot = FirstBoot::new(attach);
+    let open = boot.probes();
+    assert!(
+        open.iter().all(|(_, passed)| *passed),
+        "without enforcement everything passes: {open:?}"
+    );
+
+    let config = boot.config.to_str().expect("utf-8 path");
+    for start in 1..=2 {
+        let out = cli(&["run", "--config", config]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "start {start} without Trove's files");
+        assert!(
+            stderr.contains("boot guard: m0, b0 held closed"),
+            "start {start}: {stderr}"
+        );
+        let guarded = boot.probes();
+        assert_eq!(
+            guarded,
+            [
+                ("tenant -> database", false),
+                ("management network -> ssh", false),
+                ("guest -> rabbitmq", false),
+                ("guest -> metadata", true),
+            ],
+            "start {start}: the guard holds both NICs but for the metadata service"
+        );
+        // Two NICs, two directions: pinned links under TCX, filters under clsact.
+        let pins = if attach == "tcx" { 4 } else { 0 };
+        assert_eq!(boot.guard_pins().len(), pins, "{:?}", boot.guard_pins());
+        // A record gone bad: the next start holds the NICs all the same.
+        std::fs::write(boot.guard_record(), b"{").expect("spoiling the record");
+    }
+    let status = cli(&["status", "--pin-path", &boot.pin_path]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("record is unreadable"), "{status}");
+    // Held again, recorded afresh.
+    let out = cli(&["run", "--config", config]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("boot guard: m0, b0 held closed"),
+        "{out:?}"
+    );
+    let status = cli(&["status", "--pin-path", &boot.pin_path]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("boot guard: m0, b0 held closed"),
+        "{status}"
+    );
+    assert!(status.contains("ingress drop  policy"), "{status}");
+    if attach == "legacy" {
+        // A record lost (cls_bpf filters cannot be pinned): the daemon finds the filters by
+        // their place.
+        std::fs::remove_file(boot.guard_record()).expect("losing the record");
+    }
+
+    boot.write_trove_files();
+    let mut daemon = Daemon::start(&boot.config, boot.pin_path.as_ref(), boot.metrics);
+    // Right after the start reports: the policy, not the guard.
+    let enforcing = boot.probes();
+    assert_eq!(
+        enforcing,
+        [
+            ("tenant -> database", true),
+            ("management network -> ssh", false),
+            ("guest -> rabbitmq", true),
+            // The policy's metadata service is OpenStack's address, not this test's.
+            ("guest -> metadata", false),
+        ],
+        "the policy in force, the guard gone"
+    );
+    assert!(boot.guard_pins().is_empty(), "{:?}", boot.guard_pins());
+    let status = cli(&["status", "--pin-path", &boot.pin_path]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(!status.contains("boot guard:"), "{status}");
+    assert!(
+        status.contains("boot guard counters since boot"),
+        "{status}"
+    );
+    let text = daemon.scrape();
+    for (verdict, reason) in [("pass", "allowed"), ("drop", "policy")] {
+        let labels = [
+            "direction=\"ingress\"",
+            &format!("verdict=\"{verdict}\"")[..],
+            &format!("reason=\"{reason}\"")[..],
+        ];
+        assert!(
+            metric(&text, "trove_isolate_boot_guard_packets_total", &labels).unwrap_or(0) > 0,
+            "{verdict} {reason}:\n{text}"
+        );
+    }
+
+    // A restart that finds Trove's files gone keeps the policy pinned, guarding nothing.
+    daemon.stop();
+    std::fs::remove_dir_all(boot.tree.join("etc/trove/conf.d")).expect("removing the files");
+    let out = cli(&["run", "--config", config]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("the policy pinned before stays in force"),
+        "{stderr}"
+    );
+    assert_eq!(boot.probes(), enforcing, "the policy stays, with no guard");
+    assert!(boot.guard_pins().is_empty(), "{:?}", boot.guard_pins());
+}
+
+/// The business NIC's MAC, unique to this process (a NIC is looked for by MAC in every
+/// namespace, and test processes may run side by side).
+fn boot_biz_mac() -> String {
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    format!(
+        "02:b0:{:02x}:{:02x}:{:02x}:02",
+        (pid >> 8) as u8,
+        pid as u8,
+        n
+    )
 }

@@ -2486,6 +2486,23 @@ fn verified_instruction_counts() {
             }
         }
     }
+    // The boot guard's, which every NIC carries until Trove's files are written.
+    let mut guard = trove_isolate::boot_guard::Programs::load(None, &[])
+        .expect("loading the boot guard (root, BPF)");
+    for direction in Direction::ALL {
+        let name = trove_isolate_common::guard::program_name(direction);
+        let info = guard
+            .program(direction)
+            .expect("program")
+            .info()
+            .unwrap_or_else(|e| panic!("{name}: reading bpf_prog_info: {e}"));
+        let count = info.verified_instruction_count();
+        let shown = count.map_or_else(|| "not reported".to_owned(), |n| n.to_string());
+        println!("verified instructions: kernel {release} program {name} {shown}");
+        if reports && count.is_none() {
+            missing.push(name);
+        }
+    }
     assert!(
         missing.is_empty(),
         "Linux {release} reports verified_insns, but it is zero for {missing:?}"
@@ -2654,4 +2671,97 @@ fn drop_events_carry_the_packet_and_keep_to_their_budget() {
             .collect::<Vec<_>>(),
         [("audit", "policy")]
     );
+}
+
+/// The boot guard's programs, every NIC's until Trove's files are written: ARP, neighbour
+/// discovery, DHCP and TCP between an ephemeral port and a metadata endpoint pass; nothing else,
+/// whoever sends it. Each row checks the TC action and the one counter that must move.
+#[rustfmt::skip]
+#[test]
+fn the_boot_guard_passes_only_what_a_booting_guest_needs() {
+    use trove_isolate::boot_guard::Programs;
+    use Reason::*;
+    const META: &str = "192.0.2.254";
+    const META6: &str = "2001:db8:1::fe";
+    let metadata = [
+        format!("{META}:80").parse().expect("endpoint"),
+        format!("[{META6}]:8775").parse().expect("endpoint"),
+    ];
+    let mut guard = Programs::load(None, &metadata).expect("loading the boot guard (root, BPF)");
+    let mut big_arp = arp();
+    big_arp.resize(100, 0);
+    let rows: Vec<(&str, Direction, Vec<u8>, Verdict, Reason)> = vec![
+        ("ARP in", I, arp(), Verdict::Pass, Arp),
+        ("ARP out", E, arp(), Verdict::Pass, Arp),
+        ("ARP with a payload riding along", E, big_arp, Verdict::Drop, Malformed),
+        ("DHCP discover", E, v4_udp("0.0.0.0", "255.255.255.255", 68, 67), Verdict::Pass, Dhcp),
+        ("DHCP offer", I, v4_udp("192.0.2.254", "255.255.255.255", 67, 68), Verdict::Pass, Dhcp),
+        ("DHCPv6 solicit", E, ipv6(proto::UDP, "fe80::1", "ff02::1:2", &udp(546, 547)), Verdict::Pass, Dhcp),
+        ("DHCPv6 to a global server", E, ipv6(proto::UDP, G6, "2001:db8:9::9", &udp(546, 547)), Verdict::Drop, Policy),
+        ("UDP from port 67 to another port", I, v4_udp("192.0.2.254", G4, 67, 40000), Verdict::Drop, Policy),
+        ("neighbour solicitation out", E, nd_msg(135, G6, "ff02::1:ff00:2", "2001:db8:1::2", 8), Verdict::Pass, NeighborDiscovery),
+        ("neighbour advertisement in", I, nd_msg(136, "2001:db8:1::2", G6, "2001:db8:1::2", 8), Verdict::Pass, NeighborDiscovery),
+        ("neighbour solicitation with a forwarded hop limit", I, ipv6_hl(proto::ICMPV6, 254, "2001:db8:1::2", G6, &icmp(135, 0, 0, &octets(G6))), Verdict::Drop, Malformed),
+        ("an MLDv2 report of a solicited-node group", E, mld("fe80::1", "ff02::16", &mld2(&[(4, "ff02::1:ff12:3456", 0, 0)])), Verdict::Pass, NeighborDiscovery),
+        ("an MLDv1 report of a solicited-node group", E, mld("fe80::1", "ff02::1:ff12:3456", &mld1(131, "ff02::1:ff12:3456")), Verdict::Pass, NeighborDiscovery),
+        ("an MLDv2 report of a group a process joined", E, mld("fe80::1", "ff02::16", &mld2(&[(4, "ff02::1:ff12:3456", 0, 0), (4, "ff0e::5ec:4e7", 0, 0)])), Verdict::Drop, NotLocal),
+        ("an MLDv2 report listing sources", E, mld("fe80::1", "ff02::16", &mld2(&[(1, "ff02::1:ff12:3456", 1, 0)])), Verdict::Drop, Malformed),
+        ("an MLD report from a global address", E, mld(G6, "ff02::16", &mld2(&[(4, "ff02::1:ff12:3456", 0, 0)])), Verdict::Drop, Malformed),
+        ("an MLD report coming in", I, mld("fe80::2", "ff02::16", &mld2(&[(4, "ff02::1:ff12:3456", 0, 0)])), Verdict::Drop, UnsupportedProtocol),
+        ("a router advertisement going out", E, ipv6_hl(proto::ICMPV6, 255, "fe80::1", "ff02::1", &icmp(134, 0, 0, &[0; 8])), Verdict::Drop, UnsupportedProtocol),
+        ("metadata: the guest's SYN", E, v4_tcp(G4, META, 40000, 80, SYN), Verdict::Pass, Allowed),
+        ("metadata: the service's SYN-ACK", I, v4_tcp(META, G4, 80, 40000, SYN_ACK), Verdict::Pass, Allowed),
+        ("metadata: the request", E, v4_tcp(G4, META, 40000, 80, ACK), Verdict::Pass, Allowed),
+        ("metadata over IPv6", E, v6_tcp(G6, META6, 40001, 8775, SYN), Verdict::Pass, Allowed),
+        ("metadata's address on another port", E, v4_tcp(G4, META, 40000, 443, SYN), Verdict::Drop, Policy),
+        ("metadata's port at another address", E, v4_tcp(G4, "192.0.2.253", 40000, 80, SYN), Verdict::Drop, Policy),
+        ("a SYN from the metadata address", I, v4_tcp(META, G4, 80, 40000, SYN), Verdict::Drop, Policy),
+        ("to a listener below 1024 from the metadata address", I, v4_tcp(META, G4, 80, 22, ACK), Verdict::Drop, Policy),
+        ("a listener's SYN-ACK to the metadata port", E, v4_tcp(G4, META, 2222, 80, SYN_ACK), Verdict::Drop, Policy),
+        ("from a well-known port to the metadata port", E, v4_tcp(G4, META, 22, 80, ACK), Verdict::Drop, Policy),
+        ("SSH in", I, v4_tcp(OPERATOR, G4, 50000, 22, SYN), Verdict::Drop, Policy),
+        ("a database client", I, v4_tcp(CLIENT, G4, 50000, 3306, SYN), Verdict::Drop, Policy),
+        ("RabbitMQ before its config is there", E, v4_tcp(G4, RABBIT4, 40000, 5672, SYN), Verdict::Drop, Policy),
+        ("DNS", E, v4_udp(G4, "192.0.2.53", 40000, 53), Verdict::Drop, Policy),
+        ("ping", E, ipv4(V4_PLAIN, proto::ICMP, G4, RABBIT4, &icmp(8, 0, 1, &[0; 8])), Verdict::Drop, Policy),
+        ("a fragment", I, ipv4(V4 { frag: 0x2001, ..V4_PLAIN }, proto::TCP, META, G4, &tcp(80, 40000, ACK)), Verdict::Drop, Fragment),
+    ];
+    let mut wrong = Vec::new();
+    for (name, direction, frame, verdict, reason) in &rows {
+        let moved = |counts: &[trove_isolate::boot_guard::GuardCount]| {
+            counts
+                .iter()
+                .find(|c| {
+                    c.direction == direction.name()
+                        && c.verdict == verdict.name()
+                        && c.reason == reason.name()
+                })
+                .map_or(0, |c| c.packets)
+        };
+        let before = guard.counts().expect("counters");
+        let result = guard
+            .program(*direction)
+            .expect("program")
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat: 1,
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("{name}: BPF_PROG_TEST_RUN failed: {e:?}"));
+        let after = guard.counts().expect("counters");
+        let want = if *verdict == Verdict::Drop { action::DROP } else { action::PASS };
+        let total = |c: &[trove_isolate::boot_guard::GuardCount]| c.iter().map(|c| c.packets).sum::<u64>();
+        if result.return_value as i32 != want
+            || moved(&after) != moved(&before) + 1
+            || total(&after) != total(&before) + 1
+        {
+            wrong.push(format!(
+                "  {name}: returned {}, expected {want} ({} {}); counters now: {after:?}",
+                result.return_value as i32,
+                verdict.name(),
+                reason.name()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {} rows wrong:\n{}", wrong.len(), rows.len(), wrong.join("\n"));
 }

@@ -453,13 +453,17 @@ pub(super) fn mode(top: &Ctx, mode: Option<&str>) -> Result<Mode, ConfigError> {
 }
 
 pub(super) fn attach(top: &Ctx, attach: Option<&str>) -> Result<AttachMode, ConfigError> {
+    attach_mode(attach).map_err(|m| top.err("attach", m))
+}
+
+/// The `attach` key's value.
+pub fn attach_mode(attach: Option<&str>) -> Result<AttachMode, String> {
     match attach {
         None | Some("auto") => Ok(AttachMode::Auto),
         Some("tcx") => Ok(AttachMode::Tcx),
         Some("legacy") => Ok(AttachMode::Legacy),
-        Some(other) => Err(top.err(
-            "attach",
-            format!("{other:?}: expected \"auto\", \"tcx\" or \"legacy\""),
+        Some(other) => Err(format!(
+            "{other:?}: expected \"auto\", \"tcx\" or \"legacy\""
         )),
     }
 }

@@ -58,6 +58,7 @@ impl AttachMode {
 
 /// The NIC identity types live with the code that finds NICs.
 pub use crate::nic::{NicSelector, NicSpec};
+pub use compile::attach_mode;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -327,6 +328,8 @@ impl Policy {
         let (metrics, scrapers) = metrics(&section("metrics"), &config.metrics)?;
         let drops = drops(&section("drops"), &config.drops)?;
         let conntrack = conntrack(&section("conntrack"), &config.conntrack)?;
+        // Read only when Trove's files are missing, checked whenever the config is.
+        crate::boot_guard::Settings::of(config, path)?;
 
         // With discovery on, both sections exist whether or not the file has them: the NICs
         // and what they carry come from the guest's files, and explicit keys add to that.
@@ -643,9 +646,13 @@ fn discovery(config: &Config, path: &Path) -> Result<Option<Discovered>, ConfigE
         return Ok(None);
     };
     let files = trove_files(trove);
-    discover::discover(&files)
-        .map(Some)
-        .map_err(|e| ConfigError::invalid(path, "[trove]", format!("discovery: {e}")))
+    discover::discover(&files).map(Some).map_err(|e| match e {
+        discover::DiscoverError::NotWritten { .. } => ConfigError::TroveFilesMissing {
+            path: path.to_owned(),
+            message: format!("discovery: {e}"),
+        },
+        e => ConfigError::invalid(path, "[trove]", format!("discovery: {e}")),
+    })
 }
 
 fn trove_files(trove: &TroveConfig) -> TroveFiles {

@@ -1,0 +1,619 @@
+//! The boot guard: every NIC closed until Trove's files say which NIC is which.
+//!
+//! At an instance's first boot, and after a rebuild, cloud-init writes the guest agent's config
+//! and eth1.json after the daemon starts. Until then the daemon cannot tell the business NIC from
+//! the management NIC and refuses to start (systemd starts it again every 2 s). Each of those
+//! starts [`hold`]s every NIC with the guard's programs (`trove_isolate_common::guard`: ARP,
+//! neighbour discovery, DHCP and the metadata service only); the first start that finds the
+//! files enforces the roles' policy, then [`release`]s the guard. Under TCX and cls_bpf alike a
+//! packet meets both programs while both are attached (each passes with `TC_ACT_UNSPEC`, on to
+//! the next), so the hand-over has no window.
+//!
+//! Nothing is guarded while a policy is pinned: a restart that finds Trove's files gone keeps
+//! the policy in force rather than close the database.
+
+use std::{
+    fs,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use aya::{
+    maps::{Array, Map, MapData, PerCpuArray},
+    programs::{tc::SchedClassifier, Program},
+    EbpfLoader,
+};
+use serde::{Deserialize, Serialize};
+use trove_isolate_common::{
+    counters::Counter,
+    family,
+    guard::{self, Endpoint, Endpoints, MAX_ENDPOINTS},
+    maps, Direction, Reason, Verdict,
+};
+
+use crate::{
+    attach,
+    capacity::Capacity,
+    config::{Config, ConfigError},
+    netns,
+    nic::{self, Device},
+    pins::{Pins, GUARD_LINK_PREFIX},
+    policy::AttachMode,
+    state::{Hook, State},
+};
+
+/// The guard's cls_bpf filters: after the roles' (priority 1), so that while both are attached
+/// a packet meets the role's program first.
+const FILTER: (u16, u32) = (2, 0x7002);
+
+/// What cloud-init reads at first boot: OpenStack's metadata service, over IPv4 and IPv6.
+pub const DEFAULT_METADATA: [&str; 2] = ["169.254.169.254:80", "[fe80::a9fe:a9fe]:80"];
+
+/// `[boot]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The NICs to hold; `None`: every physical NIC in `netns`.
+    pub interfaces: Option<Vec<String>>,
+    pub netns: Option<PathBuf>,
+    pub metadata: Vec<SocketAddr>,
+    pub attach: AttachMode,
+}
+
+impl Settings {
+    /// The guard `config` asks for: none without Trove discovery (a config that names its NICs
+    /// needs no guard) or with `guard = false`.
+    pub fn of(config: &Config, path: &Path) -> Result<Option<Settings>, ConfigError> {
+        let boot = &config.boot;
+        if config.trove.is_none() || boot.guard == Some(false) {
+            return Ok(None);
+        }
+        let invalid = |key: &str, message: String| ConfigError::invalid(path, key, message);
+        let texts: Vec<String> = match &boot.metadata {
+            Some(list) => list.clone(),
+            None => DEFAULT_METADATA.iter().map(|s| s.to_string()).collect(),
+        };
+        if texts.len() > MAX_ENDPOINTS {
+            return Err(invalid(
+                "[boot] metadata",
+                format!("at most {MAX_ENDPOINTS} endpoints"),
+            ));
+        }
+        let metadata = texts
+            .iter()
+            .map(|text| match text.parse::<SocketAddr>() {
+                Ok(addr) if addr.port() != 0 => Ok(addr),
+                _ => Err(invalid(
+                    "[boot] metadata",
+                    format!("{text:?} is not address:port (IPv6 as [address]:port)"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(list) = &boot.interfaces {
+            if list.is_empty() || list.iter().any(|n| n.is_empty()) {
+                return Err(invalid(
+                    "[boot] interfaces",
+                    "name at least one NIC, or leave the key out for every physical NIC".into(),
+                ));
+            }
+        }
+        // sysfs, which tells a physical NIC, is the host's whatever namespace is entered.
+        if boot.netns.is_some() && boot.interfaces.is_none() {
+            return Err(invalid(
+                "[boot] netns",
+                "name the NICs there with interfaces (physical NICs are found in the host \
+                 namespace only)"
+                    .into(),
+            ));
+        }
+        let attach = crate::policy::attach_mode(config.attach.as_deref())
+            .map_err(|m| invalid("attach", m))?;
+        Ok(Some(Settings {
+            interfaces: boot.interfaces.clone(),
+            netns: boot.netns.as_ref().map(PathBuf::from),
+            metadata,
+            attach,
+        }))
+    }
+}
+
+/// What the guard holds, recorded next to the state file (`Pins::guard_record`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Seconds since the epoch when the guard first held these NICs.
+    pub since: u64,
+    pub attachments: Vec<GuardAttachment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardAttachment {
+    pub direction: Direction,
+    pub interface: String,
+    pub ifindex: u32,
+    pub netns: Option<PathBuf>,
+    pub hook: Hook,
+}
+
+impl Record {
+    pub fn read(pins: &Pins) -> anyhow::Result<Option<Record>> {
+        let path = pins.guard_record();
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn write(&self, pins: &Pins) -> anyhow::Result<()> {
+        let path = pins.guard_record();
+        let dir = path.parent().context("guard record has no directory")?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+    }
+
+    /// The NICs held, each once.
+    pub fn interfaces(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .attachments
+            .iter()
+            .map(|a| a.interface.clone())
+            .collect();
+        names.dedup();
+        names
+    }
+}
+
+/// What [`hold`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Held {
+    /// These NICs are held closed; those of `[boot] interfaces` not found are `missing`.
+    Guarding {
+        nics: Vec<String>,
+        missing: Vec<String>,
+    },
+    /// A policy is pinned: it stays in force, and nothing is guarded.
+    Enforced,
+    /// Another trove-isolate process holds the pin path (a daemon, or a `detach`).
+    Busy(Option<u32>),
+}
+
+/// Holds every NIC of `settings` closed with the guard's programs (again, if it already does:
+/// each retry puts them back where something took them off, and on NICs that appeared).
+pub fn hold(pins: &Pins, settings: &Settings) -> anyhow::Result<Held> {
+    let _lock = match crate::pin_lock::try_take(pins)? {
+        Ok(lock) => lock,
+        Err(pid) => return Ok(Held::Busy(pid)),
+    };
+    if State::read(&pins.state_file())?.is_some_and(|s| !s.attachments.is_empty()) {
+        return Ok(Held::Enforced);
+    }
+    let (devices, missing) = devices(settings)?;
+    // An unreadable record is started afresh; `release` finds what it listed by its place.
+    let previous = Record::read(pins).ok().flatten();
+    let mut record = Record {
+        since: previous.as_ref().map_or_else(
+            || {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            },
+            |r| r.since,
+        ),
+        // What an earlier start held stays recorded (on a NIC not among these, it stays held
+        // too): released with the rest.
+        attachments: previous
+            .as_ref()
+            .map(|r| r.attachments.clone())
+            .unwrap_or_default(),
+    };
+    let mut programs = Programs::load(Some(pins), &settings.metadata)?;
+    let tcx = attach::use_tcx(settings.attach);
+    for direction in Direction::ALL {
+        let name = guard::program_name(direction);
+        let program = programs.program(direction)?;
+        for device in &devices {
+            let held_before = record.attachments.iter().position(|a| {
+                a.ifindex == device.ifindex && a.netns == device.netns && a.direction == direction
+            });
+            let hook = netns::run_in(device.netns.as_deref(), || {
+                if tcx {
+                    attach::ensure_tcx(
+                        program,
+                        name,
+                        direction,
+                        device,
+                        &pins.guard_link(device.ifindex, direction),
+                        held_before.is_some(),
+                    )
+                } else {
+                    attach::ensure_filter(
+                        program,
+                        name,
+                        direction,
+                        device,
+                        held_before.is_some(),
+                        FILTER,
+                    )
+                }
+            })?
+            .with_context(|| format!("guarding {}", device.name))?;
+            if let Some(i) = held_before {
+                record.attachments.remove(i);
+            }
+            record.attachments.push(GuardAttachment {
+                direction,
+                interface: device.name.clone(),
+                ifindex: device.ifindex,
+                netns: device.netns.clone(),
+                hook,
+            });
+            record.attachments.sort_by_key(|a| (a.ifindex, a.direction));
+            // After each one: a start that fails half way leaves a record of what it holds.
+            record.write(pins)?;
+        }
+    }
+    Ok(Held::Guarding {
+        nics: record.interfaces(),
+        missing,
+    })
+}
+
+/// Takes the guard off every NIC it holds (none: nothing to do); the NICs it names. Besides
+/// what the record lists, every filter in the guard's place on the NICs of this namespace, of
+/// `netns` (the config's `[boot] netns`) and of the record's goes, so a record lost or
+/// unreadable leaves nothing behind.
+pub fn release(pins: &Pins, netns: Option<&Path>) -> anyhow::Result<Vec<String>> {
+    let record = match Record::read(pins) {
+        Ok(record) => record,
+        Err(e) => {
+            log::warn!("{e:#}: releasing the boot guard wherever it may be");
+            None
+        }
+    };
+    let mut released = Vec::new();
+    let mut places: Vec<Option<PathBuf>> = vec![None];
+    if netns.is_some() {
+        places.push(netns.map(Path::to_path_buf));
+    }
+    if let Some(record) = &record {
+        for a in &record.attachments {
+            match a.hook {
+                Hook::Tcx => attach::remove_tcx(&pins.guard_link(a.ifindex, a.direction)),
+                Hook::Legacy { priority, handle } => attach::remove_filter(
+                    a.direction,
+                    &a.interface,
+                    a.ifindex,
+                    a.netns.as_deref(),
+                    (priority, handle),
+                ),
+            }
+            .with_context(|| format!("releasing the boot guard from {}", a.interface))?;
+            if !places.contains(&a.netns) {
+                places.push(a.netns.clone());
+            }
+        }
+        released = record.interfaces();
+    }
+    for place in &places {
+        for (name, ifindex) in filters_in_place(place.as_deref()) {
+            for direction in Direction::ALL {
+                attach::remove_filter(direction, &name, ifindex, place.as_deref(), FILTER)
+                    .with_context(|| format!("releasing the boot guard from {name}"))?;
+            }
+            if !released.contains(&name) {
+                released.push(name);
+            }
+        }
+    }
+    // Links whose record was lost (a guard that died between pinning and recording).
+    if let Ok(entries) = fs::read_dir(pins.links_dir()) {
+        for entry in entries.filter_map(Result::ok) {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(GUARD_LINK_PREFIX))
+            {
+                attach::remove_tcx(&entry.path())?;
+            }
+        }
+    }
+    match fs::remove_file(pins.guard_record()) {
+        Ok(()) => Ok(released),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(released),
+        Err(e) => Err(e).with_context(|| format!("removing {}", pins.guard_record().display())),
+    }
+}
+
+/// [`release`] for a config that no longer asks for a guard (`guard = false`, no `[trove]`): a
+/// guard recorded under `pins` goes, unless another process holds the pin path.
+pub fn release_unused(pins: &Pins) -> anyhow::Result<Vec<String>> {
+    if !pins.guard_record().exists() {
+        return Ok(Vec::new());
+    }
+    match crate::pin_lock::try_take(pins)? {
+        Ok(_lock) => release(pins, None),
+        Err(_) => Ok(Vec::new()),
+    }
+}
+
+/// The devices in `netns` with a filter in the guard's place, either direction.
+fn filters_in_place(netns: Option<&Path>) -> Vec<(String, u32)> {
+    netns::run_in(netns, || {
+        let Ok(all) = nix::net::if_::if_nameindex() else {
+            return Vec::new();
+        };
+        all.iter()
+            .filter_map(|i| {
+                let name = i.name().to_string_lossy().into_owned();
+                let guarded = Direction::ALL.iter().any(|d| {
+                    crate::inspect::filter_places(i.index(), *d).iter().any(
+                        |(priority, handle, kind)| (*priority, *handle) == FILTER && kind == "bpf",
+                    )
+                });
+                guarded.then_some((name, i.index()))
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The NICs to hold, where they are now, and the names of `[boot] interfaces` not found (the
+/// others are held all the same).
+fn devices(settings: &Settings) -> anyhow::Result<(Vec<Device>, Vec<String>)> {
+    let place = settings.netns.as_deref();
+    let names = match &settings.interfaces {
+        Some(names) => names.clone(),
+        None => netns::run_in(place, nic::host_nics)?
+            .context("listing the NICs")?
+            .into_iter()
+            .map(|(name, _mac)| name)
+            .collect(),
+    };
+    let (found, missing) = netns::run_in(place, || {
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for name in names {
+            match nix::net::if_::if_nametoindex(name.as_str()) {
+                Ok(ifindex) => found.push(Device {
+                    name,
+                    ifindex,
+                    netns: place.map(Path::to_path_buf),
+                    up: false,
+                }),
+                Err(_) => missing.push(name),
+            }
+        }
+        (found, missing)
+    })?;
+    if found.is_empty() {
+        match missing.is_empty() {
+            true => anyhow::bail!("no physical NIC to guard"),
+            false => anyhow::bail!("none of [boot] interfaces is there: {}", missing.join(", ")),
+        }
+    }
+    Ok((found, missing))
+}
+
+/// The guard's programs, loaded (the verifier passed them), and their maps.
+pub struct Programs {
+    ebpf: aya::Ebpf,
+}
+
+impl Programs {
+    /// Loads the eBPF object with its maps made small (the guard uses two of them), the guard's
+    /// counters bound to their pin under `pins` (fresh and unpinned without: packet tests), the
+    /// metadata endpoints written, and the guard's two programs through the verifier.
+    pub fn load(pins: Option<&Pins>, metadata: &[SocketAddr]) -> anyhow::Result<Programs> {
+        if crate::EBPF_OBJECT.is_empty() {
+            anyhow::bail!("this binary was built with AYA_BUILD_SKIP: it carries no eBPF programs");
+        }
+        if metadata.len() > MAX_ENDPOINTS {
+            anyhow::bail!("at most {MAX_ENDPOINTS} metadata endpoints");
+        }
+        let small = Capacity {
+            policy: [1; trove_isolate_common::policy::MAPS],
+            policy_rules: Capacity::NONE_HELD,
+            ct_established: 64,
+            ct_new: 63,
+        };
+        let mut loader = EbpfLoader::new();
+        for (name, size) in small.sized() {
+            loader.map_max_entries(name, size);
+        }
+        if let Some(pins) = pins {
+            fs::create_dir_all(pins.root())
+                .with_context(|| format!("creating pin directory {}", pins.root().display()))?;
+            loader.map_pin_path(maps::GUARD_COUNTERS, pins.map(maps::GUARD_COUNTERS));
+        }
+        let mut ebpf = loader
+            .load(crate::EBPF_OBJECT)
+            .context("loading the eBPF object for the boot guard")?;
+        let mut endpoints = Endpoints::default();
+        for (slot, addr) in endpoints.entries.iter_mut().zip(metadata) {
+            *slot = endpoint(addr);
+        }
+        let mut map: Array<_, Endpoints> = Array::try_from(
+            ebpf.map_mut(maps::GUARD_ENDPOINTS)
+                .context("guard endpoint map missing")?,
+        )?;
+        map.set(0, endpoints, 0)
+            .context("writing the metadata endpoints")?;
+        let mut programs = Programs { ebpf };
+        for direction in Direction::ALL {
+            let name = guard::program_name(direction);
+            programs
+                .program(direction)?
+                .load()
+                .with_context(|| format!("loading {name} (verifier)"))?;
+        }
+        Ok(programs)
+    }
+
+    /// The guard's program of `direction`.
+    pub fn program(&mut self, direction: Direction) -> anyhow::Result<&mut SchedClassifier> {
+        let name = guard::program_name(direction);
+        match self.ebpf.program_mut(name) {
+            Some(Program::SchedClassifier(p)) => Ok(p),
+            _ => anyhow::bail!("program {name} missing from the eBPF object"),
+        }
+    }
+
+    /// Every counter of these programs that moved.
+    pub fn counts(&self) -> anyhow::Result<Vec<GuardCount>> {
+        let map = self
+            .ebpf
+            .map(maps::GUARD_COUNTERS)
+            .context("guard counters missing")?;
+        read_counts(&PerCpuArray::try_from(map)?)
+    }
+}
+
+/// `addr` as the guard's programs compare it.
+pub fn endpoint(addr: &SocketAddr) -> Endpoint {
+    let mut out = Endpoint {
+        port: addr.port().to_be(),
+        ..Endpoint::default()
+    };
+    match addr.ip() {
+        IpAddr::V4(v4) => {
+            out.family = family::V4;
+            out.addr[..4].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            out.family = family::V6;
+            out.addr = v6.octets();
+        }
+    }
+    out
+}
+
+/// One of the guard's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GuardCount {
+    pub direction: &'static str,
+    pub verdict: &'static str,
+    pub reason: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What the guard has passed and dropped since the guest booted (its counters are pinned, and
+/// kept after it is released); none if it never held a NIC.
+pub fn counts(pins: &Pins) -> anyhow::Result<Vec<GuardCount>> {
+    let path = pins.map(maps::GUARD_COUNTERS);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    read_counts(&PerCpuArray::try_from(Map::PerCpuArray(data))?)
+}
+
+fn read_counts<T: std::borrow::Borrow<MapData>>(
+    map: &PerCpuArray<T, Counter>,
+) -> anyhow::Result<Vec<GuardCount>> {
+    let mut out = Vec::new();
+    for direction in Direction::ALL {
+        for verdict in Verdict::ALL {
+            for reason in Reason::ALL {
+                let (packets, bytes) = map
+                    .get(&guard::counter_index(direction, verdict, reason), 0)?
+                    .iter()
+                    .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+                if packets > 0 {
+                    out.push(GuardCount {
+                        direction: direction.name(),
+                        verdict: verdict.name(),
+                        reason: reason.name(),
+                        packets,
+                        bytes,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(text: &str) -> Result<Option<Settings>, ConfigError> {
+        let path = Path::new("boot.toml");
+        Settings::of(&Config::parse(text, path).expect("parses"), path)
+    }
+
+    #[test]
+    fn the_guard_is_on_with_trove_discovery_unless_turned_off() {
+        let on = settings("[trove]\n").expect("valid").expect("guarded");
+        assert_eq!(on.interfaces, None);
+        assert_eq!(
+            on.metadata,
+            vec![
+                "169.254.169.254:80".parse::<SocketAddr>().expect("addr"),
+                "[fe80::a9fe:a9fe]:80".parse().expect("addr"),
+            ]
+        );
+        assert_eq!(
+            settings("[trove]\n[boot]\nguard = false\n").expect("valid"),
+            None
+        );
+        // A config that names its NICs and rules is whole without Trove's files.
+        assert_eq!(settings("[boot]\nguard = true\n").expect("valid"), None);
+    }
+
+    #[test]
+    fn bad_boot_keys_are_refused_by_name() {
+        for (text, key) in [
+            (
+                "[trove]\n[boot]\nmetadata = [\"169.254.169.254\"]\n",
+                "[boot] metadata",
+            ),
+            (
+                "[trove]\n[boot]\nmetadata = [\"fe80::1:80\"]\n",
+                "[boot] metadata",
+            ),
+            (
+                "[trove]\n[boot]\nmetadata = [\"192.0.2.1:0\"]\n",
+                "[boot] metadata",
+            ),
+            (
+                "[trove]\n[boot]\nmetadata = [\"192.0.2.1:1\", \"192.0.2.1:2\", \"192.0.2.1:3\", \
+                 \"192.0.2.1:4\", \"192.0.2.1:5\"]\n",
+                "[boot] metadata",
+            ),
+            ("[trove]\n[boot]\ninterfaces = []\n", "[boot] interfaces"),
+            (
+                "[trove]\n[boot]\nnetns = \"/run/netns/x\"\n",
+                "[boot] netns",
+            ),
+            ("attach = \"xdp\"\n[trove]\n", "attach"),
+        ] {
+            let err = match settings(text) {
+                Err(e) => e,
+                Ok(s) => panic!("{text:?} accepted: {s:?}"),
+            };
+            assert_eq!(err.key(), Some(key), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn endpoints_are_held_as_the_parser_holds_packets() {
+        let e = endpoint(&"192.0.2.254:80".parse().expect("addr"));
+        assert_eq!(e.family, family::V4);
+        assert_eq!(&e.addr[..4], &[192, 0, 2, 254]);
+        assert_eq!(e.addr[4..], [0; 12]);
+        assert_eq!(e.port, 80u16.to_be());
+        let e = endpoint(&"[fe80::a9fe:a9fe]:80".parse().expect("addr"));
+        assert_eq!(e.family, family::V6);
+        assert_eq!(e.addr[0], 0xfe);
+        assert_eq!(e.addr[15], 0xfe);
+    }
+}
