@@ -142,10 +142,19 @@ pub async fn run(
         .as_deref()
         .map(std::path::Path::new);
     let released = boot_guard::release(&pins, boot_netns)?;
-    if !released.is_empty() {
+    let (held, unheld): (Vec<String>, Vec<String>) = released
+        .into_iter()
+        .partition(|nic| state.attachments.iter().any(|a| a.interface == *nic));
+    if !held.is_empty() {
         log::info!(
             "boot guard released from {}: the policy holds them",
-            released.join(", ")
+            held.join(", ")
+        );
+    }
+    if !unheld.is_empty() {
+        log::warn!(
+            "boot guard released from {}, which no role of the policy holds: unfiltered from now",
+            unheld.join(", ")
         );
     }
     let status = summary(&state);
