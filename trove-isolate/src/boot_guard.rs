@@ -118,6 +118,23 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The defaults, for a config whose `[boot]` is wrong: every physical NIC, OpenStack's
+    /// metadata service.
+    pub fn fallback(config: &Config) -> Settings {
+        Settings {
+            interfaces: None,
+            netns: None,
+            metadata: DEFAULT_METADATA
+                .iter()
+                .filter_map(|text| text.parse().ok())
+                .collect(),
+            attach: crate::policy::attach_mode(config.attach.as_deref())
+                .unwrap_or(AttachMode::Auto),
+        }
+    }
+}
+
 /// What the guard holds, recorded next to the state file (`Pins::guard_record`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -173,10 +190,14 @@ impl Record {
 /// What [`hold`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Held {
-    /// These NICs are held closed; those of `[boot] interfaces` not found are `missing`.
+    /// These NICs are held closed; those of `[boot] interfaces` not found are `missing`, those
+    /// a policy (of another pin path) holds `skipped`, those that could not be held `failed`
+    /// (with why).
     Guarding {
         nics: Vec<String>,
         missing: Vec<String>,
+        skipped: Vec<String>,
+        failed: Vec<String>,
     },
     /// A policy is pinned: it stays in force, and nothing is guarded.
     Enforced,
@@ -215,53 +236,86 @@ pub fn hold(pins: &Pins, settings: &Settings) -> anyhow::Result<Held> {
     };
     let mut programs = Programs::load(Some(pins), &settings.metadata)?;
     let tcx = attach::use_tcx(settings.attach);
-    for direction in Direction::ALL {
-        let name = guard::program_name(direction);
-        let program = programs.program(direction)?;
-        for device in &devices {
-            let held_before = record.attachments.iter().position(|a| {
-                a.ifindex == device.ifindex && a.netns == device.netns && a.direction == direction
-            });
-            let hook = netns::run_in(device.netns.as_deref(), || {
-                if tcx {
-                    attach::ensure_tcx(
-                        program,
-                        name,
-                        direction,
-                        device,
-                        &pins.guard_link(device.ifindex, direction),
-                        held_before.is_some(),
-                    )
-                } else {
-                    attach::ensure_filter(
-                        program,
-                        name,
-                        direction,
-                        device,
-                        held_before.is_some(),
-                        FILTER,
-                    )
-                }
-            })?
-            .with_context(|| format!("guarding {}", device.name))?;
-            if let Some(i) = held_before {
-                record.attachments.remove(i);
-            }
-            record.attachments.push(GuardAttachment {
-                direction,
-                interface: device.name.clone(),
-                ifindex: device.ifindex,
-                netns: device.netns.clone(),
-                hook,
-            });
-            record.attachments.sort_by_key(|a| (a.ifindex, a.direction));
-            // After each one: a start that fails half way leaves a record of what it holds.
-            record.write(pins)?;
+    let mut skipped = Vec::new();
+    let mut failed = Vec::new();
+    for device in &devices {
+        // A policy of another pin path holds it: the guard would only cut its traffic.
+        if enforced_by_a_policy(device) {
+            skipped.push(device.name.clone());
+            continue;
         }
+        // One NIC's failure leaves the others held.
+        if let Err(e) = hold_one(pins, &mut programs, tcx, device, &mut record) {
+            failed.push(format!("{} ({e:#})", device.name));
+        }
+    }
+    if record.attachments.is_empty() && !failed.is_empty() {
+        anyhow::bail!("guarding {}", failed.join(", "));
     }
     Ok(Held::Guarding {
         nics: record.interfaces(),
         missing,
+        skipped,
+        failed,
+    })
+}
+
+/// Holds `device` with both of the guard's programs, recording each as it holds.
+fn hold_one(
+    pins: &Pins,
+    programs: &mut Programs,
+    tcx: bool,
+    device: &Device,
+    record: &mut Record,
+) -> anyhow::Result<()> {
+    for direction in Direction::ALL {
+        let name = guard::program_name(direction);
+        let program = programs.program(direction)?;
+        let held_before = record.attachments.iter().position(|a| {
+            a.ifindex == device.ifindex && a.netns == device.netns && a.direction == direction
+        });
+        let hook = netns::run_in(device.netns.as_deref(), || {
+            if tcx {
+                attach::ensure_tcx(
+                    program,
+                    name,
+                    direction,
+                    device,
+                    &pins.guard_link(device.ifindex, direction),
+                    held_before.is_some(),
+                )
+            } else {
+                attach::ensure_filter(
+                    program,
+                    name,
+                    direction,
+                    device,
+                    held_before.is_some(),
+                    FILTER,
+                )
+            }
+        })??;
+        if let Some(i) = held_before {
+            record.attachments.remove(i);
+        }
+        record.attachments.push(GuardAttachment {
+            direction,
+            interface: device.name.clone(),
+            ifindex: device.ifindex,
+            netns: device.netns.clone(),
+            hook,
+        });
+        record.attachments.sort_by_key(|a| (a.ifindex, a.direction));
+        // After each one: a start that fails half way leaves a record of what it holds.
+        record.write(pins)?;
+    }
+    Ok(())
+}
+
+/// Whether a role's programs of trove-isolate are on `device` (of any pin path).
+fn enforced_by_a_policy(device: &Device) -> bool {
+    trove_isolate_common::Role::ALL.iter().any(|role| {
+        crate::inspect::hooks(device, *role).is_ok_and(|hooks| hooks.iter().any(|h| h.ours))
     })
 }
 
@@ -302,8 +356,8 @@ pub fn release(pins: &Pins, netns: Option<&Path>) -> anyhow::Result<Vec<String>>
         released = record.interfaces();
     }
     for place in &places {
-        for (name, ifindex) in filters_in_place(place.as_deref()) {
-            for direction in Direction::ALL {
+        for (name, ifindex, directions) in filters_in_place(place.as_deref()) {
+            for direction in directions {
                 attach::remove_filter(direction, &name, ifindex, place.as_deref(), FILTER)
                     .with_context(|| format!("releasing the boot guard from {name}"))?;
             }
@@ -343,8 +397,8 @@ pub fn release_unused(pins: &Pins) -> anyhow::Result<Vec<String>> {
     }
 }
 
-/// The devices in `netns` with a filter in the guard's place, either direction.
-fn filters_in_place(netns: Option<&Path>) -> Vec<(String, u32)> {
+/// The devices in `netns` with a BPF filter in the guard's place, and the directions it is on.
+fn filters_in_place(netns: Option<&Path>) -> Vec<(String, u32, Vec<Direction>)> {
     netns::run_in(netns, || {
         let Ok(all) = nix::net::if_::if_nameindex() else {
             return Vec::new();
@@ -352,12 +406,17 @@ fn filters_in_place(netns: Option<&Path>) -> Vec<(String, u32)> {
         all.iter()
             .filter_map(|i| {
                 let name = i.name().to_string_lossy().into_owned();
-                let guarded = Direction::ALL.iter().any(|d| {
-                    crate::inspect::filter_places(i.index(), *d).iter().any(
-                        |(priority, handle, kind)| (*priority, *handle) == FILTER && kind == "bpf",
-                    )
-                });
-                guarded.then_some((name, i.index()))
+                let directions: Vec<Direction> = Direction::ALL
+                    .into_iter()
+                    .filter(|d| {
+                        crate::inspect::filter_places(i.index(), *d).iter().any(
+                            |(priority, handle, kind)| {
+                                (*priority, *handle) == FILTER && kind == "bpf"
+                            },
+                        )
+                    })
+                    .collect();
+                (!directions.is_empty()).then_some((name, i.index(), directions))
             })
             .collect()
     })

@@ -31,7 +31,7 @@ pub struct Config {
     pub conntrack: ConntrackConfig,
     /// Trove discovery: the policy of a Trove guest from the guest's own files.
     pub trove: Option<TroveConfig>,
-    /// The boot guard, while Trove's files are not there yet (with `[trove]` only).
+    /// The boot guard, while no start can enforce (with `[trove]` only).
     #[serde(default)]
     pub boot: BootConfig,
     pub management: Option<ManagementConfig>,
@@ -60,7 +60,7 @@ pub struct TroveConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootConfig {
-    /// Hold every NIC closed while Trove's files are missing (default true).
+    /// Hold every NIC closed while no start can enforce (default true).
     pub guard: Option<bool>,
     /// The NICs to hold (default: every physical NIC in the host namespace).
     pub interfaces: Option<Vec<String>>,

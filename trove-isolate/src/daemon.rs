@@ -133,15 +133,21 @@ pub async fn run(
     state.pid = Some(std::process::id());
     state.config = Some(options.config.clone());
     state.write(&pins.state_file())?;
-    // The boot guard held the NICs while Trove's files were missing; the roles' programs hold
-    // them now, ahead of it. A guard that will not go fails the start: systemd tries again.
+    // The boot guard held the NICs while no start could enforce (Trove's files missing, say);
+    // the roles' programs hold them now, ahead of it.
     let boot_netns = source
         .config
         .boot
         .netns
         .as_deref()
         .map(std::path::Path::new);
-    let released = boot_guard::release(&pins, boot_netns)?;
+    // One that will not go stays, chained after the policy (fail closed), and is tried again at
+    // each sweep.
+    let released = boot_guard::release(&pins, boot_netns).unwrap_or_else(|e| {
+        log::error!("releasing the boot guard: {e:#} (tried again every 10 s)");
+        Vec::new()
+    });
+    let guard_released = !released.is_empty();
     let (held, unheld): (Vec<String>, Vec<String>) = released
         .into_iter()
         .partition(|nic| state.attachments.iter().any(|a| a.interface == *nic));
@@ -212,6 +218,10 @@ pub async fn run(
     // daemon (enforcement stays pinned meanwhile).
     let mut watchdog_tick = watchdog().map(|every| tokio::time::interval(every / 2));
     let mut refresh_at = next_refresh(&world.policy);
+    if guard_released && !world.policy.unresolved.is_empty() {
+        // Compiled under the guard, its names not looked up: now.
+        refresh_at = Some(tokio::time::Instant::now());
+    }
     // Host names looked up again for the config in force, and the reload it was started under:
     // a reload that lands meanwhile makes it stale.
     let mut lookup: Option<(tokio::task::JoinHandle<Result<Policy, String>>, u64)> = None;
@@ -237,7 +247,10 @@ pub async fn run(
                 world.follow(&scrape);
                 world.refresh_addresses()?;
             }
-            _ = sweep_tick.tick() => world.sweep(&scrape.stats)?,
+            _ = sweep_tick.tick() => {
+                world.sweep(&scrape.stats)?;
+                world.release_boot_guard();
+            }
             _ = async { watchdog_tick.as_mut().expect("guarded").tick().await }, if watchdog_tick.is_some() => {
                 notify(&[NotifyState::Watchdog]);
             }
@@ -559,6 +572,24 @@ impl Enforcing {
             self.addresses = Some(nets);
         }
         Ok(())
+    }
+
+    /// Takes off a boot guard that would not go at the start (its record is still there).
+    fn release_boot_guard(&self) {
+        if !self.pins.guard_record().exists() {
+            return;
+        }
+        let netns = self
+            .source
+            .config
+            .boot
+            .netns
+            .as_deref()
+            .map(std::path::Path::new);
+        match boot_guard::release(&self.pins, netns) {
+            Ok(released) => log::info!("boot guard released from {}", released.join(", ")),
+            Err(e) => log::error!("releasing the boot guard: {e:#} (tried again every 10 s)"),
+        }
     }
 
     /// Removes expired established flows and records the tables' occupancy.

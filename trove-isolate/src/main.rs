@@ -45,10 +45,11 @@ enum Command {
     /// before anything already enforced is touched. On SIGTERM or SIGINT it exits and enforcement
     /// stays in force. Prometheus metrics are served at http://LISTEN/metrics.
     ///
-    /// With `[trove]`, while Trove's files are not there yet (an instance's first boot, before
-    /// cloud-init writes them) and no policy is pinned, it holds every NIC closed with the boot
-    /// guard (`[boot]`: ARP, neighbour discovery, DHCP and the metadata service only) and exits
-    /// non-zero; the start that finds the files enforces, then takes the guard off.
+    /// With `[trove]`, a start that cannot enforce while no policy is pinned (Trove's files not
+    /// there yet at an instance's first boot, before cloud-init writes them; a config that does
+    /// not compile; a NIC not found) holds every NIC closed with the boot guard (`[boot]`: ARP,
+    /// neighbour discovery, DHCP and the metadata service only) and exits non-zero; the start
+    /// that enforces takes the guard off.
     Run {
         /// The TOML config file.
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
@@ -217,15 +218,20 @@ fn drops_reason(text: &str) -> Result<trove_isolate_common::Reason, String> {
         })
 }
 
-/// The daemon cannot start: Trove's files are not there yet (an instance's first boot), or the
-/// config does not compile. With Trove discovery and no policy pinned, every NIC is held closed
-/// with the boot guard (`[boot] guard = false`: the guard is taken off instead), and the start
-/// fails, so that systemd starts the daemon again until it can enforce.
-fn guard_closed(path: &Path, failed: ConfigError) -> anyhow::Error {
+/// The config cannot be compiled: Trove's files are not there yet (an instance's first boot),
+/// or it is wrong. See [`guard_closed`].
+fn config_failed(path: &Path, failed: ConfigError) -> anyhow::Error {
     let until = match failed {
         ConfigError::TroveFilesMissing { .. } => "until they are",
         _ => "until the config compiles",
     };
+    guard_closed(path, failed.into(), until)
+}
+
+/// The daemon cannot start. With Trove discovery and no policy pinned, every NIC is held closed
+/// with the boot guard (`[boot] guard = false`: the guard is taken off instead), and the start
+/// fails, so that systemd starts the daemon again until it can enforce.
+fn guard_closed(path: &Path, failed: anyhow::Error, until: &str) -> anyhow::Error {
     let guarded = trove_isolate::config::Config::load(path)
         .map_err(anyhow::Error::from)
         .and_then(|config| {
@@ -235,7 +241,10 @@ fn guard_closed(path: &Path, failed: ConfigError) -> anyhow::Error {
                     .as_ref()
                     .map_or_else(|| PathBuf::from(DEFAULT_PIN_PATH), PathBuf::from),
             );
-            match boot_guard::Settings::of(&config, path)? {
+            // A `[boot]` gone wrong still holds the NICs, as the defaults say.
+            let settings = boot_guard::Settings::of(&config, path)
+                .unwrap_or_else(|_| Some(boot_guard::Settings::fallback(&config)));
+            match settings {
                 Some(settings) => boot_guard::hold(&pins, &settings).map(Some),
                 None => {
                     let released = boot_guard::release_unused(&pins)?;
@@ -247,19 +256,30 @@ fn guard_closed(path: &Path, failed: ConfigError) -> anyhow::Error {
             }
         });
     let outcome = match guarded {
-        Ok(None) => return failed.into(),
-        Ok(Some(boot_guard::Held::Guarding { nics, missing })) => {
-            let missing = match missing.as_slice() {
-                [] => String::new(),
-                names => format!(
-                    "; [boot] interfaces not found, NOT GUARDED: {}",
-                    names.join(", ")
-                ),
+        Ok(None) => return failed,
+        Ok(Some(boot_guard::Held::Guarding {
+            nics,
+            missing,
+            skipped,
+            failed,
+        })) => {
+            let mut also = String::new();
+            for (what, names) in [
+                ("[boot] interfaces not found, NOT GUARDED", missing),
+                ("held by a policy of another pin path", skipped),
+                ("could not be held, NOT GUARDED", failed),
+            ] {
+                if !names.is_empty() {
+                    also.push_str(&format!("; {what}: {}", names.join(", ")));
+                }
+            }
+            let held = match nics.is_empty() {
+                true => "no NIC".to_owned(),
+                false => nics.join(", "),
             };
             format!(
-                "boot guard: {} held closed (ARP, neighbour discovery, DHCP and the metadata \
-                 service only) {until}{missing}",
-                nics.join(", ")
+                "boot guard: {held} held closed (ARP, neighbour discovery, DHCP and the metadata \
+                 service only) {until}{also}"
             )
         }
         Ok(Some(boot_guard::Held::Enforced)) => {
@@ -323,15 +343,33 @@ fn run(command: Command) -> anyhow::Result<()> {
                     Err(e @ (ConfigError::Read { .. } | ConfigError::Syntax { .. })) => {
                         return Err(e.into())
                     }
-                    Err(e) => return Err(guard_closed(&config, e)),
+                    Err(e) => return Err(config_failed(&config, e)),
                 };
-                let policy =
-                    Policy::from_source(&source, &config).map_err(|e| guard_closed(&config, e))?;
+                // Under the boot guard DNS does not pass: names are looked up once it is off.
+                let guarded = Pins::new(
+                    source
+                        .config
+                        .pin_path
+                        .as_ref()
+                        .map_or_else(|| PathBuf::from(DEFAULT_PIN_PATH), PathBuf::from),
+                )
+                .guard_record()
+                .exists();
+                let policy = match guarded {
+                    true => Policy::from_source_deferred(&source, &config),
+                    false => Policy::from_source(&source, &config),
+                }
+                .map_err(|e| config_failed(&config, e))?;
+                let config_path = config.clone();
                 let options = daemon::RunOptions {
                     datapath_log,
                     config,
                 };
-                daemon::run(source, policy, options, hangups, shutdown).await
+                // A start that fails before it enforces (a metrics port in use, a NIC not
+                // found) holds the NICs as a config that does not compile does.
+                daemon::run(source, policy, options, hangups, shutdown)
+                    .await
+                    .map_err(|e| guard_closed(&config_path, e, "until a start enforces"))
             });
             // A reload or a lookup of names still waiting for DNS is left, not waited for.
             runtime.shutdown_background();

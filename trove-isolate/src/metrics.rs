@@ -420,7 +420,7 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
         }
         registry.register(
             "trove_isolate_boot_guard_packets",
-            "Packets the boot guard judged while Trove's files were missing (first boot), by \
+            "Packets the boot guard judged while no start could enforce (first boot), by \
              verdict and reason; fixed once the daemon enforces",
             guarded,
         );

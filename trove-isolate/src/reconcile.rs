@@ -72,7 +72,8 @@ fn enforce_with(
         devices.push((nic_policy.role, device));
     }
     // A first start that fails leaves nothing behind; a later one leaves the policy in force.
-    let first_start = previous.is_none() && !pins.root().exists();
+    // (The boot guard's pins, under the same root, are not the roles'.)
+    let first_start = previous.is_none() && !pins.map(maps::SETTINGS).exists();
     let previous = previous.unwrap_or_default();
     let mut attachments = Vec::new();
     let reload = current.is_some();
@@ -92,7 +93,10 @@ fn enforce_with(
         for made in &attachments {
             let _ = attach::remove(made, &pins.link(made.role, made.direction));
         }
-        let _ = std::fs::remove_dir_all(pins.root());
+        // The roles' maps; the boot guard's counters and links stay with the guard.
+        for name in maps::ALL.iter().filter(|n| **n != maps::GUARD_COUNTERS) {
+            let _ = std::fs::remove_file(pins.map(name));
+        }
     }
     let loaded = result?;
 

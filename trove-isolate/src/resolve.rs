@@ -214,6 +214,16 @@ impl Resolve for NoNames {
     }
 }
 
+/// For a start while the boot guard holds the NICs (DNS does not pass it): every name is
+/// unresolved, without a query, and looked up once the guard is off.
+pub struct Deferred;
+
+impl Resolve for Deferred {
+    fn lookup(&self, _host: &str) -> Result<Answer, String> {
+        Err("not looked up yet: the boot guard held the NICs at the start".into())
+    }
+}
+
 /// For what needs the policy's NICs, not its addresses (`status`, `detach`): every name
 /// "resolves" to nothing, without a query.
 pub struct Offline;

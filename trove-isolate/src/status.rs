@@ -366,8 +366,9 @@ impl std::fmt::Display for Report {
                     writeln!(
                         f,
                         "boot guard: {} held closed since {} (ARP, neighbour discovery, DHCP and \
-                         the metadata service only): Trove's files were not there at the last \
-                         start; the daemon enforces once they are",
+                         the metadata service only): the last start could not enforce (Trove's \
+                         files not there yet, or the config: see the daemon's log); the start \
+                         that enforces takes the guard off",
                         record.interfaces().join(", "),
                         humantime::format_rfc3339_seconds(since)
                     )?;

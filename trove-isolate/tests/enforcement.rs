@@ -1434,12 +1434,14 @@ impl FirstBoot {
             "etc/trove/conf.d/guest_info.conf",
             "[DEFAULT]\ndatastore_manager = mysql\n".into(),
         );
+        // RabbitMQ by name (the guest's hosts file has it): looked up once the guard is off.
         write(
             "etc/trove/conf.d/trove-guestagent.conf",
-            format!(
-                "[DEFAULT]\ntransport_url = rabbit://trove:boot-secret@{}:5672/\n",
-                addr::RABBITMQ_V4
-            ),
+            "[DEFAULT]\ntransport_url = rabbit://trove:boot-secret@rabbit.boot.test:5672/\n".into(),
+        );
+        write(
+            "etc/hosts",
+            format!("{} rabbit.boot.test\n", addr::RABBITMQ_V4),
         );
         write(
             "etc/trove/eth1.json",
@@ -1567,7 +1569,18 @@ fn boot_guard_holds(attach: &str) {
 
     boot.write_trove_files();
     let mut daemon = Daemon::start(&boot.config, boot.pin_path.as_ref(), boot.metrics);
-    // Right after the start reports: the policy, not the guard.
+    // Right after the start reports: the policy, not the guard. RabbitMQ's name is looked up
+    // just after (not at the 5 s retry of a name that did not resolve).
+    let at = |ip: &str, port: u16| SocketAddr::new(ip.parse().expect("addr"), port);
+    let tenant_db = tcp_probe(&boot.tenant, None, at(BOOT_GUEST_BIZ_V4, 3306), PROBE);
+    let rabbit_within = (1..=3).find(|_| {
+        tcp_probe(&boot.guest, None, at(addr::RABBITMQ_V4, 5672), PROBE) || {
+            std::thread::sleep(Duration::from_millis(200));
+            false
+        }
+    });
+    assert!(tenant_db, "the database right after the start");
+    assert!(rabbit_within.is_some(), "RabbitMQ by name within 3 s");
     let enforcing = boot.probes();
     assert_eq!(
         enforcing,
@@ -1584,6 +1597,24 @@ fn boot_guard_holds(attach: &str) {
     let status = cli(&["status", "--pin-path", &boot.pin_path]);
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(!status.contains("boot guard:"), "{status}");
+
+    // Another pin path's failing start leaves the NICs this policy holds alone.
+    let other_pins = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let other = write_config(
+        &std::fs::read_to_string(&boot.config)
+            .expect("config")
+            .replace(&boot.pin_path, &other_pins)
+            .replace(&boot.tree.display().to_string(), "/nonexistent-trove-root"),
+    );
+    let out = cli(&["run", "--config", other.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("held by a policy of another pin path: m0, b0"),
+        "{stderr}"
+    );
+    assert_eq!(boot.probes(), enforcing, "the policy alone holds them");
+    let _ = cli(&["detach", "--pin-path", &other_pins]);
+    let _ = std::fs::remove_file(&other);
     assert!(
         status.contains("boot guard counters since boot"),
         "{status}"

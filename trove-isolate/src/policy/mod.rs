@@ -286,6 +286,18 @@ impl Policy {
         )
     }
 
+    /// [`Policy::from_source`] with no name looked up ([`resolve::Deferred`]): for a start the
+    /// boot guard holds, whose lookups would only time out.
+    pub fn from_source_deferred(source: &Source, path: &Path) -> Result<Policy, ConfigError> {
+        let discovered = source.discovered_now();
+        Policy::compile(
+            &source.config,
+            path,
+            discovered.as_ref(),
+            &resolve::Deferred,
+        )
+    }
+
     /// Compiles `config`, resolving host names with the nameservers of resolv.conf (the Trove
     /// root's when discovery is on).
     pub fn from_config(config: &Config, path: &Path) -> Result<Policy, ConfigError> {

@@ -254,7 +254,9 @@ impl Session {
             .run(|| std::net::TcpListener::bind("192.0.2.1:3307").expect("listening on 3307"));
         let server = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().expect("the client connects");
-            conn.set_read_timeout(Some(Duration::from_secs(10)))
+            // Only against a hang: the second request comes after a daemon's start, which is
+            // many seconds in an emulated VM.
+            conn.set_read_timeout(Some(Duration::from_secs(120)))
                 .expect("timeout");
             let mut buf = [0u8; 64];
             for _ in 0..2 {
