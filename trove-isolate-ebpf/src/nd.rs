@@ -61,22 +61,7 @@ pub fn check(
     pkt: &Packet,
 ) -> Result<Reason, Reason> {
     let ingress = direction == Direction::Ingress;
-    let (hop_limit, ok_scope) = match pkt.icmp_type {
-        // Router advertisements and redirects come from a router's link-local address.
-        ROUTER_ADVERTISEMENT | REDIRECT if ingress => (255, local::link_local(&pkt.src)),
-        ROUTER_SOLICITATION if !ingress => (255, on_link(role, pkt)),
-        NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT => (255, ingress || on_link(role, pkt)),
-        MLD_QUERY if ingress => (1, local::link_local(&pkt.src)),
-        MLD_REPORT | MLD_DONE | MLD2_REPORT if !ingress => (
-            1,
-            (local::link_local(&pkt.src) || local::unspecified(&pkt.src))
-                && local::link_multicast(&pkt.dst),
-        ),
-        _ => return Err(Reason::UnsupportedProtocol),
-    };
-    if pkt.hop_limit != hop_limit || pkt.icmp_code != 0 || !ok_scope {
-        return Err(Reason::Malformed);
-    }
+    in_its_place(ingress, pkt, |pkt| on_link(role, pkt))?;
     match pkt.icmp_type {
         ROUTER_SOLICITATION | NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT => {
             host_shaped(ctx, role, ingress, pkt)?
@@ -104,10 +89,37 @@ pub fn check(
 #[inline(always)]
 pub fn guard_check(ctx: &TcContext, direction: Direction, pkt: &Packet) -> Result<Reason, Reason> {
     let ingress = direction == Direction::Ingress;
+    // Which subnets are on the link is unknown: a solicitation or advertisement may go to any
+    // neighbour, a router solicitation to the routers' group.
+    in_its_place(ingress, pkt, |pkt| {
+        pkt.icmp_type != ROUTER_SOLICITATION || local::link_multicast(&pkt.dst)
+    })?;
+    match pkt.icmp_type {
+        ROUTER_SOLICITATION | NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT
+            if pkt.payload_len > MAX_LEN || pkt.options_len != 0 =>
+        {
+            return Err(Reason::Malformed)
+        }
+        MLD_REPORT | MLD_DONE | MLD2_REPORT => guard_report(ctx, pkt)?,
+        _ => {}
+    }
+    Ok(Reason::NeighborDiscovery)
+}
+
+/// Each message in the direction a host uses it (else `unsupported_protocol`), with the hop
+/// limit RFC 4861 or RFC 3810 requires, code 0, and in its scope (else `malformed`): going out,
+/// a solicitation or advertisement where `on_link` says.
+#[inline(always)]
+fn in_its_place(
+    ingress: bool,
+    pkt: &Packet,
+    on_link: impl Fn(&Packet) -> bool,
+) -> Result<(), Reason> {
     let (hop_limit, ok_scope) = match pkt.icmp_type {
+        // Router advertisements and redirects come from a router's link-local address.
         ROUTER_ADVERTISEMENT | REDIRECT if ingress => (255, local::link_local(&pkt.src)),
-        ROUTER_SOLICITATION if !ingress => (255, local::link_multicast(&pkt.dst)),
-        NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT => (255, true),
+        ROUTER_SOLICITATION if !ingress => (255, on_link(pkt)),
+        NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT => (255, ingress || on_link(pkt)),
         MLD_QUERY if ingress => (1, local::link_local(&pkt.src)),
         MLD_REPORT | MLD_DONE | MLD2_REPORT if !ingress => (
             1,
@@ -119,16 +131,7 @@ pub fn guard_check(ctx: &TcContext, direction: Direction, pkt: &Packet) -> Resul
     if pkt.hop_limit != hop_limit || pkt.icmp_code != 0 || !ok_scope {
         return Err(Reason::Malformed);
     }
-    match pkt.icmp_type {
-        ROUTER_SOLICITATION | NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT
-            if pkt.payload_len > MAX_LEN || pkt.options_len != 0 =>
-        {
-            return Err(Reason::Malformed)
-        }
-        MLD_REPORT | MLD_DONE | MLD2_REPORT => guard_report(ctx, pkt)?,
-        _ => {}
-    }
-    Ok(Reason::NeighborDiscovery)
+    Ok(())
 }
 
 /// A router solicitation, neighbour solicitation or advertisement as a host sends it, in either

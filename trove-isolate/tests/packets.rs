@@ -2471,29 +2471,8 @@ fn verified_instruction_counts() {
     let mut dp = Datapath::load(None, false, &Capacity::DEFAULT, &Capacity::NONE_HELD)
         .expect("loading the datapath (root, BPF)");
     let mut missing = Vec::new();
-    for role in Role::ALL {
-        for direction in Direction::ALL {
-            let name = trove_isolate_common::program_name(role, direction);
-            let info = dp
-                .program(role, direction)
-                .info()
-                .unwrap_or_else(|e| panic!("{name}: reading bpf_prog_info: {e}"));
-            let count = info.verified_instruction_count();
-            let shown = count.map_or_else(|| "not reported".to_owned(), |n| n.to_string());
-            println!("verified instructions: kernel {release} program {name} {shown}");
-            if reports && count.is_none() {
-                missing.push(name);
-            }
-        }
-    }
-    // The boot guard's, which every NIC carries until Trove's files are written.
-    let mut guard = trove_isolate::boot_guard::Programs::load(None, &[])
-        .expect("loading the boot guard (root, BPF)");
-    for direction in Direction::ALL {
-        let name = trove_isolate_common::guard::program_name(direction);
-        let info = guard
-            .program(direction)
-            .expect("program")
+    let mut report = |name: &'static str, program: &aya::programs::SchedClassifier| {
+        let info = program
             .info()
             .unwrap_or_else(|e| panic!("{name}: reading bpf_prog_info: {e}"));
         let count = info.verified_instruction_count();
@@ -2502,6 +2481,19 @@ fn verified_instruction_counts() {
         if reports && count.is_none() {
             missing.push(name);
         }
+    };
+    for role in Role::ALL {
+        for direction in Direction::ALL {
+            let name = trove_isolate_common::program_name(role, direction);
+            report(name, dp.program(role, direction));
+        }
+    }
+    // The boot guard's, which every NIC carries until a start enforces.
+    let mut guard = trove_isolate::boot_guard::Programs::load(None, &[])
+        .expect("loading the boot guard (root, BPF)");
+    for direction in Direction::ALL {
+        let name = trove_isolate_common::guard::program_name(direction);
+        report(name, guard.program(direction).expect("program"));
     }
     assert!(
         missing.is_empty(),
