@@ -1,16 +1,18 @@
-//! The boot guard: every NIC closed until Trove's files say which NIC is which.
+//! The boot guard: every NIC closed until a start can enforce the policy.
 //!
 //! At an instance's first boot, and after a rebuild, cloud-init writes the guest agent's config
 //! and eth1.json after the daemon starts. Until then the daemon cannot tell the business NIC from
-//! the management NIC and refuses to start (systemd starts it again every 2 s). Each of those
-//! starts [`hold`]s every NIC with the guard's programs (`trove_isolate_common::guard`: ARP,
-//! neighbour discovery, DHCP and the metadata service only); the first start that finds the
-//! files enforces the roles' policy, then [`release`]s the guard. Under TCX and cls_bpf alike a
-//! packet meets both programs while both are attached (each passes with `TC_ACT_UNSPEC`, on to
-//! the next), so the hand-over has no window.
+//! the management NIC and fails to start (systemd starts it again every 2 s); so does any start
+//! whose config does not compile or whose NIC is not found. Each of those starts [`hold`]s every
+//! NIC with the guard's programs (`trove_isolate_common::guard`: ARP, neighbour discovery, DHCP
+//! and the metadata service only); the first start that enforces the roles' policy then
+//! [`release`]s the guard. Under TCX and cls_bpf alike a packet meets both programs while both
+//! are attached (each passes with `TC_ACT_UNSPEC`, on to the next), so the hand-over has no
+//! window.
 //!
-//! Nothing is guarded while a policy is pinned: a restart that finds Trove's files gone keeps
-//! the policy in force rather than close the database.
+//! Nothing is guarded while a policy is pinned (a restart that finds Trove's files gone keeps
+//! the policy in force rather than close the database), nor a NIC that another pin path's policy
+//! holds.
 
 use std::{
     fs,
@@ -116,9 +118,7 @@ impl Settings {
             attach,
         }))
     }
-}
 
-impl Settings {
     /// The defaults, for a config whose `[boot]` is wrong: every physical NIC, OpenStack's
     /// metadata service.
     pub fn fallback(config: &Config) -> Settings {
