@@ -166,13 +166,7 @@ impl Record {
     }
 
     fn write(&self, pins: &Pins) -> anyhow::Result<()> {
-        let path = pins.guard_record();
-        let dir = path.parent().context("guard record has no directory")?;
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+        crate::state::write_json(&pins.guard_record(), self)
     }
 
     /// The NICs held, each once.

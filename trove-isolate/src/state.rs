@@ -147,13 +147,19 @@ impl State {
     }
 
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let dir = path.parent().context("state file has no directory")?;
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = path.with_extension("json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+        write_json(path, self)
     }
+}
+
+/// Writes `value` as JSON to `path` through a temporary file renamed over it, so a reader never
+/// sees half a record.
+pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let dir = path.parent().context("a record file has no directory")?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension("json.tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
 #[cfg(test)]
