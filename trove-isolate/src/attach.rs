@@ -426,6 +426,25 @@ pub(crate) fn remove_filter(
         Err(netns::NetnsError::Open { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             Ok(())
         }
+        // A file left where the namespace was (Docker unmounts a sandbox's at the container's
+        // stop, and deletes it later): the same.
+        Err(_) if crate::nic::namespace_id(netns).is_none() => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Docker unmounts a sandbox's namespace file at the container's stop and deletes it later:
+    /// the device's filters went with the namespace, and there is nothing to remove.
+    #[test]
+    fn a_filter_in_a_namespace_that_is_gone_is_gone() {
+        let file = std::env::temp_dir().join(format!("ti-not-a-netns-{}", std::process::id()));
+        fs::write(&file, b"").expect("a file where a namespace was");
+        let removed = remove_filter(Direction::Ingress, "eth0", 2, Some(&file), (2, 0x7002));
+        let _ = fs::remove_file(&file);
+        assert!(removed.is_ok(), "{removed:?}");
     }
 }

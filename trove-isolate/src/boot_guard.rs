@@ -150,6 +150,66 @@ pub struct GuardAttachment {
     pub ifindex: u32,
     pub netns: Option<PathBuf>,
     pub hook: Hook,
+    /// The NIC's MAC: a later start finds it by it where docker-hostnic moved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<[u8; 6]>,
+    /// Held where its MAC was found after it moved: the name it had where `[boot]` names NICs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_from: Option<String>,
+    /// A TCX link's pin (`Pins::guard_link`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<PathBuf>,
+}
+
+impl GuardAttachment {
+    /// How messages name the NIC: as `[boot]` does, and where it is if it moved.
+    pub fn label(&self) -> String {
+        label(
+            &self.interface,
+            self.netns.as_deref(),
+            self.moved_from.as_deref(),
+        )
+    }
+
+    /// The name it had where `[boot]` names NICs.
+    fn original(&self) -> String {
+        self.moved_from
+            .clone()
+            .unwrap_or_else(|| self.interface.clone())
+    }
+
+    /// Whether the device it was made on is still where it was (with its MAC, if recorded). A
+    /// namespace this process may not enter is taken to hold it still.
+    fn present(&self) -> bool {
+        let device = netns::run_in(self.netns.as_deref(), || {
+            let name = nix::net::if_::if_indextoname(self.ifindex).ok()?;
+            Some(nic::mac_of(&name.to_string_lossy()))
+        });
+        match device {
+            Ok(Some(mac)) => self.mac.is_none() || mac == self.mac,
+            Ok(None) => false,
+            Err(_) => nic::namespace_id(self.netns.as_deref()).is_some(),
+        }
+    }
+}
+
+fn label(interface: &str, netns: Option<&Path>, moved_from: Option<&str>) -> String {
+    match (moved_from, netns) {
+        (Some(from), Some(netns)) => format!("{from} (now {interface} in {})", netns.display()),
+        (Some(from), None) => format!("{from} (now {interface} in this namespace)"),
+        (None, _) => interface.to_owned(),
+    }
+}
+
+/// Each name once, in order.
+fn unique(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }
 
 impl Record {
@@ -169,15 +229,48 @@ impl Record {
         crate::state::write_json(&pins.guard_record(), self)
     }
 
-    /// The NICs held, each once.
+    /// The NICs held, each once (one held where it moved, with its namespace): those still
+    /// where the record has them.
     pub fn interfaces(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
+        unique(
+            self.attachments
+                .iter()
+                .filter(|a| a.present())
+                .map(GuardAttachment::label),
+        )
+    }
+
+    /// The NICs held before that are no longer where the record has them, nor held elsewhere:
+    /// a later start looks for them by their MAC.
+    pub fn lost(&self) -> Vec<String> {
+        let (here, gone): (Vec<&GuardAttachment>, Vec<&GuardAttachment>) =
+            self.attachments.iter().partition(|a| a.present());
+        unique(
+            gone.iter()
+                .filter(|a| a.mac.is_none() || !here.iter().any(|h| h.mac == a.mac))
+                .map(|a| a.original()),
+        )
+    }
+
+    /// Drops the entries of NICs held now where they moved to: nothing of the guard's is left
+    /// where they were (a filter went with the move, a TCX link moved with the NIC, and its pin
+    /// stays until `release`, holding it as well). One held nowhere stays, to be looked for by
+    /// its MAC again. Whether anything was dropped.
+    fn forget_old_places(&mut self) -> bool {
+        let present: Vec<bool> = self.attachments.iter().map(|a| a.present()).collect();
+        let held_macs: Vec<[u8; 6]> = self
             .attachments
             .iter()
-            .map(|a| a.interface.clone())
+            .zip(&present)
+            .filter(|(_, here)| **here)
+            .filter_map(|(a, _)| a.mac)
             .collect();
-        names.dedup();
-        names
+        let mut here = present.into_iter();
+        let before = self.attachments.len();
+        self.attachments.retain(|a| {
+            here.next().unwrap_or(true) || !a.mac.is_some_and(|m| held_macs.contains(&m))
+        });
+        self.attachments.len() != before
     }
 }
 
@@ -185,11 +278,12 @@ impl Record {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Held {
     /// These NICs are held closed; those of `[boot] interfaces` not found are `missing`, those
-    /// a policy (of another pin path) holds `skipped`, those that could not be held `failed`
-    /// (with why).
+    /// an earlier start held and found in no namespace now `lost`, those a policy (of another
+    /// pin path) holds `skipped`, those that could not be held `failed` (with why).
     Guarding {
         nics: Vec<String>,
         missing: Vec<String>,
+        lost: Vec<String>,
         skipped: Vec<String>,
         failed: Vec<String>,
     },
@@ -209,9 +303,9 @@ pub fn hold(pins: &Pins, settings: &Settings) -> anyhow::Result<Held> {
     if State::read(&pins.state_file())?.is_some_and(|s| !s.attachments.is_empty()) {
         return Ok(Held::Enforced);
     }
-    let (devices, missing) = devices(settings)?;
     // An unreadable record is started afresh; `release` finds what it listed by its place.
     let previous = Record::read(pins).ok().flatten();
+    let (targets, missing) = targets(settings, previous.as_ref())?;
     let mut record = Record {
         since: previous.as_ref().map_or_else(
             || {
@@ -232,52 +326,65 @@ pub fn hold(pins: &Pins, settings: &Settings) -> anyhow::Result<Held> {
     let tcx = attach::use_tcx(settings.attach);
     let mut skipped = Vec::new();
     let mut failed = Vec::new();
-    for device in &devices {
+    for target in &targets {
         // A policy of another pin path holds it: the guard would only cut its traffic.
-        if enforced_by_a_policy(device) {
-            skipped.push(device.name.clone());
+        if enforced_by_a_policy(&target.device) {
+            skipped.push(target.label());
             continue;
         }
         // One NIC's failure leaves the others held.
-        if let Err(e) = hold_one(pins, &mut programs, tcx, device, &mut record) {
-            failed.push(format!("{} ({e:#})", device.name));
+        if let Err(e) = hold_one(pins, &mut programs, tcx, target, &mut record) {
+            failed.push(format!("{} ({e:#})", target.label()));
         }
     }
-    if record.attachments.is_empty() && !failed.is_empty() {
+    if record.forget_old_places() {
+        record.write(pins)?;
+    }
+    let nics = record.interfaces();
+    if nics.is_empty() && !failed.is_empty() {
         anyhow::bail!("guarding {}", failed.join(", "));
     }
+    // Found, but skipped or failed: said so above.
+    let found: Vec<String> = targets
+        .iter()
+        .map(|t| {
+            t.moved_from
+                .clone()
+                .unwrap_or_else(|| t.device.name.clone())
+        })
+        .collect();
+    let mut lost = record.lost();
+    lost.retain(|name| !missing.contains(name) && !found.contains(name));
     Ok(Held::Guarding {
-        nics: record.interfaces(),
+        nics,
         missing,
+        lost,
         skipped,
         failed,
     })
 }
 
-/// Holds `device` with both of the guard's programs, recording each as it holds.
+/// Holds the target's NIC with both of the guard's programs, recording each as it holds.
 fn hold_one(
     pins: &Pins,
     programs: &mut Programs,
     tcx: bool,
-    device: &Device,
+    target: &Target,
     record: &mut Record,
 ) -> anyhow::Result<()> {
+    let device = &target.device;
+    let (_, namespace) = nic::namespace_id(device.netns.as_deref())
+        .with_context(|| format!("{device}: the namespace is gone"))?;
     for direction in Direction::ALL {
         let name = guard::program_name(direction);
+        let pin = tcx.then(|| pins.guard_link(namespace, device.ifindex, direction));
         let program = programs.program(direction)?;
         let held_before = record.attachments.iter().position(|a| {
             a.ifindex == device.ifindex && a.netns == device.netns && a.direction == direction
         });
         let hook = netns::run_in(device.netns.as_deref(), || {
-            if tcx {
-                attach::ensure_tcx(
-                    program,
-                    name,
-                    direction,
-                    device,
-                    &pins.guard_link(device.ifindex, direction),
-                    held_before.is_some(),
-                )
+            if let Some(pin) = &pin {
+                attach::ensure_tcx(program, name, direction, device, pin, held_before.is_some())
             } else {
                 attach::ensure_filter(
                     program,
@@ -298,6 +405,9 @@ fn hold_one(
             ifindex: device.ifindex,
             netns: device.netns.clone(),
             hook,
+            mac: target.mac,
+            moved_from: target.moved_from.clone(),
+            pin,
         });
         record.attachments.sort_by_key(|a| (a.ifindex, a.direction));
         // After each one: a start that fails half way leaves a record of what it holds.
@@ -313,11 +423,36 @@ fn enforced_by_a_policy(device: &Device) -> bool {
     })
 }
 
-/// Takes the guard off every NIC it holds (none: nothing to do); the NICs it names. Besides
+/// A NIC the guard let go: where it is, and how messages name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    pub label: String,
+    pub ifindex: u32,
+    pub netns: Option<PathBuf>,
+}
+
+impl Released {
+    /// Whether it is the device `ifindex` of `netns` (one namespace may be named by two paths).
+    pub fn is(&self, ifindex: u32, netns: Option<&Path>) -> bool {
+        self.ifindex == ifindex
+            && (self.netns.as_deref() == netns || {
+                let id = nic::namespace_id(netns);
+                id.is_some() && id == nic::namespace_id(self.netns.as_deref())
+            })
+    }
+}
+
+/// The labels of `released`.
+pub fn labels(released: &[Released]) -> Vec<String> {
+    unique(released.iter().map(|r| r.label.clone()))
+}
+
+/// Takes the guard off every NIC it holds (none: nothing to do); the NICs it let go. Besides
 /// what the record lists, every filter in the guard's place on the NICs of this namespace, of
-/// `netns` (the config's `[boot] netns`) and of the record's goes, so a record lost or
-/// unreadable leaves nothing behind.
-pub fn release(pins: &Pins, netns: Option<&Path>) -> anyhow::Result<Vec<String>> {
+/// `netns` (the config's `[boot] netns`) and of the record's goes, and every pin of a guard's
+/// TCX link, so a record lost or unreadable leaves nothing behind. One that will not go does
+/// not keep the others on: the first error is returned once all were tried, the record kept.
+pub fn release(pins: &Pins, netns: Option<&Path>) -> anyhow::Result<Vec<Released>> {
     let record = match Record::read(pins) {
         Ok(record) => record,
         Err(e) => {
@@ -325,42 +460,80 @@ pub fn release(pins: &Pins, netns: Option<&Path>) -> anyhow::Result<Vec<String>>
             None
         }
     };
-    let mut released = Vec::new();
+    let mut released: Vec<Released> = Vec::new();
+    let mut let_go = |r: Released| {
+        if !released
+            .iter()
+            .any(|k| k.ifindex == r.ifindex && k.netns == r.netns)
+        {
+            released.push(r);
+        }
+    };
+    let mut first_error: Option<anyhow::Error> = None;
+    let mut failed = |e: anyhow::Error| {
+        first_error.get_or_insert(e);
+    };
     let mut places: Vec<Option<PathBuf>> = vec![None];
     if netns.is_some() {
         places.push(netns.map(Path::to_path_buf));
     }
-    if let Some(record) = &record {
-        for a in &record.attachments {
-            match a.hook {
-                Hook::Tcx => attach::remove_tcx(&pins.guard_link(a.ifindex, a.direction)),
-                Hook::Legacy { priority, handle } => attach::remove_filter(
-                    a.direction,
-                    &a.interface,
-                    a.ifindex,
-                    a.netns.as_deref(),
-                    (priority, handle),
-                ),
-            }
-            .with_context(|| format!("releasing the boot guard from {}", a.interface))?;
-            if !places.contains(&a.netns) {
-                places.push(a.netns.clone());
-            }
+    // Where a guard was (its record there, even unreadable), it may have followed a NIC into
+    // any namespace.
+    if pins.guard_record().exists() {
+        places.extend(nic::namespace_files().into_iter().map(Some));
+    }
+    for a in record.iter().flat_map(|r| &r.attachments) {
+        // Asked first: a NIC that moved away since is not named where it was.
+        let present = a.present();
+        let removed = match (&a.hook, &a.pin) {
+            (Hook::Tcx, Some(pin)) => attach::remove_tcx(pin),
+            // Recorded before pins were named by namespace: the scan of the pins below.
+            (Hook::Tcx, None) => Ok(()),
+            (Hook::Legacy { priority, handle }, _) => attach::remove_filter(
+                a.direction,
+                &a.interface,
+                a.ifindex,
+                a.netns.as_deref(),
+                (*priority, *handle),
+            ),
+        };
+        match removed {
+            Ok(()) if present => let_go(Released {
+                label: a.label(),
+                ifindex: a.ifindex,
+                netns: a.netns.clone(),
+            }),
+            Ok(()) => {}
+            Err(e) => failed(
+                anyhow::Error::new(e)
+                    .context(format!("releasing the boot guard from {}", a.label())),
+            ),
         }
-        released = record.interfaces();
+        if !places.contains(&a.netns) {
+            places.push(a.netns.clone());
+        }
     }
     for place in &places {
         for (name, ifindex, directions) in filters_in_place(place.as_deref()) {
             for direction in directions {
-                attach::remove_filter(direction, &name, ifindex, place.as_deref(), FILTER)
-                    .with_context(|| format!("releasing the boot guard from {name}"))?;
+                if let Err(e) =
+                    attach::remove_filter(direction, &name, ifindex, place.as_deref(), FILTER)
+                {
+                    failed(
+                        anyhow::Error::new(e)
+                            .context(format!("releasing the boot guard from {name}")),
+                    );
+                }
             }
-            if !released.contains(&name) {
-                released.push(name);
-            }
+            let_go(Released {
+                label: name,
+                ifindex,
+                netns: place.clone(),
+            });
         }
     }
-    // Links whose record was lost (a guard that died between pinning and recording).
+    // Links whose record was lost (a guard that died between pinning and recording), and those
+    // of a NIC's earlier places (they moved with it).
     if let Ok(entries) = fs::read_dir(pins.links_dir()) {
         for entry in entries.filter_map(Result::ok) {
             if entry
@@ -368,9 +541,14 @@ pub fn release(pins: &Pins, netns: Option<&Path>) -> anyhow::Result<Vec<String>>
                 .to_str()
                 .is_some_and(|n| n.starts_with(GUARD_LINK_PREFIX))
             {
-                attach::remove_tcx(&entry.path())?;
+                if let Err(e) = attach::remove_tcx(&entry.path()) {
+                    failed(e.into());
+                }
             }
         }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     match fs::remove_file(pins.guard_record()) {
         Ok(()) => Ok(released),
@@ -381,7 +559,7 @@ pub fn release(pins: &Pins, netns: Option<&Path>) -> anyhow::Result<Vec<String>>
 
 /// [`release`] for a config that no longer asks for a guard (`guard = false`, no `[trove]`): a
 /// guard recorded under `pins` goes, unless another process holds the pin path.
-pub fn release_unused(pins: &Pins) -> anyhow::Result<Vec<String>> {
+pub fn release_unused(pins: &Pins) -> anyhow::Result<Vec<Released>> {
     if !pins.guard_record().exists() {
         return Ok(Vec::new());
     }
@@ -417,9 +595,78 @@ fn filters_in_place(netns: Option<&Path>) -> Vec<(String, u32, Vec<Direction>)> 
     .unwrap_or_default()
 }
 
+/// A NIC to hold: where it is now, and its MAC.
+struct Target {
+    device: Device,
+    mac: Option<[u8; 6]>,
+    /// Found by the MAC an earlier start recorded, away from where `[boot]` names NICs: the name
+    /// it had there.
+    moved_from: Option<String>,
+}
+
+impl Target {
+    fn label(&self) -> String {
+        label(
+            &self.device.name,
+            self.device.netns.as_deref(),
+            self.moved_from.as_deref(),
+        )
+    }
+}
+
 /// The NICs to hold, where they are now, and the names of `[boot] interfaces` not found (the
 /// others are held all the same).
-fn devices(settings: &Settings) -> anyhow::Result<(Vec<Device>, Vec<String>)> {
+///
+/// A NIC an earlier start held (`previous`) that is no longer where it was is followed by its
+/// MAC into any namespace: docker-hostnic moves the business NIC into the database container's
+/// when Docker starts it, which tears a cls_bpf filter down (Linux before 6.6). Every device
+/// found with the MAC is held (a device a container made with it as well: closed, never open).
+fn targets(
+    settings: &Settings,
+    previous: Option<&Record>,
+) -> anyhow::Result<(Vec<Target>, Vec<String>)> {
+    let (mut targets, mut missing) = devices(settings)?;
+    let mut recorded: Vec<([u8; 6], String)> = Vec::new();
+    for a in previous.iter().flat_map(|r| &r.attachments) {
+        if let Some(mac) = a.mac {
+            if !recorded.iter().any(|(m, _)| *m == mac) {
+                recorded.push((mac, a.original()));
+            }
+        }
+    }
+    for (mac, name) in recorded {
+        if targets.iter().any(|t| t.mac == Some(mac)) {
+            continue;
+        }
+        let elsewhere = nic::with_mac(mac, settings.netns.as_deref());
+        if !elsewhere.is_empty() {
+            missing.retain(|m| *m != name);
+        }
+        for device in elsewhere {
+            if !targets.iter().any(|t| t.device.same_place(&device)) {
+                // Where `[boot]` names NICs, under its name: it did not move (`[boot]
+                // interfaces` no longer names it).
+                let moved = device.name != name || device.netns != settings.netns;
+                targets.push(Target {
+                    device,
+                    mac: Some(mac),
+                    moved_from: moved.then(|| name.clone()),
+                });
+            }
+        }
+    }
+    if targets.is_empty() {
+        match missing.is_empty() {
+            true => anyhow::bail!("no physical NIC to guard"),
+            false => anyhow::bail!("none of [boot] interfaces is there: {}", missing.join(", ")),
+        }
+    }
+    Ok((targets, missing))
+}
+
+/// The NICs of `settings` where `[boot]` names them, each with its MAC, and the names of
+/// `[boot] interfaces` not found there.
+fn devices(settings: &Settings) -> anyhow::Result<(Vec<Target>, Vec<String>)> {
     let place = settings.netns.as_deref();
     let names = match &settings.interfaces {
         Some(names) => names.clone(),
@@ -434,23 +681,25 @@ fn devices(settings: &Settings) -> anyhow::Result<(Vec<Device>, Vec<String>)> {
         let mut missing = Vec::new();
         for name in names {
             match nix::net::if_::if_nametoindex(name.as_str()) {
-                Ok(ifindex) => found.push(Device {
-                    name,
-                    ifindex,
-                    netns: place.map(Path::to_path_buf),
-                    up: false,
-                }),
+                Ok(ifindex) => {
+                    let mac = nic::mac_of(&name);
+                    let device = Device {
+                        name,
+                        ifindex,
+                        netns: place.map(Path::to_path_buf),
+                        up: false,
+                    };
+                    found.push(Target {
+                        device,
+                        mac,
+                        moved_from: None,
+                    });
+                }
                 Err(_) => missing.push(name),
             }
         }
         (found, missing)
     })?;
-    if found.is_empty() {
-        match missing.is_empty() {
-            true => anyhow::bail!("no physical NIC to guard"),
-            false => anyhow::bail!("none of [boot] interfaces is there: {}", missing.join(", ")),
-        }
-    }
     Ok((found, missing))
 }
 

@@ -148,19 +148,22 @@ pub async fn run(
         Vec::new()
     });
     let guard_released = !released.is_empty();
-    let (held, unheld): (Vec<String>, Vec<String>) = released
-        .into_iter()
-        .partition(|nic| state.attachments.iter().any(|a| a.interface == *nic));
+    let (held, unheld): (Vec<_>, Vec<_>) = released.into_iter().partition(|nic| {
+        state
+            .attachments
+            .iter()
+            .any(|a| nic.is(a.ifindex, a.netns.as_deref()))
+    });
     if !held.is_empty() {
         log::info!(
             "boot guard released from {}: the policy holds them",
-            held.join(", ")
+            boot_guard::labels(&held).join(", ")
         );
     }
     if !unheld.is_empty() {
         log::warn!(
             "boot guard released from {}, which no role of the policy holds: unfiltered from now",
-            unheld.join(", ")
+            boot_guard::labels(&unheld).join(", ")
         );
     }
     let status = summary(&state);
@@ -587,7 +590,10 @@ impl Enforcing {
             .as_deref()
             .map(std::path::Path::new);
         match boot_guard::release(&self.pins, netns) {
-            Ok(released) => log::info!("boot guard released from {}", released.join(", ")),
+            Ok(released) => log::info!(
+                "boot guard released from {}",
+                boot_guard::labels(&released).join(", ")
+            ),
             Err(e) => log::error!("releasing the boot guard: {e:#} (tried again every 10 s)"),
         }
     }

@@ -249,7 +249,10 @@ fn guard_closed(path: &Path, failed: anyhow::Error, until: &str) -> anyhow::Erro
                 None => {
                     let released = boot_guard::release_unused(&pins)?;
                     if !released.is_empty() {
-                        log::warn!("boot guard off: released from {}", released.join(", "));
+                        log::warn!(
+                            "boot guard off: released from {}",
+                            boot_guard::labels(&released).join(", ")
+                        );
                     }
                     Ok(None)
                 }
@@ -260,12 +263,17 @@ fn guard_closed(path: &Path, failed: anyhow::Error, until: &str) -> anyhow::Erro
         Ok(Some(boot_guard::Held::Guarding {
             nics,
             missing,
+            lost,
             skipped,
             failed,
         })) => {
             let mut also = String::new();
             for (what, names) in [
                 ("[boot] interfaces not found, NOT GUARDED", missing),
+                (
+                    "held before and found in no namespace now, NOT GUARDED",
+                    lost,
+                ),
                 ("held by a policy of another pin path", skipped),
                 ("could not be held, NOT GUARDED", failed),
             ] {

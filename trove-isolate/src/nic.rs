@@ -143,22 +143,13 @@ pub fn resolve(spec: &NicSpec, last: Option<&Place>) -> Result<Device, NicError>
                 spec: spec.to_string(),
             });
     }
-    let mut places: Vec<Option<PathBuf>> = Vec::new();
-    if let Some(last) = last {
-        places.push(last.netns.clone());
-    }
-    places.push(spec.netns.clone());
-    places.push(None);
-    places.extend(namespace_files().into_iter().map(Some));
-    let mut seen = Vec::new();
     let mut found: Vec<Device> = Vec::new();
     let mut first_error = None;
-    for ns in places {
-        let id = namespace_id(ns.as_deref());
-        if id.is_none() || seen.contains(&id) {
-            continue;
-        }
-        seen.push(id);
+    let first = match last {
+        Some(last) => vec![last.netns.clone(), spec.netns.clone()],
+        None => vec![spec.netns.clone()],
+    };
+    for ns in places(first) {
         match resolve_in(spec, ns.as_deref()) {
             Ok(devices) => {
                 // Still where it was: stay, whatever else carries the MAC.
@@ -189,6 +180,48 @@ pub fn resolve(spec: &NicSpec, last: Option<&Place>) -> Result<Device, NicError>
                 .join("; "),
         }),
     }
+}
+
+/// Every device with `mac`, in `netns`, the daemon's own namespace and every namespace file (one
+/// that cannot be read is passed over).
+pub fn with_mac(mac: [u8; 6], netns: Option<&Path>) -> Vec<Device> {
+    let spec = NicSpec {
+        selector: NicSelector::Mac(mac),
+        netns: None,
+    };
+    places(vec![netns.map(Path::to_path_buf)])
+        .into_iter()
+        .filter_map(|ns| resolve_in(&spec, ns.as_deref()).ok())
+        .flatten()
+        .collect()
+}
+
+/// The MAC of the device `name` in the current thread's namespace, if it has one.
+pub fn mac_of(name: &str) -> Option<[u8; 6]> {
+    getifaddrs()
+        .ok()?
+        .filter(|ifa| ifa.interface_name == name)
+        .find_map(|ifa| ifa.address.as_ref()?.as_link_addr()?.addr())
+        .filter(|mac| *mac != [0; 6])
+}
+
+/// Where a NIC named by MAC is looked for, each namespace once: `first` (`None`: the daemon's
+/// own), then the daemon's own, then every namespace file.
+fn places(first: Vec<Option<PathBuf>>) -> Vec<Option<PathBuf>> {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    let candidates = first
+        .into_iter()
+        .chain([None])
+        .chain(namespace_files().into_iter().map(Some));
+    for ns in candidates {
+        let id = namespace_id(ns.as_deref());
+        if id.is_some() && !seen.contains(&id) {
+            seen.push(id);
+            out.push(ns);
+        }
+    }
+    out
 }
 
 /// Every file naming a network namespace, newest first. Files of our own namespace are left

@@ -75,7 +75,11 @@ pub fn detach(pins: &Pins, force: bool) -> anyhow::Result<String> {
     // The boot guard, before its links go with the others below.
     let guarded = crate::boot_guard::release(pins, None).context("releasing the boot guard")?;
     if !guarded.is_empty() {
-        writeln!(out, "released the boot guard from {}", guarded.join(", "))?;
+        writeln!(
+            out,
+            "released the boot guard from {}",
+            crate::boot_guard::labels(&guarded).join(", ")
+        )?;
     }
     // TCX links pinned without a record: released here, not left to bpffs' deferred release.
     if let Ok(entries) = fs::read_dir(pins.links_dir()) {

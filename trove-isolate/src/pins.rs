@@ -72,11 +72,13 @@ impl Pins {
             .join(format!("{}_{}", role.name(), direction.name()))
     }
 
-    /// The pin of the boot guard's TCX link of (device, direction): the guard's devices are
-    /// all in one namespace, where an ifindex names one.
-    pub fn guard_link(&self, ifindex: u32, direction: Direction) -> PathBuf {
-        self.links_dir()
-            .join(format!("{GUARD_LINK_PREFIX}{ifindex}_{}", direction.name()))
+    /// The pin of the boot guard's TCX link of (device, direction): an ifindex names a device
+    /// in its namespace (`namespace`: its inode), and the guard follows a NIC into others.
+    pub fn guard_link(&self, namespace: u64, ifindex: u32, direction: Direction) -> PathBuf {
+        self.links_dir().join(format!(
+            "{GUARD_LINK_PREFIX}{namespace}_{ifindex}_{}",
+            direction.name()
+        ))
     }
 
     /// The boot guard's record of what it holds, next to the state file.

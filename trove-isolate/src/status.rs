@@ -139,6 +139,14 @@ pub fn report(pins: &Pins) -> anyhow::Result<Report> {
             .push(format!("cannot read the boot guard's counters: {e:#}")),
     }
     if let Some(record) = &report.boot_guard {
+        let lost = record.lost();
+        if !lost.is_empty() {
+            report.problems.push(format!(
+                "the boot guard held {} before, found in no namespace now: NOT GUARDED (each \
+                 start looks for it by its MAC)",
+                lost.join(", ")
+            ));
+        }
         if state.is_some() {
             report.problems.push(format!(
                 "the boot guard still holds {} beside the policy: the daemon takes it off once it \

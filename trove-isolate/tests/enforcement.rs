@@ -1646,6 +1646,157 @@ fn boot_guard_holds(attach: &str) {
     assert!(boot.guard_pins().is_empty(), "{:?}", boot.guard_pins());
 }
 
+/// Docker may start the database container while the guard holds the NICs (a config that fails
+/// at a later boot): docker-hostnic moves the business NIC into the container's namespace, which
+/// tears a cls_bpf filter down. The next start follows the NIC by its MAC and holds it there, and
+/// the start that enforces takes the guard off it there.
+#[test]
+fn the_boot_guard_follows_a_nic_docker_hostnic_moves_on_tcx() {
+    boot_guard_follows("tcx");
+}
+
+#[test]
+fn the_boot_guard_follows_a_nic_docker_hostnic_moves_on_legacy_clsact() {
+    boot_guard_follows("legacy");
+}
+
+fn boot_guard_follows(attach: &str) {
+    let boot = FirstBoot::new(attach);
+    let config = boot.config.to_str().expect("utf-8 path");
+    let failed_start = || {
+        let out = cli(&["run", "--config", config]);
+        assert!(!out.status.success(), "a start without Trove's files");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = failed_start();
+    assert!(
+        stderr.contains("boot guard: m0, b0 held closed"),
+        "{stderr}"
+    );
+
+    // docker-hostnic: the NIC down, into the sandbox, renamed, addressed, up; at the
+    // container's stop, back.
+    let at = |ip: &str, port: u16| SocketAddr::new(ip.parse().expect("addr"), port);
+    let moved = |from: &NetNs, name: &str, to: &NetNs, new_name: &str| {
+        from.ip(&format!("link set {name} down"));
+        from.ip(&format!("link set {name} netns {}", to.name()));
+        to.ip(&format!("link set {name} name {new_name}"));
+        to.ip(&format!("addr add {BOOT_GUEST_BIZ_V4}/24 dev {new_name}"));
+        to.ip(&format!("link set {new_name} up"));
+    };
+    let database = || tcp_probe(&boot.tenant, None, at(BOOT_GUEST_BIZ_V4, 3306), PROBE);
+    let legacy = attach == "legacy";
+    let stopped = NetNs::new("bootc");
+    moved(&boot.guest, BOOT_BIZ, &stopped, "eth0");
+    let stderr = failed_start();
+    assert!(stderr.contains("(now eth0 in"), "{stderr}");
+    moved(&stopped, "eth0", &boot.guest, BOOT_BIZ);
+    drop(stopped);
+    assert_eq!(database(), legacy, "back in the guest (the guest's server)");
+    let stderr = failed_start();
+    assert!(
+        stderr.contains("boot guard: m0, b0 held closed"),
+        "{stderr}"
+    );
+    assert!(!database(), "held closed where it came back");
+
+    // Into a namespace no file names: found nowhere, and said so.
+    let mut hidden = std::process::Command::new("unshare")
+        .args(["--net", "sleep", "60"])
+        .spawn()
+        .expect("unshare");
+    let hidden_ns = format!("/proc/{}/ns/net", hidden.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read_link(&hidden_ns).ok() == std::fs::read_link("/proc/self/ns/net").ok() {
+        assert!(std::time::Instant::now() < deadline, "unshare --net");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    boot.guest
+        .ip(&format!("link set {BOOT_BIZ} netns {}", hidden.id()));
+    let stderr = failed_start();
+    assert!(stderr.contains("boot guard: m0 held closed"), "{stderr}");
+    assert!(stderr.contains("NOT GUARDED: b0"), "{stderr}");
+    let status = cli(&["status", "--pin-path", &boot.pin_path]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("the boot guard held b0 before, found in no namespace now: NOT GUARDED"),
+        "{status}"
+    );
+    let back = std::process::Command::new("nsenter")
+        .arg(format!("--net={hidden_ns}"))
+        .args(["ip", "link", "set", BOOT_BIZ, "netns"])
+        .arg(boot.guest.name())
+        .status()
+        .expect("nsenter");
+    assert!(back.success());
+    let _ = hidden.kill();
+    let _ = hidden.wait();
+    boot.guest
+        .ip(&format!("addr add {BOOT_GUEST_BIZ_V4}/24 dev {BOOT_BIZ}"));
+    boot.guest.ip(&format!("link set {BOOT_BIZ} up"));
+    let stderr = failed_start();
+    assert!(
+        stderr.contains("boot guard: m0, b0 held closed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("NOT GUARDED"), "{stderr}");
+
+    let sandbox = NetNs::new("bootc");
+    sandbox.ip("link set lo up");
+    moved(&boot.guest, BOOT_BIZ, &sandbox, "eth0");
+    let _db = tcp_server(&sandbox, at(BOOT_GUEST_BIZ_V4, 3306));
+    let guard_filters = || {
+        sandbox.run(|| {
+            ["ingress", "egress"].map(|hook| {
+                let out = std::process::Command::new("tc")
+                    .args(["filter", "show", "dev", "eth0", hook])
+                    .output()
+                    .expect("tc");
+                String::from_utf8_lossy(&out.stdout).contains("guard_")
+            })
+        })
+    };
+    // A TCX link moves with its device; the move tears a cls_bpf filter down.
+    assert_eq!(database(), legacy, "right after the move");
+
+    let stderr = failed_start();
+    let held = format!(
+        "boot guard: m0, b0 (now eth0 in {}) held closed",
+        sandbox.path().display()
+    );
+    assert!(stderr.contains(&held), "{stderr}");
+    assert!(!stderr.contains("NOT GUARDED"), "{stderr}");
+    assert!(!database(), "held closed in the container's namespace");
+    if legacy {
+        assert_eq!(guard_filters(), [true, true], "the guard's filters");
+    }
+    // Again: the record names it where it moved.
+    let stderr = failed_start();
+    assert!(stderr.contains(&held), "{stderr}");
+    assert!(!stderr.contains("NOT GUARDED"), "{stderr}");
+    assert!(!database(), "held closed in the container's namespace");
+
+    boot.write_trove_files();
+    let mut daemon = Daemon::start(&boot.config, boot.pin_path.as_ref(), boot.metrics);
+    assert!(
+        database(),
+        "the policy in force in the container's namespace"
+    );
+    assert_eq!(guard_filters(), [false, false], "the guard taken off there");
+    assert!(boot.guard_pins().is_empty(), "{:?}", boot.guard_pins());
+    assert!(!boot.guard_record().exists());
+    let log = daemon.stderr();
+    assert!(
+        log.contains(&format!(
+            "boot guard released from m0, b0 (now eth0 in {}): the policy holds them",
+            sandbox.path().display()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("unfiltered from now"), "{log}");
+    daemon.stop();
+}
+
 /// The business NIC's MAC, unique to this process (a NIC is looked for by MAC in every
 /// namespace, and test processes may run side by side).
 fn boot_biz_mac() -> String {

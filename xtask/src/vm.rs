@@ -490,9 +490,9 @@ fn script(root: &Path, bins: &TestBins, plan: Plan) -> String {
             r#"# Under TCG a daemon start takes seconds: fewer detach rounds than on the host.
 export TROVE_ISOLATE_DETACH_ROUNDS=3
 # The pin path's lock is userspace alone (the host's run covers it), and its two daemon starts
-# are a minute under TCG. So are the boot guard's five starts: its programs' verdicts are checked
+# are a minute under TCG. So are the boot guard's starts: its programs' verdicts are checked
 # here (packets), its attaching is the roles' code, and the host runs it on clsact and TCX.
-run enforcement '{enforcement}' --test-threads=1 --skip policy_holds_on_tcx --skip the_boot_guard_holds_every_nic_until_troves_files_come --skip tcx_attaches_first_in_the_chain --skip a_second_daemon_on_the_pin_path_is_refused
+run enforcement '{enforcement}' --test-threads=1 --skip policy_holds_on_tcx --skip the_boot_guard_holds_every_nic_until_troves_files_come --skip the_boot_guard_follows_a_nic --skip tcx_attaches_first_in_the_chain --skip a_second_daemon_on_the_pin_path_is_refused
 run follow '{follow}' --test-threads=1 --nocapture --skip the_business_nic_is_followed_on_tcx
 "#,
             enforcement = bins.enforcement.display(),
