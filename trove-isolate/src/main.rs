@@ -48,8 +48,9 @@ enum Command {
     /// With `[trove]`, a start that cannot enforce while no policy is pinned (Trove's files not
     /// there yet at an instance's first boot, before cloud-init writes them; a config that does
     /// not compile; a NIC not found) holds every NIC closed with the boot guard (`[boot]`: ARP,
-    /// neighbour discovery, DHCP and the metadata service only) and exits non-zero; the start
-    /// that enforces takes the guard off.
+    /// neighbour discovery, DHCP and the metadata service only) and exits non-zero; each such
+    /// start finds a NIC it held by its MAC where docker-hostnic moved it, and the start that
+    /// enforces takes the guard off.
     Run {
         /// The TOML config file.
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
