@@ -1,0 +1,119 @@
+//! The NICs a start holds: where `[boot]` names them, and where those held before moved.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use super::{record::label, Record, Settings};
+use crate::{
+    netns,
+    nic::{self, Device},
+};
+
+/// A NIC to hold: where it is now, and its MAC.
+pub(super) struct Target {
+    pub device: Device,
+    pub mac: Option<[u8; 6]>,
+    /// Found by the MAC an earlier start recorded, away from where `[boot]` names NICs: the name
+    /// it had there.
+    pub moved_from: Option<String>,
+}
+
+impl Target {
+    pub fn label(&self) -> String {
+        label(
+            &self.device.name,
+            self.device.netns.as_deref(),
+            self.moved_from.as_deref(),
+        )
+    }
+}
+
+/// The NICs to hold, where they are now, and the names of `[boot] interfaces` not found (the
+/// others are held all the same).
+///
+/// A NIC an earlier start held (`previous`) that is no longer where it was is followed by its
+/// MAC into any namespace: docker-hostnic moves the business NIC into the database container's
+/// when Docker starts it, which tears a cls_bpf filter down (Linux before 6.6). Every device
+/// found with the MAC is held (a device a container made with it as well: closed, never open).
+pub(super) fn targets(
+    settings: &Settings,
+    previous: Option<&Record>,
+) -> anyhow::Result<(Vec<Target>, Vec<String>)> {
+    let (mut targets, mut missing) = devices(settings)?;
+    let mut recorded: Vec<([u8; 6], String)> = Vec::new();
+    for a in previous.iter().flat_map(|r| &r.attachments) {
+        if let Some(mac) = a.mac {
+            if !recorded.iter().any(|(m, _)| *m == mac) {
+                recorded.push((mac, a.original()));
+            }
+        }
+    }
+    for (mac, name) in recorded {
+        if targets.iter().any(|t| t.mac == Some(mac)) {
+            continue;
+        }
+        let elsewhere = nic::with_mac(mac, settings.netns.as_deref());
+        if !elsewhere.is_empty() {
+            missing.retain(|m| *m != name);
+        }
+        for device in elsewhere {
+            if !targets.iter().any(|t| t.device.same_place(&device)) {
+                // Where `[boot]` names NICs, under its name: it did not move (`[boot]
+                // interfaces` no longer names it).
+                let moved = device.name != name || device.netns != settings.netns;
+                targets.push(Target {
+                    device,
+                    mac: Some(mac),
+                    moved_from: moved.then(|| name.clone()),
+                });
+            }
+        }
+    }
+    if targets.is_empty() {
+        match missing.is_empty() {
+            true => anyhow::bail!("no physical NIC to guard"),
+            false => anyhow::bail!("none of [boot] interfaces is there: {}", missing.join(", ")),
+        }
+    }
+    Ok((targets, missing))
+}
+
+/// The NICs of `settings` where `[boot]` names them, each with its MAC, and the names of
+/// `[boot] interfaces` not found there.
+fn devices(settings: &Settings) -> anyhow::Result<(Vec<Target>, Vec<String>)> {
+    let place = settings.netns.as_deref();
+    let names = match &settings.interfaces {
+        Some(names) => names.clone(),
+        None => netns::run_in(place, nic::host_nics)?
+            .context("listing the NICs")?
+            .into_iter()
+            .map(|(name, _mac)| name)
+            .collect(),
+    };
+    let (found, missing) = netns::run_in(place, || {
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for name in names {
+            match nix::net::if_::if_nametoindex(name.as_str()) {
+                Ok(ifindex) => {
+                    let mac = nic::mac_of(&name);
+                    let device = Device {
+                        name,
+                        ifindex,
+                        netns: place.map(Path::to_path_buf),
+                        up: false,
+                    };
+                    found.push(Target {
+                        device,
+                        mac,
+                        moved_from: None,
+                    });
+                }
+                Err(_) => missing.push(name),
+            }
+        }
+        (found, missing)
+    })?;
+    Ok((found, missing))
+}
