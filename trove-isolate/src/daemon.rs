@@ -107,7 +107,7 @@ impl DaemonStats {
 /// Enforces `policy` (compiled from `source`) and serves metrics until `shutdown` completes;
 /// `reload` yields once per reload request (SIGHUP). Enforcement stays after.
 pub async fn run(
-    source: Source,
+    mut source: Source,
     policy: Policy,
     options: RunOptions,
     mut reload: impl Stream,
@@ -135,12 +135,7 @@ pub async fn run(
     state.write(&pins.state_file())?;
     // The boot guard held the NICs while no start could enforce (Trove's files missing, say);
     // the roles' programs hold them now, ahead of it.
-    let boot_netns = source
-        .config
-        .boot
-        .netns
-        .as_deref()
-        .map(std::path::Path::new);
+    let boot_netns = source.boot_netns();
     // One that will not go stays, chained after the policy (fail closed), and is tried again at
     // each sweep.
     let released = boot_guard::release(&pins, boot_netns).unwrap_or_else(|e| {
@@ -168,6 +163,7 @@ pub async fn run(
     }
     let status = summary(&state);
 
+    source.compact();
     let mut world = Enforcing {
         source,
         policy,
@@ -582,14 +578,7 @@ impl Enforcing {
         if !self.pins.guard_record().exists() {
             return;
         }
-        let netns = self
-            .source
-            .config
-            .boot
-            .netns
-            .as_deref()
-            .map(std::path::Path::new);
-        match boot_guard::release(&self.pins, netns) {
+        match boot_guard::release(&self.pins, self.source.boot_netns()) {
             Ok(released) => log::info!(
                 "boot guard released from {}",
                 boot_guard::labels(&released).join(", ")
@@ -667,8 +656,9 @@ fn start_reload(
     ]);
     let path = options.config.clone();
     let task = tokio::task::spawn_blocking(move || {
-        let source = Source::load(&path)?;
+        let mut source = Source::load(&path)?;
         let policy = Policy::from_source(&source, &path)?;
+        source.compact();
         Ok((source, policy))
     });
     (task, Instant::now())

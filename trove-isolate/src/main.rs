@@ -355,12 +355,13 @@ fn run(command: Command) -> anyhow::Result<()> {
                     Err(e) => return Err(config_failed(&config, e)),
                 };
                 // Under the boot guard DNS does not pass: names are looked up once it is off.
+                let pin_path = source
+                    .config(&config)
+                    .map_err(|e| config_failed(&config, e))?
+                    .pin_path
+                    .clone();
                 let guarded = Pins::new(
-                    source
-                        .config
-                        .pin_path
-                        .as_ref()
-                        .map_or_else(|| PathBuf::from(DEFAULT_PIN_PATH), PathBuf::from),
+                    pin_path.map_or_else(|| PathBuf::from(DEFAULT_PIN_PATH), PathBuf::from),
                 )
                 .guard_record()
                 .exists();

@@ -2327,7 +2327,7 @@ fn a_policy_over_the_lengths_a_class_holds_is_refused_untouched() {
             port: 3306,
             remote: IpNetwork::new("2001:db8:99::".parse().expect("ip"), prefix).expect("net"),
             origin: trove_isolate::policy::Origin::from(format!("name-{i}")),
-            host: Some(format!("name-{i}.test")),
+            host: Some(format!("name-{i}.test").into()),
         });
     }
     let error = format!(

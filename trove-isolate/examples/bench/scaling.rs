@@ -108,7 +108,7 @@ pub fn grown(base: &Policy, total: usize, seed: u64) -> Policy {
             proto: proto::TCP,
             port: 3306,
             remote: net,
-            origin: Origin::Entry("bench"),
+            origin: Origin::Entry(&"bench"),
             host: None,
         });
     }

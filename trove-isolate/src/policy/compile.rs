@@ -18,7 +18,7 @@ pub(super) struct RuleSet<'a> {
     seen: foldhash::HashSet<(Direction, u8, u16, IpNetwork)>,
     pub(super) rules: Vec<Rule>,
     /// The host name the rules being added are addresses of.
-    naming: Option<String>,
+    naming: Option<Arc<str>>,
 }
 
 impl<'a> RuleSet<'a> {
@@ -120,10 +120,10 @@ impl<T: fmt::Display> Remote<T> {
     }
 
     /// The origin of a rule for this entry of list `key`.
-    fn origin(&self, key: &'static str) -> Origin {
+    fn origin(&self, key: &'static &'static str) -> Origin {
         match &self.written {
             None => Origin::Entry(key),
-            Some(written) => format!("{key} {written}").into(),
+            Some(written) => format!("{} {written}", *key).into(),
         }
     }
 }
@@ -406,7 +406,7 @@ pub(super) fn endpoint_rules(
             let origin = format!("{kind} {host}:{port}{from}");
             match sources.resolver.lookup(&host) {
                 Ok(answer) => {
-                    set.naming = Some(host.clone());
+                    set.naming = Some(host.as_str().into());
                     for address in &answer.addresses {
                         // An IPv4-mapped answer is matched as the IPv4 address it stands for.
                         let matched = match address {
@@ -625,7 +625,7 @@ pub(super) fn management(
             Direction::Ingress,
             ssh_port,
             net.matched,
-            net.origin("ssh_from"),
+            net.origin(&"ssh_from"),
         );
     }
     for net in scrapers {
@@ -633,7 +633,7 @@ pub(super) fn management(
             Direction::Ingress,
             metrics.listen.port(),
             net.matched,
-            net.origin("metrics allow_from"),
+            net.origin(&"metrics allow_from"),
         );
     }
     dns(&mut set, sources);
@@ -648,7 +648,7 @@ fn dns(set: &mut RuleSet, sources: &Sources) {
     if sources.names.is_empty() && sources.unresolved.is_empty() {
         return;
     }
-    set.naming = Some(RESOLVERS.to_owned());
+    set.naming = Some(RESOLVERS.into());
     for (resolver, origin) in resolvers(sources.discovered) {
         let net = IpNetwork::from(resolver);
         let origin = format!("dns {resolver}:53 (from {origin}; endpoints are host names)");
@@ -862,7 +862,7 @@ pub(super) fn business(
     } else {
         c.cidrs("clients", &biz.clients)?
             .into_iter()
-            .map(|net| (net.matched, net.origin("clients")))
+            .map(|net| (net.matched, net.origin(&"clients")))
             .collect()
     };
     let peers = c.cidrs("peers", &biz.peers)?;
@@ -872,7 +872,7 @@ pub(super) fn business(
             set.tcp(Direction::Ingress, *port, *net, origin.clone());
         }
         for net in &peers {
-            set.tcp(Direction::Egress, *port, net.matched, net.origin("peers"));
+            set.tcp(Direction::Egress, *port, net.matched, net.origin(&"peers"));
         }
     }
     Ok(set.finish(nic, false))

@@ -11,6 +11,7 @@ use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
@@ -71,7 +72,8 @@ pub struct Rule {
     /// The config entry the rule comes from, for `check` and `explain`: see [`Rule::origin`].
     pub origin: Origin,
     /// The host name whose address `remote` is, for rules of a name (refreshed with its TTL).
-    pub host: Option<String>,
+    /// Shared: every rule of a name holds it, and a policy may hold 100,000 rules.
+    pub host: Option<Arc<str>>,
 }
 
 /// The prefix-length class of a key.
@@ -96,8 +98,9 @@ pub enum Origin {
     /// Said in full: an endpoint, what discovery found and where, a name.
     Text(Box<str>),
     /// An entry of a list key (`clients`, `ssh_from`, ...) written as the rule's remote:
-    /// shown as "<key> <remote>".
-    Entry(&'static str),
+    /// shown as "<key> <remote>". One pointer, so that an `Origin` is two words (a policy may
+    /// hold 100,000 rules).
+    Entry(&'static &'static str),
 }
 
 impl From<String> for Origin {
@@ -111,7 +114,7 @@ impl Rule {
     pub fn origin(&self) -> std::borrow::Cow<'_, str> {
         match &self.origin {
             Origin::Text(text) => std::borrow::Cow::Borrowed(text),
-            Origin::Entry(key) => std::borrow::Cow::Owned(format!("{key} {}", self.remote)),
+            Origin::Entry(key) => std::borrow::Cow::Owned(format!("{} {}", *key, self.remote)),
         }
     }
 
@@ -242,22 +245,57 @@ pub struct Policy {
 /// inputs: an edit of either file takes effect at a reload, never at a name refresh.
 #[derive(Debug, Clone)]
 pub struct Source {
-    pub config: Config,
+    /// The config file's text as read. The daemon keeps this alone ([`Source::compact`]) and
+    /// parses it again for each compile: parsed, a config of 100,000 prefixes holds each as a
+    /// `String`, about three times the text, for the daemon's whole life.
+    text: Arc<str>,
+    /// As parsed at the load, for the compile that follows it.
+    parsed: Option<Arc<Config>>,
+    trove: Option<TroveConfig>,
+    boot_netns: Option<PathBuf>,
     discovered: Option<Discovered>,
 }
 
 impl Source {
     pub fn load(path: &Path) -> Result<Source, ConfigError> {
-        let config = Config::load(path)?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::parse(&text, path)?;
         let discovered = discovery(&config, path)?;
-        Ok(Source { config, discovered })
+        Ok(Source {
+            text: text.into(),
+            trove: config.trove.clone(),
+            boot_netns: config.boot.netns.as_ref().map(PathBuf::from),
+            parsed: Some(Arc::new(config)),
+            discovered,
+        })
+    }
+
+    /// The config, as parsed at the load or parsed again from its text (read from `path`).
+    pub fn config(&self, path: &Path) -> Result<Arc<Config>, ConfigError> {
+        match &self.parsed {
+            Some(config) => Ok(config.clone()),
+            None => Config::parse(&self.text, path).map(Arc::new),
+        }
+    }
+
+    /// `[boot] netns`.
+    pub fn boot_netns(&self) -> Option<&Path> {
+        self.boot_netns.as_deref()
+    }
+
+    /// Keeps the config's text alone, for a source kept while a policy is in force.
+    pub fn compact(&mut self) {
+        self.parsed = None;
     }
 
     /// What discovery read, with the nameservers as they are now: DHCP rewrites resolv.conf
     /// (and systemd-resolved's upstream list), and the DNS rules follow it.
     fn discovered_now(&self) -> Option<Discovered> {
         let mut discovered = self.discovered.clone()?;
-        if let Some(trove) = &self.config.trove {
+        if let Some(trove) = &self.trove {
             let root = trove_files(trove).root;
             if let Ok(now) = discover::nameservers(&root) {
                 discovered.resolvers = now;
@@ -279,7 +317,7 @@ impl Policy {
     pub fn from_source(source: &Source, path: &Path) -> Result<Policy, ConfigError> {
         let discovered = source.discovered_now();
         Policy::compile(
-            &source.config,
+            &*source.config(path)?,
             path,
             discovered.as_ref(),
             &resolver(discovered.as_ref()),
@@ -291,7 +329,7 @@ impl Policy {
     pub fn from_source_deferred(source: &Source, path: &Path) -> Result<Policy, ConfigError> {
         let discovered = source.discovered_now();
         Policy::compile(
-            &source.config,
+            &*source.config(path)?,
             path,
             discovered.as_ref(),
             &resolve::Deferred,
@@ -458,7 +496,7 @@ impl Policy {
             .chain(self.unresolved_hosts.iter().map(String::as_str))
             .chain([RESOLVERS])
             .collect();
-        let refreshed = |host: &Option<String>| {
+        let refreshed = |host: &Option<Arc<str>>| {
             host.as_deref()
                 .is_some_and(|h| known.contains(h) && !failed.contains(h))
         };

@@ -1370,7 +1370,7 @@ fn a_host_names_addresses_never_change_the_expansion() {
         port: 5672,
         remote: "192.0.2.10/32".parse().expect("cidr"),
         origin: Origin::from("rabbitmq broker:5672".to_owned()),
-        host: Some("broker".to_owned()),
+        host: Some("broker".into()),
     });
     assert_eq!(p.prefix_lengths()[class], [32, 24]);
     assert_eq!(p.entries().len(), 17);
