@@ -200,11 +200,15 @@ impl ConfigError {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        Config::parse(&Config::read(path)?, path)
+    }
+
+    /// The config file's text.
+    pub fn read(path: &Path) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
-        })?;
-        Config::parse(&text, path)
+        })
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {

@@ -258,10 +258,7 @@ pub struct Source {
 
 impl Source {
     pub fn load(path: &Path) -> Result<Source, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = Config::read(path)?;
         let config = Config::parse(&text, path)?;
         let discovered = discovery(&config, path)?;
         Ok(Source {
@@ -315,25 +312,26 @@ impl Policy {
 
     /// Compiles `source` (read from `path`), looking its host names up now.
     pub fn from_source(source: &Source, path: &Path) -> Result<Policy, ConfigError> {
-        let discovered = source.discovered_now();
-        Policy::compile(
-            &*source.config(path)?,
-            path,
-            discovered.as_ref(),
-            &resolver(discovered.as_ref()),
-        )
+        Policy::compile_source(source, path, false)
     }
 
     /// [`Policy::from_source`] with no name looked up ([`resolve::Deferred`]): for a start the
     /// boot guard holds, whose lookups would only time out.
     pub fn from_source_deferred(source: &Source, path: &Path) -> Result<Policy, ConfigError> {
+        Policy::compile_source(source, path, true)
+    }
+
+    fn compile_source(source: &Source, path: &Path, deferred: bool) -> Result<Policy, ConfigError> {
         let discovered = source.discovered_now();
-        Policy::compile(
-            &*source.config(path)?,
-            path,
-            discovered.as_ref(),
-            &resolve::Deferred,
-        )
+        let looked_up;
+        let resolver: &dyn Resolve = match deferred {
+            true => &resolve::Deferred,
+            false => {
+                looked_up = resolver(discovered.as_ref());
+                &looked_up
+            }
+        };
+        Policy::compile(&*source.config(path)?, path, discovered.as_ref(), resolver)
     }
 
     /// Compiles `config`, resolving host names with the nameservers of resolv.conf (the Trove
