@@ -86,7 +86,7 @@ pub fn ensure(
     pins: &Pins,
     previous: [Option<&Attachment>; 2],
 ) -> Result<Ensured, AttachError> {
-    let (hooks, before, after) = netns::run_in(device.netns.as_deref(), || {
+    let (hooks, before, after, mac) = netns::run_in(device.netns.as_deref(), || {
         // The device just before and just after: how much it may have received unjudged.
         let before = nic::snapshot(device.ifindex);
         let mut hooks = Vec::new();
@@ -112,7 +112,8 @@ pub fn ensure(
             };
             hooks.push((direction, hook));
         }
-        Ok::<_, AttachError>((hooks, before, nic::snapshot(device.ifindex)))
+        let mac = nic::mac_of(&device.name);
+        Ok::<_, AttachError>((hooks, before, nic::snapshot(device.ifindex), mac))
     })??;
     let attachments = hooks
         .into_iter()
@@ -123,6 +124,7 @@ pub fn ensure(
             ifindex: device.ifindex,
             netns: device.netns.clone(),
             hook,
+            mac,
         })
         .collect();
     Ok(Ensured {
@@ -371,7 +373,6 @@ pub fn remove(attachment: &Attachment, link_pin: &Path) -> Result<(), AttachErro
         Hook::Tcx => remove_tcx(link_pin),
         Hook::Legacy { priority, handle } => remove_filter(
             attachment.direction,
-            &attachment.interface,
             attachment.ifindex,
             attachment.netns.as_deref(),
             (*priority, *handle),
@@ -379,21 +380,22 @@ pub fn remove(attachment: &Attachment, link_pin: &Path) -> Result<(), AttachErro
     }
 }
 
-/// Removes a cls_bpf filter at `(priority, handle)` from the device `ifindex` (named
-/// `interface` when recorded) in `netns`. A device or namespace gone counts as removed.
+/// Removes a cls_bpf filter at `(priority, handle)` from the device `ifindex` in `netns`. A
+/// device or namespace gone counts as removed.
 pub(crate) fn remove_filter(
     direction: Direction,
-    interface: &str,
     ifindex: u32,
     netns: Option<&Path>,
     (priority, handle): (u16, u32),
 ) -> Result<(), AttachError> {
     let in_netns = netns::run_in(netns, || {
         // By its ifindex: the NIC may have been renamed since (docker-hostnic names it eth0 once
-        // in its sandbox).
-        let interface = nix::net::if_::if_indextoname(ifindex)
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| interface.to_owned());
+        // in its sandbox). None here: it left, and its filters with it (another device may have
+        // taken its name since).
+        let Ok(name) = nix::net::if_::if_indextoname(ifindex) else {
+            return Ok(());
+        };
+        let interface = name.to_string_lossy().into_owned();
         let Ok(link) = SchedClassifierLink::attached(
             &interface,
             tc_attach_type(direction),
@@ -443,7 +445,7 @@ mod tests {
     fn a_filter_in_a_namespace_that_is_gone_is_gone() {
         let file = std::env::temp_dir().join(format!("ti-not-a-netns-{}", std::process::id()));
         fs::write(&file, b"").expect("a file where a namespace was");
-        let removed = remove_filter(Direction::Ingress, "eth0", 2, Some(&file), (2, 0x7002));
+        let removed = remove_filter(Direction::Ingress, 2, Some(&file), (2, 0x7002));
         let _ = fs::remove_file(&file);
         assert!(removed.is_ok(), "{removed:?}");
     }

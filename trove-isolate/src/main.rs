@@ -50,7 +50,8 @@ enum Command {
     /// not compile; a NIC not found) holds every NIC closed with the boot guard (`[boot]`: ARP,
     /// neighbour discovery, DHCP and the metadata service only) and exits non-zero; each such
     /// start finds a NIC it held by its MAC where docker-hostnic moved it, and the start that
-    /// enforces takes the guard off.
+    /// enforces takes the guard off. While a policy is pinned such a start keeps it, and holds
+    /// only a NIC of it that lost its programs (moved while no daemon ran, before Linux 6.6).
     Run {
         /// The TOML config file.
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
@@ -293,6 +294,25 @@ fn guard_closed(path: &Path, failed: anyhow::Error, until: &str) -> anyhow::Erro
         }
         Ok(Some(boot_guard::Held::Enforced)) => {
             format!("the policy pinned before stays in force {until}")
+        }
+        Ok(Some(boot_guard::Held::Lapsed { nics, lost, failed })) => {
+            let mut also = String::new();
+            if !nics.is_empty() {
+                also.push_str(&format!(
+                    "; no longer on {} (moved since it was attached): held closed by the boot \
+                     guard (ARP, neighbour discovery, DHCP and the metadata service only)",
+                    nics.join(", ")
+                ));
+            }
+            for (what, names) in [
+                ("found in no namespace now, NOT GUARDED", lost),
+                ("could not be held, NOT GUARDED", failed),
+            ] {
+                if !names.is_empty() {
+                    also.push_str(&format!("; {what}: {}", names.join(", ")));
+                }
+            }
+            format!("the policy pinned before stays in force {until}{also}")
         }
         Ok(Some(boot_guard::Held::Busy(pid))) => format!(
             "boot guard not held: another trove-isolate process{} holds the pin path",

@@ -464,6 +464,7 @@ mod tests {
                 ifindex: 2,
                 netns: None,
                 hook: Hook::Tcx,
+                mac: None,
             }],
             policy_entries: vec![(Role::Management, 7)],
             ..State::default()

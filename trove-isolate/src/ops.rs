@@ -149,6 +149,7 @@ fn unrecorded_filters(state: &State) -> Vec<Attachment> {
                     ifindex: device.ifindex,
                     netns: device.netns.clone(),
                     hook: attach::legacy_hook(),
+                    mac: None,
                 });
             }
         }

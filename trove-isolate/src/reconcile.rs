@@ -511,6 +511,7 @@ mod tests {
             ifindex,
             netns: netns.map(Into::into),
             hook,
+            mac: None,
         }
     }
 

@@ -42,6 +42,11 @@ pub struct Attachment {
     pub ifindex: u32,
     pub netns: Option<PathBuf>,
     pub hook: Hook,
+    /// The NIC's MAC: a start that cannot enforce finds it by it where docker-hostnic moved it
+    /// while no daemon ran (before Linux 6.6 the move tears the filter down), and guards it
+    /// there (`boot_guard::hold`). Absent from records of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<[u8; 6]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

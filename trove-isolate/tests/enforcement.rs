@@ -1794,6 +1794,63 @@ fn boot_guard_follows(attach: &str) {
         "{log}"
     );
     assert!(!log.contains("unfiltered from now"), "{log}");
+
+    // The policy outlives the daemon, and under TCX a move of its NIC: the container stops
+    // while no daemon runs, and a start that cannot enforce finds the policy on the NIC where
+    // it came back. Under clsact the move tore the filters down: that start holds the NIC.
+    daemon.stop();
+    std::fs::remove_dir_all(boot.tree.join("etc/trove/conf.d")).expect("removing the files");
+    let policy_filters = |ns: &NetNs, dev: &str| {
+        ns.run(|| {
+            ["ingress", "egress"].map(|hook| {
+                let out = std::process::Command::new("tc")
+                    .args(["filter", "show", "dev", dev, hook])
+                    .output()
+                    .expect("tc");
+                String::from_utf8_lossy(&out.stdout).contains("biz_")
+            })
+        })
+    };
+    assert_eq!(policy_filters(&sandbox, "eth0"), [legacy, legacy]);
+    moved(&sandbox, "eth0", &boot.guest, BOOT_BIZ);
+    assert_eq!(policy_filters(&boot.guest, BOOT_BIZ), [false, false]);
+    assert!(database(), "back in the guest, the guest's server");
+    let stderr = failed_start();
+    assert!(
+        stderr.contains("the policy pinned before stays in force"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("NOT GUARDED"), "{stderr}");
+    if legacy {
+        assert!(
+            stderr.contains(&format!(
+                "no longer on eth0 (now {BOOT_BIZ} in {})",
+                boot.guest.path().display()
+            )),
+            "{stderr}"
+        );
+        assert!(!database(), "held closed where the policy lost it");
+    } else {
+        assert!(!stderr.contains("no longer on"), "{stderr}");
+        assert!(database(), "the policy moved with its NIC");
+        assert!(boot.guard_pins().is_empty(), "{:?}", boot.guard_pins());
+    }
+    // The container starts again: held in its namespace.
+    moved(&boot.guest, BOOT_BIZ, &sandbox, "eth0");
+    let stderr = failed_start();
+    assert_eq!(stderr.contains("no longer on eth0"), legacy, "{stderr}");
+    assert_eq!(guard_filters(), [legacy, legacy], "the guard's filters");
+    assert!(database() != legacy, "closed where the policy is not");
+    assert!(
+        boot.probes().contains(&("guest -> rabbitmq", true)),
+        "the management NIC stays under the policy"
+    );
+
+    boot.write_trove_files();
+    let mut daemon = Daemon::start(&boot.config, boot.pin_path.as_ref(), boot.metrics);
+    assert!(database(), "the policy in force again");
+    assert_eq!(guard_filters(), [false, false], "the guard taken off");
+    assert!(!boot.guard_record().exists());
     daemon.stop();
 }
 

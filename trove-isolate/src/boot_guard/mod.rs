@@ -11,8 +11,9 @@
 //! window.
 //!
 //! Nothing is guarded while a policy is pinned (a restart that finds Trove's files gone keeps
-//! the policy in force rather than close the database), nor a NIC that another pin path's policy
-//! holds. A NIC a start held that docker-hostnic moves into the database container's namespace
+//! the policy in force rather than close the database) but a NIC of the policy that lost its
+//! programs (docker-hostnic moved it while no daemon ran, before Linux 6.6: [`targets::lapsed`]),
+//! nor a NIC that another pin path's policy holds. A NIC a start held that docker-hostnic moves into the database container's namespace
 //! is found by its MAC at the next start and held there ([`targets`]).
 
 mod programs;
@@ -62,6 +63,14 @@ pub enum Held {
     },
     /// A policy is pinned: it stays in force, and nothing is guarded.
     Enforced,
+    /// A policy is pinned, but some of its NICs carry none of its programs now (moved while no
+    /// daemon ran, before Linux 6.6): those are held closed (`nics`), or found in no namespace
+    /// (`lost`), or could not be held (`failed`). The others stay under the policy.
+    Lapsed {
+        nics: Vec<String>,
+        lost: Vec<String>,
+        failed: Vec<String>,
+    },
     /// Another trove-isolate process holds the pin path (a daemon, or a `detach`).
     Busy(Option<u32>),
 }
@@ -73,12 +82,23 @@ pub fn hold(pins: &Pins, settings: &Settings) -> anyhow::Result<Held> {
         Ok(lock) => lock,
         Err(pid) => return Ok(Held::Busy(pid)),
     };
-    if State::read(&pins.state_file())?.is_some_and(|s| !s.attachments.is_empty()) {
-        return Ok(Held::Enforced);
-    }
+    let pinned = State::read(&pins.state_file())?.filter(|s| !s.attachments.is_empty());
     // An unreadable record is started afresh; `release` finds what it listed by its place.
     let previous = Record::read(pins).ok().flatten();
-    let (targets, missing) = targets(settings, previous.as_ref())?;
+    let (targets, missing, lapsed_lost) = match &pinned {
+        // The policy stays in force where its programs are; a NIC that lost them is held.
+        Some(state) => {
+            let (targets, lost) = targets::lapsed(state);
+            if targets.is_empty() && lost.is_empty() {
+                return Ok(Held::Enforced);
+            }
+            (targets, Vec::new(), lost)
+        }
+        None => {
+            let (targets, missing) = targets(settings, previous.as_ref())?;
+            (targets, missing, Vec::new())
+        }
+    };
     let mut record = Record {
         since: previous.as_ref().map_or_else(
             || {
@@ -114,11 +134,10 @@ pub fn hold(pins: &Pins, settings: &Settings) -> anyhow::Result<Held> {
         record.write(pins)?;
     }
     let nics = record.interfaces();
-    if nics.is_empty() && !failed.is_empty() {
-        anyhow::bail!("guarding {}", failed.join(", "));
-    }
-    // Found, but skipped or failed: said so above.
-    let found: Vec<String> = targets
+    // Found, but skipped or failed: said so above. By MAC where recorded: another NIC may
+    // have taken a lost one's name.
+    let found_macs: Vec<[u8; 6]> = targets.iter().filter_map(|t| t.mac).collect();
+    let found_names: Vec<String> = targets
         .iter()
         .map(|t| {
             t.moved_from
@@ -126,8 +145,24 @@ pub fn hold(pins: &Pins, settings: &Settings) -> anyhow::Result<Held> {
                 .unwrap_or_else(|| t.device.name.clone())
         })
         .collect();
-    let mut lost = record.lost();
-    lost.retain(|name| !missing.contains(name) && !found.contains(name));
+    let mut lost = unique(
+        record
+            .lost_nics()
+            .into_iter()
+            .filter(|a| match a.mac {
+                Some(mac) => !found_macs.contains(&mac),
+                None => !found_names.contains(&a.original()),
+            })
+            .map(|a| a.original())
+            .chain(lapsed_lost),
+    );
+    lost.retain(|name| !missing.contains(name));
+    if pinned.is_some() {
+        return Ok(Held::Lapsed { nics, lost, failed });
+    }
+    if nics.is_empty() && !failed.is_empty() {
+        anyhow::bail!("guarding {}", failed.join(", "));
+    }
     Ok(Held::Guarding {
         nics,
         missing,
@@ -261,7 +296,6 @@ pub fn release(pins: &Pins, netns: Option<&Path>) -> anyhow::Result<Vec<Released
             (Hook::Tcx, None) => Ok(()),
             (Hook::Legacy { priority, handle }, _) => attach::remove_filter(
                 a.direction,
-                &a.interface,
                 a.ifindex,
                 a.netns.as_deref(),
                 (*priority, *handle),
@@ -286,8 +320,7 @@ pub fn release(pins: &Pins, netns: Option<&Path>) -> anyhow::Result<Vec<Released
     for place in &places {
         for (name, ifindex, directions) in filters_in_place(place.as_deref()) {
             for direction in directions {
-                if let Err(e) =
-                    attach::remove_filter(direction, &name, ifindex, place.as_deref(), FILTER)
+                if let Err(e) = attach::remove_filter(direction, ifindex, place.as_deref(), FILTER)
                 {
                     failed(
                         anyhow::Error::new(e)

@@ -119,13 +119,16 @@ impl Record {
     /// The NICs held before that are no longer where the record has them, nor held elsewhere:
     /// a later start looks for them by their MAC.
     pub fn lost(&self) -> Vec<String> {
+        unique(self.lost_nics().iter().map(|a| a.original()))
+    }
+
+    /// [`Record::lost`], each NIC's entries.
+    pub(super) fn lost_nics(&self) -> Vec<&GuardAttachment> {
         let (here, gone): (Vec<&GuardAttachment>, Vec<&GuardAttachment>) =
             self.attachments.iter().partition(|a| a.present());
-        unique(
-            gone.iter()
-                .filter(|a| a.mac.is_none() || !here.iter().any(|h| h.mac == a.mac))
-                .map(|a| a.original()),
-        )
+        gone.into_iter()
+            .filter(|a| a.mac.is_none() || !here.iter().any(|h| h.mac == a.mac))
+            .collect()
     }
 
     /// Drops the entries of NICs held now where they moved to: nothing of the guard's is left

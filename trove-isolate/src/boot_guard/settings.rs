@@ -81,12 +81,18 @@ impl Settings {
         }))
     }
 
-    /// The defaults, for a config whose `[boot]` is wrong: every physical NIC, OpenStack's
-    /// metadata service.
+    /// For a config whose `[boot]` is wrong: the NICs it names if that part is sound (a mistake
+    /// in another key must not send the guard to other NICs than those), else every physical
+    /// NIC; OpenStack's metadata service.
     pub fn fallback(config: &Config) -> Settings {
+        let boot = &config.boot;
+        let named = boot
+            .interfaces
+            .as_ref()
+            .filter(|list| !list.is_empty() && list.iter().all(|n| !n.is_empty()));
         Settings {
-            interfaces: None,
-            netns: None,
+            interfaces: named.cloned(),
+            netns: named.and(boot.netns.as_ref()).map(PathBuf::from),
             metadata: DEFAULT_METADATA
                 .iter()
                 .filter_map(|text| text.parse().ok())
@@ -158,5 +164,22 @@ mod tests {
             };
             assert_eq!(err.key(), Some(key), "{text:?}: {err}");
         }
+    }
+
+    /// The NICs `[boot]` names stay held when another of its keys is wrong.
+    #[test]
+    fn a_bad_boot_key_leaves_the_named_nics_held() {
+        let fallback =
+            |text: &str| Settings::fallback(&Config::parse(text, Path::new("b")).unwrap());
+        let named = fallback(
+            "[trove]\n[boot]\ninterfaces = [\"ens3\", \"ens4\"]\nnetns = \"/run/netns/g\"\n\
+             metadata = [\"169.254.169.254\"]\n",
+        );
+        assert_eq!(named.interfaces, Some(vec!["ens3".into(), "ens4".into()]));
+        assert_eq!(named.netns, Some(PathBuf::from("/run/netns/g")));
+        assert_eq!(named.metadata.len(), DEFAULT_METADATA.len());
+        // Named wrong: every physical NIC of the host's namespace.
+        let every = fallback("[trove]\n[boot]\ninterfaces = []\nnetns = \"/run/netns/g\"\n");
+        assert_eq!((every.interfaces, every.netns), (None, None));
     }
 }

@@ -4,10 +4,11 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use super::{record::label, Record, Settings};
+use super::{enforced_by_a_policy, record::label, Record, Settings};
 use crate::{
     netns,
     nic::{self, Device},
+    state::State,
 };
 
 /// A NIC to hold: where it is now, and its MAC.
@@ -116,4 +117,58 @@ fn devices(settings: &Settings) -> anyhow::Result<(Vec<Target>, Vec<String>)> {
         (found, missing)
     })?;
     Ok((found, missing))
+}
+
+/// The NICs of the pinned policy `state` that carry none of its programs now, where they are,
+/// and those found in no namespace (by the name the state gives them).
+///
+/// docker-hostnic moves the business NIC at each start and stop of the database container, and
+/// before Linux 6.6 a move tears the NIC's filters down: only a running daemon attaches the
+/// policy again where the NIC went. A start that cannot enforce holds such a NIC with the
+/// guard rather than leave it open. A NIC is found by the MAC the state records (where it was
+/// if the record has none, as those of earlier versions).
+pub(super) fn lapsed(state: &State) -> (Vec<Target>, Vec<String>) {
+    let mut targets: Vec<Target> = Vec::new();
+    let mut lost = Vec::new();
+    let mut seen_macs = Vec::new();
+    for a in &state.attachments {
+        let devices = match a.mac {
+            Some(mac) if seen_macs.contains(&mac) => continue,
+            Some(mac) => {
+                seen_macs.push(mac);
+                nic::with_mac(mac, a.netns.as_deref())
+            }
+            None => netns::run_in(a.netns.as_deref(), || {
+                nix::net::if_::if_indextoname(a.ifindex).ok()
+            })
+            .ok()
+            .flatten()
+            .map(|name| Device {
+                name: name.to_string_lossy().into_owned(),
+                ifindex: a.ifindex,
+                netns: a.netns.clone(),
+                up: false,
+            })
+            .into_iter()
+            .collect(),
+        };
+        if devices.is_empty() {
+            lost.push(a.interface.clone());
+        }
+        for device in devices {
+            if enforced_by_a_policy(&device) || targets.iter().any(|t| t.device.same_place(&device))
+            {
+                continue;
+            }
+            let moved = device.name != a.interface || device.netns != a.netns;
+            targets.push(Target {
+                device,
+                mac: a.mac,
+                moved_from: moved.then(|| a.interface.clone()),
+            });
+        }
+    }
+    lost.sort();
+    lost.dedup();
+    (targets, lost)
 }
