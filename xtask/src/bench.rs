@@ -37,7 +37,9 @@ second and TCP throughput (iperf3), in 3 interleaved rounds.
 
 4. The daemon (daemon.json): on a simulated guest with 10, 10,000 and 100,000 client prefixes, \
 the time from start to enforced, a reload of the same config and one that replaces every prefix, \
-and the daemon's memory (RSS).
+and the daemon's memory (RSS); with 100,000 prefixes and a host name, its memory once a refresh \
+of the name has applied a changed address (about a minute: the daemon's hosts file, its own copy, \
+is read again every minute).
 
 --quick runs fewer repetitions, sizes and rounds: about two minutes. Compare ratios, not absolute \
 times. BENCHMARKS.md records a run with its machine and kernel.";
@@ -92,6 +94,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             "2",
             "--daemon",
             "10,10000,100000",
+            "--refresh",
         ]
     };
     let mut all = vec![

@@ -1,7 +1,8 @@
 //! Section 4: the daemon on a simulated Trove guest (namespaces the bench makes and removes): its
 //! memory, its time from start to enforced, and a reload that replaces every client prefix, at
 //! several policy sizes. Start and reload end when the daemon tells systemd it is ready
-//! (READY=1 on NOTIFY_SOCKET), which it does once the kernel enforces the new policy.
+//! (READY=1 on NOTIFY_SOCKET), which it does once the kernel enforces the new policy. With
+//! `--refresh`, the memory after a refresh of a host name's addresses too ([`refresh`]).
 
 use std::{
     os::unix::net::UnixDatagram,
@@ -113,6 +114,18 @@ impl Running {
         pin_path: &Path,
         dir: &Path,
     ) -> anyhow::Result<Running> {
+        Running::start_with(bin, config, pin_path, dir, None)
+    }
+
+    /// [`Running::start`], with `hosts` as its /etc/hosts (in a mount namespace of its own) if
+    /// given.
+    pub fn start_with(
+        bin: &Path,
+        config: &Path,
+        pin_path: &Path,
+        dir: &Path,
+        hosts: Option<&Path>,
+    ) -> anyhow::Result<Running> {
         let notify_path = dir.join(format!(
             "notify-{}.sock",
             pin_path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
@@ -124,9 +137,24 @@ impl Running {
             "{}.log",
             pin_path.file_name().and_then(|n| n.to_str()).unwrap_or("daemon")
         )))?;
-        let child = Command::new(bin)
-            .args(["run", "--config"])
-            .arg(config)
+        let mut command = match hosts {
+            None => {
+                let mut c = Command::new(bin);
+                c.args(["run", "--config"]).arg(config);
+                c
+            }
+            // One process throughout (unshare and sh exec), so the child's PID is the daemon's.
+            Some(hosts) => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(r#"mount --bind "$0" /etc/hosts && exec "$1" run --config "$2""#)
+                    .arg(hosts)
+                    .arg(bin)
+                    .arg(config);
+                c
+            }
+        };
+        let child = command
             .env("NOTIFY_SOCKET", &notify_path)
             .stdout(Stdio::null())
             .stderr(log)
@@ -256,4 +284,82 @@ pub fn run(bin: &Path, sizes: &[usize], out: &Path) -> anyhow::Result<Vec<Daemon
         runs.push(median);
     }
     Ok(runs)
+}
+
+/// A daemon's memory after a refresh of a host name's addresses, the policy of `clients`
+/// prefixes.
+pub struct RefreshRun {
+    pub entries: usize,
+    pub rss_kib: u64,
+    pub rss_after_refresh_kib: u64,
+}
+
+/// The name the policy's extra endpoint is given, answered by the daemon's hosts file (no DNS
+/// query leaves the machine), and the addresses it answers before and after.
+const NAME: &str = "bench-refresh.test";
+const ANSWERS: [&str; 2] = ["192.0.2.77", "192.0.2.78"];
+
+/// Starts the daemon on `clients` prefixes and a host name its hosts file answers, changes the
+/// answer, and reads its memory once the refresh has applied it (the hosts file is read again
+/// every `resolve::HOSTS_REFRESH`, a minute).
+pub fn refresh(bin: &Path, clients: usize, out: &Path) -> anyhow::Result<RefreshRun> {
+    let guest = Guest::new("bdr");
+    let tag = format!("trove-isolate-bench-{}-refresh", std::process::id());
+    let pin_path = PathBuf::from("/sys/fs/bpf").join(&tag);
+    let dir = std::env::temp_dir().join(&tag);
+    std::fs::create_dir_all(&dir)?;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let hosts = dir.join("hosts");
+    let answer = |address: &str| std::fs::write(&hosts, format!("{address} {NAME}\n"));
+    answer(ANSWERS[0])?;
+    let config_path = dir.join("config.toml");
+    let text = config(&guest, &pin_path, port, clients, 1).replacen(
+        "allow = [",
+        &format!("allow = [ {{ to = \"{NAME}\", port = 8080, proto = \"tcp\" }},"),
+        1,
+    );
+    anyhow::ensure!(
+        text.contains(NAME),
+        "the scenario's config has no allow list"
+    );
+    std::fs::write(&config_path, &text)?;
+    // Without the name's address (not looked up here).
+    let entries = Policy::from_config_with(
+        &Config::parse(&text, &config_path)?,
+        &config_path,
+        &trove_isolate::resolve::NoNames,
+    )?
+    .entries()
+    .len();
+    eprintln!("bench: daemon, {entries} policy entries and a host name, refreshed");
+    let log = out.join(format!("{tag}.log"));
+    let result = (|| -> anyhow::Result<RefreshRun> {
+        let running = Running::start_with(bin, &config_path, &pin_path, out, Some(&hosts))?;
+        let measured = (|| -> anyhow::Result<RefreshRun> {
+            let rss_kib = vm_kib(running.pid(), "VmRSS:")?;
+            // In place: the daemon's /etc/hosts is this file's inode.
+            answer(ANSWERS[1])?;
+            let deadline = Instant::now() + trove_isolate::resolve::HOSTS_REFRESH * 2;
+            let applied = "host names resolve differently now";
+            while !std::fs::read_to_string(&log)?.contains(applied) {
+                anyhow::ensure!(Instant::now() < deadline, "no refresh within two minutes");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Ok(RefreshRun {
+                entries,
+                rss_kib,
+                rss_after_refresh_kib: vm_kib(running.pid(), "VmRSS:")?,
+            })
+        })();
+        let stopped = running.stop();
+        let run = measured?;
+        stopped?;
+        Ok(run)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(guest);
+    result
 }

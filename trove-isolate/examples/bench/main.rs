@@ -41,6 +41,8 @@ pub struct Options {
     sizes: Vec<usize>,
     bin: Option<PathBuf>,
     daemon_sizes: Vec<usize>,
+    /// Section 4 measures the memory after a host name's refresh too, at its largest size.
+    refresh: bool,
     traffic: Option<usize>,
     rounds: usize,
     seconds: f64,
@@ -62,6 +64,7 @@ fn options() -> anyhow::Result<Options> {
         sizes: Vec::new(),
         bin: None,
         daemon_sizes: Vec::new(),
+        refresh: false,
         traffic: None,
         rounds: 3,
         filters: traffic::Filter::ALL.to_vec(),
@@ -77,6 +80,7 @@ fn options() -> anyhow::Result<Options> {
             "--scaling" => o.sizes = list(&value()?)?,
             "--bin" => o.bin = Some(value()?.into()),
             "--daemon" => o.daemon_sizes = list(&value()?)?,
+            "--refresh" => o.refresh = true,
             "--traffic" => o.traffic = Some(value()?.replace('_', "").parse()?),
             "--rounds" => o.rounds = value()?.parse()?,
             "--seconds" => o.seconds = value()?.parse()?,
@@ -351,6 +355,25 @@ fn main() -> anyhow::Result<()> {
                 }))
                 .collect::<Vec<_>>()),
         )?;
+        if let (true, Some(&clients)) = (o.refresh, o.daemon_sizes.last()) {
+            let r = daemon::refresh(bin, clients, logs)?;
+            println!(
+                "A host name's refresh, {} entries: RSS {:.1} MiB enforcing, {:.1} MiB once the \
+                 refresh applied a changed address.\n",
+                r.entries,
+                mib(r.rss_kib),
+                mib(r.rss_after_refresh_kib)
+            );
+            write(
+                out,
+                "daemon-refresh.json",
+                json!({
+                    "entries": r.entries,
+                    "rss_kib": r.rss_kib,
+                    "rss_after_refresh_kib": r.rss_after_refresh_kib,
+                }),
+            )?;
+        }
     }
     Ok(())
 }
