@@ -105,6 +105,10 @@ pub struct Discovered {
     pub search: SearchList,
     /// The guest's hosts file, which its resolver asks before DNS.
     pub hosts_file: PathBuf,
+    /// The host namespace's NICs as (name, MAC) when the files were read, of which the
+    /// management NIC is the one not the business NIC: a refresh of the names compiles the NICs
+    /// the start or reload did (`None`: listed at the compile).
+    pub host_nics: Option<Vec<(String, String)>>,
 }
 
 /// resolv.conf's completion of names, as the agent's resolver (dnspython, under eventlet) reads

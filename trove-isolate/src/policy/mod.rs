@@ -76,6 +76,11 @@ pub struct Rule {
     pub host: Option<Arc<str>>,
 }
 
+// The daemon keeps every rule of the policy in force (100,000 and more): BENCHMARKS.md
+// section 4 measures its memory with rules of this size.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Rule>() == 64);
+
 /// The prefix-length class of a key.
 pub fn class_of(k: &PolicyKey) -> u32 {
     let role = Role::from_u8(k.role).unwrap_or(Role::Management);
@@ -270,7 +275,8 @@ impl Source {
         })
     }
 
-    /// The config, as parsed at the load or parsed again from its text (read from `path`).
+    /// The config, as parsed at the load or parsed again from its text (never the file:
+    /// `path` only names it in errors).
     pub fn config(&self, path: &Path) -> Result<Arc<Config>, ConfigError> {
         match &self.parsed {
             Some(config) => Ok(config.clone()),
@@ -694,13 +700,15 @@ fn discovery(config: &Config, path: &Path) -> Result<Option<Discovered>, ConfigE
         return Ok(None);
     };
     let files = trove_files(trove);
-    discover::discover(&files).map(Some).map_err(|e| match e {
+    let mut discovered = discover::discover(&files).map_err(|e| match e {
         discover::DiscoverError::NotWritten { .. } => ConfigError::TroveFilesMissing {
             path: path.to_owned(),
             message: format!("discovery: {e}"),
         },
         e => ConfigError::invalid(path, "[trove]", format!("discovery: {e}")),
-    })
+    })?;
+    discovered.host_nics = crate::nic::host_nics().ok();
+    Ok(Some(discovered))
 }
 
 fn trove_files(trove: &TroveConfig) -> TroveFiles {
@@ -725,8 +733,12 @@ fn implied_management(
     let business = discovered
         .and_then(|d| d.business_mac.as_ref())
         .map(|m| m.value.clone());
-    let candidates = crate::nic::host_nics()
-        .map_err(|e| top.err("[management]", format!("listing the host's NICs: {e}")))?;
+    let listed = discovered.and_then(|d| d.host_nics.clone());
+    let candidates = match listed {
+        Some(nics) => nics,
+        None => crate::nic::host_nics()
+            .map_err(|e| top.err("[management]", format!("listing the host's NICs: {e}")))?,
+    };
     let others: Vec<(String, String)> = candidates
         .into_iter()
         .filter(|(_, mac)| Some(mac) != business.as_ref())

@@ -1375,3 +1375,23 @@ fn a_host_names_addresses_never_change_the_expansion() {
     assert_eq!(p.prefix_lengths()[class], [32, 24]);
     assert_eq!(p.entries().len(), 17);
 }
+
+/// The source the daemon keeps compiles what was read, never the file as it is now: an edit
+/// nobody reloaded is not taken at a name refresh.
+#[test]
+fn a_kept_source_compiles_the_text_it_read() {
+    let path = std::env::temp_dir().join(format!("ti-source-{}.toml", std::process::id()));
+    std::fs::write(&path, EXAMPLE).expect("writing the config");
+    let mut source = Source::load(&path).expect("loads");
+    source.compact();
+    let edited = EXAMPLE.replace("/sys/fs/bpf/trove-isolate", "/sys/fs/bpf/edited");
+    std::fs::write(&path, edited).expect("editing the config");
+    let config = source.config(&path).expect("parses again");
+    std::fs::remove_file(&path).expect("removing the config");
+    assert_eq!(
+        config.pin_path.as_deref(),
+        Some("/sys/fs/bpf/trove-isolate")
+    );
+    let policy = Policy::from_source_deferred(&source, &path).expect("compiles");
+    assert_eq!(policy.pin_path, Path::new("/sys/fs/bpf/trove-isolate"));
+}
