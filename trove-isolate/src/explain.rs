@@ -133,7 +133,10 @@ pub fn explain(
         )?;
         return Ok(out);
     };
-    let rule = format!("rule #{rule_id}{}", rule_name(&state, rule_id));
+    let rule = format!(
+        "rule #{rule_id}{}",
+        rule_name(&state, role, direction, remote)
+    );
     let Some(local) = local else {
         writeln!(out, "  pass (allowed): {rule}")?;
         writeln!(
@@ -228,21 +231,37 @@ fn open(pins: &Pins, name: &str) -> anyhow::Result<Map> {
     Ok(Map::from_map_data(data)?)
 }
 
-/// " (ORIGIN)" from the daemon's config, if it still compiles to the entries in force.
-fn rule_name(state: &State, rule_id: u32) -> String {
+/// " (ORIGIN, from CONFIG)": the entry of the daemon's config whose rule allows the flow (of
+/// the longest prefix, as the datapath matches), as the file compiles now. Found by the flow,
+/// not by the entry's rule number: a compile numbers rules in the file's order, and a host
+/// name's answer grown by an address since the daemon's start shifts every number after it.
+fn rule_name(state: &State, role: Role, direction: Direction, remote: &Endpoint) -> String {
     let Some(config) = &state.config else {
         return String::new();
     };
     let Ok(policy) = Policy::load(config) else {
         return format!(" ({} no longer compiles)", config.display());
     };
-    policy
+    let allows = policy
         .nics
         .iter()
+        .filter(|n| n.role == role)
         .flat_map(|n| &n.rules)
-        .find(|r| r.id == rule_id)
-        .map(|r| format!(" ({}, from {})", r.origin(), config.display()))
-        .unwrap_or_default()
+        .filter(|r| {
+            r.direction == direction
+                && r.proto == remote.proto
+                && r.port == remote.port
+                && r.remote.contains(remote.addr)
+        })
+        .max_by_key(|r| r.remote.prefix());
+    match allows {
+        Some(r) => format!(" ({}, from {})", r.origin(), config.display()),
+        None => format!(
+            " ({} allows it no more: edited, or a host name answers otherwise, since the \
+             daemon read it)",
+            config.display()
+        ),
+    }
 }
 
 fn addr16(addr: IpAddr) -> [u8; 16] {

@@ -555,7 +555,7 @@ fn detach_finishes_when_the_container_is_gone() {
 #[test]
 fn explain_agrees_with_the_datapath() {
     let s = setup("exp");
-    let _daemon = start(&s, "enforce", "auto");
+    let daemon = start(&s, "enforce", "auto");
     let explain = |args: &[&str]| {
         let mut all = vec!["explain", "--pin-path", &s.pin_path];
         all.extend_from_slice(args);
@@ -632,6 +632,26 @@ fn explain_agrees_with_the_datapath() {
             "explain {args:?}:\n{text}"
         );
     }
+    // The origin is the config's entry that allows the flow, however the file's rules are
+    // numbered now: an entry ahead of it (an edit, or a host name's answer grown) shifts them.
+    let to_rabbit = ["--role", "management", "--to", "192.0.2.10:5672/tcp"];
+    let config = std::fs::read_to_string(&daemon.config).expect("config");
+    let edit = |from: &str, to: &str| {
+        assert!(config.contains(from), "{config}");
+        std::fs::write(&daemon.config, config.replace(from, to)).expect("editing");
+    };
+    edit("rabbitmq = [\"", "rabbitmq = [\"192.0.2.11:5672\", \"");
+    let text = explain(&to_rabbit);
+    assert!(
+        text.contains("pass (allowed)") && text.contains("(rabbitmq 192.0.2.10:5672, from"),
+        "{text}"
+    );
+    edit("\"192.0.2.10:5672\"", "\"192.0.2.12:5672\"");
+    let text = explain(&to_rabbit);
+    assert!(
+        text.contains("pass (allowed)") && text.contains("allows it no more"),
+        "{text}"
+    );
     // The real flows agree.
     let rabbit: SocketAddr = "192.0.2.10:5672".parse().expect("addr");
     let unlisted: SocketAddr = "192.0.2.99:5672".parse().expect("addr");

@@ -224,11 +224,25 @@ fn hold_one(
     Ok(())
 }
 
-/// Whether a role's programs of trove-isolate are on `device` (of any pin path).
+/// Whether a role's programs of trove-isolate are on `device` (of any pin path), both ways: a
+/// start that failed half way may have left one direction's alone.
 fn enforced_by_a_policy(device: &Device) -> bool {
     trove_isolate_common::Role::ALL.iter().any(|role| {
-        crate::inspect::hooks(device, *role).is_ok_and(|hooks| hooks.iter().any(|h| h.ours))
+        crate::inspect::hooks(device, *role).is_ok_and(|hooks| {
+            Direction::ALL
+                .iter()
+                .all(|d| hooks.iter().any(|h| h.ours && h.direction == *d))
+        })
     })
+}
+
+/// Whether `pin` is where the guard pins its TCX links (`Pins::guard_link`).
+fn is_guard_pin(pins: &Pins, pin: &Path) -> bool {
+    pin.parent() == Some(pins.links_dir().as_path())
+        && pin
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(GUARD_LINK_PREFIX))
 }
 
 /// A NIC the guard let go: where it is, and how messages name it.
@@ -291,7 +305,13 @@ pub fn release(pins: &Pins, netns: Option<&Path>) -> anyhow::Result<Vec<Released
         // Asked first: a NIC that moved away since is not named where it was.
         let present = a.present();
         let removed = match (&a.hook, &a.pin) {
-            (Hook::Tcx, Some(pin)) => attach::remove_tcx(pin),
+            // Only a guard's pin: the record is a file, and no file it names but those goes.
+            (Hook::Tcx, Some(pin)) if is_guard_pin(pins, pin) => attach::remove_tcx(pin),
+            (Hook::Tcx, Some(pin)) => Err(attach::AttachError::Pin {
+                what: "refusing to remove",
+                path: pin.display().to_string(),
+                source: "not a link pin of the boot guard's".into(),
+            }),
             // Recorded before pins were named by namespace: the scan of the pins below.
             (Hook::Tcx, None) => Ok(()),
             (Hook::Legacy { priority, handle }, _) => attach::remove_filter(
@@ -396,4 +416,28 @@ fn filters_in_place(netns: Option<&Path>) -> Vec<(String, u32, Vec<Direction>)> 
             .collect()
     })
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `release` removes no file a record names but the guard's own link pins.
+    #[test]
+    fn only_the_guards_link_pins_are_removed() {
+        let pins = Pins::new("/sys/fs/bpf/ti");
+        assert!(is_guard_pin(
+            &pins,
+            &pins.guard_link(4026531840, 2, Direction::Ingress)
+        ));
+        for other in [
+            pins.link(trove_isolate_common::Role::Business, Direction::Ingress),
+            pins.state_file(),
+            PathBuf::from("/etc/passwd"),
+            PathBuf::from("/sys/fs/bpf/other/links/guard_1_2_ingress"),
+            pins.links_dir().join("../guard_1_2_ingress"),
+        ] {
+            assert!(!is_guard_pin(&pins, &other), "{}", other.display());
+        }
+    }
 }
