@@ -112,7 +112,10 @@ pub fn ensure(
             };
             hooks.push((direction, hook));
         }
-        let mac = nic::mac_of(&device.name);
+        // By its ifindex, as attached: the name may have changed meanwhile.
+        let mac = nix::net::if_::if_indextoname(device.ifindex)
+            .ok()
+            .and_then(|name| nic::mac_of(&name.to_string_lossy()));
         Ok::<_, AttachError>((hooks, before, nic::snapshot(device.ifindex), mac))
     })??;
     let attachments = hooks
@@ -392,10 +395,17 @@ pub(crate) fn remove_filter(
         // By its ifindex: the NIC may have been renamed since (docker-hostnic names it eth0 once
         // in its sandbox). None here: it left, and its filters with it (another device may have
         // taken its name since).
-        let Ok(name) = nix::net::if_::if_indextoname(ifindex) else {
-            return Ok(());
+        let interface = match nix::net::if_::if_indextoname(ifindex) {
+            Ok(name) => name.to_string_lossy().into_owned(),
+            Err(nix::errno::Errno::ENXIO | nix::errno::Errno::ENODEV) => return Ok(()),
+            Err(e) => {
+                return Err(AttachError::Pin {
+                    what: "finding the device of a filter",
+                    path: format!("ifindex {ifindex}"),
+                    source: Box::new(e),
+                })
+            }
         };
-        let interface = name.to_string_lossy().into_owned();
         let Ok(link) = SchedClassifierLink::attached(
             &interface,
             tc_attach_type(direction),

@@ -250,6 +250,14 @@ fn guard_closed(path: &Path, failed: anyhow::Error, until: &str) -> anyhow::Erro
             match settings {
                 Some(settings) => boot_guard::hold(&pins, &settings).map(Some),
                 None => {
+                    // No boot guard asked for, but a policy pinned still has the NICs that
+                    // lost its filters held (unless the guard is turned off).
+                    if config.boot.guard != Some(false) {
+                        let settings = boot_guard::Settings::fallback(&config);
+                        if let Some(held) = boot_guard::hold_lapsed(&pins, &settings)? {
+                            return Ok(Some(held));
+                        }
+                    }
                     let released = boot_guard::release_unused(&pins)?;
                     if !released.is_empty() {
                         log::warn!(
@@ -261,6 +269,15 @@ fn guard_closed(path: &Path, failed: anyhow::Error, until: &str) -> anyhow::Erro
                 }
             }
         });
+    held(guarded, failed, until)
+}
+
+/// The start's error, with what the guard did.
+fn held(
+    guarded: anyhow::Result<Option<boot_guard::Held>>,
+    failed: anyhow::Error,
+    until: &str,
+) -> anyhow::Error {
     let outcome = match guarded {
         Ok(None) => return failed,
         Ok(Some(boot_guard::Held::Guarding {
@@ -367,11 +384,16 @@ fn run(command: Command) -> anyhow::Result<()> {
                 // must be handled, not kill us. A SIGHUP before enforcing is a reload after.
                 let shutdown = shutdown_signal()?;
                 let hangups = Hangups::install()?;
-                // A config that does not even parse says nothing of a guard.
+                // A config that does not even parse says nothing of a guard, nor of its pin
+                // path: a policy pinned at the default's keeps the NICs that lost its filters
+                // held.
                 let source = match Source::load(&config) {
                     Ok(source) => source,
                     Err(e @ (ConfigError::Read { .. } | ConfigError::Syntax { .. })) => {
-                        return Err(e.into())
+                        let pins = Pins::new(DEFAULT_PIN_PATH);
+                        let lapsed =
+                            boot_guard::hold_lapsed(&pins, &boot_guard::Settings::defaults());
+                        return Err(held(lapsed, e.into(), "until the config parses"));
                     }
                     Err(e) => return Err(config_failed(&config, e)),
                 };

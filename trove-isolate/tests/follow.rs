@@ -487,3 +487,111 @@ fn lost_filters_are_attached_again() {
         "the filters were removed",
     );
 }
+
+/// The database container restarts while no daemon runs (stopped, or failing to start): before
+/// Linux 6.6 the moves tear the policy's filters down. A start that cannot enforce (a config
+/// without `[trove]`, gone wrong) keeps the policy where its filters are and holds the NIC that
+/// lost them closed where it is; under TCX the links moved with it and nothing is held.
+#[test]
+fn a_nic_that_lost_the_policy_while_no_daemon_ran_is_held_on_legacy() {
+    held_where_the_policy_lapsed("legacy");
+}
+
+#[test]
+fn a_nic_that_lost_the_policy_while_no_daemon_ran_is_held_on_tcx() {
+    held_where_the_policy_lapsed("tcx");
+}
+
+fn held_where_the_policy_lapsed(attach: &str) {
+    let legacy = attach == "legacy";
+    let guest = Guest::new(&format!("l{}", &attach[..1]));
+    let metrics = metrics_port();
+    let _servers = scenario::servers(&guest, metrics);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let text = scenario::config(&guest, "enforce", attach, &pin_path, metrics);
+    let config = write_config(&text);
+    let broken = write_config(&text.replace(
+        &format!("listen = \"0.0.0.0:{metrics}\""),
+        "listen = \"nowhere\"",
+    ));
+    let nic = guest.biz_nic();
+    // The tenant network's entry for the guest survives the NIC's moves, as a switch's would.
+    guest.biz_net.ip(&format!(
+        "neigh replace {} lladdr {} dev peer0 nud permanent",
+        addr::GUEST_V4,
+        guest.biz_mac_text()
+    ));
+    let probes = scenario::probes(metrics);
+    let probe = |name: &str| {
+        let p = probes.iter().find(|p| p.name == name).expect("a probe");
+        p.run(&guest, PROBE)
+    };
+    let (allowed, refused) = ("client -> database", "client -> container ssh");
+    let metrics_at = SocketAddr::from(([127, 0, 0, 1], metrics));
+    let mut daemon = Daemon::start(&config, pin_path.as_ref(), metrics_at);
+    assert!(probe(allowed) && !probe(refused), "under the policy");
+    daemon.stop();
+
+    // The container stops and starts again: out to the guest's namespace as eth1, and back.
+    guest.container.ip(&format!("link set {nic} down"));
+    guest
+        .container
+        .ip(&format!("link set {nic} netns {}", guest.host.name()));
+    guest.host.ip(&format!("link set {nic} name eth1"));
+    guest
+        .host
+        .ip(&format!("link set eth1 netns {}", guest.container.name()));
+    guest.container.ip(&format!("link set eth1 name {nic}"));
+    guest
+        .container
+        .ip(&format!("addr add {}/24 dev {nic}", addr::GUEST_V4));
+    guest
+        .container
+        .ip(&format!("addr add {}/64 dev {nic} nodad", addr::GUEST_V6));
+    guest.container.ip(&format!("link set {nic} up"));
+    assert_eq!(
+        probe(refused),
+        legacy,
+        "right after the moves: unfiltered on clsact"
+    );
+
+    let out = cli(&["run", "--config", broken.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the policy pinned before stays in force until the config compiles"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("NOT GUARDED"), "{stderr}");
+    assert_eq!(
+        stderr.contains(&format!("no longer on {nic}")),
+        legacy,
+        "{stderr}"
+    );
+    assert!(
+        !probe(refused),
+        "closed: by the guard, or by the policy's links"
+    );
+    assert_eq!(
+        probe(allowed),
+        !legacy,
+        "the guard holds the database closed"
+    );
+    assert!(
+        probe("guest -> rabbitmq"),
+        "the management NIC stays under the policy"
+    );
+
+    let mut daemon = Daemon::start(&config, pin_path.as_ref(), metrics_at);
+    assert!(probe(allowed) && !probe(refused), "under the policy again");
+    let status = cli(&["status", "--pin-path", &pin_path]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        !status.contains("boot guard:"),
+        "the guard taken off:\n{status}"
+    );
+    daemon.stop();
+    let _ = cli(&["detach", "--pin-path", &pin_path]);
+    let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&broken);
+}

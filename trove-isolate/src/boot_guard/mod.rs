@@ -78,22 +78,41 @@ pub enum Held {
 /// Holds every NIC of `settings` closed with the guard's programs (again, if it already does:
 /// each retry puts them back where something took them off, and on NICs that appeared).
 pub fn hold(pins: &Pins, settings: &Settings) -> anyhow::Result<Held> {
+    Ok(hold_in(pins, settings, true)?.unwrap_or(Held::Enforced))
+}
+
+/// What [`hold`] does while a policy is pinned (the NICs that lost its filters held, or
+/// [`Held::Enforced`]), and nothing otherwise (`None`): for a start whose config asks for no
+/// boot guard (no `[trove]`), or does not parse.
+pub fn hold_lapsed(pins: &Pins, settings: &Settings) -> anyhow::Result<Option<Held>> {
+    hold_in(pins, settings, false)
+}
+
+fn hold_in(pins: &Pins, settings: &Settings, boot: bool) -> anyhow::Result<Option<Held>> {
     let _lock = match crate::pin_lock::try_take(pins)? {
         Ok(lock) => lock,
-        Err(pid) => return Ok(Held::Busy(pid)),
+        Err(pid) => return Ok(Some(Held::Busy(pid))),
     };
     let pinned = State::read(&pins.state_file())?.filter(|s| !s.attachments.is_empty());
     // An unreadable record is started afresh; `release` finds what it listed by its place.
     let previous = Record::read(pins).ok().flatten();
     let (targets, missing, lapsed_lost) = match &pinned {
-        // The policy stays in force where its programs are; a NIC that lost them is held.
+        // The policy stays in force where its filters are; a NIC that lost them is held.
         Some(state) => {
             let (targets, lost) = targets::lapsed(state);
             if targets.is_empty() && lost.is_empty() {
-                return Ok(Held::Enforced);
+                // The guard on a NIC that carries the policy again (its filters were not seen
+                // at an earlier start) only closes it.
+                if previous.is_some() {
+                    if let Err(e) = release(pins, settings.netns.as_deref()) {
+                        log::warn!("releasing the boot guard from the policy's NICs: {e:#}");
+                    }
+                }
+                return Ok(Some(Held::Enforced));
             }
             (targets, Vec::new(), lost)
         }
+        None if !boot => return Ok(None),
         None => {
             let (targets, missing) = targets(settings, previous.as_ref())?;
             (targets, missing, Vec::new())
@@ -158,18 +177,18 @@ pub fn hold(pins: &Pins, settings: &Settings) -> anyhow::Result<Held> {
     );
     lost.retain(|name| !missing.contains(name));
     if pinned.is_some() {
-        return Ok(Held::Lapsed { nics, lost, failed });
+        return Ok(Some(Held::Lapsed { nics, lost, failed }));
     }
     if nics.is_empty() && !failed.is_empty() {
         anyhow::bail!("guarding {}", failed.join(", "));
     }
-    Ok(Held::Guarding {
+    Ok(Some(Held::Guarding {
         nics,
         missing,
         lost,
         skipped,
         failed,
-    })
+    }))
 }
 
 /// Holds the target's NIC with both of the guard's programs, recording each as it holds.

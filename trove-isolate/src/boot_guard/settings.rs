@@ -93,12 +93,23 @@ impl Settings {
         Settings {
             interfaces: named.cloned(),
             netns: named.and(boot.netns.as_ref()).map(PathBuf::from),
+            attach: crate::policy::attach_mode(config.attach.as_deref())
+                .unwrap_or(AttachMode::Auto),
+            ..Settings::defaults()
+        }
+    }
+
+    /// Every physical NIC of the host's namespace, OpenStack's metadata service, the attach mode
+    /// the kernel suits.
+    pub fn defaults() -> Settings {
+        Settings {
+            interfaces: None,
+            netns: None,
             metadata: DEFAULT_METADATA
                 .iter()
                 .filter_map(|text| text.parse().ok())
                 .collect(),
-            attach: crate::policy::attach_mode(config.attach.as_deref())
-                .unwrap_or(AttachMode::Auto),
+            attach: AttachMode::Auto,
         }
     }
 }

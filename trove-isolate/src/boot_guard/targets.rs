@@ -8,7 +8,7 @@ use super::{enforced_by_a_policy, record::label, Record, Settings};
 use crate::{
     netns,
     nic::{self, Device},
-    state::State,
+    state::{Hook, State},
 };
 
 /// A NIC to hold: where it is now, and its MAC.
@@ -119,38 +119,45 @@ fn devices(settings: &Settings) -> anyhow::Result<(Vec<Target>, Vec<String>)> {
     Ok((found, missing))
 }
 
-/// The NICs of the pinned policy `state` that carry none of its programs now, where they are,
-/// and those found in no namespace (by the name the state gives them).
+/// The NICs of the pinned policy `state` whose filters are gone, where they are now, and those
+/// found in no namespace (by the name the state gives them).
 ///
 /// docker-hostnic moves the business NIC at each start and stop of the database container, and
 /// before Linux 6.6 a move tears the NIC's filters down: only a running daemon attaches the
-/// policy again where the NIC went. A start that cannot enforce holds such a NIC with the
-/// guard rather than leave it open. A NIC is found by the MAC the state records (where it was
-/// if the record has none, as those of earlier versions).
+/// policy again where the NIC went. A start that cannot enforce holds such a NIC with the guard
+/// rather than leave it open. A TCX link moves with its device (and its pin holds it): only
+/// filters lapse. A NIC still where the record has it (with the MAC it records) is that device
+/// alone (a VLAN on it has its MAC too); one that is not is followed by its MAC into every
+/// namespace (records of earlier versions have none: it is looked for where it was only).
 pub(super) fn lapsed(state: &State) -> (Vec<Target>, Vec<String>) {
     let mut targets: Vec<Target> = Vec::new();
     let mut lost = Vec::new();
-    let mut seen_macs = Vec::new();
+    let mut seen: Vec<(u32, Option<&Path>)> = Vec::new();
     for a in &state.attachments {
-        let devices = match a.mac {
-            Some(mac) if seen_macs.contains(&mac) => continue,
-            Some(mac) => {
-                seen_macs.push(mac);
-                nic::with_mac(mac, a.netns.as_deref())
-            }
-            None => netns::run_in(a.netns.as_deref(), || {
-                nix::net::if_::if_indextoname(a.ifindex).ok()
-            })
-            .ok()
-            .flatten()
-            .map(|name| Device {
-                name: name.to_string_lossy().into_owned(),
-                ifindex: a.ifindex,
-                netns: a.netns.clone(),
-                up: false,
-            })
-            .into_iter()
-            .collect(),
+        let place = (a.ifindex, a.netns.as_deref());
+        if !matches!(a.hook, Hook::Legacy { .. }) || seen.contains(&place) {
+            continue;
+        }
+        seen.push(place);
+        let here = netns::run_in(a.netns.as_deref(), || {
+            let name = nix::net::if_::if_indextoname(a.ifindex).ok()?;
+            let name = name.to_string_lossy().into_owned();
+            let mac = nic::mac_of(&name);
+            Some((name, mac))
+        })
+        .ok()
+        .flatten()
+        .filter(|(_, mac)| a.mac.is_none() || *mac == a.mac)
+        .map(|(name, _)| Device {
+            name,
+            ifindex: a.ifindex,
+            netns: a.netns.clone(),
+            up: false,
+        });
+        let devices = match (here, a.mac) {
+            (Some(device), _) => vec![device],
+            (None, Some(mac)) => nic::with_mac(mac, a.netns.as_deref()),
+            (None, None) => Vec::new(),
         };
         if devices.is_empty() {
             lost.push(a.interface.clone());
