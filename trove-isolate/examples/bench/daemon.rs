@@ -292,6 +292,9 @@ pub struct RefreshRun {
     pub entries: usize,
     pub rss_kib: u64,
     pub rss_after_refresh_kib: u64,
+    /// The daemon's CPU time from the answer's change until the refresh applied it (the
+    /// refresh, and the idle loop's little meanwhile).
+    pub refresh_cpu_seconds: f64,
 }
 
 /// The name the policy's extra endpoint is given, answered by the daemon's hosts file (no DNS
@@ -340,6 +343,7 @@ pub fn refresh(bin: &Path, clients: usize, out: &Path) -> anyhow::Result<Refresh
         let running = Running::start_with(bin, &config_path, &pin_path, out, Some(&hosts))?;
         let measured = (|| -> anyhow::Result<RefreshRun> {
             let rss_kib = vm_kib(running.pid(), "VmRSS:")?;
+            let cpu = running.cpu_seconds()?;
             // In place: the daemon's /etc/hosts is this file's inode.
             answer(ANSWERS[1])?;
             let deadline = Instant::now() + trove_isolate::resolve::HOSTS_REFRESH * 2;
@@ -352,6 +356,7 @@ pub fn refresh(bin: &Path, clients: usize, out: &Path) -> anyhow::Result<Refresh
                 entries,
                 rss_kib,
                 rss_after_refresh_kib: vm_kib(running.pid(), "VmRSS:")?,
+                refresh_cpu_seconds: running.cpu_seconds()? - cpu,
             })
         })();
         let stopped = running.stop();

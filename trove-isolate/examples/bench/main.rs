@@ -359,10 +359,11 @@ fn main() -> anyhow::Result<()> {
             let r = daemon::refresh(bin, clients, logs)?;
             println!(
                 "A host name's refresh, {} entries: RSS {:.1} MiB enforcing, {:.1} MiB once the \
-                 refresh applied a changed address.\n",
+                 refresh applied a changed address; {:.0} ms of CPU for it.\n",
                 r.entries,
                 mib(r.rss_kib),
-                mib(r.rss_after_refresh_kib)
+                mib(r.rss_after_refresh_kib),
+                r.refresh_cpu_seconds * 1e3
             );
             write(
                 out,
@@ -371,6 +372,7 @@ fn main() -> anyhow::Result<()> {
                     "entries": r.entries,
                     "rss_kib": r.rss_kib,
                     "rss_after_refresh_kib": r.rss_after_refresh_kib,
+                    "refresh_cpu_seconds": r.refresh_cpu_seconds,
                 }),
             )?;
         }
