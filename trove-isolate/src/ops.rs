@@ -100,6 +100,8 @@ pub fn detach(pins: &Pins, force: bool) -> anyhow::Result<String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing {}", state_file.display())),
     }
+    // The drops socket of a daemon that was killed (no daemon runs: this holds the lock).
+    let _ = fs::remove_file(pins.drops_socket());
     if out.is_empty() {
         writeln!(out, "nothing to detach under {}", pins.root().display())?;
     }

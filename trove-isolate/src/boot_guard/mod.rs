@@ -89,6 +89,10 @@ pub fn hold_lapsed(pins: &Pins, settings: &Settings) -> anyhow::Result<Option<He
 }
 
 fn hold_in(pins: &Pins, settings: &Settings, boot: bool) -> anyhow::Result<Option<Held>> {
+    // Nothing pinned here ever (a config that does not parse names no pin path): no lock file.
+    if !boot && !pins.state_file().exists() {
+        return Ok(None);
+    }
     let _lock = match crate::pin_lock::try_take(pins)? {
         Ok(lock) => lock,
         Err(pid) => return Ok(Some(Held::Busy(pid))),
