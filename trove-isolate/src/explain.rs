@@ -1,10 +1,10 @@
 //! `trove-isolate explain`: would a new flow pass, and what decides it, asked of the pinned maps
 //! the programs use (not of a config file, which may have changed since).
 //!
-//! The questions are the datapath's own for the first packet of a flow, in its order: is it
-//! DHCP the NIC passes, which policy entry, if any, matches (the same lookups), and is its local
-//! end an address of the NIC. Rule ids are named from the daemon's config when it still compiles to
-//! the entries in force.
+//! The questions are the datapath's own for the first packet of a flow, in its order: which
+//! policy entry, if any, matches (the same lookups), and is its local end an address of the NIC.
+//! DHCP client traffic, which the programs pass before the rules, is not asked about. The entry
+//! of the daemon's config that allows the flow is named from the file as it compiles now.
 
 use std::{
     fmt::Write as _,

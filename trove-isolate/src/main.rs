@@ -46,12 +46,15 @@ enum Command {
     /// stays in force. Prometheus metrics are served at http://LISTEN/metrics.
     ///
     /// With `[trove]`, a start that cannot enforce while no policy is pinned (Trove's files not
-    /// there yet at an instance's first boot, before cloud-init writes them; a config that does
-    /// not compile; a NIC not found) holds every NIC closed with the boot guard (`[boot]`: ARP,
-    /// neighbour discovery, DHCP and the metadata service only) and exits non-zero; each such
-    /// start finds a NIC it held by its MAC where docker-hostnic moved it, and the start that
-    /// enforces takes the guard off. While a policy is pinned such a start keeps it, and holds
-    /// only a NIC of it that lost its programs (moved while no daemon ran, before Linux 6.6).
+    /// there yet at an instance's first boot, before cloud-init writes them; a config that parses
+    /// but does not compile; a NIC not found) holds every NIC closed with the boot guard
+    /// (`[boot]`: ARP, neighbour discovery, DHCP and the metadata service only) and exits
+    /// non-zero; each such start finds a NIC it held by its MAC where docker-hostnic moved it,
+    /// and the start that enforces takes the guard off. A config that does not parse holds
+    /// nothing while no policy is pinned. Whatever the config, while a policy is pinned such a
+    /// start keeps it, and holds only a NIC of it that lost its filters (moved while no daemon
+    /// ran, before Linux 6.6; `[boot] guard = false` turns this off; a config that does not parse
+    /// is judged at the default pin path).
     Run {
         /// The TOML config file.
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
@@ -116,7 +119,8 @@ enum Command {
     ///
     /// Asks the pinned maps the questions the programs ask of a flow's first packet, in their
     /// order: which policy entry matches (the same lookups, longest prefix first), then whether
-    /// its local end is an address of the NIC (with --local). The verdict is the maps'; the
+    /// its local end is an address of the NIC (with --local); DHCP client traffic, which passes
+    /// before the rules, is not modelled. The verdict is the maps'; the
     /// entry of the daemon's config that allows the flow is named from the file as it compiles
     /// now (an edit not yet reloaded, or a host name that answers otherwise, shows there).
     #[command(after_long_help = EXPLAIN_EXAMPLES)]

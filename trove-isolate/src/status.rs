@@ -129,7 +129,8 @@ pub fn report(pins: &Pins) -> anyhow::Result<Report> {
         Ok(record) => report.boot_guard = record,
         Err(e) => report.problems.push(format!(
             "the boot guard's record is unreadable ({e:#}): the next start or `detach` releases \
-             the guard wherever it is"
+             the guard in this namespace and [boot] netns, not on a NIC it followed into another \
+             (look there with `tc filter show`)"
         )),
     }
     match boot_guard::counts(pins) {

@@ -29,7 +29,7 @@ Builds target/release/trove-isolate, then lays out target/dist/trove-isolate-VER
   README.md, SECURITY.md
 
 and packs it as target/dist/trove-isolate-VERSION-ARCH.tar.gz. With --config FILE the element
-also installs FILE as /etc/trove-isolate/config.toml (checked with `trove-isolate check` first).";
+also installs FILE as /etc/trove-isolate/config.toml (checked with `trove-isolate check --offline` first).";
 
 pub const INSTALL_ABOUT: &str = "Install into an image root (binary, unit, config), unit enabled";
 
