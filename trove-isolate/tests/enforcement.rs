@@ -1818,6 +1818,13 @@ fn boot_guard_follows(attach: &str) {
     // The policy outlives the daemon, and under TCX a move of its NIC: the container stops
     // while no daemon runs, and a start that cannot enforce finds the policy on the NIC where
     // it came back. Under clsact the move tore the filters down: that start holds the NIC.
+    // RabbitMQ's name is looked up just after the start: its address in the policy first.
+    let rabbit = || tcp_probe(&boot.guest, None, at(addr::RABBITMQ_V4, 5672), PROBE);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !rabbit() {
+        assert!(std::time::Instant::now() < deadline, "RabbitMQ by name");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     daemon.stop();
     std::fs::remove_dir_all(boot.tree.join("etc/trove/conf.d")).expect("removing the files");
     let policy_filters = |ns: &NetNs, dev: &str| {
@@ -1859,11 +1866,17 @@ fn boot_guard_follows(attach: &str) {
     moved(&boot.guest, BOOT_BIZ, &sandbox, "eth0");
     let stderr = failed_start();
     assert_eq!(stderr.contains("no longer on eth0"), legacy, "{stderr}");
+    assert!(
+        !stderr.contains("m0"),
+        "the management NIC keeps its filters: {stderr}"
+    );
     assert_eq!(guard_filters(), [legacy, legacy], "the guard's filters");
     assert!(database() != legacy, "closed where the policy is not");
+    let probes = boot.probes();
     assert!(
-        boot.probes().contains(&("guest -> rabbitmq", true)),
-        "the management NIC stays under the policy"
+        probes.contains(&("guest -> rabbitmq", true)),
+        "the management NIC stays under the policy: {probes:?}\n{stderr}\n{}",
+        String::from_utf8_lossy(&cli(&["status", "--pin-path", &boot.pin_path]).stdout)
     );
 
     boot.write_trove_files();

@@ -216,16 +216,42 @@ impl Running {
     }
 }
 
+/// A daemon's place: its guest, its tag (the pin directory's name and its log's), its pin path,
+/// a directory for its files and a free metrics port.
+struct Place {
+    guest: Guest,
+    tag: String,
+    pin_path: PathBuf,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Place {
+    fn new(label: &str) -> anyhow::Result<Place> {
+        let tag = format!("trove-isolate-bench-{}-{label}", std::process::id());
+        let dir = std::env::temp_dir().join(&tag);
+        std::fs::create_dir_all(&dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        Ok(Place {
+            guest: Guest::new(&format!("bd{label}")),
+            pin_path: PathBuf::from("/sys/fs/bpf").join(&tag),
+            tag,
+            dir,
+            port,
+        })
+    }
+}
+
 fn one(bin: &Path, clients: usize, n: usize, out: &Path) -> anyhow::Result<DaemonRun> {
-    let guest = Guest::new(&format!("bd{n}"));
-    let tag = format!("trove-isolate-bench-{}-{n}", std::process::id());
-    let pin_path = PathBuf::from("/sys/fs/bpf").join(&tag);
-    let dir = std::env::temp_dir().join(&tag);
-    std::fs::create_dir_all(&dir)?;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
+    let Place {
+        guest,
+        pin_path,
+        dir,
+        port,
+        ..
+    } = Place::new(&n.to_string())?;
     let config_path = dir.join("config.toml");
     let text = config(&guest, &pin_path, port, clients, 1);
     std::fs::write(&config_path, &text)?;
@@ -293,8 +319,9 @@ pub struct RefreshRun {
     pub rss_kib: u64,
     pub rss_after_refresh_kib: u64,
     /// The daemon's CPU time from the answer's change until the refresh applied it (the
-    /// refresh, and the idle loop's little meanwhile).
+    /// refresh, and the loop's other work meanwhile), and how long that was.
     pub refresh_cpu_seconds: f64,
+    pub refresh_wait_seconds: f64,
 }
 
 /// The name the policy's extra endpoint is given, answered by the daemon's hosts file (no DNS
@@ -306,15 +333,13 @@ const ANSWERS: [&str; 2] = ["192.0.2.77", "192.0.2.78"];
 /// answer, and reads its memory once the refresh has applied it (the hosts file is read again
 /// every `resolve::HOSTS_REFRESH`, a minute).
 pub fn refresh(bin: &Path, clients: usize, out: &Path) -> anyhow::Result<RefreshRun> {
-    let guest = Guest::new("bdr");
-    let tag = format!("trove-isolate-bench-{}-refresh", std::process::id());
-    let pin_path = PathBuf::from("/sys/fs/bpf").join(&tag);
-    let dir = std::env::temp_dir().join(&tag);
-    std::fs::create_dir_all(&dir)?;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
+    let Place {
+        guest,
+        tag,
+        pin_path,
+        dir,
+        port,
+    } = Place::new("r")?;
     let hosts = dir.join("hosts");
     let answer = |address: &str| std::fs::write(&hosts, format!("{address} {NAME}\n"));
     answer(ANSWERS[0])?;
@@ -344,6 +369,7 @@ pub fn refresh(bin: &Path, clients: usize, out: &Path) -> anyhow::Result<Refresh
         let measured = (|| -> anyhow::Result<RefreshRun> {
             let rss_kib = vm_kib(running.pid(), "VmRSS:")?;
             let cpu = running.cpu_seconds()?;
+            let changed = Instant::now();
             // In place: the daemon's /etc/hosts is this file's inode.
             answer(ANSWERS[1])?;
             let deadline = Instant::now() + trove_isolate::resolve::HOSTS_REFRESH * 2;
@@ -357,6 +383,7 @@ pub fn refresh(bin: &Path, clients: usize, out: &Path) -> anyhow::Result<Refresh
                 rss_kib,
                 rss_after_refresh_kib: vm_kib(running.pid(), "VmRSS:")?,
                 refresh_cpu_seconds: running.cpu_seconds()? - cpu,
+                refresh_wait_seconds: changed.elapsed().as_secs_f64(),
             })
         })();
         let stopped = running.stop();

@@ -359,10 +359,12 @@ fn main() -> anyhow::Result<()> {
             let r = daemon::refresh(bin, clients, logs)?;
             println!(
                 "A host name's refresh, {} entries: RSS {:.1} MiB enforcing, {:.1} MiB once the \
-                 refresh applied a changed address; {:.0} ms of CPU for it.\n",
+                 refresh applied a changed address; the daemon's CPU from the change until then \
+                 ({:.1} s): {:.0} ms.\n",
                 r.entries,
                 mib(r.rss_kib),
                 mib(r.rss_after_refresh_kib),
+                r.refresh_wait_seconds,
                 r.refresh_cpu_seconds * 1e3
             );
             write(
@@ -373,6 +375,7 @@ fn main() -> anyhow::Result<()> {
                     "rss_kib": r.rss_kib,
                     "rss_after_refresh_kib": r.rss_after_refresh_kib,
                     "refresh_cpu_seconds": r.refresh_cpu_seconds,
+                    "refresh_wait_seconds": r.refresh_wait_seconds,
                 }),
             )?;
         }

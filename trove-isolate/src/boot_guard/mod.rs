@@ -12,9 +12,10 @@
 //!
 //! Nothing is guarded while a policy is pinned (a restart that finds Trove's files gone keeps
 //! the policy in force rather than close the database) but a NIC of the policy that lost its
-//! programs (docker-hostnic moved it while no daemon ran, before Linux 6.6: [`targets::lapsed`]),
-//! nor a NIC that another pin path's policy holds. A NIC a start held that docker-hostnic moves into the database container's namespace
-//! is found by its MAC at the next start and held there ([`targets`]).
+//! filters (docker-hostnic moved it while no daemon ran, before Linux 6.6: [`targets::lapsed`]),
+//! nor a NIC that another pin path's policy holds. A NIC a start held that docker-hostnic moves
+//! into the database container's namespace is found by its MAC at the next start and held there
+//! ([`targets`]).
 
 mod programs;
 mod record;
@@ -63,9 +64,9 @@ pub enum Held {
     },
     /// A policy is pinned: it stays in force, and nothing is guarded.
     Enforced,
-    /// A policy is pinned, but some of its NICs carry none of its programs now (moved while no
-    /// daemon ran, before Linux 6.6): those are held closed (`nics`), or found in no namespace
-    /// (`lost`), or could not be held (`failed`). The others stay under the policy.
+    /// A policy is pinned, but some of its NICs lost its filters (moved while no daemon ran,
+    /// before Linux 6.6): those are held closed (`nics`), or found in no namespace (`lost`), or
+    /// could not be held (`failed`). The others stay under the policy.
     Lapsed {
         nics: Vec<String>,
         lost: Vec<String>,
