@@ -120,9 +120,9 @@ enum Command {
     /// Asks the pinned maps the questions the programs ask of a flow's first packet, in their
     /// order: which policy entry matches (the same lookups, longest prefix first), then whether
     /// its local end is an address of the NIC (with --local); DHCP client traffic, which passes
-    /// before the rules, is not modelled. The verdict is the maps'; the
-    /// entry of the daemon's config that allows the flow is named from the file as it compiles
-    /// now (an edit not yet reloaded, or a host name that answers otherwise, shows there).
+    /// before the rules, is not modelled. The verdict is the maps'; the entry of the daemon's
+    /// config that allows the flow is named from the file as it compiles now (an edit not yet
+    /// reloaded, or a host name that answers otherwise, shows there).
     #[command(after_long_help = EXPLAIN_EXAMPLES)]
     Explain {
         /// The NIC: management or business.
