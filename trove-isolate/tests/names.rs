@@ -335,6 +335,23 @@ fn a_host_name_is_followed_within_its_ttl() {
         daemon.stderr()
     );
     assert_eq!(old_failed, 0, "an address still in the answer was refused");
+    // `explain` names the entry by the name, looked up as the daemon does.
+    let explained = common::cli(&[
+        "explain",
+        "--pin-path",
+        &n.pin_path,
+        "--role",
+        "management",
+        "--to",
+        &format!("{new}:5672/tcp"),
+    ]);
+    let text = String::from_utf8_lossy(&explained.stdout);
+    assert!(
+        text.contains("pass (allowed): rule")
+            && text.contains("(rabbitmq rabbit.names.test:5672")
+            && text.contains(&format!("= {new}, from")),
+        "{text}"
+    );
 
     // Only the new one: the old one closes within the TTL.
     n.responder.answer(&[new]);
