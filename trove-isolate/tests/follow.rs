@@ -581,6 +581,15 @@ fn held_where_the_policy_lapsed(attach: &str) {
         probe("guest -> rabbitmq"),
         "the management NIC stays under the policy"
     );
+    let status = cli(&["status", "--pin-path", &pin_path]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(
+        status.contains(&format!(
+            "the boot guard still holds {nic} beside the policy"
+        )),
+        legacy,
+        "{status}"
+    );
 
     let mut daemon = Daemon::start(&config, pin_path.as_ref(), metrics_at);
     assert!(probe(allowed) && !probe(refused), "under the policy again");
