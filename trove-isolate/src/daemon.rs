@@ -786,9 +786,9 @@ pub fn fixed_malloc_thresholds() {
     }
 }
 
-/// Returns the heap a start, a reload or a name refresh freed to the kernel. Parsing and compiling a big config
-/// (100,000 prefixes) takes tens of MiB for a moment; malloc keeps freed pages for reuse, and
-/// the daemon's RSS would stay at that peak for its whole life.
+/// Returns the heap a start, a reload or a name refresh freed to the kernel. Parsing and
+/// compiling a big config (100,000 prefixes) takes tens of MiB for a moment; malloc keeps freed
+/// pages for reuse, and the daemon's RSS would stay at that peak for its whole life.
 fn give_back_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free memory of the allocator; it has no preconditions.

@@ -1765,17 +1765,7 @@ fn boot_guard_follows(attach: &str) {
     sandbox.ip("link set lo up");
     moved(&boot.guest, BOOT_BIZ, &sandbox, "eth0");
     let _db = tcp_server(&sandbox, at(BOOT_GUEST_BIZ_V4, 3306));
-    let guard_filters = || {
-        sandbox.run(|| {
-            ["ingress", "egress"].map(|hook| {
-                let out = std::process::Command::new("tc")
-                    .args(["filter", "show", "dev", "eth0", hook])
-                    .output()
-                    .expect("tc");
-                String::from_utf8_lossy(&out.stdout).contains("guard_")
-            })
-        })
-    };
+    let guard_filters = || filters_of(&sandbox, "eth0", "guard_");
     // A TCX link moves with its device; the move tears a cls_bpf filter down.
     assert_eq!(database(), legacy, "right after the move");
 
@@ -1827,17 +1817,7 @@ fn boot_guard_follows(attach: &str) {
     }
     daemon.stop();
     std::fs::remove_dir_all(boot.tree.join("etc/trove/conf.d")).expect("removing the files");
-    let policy_filters = |ns: &NetNs, dev: &str| {
-        ns.run(|| {
-            ["ingress", "egress"].map(|hook| {
-                let out = std::process::Command::new("tc")
-                    .args(["filter", "show", "dev", dev, hook])
-                    .output()
-                    .expect("tc");
-                String::from_utf8_lossy(&out.stdout).contains("biz_")
-            })
-        })
-    };
+    let policy_filters = |ns: &NetNs, dev: &str| filters_of(ns, dev, "biz_");
     assert_eq!(policy_filters(&sandbox, "eth0"), [legacy, legacy]);
     moved(&sandbox, "eth0", &boot.guest, BOOT_BIZ);
     assert_eq!(policy_filters(&boot.guest, BOOT_BIZ), [false, false]);
@@ -1885,6 +1865,19 @@ fn boot_guard_follows(attach: &str) {
     assert_eq!(guard_filters(), [false, false], "the guard taken off");
     assert!(!boot.guard_record().exists());
     daemon.stop();
+}
+
+/// Whether `dev` in `ns` has a cls_bpf filter of a program named `program…`, ingress and egress.
+fn filters_of(ns: &NetNs, dev: &str, program: &str) -> [bool; 2] {
+    ns.run(|| {
+        ["ingress", "egress"].map(|hook| {
+            let out = std::process::Command::new("tc")
+                .args(["filter", "show", "dev", dev, hook])
+                .output()
+                .expect("tc");
+            String::from_utf8_lossy(&out.stdout).contains(program)
+        })
+    })
 }
 
 /// The business NIC's MAC, unique to this process (a NIC is looked for by MAC in every
