@@ -224,7 +224,7 @@ pub fn tracked<F: Flow>(t: &Tables<F>, flow: &F, proto: u8) -> bool {
 
 /// A bare SYN a rule allowed, on its tuple's flow if it has a live one: passes (a
 /// retransmission, or the other side's SYN of a simultaneous open) and changes nothing but the
-/// flow's age. [`Answer::UNTRACKED`]: no live flow, or one the SYN starts over (a closing established flow, a
+/// flow's age (and a remote's handshake's window scale: [`remote_syn_again`]). [`Answer::UNTRACKED`]: no live flow, or one the SYN starts over (a closing established flow, a
 /// pickup nothing has answered, or a handshake the guest opened and never acknowledged when
 /// the guest's SYN starts another sequence: removed or overwritten): the SYN opens a flow.
 ///
@@ -252,6 +252,7 @@ pub fn reopen<F: Flow>(
                 || value.releases_slot()
                 || new_connection(value, direction, pkt))
             {
+                remote_syn_again(value, direction);
                 refresh(value, now);
                 return Answer::tracked(Ok(Reason::Tracked));
             }
@@ -269,6 +270,23 @@ pub fn reopen<F: Flow>(
     }
     refresh(value, now);
     Answer::tracked(Ok(Reason::Tracked))
+}
+
+/// A remote's SYN again on the handshake it opened: the guest's stack may have taken this one
+/// and discarded the first (a bad checksum), and each SYN carries its own window scale option,
+/// so the remote's shift is no longer known: the widest (its windows hold the guest's FIN and
+/// RST; the remote's are held to the guest's windows, which its SYN-ACK settles). Its options
+/// are not read: a retransmission costs no walk of them.
+#[inline(always)]
+fn remote_syn_again(value: &mut FlowValue, direction: Direction) {
+    let remote = Direction::Ingress as usize & 1;
+    if direction == Direction::Ingress
+        && value.state == state::SYN_SENT
+        && value.origin == Direction::Ingress as u8
+        && value.wscale[remote] != WSCALE_UNKNOWN
+    {
+        value.wscale[remote] = WSCALE_UNKNOWN;
+    }
 }
 
 /// Whether the guest's SYN opens another connection than the handshake it opened on the tuple
@@ -609,7 +627,7 @@ fn record_ack(value: &mut FlowValue, direction: Direction, pkt: &Packet) {
     {
         return;
     }
-    let window = pkt.window;
+    let mut window = pkt.window;
     if value.flags & flags::ACK_SEEN[d] == 0 || restart {
         value.flags |= flags::ACK_SEEN[d];
     } else {
@@ -617,9 +635,35 @@ fn record_ack(value: &mut FlowValue, direction: Direction, pkt: &Packet) {
         if ahead < 0 || (ahead == 0 && value.win[d] == window) {
             return;
         }
+        window = kept_window(value, d, pkt);
     }
     value.ack[d] = pkt.ack;
     value.win[d] = window;
+}
+
+/// The window to note with an acknowledgment that moved on (`d`: its direction as index): the
+/// right edge (acknowledgment plus scaled window) never moves left. TC cannot tell a segment the
+/// receiver's stack takes from one it discards (a bad checksum, a sequence number outside its
+/// window), and such a segment may carry any window: one that shrank the edge would leave the
+/// other side's FIN, sent inside the edge its stack knows, outside the window it is held to
+/// (dropped with every retransmission, and the flow kept its slot a day: a review found it).
+#[inline(always)]
+fn kept_window(value: &FlowValue, d: usize, pkt: &Packet) -> u16 {
+    let mut shift = value.wscale[d];
+    if shift > WSCALE_MAX {
+        shift = WSCALE_MAX;
+    }
+    // Both edges as offsets from the old acknowledgment, which the new one is at or past (by
+    // less than 2^31): no sum wraps (a window is at most 2^30).
+    let old_edge = (value.win[d] as u32) << shift;
+    let moved = pkt.ack.wrapping_sub(value.ack[d]);
+    let new_edge = moved + ((pkt.window as u32) << shift);
+    if new_edge >= old_edge {
+        return pkt.window;
+    }
+    // What is left of the old window past the new acknowledgment, rounded up: at most the old
+    // window, so it fits the 16 bits it came from.
+    ((old_edge - moved + (1u32 << shift) - 1) >> shift) as u16
 }
 
 /// The SYN-ACK answering the opener's SYN fixes both directions' window scale: each side's own

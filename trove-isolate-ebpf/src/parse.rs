@@ -22,6 +22,8 @@ const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86DD;
+/// The VLAN ID bits of a tag's TCI (the rest is priority and drop eligibility).
+const VLAN_VID_MASK: u32 = 0x0fff;
 
 const IPV6_HLEN: usize = 40;
 const NEXTHDR_HOP: u8 = 0;
@@ -178,6 +180,14 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, Reason> {
 
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Parsed, Reason> {
+    // A VLAN tag Linux has taken off the frame before the hook (a NIC's offload, or its own
+    // untagging on receive, which veth frames get too): a frame of a VLAN belongs to a VLAN
+    // device, not to this NIC's policy. A priority tag alone (VLAN ID 0) is the untagged frame
+    // Linux delivers it as.
+    let skb = ctx.skb.skb;
+    if unsafe { (*skb).vlan_present } != 0 && unsafe { (*skb).vlan_tci } & VLAN_VID_MASK != 0 {
+        return Err(Reason::UnsupportedProtocol);
+    }
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     match u16::from_be(unsafe { (*eth).proto }) {
         ETH_P_ARP => arp(ctx, ETH_HLEN),

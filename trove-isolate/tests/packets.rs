@@ -1101,6 +1101,71 @@ fn forged_acks_cannot_hold_the_guests_fin_out() {
     assert!(dp.flows(B, Table::Established).expect("flows").is_empty(), "the connection still holds its slot");
 }
 
+/// A client's segment the guest's stack discards (a bad checksum, a sequence number outside its
+/// window) passes TC, which cannot tell; one that repeated, or nudged, the acknowledgment with a
+/// window of 0 used to shut the window the guest's FIN is held to, and its FIN and every
+/// retransmission were dropped (the flow then kept its established slot for a day: a review
+/// found it). The window's right edge never moves left.
+#[rustfmt::skip]
+#[test]
+fn a_segment_the_guest_discards_cannot_shut_the_window_on_its_fin() {
+    use trove_isolate::datapath::Table;
+    use Reason::*;
+    let mut dp = datapath();
+    for (sport, ack) in [(33710u16, 5001u32), (33711, 5002)] {
+        let c = (sport, 3306);
+        let s = (3306, sport);
+        run_table(&mut dp, &[
+            pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
+            pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
+            pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
+            pass("greeting: 5 bytes", B, E, v4_data(G4, CLIENT, s, 5001, 1001, b"hello"), Tracked),
+            pass("a segment the guest discards: window 0", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, ack, 0), Tracked),
+            pass("the guest's FIN, 5 bytes past the client's acknowledgment", B, E, v4_seq(G4, CLIENT, s, FIN | ACK, 5006, 1001, 100), Tracked),
+            pass("the client's FIN closes", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 1001, 5007, 200), Tracked),
+        ]);
+    }
+    assert!(dp.flows(B, Table::Established).expect("flows").is_empty(), "a connection still holds its slot");
+    // The edge holds; a window past it is taken.
+    let c = (33712, 3306);
+    let s = (3306, 33712);
+    run_table(&mut dp, &[
+        pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
+        pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
+        pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
+        pass("greeting: 5 bytes", B, E, v4_data(G4, CLIENT, s, 5001, 1001, b"hello"), Tracked),
+        pass("the client's window shut", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5006, 0), Tracked),
+        drop("the guest's FIN past the edge (5001 + 200)", B, E, v4_seq(G4, CLIENT, s, FIN | ACK, 5202, 1001, 100), OutOfWindow),
+        pass("the client opens its window wider", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5006, 1000), Tracked),
+        pass("the guest's FIN inside it", B, E, v4_seq(G4, CLIENT, s, FIN | ACK, 5202, 1001, 100), Tracked),
+    ]);
+}
+
+/// A client's SYN again on its handshake: the guest's stack may have taken it and discarded
+/// the first, whose window scale option (here none) the flow would otherwise keep. The scale the
+/// guest's SYN-ACK agreed to is the second's, so the client's windows are taken at the widest
+/// shift: the guest's FIN 20,000 bytes past the client's acknowledgment, inside its scaled window
+/// of 200 << 7 bytes, passes (it was dropped as outside an unscaled 200).
+#[rustfmt::skip]
+#[test]
+fn a_second_syn_leaves_the_clients_window_scale_unknown() {
+    use Reason::*;
+    let mut dp = datapath();
+    let c = (33720, 3306);
+    let s = (3306, 33720);
+    let scaled = linux_syn_options(7);
+    let syn = ipv4(V4_PLAIN, proto::TCP, CLIENT, G4, &tcp_opts(33720, 3306, SYN, 1000, 0, 64240, &scaled));
+    let synack = ipv4(V4_PLAIN, proto::TCP, G4, CLIENT, &tcp_opts(3306, 33720, SYN_ACK, 5000, 1001, 100, &scaled));
+    run_table(&mut dp, &[
+        pass("a SYN without options (the guest discards it)", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
+        pass("the SYN again, scale 7 (the guest takes it)", B, I, syn, Tracked),
+        pass("SYN-ACK, scale 7", B, E, synack, Tracked),
+        pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
+        pass("greeting", B, E, v4_data(G4, CLIENT, s, 5001, 1001, b"hello"), Tracked),
+        pass("the guest's FIN 20,000 bytes on", B, E, v4_seq(G4, CLIENT, s, FIN | ACK, 25001, 1001, 100), Tracked),
+    ]);
+}
+
 /// The window scale of the SYNs widens the window a FIN or RST is held to; without the option
 /// on both SYNs, nothing is scaled.
 #[rustfmt::skip]

@@ -372,21 +372,42 @@ impl Flow {
                 Some(_) => {}
             }
         }
-        let new = AckSeen {
-            ack: tcp.ack,
-            window: tcp.window,
-        };
+        let shift = self.shift(direction);
         let slot = &mut self.acks[side(direction)];
-        let forward = match slot {
-            None => true,
-            Some(_) if restart => true,
+        let window = match slot {
+            None => tcp.window,
+            Some(_) if restart => tcp.window,
             Some(old) => {
                 let ahead = tcp.ack.wrapping_sub(old.ack) as i32;
-                ahead > 0 || (ahead == 0 && old.window != tcp.window)
+                if ahead < 0 || (ahead == 0 && old.window == tcp.window) {
+                    return;
+                }
+                // The right edge never moves left: a segment the receiver's stack discards
+                // may carry any window, and TC cannot tell it from one it takes.
+                let old_edge = u64::from(old.window) << shift;
+                let moved = u64::from(tcp.ack.wrapping_sub(old.ack));
+                let new_edge = moved + (u64::from(tcp.window) << shift);
+                if new_edge < old_edge {
+                    u16::try_from((old_edge - moved).div_ceil(1 << shift)).expect("within")
+                } else {
+                    tcp.window
+                }
             }
         };
-        if forward {
-            *slot = Some(new);
+        *slot = Some(AckSeen {
+            ack: tcp.ack,
+            window,
+        });
+    }
+
+    /// A bare SYN from the remote again on the handshake it opened: the guest's stack may have
+    /// taken it rather than the first, so the remote's window scale is no longer known.
+    pub fn remote_syn_again(&mut self, direction: Direction) {
+        if direction == Direction::Ingress
+            && self.origin == Direction::Ingress
+            && self.stage == Stage::SynSent
+        {
+            self.syn_scale[side(Direction::Ingress)] = Some(ScaleOption::Unparsable);
         }
     }
 

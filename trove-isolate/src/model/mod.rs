@@ -395,8 +395,9 @@ impl Model {
             // nor is a closed one, nor a handshake the guest opened and never acknowledged when
             // the guest's SYN starts another sequence (a new connection on the tuple; a
             // retransmission starts at the same one): an allowed SYN starts its tuple over (the
-            // new flow replaces it). On any other flow it passes and changes nothing (a
-            // retransmission, or the other side's SYN of a simultaneous open).
+            // new flow replaces it). On any other flow it passes (a retransmission, or the other
+            // side's SYN of a simultaneous open), and changes nothing but what a remote's SYN
+            // again on its handshake leaves unknown: which SYN's window scale the guest took.
             if flow.stage == Stage::Unreplied
                 || flow.releases_slot()
                 || flow.restarted_by(direction, syn.seq)
@@ -404,6 +405,7 @@ impl Model {
                 self.flows.remove(&(role, id));
                 return None;
             }
+            flow.remote_syn_again(direction);
             return Some(Ok(Reason::Tracked));
         }
         match flow.table {
