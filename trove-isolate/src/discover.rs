@@ -98,6 +98,11 @@ pub struct Discovered {
     pub services: Vec<Found<Endpoint>>,
     pub database_ports: Vec<Found<u16>>,
     pub business_mac: Option<Found<String>>,
+    /// eth1.json's path where the agent's config isolates the business NIC and Trove wrote
+    /// none: an instance without a user port (Trove writes eth1.json only for one, and its
+    /// guest has one NIC), or cloud-init half way through. The NICs tell which
+    /// (`policy::user_port_pending`).
+    pub eth1_missing: Option<String>,
     /// The nameservers of resolv.conf: reached on port 53 when any endpoint is a name.
     pub resolvers: Vec<Found<std::net::IpAddr>>,
     /// How resolv.conf has short names completed: a name the agent's config gives as `rabbit`
@@ -220,23 +225,24 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
     let mut found = Discovered::default();
     let conf = OsloConf::load_dir(&files.at(&files.conf_dir))?;
 
-    // RabbitMQ: both transport URLs, every host.
+    // RabbitMQ: both transport URLs, every host. Notifications may go to Kafka instead
+    // (oslo.messaging's kafka driver carries notifications only): its brokers are services.
     for section in ["DEFAULT", "oslo_messaging_notifications"] {
         if let Some(url) = conf.get(section, "transport_url") {
             // A continuation line (the next host on its own line) joins with a newline.
             let joined: String = url.value.split_whitespace().collect();
-            let hosts = transport_hosts(&joined).map_err(|m| {
+            let (hosts, into) = match kafka_hosts(&joined) {
+                Some(kafka) if section != "DEFAULT" => (kafka, &mut found.services),
+                _ => (transport_hosts(&joined), &mut found.rabbitmq),
+            };
+            let hosts = hosts.map_err(|m| {
                 invalid(
                     Path::new(&url.file),
                     format!("[{section}] transport_url: {m}"),
                 )
             })?;
             for endpoint in hosts {
-                push(
-                    &mut found.rabbitmq,
-                    endpoint,
-                    &url.origin(section, "transport_url"),
-                );
+                push(into, endpoint, &url.origin(section, "transport_url"));
             }
         }
     }
@@ -244,8 +250,8 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
         return Err(DiscoverError::NotWritten {
             path: files.at(&files.conf_dir).display().to_string(),
             message: "no [DEFAULT] transport_url in any *.conf: the guest agent's RabbitMQ is \
-                      unknown (at an instance's first boot, cloud-init writes Trove's files after \
-                      this starts)"
+                      unknown (cloud-init writes Trove's files at an instance's first boot and \
+                      after a rebuild)"
                 .into(),
         });
     }
@@ -355,19 +361,13 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
     }
     let eth1 = files.at(&files.eth1_json);
     let eth1_text = read_optional(&eth1)?;
-    // Trove writes eth1.json with the agent's config when the business NIC is isolated: one
-    // without the other is cloud-init half way through.
+    // Trove writes eth1.json with the agent's config when the business NIC is isolated and the
+    // instance has a user port; without one, the agent runs the database on docker's bridge.
     let isolated = conf
         .get("DEFAULT", "network_isolation")
         .is_some_and(|v| oslo_true(&v.value));
     if isolated && eth1_text.is_none() {
-        return Err(DiscoverError::NotWritten {
-            path: eth1.display().to_string(),
-            message: "no such file, and [DEFAULT] network_isolation is on: the business NIC is \
-                      unknown (at an instance's first boot, cloud-init writes Trove's files \
-                      after this starts)"
-                .into(),
-        });
+        found.eth1_missing = Some(eth1.display().to_string());
     }
     if let Some(text) = eth1_text {
         let json: serde_json::Value =
@@ -389,6 +389,26 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
                 &mut found.services,
                 endpoint,
                 &url.origin("DEFAULT", "swift_url"),
+            );
+        }
+    }
+
+    // A dev-mode guest (devstack's image): the agent's unit copies Trove's source from the
+    // controller over SSH before it starts, and publishes the guest's logs there.
+    let controller = files.at_str("etc/trove/controller.conf");
+    if let Some(text) = read_optional(&controller)? {
+        if let Some(host) = controller_address(&text) {
+            push(
+                &mut found.services,
+                Endpoint {
+                    host,
+                    port: 22,
+                    proto: Proto::Tcp,
+                },
+                &format!(
+                    "{} CONTROLLER (the dev-mode agent's SSH)",
+                    controller.display()
+                ),
             );
         }
     }
@@ -502,6 +522,19 @@ pub fn nameservers(root: &Path) -> Result<Vec<Found<std::net::IpAddr>>, Discover
     Ok(out)
 }
 
+/// `CONTROLLER=` of controller.conf (a systemd environment file Trove writes), unquoted.
+fn controller_address(text: &str) -> Option<String> {
+    let value = text
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("CONTROLLER="))?
+        .trim()
+        .trim_matches(['"', '\''])
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    (!value.is_empty()).then(|| value.to_owned())
+}
+
 fn push(list: &mut Vec<Found<Endpoint>>, endpoint: Endpoint, origin: &str) {
     if !list.iter().any(|f| f.value == endpoint) {
         list.push(Found {
@@ -571,9 +604,9 @@ impl OsloConf {
             // Not made yet: cloud-init makes it at an instance's first boot.
             std::io::ErrorKind::NotFound => DiscoverError::NotWritten {
                 path: dir.display().to_string(),
-                message: "no such directory: the guest agent's config is not there (at an \
-                          instance's first boot, cloud-init writes Trove's files after this \
-                          starts)"
+                message: "no such directory: the guest agent's config is not there \
+                          (cloud-init writes Trove's files at an instance's first boot and after \
+                          a rebuild)"
                     .into(),
             },
             _ => DiscoverError::Read {
@@ -644,9 +677,23 @@ pub fn transport_hosts(url: &str) -> Result<Vec<Endpoint>, String> {
         .ok_or("not a URL (expected rabbit://user:pass@host:port/vhost)")?;
     if !scheme.starts_with("rabbit") && scheme != "amqp" && scheme != "kombu" {
         return Err(format!(
-            "scheme {scheme:?}: only RabbitMQ transports are understood"
+            "scheme {scheme:?}: only RabbitMQ transports are understood (Kafka for \
+             notifications only)"
         ));
     }
+    url_hosts(rest, 5672)
+}
+
+/// The brokers of a `kafka://host1:9092,host2/` transport URL (a host without a port gets
+/// Kafka's 9092, as the kafka driver gives it); `None` if the URL is not Kafka's. Only the
+/// brokers the URL names: others the cluster advertises need an `allow`.
+fn kafka_hosts(url: &str) -> Option<Result<Vec<Endpoint>, String>> {
+    let rest = url.strip_prefix("kafka://")?;
+    Some(url_hosts(rest, 9092))
+}
+
+/// The hosts of a transport URL's part after the scheme, `default_port` where none is given.
+fn url_hosts(rest: &str, default_port: u16) -> Result<Vec<Endpoint>, String> {
     let netloc = rest.split(['/', '?']).next().unwrap_or_default();
     let mut hosts = Vec::new();
     for (i, part) in netloc.split(',').enumerate().filter(|(_, p)| !p.is_empty()) {
@@ -661,7 +708,7 @@ pub fn transport_hosts(url: &str) -> Result<Vec<Endpoint>, String> {
         };
         let endpoint = Endpoint {
             host,
-            port: parsed.port().unwrap_or(5672),
+            port: parsed.port().unwrap_or(default_port),
             proto: Proto::Tcp,
         };
         if !hosts.contains(&endpoint) {
@@ -983,9 +1030,9 @@ mod tests {
         }
     }
 
-    /// What cloud-init has not written yet is told apart from what is wrong: no conf dir, no
-    /// transport URL, or eth1.json missing where the agent's config says the business NIC is
-    /// isolated.
+    /// What cloud-init has not written yet is told apart from what is wrong: no conf dir or no
+    /// transport URL. eth1.json missing where the agent's config says the business NIC is
+    /// isolated is said, for the NICs to tell (an instance without a user port has none).
     #[test]
     fn files_not_written_yet_are_told_apart() {
         const URL: &str = "[DEFAULT]\ntransport_url = rabbit://u:p@192.0.2.10:5672/\n";
@@ -1000,13 +1047,15 @@ mod tests {
             "etc/trove/conf.d/guest_info.conf",
             "[DEFAULT]\n"
         )]));
+        let eth1_missing = |files: &[(&str, &str)]| discover(&tree(files)).unwrap().eth1_missing;
         for on in ["True", "yes", "'on'", "1"] {
             let info = format!("[DEFAULT]\nnetwork_isolation = {on}\n");
+            let missing = eth1_missing(&[
+                ("etc/trove/conf.d/guest_info.conf", &info),
+                ("etc/trove/conf.d/trove-guestagent.conf", URL),
+            ]);
             assert!(
-                not_written(&[
-                    ("etc/trove/conf.d/guest_info.conf", &info),
-                    ("etc/trove/conf.d/trove-guestagent.conf", URL),
-                ]),
+                missing.is_some_and(|p| p.ends_with("etc/trove/eth1.json")),
                 "{on}"
             );
         }
@@ -1027,7 +1076,7 @@ mod tests {
                 ("etc/trove/eth1.json", eth1),
             ],
         ] {
-            assert!(discover(&tree(written)).is_ok(), "{written:?}");
+            assert_eq!(eth1_missing(written), None, "{written:?}");
         }
         // Written but wrong is not "not written".
         assert!(matches!(
@@ -1315,6 +1364,66 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
         let err = transport_hosts("kafka://u:hunter2@h:1/").unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    /// A dev-mode guest reaches its controller's SSH, which its agent's unit copies Trove from.
+    #[test]
+    fn a_dev_mode_guest_reaches_its_controller_over_ssh() {
+        const RPC: &str = "[DEFAULT]\ntransport_url = rabbit://u:p@192.0.2.10:5672/\n";
+        let d = discover(&tree(&[
+            ("etc/trove/conf.d/trove-guestagent.conf", RPC),
+            ("etc/trove/controller.conf", "CONTROLLER=192.0.2.50"),
+        ]))
+        .expect("discovers");
+        let ssh: Vec<String> = d
+            .services
+            .iter()
+            .filter(|f| f.origin.contains("controller.conf CONTROLLER"))
+            .map(|f| f.value.to_string())
+            .collect();
+        assert_eq!(ssh, ["192.0.2.50:22"]);
+        assert_eq!(
+            controller_address("CONTROLLER=\"2001:db8::5\"\n").as_deref(),
+            Some("2001:db8::5")
+        );
+        assert_eq!(controller_address("CONTROLLER=\n"), None);
+        assert_eq!(controller_address("# none\n"), None);
+    }
+
+    /// Notifications sent to Kafka: its brokers are services the management NIC reaches (9092
+    /// where no port is given); RPC over Kafka is refused, as oslo.messaging refuses it.
+    #[test]
+    fn notifications_over_kafka_reach_its_brokers() {
+        const RPC: &str = "[DEFAULT]\ntransport_url = rabbit://u:p@192.0.2.10:5672/\n";
+        let d = discover(&tree(&[(
+            "etc/trove/conf.d/trove-guestagent.conf",
+            &format!(
+                "{RPC}[oslo_messaging_notifications]\ntransport_url = \
+                 kafka://u:s3cr3t@192.0.2.40,192.0.2.41:9093/\n"
+            ),
+        )]))
+        .expect("discovers");
+        let rabbit: Vec<String> = d.rabbitmq.iter().map(|f| f.value.to_string()).collect();
+        assert_eq!(rabbit, ["192.0.2.10:5672"]);
+        let kafka: Vec<(String, String)> = d
+            .services
+            .iter()
+            .filter(|f| f.origin.contains("oslo_messaging_notifications"))
+            .map(|f| (f.value.to_string(), f.origin.clone()))
+            .collect();
+        assert_eq!(kafka.len(), 2, "{kafka:?}");
+        assert_eq!(kafka[0].0, "192.0.2.40:9092");
+        assert_eq!(kafka[1].0, "192.0.2.41:9093");
+        assert!(!format!("{d:?}").contains("s3cr3t"));
+        let rpc = discover(&tree(&[(
+            "etc/trove/conf.d/trove-guestagent.conf",
+            "[DEFAULT]\ntransport_url = kafka://u:p@192.0.2.40/\n",
+        )]));
+        assert!(
+            matches!(rpc, Err(DiscoverError::Invalid { ref message, .. }) if message.contains("[DEFAULT] transport_url")),
+            "{:?}",
+            rpc.err()
+        );
     }
 
     #[test]

@@ -122,6 +122,54 @@ pub fn filter_places(ifindex: u32, direction: Direction) -> Vec<(u16, u32, Strin
         .collect()
 }
 
+/// The current thread's namespace's devices that may be a guest's NIC: Ethernet, not
+/// loopback, and of no virtual kind (a physical or paravirtual NIC), or a veth pair's end that
+/// no bridge holds (a guest simulated in namespaces). Bridges, their ports (docker's bridge and
+/// its containers' pairs), VLANs and other virtual kinds (ifb, dummy, tunnels) are not. `None`
+/// if the kernel could not be asked.
+pub fn guest_nics() -> Option<Vec<String>> {
+    use netlink_packet_route::link::{
+        InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
+    };
+    let links = dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
+    Some(
+        links
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(link) => Some(link),
+                _ => None,
+            })
+            .filter(|link| {
+                link.header.link_layer_type == LinkLayerType::Ether
+                    && !link.header.flags.contains(LinkFlags::Loopback)
+            })
+            .filter_map(|link| {
+                let mut name = None;
+                let mut kind = None;
+                let mut held = false;
+                for attribute in link.attributes {
+                    match attribute {
+                        LinkAttribute::IfName(n) => name = Some(n),
+                        LinkAttribute::Controller(_) => held = true,
+                        LinkAttribute::LinkInfo(infos) => {
+                            kind = infos.into_iter().find_map(|i| match i {
+                                LinkInfo::Kind(k) => Some(k),
+                                _ => None,
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                match kind {
+                    None => name,
+                    Some(InfoKind::Veth) if !held => name,
+                    Some(_) => None,
+                }
+            })
+            .collect(),
+    )
+}
+
 /// Sends a dump request in the current thread's namespace and collects the answers.
 fn dump(request: RouteNetlinkMessage) -> Option<Vec<RouteNetlinkMessage>> {
     let mut socket = Socket::new(NETLINK_ROUTE).ok()?;

@@ -262,19 +262,32 @@ pub fn report(pins: &Pins) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// The device of an attachment where the record has it, if it is still the one recorded (its
+/// MAC); else the device with its MAC in any namespace (docker-hostnic moved it while no daemon
+/// followed: a TCX program moves with it).
 fn recorded_device(a: &Attachment) -> Result<Device, String> {
     let ifindex = a.ifindex;
-    let name = crate::netns::run_in(a.netns.as_deref(), move || {
-        nix::net::if_::if_indextoname(ifindex).map(|n| n.to_string_lossy().into_owned())
+    let there = crate::netns::run_in(a.netns.as_deref(), move || {
+        let name = nix::net::if_::if_indextoname(ifindex)
+            .ok()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.is_empty())?;
+        let mac = nic::mac_of(&name);
+        Some((name, mac))
     })
-    .map_err(|e| format!("{e:#}"))?
-    .map_err(|e| format!("no device with ifindex {ifindex}: {e}"))?;
-    Ok(Device {
-        name,
-        ifindex,
-        netns: a.netns.clone(),
-        up: false,
-    })
+    .map_err(|e| format!("{e:#}"))?;
+    match there {
+        Some((name, mac)) if a.mac.is_none() || mac == a.mac => Ok(Device {
+            name,
+            ifindex,
+            netns: a.netns.clone(),
+            up: false,
+        }),
+        _ => a
+            .mac
+            .and_then(|mac| nic::with_mac(mac, a.netns.as_deref()).into_iter().next())
+            .ok_or_else(|| format!("no device with ifindex {ifindex} nor with its MAC")),
+    }
 }
 
 /// The differences between the kernel, the record and the daemon's last move, as sentences.

@@ -1205,6 +1205,71 @@ fn mld_reports_reach_the_link_only_for_the_nics_own_groups() {
     );
 }
 
+/// A VLAN-tagged frame reaches TC with its tag taken off (Linux untags a frame on receive, a
+/// veth's too): one with a VLAN ID is refused (`unsupported_protocol`), not judged as the SYN it
+/// carries; a priority tag alone (VLAN ID 0) is the untagged frame Linux delivers it as. (A
+/// BPF_PROG_TEST_RUN skb never has a tag taken off: this takes real frames.)
+#[test]
+fn a_vlan_tagged_frame_is_refused_not_judged_by_what_it_carries() {
+    use etherparse::{PacketBuilder, VlanId};
+    use trove_isolate_testbed::addr;
+    let s = setup("vlan");
+    let daemon = start(&s, "enforce", "auto");
+    let tap = s.guest.biz_net.run(|| Tap::open("peer0"));
+    let syn = |vlan: Option<u16>, sport: u16| {
+        let eth = PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 0x77], s.guest.biz_mac());
+        let ip = |a: &str| a.parse::<std::net::Ipv4Addr>().expect("addr").octets();
+        let (client, guest) = (ip(addr::CLIENT_V4), ip(addr::GUEST_V4));
+        let mut frame = Vec::new();
+        match vlan {
+            Some(id) => eth
+                .single_vlan(VlanId::try_new(id).expect("a VLAN ID"))
+                .ipv4(client, guest, 64)
+                .tcp(sport, 3306, 1000, 64240)
+                .syn()
+                .write(&mut frame, &[]),
+            None => eth
+                .ipv4(client, guest, 64)
+                .tcp(sport, 3306, 1000, 64240)
+                .syn()
+                .write(&mut frame, &[]),
+        }
+        .expect("a SYN");
+        frame
+    };
+    // Judged by the daemon's drop events (RAs, MLD reports and solicitations from the tenant
+    // network are refused on their own, so counters alone would not tell).
+    let refusal = |sport: u16| {
+        format!(
+            "eth0 business ingress drop unsupported_protocol tcp {}:{sport} > {}:3306 [S]",
+            addr::CLIENT_V4,
+            addr::GUEST_V4
+        )
+    };
+    for (what, vlan, sport, refused) in [
+        ("VLAN 7", Some(7), 40007, true),
+        ("a priority tag (VLAN 0)", Some(0), 40000, false),
+        ("untagged", None, 40001, false),
+    ] {
+        tap.send(&syn(vlan, sport));
+        if refused {
+            // Judged on the veth's receive, a moment after the send: within 2 s.
+            let logged = (0..100).any(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                daemon.stderr().contains(&refusal(sport))
+            });
+            assert!(logged, "{what}: not refused\n{}", daemon.stderr());
+        } else {
+            assert!(
+                tap.syn_ack_to(sport, Duration::from_secs(2)),
+                "{what}: the guest did not answer\n{}",
+                daemon.stderr()
+            );
+            assert!(!daemon.stderr().contains(&refusal(sport)), "{what}");
+        }
+    }
+}
+
 /// A packet socket on a NIC: every frame the link carries to it, and a way to send one.
 struct Tap {
     fd: std::os::fd::OwnedFd,
@@ -1278,6 +1343,48 @@ impl Tap {
             };
             if let Some(groups) = usize::try_from(n).ok().and_then(|n| mld_groups(&buf[..n])) {
                 out.push(groups);
+            }
+        }
+    }
+
+    /// Whether the guest's SYN-ACK from port 3306 to `port` crosses the link within `window`.
+    fn syn_ack_to(&self, port: u16, window: Duration) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let deadline = std::time::Instant::now() + window;
+        let mut buf = [0u8; 2048];
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let mut ready = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if unsafe { libc::poll(&mut ready, 1, left.as_millis().max(1) as i32) } <= 0 {
+                continue;
+            }
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            let Ok(n) = usize::try_from(n) else { continue };
+            let Ok(packet) = etherparse::SlicedPacket::from_ethernet(&buf[..n]) else {
+                continue;
+            };
+            if let Some(etherparse::TransportSlice::Tcp(tcp)) = packet.transport {
+                if tcp.syn()
+                    && tcp.ack()
+                    && tcp.source_port() == 3306
+                    && tcp.destination_port() == port
+                {
+                    return true;
+                }
             }
         }
     }
@@ -1445,6 +1552,18 @@ impl FirstBoot {
     /// What cloud-init writes: the agent's config (RabbitMQ, a MySQL guest, the metadata service
     /// as its Swift URL's neighbour) and eth1.json naming the business NIC.
     fn write_trove_files(&self) {
+        self.write_agent_files("");
+        self.write_eth1();
+    }
+
+    fn write_eth1(&self) {
+        let path = self.tree.join("etc/trove/eth1.json");
+        std::fs::write(&path, format!("{{\"mac_address\": \"{}\"}}", self.biz_mac))
+            .expect("fixture file");
+    }
+
+    /// The agent's config alone, with `guest_info` lines added to guest_info.conf.
+    fn write_agent_files(&self, guest_info: &str) {
         let write = |path: &str, text: String| {
             let path = self.tree.join(path);
             std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
@@ -1452,7 +1571,7 @@ impl FirstBoot {
         };
         write(
             "etc/trove/conf.d/guest_info.conf",
-            "[DEFAULT]\ndatastore_manager = mysql\n".into(),
+            format!("[DEFAULT]\ndatastore_manager = mysql\n{guest_info}"),
         );
         // RabbitMQ by name (the guest's hosts file has it): looked up once the guard is off.
         write(
@@ -1462,10 +1581,6 @@ impl FirstBoot {
         write(
             "etc/hosts",
             format!("{} rabbit.boot.test\n", addr::RABBITMQ_V4),
-        );
-        write(
-            "etc/trove/eth1.json",
-            format!("{{\"mac_address\": \"{}\"}}", self.biz_mac),
         );
     }
 
@@ -1664,6 +1779,93 @@ fn boot_guard_holds(attach: &str) {
     );
     assert_eq!(boot.probes(), enforcing, "the policy stays, with no guard");
     assert!(boot.guard_pins().is_empty(), "{:?}", boot.guard_pins());
+}
+
+/// An instance created without a user port: Trove writes no eth1.json though the business NIC
+/// is isolated (`network_isolation`, on by default), and the agent runs the database on
+/// docker's bridge, published on the one NIC. While a second NIC is there, eth1.json is taken
+/// as still to come and the guard holds both; with one NIC the policy holds it as the
+/// management NIC (RabbitMQ reached, the database refused to the management network).
+#[test]
+fn an_instance_without_a_user_port_is_held_to_the_management_policy() {
+    let boot = FirstBoot::new("auto");
+    let config = boot.config.to_str().expect("utf-8 path");
+    boot.write_agent_files("network_isolation = True\n");
+    let out = cli(&["run", "--config", config]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a start while eth1.json may come");
+    for want in [
+        "network_isolation is on, and the management NIC's namespace has 2 NICs (m0, b0)",
+        "boot guard: m0, b0 held closed",
+    ] {
+        assert!(stderr.contains(want), "{want:?} in {stderr}");
+    }
+
+    boot.guest.ip(&format!("link del {BOOT_BIZ}"));
+    let at = |ip: &str, port: u16| SocketAddr::new(ip.parse().expect("addr"), port);
+    let _database = tcp_server(&boot.guest, at(BOOT_GUEST_V4, 3306));
+    let out = cli(&["check", "--config", config]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("WARNING: no business NIC: Trove names none (no eth1.json"),
+        "{stderr}"
+    );
+    let mut daemon = Daemon::start(&boot.config, boot.pin_path.as_ref(), boot.metrics);
+    let rabbit_within = (1..=3).find(|_| {
+        tcp_probe(&boot.guest, None, at(addr::RABBITMQ_V4, 5672), PROBE) || {
+            std::thread::sleep(Duration::from_millis(200));
+            false
+        }
+    });
+    assert!(rabbit_within.is_some(), "RabbitMQ by name within 3 s");
+    assert!(
+        !tcp_probe(&boot.mgmt_net, None, at(BOOT_GUEST_V4, 3306), PROBE),
+        "the database on the management NIC"
+    );
+    assert!(
+        !tcp_probe(&boot.mgmt_net, None, at(BOOT_GUEST_V4, 22), PROBE),
+        "ssh with no ssh_from"
+    );
+    assert!(boot.guard_pins().is_empty(), "{:?}", boot.guard_pins());
+    let status = cli(&["status", "--pin-path", &boot.pin_path]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(!status.contains("boot guard:"), "{status}");
+    assert!(status.contains("management"), "{status}");
+    daemon.stop();
+}
+
+/// eth1.json gone while the business NIC it named is in the container's namespace (one NIC
+/// left beside the management NIC) is not an instance without a user port: the start fails,
+/// and the business NIC keeps the policy.
+#[test]
+fn eth1_json_gone_takes_no_policy_off_the_business_nic_on_tcx() {
+    let boot = FirstBoot::new("tcx");
+    let config = boot.config.to_str().expect("utf-8 path");
+    boot.write_agent_files("network_isolation = True\n");
+    boot.write_eth1();
+    let mut daemon = Daemon::start(&boot.config, boot.pin_path.as_ref(), boot.metrics);
+    daemon.stop();
+    std::fs::remove_file(boot.tree.join("etc/trove/eth1.json")).expect("removing eth1.json");
+    let container = NetNs::new("bootc");
+    boot.guest
+        .ip(&format!("link set {BOOT_BIZ} netns {}", container.name()));
+    let out = cli(&["run", "--config", config]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for want in [
+        "network_isolation is on, and a business NIC is attached from before",
+        "the policy pinned before stays in force",
+    ] {
+        assert!(stderr.contains(want), "{want:?} in {stderr}");
+    }
+    let status = cli(&["status", "--pin-path", &boot.pin_path]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    let business = status
+        .lines()
+        .find(|l| l.starts_with("business"))
+        .unwrap_or_default();
+    assert!(business.contains("enforced"), "{status}");
 }
 
 /// Docker may start the database container while the guard holds the NICs (a config that fails

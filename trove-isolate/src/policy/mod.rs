@@ -28,6 +28,7 @@ use crate::{
         DEFAULT_PIN_PATH,
     },
     discover::{self, Discovered, TroveFiles},
+    pins::Pins,
     resolve::{self, Resolve},
 };
 
@@ -238,8 +239,8 @@ pub struct Policy {
     pub names: Vec<NameRecord>,
     pub unresolved: Vec<String>,
     pub unresolved_hosts: Vec<String>,
-    /// What discovery found that no rule reaches (images on Docker Hub, or behind a CDN), for
-    /// `check` and the log to say.
+    /// What discovery found that no rule reaches (images on Docker Hub, or behind a CDN; the
+    /// database of an instance without a user port), for `check` and the log to say.
     pub unreached: Vec<String>,
     /// Management first.
     pub nics: Vec<NicPolicy>,
@@ -399,7 +400,12 @@ impl Policy {
             None if discovered.is_some() => Some(implied_management(&top, discovered)?),
             None => None,
         };
+        // Trove names no business NIC of an instance without a user port: its one NIC is the
+        // management NIC, and the agent publishes the database on it through docker's bridge.
+        // The section's keys (a shipped config's `clients`) then have no NIC to hold.
+        let no_user_port = discovered.is_some_and(|d| d.business_mac.is_none());
         let business_config = match &config.business {
+            Some(b) if no_user_port && b.interface.is_none() && b.mac.is_none() => None,
             Some(b) => Some(b.clone()),
             None if discovered.is_some_and(|d| d.business_mac.is_some()) => {
                 Some(BusinessConfig::default())
@@ -457,7 +463,15 @@ impl Policy {
         fits_the_map(&top, &nics)?;
         few_enough_lengths(&top, &nics)?;
         let allows = management_config.iter().flat_map(|m| &m.allow);
-        let unreached = images_unreached(discovered, allows);
+        let mut unreached = images_unreached(discovered, allows);
+        if no_user_port && business_config.is_none() {
+            unreached.push(
+                "no business NIC: Trove names none (no eth1.json: the instance has no user \
+                 port), so the guest's one NIC is the management NIC, and the database docker \
+                 publishes on it is refused to clients"
+                    .to_owned(),
+            );
+        }
         Ok(Policy {
             mode,
             attach,
@@ -708,7 +722,47 @@ fn discovery(config: &Config, path: &Path) -> Result<Option<Discovered>, ConfigE
         e => ConfigError::invalid(path, "[trove]", format!("discovery: {e}")),
     })?;
     discovered.host_nics = crate::nic::host_nics().ok();
+    if let Some(eth1) = &discovered.eth1_missing {
+        // The NICs beside the management NIC, in its namespace.
+        let netns = config.management.as_ref().and_then(|m| m.netns.as_deref());
+        let nics = crate::netns::run_in(netns.map(Path::new), crate::inspect::guest_nics)
+            .ok()
+            .flatten();
+        let pins = Pins::new(config.pin_path.as_deref().unwrap_or(DEFAULT_PIN_PATH));
+        let business_pinned = matches!(
+            crate::state::State::read(&pins.state_file()),
+            Ok(Some(state)) if state.attached(Role::Business).next().is_some()
+        );
+        if let Some(why) = user_port_pending(nics.as_deref(), business_pinned) {
+            return Err(ConfigError::TroveFilesMissing {
+                path: path.to_owned(),
+                message: format!(
+                    "discovery: {eth1}: no such file, and [DEFAULT] network_isolation is on, \
+                     and {why}: the business NIC is unknown until Trove's eth1.json names it"
+                ),
+            });
+        }
+    }
     Ok(Some(discovered))
+}
+
+/// Why a missing eth1.json (with the business NIC isolated) is not yet written rather than an
+/// instance without a user port, whose guest has one NIC and runs the database on docker's
+/// bridge: `None` when it is that instance. Trove writes eth1.json in the same cloud-init
+/// step as the agent's config, so a second NIC beside the management NIC is the user port
+/// whose file is still to come, and a business NIC attached before is one the file named (the
+/// file gone is no reason to open it).
+fn user_port_pending(nics: Option<&[String]>, business_pinned: bool) -> Option<String> {
+    match nics {
+        None => Some("the management NIC's namespace could not be listed".to_owned()),
+        Some(nics) if nics.len() > 1 => Some(format!(
+            "the management NIC's namespace has {} NICs ({})",
+            nics.len(),
+            nics.join(", ")
+        )),
+        Some(_) if business_pinned => Some("a business NIC is attached from before".to_owned()),
+        Some(_) => None,
+    }
 }
 
 fn trove_files(trove: &TroveConfig) -> TroveFiles {

@@ -1395,3 +1395,19 @@ fn a_kept_source_compiles_the_text_it_read() {
     let policy = Policy::from_source_deferred(&source, &path).expect("compiles");
     assert_eq!(policy.pin_path, Path::new("/sys/fs/bpf/trove-isolate"));
 }
+
+/// eth1.json missing with the business NIC isolated: an instance without a user port only with
+/// one NIC (or none: a namespace of the management NIC alone) and no business NIC attached.
+#[test]
+fn a_missing_eth1_json_is_an_instance_without_a_user_port_only_with_one_nic() {
+    let nics = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(user_port_pending(Some(&nics(&["eth0"])), false), None);
+    let two = user_port_pending(Some(&nics(&["eth0", "eth1"])), false).expect("pending");
+    assert!(two.contains("has 2 NICs (eth0, eth1)"), "{two}");
+    let pinned = user_port_pending(Some(&nics(&["eth0"])), true).expect("pending");
+    assert!(
+        pinned.contains("a business NIC is attached from before"),
+        "{pinned}"
+    );
+    assert!(user_port_pending(None, false).is_some());
+}
