@@ -413,7 +413,10 @@ pub struct FlowValue {
     pub state: u8,
     /// [`flags`].
     pub flags: u8,
-    pub _pad: u8,
+    /// TCP: bit `1 << Direction` is set where `win` came with a SYN (a SYN-ACK), whose window is
+    /// never scaled (RFC 7323): it is read as it is. (Was padding: an entry written before reads
+    /// 0, every window scaled.)
+    pub unscaled: u8,
     /// TCP window scale of the windows sent each way (indexed by `Direction`), or
     /// [`WSCALE_UNKNOWN`].
     pub wscale: [u8; 2],
@@ -521,7 +524,7 @@ mod tests {
             origin: 0,
             state: 0,
             flags: 0,
-            _pad: 0,
+            unscaled: 0,
             wscale: [0; 2],
             syn_data: 0,
             ack: [0; 2],

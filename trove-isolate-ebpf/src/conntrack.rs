@@ -555,7 +555,7 @@ pub fn track<F: Flow>(
         origin: direction as u8,
         state: state::UNREPLIED,
         flags: 0,
-        _pad: 0,
+        unscaled: 0,
         wscale: [WSCALE_UNKNOWN; 2],
         syn_data: 0,
         ack: [0; 2],
@@ -627,18 +627,45 @@ fn record_ack(value: &mut FlowValue, direction: Direction, pkt: &Packet) {
     {
         return;
     }
-    let mut window = pkt.window;
+    // A SYN's window is never scaled (RFC 7323): noted as it is, and read so.
+    let syn = pkt.tcp_flags & TCP_SYN != 0;
+    let mut noted = (pkt.window, syn);
     if value.flags & flags::ACK_SEEN[d] == 0 || restart {
         value.flags |= flags::ACK_SEEN[d];
     } else {
         let ahead = pkt.ack.wrapping_sub(value.ack[d]) as i32;
-        if ahead < 0 || (ahead == 0 && value.win[d] == window) {
+        if ahead < 0 || (ahead == 0 && value.win[d] == pkt.window && unscaled(value, d) == syn) {
             return;
         }
-        window = kept_window(value, d, pkt);
+        noted = kept_window(value, d, pkt, syn);
     }
     value.ack[d] = pkt.ack;
-    value.win[d] = window;
+    value.win[d] = noted.0;
+    if noted.1 {
+        value.unscaled |= 1 << d;
+    } else {
+        value.unscaled &= !(1 << d);
+    }
+}
+
+/// Whether the window noted for `d` (`Direction` as index) came with a SYN: never scaled.
+#[inline(always)]
+fn unscaled(value: &FlowValue, d: usize) -> bool {
+    value.unscaled & (1 << d) != 0
+}
+
+/// The shift the windows sent in `d` (`Direction` as index) are scaled by: the most a side may
+/// ask for where none is settled (unknown or no option yet), none for a SYN's own.
+#[inline(always)]
+fn window_shift(value: &FlowValue, d: usize) -> u32 {
+    if unscaled(value, d) {
+        return 0;
+    }
+    let mut shift = value.wscale[d];
+    if shift > WSCALE_MAX {
+        shift = WSCALE_MAX;
+    }
+    shift as u32
 }
 
 /// The window to note with an acknowledgment that moved on (`d`: its direction as index): the
@@ -647,23 +674,33 @@ fn record_ack(value: &mut FlowValue, direction: Direction, pkt: &Packet) {
 /// window), and such a segment may carry any window: one that shrank the edge would leave the
 /// other side's FIN, sent inside the edge its stack knows, outside the window it is held to
 /// (dropped with every retransmission, and the flow kept its slot a day: a review found it).
+///
+/// Returns the window to note and whether it is a SYN's (unscaled): the packet's own when its
+/// edge reaches as far, else what is left of the old one past the new acknowledgment, in the
+/// old one's terms. A SYN-ACK's window, which is not scaled, is so never read as scaled, nor
+/// kept as the edge of a scaled one (a review found it: 65,160 read as 65,160 << 7).
 #[inline(always)]
-fn kept_window(value: &FlowValue, d: usize, pkt: &Packet) -> u16 {
-    let mut shift = value.wscale[d];
-    if shift > WSCALE_MAX {
-        shift = WSCALE_MAX;
+fn kept_window(value: &FlowValue, d: usize, pkt: &Packet, syn: bool) -> (u16, bool) {
+    let old_shift = window_shift(value, d);
+    let mut new_shift = value.wscale[d] as u32;
+    if new_shift > WSCALE_MAX as u32 {
+        new_shift = WSCALE_MAX as u32;
+    }
+    if syn {
+        new_shift = 0;
     }
     // Both edges as offsets from the old acknowledgment, which the new one is at or past (by
     // less than 2^31): no sum wraps (a window is at most 2^30).
-    let old_edge = (value.win[d] as u32) << shift;
+    let old_edge = (value.win[d] as u32) << old_shift;
     let moved = pkt.ack.wrapping_sub(value.ack[d]);
-    let new_edge = moved + ((pkt.window as u32) << shift);
+    let new_edge = moved + ((pkt.window as u32) << new_shift);
     if new_edge >= old_edge {
-        return pkt.window;
+        return (pkt.window, syn);
     }
     // What is left of the old window past the new acknowledgment, rounded up: at most the old
     // window, so it fits the 16 bits it came from.
-    ((old_edge - moved + (1u32 << shift) - 1) >> shift) as u16
+    let left = (old_edge - moved + (1u32 << old_shift) - 1) >> old_shift;
+    (left as u16, unscaled(value, d))
 }
 
 /// The SYN-ACK answering the opener's SYN fixes both directions' window scale: each side's own
@@ -711,11 +748,7 @@ fn in_window(value: &FlowValue, direction: Direction, pkt: &Packet) -> bool {
         return true;
     }
     let receiver = direction.reverse() as usize & 1;
-    let mut shift = value.wscale[receiver];
-    if shift > WSCALE_MAX {
-        shift = WSCALE_MAX;
-    }
-    let window = (value.win[receiver] as u32) << shift;
+    let window = (value.win[receiver] as u32) << window_shift(value, receiver);
     let offset = pkt.seq.wrapping_sub(value.ack[receiver]).wrapping_add(1);
     offset <= window.saturating_add(1)
 }

@@ -98,9 +98,9 @@ pub struct Discovered {
     pub services: Vec<Found<Endpoint>>,
     pub database_ports: Vec<Found<u16>>,
     pub business_mac: Option<Found<String>>,
-    /// eth1.json's path where the agent's config isolates the business NIC and Trove wrote
-    /// none: an instance without a user port (Trove writes eth1.json only for one, and its
-    /// guest has one NIC), or cloud-init half way through. The NICs tell which
+    /// Where Trove wrote no eth1.json, what is missing (its path, and whether the agent's config
+    /// isolates the business NIC): an instance without a user port (Trove writes eth1.json only
+    /// for one, and its guest has one NIC), or cloud-init half way through. The NICs tell which
     /// (`policy::user_port_pending`).
     pub eth1_missing: Option<String>,
     /// The nameservers of resolv.conf: reached on port 53 when any endpoint is a name.
@@ -361,13 +361,22 @@ pub fn discover(files: &TroveFiles) -> Result<Discovered, DiscoverError> {
     }
     let eth1 = files.at(&files.eth1_json);
     let eth1_text = read_optional(&eth1)?;
-    // Trove writes eth1.json with the agent's config when the business NIC is isolated and the
-    // instance has a user port; without one, the agent runs the database on docker's bridge.
+    // Trove writes eth1.json with the agent's config when the instance has a user port (and
+    // the agent isolates it when network_isolation is on); without one, the agent runs the
+    // database on docker's bridge.
     let isolated = conf
         .get("DEFAULT", "network_isolation")
         .is_some_and(|v| oslo_true(&v.value));
-    if isolated && eth1_text.is_none() {
-        found.eth1_missing = Some(eth1.display().to_string());
+    if eth1_text.is_none() {
+        found.eth1_missing = Some(format!(
+            "{}: no such file{}",
+            eth1.display(),
+            if isolated {
+                ", and [DEFAULT] network_isolation is on"
+            } else {
+                ""
+            }
+        ));
     }
     if let Some(text) = eth1_text {
         let json: serde_json::Value =
@@ -1055,28 +1064,40 @@ mod tests {
                 ("etc/trove/conf.d/trove-guestagent.conf", URL),
             ]);
             assert!(
-                missing.is_some_and(|p| p.ends_with("etc/trove/eth1.json")),
+                missing.is_some_and(|m| m.ends_with(
+                    "etc/trove/eth1.json: no such file, and [DEFAULT] network_isolation is on"
+                )),
                 "{on}"
             );
         }
         let info = "[DEFAULT]\nnetwork_isolation = True\n";
         let eth1 = "{\"mac_address\": \"fa:16:3e:00:00:02\"}";
-        for written in [
-            &[("etc/trove/conf.d/trove-guestagent.conf", URL)][..],
-            &[
-                (
-                    "etc/trove/conf.d/guest_info.conf",
-                    "[DEFAULT]\nnetwork_isolation = false\n",
-                ),
-                ("etc/trove/conf.d/trove-guestagent.conf", URL),
-            ],
-            &[
-                ("etc/trove/conf.d/guest_info.conf", info),
-                ("etc/trove/conf.d/trove-guestagent.conf", URL),
-                ("etc/trove/eth1.json", eth1),
-            ],
+        // Without isolation (or the key) eth1.json missing is said all the same: the NICs
+        // tell whether a user port's file is still to come.
+        for (written, missing) in [
+            (&[("etc/trove/conf.d/trove-guestagent.conf", URL)][..], true),
+            (
+                &[
+                    (
+                        "etc/trove/conf.d/guest_info.conf",
+                        "[DEFAULT]\nnetwork_isolation = false\n",
+                    ),
+                    ("etc/trove/conf.d/trove-guestagent.conf", URL),
+                ],
+                true,
+            ),
+            (
+                &[
+                    ("etc/trove/conf.d/guest_info.conf", info),
+                    ("etc/trove/conf.d/trove-guestagent.conf", URL),
+                    ("etc/trove/eth1.json", eth1),
+                ],
+                false,
+            ),
         ] {
-            assert_eq!(eth1_missing(written), None, "{written:?}");
+            let said = eth1_missing(written);
+            assert_eq!(said.is_some(), missing, "{written:?}");
+            assert!(!said.is_some_and(|m| m.contains("network_isolation")));
         }
         // Written but wrong is not "not written".
         assert!(matches!(

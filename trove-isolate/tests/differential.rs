@@ -437,8 +437,13 @@ fn state_text(
 }
 
 fn value_text(table: Table, v: &FlowValue) -> String {
-    let ack =
-        |d: usize| (v.flags & flags::ACK_SEEN[d] != 0).then_some((v.ack[d], u32::from(v.win[d])));
+    // The window with bit 16 saying it is a SYN's (unscaled).
+    let ack = |d: usize| {
+        (v.flags & flags::ACK_SEEN[d] != 0).then_some((
+            v.ack[d],
+            u32::from(v.win[d]) | u32::from(v.unscaled >> d & 1) << 16,
+        ))
+    };
     state_text(
         table,
         (
@@ -471,7 +476,9 @@ fn model_flows(m: &Model) -> BTreeMap<String, String> {
                 trove_isolate::model::Table::New => Table::New,
                 trove_isolate::model::Table::Established => Table::Established,
             };
-            let acks = f.acks.map(|a| a.map(|a| (a.ack, u32::from(a.window))));
+            let acks = f
+                .acks
+                .map(|a| a.map(|a| (a.ack, u32::from(a.window) | u32::from(a.unscaled) << 16)));
             (
                 key_text(role, &flow_key(role, id)),
                 state_text(

@@ -1141,6 +1141,30 @@ fn a_segment_the_guest_discards_cannot_shut_the_window_on_its_fin() {
     ]);
 }
 
+/// A SYN-ACK's window is never scaled (RFC 7323): the guest's 65,160 bytes are not read as
+/// 65,160 << 7 (8.3 MB), neither before its next segment nor as the edge that segment keeps (a
+/// review found both: a blind reset had 128 times the window to land in).
+#[rustfmt::skip]
+#[test]
+fn a_syn_acks_window_is_never_scaled() {
+    use Reason::*;
+    let mut dp = datapath();
+    let c = (33730, 3306);
+    let s = (3306, 33730);
+    let scaled = linux_syn_options(7);
+    let syn = ipv4(V4_PLAIN, proto::TCP, CLIENT, G4, &tcp_opts(33730, 3306, SYN, 1000, 0, 64240, &scaled));
+    let synack = ipv4(V4_PLAIN, proto::TCP, G4, CLIENT, &tcp_opts(3306, 33730, SYN_ACK, 5000, 1001, 65160, &scaled));
+    run_table(&mut dp, &[
+        pass("SYN, scale 7", B, I, syn, Allowed),
+        pass("SYN-ACK, scale 7, window 65,160 bytes", B, E, synack, Tracked),
+        pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 502), Tracked),
+        pass("greeting: window 502 << 7 = 64,256 bytes", B, E, v4_seq(G4, CLIENT, s, ACK, 5001, 1001, 502), Tracked),
+        drop("a blind RST 70,000 bytes on: past 65,160", B, I, v4_seq(CLIENT, G4, c, RST, 71_001, 0, 0), OutOfWindow),
+        pass("a window of 1,000 << 7 reaches further", B, E, v4_seq(G4, CLIENT, s, ACK, 5001, 1001, 1000), Tracked),
+        pass("an RST 70,000 bytes on: inside 128,000", B, I, v4_seq(CLIENT, G4, c, RST, 71_001, 0, 0), Tracked),
+    ]);
+}
+
 /// A client's SYN again on its handshake: the guest's stack may have taken it and discarded
 /// the first, whose window scale option (here none) the flow would otherwise keep. The scale the
 /// guest's SYN-ACK agreed to is the second's, so the client's windows are taken at the widest

@@ -119,11 +119,13 @@ pub enum Stage {
     Established,
 }
 
-/// An acknowledgment a direction sent, with the (unscaled) window that came with it.
+/// An acknowledgment a direction sent, with the window that came with it (as sent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AckSeen {
     pub ack: u32,
     pub window: u16,
+    /// The window is a SYN's (a SYN-ACK's), never scaled (RFC 7323).
+    pub unscaled: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -372,31 +374,37 @@ impl Flow {
                 Some(_) => {}
             }
         }
+        // A SYN's window is never scaled: noted as it is, and read so.
+        let syn = tcp.flags.syn();
         let shift = self.shift(direction);
         let slot = &mut self.acks[side(direction)];
-        let window = match slot {
-            None => tcp.window,
-            Some(_) if restart => tcp.window,
+        let (window, unscaled) = match slot {
+            None => (tcp.window, syn),
+            Some(_) if restart => (tcp.window, syn),
             Some(old) => {
                 let ahead = tcp.ack.wrapping_sub(old.ack) as i32;
-                if ahead < 0 || (ahead == 0 && old.window == tcp.window) {
+                if ahead < 0 || (ahead == 0 && old.window == tcp.window && old.unscaled == syn) {
                     return;
                 }
                 // The right edge never moves left: a segment the receiver's stack discards
                 // may carry any window, and TC cannot tell it from one it takes.
-                let old_edge = u64::from(old.window) << shift;
+                let old_shift = if old.unscaled { 0 } else { shift };
+                let new_shift = if syn { 0 } else { shift };
+                let old_edge = u64::from(old.window) << old_shift;
                 let moved = u64::from(tcp.ack.wrapping_sub(old.ack));
-                let new_edge = moved + (u64::from(tcp.window) << shift);
+                let new_edge = moved + (u64::from(tcp.window) << new_shift);
                 if new_edge < old_edge {
-                    u16::try_from((old_edge - moved).div_ceil(1 << shift)).expect("within")
+                    let left = (old_edge - moved).div_ceil(1 << old_shift);
+                    (u16::try_from(left).expect("within"), old.unscaled)
                 } else {
-                    tcp.window
+                    (tcp.window, syn)
                 }
             }
         };
         *slot = Some(AckSeen {
             ack: tcp.ack,
             window,
+            unscaled,
         });
     }
 
@@ -436,7 +444,12 @@ impl Flow {
         let Some(seen) = self.acks[side(receiver)] else {
             return true;
         };
-        let window = u64::from(seen.window) << self.shift(receiver);
+        let shift = if seen.unscaled {
+            0
+        } else {
+            self.shift(receiver)
+        };
+        let window = u64::from(seen.window) << shift;
         let from = seen.ack.wrapping_sub(1);
         u64::from(seq.wrapping_sub(from)) <= window + 1
     }

@@ -722,7 +722,11 @@ fn discovery(config: &Config, path: &Path) -> Result<Option<Discovered>, ConfigE
         e => ConfigError::invalid(path, "[trove]", format!("discovery: {e}")),
     })?;
     discovered.host_nics = crate::nic::host_nics().ok();
-    if let Some(eth1) = &discovered.eth1_missing {
+    let business_named = config
+        .business
+        .as_ref()
+        .is_some_and(|b| b.interface.is_some() || b.mac.is_some());
+    if let (Some(eth1), false) = (&discovered.eth1_missing, business_named) {
         // The NICs beside the management NIC, in its namespace.
         let netns = config.management.as_ref().and_then(|m| m.netns.as_deref());
         let nics = crate::netns::run_in(netns.map(Path::new), crate::inspect::guest_nics)
@@ -737,8 +741,8 @@ fn discovery(config: &Config, path: &Path) -> Result<Option<Discovered>, ConfigE
             return Err(ConfigError::TroveFilesMissing {
                 path: path.to_owned(),
                 message: format!(
-                    "discovery: {eth1}: no such file, and [DEFAULT] network_isolation is on, \
-                     and {why}: the business NIC is unknown until Trove's eth1.json names it"
+                    "discovery: {eth1}, and {why}: the business NIC is unknown until Trove's \
+                     eth1.json names it (or [business] interface or mac does)"
                 ),
             });
         }
@@ -746,9 +750,9 @@ fn discovery(config: &Config, path: &Path) -> Result<Option<Discovered>, ConfigE
     Ok(Some(discovered))
 }
 
-/// Why a missing eth1.json (with the business NIC isolated) is not yet written rather than an
-/// instance without a user port, whose guest has one NIC and runs the database on docker's
-/// bridge: `None` when it is that instance. Trove writes eth1.json in the same cloud-init
+/// Why a missing eth1.json is not yet written rather than an instance without a user port,
+/// whose guest has one NIC and runs the database on docker's bridge: `None` when it is that
+/// instance. Trove writes eth1.json in the same cloud-init
 /// step as the agent's config, so a second NIC beside the management NIC is the user port
 /// whose file is still to come, and a business NIC attached before is one the file named (the
 /// file gone is no reason to open it).
