@@ -224,8 +224,9 @@ pub fn tracked<F: Flow>(t: &Tables<F>, flow: &F, proto: u8) -> bool {
 
 /// A bare SYN a rule allowed, on its tuple's flow if it has a live one: passes (a
 /// retransmission, or the other side's SYN of a simultaneous open) and changes nothing but the
-/// flow's age (and a remote's handshake's window scale: [`remote_syn_again`]). [`Answer::UNTRACKED`]: no live flow, or one the SYN starts over (a closing established flow, a
-/// pickup nothing has answered, or a handshake the guest opened and never acknowledged when
+/// flow's age (and a remote's handshake's window scale: [`remote_syn_again`]).
+/// [`Answer::UNTRACKED`]: no live flow, or one the SYN starts over (a closing established flow,
+/// a pickup nothing has answered, or a handshake the guest opened and never acknowledged when
 /// the guest's SYN starts another sequence: removed or overwritten): the SYN opens a flow.
 ///
 /// The new table first, where a retransmitted SYN finds its handshake, so it makes one lookup,
@@ -654,18 +655,25 @@ fn unscaled(value: &FlowValue, d: usize) -> bool {
     value.unscaled & (1 << d) != 0
 }
 
-/// The shift the windows sent in `d` (`Direction` as index) are scaled by: the most a side may
-/// ask for where none is settled (unknown or no option yet), none for a SYN's own.
+/// The window scale shift of the windows sent in `d` (`Direction` as index): the most a side
+/// may ask for where none is settled (unknown, or no option yet).
 #[inline(always)]
-fn window_shift(value: &FlowValue, d: usize) -> u32 {
-    if unscaled(value, d) {
-        return 0;
-    }
+fn scale(value: &FlowValue, d: usize) -> u32 {
     let mut shift = value.wscale[d];
     if shift > WSCALE_MAX {
         shift = WSCALE_MAX;
     }
     shift as u32
+}
+
+/// The shift the window noted for `d` is read with: none for a SYN's own.
+#[inline(always)]
+fn window_shift(value: &FlowValue, d: usize) -> u32 {
+    if unscaled(value, d) {
+        0
+    } else {
+        scale(value, d)
+    }
 }
 
 /// The window to note with an acknowledgment that moved on (`d`: its direction as index): the
@@ -682,13 +690,7 @@ fn window_shift(value: &FlowValue, d: usize) -> u32 {
 #[inline(always)]
 fn kept_window(value: &FlowValue, d: usize, pkt: &Packet, syn: bool) -> (u16, bool) {
     let old_shift = window_shift(value, d);
-    let mut new_shift = value.wscale[d] as u32;
-    if new_shift > WSCALE_MAX as u32 {
-        new_shift = WSCALE_MAX as u32;
-    }
-    if syn {
-        new_shift = 0;
-    }
+    let new_shift = if syn { 0 } else { scale(value, d) };
     // Both edges as offsets from the old acknowledgment, which the new one is at or past (by
     // less than 2^31): no sum wraps (a window is at most 2^30).
     let old_edge = (value.win[d] as u32) << old_shift;

@@ -1314,41 +1314,9 @@ impl Tap {
         Tap { fd }
     }
 
-    /// The groups each MLD report names that the link carries within `window`.
-    fn reports(&self, window: Duration) -> Vec<Vec<Ipv6Addr>> {
-        use std::os::fd::AsRawFd as _;
-        let deadline = std::time::Instant::now() + window;
-        let mut out = Vec::new();
-        let mut buf = [0u8; 2048];
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return out;
-            }
-            let mut ready = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            if unsafe { libc::poll(&mut ready, 1, left.as_millis().max(1) as i32) } <= 0 {
-                continue;
-            }
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if let Some(groups) = usize::try_from(n).ok().and_then(|n| mld_groups(&buf[..n])) {
-                out.push(groups);
-            }
-        }
-    }
-
-    /// Whether the guest's SYN-ACK from port 3306 to `port` crosses the link within `window`.
-    fn syn_ack_to(&self, port: u16, window: Duration) -> bool {
+    /// Hands each frame the link carries within `window` to `seen`, until it returns true
+    /// (then true) or the window ends (false).
+    fn watch(&self, window: Duration, mut seen: impl FnMut(&[u8]) -> bool) -> bool {
         use std::os::fd::AsRawFd as _;
         let deadline = std::time::Instant::now() + window;
         let mut buf = [0u8; 2048];
@@ -1373,20 +1341,32 @@ impl Tap {
                     libc::MSG_DONTWAIT,
                 )
             };
-            let Ok(n) = usize::try_from(n) else { continue };
-            let Ok(packet) = etherparse::SlicedPacket::from_ethernet(&buf[..n]) else {
-                continue;
-            };
-            if let Some(etherparse::TransportSlice::Tcp(tcp)) = packet.transport {
-                if tcp.syn()
-                    && tcp.ack()
-                    && tcp.source_port() == 3306
-                    && tcp.destination_port() == port
-                {
-                    return true;
-                }
+            if usize::try_from(n).is_ok_and(|n| seen(&buf[..n])) {
+                return true;
             }
         }
+    }
+
+    /// The groups each MLD report names that the link carries within `window`.
+    fn reports(&self, window: Duration) -> Vec<Vec<Ipv6Addr>> {
+        let mut out = Vec::new();
+        self.watch(window, |frame| {
+            out.extend(mld_groups(frame));
+            false
+        });
+        out
+    }
+
+    /// Whether the guest's SYN-ACK from port 3306 to `port` crosses the link within `window`.
+    fn syn_ack_to(&self, port: u16, window: Duration) -> bool {
+        self.watch(window, |frame| {
+            let Ok(packet) = etherparse::SlicedPacket::from_ethernet(frame) else {
+                return false;
+            };
+            matches!(packet.transport, Some(etherparse::TransportSlice::Tcp(tcp))
+                if tcp.syn() && tcp.ack() && tcp.source_port() == 3306
+                    && tcp.destination_port() == port)
+        })
     }
 
     fn send(&self, frame: &[u8]) {
