@@ -630,8 +630,17 @@ fn record_ack(value: &mut FlowValue, direction: Direction, pkt: &Packet) {
     }
     // A SYN's window is never scaled (RFC 7323): noted as it is, and read so.
     let syn = pkt.tcp_flags & TCP_SYN != 0;
+    // The remote's SYN-ACK answering the guest's SYN starts the remote's side, as the guest's
+    // own starts the guest's: what was noted before it (a stale or blind ACK) was read at a
+    // scale this SYN-ACK is about to settle otherwise, so no edge of it is kept (a review found
+    // it: kept in the wrong units, the edge moved left).
+    let answers = direction == Direction::Ingress
+        && syn
+        && value.state == state::SYN_SENT
+        && value.origin == Direction::Egress as u8
+        && acks_syn(value, pkt);
     let mut noted = (pkt.window, syn);
-    if value.flags & flags::ACK_SEEN[d] == 0 || restart {
+    if value.flags & flags::ACK_SEEN[d] == 0 || restart || answers {
         value.flags |= flags::ACK_SEEN[d];
     } else {
         let ahead = pkt.ack.wrapping_sub(value.ack[d]) as i32;
@@ -639,6 +648,10 @@ fn record_ack(value: &mut FlowValue, direction: Direction, pkt: &Packet) {
             return;
         }
         noted = kept_window(value, d, pkt, syn);
+        // The edge kept as it was: nothing to write (a write dirties the entry for every CPU).
+        if ahead == 0 && noted == (value.win[d], unscaled(value, d)) {
+            return;
+        }
     }
     value.ack[d] = pkt.ack;
     value.win[d] = noted.0;

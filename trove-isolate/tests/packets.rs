@@ -1165,6 +1165,29 @@ fn a_syn_acks_window_is_never_scaled() {
     ]);
 }
 
+/// A remote's ACK noted before its SYN-ACK (a stale one of an earlier connection on the tuple, or
+/// a blind one) is read at the widest scale, which the SYN-ACK then settles otherwise: its edge
+/// is not kept (a review found it: 4 units of 2^14 bytes became 4 of 2^7, and the guest's FIN
+/// 1,448 bytes on was dropped). The SYN-ACK answering the guest's SYN starts the remote's side.
+#[rustfmt::skip]
+#[test]
+fn a_syn_ack_answering_the_guests_syn_starts_the_remotes_window_afresh() {
+    use Reason::*;
+    let mut dp = datapath();
+    let scaled = linux_syn_options(7);
+    let out = |flags, seq, ack, win| v4_seq(G4, RABBIT4, (41700, 5672), flags, seq, ack, win);
+    let back = |flags, seq, ack, win| v4_seq(RABBIT4, G4, (5672, 41700), flags, seq, ack, win);
+    let syn = ipv4(V4_PLAIN, proto::TCP, G4, RABBIT4, &tcp_opts(41700, 5672, SYN, 100_000, 0, 64240, &scaled));
+    let synack = ipv4(V4_PLAIN, proto::TCP, RABBIT4, G4, &tcp_opts(5672, 41700, SYN_ACK, 9000, 100_001, 65160, &scaled));
+    run_table(&mut dp, &[
+        pass("the guest's SYN, scale 7", M, E, syn, Allowed),
+        pass("an ACK 65,536 behind it, window 8 (read at 2^14)", M, I, back(ACK, 500, 100_001 - 65_536, 8), Tracked),
+        pass("the SYN-ACK, scale 7, window 65,160", M, I, synack, Tracked),
+        pass("the guest's ACK", M, E, out(ACK, 100_001, 9001, 502), Tracked),
+        pass("the guest's FIN 1,448 bytes on", M, E, out(FIN | ACK, 101_449, 9001, 502), Tracked),
+    ]);
+}
+
 /// A client's SYN again on its handshake: the guest's stack may have taken it and discarded
 /// the first, whose window scale option (here none) the flow would otherwise keep. The scale the
 /// guest's SYN-ACK agreed to is the second's, so the client's windows are taken at the widest

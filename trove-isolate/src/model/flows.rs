@@ -376,11 +376,19 @@ impl Flow {
         }
         // A SYN's window is never scaled: noted as it is, and read so.
         let syn = tcp.flags.syn();
+        // The remote's SYN-ACK answering the guest's SYN starts the remote's side afresh: what
+        // was noted before it was read at a scale the SYN-ACK settles otherwise.
+        let answers = direction == Direction::Ingress
+            && syn
+            && self.stage == Stage::SynSent
+            && self.origin == Direction::Egress
+            && matches!(self.guest_end,
+                Some(end) if end.wrapping_sub(tcp.ack) <= u32::from(self.syn_data));
         let shift = self.shift(direction);
         let slot = &mut self.acks[side(direction)];
         let (window, unscaled) = match slot {
             None => (tcp.window, syn),
-            Some(_) if restart => (tcp.window, syn),
+            Some(_) if restart || answers => (tcp.window, syn),
             Some(old) => {
                 let ahead = tcp.ack.wrapping_sub(old.ack) as i32;
                 if ahead < 0 || (ahead == 0 && old.window == tcp.window && old.unscaled == syn) {
