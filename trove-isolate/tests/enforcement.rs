@@ -1771,15 +1771,14 @@ fn an_instance_without_a_user_port_is_held_to_the_management_policy() {
     let boot = FirstBoot::new("auto");
     let config = boot.config.to_str().expect("utf-8 path");
     boot.write_agent_files("network_isolation = True\n");
-    let out = cli(&["run", "--config", config]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a start while eth1.json may come");
-    for want in [
-        "network_isolation is on, and the management NIC's namespace has 2 NICs (m0, b0)",
-        "boot guard: m0, b0 held closed",
-    ] {
-        assert!(stderr.contains(want), "{want:?} in {stderr}");
-    }
+    // A start while eth1.json may come.
+    failed_start(
+        config,
+        &[
+            "network_isolation is on, and the management NIC's namespace has 2 NICs (m0, b0)",
+            "boot guard: m0, b0 held closed",
+        ],
+    );
 
     boot.guest.ip(&format!("link del {BOOT_BIZ}"));
     let at = |ip: &str, port: u16| SocketAddr::new(ip.parse().expect("addr"), port);
@@ -1830,15 +1829,13 @@ fn eth1_json_gone_takes_no_policy_off_the_business_nic_on_tcx() {
     let container = NetNs::new("bootc");
     boot.guest
         .ip(&format!("link set {BOOT_BIZ} netns {}", container.name()));
-    let out = cli(&["run", "--config", config]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    for want in [
-        "network_isolation is on, and a business NIC is attached from before",
-        "the policy pinned before stays in force",
-    ] {
-        assert!(stderr.contains(want), "{want:?} in {stderr}");
-    }
+    failed_start(
+        config,
+        &[
+            "network_isolation is on, and a business NIC is attached from before",
+            "the policy pinned before stays in force",
+        ],
+    );
     let status = cli(&["status", "--pin-path", &boot.pin_path]);
     let status = String::from_utf8_lossy(&status.stdout);
     let business = status
@@ -1862,14 +1859,21 @@ fn the_boot_guard_follows_a_nic_docker_hostnic_moves_on_legacy_clsact() {
     boot_guard_follows("legacy");
 }
 
+/// A start with `config` that must fail; its stderr, which must say each of `says`.
+fn failed_start(config: &str, says: &[&str]) -> String {
+    let out = cli(&["run", "--config", config]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "a start that had to fail: {stderr}");
+    for want in says {
+        assert!(stderr.contains(want), "{want:?} in {stderr}");
+    }
+    stderr
+}
+
 fn boot_guard_follows(attach: &str) {
     let boot = FirstBoot::new(attach);
     let config = boot.config.to_str().expect("utf-8 path");
-    let failed_start = || {
-        let out = cli(&["run", "--config", config]);
-        assert!(!out.status.success(), "a start without Trove's files");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let failed_start = || failed_start(config, &[]);
     let stderr = failed_start();
     assert!(
         stderr.contains("boot guard: m0, b0 held closed"),

@@ -926,6 +926,27 @@ fn v4_seq(
     )
 }
 
+/// [`v4_seq`] with TCP options (a SYN's or SYN-ACK's).
+#[allow(clippy::too_many_arguments)]
+fn v4_opts(
+    src: &str,
+    dst: &str,
+    ports: (u16, u16),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    win: u16,
+    options: &[u8],
+) -> Vec<u8> {
+    ipv4(
+        V4_PLAIN,
+        proto::TCP,
+        src,
+        dst,
+        &tcp_opts(ports.0, ports.1, flags, seq, ack, win, options),
+    )
+}
+
 fn octets(ip: &str) -> [u8; 16] {
     ip.parse::<std::net::Ipv6Addr>()
         .expect("an IPv6 address")
@@ -1152,8 +1173,8 @@ fn a_syn_acks_window_is_never_scaled() {
     let c = (33730, 3306);
     let s = (3306, 33730);
     let scaled = linux_syn_options(7);
-    let syn = ipv4(V4_PLAIN, proto::TCP, CLIENT, G4, &tcp_opts(33730, 3306, SYN, 1000, 0, 64240, &scaled));
-    let synack = ipv4(V4_PLAIN, proto::TCP, G4, CLIENT, &tcp_opts(3306, 33730, SYN_ACK, 5000, 1001, 65160, &scaled));
+    let syn = v4_opts(CLIENT, G4, (33730, 3306), SYN, 1000, 0, 64240, &scaled);
+    let synack = v4_opts(G4, CLIENT, (3306, 33730), SYN_ACK, 5000, 1001, 65160, &scaled);
     run_table(&mut dp, &[
         pass("SYN, scale 7", B, I, syn, Allowed),
         pass("SYN-ACK, scale 7, window 65,160 bytes", B, E, synack, Tracked),
@@ -1177,8 +1198,8 @@ fn a_syn_ack_answering_the_guests_syn_starts_the_remotes_window_afresh() {
     let scaled = linux_syn_options(7);
     let out = |flags, seq, ack, win| v4_seq(G4, RABBIT4, (41700, 5672), flags, seq, ack, win);
     let back = |flags, seq, ack, win| v4_seq(RABBIT4, G4, (5672, 41700), flags, seq, ack, win);
-    let syn = ipv4(V4_PLAIN, proto::TCP, G4, RABBIT4, &tcp_opts(41700, 5672, SYN, 100_000, 0, 64240, &scaled));
-    let synack = ipv4(V4_PLAIN, proto::TCP, RABBIT4, G4, &tcp_opts(5672, 41700, SYN_ACK, 9000, 100_001, 65160, &scaled));
+    let syn = v4_opts(G4, RABBIT4, (41700, 5672), SYN, 100_000, 0, 64240, &scaled);
+    let synack = v4_opts(RABBIT4, G4, (5672, 41700), SYN_ACK, 9000, 100_001, 65160, &scaled);
     run_table(&mut dp, &[
         pass("the guest's SYN, scale 7", M, E, syn, Allowed),
         pass("an ACK 65,536 behind it, window 8 (read at 2^14)", M, I, back(ACK, 500, 100_001 - 65_536, 8), Tracked),
@@ -1201,8 +1222,8 @@ fn a_second_syn_leaves_the_clients_window_scale_unknown() {
     let c = (33720, 3306);
     let s = (3306, 33720);
     let scaled = linux_syn_options(7);
-    let syn = ipv4(V4_PLAIN, proto::TCP, CLIENT, G4, &tcp_opts(33720, 3306, SYN, 1000, 0, 64240, &scaled));
-    let synack = ipv4(V4_PLAIN, proto::TCP, G4, CLIENT, &tcp_opts(3306, 33720, SYN_ACK, 5000, 1001, 100, &scaled));
+    let syn = v4_opts(CLIENT, G4, (33720, 3306), SYN, 1000, 0, 64240, &scaled);
+    let synack = v4_opts(G4, CLIENT, (3306, 33720), SYN_ACK, 5000, 1001, 100, &scaled);
     run_table(&mut dp, &[
         pass("a SYN without options (the guest discards it)", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
         pass("the SYN again, scale 7 (the guest takes it)", B, I, syn, Tracked),
@@ -1220,8 +1241,8 @@ fn a_second_syn_leaves_the_clients_window_scale_unknown() {
 fn window_scale_comes_from_the_handshake() {
     use Reason::*;
     let mut dp = datapath();
-    let syn = |sport, opts: &[u8]| ipv4(V4_PLAIN, proto::TCP, CLIENT, G4, &tcp_opts(sport, 3306, SYN, 1000, 0, 64240, opts));
-    let synack = |dport, opts: &[u8]| ipv4(V4_PLAIN, proto::TCP, G4, CLIENT, &tcp_opts(3306, dport, SYN_ACK, 5000, 1001, 100, opts));
+    let syn = |sport, opts: &[u8]| v4_opts(CLIENT, G4, (sport, 3306), SYN, 1000, 0, 64240, opts);
+    let synack = |dport, opts: &[u8]| v4_opts(G4, CLIENT, (3306, dport), SYN_ACK, 5000, 1001, 100, opts);
     let scaled = linux_syn_options(7);
     // The server's window is 100 << 7 = 12,800 bytes with scaling, 100 without.
     run_table(&mut dp, &[
