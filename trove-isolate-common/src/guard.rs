@@ -9,11 +9,18 @@
 
 use crate::{Direction, Reason, Verdict};
 
-/// The guard's programs in the eBPF object.
-pub const fn program_name(direction: Direction) -> &'static str {
-    match direction {
-        Direction::Ingress => "guard_ingress",
-        Direction::Egress => "guard_egress",
+/// The guard's programs in the eBPF object. The open pair passes what a booting guest needs
+/// (above); the shut pair passes ARP and neighbour discovery alone, for a NIC the guest's boot
+/// does not use: one away from the namespace `[boot]` names (the business NIC docker-hostnic
+/// moved into the database container while the guard held it) and a business NIC whose policy
+/// lapsed. Through either, the database would reach the metadata service (the agent's
+/// credentials are in its user-data) and talk UDP to any host on DHCP's ports.
+pub const fn program_name(direction: Direction, shut: bool) -> &'static str {
+    match (direction, shut) {
+        (Direction::Ingress, false) => "guard_ingress",
+        (Direction::Egress, false) => "guard_egress",
+        (Direction::Ingress, true) => "guard_shut_in",
+        (Direction::Egress, true) => "guard_shut_out",
     }
 }
 

@@ -21,9 +21,10 @@ const BOOTPC: u16 = 68u16.to_be();
 const DHCPV6_CLIENT: u16 = 546u16.to_be();
 const DHCPV6_SERVER: u16 = 547u16.to_be();
 
+/// `shut`: ARP and neighbour discovery alone (no DHCP, no metadata service).
 #[inline(always)]
-pub fn run(ctx: &TcContext, direction: Direction) -> i32 {
-    let (verdict, reason, act) = match decide(ctx, direction) {
+pub fn run(ctx: &TcContext, direction: Direction, shut: bool) -> i32 {
+    let (verdict, reason, act) = match decide(ctx, direction, shut) {
         Ok(reason) => (Verdict::Pass, reason, action::PASS),
         Err(reason) => (Verdict::Drop, reason, action::DROP),
     };
@@ -38,12 +39,13 @@ pub fn run(ctx: &TcContext, direction: Direction) -> i32 {
 }
 
 #[inline(always)]
-fn decide(ctx: &TcContext, direction: Direction) -> Result<Reason, Reason> {
+fn decide(ctx: &TcContext, direction: Direction, shut: bool) -> Result<Reason, Reason> {
     match parse::parse(ctx)? {
         Parsed::Arp(pkt) if pkt.frame_len <= arp::MAX_FRAME => Ok(Reason::Arp),
         Parsed::Arp(_) => Err(Reason::Malformed),
         Parsed::NeighborDiscovery(pkt) => nd::guard_check(ctx, direction, &pkt),
         Parsed::Related { .. } => Err(Reason::NotTracked),
+        Parsed::Flow(_) if shut => Err(Reason::Policy),
         Parsed::Flow(pkt) => match pkt.kind {
             Kind::Udp if dhcp(direction, &pkt) => Ok(Reason::Dhcp),
             Kind::Tcp if metadata(direction, &pkt) => Ok(Reason::Allowed),

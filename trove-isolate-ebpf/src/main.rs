@@ -62,12 +62,23 @@ pub fn biz_egress(ctx: TcContext) -> i32 {
 /// the roles' programs but for the moment the daemon takes over).
 #[classifier]
 pub fn guard_ingress(ctx: TcContext) -> i32 {
-    guard::run(&ctx, Direction::Ingress)
+    guard::run(&ctx, Direction::Ingress, false)
 }
 
 #[classifier]
 pub fn guard_egress(ctx: TcContext) -> i32 {
-    guard::run(&ctx, Direction::Egress)
+    guard::run(&ctx, Direction::Egress, false)
+}
+
+/// The guard's shut pair: ARP and neighbour discovery alone (`trove_isolate_common::guard`).
+#[classifier]
+pub fn guard_shut_in(ctx: TcContext) -> i32 {
+    guard::run(&ctx, Direction::Ingress, true)
+}
+
+#[classifier]
+pub fn guard_shut_out(ctx: TcContext) -> i32 {
+    guard::run(&ctx, Direction::Egress, true)
 }
 
 /// `cargo xtask bench`'s yardsticks and stages, never attached (the loader loads them only for

@@ -717,10 +717,12 @@ fn reload_policy(
                 current.pin_path.display()
             );
         }
+        // The listener is bound once, at the start; a reload that took the new port would move
+        // `allow_from`'s rule away from the port still served, and scrapes would be dropped.
         if policy.metrics.listen != current.metrics.listen {
-            log::warn!(
-                "[metrics] listen {} takes effect at the next start; still serving on {}",
-                policy.metrics.listen,
+            anyhow::bail!(
+                "{}: [metrics] listen: changes only with a restart (in force: {})",
+                options.config.display(),
                 current.metrics.listen
             );
         }

@@ -80,6 +80,16 @@ impl Device {
     pub fn same_place(&self, other: &Device) -> bool {
         self.ifindex == other.ifindex && self.netns == other.netns
     }
+
+    /// Whether the two are one device, however their namespaces are named (a name and a MAC,
+    /// or two paths of one namespace, can find the same NIC).
+    pub fn same_device(&self, other: &Device) -> bool {
+        self.ifindex == other.ifindex
+            && (self.netns == other.netns || {
+                let id = namespace_id(self.netns.as_deref());
+                id.is_some() && id == namespace_id(other.netns.as_deref())
+            })
+    }
 }
 
 impl std::fmt::Display for Device {

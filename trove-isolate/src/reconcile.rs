@@ -57,7 +57,7 @@ fn enforce_with(
     let pins = Pins::new(&policy.pin_path);
     check_bpffs(&pins)?;
     let previous = State::read(&pins.state_file())?;
-    let mut devices = Vec::new();
+    let mut devices: Devices = Vec::new();
     for nic_policy in &policy.nics {
         // Where our programs were: the NIC stays there while it is there.
         let last = previous
@@ -69,6 +69,15 @@ fn enforce_with(
             });
         let device = nic::resolve(&nic_policy.nic, last.as_ref())
             .with_context(|| format!("[{}] NIC {}", nic_policy.role.name(), nic_policy.nic))?;
+        if let Some((other, _)) = devices.iter().find(|(_, d)| device.same_device(d)) {
+            bail!(
+                "[{}] NIC {} is {device}, which [{}] names too: one role's programs would \
+                 replace the other's, and the other NIC would go unfiltered",
+                nic_policy.role.name(),
+                nic_policy.nic,
+                other.name()
+            );
+        }
         devices.push((nic_policy.role, device));
     }
     // A first start that fails leaves nothing behind; a later one leaves the policy in force.
@@ -351,6 +360,11 @@ pub fn follow(
     let mut followed = Followed::default();
     for nic_policy in &policy.nics {
         let role = nic_policy.role;
+        let others: Vec<(Role, nic::Device)> = devices
+            .iter()
+            .filter(|(r, _)| *r != role)
+            .cloned()
+            .collect();
         let Some(slot) = devices.iter_mut().find(|(r, _)| *r == role) else {
             continue;
         };
@@ -365,6 +379,12 @@ pub fn follow(
                     continue;
                 }
             };
+            // Never onto the other role's NIC (its programs would be replaced): this one is
+            // unprotected until it is found apart.
+            if let Some((other, _)) = others.iter().find(|(_, d)| now.same_device(d)) {
+                last_error = format!("{now} is the {other} NIC");
+                break;
+            }
             if now.same_place(&slot.1) {
                 if now.name != slot.1.name {
                     rename(state, role, &now);

@@ -149,10 +149,15 @@ pub fn report(pins: &Pins) -> anyhow::Result<Report> {
             ));
         }
         if state.is_some() {
+            let shut = record.shut_interfaces();
             report.problems.push(format!(
-                "the boot guard still holds {} beside the policy: the daemon takes it off once it \
-                 enforces",
-                record.interfaces().join(", ")
+                "the boot guard still holds {} beside the policy{}: the daemon takes it off once \
+                 it enforces",
+                record.interfaces().join(", "),
+                match shut.is_empty() {
+                    true => String::new(),
+                    false => format!(" ({}: ARP and neighbour discovery only)", shut.join(", ")),
+                }
             ));
         }
     }
@@ -394,6 +399,14 @@ impl std::fmt::Display for Report {
                         record.interfaces().join(", "),
                         humantime::format_rfc3339_seconds(since)
                     )?;
+                    let shut = record.shut_interfaces();
+                    if !shut.is_empty() {
+                        writeln!(
+                            f,
+                            "  {} away from the guest's boot (ARP and neighbour discovery only)",
+                            shut.join(", ")
+                        )?;
+                    }
                 }
                 None => writeln!(f, "not enforcing: nothing recorded for {}", self.pin_path)?,
             }

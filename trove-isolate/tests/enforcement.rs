@@ -1859,6 +1859,51 @@ fn the_boot_guard_follows_a_nic_docker_hostnic_moves_on_legacy_clsact() {
     boot_guard_follows("legacy");
 }
 
+/// Two sections that find one device (one by its MAC, the other by its name) would leave the
+/// other NIC unfiltered: the start refuses, naming both, and touches nothing.
+#[test]
+fn two_roles_that_find_one_nic_are_refused() {
+    let guest = Guest::new("one");
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let good = scenario::config(&guest, "enforce", "auto", &pin_path, metrics_port());
+    let m = guest.mgmt_mac();
+    let mgmt_mac = format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    );
+    let host = guest.host.path().display().to_string();
+    let one_nic = good
+        .replace(
+            &format!("interface = \"{}\"", guest.mgmt_nic()),
+            &format!("mac = \"{mgmt_mac}\""),
+        )
+        .replace(
+            &format!(
+                "mac = \"{}\"\nnetns = \"{}\"",
+                guest.biz_mac_text(),
+                guest.container.path().display()
+            ),
+            &format!("interface = \"{}\"\nnetns = \"{host}\"", guest.mgmt_nic()),
+        );
+    assert_eq!(one_nic.matches(&mgmt_mac).count(), 1, "{one_nic}");
+    assert_eq!(
+        one_nic
+            .matches(&format!("interface = \"{}\"", guest.mgmt_nic()))
+            .count(),
+        1,
+        "{one_nic}"
+    );
+    let config = write_config(&one_nic);
+    failed_start(
+        config.to_str().expect("utf-8 path"),
+        &["[business] NIC", "which [management] names too"],
+    );
+    let left: Vec<_> = std::fs::read_dir(&pin_path)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a refused start left pins: {left:?}");
+}
+
 /// A start with `config` that must fail; its stderr, which must say each of `says`.
 fn failed_start(config: &str, says: &[&str]) -> String {
     let out = cli(&["run", "--config", config]);
@@ -1896,6 +1941,22 @@ fn boot_guard_follows(attach: &str) {
     moved(&boot.guest, BOOT_BIZ, &stopped, "eth0");
     let stderr = failed_start();
     assert!(stderr.contains("(now eth0 in"), "{stderr}");
+    // In the container the guard is its shut pair: a metadata service the business network
+    // answers for (an L3 agent's proxy) is not reached from the database's namespace.
+    boot.tenant
+        .ip(&format!("addr add {BOOT_METADATA}/32 dev peer0"));
+    let _proxy = tcp_server(&boot.tenant, at(BOOT_METADATA, 80));
+    stopped.ip(&format!("route add {BOOT_METADATA}/32 dev eth0"));
+    assert!(
+        !tcp_probe(&stopped, None, at(BOOT_METADATA, 80), PROBE),
+        "the metadata service from the database container under the guard"
+    );
+    let status = cli(&["status", "--pin-path", &boot.pin_path]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("away from the guest's boot (ARP and neighbour discovery only)"),
+        "{status}"
+    );
     moved(&stopped, "eth0", &boot.guest, BOOT_BIZ);
     drop(stopped);
     assert_eq!(database(), legacy, "back in the guest (the guest's server)");

@@ -583,9 +583,12 @@ fn held_where_the_policy_lapsed(attach: &str) {
     );
     let status = cli(&["status", "--pin-path", &pin_path]);
     let status = String::from_utf8_lossy(&status.stdout);
+    // The business NIC's guard is the shut pair: its policy passed the database's traffic
+    // alone, never DHCP or the metadata service.
     assert_eq!(
         status.contains(&format!(
-            "the boot guard still holds {nic} beside the policy"
+            "the boot guard still holds {nic} beside the policy ({nic}: ARP and neighbour \
+             discovery only)"
         )),
         legacy,
         "{status}"

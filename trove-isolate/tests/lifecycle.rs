@@ -275,6 +275,27 @@ fn reload_applies_with_no_window_and_refuses_a_bad_config() {
         tcp_probe(&guest.host, None, rabbit, PROBE),
         "rabbitmq after a bad reload"
     );
+    // The listener is bound at the start: a reload that moved `listen` would move the scrapers'
+    // rule off the port still served.
+    let moved = narrower.replace(
+        &format!("listen = \"0.0.0.0:{port}\""),
+        &format!("listen = \"0.0.0.0:{}\"", port + 1),
+    );
+    assert_ne!(moved, narrower, "the scenario's listen line");
+    std::fs::write(&config, &moved).expect("writing a config with another listen");
+    let out = cli(&["reload", "--pin-path", &pin_path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a reload moved the listener");
+    assert!(
+        stderr.contains("[metrics] listen: changes only with a restart"),
+        "{stderr}"
+    );
+    let text = daemon.scrape();
+    assert_eq!(
+        metric(&text, "trove_isolate_reloads_total", &["result=\"error\""]),
+        Some(2),
+        "{text}"
+    );
 
     notes.mark();
     daemon.stop();

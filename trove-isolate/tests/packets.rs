@@ -2624,9 +2624,11 @@ fn verified_instruction_counts() {
     // The boot guard's, which every NIC carries until a start enforces.
     let mut guard = trove_isolate::boot_guard::Programs::load(None, &[])
         .expect("loading the boot guard (root, BPF)");
-    for direction in Direction::ALL {
-        let name = trove_isolate_common::guard::program_name(direction);
-        report(name, guard.program(direction).expect("program"));
+    for shut in [false, true] {
+        for direction in Direction::ALL {
+            let name = trove_isolate_common::guard::program_name(direction, shut);
+            report(name, guard.program(direction, shut).expect("program"));
+        }
     }
     assert!(
         missing.is_empty(),
@@ -2800,7 +2802,10 @@ fn drop_events_carry_the_packet_and_keep_to_their_budget() {
 
 /// The boot guard's programs, every NIC's until Trove's files are written: ARP, neighbour
 /// discovery, DHCP and TCP between an ephemeral port and a metadata endpoint pass; nothing else,
-/// whoever sends it. Each row checks the TC action and the one counter that must move.
+/// whoever sends it. Its shut pair (a NIC away from the guest's boot: the business NIC in the
+/// database container) passes ARP and neighbour discovery alone: the same rows, DHCP and the
+/// metadata service refused by policy. Each row checks the TC action and the one counter that
+/// must move.
 #[rustfmt::skip]
 #[test]
 fn the_boot_guard_passes_only_what_a_booting_guest_needs() {
@@ -2852,7 +2857,13 @@ fn the_boot_guard_passes_only_what_a_booting_guest_needs() {
         ("a fragment", I, ipv4(V4 { frag: 0x2001, ..V4_PLAIN }, proto::TCP, META, G4, &tcp(80, 40000, ACK)), Verdict::Drop, Fragment),
     ];
     let mut wrong = Vec::new();
-    for (name, direction, frame, verdict, reason) in &rows {
+    let shut_rows = rows.iter().map(|(name, direction, frame, verdict, reason)| match reason {
+        Dhcp | Allowed => (true, *name, *direction, frame, Verdict::Drop, Policy),
+        _ => (true, *name, *direction, frame, *verdict, *reason),
+    });
+    let open_rows = rows.iter().map(|(name, direction, frame, verdict, reason)| (false, *name, *direction, frame, *verdict, *reason));
+    for (shut, name, direction, frame, verdict, reason) in open_rows.chain(shut_rows) {
+        let (direction, verdict, reason) = (&direction, &verdict, &reason);
         let moved = |counts: &[trove_isolate::boot_guard::GuardCount]| {
             counts
                 .iter()
@@ -2865,7 +2876,7 @@ fn the_boot_guard_passes_only_what_a_booting_guest_needs() {
         };
         let before = guard.counts().expect("counters");
         let result = guard
-            .program(*direction)
+            .program(*direction, shut)
             .expect("program")
             .test_run(TestRunOptions {
                 data_in: Some(frame),
@@ -2881,12 +2892,13 @@ fn the_boot_guard_passes_only_what_a_booting_guest_needs() {
             || total(&after) != total(&before) + 1
         {
             wrong.push(format!(
-                "  {name}: returned {}, expected {want} ({} {}); counters now: {after:?}",
+                "  {name}{}: returned {}, expected {want} ({} {}); counters now: {after:?}",
+                if shut { " (shut)" } else { "" },
                 result.return_value as i32,
                 verdict.name(),
                 reason.name()
             ));
         }
     }
-    assert!(wrong.is_empty(), "{} of {} rows wrong:\n{}", wrong.len(), rows.len(), wrong.join("\n"));
+    assert!(wrong.is_empty(), "{} of {} rows wrong:\n{}", wrong.len(), 2 * rows.len(), wrong.join("\n"));
 }

@@ -208,9 +208,9 @@ fn hold_one(
     let (_, namespace) = nic::namespace_id(device.netns.as_deref())
         .with_context(|| format!("{device}: the namespace is gone"))?;
     for direction in Direction::ALL {
-        let name = guard::program_name(direction);
+        let name = guard::program_name(direction, target.shut);
         let pin = tcx.then(|| pins.guard_link(namespace, device.ifindex, direction));
-        let program = programs.program(direction)?;
+        let program = programs.program(direction, target.shut)?;
         let held_before = record.attachments.iter().position(|a| {
             a.ifindex == device.ifindex && a.netns == device.netns && a.direction == direction
         });
@@ -240,6 +240,7 @@ fn hold_one(
             mac: target.mac,
             moved_from: target.moved_from.clone(),
             pin,
+            shut: target.shut,
         });
         record.attachments.sort_by_key(|a| (a.ifindex, a.direction));
         // After each one: a start that fails half way leaves a record of what it holds.

@@ -29,7 +29,7 @@ pub struct Programs {
 impl Programs {
     /// Loads the eBPF object with its maps made small (the guard uses two of them), the guard's
     /// counters bound to their pin under `pins` (fresh and unpinned without: packet tests), the
-    /// metadata endpoints written, and the guard's two programs through the verifier.
+    /// metadata endpoints written, and the guard's programs (both pairs) through the verifier.
     pub fn load(pins: Option<&Pins>, metadata: &[SocketAddr]) -> anyhow::Result<Programs> {
         if crate::EBPF_OBJECT.is_empty() {
             anyhow::bail!("this binary was built with AYA_BUILD_SKIP: it carries no eBPF programs");
@@ -66,19 +66,26 @@ impl Programs {
         map.set(0, endpoints, 0)
             .context("writing the metadata endpoints")?;
         let mut programs = Programs { ebpf };
-        for direction in Direction::ALL {
-            let name = guard::program_name(direction);
-            programs
-                .program(direction)?
-                .load()
-                .with_context(|| format!("loading {name} (verifier)"))?;
+        for shut in [false, true] {
+            for direction in Direction::ALL {
+                let name = guard::program_name(direction, shut);
+                programs
+                    .program(direction, shut)?
+                    .load()
+                    .with_context(|| format!("loading {name} (verifier)"))?;
+            }
         }
         Ok(programs)
     }
 
-    /// The guard's program of `direction`.
-    pub fn program(&mut self, direction: Direction) -> anyhow::Result<&mut SchedClassifier> {
-        let name = guard::program_name(direction);
+    /// The guard's program of `direction`, of the shut pair or the open one
+    /// ([`guard::program_name`]).
+    pub fn program(
+        &mut self,
+        direction: Direction,
+        shut: bool,
+    ) -> anyhow::Result<&mut SchedClassifier> {
+        let name = guard::program_name(direction, shut);
         match self.ebpf.program_mut(name) {
             Some(Program::SchedClassifier(p)) => Ok(p),
             _ => anyhow::bail!("program {name} missing from the eBPF object"),

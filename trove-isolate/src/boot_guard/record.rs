@@ -35,6 +35,9 @@ pub struct GuardAttachment {
     /// A TCX link's pin (`Pins::guard_link`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<PathBuf>,
+    /// Held by the shut pair: ARP and neighbour discovery alone (`guard::program_name`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shut: bool,
 }
 
 impl GuardAttachment {
@@ -112,6 +115,16 @@ impl Record {
             self.attachments
                 .iter()
                 .filter(|a| a.present())
+                .map(GuardAttachment::label),
+        )
+    }
+
+    /// Those of [`Record::interfaces`] the shut pair holds.
+    pub fn shut_interfaces(&self) -> Vec<String> {
+        unique(
+            self.attachments
+                .iter()
+                .filter(|a| a.shut && a.present())
                 .map(GuardAttachment::label),
         )
     }

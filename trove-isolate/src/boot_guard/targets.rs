@@ -5,6 +5,8 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use super::{enforced_by_a_policy, record::label, Record, Settings};
+use trove_isolate_common::Role;
+
 use crate::{
     netns,
     nic::{self, Device},
@@ -18,6 +20,10 @@ pub(super) struct Target {
     /// Found by the MAC an earlier start recorded, away from where `[boot]` names NICs: the name
     /// it had there.
     pub moved_from: Option<String>,
+    /// Held by the guard's shut pair (ARP and neighbour discovery alone): a NIC away from the
+    /// namespace `[boot]` names, or a business NIC whose policy lapsed. The guest's boot needs
+    /// neither, and through them the database would reach the metadata service.
+    pub shut: bool,
 }
 
 impl Target {
@@ -36,7 +42,8 @@ impl Target {
 /// A NIC an earlier start held (`previous`) that is no longer where it was is followed by its
 /// MAC into any namespace: docker-hostnic moves the business NIC into the database container's
 /// when Docker starts it, which tears a cls_bpf filter down (Linux before 6.6). Every device
-/// found with the MAC is held (a device a container made with it as well: closed, never open).
+/// found with the MAC is held (a device a container made with it as well: closed, never open),
+/// by the shut pair where it is away from `[boot]`'s namespace.
 pub(super) fn targets(
     settings: &Settings,
     previous: Option<&Record>,
@@ -50,6 +57,7 @@ pub(super) fn targets(
             }
         }
     }
+    let home = nic::namespace_id(settings.netns.as_deref());
     for (mac, name) in recorded {
         if targets.iter().any(|t| t.mac == Some(mac)) {
             continue;
@@ -63,10 +71,12 @@ pub(super) fn targets(
                 // Where `[boot]` names NICs, under its name: it did not move (`[boot]
                 // interfaces` no longer names it).
                 let moved = device.name != name || device.netns != settings.netns;
+                let away = home.is_none() || nic::namespace_id(device.netns.as_deref()) != home;
                 targets.push(Target {
                     device,
                     mac: Some(mac),
                     moved_from: moved.then(|| name.clone()),
+                    shut: away,
                 });
             }
         }
@@ -109,6 +119,7 @@ fn devices(settings: &Settings) -> anyhow::Result<(Vec<Target>, Vec<String>)> {
                         device,
                         mac,
                         moved_from: None,
+                        shut: false,
                     });
                 }
                 Err(_) => missing.push(name),
@@ -128,7 +139,8 @@ fn devices(settings: &Settings) -> anyhow::Result<(Vec<Target>, Vec<String>)> {
 /// rather than leave it open. A TCX link moves with its device (and its pin holds it): only
 /// filters lapse. A NIC still where the record has it (with the MAC it records) is that device
 /// alone (a VLAN on it has its MAC too); one that is not is followed by its MAC into every
-/// namespace (records of earlier versions have none: it is looked for where it was only).
+/// namespace (records of earlier versions have none: it is looked for where it was only). A
+/// business NIC is held by the shut pair: what its policy passed was the database's alone.
 pub(super) fn lapsed(state: &State) -> (Vec<Target>, Vec<String>) {
     let mut targets: Vec<Target> = Vec::new();
     let mut lost = Vec::new();
@@ -172,6 +184,7 @@ pub(super) fn lapsed(state: &State) -> (Vec<Target>, Vec<String>) {
                 device,
                 mac: a.mac,
                 moved_from: moved.then(|| a.interface.clone()),
+                shut: a.role == Role::Business,
             });
         }
     }
