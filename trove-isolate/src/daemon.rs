@@ -284,6 +284,7 @@ pub async fn run(
                     let mut state = scrape.state.write().unwrap_or_else(|e| e.into_inner());
                     state.policy_entries = counts.roles;
                     state.policy_map_rules = Some(counts.maps.to_vec());
+                    state.names = crate::state::NameAddresses::of(&world.policy);
                     if let Err(e) = state.write(&world.pins.state_file()) {
                         log::warn!("recording the host names' new addresses: {e:#}");
                     }

@@ -407,16 +407,20 @@ fn run(command: Command) -> anyhow::Result<()> {
                     .map_err(|e| config_failed(&config, e))?
                     .pin_path
                     .clone();
-                let guarded = Pins::new(
+                let pins = Pins::new(
                     pin_path.map_or_else(|| PathBuf::from(DEFAULT_PIN_PATH), PathBuf::from),
-                )
-                .guard_record()
-                .exists();
-                let policy = match guarded {
-                    true => Policy::from_source_deferred(&source, &config),
-                    false => Policy::from_source(&source, &config),
-                }
-                .map_err(|e| config_failed(&config, e))?;
+                );
+                let guarded = pins.guard_record().exists();
+                // A name that does not resolve now keeps the addresses the policy in force
+                // reaches it at: a restart while DNS is down revokes none of its flows.
+                let in_force = trove_isolate::state::State::read(&pins.state_file())
+                    .ok()
+                    .flatten()
+                    .filter(|s| !s.attachments.is_empty())
+                    .map(|s| s.names)
+                    .unwrap_or_default();
+                let policy = Policy::for_start(&source, &config, guarded, &in_force)
+                    .map_err(|e| config_failed(&config, e))?;
                 let config_path = config.clone();
                 let options = daemon::RunOptions {
                     datapath_log,

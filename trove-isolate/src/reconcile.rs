@@ -115,6 +115,7 @@ fn enforce_with(
         policy_entries: counts.roles,
         policy_map_rules: Some(counts.maps.to_vec()),
         attachments,
+        names: crate::state::NameAddresses::of(policy),
         ..State::default()
     };
     state

@@ -224,6 +224,61 @@ impl Resolve for Deferred {
     }
 }
 
+/// A start's lookups over a policy in force: a name that does not resolve now (DNS down for a
+/// moment, or not yet looked up under the boot guard) keeps the addresses the policy in force
+/// reaches it at (the state file's), so that a restart revokes no flow of it, as a failed
+/// refresh keeps them. Each such name is noted ([`Recalled::recalled`]) and counts as
+/// unresolved: it is looked up again soon.
+pub struct Recalled<'a> {
+    pub inner: &'a dyn Resolve,
+    pub recorded: &'a [crate::state::NameAddresses],
+    recalled: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+impl<'a> Recalled<'a> {
+    pub fn new(inner: &'a dyn Resolve, recorded: &'a [crate::state::NameAddresses]) -> Self {
+        Recalled {
+            inner,
+            recorded,
+            recalled: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The names answered from the record, each with why its lookup failed.
+    pub fn recalled(self) -> Vec<(String, String)> {
+        let mut recalled = self
+            .recalled
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        // A name two endpoints share is looked up for each.
+        recalled.sort();
+        recalled.dedup_by(|a, b| a.0 == b.0);
+        recalled
+    }
+}
+
+impl Resolve for Recalled<'_> {
+    fn lookup(&self, host: &str) -> Result<Answer, String> {
+        let error = match self.inner.lookup(host) {
+            Ok(answer) => return Ok(answer),
+            Err(error) => error,
+        };
+        match self.recorded.iter().find(|n| n.host == host) {
+            Some(n) if !n.addresses.is_empty() => {
+                self.recalled
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((host.to_owned(), error));
+                Ok(Answer {
+                    addresses: n.addresses.clone(),
+                    ttl: UNRESOLVED_RETRY,
+                })
+            }
+            _ => Err(error),
+        }
+    }
+}
+
 /// For what needs the policy's NICs, not its addresses (`status`, `detach`): every name
 /// "resolves" to nothing, without a query.
 pub struct Offline;
@@ -234,5 +289,51 @@ impl Resolve for Offline {
             addresses: Vec::new(),
             ttl: MAX_REFRESH,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::NameAddresses;
+
+    /// Answers its one name with one address, fails every other.
+    struct Only(&'static str);
+
+    impl Resolve for Only {
+        fn lookup(&self, host: &str) -> Result<Answer, String> {
+            match host == self.0 {
+                true => Ok(Answer {
+                    addresses: vec!["192.0.2.1".parse().unwrap()],
+                    ttl: MAX_REFRESH,
+                }),
+                false => Err("timed out".into()),
+            }
+        }
+    }
+
+    /// A name that fails keeps the addresses in force, and is noted; one that answers, or that
+    /// has none in force, is what the lookup says.
+    #[test]
+    fn recalled_names_keep_the_addresses_in_force_only_when_they_fail() {
+        let recorded = [
+            NameAddresses {
+                host: "rabbit".into(),
+                addresses: vec!["198.51.100.7".parse().unwrap()],
+            },
+            NameAddresses {
+                host: "up".into(),
+                addresses: vec!["198.51.100.8".parse().unwrap()],
+            },
+        ];
+        let r = Recalled::new(&Only("up"), &recorded);
+        let rabbit = r.lookup("rabbit").expect("recalled");
+        assert_eq!(rabbit.addresses, recorded[0].addresses);
+        assert_eq!(rabbit.ttl, UNRESOLVED_RETRY);
+        assert_eq!(r.lookup("rabbit").expect("again").addresses.len(), 1);
+        let up = r.lookup("up").expect("answered");
+        assert_eq!(up.addresses, vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(r.lookup("new").unwrap_err(), "timed out");
+        assert_eq!(r.recalled(), vec![("rabbit".into(), "timed out".into())]);
     }
 }

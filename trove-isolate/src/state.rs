@@ -6,6 +6,7 @@
 
 use std::{
     fs,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -71,6 +72,30 @@ pub struct State {
     /// The last move of each role's NIC the daemon followed.
     #[serde(default)]
     pub moves: Vec<MoveRecord>,
+    /// The host names of the policy in force and the addresses it reaches them at: a restart
+    /// while DNS does not answer keeps them (`resolve::Recalled`), as a failed refresh does.
+    #[serde(default)]
+    pub names: Vec<NameAddresses>,
+}
+
+/// A host name and the addresses the policy in force has for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameAddresses {
+    pub host: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+impl NameAddresses {
+    pub fn of(policy: &crate::policy::Policy) -> Vec<NameAddresses> {
+        policy
+            .names
+            .iter()
+            .map(|n| NameAddresses {
+                host: n.host.clone(),
+                addresses: n.addresses.clone(),
+            })
+            .collect()
+    }
 }
 
 /// A NIC the daemon followed to a new place (docker-hostnic moves the business NIC at every
@@ -104,6 +129,7 @@ impl Default for State {
             config: None,
             reload: None,
             moves: Vec::new(),
+            names: Vec::new(),
         }
     }
 }

@@ -575,8 +575,46 @@ fn a_reload_waiting_for_dns_holds_nothing_else_back() {
         reach(),
         "rabbitmq unreachable after a reload while DNS was down"
     );
-    responder.silence(false);
+
+    // A restart while DNS is down (a crash, an upgrade, the watchdog): the name keeps the
+    // addresses the policy in force reaches it at, counted as unresolved until it answers.
     daemon.stop();
+    let started = Instant::now();
+    let mut daemon = n.start();
+    println!("started in {:?} with DNS down", started.elapsed());
+    assert!(
+        reach(),
+        "rabbitmq unreachable after a restart while DNS was down:\n{}",
+        daemon.stderr()
+    );
+    let log = daemon.stderr();
+    assert!(
+        log.contains("does not resolve") && log.contains("the addresses in force stay: 192.0.2.10"),
+        "{log}"
+    );
+    let unresolved =
+        |daemon: &Daemon| metric_value(&daemon.scrape(), "trove_isolate_unresolved_names");
+    assert_eq!(unresolved(&daemon), Some(1));
+    responder.silence(false);
+    let within = trove_isolate::resolve::UNRESOLVED_RETRY + Duration::from_secs(10);
+    assert!(
+        until(within, true, || unresolved(&daemon) == Some(0)).is_some(),
+        "the name never resolved again:\n{}",
+        daemon.stderr()
+    );
+    assert!(reach(), "rabbitmq unreachable once DNS answered again");
+    daemon.stop();
+}
+
+/// The value of the unlabelled metric `name` in `text`.
+fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' '))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Looking the names up again compiles the config in force: an edit of the guest's files

@@ -319,26 +319,53 @@ impl Policy {
 
     /// Compiles `source` (read from `path`), looking its host names up now.
     pub fn from_source(source: &Source, path: &Path) -> Result<Policy, ConfigError> {
-        Policy::compile_source(source, path, false)
+        Policy::compile_source(source, path, false, &[])
     }
 
-    /// [`Policy::from_source`] with no name looked up ([`resolve::Deferred`]): for a start the
-    /// boot guard holds, whose lookups would only time out.
-    pub fn from_source_deferred(source: &Source, path: &Path) -> Result<Policy, ConfigError> {
-        Policy::compile_source(source, path, true)
+    /// A start's compile: [`Policy::from_source`], or with no name looked up
+    /// ([`resolve::Deferred`]) when the boot guard holds the NICs, whose lookups would only
+    /// time out. A name that does not resolve keeps the addresses `in_force` has for it (the
+    /// state file's: [`resolve::Recalled`]), noted among the unresolved.
+    pub fn for_start(
+        source: &Source,
+        path: &Path,
+        deferred: bool,
+        in_force: &[crate::state::NameAddresses],
+    ) -> Result<Policy, ConfigError> {
+        Policy::compile_source(source, path, deferred, in_force)
     }
 
-    fn compile_source(source: &Source, path: &Path, deferred: bool) -> Result<Policy, ConfigError> {
+    fn compile_source(
+        source: &Source,
+        path: &Path,
+        deferred: bool,
+        in_force: &[crate::state::NameAddresses],
+    ) -> Result<Policy, ConfigError> {
         let discovered = source.discovered_now();
         let looked_up;
-        let resolver: &dyn Resolve = match deferred {
+        let inner: &dyn Resolve = match deferred {
             true => &resolve::Deferred,
             false => {
                 looked_up = resolver(discovered.as_ref());
                 &looked_up
             }
         };
-        Policy::compile(&*source.config(path)?, path, discovered.as_ref(), resolver)
+        let resolver = resolve::Recalled::new(inner, in_force);
+        let mut policy =
+            Policy::compile(&*source.config(path)?, path, discovered.as_ref(), &resolver)?;
+        for (host, error) in resolver.recalled() {
+            let addresses: Vec<String> = policy
+                .names
+                .iter()
+                .find(|n| n.host == host)
+                .map(|n| n.addresses.iter().map(ToString::to_string).collect())
+                .unwrap_or_default();
+            policy.unresolved.push(format!(
+                "{host} does not resolve ({error}); the addresses in force stay: {}",
+                addresses.join(", ")
+            ));
+        }
+        Ok(policy)
     }
 
     /// Compiles `config`, resolving host names with the nameservers of resolv.conf (the Trove

@@ -1392,7 +1392,7 @@ fn a_kept_source_compiles_the_text_it_read() {
         config.pin_path.as_deref(),
         Some("/sys/fs/bpf/trove-isolate")
     );
-    let policy = Policy::from_source_deferred(&source, &path).expect("compiles");
+    let policy = Policy::for_start(&source, &path, true, &[]).expect("compiles");
     assert_eq!(policy.pin_path, Path::new("/sys/fs/bpf/trove-isolate"));
 }
 
