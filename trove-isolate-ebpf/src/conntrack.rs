@@ -418,7 +418,11 @@ fn embryonic<F: Flow>(
     now: u64,
 ) -> Result<Reason, Reason> {
     let reply = direction as u8 != value.origin;
-    refresh(value, now);
+    // A query or a ping lives while the side that opened it sends: a remote answering alone
+    // keeps no port of the guest open to it (a later socket on it would take its datagrams).
+    if pkt.kind == Kind::Tcp || !reply {
+        refresh(value, now);
+    }
     match pkt.kind {
         Kind::Tcp => {
             let f = pkt.tcp_flags;

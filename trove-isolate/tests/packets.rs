@@ -1927,6 +1927,65 @@ fn a_flow_is_its_own_local_address_whatever_its_key_folds() {
     assert_eq!(trove_isolate::conntrack::local_ip(&flows[0].0), G6.parse::<std::net::IpAddr>().unwrap());
 }
 
+/// A flow that lives in the new table (a query and its answer, a ping) lives while the side
+/// that opened it sends: a remote alone, answering again and again, cannot keep the guest's port
+/// open to it after the guest is done (a later socket on the port would take its datagrams).
+/// The flows are aged 20 s by hand (past the refresh, short of every timeout), and each packet
+/// shows in their `last_seen` whether it refreshed them.
+#[rustfmt::skip]
+#[test]
+fn a_remote_alone_keeps_no_query_or_ping_alive() {
+    use aya::maps::{HashMap, Map, MapData};
+    use trove_isolate::datapath::Table;
+    use trove_isolate_common::conntrack::{ticks, Keying, WideKey, WideValue};
+    use Reason::*;
+    let mut dp = datapath();
+    let name = Table::New.map_name(M, Keying::Wide);
+    let id = dp.map_id(name).expect("the new table's id");
+    let mut table: HashMap<MapData, WideKey, WideValue> =
+        HashMap::try_from(Map::LruHashMap(MapData::from_id(id).expect("opening the new table")))
+            .expect("the new table");
+    // Every flow of the table aged by 20 s; their stamps after.
+    let age = |table: &mut HashMap<MapData, WideKey, WideValue>| -> Vec<u32> {
+        let entries: Vec<(WideKey, WideValue)> = table.iter().map(|e| e.expect("entry")).collect();
+        entries
+            .into_iter()
+            .map(|(k, mut v)| {
+                v.flow.last_seen = v.flow.last_seen.wrapping_sub(ticks(20_000_000_000));
+                table.insert(k, v, 0).expect("writing the aged flow");
+                v.flow.last_seen
+            })
+            .collect()
+    };
+    let stamps = |dp: &Datapath| -> Vec<u32> {
+        dp.flows(M, Table::New).expect("flows").iter().map(|(_, v)| v.last_seen).collect()
+    };
+    let query = v4_udp(G4, "192.0.2.53", 41000, 53);
+    let answer = v4_udp("192.0.2.53", G4, 53, 41000);
+    run_table(&mut dp, &[pass("a query", M, E, query.clone(), Allowed)]);
+    let aged = age(&mut table);
+    run_table(&mut dp, &[
+        pass("its answer", M, I, answer.clone(), Tracked),
+        pass("the answer again", M, I, answer, Tracked),
+    ]);
+    assert_eq!(stamps(&dp), aged, "the remote's datagrams kept the query alive");
+    run_table(&mut dp, &[pass("the guest's next query", M, E, query, Tracked)]);
+    assert!(stamps(&dp)[0] != aged[0], "the guest's datagram did not keep its flow alive");
+
+    let ping = ipv4(V4_PLAIN, proto::ICMP, G4, RABBIT4, &icmp(8, 0, 22, &[]));
+    let pong = ipv4(V4_PLAIN, proto::ICMP, RABBIT4, G4, &icmp(0, 0, 22, &[]));
+    let keys: Vec<WideKey> = table.keys().map(|k| k.expect("key")).collect();
+    for k in &keys {
+        table.remove(k).expect("removing the query's flow");
+    }
+    run_table(&mut dp, &[pass("a ping", M, E, ping.clone(), Allowed)]);
+    let aged = age(&mut table);
+    run_table(&mut dp, &[pass("its reply", M, I, pong, Tracked)]);
+    assert_eq!(stamps(&dp), aged, "the remote's echo replies kept the ping alive");
+    run_table(&mut dp, &[pass("the next ping", M, E, ping, Tracked)]);
+    assert!(stamps(&dp)[0] != aged[0], "the guest's ping did not keep its flow alive");
+}
+
 /// A remote's in-window reset that is not at exactly the guest's last acknowledgment closes
 /// nothing, but Linux may take it all the same (at its next expected sequence number, which runs
 /// past data it has not acknowledged yet; at the right edge of its highest SACK block; one
