@@ -181,7 +181,7 @@ pub async fn run(
         maps: PinnedMaps::open(&world.pins)?,
         state: RwLock::new(state),
         stats: Mutex::new(DaemonStats {
-            unresolved_names: world.policy.unresolved.len(),
+            unresolved_names: world.policy.unresolved_count(),
             conntrack_capacity: Some(world.policy.conntrack),
             boot_guard: boot_guard::counts(&world.pins).unwrap_or_else(|e| {
                 log::warn!("reading the boot guard's counters: {e:#}");
@@ -217,7 +217,7 @@ pub async fn run(
     // daemon (enforcement stays pinned meanwhile).
     let mut watchdog_tick = watchdog().map(|every| tokio::time::interval(every / 2));
     let mut refresh_at = next_refresh(&world.policy);
-    if guard_released && !world.policy.unresolved.is_empty() {
+    if guard_released && world.policy.unresolved_count() > 0 {
         // Compiled under the guard, its names not looked up: now.
         refresh_at = Some(tokio::time::Instant::now());
     }
@@ -291,7 +291,7 @@ pub async fn run(
                 }
                 refresh_at = next_refresh(&world.policy);
                 scrape.stats.lock().unwrap_or_else(|e| e.into_inner()).unresolved_names =
-                    world.policy.unresolved.len();
+                    world.policy.unresolved_count();
                 // A refresh compiles the whole config again (100,000 prefixes: 19 -> 33 MiB
                 // until given back, BENCHMARKS.md section 4).
                 give_back_freed_memory();
@@ -339,7 +339,7 @@ pub async fn run(
                         world.refresh_addresses()?;
                         refresh_at = next_refresh(&world.policy);
                         let mut stats = scrape.stats.lock().unwrap_or_else(|e| e.into_inner());
-                        stats.unresolved_names = world.policy.unresolved.len();
+                        stats.unresolved_names = world.policy.unresolved_count();
                         stats.conntrack_capacity = Some(world.policy.conntrack);
                     }
                     Err(e) if e.downcast_ref::<reconcile::PartlyApplied>().is_some() => {

@@ -41,9 +41,17 @@ enum Command {
     ///
     /// Validates the config, finds each NIC (by name or MAC, inside its `netns`), loads the
     /// programs against the pinned maps, writes the policy, attaches (TCX on Linux 6.6+, clsact
-    /// otherwise, or as `attach` says) and pins. A bad config or a missing NIC exits non-zero
-    /// before anything already enforced is touched. On SIGTERM or SIGINT it exits and enforcement
-    /// stays in force. Prometheus metrics are served at http://LISTEN/metrics.
+    /// otherwise, or as `attach` says) and pins. A bad config or a missing NIC exits non-zero,
+    /// and a policy already pinned stays in force (the boot guard below may hold a NIC of it
+    /// that lost its filters). Prometheus metrics are served at http://LISTEN/metrics.
+    ///
+    /// While it runs it follows the NICs (docker-hostnic moves the business NIC at every
+    /// container start), looks host names up again as their TTLs run out, and keeps the NICs'
+    /// addresses and the flow tables up to date. SIGHUP (`trove-isolate reload`) reads the config
+    /// again and applies it, or refuses it and keeps the policy in force. On SIGTERM or SIGINT it
+    /// exits and enforcement stays in force. Under systemd (NOTIFY_SOCKET) it reports READY=1
+    /// once every NIC is enforced, RELOADING=1 and READY=1 around each reload, STOPPING=1, and
+    /// pings the watchdog (WATCHDOG_USEC) from its loop.
     ///
     /// With `[trove]`, a start that cannot enforce while no policy is pinned (Trove's files not
     /// there yet at an instance's first boot, before cloud-init writes them; a config that parses
@@ -67,8 +75,11 @@ enum Command {
     /// Validate a config file and print the policy compiled for each interface.
     ///
     /// Exits non-zero with the file, the key and what is wrong when the config is bad. Warns on
-    /// stderr (lines starting with `WARNING: `) where the policy is open to any address. Touches
-    /// nothing in the kernel.
+    /// stderr (lines starting with `WARNING: `) where the policy is open to any address, a host
+    /// name does not resolve, an image is on Docker Hub (or behind a CDN no rule reaches), Trove
+    /// names no business NIC, or a configured NIC is not found now. Touches nothing in the
+    /// kernel; it reads the Trove files, enters the NICs' network namespaces and sends DNS
+    /// queries for the config's host names, as `run` does.
     Check {
         /// The TOML config file.
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
@@ -459,6 +470,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             for warning in policy.warnings() {
                 eprintln!("WARNING: {warning}");
             }
+            // Where `run` looks (by name or MAC, in its namespace and docker's): a NIC missing
+            // now fails a start, but the config itself is sound (a NIC docker-hostnic moves
+            // may be on its way).
+            for nic_policy in &policy.nics {
+                if let Err(e) = trove_isolate::nic::resolve(&nic_policy.nic, None) {
+                    eprintln!(
+                        "WARNING: [{}] NIC {} is not found now ({e:#}): `run` fails until it is",
+                        nic_policy.role.name(),
+                        nic_policy.nic
+                    );
+                }
+            }
             Ok(())
         }
         Command::Status { pin_path, json } => {
@@ -475,13 +498,27 @@ fn run(command: Command) -> anyhow::Result<()> {
             config,
             timeout,
         } => {
-            let pin_path = match config {
-                Some(path) => trove_isolate::config::Config::load(&path)?
+            let pin_path = match &config {
+                Some(path) => trove_isolate::config::Config::load(path)?
                     .pin_path
                     .map_or_else(|| PathBuf::from(DEFAULT_PIN_PATH), PathBuf::from),
                 None => pin_path,
             };
-            let outcome = ops::reload(&Pins::new(pin_path), Duration::from_secs(timeout))?;
+            let pins = Pins::new(&pin_path);
+            // The file's pin_path edited: the daemon running it enforces under the one in force.
+            if let Some(config) = &config {
+                let elsewhere =
+                    ops::daemon_running(config).filter(|(_, s)| *s != pins.state_file());
+                if let Some((pid, state)) = elsewhere {
+                    anyhow::bail!(
+                        "{}: pin_path: changes only with a restart (the daemon running this \
+                         config, PID {pid}, enforces under the pin path its record {} is of)",
+                        config.display(),
+                        state.display()
+                    );
+                }
+            }
+            let outcome = ops::reload(&pins, Duration::from_secs(timeout))?;
             println!("{outcome}");
             Ok(())
         }

@@ -1,6 +1,10 @@
 //! `detach` and `reload`: working on what a daemon left pinned, with or without it running.
 
-use std::{fmt::Write as _, fs, io};
+use std::{
+    fmt::Write as _,
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context as _;
 
@@ -165,6 +169,26 @@ pub fn running_daemon(state: &State) -> Option<u32> {
     let pid = state.pid?;
     let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     (comm.trim_end() == "trove-isolate").then_some(pid)
+}
+
+/// A running daemon whose record names `config` as its config file, if any: its PID and its
+/// state file.
+pub fn daemon_running(config: &Path) -> Option<(u32, PathBuf)> {
+    let config = fs::canonicalize(config).ok()?;
+    let entries = fs::read_dir(crate::pins::STATE_DIR).ok()?;
+    entries.filter_map(Result::ok).find_map(|entry| {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            return None;
+        }
+        let state = State::read(&path).ok()??;
+        let named = state
+            .config
+            .as_deref()
+            .and_then(|c| fs::canonicalize(c).ok());
+        let pid = running_daemon(&state)?;
+        (named.as_deref() == Some(config.as_path())).then_some((pid, path))
+    })
 }
 
 /// Asks the daemon enforcing under `pins` to reload its config, after validating that config

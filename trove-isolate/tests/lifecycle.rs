@@ -296,6 +296,18 @@ fn reload_applies_with_no_window_and_refuses_a_bad_config() {
         Some(2),
         "{text}"
     );
+    // The unit's ExecReload finds the daemon from its config: one whose pin_path was edited
+    // names the daemon that runs it, not another pin path where none runs.
+    let elsewhere = narrower.replace(&pin_path, &format!("{pin_path}-edited"));
+    assert_ne!(elsewhere, narrower, "the scenario's pin_path line");
+    std::fs::write(&config, &elsewhere).expect("writing a config with another pin_path");
+    let out = cli(&["reload", "--config", config.to_str().expect("a UTF-8 path")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("pin_path: changes only with a restart"),
+        "{stderr}"
+    );
+    std::fs::write(&config, &narrower).expect("writing the narrower config back");
 
     notes.mark();
     daemon.stop();

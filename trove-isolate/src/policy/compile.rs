@@ -854,6 +854,17 @@ pub(super) fn business(
         }
     }
     if ports.is_empty() {
+        // Trove's files name the datastore whenever they are all there: guest_info.conf is one
+        // of those cloud-init writes.
+        if discovered.is_some() {
+            return Err(ConfigError::TroveFilesMissing {
+                path: c.path.to_owned(),
+                message: "discovery: no [DEFAULT] datastore_manager in any *.conf (Trove writes \
+                          it in conf.d/guest_info.conf), and [business] database_ports names \
+                          none: the database's ports are unknown"
+                    .into(),
+            });
+        }
         return Err(c.err("database_ports", "at least one database port is required"));
     }
     let clients: Vec<(IpNetwork, Origin)> = if biz.clients.is_empty() {

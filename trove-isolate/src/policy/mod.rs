@@ -239,6 +239,9 @@ pub struct Policy {
     pub names: Vec<NameRecord>,
     pub unresolved: Vec<String>,
     pub unresolved_hosts: Vec<String>,
+    /// Names a start could not resolve that keep the addresses in force ([`resolve::Recalled`]):
+    /// unresolved too, but reached.
+    pub recalled: Vec<String>,
     /// What discovery found that no rule reaches (images on Docker Hub, or behind a CDN; the
     /// database of an instance without a user port), for `check` and the log to say.
     pub unreached: Vec<String>,
@@ -325,7 +328,7 @@ impl Policy {
     /// A start's compile: [`Policy::from_source`], or with no name looked up
     /// ([`resolve::Deferred`]) when the boot guard holds the NICs, whose lookups would only
     /// time out. A name that does not resolve keeps the addresses `in_force` has for it (the
-    /// state file's: [`resolve::Recalled`]), noted among the unresolved.
+    /// state file's: [`resolve::Recalled`]), noted in [`Policy::recalled`].
     pub fn for_start(
         source: &Source,
         path: &Path,
@@ -360,7 +363,7 @@ impl Policy {
                 .find(|n| n.host == host)
                 .map(|n| n.addresses.iter().map(ToString::to_string).collect())
                 .unwrap_or_default();
-            policy.unresolved.push(format!(
+            policy.recalled.push(format!(
                 "{host} does not resolve ({error}); the addresses in force stay: {}",
                 addresses.join(", ")
             ));
@@ -514,6 +517,7 @@ impl Policy {
                 .map(|u| format!("{}: {} does not resolve ({})", u.origin, u.host, u.error))
                 .collect(),
             unresolved_hosts: sources.unresolved.iter().map(|u| u.host.clone()).collect(),
+            recalled: Vec::new(),
             unreached,
             nics,
         })
@@ -597,6 +601,7 @@ impl Policy {
             )
             .collect();
         next.unresolved = fresh.unresolved.clone();
+        next.recalled.clear();
         next.unresolved_hosts = fresh.unresolved_hosts.clone();
         next
     }
@@ -606,12 +611,18 @@ impl Policy {
     /// `None` when the policy names no hosts.
     pub fn refresh_in(&self) -> Option<std::time::Duration> {
         let shortest = self.names.iter().map(|n| n.ttl).min();
-        let shortest = match (shortest, self.unresolved.is_empty()) {
+        let shortest = match (shortest, self.unresolved_count() == 0) {
             (s, true) => s?,
             (Some(s), false) => s.min(resolve::UNRESOLVED_RETRY),
             (None, false) => resolve::UNRESOLVED_RETRY,
         };
         Some(shortest.clamp(resolve::MIN_REFRESH, resolve::MAX_REFRESH))
+    }
+
+    /// The host names that did not resolve at the last lookup, whether or not they kept the
+    /// addresses in force (`trove_isolate_unresolved_names`).
+    pub fn unresolved_count(&self) -> usize {
+        self.unresolved.len() + self.recalled.len()
     }
 
     pub fn nic(&self, role: Role) -> Option<&NicPolicy> {
@@ -706,15 +717,18 @@ impl Policy {
     /// Where the policy is open to any address, for `check` to say loudly. A valid config may
     /// mean it; a closed one (no `ssh_from`, say) needs no warning: it fails visibly.
     pub fn warnings(&self) -> Vec<String> {
+        let retry = crate::resolve::UNRESOLVED_RETRY.as_secs();
         let mut warnings: Vec<String> = self
             .unresolved
             .iter()
             .map(|u| {
-                format!(
-                    "{u}; nothing reaches it until it does (looked up again every {} s)",
-                    crate::resolve::UNRESOLVED_RETRY.as_secs()
-                )
+                format!("{u}; nothing reaches it until it does (looked up again every {retry} s)")
             })
+            .chain(
+                self.recalled
+                    .iter()
+                    .map(|u| format!("{u} (looked up again every {retry} s)")),
+            )
             .chain(self.unreached.iter().cloned())
             .collect();
         for nic in &self.nics {

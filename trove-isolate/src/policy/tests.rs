@@ -985,6 +985,37 @@ mod discovery {
         assert_eq!(allowed.unreached, Vec::<String>::new());
     }
 
+    /// guest_info.conf (the datastore) not written yet is Trove's files half way, not a config
+    /// error about a key the operator never set.
+    #[test]
+    fn a_guest_without_its_datastore_is_half_written() {
+        let root = std::env::temp_dir().join(format!("ti-no-datastore-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let copied = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(fixture("mysql"))
+            .arg(&root)
+            .status()
+            .expect("cp");
+        assert!(copied.success());
+        std::fs::remove_file(root.join("etc/trove/conf.d/guest_info.conf")).expect("removing");
+        let config = format!(
+            "[trove]\nroot = \"{}\"\n[management]\ninterface = \"ens3\"\n",
+            root.display()
+        );
+        let got = compile(&config, &crate::resolve::NoNames);
+        std::fs::remove_dir_all(&root).expect("cleaning up");
+        match got {
+            Err(ConfigError::TroveFilesMissing { message, .. }) => {
+                assert!(
+                    message.contains("no [DEFAULT] datastore_manager"),
+                    "{message}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn names_resolve_and_dns_opens_to_the_resolvers_only() {
         let config = format!(
