@@ -75,10 +75,11 @@ pub struct DaemonStats {
     /// Drop events the datapath did not send (over its budget, or the ring was full); read from
     /// the pinned budget map at each scrape.
     pub drop_events_unsent: u64,
-    /// Re-attachments after a NIC moved, per interface (its name where it is now), and those
-    /// that began with the NIC already up.
-    pub reattach: Vec<(String, u64)>,
-    pub reattach_after_up: Vec<(String, u64)>,
+    /// Re-attachments after a NIC moved, per role and interface (its name where it is now: both
+    /// NICs may be called eth0, one in the container), and those that began with the NIC
+    /// already up.
+    pub reattach: Vec<(Role, String, u64)>,
+    pub reattach_after_up: Vec<(Role, String, u64)>,
     /// Per role: its NIC is configured but not found, or not enforced where it is.
     pub unprotected: [bool; Role::COUNT],
     /// Host names of the policy that did not resolve at the last lookup.
@@ -91,12 +92,14 @@ pub struct DaemonStats {
 }
 
 impl DaemonStats {
-    fn count_reattach(&mut self, interface: &str, after_up: bool) {
-        let bump =
-            |list: &mut Vec<(String, u64)>| match list.iter_mut().find(|(i, _)| i == interface) {
-                Some((_, n)) => *n += 1,
-                None => list.push((interface.to_owned(), 1)),
-            };
+    fn count_reattach(&mut self, role: Role, interface: &str, after_up: bool) {
+        let bump = |list: &mut Vec<(Role, String, u64)>| match list
+            .iter_mut()
+            .find(|(r, i, _)| *r == role && i == interface)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => list.push((role, interface.to_owned(), 1)),
+        };
         bump(&mut self.reattach);
         if after_up {
             bump(&mut self.reattach_after_up);
@@ -429,7 +432,7 @@ impl Enforcing {
                 moved.took.as_secs_f64() * 1e3
             );
             if moved.reattached {
-                stats.count_reattach(&moved.to.name, moved.late);
+                stats.count_reattach(moved.role, &moved.to.name, moved.late);
             }
             state.moves.retain(|m| m.role != moved.role);
             state.moves.push(MoveRecord {
@@ -447,7 +450,7 @@ impl Enforcing {
                 "{role} NIC {device} had lost our programs (it left and came back, or they were \
                  removed): attached again"
             );
-            stats.count_reattach(&device.name, true);
+            stats.count_reattach(*role, &device.name, true);
         }
         for role in Role::ALL {
             let now = followed.unprotected.iter().find(|(r, _)| *r == role);

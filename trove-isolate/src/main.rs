@@ -98,6 +98,10 @@ enum Command {
     /// programs, clsact filters) and compares with the state record: a NIC that moved, was
     /// renamed, or lacks our programs is spelled out, as is a daemon that is not running. Then
     /// the mode, the policy size, the last move the daemon followed and the verdict counters.
+    ///
+    /// Exits 0 when every NIC of the record is enforced where it is now, 3 when one is not (not
+    /// found, or lacking our programs) or nothing is enforced under the pin path (as `systemctl
+    /// status` exits 3 for a unit that is not active), 1 on an error.
     Status {
         /// The pin directory of the enforcement to inspect (the config's `pin_path`).
         #[arg(long, default_value = DEFAULT_PIN_PATH)]
@@ -490,6 +494,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{report}");
+            }
+            if !report.enforced_everywhere() {
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                std::process::exit(3);
             }
             Ok(())
         }

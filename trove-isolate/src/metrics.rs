@@ -25,6 +25,7 @@ struct ResultLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InterfaceLabels {
     interface: String,
+    role: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -211,6 +212,7 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
             for family in [&reattach, &reattach_after_up] {
                 let _ = family.get_or_create(&InterfaceLabels {
                     interface: interface.clone(),
+                    role: role.name().into(),
                 });
             }
         }
@@ -219,10 +221,11 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
         (&reattach, &stats.reattach),
         (&reattach_after_up, &stats.reattach_after_up),
     ] {
-        for (interface, n) in counts {
+        for (role, interface, n) in counts {
             family
                 .get_or_create(&InterfaceLabels {
                     interface: interface.clone(),
+                    role: role.name().into(),
                 })
                 .inc_by(*n);
         }
@@ -492,8 +495,8 @@ mod tests {
             drop_events: 9,
             drop_events_not_logged: 4,
             drop_events_unsent: 11,
-            reattach: vec![("eth0".into(), 20)],
-            reattach_after_up: vec![("eth0".into(), 1)],
+            reattach: vec![(Role::Business, "eth0".into(), 20)],
+            reattach_after_up: vec![(Role::Business, "eth0".into(), 1)],
             unprotected: [false, true],
             unresolved_names: 1,
             conntrack_capacity: Some(crate::policy::ConntrackPolicy {
@@ -534,8 +537,8 @@ mod tests {
             "trove_isolate_drop_events_total 9",
             r#"trove_isolate_drop_events_suppressed_total{stage="datapath"} 11"#,
             r#"trove_isolate_drop_events_suppressed_total{stage="log"} 4"#,
-            r#"trove_isolate_reattach_total{interface="eth0"} 20"#,
-            r#"trove_isolate_reattach_after_up_total{interface="eth0"} 1"#,
+            r#"trove_isolate_reattach_total{interface="eth0",role="business"} 20"#,
+            r#"trove_isolate_reattach_after_up_total{interface="eth0",role="business"} 1"#,
             r#"trove_isolate_boot_guard_packets_total{direction="ingress",verdict="drop",reason="policy"} 6"#,
             r#"trove_isolate_unprotected{role="management"} 0"#,
             r#"trove_isolate_unprotected{role="business"} 1"#,
@@ -568,8 +571,8 @@ mod tests {
                 family: family::V6,
                 flows: 0,
             }],
-            reattach: vec![("eth0".into(), 1)],
-            reattach_after_up: vec![("eth0".into(), 1)],
+            reattach: vec![(Role::Business, "eth0".into(), 1)],
+            reattach_after_up: vec![(Role::Business, "eth0".into(), 1)],
             ..DaemonStats::default()
         };
         let text = openmetrics_to_prometheus(&render(

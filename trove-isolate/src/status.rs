@@ -36,6 +36,13 @@ pub struct Report {
     pub boot_guard_counters: Vec<boot_guard::GuardCount>,
 }
 
+impl Report {
+    /// Whether a policy is enforced and every NIC of it is enforced where it is now.
+    pub fn enforced_everywhere(&self) -> bool {
+        self.enforcing && !self.nics.is_empty() && self.nics.iter().all(|n| n.enforced)
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Daemon {
     pub pid: u32,
