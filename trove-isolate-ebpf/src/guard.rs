@@ -43,7 +43,7 @@ fn decide(ctx: &TcContext, direction: Direction, shut: bool) -> Result<Reason, R
     match parse::parse(ctx)? {
         Parsed::Arp(pkt) if pkt.frame_len <= arp::MAX_FRAME => Ok(Reason::Arp),
         Parsed::Arp(_) => Err(Reason::Malformed),
-        Parsed::NeighborDiscovery(pkt) => nd::guard_check(ctx, direction, &pkt),
+        Parsed::NeighborDiscovery(pkt) => nd::guard_check(ctx, direction, &pkt, shut),
         Parsed::Related { .. } => Err(Reason::NotTracked),
         Parsed::Flow(_) if shut => Err(Reason::Policy),
         Parsed::Flow(pkt) => match pkt.kind {

@@ -86,13 +86,21 @@ pub fn check(
 /// Neighbour discovery and MLD as the boot guard holds them, knowing none of the NIC's
 /// addresses: each message in the direction a host uses it, with its hop limit and code, in link
 /// scope where the message says so, and a solicitation or advertisement no bigger than a host's.
+/// `shut` (a NIC the guest's boot does not use): going out, link scope only.
 #[inline(always)]
-pub fn guard_check(ctx: &TcContext, direction: Direction, pkt: &Packet) -> Result<Reason, Reason> {
+pub fn guard_check(
+    ctx: &TcContext,
+    direction: Direction,
+    pkt: &Packet,
+    shut: bool,
+) -> Result<Reason, Reason> {
     let ingress = direction == Direction::Ingress;
     // Which subnets are on the link is unknown: a solicitation or advertisement may go to any
-    // neighbour, a router solicitation to the routers' group.
-    in_its_place(ingress, pkt, |pkt| {
-        pkt.icmp_type != ROUTER_SOLICITATION || local::link_multicast(&pkt.dst)
+    // neighbour, a router solicitation to the routers' group. Shut, nothing else passes to
+    // need a global neighbour, and one to a global address a router would forward.
+    in_its_place(ingress, pkt, |pkt| match pkt.icmp_type {
+        ROUTER_SOLICITATION => local::link_multicast(&pkt.dst),
+        _ => !shut || local::link_local(&pkt.dst) || local::link_multicast(&pkt.dst),
     })?;
     match pkt.icmp_type {
         ROUTER_SOLICITATION | NEIGHBOR_SOLICITATION | NEIGHBOR_ADVERTISEMENT

@@ -170,6 +170,31 @@ fn program_error(
     }
 }
 
+/// Puts `program` on the pinned TCX link at `link_pin` in place, wherever its device is now
+/// (the device need not be found); whether it did (no pin, or a defunct link: no).
+pub(crate) fn update_tcx(program: &mut SchedClassifier, link_pin: &Path) -> bool {
+    if !link_pin.exists() {
+        return false;
+    }
+    let Ok(pinned) = PinnedLink::from_pin(link_pin) else {
+        return false;
+    };
+    let Ok(link) = SchedClassifierLink::try_from(FdLink::from(pinned)) else {
+        return false;
+    };
+    let Ok(id) = program.attach_to_link(link) else {
+        return false;
+    };
+    // The pin keeps it; forgetting our handle must not detach it.
+    match program.take_link(id) {
+        Ok(link) => {
+            std::mem::forget(link);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 pub(crate) fn ensure_tcx(
     program: &mut SchedClassifier,
     name: &'static str,
@@ -178,24 +203,9 @@ pub(crate) fn ensure_tcx(
     link_pin: &Path,
     same_device: bool,
 ) -> Result<Hook, AttachError> {
-    if same_device && link_pin.exists() {
-        // Update the live link in place; if it went defunct (device gone) fall through and
-        // attach afresh.
-        if let Ok(pinned) = PinnedLink::from_pin(link_pin) {
-            let fd_link = FdLink::from(pinned);
-            if let Ok(link) = SchedClassifierLink::try_from(fd_link) {
-                if let Ok(id) = program.attach_to_link(link) {
-                    // The pin keeps it; forgetting our handle must not detach it.
-                    let link = program.take_link(id).map_err(program_error(
-                        "taking link of",
-                        name,
-                        device,
-                    ))?;
-                    std::mem::forget(link);
-                    return Ok(Hook::Tcx);
-                }
-            }
-        }
+    // Update the live link in place; if it went defunct (device gone) attach afresh.
+    if same_device && update_tcx(program, link_pin) {
+        return Ok(Hook::Tcx);
     }
     // Attach the new link first, then replace the pin: the old link (if any, on another device
     // or defunct) goes only once the new one holds.

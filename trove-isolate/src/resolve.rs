@@ -320,10 +320,12 @@ mod tests {
             NameAddresses {
                 host: "rabbit".into(),
                 addresses: vec!["198.51.100.7".parse().unwrap()],
+                rules: Vec::new(),
             },
             NameAddresses {
                 host: "up".into(),
                 addresses: vec!["198.51.100.8".parse().unwrap()],
+                rules: Vec::new(),
             },
         ];
         let r = Recalled::new(&Only("up"), &recorded);

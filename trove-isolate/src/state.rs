@@ -78,11 +78,24 @@ pub struct State {
     pub names: Vec<NameAddresses>,
 }
 
-/// A host name and the addresses the policy in force has for it.
+/// A host name, the addresses the policy in force has for it and the rules they are in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NameAddresses {
     pub host: String,
     pub addresses: Vec<IpAddr>,
+    /// What each rule of the name allows besides the address: a config edited since (the name
+    /// named in another key) reaches the recalled addresses only where the policy in force did.
+    #[serde(default)]
+    pub rules: Vec<NameRule>,
+}
+
+/// A rule of a host name, its address aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameRule {
+    pub role: Role,
+    pub direction: Direction,
+    pub proto: u8,
+    pub port: u16,
 }
 
 impl NameAddresses {
@@ -90,9 +103,30 @@ impl NameAddresses {
         policy
             .names
             .iter()
-            .map(|n| NameAddresses {
-                host: n.host.clone(),
-                addresses: n.addresses.clone(),
+            .map(|n| {
+                let mut rules: Vec<NameRule> = Vec::new();
+                for nic in &policy.nics {
+                    for r in nic
+                        .rules
+                        .iter()
+                        .filter(|r| r.host.as_deref() == Some(&n.host))
+                    {
+                        let rule = NameRule {
+                            role: nic.role,
+                            direction: r.direction,
+                            proto: r.proto,
+                            port: r.port,
+                        };
+                        if !rules.contains(&rule) {
+                            rules.push(rule);
+                        }
+                    }
+                }
+                NameAddresses {
+                    host: n.host.clone(),
+                    addresses: n.addresses.clone(),
+                    rules,
+                }
             })
             .collect()
     }

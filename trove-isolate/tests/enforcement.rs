@@ -1941,15 +1941,35 @@ fn boot_guard_follows(attach: &str) {
     moved(&boot.guest, BOOT_BIZ, &stopped, "eth0");
     let stderr = failed_start();
     assert!(stderr.contains("(now eth0 in"), "{stderr}");
+    // One link a direction a NIC under TCX: the one of its old place went (it moved with it).
+    let links = if legacy { 0 } else { 4 };
+    assert_eq!(boot.guard_pins().len(), links, "{:?}", boot.guard_pins());
     // In the container the guard is its shut pair: a metadata service the business network
-    // answers for (an L3 agent's proxy) is not reached from the database's namespace.
+    // answers for (an L3 agent's proxy) is not reached from the database's namespace. The
+    // guard's own counter shows the SYN reached it and was refused by its rules.
     boot.tenant
         .ip(&format!("addr add {BOOT_METADATA}/32 dev peer0"));
     let _proxy = tcp_server(&boot.tenant, at(BOOT_METADATA, 80));
     stopped.ip(&format!("route add {BOOT_METADATA}/32 dev eth0"));
+    let refused_out = || -> u64 {
+        let out = cli(&["status", "--json", "--pin-path", &boot.pin_path]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        report["boot_guard_counters"]
+            .as_array()
+            .expect("counters")
+            .iter()
+            .filter(|c| c["direction"] == "egress" && c["reason"] == "policy")
+            .map(|c| c["packets"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let before = refused_out();
     assert!(
         !tcp_probe(&stopped, None, at(BOOT_METADATA, 80), PROBE),
         "the metadata service from the database container under the guard"
+    );
+    assert!(
+        refused_out() > before,
+        "the metadata SYN never reached the guard"
     );
     let status = cli(&["status", "--pin-path", &boot.pin_path]);
     let status = String::from_utf8_lossy(&status.stdout);
@@ -1966,6 +1986,10 @@ fn boot_guard_follows(attach: &str) {
         "{stderr}"
     );
     assert!(!database(), "held closed where it came back");
+    // Back home, the container's link went with it: the open pair alone holds it again.
+    assert_eq!(boot.guard_pins().len(), links, "{:?}", boot.guard_pins());
+    let record = std::fs::read_to_string(boot.guard_record()).expect("the guard's record");
+    assert!(!record.contains("\"shut\""), "{record}");
 
     // Into a namespace no file names: found nowhere, and said so.
     let mut hidden = std::process::Command::new("unshare")
@@ -1983,6 +2007,13 @@ fn boot_guard_follows(attach: &str) {
     let stderr = failed_start();
     assert!(stderr.contains("boot guard: m0 held closed"), "{stderr}");
     assert!(stderr.contains("NOT GUARDED: b0"), "{stderr}");
+    // Under TCX its link went with it, and is turned to the shut pair wherever it is.
+    let record = std::fs::read_to_string(boot.guard_record()).expect("the guard's record");
+    assert_eq!(
+        record.matches("\"shut\"").count(),
+        if legacy { 0 } else { 2 },
+        "{record}"
+    );
     let status = cli(&["status", "--pin-path", &boot.pin_path]);
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(

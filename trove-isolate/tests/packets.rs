@@ -2877,6 +2877,7 @@ fn the_boot_guard_passes_only_what_a_booting_guest_needs() {
         format!("[{META6}]:8775").parse().expect("endpoint"),
     ];
     let mut guard = Programs::load(None, &metadata).expect("loading the boot guard (root, BPF)");
+    const GLOBAL_NS: &str = "a neighbour solicitation to a global neighbour";
     let mut big_arp = arp();
     big_arp.resize(100, 0);
     let rows: Vec<(&str, Direction, Vec<u8>, Verdict, Reason)> = vec![
@@ -2890,6 +2891,7 @@ fn the_boot_guard_passes_only_what_a_booting_guest_needs() {
         ("UDP from port 67 to another port", I, v4_udp("192.0.2.254", G4, 67, 40000), Verdict::Drop, Policy),
         ("neighbour solicitation out", E, nd_msg(135, G6, "ff02::1:ff00:2", "2001:db8:1::2", 8), Verdict::Pass, NeighborDiscovery),
         ("neighbour advertisement in", I, nd_msg(136, "2001:db8:1::2", G6, "2001:db8:1::2", 8), Verdict::Pass, NeighborDiscovery),
+        (GLOBAL_NS, E, nd_msg(135, G6, "2001:db8:1::2", "2001:db8:1::2", 8), Verdict::Pass, NeighborDiscovery),
         ("neighbour solicitation with a forwarded hop limit", I, ipv6_hl(proto::ICMPV6, 254, "2001:db8:1::2", G6, &icmp(135, 0, 0, &octets(G6))), Verdict::Drop, Malformed),
         ("an MLDv2 report of a solicited-node group", E, mld("fe80::1", "ff02::16", &mld2(&[(4, "ff02::1:ff12:3456", 0, 0)])), Verdict::Pass, NeighborDiscovery),
         ("an MLDv1 report of a solicited-node group", E, mld("fe80::1", "ff02::1:ff12:3456", &mld1(131, "ff02::1:ff12:3456")), Verdict::Pass, NeighborDiscovery),
@@ -2918,6 +2920,8 @@ fn the_boot_guard_passes_only_what_a_booting_guest_needs() {
     let mut wrong = Vec::new();
     let shut_rows = rows.iter().map(|(name, direction, frame, verdict, reason)| match reason {
         Dhcp | Allowed => (true, *name, *direction, frame, Verdict::Drop, Policy),
+        // Out of link scope, a router would forward it.
+        _ if *name == GLOBAL_NS => (true, *name, *direction, frame, Verdict::Drop, Malformed),
         _ => (true, *name, *direction, frame, *verdict, *reason),
     });
     let open_rows = rows.iter().map(|(name, direction, frame, verdict, reason)| (false, *name, *direction, frame, *verdict, *reason));

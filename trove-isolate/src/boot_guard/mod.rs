@@ -154,7 +154,8 @@ fn hold_in(pins: &Pins, settings: &Settings, boot: bool) -> anyhow::Result<Optio
             failed.push(format!("{} ({e:#})", target.label()));
         }
     }
-    if record.forget_old_places() {
+    let settled = settle_old_links(pins, &mut programs, &mut record);
+    if record.forget_old_places() || settled {
         record.write(pins)?;
     }
     let nics = record.interfaces();
@@ -247,6 +248,50 @@ fn hold_one(
         record.write(pins)?;
     }
     Ok(())
+}
+
+/// The guard's TCX links at places their NIC left: a link moves with its device, so the one
+/// an earlier start pinned is still on the NIC wherever it went. Where the NIC is held at its
+/// new place (by this start's link, first in its chain), the old link goes; where it was found
+/// nowhere (a namespace no start looks in), the old link is turned to the shut pair in place,
+/// so that the NIC is not left with what the guest's boot needs (DHCP, the metadata service)
+/// wherever it is. Whether the record changed.
+fn settle_old_links(pins: &Pins, programs: &mut Programs, record: &mut Record) -> bool {
+    let present: Vec<bool> = record.attachments.iter().map(|a| a.present()).collect();
+    let held_macs: Vec<[u8; 6]> = record
+        .attachments
+        .iter()
+        .zip(&present)
+        .filter(|(_, here)| **here)
+        .filter_map(|(a, _)| a.mac)
+        .collect();
+    let mut changed = false;
+    for (a, here) in record.attachments.iter_mut().zip(present) {
+        let (Hook::Tcx, Some(pin), false) = (&a.hook, &a.pin, here) else {
+            continue;
+        };
+        // The record is a file: no pin it names but the guard's own is touched.
+        if !is_guard_pin(pins, pin) {
+            continue;
+        }
+        if a.mac.is_some_and(|m| held_macs.contains(&m)) {
+            if let Err(e) = attach::remove_tcx(pin) {
+                log::warn!(
+                    "removing the boot guard's link of {} where it was: {e}",
+                    a.label()
+                );
+            }
+        } else if !a.shut {
+            // A defunct link (the device is gone) holds nothing.
+            if let Ok(program) = programs.program(a.direction, true) {
+                if attach::update_tcx(program, pin) {
+                    a.shut = true;
+                    changed = true;
+                }
+            }
+        }
+    }
+    changed
 }
 
 /// Whether a role's programs of trove-isolate are on `device` (of any pin path), both ways: a

@@ -356,7 +356,29 @@ impl Policy {
         let resolver = resolve::Recalled::new(inner, in_force);
         let mut policy =
             Policy::compile(&*source.config(path)?, path, discovered.as_ref(), &resolver)?;
-        for (host, error) in resolver.recalled() {
+        let recalled = resolver.recalled();
+        // A recalled name reaches its addresses only where the policy in force did: a config
+        // edited since names it elsewhere fails closed there, as a name new to it does.
+        for nic in &mut policy.nics {
+            let role = nic.role;
+            nic.rules.retain(|r| {
+                let Some(host) = r.host.as_deref() else {
+                    return true;
+                };
+                if !recalled.iter().any(|(h, _)| h == host) {
+                    return true;
+                }
+                in_force.iter().filter(|n| n.host == host).any(|n| {
+                    n.rules.contains(&crate::state::NameRule {
+                        role,
+                        direction: r.direction,
+                        proto: r.proto,
+                        port: r.port,
+                    })
+                })
+            });
+        }
+        for (host, error) in recalled {
             let addresses: Vec<String> = policy
                 .names
                 .iter()
@@ -364,7 +386,8 @@ impl Policy {
                 .map(|n| n.addresses.iter().map(ToString::to_string).collect())
                 .unwrap_or_default();
             policy.recalled.push(format!(
-                "{host} does not resolve ({error}); the addresses in force stay: {}",
+                "{host} does not resolve ({error}); the addresses in force stay: {} (in the rules \
+                 that reached them)",
                 addresses.join(", ")
             ));
         }

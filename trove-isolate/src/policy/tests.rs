@@ -1427,6 +1427,59 @@ fn a_kept_source_compiles_the_text_it_read() {
     assert_eq!(policy.pin_path, Path::new("/sys/fs/bpf/trove-isolate"));
 }
 
+/// A start whose lookups fail keeps a name's recorded addresses only in the rules that reached
+/// them: the config edited since to name the host in `allow` too gets no rule there (fail
+/// closed, as for a new name), and the recalled name is said, apart from the unresolved.
+#[test]
+fn a_recalled_name_reaches_only_where_the_policy_in_force_did() {
+    use crate::state::{NameAddresses, NameRule};
+    let path = std::env::temp_dir().join(format!("ti-recall-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[management]\ninterface = \"ens3\"\nrabbitmq = [\"rabbit.test:5672\"]\n\
+         allow = [{ to = \"rabbit.test\", port = 8080, proto = \"tcp\" }]\n\
+         [business]\ninterface = \"ens4\"\ndatabase_ports = [3306]\nclients = [\"198.51.100.0/24\"]\n",
+    )
+    .expect("writing the config");
+    let source = Source::load(&path).expect("loads");
+    let in_force = [NameAddresses {
+        host: "rabbit.test".into(),
+        addresses: vec!["192.0.2.10".parse().unwrap()],
+        rules: vec![NameRule {
+            role: Role::Management,
+            direction: Direction::Egress,
+            proto: 6,
+            port: 5672,
+        }],
+    }];
+    // Deferred: every lookup fails, as under the boot guard.
+    let policy = Policy::for_start(&source, &path, true, &in_force).expect("compiles");
+    std::fs::remove_file(&path).expect("removing the config");
+    let named: Vec<(u16, String)> = policy
+        .nic(Role::Management)
+        .expect("management")
+        .rules
+        .iter()
+        .filter(|r| r.host.as_deref() == Some("rabbit.test"))
+        .map(|r| (r.port, r.remote.to_string()))
+        .collect();
+    assert_eq!(named, vec![(5672, "192.0.2.10/32".to_owned())]);
+    assert_eq!(policy.unresolved.len(), 0, "{:?}", policy.unresolved);
+    assert_eq!(policy.recalled.len(), 1, "{:?}", policy.recalled);
+    assert_eq!(policy.unresolved_count(), 1);
+    assert!(policy.recalled[0].contains("the addresses in force stay: 192.0.2.10"));
+    // With nothing in force, the name fails closed everywhere.
+    let fresh = Policy::for_start(&source, &path, true, &[]).expect("compiles");
+    assert!(fresh
+        .nic(Role::Management)
+        .expect("management")
+        .rules
+        .iter()
+        .all(|r| r.host.as_deref() != Some("rabbit.test")));
+    // One for each endpoint that names it, as ever.
+    assert_eq!(fresh.unresolved_count(), 2);
+}
+
 /// eth1.json missing with the business NIC isolated: an instance without a user port only with
 /// one NIC (or none: a namespace of the management NIC alone) and no business NIC attached.
 #[test]
