@@ -181,7 +181,8 @@ pub fn report(pins: &Pins) -> anyhow::Result<Report> {
     };
     report.mode = Some(state.mode.name().to_owned());
     if let Some(pid) = state.pid {
-        let running = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        // As `reload` judges it: a PID the kernel has given to another program since is none.
+        let running = crate::ops::running_daemon(&state).is_some();
         report.daemon = Some(Daemon { pid, running });
         if !running {
             report.problems.push(format!(
@@ -191,10 +192,18 @@ pub fn report(pins: &Pins) -> anyhow::Result<Report> {
         }
     }
     // The config names the NICs; a record alone knows only where they were.
-    let policy = state
-        .config
-        .as_ref()
-        .and_then(|c| Policy::load_offline(c).ok());
+    let policy = match state.config.as_ref().map(|c| (c, Policy::load_offline(c))) {
+        Some((_, Ok(policy))) => Some(policy),
+        Some((path, Err(e))) => {
+            report.problems.push(format!(
+                "the daemon's config {} does not compile now ({e}): the policy in force stays, \
+                 and a reload or a restart would refuse it",
+                path.display()
+            ));
+            None
+        }
+        None => None,
+    };
     let maps = PinnedMaps::open(pins).ok();
     for role in Role::ALL {
         let recorded = state.attached(role).next().map(Place::of_attachment);

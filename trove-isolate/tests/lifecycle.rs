@@ -275,6 +275,19 @@ fn reload_applies_with_no_window_and_refuses_a_bad_config() {
         tcp_probe(&guest.host, None, rabbit, PROBE),
         "rabbitmq after a bad reload"
     );
+    // `status` says the file no longer compiles (a restart would refuse it), and that the
+    // policy in force stays.
+    let status = cli(&["status", "--pin-path", &pin_path]);
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        said.contains("does not compile now") && said.contains("database_ports"),
+        "{said}"
+    );
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "the NICs are enforced: {said}"
+    );
     // The listener is bound at the start: a reload that moved `listen` would move the scrapers'
     // rule off the port still served.
     let moved = narrower.replace(

@@ -493,7 +493,7 @@ export TROVE_ISOLATE_DETACH_ROUNDS=3
 # are a minute under TCG. So are the boot guard's starts: its programs' verdicts are checked
 # here (packets), its attaching is the roles' code, and the host runs it on clsact and TCX.
 # Discovery's reading of a guest without a user port, or with eth1.json gone, is userspace.
-run enforcement '{enforcement}' --test-threads=1 --skip policy_holds_on_tcx --skip the_boot_guard_holds_every_nic_until_troves_files_come --skip the_boot_guard_follows_a_nic --skip tcx_attaches_first_in_the_chain --skip a_second_daemon_on_the_pin_path_is_refused --skip eth1_json_gone_takes_no_policy_off_the_business_nic_on_tcx --skip an_instance_without_a_user_port
+run enforcement '{enforcement}' --test-threads=1 --skip policy_holds_on_tcx --skip the_boot_guard_holds_every_nic_until_troves_files_come --skip the_boot_guard_follows_a_nic --skip tcx_attaches_first_in_the_chain --skip a_second_daemon_on_the_pin_path_is_refused --skip eth1_json_gone_takes_no_policy_off_the_business_nic_on_tcx --skip an_instance_without_a_user_port --skip two_roles_that_find_one_nic
 run follow '{follow}' --test-threads=1 --nocapture --skip the_business_nic_is_followed_on_tcx --skip a_nic_that_lost_the_policy_while_no_daemon_ran_is_held_on_tcx
 "#,
             enforcement = bins.enforcement.display(),
