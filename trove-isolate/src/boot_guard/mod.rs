@@ -257,14 +257,7 @@ fn hold_one(
 /// so that the NIC is not left with what the guest's boot needs (DHCP, the metadata service)
 /// wherever it is. Whether the record changed.
 fn settle_old_links(pins: &Pins, programs: &mut Programs, record: &mut Record) -> bool {
-    let present: Vec<bool> = record.attachments.iter().map(|a| a.present()).collect();
-    let held_macs: Vec<[u8; 6]> = record
-        .attachments
-        .iter()
-        .zip(&present)
-        .filter(|(_, here)| **here)
-        .filter_map(|(a, _)| a.mac)
-        .collect();
+    let (present, held_macs) = record.presence();
     let mut changed = false;
     for (a, here) in record.attachments.iter_mut().zip(present) {
         let (Hook::Tcx, Some(pin), false) = (&a.hook, &a.pin, here) else {

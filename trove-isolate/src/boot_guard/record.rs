@@ -144,19 +144,25 @@ impl Record {
             .collect()
     }
 
-    /// Drops the entries of NICs held now where they moved to: nothing of the guard's is left
-    /// where they were (a filter went with the move; a TCX link moved with the NIC, and
-    /// `settle_old_links` removed it). One held nowhere stays, to be looked for by its MAC
-    /// again. Whether anything was dropped.
-    pub(super) fn forget_old_places(&mut self) -> bool {
+    /// Whether each entry's NIC is where the entry has it, and the MACs of those that are.
+    pub(super) fn presence(&self) -> (Vec<bool>, Vec<[u8; 6]>) {
         let present: Vec<bool> = self.attachments.iter().map(|a| a.present()).collect();
-        let held_macs: Vec<[u8; 6]> = self
+        let held_macs = self
             .attachments
             .iter()
             .zip(&present)
             .filter(|(_, here)| **here)
             .filter_map(|(a, _)| a.mac)
             .collect();
+        (present, held_macs)
+    }
+
+    /// Drops the entries of NICs held now where they moved to: nothing of the guard's is left
+    /// where they were (a filter went with the move; a TCX link moved with the NIC, and
+    /// `settle_old_links` removed it). One held nowhere stays, to be looked for by its MAC
+    /// again. Whether anything was dropped.
+    pub(super) fn forget_old_places(&mut self) -> bool {
+        let (present, held_macs) = self.presence();
         let mut here = present.into_iter();
         let before = self.attachments.len();
         self.attachments.retain(|a| {
