@@ -251,36 +251,26 @@ fn hold_one(
 }
 
 /// The guard's TCX links at places their NIC left: a link moves with its device, so the one
-/// an earlier start pinned is still on the NIC wherever it went. Where the NIC is held at its
-/// new place (by this start's link, first in its chain), the old link goes; where it was found
-/// nowhere (a namespace no start looks in), the old link is turned to the shut pair in place,
-/// so that the NIC is not left with what the guest's boot needs (DHCP, the metadata service)
-/// wherever it is. Whether the record changed.
+/// an earlier start pinned is still on the NIC wherever it went (the container's namespace, or
+/// one no start looks in). Each is turned to the shut pair in place, never removed: the device
+/// it is on cannot be told from another with its MAC, and a shut link on a NIC held elsewhere
+/// only holds it closer (`release` removes every guard link). Whether the record changed.
 fn settle_old_links(pins: &Pins, programs: &mut Programs, record: &mut Record) -> bool {
-    let (present, held_macs) = record.presence();
+    let (present, _) = record.presence();
     let mut changed = false;
     for (a, here) in record.attachments.iter_mut().zip(present) {
-        let (Hook::Tcx, Some(pin), false) = (&a.hook, &a.pin, here) else {
+        let (Hook::Tcx, Some(pin), false, false) = (&a.hook, &a.pin, here, a.shut) else {
             continue;
         };
         // The record is a file: no pin it names but the guard's own is touched.
         if !is_guard_pin(pins, pin) {
             continue;
         }
-        if a.mac.is_some_and(|m| held_macs.contains(&m)) {
-            if let Err(e) = attach::remove_tcx(pin) {
-                log::warn!(
-                    "removing the boot guard's link of {} where it was: {e}",
-                    a.label()
-                );
-            }
-        } else if !a.shut {
-            // A defunct link (the device is gone) holds nothing.
-            if let Ok(program) = programs.program(a.direction, true) {
-                if attach::update_tcx(program, pin) {
-                    a.shut = true;
-                    changed = true;
-                }
+        // A defunct link (the device is gone) holds nothing.
+        if let Ok(program) = programs.program(a.direction, true) {
+            if attach::update_tcx(program, pin) {
+                a.shut = true;
+                changed = true;
             }
         }
     }

@@ -158,9 +158,9 @@ impl Record {
     }
 
     /// Drops the entries of NICs held now where they moved to: nothing of the guard's is left
-    /// where they were (a filter went with the move; a TCX link moved with the NIC, and
-    /// `settle_old_links` removed it). One held nowhere stays, to be looked for by its MAC
-    /// again. Whether anything was dropped.
+    /// where they were (a filter went with the move; a TCX link moved with the NIC, shut by
+    /// `settle_old_links`, and its pin stays until `release`). One held nowhere stays, to be
+    /// looked for by its MAC again. Whether anything was dropped.
     pub(super) fn forget_old_places(&mut self) -> bool {
         let (present, held_macs) = self.presence();
         let mut here = present.into_iter();
