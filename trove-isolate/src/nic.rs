@@ -85,10 +85,7 @@ impl Device {
     /// or two paths of one namespace, can find the same NIC).
     pub fn same_device(&self, other: &Device) -> bool {
         self.ifindex == other.ifindex
-            && (self.netns == other.netns || {
-                let id = namespace_id(self.netns.as_deref());
-                id.is_some() && id == namespace_id(other.netns.as_deref())
-            })
+            && same_namespace(self.netns.as_deref(), other.netns.as_deref())
     }
 }
 
@@ -260,6 +257,14 @@ pub fn namespace_files() -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Whether two namespace paths (`None`: the daemon's own) name one namespace.
+pub fn same_namespace(a: Option<&Path>, b: Option<&Path>) -> bool {
+    a == b || {
+        let id = namespace_id(a);
+        id.is_some() && id == namespace_id(b)
+    }
 }
 
 /// The identity of a network namespace (nsfs device and inode), `None` for a file that is not

@@ -1959,14 +1959,18 @@ fn boot_guard_follows(attach: &str) {
             .map(|c| c["packets"].as_u64().unwrap_or(0))
             .sum()
     };
-    let before = refused_out();
-    assert!(
-        !tcp_probe(&stopped, None, at(BOOT_METADATA, 80), PROBE),
-        "the metadata service from the database container under the guard"
-    );
-    assert!(
-        refused_out() > before,
-        "the metadata SYN never reached the guard"
+    // A connection the probe makes must fail, refused by the guard's rules.
+    let refused_by_the_guard = |probe: &dyn Fn() -> bool, from: &str| {
+        let before = refused_out();
+        assert!(!probe(), "the metadata service from {from}");
+        assert!(
+            refused_out() > before,
+            "the metadata SYN from {from} never reached the guard"
+        );
+    };
+    refused_by_the_guard(
+        &|| tcp_probe(&stopped, None, at(BOOT_METADATA, 80), PROBE),
+        "the database container under the guard",
     );
     let status = cli(&["status", "--pin-path", &boot.pin_path]);
     let status = String::from_utf8_lossy(&status.stdout);
@@ -2024,16 +2028,13 @@ fn boot_guard_follows(attach: &str) {
             "ip addr add {BOOT_GUEST_BIZ_V4}/24 dev {BOOT_BIZ} && ip link set {BOOT_BIZ} up && \
              ip route add {BOOT_METADATA}/32 dev {BOOT_BIZ}"
         )));
-        let before = refused_out();
-        assert!(
-            !in_hidden(&format!(
-                "timeout 2 bash -c 'exec 3<>/dev/tcp/{BOOT_METADATA}/80'"
-            )),
-            "the metadata service from a namespace no start looks in"
-        );
-        assert!(
-            refused_out() > before,
-            "the metadata SYN never reached the guard"
+        refused_by_the_guard(
+            &|| {
+                in_hidden(&format!(
+                    "timeout 2 bash -c 'exec 3<>/dev/tcp/{BOOT_METADATA}/80'"
+                ))
+            },
+            "a namespace no start looks in",
         );
     }
     let status = cli(&["status", "--pin-path", &boot.pin_path]);

@@ -309,11 +309,7 @@ pub struct Released {
 impl Released {
     /// Whether it is the device `ifindex` of `netns` (one namespace may be named by two paths).
     pub fn is(&self, ifindex: u32, netns: Option<&Path>) -> bool {
-        self.ifindex == ifindex
-            && (self.netns.as_deref() == netns || {
-                let id = nic::namespace_id(netns);
-                id.is_some() && id == nic::namespace_id(self.netns.as_deref())
-            })
+        self.ifindex == ifindex && nic::same_namespace(self.netns.as_deref(), netns)
     }
 }
 
