@@ -397,6 +397,13 @@ pub mod flags {
     /// Any other packet the guest sends proves nothing: TC sees a batch of packets before the
     /// stack does, so the guest may still acknowledge the data in front of a reset it takes.
     pub const RESET_SEEN: u8 = 64;
+    /// A remote's SYN started this handshake over a connection the guest was not done with and
+    /// a remote's reset had demoted ([`RESET_SEEN`]; its `reset_seq` carried): a spoofed SYN
+    /// the guest's stack discards, its socket living on. The guest's data on the handshake,
+    /// with no SYN-ACK, picks the connection up once it acknowledges past that reset (a review
+    /// found the connection left to lapse in the new table; a second, that without the reset's
+    /// rule a client could have a socket's last segments promote it).
+    pub const RESTARTED: u8 = 128;
 }
 
 #[repr(C)]

@@ -234,6 +234,9 @@ pub fn tracked<F: Flow>(t: &Tables<F>, flow: &F, proto: u8) -> bool {
 /// of a move between them), so the order changes no verdict: a SYN that finds no live flow in
 /// the new table still meets the established one, and removes a closing or expired flow there
 /// before it opens its own.
+///
+/// A remote's SYN that starts over a connection a remote's reset demoted leaves the reset in
+/// `carry` for the handshake it opens ([`flags::RESTARTED`]).
 #[inline(always)]
 pub fn reopen<F: Flow>(
     t: &Tables<F>,
@@ -241,10 +244,20 @@ pub fn reopen<F: Flow>(
     direction: Direction,
     pkt: &Packet,
     now: u64,
+    carry: &mut Carry,
 ) -> Answer {
     let key = flow.key();
     if let Some(entry) = t.new.get_ptr_mut(key) {
         if let Some(value) = flow.state(unsafe { &mut *entry }) {
+            if direction == Direction::Ingress
+                && value.state == state::ESTABLISHED
+                && value.flags & flags::RESET_SEEN != 0
+                && !value.guest_done()
+                && !value.expired(pkt.proto, now)
+            {
+                carry.reset = true;
+                carry.reset_seq = value.reset_seq;
+            }
             // An unanswered pickup (perhaps a bare ACK posing as one) is no connection to keep,
             // nor is one the guest is done with: the SYN starts the tuple over rather than
             // inherit its acknowledgment.
@@ -271,6 +284,21 @@ pub fn reopen<F: Flow>(
     }
     refresh(value, now);
     Answer::tracked(Ok(Reason::Tracked))
+}
+
+/// What a SYN that starts a tuple over carries from the flow it replaces ([`reopen`]).
+#[derive(Clone, Copy)]
+pub struct Carry {
+    /// The flow was a connection a remote's reset demoted: the highest such reset.
+    pub reset: bool,
+    pub reset_seq: u32,
+}
+
+impl Carry {
+    pub const NONE: Carry = Carry {
+        reset: false,
+        reset_seq: 0,
+    };
 }
 
 /// A remote's SYN again on the handshake it opened: the guest's stack may have taken this one
@@ -471,6 +499,21 @@ fn embryonic<F: Flow>(
                     state::UNREPLIED if reply && (!from_guest || pkt.payload_len > 0) => {
                         return promote(t, flow, value, now, Full::Forget)
                     }
+                    // The guest's data, past the reset, on a handshake a remote's SYN started
+                    // over a connection ([`flags::RESTARTED`]) and the guest never answered: its
+                    // socket lives. Picked up, as above; the SYN's window scale was never agreed
+                    // to: the widest. A full table leaves it here: the connection goes on.
+                    state::SYN_SENT
+                        if reply
+                            && from_guest
+                            && pkt.payload_len > 0
+                            && value.flags & flags::RESTARTED != 0
+                            && acks_past_reset(value, pkt) =>
+                    {
+                        value.flags &= !flags::RESTARTED;
+                        value.wscale[Direction::Ingress as usize & 1] = WSCALE_UNKNOWN;
+                        return promote(t, flow, value, now, Full::Stay);
+                    }
                     _ => {}
                 }
             }
@@ -544,7 +587,8 @@ fn promote<F: Flow>(
     }
 }
 
-/// Starts tracking a new flow a rule allowed.
+/// Starts tracking a new flow a rule allowed (`carry`: what a SYN brings from the flow it
+/// started over).
 #[inline(always)]
 pub fn track<F: Flow>(
     ctx: &TcContext,
@@ -553,6 +597,7 @@ pub fn track<F: Flow>(
     direction: Direction,
     pkt: &Packet,
     now: u64,
+    carry: Carry,
 ) -> Result<(), Reason> {
     let mut value = FlowValue {
         last_seen: ticks(now),
@@ -570,6 +615,10 @@ pub fn track<F: Flow>(
     if pkt.kind == Kind::Tcp {
         if pkt.tcp_flags & TCP_SYN != 0 {
             value.state = state::SYN_SENT;
+            if carry.reset {
+                value.flags |= flags::RESTARTED;
+                value.reset_seq = carry.reset_seq;
+            }
             // Read only now: a refused SYN never walks its options.
             value.wscale[direction as usize & 1] = parse::window_scale(ctx, pkt);
             // The guest's own: what the remote's SYN-ACK answers. (Coming in it would be

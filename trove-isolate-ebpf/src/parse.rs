@@ -561,8 +561,9 @@ fn l4(ctx: &TcContext, off: usize, end: usize, mut pkt: Packet) -> Result<Parsed
 
 /// The window scale option among a TCP packet's options (SYN and SYN-ACK only carry it), read
 /// only when a handshake needs it (`conntrack`): its shift, `WSCALE_NONE` when the options do not
-/// carry one, `WSCALE_UNKNOWN` when they do not parse (the flow then gets the widest window, never
-/// a narrower one than the endpoints use).
+/// carry one, `WSCALE_UNKNOWN` when they do not parse or carry two (the flow then gets the widest
+/// window, never a narrower one than the endpoints use: Linux takes the last of two, and a
+/// review found a SYN whose first said 0 and whose second said 14).
 ///
 /// Read with `bpf_skb_load_bytes` rather than direct access: the walk's offset depends on the
 /// bytes read, which the verifier cannot follow through direct packet pointers. (Copying the
@@ -571,15 +572,16 @@ fn l4(ctx: &TcContext, off: usize, end: usize, mut pkt: Packet) -> Result<Parsed
 pub fn window_scale(ctx: &TcContext, pkt: &Packet) -> u8 {
     let mut off = pkt.options_at as usize;
     let end = off + pkt.options_len as usize;
+    let mut found = WSCALE_NONE;
     for _ in 0..TCP_MAX_OPTIONS {
         if off >= end {
-            return WSCALE_NONE;
+            return found;
         }
         let Ok(kind) = ctx.load::<u8>(off) else {
             return WSCALE_UNKNOWN;
         };
         match kind {
-            TCPOPT_EOL => return WSCALE_NONE,
+            TCPOPT_EOL => return found,
             TCPOPT_NOP => off += 1,
             k => {
                 let Ok(len) = ctx.load::<u8>(off + 1) else {
@@ -590,12 +592,15 @@ pub fn window_scale(ctx: &TcContext, pkt: &Packet) -> u8 {
                     return WSCALE_UNKNOWN;
                 }
                 if k == TCPOPT_WSCALE && len == 3 {
+                    if found != WSCALE_NONE {
+                        return WSCALE_UNKNOWN;
+                    }
                     // RFC 7323 2.3: a shift above 14 is taken as 14 (and must not alias the
                     // markers above it).
-                    return match ctx.load::<u8>(off + 2) {
+                    found = match ctx.load::<u8>(off + 2) {
                         Ok(shift) if shift > WSCALE_MAX => WSCALE_MAX,
                         Ok(shift) => shift,
-                        Err(_) => WSCALE_UNKNOWN,
+                        Err(_) => return WSCALE_UNKNOWN,
                     };
                 }
                 off += len;
@@ -603,7 +608,7 @@ pub fn window_scale(ctx: &TcContext, pkt: &Packet) -> u8 {
         }
     }
     if off >= end {
-        WSCALE_NONE
+        found
     } else {
         WSCALE_UNKNOWN
     }

@@ -151,13 +151,14 @@ fn open<F: Flow>(
         return Err(Reason::NotLocal);
     }
     let now = conntrack::now();
+    let mut carry = conntrack::Carry::NONE;
     if syn {
-        let reopened = conntrack::reopen(t, flow, direction, pkt, now);
+        let reopened = conntrack::reopen(t, flow, direction, pkt, now, &mut carry);
         if reopened.tracked {
             return reopened.verdict;
         }
     }
-    conntrack::track(ctx, t, flow, direction, pkt, now)?;
+    conntrack::track(ctx, t, flow, direction, pkt, now, carry)?;
     Ok(Reason::Allowed)
 }
 

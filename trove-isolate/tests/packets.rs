@@ -1234,6 +1234,28 @@ fn a_second_syn_leaves_the_clients_window_scale_unknown() {
     ]);
 }
 
+/// A SYN that carries the window scale option twice, 0 then 14: Linux takes the last, so the
+/// client's window of 1 is 16 KiB to the guest's stack. Taken at the first, the guest's FIN 78
+/// bytes past the client's acknowledgment (inside what its stack may send) was dropped as out of
+/// a 1-byte window on every retransmission, and the flow held its established slot for a day (a
+/// review found it). Two options are taken as unknown: the widest.
+#[rustfmt::skip]
+#[test]
+fn a_syn_with_two_window_scale_options_gets_the_widest_window() {
+    use Reason::*;
+    let mut dp = datapath();
+    let c = (33800, 3306);
+    let s = (3306, 33800);
+    let twice = [3, 3, 0, 3, 3, 14, 1, 1];
+    run_table(&mut dp, &[
+        pass("SYN, window scale 0 then 14", B, I, v4_opts(CLIENT, G4, c, SYN, 1000, 0, 64240, &twice), Allowed),
+        pass("SYN-ACK, scale 7", B, E, v4_opts(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100, &linux_syn_options(7)), Tracked),
+        pass("client ACK, window 1", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 1), Tracked),
+        pass("greeting, 78 bytes the client never acknowledges", B, E, v4_data(G4, CLIENT, s, 5001, 1001, &[0; 78]), Tracked),
+        pass("the guest's FIN after it", B, E, v4_seq(G4, CLIENT, s, FIN | ACK, 5079, 1001, 100), Tracked),
+    ]);
+}
+
 /// The window scale of the SYNs widens the window a FIN or RST is held to; without the option
 /// on both SYNs, nothing is scaled.
 #[rustfmt::skip]
@@ -2097,6 +2119,43 @@ fn a_reset_the_guest_may_take_gives_the_established_slot_back() {
         pass("a new connection on the tuple", B, I, v4_seq(CLIENT, G4, c, SYN, 70_000, 0, 64240), Allowed),
     ]);
     assert_eq!(established(&dp), 2);
+
+    // ... and a spoofed one (its checksum bad, so the guest's stack never sees it) started over
+    // a connection the guest still holds: the handshake it opens is never answered, and the
+    // connection would lapse in the new table once idle for 30 s (a review found it). The
+    // guest's next data proves its socket lives: the flow is picked up, at the widest scale.
+    run_table(&mut dp, &handshake(34010));
+    let (c, s) = ((34010, 3306), (3306, 34010));
+    run_table(&mut dp, &[
+        pass("a blind reset inside the window", B, I, v4_seq(CLIENT, G4, c, RST, 1050, 0, 0), Tracked),
+        pass("a spoofed SYN on the tuple", B, I, v4_seq(CLIENT, G4, c, SYN, 424_242, 0, 64240), Allowed),
+        pass("the client's request", B, I, v4_segment(CLIENT, G4, c, ACK | 0x08, (1001, 5001), &[7; 100]), Tracked),
+        pass("a bare ACK from the guest proves nothing", B, E, v4_seq(G4, CLIENT, s, ACK, 5001, 1101, 100), Tracked),
+    ]);
+    assert_eq!(established(&dp), 2);
+    run_table(&mut dp, &[
+        pass("the guest's answer", B, E, v4_segment(G4, CLIENT, s, ACK | 0x08, (5001, 1101), &[9; 20]), Tracked),
+    ]);
+    assert_eq!(established(&dp), 3, "the guest's own data did not pick the connection up");
+    run_table(&mut dp, &[
+        pass("the client's next request", B, I, v4_segment(CLIENT, G4, c, ACK | 0x08, (1101, 5021), &[7; 10]), Tracked),
+        pass("the guest's FIN", B, E, v4_seq(G4, CLIENT, s, FIN | ACK, 5021, 1111, 100), Tracked),
+    ]);
+
+    // The same order from a client that means it: a reset at what the guest has received, then
+    // a SYN. The guest's stack may send data (its socket busy, the two waiting in its backlog)
+    // before it takes the reset, and then has no connection: data that acknowledges no more
+    // than the reset picks nothing up (a second review found the slot held for a day).
+    run_table(&mut dp, &handshake(34011));
+    let (c, s) = ((34011, 3306), (3306, 34011));
+    run_table(&mut dp, &[
+        pass("a request", B, I, v4_segment(CLIENT, G4, c, ACK | 0x08, (1001, 5001), &[7; 100]), Tracked),
+        pass("a reset at what the guest has received", B, I, v4_seq(CLIENT, G4, c, RST, 1101, 0, 0), Tracked),
+        pass("a SYN on the tuple", B, I, v4_seq(CLIENT, G4, c, SYN, 777_777, 0, 64240), Allowed),
+        pass("the guest's data, at the reset", B, E, v4_segment(G4, CLIENT, s, ACK | 0x08, (5001, 1101), &[9; 20]), Tracked),
+    ]);
+    let promoted = dp.flows(B, Table::Established).expect("flows").iter().any(|(k, _)| u16::from_be(k.remote_port) == 34011);
+    assert!(!promoted, "data that does not acknowledge past the reset picked the flow up");
 }
 
 /// A UDP flow takes an established slot only as a stream: a reply seen, and the guest still

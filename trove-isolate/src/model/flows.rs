@@ -152,6 +152,10 @@ pub struct Flow {
     pub syn_scale: [Option<ScaleOption>; 2],
     /// TCP: the data the guest's opening SYN carried (Fast Open), in bytes, at most 65,535.
     pub syn_data: u16,
+    /// TCP: a remote's SYN opened this handshake over a connection the guest was not done with
+    /// and a remote's reset had demoted: that reset (`reset_seen`'s), which the guest's data
+    /// must acknowledge past to pick the connection up.
+    pub restarted_over: Option<u32>,
 }
 
 fn side(direction: Direction) -> usize {
@@ -172,6 +176,7 @@ impl Flow {
             guest_end: None,
             syn_scale: [None; 2],
             syn_data: 0,
+            restarted_over: None,
         };
         if let L4::Tcp(tcp) = l4 {
             if tcp.flags.syn() {
@@ -298,6 +303,24 @@ impl Flow {
                         Stage::Unreplied if reply && (!from_guest || tcp.payload_len > 0) => {
                             self.promote()
                         }
+                        // The guest's data, past the reset, on a handshake a remote's SYN
+                        // started over a connection (`restarted_over`) and the guest never
+                        // answered: its socket lives (the SYN was a spoofed one it discarded).
+                        // Picked up as above, at the widest scale for the remote, whose SYN the
+                        // guest never agreed to.
+                        Stage::SynSent
+                            if reply
+                                && from_guest
+                                && tcp.payload_len > 0
+                                && self.restarted_over.is_some_and(|reset| {
+                                    (tcp.ack.wrapping_sub(reset) as i32) > 1
+                                }) =>
+                        {
+                            self.restarted_over = None;
+                            self.syn_scale[side(Direction::Ingress)] =
+                                Some(ScaleOption::Unparsable);
+                            self.promote()
+                        }
                         _ => {}
                     }
                 }
@@ -319,6 +342,17 @@ impl Flow {
             && matches!(self.stage, Stage::SynSent | Stage::SynAcked)
             && matches!(self.guest_end,
                 Some(end) if seq != end.wrapping_sub(1 + u32::from(self.syn_data)))
+    }
+
+    /// The reset a remote's SYN on this flow carries into the handshake it starts over it: a
+    /// connection the guest is not done with, which a remote's reset demoted.
+    pub fn reset_to_carry(&self, direction: Direction) -> Option<u32> {
+        if direction == Direction::Ingress && self.stage == Stage::Established && !self.guest_done()
+        {
+            self.reset_seen
+        } else {
+            None
+        }
     }
 
     /// Whether the guest has finished with the flow: its FIN sent, or the flow closed. Such a

@@ -331,6 +331,11 @@ impl Model {
         if syn {
             self.admit(role, direction, id, pkt)?;
         }
+        // What the SYN carries from a flow it starts over (read before it is forgotten).
+        let carried = match self.flows.get(&(role, id)) {
+            Some(flow) if syn => flow.reset_to_carry(direction),
+            _ => None,
+        };
         if let Some(verdict) = self.follow_flow(role, direction, id, &pkt.l4) {
             return verdict;
         }
@@ -340,8 +345,9 @@ impl Model {
             }
             self.admit(role, direction, id, pkt)?;
         }
-        self.flows
-            .insert((role, id), Flow::open(direction, &pkt.l4));
+        let mut flow = Flow::open(direction, &pkt.l4);
+        flow.restarted_over = carried;
+        self.flows.insert((role, id), flow);
         Ok(Reason::Allowed)
     }
 

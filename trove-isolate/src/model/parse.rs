@@ -432,14 +432,17 @@ fn tcp(frame: &[u8], off: usize, end: usize, ip: Ip) -> Result<Frame, Reason> {
 }
 
 /// The window scale option among TCP options (RFC 9293 section 3.2): end-of-list and no-op are
-/// one byte, every other option is kind, length (at least 2, inside the options), data. Only
-/// the first eight options (no-ops included) are looked at: real stacks send five or six, and
-/// a SYN that hides the option further is taken as unparsable (the widest window).
+/// one byte, every other option is kind, length (at least 2, inside the options), data. The
+/// walk takes eight options at most (no-ops and the end of the list included): real stacks
+/// send five to eight, and a SYN with more is taken as unparsable (the widest window). So is
+/// one that carries the option twice (Linux takes the last, the first may say less), or
+/// options that do not parse after it.
 fn window_scale(options: &[u8]) -> ScaleOption {
     let mut rest = options;
+    let mut found = ScaleOption::Absent;
     for _ in 0..MAX_TCP_OPTIONS_WALKED {
         match rest {
-            [] | [TCP_OPTION_END, ..] => return ScaleOption::Absent,
+            [] | [TCP_OPTION_END, ..] => return found,
             [TCP_OPTION_NOP, tail @ ..] => rest = tail,
             [kind, len, ..] => {
                 let len = usize::from(*len);
@@ -447,7 +450,10 @@ fn window_scale(options: &[u8]) -> ScaleOption {
                     return ScaleOption::Unparsable;
                 }
                 if *kind == TCP_OPTION_WINDOW_SCALE && len == 3 {
-                    return ScaleOption::Shift(rest[2]);
+                    if found != ScaleOption::Absent {
+                        return ScaleOption::Unparsable;
+                    }
+                    found = ScaleOption::Shift(rest[2]);
                 }
                 rest = &rest[len..];
             }
@@ -456,7 +462,7 @@ fn window_scale(options: &[u8]) -> ScaleOption {
         }
     }
     if rest.is_empty() {
-        ScaleOption::Absent
+        found
     } else {
         ScaleOption::Unparsable
     }

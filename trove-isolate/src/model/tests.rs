@@ -199,14 +199,21 @@ fn tcp_window_scale_option() {
     assert_eq!(scale(vec![1, 1, 1, 3]), Some(ScaleOption::Unparsable));
     assert_eq!(scale(vec![2, 9, 0, 0]), Some(ScaleOption::Unparsable));
     assert_eq!(scale(vec![3, 4, 7, 0]), Some(ScaleOption::Absent));
-    // Eight options are looked at, no-ops included.
-    let mut hidden = vec![1; 7];
+    // Eight options are looked at, no-ops and the end of the list (here the padding) included.
+    let mut hidden = vec![1; 6];
     hidden.extend_from_slice(&[3, 3, 5]);
     assert_eq!(scale(hidden), Some(ScaleOption::Shift(5)));
-    let mut hidden = vec![1; 8];
+    let mut hidden = vec![1; 7];
     hidden.extend_from_slice(&[3, 3, 5]);
     assert_eq!(scale(hidden), Some(ScaleOption::Unparsable));
     assert_eq!(scale(vec![1; 8]), Some(ScaleOption::Absent));
+    // Twice (Linux takes the last: the first may say less), or before options that do not
+    // parse: the widest.
+    assert_eq!(
+        scale(vec![3, 3, 0, 3, 3, 14]),
+        Some(ScaleOption::Unparsable)
+    );
+    assert_eq!(scale(vec![3, 3, 7, 8, 1]), Some(ScaleOption::Unparsable));
 }
 
 #[test]

@@ -471,6 +471,15 @@ fn tcp_options() -> BoxedStrategy<Vec<u8>> {
             v.extend_from_slice(&[3, 3, s]);
             v
         }),
+        // The window scale twice (Linux takes the last), or followed by options that do not
+        // parse.
+        1 => (shift(), shift(), any::<bool>()).prop_map(|(a, b, broken)| {
+            if broken {
+                vec![3, 3, a, 8, 1]
+            } else {
+                vec![3, 3, a, 1, 3, 3, b, 0]
+            }
+        }),
     ]
     .boxed()
 }
