@@ -33,7 +33,12 @@ use crate::{
 pub fn summary(state: &State) -> String {
     let mut parts = Vec::new();
     for role in Role::ALL {
-        if let Some(a) = state.attached(role).next() {
+        if state.absent.contains(&role) {
+            parts.push(format!(
+                "{} NOT FOUND (its pinned programs stay where they were)",
+                role.name()
+            ));
+        } else if let Some(a) = state.attached(role).next() {
             let netns = a
                 .netns
                 .as_ref()
@@ -140,11 +145,16 @@ pub async fn run(
     // the roles' programs hold them now, ahead of it.
     let boot_netns = source.boot_netns();
     // One that will not go stays, chained after the policy (fail closed), and is tried again at
-    // each sweep.
-    let released = boot_guard::release(&pins, boot_netns).unwrap_or_else(|e| {
-        log::error!("releasing the boot guard: {e:#} (tried again every 10 s)");
+    // each sweep. So does the guard while a NIC is not found: it may hold that NIC, wherever it
+    // is (after the policy, it takes nothing from the NICs found).
+    let released = if state.absent.is_empty() {
+        boot_guard::release(&pins, boot_netns).unwrap_or_else(|e| {
+            log::error!("releasing the boot guard: {e:#} (tried again every 10 s)");
+            Vec::new()
+        })
+    } else {
         Vec::new()
-    });
+    };
     let guard_released = !released.is_empty();
     let (held, unheld): (Vec<_>, Vec<_>) = released.into_iter().partition(|nic| {
         state
@@ -165,6 +175,8 @@ pub async fn run(
         );
     }
     let status = summary(&state);
+    // Until the first look finds them (the reconcile logged why).
+    let unprotected = Role::ALL.map(|role| state.absent.contains(&role));
 
     source.compact();
     let mut world = Enforcing {
@@ -185,6 +197,7 @@ pub async fn run(
         state: RwLock::new(state),
         stats: Mutex::new(DaemonStats {
             unresolved_names: world.policy.unresolved_count(),
+            unprotected,
             conntrack_capacity: Some(world.policy.conntrack),
             boot_guard: boot_guard::counts(&world.pins).unwrap_or_else(|e| {
                 log::warn!("reading the boot guard's counters: {e:#}");
@@ -424,20 +437,30 @@ impl Enforcing {
             } else {
                 ""
             };
-            log::info!(
-                "{} NIC moved from {} to {}: {how} in {:.1} ms{late}",
-                moved.role,
-                moved.from,
-                moved.to,
-                moved.took.as_secs_f64() * 1e3
-            );
+            match &moved.from {
+                Some(from) => log::info!(
+                    "{} NIC moved from {from} to {}: {how} in {:.1} ms{late}",
+                    moved.role,
+                    moved.to,
+                    moved.took.as_secs_f64() * 1e3
+                ),
+                None => log::info!(
+                    "{} NIC found at {}: {how} in {:.1} ms{late}",
+                    moved.role,
+                    moved.to,
+                    moved.took.as_secs_f64() * 1e3
+                ),
+            }
             if moved.reattached {
                 stats.count_reattach(moved.role, &moved.to.name, moved.late);
             }
             state.moves.retain(|m| m.role != moved.role);
             state.moves.push(MoveRecord {
                 role: moved.role,
-                from: moved.from.to_string(),
+                from: moved
+                    .from
+                    .as_ref()
+                    .map_or_else(|| "not found".to_string(), ToString::to_string),
                 to: moved.to.to_string(),
                 at_unix_ms: unix_ms(),
                 reattach_ms: moved.took.as_secs_f64() * 1e3,
@@ -569,10 +592,12 @@ impl Enforcing {
             }
         }
         if self.addresses.as_ref() != Some(&nets) {
-            let entries: Vec<_> = nets
+            let mut entries: Vec<_> = nets
                 .iter()
                 .flat_map(|(role, n)| local::entries(*role, n))
                 .collect();
+            // A NIC not found since the start keeps what the map has for it.
+            entries.extend(self.datapath.local_entries_of(&self.missing())?);
             self.datapath.sync_local(&entries)?;
             if self.addresses.is_some() {
                 log::info!("NIC addresses changed: {}", describe(&nets));
@@ -582,9 +607,20 @@ impl Enforcing {
         Ok(())
     }
 
-    /// Takes off a boot guard that would not go at the start (its record is still there).
+    /// Roles of the policy whose NIC no reconcile or look has found yet.
+    fn missing(&self) -> Vec<Role> {
+        self.policy
+            .nics
+            .iter()
+            .map(|n| n.role)
+            .filter(|role| !self.devices.iter().any(|(r, _)| r == role))
+            .collect()
+    }
+
+    /// Takes off a boot guard that would not go at the start (its record is still there), or
+    /// that stayed while a NIC was not found.
     fn release_boot_guard(&self) {
-        if !self.pins.guard_record().exists() {
+        if !self.pins.guard_record().exists() || !self.missing().is_empty() {
             return;
         }
         match boot_guard::release(&self.pins, self.source.boot_netns()) {

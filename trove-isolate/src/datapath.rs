@@ -661,6 +661,30 @@ impl Datapath {
             .context("writing the local address map")
     }
 
+    /// The local-address map's entries of `roles` as they are: what a NIC not found now keeps
+    /// (its programs still judge its ARP, neighbour discovery and new flows by them).
+    pub fn local_entries_of(
+        &self,
+        roles: &[Role],
+    ) -> anyhow::Result<Vec<(Key<LocalKey>, LocalValue)>> {
+        if roles.is_empty() {
+            return Ok(Vec::new());
+        }
+        let map = self
+            .ebpf
+            .map(maps::LOCAL)
+            .with_context(|| format!("map {} missing", maps::LOCAL))?;
+        let trie: LpmTrie<&MapData, LocalKey, LocalValue> = LpmTrie::try_from(map)?;
+        let mut kept = Vec::new();
+        for entry in trie.iter() {
+            let (key, value) = entry.context("reading the local address map")?;
+            if roles.iter().any(|r| *r as u8 == key.data().role) {
+                kept.push((key, value));
+            }
+        }
+        Ok(kept)
+    }
+
     /// Puts `sets` in force, in the order [`own_sets`] gives; nothing when they are already.
     fn sync_own_sets(&mut self, sets: &[OwnSet; Role::COUNT]) -> anyhow::Result<()> {
         let generation = self.own_generation()?;

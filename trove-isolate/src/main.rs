@@ -84,8 +84,10 @@ enum Command {
         /// The TOML config file.
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
-        /// Check only what needs no guest: the file's syntax, its keys and their types. For an
-        /// image build (`cargo xtask dist --config`), off the guest whose Trove files, NICs and
+        /// Check only what needs no guest: the file's syntax and keys, and the values of every
+        /// key that needs no guest (mode, attach, pin_path, [metrics], [drops], [conntrack],
+        /// [boot]; without [trove], every section's, host names not looked up). For an image
+        /// build (`cargo xtask dist --config`), off the guest whose Trove files, NICs and
         /// names the full check reads; the unit's start runs the full check on the guest.
         #[arg(long)]
         offline: bool,
@@ -100,8 +102,9 @@ enum Command {
     /// the mode, the policy size, the last move the daemon followed and the verdict counters.
     ///
     /// Exits 0 when every NIC of the record is enforced where it is now, 3 when one is not (not
-    /// found, or lacking our programs) or nothing is enforced under the pin path (as `systemctl
-    /// status` exits 3 for a unit that is not active), 1 on an error.
+    /// found, lacking our programs, or in audit mode, which drops nothing) or nothing is
+    /// enforced under the pin path (as `systemctl status` exits 3 for a unit that is not
+    /// active), 1 on an error.
     Status {
         /// The pin directory of the enforcement to inspect (the config's `pin_path`).
         #[arg(long, default_value = DEFAULT_PIN_PATH)]
@@ -455,10 +458,15 @@ fn run(command: Command) -> anyhow::Result<()> {
             config,
             offline: true,
         } => {
-            trove_isolate::config::Config::load(&config)?;
+            let parsed = trove_isolate::config::Config::load(&config)?;
+            Policy::check_offline(&parsed, &config)?;
+            let rest = if parsed.trove.is_some() {
+                "its Trove files, the sections they fill, NICs and names"
+            } else {
+                "its NICs and names"
+            };
             println!(
-                "config {} parses (offline: its Trove files, NICs and names are checked on the \
-                 guest)",
+                "config {} is valid offline ({rest} are checked on the guest)",
                 config.display()
             );
             Ok(())

@@ -282,7 +282,10 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
                 let _ = packets.get_or_create(&labels);
                 let _ = bytes.get_or_create(&labels);
             }
-            let is_attached = state.attachment(role, direction).is_some();
+            // As recorded, and still there at the daemon's last look (each second): a NIC not
+            // found, or that lost our programs and could not have them back, is not.
+            let is_attached =
+                state.attachment(role, direction).is_some() && !stats.unprotected[role as usize];
             attached
                 .get_or_create(&AttachLabels {
                     interface: interface.clone(),
@@ -546,6 +549,15 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line} in:\n{text}");
         }
+        // The management NIC recorded as attached, but not found at the last look.
+        let lost = DaemonStats {
+            unprotected: [true, false],
+            ..stats
+        };
+        let text = render(&counts, &state, &lost);
+        let line =
+            r#"trove_isolate_attached{interface="ens3",role="management",direction="ingress"} 0"#;
+        assert!(text.contains(line), "missing {line} in:\n{text}");
     }
 
     /// The alert rules and the dashboard shipped in dist/ name only series this exposition has.

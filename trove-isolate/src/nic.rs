@@ -44,6 +44,15 @@ pub struct NicSpec {
 }
 
 impl NicSpec {
+    /// Whether this spec names the device our programs were attached to, as recorded (`name`
+    /// and `netns` where they were, `mac` if known): the same NIC, not a config that changed.
+    pub fn names_recorded(&self, name: &str, netns: Option<&Path>, mac: Option<[u8; 6]>) -> bool {
+        match &self.selector {
+            NicSelector::Mac(m) => mac == Some(*m),
+            NicSelector::Name(n) => n == name && self.netns.as_deref() == netns,
+        }
+    }
+
     /// Whether two specs can only mean one device: the same name in the same namespace, or the
     /// same MAC anywhere (a MAC names the device whichever namespace it sits in).
     pub fn same_nic(&self, other: &NicSpec) -> bool {
@@ -113,6 +122,17 @@ pub enum NicError {
         "more than one device has the MAC {spec} ({devices}): refusing to guess which is the NIC"
     )]
     Ambiguous { spec: String, devices: String },
+}
+
+impl NicError {
+    /// The NIC is nowhere the daemon looks (gone, or in a namespace no file names), as opposed
+    /// to found twice or not listable.
+    pub fn is_absent(&self) -> bool {
+        matches!(
+            self,
+            NicError::NotFound { .. } | NicError::NoSuchMac { .. } | NicError::Netns(_)
+        )
+    }
 }
 
 /// Where named network namespaces live: `ip netns` and docker's sandboxes.
@@ -405,4 +425,30 @@ pub fn host_nics() -> Result<Vec<(String, String)>, nix::Error> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A start keeps a NIC it cannot find only when the config names the device the record
+    /// holds: another name, namespace or MAC is a config that changed (a typo), refused.
+    #[test]
+    fn a_spec_names_the_recorded_nic_by_its_identity_alone() {
+        let mac = [0xfa, 0x16, 0x3e, 0, 0, 1];
+        let by_mac = NicSpec {
+            selector: NicSelector::Mac(mac),
+            netns: None,
+        };
+        assert!(by_mac.names_recorded("eth0", Some(Path::new("/run/netns/db")), Some(mac)));
+        assert!(!by_mac.names_recorded("eth1", None, Some([0xfa, 0x16, 0x3e, 0, 0, 2])));
+        assert!(!by_mac.names_recorded("eth1", None, None));
+        let by_name = NicSpec {
+            selector: NicSelector::Name("eth1".into()),
+            netns: Some(PathBuf::from("/run/netns/db")),
+        };
+        assert!(by_name.names_recorded("eth1", Some(Path::new("/run/netns/db")), None));
+        assert!(!by_name.names_recorded("eth2", Some(Path::new("/run/netns/db")), None));
+        assert!(!by_name.names_recorded("eth1", None, Some(mac)));
+    }
 }

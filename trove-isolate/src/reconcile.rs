@@ -1,9 +1,10 @@
 //! The reconcile step: bring the kernel to a policy. Used by the start, every reload and every
 //! move of a NIC.
 //!
-//! [`enforce`] resolves every NIC first (nothing is touched if one is missing), loads the
-//! programs against the pinned maps, writes the policy (add before remove), ensures each
-//! attachment, retires what the new policy no longer covers and records the result. Nothing
+//! [`enforce`] resolves every NIC first (nothing is touched if one is missing, but for a NIC the
+//! pinned policy holds, which keeps what it had until it is found), loads the programs against
+//! the pinned maps, writes the policy (add before remove), ensures each attachment, retires what
+//! the new policy no longer covers and records the result. Nothing
 //! here detaches on exit: links and maps are pinned, legacy filters stay on their qdiscs, and the
 //! next start adopts them in place.
 
@@ -58,17 +59,50 @@ fn enforce_with(
     check_bpffs(&pins)?;
     let previous = State::read(&pins.state_file())?;
     let mut devices: Devices = Vec::new();
+    let mut absent = Vec::new();
     for nic_policy in &policy.nics {
         // Where our programs were: the NIC stays there while it is there.
-        let last = previous
+        let recorded = previous
             .as_ref()
-            .and_then(|p| p.attached(nic_policy.role).next())
-            .map(|a| nic::Place {
-                ifindex: a.ifindex,
-                netns: a.netns.clone(),
-            });
-        let device = nic::resolve(&nic_policy.nic, last.as_ref())
-            .with_context(|| format!("[{}] NIC {}", nic_policy.role.name(), nic_policy.nic))?;
+            .and_then(|p| p.attached(nic_policy.role).next());
+        let last = recorded.map(|a| nic::Place {
+            ifindex: a.ifindex,
+            netns: a.netns.clone(),
+        });
+        let device = match nic::resolve(&nic_policy.nic, last.as_ref()) {
+            Ok(device) => device,
+            // The NIC the pinned policy holds (as the config names it still), and no device
+            // with its MAC anywhere the daemon looks (gone, or in a namespace no file names):
+            // what it had stays, and the daemon attaches wherever it turns up. The other NIC is
+            // not held back. A config that names another NIC than the record's is refused (a
+            // typo must not start), and so is a NIC seen elsewhere under another name, which
+            // the start that fails holds closed (`boot_guard::hold_lapsed`).
+            Err(e)
+                if e.is_absent()
+                    && recorded.is_some_and(|a| {
+                        nic_policy
+                            .nic
+                            .names_recorded(&a.interface, a.netns.as_deref(), a.mac)
+                            && a.mac.is_some_and(|mac| {
+                                nic::with_mac(mac, a.netns.as_deref()).is_empty()
+                            })
+                    }) =>
+            {
+                log::error!(
+                    "[{}] NIC {}: {e}; it is not protected until it is found (its pinned \
+                     programs stay where they were)",
+                    nic_policy.role.name(),
+                    nic_policy.nic
+                );
+                absent.push((nic_policy.role, e));
+                continue;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("[{}] NIC {}", nic_policy.role.name(), nic_policy.nic)
+                })
+            }
+        };
         if let Some((other, _)) = devices.iter().find(|(_, d)| device.same_device(d)) {
             bail!(
                 "[{}] NIC {} is {device}, which [{}] names too: one role's programs would \
@@ -80,6 +114,16 @@ fn enforce_with(
         }
         devices.push((nic_policy.role, device));
     }
+    // Not one NIC found (a daemon in the wrong namespace, say): nothing to start on.
+    if devices.is_empty() && !absent.is_empty() {
+        let (role, e) = absent.swap_remove(0);
+        let nic = policy
+            .nic(role)
+            .map(|n| n.nic.to_string())
+            .unwrap_or_default();
+        return Err(e).with_context(|| format!("[{}] NIC {nic}", role.name()));
+    }
+    let absent: Vec<Role> = absent.into_iter().map(|(role, _)| role).collect();
     // A first start that fails leaves nothing behind; a later one leaves the policy in force.
     // (The boot guard's pins, under the same root, are not the roles'.)
     let first_start = previous.is_none() && !pins.map(maps::SETTINGS).exists();
@@ -94,6 +138,7 @@ fn enforce_with(
         first_start,
         &pins,
         &devices,
+        &absent,
         &previous,
         &mut attachments,
     )
@@ -116,6 +161,7 @@ fn enforce_with(
         policy_map_rules: Some(counts.maps.to_vec()),
         attachments,
         names: crate::state::NameAddresses::of(policy),
+        absent,
         ..State::default()
     };
     state
@@ -145,6 +191,7 @@ fn apply(
     first_start: bool,
     pins: &Pins,
     devices: &[(Role, nic::Device)],
+    absent: &[Role],
     previous: &State,
     attachments: &mut Vec<Attachment>,
 ) -> anyhow::Result<Option<Datapath>> {
@@ -169,7 +216,9 @@ fn apply(
     datapath.sync_policy(policy, in_force)?;
     write_settings(datapath, policy)?;
     // The NICs' addresses before any program judges a packet: a new flow must be the NIC's own.
-    let (local, _) = local_entries(devices)?;
+    // A NIC not found keeps the addresses it had: its programs may still judge it somewhere.
+    let (mut local, _) = local_entries(devices)?;
+    local.extend(datapath.local_entries_of(absent)?);
     datapath.sync_local(&local)?;
     if !datapath.resized().is_empty() {
         let carried = datapath.carry_flows()?;
@@ -199,6 +248,31 @@ fn apply(
         } else {
             let first = devices.first().map_or(Role::Management, |(role, _)| *role);
             datapath.verify_attaching(first, ensure)?;
+        }
+        // A NIC not found keeps what it had: its TCX links, which went wherever the device
+        // went, are turned to the programs loaded now; a filter stays as it is (its program
+        // reads the pinned maps, or the maps it had if they were made anew) until the NIC is
+        // found.
+        for role in absent {
+            let kept: Vec<Attachment> = previous.attached(*role).cloned().collect();
+            if datapath.programs_loaded() {
+                for (direction, program) in Direction::ALL
+                    .into_iter()
+                    .zip(datapath.role_programs(*role))
+                {
+                    if kept
+                        .iter()
+                        .any(|a| a.direction == direction && a.hook == Hook::Tcx)
+                        && !attach::update_tcx(program, &pins.link(*role, direction))
+                    {
+                        log::warn!(
+                            "the {role} NIC's {direction} link could not be turned to the \
+                             programs loaded now (its device may be gone)"
+                        );
+                    }
+                }
+            }
+            attachments.extend(kept);
         }
         retire(pins, &previous.attachments, attachments)?;
         datapath.pin_resized()?;
@@ -321,7 +395,8 @@ fn superseded<'a>(old: &'a [Attachment], new: &[Attachment]) -> Vec<&'a Attachme
 #[derive(Debug, Clone)]
 pub struct Moved {
     pub role: Role,
-    pub from: nic::Device,
+    /// Where it was; none for a NIC the reconcile did not find.
+    pub from: Option<nic::Device>,
     pub to: nic::Device,
     /// Programs attached again (legacy: the move tore the filters down); TCX links follow
     /// their device, and are only checked.
@@ -336,6 +411,7 @@ pub struct Moved {
 /// What following the NICs found.
 #[derive(Debug, Default)]
 pub struct Followed {
+    /// NICs found where they went (or first found: [`State::absent`]) and attached there.
     pub moved: Vec<Moved>,
     /// Roles whose NIC is nowhere to be found, or could not be attached where it is now.
     pub unprotected: Vec<(Role, String)>,
@@ -367,6 +443,14 @@ pub fn follow(
             .cloned()
             .collect();
         let Some(slot) = devices.iter_mut().find(|(r, _)| *r == role) else {
+            match find_absent(policy, datapath, pins, state, nic_policy, &others) {
+                Ok(found) => {
+                    state.absent.retain(|r| *r != role);
+                    devices.push((role, found.to.clone()));
+                    followed.moved.push(found);
+                }
+                Err(why) => followed.unprotected.push((role, why)),
+            }
             continue;
         };
         let started = Instant::now();
@@ -420,7 +504,7 @@ pub fn follow(
                 Ok((reattached, late)) => {
                     followed.moved.push(Moved {
                         role,
-                        from: slot.1.clone(),
+                        from: Some(slot.1.clone()),
                         to: now.clone(),
                         reattached,
                         late,
@@ -438,6 +522,52 @@ pub fn follow(
         }
     }
     followed
+}
+
+/// Looks for a NIC the reconcile did not find (first where its record last had it) and
+/// attaches there; why not, if it cannot.
+fn find_absent(
+    policy: &Policy,
+    datapath: &mut Datapath,
+    pins: &Pins,
+    state: &mut State,
+    nic_policy: &crate::policy::NicPolicy,
+    others: &[(Role, nic::Device)],
+) -> Result<Moved, String> {
+    let role = nic_policy.role;
+    let started = Instant::now();
+    let last = state.attached(role).next().map(|a| nic::Place {
+        ifindex: a.ifindex,
+        netns: a.netns.clone(),
+    });
+    let mut last_error = String::new();
+    for _ in 0..FOLLOW_ATTEMPTS {
+        let device = match nic::resolve(&nic_policy.nic, last.as_ref()) {
+            Ok(device) => device,
+            Err(e) if e.is_absent() => return Err(format!("{e:#}")),
+            Err(e) => {
+                last_error = format!("{e:#}");
+                continue;
+            }
+        };
+        if let Some((other, _)) = others.iter().find(|(_, d)| device.same_device(d)) {
+            return Err(format!("{device} is the {other} NIC"));
+        }
+        match attach_where_it_is(policy, datapath, pins, state, role, &device) {
+            Ok((reattached, late)) => {
+                return Ok(Moved {
+                    role,
+                    from: None,
+                    to: device,
+                    reattached,
+                    late,
+                    took: started.elapsed(),
+                })
+            }
+            Err(e) => last_error = format!("{e:#}"),
+        }
+    }
+    Err(last_error)
 }
 
 /// Attaches `role`'s programs to `device`, recording them in `state`. Returns whether they were

@@ -76,6 +76,10 @@ pub struct State {
     /// while DNS does not answer keeps them (`resolve::Recalled`), as a failed refresh does.
     #[serde(default)]
     pub names: Vec<NameAddresses>,
+    /// Roles whose NIC the last reconcile did not find: their attachments are as recorded
+    /// before (a TCX link turned to the programs loaded since), until the daemon finds the NIC.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<Role>,
 }
 
 /// A host name, the addresses the policy in force has for it and the rules they are in.
@@ -164,6 +168,7 @@ impl Default for State {
             reload: None,
             moves: Vec::new(),
             names: Vec::new(),
+            absent: Vec::new(),
         }
     }
 }

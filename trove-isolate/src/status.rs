@@ -37,9 +37,12 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether a policy is enforced and every NIC of it is enforced where it is now.
+    /// Whether a policy is enforced and every NIC of it is enforced where it is now (audit mode
+    /// judges, but drops nothing).
     pub fn enforced_everywhere(&self) -> bool {
-        self.enforcing && !self.nics.is_empty() && self.nics.iter().all(|n| n.enforced)
+        self.enforcing
+            && !self.nics.is_empty()
+            && self.nics.iter().all(|n| n.enforced && !n.audit())
     }
 }
 
@@ -66,6 +69,13 @@ pub struct NicReport {
     pub last_move: Option<MoveRecord>,
     pub mode: Option<String>,
     pub policy_entries: usize,
+}
+
+impl NicReport {
+    /// Its role's programs pass what they would drop.
+    pub fn audit(&self) -> bool {
+        self.mode.as_deref() == Some(Mode::Audit.name())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -261,6 +271,12 @@ pub fn report(pins: &Pins) -> anyhow::Result<Report> {
                 .push(format!("{role} NIC is nowhere to be found: {e}")),
         }
         drift(&mut report.problems, &nic);
+        if nic.audit() {
+            report.problems.push(format!(
+                "{role} NIC is in audit mode: nothing is dropped (would-be drops are counted in \
+                 trove_isolate_audit_total)"
+            ));
+        }
         report.nics.push(nic);
     }
     if let Some(biz) = state.attached(Role::Business).next() {

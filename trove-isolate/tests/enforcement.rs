@@ -418,6 +418,14 @@ fn audit_mode_counts_but_passes() {
         None,
         "audit mode dropped:\n{text}"
     );
+    // A fleet's check reads `status`'s exit: a guest in audit mode is not protected.
+    let status = cli(&["status", "--pin-path", &s.pin_path]);
+    assert_eq!(status.status.code(), Some(3), "{status:?}");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("business NIC is in audit mode: nothing is dropped"),
+        "{text}"
+    );
 }
 
 /// Under TCX a program that passes a packet ends the chain, so ours must run first: a program

@@ -619,3 +619,235 @@ fn held_where_the_policy_lapsed(attach: &str) {
     let _ = std::fs::remove_file(&config);
     let _ = std::fs::remove_file(&broken);
 }
+
+/// Echoes what one connection to `listener` sends, once (bounded: 5 s to be connected to).
+fn echo_once(listener: std::net::TcpListener) -> std::thread::JoinHandle<()> {
+    use std::io::{Read as _, Write as _};
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 64];
+                if let Ok(n) = stream.read(&mut buf) {
+                    let _ = stream.write_all(&buf[..n]);
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+}
+
+/// Waits (bounded) until `nic` in the namespace `nsenter` enters (`--net=PATH`) has its
+/// carrier: a veth brought up reports it a moment later, and packets sent before are lost.
+fn carrier_up(nsenter: &str, nic: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = std::process::Command::new("nsenter")
+            .args([nsenter, "ip", "-o", "link", "show", "dev", nic])
+            .output()
+            .expect("nsenter");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("state UP") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{nic} has no carrier: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A namespace no file names (a process's, as a runtime other than docker would make): the
+/// daemon never looks there, so a NIC moved into it is found nowhere.
+struct Hidden(std::process::Child);
+
+impl Hidden {
+    fn new() -> Hidden {
+        let child = std::process::Command::new("unshare")
+            .args(["--net", "sleep", "120"])
+            .spawn()
+            .expect("unshare");
+        let ns = format!("/proc/{}/ns/net", child.id());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_link(&ns).ok() == std::fs::read_link("/proc/self/ns/net").ok() {
+            assert!(Instant::now() < deadline, "unshare --net");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Hidden(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Runs `ip ARGS` in the namespace.
+    fn ip(&self, args: &str) {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", self.pid()))
+            .arg("ip")
+            .args(args.split_whitespace())
+            .output()
+            .expect("nsenter");
+        assert!(out.status.success(), "ip {args}: {out:?}");
+    }
+}
+
+impl Drop for Hidden {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A restart that finds one NIC of the pinned policy and not the other (moved where no
+/// namespace file names it, or gone) enforces the one it finds, keeps the other's pinned
+/// programs where they are, says so (log, `trove_isolate_unprotected`, `status`), and attaches
+/// to the missing NIC wherever it turns up: it does not fail and leave both unfollowed.
+#[test]
+fn a_start_that_finds_one_nic_follows_the_other_on_legacy() {
+    one_nic_found("legacy");
+}
+
+#[test]
+fn a_start_that_finds_one_nic_follows_the_other_on_tcx() {
+    if aya::util::KernelVersion::current().is_ok_and(|k| k < aya::util::KernelVersion::new(6, 6, 0))
+    {
+        eprintln!("TCX needs Linux 6.6: skipped");
+        return;
+    }
+    one_nic_found("tcx");
+}
+
+fn one_nic_found(attach: &str) {
+    let legacy = attach == "legacy";
+    let guest = Guest::new(&format!("a{}", &attach[..1]));
+    let metrics = metrics_port();
+    let _servers = scenario::servers(&guest, metrics);
+    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
+    let config = write_config(&scenario::config(
+        &guest, "enforce", attach, &pin_path, metrics,
+    ));
+    let nic = guest.biz_nic();
+    guest.biz_net.ip(&format!(
+        "neigh replace {} lladdr {} dev peer0 nud permanent",
+        addr::GUEST_V4,
+        guest.biz_mac_text()
+    ));
+    let probes = scenario::probes(metrics);
+    let probe = |name: &str| {
+        let p = probes.iter().find(|p| p.name == name).expect("a probe");
+        p.run(&guest, PROBE)
+    };
+    let metrics_at = SocketAddr::from(([127, 0, 0, 1], metrics));
+    let record_file =
+        || trove_isolate::pins::Pins::new(std::path::Path::new(&pin_path)).state_file();
+    let mut daemon = Daemon::start(&config, pin_path.as_ref(), metrics_at);
+    daemon.stop();
+
+    let hidden = Hidden::new();
+    guest.container.ip(&format!("link set {nic} down"));
+    guest
+        .container
+        .ip(&format!("link set {nic} netns {}", hidden.pid()));
+    let daemon = Daemon::start(&config, pin_path.as_ref(), metrics_at);
+    let log = daemon.stderr();
+    assert!(
+        log.contains("[business] NIC") && log.contains("it is not protected until it is found"),
+        "{log}"
+    );
+    let scrape = daemon.scrape();
+    assert!(
+        scrape.contains("trove_isolate_unprotected{role=\"business\"} 1")
+            && scrape.contains("trove_isolate_unprotected{role=\"management\"} 0"),
+        "{scrape}"
+    );
+    // The management NIC is enforced by this start, and kept so.
+    assert!(
+        probe("guest -> rabbitmq") && !probe("guest -> unlisted host"),
+        "the management NIC under the policy"
+    );
+    let status = cli(&["status", "--pin-path", &pin_path]);
+    assert_eq!(status.status.code(), Some(3), "{status:?}");
+    // The record keeps the business NIC's attachments for when it is found.
+    let record = std::fs::read_to_string(record_file()).expect("the record");
+    assert!(record.contains("\"absent\""), "{record}");
+    if !legacy {
+        // Under TCX the policy's links went with the NIC, and hold it where no start looks,
+        // with the addresses it had: a client still reaches the database there (were its
+        // addresses taken away, its own programs would refuse every new flow as not the NIC's).
+        hidden.ip(&format!("addr add {}/24 dev {nic}", addr::GUEST_V4));
+        hidden.ip(&format!("link set {nic} up"));
+        let at = std::path::PathBuf::from(format!("/proc/{}/ns/net", hidden.pid()));
+        let listener = trove_isolate::netns::run_in(Some(&at), || {
+            std::net::TcpListener::bind((addr::GUEST_V4, 3306))
+        })
+        .expect("entering the hidden namespace")
+        .expect("a database port there");
+        let echo = echo_once(listener);
+        carrier_up(&format!("--net=/proc/{}/ns/net", hidden.pid()), nic);
+        assert!(
+            probe("client -> database"),
+            "the NIC not found lost its addresses to its own programs"
+        );
+        echo.join().expect("the echo server");
+        hidden.ip(&format!("addr flush dev {nic}"));
+        hidden.ip(&format!("link set {nic} down"));
+    }
+
+    // It comes back into the container, as docker-hostnic would bring it: followed there.
+    hidden.ip(&format!("link set {nic} netns {}", guest.container.name()));
+    guest
+        .container
+        .ip(&format!("addr add {}/24 dev {nic}", addr::GUEST_V4));
+    guest
+        .container
+        .ip(&format!("addr add {}/64 dev {nic} nodad", addr::GUEST_V6));
+    guest.container.ip(&format!("link set {nic} up"));
+    await_log(&daemon, "business NIC found at", 1, "the NIC came back");
+    // Its addresses, as the daemon reads them once docker-hostnic has given them.
+    await_log(
+        &daemon,
+        &format!("business [{}/24", addr::GUEST_V4),
+        1,
+        "the NIC came back with its addresses",
+    );
+    carrier_up(&format!("--net={}", guest.container.path().display()), nic);
+    await_log(
+        &daemon,
+        "business NIC is protected again",
+        1,
+        "the NIC came back",
+    );
+    assert!(
+        probe("client -> database") && !probe("client -> container ssh"),
+        "the business NIC under the policy where it turned up"
+    );
+    let status = cli(&["status", "--pin-path", &pin_path]);
+    assert_eq!(status.status.code(), Some(0), "{status:?}");
+    let record = std::fs::read_to_string(record_file()).expect("the record");
+    assert!(!record.contains("\"absent\""), "{record}");
+
+    // With neither NIC to be found (a daemon in the wrong namespace, say), a start refuses.
+    let mut daemon = daemon;
+    daemon.stop();
+    guest.container.ip(&format!("link set {nic} down"));
+    guest
+        .container
+        .ip(&format!("link set {nic} netns {}", hidden.pid()));
+    let mgmt = guest.mgmt_nic();
+    guest
+        .host
+        .ip(&format!("link set {mgmt} netns {}", hidden.pid()));
+    let out = cli(&["run", "--config", config.to_str().expect("utf-8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started with no NIC found:\n{stderr}"
+    );
+    assert!(stderr.contains("[management] NIC"), "{stderr}");
+    drop(daemon);
+    let _ = cli(&["detach", "--pin-path", &pin_path]);
+    let _ = std::fs::remove_file(&config);
+}

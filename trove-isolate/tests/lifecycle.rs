@@ -577,10 +577,12 @@ fn metrics_speak_both_formats_and_promtool_accepts_them() {
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 
     // The alerting rules shipped for these metrics load in Prometheus, and they mean what they
-    // say: the near-full alert follows each family's table.
+    // say: the near-full alert follows each keying's table, the protection alerts fire on a NIC
+    // not enforced and on the first late re-attachment.
     for (what, file) in [
         ("check", "/../dist/prometheus/trove-isolate.rules.yml"),
         ("test", "/tests/fixtures/prometheus/conntrack.test.yml"),
+        ("test", "/tests/fixtures/prometheus/protection.test.yml"),
     ] {
         let path = format!("{}{file}", env!("CARGO_MANIFEST_DIR"));
         let out = std::process::Command::new("promtool")

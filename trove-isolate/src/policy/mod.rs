@@ -412,6 +412,26 @@ impl Policy {
         Policy::from_config_with(&Config::load(path)?, path, &resolve::Offline)
     }
 
+    /// What can be checked of `config` off the guest (an image build): every key that needs
+    /// no guest (mode, attach, pin_path, [metrics], [drops], [conntrack], [boot]); without
+    /// `[trove]`, the whole config, its names not looked up. With it, the sections wait for
+    /// the guest's files, which Trove writes at its first boot.
+    pub fn check_offline(config: &Config, path: &Path) -> Result<(), ConfigError> {
+        if config.trove.is_none() {
+            return Policy::from_config_with(config, path, &resolve::Offline).map(drop);
+        }
+        let top = Ctx { path, section: "" };
+        let section = |section| Ctx { path, section };
+        mode(&top, config.mode.as_deref())?;
+        attach(&top, config.attach.as_deref())?;
+        pin_path(&top, config.pin_path.as_deref())?;
+        metrics(&section("metrics"), &config.metrics)?;
+        drops(&section("drops"), &config.drops)?;
+        conntrack(&section("conntrack"), &config.conntrack)?;
+        crate::boot_guard::Settings::of(config, path)?;
+        Ok(())
+    }
+
     /// [`Policy::from_config`] with the resolver given (tests).
     pub fn from_config_with(
         config: &Config,
