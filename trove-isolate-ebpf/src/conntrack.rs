@@ -502,7 +502,8 @@ fn embryonic<F: Flow>(
                     // The guest's data, past the reset, on a handshake a remote's SYN started
                     // over a connection ([`flags::RESTARTED`]) and the guest never answered: its
                     // socket lives. Picked up, as above; the SYN's window scale was never agreed
-                    // to: the widest. A full table leaves it here: the connection goes on.
+                    // to: the widest. A full table leaves it here, to try again with the
+                    // guest's next data: the connection goes on.
                     state::SYN_SENT
                         if reply
                             && from_guest
@@ -510,7 +511,6 @@ fn embryonic<F: Flow>(
                             && value.flags & flags::RESTARTED != 0
                             && acks_past_reset(value, pkt) =>
                     {
-                        value.flags &= !flags::RESTARTED;
                         value.wscale[Direction::Ingress as usize & 1] = WSCALE_UNKNOWN;
                         return promote(t, flow, value, now, Full::Stay);
                     }

@@ -145,16 +145,12 @@ pub async fn run(
     // the roles' programs hold them now, ahead of it.
     let boot_netns = source.boot_netns();
     // One that will not go stays, chained after the policy (fail closed), and is tried again at
-    // each sweep. So does the guard while a NIC is not found: it may hold that NIC, wherever it
-    // is (after the policy, it takes nothing from the NICs found).
-    let released = if state.absent.is_empty() {
-        boot_guard::release(&pins, boot_netns).unwrap_or_else(|e| {
-            log::error!("releasing the boot guard: {e:#} (tried again every 10 s)");
-            Vec::new()
-        })
-    } else {
+    // each sweep. (A NIC not found is on none of the devices it is released from: the start
+    // found no device with its MAC.)
+    let released = boot_guard::release(&pins, boot_netns).unwrap_or_else(|e| {
+        log::error!("releasing the boot guard: {e:#} (tried again every 10 s)");
         Vec::new()
-    };
+    });
     let guard_released = !released.is_empty();
     let (held, unheld): (Vec<_>, Vec<_>) = released.into_iter().partition(|nic| {
         state
@@ -617,10 +613,9 @@ impl Enforcing {
             .collect()
     }
 
-    /// Takes off a boot guard that would not go at the start (its record is still there), or
-    /// that stayed while a NIC was not found.
+    /// Takes off a boot guard that would not go at the start (its record is still there).
     fn release_boot_guard(&self) {
-        if !self.pins.guard_record().exists() || !self.missing().is_empty() {
+        if !self.pins.guard_record().exists() {
             return;
         }
         match boot_guard::release(&self.pins, self.source.boot_netns()) {

@@ -114,8 +114,10 @@ fn enforce_with(
         }
         devices.push((nic_policy.role, device));
     }
-    // Not one NIC found (a daemon in the wrong namespace, say): nothing to start on.
-    if devices.is_empty() && !absent.is_empty() {
+    // Not one NIC found (a daemon in the wrong namespace, say): nothing to start on. Nor when
+    // the local-address map is made anew (a new layout): a missing NIC's programs, turned to
+    // the new maps, would find none of its addresses there.
+    if !absent.is_empty() && (devices.is_empty() || !pins.map(maps::LOCAL).exists()) {
         let (role, e) = absent.swap_remove(0);
         let nic = policy
             .nic(role)

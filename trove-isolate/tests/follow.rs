@@ -620,6 +620,25 @@ fn held_where_the_policy_lapsed(attach: &str) {
     let _ = std::fs::remove_file(&broken);
 }
 
+/// Runs a start that must refuse; its stderr. Bounded: one that wrongly starts is stopped after
+/// 20 s (and fails the test) rather than running on.
+fn refused_start(config: &std::path::Path) -> String {
+    let out = std::process::Command::new("timeout")
+        .arg("20")
+        .arg(common::BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .output()
+        .expect("timeout");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the start did not refuse:\n{stderr}"
+    );
+    stderr
+}
+
 /// Echoes what one connection to `listener` sends, once (bounded: 5 s to be connected to).
 fn echo_once(listener: std::net::TcpListener) -> std::thread::JoinHandle<()> {
     use std::io::{Read as _, Write as _};
@@ -836,16 +855,27 @@ fn one_nic_found(attach: &str) {
     guest
         .container
         .ip(&format!("link set {nic} netns {}", hidden.pid()));
+    // Nor with the local-address map made anew (a new layout's, its pin gone): the missing
+    // NIC's programs, turned to the new maps, would find none of its addresses.
+    let local = std::fs::read_dir(&pin_path)
+        .expect("the pin path")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("local_v"))
+        })
+        .expect("the local-address map's pin");
+    let aside = local.with_file_name("aside");
+    std::fs::rename(&local, &aside).expect("moving the pin aside");
+    let stderr = refused_start(&config);
+    assert!(stderr.contains("[business] NIC"), "{stderr}");
+    std::fs::rename(&aside, &local).expect("putting the pin back");
     let mgmt = guest.mgmt_nic();
     guest
         .host
         .ip(&format!("link set {mgmt} netns {}", hidden.pid()));
-    let out = cli(&["run", "--config", config.to_str().expect("utf-8")]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "started with no NIC found:\n{stderr}"
-    );
+    let stderr = refused_start(&config);
     assert!(stderr.contains("[management] NIC"), "{stderr}");
     drop(daemon);
     let _ = cli(&["detach", "--pin-path", &pin_path]);

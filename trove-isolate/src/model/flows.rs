@@ -316,7 +316,6 @@ impl Flow {
                                     (tcp.ack.wrapping_sub(reset) as i32) > 1
                                 }) =>
                         {
-                            self.restarted_over = None;
                             self.syn_scale[side(Direction::Ingress)] =
                                 Some(ScaleOption::Unparsable);
                             self.promote()
