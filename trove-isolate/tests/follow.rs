@@ -118,18 +118,13 @@ fn await_log(daemon: &Daemon, what: &str, n: usize, when: &str) -> String {
 }
 
 fn follows_the_nic(attach: &str) {
-    let guest = Guest::new(&format!("f{}", &attach[..1]));
-    let metrics = metrics_port();
-    let _servers = scenario::servers(&guest, metrics);
-    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
-    let config = write_config(&scenario::config(
-        &guest, "enforce", attach, &pin_path, metrics,
-    ));
-    let daemon = Daemon::start(
-        &config,
-        pin_path.as_ref(),
-        SocketAddr::from(([127, 0, 0, 1], metrics)),
-    );
+    let Enforced {
+        daemon,
+        servers: _servers,
+        pin_path,
+        guest,
+        ..
+    } = enforcing(&format!("f{}", &attach[..1]), attach);
     let client: SocketAddr = "192.0.2.1:3306".parse().expect("addr");
     let nic = guest.biz_nic();
     let rounds = moves();
@@ -358,29 +353,52 @@ fn the_business_nic_is_followed_on_legacy() {
 
 #[test]
 fn the_business_nic_is_followed_on_tcx() {
-    if aya::util::KernelVersion::current().is_ok_and(|k| k < aya::util::KernelVersion::new(6, 6, 0))
-    {
-        eprintln!("TCX needs Linux 6.6: skipped");
-        return;
+    if tcx_here() {
+        follows_the_nic("tcx");
     }
-    follows_the_nic("tcx");
 }
 
-/// A simulated guest enforced on legacy clsact: the guest, its servers, the pin path, the daemon.
-fn enforcing_on_legacy(label: &str) -> (Guest, Vec<Server>, String, Daemon) {
+/// Whether TCX is here (Linux 6.6+); a test that needs it says it is skipped otherwise.
+fn tcx_here() -> bool {
+    use aya::util::KernelVersion;
+    let old = KernelVersion::current().is_ok_and(|k| k < KernelVersion::new(6, 6, 0));
+    if old {
+        eprintln!("TCX needs Linux 6.6: skipped");
+    }
+    !old
+}
+
+/// A simulated guest enforced on `attach` (fields drop in order: the daemon first).
+struct Enforced {
+    daemon: Daemon,
+    servers: Vec<Server>,
+    pin_path: String,
+    config: std::path::PathBuf,
+    metrics: u16,
+    guest: Guest,
+}
+
+fn enforcing(label: &str, attach: &str) -> Enforced {
     let guest = Guest::new(label);
     let metrics = metrics_port();
     let servers = scenario::servers(&guest, metrics);
     let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
     let config = write_config(&scenario::config(
-        &guest, "enforce", "legacy", &pin_path, metrics,
+        &guest, "enforce", attach, &pin_path, metrics,
     ));
     let daemon = Daemon::start(
         &config,
         pin_path.as_ref(),
         SocketAddr::from(([127, 0, 0, 1], metrics)),
     );
-    (guest, servers, pin_path, daemon)
+    Enforced {
+        daemon,
+        servers,
+        pin_path,
+        config,
+        metrics,
+        guest,
+    }
 }
 
 /// Waits (bounded) until `status --json` satisfies `ok`; the last report.
@@ -405,7 +423,13 @@ fn await_status(
 /// so) rather than leave the NIC unfiltered behind a decoy it chose; the decoy gone, it follows.
 #[test]
 fn a_device_with_the_nics_mac_does_not_lure_the_daemon() {
-    let (guest, _servers, pin_path, daemon) = enforcing_on_legacy("lure");
+    let Enforced {
+        daemon,
+        servers: _servers,
+        pin_path,
+        guest,
+        ..
+    } = enforcing("lure", "legacy");
     let mac = guest.biz_mac_text();
     let nic = guest.biz_nic();
     let decoy = NetNs::new("decoy");
@@ -467,7 +491,13 @@ fn a_device_with_the_nics_mac_does_not_lure_the_daemon() {
 /// looks) are found missing and attached again within a second.
 #[test]
 fn lost_filters_are_attached_again() {
-    let (guest, _servers, pin_path, daemon) = enforcing_on_legacy("lost");
+    let Enforced {
+        daemon,
+        servers: _servers,
+        pin_path,
+        guest,
+        ..
+    } = enforcing("lost", "legacy");
     let nic = guest.biz_nic();
     let out = std::process::Command::new("tc")
         .args([
@@ -731,23 +761,21 @@ fn a_start_that_finds_one_nic_follows_the_other_on_legacy() {
 
 #[test]
 fn a_start_that_finds_one_nic_follows_the_other_on_tcx() {
-    if aya::util::KernelVersion::current().is_ok_and(|k| k < aya::util::KernelVersion::new(6, 6, 0))
-    {
-        eprintln!("TCX needs Linux 6.6: skipped");
-        return;
+    if tcx_here() {
+        one_nic_found("tcx");
     }
-    one_nic_found("tcx");
 }
 
 fn one_nic_found(attach: &str) {
     let legacy = attach == "legacy";
-    let guest = Guest::new(&format!("a{}", &attach[..1]));
-    let metrics = metrics_port();
-    let _servers = scenario::servers(&guest, metrics);
-    let pin_path = format!("/sys/fs/bpf/{}", unique("ti-test"));
-    let config = write_config(&scenario::config(
-        &guest, "enforce", attach, &pin_path, metrics,
-    ));
+    let Enforced {
+        mut daemon,
+        servers: _servers,
+        pin_path,
+        config,
+        metrics,
+        guest,
+    } = enforcing(&format!("a{}", &attach[..1]), attach);
     let nic = guest.biz_nic();
     guest.biz_net.ip(&format!(
         "neigh replace {} lladdr {} dev peer0 nud permanent",
@@ -762,7 +790,6 @@ fn one_nic_found(attach: &str) {
     let metrics_at = SocketAddr::from(([127, 0, 0, 1], metrics));
     let record_file =
         || trove_isolate::pins::Pins::new(std::path::Path::new(&pin_path)).state_file();
-    let mut daemon = Daemon::start(&config, pin_path.as_ref(), metrics_at);
     daemon.stop();
 
     let hidden = Hidden::new();
