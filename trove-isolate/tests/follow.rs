@@ -17,7 +17,11 @@ use std::{
 };
 
 use common::{cli, metrics_port, unique, write_config, Daemon, PROBE};
-use trove_isolate_testbed::{addr, scenario, tcp_probe, tcp_server, Guest, NetNs, Server};
+use trove_isolate_testbed::{
+    addr,
+    scenario::{self, Probe},
+    tcp_probe, tcp_server, Guest, NetNs, Server,
+};
 
 /// A port of the database container the policy does not open.
 const DENIED_PORT: u16 = 7777;
@@ -89,6 +93,31 @@ impl DeniedStream {
     }
 }
 
+/// The tenant network's entry for the guest survives the NIC's link going down at every move
+/// (as a switch's would); left to ARP, a denied stream keeps it retrying at 1 s intervals and
+/// the first connection after a start waits for the next try, enforcement or not.
+fn tenant_keeps_the_guests_mac(guest: &Guest) {
+    guest.biz_net.ip(&format!(
+        "neigh replace {} lladdr {} dev peer0 nud permanent",
+        addr::GUEST_V4,
+        guest.biz_mac_text()
+    ));
+}
+
+/// What docker-hostnic does once the NIC is in the container's namespace under its name: its
+/// addresses, then up.
+fn address_and_bring_up(ns: &NetNs, nic: &str) {
+    ns.ip(&format!("addr add {}/24 dev {nic}", addr::GUEST_V4));
+    ns.ip(&format!("addr add {}/64 dev {nic} nodad", addr::GUEST_V6));
+    ns.ip(&format!("link set {nic} up"));
+}
+
+/// Runs the probe of `probes` named `name` once.
+fn named(probes: &[Probe], guest: &Guest, name: &str) -> bool {
+    let probe = probes.iter().find(|p| p.name == name).expect("a probe");
+    probe.run(guest, PROBE)
+}
+
 fn moves() -> usize {
     std::env::var("TROVE_ISOLATE_MOVES")
         .ok()
@@ -129,14 +158,7 @@ fn follows_the_nic(attach: &str) {
     let nic = guest.biz_nic();
     let rounds = moves();
 
-    // The tenant network's entry for the guest survives the NIC's link going down at every move
-    // (as a switch's would); left to ARP, the denied stream keeps it retrying at 1 s intervals
-    // and the first connection after a start waits for the next try, enforcement or not.
-    guest.biz_net.ip(&format!(
-        "neigh replace {} lladdr {} dev peer0 nud permanent",
-        addr::GUEST_V4,
-        guest.biz_mac_text()
-    ));
+    tenant_keeps_the_guests_mac(&guest);
     // Where the NIC is between starts: the guest's own namespace, down, as `eth1`.
     let in_host = Arrivals::listen(&guest.host, DENIED_PORT);
     let mut arrivals = vec![Arrivals::listen(&guest.container, DENIED_PORT)];
@@ -167,9 +189,7 @@ fn follows_the_nic(attach: &str) {
             .host
             .ip(&format!("link set eth1 netns {}", new.name()));
         new.ip(&format!("link set eth1 name {nic}"));
-        new.ip(&format!("addr add {}/24 dev {nic}", addr::GUEST_V4));
-        new.ip(&format!("addr add {}/64 dev {nic} nodad", addr::GUEST_V6));
-        new.ip(&format!("link set {nic} up"));
+        address_and_bring_up(&new, nic);
         followed += 1;
         let log = await_moves(
             &daemon,
@@ -551,17 +571,9 @@ fn held_where_the_policy_lapsed(attach: &str) {
         "listen = \"nowhere\"",
     ));
     let nic = guest.biz_nic();
-    // The tenant network's entry for the guest survives the NIC's moves, as a switch's would.
-    guest.biz_net.ip(&format!(
-        "neigh replace {} lladdr {} dev peer0 nud permanent",
-        addr::GUEST_V4,
-        guest.biz_mac_text()
-    ));
+    tenant_keeps_the_guests_mac(&guest);
     let probes = scenario::probes(metrics);
-    let probe = |name: &str| {
-        let p = probes.iter().find(|p| p.name == name).expect("a probe");
-        p.run(&guest, PROBE)
-    };
+    let probe = |name: &str| named(&probes, &guest, name);
     let (allowed, refused) = ("client -> database", "client -> container ssh");
     let metrics_at = SocketAddr::from(([127, 0, 0, 1], metrics));
     let mut daemon = Daemon::start(&config, pin_path.as_ref(), metrics_at);
@@ -578,13 +590,7 @@ fn held_where_the_policy_lapsed(attach: &str) {
         .host
         .ip(&format!("link set eth1 netns {}", guest.container.name()));
     guest.container.ip(&format!("link set eth1 name {nic}"));
-    guest
-        .container
-        .ip(&format!("addr add {}/24 dev {nic}", addr::GUEST_V4));
-    guest
-        .container
-        .ip(&format!("addr add {}/64 dev {nic} nodad", addr::GUEST_V6));
-    guest.container.ip(&format!("link set {nic} up"));
+    address_and_bring_up(&guest.container, nic);
     assert_eq!(
         probe(refused),
         legacy,
@@ -777,16 +783,9 @@ fn one_nic_found(attach: &str) {
         guest,
     } = enforcing(&format!("a{}", &attach[..1]), attach);
     let nic = guest.biz_nic();
-    guest.biz_net.ip(&format!(
-        "neigh replace {} lladdr {} dev peer0 nud permanent",
-        addr::GUEST_V4,
-        guest.biz_mac_text()
-    ));
+    tenant_keeps_the_guests_mac(&guest);
     let probes = scenario::probes(metrics);
-    let probe = |name: &str| {
-        let p = probes.iter().find(|p| p.name == name).expect("a probe");
-        p.run(&guest, PROBE)
-    };
+    let probe = |name: &str| named(&probes, &guest, name);
     let metrics_at = SocketAddr::from(([127, 0, 0, 1], metrics));
     let record_file =
         || trove_isolate::pins::Pins::new(std::path::Path::new(&pin_path)).state_file();
@@ -844,13 +843,7 @@ fn one_nic_found(attach: &str) {
 
     // It comes back into the container, as docker-hostnic would bring it: followed there.
     hidden.ip(&format!("link set {nic} netns {}", guest.container.name()));
-    guest
-        .container
-        .ip(&format!("addr add {}/24 dev {nic}", addr::GUEST_V4));
-    guest
-        .container
-        .ip(&format!("addr add {}/64 dev {nic} nodad", addr::GUEST_V6));
-    guest.container.ip(&format!("link set {nic} up"));
+    address_and_bring_up(&guest.container, nic);
     await_log(&daemon, "business NIC found at", 1, "the NIC came back");
     // Its addresses, as the daemon reads them once docker-hostnic has given them.
     await_log(
