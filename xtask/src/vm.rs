@@ -65,31 +65,43 @@ That part:
  2. finds the test binaries with `cargo test --workspace --no-run --message-format=json` (built
     already by the host run: nothing rebuilds);
 
- 3. boots each kernel with `vng --disable-kvm --memory 2G --run <image> --user root --exec
-    <target>/vm-tests/run-<release>.sh`, which mounts bpffs, loads veth, puts iproute2's ip
-    first on PATH (busybox's lacks veth) and runs, one test at a time (--test-threads=1):
-      packets (with --nocapture for the verified instruction counts): all of it on the
-      oldest kernel, its two verifier tests (verified_instruction_counts,
-      the_benchmark_programs_load) on the others; and on the oldest kernel also
+ 3. boots VMs with `vng --disable-kvm --memory 2G --cpus 1 --run <image> --user root --exec
+    <target>/vm-tests/run-<release>-<part>.sh`, which mounts bpffs, loads veth, puts iproute2's
+    ip first on PATH (busybox's lacks veth) and runs one test binary, one test at a time
+    (--test-threads=1). On the oldest kernel, three VMs:
       enforcement, all but the TCX tests: legacy clsact explicitly, and attach = \"auto\",
       which picks legacy there (3 detach rounds, not 50: under TCG a daemon start takes
       seconds);
-      follow, on legacy: the business NIC moved through 20 container starts and stops
-      with a denied stream running (with --nocapture, for the window it measured);
+      tables: all of packets (with --nocapture for the verified instruction counts);
+      follow, on legacy: the business NIC moved through 20 container starts and stops with a
+      denied stream running (with --nocapture, for the window it measured);
+    and on each other kernel one, loads: packets' two verifier tests
+    (verified_instruction_counts, the_benchmark_programs_load).
+    Two VMs run at a time, one vCPU each (with two each, a vCPU preempted on the host while it
+    holds a guest lock has the other spin, and two VMs took three times as long as one):
+    enforcement and then the loads in one, tables and then follow in the other. Each of their
+    output lines starts with [<release> <part>];
 
- 4. prints, for each kernel, the release the VM ran, the boot time and each binary's run time,
-    then each program's verified instruction count on the host and on each kernel (5.15 does
-    not report it: `-`). A test failing in a VM, or a VM not reaching the end of its script (a
+ 4. prints, for each VM, the release it ran, the boot time and the binary's run time, then
+    each program's verified instruction count on the host and on each kernel (5.15 does not
+    report it: `-`). A test failing in a VM, or a VM not reaching the end of its script (a
     guest panic, a 25 minute timeout), fails the command.
 
-The VM part takes about 12 minutes on 2 cores (boots of 20-30 s; on 5.15 packets about 2 minutes, \
-enforcement about 6, follow about 3; the verifier tests well under a minute on each other \
-kernel), plus a first install. --vm-only runs only it (after setup and a build), --no-vm skips it."
+The VM part takes about 11 minutes on 2 cores (boots of 20-30 s; on 5.15, side by side, \
+enforcement about 9 minutes, the packet tables 4 and follow 7; the verifier tests well under a \
+minute on each other kernel; one after the other with two vCPUs each it was 14), plus a first \
+install. \
+--vm-only runs only it (after setup and a build), --no-vm skips it."
 );
 
 /// The guest's memory; the tests need far less, TCG needs some slack.
 const VM_MEMORY: &str = "2G";
-/// Far longer than a run takes (on 5.15, the longest, 11 to 12 minutes under TCG on 2 cores).
+/// One vCPU a VM, so two VMs at a time fit the two cores: with two each (vng's default, the
+/// host's count), a vCPU preempted on the host while it holds a guest lock has the guest's
+/// other vCPU spin for it, and two VMs side by side took three times as long as one alone.
+const VM_CPUS: &str = "1";
+/// Far longer than a run takes (the longest, 5.15's enforcement, about 9 minutes under TCG
+/// beside another VM).
 const VM_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 /// Prefix of the lines the guest script prints for xtask to read.
 const MARK: &str = "trove-vm:";
@@ -120,12 +132,73 @@ enum Plan {
 }
 
 impl Plan {
-    /// How many test binaries the script runs.
-    fn binaries(self) -> usize {
+    /// The VMs the plan takes: the oldest kernel's tests in three.
+    fn parts(self) -> &'static [Part] {
         match self {
-            Plan::Full => 3,
-            Plan::Loads => 1,
+            Plan::Full => &[Part::Enforcement, Part::Tables, Part::Follow],
+            Plan::Loads => &[Part::Loads],
         }
+    }
+}
+
+/// What one VM runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Part {
+    /// Every packet table.
+    Tables,
+    /// The real-traffic tests, on legacy clsact.
+    Enforcement,
+    /// The NIC follower's, on legacy clsact.
+    Follow,
+    /// The packet tables' verifier tests.
+    Loads,
+}
+
+impl Part {
+    fn name(self) -> &'static str {
+        match self {
+            Part::Tables => "tables",
+            Part::Enforcement => "enforcement",
+            Part::Follow => "follow",
+            Part::Loads => "loads",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Part::Tables => "the packet tables",
+            Part::Enforcement => "the real-traffic tests",
+            Part::Follow => "the NIC follower's tests",
+            Part::Loads => "the programs' loading",
+        }
+    }
+
+    /// Which of the two VMs at a time runs it, in about the same time each (on 5.15 under
+    /// TCG, side by side: enforcement 9 minutes and the verifier tests 1; the packet tables 4
+    /// and follow 7).
+    fn lane(self) -> usize {
+        match self {
+            Part::Enforcement | Part::Loads => 0,
+            Part::Tables | Part::Follow => 1,
+        }
+    }
+
+    /// Whether it runs the packet tables' verifier test, which prints the counts.
+    fn counts(self) -> bool {
+        matches!(self, Part::Tables | Part::Loads)
+    }
+}
+
+/// One VM: a kernel and the part of the tests it runs.
+struct Boot<'a> {
+    target: &'a Target,
+    part: Part,
+}
+
+impl Boot<'_> {
+    /// How its output lines are told apart from the other VM's.
+    fn tag(&self) -> String {
+        format!("[{} {}]", self.target.kernel.release, self.part.name())
     }
 }
 
@@ -479,14 +552,18 @@ fn target_dir() -> anyhow::Result<PathBuf> {
 
 /// The guest's script. It runs as root in the host's (read-only) root filesystem; its `MARK`
 /// lines are for xtask. Its exit status is the tests'.
-fn script(root: &Path, bins: &TestBins, plan: Plan) -> String {
-    let packets = match plan {
-        Plan::Loads => "verified_instruction_counts the_benchmark_programs_load --exact",
-        Plan::Full => "",
-    };
-    let traffic = match plan {
-        Plan::Loads => String::new(),
-        Plan::Full => format!(
+fn script(root: &Path, bins: &TestBins, part: Part) -> String {
+    let tests = match part {
+        Part::Loads => format!(
+            "run packets '{}' verified_instruction_counts the_benchmark_programs_load --exact \
+             --test-threads=1 --nocapture\n",
+            bins.packets.display()
+        ),
+        Part::Tables => format!(
+            "run packets '{}' --test-threads=1 --nocapture\n",
+            bins.packets.display()
+        ),
+        Part::Enforcement => format!(
             r#"# Under TCG a daemon start takes seconds: fewer detach rounds than on the host.
 export TROVE_ISOLATE_DETACH_ROUNDS=3
 # The pin path's lock is userspace alone (the host's run covers it), and its two daemon starts
@@ -494,10 +571,13 @@ export TROVE_ISOLATE_DETACH_ROUNDS=3
 # here (packets), its attaching is the roles' code, and the host runs it on clsact and TCX.
 # Discovery's reading of a guest without a user port, or with eth1.json gone, is userspace.
 run enforcement '{enforcement}' --test-threads=1 --skip policy_holds_on_tcx --skip the_boot_guard_holds_every_nic_until_troves_files_come --skip the_boot_guard_follows_a_nic --skip tcx_attaches_first_in_the_chain --skip a_second_daemon_on_the_pin_path_is_refused --skip eth1_json_gone_takes_no_policy_off_the_business_nic_on_tcx --skip an_instance_without_a_user_port --skip two_roles_that_find_one_nic
-run follow '{follow}' --test-threads=1 --nocapture --skip the_business_nic_is_followed_on_tcx --skip a_nic_that_lost_the_policy_while_no_daemon_ran_is_held_on_tcx
 "#,
             enforcement = bins.enforcement.display(),
-            follow = bins.follow.display(),
+        ),
+        Part::Follow => format!(
+            "run follow '{}' --test-threads=1 --nocapture --skip the_business_nic_is_followed_on_tcx \
+             --skip a_nic_that_lost_the_policy_while_no_daemon_ran_is_held_on_tcx\n",
+            bins.follow.display(),
         ),
     };
     format!(
@@ -524,12 +604,10 @@ run() {{
     echo "{MARK} ran $name exit $rc ms $(( $(ms) - start ))"
     [ $rc -eq 0 ] || status=1
 }}
-run packets '{packets_bin}' {packets} --test-threads=1 --nocapture
-{traffic}echo "{MARK} end status $status"
+{tests}echo "{MARK} end status $status"
 exit $status
 "#,
         root = root.display(),
-        packets_bin = bins.packets.display(),
     )
 }
 
@@ -597,8 +675,9 @@ fn verified_line(line: &str) -> Option<Count> {
     ))
 }
 
-/// Builds (nothing, after the host run) and runs the tests in each VM, one after the other;
-/// prints each one's summary, then the verifier's counts side by side.
+/// Builds (nothing, after the host run) and runs the tests in the VMs, two at a time
+/// ([`Part::lane`], one vCPU each: [`VM_CPUS`]). Prints each VM's summary, then the verifier's
+/// counts side by side.
 pub fn run(vm: &Vm) -> anyhow::Result<()> {
     let bins = test_bins()?;
     let root = env::current_dir().context("the workspace root")?;
@@ -614,25 +693,66 @@ pub fn run(vm: &Vm) -> anyhow::Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
 
+    let boots: Vec<Boot> = vm
+        .targets
+        .iter()
+        .flat_map(|target| {
+            target
+                .plan
+                .parts()
+                .iter()
+                .map(move |&part| Boot { target, part })
+        })
+        .collect();
+    let mut scripts = Vec::new();
+    for b in &boots {
+        let path = dir.join(format!(
+            "run-{}-{}.sh",
+            b.target.kernel.release,
+            b.part.name()
+        ));
+        fs::write(&path, script(&root, &bins, b.part))
+            .with_context(|| format!("writing {}", path.display()))?;
+        scripts.push(path);
+    }
+    let started = Instant::now();
+    let lane = |lane: usize| -> Vec<(usize, Outcome)> {
+        (0..boots.len())
+            .filter(|&i| boots[i].part.lane() == lane)
+            .map(|i| (i, boot(vm, &boots[i], &scripts[i])))
+            .collect()
+    };
+    let mut outcomes = std::thread::scope(|scope| {
+        let other = scope.spawn(|| lane(1));
+        let mut outcomes = lane(0);
+        outcomes.extend(other.join().expect("a VM's thread"));
+        outcomes
+    });
+    outcomes.sort_by_key(|(i, _)| *i);
+
     let mut failures = Vec::new();
-    let mut columns = Vec::new();
-    for target in &vm.targets {
-        let script_path = dir.join(format!("run-{}.sh", target.kernel.release));
-        fs::write(&script_path, script(&root, &bins, target.plan))
-            .with_context(|| format!("writing {}", script_path.display()))?;
-        let outcome = boot(vm, target, &script_path);
-        columns.push((target.kernel.release.clone(), outcome.counts));
+    let mut columns: Vec<(String, Vec<Count>)> = Vec::new();
+    for (i, outcome) in outcomes {
+        let b = &boots[i];
+        eprint!("{}", outcome.summary);
+        if b.part.counts() {
+            columns.push((b.target.kernel.release.clone(), outcome.counts));
+        }
         if let Err(e) = outcome.result {
-            eprintln!(
-                "xtask: {} ({}): {e:#}",
-                target.distro, target.kernel.release
+            let what = format!(
+                "{} ({}, {})",
+                b.target.distro,
+                b.target.kernel.release,
+                b.part.what()
             );
-            failures.push(format!(
-                "{} ({}): {e:#}",
-                target.distro, target.kernel.release
-            ));
+            eprintln!("xtask: {what}: {e:#}");
+            failures.push(format!("{what}: {e:#}"));
         }
     }
+    eprintln!(
+        "xtask: the VMs took {:.1} s, two at a time",
+        started.elapsed().as_secs_f64()
+    );
     eprintln!();
     print_counts(&host_counts, &columns);
     for w in &vm.warnings {
@@ -645,25 +765,34 @@ pub fn run(vm: &Vm) -> anyhow::Result<()> {
     }
 }
 
-/// What one VM gave: its verdict, and the verifier's counts it printed.
+/// What one VM gave: its verdict, the verifier's counts it printed, and its summary.
 struct Outcome {
     result: anyhow::Result<()>,
     counts: Vec<Count>,
+    summary: String,
 }
 
-/// Boots one kernel with the script; prints its summary.
-fn boot(vm: &Vm, target: &Target, script_path: &Path) -> Outcome {
+/// Boots one kernel with the script, its output lines tagged with [`Boot::tag`].
+fn boot(vm: &Vm, b: &Boot, script_path: &Path) -> Outcome {
     let mut counts = Vec::new();
-    let result = boot_and_watch(vm, target, script_path, &mut counts);
-    Outcome { result, counts }
+    let mut summary = String::new();
+    let result = boot_and_watch(vm, b, script_path, &mut counts, &mut summary);
+    Outcome {
+        result,
+        counts,
+        summary,
+    }
 }
 
 fn boot_and_watch(
     vm: &Vm,
-    target: &Target,
+    b: &Boot,
     script_path: &Path,
     vm_counts: &mut Vec<Count>,
+    summary: &mut String,
 ) -> anyhow::Result<()> {
+    let target = b.target;
+    let tag = b.tag();
     let exec = format!("sh {}", script_path.display());
     // vng starts virtme-run, from the same venv, through PATH.
     let venv_bin = vm.vng.parent().context("vng's directory")?;
@@ -674,6 +803,8 @@ fn boot_and_watch(
         "--disable-kvm",
         "--memory",
         VM_MEMORY,
+        "--cpus",
+        VM_CPUS,
         "--user",
         "root",
         "--run",
@@ -687,10 +818,11 @@ fn boot_and_watch(
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     eprintln!(
-        "xtask: booting {}'s Linux {} under TCG, {} minutes at most: {} --disable-kvm --memory \
-         {VM_MEMORY} --user root --run {} --exec '{exec}'",
+        "xtask: {tag} booting {}'s Linux {} under TCG for {}, {} minutes at most: {} \
+         --disable-kvm --memory {VM_MEMORY} --cpus {VM_CPUS} --user root --run {} --exec '{exec}'",
         target.distro,
         target.kernel.release,
+        b.part.what(),
         VM_TIMEOUT.as_secs() / 60,
         vm.vng.display(),
         target.kernel.image.display(),
@@ -740,13 +872,20 @@ fn boot_and_watch(
     let mut ran: Vec<(String, String, f64)> = Vec::new();
     let mut end_status = None;
     let mut errors = Vec::new();
-    let mut stderr = child.stderr.take().context("vng's stderr")?;
-    let copy_stderr =
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::stderr()));
+    let stderr = child.stderr.take().context("vng's stderr")?;
+    let copy_stderr = {
+        let tag = tag.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let line = line.unwrap_or_else(|e| format!("(unreadable output: {e})"));
+                eprintln!("{tag} {line}");
+            }
+        })
+    };
     let stdout = child.stdout.take().context("vng's stdout")?;
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap_or_else(|e| format!("(unreadable output: {e})"));
-        println!("{line}");
+        println!("{tag} {line}");
         if let Some(c) = verified_line(&line) {
             vm_counts.push(c);
         }
@@ -775,36 +914,45 @@ fn boot_and_watch(
     let _ = watchdog.join();
     let total = started.elapsed();
 
-    eprintln!();
-    eprintln!(
-        "xtask: ---- {}'s Linux {} ----",
-        target.distro, target.kernel.release
-    );
-    let what = match target.plan {
-        Plan::Full => "the packet tables and the real-traffic tests",
-        Plan::Loads => "the programs' loading",
+    // Printed once both VMs are done, so the other's output does not break it up.
+    let mut say = |line: String| {
+        summary.push_str(&line);
+        summary.push('\n');
     };
+    say(String::new());
+    say(format!(
+        "xtask: ---- {}'s Linux {}: {} ----",
+        target.distro,
+        target.kernel.release,
+        b.part.name()
+    ));
     match &kernel {
-        Some(k) => eprintln!(
-            "xtask: {what} ran on Linux {k} ({}), QEMU TCG",
+        Some(k) => say(format!(
+            "xtask: {} ran on Linux {k} ({}), QEMU TCG",
+            b.part.what(),
             target.kernel.image.display()
-        ),
-        None => eprintln!(
+        )),
+        None => say(format!(
             "xtask: the VM ({}) never reached the test script",
             target.kernel.image.display()
-        ),
+        )),
     }
-    if let Some(b) = boot {
-        eprintln!("xtask: boot to the script: {:.1} s", b.as_secs_f64());
+    if let Some(secs) = boot {
+        say(format!(
+            "xtask: boot to the script: {:.1} s",
+            secs.as_secs_f64()
+        ));
     }
     for (name, rc, secs) in &ran {
         let verdict = if rc == "0" { "passed" } else { "FAILED" };
-        eprintln!("xtask: {name}: {verdict} in {secs:.1} s (exit {rc})");
+        say(format!(
+            "xtask: {name}: {verdict} in {secs:.1} s (exit {rc})"
+        ));
     }
-    eprintln!(
+    say(format!(
         "xtask: VM total: {:.1} s, vng {status}",
         total.as_secs_f64()
-    );
+    ));
 
     if timed_out.load(Ordering::Relaxed) {
         bail!(
@@ -827,15 +975,11 @@ fn boot_and_watch(
     if !status.success() {
         bail!("vng failed ({status}) although every test passed");
     }
-    if target.plan == Plan::Loads && vm_counts.is_empty() {
+    if b.part == Part::Loads && vm_counts.is_empty() {
         bail!("the verifier tests ran no test (no verified-instruction counts): renamed?");
     }
-    if ran.len() != target.plan.binaries() {
-        bail!(
-            "the VM ran {} of the {} test binaries",
-            ran.len(),
-            target.plan.binaries()
-        );
+    if ran.len() != 1 {
+        bail!("the VM ran {} test binaries, not its one", ran.len());
     }
     Ok(())
 }
