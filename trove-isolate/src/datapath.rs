@@ -273,7 +273,7 @@ impl Datapath {
         self.ebpf
             .program_mut(name)
             .and_then(|p| p.try_into().ok())
-            .unwrap_or_else(|| unreachable!("{name} was checked at load"))
+            .unwrap_or_else(|| unreachable!("{name} is one of the object's programs"))
     }
 
     /// A role's two programs, ingress then egress.

@@ -200,6 +200,16 @@ impl Boot<'_> {
     fn tag(&self) -> String {
         format!("[{} {}]", self.target.kernel.release, self.part.name())
     }
+
+    /// `Ubuntu 22.04 (5.15.0-N-generic, the packet tables)`
+    fn what(&self) -> String {
+        format!(
+            "{} ({}, {})",
+            self.target.distro,
+            self.target.kernel.release,
+            self.part.what()
+        )
+    }
 }
 
 fn done(what: &str, how: &str) {
@@ -734,19 +744,11 @@ pub fn run(vm: &Vm) -> anyhow::Result<()> {
     let mut columns: Vec<(String, Vec<Count>)> = Vec::new();
     for (i, outcome) in outcomes {
         let b = &boots[i];
-        eprint!("{}", outcome.summary);
         if b.part.counts() {
             columns.push((b.target.kernel.release.clone(), outcome.counts));
         }
         if let Err(e) = outcome.result {
-            let what = format!(
-                "{} ({}, {})",
-                b.target.distro,
-                b.target.kernel.release,
-                b.part.what()
-            );
-            eprintln!("xtask: {what}: {e:#}");
-            failures.push(format!("{what}: {e:#}"));
+            failures.push(format!("{}: {e:#}", b.what()));
         }
     }
     eprintln!(
@@ -765,23 +767,24 @@ pub fn run(vm: &Vm) -> anyhow::Result<()> {
     }
 }
 
-/// What one VM gave: its verdict, the verifier's counts it printed, and its summary.
+/// What one VM gave: its verdict, and the verifier's counts it printed.
 struct Outcome {
     result: anyhow::Result<()>,
     counts: Vec<Count>,
-    summary: String,
 }
 
-/// Boots one kernel with the script, its output lines tagged with [`Boot::tag`].
+/// Boots one kernel with the script, its output lines tagged with [`Boot::tag`]; prints its
+/// summary (and its failure) as it ends, in one write, so the other VM's lines do not break it
+/// up.
 fn boot(vm: &Vm, b: &Boot, script_path: &Path) -> Outcome {
     let mut counts = Vec::new();
     let mut summary = String::new();
     let result = boot_and_watch(vm, b, script_path, &mut counts, &mut summary);
-    Outcome {
-        result,
-        counts,
-        summary,
+    if let Err(e) = &result {
+        summary.push_str(&format!("xtask: {}: {e:#}\n", b.what()));
     }
+    eprint!("{summary}");
+    Outcome { result, counts }
 }
 
 fn boot_and_watch(
@@ -914,7 +917,6 @@ fn boot_and_watch(
     let _ = watchdog.join();
     let total = started.elapsed();
 
-    // Printed once both VMs are done, so the other's output does not break it up.
     let mut say = |line: String| {
         summary.push_str(&line);
         summary.push('\n');
@@ -961,7 +963,7 @@ fn boot_and_watch(
         );
     }
     if kernel.is_none() {
-        bail!("the VM did not start (vng {status}; its messages are above)");
+        bail!("the VM did not start (vng {status}; its messages are above, tagged {tag})");
     }
     if let Some(e) = errors.first() {
         bail!("the VM's script failed before the tests: {e}");
