@@ -94,6 +94,8 @@ pub struct DaemonStats {
     /// What the boot guard passed and dropped before this daemon took over (read once: the
     /// guard is gone by then).
     pub boot_guard: Vec<boot_guard::GuardCount>,
+    /// When this daemon started, in seconds since the epoch: its counters count from then.
+    pub started: f64,
 }
 
 impl DaemonStats {
@@ -121,6 +123,9 @@ pub async fn run(
     mut reload: impl Stream,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     // Bind first: a port in use is a reason not to touch the kernel at all.
     let listener = TcpListener::bind(policy.metrics.listen)
         .await
@@ -195,6 +200,7 @@ pub async fn run(
             unresolved_names: world.policy.unresolved_count(),
             unprotected,
             conntrack_capacity: Some(world.policy.conntrack),
+            started,
             boot_guard: boot_guard::counts(&world.pins).unwrap_or_else(|e| {
                 log::warn!("reading the boot guard's counters: {e:#}");
                 Vec::new()

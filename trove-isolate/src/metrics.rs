@@ -397,6 +397,16 @@ pub fn render(counts: &[Count], state: &State, stats: &DaemonStats) -> String {
          unjudged in between",
         reattach_after_up,
     );
+    // The name every Prometheus client gives it: alerts on counters that restart with the
+    // daemon (`trove_isolate_reattach_after_up_total`) read it.
+    let started = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    started.set(stats.started);
+    registry.register(
+        "process_start_time_seconds",
+        "When the daemon started, in seconds since the epoch: the counters it keeps itself \
+         (reloads, re-attachments, drop events) count from then",
+        started,
+    );
     registry.register(
         "trove_isolate_unprotected",
         "1 while the role's configured NIC is not found, or not enforced where it is",
@@ -513,6 +523,7 @@ mod tests {
                 packets: 6,
                 bytes: 400,
             }],
+            started: 1_764_979_200.5,
         };
         let text = render(&counts, &state, &stats);
         let classic = openmetrics_to_prometheus(&text);
@@ -546,6 +557,7 @@ mod tests {
             r#"trove_isolate_unprotected{role="management"} 0"#,
             r#"trove_isolate_unprotected{role="business"} 1"#,
             "trove_isolate_unresolved_names 1",
+            "process_start_time_seconds 1764979200.5",
         ] {
             assert!(text.contains(line), "missing {line} in:\n{text}");
         }

@@ -500,7 +500,15 @@ fn metrics_speak_both_formats_and_promtool_accepts_them() {
         &guest, "enforce", "auto", &pin_path, port,
     ));
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let epoch = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is past 1970")
+            .as_secs_f64()
+    };
+    let before = epoch();
     let _daemon = Daemon::start(&config, pin_path.as_ref(), addr);
+    let after = epoch();
     // Some traffic, so that the counters are not all zero.
     assert!(!tcp_probe(
         &guest.host,
@@ -524,6 +532,16 @@ fn metrics_speak_both_formats_and_promtool_accepts_them() {
 
     let (head, body) = http_get(addr, None);
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    // The alert on late re-attachments reads it: the counters count from the daemon's start.
+    let started: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("process_start_time_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no process_start_time_seconds:\n{body}"));
+    assert!(
+        (before..=after).contains(&started),
+        "started {started}, not between {before} and {after}"
+    );
     assert!(!body.contains("# EOF"), "{body}");
     assert!(
         body.contains("# HELP trove_isolate_drops_total "),
