@@ -15,11 +15,11 @@ use crate::{
     packet::{Kind, Packet},
 };
 
-const BOOTPS: u16 = 67u16.to_be();
-const BOOTPC: u16 = 68u16.to_be();
-const DHCPV6_CLIENT: u16 = 546u16.to_be();
-const DHCPV6_SERVER: u16 = 547u16.to_be();
-const BROADCAST: [u8; 4] = [255; 4];
+pub const BOOTPS: u16 = 67u16.to_be();
+pub const BOOTPC: u16 = 68u16.to_be();
+pub const DHCPV6_CLIENT: u16 = 546u16.to_be();
+pub const DHCPV6_SERVER: u16 = 547u16.to_be();
+pub const BROADCAST: [u8; 4] = [255; 4];
 /// ff02::1:2.
 const ALL_DHCP_SERVERS: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2];
 

@@ -10,16 +10,13 @@ use trove_isolate_common::{
 
 use crate::{
     arp,
+    dhcp::{BOOTPC, BOOTPS, BROADCAST, DHCPV6_CLIENT, DHCPV6_SERVER},
+    local,
     maps::{GUARD_COUNTERS, GUARD_ENDPOINTS},
     nd,
     packet::{Kind, Packet, Parsed, TCP_ACK, TCP_SYN},
     parse,
 };
-
-const BOOTPS: u16 = 67u16.to_be();
-const BOOTPC: u16 = 68u16.to_be();
-const DHCPV6_CLIENT: u16 = 546u16.to_be();
-const DHCPV6_SERVER: u16 = 547u16.to_be();
 
 /// `shut`: ARP and neighbour discovery alone (no DHCP, no metadata service).
 #[inline(always)]
@@ -54,8 +51,13 @@ fn decide(ctx: &TcContext, direction: Direction, shut: bool) -> Result<Reason, R
     }
 }
 
-/// DHCP or DHCPv6 client traffic: client port to server port going out, back coming in (the
-/// guard knows no address of the NIC, so only the ports and, for DHCPv6, link scope).
+/// DHCP or DHCPv6 client traffic: client port to server port going out, back coming in. The
+/// guard knows no address of the NIC, so the link is what bounds it: DHCPv4 goes out to the
+/// broadcast address only, DHCPv6 in link scope. A datagram from port 68 to a unicast address
+/// may be another's the guest forwards (a container's, masqueraded to the guest's address), to
+/// any host, whose answer comes back by its ports (a review found it); the price is a lease's
+/// unicast renewal, refused while the guard holds, which the client sends again as a broadcast
+/// once it rebinds (RFC 2131: at 7/8 of the lease; the guard holds minutes at a boot).
 #[inline(always)]
 fn dhcp(direction: Direction, pkt: &Packet) -> bool {
     let v4 = pkt.family == trove_isolate_common::family::V4;
@@ -68,9 +70,13 @@ fn dhcp(direction: Direction, pkt: &Packet) -> bool {
         Direction::Egress => (client, server, &pkt.dst),
         Direction::Ingress => (server, client, &pkt.src),
     };
-    pkt.src_port == from
-        && pkt.dst_port == to
-        && (v4 || crate::local::link_local(remote) || crate::local::link_multicast(remote))
+    let in_scope = match (v4, direction) {
+        (true, Direction::Egress) => pkt.dst[..4] == BROADCAST,
+        // An offer may come to the address it offers, which the guard cannot know.
+        (true, Direction::Ingress) => true,
+        (false, _) => local::link_local(remote) || local::link_multicast(remote),
+    };
+    pkt.src_port == from && pkt.dst_port == to && in_scope
 }
 
 /// TCP between one of the guest's ephemeral ports and a metadata endpoint: going out, anything

@@ -2962,6 +2962,12 @@ fn the_boot_guard_passes_only_what_a_booting_guest_needs() {
         ("ARP with a payload riding along", E, big_arp, Verdict::Drop, Malformed),
         ("DHCP discover", E, v4_udp("0.0.0.0", "255.255.255.255", 68, 67), Verdict::Pass, Dhcp),
         ("DHCP offer", I, v4_udp("192.0.2.254", "255.255.255.255", 67, 68), Verdict::Pass, Dhcp),
+        ("DHCP offer to the address it offers", I, v4_udp("192.0.2.254", G4, 67, 68), Verdict::Pass, Dhcp),
+        // Forwarded from a container (masqueraded to the guest's address): to any host, its
+        // answer back by the ports. The guest's own unicast renewal pays for it, until it
+        // rebinds by broadcast.
+        ("DHCP from port 68 to a host off the link", E, v4_udp(G4, "203.0.113.67", 68, 67), Verdict::Drop, Policy),
+        ("DHCP renewal to the server, unicast", E, v4_udp(G4, "192.0.2.254", 68, 67), Verdict::Drop, Policy),
         ("DHCPv6 solicit", E, ipv6(proto::UDP, "fe80::1", "ff02::1:2", &udp(546, 547)), Verdict::Pass, Dhcp),
         ("DHCPv6 to a global server", E, ipv6(proto::UDP, G6, "2001:db8:9::9", &udp(546, 547)), Verdict::Drop, Policy),
         ("UDP from port 67 to another port", I, v4_udp("192.0.2.254", G4, 67, 40000), Verdict::Drop, Policy),
