@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use common::{cli, metric, metrics_port, unique, write_config, Daemon, PROBE};
+use common::{carrier_up, cli, metric, metrics_port, unique, write_config, Daemon, PROBE};
 use trove_isolate_testbed::{
     addr,
     scenario::{self, Probe},
@@ -1942,6 +1942,8 @@ fn boot_guard_follows(attach: &str) {
         to.ip(&format!("link set {name} name {new_name}"));
         to.ip(&format!("addr add {BOOT_GUEST_BIZ_V4}/24 dev {new_name}"));
         to.ip(&format!("link set {new_name} up"));
+        // A probe before the carrier is lost, whatever filters the NIC (or none).
+        carrier_up(&format!("--net={}", to.path().display()), new_name);
     };
     let database = || tcp_probe(&boot.tenant, None, at(BOOT_GUEST_BIZ_V4, 3306), PROBE);
     let legacy = attach == "legacy";
@@ -2036,6 +2038,7 @@ fn boot_guard_follows(attach: &str) {
             "ip addr add {BOOT_GUEST_BIZ_V4}/24 dev {BOOT_BIZ} && ip link set {BOOT_BIZ} up && \
              ip route add {BOOT_METADATA}/32 dev {BOOT_BIZ}"
         )));
+        carrier_up(&format!("--net={hidden_ns}"), BOOT_BIZ);
         refused_by_the_guard(
             &|| {
                 in_hidden(&format!(

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{cli, metrics_port, unique, write_config, Daemon, PROBE};
+use common::{carrier_up, cli, metrics_port, unique, write_config, Daemon, PROBE};
 use trove_isolate_testbed::{
     addr,
     scenario::{self, Probe},
@@ -694,24 +694,6 @@ fn echo_once(listener: std::net::TcpListener) -> std::thread::JoinHandle<()> {
             std::thread::sleep(Duration::from_millis(10));
         }
     })
-}
-
-/// Waits (bounded) until `nic` in the namespace `nsenter` enters (`--net=PATH`) has its
-/// carrier: a veth brought up reports it a moment later, and packets sent before are lost.
-fn carrier_up(nsenter: &str, nic: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let out = std::process::Command::new("nsenter")
-            .args([nsenter, "ip", "-o", "link", "show", "dev", nic])
-            .output()
-            .expect("nsenter");
-        let text = String::from_utf8_lossy(&out.stdout);
-        if text.contains("state UP") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{nic} has no carrier: {text}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A namespace no file names (a process's, as a runtime other than docker would make): the

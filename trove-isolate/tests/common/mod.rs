@@ -12,7 +12,7 @@ use std::{
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU16, Ordering},
     sync::mpsc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_trove-isolate");
@@ -322,4 +322,22 @@ pub fn tcp4_flows(
         .iter()
         .collect::<Result<_, _>>()
         .expect("reading a flow table")
+}
+
+/// Waits (bounded) until `nic` in the namespace `nsenter` enters (`--net=PATH`) has its
+/// carrier: a veth brought up reports it a moment later, and packets sent before are lost.
+pub fn carrier_up(nsenter: &str, nic: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = Command::new("nsenter")
+            .args([nsenter, "ip", "-o", "link", "show", "dev", nic])
+            .output()
+            .expect("nsenter");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("state UP") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{nic} has no carrier: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
