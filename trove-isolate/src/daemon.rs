@@ -123,9 +123,7 @@ pub async fn run(
     mut reload: impl Stream,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    let started = unix_ms() as f64 / 1000.0;
     // Bind first: a port in use is a reason not to touch the kernel at all.
     let listener = TcpListener::bind(policy.metrics.listen)
         .await
