@@ -9,6 +9,7 @@
 //! an upgraded loader never reuses a pinned map of the old shape.
 #![no_std]
 
+pub mod clock;
 pub mod conntrack;
 pub mod counters;
 pub mod events;

@@ -7,7 +7,7 @@
 //! acknowledgment and window, so that a FIN or RST can be held to the receiver's window (RFC
 //! 5961): a blind reset cannot close a flow.
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use trove_isolate_common::{
     conntrack::{
         flags, state, ticks, FlowKey4, FlowValue, WideKey, WideValue, WSCALE_MAX, WSCALE_NONE,
@@ -17,6 +17,7 @@ use trove_isolate_common::{
 };
 
 use crate::{
+    clock::now,
     maps::FlowTables,
     packet::{Kind, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     parse,
@@ -95,14 +96,6 @@ impl Flow for Wide {
             local: self.local,
         }
     }
-}
-
-/// CLOCK_MONOTONIC_COARSE: a flow's timeouts are seconds long, and the coarse clock costs half
-/// of the precise one per packet (`cargo xtask bench`, BENCHMARKS.md). The daemon's sweep reads
-/// the same clock.
-#[inline(always)]
-pub fn now() -> u64 {
-    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// What the flow tables say of a packet: its verdict if its flow is tracked.

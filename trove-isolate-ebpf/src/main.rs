@@ -13,6 +13,7 @@
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
 
 mod arp;
+mod clock;
 mod conntrack;
 mod counters;
 mod dhcp;
@@ -28,7 +29,7 @@ mod tcp;
 mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use trove_isolate_common::{Direction, Role};
+use trove_isolate_common::{action, Direction, Role};
 
 // Program names stay under the kernel's 15-character object name limit; the loader refers to them
 // through `trove_isolate_common::programs`. `#[classifier]` wraps the function in the program's
@@ -79,6 +80,16 @@ pub fn guard_shut_in(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn guard_shut_out(ctx: TcContext) -> i32 {
     guard::run(&ctx, Direction::Egress, true)
+}
+
+/// Reads the clocks and sets the flow tables' (`clock::sync`); the daemon runs it with
+/// BPF_PROG_TEST_RUN, it is never attached.
+#[classifier]
+pub fn clock_sync(ctx: TcContext) -> i32 {
+    match clock::sync(&ctx) {
+        Ok(()) => action::PASS,
+        Err(_) => action::DROP,
+    }
 }
 
 /// `cargo xtask bench`'s yardsticks and stages, never attached (the loader loads them only for
@@ -191,6 +202,17 @@ mod bench {
     #[classifier]
     pub fn bench_clock_coarse(_ctx: TcContext) -> i32 {
         let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+        if now == 0 {
+            action::DROP
+        } else {
+            action::PASS
+        }
+    }
+
+    /// The jiffies counter (`bpf_jiffies64`, which the verifier inlines on 64-bit JITs).
+    #[classifier]
+    pub fn bench_clock_jif(_ctx: TcContext) -> i32 {
+        let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() };
         if now == 0 {
             action::DROP
         } else {

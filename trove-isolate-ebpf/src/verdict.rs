@@ -6,7 +6,7 @@ use aya_log_ebpf::debug;
 use trove_isolate_common::{action, conntrack::Keying, Direction, Mode, Reason, Role, Verdict};
 
 use crate::{
-    arp,
+    arp, clock,
     conntrack::{self, Flow, Tables},
     counters, dhcp, events, local,
     maps::{flows_tcp4, flows_wide, SETTINGS},
@@ -150,7 +150,7 @@ fn open<F: Flow>(
     if !local::own(role, pkt.family, local) {
         return Err(Reason::NotLocal);
     }
-    let now = conntrack::now();
+    let now = clock::now();
     let mut carry = conntrack::Carry::NONE;
     if syn {
         let reopened = conntrack::reopen(t, flow, direction, pkt, now, &mut carry);

@@ -261,6 +261,10 @@ pub async fn run(
                 // hand): look again every tick.
                 world.follow(&scrape);
                 world.refresh_addresses()?;
+                // Measured over the first second or two, then checked at each sweep.
+                if !world.datapath.clock_settled() {
+                    world.datapath.tend_clock();
+                }
             }
             _ = sweep_tick.tick() => {
                 world.sweep(&scrape.stats)?;
@@ -390,6 +394,9 @@ pub async fn run(
         "stopping; enforcement stays in force (pinned under {})",
         world.policy.pin_path.display()
     );
+    if let Err(e) = world.datapath.release_clock() {
+        log::warn!("putting the datapath back on the coarse clock's helper: {e:#}");
+    }
     // The datapath drops here: programs stay referenced by their links and filters.
     drop(world);
     Ok(())
@@ -631,8 +638,10 @@ impl Enforcing {
         }
     }
 
-    /// Removes expired established flows and records the tables' occupancy.
+    /// Tends the programs' clock, removes expired established flows and records the tables'
+    /// occupancy.
     fn sweep(&mut self, stats: &Mutex<DaemonStats>) -> anyhow::Result<()> {
+        self.datapath.tend_clock();
         let occupancy = conntrack::sweep(&mut self.datapath)?;
         stats.lock().unwrap_or_else(|e| e.into_inner()).conntrack = occupancy.live.clone();
         if occupancy.expired_removed > 0 {

@@ -16,10 +16,11 @@ use std::{
 use anyhow::{bail, Context as _};
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf},
-    programs::SchedClassifier,
+    programs::{SchedClassifier, TestRun as _, TestRunOptions},
     Ebpf, EbpfLoader,
 };
 use trove_isolate_common::{
+    clock::{self, Frame},
     conntrack::{FlowKey, FlowKey4, FlowValue, Keying, WideKey, WideValue},
     counters::{self, Counter},
     events::Budget,
@@ -33,6 +34,7 @@ use trove_isolate_common::{
 
 use crate::{
     capacity::{Capacity, PolicyRules},
+    clock::{Calibration, Sample, Step},
     map_batch, own_sets,
     pins::Pins,
     policy::Policy,
@@ -53,6 +55,8 @@ pub struct Datapath {
     /// The own-address sets were made at this load and never written: no packet has read them,
     /// so the first write needs no wait (see [`own_sets`]).
     own_fresh: bool,
+    /// The programs' clock ([`crate::clock`]).
+    clock: Calibration,
 }
 
 /// The policy maps' content: the rules, and each class's prefix lengths.
@@ -176,6 +180,7 @@ impl Datapath {
             log,
             policy_map_new,
             own_fresh,
+            clock: Calibration::default(),
         })
     }
 
@@ -355,6 +360,94 @@ impl Datapath {
                 .with_context(|| format!("loading {name} (verifier)"))?;
         }
         Ok(program)
+    }
+
+    /// Runs `clock_sync`: stores `set` as the programs' clock unless it is [`Frame::KEEP`], and
+    /// reads both clocks.
+    pub fn clock_sync(&mut self, set: u64) -> anyhow::Result<Sample> {
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(clock::SYNC_PROGRAM)
+            .context("clock_sync missing from the eBPF object")?
+            .try_into()?;
+        if program.fd().is_err() {
+            program.load().context("loading clock_sync (verifier)")?;
+        }
+        let mut frame = [0u8; Frame::LEN];
+        frame[Frame::SET..Frame::SET + 8].copy_from_slice(&set.to_le_bytes());
+        let mut out = [0u8; Frame::LEN];
+        let run = program
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .context("running clock_sync (BPF_PROG_TEST_RUN)")?;
+        anyhow::ensure!(
+            run.return_value == trove_isolate_common::action::PASS as u32,
+            "clock_sync refused its frame"
+        );
+        let word = |at: usize| u64::from_le_bytes(out[at..at + 8].try_into().expect("8 bytes"));
+        Ok(Sample {
+            jiffies: word(Frame::JIFFIES),
+            coarse_ns: word(Frame::COARSE_NS),
+        })
+    }
+
+    /// Reads the clocks and moves the programs' clock on ([`Calibration::observe`]): the
+    /// daemon's every sweep. A failure leaves the programs on the clock they read (the coarse
+    /// clock's helper, or a conversion checked at the last sweep), said once until it works.
+    pub fn tend_clock(&mut self) {
+        match self.step_clock() {
+            Ok(()) => self.clock.worked(),
+            Err(e) => {
+                if self.clock.failed() {
+                    log::warn!(
+                        "the datapath's clock: {e:#} (the programs keep the clock they read)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether the programs' clock needs no reading before the sweep's next check.
+    pub fn clock_settled(&self) -> bool {
+        self.clock.settled()
+    }
+
+    /// Puts the programs back on the coarse clock's helper (a daemon that stops: nothing checks
+    /// the conversion after it).
+    pub fn release_clock(&mut self) -> anyhow::Result<()> {
+        if self.clock.in_force().is_some() {
+            self.clock_sync(clock::OFF)?;
+            self.clock.applied(clock::OFF);
+        }
+        Ok(())
+    }
+
+    /// Measures the tick (up to `within`) and sets the programs' clock, for tests and
+    /// benchmarks; the conversion set, if one was.
+    pub fn calibrate_clock(
+        &mut self,
+        within: std::time::Duration,
+    ) -> anyhow::Result<Option<clock::Conversion>> {
+        let start = std::time::Instant::now();
+        loop {
+            self.step_clock()?;
+            if self.clock.settled() || start.elapsed() > within {
+                return Ok(self.clock.in_force());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn step_clock(&mut self) -> anyhow::Result<()> {
+        let now = self.clock_sync(Frame::KEEP)?;
+        if let Step::Set(word) = self.clock.observe(now) {
+            self.clock_sync(word)?;
+            self.clock.applied(word);
+        }
+        Ok(())
     }
 
     /// Starts forwarding the programs' debug records to the `log` crate.

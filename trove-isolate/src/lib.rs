@@ -11,6 +11,7 @@ pub static EBPF_OBJECT: &[u8] =
 pub mod attach;
 pub mod boot_guard;
 pub mod capacity;
+pub mod clock;
 pub mod config;
 pub mod conntrack;
 pub mod daemon;

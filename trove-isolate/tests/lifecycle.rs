@@ -160,6 +160,7 @@ fn reload_applies_with_no_window_and_refuses_a_bad_config() {
         ],
     );
     let ready = notes.wait_for("READY=1");
+    let ready_at = Instant::now();
     assert!(
         ready.iter().any(|l| l.starts_with("STATUS=enforcing")),
         "{ready:?}"
@@ -322,11 +323,17 @@ fn reload_applies_with_no_window_and_refuses_a_bad_config() {
     );
     std::fs::write(&config, &narrower).expect("writing the narrower config back");
 
+    // The daemon measures the kernel's tick over its first second or two (`clock`).
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(ready_at.elapsed()));
     notes.mark();
     daemon.stop();
     notes.wait_for("STOPPING=1");
-    // The maps served every policy here: each reload kept the loaded programs (no verifier).
     let stderr = daemon.stderr();
+    assert!(
+        stderr.contains("the datapath reads its clock off jiffies (HZ="),
+        "{stderr}"
+    );
+    // The maps served every policy here: each reload kept the loaded programs (no verifier).
     let reloaded = stderr.lines().filter(|l| l.contains("reloaded ")).count();
     let kept = stderr
         .lines()

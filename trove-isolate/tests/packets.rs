@@ -2706,6 +2706,70 @@ fn the_maps_take_the_memory_check_reports() {
     }
 }
 
+/// The flow tables' clock: once the daemon has measured the kernel's tick, the programs read
+/// the coarse clock's time off jiffies (`trove_isolate_common::clock`). The conversion tells the
+/// coarse clock's time within two jiffies, a flow is stamped with it as with the helper (the
+/// conversion off, then on again), and the programs do read it: one set a day ahead expires an
+/// established flow at its next packet.
+#[rustfmt::skip]
+#[test]
+fn flows_keep_the_coarse_clocks_time_read_off_jiffies() {
+    use trove_isolate::datapath::Table;
+    use trove_isolate_common::clock::{Conversion, Frame, OFF};
+    use trove_isolate_common::conntrack::{ticks, TCP_TIMEOUT_NS};
+    use Reason::*;
+    let coarse_ns = || {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE).expect("clock");
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    };
+    let mut dp = datapath();
+    let conversion = dp
+        .calibrate_clock(std::time::Duration::from_secs(5))
+        .expect("reading the clocks (clock_sync)")
+        .expect("the kernel's tick is one of Linux's HZ");
+    let tick = conversion.tick_ns();
+    assert!([10_000_000, 4_000_000, 3_333_333, 1_000_000].contains(&tick), "tick {tick} ns");
+    let both = dp.clock_sync(Frame::KEEP).expect("reading the clocks");
+    let off = conversion.now_ns(both.jiffies).wrapping_sub(both.coarse_ns) as i64;
+    assert!(off.unsigned_abs() <= 2 * tick, "the conversion reads {off} ns off the coarse clock");
+
+    // How far a flow's stamp is behind the coarse clock read after its packet, in ticks of
+    // 2^20 ns: two jiffies ahead at most, and the test's pace behind (a second, under emulation).
+    let ahead = -(((2 * tick) >> 20) as i32) - 1;
+    let stamped = |dp: &Datapath, port: u16| {
+        let now = ticks(coarse_ns());
+        let flows = dp.flows(B, Table::Established).expect("flows");
+        let flow = flows.iter().find(|f| u16::from_be(f.0.remote_port) == port).expect("the flow established");
+        let behind = now.wrapping_sub(flow.1.last_seen) as i32;
+        assert!((ahead..=1000).contains(&behind), "port {port}: stamped {behind} ticks behind the coarse clock");
+    };
+    let open = |dp: &mut Datapath, port: u16| {
+        let (c, s) = ((port, 3306), (3306, port));
+        run_table(dp, &[
+            pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
+            pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
+            pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
+            pass("the greeting", B, E, v4_data(G4, CLIENT, s, 5001, 1001, b"hello"), Tracked),
+        ]);
+    };
+    open(&mut dp, 33900);
+    stamped(&dp, 33900);
+    dp.clock_sync(OFF).expect("the helper again");
+    open(&mut dp, 33901);
+    stamped(&dp, 33901);
+    dp.clock_sync(conversion.0).expect("the conversion again");
+    open(&mut dp, 33902);
+    stamped(&dp, 33902);
+
+    let day_on = (TCP_TIMEOUT_NS + 3_600_000_000_000) / tick;
+    let later = Conversion::new(tick, conversion.base_jiffies() - day_on).expect("fits");
+    dp.clock_sync(later.0).expect("setting the clock");
+    run_table(&mut dp, &[
+        // Its flow expired: picked up anew, as a connection that predates enforcement.
+        pass("the client's next segment, a day on", B, I, v4_data(CLIENT, G4, (33900, 3306), 1001, 5006, b"q"), Allowed),
+    ]);
+}
+
 /// `cargo xtask bench`'s programs pass the verifier too (they are loaded only there).
 #[test]
 fn the_benchmark_programs_load() {
@@ -2720,6 +2784,7 @@ fn the_benchmark_programs_load() {
         "bench_decide",
         "bench_clock",
         "bench_clock_coarse",
+        "bench_clock_jif",
         "bench_count",
     ] {
         dp.bench_program(name)

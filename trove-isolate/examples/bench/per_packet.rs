@@ -1,6 +1,8 @@
 //! Section 1: the per-packet cost of each path through BPF_PROG_TEST_RUN, against the object's
 //! empty classifier measured in the same process. Logs and drop events are off.
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use ipnetwork::IpNetwork;
@@ -48,6 +50,10 @@ pub fn prepare(policy: &Policy) -> anyhow::Result<Datapath> {
         &Capacity::NONE_HELD,
     )
     .context("loading the datapath (root, BPF)")?;
+    // The programs' clock as the daemon sets it in its first seconds: read off jiffies.
+    if dp.calibrate_clock(Duration::from_secs(5))?.is_none() {
+        eprintln!("bench: the kernel's tick was not measured: the programs call the coarse clock");
+    }
     dp.sync_policy(policy, None)?;
     let nets: Vec<IpNetwork> = ["192.0.2.1/24", "2001:db8:1::1/64", "fe80::1/64"]
         .iter()
@@ -418,6 +424,7 @@ pub fn run(policy: &Policy, o: &Options) -> anyhow::Result<Vec<Row>> {
             "stage: the coarse clock (bpf_ktime_get_coarse_ns)",
             "bench_clock_coarse",
         ),
+        ("stage: jiffies (bpf_jiffies64)", "bench_clock_jif"),
         ("stage: one counter update", "bench_count"),
     ] {
         let program = dp.bench_program(program)?;
