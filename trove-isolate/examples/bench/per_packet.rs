@@ -50,10 +50,6 @@ pub fn prepare(policy: &Policy) -> anyhow::Result<Datapath> {
         &Capacity::NONE_HELD,
     )
     .context("loading the datapath (root, BPF)")?;
-    // The programs' clock as the daemon sets it in its first seconds: read off jiffies.
-    if dp.calibrate_clock(Duration::from_secs(5))?.is_none() {
-        eprintln!("bench: the kernel's tick was not measured: the programs call the coarse clock");
-    }
     dp.sync_policy(policy, None)?;
     let nets: Vec<IpNetwork> = ["192.0.2.1/24", "2001:db8:1::1/64", "fe80::1/64"]
         .iter()
@@ -264,6 +260,15 @@ pub fn measure_decision(dp: &mut Datapath, empty: f64, o: &Options) -> anyhow::R
     Ok(Row::new(name, measure(program, &frame, o)?, empty))
 }
 
+/// Sets the programs' clock as the daemon does in its first seconds: read off jiffies (about a
+/// second: the kernel's tick is measured over 250 jiffies).
+pub fn set_clock(dp: &mut Datapath) -> anyhow::Result<()> {
+    if dp.calibrate_clock(Duration::from_secs(5))?.is_none() {
+        eprintln!("bench: the kernel's tick was not measured: the programs call the coarse clock");
+    }
+    Ok(())
+}
+
 /// The frame the empty program and the stages run on: the established flow's reply.
 pub fn reply_frame() -> Vec<u8> {
     v4("192.0.2.10", "192.0.2.1", 5672, 40000, ACK)
@@ -397,6 +402,7 @@ pub fn measure_connections(dp: &mut Datapath, count: u32) -> anyhow::Result<(f64
 /// The section: the empty program, each stage alone, then every path.
 pub fn run(policy: &Policy, o: &Options) -> anyhow::Result<Vec<Row>> {
     let mut dp = prepare(policy)?;
+    set_clock(&mut dp)?;
     let frame = reply_frame();
     let empty = measure(dp.bench_program("bench_empty")?, &frame, o)?;
     let mut rows = vec![Row::new("empty TC program (r0 = -1; exit)", empty, empty)];

@@ -163,6 +163,7 @@ fn measure(policy: &Policy, cases: &[per_packet::Case], o: &Options) -> anyhow::
     let started = Instant::now();
     let mut dp = per_packet::prepare(policy)?;
     let load_seconds = started.elapsed().as_secs_f64();
+    per_packet::set_clock(&mut dp)?;
     let frame = per_packet::reply_frame();
     let empty = per_packet::measure(dp.bench_program("bench_empty")?, &frame, o)?;
     let mut rows = vec![
