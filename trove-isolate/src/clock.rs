@@ -109,7 +109,8 @@ impl Calibration {
                 "measured again"
             };
             log::warn!(
-                "the datapath's clock read {:.3} s off the coarse clock: back to the coarse                  clock's helper, the tick {next}",
+                "the datapath's clock read {:.3} s off the coarse clock: back to the coarse \
+                 clock's helper, the tick {next}",
                 off as f64 / 1e9
             );
             self.first = Some(now);

@@ -395,7 +395,7 @@ impl Datapath {
     }
 
     /// Reads the clocks and moves the programs' clock on ([`Calibration::observe`]): the
-    /// daemon's every sweep. A failure leaves the programs on the clock they read (the coarse
+    /// daemon's every second until [`Datapath::clock_settled`], then every sweep. A failure leaves the programs on the clock they read (the coarse
     /// clock's helper, or a conversion checked at the last sweep), said once until it works.
     pub fn tend_clock(&mut self) {
         match self.step_clock() {
