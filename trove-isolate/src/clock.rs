@@ -52,11 +52,15 @@ pub struct Calibration {
     first: Option<Sample>,
     /// What the programs read, as last written.
     in_force: Option<Conversion>,
-    /// Measurements that matched no HZ, or gave a base the word cannot hold: said once.
+    /// The last measurement matched no HZ, or gave a base the word cannot hold.
     unmatched: bool,
+    /// That was said (once).
+    unmatched_said: bool,
     /// Reading or writing the clock failed, and has not worked since.
     failing: bool,
+    /// Times the conversion drifted; an [`OFF`] asked for and not yet written.
     drifts: u32,
+    turning_off: bool,
 }
 
 impl Calibration {
@@ -78,7 +82,9 @@ impl Calibration {
     /// `word` is what the programs read now.
     pub fn applied(&mut self, word: u64) {
         self.in_force = (word != OFF).then_some(Conversion(word));
+        self.turning_off = false;
         if let Some(conversion) = self.in_force {
+            self.unmatched = false;
             let hz = (1_000_000_000 + conversion.tick_ns() / 2) / conversion.tick_ns();
             log::info!("the datapath reads its clock off jiffies (HZ={hz})");
         }
@@ -102,6 +108,10 @@ impl Calibration {
             if off.unsigned_abs() <= DRIFT_NS {
                 return Step::Keep;
             }
+            // Asked for already (its write failed): the same drift, asked for again.
+            if std::mem::replace(&mut self.turning_off, true) {
+                return Step::Set(OFF);
+            }
             self.drifts += 1;
             let next = if self.given_up() {
                 "left off"
@@ -113,7 +123,8 @@ impl Calibration {
                  clock's helper, the tick {next}",
                 off as f64 / 1e9
             );
-            self.first = Some(now);
+            // Measured from the next reading: this one is the drift's.
+            self.first = None;
             return Step::Set(OFF);
         }
         if self.given_up() {
@@ -138,6 +149,7 @@ impl Calibration {
             let expected = tick_ns(hz) as u128 * jiffies as u128;
             (ns as u128).abs_diff(expected) * 1000 <= expected * TOLERANCE_PER_MILLE
         });
+        self.unmatched = matched.is_none();
         let Some(hz) = matched else {
             self.said(&format!(
                 "the kernel ticked {jiffies} jiffies in {:.3} s, at no HZ of {HZ:?}",
@@ -150,6 +162,7 @@ impl Calibration {
         match Conversion::new(tick, base) {
             Some(conversion) => Step::Set(conversion.0),
             None => {
+                self.unmatched = true;
                 self.said(&format!(
                     "jiffies ({}) and the coarse clock ({} ns) are too far apart for the \
                      conversion's word",
@@ -161,7 +174,7 @@ impl Calibration {
     }
 
     fn said(&mut self, what: &str) {
-        if !std::mem::replace(&mut self.unmatched, true) {
+        if !std::mem::replace(&mut self.unmatched_said, true) {
             log::warn!("{what}: the datapath keeps the coarse clock's helper");
         }
     }
@@ -278,8 +291,13 @@ mod tests {
             late.coarse_ns += 2 * DRIFT_NS;
             assert_eq!(c.observe(late), Step::Set(OFF), "drift {drift}");
             assert!(c.in_force().is_some(), "in force until the off is written");
+            // The write failed: asked again, the same drift.
+            assert_eq!(c.observe(late), Step::Set(OFF), "drift {drift}, again");
             c.applied(OFF);
             assert_eq!(c.in_force(), None);
+            // The tick measured again from the next reading, not the drifted one.
+            ms += 1_000;
+            assert_eq!(step(&mut c, at(250, ms)), Step::Keep);
         }
         assert!(c.settled());
         assert_eq!(step(&mut c, at(250, ms + 10_000)), Step::Keep, "left off");

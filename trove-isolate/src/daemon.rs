@@ -261,7 +261,7 @@ pub async fn run(
                 // hand): look again every tick.
                 world.follow(&scrape);
                 world.refresh_addresses()?;
-                // Measured over the first second or two, then checked at each sweep.
+                // Measured over the first seconds (250 jiffies), then checked at each sweep.
                 if !world.datapath.clock_settled() {
                     world.datapath.tend_clock();
                 }
@@ -394,10 +394,8 @@ pub async fn run(
         "stopping; enforcement stays in force (pinned under {})",
         world.policy.pin_path.display()
     );
-    if let Err(e) = world.datapath.release_clock() {
-        log::warn!("putting the datapath back on the coarse clock's helper: {e:#}");
-    }
-    // The datapath drops here: programs stay referenced by their links and filters.
+    // The datapath drops here: programs stay referenced by their links and filters, on the
+    // coarse clock's helper (`Datapath::drop`).
     drop(world);
     Ok(())
 }

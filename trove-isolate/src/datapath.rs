@@ -71,6 +71,14 @@ pub struct Resized {
     pub to: u32,
 }
 
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        if let Err(e) = self.release_clock() {
+            log::warn!("putting the datapath back on the coarse clock's helper: {e:#}");
+        }
+    }
+}
+
 impl Datapath {
     /// Loads the programs (verifier included) with every map bound to its pin under `pins`, or
     /// with fresh unpinned maps when `pins` is `None` (packet tests, benchmarks). Maps are sized
@@ -415,9 +423,9 @@ impl Datapath {
         self.clock.settled()
     }
 
-    /// Puts the programs back on the coarse clock's helper (a daemon that stops: nothing checks
-    /// the conversion after it).
-    pub fn release_clock(&mut self) -> anyhow::Result<()> {
+    /// Puts the programs back on the coarse clock's helper: nothing checks the conversion once
+    /// the datapath is dropped (the daemon stops, by any way out of its loop).
+    fn release_clock(&mut self) -> anyhow::Result<()> {
         if self.clock.in_force().is_some() {
             self.clock_sync(clock::OFF)?;
             self.clock.applied(clock::OFF);

@@ -323,8 +323,9 @@ fn reload_applies_with_no_window_and_refuses_a_bad_config() {
     );
     std::fs::write(&config, &narrower).expect("writing the narrower config back");
 
-    // The daemon measures the kernel's tick over its first second or two (`clock`).
-    std::thread::sleep(Duration::from_secs(3).saturating_sub(ready_at.elapsed()));
+    // The daemon measures the kernel's tick over its first seconds (250 jiffies: 2.5 s at
+    // HZ=100, read on its one-second tick).
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(ready_at.elapsed()));
     notes.mark();
     daemon.stop();
     notes.wait_for("STOPPING=1");

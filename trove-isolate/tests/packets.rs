@@ -2734,14 +2734,15 @@ fn flows_keep_the_coarse_clocks_time_read_off_jiffies() {
     assert!(off.unsigned_abs() <= 2 * tick, "the conversion reads {off} ns off the coarse clock");
 
     // How far a flow's stamp is behind the coarse clock read after its packet, in ticks of
-    // 2^20 ns: two jiffies ahead at most, and the test's pace behind (a second, under emulation).
+    // 2^20 ns: two jiffies ahead at most; behind, a stamp is renewed only once a second old
+    // (953 ticks), and the test's pace under emulation.
     let ahead = -(((2 * tick) >> 20) as i32) - 1;
     let stamped = |dp: &Datapath, port: u16| {
         let now = ticks(coarse_ns());
         let flows = dp.flows(B, Table::Established).expect("flows");
         let flow = flows.iter().find(|f| u16::from_be(f.0.remote_port) == port).expect("the flow established");
         let behind = now.wrapping_sub(flow.1.last_seen) as i32;
-        assert!((ahead..=1000).contains(&behind), "port {port}: stamped {behind} ticks behind the coarse clock");
+        assert!((ahead..=1200).contains(&behind), "port {port}: stamped {behind} ticks behind the coarse clock");
     };
     let open = |dp: &mut Datapath, port: u16| {
         let (c, s) = ((port, 3306), (3306, port));
