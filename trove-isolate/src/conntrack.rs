@@ -137,8 +137,9 @@ pub fn sweep(datapath: &mut Datapath) -> anyhow::Result<Occupancy> {
     Ok(occupancy)
 }
 
-/// The datapath's clock (`bpf_ktime_get_coarse_ns`): CLOCK_MONOTONIC_COARSE.
-fn monotonic_ns() -> anyhow::Result<u64> {
+/// The flow tables' clock, CLOCK_MONOTONIC_COARSE in ns: the programs read it with
+/// `bpf_ktime_get_coarse_ns`, or off jiffies (`crate::clock`).
+pub fn monotonic_ns() -> anyhow::Result<u64> {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)?;
     Ok(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
 }

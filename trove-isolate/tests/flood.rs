@@ -505,9 +505,7 @@ fn a_sweep_never_removes_a_flow_refreshed_while_it_walks() {
             let mut value = value;
             let mut stamps = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
-                    .expect("clock");
-                value.stamp(now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64);
+                value.stamp(trove_isolate::conntrack::monotonic_ns().expect("clock"));
                 // Only over the flow as it is: the sweep may have removed it.
                 if table.insert(key, value, 2 /* BPF_EXIST */).is_err() {
                     break;

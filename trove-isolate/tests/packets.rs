@@ -2718,10 +2718,6 @@ fn flows_keep_the_coarse_clocks_time_read_off_jiffies() {
     use trove_isolate_common::clock::{Conversion, Frame, OFF};
     use trove_isolate_common::conntrack::{ticks, TCP_TIMEOUT_NS};
     use Reason::*;
-    let coarse_ns = || {
-        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE).expect("clock");
-        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-    };
     let mut dp = datapath();
     let conversion = dp
         .calibrate_clock(std::time::Duration::from_secs(5))
@@ -2738,7 +2734,7 @@ fn flows_keep_the_coarse_clocks_time_read_off_jiffies() {
     // (953 ticks), and the test's pace under emulation.
     let ahead = -(((2 * tick) >> 20) as i32) - 1;
     let stamped = |dp: &Datapath, port: u16| {
-        let now = ticks(coarse_ns());
+        let now = ticks(trove_isolate::conntrack::monotonic_ns().expect("clock"));
         let flows = dp.flows(B, Table::Established).expect("flows");
         let flow = flows.iter().find(|f| u16::from_be(f.0.remote_port) == port).expect("the flow established");
         let behind = now.wrapping_sub(flow.1.last_seen) as i32;
