@@ -35,7 +35,9 @@ nftables chain. New TCP connections per second (connect and close; and greeted s
 client reads the server's greeting before it closes, as a database client does), 64-byte frames per \
 second and TCP throughput (iperf3), in 3 interleaved rounds.
 
-4. The daemon (daemon.json): on a simulated guest with 10, 10,000 and 100,000 client prefixes, \
+4. The daemon: first what the kernel's verifier costs its start (verifier.json), each of the \
+four programs loaded alone five times, the median load and the instructions the verifier \
+processed; then (daemon.json) on a simulated guest with 10, 10,000 and 100,000 client prefixes, \
 the time from start to enforced, a reload of the same config and one that replaces every prefix, \
 and the daemon's memory (RSS); with 100,000 prefixes and a host name, its memory once a refresh \
 of the name has applied a changed address (about a minute: the daemon's hosts file, its own copy, \

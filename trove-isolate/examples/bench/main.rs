@@ -3,7 +3,8 @@
 //!    empty TC program measured in the same process ([`per_packet`]);
 //! 2. the same paths as the policy grows to 1,000,000 entries ([`scaling`]);
 //! 3. real traffic over veth against nftables ([`traffic`]);
-//! 4. the daemon: memory, start to enforced, a reload ([`daemon`]).
+//! 4. the daemon: what the verifier costs its start ([`verifier`]); memory, start to
+//!    enforced, a reload ([`daemon`]).
 //!
 //! Prints Markdown tables; `--out DIR` writes the numbers as JSON too.
 
@@ -15,6 +16,7 @@ mod daemon;
 mod per_packet;
 mod scaling;
 mod traffic;
+mod verifier;
 
 use std::path::{Path, PathBuf};
 
@@ -318,8 +320,37 @@ fn main() -> anyhow::Result<()> {
     if !o.daemon_sizes.is_empty() {
         let bin = bin()?;
         eprintln!("bench: 4. the daemon");
-        let runs = daemon::run(bin, &o.daemon_sizes, logs)?;
+        let programs = verifier::run()?;
         println!("## 4. The daemon on a simulated guest\n");
+        println!(
+            "| program | verifier and JIT (one load alone, median of {}) | processed instructions |",
+            verifier::LOADS
+        );
+        println!("|---|---:|---:|");
+        for p in &programs {
+            let count = p
+                .instructions
+                .map_or("not reported".into(), |n| n.to_string());
+            println!("| {} | {:.0} ms | {count} |", p.name, p.load_seconds * 1e3);
+        }
+        let cpu: f64 = programs.iter().map(|p| p.load_seconds).sum();
+        println!(
+            "\n(the four: {:.0} ms of CPU; a start verifies them two at a time, a core each)\n",
+            cpu * 1e3
+        );
+        write(
+            out,
+            "verifier.json",
+            json!(programs
+                .iter()
+                .map(|p| json!({
+                    "program": p.name,
+                    "load_seconds": p.load_seconds,
+                    "instructions": p.instructions,
+                }))
+                .collect::<Vec<_>>()),
+        )?;
+        let runs = daemon::run(bin, &o.daemon_sizes, logs)?;
         println!("| entries | start to enforced (median of {}; range) | reload, same config | reload, every prefix replaced | RSS enforcing | RSS after the reloads | peak RSS |", daemon::STARTS);
         println!("|---:|---:|---:|---:|---:|---:|---:|");
         let mib = |kib: u64| kib as f64 / 1024.0;
