@@ -322,6 +322,7 @@ fn main() -> anyhow::Result<()> {
         eprintln!("bench: 4. the daemon");
         let programs = verifier::run()?;
         println!("## 4. The daemon on a simulated guest\n");
+        println!("What the kernel's verifier costs a start:\n");
         println!(
             "| program | verifier and JIT (one load alone, median of {}) | processed instructions |",
             verifier::LOADS
@@ -335,7 +336,7 @@ fn main() -> anyhow::Result<()> {
         }
         let cpu: f64 = programs.iter().map(|p| p.load_seconds).sum();
         println!(
-            "\n(the four: {:.0} ms of CPU; a start verifies them two at a time, a core each)\n",
+            "\n(the four: {:.0} ms on one core; a start verifies them two at a time, a core each)\n",
             cpu * 1e3
         );
         write(
