@@ -334,10 +334,10 @@ fn main() -> anyhow::Result<()> {
                 .map_or("not reported".into(), |n| n.to_string());
             println!("| {} | {:.0} ms | {count} |", p.name, p.load_seconds * 1e3);
         }
-        let cpu: f64 = programs.iter().map(|p| p.load_seconds).sum();
+        let one_core: f64 = programs.iter().map(|p| p.load_seconds).sum();
         println!(
             "\n(the four: {:.0} ms on one core; a start verifies them two at a time, a core each)\n",
-            cpu * 1e3
+            one_core * 1e3
         );
         write(
             out,
