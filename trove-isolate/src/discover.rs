@@ -1020,8 +1020,24 @@ mod tests {
         image_host_port(image).map(|(host, port)| tcp(host, port.unwrap_or(443)))
     }
 
+    /// Trove's files under a temporary root, removed when it drops.
+    struct Tree(TroveFiles);
+
+    impl std::ops::Deref for Tree {
+        type Target = TroveFiles;
+        fn deref(&self) -> &TroveFiles {
+            &self.0
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0.root);
+        }
+    }
+
     /// A root of the given files (path, text) in a fresh temporary directory.
-    fn tree(files: &[(&str, &str)]) -> TroveFiles {
+    fn tree(files: &[(&str, &str)]) -> Tree {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let root = std::env::temp_dir().join(format!("ti-discover-{}-{n}", std::process::id()));
@@ -1031,12 +1047,12 @@ mod tests {
             std::fs::create_dir_all(path.parent().expect("a parent")).expect("dir");
             std::fs::write(&path, text).expect("write");
         }
-        TroveFiles {
+        Tree(TroveFiles {
             conf_dir: root.join("etc/trove/conf.d"),
             eth1_json: root.join("etc/trove/eth1.json"),
             docker_daemon_json: root.join("etc/docker/daemon.json"),
             root,
-        }
+        })
     }
 
     /// What cloud-init has not written yet is told apart from what is wrong: no conf dir or no
@@ -1112,7 +1128,6 @@ mod tests {
     fn ntp(files: &[(&str, &str)]) -> Vec<String> {
         let t = tree(files);
         let found = ntp_servers(&t).expect("reads");
-        let _ = std::fs::remove_dir_all(&t.root);
         found.into_iter().flat_map(|(_, s)| s).collect()
     }
 
@@ -1162,7 +1177,6 @@ mod tests {
         let hub = |files: &[(&str, &str)]| {
             let t = tree(files);
             let found = discover(&t).expect("discovers");
-            let _ = std::fs::remove_dir_all(&t.root);
             let hub: Vec<String> = found
                 .hub_images
                 .iter()
@@ -1193,7 +1207,6 @@ mod tests {
         let swift = format!("{url}swift_url = http://192.0.2.40:8080/v1/AUTH_\n");
         let t = tree(&[(agent, &swift)]);
         let found = discover(&t).expect("discovers");
-        let _ = std::fs::remove_dir_all(&t.root);
         assert!(
             found
                 .services
@@ -1207,7 +1220,6 @@ mod tests {
         let quay = format!("{url}[mysql]\ndocker_image = quay.io/openstack.trove/mysql\n");
         let t = tree(&[(agent, &quay)]);
         let found = discover(&t).expect("discovers");
-        let _ = std::fs::remove_dir_all(&t.root);
         assert_eq!(found.cdn_images.len(), 1, "{:?}", found.cdn_images);
         assert!(found.cdn_images[0].value.contains("cdn*.quay.io"));
         assert!(found
@@ -1221,7 +1233,6 @@ mod tests {
         let mirror_only = r#"{"registry-mirrors": ["https://mirror.example"]}"#;
         let t = tree(&[(agent, &login), ("etc/docker/daemon.json", mirror_only)]);
         let found = discover(&t).expect("discovers");
-        let _ = std::fs::remove_dir_all(&t.root);
         assert_eq!(
             found.hub_login.map(|f| format!("{} = {}", f.origin, f.value)),
             Some(
@@ -1277,7 +1288,6 @@ mod tests {
         let ports = |conf: &str| {
             let t = tree(&[("etc/trove/conf.d/trove-guestagent.conf", conf)]);
             let found = discover(&t);
-            let _ = std::fs::remove_dir_all(&t.root);
             found.map(|f| {
                 f.database_ports
                     .iter()
@@ -1322,7 +1332,6 @@ mod tests {
         let search = |text: &str| {
             let t = tree(&[("etc/resolv.conf", text)]);
             let found = search_list(&t.root).expect("reads");
-            let _ = std::fs::remove_dir_all(&t.root);
             (found.domains, found.ndots)
         };
         let none: Vec<String> = Vec::new();
@@ -1350,7 +1359,6 @@ mod tests {
             search_list(&t.root).expect("reads").domains,
             ["guests.example"]
         );
-        let _ = std::fs::remove_dir_all(&t.root);
         assert_eq!(
             search("domain c.example\nsearch a.example b.example\noptions ndots:2 attempts:3\n"),
             (vec!["a.example".to_owned(), "b.example".to_owned()], 2)

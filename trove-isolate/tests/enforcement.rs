@@ -1906,6 +1906,7 @@ fn two_roles_that_find_one_nic_are_refused() {
         config.to_str().expect("utf-8 path"),
         &["[business] NIC", "which [management] names too"],
     );
+    let _ = std::fs::remove_file(&config);
     let left: Vec<_> = std::fs::read_dir(&pin_path)
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();
