@@ -225,6 +225,8 @@ impl Drop for Daemon {
             .arg(&self.pin_path)
             .output();
         let _ = std::fs::remove_file(&self.config);
+        // The daemon that held it is gone, and the pin path was this test's alone.
+        let _ = std::fs::remove_file(trove_isolate::pins::Pins::new(&self.pin_path).lock_file());
     }
 }
 
