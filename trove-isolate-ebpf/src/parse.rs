@@ -568,8 +568,8 @@ fn l4(ctx: &TcContext, off: usize, end: usize, mut pkt: Packet) -> Result<Parsed
 /// Read with `bpf_skb_load_bytes` rather than direct access: the walk's offset depends on the
 /// bytes read, which the verifier cannot follow through direct packet pointers. (Copying the
 /// options to the stack in one call and walking them there measured no faster; copying them
-/// with direct loads saved 20 ns a handshake packet and cost the verifier 70 % more
-/// instructions: BENCHMARKS.md.)
+/// with direct loads saved 20 ns a handshake packet, and cost each program's load about 40 ms
+/// more in the verifier: BENCHMARKS.md.)
 #[inline(always)]
 pub fn window_scale(ctx: &TcContext, pkt: &Packet) -> u8 {
     let mut off = pkt.options_at as usize;

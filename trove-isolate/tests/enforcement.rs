@@ -1615,7 +1615,7 @@ impl FirstBoot {
 
 impl Drop for FirstBoot {
     fn drop(&mut self) {
-        let _ = cli(&["detach", "--pin-path", &self.pin_path]);
+        let _ = common::detach_at_end(&self.pin_path);
         let _ = std::fs::remove_dir_all(&self.tree);
         let _ = std::fs::remove_file(&self.config);
     }
@@ -1736,7 +1736,7 @@ fn boot_guard_holds(attach: &str) {
         "{stderr}"
     );
     assert_eq!(boot.probes(), enforcing, "the policy alone holds them");
-    let _ = cli(&["detach", "--pin-path", &other_pins]);
+    let _ = common::detach_at_end(&other_pins);
     let _ = std::fs::remove_file(&other);
     assert!(
         status.contains("boot guard counters since boot"),

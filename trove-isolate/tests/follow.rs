@@ -651,7 +651,7 @@ fn held_where_the_policy_lapsed(attach: &str) {
         "the guard taken off:\n{status}"
     );
     daemon.stop();
-    let _ = cli(&["detach", "--pin-path", &pin_path]);
+    let _ = common::detach_at_end(&pin_path);
     let _ = std::fs::remove_file(&config);
     let _ = std::fs::remove_file(&broken);
 }
@@ -880,6 +880,6 @@ fn one_nic_found(attach: &str) {
     let stderr = refused_start(&config);
     assert!(stderr.contains("[management] NIC"), "{stderr}");
     drop(daemon);
-    let _ = cli(&["detach", "--pin-path", &pin_path]);
+    let _ = common::detach_at_end(&pin_path);
     let _ = std::fs::remove_file(&config);
 }

@@ -208,12 +208,12 @@ impl Running {
             .stdout(Stdio::null())
             .status();
         let _ = std::fs::remove_file(&self.notify_path);
-        // The daemon that held it is gone, and the pin path was this run's alone.
-        let _ = std::fs::remove_file(trove_isolate::pins::Pins::new(&self.pin_path).lock_file());
         if !detached.is_ok_and(|s| s.success()) {
             bail!("detach failed; pins stay at {}", self.pin_path.display());
         }
         let _ = std::fs::remove_dir_all(&self.pin_path);
+        // The daemon that held it is gone, and the pin path was this run's alone.
+        let _ = std::fs::remove_file(trove_isolate::pins::Pins::new(&self.pin_path).lock_file());
         Ok(())
     }
 }

@@ -47,6 +47,14 @@ pub fn write_config(text: &str) -> PathBuf {
     path
 }
 
+/// `detach` at a test's end, and the pin path's lock file with it (`detach` takes the lock, so
+/// it makes the file): the pin path was the test's alone, and no daemon holds it any more.
+pub fn detach_at_end(pin_path: &str) -> Output {
+    let out = cli(&["detach", "--pin-path", pin_path]);
+    let _ = std::fs::remove_file(trove_isolate::pins::Pins::new(pin_path).lock_file());
+    out
+}
+
 pub fn cli(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
