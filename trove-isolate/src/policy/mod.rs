@@ -124,6 +124,12 @@ impl Rule {
         }
     }
 
+    /// Whether the rule's origin is `text`, said in full: no list entry's ("<key> <remote>") is
+    /// made to compare (a policy of 100,000 prefixes would format every one of them).
+    pub fn origin_is(&self, text: &str) -> bool {
+        matches!(&self.origin, Origin::Text(t) if **t == *text)
+    }
+
     /// The rule's key in the policy map (the remote's network address: host bits zero).
     pub fn key(&self, role: Role) -> PolicyKey {
         let (fam, addr) = family::key_addr(self.remote.network());
@@ -775,7 +781,7 @@ impl Policy {
             .chain(self.unreached.iter().cloned())
             .collect();
         for nic in &self.nics {
-            if nic.rules.iter().any(|r| r.origin() == ANY_CLIENTS) {
+            if nic.rules.iter().any(|r| r.origin_is(ANY_CLIENTS)) {
                 warnings.push(
                     "[business] clients is empty: the database ports accept connections from ANY \
                      address (0.0.0.0/0 and ::/0); list client CIDRs to narrow it"
@@ -783,7 +789,7 @@ impl Policy {
                 );
             }
             for rule in &nic.rules {
-                if rule.remote.prefix() == 0 && rule.origin() != ANY_CLIENTS {
+                if rule.remote.prefix() == 0 && !rule.origin_is(ANY_CLIENTS) {
                     warnings.push(open_rule_warning(nic.role, rule));
                 }
             }
