@@ -1908,7 +1908,7 @@ fn two_roles_that_find_one_nic_are_refused() {
     );
     let _ = std::fs::remove_file(&config);
     // The refused daemons took the pin path's lock (before anything else) and are gone.
-    let _ = std::fs::remove_file(trove_isolate::pins::Pins::new(&pin_path).lock_file());
+    common::remove_lock_file(&pin_path);
     let left: Vec<_> = std::fs::read_dir(&pin_path)
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();

@@ -48,11 +48,16 @@ pub fn write_config(text: &str) -> PathBuf {
 }
 
 /// `detach` at a test's end, and the pin path's lock file with it (`detach` takes the lock, so
-/// it makes the file): the pin path was the test's alone, and no daemon holds it any more.
+/// it makes the file).
 pub fn detach_at_end(pin_path: &str) -> Output {
     let out = cli(&["detach", "--pin-path", pin_path]);
-    let _ = std::fs::remove_file(trove_isolate::pins::Pins::new(pin_path).lock_file());
+    remove_lock_file(pin_path);
     out
+}
+
+/// Removes the lock file of a pin path that was the test's alone, once no daemon holds it.
+pub fn remove_lock_file(pin_path: impl AsRef<Path>) {
+    let _ = std::fs::remove_file(trove_isolate::pins::Pins::new(pin_path.as_ref()).lock_file());
 }
 
 pub fn cli(args: &[&str]) -> Output {
@@ -233,8 +238,7 @@ impl Drop for Daemon {
             .arg(&self.pin_path)
             .output();
         let _ = std::fs::remove_file(&self.config);
-        // The daemon that held it is gone, and the pin path was this test's alone.
-        let _ = std::fs::remove_file(trove_isolate::pins::Pins::new(&self.pin_path).lock_file());
+        remove_lock_file(&self.pin_path);
     }
 }
 
