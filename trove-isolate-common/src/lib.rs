@@ -127,6 +127,10 @@ pub const fn program_name(role: Role, direction: Direction) -> &'static str {
     }
 }
 
+/// The program that holds one of a role's hooks while a first start verifies the role's
+/// programs (it passes every packet on), replaced in place by the hook's program once verified.
+pub const PLACE_PROGRAM: &str = "hold_place";
+
 /// Which NIC of the guest a program protects: the policy domain that leads every key.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -82,6 +82,14 @@ pub fn guard_shut_out(ctx: TcContext) -> i32 {
     guard::run(&ctx, Direction::Egress, true)
 }
 
+/// Holds a role's place on a hook while a first start verifies the role's program, which then
+/// replaces it in place (`trove_isolate_common::PLACE_PROGRAM`): on to the next program, as if
+/// it were not there.
+#[classifier]
+pub fn hold_place(_ctx: TcContext) -> i32 {
+    action::PASS
+}
+
 /// Reads the clocks and sets the flow tables' (`clock::sync`); the daemon runs it with
 /// BPF_PROG_TEST_RUN, it is never attached.
 #[classifier]

@@ -4,7 +4,8 @@
 //! link on the same device is updated in place (`bpf_link_update`: no instant without a program),
 //! our legacy filter is replaced at its fixed priority/handle, anything else is created (and a TCX
 //! link pinned). Running it twice is harmless, which makes first start, restart, upgrade and
-//! re-attach after a NIC move one code path.
+//! re-attach after a NIC move one code path. A first start with TCX takes the hooks ahead of
+//! time with a placeholder ([`hold_places`]), whose links the programs take over in place.
 
 use std::{fs, io, path::Path};
 
@@ -16,7 +17,7 @@ use aya::{
     },
     util::KernelVersion,
 };
-use trove_isolate_common::{program_name, Direction, Role};
+use trove_isolate_common::{program_name, Direction, Role, PLACE_PROGRAM};
 
 use crate::{
     datapath::Pair,
@@ -77,7 +78,8 @@ pub fn use_tcx(mode: AttachMode) -> bool {
 
 /// Ensures both of `role`'s programs (ingress, egress) are attached to `device`, in one visit to
 /// its namespace (the NIC follower races docker-hostnic bringing the NIC up). `previous` is what
-/// the state file says was attached for each direction, if anything.
+/// the state file says was attached for each direction, if anything; `held`, the hooks this
+/// start took with the placeholder ([`Places`]), whose links the programs take over.
 pub fn ensure(
     programs: Pair<'_>,
     role: Role,
@@ -85,13 +87,18 @@ pub fn ensure(
     tcx: bool,
     pins: &Pins,
     previous: [Option<&Attachment>; 2],
+    held: &mut Places,
 ) -> Result<Ensured, AttachError> {
+    let mut held = held.take(role, device);
     let (hooks, before, after, mac) = netns::run_in(device.netns.as_deref(), || {
         // The device just before and just after: how much it may have received unjudged.
         let before = nic::snapshot(device.ifindex);
         let mut hooks = Vec::new();
-        for ((direction, previous), program) in
-            Direction::ALL.into_iter().zip(previous).zip(programs)
+        for (((direction, previous), program), held) in Direction::ALL
+            .into_iter()
+            .zip(previous)
+            .zip(programs)
+            .zip(held.iter_mut())
         {
             let name = program_name(role, direction);
             let same_device =
@@ -104,6 +111,7 @@ pub fn ensure(
                     device,
                     &pins.link(role, direction),
                     same_device,
+                    held.take(),
                 )?
             } else {
                 let replace =
@@ -135,6 +143,55 @@ pub fn ensure(
         before,
         after,
     })
+}
+
+/// The hooks a first start holds with the placeholder ([`PLACE_PROGRAM`]) while its programs
+/// are verified ([`hold_places`]): unpinned links, so a start that dies or fails lets them go.
+#[derive(Default)]
+pub struct Places {
+    held: Vec<(Role, Direction, Device, SchedClassifierLink)>,
+}
+
+impl Places {
+    /// The links held on `device` for `role`'s hooks, ingress then egress.
+    fn take(&mut self, role: Role, device: &Device) -> [Option<SchedClassifierLink>; 2] {
+        Direction::ALL.map(|direction| {
+            let at = self.held.iter().position(|(r, d, on, _)| {
+                *r == role && *d == direction && on.same_device(device)
+            })?;
+            Some(self.held.swap_remove(at).3)
+        })
+    }
+}
+
+/// Attaches `placeholder` (loaded) first on both hooks of each of `devices`, for [`ensure`] to
+/// put the roles' programs on in place. A hook it cannot take is left to [`ensure`], which
+/// says why.
+pub fn hold_places(placeholder: &mut SchedClassifier, devices: &[(Role, Device)]) -> Places {
+    let mut places = Places::default();
+    for (role, device) in devices {
+        let held = netns::run_in(device.netns.as_deref(), || {
+            Direction::ALL.map(|direction| {
+                let id = placeholder
+                    .attach_with_options(
+                        &device.name,
+                        tc_attach_type(direction),
+                        TcAttachOptions::TcxOrder(LinkOrder::first()),
+                    )
+                    .inspect_err(|e| log::debug!("{PLACE_PROGRAM} on {}: {e}", device.name))
+                    .ok()?;
+                placeholder.take_link(id).ok()
+            })
+        });
+        let Ok(held) = held else { continue };
+        for (direction, link) in Direction::ALL.into_iter().zip(held) {
+            if let Some(link) = link {
+                places.held.push((*role, direction, device.clone(), link));
+            }
+        }
+    }
+    log::debug!("{} hooks held by {PLACE_PROGRAM}", places.held.len());
+    places
 }
 
 /// What [`ensure`] attached, and the device just before and just after.
@@ -195,6 +252,8 @@ pub(crate) fn update_tcx(program: &mut SchedClassifier, link_pin: &Path) -> bool
     }
 }
 
+/// `held`: the placeholder's link on this hook ([`Places`]), which the program takes over in
+/// place.
 pub(crate) fn ensure_tcx(
     program: &mut SchedClassifier,
     name: &'static str,
@@ -202,22 +261,42 @@ pub(crate) fn ensure_tcx(
     device: &Device,
     link_pin: &Path,
     same_device: bool,
+    held: Option<SchedClassifierLink>,
 ) -> Result<Hook, AttachError> {
     // Update the live link in place; if it went defunct (device gone) attach afresh.
     if same_device && update_tcx(program, link_pin) {
         return Ok(Hook::Tcx);
     }
     // Attach the new link first, then replace the pin: the old link (if any, on another device
-    // or defunct) goes only once the new one holds.
-    let id = program
-        .attach_with_options(
-            &device.name,
-            tc_attach_type(direction),
-            // First in the chain: under TCX a program that passes a packet ends the chain, so
-            // anything before us could let a packet by unjudged.
-            TcAttachOptions::TcxOrder(LinkOrder::first()),
-        )
-        .map_err(program_error("attaching (tcx)", name, device))?;
+    // or defunct) goes only once the new one holds. The placeholder's link, where it holds the
+    // hook, is that new link: it took its place first in the chain when the verifier began. Not
+    // on a device that moved meanwhile (docker-hostnic): the link went with it, and the record
+    // would say it is where it was; attached by name, it fails as before. A placeholder's link
+    // that is not used, or will not take the program, goes (dropped: unpinned).
+    let held = held.filter(|_| {
+        nix::net::if_::if_nametoindex(device.name.as_str()).is_ok_and(|i| i == device.ifindex)
+    });
+    let placed = held.and_then(|link| {
+        program
+            .attach_to_link(link)
+            .inspect(|_| log::debug!("{name} on {}: in the placeholder's place", device.name))
+            .inspect_err(|e| {
+                log::debug!("{name} on {}: placeholder not replaced: {e}", device.name)
+            })
+            .ok()
+    });
+    let id = match placed {
+        Some(id) => id,
+        None => program
+            .attach_with_options(
+                &device.name,
+                tc_attach_type(direction),
+                // First in the chain: under TCX a program that passes a packet ends the chain,
+                // so anything before us could let a packet by unjudged.
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )
+            .map_err(program_error("attaching (tcx)", name, device))?,
+    };
     let link = program
         .take_link(id)
         .map_err(program_error("taking link of", name, device))?;

@@ -29,7 +29,7 @@ use trove_isolate_common::{
     policy::{self, PolicyKey, PolicyKey4, PolicyKey6, PolicyValue, PrefixLengths},
     program_name,
     settings::Settings,
-    Direction, Mode, Reason, Role, Verdict,
+    Direction, Mode, Reason, Role, Verdict, PLACE_PROGRAM,
 };
 
 use crate::{
@@ -300,52 +300,74 @@ impl Datapath {
 
     /// Each role's two programs, ingress then egress.
     fn programs(&mut self) -> anyhow::Result<Vec<(Role, Pair<'_>)>> {
+        Ok(self.programs_and_place()?.0)
+    }
+
+    /// [`Datapath::programs`], and the placeholder ([`PLACE_PROGRAM`]) beside them.
+    #[allow(clippy::type_complexity)]
+    fn programs_and_place(
+        &mut self,
+    ) -> anyhow::Result<(Vec<(Role, Pair<'_>)>, &mut SchedClassifier)> {
+        let roles = Role::ALL.map(|r| Direction::ALL.map(|d| program_name(r, d)));
         let mut found: Vec<(&str, &mut SchedClassifier)> = Vec::new();
         for (name, program) in self.ebpf.programs_mut() {
-            if Role::ALL
-                .iter()
-                .any(|&r| Direction::ALL.iter().any(|&d| program_name(r, d) == name))
-            {
+            if name == PLACE_PROGRAM || roles.iter().flatten().any(|n| *n == name) {
                 let program = program
                     .try_into()
                     .with_context(|| format!("program {name} is not a classifier"))?;
                 found.push((name, program));
             }
         }
-        let mut take = |role, direction| {
-            let name = program_name(role, direction);
+        let mut take = |name: &str| {
             let at = found.iter().position(|(n, _)| *n == name);
             at.map(|at| found.swap_remove(at).1)
                 .with_context(|| format!("program {name} missing from the eBPF object"))
         };
-        Role::ALL
+        let programs = Role::ALL
             .into_iter()
             .map(|role| {
-                let ingress = take(role, Direction::Ingress)?;
-                let egress = take(role, Direction::Egress)?;
+                let ingress = take(program_name(role, Direction::Ingress))?;
+                let egress = take(program_name(role, Direction::Egress))?;
                 Ok((role, [ingress, egress]))
             })
-            .collect()
+            .collect::<anyhow::Result<_>>()?;
+        Ok((programs, take(PLACE_PROGRAM)?))
     }
 
     /// Verifies the programs one role at a time (its two side by side, a core each) and hands
     /// each role's pair to `attach` as soon as it is verified, `first` first, while the other
-    /// role's are verified: a first TCX attach waits for an RCU grace period, not for a CPU, so
-    /// the first role's waits hide behind the second role's verifier.
+    /// role's are verified.
+    ///
+    /// A TCX attach waits for an RCU grace period (8 to 18 ms a hook, under the rtnl lock); a
+    /// link updated in place waits for none. So while the first role's programs are verified,
+    /// `hold` is handed the placeholder ([`PLACE_PROGRAM`], loaded) to take the hooks with,
+    /// for `attach` to replace in place; and the first role's attach hides behind the second
+    /// role's verifier. A placeholder the verifier refuses leaves the hooks to `attach`.
     pub fn verify_attaching(
         &mut self,
         first: Role,
+        hold: impl FnOnce(&mut SchedClassifier) + Send,
         mut attach: impl FnMut(Role, Pair<'_>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let mut programs = self.programs()?;
+        let (mut programs, place) = self.programs_and_place()?;
         programs.sort_by_key(|(role, _)| *role != first);
         let mut programs = programs.into_iter();
         let (Some((r1, p1)), Some((r2, p2))) = (programs.next(), programs.next()) else {
             unreachable!("two roles");
         };
         std::thread::scope(|scope| {
-            let p1 = join_loads(r1, spawn_loads(scope, p1))?;
+            let p1 = spawn_loads(scope, p1);
+            // A thread of its own: the second role's verifier starts as soon as the first's is
+            // done, all hooks taken or not.
+            let holding = scope.spawn(move || match place.load() {
+                Ok(()) => hold(place),
+                Err(e) => log::debug!("loading {PLACE_PROGRAM}: {e}"),
+            });
+            let p1 = join_loads(r1, p1)?;
             let p2 = spawn_loads(scope, p2);
+            holding
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
             let attached = attach(r1, p1);
             let p2 = join_loads(r2, p2);
             attached?;

@@ -8,7 +8,10 @@
 //! here detaches on exit: links and maps are pinned, legacy filters stay on their qdiscs, and the
 //! next start adopts them in place.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context as _};
 use ipnetwork::IpNetwork;
@@ -180,8 +183,9 @@ pub type Devices = Vec<(Role, nic::Device)>;
 ///
 /// Otherwise the programs are verified before anything is written, so that a reload the
 /// verifier refuses leaves the policy in force untouched. On a `first_start` with TCX nothing of
-/// ours reads the maps yet: they are written first, and each role's programs are attached as
-/// soon as they are verified, while the other role's are ([`Datapath::verify_attaching`]). Not
+/// ours reads the maps yet: they are written first, a placeholder holds the hooks while the
+/// verifier runs, and each role's programs take its place as soon as they are verified, while
+/// the other role's are ([`Datapath::verify_attaching`], [`attach::hold_places`]). Not
 /// with legacy filters: one of ours may outlive its pins and state record, and a first start
 /// that failed after replacing it would remove it.
 #[allow(clippy::too_many_arguments)]
@@ -235,11 +239,15 @@ fn apply(
     let policy_resized = datapath.resized().iter().any(|r| maps::is_policy(r.map));
     let resized = !datapath.resized().is_empty();
     let finished = (|| -> anyhow::Result<()> {
+        // The hooks a first start takes while the verifier runs (`Datapath::verify_attaching`).
+        let places = Mutex::new(attach::Places::default());
         let mut ensure = |role: Role, programs: Pair<'_>| -> anyhow::Result<()> {
             if let Some((_, device)) = devices.iter().find(|(r, _)| *r == role) {
                 let before = Direction::ALL.map(|d| find(&previous.attachments, role, d));
-                attachments
-                    .extend(attach::ensure(programs, role, device, tcx, pins, before)?.attachments);
+                let held = &mut places.lock().unwrap_or_else(PoisonError::into_inner);
+                attachments.extend(
+                    attach::ensure(programs, role, device, tcx, pins, before, held)?.attachments,
+                );
             }
             Ok(())
         };
@@ -249,7 +257,11 @@ fn apply(
             }
         } else {
             let first = devices.first().map_or(Role::Management, |(role, _)| *role);
-            datapath.verify_attaching(first, ensure)?;
+            let hold = |placeholder: &mut _| {
+                *places.lock().unwrap_or_else(PoisonError::into_inner) =
+                    attach::hold_places(placeholder, devices);
+            };
+            datapath.verify_attaching(first, hold, ensure)?;
         }
         // A NIC not found keeps what it had: its TCX links, which went wherever the device
         // went, are turned to the programs loaded now; a filter stays as it is (its program
@@ -613,6 +625,7 @@ fn attach_where_it_is(
         tcx,
         pins,
         [previous[0].as_ref(), previous[1].as_ref()],
+        &mut attach::Places::default(),
     )
     .with_context(|| format!("attaching {role} to {device}"))?;
     let late = !tcx && ensured.maybe_unjudged();

@@ -428,11 +428,47 @@ fn audit_mode_counts_but_passes() {
     );
 }
 
+/// The TCX programs on each of the guest's four hooks, by name, in the chain's order.
+fn tcx_chains(s: &Setup) -> [(Vec<String>, &'static str); 4] {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let chain = |ns: &trove_isolate_testbed::NetNs, nic: &str, hook| -> Vec<String> {
+        ns.run(|| {
+            let (_, programs) = SchedClassifier::query_tcx(nic, hook).expect("querying TCX");
+            programs
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+                .collect()
+        })
+    };
+    let (mgmt, biz) = (s.guest.mgmt_nic(), s.guest.biz_nic());
+    [
+        (
+            chain(&s.guest.host, mgmt, TcAttachType::Ingress),
+            "mgmt ingress",
+        ),
+        (
+            chain(&s.guest.host, mgmt, TcAttachType::Egress),
+            "mgmt egress",
+        ),
+        (
+            chain(&s.guest.container, biz, TcAttachType::Ingress),
+            "biz ingress",
+        ),
+        (
+            chain(&s.guest.container, biz, TcAttachType::Egress),
+            "biz egress",
+        ),
+    ]
+}
+
 /// Under TCX a program that passes a packet ends the chain, so ours must run first: a program
-/// already attached "first" before the daemon starts ends up behind it.
+/// already attached "first" before the daemon starts ends up behind it. A first start holds the
+/// hooks with a placeholder while the verifier runs: each program took its place (the debug
+/// log says so, four times), and it is gone from all four hooks, each of which carries the
+/// role's program, once.
 #[test]
 fn tcx_attaches_first_in_the_chain() {
-    use aya::programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType};
+    use aya::programs::{tc::TcAttachOptions, LinkOrder, TcAttachType};
     use trove_isolate::{capacity::Capacity, datapath::Datapath};
     use trove_isolate_common::{Direction, Role};
 
@@ -457,21 +493,95 @@ fn tcx_attaches_first_in_the_chain() {
             .expect("attaching the other program");
         program.take_link(id).expect("its link")
     });
-    let _daemon = start(&s, "enforce", "tcx");
-    let order: Vec<String> = s.guest.host.run(|| {
-        let (_, programs) =
-            SchedClassifier::query_tcx(&nic, TcAttachType::Ingress).expect("querying TCX");
-        programs
-            .iter()
-            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
-            .collect()
-    });
+    let config = write_config(&scenario::config(
+        &s.guest,
+        "enforce",
+        "tcx",
+        &s.pin_path,
+        s.metrics,
+    ));
+    let daemon = Daemon::start_with_env(
+        &config,
+        s.pin_path.as_ref(),
+        SocketAddr::from(([127, 0, 0, 1], s.metrics)),
+        &[("RUST_LOG", "trove_isolate::attach=debug")],
+    );
+    let chains = tcx_chains(&s);
     drop(link);
+    let stderr = daemon.stderr();
     assert_eq!(
-        order,
+        stderr.matches("in the placeholder's place").count(),
+        4,
+        "not every program took the placeholder's place:\n{stderr}"
+    );
+    assert_eq!(
+        chains[0].0,
         ["mgmt_ingress", "biz_egress"],
         "trove-isolate is not first on {nic} ingress"
     );
+    for (chain, hook) in &chains[1..] {
+        let ours = hook.replace(' ', "_");
+        assert_eq!(chain, &[ours], "the programs on the {hook} hook");
+    }
+}
+
+/// A first start killed (SIGKILL) while its placeholder holds the hooks leaves none of it: the
+/// placeholder's links are never pinned, so they go with the process (once the kernel releases
+/// its files, shortly after it is reaped: polled, bounded).
+#[test]
+fn a_first_start_killed_while_the_placeholder_holds_the_hooks_leaves_none_of_it() {
+    use trove_isolate_common::PLACE_PROGRAM;
+    let kernel = aya::util::KernelVersion::current().expect("kernel version");
+    if kernel < aya::util::KernelVersion::new(6, 6, 0) {
+        eprintln!("skipped: TCX needs Linux 6.6, this is {kernel:?}");
+        return;
+    }
+    let s = setup("kil");
+    let config = write_config(&scenario::config(
+        &s.guest,
+        "enforce",
+        "tcx",
+        &s.pin_path,
+        s.metrics,
+    ));
+    let (mut daemon, _stdout) = Daemon::spawn_with_env(
+        &config,
+        s.pin_path.as_ref(),
+        SocketAddr::from(([127, 0, 0, 1], s.metrics)),
+        &[("RUST_LOG", "trove_isolate::attach=debug")],
+    );
+    let held = format!("4 hooks held by {PLACE_PROGRAM}");
+    assert!(
+        daemon.wait_for_stderr(&held, Duration::from_secs(30)),
+        "the start never held the hooks:\n{}",
+        daemon.stderr()
+    );
+    // The second role's programs are still being verified: their hooks hold the placeholder.
+    let before = tcx_chains(&s);
+    daemon.kill9();
+    let holding = |chains: &[(Vec<String>, &'static str); 4]| -> Vec<&'static str> {
+        chains
+            .iter()
+            .filter(|(chain, _)| chain.iter().any(|p| p == PLACE_PROGRAM))
+            .map(|(_, hook)| *hook)
+            .collect()
+    };
+    assert!(
+        !holding(&before).is_empty(),
+        "no hook held the placeholder when the daemon was killed: {before:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = holding(&tcx_chains(&s));
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{PLACE_PROGRAM} still on {left:?} 2 s after the daemon was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// `detach` is done when it returns: datagrams the policy blocked, sent the moment it returns,

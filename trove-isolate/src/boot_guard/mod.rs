@@ -217,7 +217,15 @@ fn hold_one(
         });
         let hook = netns::run_in(device.netns.as_deref(), || {
             if let Some(pin) = &pin {
-                attach::ensure_tcx(program, name, direction, device, pin, held_before.is_some())
+                attach::ensure_tcx(
+                    program,
+                    name,
+                    direction,
+                    device,
+                    pin,
+                    held_before.is_some(),
+                    None,
+                )
             } else {
                 attach::ensure_filter(
                     program,

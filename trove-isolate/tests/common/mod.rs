@@ -114,6 +114,24 @@ impl Daemon {
         metrics: SocketAddr,
         env: &[(&str, &str)],
     ) -> Daemon {
+        let (mut daemon, stdout) = Daemon::spawn_with_env(config, pin_path, metrics, env);
+        match stdout.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.starts_with("enforcing") => daemon,
+            other => {
+                let err = daemon.kill_for_stderr();
+                panic!("daemon did not report enforcing (got {other:?}); stderr:\n{err}");
+            }
+        }
+    }
+
+    /// [`Daemon::start_with_env`] without the wait: the daemon as soon as it runs, and the
+    /// lines of its stdout.
+    pub fn spawn_with_env(
+        config: &Path,
+        pin_path: &Path,
+        metrics: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> (Daemon, mpsc::Receiver<String>) {
         let mut child = Command::new("setpriv")
             .arg(format!("--bounding-set=-all,{}", unit_capabilities()))
             .args(["--no-new-privs", BIN, "run", "--config"])
@@ -145,20 +163,14 @@ impl Daemon {
                 let _ = tx.send(line);
             }
         });
-        let mut daemon = Daemon {
+        let daemon = Daemon {
             child: Some(child),
             stderr,
             config: config.to_owned(),
             pin_path: pin_path.to_owned(),
             metrics,
         };
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) if line.starts_with("enforcing") => daemon,
-            other => {
-                let err = daemon.kill_for_stderr();
-                panic!("daemon did not report enforcing (got {other:?}); stderr:\n{err}");
-            }
-        }
+        (daemon, rx)
     }
 
     /// SIGKILL: no chance to clean up, as when the OOM killer strikes.
@@ -186,6 +198,20 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Whether the daemon writes `needle` to stderr within `within` (polled every 5 ms).
+    pub fn wait_for_stderr(&self, needle: &str, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
