@@ -74,18 +74,38 @@ fn setup(label: &str) -> Setup {
 }
 
 fn start(s: &Setup, mode: &str, attach: &str) -> Daemon {
-    let config = write_config(&scenario::config(
+    Daemon::start(
+        &config_file(s, mode, attach),
+        s.pin_path.as_ref(),
+        s.metrics_addr(),
+    )
+}
+
+/// The scenario's config for `s`, written to a file of its own.
+fn config_file(s: &Setup, mode: &str, attach: &str) -> std::path::PathBuf {
+    write_config(&scenario::config(
         &s.guest,
         mode,
         attach,
         &s.pin_path,
         s.metrics,
-    ));
-    Daemon::start(
-        &config,
-        s.pin_path.as_ref(),
-        SocketAddr::from(([127, 0, 0, 1], s.metrics)),
-    )
+    ))
+}
+
+impl Setup {
+    fn metrics_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.metrics))
+    }
+}
+
+/// Whether this kernel has TCX (Linux 6.6); says the test is skipped if not.
+fn tcx_kernel() -> bool {
+    let kernel = aya::util::KernelVersion::current().expect("kernel version");
+    let tcx = kernel >= aya::util::KernelVersion::new(6, 6, 0);
+    if !tcx {
+        eprintln!("skipped: TCX needs Linux 6.6, this is {kernel:?}");
+    }
+    tcx
 }
 
 fn policy_holds(attach: &str) {
@@ -472,9 +492,7 @@ fn tcx_attaches_first_in_the_chain() {
     use trove_isolate::{capacity::Capacity, datapath::Datapath};
     use trove_isolate_common::{Direction, Role};
 
-    let kernel = aya::util::KernelVersion::current().expect("kernel version");
-    if kernel < aya::util::KernelVersion::new(6, 6, 0) {
-        eprintln!("skipped: TCX needs Linux 6.6, this is {kernel:?}");
+    if !tcx_kernel() {
         return;
     }
     let s = setup("ord");
@@ -493,17 +511,10 @@ fn tcx_attaches_first_in_the_chain() {
             .expect("attaching the other program");
         program.take_link(id).expect("its link")
     });
-    let config = write_config(&scenario::config(
-        &s.guest,
-        "enforce",
-        "tcx",
-        &s.pin_path,
-        s.metrics,
-    ));
     let daemon = Daemon::start_with_env(
-        &config,
+        &config_file(&s, "enforce", "tcx"),
         s.pin_path.as_ref(),
-        SocketAddr::from(([127, 0, 0, 1], s.metrics)),
+        s.metrics_addr(),
         &[("RUST_LOG", "trove_isolate::attach=debug")],
     );
     let chains = tcx_chains(&s);
@@ -531,23 +542,14 @@ fn tcx_attaches_first_in_the_chain() {
 #[test]
 fn a_first_start_killed_while_the_placeholder_holds_the_hooks_leaves_none_of_it() {
     use trove_isolate_common::PLACE_PROGRAM;
-    let kernel = aya::util::KernelVersion::current().expect("kernel version");
-    if kernel < aya::util::KernelVersion::new(6, 6, 0) {
-        eprintln!("skipped: TCX needs Linux 6.6, this is {kernel:?}");
+    if !tcx_kernel() {
         return;
     }
     let s = setup("kil");
-    let config = write_config(&scenario::config(
-        &s.guest,
-        "enforce",
-        "tcx",
-        &s.pin_path,
-        s.metrics,
-    ));
     let (mut daemon, _stdout) = Daemon::spawn_with_env(
-        &config,
+        &config_file(&s, "enforce", "tcx"),
         s.pin_path.as_ref(),
-        SocketAddr::from(([127, 0, 0, 1], s.metrics)),
+        s.metrics_addr(),
         &[("RUST_LOG", "trove_isolate::attach=debug")],
     );
     let held = format!("4 hooks held by {PLACE_PROGRAM}");
