@@ -360,7 +360,11 @@ impl Datapath {
             // A thread of its own: the second role's verifier starts as soon as the first's is
             // done, all hooks taken or not.
             let holding = scope.spawn(move || match place.load() {
-                Ok(()) => hold(place),
+                // The links it holds keep it in the kernel until the programs replace it.
+                Ok(()) => {
+                    hold(place);
+                    let _ = place.unload();
+                }
                 Err(e) => log::debug!("loading {PLACE_PROGRAM}: {e}"),
             });
             let p1 = join_loads(r1, p1)?;
