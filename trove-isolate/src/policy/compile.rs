@@ -1,6 +1,8 @@
 //! The compile step, one function per config section: each checks its values, names the key of
 //! every error, and turns what it allows into rules.
 
+use std::collections::hash_map::Entry as Seen;
+
 use super::*;
 
 pub(super) fn any_v4() -> IpNetwork {
@@ -15,7 +17,9 @@ pub(super) fn any_v6() -> IpNetwork {
 pub(super) struct RuleSet<'a> {
     role: Role,
     next_id: &'a mut u32,
-    seen: foldhash::HashSet<(Direction, u8, u16, IpNetwork)>,
+    /// Each rule's index in `rules`, by what it matches: a duplicate is found in one lookup,
+    /// not a scan (a list of 100,000 entries may repeat some).
+    seen: foldhash::HashMap<(Direction, u8, u16, IpNetwork), u32>,
     pub(super) rules: Vec<Rule>,
     /// The host name the rules being added are addresses of.
     naming: Option<Arc<str>>,
@@ -26,7 +30,7 @@ impl<'a> RuleSet<'a> {
         RuleSet {
             role,
             next_id,
-            seen: foldhash::HashSet::default(),
+            seen: foldhash::HashMap::default(),
             rules: vec![],
             naming: None,
         }
@@ -41,31 +45,29 @@ impl<'a> RuleSet<'a> {
         origin: impl Into<Origin>,
     ) {
         let remote = normalise(remote);
-        if !self.seen.insert((direction, proto, port, remote)) {
+        match self.seen.entry((direction, proto, port, remote)) {
             // Written in the config and also a name's address: the config's rule stays when
             // the name's answers change.
-            if self.naming.is_none() {
-                let same = |r: &&mut Rule| {
-                    (r.direction, r.proto, r.port, r.remote) == (direction, proto, port, remote)
-                };
-                if let Some(rule) = self.rules.iter_mut().find(same) {
-                    if rule.host.is_some() {
-                        rule.host = None;
-                        rule.origin = origin.into();
-                    }
+            Seen::Occupied(seen) => {
+                let rule = &mut self.rules[*seen.get() as usize];
+                if self.naming.is_none() && rule.host.is_some() {
+                    rule.host = None;
+                    rule.origin = origin.into();
                 }
             }
-        } else {
-            *self.next_id += 1;
-            self.rules.push(Rule {
-                id: *self.next_id,
-                direction,
-                proto,
-                port,
-                remote,
-                origin: origin.into(),
-                host: self.naming.clone(),
-            });
+            Seen::Vacant(slot) => {
+                slot.insert(self.rules.len() as u32);
+                *self.next_id += 1;
+                self.rules.push(Rule {
+                    id: *self.next_id,
+                    direction,
+                    proto,
+                    port,
+                    remote,
+                    origin: origin.into(),
+                    host: self.naming.clone(),
+                });
+            }
         }
     }
 

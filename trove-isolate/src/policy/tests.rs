@@ -1243,14 +1243,26 @@ mod discovery {
 
     #[test]
     fn a_configured_address_that_is_also_a_names_survives_the_names_move() {
-        let config = "[management]\ninterface = \"ens3\"\nrabbitmq = [\"broker.trove.test:5672\", \
-                      \"192.0.2.10:5672\"]\n";
-        let at = |addr| Table(HashMap::from([("broker.trove.test", (addr, 300))]));
-        let current = compile(config, &at("192.0.2.10")).expect("compiles");
-        let next = current.with_names_from(&compile(config, &at("192.0.2.14")).expect("compiles"));
-        let remotes = brokers(&next);
-        assert!(remotes.contains(&"192.0.2.10/32".to_owned()), "{remotes:?}");
-        assert!(remotes.contains(&"192.0.2.14/32".to_owned()), "{remotes:?}");
+        // The name before the address, and after it.
+        for list in [
+            "\"broker.trove.test:5672\", \"192.0.2.10:5672\"",
+            "\"192.0.2.10:5672\", \"broker.trove.test:5672\"",
+        ] {
+            let config = format!("[management]\ninterface = \"ens3\"\nrabbitmq = [{list}]\n");
+            let at = |addr| Table(HashMap::from([("broker.trove.test", (addr, 300))]));
+            let current = compile(&config, &at("192.0.2.10")).expect("compiles");
+            let next =
+                current.with_names_from(&compile(&config, &at("192.0.2.14")).expect("compiles"));
+            let remotes = brokers(&next);
+            assert!(
+                remotes.contains(&"192.0.2.10/32".to_owned()),
+                "{list}: {remotes:?}"
+            );
+            assert!(
+                remotes.contains(&"192.0.2.14/32".to_owned()),
+                "{list}: {remotes:?}"
+            );
+        }
     }
 
     #[test]
