@@ -85,7 +85,7 @@ fn unsupported(error: &io::Error) -> bool {
 }
 
 /// Writes at least this many entries on two threads.
-const PARALLEL: usize = 4 * BATCH;
+pub const PARALLEL: usize = 4 * BATCH;
 
 /// Writes `values[i]` under `keys[i]` into the hash map `fd` (`BPF_ANY`). `Ok(false)` when the
 /// kernel has no batch operations for the map and nothing was written (the caller writes one at

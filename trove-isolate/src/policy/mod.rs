@@ -678,9 +678,14 @@ impl Policy {
         self.nics.iter().find(|n| n.role == role)
     }
 
+    /// How many rules the roles have (before prefix expansion).
+    pub fn rule_count(&self) -> usize {
+        self.nics.iter().map(|n| n.rules.len()).sum()
+    }
+
     /// Every rule of every role, as its key and value.
     pub fn rules(&self) -> Vec<(PolicyKey, PolicyValue)> {
-        let mut out = Vec::with_capacity(self.nics.iter().map(|n| n.rules.len()).sum());
+        let mut out = Vec::with_capacity(self.rule_count());
         out.extend(self.rule_entries());
         out
     }
