@@ -2512,6 +2512,96 @@ fn a_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
     }
 }
 
+/// A difference of policies big enough that each map's share is found on threads side by side
+/// (`rule_diff`): the map ends holding exactly the new policy, over IPv4 and both IPv6 maps,
+/// with rules kept, kept under another rule id, removed and added.
+#[test]
+fn a_big_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
+    let path = Path::new("big-diff.toml");
+    // Client `i` of three kinds in turn: an IPv4 host, an IPv6 /64 (the short map), an IPv6
+    // host (the long one).
+    let client = |i: u32| match i % 3 {
+        0 => format!(
+            "\"198.{}.{}.{}/32\"",
+            18 + i / 65_536 % 2,
+            i / 256 % 256,
+            i % 256
+        ),
+        1 => format!("\"2001:db8:{:x}:{:x}::/64\"", i / 65_536, i % 65_536),
+        _ => format!("\"2001:db8:ffff::{:x}:{:x}/128\"", i / 65_536, i % 65_536),
+    };
+    let with_clients = |range: std::ops::Range<u32>| {
+        let clients: Vec<String> = range.map(client).collect();
+        let text = CONFIG.replace(
+            "peers = [\"198.51.100.7/32\"]",
+            &format!("clients = [{}]", clients.join(", ")),
+        );
+        Policy::from_config(&Config::parse(&text, path).expect("parses"), path).expect("compiles")
+    };
+    // Half of the old clients stay (under other rule ids: the list moved), half go, as many come.
+    let old = with_clients(0..60_000);
+    let new = with_clients(30_000..90_000);
+    let mut capacity = Capacity::for_policy(&new);
+    capacity.policy = [131_072; trove_isolate_common::policy::MAPS];
+    let mut dp = Datapath::load(None, false, &capacity, &Capacity::NONE_HELD)
+        .expect("loading the datapath (root, BPF)");
+    let nets: Vec<IpNetwork> = NIC_ADDRESSES
+        .iter()
+        .map(|n| n.parse().expect("net"))
+        .collect();
+    dp.sync_local(&local::entries(B, &nets))
+        .expect("the NIC's addresses");
+    let read = |dp: &Datapath| {
+        let mut rules = dp.policy_map().expect("read").0;
+        rules.sort_by_key(|(k, _)| *k);
+        rules
+    };
+    let expected = |p: &Policy| {
+        let mut rules = p.entries();
+        rules.sort_by_key(|(k, _)| *k);
+        rules
+    };
+    dp.sync_policy(&old, None).expect("the old policy");
+    assert_eq!(read(&dp), expected(&old));
+    dp.sync_policy(&new, Some(&old)).expect("the difference");
+    assert_eq!(read(&dp), expected(&new));
+    let syn = |client: &str, sport| {
+        if client.contains(':') {
+            v6_tcp(client, G6, sport, 3306, SYN)
+        } else {
+            v4_tcp(client, "192.0.2.1", sport, 3306, SYN)
+        }
+    };
+    let host = |i: u32| {
+        let text = client(i);
+        let net: IpNetwork = text.trim_matches('"').parse().expect("net");
+        net.ip().to_string()
+    };
+    let mut table = Vec::new();
+    for (n, i) in [0, 1, 2, 29_999].into_iter().enumerate() {
+        table.push(drop(
+            "an old client gone",
+            B,
+            I,
+            syn(&host(i), 41_000 + n as u16),
+            Reason::Policy,
+        ));
+    }
+    for (n, i) in [30_000, 30_001, 30_002, 59_999, 60_000, 60_001, 89_999]
+        .into_iter()
+        .enumerate()
+    {
+        table.push(pass(
+            "a client of the new policy",
+            B,
+            I,
+            syn(&host(i), 42_000 + n as u16),
+            Reason::Allowed,
+        ));
+    }
+    run_table(&mut dp, &table);
+}
+
 /// The policy is written in batches: one that outgrows its map stops with how far it got, and a
 /// full write that fits after it ends with exactly the policy.
 #[test]
