@@ -508,7 +508,7 @@ impl Datapath {
         let in_force = in_force.filter(|_| !self.policy_map_new);
         // The old policy's rules beside the new one's (prefix expansion makes them).
         let (held, (entries, wanted)) = side_by_side(
-            in_force.map_or(0, Policy::rule_count),
+            in_force.map_or(0, |old| old.rule_count().min(policy.rule_count())),
             || in_force.map(Policy::entries),
             || policy.entries_and_lengths(),
         );
@@ -544,6 +544,7 @@ impl Datapath {
         }
         self.sync_rules(&entries, held.as_deref())
             .context("writing the policy map")?;
+        drop((entries, held));
         let mut lengths = self.array_mut::<PrefixLengths>(maps::POLICY_LENGTHS)?;
         let mut emptied = false;
         for (c, (set, wanted)) in now.iter().zip(&wanted).enumerate() {
@@ -1081,7 +1082,7 @@ pub enum Table {
 }
 
 /// `a` and `b`, `a` on a thread of its own when `work` (the entries it goes through) makes it
-/// worth one.
+/// worth one, and the system gives one (else one after the other).
 fn side_by_side<A: Send, B>(
     work: usize,
     a: impl FnOnce() -> A + Send,
@@ -1090,10 +1091,23 @@ fn side_by_side<A: Send, B>(
     if work < map_batch::PARALLEL {
         return (a(), b());
     }
+    // Taken by whichever runs it: the thread, or this one if there is no thread.
+    let a = std::sync::Mutex::new(Some(a));
+    let run_a = || {
+        let taken = a
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        taken.map(|a| a())
+    };
     std::thread::scope(|s| {
-        let a = s.spawn(a);
+        let thread = std::thread::Builder::new().spawn_scoped(s, run_a);
         let b = b();
-        (a.join().expect("a policy map's thread panicked"), b)
+        let a = match thread {
+            Ok(thread) => thread.join().expect("a policy write's thread panicked"),
+            Err(_) => None,
+        };
+        (a.or_else(run_a).expect("run once"), b)
     })
 }
 

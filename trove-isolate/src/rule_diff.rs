@@ -121,6 +121,16 @@ mod tests {
     }
 
     #[test]
+    fn a_key_twice_in_a_policy_is_one_rule_the_last_value_held() {
+        // The old policy's last value for a key is what the map holds (it was written last).
+        let old = [rule(1, 32, 1), rule(1, 32, 5), rule(2, 32, 2), rule(2, 32, 2)];
+        let new = [rule(1, 32, 5), rule(3, 32, 3), rule(3, 32, 3)];
+        let diff = RuleDiff::of(&new, Some(&old), |k| Some(*k));
+        assert_eq!(addrs(&diff.keys), [3, 3]);
+        assert_eq!(addrs(diff.stale.as_deref().unwrap()), [2]);
+    }
+
+    #[test]
     fn only_the_rules_narrowed_to_the_map_count() {
         let old = [rule(1, 32, 1), rule(9, 24, 9)];
         let new = [rule(2, 32, 2), rule(8, 24, 8)];

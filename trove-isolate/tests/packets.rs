@@ -2513,21 +2513,30 @@ fn a_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
 }
 
 /// A difference of policies big enough that each map's share is found on threads side by side
-/// (`rule_diff`): the map ends holding exactly the new policy, over IPv4 and both IPv6 maps,
-/// with rules kept, kept under another rule id, removed and added.
+/// (`rule_diff`): the maps end holding exactly the new policy and its prefix lengths, over the
+/// IPv4 map and both IPv6 maps, with rules kept, kept under another rule id, removed and added.
 #[test]
 fn a_big_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
     let path = Path::new("big-diff.toml");
-    // Client `i`: every 120th an IPv4 host of the documentation ranges (750 of them in all),
-    // the others an IPv6 /64 (the short map) or an IPv6 host (the long one) in turn.
+    // Client `i`: every 150th an IPv4 host (600 in all, in the documentation ranges, none of
+    // the fixture's addresses), the others an IPv6 /64 (the short map) or an IPv6 host (the
+    // long one) in turn, outside the NIC's own /64.
     let client = |i: u32| {
-        let j = i / 120;
-        match (i % 120, i % 2) {
+        let j = i / 150;
+        match (i % 150, i % 2) {
             (0, _) => {
-                let net = ["192.0.2", "198.51.100", "203.0.113"][j as usize / 256];
-                format!("\"{net}.{}/32\"", j % 256)
+                let (net, host) = match j {
+                    0..248 => ("198.51.100", j + 8),
+                    248..498 => ("203.0.113", j - 248 + 6),
+                    _ => ("192.0.2", j - 498 + 100),
+                };
+                format!("\"{net}.{host}/32\"")
             }
-            (_, 0) => format!("\"2001:db8:{:x}:{:x}::/64\"", i / 65_536, i % 65_536),
+            (_, 0) => format!(
+                "\"2001:db8:{:x}:{:x}::/64\"",
+                0x100 + i / 65_536,
+                i % 65_536
+            ),
             _ => format!("\"2001:db8:ffff::{:x}:{:x}/128\"", i / 65_536, i % 65_536),
         }
     };
@@ -2553,14 +2562,14 @@ fn a_big_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
     dp.sync_local(&local::entries(B, &nets))
         .expect("the NIC's addresses");
     let read = |dp: &Datapath| {
-        let mut rules = dp.policy_map().expect("read").0;
+        let (mut rules, lengths) = dp.policy_map().expect("read");
         rules.sort_by_key(|(k, _)| *k);
-        rules
+        (rules, lengths)
     };
     let expected = |p: &Policy| {
         let mut rules = p.entries();
         rules.sort_by_key(|(k, _)| *k);
-        rules
+        (rules, p.prefix_lengths())
     };
     dp.sync_policy(&old, None).expect("the old policy");
     assert_eq!(read(&dp), expected(&old));
@@ -2570,7 +2579,7 @@ fn a_big_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
         if client.contains(':') {
             v6_tcp(client, G6, sport, 3306, SYN)
         } else {
-            v4_tcp(client, "192.0.2.1", sport, 3306, SYN)
+            v4_tcp(client, G4, sport, 3306, SYN)
         }
     };
     let host = |i: u32| {
@@ -2579,23 +2588,27 @@ fn a_big_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
         net.ip().to_string()
     };
     let mut table = Vec::new();
-    for (n, i) in [0, 1, 2, 29_880, 29_999].into_iter().enumerate() {
+    // Gone: IPv4 hosts, IPv6 hosts and /64s.
+    for (n, i) in [0, 1, 2, 29_850, 29_999].into_iter().enumerate() {
+        let name = format!("old client {i}, gone");
         table.push(drop(
-            "an old client gone",
+            &name,
             B,
             I,
             syn(&host(i), 41_000 + n as u16),
             Reason::Policy,
         ));
     }
+    // Kept (30,000 to 59,999) and come (60,000 on), of each kind.
     for (n, i) in [
-        30_000, 30_001, 30_002, 59_880, 59_999, 60_000, 60_001, 89_999,
+        30_000, 30_001, 30_002, 59_850, 59_999, 60_000, 60_001, 60_002, 89_850, 89_999,
     ]
     .into_iter()
     .enumerate()
     {
+        let name = format!("client {i} of the new policy");
         table.push(pass(
-            "a client of the new policy",
+            &name,
             B,
             I,
             syn(&host(i), 42_000 + n as u16),
