@@ -123,7 +123,12 @@ mod tests {
     #[test]
     fn a_key_twice_in_a_policy_is_one_rule_the_last_value_held() {
         // The old policy's last value for a key is what the map holds (it was written last).
-        let old = [rule(1, 32, 1), rule(1, 32, 5), rule(2, 32, 2), rule(2, 32, 2)];
+        let old = [
+            rule(1, 32, 1),
+            rule(1, 32, 5),
+            rule(2, 32, 2),
+            rule(2, 32, 2),
+        ];
         let new = [rule(1, 32, 5), rule(3, 32, 3), rule(3, 32, 3)];
         let diff = RuleDiff::of(&new, Some(&old), |k| Some(*k));
         assert_eq!(addrs(&diff.keys), [3, 3]);

@@ -2512,12 +2512,30 @@ fn a_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
     }
 }
 
+/// The test config with `clients` (TOML strings) on the business NIC, in place of its peer.
+fn policy_with_clients(clients: impl Iterator<Item = String>) -> Policy {
+    let path = Path::new("clients.toml");
+    let list: Vec<String> = clients.collect();
+    let text = CONFIG.replace(
+        "peers = [\"198.51.100.7/32\"]",
+        &format!("clients = [{}]", list.join(", ")),
+    );
+    Policy::from_config(&Config::parse(&text, path).expect("parses"), path).expect("compiles")
+}
+
+/// A datapath of fresh maps sized for `policy`, but with room for `rules` in each policy map.
+fn datapath_with_room(policy: &Policy, rules: u32) -> Datapath {
+    let mut capacity = Capacity::for_policy(policy);
+    capacity.policy = [rules; trove_isolate_common::policy::MAPS];
+    Datapath::load(None, false, &capacity, &Capacity::NONE_HELD)
+        .expect("loading the datapath (root, BPF)")
+}
+
 /// A difference of policies big enough that each map's share is found on threads side by side
 /// (`rule_diff`): the maps end holding exactly the new policy and its prefix lengths, over the
 /// IPv4 map and both IPv6 maps, with rules kept, kept under another rule id, removed and added.
 #[test]
 fn a_big_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
-    let path = Path::new("big-diff.toml");
     // Client `i`: every 150th an IPv4 host (600 in all, in the documentation ranges, none of
     // the fixture's addresses), the others an IPv6 /64 (the short map) or an IPv6 host (the
     // long one) in turn, outside the NIC's own /64.
@@ -2540,21 +2558,10 @@ fn a_big_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
             _ => format!("\"2001:db8:ffff::{:x}:{:x}/128\"", i / 65_536, i % 65_536),
         }
     };
-    let with_clients = |range: std::ops::Range<u32>| {
-        let clients: Vec<String> = range.map(client).collect();
-        let text = CONFIG.replace(
-            "peers = [\"198.51.100.7/32\"]",
-            &format!("clients = [{}]", clients.join(", ")),
-        );
-        Policy::from_config(&Config::parse(&text, path).expect("parses"), path).expect("compiles")
-    };
     // Half of the old clients stay (under other rule ids: the list moved), half go, as many come.
-    let old = with_clients(0..60_000);
-    let new = with_clients(30_000..90_000);
-    let mut capacity = Capacity::for_policy(&new);
-    capacity.policy = [131_072; trove_isolate_common::policy::MAPS];
-    let mut dp = Datapath::load(None, false, &capacity, &Capacity::NONE_HELD)
-        .expect("loading the datapath (root, BPF)");
+    let old = policy_with_clients((0..60_000).map(client));
+    let new = policy_with_clients((30_000..90_000).map(client));
+    let mut dp = datapath_with_room(&new, 131_072);
     let nets: Vec<IpNetwork> = NIC_ADDRESSES
         .iter()
         .map(|n| n.parse().expect("net"))
@@ -2622,23 +2629,12 @@ fn a_big_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
 /// full write that fits after it ends with exactly the policy.
 #[test]
 fn a_policy_bigger_than_its_map_is_refused_with_how_far_it_got() {
-    let path = Path::new("big.toml");
     let with_clients = |n: u32| {
-        let clients: Vec<String> = (0..n)
-            .map(|i| format!("\"198.51.{}.{}/32\"", 100 + i / 256, i % 256))
-            .collect();
-        let text = CONFIG.replace(
-            "peers = [\"198.51.100.7/32\"]",
-            &format!("clients = [{}]", clients.join(", ")),
-        );
-        Policy::from_config(&Config::parse(&text, path).expect("parses"), path).expect("compiles")
+        policy_with_clients((0..n).map(|i| format!("\"198.51.{}.{}/32\"", 100 + i / 256, i % 256)))
     };
     let small = with_clients(10);
     let big = with_clients(5_000);
-    let mut capacity = Capacity::for_policy(&small);
-    capacity.policy = [64; trove_isolate_common::policy::MAPS];
-    let mut dp = Datapath::load(None, false, &capacity, &Capacity::NONE_HELD)
-        .expect("loading the datapath (root, BPF)");
+    let mut dp = datapath_with_room(&small, 64);
     dp.sync_policy(&small, None).expect("the small policy fits");
     let held = |dp: &Datapath| dp.policy_map().expect("read").0.len();
     let before = held(&dp);
