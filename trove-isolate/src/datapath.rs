@@ -507,7 +507,7 @@ impl Datapath {
         // A map made anew at this load holds nothing yet, whatever was in force.
         let in_force = in_force.filter(|_| !self.policy_map_new);
         // The old policy's rules beside the new one's (prefix expansion makes them).
-        let (held, (entries, wanted)) = side_by_side(
+        let (held, (entries, wanted)) = map_batch::side_by_side(
             in_force.map_or(0, |old| old.rule_count().min(policy.rule_count())),
             || in_force.map(Policy::entries),
             || policy.entries_and_lengths(),
@@ -604,7 +604,7 @@ impl Datapath {
         };
         // The IPv4 map's share beside the two IPv6 maps': a reload of 100,000 rules spends a
         // tenth of its time here (BENCHMARKS.md, section 4).
-        let (v4, (v6, v6_long)) = side_by_side(
+        let (v4, (v6, v6_long)) = map_batch::side_by_side(
             in_force.map_or(0, |old| entries.len().min(old.len())),
             || RuleDiff::of(entries, in_force, PolicyKey4::narrow),
             || {
@@ -1079,36 +1079,6 @@ pub enum Table {
     New,
     /// Established (never evicted; swept by the daemon).
     Established,
-}
-
-/// `a` and `b`, `a` on a thread of its own when `work` (the entries it goes through) makes it
-/// worth one, and the system gives one (else one after the other).
-fn side_by_side<A: Send, B>(
-    work: usize,
-    a: impl FnOnce() -> A + Send,
-    b: impl FnOnce() -> B,
-) -> (A, B) {
-    if work < map_batch::PARALLEL {
-        return (a(), b());
-    }
-    // Taken by whichever runs it: the thread, or this one if there is no thread.
-    let a = std::sync::Mutex::new(Some(a));
-    let run_a = || {
-        let taken = a
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        taken.map(|a| a())
-    };
-    std::thread::scope(|s| {
-        let thread = std::thread::Builder::new().spawn_scoped(s, run_a);
-        let b = b();
-        let a = match thread {
-            Ok(thread) => thread.join().expect("a policy write's thread panicked"),
-            Err(_) => None,
-        };
-        (a.or_else(run_a).expect("run once"), b)
-    })
 }
 
 impl Table {
