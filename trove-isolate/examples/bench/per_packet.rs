@@ -11,6 +11,51 @@ use trove_isolate_common::{action, proto, Direction, Role};
 
 use crate::{frame::*, Options, Row};
 
+/// A program of the datapath a row runs: a role's, or a bench stage (never attached).
+#[derive(Clone, Copy)]
+pub enum Target {
+    Role(Role, Direction),
+    Stage(&'static str),
+}
+
+impl Target {
+    fn program(self, dp: &mut Datapath) -> anyhow::Result<&mut SchedClassifier> {
+        match self {
+            Target::Role(role, direction) => Ok(dp.program(role, direction)),
+            Target::Stage(name) => dp.bench_program(name),
+        }
+    }
+}
+
+/// A row to measure: the program, the frame it runs on and the action it must return.
+pub struct Probe {
+    pub name: String,
+    pub target: Target,
+    pub frame: Vec<u8>,
+    pub want: i32,
+}
+
+impl Probe {
+    pub fn new(name: &str, target: Target, frame: Vec<u8>, want: i32) -> Probe {
+        Probe {
+            name: name.to_owned(),
+            target,
+            frame,
+            want,
+        }
+    }
+
+    /// The empty program on the established flow's reply: the yardstick.
+    pub fn empty(name: &str) -> Probe {
+        Probe::new(
+            name,
+            Target::Stage("bench_empty"),
+            reply_frame(),
+            action::PASS,
+        )
+    }
+}
+
 /// A path of the datapath: the frame that takes it and the verdict it must give.
 pub struct Case {
     pub name: &'static str,
@@ -249,15 +294,31 @@ pub fn decide_frame() -> Vec<u8> {
     v4("198.51.100.8", "192.0.2.1", 40020, 3306, SYN)
 }
 
-/// The stage that decides a new flow (policy and own-address lookups, no flow tables), checked
-/// to allow its frame, measured.
-pub fn measure_decision(dp: &mut Datapath, empty: f64, o: &Options) -> anyhow::Result<Row> {
-    let name = "stage: a new flow's decision (parse, policy and own-address lookups)";
-    let program = dp.bench_program("bench_decide")?;
-    let frame = decide_frame();
-    let got = verdict(program, &frame)?;
-    anyhow::ensure!(got == action::PASS, "{name}: the stage returned {got}");
-    Ok(Row::new(name, measure(program, &frame, o)?, empty))
+/// The stage that decides a new flow (policy and own-address lookups, no flow tables) on an
+/// allowed client's SYN.
+pub fn decision() -> Probe {
+    Probe::new(
+        "stage: a new flow's decision (parse, policy and own-address lookups)",
+        Target::Stage("bench_decide"),
+        decide_frame(),
+        action::PASS,
+    )
+}
+
+impl Case {
+    pub fn probe(&self) -> Probe {
+        let want = if self.pass {
+            action::PASS
+        } else {
+            action::DROP
+        };
+        Probe::new(
+            self.name,
+            Target::Role(self.role, self.direction),
+            self.frame.clone(),
+            want,
+        )
+    }
 }
 
 /// Sets the programs' clock as the daemon does in its first seconds: read off jiffies (about a
@@ -286,49 +347,44 @@ pub fn verdict(program: &mut SchedClassifier, frame: &[u8]) -> anyhow::Result<i3
         .return_value as i32)
 }
 
-/// Median ns per packet of `runs` runs of `repeat` repetitions.
-pub fn measure(program: &mut SchedClassifier, frame: &[u8], o: &Options) -> anyhow::Result<f64> {
-    let mut samples = Vec::with_capacity(o.runs);
-    for _ in 0..o.runs {
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat: o.repeat,
-                ..Default::default()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
-        // The kernel reports the mean per repetition.
-        samples.push(result.duration.as_secs_f64() * 1e9);
-    }
-    Ok(crate::median(samples))
-}
-
-/// Each case checked to take its path (established ones and the allowed one pass, the rest are
-/// dropped), then measured.
-pub fn measure_cases(
-    dp: &mut Datapath,
-    cases: &[Case],
-    empty: f64,
-    o: &Options,
-) -> anyhow::Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    for case in cases {
-        let program = dp.program(case.role, case.direction);
-        let got = verdict(program, &case.frame)?;
-        let want = if case.pass {
-            action::PASS
-        } else {
-            action::DROP
-        };
+/// Each probe checked to take its path (to return the action it wants), then measured in
+/// `o.runs` rounds of `o.repeat` repetitions, each round running every probe once in turn: a
+/// slow moment of the machine falls on every row alike, rather than on the rows it happens to
+/// meet, so the rows' ratios hold within one run. The first probe is the yardstick (the empty
+/// program): each row's median ns per packet, and its ratio to the yardstick's median.
+pub fn measure(dp: &mut Datapath, probes: &[Probe], o: &Options) -> anyhow::Result<Vec<Row>> {
+    for p in probes {
+        let got = verdict(p.target.program(dp)?, &p.frame)?;
         anyhow::ensure!(
-            got == want,
-            "{}: the program returned {got}, not {want}",
-            case.name
+            got == p.want,
+            "{}: the program returned {got}, not {}",
+            p.name,
+            p.want
         );
-        let ns = measure(program, &case.frame, o)?;
-        rows.push(Row::new(case.name, ns, empty));
     }
-    Ok(rows)
+    let mut samples = vec![Vec::with_capacity(o.runs); probes.len()];
+    for _ in 0..o.runs {
+        for (p, samples) in probes.iter().zip(&mut samples) {
+            let result = p
+                .target
+                .program(dp)?
+                .test_run(TestRunOptions {
+                    data_in: Some(&p.frame),
+                    repeat: o.repeat,
+                    ..Default::default()
+                })
+                .context("BPF_PROG_TEST_RUN")?;
+            // The kernel reports the mean per repetition.
+            samples.push(result.duration.as_secs_f64() * 1e9);
+        }
+    }
+    let medians: Vec<f64> = samples.into_iter().map(crate::median).collect();
+    let empty = medians[0];
+    Ok(probes
+        .iter()
+        .zip(medians)
+        .map(|(p, ns)| Row::new(&p.name, ns, empty))
+        .collect())
 }
 
 /// The frames of connection number `i` through the business NIC, each with the direction it
@@ -399,13 +455,12 @@ pub fn measure_connections(dp: &mut Datapath, count: u32) -> anyhow::Result<(f64
     Ok((ours / f64::from(count), empty / f64::from(count)))
 }
 
-/// The section: the empty program, each stage alone, then every path.
+/// The section: the empty program, each stage alone, then every path, measured in rounds
+/// together; then a whole connection.
 pub fn run(policy: &Policy, o: &Options) -> anyhow::Result<Vec<Row>> {
     let mut dp = prepare(policy)?;
     set_clock(&mut dp)?;
-    let frame = reply_frame();
-    let empty = measure(dp.bench_program("bench_empty")?, &frame, o)?;
-    let mut rows = vec![Row::new("empty TC program (r0 = -1; exit)", empty, empty)];
+    let mut probes = vec![Probe::empty("empty TC program (r0 = -1; exit)")];
     // Stages alone, on the established flow's reply: where the time goes.
     for (name, program) in [
         ("stage: parse only", "bench_parse"),
@@ -433,11 +488,12 @@ pub fn run(policy: &Policy, o: &Options) -> anyhow::Result<Vec<Row>> {
         ("stage: jiffies (bpf_jiffies64)", "bench_clock_jif"),
         ("stage: one counter update", "bench_count"),
     ] {
-        let program = dp.bench_program(program)?;
-        let got = verdict(program, &frame)?;
-        anyhow::ensure!(got == action::PASS, "{name}: the stage returned {got}");
-        let ns = measure(program, &frame, o)?;
-        rows.push(Row::new(name, ns, empty));
+        probes.push(Probe::new(
+            name,
+            Target::Stage(program),
+            reply_frame(),
+            action::PASS,
+        ));
     }
     // The one stage that differs between the families: parsing.
     let ext = ipv6_ext(
@@ -447,21 +503,21 @@ pub fn run(policy: &Policy, o: &Options) -> anyhow::Result<Vec<Row>> {
         "2001:db8:1::1",
         &tcp(40004, 3306, SYN),
     );
-    let parse = dp.bench_program("bench_parse")?;
-    anyhow::ensure!(verdict(parse, &ext)? == action::PASS, "IPv6 parse stage");
-    rows.push(Row::new(
+    probes.push(Probe::new(
         "stage: parse only, IPv6 with 2 extension headers",
-        measure(parse, &ext, o)?,
-        empty,
+        Target::Stage("bench_parse"),
+        ext,
+        action::PASS,
     ));
-    rows.push(measure_decision(&mut dp, empty, o)?);
-    let name = "stage: a new IPv6 flow's decision (a client prefix of /48)";
-    let program = dp.bench_program("bench_decide")?;
-    let frame = v6("2001:db8:2::8", "2001:db8:1::1", 40021, 3306, SYN);
-    let got = verdict(program, &frame)?;
-    anyhow::ensure!(got == action::PASS, "{name}: the stage returned {got}");
-    rows.push(Row::new(name, measure(program, &frame, o)?, empty));
-    rows.extend(measure_cases(&mut dp, &cases(), empty, o)?);
+    probes.push(decision());
+    probes.push(Probe::new(
+        "stage: a new IPv6 flow's decision (a client prefix of /48)",
+        Target::Stage("bench_decide"),
+        v6("2001:db8:2::8", "2001:db8:1::1", 40021, 3306, SYN),
+        action::PASS,
+    ));
+    probes.extend(cases().iter().map(Case::probe));
+    let mut rows = measure(&mut dp, &probes, o)?;
     let (ours, empty_connection) = measure_connections(&mut dp, o.repeat / 10)?;
     rows.push(Row::new(
         "business: a whole connection, 8 frames on a new tuple (ns per connection)",

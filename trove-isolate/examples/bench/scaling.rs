@@ -12,7 +12,7 @@ use trove_isolate::policy::{Origin, Policy, Rule};
 use trove_isolate_common::{family, policy::class, proto, Direction, Role};
 
 use crate::{
-    per_packet::{self, PROBED},
+    per_packet::{self, Probe, PROBED},
     Options, Row,
 };
 
@@ -164,13 +164,9 @@ fn measure(policy: &Policy, cases: &[per_packet::Case], o: &Options) -> anyhow::
     let mut dp = per_packet::prepare(policy)?;
     let load_seconds = started.elapsed().as_secs_f64();
     per_packet::set_clock(&mut dp)?;
-    let frame = per_packet::reply_frame();
-    let empty = per_packet::measure(dp.bench_program("bench_empty")?, &frame, o)?;
-    let mut rows = vec![
-        Row::new("empty TC program", empty, empty),
-        per_packet::measure_decision(&mut dp, empty, o)?,
-    ];
-    rows.extend(per_packet::measure_cases(&mut dp, cases, empty, o)?);
+    let mut probes = vec![Probe::empty("empty TC program"), per_packet::decision()];
+    probes.extend(cases.iter().map(per_packet::Case::probe));
+    let rows = per_packet::measure(&mut dp, &probes, o)?;
     Ok(Scaled {
         rules,
         entries,
