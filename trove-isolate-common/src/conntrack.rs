@@ -257,12 +257,15 @@ const _: () = assert!(core::mem::size_of::<WideValue>() == 48);
 
 /// An address's bytes as native-endian words, the form the datapath's keys hold.
 #[inline(always)]
-pub fn words(a: &[u8; 16]) -> [u32; 4] {
-    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-    [w(0), w(4), w(8), w(12)]
+pub const fn words(a: &[u8; 16]) -> [u32; 4] {
+    const fn w(a: &[u8; 16], i: usize) -> u32 {
+        u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
+    }
+    [w(a, 0), w(a, 4), w(a, 8), w(a, 12)]
 }
 
 /// The inverse of [`words`].
+#[inline(always)]
 pub fn bytes(w: &[u32; 4]) -> [u8; 16] {
     let mut out = [0u8; 16];
     for (i, word) in w.iter().enumerate() {

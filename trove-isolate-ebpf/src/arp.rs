@@ -14,12 +14,12 @@ pub fn check(role: Role, direction: Direction, arp: &Arp) -> Result<Reason, Reas
     if arp.frame_len > MAX_FRAME {
         return Err(Reason::Malformed);
     }
-    if direction == Direction::Egress && u32::from_ne_bytes(arp.sender) != 0 {
-        let mut sender = [0u8; 16];
-        sender[..4].copy_from_slice(&arp.sender);
-        if !local::own(role, family::V4, &sender) {
-            return Err(Reason::NotLocal);
-        }
+    let sender = u32::from_ne_bytes(arp.sender);
+    if direction == Direction::Egress
+        && sender != 0
+        && !local::own(role, family::V4, &[sender, 0, 0, 0])
+    {
+        return Err(Reason::NotLocal);
     }
     Ok(Reason::Arp)
 }

@@ -7,21 +7,20 @@
 //! link-local server and comes back from a link-local server to an own address. Nothing here
 //! creates a flow, so a flood at the client port fills no table.
 
-use trove_isolate_common::{family, Direction, Role};
+use trove_isolate_common::{conntrack::words, family, Direction, Role};
 
 use crate::{
     local,
     maps::SETTINGS,
-    packet::{Kind, Packet},
+    packet::{Addr, Kind, Packet},
 };
 
 pub const BOOTPS: u16 = 67u16.to_be();
 pub const BOOTPC: u16 = 68u16.to_be();
 pub const DHCPV6_CLIENT: u16 = 546u16.to_be();
 pub const DHCPV6_SERVER: u16 = 547u16.to_be();
-pub const BROADCAST: [u8; 4] = [255; 4];
 /// ff02::1:2.
-const ALL_DHCP_SERVERS: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2];
+const ALL_DHCP_SERVERS: Addr = words(&[0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2]);
 
 /// Whether `pkt` is DHCP client traffic this NIC passes.
 #[inline(always)]
@@ -43,11 +42,11 @@ pub fn allowed(role: Role, direction: Direction, pkt: &Packet) -> bool {
     match (pkt.family, direction) {
         (family::V4, Direction::Egress) => {
             (local::unspecified(&pkt.src) || local::own(role, pkt.family, &pkt.src))
-                && (pkt.dst[..4] == BROADCAST || local::on_link(role, pkt.family, &pkt.dst))
+                && (broadcast(&pkt.dst) || local::on_link(role, pkt.family, &pkt.dst))
         }
         (family::V4, Direction::Ingress) => {
             local::on_link(role, pkt.family, &pkt.src)
-                && (pkt.dst[..4] == BROADCAST || local::own(role, pkt.family, &pkt.dst))
+                && (broadcast(&pkt.dst) || local::own(role, pkt.family, &pkt.dst))
         }
         (_, Direction::Egress) => {
             local::link_local(&pkt.src)
@@ -57,6 +56,12 @@ pub fn allowed(role: Role, direction: Direction, pkt: &Packet) -> bool {
             local::link_local(&pkt.src) && local::own(role, pkt.family, &pkt.dst)
         }
     }
+}
+
+/// 255.255.255.255.
+#[inline(always)]
+pub fn broadcast(addr: &Addr) -> bool {
+    addr[0] == u32::MAX
 }
 
 #[inline(always)]

@@ -4,13 +4,14 @@
 use aya_ebpf::programs::TcContext;
 use trove_isolate_common::{
     action,
+    conntrack::words,
     guard::{counter_index, MIN_LOCAL_PORT},
     Direction, Reason, Verdict,
 };
 
 use crate::{
     arp,
-    dhcp::{BOOTPC, BOOTPS, BROADCAST, DHCPV6_CLIENT, DHCPV6_SERVER},
+    dhcp::{self, BOOTPC, BOOTPS, DHCPV6_CLIENT, DHCPV6_SERVER},
     local,
     maps::{GUARD_COUNTERS, GUARD_ENDPOINTS},
     nd,
@@ -71,7 +72,7 @@ fn dhcp(direction: Direction, pkt: &Packet) -> bool {
         Direction::Ingress => (server, client, &pkt.src),
     };
     let in_scope = match (v4, direction) {
-        (true, Direction::Egress) => pkt.dst[..4] == BROADCAST,
+        (true, Direction::Egress) => dhcp::broadcast(&pkt.dst),
         // An offer may come to the address it offers, which the guard cannot know.
         (true, Direction::Ingress) => true,
         (false, _) => local::link_local(remote) || local::link_multicast(remote),
@@ -100,7 +101,11 @@ fn metadata(direction: Direction, pkt: &Packet) -> bool {
         return false;
     };
     for e in endpoints.entries.iter() {
-        if e.port != 0 && e.port == remote_port && e.family == pkt.family && e.addr == *remote {
+        if e.port != 0
+            && e.port == remote_port
+            && e.family == pkt.family
+            && words(&e.addr) == *remote
+        {
             return true;
         }
     }

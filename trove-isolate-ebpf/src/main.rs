@@ -107,7 +107,11 @@ mod bench {
     use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
     use trove_isolate_common::{action, Direction, Reason, Role, Verdict};
 
-    use crate::{counters, local, maps, packet::Parsed, parse, policy};
+    use crate::{
+        counters, local, maps,
+        packet::{Addr, Parsed},
+        parse, policy,
+    };
 
     #[classifier]
     pub fn bench_empty(_ctx: TcContext) -> i32 {
@@ -171,7 +175,7 @@ mod bench {
     }
 
     #[inline(always)]
-    fn own_stage(ctx: &TcContext, own: impl Fn(Role, u8, &[u8; 16]) -> bool) -> i32 {
+    fn own_stage(ctx: &TcContext, own: impl Fn(Role, u8, &Addr) -> bool) -> i32 {
         match parse::parse(ctx) {
             Ok(Parsed::Flow(pkt)) if own(Role::Management, pkt.family, &pkt.dst) => action::PASS,
             _ => action::DROP,

@@ -14,9 +14,13 @@
 //!   groups a process joins are its choice, so their reports would carry its bits to the link.
 
 use aya_ebpf::programs::TcContext;
-use trove_isolate_common::{family, Direction, Reason, Role};
+use trove_isolate_common::{conntrack::words, family, Direction, Reason, Role};
 
-use crate::{local, packet::Packet, parse};
+use crate::{
+    local,
+    packet::{byte, Addr, Packet},
+    parse,
+};
 
 const ROUTER_SOLICITATION: u8 = 133;
 const ROUTER_ADVERTISEMENT: u8 = 134;
@@ -50,8 +54,10 @@ pub const MAX_RECORDS: u32 = 32;
 /// block (5, 6) always list sources.
 const LAST_RECORD_TYPE: u8 = 4;
 /// ff02::2, where MLDv1 done goes, and ff02::16, where MLDv2 reports go.
-const ALL_ROUTERS: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-const ALL_MLDV2_ROUTERS: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16];
+const ALL_ROUTERS: Addr = words(&[0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+const ALL_MLDV2_ROUTERS: Addr = words(&[0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16]);
+/// ff02::1:ff00:0, the solicited-node groups' prefix (/104).
+const SOLICITED_NODE: Addr = words(&[0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0]);
 
 #[inline(always)]
 pub fn check(
@@ -152,7 +158,7 @@ fn host_shaped(ctx: &TcContext, role: Role, ingress: bool, pkt: &Packet) -> Resu
     let ty = pkt.icmp_type;
     // A solicitation or advertisement holds its target whole.
     let target = match ty {
-        ROUTER_SOLICITATION => [0; 16],
+        ROUTER_SOLICITATION => [0; 4],
         _ => parse::nd_target(ctx, pkt)?,
     };
     if !ingress {
@@ -199,8 +205,8 @@ pub fn guard_report(ctx: &TcContext, pkt: &Packet) -> Result<(), Reason> {
 
 /// ff02::1:ff00:0/104.
 #[inline(always)]
-fn solicited_node(group: &[u8; 16]) -> bool {
-    group[..13] == [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff]
+fn solicited_node(group: &Addr) -> bool {
+    group[..3] == SOLICITED_NODE[..3] && byte(group[3], 0) == 0xff
 }
 
 /// The shape of an MLD report or done going out, its source held to `src_ok` and each group it
@@ -209,8 +215,8 @@ fn solicited_node(group: &[u8; 16]) -> bool {
 fn report(
     ctx: &TcContext,
     pkt: &Packet,
-    src_ok: impl Fn(&[u8; 16]) -> bool,
-    group_ok: impl Fn(&[u8; 16]) -> bool,
+    src_ok: impl Fn(&Addr) -> bool,
+    group_ok: impl Fn(&Addr) -> bool,
 ) -> Result<(), Reason> {
     if pkt.options_len != 1 || parse::nd_ext_header(ctx, pkt)? != u64::from_ne_bytes(MLD_HOP_BY_HOP)
     {
@@ -262,7 +268,7 @@ fn report(
         {
             return Err(Reason::Malformed);
         }
-        if !group_ok(&record.group) {
+        if !group_ok(&words(&record.group)) {
             return Err(Reason::NotLocal);
         }
         at += MLD2_RECORD as usize;

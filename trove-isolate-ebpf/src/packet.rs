@@ -1,7 +1,7 @@
 //! What the parser hands to the later stages: the header fields they judge, not the packet.
 
 use trove_isolate_common::{
-    conntrack::{echo_marker, words, FlowKey4, WideKey},
+    conntrack::{echo_marker, FlowKey4, WideKey},
     Direction,
 };
 
@@ -11,6 +11,19 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
+
+/// An address as the datapath holds it: four words whose bytes are the address's in order
+/// (`conntrack::words`, the form every key and set holds), IPv4 in the first and the others
+/// zero. Words, not bytes: LLVM keeps a byte array it cannot prove whole as sixteen scalars, each
+/// a register or a stack slot of its own, which the program shifts apart and back together and
+/// the verifier tracks one by one (BENCHMARKS.md).
+pub type Addr = [u32; 4];
+
+/// Byte `i` (0 to 3) of an address word, in packet order.
+#[inline(always)]
+pub fn byte(word: u32, i: usize) -> u8 {
+    word.to_ne_bytes()[i]
+}
 
 /// The L4 shape of a packet, as far as flow tracking cares.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -23,8 +36,8 @@ pub enum Kind {
     OtherIcmp,
 }
 
-/// The header fields the stages read. Addresses hold IPv4 in their first four bytes; ports are in
-/// network byte order exactly as on the wire (for ICMP echo both carry the identifier).
+/// The header fields the stages read. Addresses are [`Addr`]s; ports are in network byte order
+/// exactly as on the wire (for ICMP echo both carry the identifier).
 #[derive(Clone, Copy)]
 pub struct Packet {
     pub family: u8,
@@ -50,8 +63,8 @@ pub struct Packet {
     pub options_len: u8,
     /// TCP: the bytes of data the segment carries; neighbour discovery: the message's length.
     pub payload_len: u32,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: Addr,
+    pub dst: Addr,
 }
 
 impl Packet {
@@ -70,30 +83,28 @@ impl Packet {
             Kind::EchoReply => remote_port = echo_marker(direction.reverse()),
             _ => {}
         }
-        let local = words(local);
         let key = WideKey::new(
             self.family,
             self.proto,
-            &local,
-            words(remote),
+            local,
+            *remote,
             local_port,
             remote_port,
         );
-        Wide { key, local }
+        Wide { key, local: *local }
     }
 
     /// The key of the same flow in the tables of TCP over IPv4 (for such a packet:
     /// [`Keying::Tcp4`](trove_isolate_common::conntrack::Keying)).
     #[inline(always)]
     pub fn flow_key4(&self, direction: Direction) -> FlowKey4 {
-        let word = |a: &[u8; 16]| u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
         let (local, remote, local_port, remote_port) = match direction {
             Direction::Ingress => (&self.dst, &self.src, self.dst_port, self.src_port),
             Direction::Egress => (&self.src, &self.dst, self.src_port, self.dst_port),
         };
         FlowKey4 {
-            local: word(local),
-            remote: word(remote),
+            local: local[0],
+            remote: remote[0],
             local_port,
             remote_port,
         }

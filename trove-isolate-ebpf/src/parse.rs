@@ -16,7 +16,7 @@ use trove_isolate_common::{
     family, proto, Reason,
 };
 
-use crate::packet::{Arp, Kind, Packet, Parsed};
+use crate::packet::{Addr, Arp, Kind, Packet, Parsed};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -256,8 +256,8 @@ fn ipv4(ctx: &TcContext, off: usize) -> Result<Parsed, Reason> {
         no_source_route(ctx, off + size_of::<Ipv4Hdr>(), off + ihl)?;
     }
     let mut pkt = new_packet(family::V4, ip_proto, ttl);
-    pkt.src[..4].copy_from_slice(&src);
-    pkt.dst[..4].copy_from_slice(&dst);
+    pkt.src[0] = u32::from_ne_bytes(src);
+    pkt.dst[0] = u32::from_ne_bytes(dst);
     l4(ctx, off + ihl, end, pkt)
 }
 
@@ -383,12 +383,12 @@ fn ipv6(ctx: &TcContext, off: usize) -> Result<Parsed, Reason> {
 /// # Safety
 /// `ip` points into the packet, its whole header checked against the packet's end.
 #[inline(always)]
-unsafe fn addresses(ip: *const Ipv6Hdr) -> ([u8; 16], [u8; 16]) {
+unsafe fn addresses(ip: *const Ipv6Hdr) -> (Addr, Addr) {
     let p = ip as *const u8;
     unsafe {
         (
-            bytes([load_u64::<8>(p), load_u64::<16>(p)]),
-            bytes([load_u64::<24>(p), load_u64::<32>(p)]),
+            addr([load_u64::<8>(p), load_u64::<16>(p)]),
+            addr([load_u64::<24>(p), load_u64::<32>(p)]),
         )
     }
 }
@@ -396,13 +396,13 @@ unsafe fn addresses(ip: *const Ipv6Hdr) -> ([u8; 16], [u8; 16]) {
 /// The target address of the neighbour solicitation or advertisement `pkt` (`Malformed` when
 /// the message is too short to hold one).
 #[inline(always)]
-pub fn nd_target(ctx: &TcContext, pkt: &Packet) -> Result<[u8; 16], Reason> {
+pub fn nd_target(ctx: &TcContext, pkt: &Packet) -> Result<Addr, Reason> {
     let off = pkt.options_at as usize;
     let msg: *const NdHdr = l4_at(ctx, off, off + pkt.payload_len as usize)?;
     // `l4_at` checked all 24 bytes against the packet's end.
     Ok(unsafe {
         let p = msg as *const u8;
-        bytes([load_u64::<8>(p), load_u64::<16>(p)])
+        addr([load_u64::<8>(p), load_u64::<16>(p)])
     })
 }
 
@@ -436,14 +436,19 @@ pub fn mld_record(ctx: &TcContext, off: usize) -> Result<McRecord, Reason> {
     ctx.load::<McRecord>(off).map_err(|_| Reason::Malformed)
 }
 
-/// The 16 bytes of two 8-byte loads, in packet order.
+/// The address of two 8-byte loads (packet order), as words.
 #[inline(always)]
-fn bytes(words: [u64; 2]) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for (i, w) in words.iter().enumerate() {
-        out[i * 8..i * 8 + 8].copy_from_slice(&w.to_ne_bytes());
-    }
-    out
+fn addr(loads: [u64; 2]) -> Addr {
+    let half = |w: u64, i: usize| {
+        let b = w.to_ne_bytes();
+        u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+    };
+    [
+        half(loads[0], 0),
+        half(loads[0], 4),
+        half(loads[1], 0),
+        half(loads[1], 4),
+    ]
 }
 
 /// Eight bytes of the packet at `base + AT`, in one load. An IPv6 header's addresses are 2-byte
@@ -497,8 +502,8 @@ fn new_packet(fam: u8, ip_proto: u8, hop_limit: u8) -> Packet {
         options_at: 0,
         options_len: 0,
         payload_len: 0,
-        src: [0; 16],
-        dst: [0; 16],
+        src: [0; 4],
+        dst: [0; 4],
     }
 }
 
@@ -707,8 +712,8 @@ fn quoted(ctx: &TcContext, off: usize, end: usize, fam: u8) -> Result<Packet, Re
             return Err(Reason::NotTracked);
         }
         let mut pkt = new_packet(family::V4, ip_proto, 0);
-        pkt.src[..4].copy_from_slice(&src);
-        pkt.dst[..4].copy_from_slice(&dst);
+        pkt.src[0] = u32::from_ne_bytes(src);
+        pkt.dst[0] = u32::from_ne_bytes(dst);
         (pkt, off + ihl)
     } else {
         let ip: *const Ipv6Hdr = l4_at(ctx, off, end)?;

@@ -31,8 +31,6 @@ pub fn check(role: Role, direction: Direction, pkt: &Packet) -> Result<(), Reaso
         Direction::Ingress => &pkt.src,
         Direction::Egress => &pkt.dst,
     };
-    let word =
-        |i: usize| u32::from_ne_bytes([remote[i], remote[i + 1], remote[i + 2], remote[i + 3]]);
     let port = pkt.policy_port().to_ne_bytes();
     let allowed = if pkt.family == family::V4 {
         let mut key = PolicyKey4 {
@@ -44,7 +42,7 @@ pub fn check(role: Role, direction: Direction, pkt: &Packet) -> Result<(), Reaso
             _pad: [0; 2],
             addr: 0,
         };
-        let addr = word(0);
+        let addr = remote[0];
         any_length(lengths, |slot| {
             key.prefix = slot.prefix;
             key.addr = addr & slot.mask[0];
@@ -55,7 +53,7 @@ pub fn check(role: Role, direction: Direction, pkt: &Packet) -> Result<(), Reaso
         let Some(tag) = PolicyKey6::tag(role as u8, direction as u8, pkt.proto) else {
             return Err(Reason::Policy);
         };
-        let words = [word(0), word(4), word(8), word(12)];
+        let words = *remote;
         let mut short = PolicyKey6 {
             tag,
             prefix: 0,
