@@ -579,16 +579,20 @@ fn l4(ctx: &TcContext, off: usize, end: usize, mut pkt: Packet) -> Result<Parsed
 pub fn window_scale(ctx: &TcContext, pkt: &Packet) -> u8 {
     let mut off = pkt.options_at as usize;
     let end = off + pkt.options_len as usize;
-    let mut found = WSCALE_NONE;
+    // Whether the option was seen, and its shift as read: the shift is taken as the answer only
+    // once the walk ends, so that the walk carries two cases into each option, not three (none,
+    // a shift, a shift clamped): the verifier follows each case through the options after it.
+    let mut seen = false;
+    let mut shift = 0;
     for _ in 0..TCP_MAX_OPTIONS {
         if off >= end {
-            return found;
+            return scale(seen, shift);
         }
         let Ok(kind) = ctx.load::<u8>(off) else {
             return WSCALE_UNKNOWN;
         };
         match kind {
-            TCPOPT_EOL => return found,
+            TCPOPT_EOL => return scale(seen, shift),
             TCPOPT_NOP => off += 1,
             k => {
                 let Ok(len) = ctx.load::<u8>(off + 1) else {
@@ -599,25 +603,34 @@ pub fn window_scale(ctx: &TcContext, pkt: &Packet) -> u8 {
                     return WSCALE_UNKNOWN;
                 }
                 if k == TCPOPT_WSCALE && len == 3 {
-                    if found != WSCALE_NONE {
+                    if seen {
                         return WSCALE_UNKNOWN;
                     }
-                    // RFC 7323 2.3: a shift above 14 is taken as 14 (and must not alias the
-                    // markers above it).
-                    found = match ctx.load::<u8>(off + 2) {
-                        Ok(shift) if shift > WSCALE_MAX => WSCALE_MAX,
-                        Ok(shift) => shift,
-                        Err(_) => return WSCALE_UNKNOWN,
+                    let Ok(s) = ctx.load::<u8>(off + 2) else {
+                        return WSCALE_UNKNOWN;
                     };
+                    seen = true;
+                    shift = s;
                 }
                 off += len;
             }
         }
     }
     if off >= end {
-        found
+        scale(seen, shift)
     } else {
         WSCALE_UNKNOWN
+    }
+}
+
+/// The window scale of a walk that ended: `WSCALE_NONE` when no option carried one; a shift
+/// above 14 is taken as 14 (RFC 7323 2.3), and must not alias the markers above it.
+#[inline(always)]
+fn scale(seen: bool, shift: u8) -> u8 {
+    match (seen, shift) {
+        (false, _) => WSCALE_NONE,
+        (true, s) if s > WSCALE_MAX => WSCALE_MAX,
+        (true, s) => s,
     }
 }
 
