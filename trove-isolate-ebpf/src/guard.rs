@@ -4,7 +4,7 @@
 use aya_ebpf::programs::TcContext;
 use trove_isolate_common::{
     action,
-    conntrack::words,
+    conntrack::bytes,
     guard::{counter_index, MIN_LOCAL_PORT},
     Direction, Reason, Verdict,
 };
@@ -100,12 +100,10 @@ fn metadata(direction: Direction, pkt: &Packet) -> bool {
     let Some(endpoints) = GUARD_ENDPOINTS.get(0) else {
         return false;
     };
+    // The endpoints hold bytes: the address is put in their form once.
+    let remote = bytes(remote);
     for e in endpoints.entries.iter() {
-        if e.port != 0
-            && e.port == remote_port
-            && e.family == pkt.family
-            && words(&e.addr) == *remote
-        {
+        if e.port != 0 && e.port == remote_port && e.family == pkt.family && e.addr == remote {
             return true;
         }
     }

@@ -131,14 +131,16 @@ struct NdHdr {
 
 /// A multicast address record of an MLDv2 report (RFC 3810 5.2): record type, auxiliary data
 /// length, number of sources, the group (then the sources and auxiliary data, which a report
-/// that passes has none of).
+/// that passes has none of). The group is read as an [`Addr`]: its bytes in packet order.
 #[repr(C)]
 pub struct McRecord {
     pub record_type: u8,
     pub aux_len: u8,
     pub sources: u16,
-    pub group: [u8; 16],
+    pub group: Addr,
 }
+
+const _: () = assert!(size_of::<McRecord>() == 20);
 
 #[repr(C)]
 struct TcpHdr {
