@@ -14,9 +14,8 @@ pub const TCP_ACK: u8 = 0x10;
 
 /// An address as the datapath holds it: four words whose bytes are the address's in order
 /// (`conntrack::words`, the form every key and set holds), IPv4 in the first and the others
-/// zero. Words, not bytes: LLVM keeps a byte array it cannot prove whole as sixteen scalars, each
-/// a register or a stack slot of its own, which the program shifts apart and back together and
-/// the verifier tracks one by one (BENCHMARKS.md).
+/// zero. Words, not bytes: LLVM kept a byte array as sixteen scalars, shifted out of the loads
+/// and put back together into words for every key (BENCHMARKS.md, section 1).
 pub type Addr = [u32; 4];
 
 /// Byte `i` (0 to 3) of an address word, in packet order.

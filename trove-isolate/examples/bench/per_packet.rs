@@ -29,16 +29,16 @@ impl Target {
 
 /// A row to measure: the program, the frame it runs on and the action it must return.
 pub struct Probe {
-    pub name: String,
+    pub name: &'static str,
     pub target: Target,
     pub frame: Vec<u8>,
     pub want: i32,
 }
 
 impl Probe {
-    pub fn new(name: &str, target: Target, frame: Vec<u8>, want: i32) -> Probe {
+    pub fn new(name: &'static str, target: Target, frame: Vec<u8>, want: i32) -> Probe {
         Probe {
-            name: name.to_owned(),
+            name,
             target,
             frame,
             want,
@@ -46,7 +46,7 @@ impl Probe {
     }
 
     /// The empty program on the established flow's reply: the yardstick.
-    pub fn empty(name: &str) -> Probe {
+    pub fn empty(name: &'static str) -> Probe {
         Probe::new(
             name,
             Target::Stage("bench_empty"),
@@ -383,7 +383,7 @@ pub fn measure(dp: &mut Datapath, probes: &[Probe], o: &Options) -> anyhow::Resu
     Ok(probes
         .iter()
         .zip(medians)
-        .map(|(p, ns)| Row::new(&p.name, ns, empty))
+        .map(|(p, ns)| Row::new(p.name, ns, empty))
         .collect())
 }
 
