@@ -750,18 +750,25 @@ impl Datapath {
         let v6: Vec<(PolicyKey6, PolicyValue)> = self.entries(maps::POLICY6)?;
         rules.extend(v6.into_iter().map(|(k, v)| (k.widen(), v)));
         rules.extend(self.entries::<PolicyKey, PolicyValue>(maps::POLICY6_LONG)?);
+        let mut classes = Vec::new();
+        for set in self.prefix_length_slots()? {
+            let mut prefixes: Vec<u8> = set.prefixes().collect();
+            prefixes.sort_unstable_by(|a, b| b.cmp(a));
+            classes.push(prefixes);
+        }
+        Ok((rules, classes))
+    }
+
+    /// Each class's prefix-length slots as the programs read them, empty ones included.
+    pub fn prefix_length_slots(&self) -> anyhow::Result<Vec<PrefixLengths>> {
         let map = self
             .ebpf
             .map(maps::POLICY_LENGTHS)
             .context("prefix lengths map missing")?;
         let lengths: Array<&MapData, PrefixLengths> = Array::try_from(map)?;
-        let mut classes = Vec::new();
-        for c in 0..policy::CLASSES {
-            let mut prefixes: Vec<u8> = lengths.get(&c, 0)?.prefixes().collect();
-            prefixes.sort_unstable_by(|a, b| b.cmp(a));
-            classes.push(prefixes);
-        }
-        Ok((rules, classes))
+        (0..policy::CLASSES)
+            .map(|c| Ok(lengths.get(&c, 0)?))
+            .collect()
     }
 
     /// Makes the local-address map hold exactly `entries` (the NICs' addresses and links), then

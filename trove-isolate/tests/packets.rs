@@ -2512,6 +2512,78 @@ fn a_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
     }
 }
 
+/// A reload that drops a length keeps the other lengths in their slots, so one may leave an
+/// empty slot before a length still in use. The programs look an empty slot up like any other
+/// (its prefix is one no rule has) and go on to the next: the rules at the lengths after it
+/// still match, and the empty one matches nothing. Both orders, so that a hole is left in the
+/// middle whichever slot each length takes.
+#[test]
+fn a_length_a_reload_empties_matches_nothing_and_hides_none_after_it() {
+    use trove_isolate_common::policy::EMPTY;
+    let both = policy_with_clients(
+        ["\"2001:db8:48::/48\"", "\"2001:db8:64::/64\""]
+            .into_iter()
+            .map(String::from),
+    );
+    let syn = |client: &str, sport| v6_tcp(client, G6, sport, 3306, SYN);
+    let mut holes = 0;
+    for (sport, (kept, gone)) in (41000..).step_by(4).zip([
+        ("2001:db8:48::9", "2001:db8:64::9"),
+        ("2001:db8:64::9", "2001:db8:48::9"),
+    ]) {
+        let prefix = |client: &str| {
+            if client.starts_with("2001:db8:48:") {
+                "\"2001:db8:48::/48\""
+            } else {
+                "\"2001:db8:64::/64\""
+            }
+        };
+        let narrower = policy_with_clients(std::iter::once(prefix(kept).to_owned()));
+        let mut dp = datapath();
+        dp.sync_policy(&both, None).expect("both lengths");
+        dp.sync_policy(&narrower, Some(&both))
+            .expect("one length dropped");
+        let slots = dp.prefix_length_slots().expect("read");
+        holes += slots
+            .iter()
+            .filter(|set| {
+                let used = &set.slots[..set.count as usize];
+                used.iter().any(|s| s.prefix == EMPTY) && used.iter().any(|s| s.prefix != EMPTY)
+            })
+            .count();
+        run_table(
+            &mut dp,
+            &[
+                pass(
+                    "the kept length's client",
+                    B,
+                    I,
+                    syn(kept, sport),
+                    Reason::Allowed,
+                ),
+                drop(
+                    "the dropped length's client",
+                    B,
+                    I,
+                    syn(gone, sport + 1),
+                    Reason::Policy,
+                ),
+                drop(
+                    "no rule's",
+                    B,
+                    I,
+                    syn("2001:db8:99::9", sport + 2),
+                    Reason::Policy,
+                ),
+            ],
+        );
+    }
+    assert!(
+        holes > 0,
+        "no reload left an empty slot before a length in use"
+    );
+}
+
 /// The test config with `clients` (TOML strings) on the business NIC, in place of its peer.
 fn policy_with_clients(clients: impl Iterator<Item = String>) -> Policy {
     let path = Path::new("clients.toml");
