@@ -242,8 +242,8 @@ impl LengthSlot {
     }
 }
 
-/// The prefix lengths the rules of one (role, direction, family) use: the first `count` slots.
-/// The programs look an empty slot up like the others: no rule has its prefix, [`EMPTY`].
+/// The prefix lengths the rules of one (role, direction, family) use: the first `count` slots,
+/// of which the empty ones are skipped.
 ///
 /// A length keeps its slot for as long as it is used, and the daemon changes a set only by
 /// filling empty slots (before it adds rules) or by emptying slots (after it removed their

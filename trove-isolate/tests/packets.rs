@@ -2513,10 +2513,9 @@ fn a_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
 }
 
 /// A reload that drops a length keeps the other lengths in their slots, so one may leave an
-/// empty slot before a length still in use. The programs look an empty slot up like any other
-/// (its prefix is one no rule has) and go on to the next: the rules at the lengths after it
-/// still match, and the empty one matches nothing. Both orders, so that a hole is left in the
-/// middle whichever slot each length takes.
+/// empty slot before a length still in use. The programs go past it to the next: the rules at
+/// the lengths after it still match, and the dropped length matches nothing. Both orders, so
+/// that a hole is left in the middle whichever slot each length takes.
 #[test]
 fn a_length_a_reload_empties_matches_nothing_and_hides_none_after_it() {
     use trove_isolate_common::policy::EMPTY;
