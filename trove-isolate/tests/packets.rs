@@ -2519,29 +2519,22 @@ fn a_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
 #[test]
 fn a_length_a_reload_empties_matches_nothing_and_hides_none_after_it() {
     use trove_isolate_common::policy::EMPTY;
-    let both = policy_with_clients(
-        ["\"2001:db8:48::/48\"", "\"2001:db8:64::/64\""]
-            .into_iter()
-            .map(String::from),
-    );
+    let (p48, p64) = ("2001:db8:48::/48", "2001:db8:64::/64");
+    let clients =
+        |prefixes: &[&str]| policy_with_clients(prefixes.iter().map(|p| format!("\"{p}\"")));
+    let both = clients(&[p48, p64]);
     let syn = |client: &str, sport| v6_tcp(client, G6, sport, 3306, SYN);
     let mut holes = 0;
-    for (sport, (kept, gone)) in (41000..).step_by(4).zip([
-        ("2001:db8:48::9", "2001:db8:64::9"),
-        ("2001:db8:64::9", "2001:db8:48::9"),
+    for (sport, (kept, client, gone)) in (41000..).step_by(4).zip([
+        (p48, "2001:db8:48::9", "2001:db8:64::9"),
+        (p64, "2001:db8:64::9", "2001:db8:48::9"),
     ]) {
-        let prefix = |client: &str| {
-            if client.starts_with("2001:db8:48:") {
-                "\"2001:db8:48::/48\""
-            } else {
-                "\"2001:db8:64::/64\""
-            }
-        };
-        let narrower = policy_with_clients(std::iter::once(prefix(kept).to_owned()));
+        let narrower = clients(&[kept]);
         let mut dp = datapath();
         dp.sync_policy(&both, None).expect("both lengths");
         dp.sync_policy(&narrower, Some(&both))
             .expect("one length dropped");
+        // `count` ends at the last length in use: an empty slot below it is a hole.
         let slots = dp.prefix_length_slots().expect("read");
         holes += slots
             .iter()
@@ -2557,7 +2550,7 @@ fn a_length_a_reload_empties_matches_nothing_and_hides_none_after_it() {
                     "the kept length's client",
                     B,
                     I,
-                    syn(kept, sport),
+                    syn(client, sport),
                     Reason::Allowed,
                 ),
                 drop(
