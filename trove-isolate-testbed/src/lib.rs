@@ -11,6 +11,7 @@ pub mod addr;
 mod netns;
 mod probe;
 pub mod scenario;
+pub mod unit;
 
 pub use netns::NetNs;
 pub use probe::{tcp_probe, tcp_server, udp_probe, udp_server, Server};

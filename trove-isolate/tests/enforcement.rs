@@ -194,6 +194,37 @@ fn policy_holds_on_legacy_clsact() {
     policy_holds("legacy");
 }
 
+/// The shipped unit hides the kernel's BTF from the daemon (`InaccessiblePaths=`): aya's loader
+/// parses it whatever the programs need, and ours need none of it (no CO-RE relocation). A daemon
+/// that cannot read it enforces the policy all the same.
+#[test]
+fn the_daemon_enforces_without_the_kernels_btf() {
+    let hidden = trove_isolate_testbed::unit::hidden_paths();
+    assert!(
+        hidden.iter().any(|p| p == "/sys/kernel/btf"),
+        "the unit hides the kernel's BTF: {hidden:?}"
+    );
+    let s = setup("btf");
+    let probes = scenario::probes(s.metrics);
+    let daemon = Daemon::start_as_the_unit(
+        &config_file(&s, "enforce", "auto"),
+        s.pin_path.as_ref(),
+        s.metrics_addr(),
+    );
+    let pid = daemon.pid().expect("the daemon runs");
+    let btf = format!("/proc/{pid}/root/sys/kernel/btf/vmlinux");
+    assert!(
+        !std::path::Path::new(&btf).exists(),
+        "the daemon sees the kernel's BTF ({btf})"
+    );
+    assert_probes(
+        &s.guest,
+        &probes,
+        "enforcing without the kernel's BTF",
+        |p| p.allowed,
+    );
+}
+
 /// Enforcement belongs to the kernel, not the process: it survives kill -9 and SIGTERM, a restart
 /// adopts it, and only `detach` opens the guest again.
 #[test]

@@ -5,6 +5,7 @@
 //! `--refresh`, the memory after a refresh of a host name's addresses too ([`refresh`]).
 
 use std::{
+    ffi::OsStr,
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -14,7 +15,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use nix::{sys::signal, unistd::Pid};
 use trove_isolate::{config::Config, policy::Policy};
-use trove_isolate_testbed::{scenario, Guest};
+use trove_isolate_testbed::{scenario, unit, Guest};
 
 use crate::scaling;
 
@@ -137,24 +138,16 @@ impl Running {
             "{}.log",
             pin_path.file_name().and_then(|n| n.to_str()).unwrap_or("daemon")
         )))?;
-        let mut command = match hosts {
-            None => {
-                let mut c = Command::new(bin);
-                c.args(["run", "--config"]).arg(config);
-                c
-            }
-            // One process throughout (unshare and sh exec), so the child's PID is the daemon's.
-            Some(hosts) => {
-                let mut c = Command::new("unshare");
-                c.args(["--mount", "--propagation", "private", "sh", "-c"])
-                    .arg(r#"mount --bind "$0" /etc/hosts && exec "$1" run --config "$2""#)
-                    .arg(hosts)
-                    .arg(bin)
-                    .arg(config);
-                c
-            }
-        };
+        // As the shipped unit runs it, the files it hides out of its sight (the kernel's BTF);
+        // the child's PID is the daemon's.
+        let binds: Vec<(&OsStr, &OsStr)> = hosts
+            .map(|h| (h.as_os_str(), OsStr::new("/etc/hosts")))
+            .into_iter()
+            .collect();
+        let argv = [bin.as_os_str(), OsStr::new("run"), OsStr::new("--config")];
+        let mut command = unit::as_the_unit(&binds, &argv);
         let child = command
+            .arg(config)
             .env("NOTIFY_SOCKET", &notify_path)
             .stdout(Stdio::null())
             .stderr(log)

@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use trove_isolate_testbed::unit;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_trove-isolate");
 pub const PROBE: Duration = Duration::from_millis(700);
 
@@ -114,7 +116,18 @@ impl Daemon {
         metrics: SocketAddr,
         env: &[(&str, &str)],
     ) -> Daemon {
-        let (mut daemon, stdout) = Daemon::spawn_with_env(config, pin_path, metrics, env);
+        Daemon::enforcing(Daemon::spawn_with_env(config, pin_path, metrics, env))
+    }
+
+    /// [`Daemon::start`] in a mount namespace of its own with the paths the unit hides out of
+    /// its sight ([`unit::as_the_unit`]): for tests whose namespaces exist before it starts.
+    pub fn start_as_the_unit(config: &Path, pin_path: &Path, metrics: SocketAddr) -> Daemon {
+        let setpriv = unit::as_the_unit(&[], &["setpriv"]);
+        Daemon::enforcing(Daemon::spawn_in(setpriv, config, pin_path, metrics, &[]))
+    }
+
+    /// The daemon once it reports "enforcing" (waited for, bounded).
+    fn enforcing((mut daemon, stdout): (Daemon, mpsc::Receiver<String>)) -> Daemon {
         match stdout.recv_timeout(Duration::from_secs(30)) {
             Ok(line) if line.starts_with("enforcing") => daemon,
             other => {
@@ -132,7 +145,19 @@ impl Daemon {
         metrics: SocketAddr,
         env: &[(&str, &str)],
     ) -> (Daemon, mpsc::Receiver<String>) {
-        let mut child = Command::new("setpriv")
+        Daemon::spawn_in(Command::new("setpriv"), config, pin_path, metrics, env)
+    }
+
+    /// Runs `setpriv` (or a command that execs it, as its arguments follow) with the unit's
+    /// capabilities, and the daemon under it.
+    fn spawn_in(
+        mut setpriv: Command,
+        config: &Path,
+        pin_path: &Path,
+        metrics: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> (Daemon, mpsc::Receiver<String>) {
+        let mut child = setpriv
             .arg(format!("--bounding-set=-all,{}", unit_capabilities()))
             .args(["--no-new-privs", BIN, "run", "--config"])
             .arg(config)
