@@ -1,5 +1,5 @@
-//! What the shipped unit (dist/trove-isolate.service) does to the daemon's view of the files,
-//! so that the tests and the bench run the daemon in the same.
+//! What the shipped unit (dist/trove-isolate.service) leaves the daemon, its capabilities and
+//! its view of the files, so that the tests and the bench run the daemon as systemd does.
 
 use std::{ffi::OsStr, process::Command};
 
@@ -17,6 +17,24 @@ while [ "$1" != -- ]; do
     if [ -e "$1" ]; then mount -t tmpfs -o mode=000,size=4k none "$1"; fi; shift
 done; shift
 exec "$@""#;
+
+/// The capabilities the unit leaves the daemon (`CapabilityBoundingSet=`), as `setpriv
+/// --bounding-set` spells them. Every daemon the tests start runs with these alone and without
+/// new privileges, as systemd runs it: a capability the unit lacks fails the tests, not a guest
+/// (the unit once lacked one, and its daemon could not start).
+pub fn capabilities() -> String {
+    let set = UNIT
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit names its capabilities");
+    set.split_whitespace()
+        .map(|cap| {
+            let name = cap.strip_prefix("CAP_").expect("a capability name");
+            format!("+{}", name.to_lowercase())
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 /// The paths the unit hides from the daemon (`InaccessiblePaths=`; a leading `-`, "if it
 /// exists", dropped).

@@ -69,29 +69,6 @@ pub fn cli(args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("running {BIN} {args:?}: {e}"))
 }
 
-/// The capabilities the shipped unit leaves the daemon (`CapabilityBoundingSet=` of
-/// dist/trove-isolate.service), as `setpriv --bounding-set` spells them. Every daemon the tests
-/// start runs with these alone and without new privileges, as systemd runs it: a capability
-/// the unit lacks fails the tests, not a guest (the unit once lacked one, and its daemon could
-/// not start).
-pub fn unit_capabilities() -> String {
-    let unit = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../dist/trove-isolate.service"
-    ));
-    let set = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
-        .expect("the unit names its capabilities");
-    set.split_whitespace()
-        .map(|cap| {
-            let name = cap.strip_prefix("CAP_").expect("a capability name");
-            format!("+{}", name.to_lowercase())
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 pub struct Daemon {
     child: Option<Child>,
     /// Everything the daemon wrote to stderr so far: drained as it comes, so a chatty daemon
@@ -103,7 +80,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `run --config` with the unit's capabilities ([`unit_capabilities`]) and waits
+    /// Starts `run --config` with the unit's capabilities ([`unit::capabilities`]) and waits
     /// (bounded) for its "enforcing" line.
     pub fn start(config: &Path, pin_path: &Path, metrics: SocketAddr) -> Daemon {
         Daemon::start_with_env(config, pin_path, metrics, &[])
@@ -158,7 +135,7 @@ impl Daemon {
         env: &[(&str, &str)],
     ) -> (Daemon, mpsc::Receiver<String>) {
         let mut child = setpriv
-            .arg(format!("--bounding-set=-all,{}", unit_capabilities()))
+            .arg(format!("--bounding-set=-all,{}", unit::capabilities()))
             .args(["--no-new-privs", BIN, "run", "--config"])
             .arg(config)
             .envs(env.iter().copied())
