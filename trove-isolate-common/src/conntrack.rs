@@ -371,8 +371,8 @@ pub mod state {
     pub const UNREPLIED: u8 = 3;
     /// In the established table; in the new table once it closes ([`super::flags::CLOSING`]).
     pub const ESTABLISHED: u8 = 4;
-    /// TCP opened by the remote: the remote acknowledged the SYN-ACK; the guest's first segment
-    /// after the handshake promotes it.
+    /// TCP opened by the remote: the remote acknowledged the SYN-ACK; the guest's first data
+    /// after the handshake promotes it (a bare ACK proves no socket).
     pub const ACKED: u8 = 5;
     /// UDP: a reply was seen; promoted once it is a stream ([`super::UDP_STREAM_NS`]).
     pub const REPLIED: u8 = 6;

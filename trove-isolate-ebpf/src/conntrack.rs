@@ -423,11 +423,12 @@ fn fin_closes(value: &mut FlowValue, d: usize) -> bool {
 
 /// A packet of a flow in the new table: the handshake moves on, and the packet that proves the
 /// flow two-way promotes it. For TCP the proof comes from the guest's own stack, which a remote
-/// sender cannot fake: the guest's ACK of the SYN-ACK when it opened the flow, its first
-/// segment after the handshake when the remote did (a remote's ACK the guest discards, bad
-/// checksum and all, earns nothing), or for a flow picked up mid-way, the other side's first
-/// ACK (the guest's, with data, for one picked up coming in). A UDP flow is promoted by the
-/// guest's datagram once it has had a reply and is `UDP_STREAM_NS` old (a stream).
+/// sender cannot fake: the guest's ACK of the SYN-ACK when it opened the flow, its first data
+/// after the handshake when the remote did (a remote's ACK the guest discards, bad checksum and
+/// all, earns nothing), or for a flow picked up mid-way, the other side's first ACK: the
+/// guest's with data for one picked up coming in, the remote's of all the guest has sent for
+/// one picked up going out. A UDP flow is promoted by the guest's datagram once it has had a
+/// reply and is `UDP_STREAM_NS` old (a stream).
 #[inline(always)]
 fn embryonic<F: Flow>(
     ctx: &TcContext,
@@ -484,12 +485,26 @@ fn embryonic<F: Flow>(
                     state::SYN_ACKED if !reply && acks_all_sent(value, pkt) => {
                         value.state = state::ACKED
                     }
-                    state::ACKED if from_guest => {
+                    // The guest's data: a bare ACK proves no socket, since the handshake's
+                    // request socket answers an ACK it discards (one outside its window) with a
+                    // bare ACK too, and keeps none (a review found it: three packets a slot,
+                    // for a day).
+                    state::ACKED if from_guest && pkt.payload_len > 0 => {
                         return promote(t, flow, value, now, Full::Forget)
                     }
-                    // A pickup's reply: from the guest (the flow was picked up coming in), with
+                    // A pickup's reply. From the guest (the flow was picked up coming in), with
                     // data, since a socket in TIME_WAIT answers a stray ACK with a bare one.
-                    state::UNREPLIED if reply && (!from_guest || pkt.payload_len > 0) => {
+                    // From the remote (picked up going out), acknowledging all the guest has
+                    // sent, which a spoofed sender never saw (a review found it: a socket in
+                    // TIME_WAIT answers the spoofed ACK, and any second one promoted that).
+                    state::UNREPLIED
+                        if reply
+                            && if from_guest {
+                                pkt.payload_len > 0
+                            } else {
+                                acks_all_sent(value, pkt)
+                            } =>
+                    {
                         return promote(t, flow, value, now, Full::Forget)
                     }
                     // The guest's data, past the reset, on a handshake a remote's SYN started

@@ -859,7 +859,16 @@ fn named_table() -> Vec<Named> {
                 (M, I, client(SYN, 10, 0), Ok(Tracked)),
                 (M, E, guest(SYN_ACK, 1000, 11), Ok(Tracked)),
                 (M, I, client(ACK, 11, 1001), Ok(Tracked)),
-                (M, E, guest(PSH | ACK, 1001, 11), Ok(Tracked)),
+                // The guest's first data proves its socket.
+                (
+                    M,
+                    E,
+                    Pkt::tcp(G4, OPERATOR4, 22, 50002, PSH | ACK)
+                        .seq_ack(1001, 11, 1000)
+                        .data(b"SSH-2.0")
+                        .framed(),
+                    Ok(Tracked),
+                ),
                 // Established: a reset far outside the window is refused.
                 (M, I, client(RST, 0x4000_0000, 0), Err(OutOfWindow)),
             ]

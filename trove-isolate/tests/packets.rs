@@ -943,6 +943,22 @@ fn v4_seq(
     )
 }
 
+/// [`v4_seq`] carrying a byte of data: the guest's first segment after a handshake the remote
+/// opened promotes its flow only with data (a bare ACK proves no socket).
+fn v4_seq_data(
+    src: &str,
+    dst: &str,
+    ports: (u16, u16),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    win: u16,
+) -> Vec<u8> {
+    let mut segment = tcp_seq(ports.0, ports.1, flags, seq, ack, win);
+    segment.push(b'g');
+    ipv4(V4_PLAIN, proto::TCP, src, dst, &segment)
+}
+
 /// [`v4_seq`] with TCP options (a SYN's or SYN-ACK's).
 #[allow(clippy::too_many_arguments)]
 fn v4_opts(
@@ -1024,6 +1040,13 @@ fn v6_seq(src: &str, dst: &str, ports: (u16, u16), flags: u8, seq: u32, ack: u32
     )
 }
 
+/// [`v6_seq`] carrying a byte of data (see [`v4_seq_data`]).
+fn v6_seq_data(src: &str, dst: &str, ports: (u16, u16), flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    let mut segment = tcp_seq(ports.0, ports.1, flags, seq, ack, 0xffff);
+    segment.push(b'g');
+    ipv6(proto::TCP, src, dst, &segment)
+}
+
 fn v4_udp(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
     ipv4(V4_PLAIN, proto::UDP, src, dst, &udp(sport, dport))
 }
@@ -1050,7 +1073,7 @@ fn tcp_state_holds_against_forged_segments() {
         pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
         pass("server SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
         pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
-        pass("server greeting: the guest took the connection", B, E, v4_seq(G4, CLIENT, s, ACK | 0x08, 5001, 1001, 100), Tracked),
+        pass("server greeting: the guest took the connection", B, E, v4_seq_data(G4, CLIENT, s, ACK | 0x08, 5001, 1001, 100), Tracked),
         drop("blind RST far outside the server's window", B, I, v4_seq(CLIENT, G4, c, RST, 900_000, 0, 0), OutOfWindow),
         drop("blind RST just past the window", B, I, v4_seq(CLIENT, G4, c, RST, 1001 + 101, 0, 0), OutOfWindow),
         drop("blind FIN outside the window", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 77_777, 5001, 200), OutOfWindow),
@@ -1065,7 +1088,7 @@ fn tcp_state_holds_against_forged_segments() {
         pass("second client SYN", B, I, v4_seq(CLIENT, G4, c2, SYN, 300, 0, 64240), Allowed),
         pass("second SYN-ACK", B, E, v4_seq(G4, CLIENT, s2, SYN_ACK, 800, 301, 100), Tracked),
         pass("second ACK", B, I, v4_seq(CLIENT, G4, c2, ACK, 301, 801, 200), Tracked),
-        pass("second greeting", B, E, v4_seq(G4, CLIENT, s2, ACK | 0x08, 801, 301, 100), Tracked),
+        pass("second greeting", B, E, v4_seq_data(G4, CLIENT, s2, ACK | 0x08, 801, 301, 100), Tracked),
         pass("RST at exactly the guest's last ACK closes", B, I, v4_seq(CLIENT, G4, c2, RST, 301, 0, 0), Tracked),
         pass("so a SYN on that tuple is new", B, I, v4_seq(CLIENT, G4, c2, SYN, 999, 0, 64240), Allowed),
         drop("unsolicited SYN-ACK opens nothing", B, I, v4_tcp(PEER, G4, 3306, 40400, SYN_ACK), NotTracked),
@@ -1196,7 +1219,7 @@ fn a_syn_acks_window_is_never_scaled() {
         pass("SYN, scale 7", B, I, syn, Allowed),
         pass("SYN-ACK, scale 7, window 65,160 bytes", B, E, synack, Tracked),
         pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 502), Tracked),
-        pass("greeting: window 502 << 7 = 64,256 bytes", B, E, v4_seq(G4, CLIENT, s, ACK, 5001, 1001, 502), Tracked),
+        pass("greeting: window 502 << 7 = 64,256 bytes", B, E, v4_seq_data(G4, CLIENT, s, ACK, 5001, 1001, 502), Tracked),
         drop("a blind RST 70,000 bytes on: past 65,160", B, I, v4_seq(CLIENT, G4, c, RST, 71_001, 0, 0), OutOfWindow),
         pass("a window of 1,000 << 7 reaches further", B, E, v4_seq(G4, CLIENT, s, ACK, 5001, 1001, 1000), Tracked),
         pass("an RST 70,000 bytes on: inside 128,000", B, I, v4_seq(CLIENT, G4, c, RST, 71_001, 0, 0), Tracked),
@@ -1288,15 +1311,89 @@ fn window_scale_comes_from_the_handshake() {
         pass("SYN with Linux's options, scale 7", B, I, syn(33500, &scaled), Allowed),
         pass("SYN-ACK, scale 7", B, E, synack(33500, &scaled), Tracked),
         pass("ACK", B, I, v4_seq(CLIENT, G4, (33500, 3306), ACK, 1001, 5001, 200), Tracked),
-        pass("greeting", B, E, v4_seq(G4, CLIENT, (3306, 33500), ACK, 5001, 1001, 100), Tracked),
+        pass("greeting", B, E, v4_seq_data(G4, CLIENT, (3306, 33500), ACK, 5001, 1001, 100), Tracked),
         pass("RST 5,000 bytes in: inside the scaled window", B, I, v4_seq(CLIENT, G4, (33500, 3306), RST, 6001, 0, 0), Tracked),
         drop("RST 20,000 bytes in: outside it", B, I, v4_seq(CLIENT, G4, (33500, 3306), RST, 21001, 0, 0), OutOfWindow),
         pass("SYN with scale 7", B, I, syn(33501, &scaled), Allowed),
         pass("SYN-ACK without the option", B, E, synack(33501, &[2, 4, 0x05, 0xb4]), Tracked),
         pass("ACK, unscaled flow", B, I, v4_seq(CLIENT, G4, (33501, 3306), ACK, 1001, 5001, 200), Tracked),
-        pass("greeting, unscaled flow", B, E, v4_seq(G4, CLIENT, (3306, 33501), ACK, 5001, 1001, 100), Tracked),
+        pass("greeting, unscaled flow", B, E, v4_seq_data(G4, CLIENT, (3306, 33501), ACK, 5001, 1001, 100), Tracked),
         drop("RST 5,000 bytes in: outside the unscaled window", B, I, v4_seq(CLIENT, G4, (33501, 3306), RST, 6001, 0, 0), OutOfWindow),
     ]);
+}
+
+/// A client that completes the handshake's numbers but not the handshake earns no established
+/// slot. Its ACK of the SYN-ACK carries a sequence number outside the guest's window: Linux's
+/// request socket discards it and answers with a bare ACK, creating no socket (checked on 6.18
+/// with a raw client); a SYN at the next number then has the guest reset the request socket,
+/// with a reset outside the window TC holds it to. When that bare ACK promoted the flow, three
+/// packets held a slot for a day, and a client the policy allows could fill the table and
+/// refuse every new session (a review found it). The guest's data promotes it.
+#[rustfmt::skip]
+#[test]
+fn a_request_sockets_bare_ack_promotes_nothing() {
+    use trove_isolate::datapath::Table;
+    use Reason::*;
+    let mut dp = datapath();
+    let c = (33450, 3306);
+    let s = (3306, 33450);
+    let (x, y) = (1_000_000u32, 2_774_007_236u32);
+    run_table(&mut dp, &[
+        pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, x, 0, 64240), Allowed),
+        pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, y, x + 1, 64240), Tracked),
+        pass("ACK of it, its sequence outside the window", B, I, v4_seq(CLIENT, G4, c, ACK, x, y + 1, 0), Tracked),
+        pass("the request socket's bare ACK", B, E, v4_seq(G4, CLIENT, s, ACK, y + 1, x + 1, 64240), Tracked),
+    ]);
+    assert!(dp.flows(B, Table::Established).expect("flows").is_empty(), "a bare ACK promoted the handshake");
+    run_table(&mut dp, &[
+        pass("a SYN at the next number", B, I, v4_seq(CLIENT, G4, c, SYN, x + 1, 0, 64240), Tracked),
+        pass("the guest resets the request socket", B, E, v4_seq(G4, CLIENT, s, RST | ACK, 0, x + 2, 0), Tracked),
+    ]);
+    assert!(dp.flows(B, Table::Established).expect("flows").is_empty(), "promoted");
+    // A real handshake on another tuple: the guest's data promotes it.
+    let c = (33451, 3306);
+    let s = (3306, 33451);
+    run_table(&mut dp, &[
+        pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, x, 0, 64240), Allowed),
+        pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, y, x + 1, 64240), Tracked),
+        pass("ACK of it", B, I, v4_seq(CLIENT, G4, c, ACK, x + 1, y + 1, 502), Tracked),
+        pass("the guest's bare ACK (of a query, say)", B, E, v4_seq(G4, CLIENT, s, ACK, y + 1, x + 1, 502), Tracked),
+    ]);
+    assert!(dp.flows(B, Table::Established).expect("flows").is_empty(), "a bare ACK promoted the handshake");
+    run_table(&mut dp, &[
+        pass("the guest's greeting", B, E, v4_data(G4, CLIENT, s, y + 1, x + 1, b"hello"), Tracked),
+    ]);
+    assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1, "the guest's data did not promote");
+}
+
+/// A connection picked up going out is promoted by the remote's ACK of all the guest has sent,
+/// which a spoofed sender never saw. A socket in TIME_WAIT answers a stray ACK on its tuple with
+/// a bare ACK, which the rules let out as a pickup; when any ACK of the remote's then promoted
+/// it, a sender spoofing an endpoint could turn each connection the guest closed into an
+/// established slot for a day (a review found it).
+#[rustfmt::skip]
+#[test]
+fn a_pickup_going_out_is_promoted_only_by_an_ack_of_all_the_guest_sent() {
+    use trove_isolate::datapath::Table;
+    use Reason::*;
+    let mut dp = datapath();
+    let c = (41600, 5672);
+    let s = (5672, 41600);
+    run_table(&mut dp, &[
+        pass("TIME_WAIT's bare ACK to rabbitmq", M, E, v4_seq(G4, RABBIT4, c, ACK, 9000, 7000, 500), Allowed),
+        pass("a spoofed ACK, another number", M, I, v4_seq(RABBIT4, G4, s, ACK, 7000, 8999, 500), Tracked),
+        pass("and another", M, I, v4_seq(RABBIT4, G4, s, ACK, 7000, 12345, 500), Tracked),
+    ]);
+    assert!(dp.flows(M, Table::Established).expect("flows").is_empty(), "a blind ACK promoted a pickup");
+    run_table(&mut dp, &[
+        pass("the guest's data mid-session", M, E, v4_data(G4, RABBIT4, c, 9000, 7000, b"publish"), Tracked),
+        pass("rabbitmq acknowledges part of it", M, I, v4_seq(RABBIT4, G4, s, ACK, 7000, 9003, 500), Tracked),
+    ]);
+    assert!(dp.flows(M, Table::Established).expect("flows").is_empty(), "promoted before all was acknowledged");
+    run_table(&mut dp, &[
+        pass("rabbitmq acknowledges all of it", M, I, v4_seq(RABBIT4, G4, s, ACK, 7000, 9007, 500), Tracked),
+    ]);
+    assert_eq!(dp.flows(M, Table::Established).expect("flows").len(), 1, "not promoted");
 }
 
 /// A remote's ACK earns a flow no place in the established table: only the guest's own segment
@@ -1317,7 +1414,7 @@ fn only_the_guest_promotes_an_inbound_flow() {
     ]);
     assert!(dp.flows(B, Table::Established).expect("flows").is_empty(), "promoted on the remote's word");
     run_table(&mut dp, &[
-        pass("the guest's first segment", B, E, v4_seq(G4, CLIENT, s, ACK, 71, 20, 100), Tracked),
+        pass("the guest's first segment", B, E, v4_seq_data(G4, CLIENT, s, ACK, 71, 20, 100), Tracked),
     ]);
     assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1);
 }
@@ -1350,7 +1447,7 @@ fn a_blind_handshake_is_never_promoted() {
     // The same tuple's real handshake, whose ACK acknowledges the SYN-ACK, is.
     run_table(&mut dp, &[
         pass("the real ACK of the SYN-ACK", B, I, v4_seq(spoofed, G4, c, ACK, isn + 1, guest_isn + 1, 64240), Tracked),
-        pass("the guest's first segment", B, E, v4_seq(G4, spoofed, s, ACK | 0x08, guest_isn + 1, isn + 1, 64240), Tracked),
+        pass("the guest's first segment", B, E, v4_seq_data(G4, spoofed, s, ACK | 0x08, guest_isn + 1, isn + 1, 64240), Tracked),
     ]);
     assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1);
 }
@@ -1374,7 +1471,7 @@ fn a_handshake_on_the_tuple_of_a_connection_in_time_wait_is_proved() {
         pass("client SYN again", B, I, v4_seq(CLIENT, G4, c, SYN, 10, 0, 64240), Tracked),
         pass("SYN-ACK, a sequence behind the old one", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 1000, 11, 100), Tracked),
         pass("client ACK of it", B, I, v4_seq(CLIENT, G4, c, ACK, 11, 1001, 200), Tracked),
-        pass("the guest's greeting", B, E, v4_seq(G4, CLIENT, s, ACK | 0x08, 1001, 11, 100), Tracked),
+        pass("the guest's greeting", B, E, v4_seq_data(G4, CLIENT, s, ACK | 0x08, 1001, 11, 100), Tracked),
     ]);
     assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1, "not promoted");
 }
@@ -1543,7 +1640,7 @@ fn a_closed_connection_gives_its_established_slot_back() {
         pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
         pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
         pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
-        pass("greeting", B, E, v4_seq(G4, CLIENT, s, ACK | 0x08, 5001, 1001, 100), Tracked),
+        pass("greeting", B, E, v4_seq_data(G4, CLIENT, s, ACK | 0x08, 5001, 1001, 100), Tracked),
         pass("client FIN: one way only", B, I, v4_seq(CLIENT, G4, c, FIN | ACK, 1001, 5101, 200), Tracked),
     ]);
     let (new, est) = tables(&dp);
@@ -1572,7 +1669,7 @@ fn a_closed_connection_gives_its_established_slot_back() {
     run_table(&mut dp, &[
         pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 20_000, 9001, 100), Tracked),
         pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 9001, 20_001, 200), Tracked),
-        pass("greeting", B, E, v4_seq(G4, CLIENT, s, ACK | 0x08, 20_001, 9001, 100), Tracked),
+        pass("greeting", B, E, v4_seq_data(G4, CLIENT, s, ACK | 0x08, 20_001, 9001, 100), Tracked),
     ]);
     assert_eq!(tables(&dp).1.len(), 1);
     run_table(&mut dp, &[
@@ -1948,7 +2045,7 @@ fn a_flow_is_its_own_local_address_whatever_its_key_folds() {
         pass("client SYN over IPv6", B, I, v6_seq(CLIENT6, G6, c, SYN, 10, 0), Allowed),
         pass("SYN-ACK", B, E, v6_seq(G6, CLIENT6, s, SYN_ACK, 70, 11), Tracked),
         pass("client ACK", B, I, v6_seq(CLIENT6, G6, c, ACK, 11, 71), Tracked),
-        pass("the guest's first segment", B, E, v6_seq(G6, CLIENT6, s, ACK, 71, 11), Tracked),
+        pass("the guest's first segment", B, E, v6_seq_data(G6, CLIENT6, s, ACK, 71, 11), Tracked),
     ]);
     assert_eq!(dp.flows(B, Table::Established).expect("flows").len(), 1);
     run_table(&mut dp, &[
@@ -2046,7 +2143,7 @@ fn a_reset_the_guest_may_take_gives_the_established_slot_back() {
             pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
             pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
             pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
-            pass("greeting", B, E, v4_seq(G4, CLIENT, s, ACK | 0x08, 5001, 1001, 100), Tracked),
+            pass("greeting", B, E, v4_seq_data(G4, CLIENT, s, ACK | 0x08, 5001, 1001, 100), Tracked),
         ]
     };
     let established = |dp: &Datapath| dp.flows(B, Table::Established).expect("flows").len();
@@ -2250,7 +2347,7 @@ fn an_established_flow_keeps_its_slot_against_an_address_folding_alike() {
             pass("client SYN", B, I, v6_seq(CLIENT6, to, c, SYN, 10, 0), Allowed),
             pass("SYN-ACK", B, E, v6_seq(to, CLIENT6, s, SYN_ACK, 70, 11), Tracked),
             pass("client ACK", B, I, v6_seq(CLIENT6, to, c, ACK, 11, 71), Tracked),
-            pass("the guest's first segment", B, E, v6_seq(to, CLIENT6, s, ACK, 71, 11), Tracked),
+            pass("the guest's first segment", B, E, v6_seq_data(to, CLIENT6, s, ACK, 71, 11), Tracked),
         ]
     };
     run_table(&mut dp, &handshake(G6));
@@ -2314,7 +2411,7 @@ fn a_syn_to_an_address_the_nic_lost_opens_nothing() {
         pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 10, 0, 64240), Allowed),
         pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 70, 11, 100), Tracked),
         pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 11, 71, 200), Tracked),
-        pass("the guest's first segment", B, E, v4_seq(G4, CLIENT, s, ACK, 71, 11, 100), Tracked),
+        pass("the guest's first segment", B, E, v4_seq_data(G4, CLIENT, s, ACK, 71, 11, 100), Tracked),
     ]);
     // The business NIC loses its IPv4 address.
     let nets: Vec<IpNetwork> = NIC_ADDRESSES

@@ -255,8 +255,9 @@ impl Flow {
     /// A packet of a flow in the new table: the handshake moves on, and the packet that proves
     /// the flow two-way promotes it. For TCP the proof comes from the guest's own stack, which
     /// a remote sender cannot fake: the guest's ACK of the SYN-ACK when the guest opened the
-    /// flow; its first segment after the remote's ACK when the remote opened it; for a flow
-    /// picked up mid-way, the other side's first reply (the guest's with data).
+    /// flow; its first data after the remote's ACK when the remote opened it; for a flow picked
+    /// up mid-way, the other side's first reply (the guest's with data, the remote's
+    /// acknowledging all the guest has sent).
     pub fn embryonic(&mut self, direction: Direction, l4: &L4) -> Result<Reason, Reason> {
         let reply = direction != self.origin;
         let from_guest = direction == Direction::Egress;
@@ -295,12 +296,24 @@ impl Flow {
                         Stage::SynAcked if !reply && self.guest_end == Some(tcp.ack) => {
                             self.stage = Stage::Acked
                         }
-                        // ... and the guest's stack, having accepted that, sends.
-                        Stage::Acked if from_guest => self.promote(),
-                        // Picked up mid-way: the other side answers (for a flow picked up
+                        // ... and the guest's stack, having accepted that, sends data (the
+                        // handshake's request socket answers an ACK it discards with a bare
+                        // ACK, and keeps no socket).
+                        Stage::Acked if from_guest && tcp.payload_len > 0 => self.promote(),
+                        // Picked up mid-way: the other side answers. For a flow picked up
                         // coming in, that is the guest's stack, which resets one it lacks, and
-                        // must send data: a socket in TIME_WAIT answers with a bare ACK too).
-                        Stage::Unreplied if reply && (!from_guest || tcp.payload_len > 0) => {
+                        // must send data (a socket in TIME_WAIT answers with a bare ACK too);
+                        // for one picked up going out, the remote, acknowledging all the guest
+                        // has sent (a spoofed sender never saw it: a socket in TIME_WAIT answers
+                        // a spoofed ACK).
+                        Stage::Unreplied
+                            if reply
+                                && if from_guest {
+                                    tcp.payload_len > 0
+                                } else {
+                                    self.guest_end == Some(tcp.ack)
+                                } =>
+                        {
                             self.promote()
                         }
                         // The guest's data, past the reset, on a handshake a remote's SYN

@@ -319,7 +319,10 @@ fn remote_opened_tcp_is_proved_by_the_guest() {
     let syn = Pkt::tcp(OPERATOR4, G4, 50000, 22, SYN).seq_ack(10, 0, 100);
     let syn_ack = Pkt::tcp(G4, OPERATOR4, 22, 50000, SYN_ACK).seq_ack(70, 11, 100);
     let ack = Pkt::tcp(OPERATOR4, G4, 50000, 22, ACK).seq_ack(11, 71, 100);
-    let data = Pkt::tcp(G4, OPERATOR4, 22, 50000, PSH | ACK).seq_ack(71, 11, 100);
+    let bare = Pkt::tcp(G4, OPERATOR4, 22, 50000, ACK).seq_ack(71, 11, 100);
+    let data = Pkt::tcp(G4, OPERATOR4, 22, 50000, PSH | ACK)
+        .seq_ack(71, 11, 100)
+        .data(b"SSH-2.0");
     run(
         &mut m,
         &[
@@ -328,6 +331,10 @@ fn remote_opened_tcp_is_proved_by_the_guest() {
             (M, I, ack.frame(), Ok(Tracked)),
         ],
     );
+    let (_, _, flow) = m.flows().next().expect("one flow");
+    assert_eq!((flow.table, flow.stage), (Table::New, Stage::Acked));
+    // A bare ACK proves no socket: the request socket answers an ACK it discards with one.
+    run(&mut m, &[(M, E, bare.frame(), Ok(Tracked))]);
     let (_, _, flow) = m.flows().next().expect("one flow");
     assert_eq!((flow.table, flow.stage), (Table::New, Stage::Acked));
     run(&mut m, &[(M, E, data.frame(), Ok(Tracked))]);
