@@ -1421,6 +1421,100 @@ fn a_vlan_tagged_frame_is_refused_not_judged_by_what_it_carries() {
     }
 }
 
+/// A client that answers the SYN-ACK with a sequence number outside the guest's window holds no
+/// established slot. Linux's request socket discards that ACK and answers it with a bare ACK,
+/// accepting no connection (the premise, checked here on the kernel the test runs on); that
+/// bare ACK once promoted the flow, and three packets held a slot for a day (a review found it).
+/// The client is a packet socket on the tenant's link, with an address no stack there holds, so
+/// no kernel resets the handshake it makes.
+#[test]
+fn a_handshake_the_guest_never_accepted_holds_no_established_slot() {
+    use aya::maps::{HashMap, Map, MapData};
+    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+    use trove_isolate::{datapath::Table, pins::Pins};
+    use trove_isolate_common::{
+        conntrack::{FlowKey4, FlowValue, Keying},
+        Role,
+    };
+    const CLIENT: &str = "192.0.2.51";
+    const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x51];
+    const PORT: u16 = 40051;
+    let s = setup("reqsk");
+    let daemon = start(&s, "enforce", "auto");
+    // The guest reaches the client's address at the packet socket's MAC.
+    s.guest.container.ip(&format!(
+        "neigh replace {CLIENT} lladdr 02:00:00:00:00:51 dev eth0"
+    ));
+    let tap = s.guest.biz_net.run(|| Tap::open("peer0"));
+    let ip = |a: &str| a.parse::<std::net::Ipv4Addr>().expect("addr").octets();
+    let segment = |seq: u32, ack: Option<u32>, window: u16| {
+        let tcp = PacketBuilder::ethernet2(CLIENT_MAC, s.guest.biz_mac())
+            .ipv4(ip(CLIENT), ip(addr::GUEST_V4), 64)
+            .tcp(PORT, 3306, seq, window);
+        let tcp = match ack {
+            Some(ack) => tcp.ack(ack),
+            None => tcp.syn(),
+        };
+        let mut frame = Vec::new();
+        tcp.write(&mut frame, &[]).expect("a segment");
+        frame
+    };
+    // The guest's segment to the client within 2 s: (SYN, ACK, RST, sequence, acknowledgment).
+    let answer = |tap: &Tap| {
+        let mut got = None;
+        tap.watch(Duration::from_secs(2), |frame| {
+            let Ok(packet) = SlicedPacket::from_ethernet(frame) else {
+                return false;
+            };
+            let Some(TransportSlice::Tcp(tcp)) = packet.transport else {
+                return false;
+            };
+            if tcp.source_port() != 3306 || tcp.destination_port() != PORT {
+                return false;
+            }
+            got = Some((
+                tcp.syn(),
+                tcp.ack(),
+                tcp.rst(),
+                tcp.sequence_number(),
+                tcp.acknowledgment_number(),
+            ));
+            true
+        });
+        got
+    };
+    let x = 1_000_000u32;
+    tap.send(&segment(x, None, 64240));
+    let Some((true, true, false, y, ack)) = answer(&tap) else {
+        panic!("no SYN-ACK\n{}", daemon.stderr());
+    };
+    assert_eq!(ack, x + 1);
+    // The ACK of the SYN-ACK, its sequence number one short of the window.
+    tap.send(&segment(x, Some(y.wrapping_add(1)), 0));
+    assert_eq!(
+        answer(&tap),
+        Some((false, true, false, y.wrapping_add(1), x + 1)),
+        "the request socket's bare ACK did not come\n{}",
+        daemon.stderr()
+    );
+    let pins = Pins::new(&s.pin_path);
+    let established =
+        MapData::from_pin(pins.map(Table::Established.map_name(Role::Business, Keying::Tcp4)))
+            .expect("the pinned established table");
+    let established: HashMap<MapData, FlowKey4, FlowValue> =
+        HashMap::try_from(Map::HashMap(established)).expect("a flow table");
+    let client = u32::from_ne_bytes(ip(CLIENT));
+    let held = established
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| key.remote == client)
+        .count();
+    assert_eq!(
+        held, 0,
+        "a handshake the guest never accepted holds an established slot"
+    );
+}
+
 /// A packet socket on a NIC: every frame the link carries to it, and a way to send one.
 struct Tap {
     fd: std::os::fd::OwnedFd,
