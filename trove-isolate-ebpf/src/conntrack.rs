@@ -502,7 +502,7 @@ fn embryonic<F: Flow>(
                             && if from_guest {
                                 pkt.payload_len > 0
                             } else {
-                                acks_all_sent(value, pkt)
+                                acks_all_sent_or_probe(value, pkt)
                             } =>
                     {
                         return promote(t, flow, value, now, Full::Forget)
@@ -807,6 +807,15 @@ fn acks_syn(value: &FlowValue, pkt: &Packet) -> bool {
 #[inline(always)]
 fn acks_all_sent(value: &FlowValue, pkt: &Packet) -> bool {
     value.flags & flags::GUEST_END != 0 && pkt.ack == value.guest_end
+}
+
+/// [`acks_all_sent`], or one past it: a keepalive or window probe is sent at one below the next
+/// sequence number (Linux's `tcp_xmit_probe_skb`), and answered at the next, so an idle
+/// connection picked up by its probe is promoted by the answer (a review found it). A blind
+/// sender must still hit one of two numbers.
+#[inline(always)]
+fn acks_all_sent_or_probe(value: &FlowValue, pkt: &Packet) -> bool {
+    value.flags & flags::GUEST_END != 0 && pkt.ack.wrapping_sub(value.guest_end) <= 1
 }
 
 /// Whether `side` has sent an acknowledgment this flow recorded.

@@ -1370,7 +1370,8 @@ fn a_request_sockets_bare_ack_promotes_nothing() {
 /// which a spoofed sender never saw. A socket in TIME_WAIT answers a stray ACK on its tuple with
 /// a bare ACK, which the rules let out as a pickup; when any ACK of the remote's then promoted
 /// it, a sender spoofing an endpoint could turn each connection the guest closed into an
-/// established slot for a day (a review found it).
+/// established slot for a day (a review found it). One past all is taken too: the answer to a
+/// keepalive probe, which is sent one below the next sequence number.
 #[rustfmt::skip]
 #[test]
 fn a_pickup_going_out_is_promoted_only_by_an_ack_of_all_the_guest_sent() {
@@ -1394,6 +1395,19 @@ fn a_pickup_going_out_is_promoted_only_by_an_ack_of_all_the_guest_sent() {
         pass("rabbitmq acknowledges all of it", M, I, v4_seq(RABBIT4, G4, s, ACK, 7000, 9007, 500), Tracked),
     ]);
     assert_eq!(dp.flows(M, Table::Established).expect("flows").len(), 1, "not promoted");
+    // An idle connection picked up by the guest's keepalive probe, sent one below its next
+    // sequence number: the answer acknowledges the next.
+    let c = (41601, 5672);
+    let s = (5672, 41601);
+    run_table(&mut dp, &[
+        pass("the guest's keepalive probe", M, E, v4_seq(G4, RABBIT4, c, ACK, 4999, 3000, 500), Allowed),
+        pass("a spoofed ACK, two past it", M, I, v4_seq(RABBIT4, G4, s, ACK, 3000, 5001, 500), Tracked),
+    ]);
+    assert_eq!(dp.flows(M, Table::Established).expect("flows").len(), 1, "a blind ACK promoted a pickup");
+    run_table(&mut dp, &[
+        pass("rabbitmq answers it", M, I, v4_seq(RABBIT4, G4, s, ACK, 3000, 5000, 500), Tracked),
+    ]);
+    assert_eq!(dp.flows(M, Table::Established).expect("flows").len(), 2, "the probe's answer did not promote");
 }
 
 /// A remote's ACK earns a flow no place in the established table: only the guest's own segment

@@ -106,8 +106,8 @@ pub enum Stage {
     SynSent,
     /// TCP: the SYN-ACK answered it.
     SynAcked,
-    /// TCP opened by the remote: the remote acknowledged the SYN-ACK; the guest's own next
-    /// segment proves the handshake.
+    /// TCP opened by the remote: the remote acknowledged the SYN-ACK; the guest's first data
+    /// proves the handshake.
     Acked,
     /// UDP, echo, or TCP picked up mid-flow: no reply yet.
     Unreplied,
@@ -305,13 +305,15 @@ impl Flow {
                         // must send data (a socket in TIME_WAIT answers with a bare ACK too);
                         // for one picked up going out, the remote, acknowledging all the guest
                         // has sent (a spoofed sender never saw it: a socket in TIME_WAIT answers
-                        // a spoofed ACK).
+                        // a spoofed ACK), or one past it (a keepalive or window probe is sent one
+                        // below the next sequence number, and answered at the next).
                         Stage::Unreplied
                             if reply
                                 && if from_guest {
                                     tcp.payload_len > 0
                                 } else {
-                                    self.guest_end == Some(tcp.ack)
+                                    matches!(self.guest_end,
+                                        Some(end) if tcp.ack.wrapping_sub(end) <= 1)
                                 } =>
                         {
                             self.promote()
