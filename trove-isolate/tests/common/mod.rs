@@ -103,9 +103,10 @@ impl Daemon {
         Daemon::enforcing(Daemon::spawn_in(setpriv, config, pin_path, metrics, &[]))
     }
 
-    /// The daemon once it reports "enforcing" (waited for, bounded).
+    /// The daemon once it reports "enforcing" (waited for, bounded: a start in the oldest
+    /// kernel's VM, whose verifier runs under TCG, took over 30 s while the host was busy).
     fn enforcing((mut daemon, stdout): (Daemon, mpsc::Receiver<String>)) -> Daemon {
-        match stdout.recv_timeout(Duration::from_secs(30)) {
+        match stdout.recv_timeout(Duration::from_secs(60)) {
             Ok(line) if line.starts_with("enforcing") => daemon,
             other => {
                 let err = daemon.kill_for_stderr();
