@@ -24,10 +24,13 @@ Examples:
   cargo xtask test                                       # everything, here and in the VMs
   cargo xtask test --no-vm                               # everything, on this machine only
   cargo xtask test --vm-only                             # only the VMs
+  cargo xtask test --vm-only --vm-full                   # only the VMs, every test they can run
   cargo xtask test --no-vm -- -p trove-isolate --test packets   # one test file
   cargo xtask test --no-vm -- audit -- --nocapture       # names containing `audit`, output shown";
 
-pub fn run(extra: &[String], host: bool, in_vm: bool) -> anyhow::Result<()> {
+/// `host`: the tests on this machine; `in_vm`: in the VMs, `vm_full` their every test rather
+/// than the bounded share.
+pub fn run(extra: &[String], host: bool, in_vm: bool, vm_full: bool) -> anyhow::Result<()> {
     sh::require_root(
         "the tests load BPF programs, pin them under /sys/fs/bpf and create network namespaces",
     )?;
@@ -40,7 +43,7 @@ pub fn run(extra: &[String], host: bool, in_vm: bool) -> anyhow::Result<()> {
     }
     if in_vm {
         let vm = vm::setup()?;
-        vm::run(&vm)?;
+        vm::run(&vm, vm_full)?;
     }
     Ok(())
 }

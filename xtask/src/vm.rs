@@ -69,13 +69,15 @@ That part:
     <target>/vm-tests/run-<release>-<part>.sh`, which mounts bpffs, loads veth, puts iproute2's
     ip first on PATH (busybox's lacks veth) and runs one test binary, one test at a time
     (--test-threads=1). On the oldest kernel, three VMs:
-      enforcement, all but the TCX tests and those of userspace alone (which the host runs):
-      legacy clsact explicitly, and attach = \"auto\", which picks legacy there (3 detach
-      rounds, not 50: under TCG a daemon start takes seconds);
+      enforcement, all but the TCX tests and a share the host runs (userspace, or whose
+      kernel side the packet tables check): legacy clsact explicitly, and attach = \"auto\",
+      which picks legacy there (3 detach rounds, not 50: under TCG a daemon start takes
+      seconds);
       tables: all of packets (with --nocapture for the verified instruction counts);
-      follow, on legacy: the business NIC moved through 5 container starts and stops (the
-      host's run: 20) with a denied stream running (with --nocapture, for the window it
-      measured);
+      follow, on legacy, but the same share: the business NIC moved through 5 container
+      starts and stops (the host's run: 20) with a denied stream running (with --nocapture,
+      for the window it measured);
+    with --vm-full, enforcement and follow run every test but the TCX ones, with 20 moves;
     and on each other kernel one, loads: packets' two verifier tests
     (verified_instruction_counts, the_benchmark_programs_load).
     Two VMs run at a time, one vCPU each (with two each, a vCPU preempted on the host while it
@@ -92,7 +94,8 @@ The VM part takes about 12 minutes on 2 cores (boots of 20-40 s; on 5.15, side b
 enforcement about 10 minutes, the packet tables 7 and follow 5; the verifier tests well under a \
 minute on each other kernel; one after the other with two vCPUs each it was 14), plus a first \
 install. \
---vm-only runs only it (after setup and a build), --no-vm skips it."
+--vm-only runs only it (after setup and a build), --no-vm skips it, --vm-full runs the VMs' \
+every test (about 8 minutes more)."
 );
 
 /// The guest's memory; the tests need far less, TCG needs some slack.
@@ -104,8 +107,8 @@ const VM_CPUS: &str = "1";
 /// Far longer than a run takes (the longest, 5.15's enforcement, about 10 minutes under TCG
 /// beside another VM).
 const VM_TIMEOUT: Duration = Duration::from_secs(25 * 60);
-/// The business NIC's moves the follower's test makes in the VM (the host's run makes 20): each
-/// container start and stop is seconds under TCG.
+/// The business NIC's moves the follower's test makes in the VM (the host's run, and
+/// `--vm-full`, make 20): each container start and stop is seconds under TCG.
 const VM_MOVES: usize = 5;
 /// Prefix of the lines the guest script prints for xtask to read.
 const MARK: &str = "trove-vm:";
@@ -564,9 +567,52 @@ fn target_dir() -> anyhow::Result<PathBuf> {
         .context("cargo metadata has no target_directory")
 }
 
+/// Tests the oldest kernel's VMs never run: they attach with TCX, which came in Linux 6.6.
+const TCX_ONLY: &[&str] = &[
+    "policy_holds_on_tcx",
+    "tcx_attaches_first_in_the_chain",
+    "eth1_json_gone_takes_no_policy_off_the_business_nic_on_tcx",
+    "the_boot_guard_holds_every_nic_until_troves_files_come_on_tcx",
+    "the_boot_guard_follows_a_nic_docker_hostnic_moves_on_tcx",
+    "the_business_nic_is_followed_on_tcx",
+    "a_nic_that_lost_the_policy_while_no_daemon_ran_is_held_on_tcx",
+];
+
+/// Tests the VMs leave to the host unless `--vm-full`: their part is userspace, or the packet
+/// tables check their kernel side, and each is a daemon start or more (tens of seconds under
+/// TCG).
+const HOST_SHARE: &[&str] = &[
+    // The pin path's lock: userspace, and two daemon starts.
+    "a_second_daemon_on_the_pin_path_is_refused",
+    // The boot guard's starts: its programs' verdicts are the packet tables', its attaching the
+    // roles' code.
+    "the_boot_guard_holds_every_nic_until_troves_files_come_on_legacy_clsact",
+    "the_boot_guard_follows_a_nic_docker_hostnic_moves_on_legacy_clsact",
+    // Discovery's reading of Trove's files.
+    "an_instance_without_a_user_port_is_held_to_the_management_policy",
+    "two_roles_that_find_one_nic_are_refused",
+    // A bad config's refusal, `explain`'s answers, audit mode (its verdicts are the tables').
+    "bad_config_is_refused_and_the_old_policy_stays",
+    "explain_agrees_with_the_datapath",
+    "audit_mode_counts_but_passes",
+    // The follower's choice among devices with the NIC's MAC.
+    "a_device_with_the_nics_mac_does_not_lure_the_daemon",
+];
+
+/// The `--skip` arguments for the tests a VM leaves out (whole names: the runs pass `--exact`).
+fn skips(full: bool) -> String {
+    TCX_ONLY
+        .iter()
+        .chain(if full { &[][..] } else { HOST_SHARE })
+        .map(|name| format!(" --skip {name}"))
+        .collect()
+}
+
 /// The guest's script. It runs as root in the host's (read-only) root filesystem; its `MARK`
-/// lines are for xtask. Its exit status is the tests'.
-fn script(root: &Path, bins: &TestBins, part: Part) -> String {
+/// lines are for xtask. Its exit status is the tests'. `full`: every test the kernel can run,
+/// with the host's 20 moves of the NIC (`--vm-full`).
+fn script(root: &Path, bins: &TestBins, part: Part, full: bool) -> String {
+    let moves = if full { 20 } else { VM_MOVES };
     let tests = match part {
         Part::Loads => format!(
             "run packets '{}' verified_instruction_counts the_benchmark_programs_load --exact \
@@ -578,26 +624,18 @@ fn script(root: &Path, bins: &TestBins, part: Part) -> String {
             bins.packets.display()
         ),
         Part::Enforcement => format!(
-            r#"# Under TCG a daemon start takes seconds: fewer detach rounds than on the host.
-export TROVE_ISOLATE_DETACH_ROUNDS=3
-# The pin path's lock is userspace alone (the host's run covers it), and its two daemon starts
-# are a minute under TCG. So are the boot guard's starts: its programs' verdicts are checked
-# here (packets), its attaching is the roles' code, and the host runs it on clsact and TCX.
-# Discovery's reading of a guest without a user port, or with eth1.json gone, is userspace.
-# So are a bad config's refusal and `explain`'s answers; audit mode's verdicts are the packet
-# tables' (tables, here too): the host runs all three.
-run enforcement '{enforcement}' --test-threads=1 --skip policy_holds_on_tcx --skip the_boot_guard_holds_every_nic_until_troves_files_come --skip the_boot_guard_follows_a_nic --skip tcx_attaches_first_in_the_chain --skip a_second_daemon_on_the_pin_path_is_refused --skip eth1_json_gone_takes_no_policy_off_the_business_nic_on_tcx --skip an_instance_without_a_user_port --skip two_roles_that_find_one_nic --skip bad_config_is_refused_and_the_old_policy_stays --skip explain_agrees_with_the_datapath --skip audit_mode_counts_but_passes
-"#,
-            enforcement = bins.enforcement.display(),
+            "# Under TCG a daemon start takes seconds: fewer detach rounds than on the host.\n\
+             export TROVE_ISOLATE_DETACH_ROUNDS=3\n\
+             run enforcement '{}' --test-threads=1 --exact{}\n",
+            bins.enforcement.display(),
+            skips(full),
         ),
         Part::Follow => format!(
-            "# A bounded share of the host's 20 container starts and stops (each is seconds \
-             under TCG);\n# a decoy with the NIC's MAC is the follower's userspace, which the \
-             host runs.\nexport TROVE_ISOLATE_MOVES={VM_MOVES}\n\
-             run follow '{}' --test-threads=1 --nocapture --skip the_business_nic_is_followed_on_tcx \
-             --skip a_nic_that_lost_the_policy_while_no_daemon_ran_is_held_on_tcx \
-             --skip a_device_with_the_nics_mac_does_not_lure_the_daemon\n",
+            "# Each container start and stop is seconds under TCG.\n\
+             export TROVE_ISOLATE_MOVES={moves}\n\
+             run follow '{}' --test-threads=1 --nocapture --exact{}\n",
             bins.follow.display(),
+            skips(full),
         ),
     };
     format!(
@@ -698,7 +736,7 @@ fn verified_line(line: &str) -> Option<Count> {
 /// Builds (nothing, after the host run) and runs the tests in the VMs, two at a time
 /// ([`Part::lane`], one vCPU each: [`VM_CPUS`]). Prints each VM's summary, then the verifier's
 /// counts side by side.
-pub fn run(vm: &Vm) -> anyhow::Result<()> {
+pub fn run(vm: &Vm, full: bool) -> anyhow::Result<()> {
     let bins = test_bins()?;
     let root = env::current_dir().context("the workspace root")?;
     let dir = target_dir()?.join("vm-tests");
@@ -731,7 +769,7 @@ pub fn run(vm: &Vm) -> anyhow::Result<()> {
             b.target.kernel.release,
             b.part.name()
         ));
-        fs::write(&path, script(&root, &bins, b.part))
+        fs::write(&path, script(&root, &bins, b.part, full))
             .with_context(|| format!("writing {}", path.display()))?;
         scripts.push(path);
     }
@@ -1030,7 +1068,24 @@ fn print_counts(host_output: &str, vms: &[(String, Vec<Count>)]) {
 
 #[cfg(test)]
 mod tests {
-    use super::{verified_line, version_key};
+    use super::{verified_line, version_key, HOST_SHARE, TCX_ONLY};
+
+    /// Every test a VM leaves out is one the real-traffic or follower's tests have: a renamed
+    /// test would otherwise run where it cannot, or a share meant for the host run there.
+    #[test]
+    fn the_tests_a_vm_leaves_out_exist() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../trove-isolate/tests/");
+        let sources: String = ["enforcement.rs", "follow.rs"]
+            .iter()
+            .map(|f| std::fs::read_to_string(format!("{root}{f}")).expect("a test source"))
+            .collect();
+        for name in TCX_ONLY.iter().chain(HOST_SHARE) {
+            assert!(
+                sources.contains(&format!("#[test]\nfn {name}()")),
+                "no test {name}"
+            );
+        }
+    }
 
     #[test]
     fn kernel_versions_sort_numerically() {
