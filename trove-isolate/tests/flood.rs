@@ -110,8 +110,7 @@ fn tcp4(src: &str, dst: &str, sport: u16, dport: u16, flags: u8, seq: u32, ack: 
 
 /// The guest's greeting: 10 bytes of data at `seq` (a bare ACK promotes no flow).
 fn greeting4(src: &str, dst: &str, sport: u16, dport: u16, seq: u32, ack: u32) -> Vec<u8> {
-    let mut segment = tcp_seq(sport, dport, ACK | 0x08, seq, ack, 1000);
-    segment.extend_from_slice(b"greeting!!");
+    let segment = tcp_data(sport, dport, ACK | 0x08, (seq, ack), 1000, b"greeting!!");
     ipv4(V4_PLAIN, proto::TCP, src, dst, &segment)
 }
 
@@ -282,8 +281,7 @@ fn handshake6(syn: &mut SynFlood, i: u32) -> [(Direction, Vec<u8>); 4] {
     let mut ack = s.clone();
     ack[14 + 40 + 8..14 + 40 + 12].copy_from_slice(&901u32.to_be_bytes());
     ack[14 + 40 + 13] = ACK;
-    let mut segment = tcp_seq(3306, 40000, ACK | 0x08, 901, 2, 1000);
-    segment.extend_from_slice(b"greeting");
+    let segment = tcp_data(3306, 40000, ACK | 0x08, (901, 2), 1000, b"greeting");
     let mut greeting = ipv6(proto::TCP, G6, "2001:db8:2::", &segment);
     greeting[14 + 36..14 + 40].copy_from_slice(&i.to_be_bytes());
     [(I, s), (E, synack), (I, ack), (E, greeting)]

@@ -954,8 +954,7 @@ fn v4_seq_data(
     ack: u32,
     win: u16,
 ) -> Vec<u8> {
-    let mut segment = tcp_seq(ports.0, ports.1, flags, seq, ack, win);
-    segment.push(b'g');
+    let segment = tcp_data(ports.0, ports.1, flags, (seq, ack), win, b"g");
     ipv4(V4_PLAIN, proto::TCP, src, dst, &segment)
 }
 
@@ -1042,8 +1041,7 @@ fn v6_seq(src: &str, dst: &str, ports: (u16, u16), flags: u8, seq: u32, ack: u32
 
 /// [`v6_seq`] carrying a byte of data (see [`v4_seq_data`]).
 fn v6_seq_data(src: &str, dst: &str, ports: (u16, u16), flags: u8, seq: u32, ack: u32) -> Vec<u8> {
-    let mut segment = tcp_seq(ports.0, ports.1, flags, seq, ack, 0xffff);
-    segment.push(b'g');
+    let segment = tcp_data(ports.0, ports.1, flags, (seq, ack), 0xffff, b"g");
     ipv6(proto::TCP, src, dst, &segment)
 }
 
@@ -3170,8 +3168,7 @@ fn v4_segment(
     (seq, ack): (u32, u32),
     data: &[u8],
 ) -> Vec<u8> {
-    let mut segment = tcp_seq(ports.0, ports.1, flags, seq, ack, 500);
-    segment.extend_from_slice(data);
+    let segment = tcp_data(ports.0, ports.1, flags, (seq, ack), 500, data);
     ipv4(V4_PLAIN, proto::TCP, src, dst, &segment)
 }
 

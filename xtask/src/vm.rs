@@ -612,7 +612,12 @@ fn skips(full: bool) -> String {
 /// lines are for xtask. Its exit status is the tests'. `full`: every test the kernel can run,
 /// with the host's 20 moves of the NIC (`--vm-full`).
 fn script(root: &Path, bins: &TestBins, part: Part, full: bool) -> String {
-    let moves = if full { 20 } else { VM_MOVES };
+    // Full: the follower's test's own number of moves.
+    let moves = if full {
+        String::new()
+    } else {
+        format!("export TROVE_ISOLATE_MOVES={VM_MOVES}\n")
+    };
     let tests = match part {
         Part::Loads => format!(
             "run packets '{}' verified_instruction_counts the_benchmark_programs_load --exact \
@@ -632,8 +637,7 @@ fn script(root: &Path, bins: &TestBins, part: Part, full: bool) -> String {
         ),
         Part::Follow => format!(
             "# Each container start and stop is seconds under TCG.\n\
-             export TROVE_ISOLATE_MOVES={moves}\n\
-             run follow '{}' --test-threads=1 --nocapture --exact{}\n",
+             {moves}run follow '{}' --test-threads=1 --nocapture --exact{}\n",
             bins.follow.display(),
             skips(full),
         ),

@@ -127,15 +127,8 @@ pub fn prepare(policy: &Policy) -> anyhow::Result<Datapath> {
     };
     // The guest's greeting on a flow the client opened: data, which promotes it (a bare ACK
     // proves no socket).
-    let greeting4 = |src, dst, sport, dport, seq, ack| {
-        let mut l4 = tcp_seq(sport, dport, ACK | 0x08, seq, ack, 0xffff);
-        l4.extend_from_slice(b"greeting!!");
-        ipv4(V4_PLAIN, proto::TCP, src, dst, &l4)
-    };
-    let greeting6 = |src, dst, sport, dport, seq, ack| {
-        let mut l4 = tcp_seq(sport, dport, ACK | 0x08, seq, ack, 0xffff);
-        l4.extend_from_slice(b"greeting!!");
-        ipv6(proto::TCP, src, dst, &l4)
+    let greeting = |sport, dport, seq, ack| {
+        tcp_data(sport, dport, ACK | 0x08, (seq, ack), 0xffff, b"greeting!!")
     };
     let (g4, rabbit, client4) = ("192.0.2.1", "192.0.2.10", "198.51.100.7");
     let (g6, client6) = ("2001:db8:1::1", "2001:db8:2::7");
@@ -146,11 +139,25 @@ pub fn prepare(policy: &Policy) -> anyhow::Result<Datapath> {
         (b, i, tcp4(client4, g4, 50000, 3306, SYN, 100, 0)),
         (b, e, tcp4(g4, client4, 3306, 50000, SYN_ACK, 900, 101)),
         (b, i, tcp4(client4, g4, 50000, 3306, ACK, 101, 901)),
-        (b, e, greeting4(g4, client4, 3306, 50000, 901, 101)),
+        (
+            b,
+            e,
+            ipv4(
+                V4_PLAIN,
+                proto::TCP,
+                g4,
+                client4,
+                &greeting(3306, 50000, 901, 101),
+            ),
+        ),
         (b, i, tcp6(client6, g6, 50000, 3306, SYN, 100, 0)),
         (b, e, tcp6(g6, client6, 3306, 50000, SYN_ACK, 900, 101)),
         (b, i, tcp6(client6, g6, 50000, 3306, ACK, 101, 901)),
-        (b, e, greeting6(g6, client6, 3306, 50000, 901, 101)),
+        (
+            b,
+            e,
+            ipv6(proto::TCP, g6, client6, &greeting(3306, 50000, 901, 101)),
+        ),
     ] {
         verdict(dp.program(role, direction), &frame).context("setting up a flow")?;
     }
@@ -422,8 +429,7 @@ fn connection(i: u32) -> Vec<(Direction, Vec<u8>)> {
         ipv4(V4_PLAIN, proto::TCP, src, dst, &l4)
     };
     // The guest's greeting: 10 bytes, which promote the flow.
-    let mut greeting = tcp_seq(3306, port, ACK | 0x08, 901, 101, 1000);
-    greeting.extend_from_slice(b"greeting!!");
+    let greeting = tcp_data(3306, port, ACK | 0x08, (901, 101), 1000, b"greeting!!");
     let greeting = ipv4(V4_PLAIN, proto::TCP, g, c, &greeting);
     let (i, e) = (Direction::Ingress, Direction::Egress);
     vec![

@@ -138,6 +138,21 @@ pub fn tcp_seq(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32, window: u1
     t
 }
 
+/// [`tcp_seq`] carrying `data` (a greeting, say: the guest's data promotes a flow the remote
+/// opened).
+pub fn tcp_data(
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    (seq, ack): (u32, u32),
+    window: u16,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut t = tcp_seq(sport, dport, flags, seq, ack, window);
+    t.extend_from_slice(data);
+    t
+}
+
 /// TCP with options (padded with NOPs to a multiple of 4 bytes).
 #[allow(clippy::too_many_arguments)]
 pub fn tcp_opts(
