@@ -1442,9 +1442,10 @@ fn a_handshake_the_guest_never_accepted_holds_no_established_slot() {
     let s = setup("reqsk");
     let daemon = start(&s, "enforce", "auto");
     // The guest reaches the client's address at the packet socket's MAC.
-    s.guest.container.ip(&format!(
-        "neigh replace {CLIENT} lladdr 02:00:00:00:00:51 dev eth0"
-    ));
+    let lladdr = CLIENT_MAC.map(|b| format!("{b:02x}")).join(":");
+    s.guest
+        .container
+        .ip(&format!("neigh replace {CLIENT} lladdr {lladdr} dev eth0"));
     let tap = s.guest.biz_net.run(|| Tap::open("peer0"));
     let ip = |a: &str| a.parse::<std::net::Ipv4Addr>().expect("addr").octets();
     let segment = |seq: u32, ack: Option<u32>, window: u16| {
