@@ -16,24 +16,29 @@ pub mod events;
 pub mod guard;
 pub mod local;
 pub mod policy;
+pub mod rule_table;
 pub mod settings;
 
 /// Version of the map layouts below; part of every pinned map's name.
-pub const LAYOUT_VERSION: u32 = 13;
+pub const LAYOUT_VERSION: u32 = 14;
 
 /// Names of the maps in the eBPF object (the `static`s of `trove-isolate-ebpf/src/maps.rs`).
 pub mod maps {
     use crate::{conntrack::Keying, Role};
 
-    /// The rules (`policy::map_index` says which map holds one): IPv4's keyed by
-    /// `policy::PolicyKey4`, IPv6 prefixes up to /64 by `policy::PolicyKey6`, longer ones by
-    /// `policy::PolicyKey`. Each is sized for its own rules.
+    /// The rules (`policy::map_index` says which map holds one): arrays of buckets
+    /// (`rule_table`), IPv4's of `policy::PolicyKey4`s, IPv6 prefixes up to /64 of
+    /// `policy::PolicyKey6`s, longer ones of `policy::PolicyKey`s. Each is sized for its own
+    /// rules, two generations of them.
     pub const POLICY4: &str = "POLICY4";
     pub const POLICY6: &str = "POLICY6";
     pub const POLICY6_LONG: &str = "POLICY6_LONG";
     pub const POLICIES: [&str; crate::policy::MAPS] = [POLICY4, POLICY6, POLICY6_LONG];
-    /// The prefix lengths the policy's rules use, per (role, direction, family).
+    /// The prefix lengths the policy's rules use and where they lie, per (role, direction,
+    /// family) and generation (`policy::lengths_index`).
     pub const POLICY_LENGTHS: &str = "POLICY_LENGTHS";
+    /// The generation of the rules in force (`rule_table`): one word.
+    pub const POLICY_GENERATION: &str = "POLICY_GENERATION";
     pub const LOCAL: &str = "LOCAL";
     /// Each role's own addresses as two `local::OwnSet` slots, and the generation that says
     /// which slot is in force.
@@ -63,11 +68,12 @@ pub mod maps {
     pub const TCP4_EST_BIZ: &str = "TCP4_EST_BIZ";
     pub const CT_EST_MGMT: &str = "CT_EST_MGMT";
     pub const CT_EST_BIZ: &str = "CT_EST_BIZ";
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         POLICY4,
         POLICY6,
         POLICY6_LONG,
         POLICY_LENGTHS,
+        POLICY_GENERATION,
         LOCAL,
         OWN_SETS,
         OWN_GENERATION,
@@ -89,6 +95,12 @@ pub mod maps {
     /// Whether `name` is one of the policy maps.
     pub fn is_policy(name: &str) -> bool {
         policy_index(name).is_some()
+    }
+
+    /// Whether `name` is one of the maps the policy's generations live in: the rule tables, the
+    /// prefix lengths and the generation word, which are made anew together.
+    pub fn is_policy_state(name: &str) -> bool {
+        is_policy(name) || name == POLICY_LENGTHS || name == POLICY_GENERATION
     }
 
     /// The index of the policy map `name` in [`POLICIES`].

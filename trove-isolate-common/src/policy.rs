@@ -16,7 +16,11 @@
 //! (clients' /64 and /48) by the 12-byte [`PolicyKey6`], and longer IPv6 prefixes (hosts) by
 //! [`PolicyKey`]. Userspace sees every rule as a [`PolicyKey`] (`widen`).
 
-use crate::{family, Direction, Role};
+use crate::{
+    family,
+    rule_table::{Key12, KeyLong, Region},
+    Direction, Role,
+};
 
 /// Upper bound on rules across all roles. The loader sizes the maps from the compiled policy
 /// (the hash allocates per entry, so its size is a limit, not memory).
@@ -49,6 +53,42 @@ pub struct PolicyKey {
 }
 
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 24);
+
+impl PolicyKey {
+    /// The key as the table of long IPv6 prefixes holds it.
+    pub fn words(&self) -> KeyLong {
+        let a = &self.addr;
+        let word = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        [
+            u32::from_ne_bytes([self.role, self.direction, self.proto, self.family]),
+            u32::from_ne_bytes([self.port[0], self.port[1], self.prefix, self._pad]),
+            word(0),
+            word(4),
+            word(8),
+            word(12),
+        ]
+    }
+
+    /// The key whose [`words`](Self::words) these are.
+    pub fn from_words(w: &KeyLong) -> PolicyKey {
+        let [role, direction, proto, family] = w[0].to_ne_bytes();
+        let [p0, p1, prefix, _pad] = w[1].to_ne_bytes();
+        let mut addr = [0u8; 16];
+        for i in 0..4 {
+            addr[i * 4..i * 4 + 4].copy_from_slice(&w[2 + i].to_ne_bytes());
+        }
+        PolicyKey {
+            role,
+            direction,
+            proto,
+            family,
+            port: [p0, p1],
+            prefix,
+            _pad,
+            addr,
+        }
+    }
+}
 
 /// The policy maps a rule can live in, in the order of [`crate::maps::POLICIES`].
 pub const MAPS: usize = 3;
@@ -102,6 +142,31 @@ impl PolicyKey4 {
             _pad: [0; 2],
             addr: u32::from_ne_bytes([key.addr[0], key.addr[1], key.addr[2], key.addr[3]]),
         })
+    }
+
+    /// The key as the rule tables hold it.
+    #[inline(always)]
+    pub fn words(&self) -> Key12 {
+        [
+            u32::from_ne_bytes([self.role, self.direction, self.proto, self.prefix]),
+            u32::from_ne_bytes([self.port[0], self.port[1], self._pad[0], self._pad[1]]),
+            self.addr,
+        ]
+    }
+
+    /// The key whose [`words`](Self::words) these are.
+    pub fn from_words(w: &Key12) -> PolicyKey4 {
+        let [role, direction, proto, prefix] = w[0].to_ne_bytes();
+        let [p0, p1, a, b] = w[1].to_ne_bytes();
+        PolicyKey4 {
+            role,
+            direction,
+            proto,
+            prefix,
+            port: [p0, p1],
+            _pad: [a, b],
+            addr: w[2],
+        }
     }
 
     /// The same rule as a [`PolicyKey`].
@@ -189,6 +254,27 @@ impl PolicyKey6 {
         })
     }
 
+    /// The key as the rule tables hold it.
+    #[inline(always)]
+    pub fn words(&self) -> Key12 {
+        [
+            u32::from_ne_bytes([self.tag, self.prefix, self.port[0], self.port[1]]),
+            self.addr[0],
+            self.addr[1],
+        ]
+    }
+
+    /// The key whose [`words`](Self::words) these are.
+    pub fn from_words(w: &Key12) -> PolicyKey6 {
+        let [tag, prefix, p0, p1] = w[0].to_ne_bytes();
+        PolicyKey6 {
+            tag,
+            prefix,
+            port: [p0, p1],
+            addr: [w[1], w[2]],
+        }
+    }
+
     /// The same rule as a [`PolicyKey`].
     pub fn widen(&self) -> PolicyKey {
         let mut addr = [0u8; 16];
@@ -242,17 +328,18 @@ impl LengthSlot {
     }
 }
 
-/// The prefix lengths the rules of one (role, direction, family) use: the first `count` slots,
-/// of which the empty ones are skipped.
+/// One generation of the rules of one (role, direction, family): the prefix lengths they use
+/// (the first `count` slots), and where they lie in the rule tables.
 ///
-/// A length keeps its slot for as long as it is used, and the daemon changes a set only by
-/// filling empty slots (before it adds rules) or by emptying slots (after it removed their
-/// rules). A packet judged while a set is being written therefore finds every length whose
-/// rules are in the map, whatever mix of old and new bytes it reads.
+/// Written whole while its generation is not in force (`rule_table`), so a packet never reads
+/// one half-written.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrefixLengths {
     pub count: u32,
+    /// This generation's region of the 12-byte table of the class's family (`POLICY4` or
+    /// `POLICY6`), then of `POLICY6_LONG` (IPv6 only).
+    pub regions: [Region; 2],
     pub slots: [LengthSlot; MAX_LENGTHS],
 }
 
@@ -260,12 +347,29 @@ impl Default for PrefixLengths {
     fn default() -> Self {
         PrefixLengths {
             count: 0,
+            regions: [Region::default(); 2],
             slots: [LengthSlot::EMPTY; MAX_LENGTHS],
         }
     }
 }
 
 impl PrefixLengths {
+    /// `prefixes` and where their rules lie; `None` when there are more than [`MAX_LENGTHS`].
+    pub fn new(prefixes: &[u8], regions: [Region; 2]) -> Option<PrefixLengths> {
+        if prefixes.len() > MAX_LENGTHS {
+            return None;
+        }
+        let mut out = PrefixLengths {
+            count: prefixes.len() as u32,
+            regions,
+            ..PrefixLengths::default()
+        };
+        for (slot, &prefix) in out.slots.iter_mut().zip(prefixes) {
+            *slot = LengthSlot::new(prefix);
+        }
+        Some(out)
+    }
+
     /// The lengths in use.
     pub fn prefixes(&self) -> impl Iterator<Item = u8> + '_ {
         self.slots[..(self.count as usize).min(MAX_LENGTHS)]
@@ -273,53 +377,27 @@ impl PrefixLengths {
             .filter(|s| s.prefix != EMPTY)
             .map(|s| s.prefix)
     }
-
-    /// These lengths and `more`: each missing one takes the first empty slot. `None` when
-    /// they do not all fit side by side.
-    pub fn with(&self, more: &[u8]) -> Option<PrefixLengths> {
-        let mut out = *self;
-        for i in out.count as usize..MAX_LENGTHS {
-            out.slots[i] = LengthSlot::EMPTY;
-        }
-        for &prefix in more {
-            if out.prefixes().any(|p| p == prefix) {
-                continue;
-            }
-            let i = out.slots.iter().position(|s| s.prefix == EMPTY)?;
-            out.slots[i] = LengthSlot::new(prefix);
-            out.count = out.count.max(i as u32 + 1);
-        }
-        Some(out)
-    }
-
-    /// Every slot emptied, `count` kept: a set that changes more than fits side by side goes
-    /// through this (new flows of the class are refused meanwhile; nothing is matched wrongly).
-    pub fn cleared(&self) -> PrefixLengths {
-        PrefixLengths {
-            count: self.count,
-            slots: [LengthSlot::EMPTY; MAX_LENGTHS],
-        }
-    }
-
-    /// Only those of these lengths that are in `keep`; the others' slots emptied.
-    pub fn only(&self, keep: &[u8]) -> PrefixLengths {
-        let mut out = *self;
-        for slot in &mut out.slots {
-            if slot.prefix != EMPTY && !keep.contains(&slot.prefix) {
-                *slot = LengthSlot::EMPTY;
-            }
-        }
-        while out.count > 0 && out.slots[out.count as usize - 1].prefix == EMPTY {
-            out.count -= 1;
-        }
-        out
-    }
 }
+
+/// The prefix-length map's index of a class's entry in `generation` (0 or 1).
+#[inline(always)]
+pub const fn lengths_index(generation: u32, class: u32) -> u32 {
+    (generation & 1) * CLASSES + class
+}
+
+/// Entries of the prefix-length map: every class, in each of the two generations.
+pub const LENGTH_ENTRIES: u32 = 2 * CLASSES;
 
 /// The prefix-length map's index of (role, direction, family).
 #[inline(always)]
 pub const fn class(role: Role, direction: Direction, fam: u8) -> u32 {
     (role as u32 * 2 + direction as u32) * 2 + (fam == family::V6) as u32
+}
+
+/// Whether `class` is of IPv6 rules.
+#[inline(always)]
+pub const fn class_is_v6(class: u32) -> bool {
+    class & 1 == 1
 }
 
 /// Entries of the prefix-length map.
@@ -413,25 +491,42 @@ mod tests {
     }
 
     #[test]
-    fn lengths_keep_their_slots_through_a_change() {
-        let set = PrefixLengths::default().with(&[32, 24]).expect("fits");
-        assert!(set.prefixes().eq([32, 24]));
-        // 24 goes, 16 comes: the union first, then the new set alone.
-        let union = set.with(&[32, 16]).expect("fits");
-        assert!(union.prefixes().eq([32, 24, 16]));
-        let new = union.only(&[32, 16]);
-        assert_eq!(new.slots[0], set.slots[0], "32 kept its slot");
-        assert_eq!(new.slots[1], LengthSlot::EMPTY);
-        assert_eq!(new.count, 3);
-        // The hole is filled by the next new length; a set emptied at its end shrinks.
-        let next = new.with(&[8]).expect("fits");
-        assert_eq!(next.slots[1].prefix, 8);
-        assert_eq!(next.only(&[32]).count, 1);
-        // Seventeen side by side do not fit.
+    fn keys_are_the_words_the_tables_hold() {
+        let key = PolicyKey {
+            role: Role::Business as u8,
+            direction: Direction::Ingress as u8,
+            proto: crate::proto::TCP,
+            family: family::V6,
+            port: 3306u16.to_be_bytes(),
+            prefix: 128,
+            _pad: 0,
+            addr: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
+        };
+        assert_eq!(PolicyKey::from_words(&key.words()), key);
+        let short = PolicyKey6::narrow(&PolicyKey { prefix: 48, ..key }).expect("a /48");
+        assert_eq!(PolicyKey6::from_words(&short.words()), short);
+        let v4 = PolicyKey4::narrow(&PolicyKey {
+            family: family::V4,
+            prefix: 24,
+            addr: masked(&[198, 51, 100, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 24),
+            ..key
+        })
+        .expect("an IPv4 rule");
+        assert_eq!(PolicyKey4::from_words(&v4.words()), v4);
+        // In memory, the words are the key's bytes.
+        let bytes: [u8; 12] = unsafe { core::mem::transmute(v4) };
+        let words: [u8; 12] = unsafe { core::mem::transmute(v4.words()) };
+        assert_eq!(bytes, words);
+    }
+
+    #[test]
+    fn a_class_holds_sixteen_lengths_at_most() {
         let full: [u8; MAX_LENGTHS] = core::array::from_fn(|i| 100 + i as u8);
-        let full_set = PrefixLengths::default().with(&full).expect("sixteen fit");
-        assert!(full_set.with(&[1]).is_none());
-        assert!(full_set.cleared().prefixes().next().is_none());
+        let set = PrefixLengths::new(&full, [Region::default(); 2]).expect("sixteen fit");
+        assert!(set.prefixes().eq(full));
+        assert!(PrefixLengths::new(&[0; MAX_LENGTHS + 1], [Region::default(); 2]).is_none());
+        assert_eq!(lengths_index(1, 3), CLASSES + 3);
+        assert_eq!(lengths_index(2, 3), 3);
     }
 
     #[test]

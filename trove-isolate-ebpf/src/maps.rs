@@ -12,28 +12,29 @@ use trove_isolate_common::{
     events::{self, Budget},
     guard::{self, Endpoints},
     local::{self, LocalKey, LocalValue, OwnSet},
-    policy::{self, PolicyKey, PolicyKey4, PolicyKey6, PolicyValue, PrefixLengths},
+    policy::{self, PrefixLengths},
+    rule_table::{Bucket12, BucketLong},
     settings::Settings,
     Role,
 };
 
-/// Preallocated, at the size the loader sets from the policy (room for a reload that replaces
-/// every rule): a reload's writes and removals then take rules from and give them back to the
-/// map's own free list, with no allocation (half a full reload's time at 100,000 rules).
+/// Arrays of buckets (`rule_table`), two generations each, at the size the loader sets from
+/// the policy.
 #[map]
-pub static POLICY4: HashMap<PolicyKey4, PolicyValue> =
-    HashMap::with_max_entries(policy::OBJECT_ENTRIES, 0);
+pub static POLICY4: Array<Bucket12> = Array::with_max_entries(policy::OBJECT_ENTRIES, 0);
 
 #[map]
-pub static POLICY6: HashMap<PolicyKey6, PolicyValue> =
-    HashMap::with_max_entries(policy::OBJECT_ENTRIES, 0);
+pub static POLICY6: Array<Bucket12> = Array::with_max_entries(policy::OBJECT_ENTRIES, 0);
 
 #[map]
-pub static POLICY6_LONG: HashMap<PolicyKey, PolicyValue> =
-    HashMap::with_max_entries(policy::OBJECT_ENTRIES, 0);
+pub static POLICY6_LONG: Array<BucketLong> = Array::with_max_entries(policy::OBJECT_ENTRIES, 0);
 
 #[map]
-pub static POLICY_LENGTHS: Array<PrefixLengths> = Array::with_max_entries(policy::CLASSES, 0);
+pub static POLICY_LENGTHS: Array<PrefixLengths> =
+    Array::with_max_entries(policy::LENGTH_ENTRIES, 0);
+
+#[map]
+pub static POLICY_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static LOCAL: LpmTrie<LocalKey, LocalValue> = LpmTrie::with_max_entries(local::MAX_ENTRIES, 0);

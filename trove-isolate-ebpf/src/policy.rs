@@ -1,106 +1,85 @@
-//! The policy lookup: one hash lookup per prefix length the policy uses for the packet's
-//! (role, direction, family) (see `trove_isolate_common::policy`), in the map that holds rules
-//! of that family and length.
-//!
-//! Keys go to the maps by reference: passed by value, a key of byte fields is copied a byte at a
-//! time on every lookup (about 9 ns per IPv6 lookup, BENCHMARKS.md).
-#![allow(clippy::needless_borrows_for_generic_args)]
+//! The policy lookup: per prefix length the policy uses for the packet's (role, direction,
+//! family) (see `trove_isolate_common::policy`), two buckets of the rule table of that family and
+//! length, found by a hash computed here (`trove_isolate_common::rule_table`): array lookups,
+//! which the verifier inlines, where a kernel hash map's lookup is a helper call of 25 to 34 ns
+//! on some CPUs (BENCHMARKS.md, section 1).
 
+use core::ffi::c_void;
+
+use aya_ebpf::{helpers::bpf_map_lookup_elem, maps::Array};
 use trove_isolate_common::{
     family,
-    policy::{
-        class, LengthSlot, PolicyKey, PolicyKey4, PolicyKey6, PrefixLengths, EMPTY, MAX_LENGTHS,
-        SHORT_V6,
-    },
+    policy::{class, lengths_index, PolicyKey6, EMPTY, MAX_LENGTHS, SHORT_V6},
+    rule_table::{buckets12, buckets_long, Bucket12, Key12, KeyLong, Region},
     Direction, Reason, Role,
 };
 
 use crate::{
-    maps::{POLICY4, POLICY6, POLICY6_LONG, POLICY_LENGTHS},
+    maps::{POLICY4, POLICY6, POLICY6_LONG, POLICY_GENERATION, POLICY_LENGTHS},
     packet::Packet,
 };
 
 /// Whether a rule of `role` allows `pkt` to open a flow in `direction`: the remote address is the
 /// source coming in and the destination going out.
+///
+/// The lookups are in two global functions ([`trove_isolate_allows4`], [`trove_isolate_allows6`]).
+/// The call costs about 8 ns on a CPU whose returns go through a mitigation's thunk; the walk of
+/// sixteen lengths inlined cost the verifier 60 % more instructions, for every way into it
+/// (BENCHMARKS.md, section 4).
 #[inline(always)]
 pub fn check(role: Role, direction: Direction, pkt: &Packet) -> Result<(), Reason> {
-    let Some(lengths) = POLICY_LENGTHS.get(class(role, direction, pkt.family)) else {
+    let Some(&generation) = POLICY_GENERATION.get(0) else {
         return Err(Reason::Policy);
     };
+    let index = lengths_index(generation, class(role, direction, pkt.family));
     let remote = match direction {
         Direction::Ingress => &pkt.src,
         Direction::Egress => &pkt.dst,
     };
     let port = pkt.policy_port().to_ne_bytes();
     let allowed = if pkt.family == family::V4 {
-        let mut key = PolicyKey4 {
-            role: role as u8,
-            direction: direction as u8,
-            proto: pkt.proto,
-            prefix: 0,
-            port,
-            _pad: [0; 2],
-            addr: 0,
-        };
-        let addr = remote[0];
-        any_length(lengths, |slot| {
-            key.prefix = slot.prefix;
-            key.addr = addr & slot.mask[0];
-            POLICY4.get_ptr(&key).is_some()
-        })
+        let head = u32::from_ne_bytes([role as u8, direction as u8, pkt.proto, 0]);
+        let ports = u32::from_ne_bytes([port[0], port[1], 0, 0]);
+        trove_isolate_allows4(index, head, ports, remote[0])
     } else {
         // Only the protocols an IPv6 flow has reach here; any other matches nothing.
         let Some(tag) = PolicyKey6::tag(role as u8, direction as u8, pkt.proto) else {
             return Err(Reason::Policy);
         };
-        let words = *remote;
-        // Each key is made whole where it is looked up. With one key kept across the loop (its
-        // prefix and address written per length, its zeros until then), the verifier, which
-        // walks the loop once per length, followed more of the ways into each length apart: the
-        // loop was a third of the instructions it processed per program, and this is a fifth
-        // fewer in all (BENCHMARKS.md, section 4). The IPv4 key, whose loop LLVM unrolls, costs
-        // the verifier less kept as it is.
-        any_length(lengths, |slot| {
-            if slot.prefix <= SHORT_V6 {
-                let short = PolicyKey6 {
-                    tag,
-                    prefix: slot.prefix,
-                    port,
-                    addr: [words[0] & slot.mask[0], words[1] & slot.mask[1]],
-                };
-                return POLICY6.get_ptr(&short).is_some();
-            }
-            // Made here, not up front: most IPv6 rules are of the short kind.
-            let mut long = PolicyKey {
-                role: role as u8,
-                direction: direction as u8,
-                proto: pkt.proto,
-                family: pkt.family,
-                port,
-                prefix: slot.prefix,
-                _pad: 0,
-                addr: [0; 16],
-            };
-            // Constant indices: plain stack stores for the verifier, no iterator to unroll.
-            #[allow(clippy::needless_range_loop)]
-            for w in 0..4 {
-                let bytes = (words[w] & slot.mask[w]).to_ne_bytes();
-                long.addr[w * 4..w * 4 + 4].copy_from_slice(&bytes);
-            }
-            POLICY6_LONG.get_ptr(&long).is_some()
-        })
+        let tag_port = u32::from_ne_bytes([tag, 0, port[0], port[1]]);
+        let head = u32::from_ne_bytes([role as u8, direction as u8, pkt.proto, pkt.family]);
+        let w = remote;
+        trove_isolate_allows6(index, tag_port, head, pair(w[0], w[1]), pair(w[2], w[3]))
     };
-    if allowed {
+    if allowed != 0 {
         Ok(())
     } else {
         Err(Reason::Policy)
     }
 }
 
-/// Whether `probe` finds a rule for one of the lengths in use.
+/// Two address words as one argument.
 #[inline(always)]
-fn any_length(lengths: &PrefixLengths, mut probe: impl FnMut(&LengthSlot) -> bool) -> bool {
+fn pair(a: u32, b: u32) -> u64 {
+    u64::from(a) | (u64::from(b) << 32)
+}
+
+/// Whether an IPv4 rule allows a new flow: the prefix lengths of entry `index` of the
+/// prefix-length map, each looked up for `remote` (`PolicyKey4::words`: `head` with the prefix
+/// length in its last byte, `ports`, the address masked).
+///
+/// A global function (no `static`, its arguments scalars): the verifier checks it once, on its
+/// own, not once for every way into it, which the walk of sixteen lengths made dear (each
+/// length's probe is some hundred instructions).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn trove_isolate_allows4(index: u32, head: u32, ports: u32, remote: u32) -> u32 {
+    let Some(lengths) = POLICY_LENGTHS.get(index) else {
+        return 0;
+    };
     let count = lengths.count as usize;
+    let region = &lengths.regions[0];
+    let mut at = 0u32;
     for i in 0..MAX_LENGTHS {
         if i >= count {
             break;
@@ -109,9 +88,114 @@ fn any_length(lengths: &PrefixLengths, mut probe: impl FnMut(&LengthSlot) -> boo
         if slot.prefix == EMPTY {
             continue;
         }
-        if probe(slot) {
-            return true;
+        let head = head | u32::from_ne_bytes([0, 0, 0, slot.prefix]);
+        if probe12(
+            &POLICY4,
+            &mut at,
+            region,
+            &[head, ports, remote & slot.mask[0]],
+        ) {
+            return 1;
         }
     }
-    false
+    0
+}
+
+/// As [`trove_isolate_allows4`] for IPv6: `tag_port` is `PolicyKey6::words`'s first word
+/// without the prefix length, `head` `PolicyKey::words`'s, and the address's words come in
+/// pairs.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn trove_isolate_allows6(
+    index: u32,
+    tag_port: u32,
+    head: u32,
+    high: u64,
+    low: u64,
+) -> u32 {
+    let Some(lengths) = POLICY_LENGTHS.get(index) else {
+        return 0;
+    };
+    let words = [
+        high as u32,
+        (high >> 32) as u32,
+        low as u32,
+        (low >> 32) as u32,
+    ];
+    let [_, _, port0, port1] = tag_port.to_ne_bytes();
+    let count = lengths.count as usize;
+    let (short, long) = (&lengths.regions[0], &lengths.regions[1]);
+    let mut at = 0u32;
+    for i in 0..MAX_LENGTHS {
+        if i >= count {
+            break;
+        }
+        let slot = &lengths.slots[i];
+        if slot.prefix == EMPTY {
+            continue;
+        }
+        let found = if slot.prefix <= SHORT_V6 {
+            // `PolicyKey6::words`.
+            let head = tag_port | u32::from_ne_bytes([0, slot.prefix, 0, 0]);
+            let key = [head, words[0] & slot.mask[0], words[1] & slot.mask[1]];
+            probe12(&POLICY6, &mut at, short, &key)
+        } else {
+            // `PolicyKey::words`.
+            let key: KeyLong = [
+                head,
+                u32::from_ne_bytes([port0, port1, slot.prefix, 0]),
+                words[0] & slot.mask[0],
+                words[1] & slot.mask[1],
+                words[2] & slot.mask[2],
+                words[3] & slot.mask[3],
+            ];
+            probe_long(&mut at, long, &key)
+        };
+        if found {
+            return 1;
+        }
+    }
+    0
+}
+
+/// Whether either of `key`'s two buckets in `region` of `table` holds it. A bucket beyond the
+/// map (a region the daemon did not write) holds nothing.
+#[inline(always)]
+fn probe12(table: &Array<Bucket12>, at: &mut u32, region: &Region, key: &Key12) -> bool {
+    // An empty slot's zeros would match it (`rule_table`).
+    if key[0] == 0 {
+        return false;
+    }
+    let (a, b) = buckets12(key, region.seed, region.mask);
+    let holds = |at: &mut u32, i: u32| match bucket(table, at, region.base.wrapping_add(i)) {
+        Some(bucket) => bucket.holds(key),
+        None => false,
+    };
+    holds(at, a) || holds(at, b)
+}
+
+#[inline(always)]
+fn probe_long(at: &mut u32, region: &Region, key: &KeyLong) -> bool {
+    if key[0] == 0 {
+        return false;
+    }
+    let (a, b) = buckets_long(key, region.seed, region.mask);
+    let holds = |at: &mut u32, i: u32| match bucket(&POLICY6_LONG, at, region.base.wrapping_add(i))
+    {
+        Some(bucket) => bucket.holds(key),
+        None => false,
+    };
+    holds(at, a) || holds(at, b)
+}
+
+/// Bucket `i` of `table`. The lookup's key goes through `at`, one stack slot for every
+/// probe of a packet: `Array::get` makes a slot per call, and the unrolled loop of IPv4's
+/// lengths made sixteen pairs of them, past the 512 bytes of stack a program may use. (The
+/// verifier inlines an array's lookup: no helper is called.)
+#[inline(always)]
+fn bucket<'a, T>(table: &'a Array<T>, at: &mut u32, i: u32) -> Option<&'a T> {
+    *at = i;
+    let map = table as *const Array<T> as *mut c_void;
+    let value = unsafe { bpf_map_lookup_elem(map, at as *const u32 as *const c_void) };
+    unsafe { (value as *const T).as_ref() }
 }

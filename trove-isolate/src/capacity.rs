@@ -1,9 +1,9 @@
 //! How big each map is made at load.
 //!
-//! The policy maps (one per family) follow the compiled policy, each its own rules, with
-//! headroom for a reload, whose add-before-remove holds the old and the new rules together for a
-//! moment. They are preallocated (a reload's writes take no allocation), so their size is
-//! memory: a map four times bigger than its policy wants is made anew at that size. The
+//! The policy maps (arrays of buckets, `rule_table`) follow the compiled policy, each its own
+//! rules, in two regions (one per generation), each with headroom for a reload that adds half
+//! as many rules again. An array is memory from its making: a map four times bigger than its
+//! policy wants is made anew at that size. The
 //! connection-tracking tables follow `[conntrack]`, each keying's at the configured size, and are
 //! allocated in full at load (a hash map preallocates, and so does an LRU), except the wide
 //! established tables (every flow but TCP over IPv4): they allocate flows as they come, as many
@@ -16,7 +16,11 @@
 
 use std::fmt;
 
-use trove_isolate_common::{conntrack, maps, policy, Role};
+use trove_isolate_common::{
+    conntrack, maps, policy,
+    rule_table::{region_buckets, Bucket12, BucketLong},
+    Role,
+};
 
 use crate::policy::Policy;
 
@@ -35,8 +39,8 @@ pub struct Capacity {
 }
 
 impl Capacity {
-    /// No rules in force: fresh maps.
-    pub const NONE_HELD: PolicyRules = [0; policy::MAPS];
+    /// No rules.
+    pub const NO_RULES: PolicyRules = [0; policy::MAPS];
 
     /// The defaults, for a datapath loaded without a policy of its own.
     pub const DEFAULT: Capacity = Capacity {
@@ -61,18 +65,35 @@ impl Capacity {
         policy.entry_counts().maps
     }
 
-    /// Room for twice the rules (a reload that replaces every rule fits), and for a reload
-    /// that adds a thousand.
+    /// Room for half as many rules again, and for a reload that adds a thousand.
     pub fn policy_room(rules: usize) -> u32 {
-        u32::try_from(rules.saturating_mul(2).saturating_add(1024)).unwrap_or(u32::MAX)
+        u32::try_from(rules.saturating_add(rules / 2).saturating_add(1024)).unwrap_or(u32::MAX)
+    }
+
+    /// The buckets of policy map `i` (`maps::POLICIES` order) for `rules`: two regions.
+    pub fn policy_entries(i: usize, rules: usize) -> u32 {
+        let region = match i {
+            2 => region_buckets::<BucketLong>(rules),
+            _ => region_buckets::<Bucket12>(rules),
+        };
+        region.saturating_mul(2)
     }
 
     /// Each map sized here with the size wanted.
     pub fn sized(&self) -> [(&'static str, u32); 11] {
         [
-            (maps::POLICY4, self.policy[0]),
-            (maps::POLICY6, self.policy[1]),
-            (maps::POLICY6_LONG, self.policy[2]),
+            (
+                maps::POLICY4,
+                Capacity::policy_entries(0, self.policy[0] as usize),
+            ),
+            (
+                maps::POLICY6,
+                Capacity::policy_entries(1, self.policy[1] as usize),
+            ),
+            (
+                maps::POLICY6_LONG,
+                Capacity::policy_entries(2, self.policy[2] as usize),
+            ),
             (maps::TCP4_EST_MGMT, self.ct_established),
             (maps::TCP4_EST_BIZ, self.ct_established),
             (maps::CT_EST_MGMT, self.ct_established),
@@ -100,15 +121,15 @@ impl Capacity {
         }
     }
 
-    /// Whether a pinned `map` of `pinned` entries serves, with `in_force` rules in the policy
-    /// maps now: a policy map while its rules in force and its new ones fit side by side and it
-    /// is no more than four times the size its new rules want (it is preallocated: a policy cut
-    /// from 100,000 rules to 10 gives the memory back), a flow table while it has the
-    /// configured size.
-    pub fn keeps(&self, map: &str, pinned: u32, in_force: &PolicyRules) -> bool {
+    /// Whether a pinned `map` of `pinned` entries serves: a policy map while a region holds its
+    /// new rules and it is no more than four times the size they want (a policy cut from
+    /// 100,000 rules to 10 gives the memory back), a flow table while it has the configured
+    /// size.
+    pub fn keeps(&self, map: &str, pinned: u32) -> bool {
         if let Some(i) = maps::policy_index(map) {
-            return pinned as usize >= in_force[i].saturating_add(self.policy_rules[i])
-                && pinned <= self.policy[i].saturating_mul(4);
+            let wanted = Capacity::policy_entries(i, self.policy[i] as usize);
+            return pinned >= Capacity::policy_entries(i, self.policy_rules[i])
+                && pinned <= wanted.saturating_mul(4);
         }
         self.sized()
             .iter()
@@ -132,17 +153,10 @@ impl Capacity {
         // has every element at load.
         let buckets = |entries: u32| u64::from(entries).next_power_of_two() * 16;
         let (est, new) = (u64::from(self.ct_established), u64::from(self.new_table()));
-        let keys = [
-            std::mem::size_of::<policy::PolicyKey4>(),
-            std::mem::size_of::<policy::PolicyKey6>(),
-            std::mem::size_of::<policy::PolicyKey>(),
-        ];
-        let policy: u64 = (0..policy::MAPS)
-            .map(|i| {
-                u64::from(self.policy[i])
-                    * element(keys[i], std::mem::size_of::<policy::PolicyValue>())
-                    + buckets(self.policy[i])
-            })
+        // Arrays of 64-byte buckets.
+        let policy: u64 = self.sized()[..policy::MAPS]
+            .iter()
+            .map(|(_, entries)| u64::from(*entries) * size_of::<Bucket12>() as u64)
             .sum();
         Memory {
             // Both keyings' new tables and the established table of TCP over IPv4 in full; the
@@ -230,37 +244,41 @@ mod tests {
     }
 
     #[test]
-    fn the_policy_map_has_room_for_a_reload_that_replaces_every_rule() {
+    fn a_policy_map_holds_two_generations_with_room_to_grow() {
         let c = capacity(100_000);
-        assert_eq!(c.policy, [201_024, 1024, 1024]);
-        // Made for 100,000 rules: a reload of 100,000 others fits beside them.
-        assert!(c.keeps(maps::POLICY4, c.policy[0], &[100_000, 0, 0]));
+        assert_eq!(c.policy, [151_024, 1024, 1024]);
+        let entries = |i: usize, rules: usize| Capacity::policy_entries(i, rules);
+        // Two regions of 4-slot buckets, each at most three quarters full at the room's rules.
+        assert_eq!(entries(0, 151_024), 2 * 65_536);
+        assert_eq!(entries(2, 1024), 2 * 1024);
+        assert!(c.sized().contains(&(maps::POLICY4, 2 * 65_536)));
+        // Made for 100,000 rules: kept for 100,000 others, or half as many more.
+        assert!(c.keeps(maps::POLICY4, 2 * 65_536));
+        assert!(capacity(150_000).keeps(maps::POLICY4, 2 * 65_536));
         // A map made for 10 rules does not take 100,000.
-        assert!(!c.keeps(maps::POLICY4, Capacity::policy_room(10), &[10, 0, 0]));
-        // Nor is one made for 100,000 kept for 10 (it is preallocated), but it is for a quarter.
-        let few = capacity(10);
-        assert!(!few.keeps(maps::POLICY4, c.policy[0], &[100_000, 0, 0]));
-        let quarter = capacity(25_000);
-        assert!(quarter.keeps(maps::POLICY4, c.policy[0], &[100_000, 0, 0]));
+        assert!(!c.keeps(
+            maps::POLICY4,
+            entries(0, Capacity::policy_room(10) as usize)
+        ));
+        // Nor is one made for 100,000 kept for 10 (an array is memory), but it is for a quarter.
+        assert!(!capacity(10).keeps(maps::POLICY4, 2 * 65_536));
+        assert!(capacity(25_000).keeps(maps::POLICY4, 2 * 65_536));
         // Each map is held to its own rules: IPv6's keep their small size however many IPv4
-        // rules there are, and only their own rules in force can outgrow them.
-        assert!(c.keeps(maps::POLICY6, 1024, &[100_000, 0, 0]));
-        assert!(!c.keeps(maps::POLICY6, 1024, &[0, 1025, 0]));
-        assert!(!c.keeps(maps::POLICY6_LONG, 1024, &[0, 0, 1025]));
+        // rules there are.
+        assert!(c.keeps(maps::POLICY6, entries(1, 1024)));
         assert_eq!(Capacity::policy_room(usize::MAX), u32::MAX);
     }
 
     #[test]
     fn flow_tables_are_kept_only_at_the_configured_size() {
         let c = capacity(10);
-        let none = Capacity::NONE_HELD;
-        assert!(c.keeps(maps::TCP4_EST_BIZ, 65_536, &none));
-        assert!(c.keeps(maps::CT_EST_BIZ, 65_536, &none));
-        assert!(c.keeps(maps::TCP4_NEW_MGMT, 16_385, &none));
-        assert!(!c.keeps(maps::TCP4_EST_BIZ, 16_384, &none));
-        assert!(!c.keeps(maps::CT_NEW_MGMT, 65_536, &none));
+        assert!(c.keeps(maps::TCP4_EST_BIZ, 65_536));
+        assert!(c.keeps(maps::CT_EST_BIZ, 65_536));
+        assert!(c.keeps(maps::TCP4_NEW_MGMT, 16_385));
+        assert!(!c.keeps(maps::TCP4_EST_BIZ, 16_384));
+        assert!(!c.keeps(maps::CT_NEW_MGMT, 65_536));
         // A new table of the configured 2^k entries, as made before the rule below, is made anew.
-        assert!(!c.keeps(maps::TCP4_NEW_MGMT, 16_384, &none));
+        assert!(!c.keeps(maps::TCP4_NEW_MGMT, 16_384));
     }
 
     #[test]
@@ -282,7 +300,7 @@ mod tests {
         let text = capacity(10).to_string();
         assert!(
             text.contains(
-                "policy entries: 10 IPv4, 0 IPv6 of up to /64, 0 IPv6 longer; room for 1044, 1024 \
+                "policy entries: 10 IPv4, 0 IPv6 of up to /64, 0 IPv6 longer; room for 1039, 1024 \
                  and 1024"
             ),
             "{text}"

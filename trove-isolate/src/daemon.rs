@@ -298,12 +298,10 @@ pub async fn run(
                 }
                 let fresh = fresh.unwrap_or_else(|e| Err(format!("the lookup task: {e}")));
                 if world.apply_names(fresh) {
-                    // What the maps hold now, for the metrics, `status` and the next start's
-                    // sizing.
+                    // What the maps hold now, for the metrics and `status`.
                     let counts = world.policy.entry_counts();
                     let mut state = scrape.state.write().unwrap_or_else(|e| e.into_inner());
                     state.policy_entries = counts.roles;
-                    state.policy_map_rules = Some(counts.maps.to_vec());
                     state.names = crate::state::NameAddresses::of(&world.policy);
                     if let Err(e) = state.write(&world.pins.state_file()) {
                         log::warn!("recording the host names' new addresses: {e:#}");
@@ -331,13 +329,11 @@ pub async fn run(
                     continue;
                 }
                 let loaded = loaded.unwrap_or_else(|e| Err(anyhow::anyhow!("the reload task: {e}")));
-                let in_force = world.policy_map_exact.then_some(&world.policy);
                 let reloaded = reload_policy(
                     &options,
                     loaded,
                     asked,
                     &world.policy,
-                    in_force,
                     &mut world.datapath,
                     &scrape,
                 );
@@ -530,10 +526,9 @@ impl Enforcing {
             self.policy = next;
             return false;
         }
-        let in_force = self.policy_map_exact.then_some(&self.policy);
         let applied = self
             .datapath
-            .sync_policy(&next, in_force)
+            .sync_policy(&next)
             .and_then(|()| conntrack::revoke(&mut self.datapath, &next));
         self.policy_map_exact = applied.is_ok();
         match applied {
@@ -569,7 +564,7 @@ impl Enforcing {
         // Each part whatever became of the others: the mode (an audit mode the refused policy
         // set would pass everything) most of all.
         let settings = reconcile::write_settings(&mut self.datapath, &self.policy);
-        let rules = self.datapath.sync_policy(&self.policy, None);
+        let rules = self.datapath.sync_policy(&self.policy);
         self.policy_map_exact = rules.is_ok();
         self.addresses = None;
         let addresses = self.refresh_addresses();
@@ -732,7 +727,6 @@ fn reload_policy(
     loaded: anyhow::Result<Loaded>,
     started: Instant,
     current: &Policy,
-    in_force: Option<&Policy>,
     datapath: &mut Datapath,
     scrape: &Scrape,
 ) -> anyhow::Result<(Source, Policy, Option<Datapath>, Devices)> {
@@ -772,8 +766,7 @@ fn reload_policy(
                 current.metrics.listen
             );
         }
-        let (loaded, mut state, devices) =
-            reenforce(&policy, in_force, options.datapath_log, datapath)?;
+        let (loaded, mut state, devices) = reenforce(&policy, options.datapath_log, datapath)?;
         state.pid = Some(std::process::id());
         state.config = Some(options.config.clone());
         Ok((source, policy, loaded, state, devices))

@@ -3,8 +3,8 @@
 //!
 //! Maps are reused from their pins when present (`EbpfLoader::map_pin_path`), so a restarted or
 //! upgraded loader brings new programs to the same policy, connection-tracking and counter state.
-//! Policy updates add before they remove: a rule present in both the old and the new policy is
-//! never missing from the map, not even for an instant.
+//! A policy update writes the generation not in force whole, then turns the generation over
+//! (`rule_table`): a packet is judged by the old rules or the new, never by a mix or by none.
 
 use std::{
     borrow::Borrow,
@@ -24,21 +24,23 @@ use trove_isolate_common::{
     conntrack::{FlowKey, FlowKey4, FlowValue, Keying, WideKey, WideValue},
     counters::{self, Counter},
     events::Budget,
+    family,
     local::{LocalKey, LocalValue, OwnSet, TRIE_ONLY},
     maps,
     policy::{self, PolicyKey, PolicyKey4, PolicyKey6, PolicyValue, PrefixLengths},
     program_name,
+    rule_table::{Bucket, Bucket12, BucketLong, Region},
     settings::Settings,
     Direction, Mode, Reason, Role, Verdict, PLACE_PROGRAM,
 };
 
 use crate::{
-    capacity::{Capacity, PolicyRules},
+    capacity::Capacity,
     clock::{Calibration, Sample, Step},
     map_batch, own_sets,
     pins::Pins,
     policy::Policy,
-    rule_diff::RuleDiff,
+    rule_table,
 };
 
 pub struct Datapath {
@@ -50,9 +52,6 @@ pub struct Datapath {
     sizes: Vec<(&'static str, u32)>,
     /// Whether the programs keep their debug records.
     log: bool,
-    /// The policy map was made at this load (no pin, or resized) and no policy written to it
-    /// yet: whatever policy was in force, it holds none of it.
-    policy_map_new: bool,
     /// The own-address sets were made at this load and never written: no packet has read them,
     /// so the first write needs no wait (see [`own_sets`]).
     own_fresh: bool,
@@ -83,16 +82,10 @@ impl Drop for Datapath {
 impl Datapath {
     /// Loads the programs (verifier included) with every map bound to its pin under `pins`, or
     /// with fresh unpinned maps when `pins` is `None` (packet tests, benchmarks). Maps are sized
-    /// by `capacity`; a pinned one too small for it (with `in_force` rules in the policy maps
-    /// now) is made anew, see [`Capacity`]. `log` keeps the programs' debug records on (they cost
+    /// by `capacity`; a pinned one that no longer serves it is made anew, see [`Capacity`]. `log` keeps the programs' debug records on (they cost
     /// ~20 ns per denied packet).
-    pub fn load(
-        pins: Option<&Pins>,
-        log: bool,
-        capacity: &Capacity,
-        in_force: &PolicyRules,
-    ) -> anyhow::Result<Datapath> {
-        let mut datapath = Datapath::open(pins, log, capacity, in_force)?;
+    pub fn load(pins: Option<&Pins>, log: bool, capacity: &Capacity) -> anyhow::Result<Datapath> {
+        let mut datapath = Datapath::open(pins, log, capacity)?;
         let programs = datapath.programs()?;
         std::thread::scope(|scope| {
             let pending: Vec<_> = programs
@@ -109,12 +102,7 @@ impl Datapath {
     /// [`Datapath::load`] without the verifier: the maps are made (or bound to their pins) and
     /// may be written, and [`Datapath::verify_attaching`] loads the programs. For a first start,
     /// where no program of ours reads the maps yet.
-    pub fn open(
-        pins: Option<&Pins>,
-        log: bool,
-        capacity: &Capacity,
-        in_force: &PolicyRules,
-    ) -> anyhow::Result<Datapath> {
+    pub fn open(pins: Option<&Pins>, log: bool, capacity: &Capacity) -> anyhow::Result<Datapath> {
         if crate::EBPF_OBJECT.is_empty() {
             bail!("this binary was built with AYA_BUILD_SKIP: it carries no eBPF programs");
         }
@@ -129,45 +117,64 @@ impl Datapath {
             }
             None => Vec::new(),
         };
-        let mut loader = EbpfLoader::new();
         let mut resized = Vec::new();
-        let mut sizes = Vec::new();
-        for (name, wanted) in capacity.sized() {
-            loader.map_max_entries(name, wanted);
-            sizes.push((name, wanted));
+        let mut sizes = Vec::from(capacity.sized());
+        // The policy's maps go together: a generation word and prefix lengths shared by the old
+        // programs (attached until the swap) and the new ones would name regions of tables that
+        // are not the same for both.
+        let mut renew_policy = false;
+        for (name, path) in &paths {
+            let Some(&(map, to)) = capacity.sized().iter().find(|(n, _)| n == name) else {
+                continue;
+            };
+            match pinned_max_entries(path)? {
+                Some(from) if !capacity.keeps(map, from) => {
+                    renew_policy |= maps::is_policy(map);
+                    resized.push(Resized {
+                        map,
+                        pin: path.clone(),
+                        from,
+                        to,
+                    });
+                }
+                Some(from) => {
+                    sizes.retain(|(n, _)| *n != map);
+                    sizes.push((map, from));
+                }
+                None => {}
+            }
+        }
+        if renew_policy {
+            for (name, path) in &paths {
+                let already = resized.iter().any(|r| r.map == *name);
+                if !maps::is_policy_state(name) || already || !path.exists() {
+                    continue;
+                }
+                let Some(from) = pinned_max_entries(path)? else {
+                    continue;
+                };
+                let to = sizes.iter().find(|(n, _)| n == name).map_or(from, |s| s.1);
+                sizes.retain(|(n, _)| n != name);
+                sizes.push((name, to));
+                resized.push(Resized {
+                    map: name,
+                    pin: path.clone(),
+                    from,
+                    to,
+                });
+            }
+        }
+        // A map made anew is pinned in the old one's place once its programs are attached
+        // (`pin_resized`).
+        let mut loader = EbpfLoader::new();
+        for (name, wanted) in &sizes {
+            loader.map_max_entries(name, *wanted);
         }
         for (name, path) in &paths {
-            let kept = match capacity.sized().iter().find(|(n, _)| n == name) {
-                Some(&(map, to)) => match pinned_max_entries(path)? {
-                    Some(from) if !capacity.keeps(map, from, in_force) => {
-                        resized.push(Resized {
-                            map,
-                            pin: path.clone(),
-                            from,
-                            to,
-                        });
-                        false
-                    }
-                    Some(from) => {
-                        sizes.retain(|(n, _)| *n != map);
-                        sizes.push((map, from));
-                        true
-                    }
-                    None => true,
-                },
-                None => true,
-            };
-            if kept {
+            if !resized.iter().any(|r| r.map == *name) {
                 loader.map_pin_path(name, path.clone());
             }
         }
-        let policy_map_new = resized.iter().any(|r| maps::is_policy(r.map))
-            || maps::POLICIES.iter().any(|policy| {
-                paths
-                    .iter()
-                    .find(|(name, _)| name == policy)
-                    .is_none_or(|(_, path)| !path.exists())
-            });
         // Pinned sets may be read by programs attached already; sets made anew are not.
         let own_fresh = !paths
             .iter()
@@ -187,7 +194,6 @@ impl Datapath {
             resized,
             sizes,
             log,
-            policy_map_new,
             own_fresh,
             clock: Calibration::default(),
         })
@@ -209,16 +215,16 @@ impl Datapath {
         Some(info.id())
     }
 
-    /// Whether these loaded programs and maps serve `capacity` (with `in_force` rules in the
-    /// policy maps now) as a fresh [`Datapath::load`] would, so a reload can keep them and skip
+    /// Whether these loaded programs and maps serve `capacity` as a fresh [`Datapath::load`]
+    /// would, so a reload can keep them and skip
     /// the verifier: no map would be resized, and the debug records are as wanted.
-    pub fn serves(&self, capacity: &Capacity, in_force: &PolicyRules, log: bool) -> bool {
+    pub fn serves(&self, capacity: &Capacity, log: bool) -> bool {
         self.log == log
             && self.resized.is_empty()
             && self
                 .sizes
                 .iter()
-                .all(|&(map, entries)| capacity.keeps(map, entries, in_force))
+                .all(|&(map, entries)| capacity.keeps(map, entries))
     }
 
     /// The maps made anew at load because their pinned size no longer served.
@@ -231,7 +237,7 @@ impl Datapath {
     pub fn carry_flows(&mut self) -> anyhow::Result<usize> {
         let mut carried = 0;
         for r in self.resized.clone() {
-            if maps::is_policy(r.map) {
+            if maps::is_policy_state(r.map) {
                 continue;
             }
             let old = MapData::from_pin(&r.pin)
@@ -262,12 +268,12 @@ impl Datapath {
                 .with_context(|| format!("removing the old pin {}", r.pin.display()))?;
             map.pin(&r.pin)
                 .with_context(|| format!("pinning {} at {}", r.map, r.pin.display()))?;
-            log::info!(
-                "map {} resized from {} to {} entries",
-                r.map.to_ascii_lowercase(),
-                r.from,
-                r.to
-            );
+            let name = r.map.to_ascii_lowercase();
+            if r.from == r.to {
+                log::info!("map {name} made anew with the policy's resized tables");
+            } else {
+                log::info!("map {name} resized from {} to {} entries", r.from, r.to);
+            }
         }
         Ok(())
     }
@@ -490,28 +496,15 @@ impl Datapath {
         aya_log::EbpfLogger::init(&mut self.ebpf).context("initialising aya-log")
     }
 
-    /// Makes the policy maps hold exactly `policy`'s rules and prefix lengths. `in_force`, when
-    /// given, is what the map holds now (what this daemon wrote last): then only the difference
-    /// is written, and nothing is read back. Without it (a start), every rule is written and the
-    /// map's keys are read to find the stale ones.
+    /// Makes `policy`'s rules and prefix lengths the ones in force: written whole as the
+    /// generation not in force (`rule_table`), which the generation word then names.
     ///
-    /// No window: the prefix lengths are first widened to the union of the old and the new, the
-    /// new rules are added, the stale removed, and only then are the lengths narrowed. Each
-    /// step only adds or only removes, so a packet judged in between, even one that reads a
-    /// half-written length set, finds every rule of either policy that is still in the map.
-    pub fn sync_policy(
-        &mut self,
-        policy: &Policy,
-        in_force: Option<&Policy>,
-    ) -> anyhow::Result<()> {
-        // A map made anew at this load holds nothing yet, whatever was in force.
-        let in_force = in_force.filter(|_| !self.policy_map_new);
-        // The old policy's rules beside the new one's (prefix expansion makes them).
-        let (held, (entries, wanted)) = map_batch::side_by_side(
-            in_force.map_or(0, |old| old.rule_count().min(policy.rule_count())),
-            || in_force.map(Policy::entries),
-            || policy.entries_and_lengths(),
-        );
+    /// No window: a packet reads the generation word once and is judged by that generation's
+    /// lengths and rules alone, each written before the word named it. Before returning, this
+    /// waits until no program run that read the old generation is left, so the next call may
+    /// write it. A call that fails leaves the generation in force as it was.
+    pub fn sync_policy(&mut self, policy: &Policy) -> anyhow::Result<()> {
+        let (entries, wanted) = policy.entries_and_lengths();
         // Checked when the config is compiled; a host name's new address may still bring a
         // length more (a refresh). Refused before anything is written.
         if let Some(c) = wanted.iter().position(|w| w.len() > policy::MAX_LENGTHS) {
@@ -522,64 +515,100 @@ impl Datapath {
                 policy::MAX_LENGTHS
             );
         }
-        let mut lengths = self.array_mut::<PrefixLengths>(maps::POLICY_LENGTHS)?;
-        let mut now = Vec::new();
-        for c in 0..policy::CLASSES {
-            now.push(
-                lengths
-                    .get(&c, 0)
-                    .context("reading the policy's prefix lengths")?,
-            );
-        }
-        // Widen: each class's new lengths into empty slots, before any rule of theirs exists.
-        let mut crowded = Vec::new();
-        for (c, (set, wanted)) in now.iter_mut().zip(&wanted).enumerate() {
-            match set.with(wanted) {
-                Some(wider) => *set = wider,
-                None => crowded.push(c),
+        let (mut v4, mut v6, mut long) = (Vec::new(), Vec::new(), Vec::new());
+        for (key, value) in &entries {
+            match (PolicyKey4::narrow(key), PolicyKey6::narrow(key)) {
+                (Some(k), _) => v4.push((k.words(), value.rule_id)),
+                (None, Some(k)) => v6.push((k.words(), value.rule_id)),
+                (None, None) => long.push((key.words(), value.rule_id)),
             }
-            lengths
-                .set(c as u32, *set, 0)
-                .context("widening the policy's prefix lengths")?;
         }
-        self.sync_rules(&entries, held.as_deref())
-            .context("writing the policy map")?;
-        drop((entries, held));
+        drop(entries);
+        let next = self.policy_generation()? ^ 1;
+        let r4 = self.write_region::<Bucket12>(maps::POLICY4, next, &v4)?;
+        let r6 = self.write_region::<Bucket12>(maps::POLICY6, next, &v6)?;
+        let long = self.write_region::<BucketLong>(maps::POLICY6_LONG, next, &long)?;
         let mut lengths = self.array_mut::<PrefixLengths>(maps::POLICY_LENGTHS)?;
-        let mut emptied = false;
-        for (c, (set, wanted)) in now.iter().zip(&wanted).enumerate() {
-            let narrow = if crowded.contains(&c) {
-                // The old and the new lengths do not fit side by side: empty every slot, then
-                // write the new set. New flows of this class are refused in between.
-                log::warn!(
-                    "the policy's prefix lengths changed more than fit side by side ({}): new \
-                     flows they decide were refused for a moment",
-                    crate::policy::class_name(c as u32)
-                );
-                lengths
-                    .set(c as u32, set.cleared(), 0)
-                    .context("clearing the policy's prefix lengths")?;
-                // A slot takes another length only once no program run that read the old one
-                // is left: a packet holding an old length could pair it with a new, shorter
-                // mask and match a rule its address is not in.
-                quiesce_lengths();
-                PrefixLengths::default()
-                    .with(wanted)
-                    .context("a policy with more prefix lengths than a class holds")?
-            } else {
-                set.only(wanted)
+        for (c, prefixes) in wanted.iter().enumerate() {
+            let c = c as u32;
+            let regions = match policy::class_is_v6(c) {
+                true => [r6, long],
+                false => [r4, Region::default()],
             };
+            let set = PrefixLengths::new(prefixes, regions).context("too many prefix lengths")?;
             lengths
-                .set(c as u32, narrow, 0)
-                .context("narrowing the policy's prefix lengths")?;
-            emptied |= narrow.prefixes().count() < set.prefixes().count();
+                .set(policy::lengths_index(next, c), set, 0)
+                .context("writing the policy's prefix lengths")?;
         }
-        // The same for a slot this narrowing emptied, before a later reload fills it again.
-        if emptied {
-            quiesce_lengths();
+        self.array_mut::<u32>(maps::POLICY_GENERATION)?
+            .set(0, next, 0)
+            .context("putting the new policy in force")?;
+        if let Err(e) = own_sets::grace() {
+            log::warn!("waiting for running BPF programs to leave the old policy: {e}");
         }
-        self.policy_map_new = false;
         Ok(())
+    }
+
+    /// The generation of the rules in force (0 in maps made anew, whose both generations are
+    /// empty).
+    fn policy_generation(&self) -> anyhow::Result<u32> {
+        let map = self
+            .ebpf
+            .map(maps::POLICY_GENERATION)
+            .context("map POLICY_GENERATION missing")?;
+        let generation: Array<&MapData, u32> = Array::try_from(map)?;
+        Ok(generation.get(&0, 0)? & 1)
+    }
+
+    /// Places `rules` in the region of the table `name` that belongs to `generation`, and
+    /// writes it.
+    fn write_region<B>(
+        &mut self,
+        name: &str,
+        generation: u32,
+        rules: &[(B::Key, u32)],
+    ) -> anyhow::Result<Region>
+    where
+        B: Bucket + aya::Pod + Sync,
+    {
+        let map = self
+            .ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing"))?;
+        // Checks the value size.
+        Array::<&MapData, B>::try_from(map)
+            .with_context(|| format!("map {name}: not an array of these buckets"))?;
+        let data = map_data(map).with_context(|| format!("map {name}: no map data"))?;
+        let room = data.info()?.max_entries() / 2;
+        let placed = rule_table::place::<B>(rules, room)
+            .with_context(|| format!("the policy map {name}"))?;
+        let base = (generation & 1) * room;
+        let region = Region {
+            base,
+            mask: placed.mask(),
+            seed: placed.seed,
+        };
+        let indices: Vec<u32> = (base..base + placed.buckets.len() as u32).collect();
+        // SAFETY: the value size is checked above; an array's key is a u32.
+        match unsafe { map_batch::update(data.fd().as_fd(), &indices, &placed.buckets) } {
+            Ok(true) => return Ok(region),
+            Ok(false) => {}
+            Err(s) => {
+                return Err(anyhow::Error::new(s.error).context(format!(
+                    "writing the rules into {name}: {} of {} buckets written",
+                    s.done,
+                    indices.len()
+                )))
+            }
+        }
+        // A kernel without batch operations: one at a time.
+        let mut table = self.array_mut::<B>(name)?;
+        for (i, bucket) in indices.iter().zip(&placed.buckets) {
+            table
+                .set(*i, bucket, 0)
+                .with_context(|| format!("writing bucket {i} of {name}"))?;
+        }
+        Ok(region)
     }
 
     /// The array map `name`, its values checked to be `V`s, to write.
@@ -591,167 +620,28 @@ impl Datapath {
         Array::try_from(map).with_context(|| format!("map {name}: not an array of these values"))
     }
 
-    /// Each rule into its map (`policy::map_index`). Add before remove, across the maps: a
-    /// rule in both the old and the new policy is never missing, and a write that fails
-    /// part-way has only added rules, in any map.
-    fn sync_rules(
-        &mut self,
-        entries: &[(PolicyKey, PolicyValue)],
-        in_force: Option<&[(PolicyKey, PolicyValue)]>,
-    ) -> anyhow::Result<()> {
-        let long = |k: &PolicyKey| {
-            (maps::POLICIES[policy::map_index(k)] == maps::POLICY6_LONG).then_some(*k)
-        };
-        // The IPv4 map's share beside the two IPv6 maps': a reload of 100,000 rules spends a
-        // tenth of its time here (BENCHMARKS.md, section 4).
-        let (v4, (v6, v6_long)) = map_batch::side_by_side(
-            in_force.map_or(0, |old| entries.len().min(old.len())),
-            || RuleDiff::of(entries, in_force, PolicyKey4::narrow),
-            || {
-                (
-                    RuleDiff::of(entries, in_force, PolicyKey6::narrow),
-                    RuleDiff::of(entries, in_force, long),
-                )
-            },
-        );
-        self.add_rules(maps::POLICY4, &v4)?;
-        self.add_rules(maps::POLICY6, &v6)?;
-        self.add_rules(maps::POLICY6_LONG, &v6_long)?;
-        self.remove_stale_rules(maps::POLICY4, v4)?;
-        self.remove_stale_rules(maps::POLICY6, v6)?;
-        self.remove_stale_rules(maps::POLICY6_LONG, v6_long)
-    }
-
-    fn policy_rules<K: aya::Pod>(
-        &mut self,
-        name: &str,
-    ) -> anyhow::Result<HashMap<&mut MapData, K, PolicyValue>> {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .with_context(|| format!("map {name} missing"))?;
-        Ok(HashMap::try_from(map)?)
-    }
-
-    /// Writes the rules `diff` says the map `name` lacks.
-    fn add_rules<K>(&mut self, name: &str, diff: &RuleDiff<K>) -> anyhow::Result<()>
-    where
-        K: aya::Pod + Eq + std::hash::Hash + Sync,
-    {
-        let RuleDiff {
-            total,
-            keys,
-            values,
-            ..
-        } = diff;
-        // Counted in the new policy's rules: those the map already held, then those written.
-        let full = |written: usize| {
-            anyhow::anyhow!(
-                "the policy map {name} is full after {} of {total} rules",
-                total - keys.len() + written,
-            )
-        };
-        let fd = self.hash_map_fd::<K, PolicyValue>(name)?;
-        // SAFETY: `hash_map_fd` checked the map's key and value sizes.
-        match unsafe { map_batch::update(fd, keys, values) } {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(s) if matches!(s.error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)) => {
-                return Err(full(s.done))
-            }
-            Err(s) => {
-                return Err(anyhow::Error::new(s.error).context(format!(
-                    "writing rules into {name}: {} of {} written",
-                    s.done,
-                    keys.len()
-                )))
-            }
-        }
-        // A kernel without batch operations: one at a time.
-        let mut rules = self.policy_rules::<K>(name)?;
-        for (i, (key, value)) in keys.iter().zip(values).enumerate() {
-            rules.insert(key, value, 0).map_err(|e| match e {
-                MapError::SyscallError(ref s)
-                    if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)) =>
-                {
-                    full(i)
-                }
-                e => anyhow::Error::new(e).context(format!("inserting rule {i} into {name}")),
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Removes from the map `name` the rules `diff` says are stale: those of the policy in force
-    /// the new one lacks, or without it every key the map holds that the new policy lacks.
-    fn remove_stale_rules<K>(&mut self, name: &str, diff: RuleDiff<K>) -> anyhow::Result<()>
-    where
-        K: aya::Pod + Eq + std::hash::Hash + Sync,
-    {
-        let stale = match diff.stale {
-            Some(stale) => stale,
-            None => {
-                let wanted: foldhash::HashSet<K> = diff.keys.into_iter().collect();
-                self.entries::<K, PolicyValue>(name)?
-                    .into_iter()
-                    .map(|(k, _)| k)
-                    .filter(|k| !wanted.contains(k))
-                    .collect()
-            }
-        };
-        let fd = self.hash_map_fd::<K, PolicyValue>(name)?;
-        // SAFETY: `hash_map_fd` checked the map's key size.
-        match unsafe { map_batch::delete(fd, &stale) } {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(s) => {
-                return Err(anyhow::Error::new(s.error))
-                    .with_context(|| format!("removing a stale rule of {name}"))
-            }
-        }
-        // A kernel without batch operations: one at a time.
-        let mut rules = self.policy_rules::<K>(name)?;
-        for key in stale {
-            match rules.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(2) => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("removing a stale rule of {name}"))
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The descriptor of the hash map `name`, for the batch operations, once its key and value
-    /// sizes are checked to be `K`'s and `V`'s.
-    fn hash_map_fd<K: aya::Pod, V: aya::Pod>(
-        &self,
-        name: &str,
-    ) -> anyhow::Result<std::os::fd::BorrowedFd<'_>> {
-        let map = self
-            .ebpf
-            .map(name)
-            .with_context(|| format!("map {name} missing"))?;
-        HashMap::<&MapData, K, V>::try_from(map)
-            .with_context(|| format!("map {name}: key or value of another size"))?;
-        match map {
-            Map::HashMap(data) | Map::LruHashMap(data) => Ok(data.fd().as_fd()),
-            _ => bail!("map {name} is not a hash map"),
-        }
-    }
-
-    /// Every rule in the policy maps (widened to `PolicyKey`), and the prefix lengths of each
-    /// class (longest first).
+    /// Every rule in force (widened to `PolicyKey`), and the prefix lengths of each class
+    /// (longest first).
     pub fn policy_map(&self) -> anyhow::Result<PolicyContent> {
+        let slots = self.prefix_length_slots()?;
+        let region = |c: u32, i: usize| slots[c as usize].regions[i];
+        let (v4, v6) = (
+            policy::class(Role::Management, Direction::Ingress, family::V4),
+            policy::class(Role::Management, Direction::Ingress, family::V6),
+        );
         let mut rules: Vec<(PolicyKey, PolicyValue)> = Vec::new();
-        let v4: Vec<(PolicyKey4, PolicyValue)> = self.entries(maps::POLICY4)?;
-        rules.extend(v4.into_iter().map(|(k, v)| (k.widen(), v)));
-        let v6: Vec<(PolicyKey6, PolicyValue)> = self.entries(maps::POLICY6)?;
-        rules.extend(v6.into_iter().map(|(k, v)| (k.widen(), v)));
-        rules.extend(self.entries::<PolicyKey, PolicyValue>(maps::POLICY6_LONG)?);
+        let value = |rule_id| PolicyValue { rule_id };
+        for (k, r) in self.region_rules::<Bucket12>(maps::POLICY4, region(v4, 0))? {
+            rules.push((PolicyKey4::from_words(&k).widen(), value(r)));
+        }
+        for (k, r) in self.region_rules::<Bucket12>(maps::POLICY6, region(v6, 0))? {
+            rules.push((PolicyKey6::from_words(&k).widen(), value(r)));
+        }
+        for (k, r) in self.region_rules::<BucketLong>(maps::POLICY6_LONG, region(v6, 1))? {
+            rules.push((PolicyKey::from_words(&k), value(r)));
+        }
         let mut classes = Vec::new();
-        for set in self.prefix_length_slots()? {
+        for set in slots {
             let mut prefixes: Vec<u8> = set.prefixes().collect();
             prefixes.sort_unstable_by(|a, b| b.cmp(a));
             classes.push(prefixes);
@@ -759,15 +649,34 @@ impl Datapath {
         Ok((rules, classes))
     }
 
-    /// Each class's prefix-length slots as the programs read them, empty ones included.
+    /// The rules a region of the table `name` holds.
+    fn region_rules<B: Bucket + aya::Pod>(
+        &self,
+        name: &str,
+        region: Region,
+    ) -> anyhow::Result<Vec<(B::Key, u32)>> {
+        let map = self
+            .ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing"))?;
+        let table: Array<&MapData, B> = Array::try_from(map)?;
+        let buckets = (region.base..=region.base + region.mask)
+            .map(|i| table.get(&i, 0))
+            .collect::<Result<Vec<B>, _>>()
+            .with_context(|| format!("reading {name}"))?;
+        Ok(rule_table::rules_of(&buckets))
+    }
+
+    /// Each class's prefix lengths and regions in the generation in force.
     pub fn prefix_length_slots(&self) -> anyhow::Result<Vec<PrefixLengths>> {
+        let generation = self.policy_generation()?;
         let map = self
             .ebpf
             .map(maps::POLICY_LENGTHS)
             .context("prefix lengths map missing")?;
         let lengths: Array<&MapData, PrefixLengths> = Array::try_from(map)?;
         (0..policy::CLASSES)
-            .map(|c| Ok(lengths.get(&c, 0)?))
+            .map(|c| Ok(lengths.get(&policy::lengths_index(generation, c), 0)?))
             .collect()
     }
 
@@ -1160,16 +1069,6 @@ fn map_data(map: &Map) -> Option<&MapData> {
         | Map::PerCpuArray(m)
         | Map::RingBuf(m) => Some(m),
         _ => None,
-    }
-}
-
-/// Waits until every program run that may have read a prefix-length slot before now has
-/// returned ([`own_sets::grace`]). Should the wait fail, the write goes on as it did before
-/// the wait existed: a packet would have to stall between reading a slot's length and its mask
-/// for both writes to land in between.
-fn quiesce_lengths() {
-    if let Err(e) = own_sets::grace() {
-        log::warn!("waiting for running BPF programs before reusing a prefix-length slot: {e}");
     }
 }
 

@@ -13,16 +13,18 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData};
+use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData};
 use trove_isolate_common::{
     family,
     local::{LocalKey, LocalValue, OWN},
     maps,
-    policy::{self, PolicyKey, PolicyKey4, PolicyKey6, PolicyValue, PrefixLengths},
-    proto, Direction, Mode, Role,
+    policy::{self, PolicyKey, PolicyKey4, PolicyKey6, PrefixLengths},
+    proto,
+    rule_table::{Bucket, Bucket12, BucketLong, Region},
+    Direction, Mode, Role,
 };
 
-use crate::{datapath::PinnedMaps, pins::Pins, policy::Policy, state::State};
+use crate::{datapath::PinnedMaps, pins::Pins, policy::Policy, rule_table, state::State};
 
 /// A flow to explain: `ADDR:PORT/PROTO`, `[IPv6]:PORT/PROTO` or `ADDR/icmp`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,18 +188,18 @@ fn lookup_policy(
     fam: u8,
     remote: &Endpoint,
 ) -> anyhow::Result<Option<u32>> {
-    let rules4: HashMap<MapData, PolicyKey4, PolicyValue> =
-        HashMap::try_from(open(pins, maps::POLICY4)?)?;
-    let rules6: HashMap<MapData, PolicyKey6, PolicyValue> =
-        HashMap::try_from(open(pins, maps::POLICY6)?)?;
-    let rules6_long: HashMap<MapData, PolicyKey, PolicyValue> =
-        HashMap::try_from(open(pins, maps::POLICY6_LONG)?)?;
+    let generation: Array<MapData, u32> = Array::try_from(open(pins, maps::POLICY_GENERATION)?)?;
+    let generation = generation.get(&0, 0)?;
+    let rules4: Array<MapData, Bucket12> = Array::try_from(open(pins, maps::POLICY4)?)?;
+    let rules6: Array<MapData, Bucket12> = Array::try_from(open(pins, maps::POLICY6)?)?;
+    let rules6_long: Array<MapData, BucketLong> = Array::try_from(open(pins, maps::POLICY6_LONG)?)?;
     let lengths: Array<MapData, PrefixLengths> =
         Array::try_from(open(pins, maps::POLICY_LENGTHS)?)?;
-    let mut prefixes: Vec<u8> = lengths
-        .get(&policy::class(role, direction, fam), 0)?
-        .prefixes()
-        .collect();
+    let set = lengths.get(
+        &policy::lengths_index(generation, policy::class(role, direction, fam)),
+        0,
+    )?;
+    let mut prefixes: Vec<u8> = set.prefixes().collect();
     // Longest first: the rule the datapath's match stands for.
     prefixes.sort_unstable_by(|a, b| b.cmp(a));
     let addr = addr16(remote.addr);
@@ -212,16 +214,29 @@ fn lookup_policy(
             _pad: 0,
             addr: policy::masked(&addr, prefix),
         };
+        // As the datapath looks: the two buckets of the region in force.
+        let [short, long] = set.regions;
         let found = match (PolicyKey4::narrow(&key), PolicyKey6::narrow(&key)) {
-            (Some(key4), _) => rules4.get(&key4, 0),
-            (None, Some(key6)) => rules6.get(&key6, 0),
-            (None, None) => rules6_long.get(&key, 0),
+            (Some(key4), _) => in_region(&rules4, short, &key4.words()),
+            (None, Some(key6)) => in_region(&rules6, short, &key6.words()),
+            (None, None) => in_region(&rules6_long, long, &key.words()),
         };
-        if let Ok(value) = found {
-            return Ok(Some(value.rule_id));
+        if found.is_some() {
+            return Ok(found);
         }
     }
     Ok(None)
+}
+
+/// The rule id `key` has in `region` of `table`.
+fn in_region<B: Bucket + aya::Pod>(
+    table: &Array<MapData, B>,
+    region: Region,
+    key: &B::Key,
+) -> Option<u32> {
+    rule_table::find(key, region.seed, region.mask, |i| {
+        table.get(&region.base.wrapping_add(i), 0).ok()
+    })
 }
 
 fn open(pins: &Pins, name: &str) -> anyhow::Result<Map> {

@@ -36,7 +36,7 @@ pub mod policy;
 pub mod rawsock;
 pub mod reconcile;
 pub mod resolve;
-pub mod rule_diff;
+pub mod rule_table;
 pub mod serve;
 pub mod state;
 pub mod status;

@@ -113,36 +113,6 @@ pub unsafe fn update<K: Pod + Sync, V: Pod + Sync>(
     })
 }
 
-/// `a` and `b`, `a` on a thread of its own when `work` (the entries it goes through) makes it
-/// worth one, and the system gives one (else one after the other).
-pub fn side_by_side<A: Send, B>(
-    work: usize,
-    a: impl FnOnce() -> A + Send,
-    b: impl FnOnce() -> B,
-) -> (A, B) {
-    if work < PARALLEL {
-        return (a(), b());
-    }
-    // Taken by whichever runs it: the thread, or this one if there is no thread.
-    let a = std::sync::Mutex::new(Some(a));
-    let run_a = || {
-        let taken = a
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        taken.map(|a| a())
-    };
-    std::thread::scope(|s| {
-        let thread = std::thread::Builder::new().spawn_scoped(s, run_a);
-        let b = b();
-        let a = match thread {
-            Ok(thread) => thread.join().expect("a policy write's thread panicked"),
-            Err(_) => None,
-        };
-        (a.or_else(run_a).expect("run once"), b)
-    })
-}
-
 /// Runs `write` over `0..len`, on two threads (each half of the range) when `len` is big; the
 /// entries done add up across the halves.
 fn in_halves(

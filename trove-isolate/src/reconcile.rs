@@ -33,28 +33,24 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Applies `policy` to the kernel; returns the loaded datapath and what is now attached.
 pub fn enforce(policy: &Policy, log: bool) -> anyhow::Result<(Datapath, State, Devices)> {
-    let (loaded, state, devices) = enforce_with(policy, None, log, None)?;
+    let (loaded, state, devices) = enforce_with(policy, log, None)?;
     let datapath = loaded.context("the datapath was not loaded")?;
     Ok((datapath, state, devices))
 }
 
 /// A reload: [`enforce`] with `current`, the datapath this process enforces with, kept when it
 /// serves the new policy ([`Datapath::serves`]: no map to resize), so the programs are not
-/// loaded and verified again. `in_force` is the policy the map holds now, when this process
-/// wrote it: then only the difference is written. Returns the datapath loaded instead of
-/// `current`, if one was.
+/// loaded and verified again. Returns the datapath loaded instead of `current`, if one was.
 pub fn reenforce(
     policy: &Policy,
-    in_force: Option<&Policy>,
     log: bool,
     current: &mut Datapath,
 ) -> anyhow::Result<(Option<Datapath>, State, Devices)> {
-    enforce_with(policy, in_force, log, Some(current))
+    enforce_with(policy, log, Some(current))
 }
 
 fn enforce_with(
     policy: &Policy,
-    in_force: Option<&Policy>,
     log: bool,
     current: Option<&mut Datapath>,
 ) -> anyhow::Result<(Option<Datapath>, State, Devices)> {
@@ -137,7 +133,6 @@ fn enforce_with(
     let reload = current.is_some();
     let result = apply(
         policy,
-        in_force,
         log,
         current,
         first_start,
@@ -163,7 +158,6 @@ fn enforce_with(
     let state = State {
         mode: policy.mode,
         policy_entries: counts.roles,
-        policy_map_rules: Some(counts.maps.to_vec()),
         attachments,
         names: crate::state::NameAddresses::of(policy),
         absent,
@@ -191,7 +185,6 @@ pub type Devices = Vec<(Role, nic::Device)>;
 #[allow(clippy::too_many_arguments)]
 fn apply(
     policy: &Policy,
-    in_force: Option<&Policy>,
     log: bool,
     current: Option<&mut Datapath>,
     first_start: bool,
@@ -201,25 +194,15 @@ fn apply(
     previous: &State,
     attachments: &mut Vec<Attachment>,
 ) -> anyhow::Result<Option<Datapath>> {
-    // The rules the pinned maps hold now: the policy in force when this process wrote it
-    // (host names refreshed since may have moved rules between maps), else as the last
-    // reconcile recorded them.
-    let rules_held = in_force.map_or_else(|| previous.rules_held(), Capacity::rules_of);
     let capacity = Capacity::for_policy(policy);
     let tcx = attach::use_tcx(policy.attach);
     let mut loaded = None;
     let datapath = match current {
-        Some(current)
-            if current.serves(&capacity, &rules_held, log) && current.holds_pins(pins) =>
-        {
-            current
-        }
-        _ if first_start && tcx => {
-            loaded.insert(Datapath::open(Some(pins), log, &capacity, &rules_held)?)
-        }
-        _ => loaded.insert(Datapath::load(Some(pins), log, &capacity, &rules_held)?),
+        Some(current) if current.serves(&capacity, log) && current.holds_pins(pins) => current,
+        _ if first_start && tcx => loaded.insert(Datapath::open(Some(pins), log, &capacity)?),
+        _ => loaded.insert(Datapath::load(Some(pins), log, &capacity)?),
     };
-    datapath.sync_policy(policy, in_force)?;
+    datapath.sync_policy(policy)?;
     write_settings(datapath, policy)?;
     // The NICs' addresses before any program judges a packet: a new flow must be the NIC's own.
     // A NIC not found keeps the addresses it had: its programs may still judge it somewhere.

@@ -12,9 +12,8 @@ use std::{
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use trove_isolate_common::{policy, Direction, Mode, Role};
+use trove_isolate_common::{Direction, Mode, Role};
 
-use crate::capacity::PolicyRules;
 
 /// How one program is attached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,10 +56,6 @@ pub struct State {
     pub attachments: Vec<Attachment>,
     /// Policy entries per role, for status and metrics after a restart.
     pub policy_entries: Vec<(Role, usize)>,
-    /// The rules each policy map holds (`maps::POLICIES` order), which a resize is judged by;
-    /// absent from records of earlier versions.
-    #[serde(default)]
-    pub policy_map_rules: Option<Vec<usize>>,
     /// The daemon that wrote the record and the config it runs, for `trove-isolate reload`.
     #[serde(default)]
     pub pid: Option<u32>,
@@ -162,7 +157,6 @@ impl Default for State {
             mode: Mode::Enforce,
             attachments: Vec::new(),
             policy_entries: Vec::new(),
-            policy_map_rules: None,
             pid: None,
             config: None,
             reload: None,
@@ -174,16 +168,6 @@ impl Default for State {
 }
 
 impl State {
-    /// The rules each policy map holds as this record says. A record without the split (or
-    /// with another set of maps) counts every rule against each map: at worst a map is made
-    /// anew once.
-    pub fn rules_held(&self) -> PolicyRules {
-        match self.policy_map_rules.as_deref().map(PolicyRules::try_from) {
-            Some(Ok(held)) => held,
-            _ => [self.policy_entries.iter().map(|(_, n)| n).sum(); policy::MAPS],
-        }
-    }
-
     /// What is attached for `role`, either direction.
     pub fn attached(&self, role: Role) -> impl Iterator<Item = &Attachment> {
         self.attachments.iter().filter(move |a| a.role == role)
@@ -265,8 +249,6 @@ mod tests {
             [(Role::Management, 7), (Role::Business, 3)]
         );
         assert!(state.pid.is_none() && state.reload.is_none());
-        // Without the split per policy map, every rule counts against each.
-        assert_eq!(state.rules_held(), [10; policy::MAPS]);
         let again: State =
             serde_json::from_str(&serde_json::to_string(&state).expect("writes")).expect("reads");
         assert_eq!(again, state);

@@ -153,15 +153,9 @@ struct Seen {
 impl Harness {
     fn new() -> Harness {
         let policy = policy();
-        let mut dp = Datapath::load(
-            None,
-            false,
-            &Capacity::for_policy(&policy),
-            &Capacity::NONE_HELD,
-        )
-        .expect("loading the datapath (root, BPF)");
-        dp.sync_policy(&policy, None)
-            .expect("writing the policy map");
+        let mut dp = Datapath::load(None, false, &Capacity::for_policy(&policy))
+            .expect("loading the datapath (root, BPF)");
+        dp.sync_policy(&policy).expect("writing the policy map");
         let mut local = Vec::new();
         for role in Role::ALL {
             local.extend(trove_isolate::local::entries(role, &world::nets(role)));

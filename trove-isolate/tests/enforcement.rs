@@ -529,8 +529,8 @@ fn tcx_attaches_first_in_the_chain() {
     let s = setup("ord");
     let nic = s.guest.mgmt_nic().to_owned();
     // Another program (any will do: a second copy of ours, under another name) first in line.
-    let mut other = Datapath::load(None, false, &Capacity::DEFAULT, &Capacity::NONE_HELD)
-        .expect("loading a second datapath");
+    let mut other =
+        Datapath::load(None, false, &Capacity::DEFAULT).expect("loading a second datapath");
     let link = s.guest.host.run(|| {
         let program = other.program(Role::Business, Direction::Egress);
         let id = program

@@ -57,14 +57,9 @@ fn datapath_at(pins: Option<&Pins>) -> Datapath {
     let path = Path::new("flood.toml");
     let config = Config::parse(CONFIG, path).expect("test config parses");
     let policy = Policy::from_config(&config, path).expect("test config compiles");
-    let mut dp = Datapath::load(
-        pins,
-        false,
-        &Capacity::for_policy(&policy),
-        &Capacity::NONE_HELD,
-    )
-    .expect("loading the datapath (root, BPF)");
-    dp.sync_policy(&policy, None).expect("policy");
+    let mut dp = Datapath::load(pins, false, &Capacity::for_policy(&policy))
+        .expect("loading the datapath (root, BPF)");
+    dp.sync_policy(&policy).expect("policy");
     let nets: Vec<IpNetwork> = ["192.0.2.1/24", "2001:db8:1::1/64"]
         .iter()
         .map(|n| n.parse().expect("net"))

@@ -96,15 +96,9 @@ fn test_policy() -> Policy {
 /// verifier for the other's (on Linux 5.15 under TCG, seconds a program).
 fn datapath() -> Datapath {
     let policy = test_policy();
-    let mut dp = Datapath::open(
-        None,
-        false,
-        &Capacity::for_policy(&policy),
-        &Capacity::NONE_HELD,
-    )
-    .expect("making the datapath's maps (root, BPF)");
-    dp.sync_policy(&policy, None)
-        .expect("writing the policy map");
+    let mut dp = Datapath::open(None, false, &Capacity::for_policy(&policy))
+        .expect("making the datapath's maps (root, BPF)");
+    dp.sync_policy(&policy).expect("writing the policy map");
     let nets: Vec<IpNetwork> = NIC_ADDRESSES
         .iter()
         .map(|n| n.parse().expect("net"))
@@ -2503,7 +2497,7 @@ fn a_narrower_policy_revokes_what_it_no_longer_allows() {
     let path = Path::new("narrower.toml");
     let policy = trove_isolate::policy::Policy::from_config(&Config::parse(&narrower, path).expect("parses"), path)
         .expect("compiles");
-    dp.sync_policy(&policy, None).expect("policy");
+    dp.sync_policy(&policy).expect("policy");
     let revoked = trove_isolate::conntrack::revoke(&mut dp, &policy).expect("revoke");
     assert_eq!(revoked, 2, "the client's and the peer's flows");
     run_table(&mut dp, &[
@@ -2525,13 +2519,12 @@ fn ipv6_rules_match_their_prefix_whichever_map_holds_them() {
     let compile = |text: &str| {
         trove_isolate::policy::Policy::from_config(&Config::parse(text, path).expect("parses"), path).expect("compiles")
     };
-    let old = compile(CONFIG);
     let new = compile(&CONFIG.replace(
         "peers = [\"198.51.100.7/32\"]",
         "clients = [\"2001:db8:5::/48\", \"2001:db8:6::7/128\", \"2001:db8:8::/64\", \"2001:db8:9:0:8000::/65\"]",
     ));
     let mut dp = datapath();
-    dp.sync_policy(&new, Some(&old)).expect("the new policy");
+    dp.sync_policy(&new).expect("the new policy");
     let syn = |client: &str, port: u16| v6_tcp(client, G6, port, 3306, SYN);
     run_table(&mut dp, &[
         pass("a /48 client", B, I, syn("2001:db8:5:ffff::1", 42000), Allowed),
@@ -2552,10 +2545,10 @@ fn ipv6_rules_match_their_prefix_whichever_map_holds_them() {
     assert_eq!(rules, want, "the maps hold exactly the policy");
 }
 
-/// A reload writes only the difference from the policy in force: the map ends holding exactly
-/// the new policy, and a rule in both (whose value changed or not) is never rewritten away.
+/// Each write makes a new generation the one in force: the maps' generation in force holds
+/// exactly the new policy and its lengths, whichever came before, and its clients are let in.
 #[test]
-fn a_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
+fn each_policy_written_is_exactly_the_one_in_force() {
     let path = Path::new("diff.toml");
     let compile = |text: &str| {
         Policy::from_config(&Config::parse(text, path).expect("parses"), path).expect("compiles")
@@ -2574,14 +2567,14 @@ fn a_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
     let expected = |p: &Policy| sorted((p.entries(), p.prefix_lengths()));
     let mut dp = datapath();
     assert_eq!(sorted(dp.policy_map().expect("read")), expected(&old));
-    dp.sync_policy(&new, Some(&old)).expect("the difference");
+    dp.sync_policy(&new).expect("the new policy");
     assert_eq!(sorted(dp.policy_map().expect("read")), expected(&new));
     assert_ne!(expected(&old), expected(&new));
     // The new policy's lengths: the /48 is new, and no IPv4 /32 is left on the business NIC's
     // egress (the peer went).
     assert_ne!(expected(&old).1, expected(&new).1);
-    // And back, with the full write (a start): it reads the map to find what is stale.
-    dp.sync_policy(&old, None).expect("full write");
+    // And back.
+    dp.sync_policy(&old).expect("the old policy again");
     assert_eq!(sorted(dp.policy_map().expect("read")), expected(&old));
     // A /24 among /32s is written as 256 /32s; turning that off and on again swaps the /24's
     // entries and the class's lengths.
@@ -2594,13 +2587,8 @@ fn a_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
         ..expanded.clone()
     };
     assert_ne!(expected(&expanded), expected(&as_written));
-    let steps = [
-        (&expanded, &old),
-        (&as_written, &expanded),
-        (&expanded, &as_written),
-    ];
-    for (sport, (next, before)) in (40200..).zip(steps) {
-        dp.sync_policy(next, Some(before)).expect("the difference");
+    for (sport, next) in (40200..).zip([&expanded, &as_written, &expanded]) {
+        dp.sync_policy(next).expect("the next policy");
         assert_eq!(sorted(dp.policy_map().expect("read")), expected(next));
         let clients = ["203.0.113.0", "203.0.113.255", "198.51.100.9"];
         let syn = |client| v4_tcp(client, "192.0.2.1", sport, 3306, SYN);
@@ -2621,37 +2609,23 @@ fn a_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
     }
 }
 
-/// A reload that drops a length keeps the other lengths in their slots, so one may leave an
-/// empty slot before a length still in use. The programs go past it to the next: the rules at
-/// the lengths after it still match, and the dropped length matches nothing. Both orders, so
-/// that a hole is left in the middle whichever slot each length takes.
+/// A reload that drops a length: the rules at the length kept still match, and the dropped
+/// length matches nothing. Both orders, so the length kept is the first and then the second.
 #[test]
-fn a_length_a_reload_empties_matches_nothing_and_hides_none_after_it() {
-    use trove_isolate_common::policy::EMPTY;
+fn a_length_a_reload_drops_matches_nothing_and_the_other_still_matches() {
     let (p48, p64) = ("2001:db8:48::/48", "2001:db8:64::/64");
     let clients =
         |prefixes: &[&str]| policy_with_clients(prefixes.iter().map(|p| format!("\"{p}\"")));
     let both = clients(&[p48, p64]);
     let syn = |client: &str, sport| v6_tcp(client, G6, sport, 3306, SYN);
-    let mut holes = 0;
     for (sport, (kept, client, gone)) in (41000..).step_by(4).zip([
         (p48, "2001:db8:48::9", "2001:db8:64::9"),
         (p64, "2001:db8:64::9", "2001:db8:48::9"),
     ]) {
         let narrower = clients(&[kept]);
         let mut dp = datapath();
-        dp.sync_policy(&both, None).expect("both lengths");
-        dp.sync_policy(&narrower, Some(&both))
-            .expect("one length dropped");
-        // `count` ends at the last length in use: an empty slot below it is a hole.
-        let slots = dp.prefix_length_slots().expect("read");
-        holes += slots
-            .iter()
-            .filter(|set| {
-                let used = &set.slots[..set.count as usize];
-                used.iter().any(|s| s.prefix == EMPTY) && used.iter().any(|s| s.prefix != EMPTY)
-            })
-            .count();
+        dp.sync_policy(&both).expect("both lengths");
+        dp.sync_policy(&narrower).expect("one length dropped");
         run_table(
             &mut dp,
             &[
@@ -2679,10 +2653,6 @@ fn a_length_a_reload_empties_matches_nothing_and_hides_none_after_it() {
             ],
         );
     }
-    assert!(
-        holes > 0,
-        "no reload left an empty slot before a length in use"
-    );
 }
 
 /// The test config with `clients` (TOML strings) on the business NIC, in place of its peer.
@@ -2700,15 +2670,14 @@ fn policy_with_clients(clients: impl Iterator<Item = String>) -> Policy {
 fn datapath_with_room(policy: &Policy, rules: u32) -> Datapath {
     let mut capacity = Capacity::for_policy(policy);
     capacity.policy = [rules; trove_isolate_common::policy::MAPS];
-    Datapath::load(None, false, &capacity, &Capacity::NONE_HELD)
-        .expect("loading the datapath (root, BPF)")
+    Datapath::load(None, false, &capacity).expect("loading the datapath (root, BPF)")
 }
 
-/// A difference of policies big enough that each map's share is found on threads side by side
-/// (`rule_diff`): the maps end holding exactly the new policy and its prefix lengths, over the
-/// IPv4 map and both IPv6 maps, with rules kept, kept under another rule id, removed and added.
+/// A big policy replaced by another: the maps' generation in force holds exactly the new policy
+/// and its prefix lengths, over the IPv4 map and both IPv6 maps, with rules kept, kept under
+/// another rule id, removed and added.
 #[test]
-fn a_big_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
+fn a_big_policy_replaced_leaves_exactly_the_new_policy() {
     // Client `i`: every 150th an IPv4 host (600 in all, in the documentation ranges, none of
     // the fixture's addresses), the others an IPv6 /64 (the short map) or an IPv6 host (the
     // long one) in turn, outside the NIC's own /64.
@@ -2751,9 +2720,9 @@ fn a_big_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
         rules.sort_by_key(|(k, _)| *k);
         (rules, p.prefix_lengths())
     };
-    dp.sync_policy(&old, None).expect("the old policy");
+    dp.sync_policy(&old).expect("the old policy");
     assert_eq!(read(&dp), expected(&old));
-    dp.sync_policy(&new, Some(&old)).expect("the difference");
+    dp.sync_policy(&new).expect("the new policy");
     assert_eq!(read(&dp), expected(&new));
     let syn = |client: &str, sport| {
         if client.contains(':') {
@@ -2798,24 +2767,25 @@ fn a_big_policy_written_as_a_difference_leaves_exactly_the_new_policy() {
     run_table(&mut dp, &table);
 }
 
-/// The policy is written in batches: one that outgrows its map stops with how far it got, and a
-/// full write that fits after it ends with exactly the policy.
+/// A policy that outgrows its map is refused with the sizes named, before it changes anything:
+/// the policy in force stays, whole, and its clients are let in.
 #[test]
-fn a_policy_bigger_than_its_map_is_refused_with_how_far_it_got() {
+fn a_policy_bigger_than_its_map_is_refused_and_the_one_in_force_stays() {
     let with_clients = |n: u32| {
         policy_with_clients((0..n).map(|i| format!("\"198.51.{}.{}/32\"", 100 + i / 256, i % 256)))
     };
     let small = with_clients(10);
     let big = with_clients(5_000);
     let mut dp = datapath_with_room(&small, 64);
-    dp.sync_policy(&small, None).expect("the small policy fits");
-    let held = |dp: &Datapath| dp.policy_map().expect("read").0.len();
-    let before = held(&dp);
-    let error = format!(
-        "{:#}",
-        dp.sync_policy(&big, Some(&small))
-            .expect_err("5,000 rules in 64")
-    );
+    let nets: Vec<IpNetwork> = NIC_ADDRESSES
+        .iter()
+        .map(|n| n.parse().expect("net"))
+        .collect();
+    dp.sync_local(&local::entries(B, &nets))
+        .expect("the NIC's addresses");
+    dp.sync_policy(&small).expect("the small policy fits");
+    let before = dp.policy_map().expect("read");
+    let error = format!("{:#}", dp.sync_policy(&big).expect_err("5,000 rules in 64"));
     let total = big
         .entries()
         .iter()
@@ -2823,29 +2793,30 @@ fn a_policy_bigger_than_its_map_is_refused_with_how_far_it_got() {
         .count();
     assert!(
         error.contains(&format!(
-            "the policy map POLICY4 is full after 64 of {total} rules"
+            "the policy map POLICY4: {total} rules do not fit a region"
         )),
         "{error}"
     );
-    assert!(
-        held(&dp) >= before,
-        "a write that stops part-way has only added rules"
+    assert_eq!(dp.policy_map().expect("read"), before);
+    run_table(
+        &mut dp,
+        &[
+            pass(
+                "a client in force",
+                B,
+                I,
+                v4_tcp("198.51.100.9", G4, 41_100, 3306, SYN),
+                Reason::Allowed,
+            ),
+            drop(
+                "one of the refused policy",
+                B,
+                I,
+                v4_tcp("198.51.101.9", G4, 41_101, 3306, SYN),
+                Reason::Policy,
+            ),
+        ],
     );
-    dp.sync_policy(&small, None)
-        .expect("back to the small policy");
-    let mut expected = small.entries();
-    expected.sort_by_key(|(k, _)| *k);
-    let read = |dp: &Datapath| {
-        let mut rules = dp.policy_map().expect("read").0;
-        rules.sort_by_key(|(k, _)| *k);
-        rules
-    };
-    assert_eq!(read(&dp), expected);
-    // A difference whose stale rules the map never held (a reload after one that failed
-    // part-way): they count as removed, across batches.
-    dp.sync_policy(&small, Some(&big))
-        .expect("stale rules the map does not hold count as removed");
-    assert_eq!(read(&dp), expected);
 }
 
 /// A class may use 16 prefix lengths; `check` refuses a config that needs more, but a host
@@ -2875,8 +2846,7 @@ fn a_policy_over_the_lengths_a_class_holds_is_refused_untouched() {
     }
     let error = format!(
         "{:#}",
-        dp.sync_policy(&over, Some(&test_policy()))
-            .expect_err("17 lengths in one class")
+        dp.sync_policy(&over).expect_err("17 lengths in one class")
     );
     assert!(
         error.contains("the business NIC's ingress IPv6 rules would use 17 prefix lengths"),
@@ -2885,10 +2855,10 @@ fn a_policy_over_the_lengths_a_class_holds_is_refused_untouched() {
     assert_eq!(dp.policy_map().expect("read"), before);
 }
 
-/// A reload whose old and new prefix lengths do not fit side by side (16 per class each, none
-/// shared) still ends with exactly the new policy, and its clients are let in.
+/// A reload that replaces a class's sixteen prefix lengths with sixteen others (none shared) ends
+/// with exactly the new policy, and its clients are let in.
 #[test]
-fn prefix_lengths_that_do_not_fit_side_by_side_are_swapped() {
+fn sixteen_prefix_lengths_replaced_by_sixteen_others() {
     use Reason::*;
     let path = Path::new("lengths.toml");
     let with_lengths = |lengths: std::ops::Range<u8>| {
@@ -2909,8 +2879,8 @@ fn prefix_lengths_that_do_not_fit_side_by_side_are_swapped() {
     let class = trove_isolate_common::policy::class(B, I, trove_isolate_common::family::V6);
     assert_eq!(old.prefix_lengths()[class as usize].len(), 16);
     let mut dp = datapath();
-    dp.sync_policy(&old, None).expect("old");
-    dp.sync_policy(&new, Some(&old)).expect("new");
+    dp.sync_policy(&old).expect("old");
+    dp.sync_policy(&new).expect("new");
     let (mut rules, lengths) = dp.policy_map().expect("read");
     rules.sort_by_key(|(k, _)| *k);
     let mut want = new.entries();
@@ -3073,8 +3043,8 @@ fn verified_instruction_counts() {
         .expect("reading /proc/sys/kernel/osrelease");
     let release = release.trim();
     let reports = kernel_at_least(5, 16);
-    let mut dp = Datapath::load(None, false, &Capacity::DEFAULT, &Capacity::NONE_HELD)
-        .expect("loading the datapath (root, BPF)");
+    let mut dp =
+        Datapath::load(None, false, &Capacity::DEFAULT).expect("loading the datapath (root, BPF)");
     let mut missing = Vec::new();
     let mut report = |name: &'static str, program: &aya::programs::SchedClassifier| {
         let info = program

@@ -88,14 +88,9 @@ pub const PROBED: [&str; 7] = [
 /// their real handshakes: one to RabbitMQ, an inbound database session over IPv4 and one over
 /// IPv6.
 pub fn prepare(policy: &Policy) -> anyhow::Result<Datapath> {
-    let mut dp = Datapath::load(
-        None,
-        false,
-        &Capacity::for_policy(policy),
-        &Capacity::NONE_HELD,
-    )
-    .context("loading the datapath (root, BPF)")?;
-    dp.sync_policy(policy, None)?;
+    let mut dp = Datapath::load(None, false, &Capacity::for_policy(policy))
+        .context("loading the datapath (root, BPF)")?;
+    dp.sync_policy(policy)?;
     let nets: Vec<IpNetwork> = ["192.0.2.1/24", "2001:db8:1::1/64", "fe80::1/64"]
         .iter()
         .map(|n| n.parse().expect("net"))

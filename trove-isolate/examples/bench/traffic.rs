@@ -482,7 +482,7 @@ fn install(
 
 /// `bench_empty` attached first on both hooks of the guest's NIC, in its namespace.
 fn empty_programs(pair: &Pair) -> anyhow::Result<Datapath> {
-    let mut datapath = Datapath::load(None, false, &Capacity::DEFAULT, &Capacity::NONE_HELD)?;
+    let mut datapath = Datapath::load(None, false, &Capacity::DEFAULT)?;
     let program = datapath.bench_program("bench_empty")?;
     trove_isolate::netns::run_in(Some(&pair.server.path()), || {
         for hook in [TcAttachType::Ingress, TcAttachType::Egress] {

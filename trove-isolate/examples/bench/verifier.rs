@@ -27,7 +27,7 @@ pub fn run() -> anyhow::Result<Vec<Program>> {
     let mut loads = vec![Vec::new(); programs.len()];
     let mut counts = vec![None; programs.len()];
     for round in 0..LOADS {
-        let mut dp = Datapath::open(None, false, &Capacity::DEFAULT, &Capacity::NONE_HELD)
+        let mut dp = Datapath::open(None, false, &Capacity::DEFAULT)
             .context("opening a datapath (root, BPF)")?;
         // Each round starts with the next program: the first load of a round shares the CPU
         // with what opening the datapath left running (the loader's BTF freed on a thread).

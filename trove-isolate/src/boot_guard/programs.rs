@@ -39,7 +39,7 @@ impl Programs {
         }
         let small = Capacity {
             policy: [1; trove_isolate_common::policy::MAPS],
-            policy_rules: Capacity::NONE_HELD,
+            policy_rules: Capacity::NO_RULES,
             ct_established: 64,
             ct_new: 63,
         };
