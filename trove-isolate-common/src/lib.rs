@@ -37,8 +37,11 @@ pub mod maps {
     /// The prefix lengths the policy's rules use and where they lie, per (role, direction,
     /// family) and generation (`policy::lengths_index`).
     pub const POLICY_LENGTHS: &str = "POLICY_LENGTHS";
-    /// The generation of the rules in force (`rule_table`): one word.
+    /// The generation of the rules in force (`rule_table`), then the ids of the maps of its
+    /// set (`POLICY_SET`), which the daemon checks at load.
     pub const POLICY_GENERATION: &str = "POLICY_GENERATION";
+    /// The maps a generation spans, besides the generation map.
+    pub const POLICY_SET: [&str; 4] = [POLICY4, POLICY6, POLICY6_LONG, POLICY_LENGTHS];
     pub const LOCAL: &str = "LOCAL";
     /// Each role's own addresses as two `local::OwnSet` slots, and the generation that says
     /// which slot is in force.

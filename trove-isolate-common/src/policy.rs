@@ -388,6 +388,10 @@ pub const fn lengths_index(generation: u32, class: u32) -> u32 {
 /// Entries of the prefix-length map: every class, in each of the two generations.
 pub const LENGTH_ENTRIES: u32 = 2 * CLASSES;
 
+/// Entries of the generation map: the generation in force, then the ids of the maps of its set
+/// (`maps::POLICY_SET`).
+pub const GENERATION_ENTRIES: u32 = 1 + crate::maps::POLICY_SET.len() as u32;
+
 /// The prefix-length map's index of (role, direction, family).
 #[inline(always)]
 pub const fn class(role: Role, direction: Direction, fam: u8) -> u32 {

@@ -253,6 +253,22 @@ mod tests {
         assert_ne!(buckets12(&key, 1, u32::MAX), buckets12(&key, 2, u32::MAX));
     }
 
+    /// The hashes say where the daemon put a rule and where the programs look for it, across a
+    /// restart that keeps the pinned maps: a change to them is a change of layout, which bumps
+    /// `LAYOUT_VERSION`, and then this test's figures.
+    #[test]
+    fn the_hashes_are_part_of_the_pinned_layout() {
+        assert_eq!(crate::LAYOUT_VERSION, 14);
+        assert_eq!(
+            buckets12(&[1, 2, 3], 7, u32::MAX),
+            (1_898_333_871, 883_269_790)
+        );
+        assert_eq!(
+            buckets_long(&[1, 2, 3, 4, 5, 6], 7, u32::MAX),
+            (2_626_325_563, 3_406_162_226)
+        );
+    }
+
     #[test]
     fn regions_are_powers_of_two_at_most_three_quarters_full() {
         assert_eq!(region_buckets::<Bucket12>(0), 1);

@@ -34,7 +34,7 @@ pub static POLICY_LENGTHS: Array<PrefixLengths> =
     Array::with_max_entries(policy::LENGTH_ENTRIES, 0);
 
 #[map]
-pub static POLICY_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+pub static POLICY_GENERATION: Array<u32> = Array::with_max_entries(policy::GENERATION_ENTRIES, 0);
 
 #[map]
 pub static LOCAL: LpmTrie<LocalKey, LocalValue> = LpmTrie::with_max_entries(local::MAX_ENTRIES, 0);

@@ -55,6 +55,12 @@ pub struct Datapath {
     /// The own-address sets were made at this load and never written: no packet has read them,
     /// so the first write needs no wait (see [`own_sets`]).
     own_fresh: bool,
+    /// The policy's maps were made at this load and never written: no program has read them,
+    /// so the first write needs no wait.
+    policy_fresh: bool,
+    /// The wait for the programs that read the policy's old generation failed: owed before
+    /// that generation is written again.
+    policy_grace_owed: bool,
     /// The programs' clock ([`crate::clock`]).
     clock: Calibration,
 }
@@ -144,26 +150,27 @@ impl Datapath {
                 None => {}
             }
         }
-        if renew_policy {
+        // So do pins that are not one set: a swap of pins that stopped part-way.
+        if renew_policy || policy_set_mixed(&paths) {
             for (name, path) in &paths {
                 let already = resized.iter().any(|r| r.map == *name);
-                if !maps::is_policy_state(name) || already || !path.exists() {
+                if !maps::is_policy_state(name) || already {
                     continue;
                 }
-                let Some(from) = pinned_max_entries(path)? else {
-                    continue;
-                };
-                let to = sizes.iter().find(|(n, _)| n == name).map_or(from, |s| s.1);
-                sizes.retain(|(n, _)| n != name);
-                sizes.push((name, to));
-                resized.push(Resized {
-                    map: name,
-                    pin: path.clone(),
-                    from,
-                    to,
-                });
+                // Made anew at the size it has (a table kept by its size is in `sizes` so).
+                if let Some(from) = pinned_max_entries(path)? {
+                    resized.push(Resized {
+                        map: name,
+                        pin: path.clone(),
+                        from,
+                        to: from,
+                    });
+                }
             }
         }
+        // The generation map is pinned last: it names the maps of its set
+        // (`Datapath::sync_policy`), so a swap that stops before it is found by the next load.
+        resized.sort_by_key(|r| r.map == maps::POLICY_GENERATION);
         // A map made anew is pinned in the old one's place once its programs are attached
         // (`pin_resized`).
         let mut loader = EbpfLoader::new();
@@ -179,6 +186,10 @@ impl Datapath {
         let own_fresh = !paths
             .iter()
             .any(|(name, path)| *name == maps::OWN_GENERATION && path.exists());
+        let policy_fresh = resized.iter().any(|r| r.map == maps::POLICY_GENERATION)
+            || !paths
+                .iter()
+                .any(|(name, path)| *name == maps::POLICY_GENERATION && path.exists());
         let level: &'static u8 = if log { &0xff } else { &0 };
         loader.override_global(aya_log::LEVEL, level, true);
         let ebpf = loader
@@ -195,6 +206,8 @@ impl Datapath {
             sizes,
             log,
             own_fresh,
+            policy_fresh,
+            policy_grace_owed: false,
             clock: Calibration::default(),
         })
     }
@@ -524,6 +537,11 @@ impl Datapath {
             }
         }
         drop(entries);
+        if self.policy_grace_owed {
+            own_sets::grace()
+                .context("waiting for running BPF programs to leave the policy's old generation")?;
+            self.policy_grace_owed = false;
+        }
         let next = self.policy_generation()? ^ 1;
         let r4 = self.write_region::<Bucket12>(maps::POLICY4, next, &v4)?;
         let r6 = self.write_region::<Bucket12>(maps::POLICY6, next, &v6)?;
@@ -540,11 +558,26 @@ impl Datapath {
                 .set(policy::lengths_index(next, c), set, 0)
                 .context("writing the policy's prefix lengths")?;
         }
-        self.array_mut::<u32>(maps::POLICY_GENERATION)?
+        // The maps of this set, by id, for the next load to check (`policy_set_mixed`).
+        let ids = maps::POLICY_SET.map(|name| self.map_id(name));
+        let mut generation = self.array_mut::<u32>(maps::POLICY_GENERATION)?;
+        for (i, id) in ids.into_iter().enumerate() {
+            let id = id.with_context(|| format!("the id of map {}", maps::POLICY_SET[i]))?;
+            generation
+                .set(i as u32 + 1, id, 0)
+                .context("recording the policy's maps")?;
+        }
+        // The regions and lengths before the word, seen so from every CPU.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        generation
             .set(0, next, 0)
             .context("putting the new policy in force")?;
+        if std::mem::take(&mut self.policy_fresh) {
+            return Ok(());
+        }
         if let Err(e) = own_sets::grace() {
             log::warn!("waiting for running BPF programs to leave the old policy: {e}");
+            self.policy_grace_owed = true;
         }
         Ok(())
     }
@@ -1070,6 +1103,37 @@ fn map_data(map: &Map) -> Option<&MapData> {
         | Map::RingBuf(m) => Some(m),
         _ => None,
     }
+}
+
+/// Whether the policy maps pinned under `paths` are not one set: some pinned and others not, or
+/// a generation map that names other maps than those pinned beside it. (An error reading them
+/// says so too: they are made anew.)
+fn policy_set_mixed(paths: &[(&str, PathBuf)]) -> bool {
+    let set: Vec<&PathBuf> = paths
+        .iter()
+        .filter(|(name, _)| maps::is_policy_state(name))
+        .map(|(_, path)| path)
+        .collect();
+    match set.iter().filter(|p| p.exists()).count() {
+        0 => return false,
+        n if n < set.len() => return true,
+        _ => {}
+    }
+    let path = |name: &str| paths.iter().find(|(n, _)| *n == name).map(|(_, p)| p);
+    let named = || -> anyhow::Result<bool> {
+        let generation = path(maps::POLICY_GENERATION).context("no generation map")?;
+        let generation: Array<MapData, u32> =
+            Array::try_from(Map::from_map_data(MapData::from_pin(generation)?)?)?;
+        for (i, name) in maps::POLICY_SET.iter().enumerate() {
+            let pin = path(name).context("a map of the set")?;
+            let id = MapData::from_pin(pin)?.info()?.id();
+            if generation.get(&(i as u32 + 1), 0)? != id {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    !named().unwrap_or(false)
 }
 
 /// Copies the flows of `old` into `new` (a resized table of the same key) until it is full:

@@ -36,6 +36,10 @@ pub fn place<B: Bucket>(rules: &[(B::Key, u32)], room: u32) -> anyhow::Result<Pl
     if let Some((_, rule)) = rules.iter().find(|(k, _)| B::first_word(k) == 0) {
         anyhow::bail!("rule {rule} has a key that begins with a zero word: not a rule");
     }
+    // A slot holds the id plus one, 0 meaning empty.
+    if rules.iter().any(|&(_, rule)| rule == u32::MAX) {
+        anyhow::bail!("a rule id of {} is beyond what a slot holds", u32::MAX);
+    }
     let mut buckets = region_buckets::<B>(rules.len());
     while buckets <= room {
         for attempt in 0..SEEDS {

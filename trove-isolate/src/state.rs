@@ -14,7 +14,6 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use trove_isolate_common::{Direction, Mode, Role};
 
-
 /// How one program is attached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]

@@ -2819,6 +2819,42 @@ fn a_policy_bigger_than_its_map_is_refused_and_the_one_in_force_stays() {
     );
 }
 
+/// The policy's maps are one set: a generation map and prefix lengths name regions of the tables
+/// beside them. Pins that are not one set (a swap of pins that stopped part-way: a pin missing,
+/// or one of another set) are made anew together, the generation map pinned last; one set is
+/// kept as it is.
+#[test]
+fn policy_maps_pinned_as_no_one_set_are_made_anew_together() {
+    let roots = [0, 1].map(|i| format!("/sys/fs/bpf/ti-set-{}-{i}", std::process::id()));
+    let pins = roots.clone().map(trove_isolate::pins::Pins::new);
+    let policy = test_policy();
+    let capacity = Capacity::for_policy(&policy);
+    for p in &pins {
+        let mut dp = Datapath::load(Some(p), false, &capacity).expect("loading, pinned");
+        dp.sync_policy(&policy).expect("policy");
+    }
+    let renewed = |p| {
+        let dp = Datapath::open(Some(p), false, &capacity).expect("opening the pins");
+        dp.resized().iter().map(|r| r.map).collect::<Vec<_>>()
+    };
+    assert_eq!(renewed(&pins[0]), Vec::<&str>::new(), "one set is kept");
+    // One of another set: the second root's IPv4 table in the first's.
+    std::fs::rename(pins[1].map(maps::POLICY4), pins[0].map(maps::POLICY4)).expect("swap");
+    let all = [
+        maps::POLICY4,
+        maps::POLICY6,
+        maps::POLICY6_LONG,
+        maps::POLICY_LENGTHS,
+        maps::POLICY_GENERATION,
+    ];
+    assert_eq!(renewed(&pins[0]), all);
+    // A pin missing: the rest is made anew (the missing one is made, unpinned, anyway).
+    assert_eq!(renewed(&pins[1]), all[1..]);
+    for root in roots {
+        std::fs::remove_dir_all(root).expect("removing the pins");
+    }
+}
+
 /// A class may use 16 prefix lengths; `check` refuses a config that needs more, but a host
 /// name's new addresses could still bring one more at a refresh. The write is refused before
 /// it changes anything.
