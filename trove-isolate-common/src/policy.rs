@@ -1,5 +1,5 @@
-//! The policy maps: hashes of allow rules, one per address family, and the prefix lengths they
-//! hold.
+//! The policy maps: allow rules in tables of buckets (`rule_table`), and the prefix lengths
+//! they use.
 //!
 //! The key leads with the policy domain (role), then direction, protocol, address family and port,
 //! all fully specified, then the prefix length and the remote prefix (host bits zero). Two NICs
@@ -10,11 +10,11 @@
 //! prefix lengths a policy uses, not the number of its rules (an LPM trie's walk grows
 //! with the rules sharing a key's fixed part: 2.9× from 4 to 1,000,000 rules, BENCHMARKS.md).
 //!
-//! The kernel hashes a key of 12 bytes without a round of mixing, so a lookup of one costs about
-//! half of what a 24-byte [`PolicyKey`]'s does. The rules are therefore kept in three maps
-//! ([`map_index`]): IPv4's keyed by the 12-byte [`PolicyKey4`], IPv6 prefixes of up to 64 bits
-//! (clients' /64 and /48) by the 12-byte [`PolicyKey6`], and longer IPv6 prefixes (hosts) by
-//! [`PolicyKey`]. Userspace sees every rule as a [`PolicyKey`] (`widen`).
+//! A key of 12 bytes is three words to hash and compare, where a [`PolicyKey`] is six. The rules
+//! are therefore kept in three maps ([`map_index`]): IPv4's keyed by the 12-byte
+//! [`PolicyKey4`], IPv6 prefixes of up to 64 bits (clients' /64 and /48) by the 12-byte
+//! [`PolicyKey6`], and longer IPv6 prefixes (hosts) by [`PolicyKey`]. Userspace sees every rule
+//! as a [`PolicyKey`] (`widen`); the tables hold each as words (`words`).
 
 use crate::{
     family,
@@ -22,11 +22,11 @@ use crate::{
     Direction, Role,
 };
 
-/// Upper bound on rules across all roles. The loader sizes the maps from the compiled policy
-/// (the hash allocates per entry, so its size is a limit, not memory).
+/// Upper bound on rules across all roles. The loader sizes the maps from the compiled policy.
 pub const MAX_ENTRIES: u32 = 1 << 22;
 
-/// The maps' size in the object, before the loader sets it from the policy.
+/// The maps' size in the object (buckets, both generations), before the loader sets it from
+/// the policy.
 pub const OBJECT_ENTRIES: u32 = 1024;
 
 /// Prefix lengths a (role, direction, family) may use: the datapath's lookups per new flow are

@@ -61,6 +61,9 @@ pub struct Datapath {
     /// The wait for the programs that read the policy's old generation failed: owed before
     /// that generation is written again.
     policy_grace_owed: bool,
+    /// A digest of the rules and lengths this datapath last put in force: the same again (a
+    /// NIC's move, a reload that changes no rule) is not written again.
+    policy_in_force: Option<u64>,
     /// The programs' clock ([`crate::clock`]).
     clock: Calibration,
 }
@@ -208,6 +211,7 @@ impl Datapath {
             own_fresh,
             policy_fresh,
             policy_grace_owed: false,
+            policy_in_force: None,
             clock: Calibration::default(),
         })
     }
@@ -515,9 +519,24 @@ impl Datapath {
     /// No window: a packet reads the generation word once and is judged by that generation's
     /// lengths and rules alone, each written before the word named it. Before returning, this
     /// waits until no program run that read the old generation is left, so the next call may
-    /// write it. A call that fails leaves the generation in force as it was.
+    /// write it. A call that fails leaves the generation in force as it was. The rules and
+    /// lengths this datapath last put in force are not written again (a NIC's move reconciles
+    /// with the same policy).
     pub fn sync_policy(&mut self, policy: &Policy) -> anyhow::Result<()> {
         let (entries, wanted) = policy.entries_and_lengths();
+        let digest = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for (key, value) in &entries {
+                key.hash(&mut h);
+                value.rule_id.hash(&mut h);
+            }
+            wanted.hash(&mut h);
+            h.finish()
+        };
+        if self.policy_in_force == Some(digest) {
+            return Ok(());
+        }
         // Checked when the config is compiled; a host name's new address may still bring a
         // length more (a refresh). Refused before anything is written.
         if let Some(c) = wanted.iter().position(|w| w.len() > policy::MAX_LENGTHS) {
@@ -572,6 +591,7 @@ impl Datapath {
         generation
             .set(0, next, 0)
             .context("putting the new policy in force")?;
+        self.policy_in_force = Some(digest);
         if std::mem::take(&mut self.policy_fresh) {
             return Ok(());
         }

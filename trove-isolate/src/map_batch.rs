@@ -1,8 +1,8 @@
-//! A hash map's entries read, written and removed in batches (`BPF_MAP_*_BATCH`, Linux 5.6): one
+//! A map's entries read, written and removed in batches (`BPF_MAP_*_BATCH`, Linux 5.6): one
 //! syscall per few thousand entries, where one entry at a time costs a syscall each (two to read).
 //! The daemon reads every flow table every sweep (at a few hundred thousand flows the walk alone
-//! took a good part of a CPU), and writes the policy's difference at each reload (replacing
-//! 100,000 rules took 200,000 syscalls, most of the reload's time). aya 0.14 has no batch
+//! took a good part of a CPU), and writes a generation of the policy's buckets at each reload
+//! (replacing 100,000 rules one at a time took 200,000 syscalls). aya 0.14 has no batch
 //! operations, hence these syscalls by hand.
 
 use std::{
@@ -87,15 +87,15 @@ fn unsupported(error: &io::Error) -> bool {
 /// Writes at least this many entries on two threads.
 const PARALLEL: usize = 4 * BATCH;
 
-/// Writes `values[i]` under `keys[i]` into the hash map `fd` (`BPF_ANY`). `Ok(false)` when the
-/// kernel has no batch operations for the map and nothing was written (the caller writes one at
-/// a time instead). A big write goes on two threads: the kernel's work (an allocation and a
-/// bucket per entry) is most of its time, and a hash map takes writers side by side (a lock
-/// per bucket).
+/// Writes `values[i]` under `keys[i]` into the hash map or array `fd` (`BPF_ANY`). `Ok(false)`
+/// when the kernel has no batch operations for the map and nothing was written (the caller
+/// writes one at a time instead). A big write goes on two threads: the kernel's work (for a
+/// hash map, an allocation and a bucket per entry) is most of its time, and a map takes writers
+/// side by side (a hash map has a lock per bucket).
 ///
 /// # Safety
-/// `fd` must be a hash map whose keys are `size_of::<K>()` bytes and values `size_of::<V>()`:
-/// the kernel reads that many from each slice per entry.
+/// `fd` must be a map whose keys are `size_of::<K>()` bytes and values `size_of::<V>()`: the
+/// kernel reads that many from each slice per entry.
 pub unsafe fn update<K: Pod + Sync, V: Pod + Sync>(
     fd: BorrowedFd<'_>,
     keys: &[K],

@@ -3,7 +3,7 @@
 //!
 //! [`enforce`] resolves every NIC first (nothing is touched if one is missing, but for a NIC the
 //! pinned policy holds, which keeps what it had until it is found), loads the programs against
-//! the pinned maps, writes the policy (add before remove), ensures each attachment, retires what
+//! the pinned maps, writes the policy (a new generation), ensures each attachment, retires what
 //! the new policy no longer covers and records the result. Nothing
 //! here detaches on exit: links and maps are pinned, legacy filters stay on their qdiscs, and the
 //! next start adopts them in place.
