@@ -106,12 +106,36 @@ pub fn buckets_long(key: &KeyLong, seed: u32, mask: u32) -> (u32, u32) {
     pair(h, mask)
 }
 
-impl Bucket12 {
+/// The slots of a bucket, as the daemon's placement and the datapath's lookup see them.
+pub trait Bucket: Copy + Default {
+    type Key: Copy + PartialEq;
+    const SLOTS: usize;
+    /// The key's first word, never 0 for a key a table holds.
+    fn first_word(key: &Self::Key) -> u32;
+    /// The two buckets (region-relative) `key` may lie in.
+    fn buckets(key: &Self::Key, seed: u32, mask: u32) -> (u32, u32);
     /// Whether a slot holds `key`, whose first word is not 0 (see the module's notes). A slot's
     /// words are folded into one difference and tested once, and a match returns at once: no
     /// truth value is kept, which would double the ways the verifier follows at each slot.
+    fn holds(&self, key: &Self::Key) -> bool;
+    /// The key and rule id of slot `i`, if it holds one.
+    fn slot(&self, i: usize) -> Option<(Self::Key, u32)>;
+    fn set(&mut self, i: usize, key: Self::Key, rule_id: u32);
+}
+
+impl Bucket for Bucket12 {
+    type Key = Key12;
+    const SLOTS: usize = SLOTS12;
     #[inline(always)]
-    pub fn holds(&self, key: &Key12) -> bool {
+    fn first_word(key: &Key12) -> u32 {
+        key[0]
+    }
+    #[inline(always)]
+    fn buckets(key: &Key12, seed: u32, mask: u32) -> (u32, u32) {
+        buckets12(key, seed, mask)
+    }
+    #[inline(always)]
+    fn holds(&self, key: &Key12) -> bool {
         let mut i = 0;
         while i < SLOTS12 {
             let s = &self.slots[i];
@@ -122,52 +146,6 @@ impl Bucket12 {
             i += 1;
         }
         false
-    }
-}
-
-impl BucketLong {
-    /// Whether a slot holds `key` (as [`Bucket12::holds`]).
-    #[inline(always)]
-    pub fn holds(&self, key: &KeyLong) -> bool {
-        let mut i = 0;
-        while i < SLOTS_LONG {
-            let s = &self.slots[i];
-            let k = &s.key;
-            let diff = (k[0] ^ key[0])
-                | (k[1] ^ key[1])
-                | (k[2] ^ key[2])
-                | (k[3] ^ key[3])
-                | (k[4] ^ key[4])
-                | (k[5] ^ key[5]);
-            if diff == 0 {
-                return true;
-            }
-            i += 1;
-        }
-        false
-    }
-}
-
-/// The slots of a bucket, as the daemon's placement and readers see them.
-pub trait Bucket: Copy + Default {
-    type Key: Copy + PartialEq;
-    const SLOTS: usize;
-    /// The key's first word, never 0 for a key a table holds.
-    fn first_word(key: &Self::Key) -> u32;
-    fn buckets(key: &Self::Key, seed: u32, mask: u32) -> (u32, u32);
-    /// The key and rule id of slot `i`, if it holds one.
-    fn slot(&self, i: usize) -> Option<(Self::Key, u32)>;
-    fn set(&mut self, i: usize, key: Self::Key, rule_id: u32);
-}
-
-impl Bucket for Bucket12 {
-    type Key = Key12;
-    const SLOTS: usize = SLOTS12;
-    fn first_word(key: &Key12) -> u32 {
-        key[0]
-    }
-    fn buckets(key: &Key12, seed: u32, mask: u32) -> (u32, u32) {
-        buckets12(key, seed, mask)
     }
     fn slot(&self, i: usize) -> Option<(Key12, u32)> {
         let s = &self.slots[i];
@@ -184,11 +162,32 @@ impl Bucket for Bucket12 {
 impl Bucket for BucketLong {
     type Key = KeyLong;
     const SLOTS: usize = SLOTS_LONG;
+    #[inline(always)]
     fn first_word(key: &KeyLong) -> u32 {
         key[0]
     }
+    #[inline(always)]
     fn buckets(key: &KeyLong, seed: u32, mask: u32) -> (u32, u32) {
         buckets_long(key, seed, mask)
+    }
+    #[inline(always)]
+    fn holds(&self, key: &KeyLong) -> bool {
+        let mut i = 0;
+        while i < SLOTS_LONG {
+            let s = &self.slots[i];
+            let k = &s.key;
+            let diff = (k[0] ^ key[0])
+                | (k[1] ^ key[1])
+                | (k[2] ^ key[2])
+                | (k[3] ^ key[3])
+                | (k[4] ^ key[4])
+                | (k[5] ^ key[5]);
+            if diff == 0 {
+                return true;
+            }
+            i += 1;
+        }
+        false
     }
     fn slot(&self, i: usize) -> Option<(KeyLong, u32)> {
         let s = &self.slots[i];

@@ -10,7 +10,7 @@ use aya_ebpf::{helpers::bpf_map_lookup_elem, maps::Array};
 use trove_isolate_common::{
     family,
     policy::{class, lengths_index, PolicyKey6, EMPTY, MAX_LENGTHS, SHORT_V6},
-    rule_table::{buckets12, buckets_long, Bucket12, Key12, KeyLong, Region},
+    rule_table::{Bucket, KeyLong, Region},
     Direction, Reason, Role,
 };
 
@@ -23,9 +23,9 @@ use crate::{
 /// source coming in and the destination going out.
 ///
 /// The lookups are in two global functions ([`trove_isolate_allows4`], [`trove_isolate_allows6`]).
-/// The call costs about 8 ns on a CPU whose returns go through a mitigation's thunk; the walk of
-/// sixteen lengths inlined cost the verifier 60 % more instructions, for every way into it
-/// (BENCHMARKS.md, section 4).
+/// The call costs about 9 ns on a CPU whose returns go through a mitigation's thunk; the walk of
+/// sixteen lengths inlined cost the verifier 70 % more instructions, for every way into it
+/// (BENCHMARKS.md, section 1: "The rules in arrays of buckets").
 #[inline(always)]
 pub fn check(role: Role, direction: Direction, pkt: &Packet) -> Result<(), Reason> {
     let Some(&generation) = POLICY_GENERATION.get(0) else {
@@ -89,7 +89,7 @@ pub extern "C" fn trove_isolate_allows4(index: u32, head: u32, ports: u32, remot
             continue;
         }
         let head = head | u32::from_ne_bytes([0, 0, 0, slot.prefix]);
-        if probe12(
+        if probe(
             &POLICY4,
             &mut at,
             region,
@@ -138,7 +138,7 @@ pub extern "C" fn trove_isolate_allows6(
             // `PolicyKey6::words`.
             let head = tag_port | u32::from_ne_bytes([0, slot.prefix, 0, 0]);
             let key = [head, words[0] & slot.mask[0], words[1] & slot.mask[1]];
-            probe12(&POLICY6, &mut at, short, &key)
+            probe(&POLICY6, &mut at, short, &key)
         } else {
             // `PolicyKey::words`.
             let key: KeyLong = [
@@ -149,7 +149,7 @@ pub extern "C" fn trove_isolate_allows6(
                 words[2] & slot.mask[2],
                 words[3] & slot.mask[3],
             ];
-            probe_long(&mut at, long, &key)
+            probe(&POLICY6_LONG, &mut at, long, &key)
         };
         if found {
             return 1;
@@ -161,27 +161,13 @@ pub extern "C" fn trove_isolate_allows6(
 /// Whether either of `key`'s two buckets in `region` of `table` holds it. A bucket beyond the
 /// map (a region the daemon did not write) holds nothing.
 #[inline(always)]
-fn probe12(table: &Array<Bucket12>, at: &mut u32, region: &Region, key: &Key12) -> bool {
+fn probe<B: Bucket>(table: &Array<B>, at: &mut u32, region: &Region, key: &B::Key) -> bool {
     // An empty slot's zeros would match it (`rule_table`).
-    if key[0] == 0 {
+    if B::first_word(key) == 0 {
         return false;
     }
-    let (a, b) = buckets12(key, region.seed, region.mask);
+    let (a, b) = B::buckets(key, region.seed, region.mask);
     let holds = |at: &mut u32, i: u32| match bucket(table, at, region.base.wrapping_add(i)) {
-        Some(bucket) => bucket.holds(key),
-        None => false,
-    };
-    holds(at, a) || holds(at, b)
-}
-
-#[inline(always)]
-fn probe_long(at: &mut u32, region: &Region, key: &KeyLong) -> bool {
-    if key[0] == 0 {
-        return false;
-    }
-    let (a, b) = buckets_long(key, region.seed, region.mask);
-    let holds = |at: &mut u32, i: u32| match bucket(&POLICY6_LONG, at, region.base.wrapping_add(i))
-    {
         Some(bucket) => bucket.holds(key),
         None => false,
     };
