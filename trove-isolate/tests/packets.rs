@@ -99,10 +99,7 @@ fn datapath() -> Datapath {
     let mut dp = Datapath::open(None, false, &Capacity::for_policy(&policy))
         .expect("making the datapath's maps (root, BPF)");
     dp.sync_policy(&policy).expect("writing the policy map");
-    let nets: Vec<IpNetwork> = NIC_ADDRESSES
-        .iter()
-        .map(|n| n.parse().expect("net"))
-        .collect();
+    let nets = nic_nets();
     let mut entries = local::entries(M, &nets);
     entries.extend(local::entries(B, &nets));
     dp.sync_local(&entries)
@@ -2420,10 +2417,7 @@ fn a_syn_to_an_address_the_nic_lost_opens_nothing() {
         pass("the guest's first segment", B, E, v4_seq_data(G4, CLIENT, s, ACK, 71, 11, 100), Tracked),
     ]);
     // The business NIC loses its IPv4 address.
-    let nets: Vec<IpNetwork> = NIC_ADDRESSES
-        .iter()
-        .map(|n| n.parse().expect("net"))
-        .collect();
+    let nets = nic_nets();
     let mut entries = local::entries(M, &nets);
     let kept: Vec<IpNetwork> = nets.iter().copied().filter(|n| !n.is_ipv4()).collect();
     entries.extend(local::entries(B, &kept));
@@ -2666,6 +2660,14 @@ fn policy_with_clients(clients: impl Iterator<Item = String>) -> Policy {
     Policy::from_config(&Config::parse(&text, path).expect("parses"), path).expect("compiles")
 }
 
+/// The fixture's NICs' addresses and prefixes.
+fn nic_nets() -> Vec<IpNetwork> {
+    NIC_ADDRESSES
+        .iter()
+        .map(|n| n.parse().expect("net"))
+        .collect()
+}
+
 /// A datapath of fresh maps sized for `policy`, but with room for `rules` in each policy map.
 fn datapath_with_room(policy: &Policy, rules: u32) -> Datapath {
     let mut capacity = Capacity::for_policy(policy);
@@ -2704,10 +2706,7 @@ fn a_big_policy_replaced_leaves_exactly_the_new_policy() {
     let old = policy_with_clients((0..60_000).map(client));
     let new = policy_with_clients((30_000..90_000).map(client));
     let mut dp = datapath_with_room(&new, 131_072);
-    let nets: Vec<IpNetwork> = NIC_ADDRESSES
-        .iter()
-        .map(|n| n.parse().expect("net"))
-        .collect();
+    let nets = nic_nets();
     dp.sync_local(&local::entries(B, &nets))
         .expect("the NIC's addresses");
     let read = |dp: &Datapath| {
@@ -2777,10 +2776,7 @@ fn a_policy_bigger_than_its_map_is_refused_and_the_one_in_force_stays() {
     let small = with_clients(10);
     let big = with_clients(5_000);
     let mut dp = datapath_with_room(&small, 64);
-    let nets: Vec<IpNetwork> = NIC_ADDRESSES
-        .iter()
-        .map(|n| n.parse().expect("net"))
-        .collect();
+    let nets = nic_nets();
     dp.sync_local(&local::entries(B, &nets))
         .expect("the NIC's addresses");
     dp.sync_policy(&small).expect("the small policy fits");
