@@ -677,6 +677,7 @@ impl Datapath {
     /// (longest first).
     pub fn policy_map(&self) -> anyhow::Result<PolicyContent> {
         let slots = self.prefix_length_slots()?;
+        // Every class of a family names the same regions (`sync_policy`): any one class's do.
         let region = |c: u32, i: usize| slots[c as usize].regions[i];
         let (v4, v6) = (
             policy::class(Role::Management, Direction::Ingress, family::V4),
