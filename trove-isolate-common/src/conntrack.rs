@@ -176,7 +176,7 @@ impl Keying {
 /// the family and the protocol) and with 4-byte addresses. Words, not byte arrays, so the
 /// datapath builds it with a few stores; 12 bytes, so the kernel hashes it without a mixing round.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey4 {
     /// The address bytes as on the wire, read as a native-endian word.
     pub local: u32,
@@ -231,7 +231,7 @@ impl FlowKey4 {
 /// [`fold`]); one of them is tracked at a time. 24 bytes: the kernel's hash mixes it once, where
 /// the 40 bytes of a [`FlowKey`] take three rounds.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct WideKey {
     /// The address bytes as on the wire, read as native-endian words (IPv4: the first word).
     pub remote: [u32; 4],
@@ -246,7 +246,7 @@ const _: () = assert!(core::mem::size_of::<WideKey>() == 24);
 
 /// A wide table's entry: the flow, and the local address its key only folds.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WideValue {
     pub flow: FlowValue,
     /// As in [`WideKey::remote`].
@@ -410,7 +410,7 @@ pub mod flags {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     /// [`ticks`] of `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) at the last refresh.
     pub last_seen: u32,

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod conntrack;
 pub mod counters;
 pub mod events;
+pub mod flow_table;
 pub mod guard;
 pub mod local;
 pub mod policy;
@@ -20,7 +21,7 @@ pub mod rule_table;
 pub mod settings;
 
 /// Version of the map layouts below; part of every pinned map's name.
-pub const LAYOUT_VERSION: u32 = 14;
+pub const LAYOUT_VERSION: u32 = 15;
 
 /// Names of the maps in the eBPF object (the `static`s of `trove-isolate-ebpf/src/maps.rs`).
 pub mod maps {

@@ -16,23 +16,25 @@ use trove_isolate_common::{
     Direction, Reason,
 };
 
+use aya_ebpf::maps::{HashMap, LruHashMap};
+use trove_isolate_common::flow_table::Bucket4;
+
 use crate::{
     clock::now,
+    flow_table::{Insert, Store, Table, EBUSY, EEXIST},
     maps::FlowTables,
     packet::{Kind, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     parse,
 };
 
-/// `-EEXIST`: the key has an entry already.
-const EEXIST: i32 = -17;
-/// Insert only where the key has no entry.
-const BPF_NOEXIST: u64 = 1;
-
 /// A packet's flow in its keying's tables: the key, and how an entry under it is known to be
 /// this flow's.
 pub trait Flow {
-    type Key: 'static;
+    type Key: Copy + PartialEq + 'static;
     type Entry: Copy + 'static;
+    /// Its tables.
+    type New: Store<Self::Key, Self::Entry>;
+    type Est: Store<Self::Key, Self::Entry>;
     fn key(&self) -> &Self::Key;
     /// The flow state in `entry`, if the entry is this flow's.
     fn state<'a>(&self, entry: &'a mut Self::Entry) -> Option<&'a mut FlowValue>;
@@ -41,12 +43,14 @@ pub trait Flow {
 }
 
 /// The tables a [`Flow`] lives in.
-pub type Tables<F> = FlowTables<<F as Flow>::Key, <F as Flow>::Entry>;
+pub type Tables<F> = FlowTables<<F as Flow>::New, <F as Flow>::Est>;
 
 /// TCP over IPv4: the key is the whole tuple.
 impl Flow for FlowKey4 {
     type Key = FlowKey4;
     type Entry = FlowValue;
+    type New = Table<Bucket4>;
+    type Est = Table<Bucket4>;
 
     #[inline(always)]
     fn key(&self) -> &FlowKey4 {
@@ -73,6 +77,8 @@ pub struct Wide {
 impl Flow for Wide {
     type Key = WideKey;
     type Entry = WideValue;
+    type New = &'static LruHashMap<WideKey, WideValue>;
+    type Est = &'static HashMap<WideKey, WideValue>;
 
     #[inline(always)]
     fn key(&self) -> &WideKey {
@@ -144,11 +150,11 @@ pub fn judge<F: Flow>(
             if !value.expired(pkt.proto, now) {
                 let verdict = established(value, direction, pkt, now);
                 if value.releases_slot() {
-                    demote(t, key, entry);
+                    demote(t, key, entry, now);
                 }
                 return Answer::tracked(verdict);
             }
-            let _ = t.est.remove(key);
+            t.est.remove(key);
         }
     }
     let Some(entry) = t.new.get_ptr_mut(key) else {
@@ -167,7 +173,7 @@ pub fn judge<F: Flow>(
         let verdict = established(value, direction, pkt, now);
         if value.state == state::ESTABLISHED && !value.releases_slot() {
             // Moved here by a reset the guest has since shown it does not take.
-            restore(t, key, unsafe { &*entry });
+            restore(t, key, unsafe { &*entry }, now);
         }
         return Answer::tracked(verdict);
     }
@@ -184,9 +190,14 @@ pub fn judge<F: Flow>(
 /// started the tuple over meanwhile. If the new table refuses, the flow stays (and its next
 /// packet tries again).
 #[inline(always)]
-fn demote<K, V: Copy>(t: &FlowTables<K, V>, key: &K, entry: &V) {
-    if t.new.insert(key, *entry, BPF_NOEXIST).is_ok() {
-        let _ = t.est.remove(key);
+fn demote<K, V: Copy, N: Store<K, V>, E: Store<K, V>>(
+    t: &FlowTables<N, E>,
+    key: &K,
+    entry: &V,
+    now: u64,
+) {
+    if t.new.insert(key, *entry, Insert::New, now).is_ok() {
+        t.est.remove(key);
     }
 }
 
@@ -195,9 +206,14 @@ fn demote<K, V: Copy>(t: &FlowTables<K, V>, key: &K, entry: &V) {
 /// [`demote`] does the new one; if the table refuses (full, or another flow under the key), the
 /// flow goes on from here.
 #[inline(always)]
-fn restore<K, V: Copy>(t: &FlowTables<K, V>, key: &K, entry: &V) {
-    if t.est.insert(key, *entry, BPF_NOEXIST).is_ok() {
-        let _ = t.new.remove(key);
+fn restore<K, V: Copy, N: Store<K, V>, E: Store<K, V>>(
+    t: &FlowTables<N, E>,
+    key: &K,
+    entry: &V,
+    now: u64,
+) {
+    if t.est.insert(key, *entry, Insert::New, now).is_ok() {
+        t.new.remove(key);
     }
 }
 
@@ -272,7 +288,7 @@ pub fn reopen<F: Flow>(
         return Answer::UNTRACKED;
     };
     if value.expired(pkt.proto, now) || value.releases_slot() {
-        let _ = t.est.remove(key);
+        t.est.remove(key);
         return Answer::UNTRACKED;
     }
     refresh(value, now);
@@ -572,7 +588,7 @@ fn promote<F: Flow>(
     let mut est = *value;
     est.state = state::ESTABLISHED;
     est.stamp(now);
-    let full = match t.est.insert(flow.key(), flow.entry(est), BPF_NOEXIST) {
+    let full = match t.est.insert(flow.key(), flow.entry(est), Insert::New, now) {
         Ok(()) => false,
         Err(EEXIST) => {
             let ours = match t.est.get_ptr_mut(flow.key()) {
@@ -584,10 +600,13 @@ fn promote<F: Flow>(
             }
             false
         }
+        // Another CPU writing in the key's buckets (maybe promoting this very flow): the flow
+        // stays in the new table, and its next packet tries again.
+        Err(EBUSY) => return Ok(Reason::Tracked),
         Err(_) if if_full == Full::Stay => return Ok(Reason::Tracked),
         Err(_) => true,
     };
-    let _ = t.new.remove(flow.key());
+    t.new.remove(flow.key());
     if full {
         Err(Reason::ConntrackFull)
     } else {
@@ -647,7 +666,7 @@ pub fn track<F: Flow>(
     }
     // An LRU insert always finds room: at worst it evicts the least recent new flow.
     t.new
-        .insert(flow.key(), flow.entry(value), 0)
+        .insert(flow.key(), flow.entry(value), Insert::Any, now)
         .map_err(|_| Reason::ConntrackFull)
 }
 

@@ -7,8 +7,12 @@
 //! action (a SYN meets the policy before conntrack).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// Inline assembly for BPF (`parse::load_u64`): a packet load LLVM would otherwise split.
-#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
+// Inline assembly for BPF (`parse::load_u64`): a packet load LLVM would otherwise split. The
+// compare-and-exchange of the flow tables' slots (`flow_table::cas`): the target has no
+// `AtomicU64::compare_exchange`, while its instruction set has the instruction (BPF_CMPXCHG,
+// Linux 5.12).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch, core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 // On the host this crate builds as an empty binary so `cargo build/clippy --workspace` work.
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
 
@@ -18,6 +22,7 @@ mod conntrack;
 mod counters;
 mod dhcp;
 mod events;
+mod flow_table;
 mod guard;
 mod local;
 mod maps;
@@ -134,7 +139,7 @@ mod bench {
         match parse::parse(&ctx) {
             Ok(Parsed::Flow(pkt)) => {
                 let key = pkt.flow_key4(Direction::Ingress);
-                match maps::flows_tcp4(Role::Management).est.get_ptr(key) {
+                match maps::flows_tcp4(Role::Management).est.get_ptr_mut(&key) {
                     Some(_) => action::PASS,
                     None => action::DROP,
                 }
@@ -190,7 +195,7 @@ mod bench {
                 let mut key = pkt.flow_key4(Direction::Ingress);
                 // No flow has local port 0.
                 key.local_port = 0;
-                match maps::flows_tcp4(Role::Management).est.get_ptr(key) {
+                match maps::flows_tcp4(Role::Management).est.get_ptr_mut(&key) {
                     Some(_) => action::DROP,
                     None => action::PASS,
                 }

@@ -4,10 +4,11 @@
 //! rules, in two regions (one per generation), each with headroom for a reload that adds half
 //! as many rules again. An array is memory from its making: a map four times bigger than its
 //! policy wants is made anew at that size. The
-//! connection-tracking tables follow `[conntrack]`, each keying's at the configured size, and are
-//! allocated in full at load (a hash map preallocates, and so does an LRU), except the wide
-//! established tables (every flow but TCP over IPv4): they allocate flows as they come, as many
-//! guests have few such flows.
+//! connection-tracking tables follow `[conntrack]`, each keying's at the configured size. TCP over
+//! IPv4's are arrays of buckets (`flow_table`), at most half full at that size; the others are
+//! the kernel's hash maps. All are allocated in full at load (a hash map preallocates, and so
+//! does an LRU), except the wide established tables (every flow but TCP over IPv4): they
+//! allocate flows as they come, as many guests have few such flows.
 //!
 //! A pinned map is kept while its size still serves. Otherwise the loader makes a new one of the
 //! wanted size, fills it, attaches the programs that use it, and only then pins it in the old
@@ -17,7 +18,9 @@
 use std::fmt;
 
 use trove_isolate_common::{
-    conntrack, maps, policy,
+    conntrack,
+    flow_table::{table_entries, Bucket4},
+    maps, policy,
     rule_table::{region_buckets, Bucket12, BucketLong},
     Role,
 };
@@ -94,23 +97,23 @@ impl Capacity {
                 maps::POLICY6_LONG,
                 Capacity::policy_entries(2, self.policy[2] as usize),
             ),
-            (maps::TCP4_EST_MGMT, self.ct_established),
-            (maps::TCP4_EST_BIZ, self.ct_established),
+            (maps::TCP4_EST_MGMT, table_entries(self.ct_established)),
+            (maps::TCP4_EST_BIZ, table_entries(self.ct_established)),
             (maps::CT_EST_MGMT, self.ct_established),
             (maps::CT_EST_BIZ, self.ct_established),
-            (maps::TCP4_NEW_MGMT, self.new_table()),
-            (maps::TCP4_NEW_BIZ, self.new_table()),
+            (maps::TCP4_NEW_MGMT, table_entries(self.ct_new)),
+            (maps::TCP4_NEW_BIZ, table_entries(self.ct_new)),
             (maps::CT_NEW_MGMT, self.new_table()),
             (maps::CT_NEW_BIZ, self.new_table()),
         ]
     }
 
-    /// The entries a new-flow table is made with: the configured size, and one more when that
-    /// is a power of two. The kernel gives a hash map its size rounded up to a power of two in
+    /// The entries a wide new-flow table (a kernel hash map) is made with: the configured size,
+    /// and one more when that is a power of two. The kernel gives a hash map its size rounded up to a power of two in
     /// buckets, so a table of exactly 2^k entries holds one flow per bucket once full, and an
     /// LRU table is full whenever connections churn (a closed connection keeps its entry until
     /// it is evicted or expires). One entry more doubles the buckets: every lookup that misses,
-    /// and every eviction, walks half the chain (BENCHMARKS.md, section 3). The established
+    /// and every eviction, walks half the chain (BENCHMARKS.md, section 3). The wide established
     /// tables keep their size: they fill only at their limit, and their buckets would cost
     /// more memory (1 MiB a table at the default size) than a full one's walk is worth.
     pub fn new_table(&self) -> u32 {
@@ -139,33 +142,29 @@ impl Capacity {
     /// Kernel memory the maps take, estimated from their sizes.
     pub fn memory(&self) -> Memory {
         use std::mem::size_of;
-        let (tcp4, wide) = (
-            element(
-                size_of::<conntrack::FlowKey4>(),
-                size_of::<conntrack::FlowValue>(),
-            ),
-            element(
-                size_of::<conntrack::WideKey>(),
-                size_of::<conntrack::WideValue>(),
-            ),
+        let wide = element(
+            size_of::<conntrack::WideKey>(),
+            size_of::<conntrack::WideValue>(),
         );
         // Buckets are a power of two of 16 bytes (kernel/bpf/hashtab.c); a preallocated table
         // has every element at load.
         let buckets = |entries: u32| u64::from(entries).next_power_of_two() * 16;
-        let (est, new) = (u64::from(self.ct_established), u64::from(self.new_table()));
+        // TCP over IPv4: arrays of buckets (`flow_table`).
+        let array = |flows: u32| u64::from(table_entries(flows)) * size_of::<Bucket4>() as u64;
         // Arrays of 64-byte buckets.
         let policy: u64 = self.sized()[..policy::MAPS]
             .iter()
             .map(|(_, entries)| u64::from(*entries) * size_of::<Bucket12>() as u64)
             .sum();
         Memory {
-            // Both keyings' new tables and the established table of TCP over IPv4 in full; the
-            // other established table allocates its flows as they come.
-            conntrack_per_nic: est * tcp4
-                + new * (tcp4 + wide)
-                + 2 * buckets(self.ct_established)
-                + 2 * buckets(self.new_table()),
-            conntrack_other_per_nic: est * wide,
+            // Both TCP over IPv4 tables and the wide new table in full; the wide established
+            // table allocates its flows as they come.
+            conntrack_per_nic: array(self.ct_established)
+                + array(self.ct_new)
+                + u64::from(self.new_table()) * wide
+                + buckets(self.ct_established)
+                + buckets(self.new_table()),
+            conntrack_other_per_nic: u64::from(self.ct_established) * wide,
             policy,
         }
     }
@@ -272,17 +271,23 @@ mod tests {
     #[test]
     fn flow_tables_are_kept_only_at_the_configured_size() {
         let c = capacity(10);
-        assert!(c.keeps(maps::TCP4_EST_BIZ, 65_536));
+        // TCP over IPv4: buckets for twice the flows, four slots each, and the header.
+        assert_eq!(table_entries(65_536), 32_769);
+        assert!(c.sized().contains(&(maps::TCP4_EST_BIZ, 32_769)));
+        assert!(c.sized().contains(&(maps::TCP4_NEW_BIZ, 8_193)));
+        assert!(c.keeps(maps::TCP4_EST_BIZ, 32_769));
+        assert!(c.keeps(maps::TCP4_NEW_MGMT, 8_193));
+        assert!(!c.keeps(maps::TCP4_EST_BIZ, 8_193));
+        // The wide tables, hash maps: the configured size.
         assert!(c.keeps(maps::CT_EST_BIZ, 65_536));
-        assert!(c.keeps(maps::TCP4_NEW_MGMT, 16_385));
-        assert!(!c.keeps(maps::TCP4_EST_BIZ, 16_384));
+        assert!(c.keeps(maps::CT_NEW_MGMT, 16_385));
         assert!(!c.keeps(maps::CT_NEW_MGMT, 65_536));
         // A new table of the configured 2^k entries, as made before the rule below, is made anew.
-        assert!(!c.keeps(maps::TCP4_NEW_MGMT, 16_384));
+        assert!(!c.keeps(maps::CT_NEW_MGMT, 16_384));
     }
 
     #[test]
-    fn a_new_table_of_a_power_of_two_gets_one_entry_more_and_twice_the_buckets() {
+    fn a_wide_new_table_of_a_power_of_two_gets_one_entry_more_and_twice_the_buckets() {
         let mut c = capacity(10);
         assert_eq!(c.new_table(), 16_385);
         c.ct_new = 10_000;
@@ -291,7 +296,7 @@ mod tests {
         assert_eq!(c.new_table(), u32::MAX);
         // The established tables keep the configured size.
         let sized = c.sized();
-        assert!(sized.contains(&(maps::TCP4_EST_BIZ, 65_536)));
+        assert!(sized.contains(&(maps::CT_EST_BIZ, 65_536)));
         assert!(sized.contains(&(maps::CT_NEW_BIZ, u32::MAX)));
     }
 

@@ -25,6 +25,7 @@ use trove_isolate_common::{
     counters::{self, Counter},
     events::Budget,
     family,
+    flow_table::{Bucket4, FlowBucket},
     local::{LocalKey, LocalValue, OwnSet, TRIE_ONLY},
     maps,
     policy::{self, PolicyKey, PolicyKey4, PolicyKey6, PolicyValue, PrefixLengths},
@@ -37,7 +38,7 @@ use trove_isolate_common::{
 use crate::{
     capacity::Capacity,
     clock::{Calibration, Sample, Step},
-    map_batch, own_sets,
+    flow_tables, map_batch, own_sets,
     pins::Pins,
     policy::Policy,
     rule_table,
@@ -195,9 +196,10 @@ impl Datapath {
                 .any(|(name, path)| *name == maps::POLICY_GENERATION && path.exists());
         let level: &'static u8 = if log { &0xff } else { &0 };
         loader.override_global(aya_log::LEVEL, level, true);
-        let ebpf = loader
+        let mut ebpf = loader
             .load(crate::EBPF_OBJECT)
             .context("loading the eBPF object (maps bound to their pins)")?;
+        set_up_flow_tables(&mut ebpf)?;
         // The kernel's BTF the loader parsed (for CO-RE relocations) takes milliseconds to free:
         // off the start's path, when a thread can be had (else here, as the spawn fails).
         let _ = std::thread::Builder::new()
@@ -265,9 +267,9 @@ impl Datapath {
                 .map_mut(r.map)
                 .with_context(|| format!("map {} missing", r.map))?;
             carried += if Table::is_tcp4(r.map) {
-                carry::<FlowKey4, FlowValue>(old, map)?
+                carry::<Bucket4>(&old, map)?
             } else {
-                carry::<WideKey, WideValue>(old, map)?
+                carry_hash::<WideKey, WideValue>(old, map)?
             };
         }
         Ok(carried)
@@ -884,9 +886,10 @@ impl Datapath {
         Ok(())
     }
 
-    /// Every entry of one of `role`'s flow tables, both keyings (TCP over IPv4 widened).
+    /// Every flow of one of `role`'s flow tables, both keyings (TCP over IPv4 widened), as
+    /// its slot holds it (one that is over but not yet freed included).
     pub fn flows(&self, role: Role, table: Table) -> anyhow::Result<Vec<(FlowKey, FlowValue)>> {
-        let tcp4: Vec<(FlowKey4, FlowValue)> = self.entries(table.map_name(role, Keying::Tcp4))?;
+        let tcp4 = flow_tables::live::<Bucket4>(self.map(table.map_name(role, Keying::Tcp4))?)?;
         let mut flows: Vec<(FlowKey, FlowValue)> =
             tcp4.into_iter().map(|(k, v)| (k.widen(role), v)).collect();
         let wide: Vec<(WideKey, WideValue)> = self.entries(table.map_name(role, Keying::Wide))?;
@@ -917,6 +920,12 @@ impl Datapath {
         Ok(typed.iter().filter_map(Result::ok).collect())
     }
 
+    fn map(&self, name: &str) -> anyhow::Result<&Map> {
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("map {name} missing"))
+    }
+
     /// Removes the flows under `keys` from one of `role`'s flow tables (each from its keying's)
     /// whose entry `stale` still condemns when it is read again, just before its removal:
     /// between the walk that chose them and this, the datapath may have put another flow under
@@ -931,11 +940,10 @@ impl Datapath {
         stale: impl Fn(&FlowKey, &FlowValue) -> bool,
     ) -> anyhow::Result<usize> {
         let tcp4: Vec<FlowKey4> = keys.iter().filter_map(FlowKey4::narrow).collect();
-        let mut removed = self.remove_keys::<FlowKey4, FlowValue>(
-            table.map_name(role, Keying::Tcp4),
-            &tcp4,
-            |k, v| stale(&k.widen(role), v),
-        )?;
+        let name = table.map_name(role, Keying::Tcp4);
+        let mut removed =
+            flow_tables::remove::<Bucket4>(self.map(name)?, &tcp4, |k, v| stale(&k.widen(role), v))
+                .with_context(|| format!("removing flows from {name}"))?;
         let wide: Vec<(WideKey, [u32; 4])> = keys.iter().filter_map(WideKey::narrow).collect();
         if wide.is_empty() {
             return Ok(removed);
@@ -1113,6 +1121,22 @@ fn join_loads<'a>(role: Role, pending: Verifying<'_, 'a>) -> anyhow::Result<Pair
     ])
 }
 
+/// Sets up the flow tables of TCP over IPv4 made at this load (a pinned one has its header
+/// already).
+fn set_up_flow_tables(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    for role in Role::ALL {
+        for table in Table::ALL {
+            let name = table.map_name(role, Keying::Tcp4);
+            let map = ebpf
+                .map_mut(name)
+                .with_context(|| format!("map {name} missing"))?;
+            flow_tables::set_up::<Bucket4>(map)
+                .with_context(|| format!("setting up the flow table {name}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// The map behind any of the kinds the object has.
 fn map_data(map: &Map) -> Option<&MapData> {
     match map {
@@ -1157,10 +1181,37 @@ fn policy_set_mixed(paths: &[(&str, PathBuf)]) -> bool {
     !named().unwrap_or(false)
 }
 
+/// Copies the live flows of `old` into `new` (a resized table of the same buckets, just made
+/// and set up, which no program uses yet) as far as they fit: flows that do not fit a smaller
+/// table are left out (and picked up again mid-flow as the policy allows).
+fn carry<B: FlowBucket + aya::Pod + Sync>(old: &Map, new: &mut Map) -> anyhow::Result<usize> {
+    let flows = flow_tables::live::<B>(old)?;
+    let header = flow_tables::header::<B>(new)?;
+    let mut buckets = vec![B::default(); header.buckets as usize];
+    let mut carried = 0;
+    for (key, entry) in flows {
+        carried += usize::from(flow_tables::place(&mut buckets, header.seed, key, entry));
+    }
+    let Map::Array(data) = new else {
+        bail!("a flow table that is not an array");
+    };
+    let indices: Vec<u32> = (1..=header.buckets).collect();
+    // SAFETY: the array's keys are u32 and its values `B`.
+    let batched = unsafe { map_batch::update::<u32, B>(data.fd().as_fd(), &indices, &buckets) }
+        .map_err(|e| anyhow::anyhow!("writing carried flows: {}", e.error))?;
+    if !batched {
+        let mut array: Array<&mut MapData, B> = Array::try_from(new)?;
+        for (i, bucket) in indices.iter().zip(&buckets) {
+            array.set(*i, *bucket, 0)?;
+        }
+    }
+    Ok(carried)
+}
+
 /// Copies the flows of `old` into `new` (a resized table of the same key) until it is full:
 /// flows that do not fit a smaller table are left out (and picked up again mid-flow as the
 /// policy allows).
-fn carry<K: aya::Pod, V: aya::Pod>(old: Map, new: &mut Map) -> anyhow::Result<usize> {
+fn carry_hash<K: aya::Pod, V: aya::Pod>(old: Map, new: &mut Map) -> anyhow::Result<usize> {
     let old: HashMap<MapData, K, V> = HashMap::try_from(old)?;
     let mut new: HashMap<&mut MapData, K, V> = HashMap::try_from(new)?;
     let mut carried = 0;

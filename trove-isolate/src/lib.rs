@@ -19,6 +19,7 @@ pub mod datapath;
 pub mod discover;
 pub mod drops;
 pub mod explain;
+pub mod flow_tables;
 pub mod inspect;
 pub mod linkwatch;
 pub mod local;

@@ -1429,13 +1429,9 @@ fn a_vlan_tagged_frame_is_refused_not_judged_by_what_it_carries() {
 /// no kernel resets the handshake it makes.
 #[test]
 fn a_handshake_the_guest_never_accepted_holds_no_established_slot() {
-    use aya::maps::{HashMap, Map, MapData};
     use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
-    use trove_isolate::{datapath::Table, pins::Pins};
-    use trove_isolate_common::{
-        conntrack::{FlowKey4, FlowValue, Keying},
-        Role,
-    };
+    use trove_isolate::datapath::Table;
+    use trove_isolate_common::Role;
     const CLIENT: &str = "192.0.2.51";
     const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x51];
     const PORT: u16 = 40051;
@@ -1498,17 +1494,15 @@ fn a_handshake_the_guest_never_accepted_holds_no_established_slot() {
         "the request socket's bare ACK did not come\n{}",
         daemon.stderr()
     );
-    let pins = Pins::new(&s.pin_path);
-    let established =
-        MapData::from_pin(pins.map(Table::Established.map_name(Role::Business, Keying::Tcp4)))
-            .expect("the pinned established table");
-    let established: HashMap<MapData, FlowKey4, FlowValue> =
-        HashMap::try_from(Map::HashMap(established)).expect("a flow table");
+    let established = common::tcp4_flows(
+        std::path::Path::new(&s.pin_path),
+        Role::Business,
+        Table::Established,
+    );
     let client = u32::from_ne_bytes(ip(CLIENT));
     let held = established
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|key| key.remote == client)
+        .iter()
+        .filter(|(key, _)| key.remote == client)
         .count();
     assert_eq!(
         held, 0,

@@ -471,9 +471,9 @@ fn connection_churn_never_fills_the_established_table() {
 /// after the walk or the stamps ahead taken as just made (`conntrack::age`) keeps it.
 #[test]
 fn a_sweep_never_removes_a_flow_refreshed_while_it_walks() {
-    use aya::maps::{HashMap, Map, MapData};
+    use aya::maps::{Map, MapData};
     use std::sync::atomic::{AtomicBool, Ordering};
-    use trove_isolate_common::conntrack::{FlowKey4, FlowValue, Keying};
+    use trove_isolate_common::{conntrack::Keying, flow_table::Bucket4};
 
     struct Removed(std::path::PathBuf);
     impl Drop for Removed {
@@ -492,23 +492,24 @@ fn a_sweep_never_removes_a_flow_refreshed_while_it_walks() {
 
     let path = pins.map(Table::Established.map_name(B, Keying::Tcp4));
     let data = MapData::from_pin(&path).expect("the pinned established table");
-    let mut table: HashMap<MapData, FlowKey4, FlowValue> =
-        HashMap::try_from(Map::HashMap(data)).expect("a flow table");
-    let (key, value) = table
-        .iter()
+    let table = Map::Array(data);
+    let (key, _) = trove_isolate::flow_tables::live::<Bucket4>(&table)
+        .expect("reading the table")
+        .into_iter()
         .next()
-        .expect("the flow")
-        .expect("reading the flow");
+        .expect("the flow");
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let stamping = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let mut value = value;
             let mut stamps = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                value.stamp(trove_isolate::conntrack::monotonic_ns().expect("clock"));
+                let now = trove_isolate::conntrack::monotonic_ns().expect("clock");
                 // Only over the flow as it is: the sweep may have removed it.
-                if table.insert(key, value, 2 /* BPF_EXIST */).is_err() {
+                let stamped =
+                    trove_isolate::flow_tables::update::<Bucket4>(&table, &key, |v| v.stamp(now))
+                        .expect("stamping the flow");
+                if !stamped {
                     break;
                 }
                 stamps += 1;

@@ -842,6 +842,8 @@ fn pinned_size(pin: &Path) -> u32 {
 
 #[test]
 fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
+    // The TCP over IPv4 tables are arrays of buckets: their entries are buckets and a header.
+    use trove_isolate_common::flow_table::table_entries;
     let guest = Guest::new("rsz");
     let port = metrics_port();
     let _servers: Vec<Server> = scenario::servers(&guest, port);
@@ -859,7 +861,7 @@ fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
     // About 520 entries (the management NIC's /24s are written as /32s) and room to replace
     // them: far below what 5,000 prefixes more need.
     assert!(before < 4_000, "the policy map starts at {before} entries");
-    assert_eq!(pinned_size(&established_pin), 65_536);
+    assert_eq!(pinned_size(&established_pin), table_entries(65_536));
 
     let session = common::Session::open(&guest);
     let allowed = DatagramStream::start(&guest, "192.0.2.30:5353", Duration::from_secs(1));
@@ -903,7 +905,7 @@ fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
     );
     assert_refused(&guest, "resize");
     assert!(pinned_size(&policy_pin) >= 2 * 5_000);
-    assert_eq!(pinned_size(&established_pin), 131_072);
+    assert_eq!(pinned_size(&established_pin), table_entries(131_072));
     let text = daemon.scrape();
     assert_eq!(
         metric(
@@ -921,7 +923,7 @@ fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
     session.carries_on("by the shrink");
     assert_refused(&guest, "shrink");
     assert_eq!(pinned_size(&policy_pin), before);
-    assert_eq!(pinned_size(&established_pin), 65_536);
+    assert_eq!(pinned_size(&established_pin), table_entries(65_536));
     let stderr = daemon.kill_for_stderr();
     assert!(
         stderr.contains(&format!(
@@ -929,10 +931,15 @@ fn a_reload_that_outgrows_the_maps_resizes_them_with_no_window() {
         )),
         "{stderr}"
     );
+    let tcp4 = format!(
+        "map tcp4_est_biz resized from {} to {} entries",
+        table_entries(65_536),
+        table_entries(131_072)
+    );
     for want in [
         "(programs loaded anew)",
         "map policy4 resized from",
-        "map tcp4_est_biz resized from 65536 to 131072 entries",
+        &tcp4,
         "map ct_est_biz resized from 65536 to 131072 entries",
         "carried",
     ] {

@@ -1621,6 +1621,72 @@ fn a_removal_spares_a_flow_put_under_the_key_after_the_walk() {
     assert!(dp.flows(B, Table::New).expect("flows").is_empty());
 }
 
+/// A writer that finds one of its key's buckets held (another CPU adding a flow there, for
+/// nanoseconds) neither forgets the flow nor refuses its packet: the flow stays in the new
+/// table, and its next packet promotes it. A claimed slot not yet published is nobody's flow.
+#[rustfmt::skip]
+#[test]
+fn a_bucket_another_cpu_holds_delays_a_promotion_and_loses_nothing() {
+    use aya::maps::{Array, Map, MapData};
+    use trove_isolate::datapath::Table;
+    use trove_isolate_common::{conntrack::{state, Keying}, flow_table::{tag, Bucket4, FlowBucket as _}};
+    use Reason::*;
+    let mut dp = datapath();
+    let c = (33900, 3306);
+    let s = (3306, 33900);
+    let table = |dp: &Datapath, t: Table| {
+        let id = dp.map_id(t.map_name(B, Keying::Tcp4)).expect("the table's id");
+        Map::Array(MapData::from_id(id).expect("opening the table"))
+    };
+    let flows = |dp: &Datapath, t: Table| {
+        trove_isolate::flow_tables::live::<Bucket4>(&table(dp, t)).expect("reading the table")
+    };
+    run_table(&mut dp, &[
+        pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
+        pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
+        pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
+    ]);
+    let key = flows(&dp, Table::New)[0].0;
+    // Both of the key's established buckets held, as another CPU's claim holds them.
+    let mut est: Array<MapData, Bucket4> = Array::try_from(table(&dp, Table::Established)).expect("an array");
+    let header = trove_isolate_common::flow_table::Header::of(&mut est.get(&0, 0).expect("header"));
+    let (a, b) = Bucket4::buckets(&key, header.seed, header.buckets);
+    let hold = |est: &mut Array<MapData, Bucket4>, word: u64| {
+        for i in [a, b] {
+            let mut bucket = est.get(&(i + 1), 0).expect("a bucket");
+            bucket.head = word;
+            est.set(i + 1, bucket, 0).expect("writing a bucket");
+        }
+    };
+    hold(&mut est, 1);
+    run_table(&mut dp, &[
+        pass("greeting, its buckets held", B, E, v4_seq_data(G4, CLIENT, s, ACK | 0x08, 5001, 1001, 100), Tracked),
+        pass("a request", B, I, v4_seq_data(CLIENT, G4, c, ACK | 0x08, 1001, 5101, 200), Tracked),
+    ]);
+    assert!(flows(&dp, Table::Established).is_empty());
+    assert_eq!(flows(&dp, Table::New).len(), 1, "the flow was forgotten");
+    hold(&mut est, 0);
+    run_table(&mut dp, &[
+        pass("an answer, the buckets free", B, E, v4_seq_data(G4, CLIENT, s, ACK | 0x08, 5101, 1101, 100), Tracked),
+    ]);
+    let promoted = flows(&dp, Table::Established);
+    assert_eq!(promoted.len(), 1);
+    assert_eq!((promoted[0].0, promoted[0].1.state), (key, state::ESTABLISHED));
+    assert!(flows(&dp, Table::New).is_empty());
+    // The flow's slot claimed again and not yet published: its packets find no flow, and the
+    // policy judges them (a pickup, here).
+    let (mut bucket, i, slot) = [a, b].into_iter().find_map(|i| {
+        let bucket = est.get(&(i + 1), 0).expect("a bucket");
+        (0..4).find(|&s| bucket.holds(s, &key)).map(|s| (bucket, i, s))
+    }).expect("the flow's slot");
+    let live = *bucket.tag(slot);
+    *bucket.tag(slot) = tag::claim(live);
+    est.set(i + 1, bucket, 0).expect("writing a bucket");
+    run_table(&mut dp, &[
+        pass("a request while the slot is busy", B, I, v4_seq_data(CLIENT, G4, c, ACK | 0x08, 1101, 5201, 200), Allowed),
+    ]);
+}
+
 /// A connection that closes gives its established slot back at once: it finishes its closing
 /// handshake in the new table, held to the same windows, and a SYN on its tuple starts over.
 /// (Else every closed connection would hold a slot for the closing timeout, and a client that

@@ -351,20 +351,12 @@ pub fn tcp4_flows(
     trove_isolate_common::conntrack::FlowKey4,
     trove_isolate_common::conntrack::FlowValue,
 )> {
-    use aya::maps::{HashMap, Map, MapData};
-    use trove_isolate_common::conntrack::Keying;
+    use aya::maps::{Map, MapData};
+    use trove_isolate_common::{conntrack::Keying, flow_table::Bucket4};
     let path = trove_isolate::pins::Pins::new(pin_path).map(table.map_name(role, Keying::Tcp4));
     let data = MapData::from_pin(&path)
         .unwrap_or_else(|e| panic!("opening pinned map {}: {e}", path.display()));
-    let map = match table {
-        trove_isolate::datapath::Table::New => Map::LruHashMap(data),
-        trove_isolate::datapath::Table::Established => Map::HashMap(data),
-    };
-    let flows: HashMap<MapData, _, _> = HashMap::try_from(map).expect("a flow table");
-    flows
-        .iter()
-        .collect::<Result<_, _>>()
-        .expect("reading a flow table")
+    trove_isolate::flow_tables::live::<Bucket4>(&Map::Array(data)).expect("reading a flow table")
 }
 
 /// Waits (bounded) until `nic` in the namespace `nsenter` enters (`--net=PATH`) has its
