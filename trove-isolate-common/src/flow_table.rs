@@ -25,7 +25,7 @@
 //!   another flow's state, as an element of the kernel's preallocated hash maps does when it is
 //!   deleted and reused under a reader.
 
-use crate::conntrack::{FlowKey4, FlowValue, WideKey, WideValue};
+use crate::conntrack::{FlowKey4, FlowValue};
 
 /// Slots of a bucket.
 pub const SLOTS: usize = 4;
@@ -104,15 +104,6 @@ pub struct Slot4 {
     pub entry: FlowValue,
 }
 
-/// A slot of the wide tables: 80 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SlotWide {
-    pub tag: u64,
-    pub key: WideKey,
-    pub entry: WideValue,
-}
-
 /// A bucket of the TCP over IPv4 tables: 232 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -122,19 +113,8 @@ pub struct Bucket4 {
     pub slots: [Slot4; SLOTS],
 }
 
-/// A bucket of the wide tables: 328 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BucketWide {
-    /// As in [`Bucket4`].
-    pub head: u64,
-    pub slots: [SlotWide; SLOTS],
-}
-
 const _: () = assert!(core::mem::size_of::<Slot4>() == 56);
-const _: () = assert!(core::mem::size_of::<SlotWide>() == 80);
 const _: () = assert!(core::mem::size_of::<Bucket4>() == 232);
-const _: () = assert!(core::mem::size_of::<BucketWide>() == 328);
 
 /// The hash's state before a key's first word.
 #[inline(always)]
@@ -271,74 +251,6 @@ impl FlowBucket for Bucket4 {
     }
 }
 
-impl FlowBucket for BucketWide {
-    type Key = WideKey;
-    type Entry = WideValue;
-
-    #[inline(always)]
-    fn buckets(key: &WideKey, seed: u64, buckets: u32) -> (u32, u32) {
-        let ports = ports(key.local_port, key.remote_port);
-        let mut h = start(seed);
-        let mut i = 0;
-        while i < 4 {
-            h = round(h, key.remote[i]);
-            i += 1;
-        }
-        pair(round(round(h, ports), key.tag), buckets)
-    }
-
-    #[inline(always)]
-    fn head(&mut self) -> &mut u64 {
-        &mut self.head
-    }
-
-    #[inline(always)]
-    fn tag(&mut self, i: usize) -> &mut u64 {
-        &mut self.slots[i].tag
-    }
-
-    #[inline(always)]
-    fn tag_of(&self, i: usize) -> u64 {
-        self.slots[i].tag
-    }
-
-    #[inline(always)]
-    fn key_diff(&self, i: usize, key: &WideKey) -> u32 {
-        let k = &self.slots[i].key;
-        (k.remote[0] ^ key.remote[0])
-            | (k.remote[1] ^ key.remote[1])
-            | (k.remote[2] ^ key.remote[2])
-            | (k.remote[3] ^ key.remote[3])
-            | (ports(k.local_port, k.remote_port) ^ ports(key.local_port, key.remote_port))
-            | (k.tag ^ key.tag)
-    }
-
-    #[inline(always)]
-    fn key(&self, i: usize) -> &WideKey {
-        &self.slots[i].key
-    }
-
-    #[inline(always)]
-    fn set_key(&mut self, i: usize, key: WideKey) {
-        self.slots[i].key = key;
-    }
-
-    #[inline(always)]
-    fn entry(&mut self, i: usize) -> &mut WideValue {
-        &mut self.slots[i].entry
-    }
-
-    #[inline(always)]
-    fn flow(entry: &WideValue) -> &FlowValue {
-        &entry.flow
-    }
-
-    #[inline(always)]
-    fn proto(key: &WideKey) -> u8 {
-        (key.tag & 0x7f) as u8
-    }
-}
-
 /// The buckets a table of `flows` needs: at most half full, so that a flow's two buckets
 /// practically never both fill before the table does (at two thirds, one flow in a thousand
 /// found both full as the table filled). At least one.
@@ -361,8 +273,6 @@ pub const fn table_entries(flows: u32) -> u32 {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Bucket4 {}
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for BucketWide {}
 
 #[cfg(test)]
 mod tests {

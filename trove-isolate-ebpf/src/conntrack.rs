@@ -150,7 +150,15 @@ pub fn judge<F: Flow>(
             if !value.expired(pkt.proto, now) {
                 let verdict = established(value, direction, pkt, now);
                 if value.releases_slot() {
-                    demote(t, key, entry, now);
+                    // The guest is done with it (its FIN sent, or closed), or the remote may
+                    // have reset it (`RESET_SEEN`): it finishes in the new table (the remote's
+                    // last data and FIN, the last ACK, a retransmitted FIN), where a flood may
+                    // evict it. An established slot is held only by a connection the guest
+                    // holds open: churn (a client that connects and disconnects at any rate,
+                    // by FIN or by reset, or never answers the guest's FIN) cannot fill the
+                    // table that never evicts. If the new table refuses, the flow stays, and
+                    // its next packet tries again.
+                    move_flow(&t.new, &t.est, key, entry, now);
                 }
                 return Answer::tracked(verdict);
             }
@@ -168,52 +176,34 @@ pub fn judge<F: Flow>(
         return Answer::UNTRACKED;
     }
     if value.state == state::ESTABLISHED || value.guest_done() {
-        // A flow the guest is done with (moved here by `demote`, or done before it was proved),
+        // A flow the guest is done with (moved here from the established table, or done before
+        // it was proved),
         // or one a remote's reset moved here: held to the windows as an established one is.
         let verdict = established(value, direction, pkt, now);
         if value.state == state::ESTABLISHED && !value.releases_slot() {
-            // Moved here by a reset the guest has since shown it does not take.
-            restore(t, key, unsafe { &*entry }, now);
+            // Moved here by a reset the guest has since shown it does not take (it acknowledged
+            // more than one past the reset): back to the established table, or, where that
+            // refuses (full, or another flow under the key), on from here.
+            move_flow(&t.est, &t.new, key, unsafe { &*entry }, now);
         }
         return Answer::tracked(verdict);
     }
     Answer::tracked(embryonic(ctx, t, flow, value, direction, pkt, now))
 }
 
-/// Moves a flow the guest is done with (its FIN sent, or closed), or one the remote may have
-/// reset ([`flags::RESET_SEEN`]), to the new table, where it finishes (the remote's last data
-/// and FIN, the last ACK, a retransmitted FIN) as an entry the LRU may evict. An established
-/// slot is held only by a connection the guest holds open: churn (a client that connects and
-/// disconnects at any rate, by FIN or by reset, or never answers the guest's FIN) cannot fill
-/// the table that never evicts. New entry first, so that a packet on another
-/// CPU finds the flow in one table or the other. Never over an entry there: that is a SYN that
-/// started the tuple over meanwhile. If the new table refuses, the flow stays (and its next
-/// packet tries again).
+/// Puts a flow's entry in `to`, then takes it out of `from`: entry first, so that a packet on
+/// another CPU finds the flow in one table or the other. Never over an entry in `to` (a SYN
+/// that started the tuple over meanwhile, or another flow under the key).
 #[inline(always)]
-fn demote<K, V: Copy, N: Store<K, V>, E: Store<K, V>>(
-    t: &FlowTables<N, E>,
+fn move_flow<K, V: Copy>(
+    to: &impl Store<K, V>,
+    from: &impl Store<K, V>,
     key: &K,
     entry: &V,
     now: u64,
 ) {
-    if t.new.insert(key, *entry, Insert::New, now).is_ok() {
-        t.est.remove(key);
-    }
-}
-
-/// Moves a flow a remote's reset had demoted back to the established table, once the guest has
-/// acknowledged more than one past the reset (its socket lives on). Established entry first, as
-/// [`demote`] does the new one; if the table refuses (full, or another flow under the key), the
-/// flow goes on from here.
-#[inline(always)]
-fn restore<K, V: Copy, N: Store<K, V>, E: Store<K, V>>(
-    t: &FlowTables<N, E>,
-    key: &K,
-    entry: &V,
-    now: u64,
-) {
-    if t.est.insert(key, *entry, Insert::New, now).is_ok() {
-        t.new.remove(key);
+    if to.insert(key, *entry, Insert::New, now).is_ok() {
+        from.remove(key);
     }
 }
 
