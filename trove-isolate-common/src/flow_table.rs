@@ -185,8 +185,6 @@ pub trait FlowBucket: Copy + Default + 'static {
     fn entry(&mut self, i: usize) -> &mut Self::Entry;
     /// The flow state of an entry.
     fn flow(entry: &Self::Entry) -> &FlowValue;
-    /// The protocol of a key's flow.
-    fn proto(key: &Self::Key) -> u8;
 }
 
 impl FlowBucket for Bucket4 {
@@ -243,11 +241,6 @@ impl FlowBucket for Bucket4 {
     #[inline(always)]
     fn flow(entry: &FlowValue) -> &FlowValue {
         entry
-    }
-
-    #[inline(always)]
-    fn proto(_: &FlowKey4) -> u8 {
-        crate::proto::TCP
     }
 }
 

@@ -2,11 +2,11 @@
 //! says how flows lie in them and who may write a slot when). Every lookup of a bucket is an
 //! array lookup, which the verifier inlines: no helper is called.
 //!
-//! All of it is inlined, and compares a bucket's slots without a branch: the verifier follows
-//! each way through a program, and a branch per slot, or a call (a static or a global
-//! function's, tried for the insert), multiplied the ways it followed after a lookup past its
-//! limit of a million instructions (from some 35,000). Inlined for both keyings, it made a
-//! program too long for its jumps: the wide tables stay the kernel's hash maps ([`Store`]).
+//! A lookup and a claim are global functions, one per table ([`Locate`]), which the verifier
+//! checks once each, alone: inlined at the tables' sites they made a program too long for its
+//! jumps, and took the verifier past its million instructions. The claim's bit logic is inline
+//! assembly ([`is_zero`]), out of LLVM's reach: LLVM turns it back into branches, each of which
+//! the verifier follows both ways. The wide tables stay the kernel's hash maps ([`Store`]).
 
 use core::ffi::c_void;
 
