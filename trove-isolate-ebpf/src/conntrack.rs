@@ -143,7 +143,7 @@ pub fn judge<F: Flow>(
 ) -> Answer {
     let key = flow.key();
     // The clock only once a table answers: an unsolicited packet never reads it.
-    if let Some(entry) = t.est.get_ptr_mut(key) {
+    if let Some(entry) = t.est.get_inline(key) {
         let entry = unsafe { &mut *entry };
         if let Some(value) = flow.state(entry) {
             let now = now();

@@ -4,9 +4,11 @@
 //!
 //! A lookup and a claim are global functions, one per table ([`Locate`]), which the verifier
 //! checks once each, alone: inlined at the tables' sites they made a program too long for its
-//! jumps, and took the verifier past its million instructions. The claim's bit logic is inline
-//! assembly ([`is_zero`]), out of LLVM's reach: LLVM turns it back into branches, each of which
-//! the verifier follows both ways. The wide tables stay the kernel's hash maps ([`Store`]).
+//! jumps, and took the verifier past its million instructions. One site inlines its lookup
+//! ([`Store::get_inline`]): the established table's, first on every tracked packet's way. The
+//! claim's bit logic is inline assembly ([`is_zero`]), out of LLVM's reach: LLVM turns it back
+//! into branches, each of which the verifier follows both ways. The wide tables stay the
+//! kernel's hash maps ([`Store`]).
 
 use core::ffi::c_void;
 
@@ -34,6 +36,15 @@ pub const ENOENT: i32 = -2;
 pub trait Store<K, V> {
     /// The entry of `key`'s flow, if the table holds it.
     fn get_ptr_mut(&self, key: &K) -> Option<*mut V>;
+    /// [`Store::get_ptr_mut`], with a [`Table`]'s lookup inline rather than a call of its
+    /// global function: for the one lookup every established packet makes, where the call and
+    /// its return cost about 9 ns on a CPU whose returns go through SRSO's thunk (of 70). The
+    /// verifier checks the lookup again at each site that inlines it (about 5,000 more
+    /// instructions a program for the one site), so no other does.
+    #[inline(always)]
+    fn get_inline(&self, key: &K) -> Option<*mut V> {
+        self.get_ptr_mut(key)
+    }
     /// Removes `key`'s flow, if the table holds it.
     fn remove(&self, key: &K);
     /// Adds `key`'s flow as `value` (see [`Insert`]): an error as the kernel's hash maps give
@@ -45,6 +56,12 @@ impl<B: Locate> Store<B::Key, B::Entry> for Table<B> {
     #[inline(always)]
     fn get_ptr_mut(&self, key: &B::Key) -> Option<*mut B::Entry> {
         Table::get_ptr_mut(self, key)
+    }
+
+    #[inline(always)]
+    fn get_inline(&self, key: &B::Key) -> Option<*mut B::Entry> {
+        let found = self.found(self.locate(key))?;
+        Some(unsafe { (*found.bucket).entry(found.slot) as *mut B::Entry })
     }
 
     #[inline(always)]
@@ -226,11 +243,13 @@ impl<B: Locate> Table<B> {
     /// Where `key`'s flow lies, if the table holds it: found by a global function
     /// ([`Locate`]), which the verifier checks once, and answers a number.
     #[inline(always)]
-    fn find(&self, key: &B::Key) -> Option<Found<B>>
-    where
-        B: Locate,
-    {
-        let at = B::locate(self.id, key);
+    fn find(&self, key: &B::Key) -> Option<Found<B>> {
+        self.found(B::locate(self.id, key))
+    }
+
+    /// The slot a [`Table::locate`] answered, if it found one.
+    #[inline(always)]
+    fn found(&self, at: i64) -> Option<Found<B>> {
         if at < 0 {
             return None;
         }
@@ -250,8 +269,9 @@ impl<B: Locate> Table<B> {
             return -1;
         };
         let (a, b) = B::buckets(key, header.seed, header.buckets);
-        // Checked once, alone: a branch per slot costs the verifier little here, and returns
-        // at the first match.
+        // Branches that return at the first match and read no key of a slot that is not live:
+        // written with fewer (every slot's key read, and one branch a slot or none), a miss
+        // cost 10 to 15 ns more, and a hit no less (BENCHMARKS.md, section 1).
         for i in [a, b] {
             let Some(bucket) = self.bucket(&mut at, i) else {
                 return -1;
