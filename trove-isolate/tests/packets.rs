@@ -98,7 +98,13 @@ fn datapath() -> Datapath {
     let policy = test_policy();
     let mut dp = Datapath::open(None, false, &Capacity::for_policy(&policy))
         .expect("making the datapath's maps (root, BPF)");
-    dp.sync_policy(&policy).expect("writing the policy map");
+    configure(&mut dp, &policy);
+    dp
+}
+
+/// Writes `policy`, the NICs' addresses and DHCP into `dp`'s maps.
+fn configure(dp: &mut Datapath, policy: &trove_isolate::policy::Policy) {
+    dp.sync_policy(policy).expect("writing the policy map");
     let nets = nic_nets();
     let mut entries = local::entries(M, &nets);
     entries.extend(local::entries(B, &nets));
@@ -108,7 +114,6 @@ fn datapath() -> Datapath {
         let dhcp = policy.nic(role).is_some_and(|n| n.dhcp);
         dp.set_dhcp(role, dhcp).expect("setting dhcp");
     }
-    dp
 }
 
 fn counter(dp: &Datapath, c: &Case) -> u64 {
@@ -1685,6 +1690,44 @@ fn a_bucket_another_cpu_holds_delays_a_promotion_and_loses_nothing() {
     run_table(&mut dp, &[
         pass("a request while the slot is busy", B, I, v4_seq_data(CLIENT, G4, c, ACK | 0x08, 1101, 5201, 200), Allowed),
     ]);
+}
+
+/// Programs loaded over pinned flow tables hash a flow with the seed those tables were made
+/// with (in their header) and find the flows the programs before them tracked: a flow they
+/// missed would be judged a pickup (`Allowed`), and a session would lose its windows across a
+/// restart or an upgrade.
+#[rustfmt::skip]
+#[test]
+fn programs_loaded_over_pinned_flow_tables_find_their_flows() {
+    use trove_isolate::datapath::Table;
+    use Reason::*;
+    let root = format!("/sys/fs/bpf/ti-reload-{}", std::process::id());
+    let pins = trove_isolate::pins::Pins::new(&root);
+    let policy = test_policy();
+    let capacity = Capacity::for_policy(&policy);
+    let load = || {
+        let mut dp = Datapath::load(Some(&pins), false, &capacity).expect("loading, pinned");
+        configure(&mut dp, &policy);
+        dp
+    };
+    let c = (34000, 3306);
+    let s = (3306, 34000);
+    let mut first = load();
+    run_table(&mut first, &[
+        pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
+        pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
+        pass("client ACK", B, I, v4_seq(CLIENT, G4, c, ACK, 1001, 5001, 200), Tracked),
+        pass("greeting", B, E, v4_seq_data(G4, CLIENT, s, ACK | 0x08, 5001, 1001, 100), Tracked),
+    ]);
+    assert_eq!(first.flows(B, Table::Established).expect("flows").len(), 1);
+    std::mem::drop(first);
+    let mut second = load();
+    run_table(&mut second, &[
+        pass("a request, to the programs loaded after", B, I, v4_seq_data(CLIENT, G4, c, ACK | 0x08, 1001, 5101, 200), Tracked),
+        pass("its answer", B, E, v4_seq_data(G4, CLIENT, s, ACK | 0x08, 5101, 1101, 100), Tracked),
+    ]);
+    std::mem::drop(second);
+    std::fs::remove_dir_all(&root).expect("removing the pins");
 }
 
 /// A connection that closes gives its established slot back at once: it finishes its closing
