@@ -13,7 +13,7 @@
 //! - A key hashes to two buckets ([`FlowBucket::buckets`]); a lookup compares the live slots of
 //!   both. A writer that adds a flow takes both buckets' locks ([`FlowBucket::head`]) first, so
 //!   that two CPUs adding one flow cannot both add it; it claims a free slot (or, where the
-//!   table may evict, the less recently seen of two), writes the key and the flow, then marks the
+//!   table may evict, the least recently seen of the eight), writes the key and the flow, then marks the
 //!   slot live. A lock is only ever tried: a writer that finds one taken (another CPU's insert,
 //!   for nanoseconds) tries once more, then gives up (the callers tell that from a full table).
 //! - A slot is freed by one compare-and-exchange of its tag, from the live tag it was read with

@@ -17,7 +17,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap},
 };
 use trove_isolate_common::{
-    conntrack::{age, ticks},
+    conntrack::{ticks, AHEAD_TICKS},
     flow_table::{tag, FlowBucket, Header, SLOTS},
 };
 
@@ -133,7 +133,7 @@ pub enum Insert {
 }
 
 /// One flow table: an array whose element 0 is its header, the buckets after it. `evicts`: a
-/// full pair of buckets gives up the less recently seen of two of its flows to a new one (the
+/// full pair of buckets gives up the least recently seen of its eight flows to a new one (the
 /// new tables); otherwise the insert is refused ([`E2BIG`]).
 pub struct Table<B: 'static> {
     pub map: &'static Array<B>,
@@ -361,16 +361,47 @@ fn claim<B: FlowBucket>(
     if !evicts {
         return E2BIG as i64;
     }
-    // The less recently seen of two flows, one of each bucket, picked by the clock.
-    let t = ticks(now_ns);
-    let (x, y) = ((t & 3) as usize, ((t >> 2) & 3) as usize);
-    let age_x = age(now_ns, B::flow(bucket(first).entry(x)).last_seen);
-    let age_y = age(now_ns, B::flow(bucket(second).entry(y)).last_seen);
-    if age_x >= age_y {
-        take(bucket(first), a, x, key)
+    // The least recently seen of the eight: a flow keeps its place while its buckets hold an
+    // older one. (The older of two slots picked by the clock let a handshake lose its place
+    // to a flow as young as itself: a connection in a few tens of thousands, at the rates of
+    // BENCHMARKS.md's connection test, lost its close.)
+    let oldest = oldest(first, second, ticks(now_ns));
+    let slot = (oldest & 3) as usize;
+    if oldest & 4 == 0 {
+        take(bucket(first), a, slot, key)
     } else {
-        take(bucket(second), b, y, key)
+        take(bucket(second), b, slot, key)
     }
+}
+
+/// The slot of the least recently seen flow of two full buckets: `slot` of `first` or
+/// `4 + slot` of `second`, in the low three bits of the largest of the slots' ranks (a flow's
+/// age in ticks above those bits; ties to the later slot). A busy slot (a writer's, its flow
+/// not yet published) ranks as a flow just seen. Without a branch ([`max`]): a branch a slot
+/// made the verifier follow each of 2^8 ways. Out of line, as [`free`].
+#[inline(never)]
+fn oldest<B: FlowBucket>(first: *mut B, second: *mut B, now: u32) -> u64 {
+    let mut best = 0;
+    let mut i = 0;
+    while i < SLOTS {
+        best = max(best, rank(first, i, now, i));
+        best = max(best, rank(second, i, now, SLOTS + i));
+        i += 1;
+    }
+    best
+}
+
+/// Slot `i`'s rank for [`oldest`], `at` its place among the eight.
+#[inline(always)]
+fn rank<B: FlowBucket>(bucket: *mut B, i: usize, now: u32, at: usize) -> u64 {
+    // The two buckets may be one: borrowed for the one read.
+    let bucket = unsafe { &mut *bucket };
+    let live = is_zero((bucket.tag_of(i) & tag::STATE) ^ tag::LIVE);
+    let age = u64::from(now.wrapping_sub(B::flow(bucket.entry(i)).last_seen));
+    // A stamp ahead of `now` (another CPU's clock read after this one's) is a flow just seen,
+    // as `conntrack::age` takes it.
+    let behind = is_zero((age + u64::from(AHEAD_TICKS)) >> 32);
+    ((age * (live & behind)) << 3) | at as u64
 }
 
 /// A claim's answer: the element of bucket `i`, and the slot.
@@ -466,6 +497,37 @@ fn is_zero(d: u64) -> u64 {
     #[cfg(not(target_arch = "bpf"))]
     {
         u64::from(d == 0)
+    }
+}
+
+/// The larger of `x` and `y` (both below 2^62), without a branch: the sign of `x - y` masks
+/// their difference. In assembly, as [`is_zero`]: LLVM would make it a comparison and a branch.
+#[inline(always)]
+fn max(x: u64, y: u64) -> u64 {
+    #[cfg(target_arch = "bpf")]
+    {
+        let mut x = x;
+        unsafe {
+            core::arch::asm!(
+                "{d} = {x}",
+                "{d} -= {y}",
+                "{d} s>>= 63",
+                "{t} = {x}",
+                "{t} ^= {y}",
+                "{t} &= {d}",
+                "{x} ^= {t}",
+                x = inout(reg) x,
+                y = in(reg) y,
+                d = out(reg) _,
+                t = out(reg) _,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        x
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        x.max(y)
     }
 }
 

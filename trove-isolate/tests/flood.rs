@@ -54,11 +54,17 @@ fn datapath() -> Datapath {
 
 /// [`datapath`], its maps pinned under `pins` when given.
 fn datapath_at(pins: Option<&Pins>) -> Datapath {
+    datapath_sized(pins, |_| {})
+}
+
+/// [`datapath_at`] with the tables' sizes as `size` leaves them.
+fn datapath_sized(pins: Option<&Pins>, size: impl FnOnce(&mut Capacity)) -> Datapath {
     let path = Path::new("flood.toml");
     let config = Config::parse(CONFIG, path).expect("test config parses");
     let policy = Policy::from_config(&config, path).expect("test config compiles");
-    let mut dp = Datapath::load(pins, false, &Capacity::for_policy(&policy))
-        .expect("loading the datapath (root, BPF)");
+    let mut capacity = Capacity::for_policy(&policy);
+    size(&mut capacity);
+    let mut dp = Datapath::load(pins, false, &capacity).expect("loading the datapath (root, BPF)");
     dp.sync_policy(&policy).expect("policy");
     let nets: Vec<IpNetwork> = ["192.0.2.1/24", "2001:db8:1::1/64"]
         .iter()
@@ -280,6 +286,35 @@ fn handshake6(syn: &mut SynFlood, i: u32) -> [(Direction, Vec<u8>); 4] {
     let mut greeting = ipv6(proto::TCP, G6, "2001:db8:2::", &segment);
     greeting[14 + 36..14 + 40].copy_from_slice(&i.to_be_bytes());
     [(I, s), (E, synack), (I, ack), (E, greeting)]
+}
+
+/// Where both of a key's buckets are full, TCP over IPv4's new table gives up the least recently
+/// seen of their flows, whatever slot it lies in. A table of one bucket (two flows' room: four
+/// slots, every flow the others' rival), handshakes opened a few clock ticks apart: each one
+/// past the fourth takes the oldest's place, and the three younger ones keep theirs. (The rule
+/// before, the older of two slots picked by the clock, failed it in six runs of six.)
+#[test]
+fn a_full_new_table_gives_up_its_least_recently_seen_flow() {
+    let mut dp = datapath_sized(None, |c| c.ct_new = 2);
+    let client = |i: u32| format!("198.51.100.{}", i + 10);
+    let port = |i: u32| 40_000 + i as u16;
+    // The guest's SYN-ACK opens nothing: it passes only while the client's SYN is tracked.
+    let tracked = |dp: &mut Datapath, i: u32| {
+        let synack = tcp4(G4, &client(i), 3306, port(i), SYN_ACK, 900, 101);
+        run(dp, B, E, &synack) == action::PASS
+    };
+    // Longer than a jiffy at any HZ: each flow is stamped a tick or more after the one before.
+    let apart = std::time::Duration::from_millis(25);
+    for i in 0..12 {
+        let syn = tcp4(&client(i), G4, port(i), 3306, SYN, 100, 0);
+        assert_eq!(run(&mut dp, B, I, &syn), action::PASS, "SYN {i}");
+        let live: Vec<bool> = (0..=i).map(|j| tracked(&mut dp, j)).collect();
+        let expected: Vec<bool> = (0..=i).map(|j| j + 4 > i).collect();
+        assert_eq!(live, expected, "flows tracked after SYN {i}");
+        std::thread::sleep(apart);
+    }
+    let new = dp.flows(B, Table::New).expect("flows").len();
+    assert_eq!(new, 4, "the bucket's flows");
 }
 
 /// When the established table is full, a completed handshake is refused (`conntrack_full`) and
