@@ -362,9 +362,9 @@ fn claim<B: FlowBucket>(
         return E2BIG as i64;
     }
     // The least recently seen of the eight: a flow keeps its place while its buckets hold an
-    // older one. (The older of two slots picked by the clock let a handshake lose its place
-    // to a flow as young as itself: a connection in a few tens of thousands, at the rates of
-    // BENCHMARKS.md's connection test, lost its close.)
+    // older one. (The older of two slots picked by the clock let a flow lose its place to one
+    // as young as itself: BENCHMARKS.md's connection tests lost a close in a quarter of their
+    // rounds.)
     let oldest = oldest(first, second, ticks(now_ns));
     let slot = (oldest & 3) as usize;
     if oldest & 4 == 0 {

@@ -25,7 +25,7 @@ use trove_isolate_common::{
     counters::{self, Counter},
     events::Budget,
     family,
-    flow_table::{Bucket4, FlowBucket},
+    flow_table::{Bucket4, FlowBucket, Header},
     local::{LocalKey, LocalValue, OwnSet, TRIE_ONLY},
     maps,
     policy::{self, PolicyKey, PolicyKey4, PolicyKey6, PolicyValue, PrefixLengths},
@@ -895,6 +895,12 @@ impl Datapath {
         let wide: Vec<(WideKey, WideValue)> = self.entries(table.map_name(role, Keying::Wide))?;
         flows.extend(wide.into_iter().map(|(k, v)| (k.widen(role, &v), v.flow)));
         Ok(flows)
+    }
+
+    /// The header of `role`'s TCP over IPv4 `table`: its buckets and its hash's seed (which
+    /// nothing the daemon prints or serves shows; the packet tests place flows by it).
+    pub fn tcp4_header(&self, role: Role, table: Table) -> anyhow::Result<Header> {
+        flow_tables::header::<Bucket4>(self.map(table.map_name(role, Keying::Tcp4))?)
     }
 
     /// Every entry of the hash map `name`, read in batches where the kernel can.

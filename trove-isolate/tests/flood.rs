@@ -9,7 +9,7 @@ mod packets {
     pub mod frame;
 }
 
-use std::{path::Path, time::Instant};
+use std::{collections::BTreeSet, path::Path, time::Instant};
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use ipnetwork::IpNetwork;
@@ -24,7 +24,10 @@ use trove_isolate::{
     policy::Policy,
 };
 use trove_isolate_common::{
-    action, conntrack::EST_MAX_ENTRIES, proto, Direction, Reason, Role, Verdict,
+    action,
+    conntrack::{FlowKey4, EST_MAX_ENTRIES},
+    flow_table::{Bucket4, FlowBucket as _},
+    proto, Direction, Reason, Role, Verdict,
 };
 use Direction::{Egress as E, Ingress as I};
 use Role::{Business as B, Management as M};
@@ -289,32 +292,47 @@ fn handshake6(syn: &mut SynFlood, i: u32) -> [(Direction, Vec<u8>); 4] {
 }
 
 /// Where both of a key's buckets are full, TCP over IPv4's new table gives up the least recently
-/// seen of their flows, whatever slot it lies in. A table of one bucket (two flows' room: four
-/// slots, every flow the others' rival), handshakes opened a few clock ticks apart: each one
-/// past the fourth takes the oldest's place, and the three younger ones keep theirs. (The rule
-/// before, the older of two slots picked by the clock, failed it in six runs of six.)
+/// seen of their eight flows, in either bucket. A table of two buckets (four flows' room: eight
+/// slots) and tuples whose two buckets differ, so that every flow is every other's rival; their
+/// SYNs a clock tick or more apart: each past the eighth takes the oldest's place, and the seven
+/// younger keep theirs. (The rule before, the older of two slots picked by the clock, failed it
+/// in three runs of three, and the rule with its two buckets' places swapped in two of two.)
 #[test]
 fn a_full_new_table_gives_up_its_least_recently_seen_flow() {
-    let mut dp = datapath_sized(None, |c| c.ct_new = 2);
-    let client = |i: u32| format!("198.51.100.{}", i + 10);
-    let port = |i: u32| 40_000 + i as u16;
-    // The guest's SYN-ACK opens nothing: it passes only while the client's SYN is tracked.
-    let tracked = |dp: &mut Datapath, i: u32| {
-        let synack = tcp4(G4, &client(i), 3306, port(i), SYN_ACK, 900, 101);
-        run(dp, B, E, &synack) == action::PASS
-    };
-    // Longer than a jiffy at any HZ: each flow is stamped a tick or more after the one before.
+    let mut dp = datapath_sized(None, |c| c.ct_new = 4);
+    let header = dp.tcp4_header(B, Table::New).expect("header");
+    assert_eq!(header.buckets, 2, "{header:?}");
+    let client = "198.51.100.10";
+    let word = |a: &str| u32::from_ne_bytes(a.parse::<std::net::Ipv4Addr>().expect("ip").octets());
+    let ports: Vec<u16> = (40_000u16..)
+        .filter(|&port| {
+            let key = FlowKey4 {
+                local: word(G4),
+                remote: word(client),
+                local_port: 3306u16.to_be(),
+                remote_port: port.to_be(),
+            };
+            let (a, b) = Bucket4::buckets(&key, header.seed, header.buckets);
+            a != b
+        })
+        .take(20)
+        .collect();
+    // Longer than a jiffy at any HZ. The flows are read from the table: a packet of a tracked
+    // flow could stamp it again.
     let apart = std::time::Duration::from_millis(25);
-    for i in 0..12 {
-        let syn = tcp4(&client(i), G4, port(i), 3306, SYN, 100, 0);
+    for (i, &port) in ports.iter().enumerate() {
+        let syn = tcp4(client, G4, port, 3306, SYN, 100, 0);
         assert_eq!(run(&mut dp, B, I, &syn), action::PASS, "SYN {i}");
-        let live: Vec<bool> = (0..=i).map(|j| tracked(&mut dp, j)).collect();
-        let expected: Vec<bool> = (0..=i).map(|j| j + 4 > i).collect();
-        assert_eq!(live, expected, "flows tracked after SYN {i}");
+        let tracked: BTreeSet<u16> = dp
+            .flows(B, Table::New)
+            .expect("flows")
+            .iter()
+            .map(|(key, _)| u16::from_be(key.remote_port))
+            .collect();
+        let expected: BTreeSet<u16> = ports[i.saturating_sub(7)..=i].iter().copied().collect();
+        assert_eq!(tracked, expected, "flows tracked after SYN {i}");
         std::thread::sleep(apart);
     }
-    let new = dp.flows(B, Table::New).expect("flows").len();
-    assert_eq!(new, 4, "the bucket's flows");
 }
 
 /// When the established table is full, a completed handshake is refused (`conntrack_full`) and
