@@ -291,10 +291,12 @@ fn main() -> anyhow::Result<()> {
             );
         }
         let failed: u64 = t.samples.iter().map(|s| s.failed_connections).sum();
+        let lost: u64 = t.samples.iter().map(|s| s.lost_packets).sum();
         let frame = median(t.samples.iter().map(|s| s.mean_frame_bytes).collect());
         println!(
             "\n(mean frame of the small-frame test {frame:.0} bytes; {failed} connection attempts \
-             failed in all; {} s per measurement)\n",
+             failed in all; {lost} packets of the tests' flows dropped by trove-isolate in all; \
+             {} s per measurement)\n",
             o.seconds
         );
         write(
@@ -308,6 +310,7 @@ fn main() -> anyhow::Result<()> {
                     "connections_per_second": s.connections_per_second,
                     "sessions_per_second": s.sessions_per_second,
                     "failed_connections": s.failed_connections,
+                    "lost_packets": s.lost_packets,
                     "frames_per_second": s.frames_per_second,
                     "mean_frame_bytes": s.mean_frame_bytes,
                     "tcp_bits_per_second": s.tcp_bits_per_second,

@@ -104,6 +104,8 @@ pub struct Sample {
     pub sessions_per_second: f64,
     /// Of both tests.
     pub failed_connections: u64,
+    /// Packets of the tests' own flows trove-isolate dropped ([`lost`]).
+    pub lost_packets: u64,
     pub frames_per_second: f64,
     pub mean_frame_bytes: f64,
     pub tcp_bits_per_second: f64,
@@ -425,6 +427,21 @@ enum Installed {
     Nft,
 }
 
+/// Packets of the tests' own flows the daemon dropped: every drop but the stranger's refused
+/// probe (`policy`) and the IPv6 multicast the client's NIC sends (`unsupported_protocol`).
+/// Each is a connection's stall, or its close lost.
+fn lost(port: u16) -> anyhow::Result<u64> {
+    let mut sum = 0;
+    for line in drops(port)? {
+        if line.contains("reason=\"policy\"") || line.contains("reason=\"unsupported_protocol\"") {
+            continue;
+        }
+        let count = line.rsplit(' ').next().context("a drop counter's value")?;
+        sum += count.parse::<u64>().with_context(|| line.clone())?;
+    }
+    Ok(sum)
+}
+
 /// The daemon's drop counters, by reason, from its metrics.
 fn drops(port: u16) -> anyhow::Result<Vec<String>> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
@@ -582,11 +599,16 @@ pub fn run(
                 let (sessions_per_second, failed_sessions) = connections(&pair, seconds, true)?;
                 let (frames_per_second, mean_frame_bytes) = small_frames(&pair, seconds)?;
                 let tcp_bits_per_second = throughput(&pair, seconds)?;
+                let lost_packets = match &installed {
+                    Installed::Daemon(_, port) => lost(*port)?,
+                    _ => 0,
+                };
                 Ok(Sample {
                     filter,
                     connections_per_second,
                     sessions_per_second,
                     failed_connections: failed + failed_sessions,
+                    lost_packets,
                     frames_per_second,
                     mean_frame_bytes,
                     tcp_bits_per_second,
