@@ -1290,6 +1290,94 @@ fn a_syn_with_two_window_scale_options_gets_the_widest_window() {
     ]);
 }
 
+/// The option lists Linux and Windows send are read at fixed places, any other list walked an
+/// option at a time; either way a SYN's flow keeps the window scale the reference model reads.
+/// Checked for the three lists with shifts from 0 to 255, and for every change of one byte of
+/// them (each place set to each kind and length the lists use, to 0, 255, and to its own value
+/// one off), which the fixed places must leave to the walk: a list the walk reads otherwise, or
+/// the same way, with another answer.
+#[test]
+fn usual_option_lists_read_as_the_walk_reads_them() {
+    use trove_isolate::{
+        datapath::Table,
+        model::parse::{frame, Frame, ScaleOption, L4},
+    };
+    use trove_isolate_common::conntrack::{WSCALE_MAX, WSCALE_NONE, WSCALE_UNKNOWN};
+    let linux20 = |s| linux_syn_options(s);
+    let linux12 = |s| vec![2, 4, 0x05, 0xb4, 1, 1, 4, 2, 1, 3, 3, s];
+    let windows = |s| vec![2, 4, 0x05, 0xb4, 1, 3, 3, s, 1, 1, 4, 2];
+    let mut lists: Vec<Vec<u8>> = Vec::new();
+    for list in [linux20, linux12, windows] {
+        for shift in [0, 1, 7, 14, 15, 200, 255] {
+            lists.push(list(shift));
+        }
+        let base = list(7);
+        for i in 0..base.len() {
+            let mut values = vec![0, 1, 2, 3, 4, 8, 10, 255];
+            values.extend([
+                base[i] ^ 1,
+                base[i].wrapping_add(1),
+                base[i].wrapping_sub(1),
+            ]);
+            values.sort_unstable();
+            values.dedup();
+            for v in values.into_iter().filter(|&v| v != base[i]) {
+                let mut changed = base.clone();
+                changed[i] = v;
+                lists.push(changed);
+            }
+        }
+    }
+    let mut dp = datapath();
+    let mut expected = std::collections::BTreeMap::new();
+    for (i, list) in lists.iter().enumerate() {
+        let port = 20_000 + i as u16;
+        let syn = v4_opts(CLIENT, G4, (port, 3306), SYN, 1000, 0, 64240, list);
+        let scale = match frame(&syn, false) {
+            Ok(Frame::Flow(p)) => match p.l4 {
+                L4::Tcp(tcp) => tcp.syn_scale,
+                other => panic!("{list:?}: the model reads {other:?}"),
+            },
+            other => panic!("{list:?}: the model reads {other:?}"),
+        };
+        let want = match scale {
+            Some(ScaleOption::Absent) => WSCALE_NONE,
+            Some(ScaleOption::Unparsable) => WSCALE_UNKNOWN,
+            Some(ScaleOption::Shift(s)) => s.min(WSCALE_MAX),
+            None => panic!("{list:?}: a SYN without a scale in the model"),
+        };
+        expected.insert(port, (want, list.clone()));
+        run_table(
+            &mut dp,
+            &[pass("a client's SYN", B, I, syn, Reason::Allowed)],
+        );
+    }
+    let ingress = Direction::Ingress as usize;
+    let got: std::collections::BTreeMap<u16, u8> = dp
+        .flows(B, Table::New)
+        .expect("flows")
+        .into_iter()
+        .map(|(key, value)| (u16::from_be(key.remote_port), value.wscale[ingress]))
+        .collect();
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter(|(port, (want, _))| got.get(port) != Some(want))
+        .map(|(port, (want, list))| {
+            format!(
+                "{list:?}: the flow has {:?}, the model {want}",
+                got.get(port)
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} lists:\n{}",
+        wrong.len(),
+        lists.len(),
+        wrong.join("\n")
+    );
+}
+
 /// The window scale of the SYNs widens the window a FIN or RST is held to; without the option
 /// on both SYNs, nothing is scaled.
 #[rustfmt::skip]
@@ -3169,6 +3257,8 @@ fn the_benchmark_programs_load() {
         "bench_clock_coarse",
         "bench_clock_jif",
         "bench_count",
+        "bench_wscale",
+        "bench_wscale_walk",
     ] {
         dp.bench_program(name)
             .unwrap_or_else(|e| panic!("{name}: {e:?}"));

@@ -455,7 +455,7 @@ fn shift() -> impl Strategy<Value = u8> {
     ]
 }
 
-/// TCP options: none, a window scale, what Linux sends on a SYN, or random bytes.
+/// TCP options: none, a window scale, what Linux or Windows sends on a SYN, or random bytes.
 fn tcp_options() -> BoxedStrategy<Vec<u8>> {
     prop_oneof![
         4 => Just(vec![]),
@@ -463,6 +463,13 @@ fn tcp_options() -> BoxedStrategy<Vec<u8>> {
         2 => (shift(), any::<u32>()).prop_map(|(s, ts)| {
             let t = ts.to_be_bytes();
             vec![2, 4, 5, 0xb4, 4, 2, 8, 10, t[0], t[1], t[2], t[3], 0, 0, 0, 0, 1, 3, 3, s]
+        }),
+        // What Linux sends without timestamps, and what Windows sends (both read at fixed places,
+        // as Linux's with them).
+        1 => (shift(), any::<bool>()).prop_map(|(s, windows)| if windows {
+            vec![2, 4, 5, 0xb4, 1, 3, 3, s, 1, 1, 4, 2]
+        } else {
+            vec![2, 4, 5, 0xb4, 1, 1, 4, 2, 1, 3, 3, s]
         }),
         2 => vec(any::<u8>(), 0..=40),
         // The window scale behind a run of no-ops (the walk looks at eight options).
