@@ -17,7 +17,6 @@
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
 
 mod arp;
-mod bits;
 mod clock;
 mod conntrack;
 mod counters;
@@ -111,13 +110,13 @@ pub fn clock_sync(ctx: TcContext) -> i32 {
 /// alone on an established flow's packet, so the benchmark can say where the time goes.
 mod bench {
     use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
-    use trove_isolate_common::{action, conntrack::WSCALE_MAX, Direction, Reason, Role, Verdict};
+    use trove_isolate_common::{action, Direction, Reason, Role, Verdict};
 
     use crate::{
         counters,
         flow_table::Store as _,
         local, maps,
-        packet::{Addr, Packet, Parsed},
+        packet::{Addr, Parsed},
         parse, policy,
     };
 
@@ -167,27 +166,6 @@ mod bench {
             action::PASS
         } else {
             action::DROP
-        }
-    }
-
-    /// A SYN's window scale, as a handshake reads it (Linux's and Windows' option lists at fixed
-    /// places, any other walked).
-    #[classifier]
-    pub fn bench_wscale(ctx: TcContext) -> i32 {
-        wscale_stage(&ctx, parse::window_scale)
-    }
-
-    /// A SYN's window scale by the walk alone, an option at a time.
-    #[classifier]
-    pub fn bench_wscale_walk(ctx: TcContext) -> i32 {
-        wscale_stage(&ctx, parse::walk_window_scale)
-    }
-
-    #[inline(always)]
-    fn wscale_stage(ctx: &TcContext, read: impl Fn(&TcContext, &Packet) -> u8) -> i32 {
-        match parse::parse(ctx) {
-            Ok(Parsed::Flow(pkt)) if read(ctx, &pkt) <= WSCALE_MAX => action::PASS,
-            _ => action::DROP,
         }
     }
 
