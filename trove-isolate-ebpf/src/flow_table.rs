@@ -6,7 +6,7 @@
 //! checks once each, alone: inlined at the tables' sites they made a program too long for its
 //! jumps, and took the verifier past its million instructions. One site inlines its lookup
 //! ([`Store::get_inline`]): the established table's, first on every tracked packet's way. The
-//! claim's bit logic is inline assembly ([`is_zero`]), out of LLVM's reach: LLVM turns it back
+//! claim's bit logic is inline assembly ([`crate::bits`]), out of LLVM's reach: LLVM turns it back
 //! into branches, each of which the verifier follows both ways. The wide tables stay the
 //! kernel's hash maps ([`Store`]).
 
@@ -20,6 +20,8 @@ use trove_isolate_common::{
     conntrack::{ticks, AHEAD_TICKS},
     flow_table::{tag, FlowBucket, Header, SLOTS},
 };
+
+use crate::bits::{is_zero, max};
 
 /// `-EEXIST`: the key has an entry already.
 pub const EEXIST: i32 = -17;
@@ -132,6 +134,34 @@ pub enum Insert {
     Any = 1,
 }
 
+/// What a claim is asked, in one word: how it treats a key that has an entry, and the clock in
+/// ticks (for an eviction). The claim keeps it across its calls, and each value kept across a
+/// call takes a slot of its frame, which Linux 5.15 counts, rounded up to 32 bytes, into the
+/// 512 bytes a program's chain of calls may use.
+#[derive(Clone, Copy)]
+pub struct Ask(u64);
+
+impl Ask {
+    #[inline(always)]
+    pub fn new(how: Insert, now_ns: u64) -> Self {
+        Ask(((how as u64) << 32) | u64::from(ticks(now_ns)))
+    }
+
+    #[inline(always)]
+    fn how(self) -> Insert {
+        if self.0 >> 32 == Insert::Any as u64 {
+            Insert::Any
+        } else {
+            Insert::New
+        }
+    }
+
+    #[inline(always)]
+    fn ticks(self) -> u32 {
+        self.0 as u32
+    }
+}
+
 /// One flow table: an array whose element 0 is its header, the buckets after it. `evicts`: a
 /// full pair of buckets gives up the least recently seen of its eight flows to a new one (the
 /// new tables); otherwise the insert is refused ([`E2BIG`]).
@@ -182,11 +212,11 @@ impl<B: Locate> Table<B> {
         how: Insert,
         now_ns: u64,
     ) -> Result<(), i32> {
-        let id_how = self.id | ((how as u32) << 8);
-        let mut claimed = B::claim(id_how, key, now_ns);
+        let ask = Ask::new(how, now_ns);
+        let mut claimed = B::claim(self.id, key, ask);
         if claimed == EBUSY as i64 {
             // Another CPU's claim in one of the key's buckets: nanoseconds. Once more.
-            claimed = B::claim(id_how, key, now_ns);
+            claimed = B::claim(self.id, key, ask);
         }
         if claimed < 0 {
             return Err(claimed as i32);
@@ -207,7 +237,7 @@ impl<B: Locate> Table<B> {
     /// [`Locate::claim`]'s work, with the key's two buckets held: the slot claimed (busy, its
     /// key written) as `element << 2 | slot`, or an error.
     #[inline(always)]
-    fn claim_here(&self, key: &B::Key, how: Insert, now_ns: u64) -> i64 {
+    fn claim_here(&self, key: &B::Key, ask: Ask) -> i64 {
         let mut at = 0u32;
         let Some(header) = self.header(&mut at) else {
             return ENOENT as i64;
@@ -232,7 +262,7 @@ impl<B: Locate> Table<B> {
             unlock(low);
             return EBUSY as i64;
         }
-        let claimed = claim((first, second), (a, b), key, how, self.evicts, now_ns);
+        let claimed = claim((first, second), (a, b), key, ask, self.evicts);
         if a != b {
             unlock(high);
         }
@@ -319,18 +349,15 @@ fn claim<B: FlowBucket>(
     (first, second): (*mut B, *mut B),
     (a, b): (u32, u32),
     key: &B::Key,
-    how: Insert,
+    ask: Ask,
     evicts: bool,
-    now_ns: u64,
 ) -> i64 {
     // The two may be one bucket (`a == b`): each is borrowed only for the one use.
     let bucket = |p: *mut B| unsafe { &mut *p };
+    let (of_first, of_second) = (slots(bucket(first), key), slots(bucket(second), key));
     // A slot under the key: the flow, or the same flow being added by another CPU that let
     // go of the locks before publishing it.
-    let (in_first, in_second) = (
-        held_with(bucket(first), key),
-        held_with(bucket(second), key),
-    );
+    let (in_first, in_second) = (of_first & HELD, of_second & HELD);
     if in_first | in_second != 0 {
         let (held, i, mask) = if in_first != 0 {
             (bucket(first), a, in_first)
@@ -341,7 +368,7 @@ fn claim<B: FlowBucket>(
         if !tag::is_live(*held.tag(slot)) {
             return EBUSY as i64;
         }
-        return match how {
+        return match ask.how() {
             Insert::New => EEXIST as i64,
             // Claimed again, busy, under the locks: written over while no other writer can
             // take the slot (an evicting one would give it to another flow).
@@ -350,7 +377,7 @@ fn claim<B: FlowBucket>(
     }
     // A free slot of the emptier bucket: of two choices, the emptier keeps the buckets even,
     // and a pair of full ones is rare until the table is full.
-    let (free_first, free_second) = (free(bucket(first)), free(bucket(second)));
+    let (free_first, free_second) = (of_first >> SLOTS, of_second >> SLOTS);
     if free_first | free_second != 0 {
         return if count(free_first) >= count(free_second) {
             take(bucket(first), a, index(lowest(free_first)), key)
@@ -365,7 +392,7 @@ fn claim<B: FlowBucket>(
     // older one. (The older of two slots picked by the clock let a flow lose its place to one
     // as young as itself: BENCHMARKS.md's connection tests lost a close in a quarter of their
     // rounds.)
-    let oldest = oldest(first, second, ticks(now_ns));
+    let oldest = oldest(first, second, ask.ticks());
     let slot = (oldest & 3) as usize;
     if oldest & 4 == 0 {
         take(bucket(first), a, slot, key)
@@ -378,7 +405,7 @@ fn claim<B: FlowBucket>(
 /// `4 + slot` of `second`, in the low three bits of the largest of the slots' ranks (a flow's
 /// age in ticks above those bits; ties to the later slot). A busy slot (a writer's, its flow
 /// not yet published) ranks as a flow just seen. Without a branch ([`max`]): a branch a slot
-/// made the verifier follow each of 2^8 ways. Out of line, as [`free`].
+/// made the verifier follow each of 2^8 ways. Out of line, as [`slots`].
 #[inline(never)]
 fn oldest<B: FlowBucket>(first: *mut B, second: *mut B, now: u32) -> u64 {
     let mut best = 0;
@@ -425,32 +452,26 @@ fn take<B: FlowBucket>(bucket: &mut B, i: u32, slot: usize, key: &B::Key) -> i64
     location(i, slot)
 }
 
-/// Bit `i` set where slot `i` of `bucket` is not free and its key is `key`. Out of line (a
-/// static function, within the claim's global one): its own frame, so that the claim's fits
-/// beside the programs' (512 bytes for the frames of a call chain).
+/// The slots of `bucket` as two masks: bit `i` set where slot `i` is not free and its key is
+/// `key` ([`HELD`]), bit `SLOTS + i` where slot `i` is free. Out of line (a static function,
+/// within the claim's global one): its own frame, so that the claim's fits beside the
+/// programs' (512 bytes for the frames of a call chain). One call a bucket: each value the
+/// claim keeps across a call takes a slot of its frame.
 #[inline(never)]
-fn held_with<B: FlowBucket>(bucket: &B, key: &B::Key) -> u64 {
+fn slots<B: FlowBucket>(bucket: &B, key: &B::Key) -> u64 {
     let mut mask = 0;
     let mut i = 0;
     while i < SLOTS {
         let free = is_zero(bucket.tag_of(i) & tag::STATE);
         mask |= is_zero(u64::from(bucket.key_diff(i, key)) | free) << i;
+        mask |= free << (SLOTS + i);
         i += 1;
     }
     mask
 }
 
-/// Bit `i` set where slot `i` of `bucket` is free.
-#[inline(never)]
-fn free<B: FlowBucket>(bucket: &B) -> u64 {
-    let mut mask = 0;
-    let mut i = 0;
-    while i < SLOTS {
-        mask |= is_zero(bucket.tag_of(i) & tag::STATE) << i;
-        i += 1;
-    }
-    mask
-}
+/// [`slots`]'s mask of the slots that hold the key.
+const HELD: u64 = (1 << SLOTS) - 1;
 
 /// The bits set in a mask of the four slots.
 #[inline(always)]
@@ -469,66 +490,6 @@ fn lowest(mask: u64) -> u64 {
 #[inline(always)]
 fn index(bit: u64) -> usize {
     (((bit >> 1).wrapping_sub(bit >> 3)) & 3) as usize
-}
-
-/// 1 if `d` (below 2^63) is 0, else 0, without a branch: `d | -d` has its top bit set unless
-/// `d` is 0. In assembly: LLVM sees `d != 0` in the arithmetic and, BPF having no instruction
-/// that sets a register from a comparison, makes it a branch, which the verifier follows both
-/// ways (a claim's body went from 72,590 instructions processed to 600,000).
-#[inline(always)]
-fn is_zero(d: u64) -> u64 {
-    #[cfg(target_arch = "bpf")]
-    {
-        let mut x = d;
-        unsafe {
-            core::arch::asm!(
-                "{t} = {x}",
-                "{t} = -{t}",
-                "{x} |= {t}",
-                "{x} >>= 63",
-                "{x} ^= 1",
-                x = inout(reg) x,
-                t = out(reg) _,
-                options(pure, nomem, nostack, preserves_flags)
-            );
-        }
-        x
-    }
-    #[cfg(not(target_arch = "bpf"))]
-    {
-        u64::from(d == 0)
-    }
-}
-
-/// The larger of `x` and `y` (both below 2^62), without a branch: the sign of `x - y` masks
-/// their difference. In assembly, as [`is_zero`]: LLVM would make it a comparison and a branch.
-#[inline(always)]
-fn max(x: u64, y: u64) -> u64 {
-    #[cfg(target_arch = "bpf")]
-    {
-        let mut x = x;
-        unsafe {
-            core::arch::asm!(
-                "{d} = {x}",
-                "{d} -= {y}",
-                "{d} s>>= 63",
-                "{t} = {x}",
-                "{t} ^= {y}",
-                "{t} &= {d}",
-                "{x} ^= {t}",
-                x = inout(reg) x,
-                y = in(reg) y,
-                d = out(reg) _,
-                t = out(reg) _,
-                options(pure, nomem, nostack, preserves_flags)
-            );
-        }
-        x
-    }
-    #[cfg(not(target_arch = "bpf"))]
-    {
-        x.max(y)
-    }
 }
 
 /// A slot's tag, read atomically (a compare-and-exchange that changes nothing): no read of the
@@ -610,8 +571,8 @@ fn cas(word: *mut u64, old: u64, new: u64) -> bool {
 pub trait Locate: FlowBucket {
     /// Where in table `id` the flow of `key` lies (`element << 2 | slot`), or -1.
     fn locate(id: u32, key: &Self::Key) -> i64;
-    /// [`Table::claim_here`] in table `id_how & 0xff`, `id_how >> 8` an [`Insert`].
-    fn claim(id_how: u32, key: &Self::Key, now_ns: u64) -> i64;
+    /// [`Table::claim_here`] in table `id`.
+    fn claim(id: u32, key: &Self::Key, ask: Ask) -> i64;
 }
 
 impl Locate for trove_isolate_common::flow_table::Bucket4 {
@@ -628,16 +589,15 @@ impl Locate for trove_isolate_common::flow_table::Bucket4 {
     }
 
     #[inline(always)]
-    fn claim(id_how: u32, key: &trove_isolate_common::conntrack::FlowKey4, now_ns: u64) -> i64 {
+    fn claim(id: u32, key: &trove_isolate_common::conntrack::FlowKey4, ask: Ask) -> i64 {
         let ports = u32::from(key.local_port) | (u32::from(key.remote_port) << 16);
-        let how = id_how >> 8;
-        let claim = match id_how & 0xff {
+        let claim = match id {
             0 => trove_isolate_claim4_mgmt_new,
             1 => trove_isolate_claim4_mgmt_est,
             2 => trove_isolate_claim4_biz_new,
             _ => trove_isolate_claim4_biz_est,
         };
-        claim(how, key.local, key.remote, ports, now_ns)
+        claim(key.local, key.remote, ports, ask.0)
     }
 }
 
@@ -670,14 +630,14 @@ find4!(trove_isolate_find4_biz_new, 2);
 find4!(trove_isolate_find4_biz_est, 3);
 
 /// [`Locate::claim`] for TCP over IPv4, one global function per table, so that each has its map
-/// (and whether it evicts) as a constant (arguments as [`trove_isolate_find4`]'s; `how` an
-/// [`Insert`]).
+/// (and whether it evicts) as a constant (arguments as [`trove_isolate_find4`]'s; `ask` an
+/// [`Ask`]).
 macro_rules! claim4 {
     ($name:ident, $id:expr) => {
         #[no_mangle]
         #[inline(never)]
-        pub extern "C" fn $name(how: u32, local: u32, remote: u32, ports: u32, now_ns: u64) -> i64 {
-            claim4(how, $id, local, remote, ports, now_ns)
+        pub extern "C" fn $name(local: u32, remote: u32, ports: u32, ask: u64) -> i64 {
+            claim4($id, local, remote, ports, Ask(ask))
         }
     };
 }
@@ -688,12 +648,12 @@ claim4!(trove_isolate_claim4_biz_new, 2);
 claim4!(trove_isolate_claim4_biz_est, 3);
 
 #[inline(always)]
-fn claim4(how: u32, id: u32, local: u32, remote: u32, ports: u32, now_ns: u64) -> i64 {
+fn claim4(id: u32, local: u32, remote: u32, ports: u32, ask: Ask) -> i64 {
     // Read whatever the table: a table that never evicts has no use for the clock, and LLVM
     // then left the argument's register unset at the calls, which the kernel refuses.
     #[cfg(target_arch = "bpf")]
     unsafe {
-        core::arch::asm!("{0} = {0}", in(reg) now_ns, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("{0} = {0}", in(reg) ask.0, options(nomem, nostack, preserves_flags));
     }
     let key = trove_isolate_common::conntrack::FlowKey4 {
         local,
@@ -701,13 +661,8 @@ fn claim4(how: u32, id: u32, local: u32, remote: u32, ports: u32, now_ns: u64) -
         local_port: ports as u16,
         remote_port: (ports >> 16) as u16,
     };
-    let how = if how == Insert::Any as u32 {
-        Insert::Any
-    } else {
-        Insert::New
-    };
     match crate::maps::tcp4_table(id) {
-        Some(table) => table.claim_here(&key, how, now_ns),
+        Some(table) => table.claim_here(&key, ask),
         None => ENOENT as i64,
     }
 }

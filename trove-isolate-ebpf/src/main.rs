@@ -5,6 +5,14 @@
 //! business NIC lives in the database container's). Each entry is one line into
 //! [`verdict::run`], which reads as the pipeline: parse → conntrack → policy → local → count →
 //! action (a SYN meets the policy before conntrack).
+//!
+//! Stack: Linux 5.15 (Ubuntu 22.04's) rounds each frame of a chain of calls up to 32 bytes and
+//! refuses a chain over 512. A role's program has a frame of 384 bytes, most of it LLVM's spills
+//! (BPF keeps four registers across a call, so each value kept across a helper's call takes a
+//! slot), and its longest chain is that plus the IPv6 rules' lookup (104 bytes, counted as 128):
+//! exactly 512. A change that grows the programs' frame must free as much (`cargo xtask test`
+//! loads them on 5.15; BENCHMARKS.md, section 1, "A handshake's options read at fixed places",
+//! says how the last one was made to fit).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Inline assembly for BPF (`parse::load_u64`): a packet load LLVM would otherwise split. The
@@ -17,6 +25,7 @@
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
 
 mod arp;
+mod bits;
 mod clock;
 mod conntrack;
 mod counters;
@@ -110,13 +119,13 @@ pub fn clock_sync(ctx: TcContext) -> i32 {
 /// alone on an established flow's packet, so the benchmark can say where the time goes.
 mod bench {
     use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
-    use trove_isolate_common::{action, Direction, Reason, Role, Verdict};
+    use trove_isolate_common::{action, conntrack::WSCALE_MAX, Direction, Reason, Role, Verdict};
 
     use crate::{
         counters,
         flow_table::Store as _,
         local, maps,
-        packet::{Addr, Parsed},
+        packet::{Addr, Packet, Parsed},
         parse, policy,
     };
 
@@ -166,6 +175,27 @@ mod bench {
             action::PASS
         } else {
             action::DROP
+        }
+    }
+
+    /// A SYN's window scale, as a handshake reads it (Linux's and Windows' option lists at fixed
+    /// places, any other walked).
+    #[classifier]
+    pub fn bench_wscale(ctx: TcContext) -> i32 {
+        wscale_stage(&ctx, parse::window_scale)
+    }
+
+    /// A SYN's window scale by the walk alone, an option at a time.
+    #[classifier]
+    pub fn bench_wscale_walk(ctx: TcContext) -> i32 {
+        wscale_stage(&ctx, parse::walk_window_scale)
+    }
+
+    #[inline(always)]
+    fn wscale_stage(ctx: &TcContext, read: impl Fn(&TcContext, &Packet) -> u8) -> i32 {
+        match parse::parse(ctx) {
+            Ok(Parsed::Flow(pkt)) if read(ctx, &pkt) <= WSCALE_MAX => action::PASS,
+            _ => action::DROP,
         }
     }
 

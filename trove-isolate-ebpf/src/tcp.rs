@@ -8,17 +8,37 @@ use crate::packet::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 /// scans or evasion attempts.
 #[inline(always)]
 pub fn check_flags(pkt: &Packet) -> Result<(), Reason> {
-    let f = pkt.tcp_flags;
-    let syn = f & TCP_SYN != 0;
-    let fin = f & TCP_FIN != 0;
-    let rst = f & TCP_RST != 0;
-    let ack = f & TCP_ACK != 0;
-    let invalid = (syn && (fin || rst)) || (fin && rst) || (fin && !ack) || !(syn || rst || ack);
-    if invalid {
+    // One test of a constant bitmap, indexed by the four flags: no value of the test outlives it
+    // (LLVM kept each flag's boolean for later stages, a stack slot each across the helpers).
+    if (INVALID_FLAGS >> flag_index(pkt.tcp_flags)) & 1 != 0 {
         return Err(Reason::InvalidFlags);
     }
     Ok(())
 }
+
+/// FIN, SYN and RST in bits 0 to 2, ACK in bit 3.
+#[inline(always)]
+const fn flag_index(f: u8) -> u32 {
+    ((f & (TCP_FIN | TCP_SYN | TCP_RST)) | ((f & TCP_ACK) >> 1)) as u32
+}
+
+/// Bit `flag_index(f)` set where the flags `f` are invalid.
+const INVALID_FLAGS: u16 = {
+    let mut bits = 0u16;
+    let mut i = 0u8;
+    while i < 16 {
+        let f = (i & 0x07) | ((i & 0x08) << 1);
+        let syn = f & TCP_SYN != 0;
+        let fin = f & TCP_FIN != 0;
+        let rst = f & TCP_RST != 0;
+        let ack = f & TCP_ACK != 0;
+        if (syn && (fin || rst)) || (fin && rst) || (fin && !ack) || !(syn || rst || ack) {
+            bits |= 1 << flag_index(f);
+        }
+        i += 1;
+    }
+    bits
+};
 
 /// Whether a TCP packet with no tracked flow may open one: a bare SYN, or a bare ACK of a
 /// connection that predates enforcement (picked up mid-flow, either way, so database clients,

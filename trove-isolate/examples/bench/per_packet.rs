@@ -303,6 +303,17 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
+/// A client's SYN with the options Linux sends (window scale 7).
+fn linux_syn_frame() -> Vec<u8> {
+    ipv4(
+        V4_PLAIN,
+        proto::TCP,
+        "198.51.100.8",
+        "192.0.2.1",
+        &tcp_opts(40012, 3306, SYN, 1, 0, 64240, &linux_syn_options(7)),
+    )
+}
+
 /// The frame of the new-flow decision stage: an allowed client's SYN to the database port.
 pub fn decide_frame() -> Vec<u8> {
     v4("198.51.100.8", "192.0.2.1", 40020, 3306, SYN)
@@ -526,6 +537,24 @@ pub fn run(policy: &Policy, o: &Options) -> anyhow::Result<Vec<Row>> {
         ext,
         action::PASS,
     ));
+    // A handshake's read of a SYN's window scale (its SYN and SYN-ACK), on Linux's options.
+    for (name, program) in [
+        (
+            "stage: parse + a SYN's window scale, Linux's options (read at fixed places)",
+            "bench_wscale",
+        ),
+        (
+            "stage: parse + a SYN's window scale, Linux's options walked an option at a time",
+            "bench_wscale_walk",
+        ),
+    ] {
+        probes.push(Probe::new(
+            name,
+            Target::Stage(program),
+            linux_syn_frame(),
+            action::PASS,
+        ));
+    }
     probes.push(decision());
     probes.push(Probe::new(
         "stage: a new IPv6 flow's decision (a client prefix of /48)",
