@@ -2721,6 +2721,9 @@ fn ipv6_rules_match_their_prefix_whichever_map_holds_them() {
         drop("next to the /48", B, I, syn("2001:db8:4:ffff::1", 42001), Policy),
         pass("a /128 client", B, I, syn("2001:db8:6::7", 42002), Allowed),
         drop("next to the /128", B, I, syn("2001:db8:6::8", 42003), Policy),
+        // The long keys' other words: the port, and the role (the head).
+        drop("the /128 client to another port", B, I, v6_tcp("2001:db8:6::7", G6, 42010, 3307, SYN), Policy),
+        drop("the /128 client on the management NIC", M, I, syn("2001:db8:6::7", 42011), Policy),
         pass("a /64 client", B, I, syn("2001:db8:8::ffff:1", 42004), Allowed),
         drop("next to the /64", B, I, syn("2001:db8:8:1::1", 42005), Policy),
         pass("a /65 client", B, I, syn("2001:db8:9:0:8000::1", 42006), Allowed),
