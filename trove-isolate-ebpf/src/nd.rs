@@ -182,8 +182,10 @@ fn host_shaped(ctx: &TcContext, role: Role, ingress: bool, pkt: &Packet) -> Resu
 /// NIC's own link-local address or ::, and naming only the NIC's own solicited-node groups.
 /// Its shape wrong: `malformed`; another source or group: `not_local`.
 ///
-/// A function of its own in the program (a BPF-to-BPF call), as `parse::no_source_route` is:
-/// its many exits come back through one return.
+/// A function of its own in the program (a static BPF-to-BPF call): its many exits come back
+/// through one return. (Not a global function, which the verifier would check once on its own as
+/// it does `parse`'s walks of options: that takes a context and scalars, and the report needs
+/// the packet's two addresses besides.)
 #[inline(never)]
 fn own_report(ctx: &TcContext, role: Role, pkt: &Packet) -> Result<(), Reason> {
     // The trie alone: a report is rare, and each inlined scan of the sets costs the verifier.

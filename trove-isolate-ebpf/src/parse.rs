@@ -10,7 +10,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use trove_isolate_common::{
     conntrack::{WSCALE_MAX, WSCALE_NONE, WSCALE_UNKNOWN},
     family, proto, Reason,
@@ -271,11 +271,37 @@ fn ipv4(ctx: &TcContext, off: usize) -> Result<Parsed, Reason> {
 /// which judges that destination, has no words for it (and Linux drops one coming in). An option
 /// whose length does not fit is malformed. Read with `bpf_skb_load_bytes`: the offsets vary.
 ///
-/// A function of its own in the program (a BPF-to-BPF call): the walk's many exits come back
-/// through one return, so the verifier follows the rest of the program once per verdict rather
-/// than once per way through the walk.
+/// The walk is [`trove_isolate_ipv4_options`], a global function: its many exits come back
+/// through one return, and the verifier checks it once, on its own (as a static function it was
+/// followed anew for every state the parser arrived with).
+#[inline(always)]
+fn no_source_route(ctx: &TcContext, at: usize, end: usize) -> Result<(), Reason> {
+    match trove_isolate_ipv4_options(ctx.skb.skb, at as u32, end as u32) {
+        OPTIONS_OK => Ok(()),
+        OPTIONS_SOURCE_ROUTE => Err(Reason::UnsupportedProtocol),
+        _ => Err(Reason::Malformed),
+    }
+}
+
+/// [`trove_isolate_ipv4_options`]'s answers: the options end well; a source route (or more
+/// options than walked); anything else is malformed.
+const OPTIONS_OK: u32 = 0;
+const OPTIONS_SOURCE_ROUTE: u32 = 1;
+const OPTIONS_MALFORMED: u32 = 2;
+
+/// The walk of [`no_source_route`] over the IPv4 options from offset `at` to `end`.
+#[no_mangle]
 #[inline(never)]
-fn no_source_route(ctx: &TcContext, mut at: usize, end: usize) -> Result<(), Reason> {
+pub extern "C" fn trove_isolate_ipv4_options(skb: *mut __sk_buff, at: u32, end: u32) -> u32 {
+    match walk_ipv4_options(&TcContext::new(skb), at as usize, end as usize) {
+        Ok(()) => OPTIONS_OK,
+        Err(Reason::UnsupportedProtocol) => OPTIONS_SOURCE_ROUTE,
+        Err(_) => OPTIONS_MALFORMED,
+    }
+}
+
+#[inline(always)]
+fn walk_ipv4_options(ctx: &TcContext, mut at: usize, end: usize) -> Result<(), Reason> {
     for _ in 0..IPV4_MAX_OPTIONS {
         if at >= end {
             return Ok(());
@@ -588,16 +614,34 @@ pub fn window_scale(ctx: &TcContext, pkt: &Packet) -> u8 {
 }
 
 /// [`window_scale`] by a walk of the options, an option at a time, whatever the list.
+#[inline(always)]
+pub fn walk_window_scale(ctx: &TcContext, pkt: &Packet) -> u8 {
+    let at = u32::from(pkt.options_at);
+    trove_isolate_walk_wscale(ctx.skb.skb, at, u32::from(pkt.options_len)) as u8
+}
+
+/// The walk of [`walk_window_scale`] over the `len` bytes of options at offset `at`.
+///
+/// A global function (no `static`, its arguments the packet's context and scalars): the verifier
+/// checks it once, on its own, where inlined it was followed at each of its two places for every
+/// state the handshake's code arrives with, and so was the code after it for each answer it gave
+/// (BENCHMARKS.md, section 4). Only a list [`usual_options`] does not know makes the call.
 ///
 /// Read with `bpf_skb_load_bytes` rather than direct access: the walk's offset depends on the
 /// bytes read, which the verifier cannot follow through direct packet pointers. (Copying the
 /// options to the stack in one call and walking them there measured no faster; copying them
 /// with direct loads saved 20 ns a handshake packet, and cost each program's load about 40 ms
 /// more in the verifier: BENCHMARKS.md.)
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn trove_isolate_walk_wscale(skb: *mut __sk_buff, at: u32, len: u32) -> u32 {
+    u32::from(walk(&TcContext::new(skb), at as usize, len as usize))
+}
+
 #[inline(always)]
-pub fn walk_window_scale(ctx: &TcContext, pkt: &Packet) -> u8 {
-    let mut off = pkt.options_at as usize;
-    let end = off + pkt.options_len as usize;
+fn walk(ctx: &TcContext, at: usize, len: usize) -> u8 {
+    let mut off = at;
+    let end = at + len;
     // Whether the option was seen, and its shift as read: the shift is taken as the answer only
     // once the walk ends, so that the walk carries two cases into each option, not three (none,
     // a shift, a shift clamped): the verifier follows each case through the options after it.
