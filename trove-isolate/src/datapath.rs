@@ -59,6 +59,9 @@ pub struct Datapath {
     /// The policy's maps were made at this load and never written: no program has read them,
     /// so the first write needs no wait.
     policy_fresh: bool,
+    /// The flow tables were made at this load (no pin held any of them): no program has seen
+    /// them, so they hold no flow to revoke ([`Datapath::take_flows_fresh`]).
+    flows_fresh: bool,
     /// The wait for the programs that read the policy's old generation failed: owed before
     /// that generation is written again.
     policy_grace_owed: bool,
@@ -194,6 +197,9 @@ impl Datapath {
             || !paths
                 .iter()
                 .any(|(name, path)| *name == maps::POLICY_GENERATION && path.exists());
+        let flows_fresh = !paths
+            .iter()
+            .any(|(name, path)| maps::FLOW_TABLES.contains(name) && path.exists());
         let level: &'static u8 = if log { &0xff } else { &0 };
         loader.override_global(aya_log::LEVEL, level, true);
         let mut ebpf = loader
@@ -212,6 +218,7 @@ impl Datapath {
             log,
             own_fresh,
             policy_fresh,
+            flows_fresh,
             policy_grace_owed: false,
             policy_in_force: None,
             clock: Calibration::default(),
@@ -244,6 +251,13 @@ impl Datapath {
                 .sizes
                 .iter()
                 .all(|&(map, entries)| capacity.keeps(map, entries))
+    }
+
+    /// Whether the flow tables were made at this load, asked once: true only for the first
+    /// asker, before any program of this datapath is attached. Such tables hold no flow, and a
+    /// walk of them costs a first start 10 to 30 ms (BENCHMARKS.md, section 4).
+    pub fn take_flows_fresh(&mut self) -> bool {
+        std::mem::take(&mut self.flows_fresh)
     }
 
     /// The maps made anew at load because their pinned size no longer served.

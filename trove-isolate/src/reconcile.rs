@@ -215,7 +215,11 @@ fn apply(
             log::info!("carried {carried} tracked flows into the resized tables");
         }
     }
-    let revoked = conntrack::revoke(datapath, policy)?;
+    // Flow tables made at this load hold no flow yet: nothing to walk.
+    let revoked = match datapath.take_flows_fresh() {
+        true => 0,
+        false => conntrack::revoke(datapath, policy)?,
+    };
     if revoked > 0 {
         log::info!("revoked {revoked} tracked flows the policy no longer allows");
     }

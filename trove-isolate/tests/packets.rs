@@ -1800,6 +1800,9 @@ fn programs_loaded_over_pinned_flow_tables_find_their_flows() {
     let c = (34000, 3306);
     let s = (3306, 34000);
     let mut first = load();
+    // Made at this load: nothing to revoke, asked once.
+    assert!(first.take_flows_fresh(), "tables made at this load are fresh");
+    assert!(!first.take_flows_fresh(), "fresh only for the first asker");
     run_table(&mut first, &[
         pass("client SYN", B, I, v4_seq(CLIENT, G4, c, SYN, 1000, 0, 64240), Allowed),
         pass("SYN-ACK", B, E, v4_seq(G4, CLIENT, s, SYN_ACK, 5000, 1001, 100), Tracked),
@@ -1809,6 +1812,8 @@ fn programs_loaded_over_pinned_flow_tables_find_their_flows() {
     assert_eq!(first.flows(B, Table::Established).expect("flows").len(), 1);
     std::mem::drop(first);
     let mut second = load();
+    // Over pinned tables, whose flows a start must hold to its policy (`conntrack::revoke`).
+    assert!(!second.take_flows_fresh(), "tables bound to pins are not fresh");
     run_table(&mut second, &[
         pass("a request, to the programs loaded after", B, I, v4_seq_data(CLIENT, G4, c, ACK | 0x08, 1001, 5101, 200), Tracked),
         pass("its answer", B, E, v4_seq_data(G4, CLIENT, s, ACK | 0x08, 5101, 1101, 100), Tracked),
