@@ -96,18 +96,6 @@ pub mod maps {
         GUARD_COUNTERS,
     ];
 
-    /// The flow tables, both roles' (`ct_new`, `ct_est`).
-    pub const FLOW_TABLES: [&str; 8] = [
-        TCP4_NEW_MGMT,
-        TCP4_NEW_BIZ,
-        CT_NEW_MGMT,
-        CT_NEW_BIZ,
-        TCP4_EST_MGMT,
-        TCP4_EST_BIZ,
-        CT_EST_MGMT,
-        CT_EST_BIZ,
-    ];
-
     /// Whether `name` is one of the policy maps.
     pub fn is_policy(name: &str) -> bool {
         policy_index(name).is_some()

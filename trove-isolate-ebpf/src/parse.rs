@@ -625,7 +625,9 @@ pub fn walk_window_scale(ctx: &TcContext, pkt: &Packet) -> u8 {
 /// A global function (no `static`, its arguments the packet's context and scalars): the verifier
 /// checks it once, on its own, where inlined it was followed at each of its two places for every
 /// state the handshake's code arrives with, and so was the code after it for each answer it gave
-/// (BENCHMARKS.md, section 4). Only a list [`usual_options`] does not know makes the call.
+/// (BENCHMARKS.md, section 4). Only a list [`usual_options`] does not know makes the call. (A
+/// global function's context argument is known by the kernel's own BTF: the kernel needs
+/// `CONFIG_DEBUG_INFO_BTF`, which Ubuntu's and Debian's have.)
 ///
 /// Read with `bpf_skb_load_bytes` rather than direct access: the walk's offset depends on the
 /// bytes read, which the verifier cannot follow through direct packet pointers. (Copying the

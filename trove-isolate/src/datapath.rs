@@ -199,7 +199,7 @@ impl Datapath {
                 .any(|(name, path)| *name == maps::POLICY_GENERATION && path.exists());
         let flows_fresh = !paths
             .iter()
-            .any(|(name, path)| maps::FLOW_TABLES.contains(name) && path.exists());
+            .any(|(name, path)| Table::is_flow_table(name) && path.exists());
         let level: &'static u8 = if log { &0xff } else { &0 };
         loader.override_global(aya_log::LEVEL, level, true);
         let mut ebpf = loader
@@ -1090,12 +1090,23 @@ impl Table {
         }
     }
 
+    /// Both roles' tables of flows keyed as any of `keyings`.
+    fn maps_of(keyings: &[Keying]) -> impl Iterator<Item = &'static str> + '_ {
+        Role::ALL.into_iter().flat_map(move |r| {
+            Table::ALL
+                .into_iter()
+                .flat_map(move |t| keyings.iter().map(move |&k| t.map_name(r, k)))
+        })
+    }
+
     /// Whether `map` is a table of TCP over IPv4 (keyed by `FlowKey4`).
     fn is_tcp4(map: &str) -> bool {
-        Role::ALL
-            .iter()
-            .flat_map(|&r| Table::ALL.map(|t| t.map_name(r, Keying::Tcp4)))
-            .any(|name| name == map)
+        Table::maps_of(&[Keying::Tcp4]).any(|name| name == map)
+    }
+
+    /// Whether `map` is one of the flow tables.
+    fn is_flow_table(map: &str) -> bool {
+        Table::maps_of(&Keying::ALL).any(|name| name == map)
     }
 
     pub fn name(self) -> &'static str {

@@ -215,7 +215,8 @@ fn apply(
             log::info!("carried {carried} tracked flows into the resized tables");
         }
     }
-    // Flow tables made at this load hold no flow yet: nothing to walk.
+    // Flow tables made at this load hold no flow yet: nothing to walk. (Asked before any
+    // program of this datapath is attached, below: after, they could hold flows.)
     let revoked = match datapath.take_flows_fresh() {
         true => 0,
         false => conntrack::revoke(datapath, policy)?,
