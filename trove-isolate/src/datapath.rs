@@ -374,15 +374,18 @@ impl Datapath {
         Ok((programs, take(PLACE_PROGRAM)?))
     }
 
-    /// Verifies the programs one role at a time (its two side by side, a core each) and hands
-    /// each role's pair to `attach` as soon as it is verified, `first` first, while the other
-    /// role's are verified.
+    /// Verifies the four programs side by side, a thread each as [`Datapath::load`] does, and
+    /// hands each role's pair to `attach` once both are verified, `first` first.
+    ///
+    /// Not one role's pair after the other's: the kernel runs the verifier on the loading
+    /// thread, and its time for a program varies from load to load by a third or more (and
+    /// with the core it runs on), so a core finishing one of a pair would wait for the other.
+    /// With all four under way, the kernel keeps both cores busy until the last is done.
     ///
     /// A TCX attach waits for an RCU grace period (8 to 18 ms a hook, under the rtnl lock); a
-    /// link updated in place waits for none. So while the first role's programs are verified,
-    /// `hold` is handed the placeholder ([`PLACE_PROGRAM`], loaded) to take the hooks with,
-    /// for `attach` to replace in place; and the first role's attach hides behind the second
-    /// role's verifier. A placeholder the verifier refuses leaves the hooks to `attach`.
+    /// link updated in place waits for none. So while the programs are verified, `hold` is
+    /// handed the placeholder ([`PLACE_PROGRAM`], loaded) to take the hooks with, for `attach`
+    /// to replace in place. A placeholder the verifier refuses leaves the hooks to `attach`.
     pub fn verify_attaching(
         &mut self,
         first: Role,
@@ -397,8 +400,8 @@ impl Datapath {
         };
         std::thread::scope(|scope| {
             let p1 = spawn_loads(scope, p1);
-            // A thread of its own: the second role's verifier starts as soon as the first's is
-            // done, all hooks taken or not.
+            let p2 = spawn_loads(scope, p2);
+            // A thread of its own: the verifier does not wait for the hooks.
             let holding = scope.spawn(move || match place.load() {
                 // The links it holds keep it in the kernel until the programs replace it.
                 Ok(()) => {
@@ -408,7 +411,6 @@ impl Datapath {
                 Err(e) => log::debug!("loading {PLACE_PROGRAM}: {e}"),
             });
             let p1 = join_loads(r1, p1)?;
-            let p2 = spawn_loads(scope, p2);
             holding
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -1124,7 +1126,7 @@ type Verifying<'scope, 'a> =
     [std::thread::ScopedJoinHandle<'scope, anyhow::Result<&'a mut SchedClassifier>>; 2];
 
 /// Starts loading a role's two programs, a thread each: the kernel verifies programs side by
-/// side, and the verifier takes most of a start.
+/// side (on the loading thread), and the verifier takes most of a start.
 fn spawn_loads<'scope, 'a: 'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     pair: Pair<'a>,
