@@ -375,12 +375,12 @@ impl Datapath {
     }
 
     /// Verifies the four programs side by side, a thread each as [`Datapath::load`] does, and
-    /// hands each role's pair to `attach` once both are verified, `first` first.
+    /// hands each role's pair to `attach` once its two programs are verified, `first`'s first.
     ///
     /// Not one role's pair after the other's: the kernel runs the verifier on the loading
     /// thread, and its time for a program varies from load to load by a third or more (and
-    /// with the core it runs on), so a core finishing one of a pair would wait for the other.
-    /// With all four under way, the kernel keeps both cores busy until the last is done.
+    /// with the core it runs on), so a core that finished one of a pair would wait for the
+    /// other. With all four under way, a core is idle only while the last one finishes.
     ///
     /// A TCX attach waits for an RCU grace period (8 to 18 ms a hook, under the rtnl lock); a
     /// link updated in place waits for none. So while the programs are verified, `hold` is

@@ -178,8 +178,8 @@ pub type Devices = Vec<(Role, nic::Device)>;
 /// Otherwise the programs are verified before anything is written, so that a reload the
 /// verifier refuses leaves the policy in force untouched. On a `first_start` with TCX nothing of
 /// ours reads the maps yet: they are written first, a placeholder holds the hooks while the
-/// verifier runs, and each role's programs take its place once verified
-/// ([`Datapath::verify_attaching`], [`attach::hold_places`]). Not
+/// verifier runs, and each role's programs take its place once verified, the first role's
+/// first ([`Datapath::verify_attaching`], [`attach::hold_places`]). Not
 /// with legacy filters: one of ours may outlive its pins and state record, and a first start
 /// that failed after replacing it would remove it.
 #[allow(clippy::too_many_arguments)]

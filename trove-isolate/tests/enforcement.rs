@@ -589,7 +589,7 @@ fn a_first_start_killed_while_the_placeholder_holds_the_hooks_leaves_none_of_it(
         "the start never held the hooks:\n{}",
         daemon.stderr()
     );
-    // The second role's programs are still being verified: their hooks hold the placeholder.
+    // The programs are still being verified (all four at once): the hooks hold the placeholder.
     let before = tcx_chains(&s);
     daemon.kill9();
     let holding = |chains: &[(Vec<String>, &'static str); 4]| -> Vec<&'static str> {

@@ -339,7 +339,7 @@ fn main() -> anyhow::Result<()> {
         }
         let one_core: f64 = programs.iter().map(|p| p.load_seconds).sum();
         println!(
-            "\n(the four: {:.0} ms on one core; a start verifies them side by side, on every core)\n",
+            "\n(the four: {:.0} ms on one core; a start verifies them side by side, a thread each)\n",
             one_core * 1e3
         );
         write(
