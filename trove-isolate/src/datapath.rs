@@ -11,6 +11,7 @@ use std::{
     fmt, fs,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use anyhow::{bail, Context as _};
@@ -100,15 +101,17 @@ impl Datapath {
     pub fn load(pins: Option<&Pins>, log: bool, capacity: &Capacity) -> anyhow::Result<Datapath> {
         let mut datapath = Datapath::open(pins, log, capacity)?;
         let programs = datapath.programs()?;
-        std::thread::scope(|scope| {
+        let started = Instant::now();
+        let done = std::thread::scope(|scope| {
             let pending: Vec<_> = programs
                 .into_iter()
                 .map(|(role, pair)| (role, spawn_loads(scope, pair)))
                 .collect();
-            pending
-                .into_iter()
-                .try_for_each(|(role, pair)| join_loads(role, pair).map(drop))
+            pending.into_iter().try_fold(started, |done, (role, pair)| {
+                Ok::<_, anyhow::Error>(done.max(join_loads(role, pair)?.1))
+            })
         })?;
+        log_verified(started, done);
         Ok(datapath)
     }
 
@@ -398,6 +401,7 @@ impl Datapath {
         let (Some((r1, p1)), Some((r2, p2))) = (programs.next(), programs.next()) else {
             unreachable!("two roles");
         };
+        let started = Instant::now();
         std::thread::scope(|scope| {
             let p1 = spawn_loads(scope, p1);
             let p2 = spawn_loads(scope, p2);
@@ -410,14 +414,16 @@ impl Datapath {
                 }
                 Err(e) => log::debug!("loading {PLACE_PROGRAM}: {e}"),
             });
-            let p1 = join_loads(r1, p1)?;
+            let (p1, done) = join_loads(r1, p1)?;
             holding
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
             let attached = attach(r1, p1);
             let p2 = join_loads(r2, p2);
             attached?;
-            attach(r2, p2?)
+            let (p2, last) = p2?;
+            log_verified(started, done.max(last));
+            attach(r2, p2)
         })
     }
 
@@ -1122,8 +1128,9 @@ impl Table {
 /// A role's two programs, ingress then egress ([`Direction`] as index).
 pub type Pair<'a> = [&'a mut SchedClassifier; 2];
 
+/// Each program loaded, and when its load ended.
 type Verifying<'scope, 'a> =
-    [std::thread::ScopedJoinHandle<'scope, anyhow::Result<&'a mut SchedClassifier>>; 2];
+    [std::thread::ScopedJoinHandle<'scope, anyhow::Result<(&'a mut SchedClassifier, Instant)>>; 2];
 
 /// Starts loading a role's two programs, a thread each: the kernel verifies programs side by
 /// side (on the loading thread), and the verifier takes most of a start.
@@ -1136,22 +1143,30 @@ fn spawn_loads<'scope, 'a: 'scope>(
             if program.fd().is_err() {
                 program.load()?;
             }
-            Ok(program)
+            Ok((program, Instant::now()))
         })
     })
 }
 
-/// The pair [`spawn_loads`] started, once both are loaded.
-fn join_loads<'a>(role: Role, pending: Verifying<'_, 'a>) -> anyhow::Result<Pair<'a>> {
+/// The pair [`spawn_loads`] started, once both are loaded, and when the later load ended.
+fn join_loads<'a>(role: Role, pending: Verifying<'_, 'a>) -> anyhow::Result<(Pair<'a>, Instant)> {
     let [ingress, egress] =
         pending.map(|p| p.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
     let name = |d| program_name(role, d);
-    Ok([
-        ingress
-            .with_context(|| format!("loading program {} (verifier)", name(Direction::Ingress)))?,
-        egress
-            .with_context(|| format!("loading program {} (verifier)", name(Direction::Egress)))?,
-    ])
+    let (ingress, i) = ingress
+        .with_context(|| format!("loading program {} (verifier)", name(Direction::Ingress)))?;
+    let (egress, e) = egress
+        .with_context(|| format!("loading program {} (verifier)", name(Direction::Egress)))?;
+    Ok(([ingress, egress], i.max(e)))
+}
+
+/// How long the kernel took over the four programs, most of a start's wait: an operator's
+/// answer to a slow start, which varies with the kernel and the CPU (BENCHMARKS.md, section 4).
+fn log_verified(started: Instant, done: Instant) {
+    log::info!(
+        "the kernel verified the four programs in {} ms (side by side)",
+        done.duration_since(started).as_millis()
+    );
 }
 
 /// Sets up the flow tables of TCP over IPv4 made at this load (a pinned one has its header

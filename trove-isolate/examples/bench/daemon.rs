@@ -24,6 +24,8 @@ pub struct DaemonRun {
     /// The median of [`STARTS`] starts, and the fastest and slowest of them.
     pub start_seconds: f64,
     pub start_range: (f64, f64),
+    /// Of that start, the kernel's verifier over the four programs, as the daemon logs it.
+    pub verifier_seconds: Option<f64>,
     /// A reload of the same config, and one that replaces every client prefix.
     pub reload_same_seconds: f64,
     pub reload_seconds: f64,
@@ -101,6 +103,7 @@ fn ready(socket: &UnixDatagram, child: &mut Child) -> anyhow::Result<()> {
 /// removes its enforcement.
 pub struct Running {
     bin: PathBuf,
+    log: PathBuf,
     child: Child,
     socket: UnixDatagram,
     notify_path: PathBuf,
@@ -134,10 +137,14 @@ impl Running {
         let _ = std::fs::remove_file(&notify_path);
         let socket = UnixDatagram::bind(&notify_path)?;
         socket.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let log = std::fs::File::create(dir.join(format!(
+        let log_path = dir.join(format!(
             "{}.log",
-            pin_path.file_name().and_then(|n| n.to_str()).unwrap_or("daemon")
-        )))?;
+            pin_path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("daemon")
+        ));
+        let log = std::fs::File::create(&log_path)?;
         // As the shipped unit runs it, the files it hides out of its sight (the kernel's BTF);
         // the child's PID is the daemon's.
         let binds: Vec<(&OsStr, &OsStr)> = hosts
@@ -155,6 +162,7 @@ impl Running {
             .with_context(|| format!("starting {}", bin.display()))?;
         let mut running = Running {
             bin: bin.to_owned(),
+            log: log_path,
             child,
             socket,
             notify_path,
@@ -169,6 +177,11 @@ impl Running {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Where its log (standard error) goes.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// Waits for a READY=1 notification; fails if the daemon exits first.
@@ -262,6 +275,7 @@ fn one(bin: &Path, clients: usize, n: usize, out: &Path) -> anyhow::Result<Daemo
     let started = Instant::now();
     let mut running = Running::start(bin, &config_path, &pin_path, out)?;
     let start_seconds = started.elapsed().as_secs_f64();
+    let verifier_seconds = verified_in(running.log_path());
     let result = (|| -> anyhow::Result<DaemonRun> {
         let rss_kib = vm_kib(running.pid(), "VmRSS:")?;
         let reloading = Instant::now();
@@ -276,6 +290,7 @@ fn one(bin: &Path, clients: usize, n: usize, out: &Path) -> anyhow::Result<Daemo
             entries,
             start_seconds,
             start_range: (start_seconds, start_seconds),
+            verifier_seconds,
             reload_same_seconds,
             reload_seconds,
             rss_kib,
@@ -289,6 +304,21 @@ fn one(bin: &Path, clients: usize, n: usize, out: &Path) -> anyhow::Result<Daemo
     let run = result?;
     stopped?;
     Ok(run)
+}
+
+/// What the daemon's log says the verifier took at its start ("the kernel verified the four
+/// programs in N ms"), if it says.
+fn verified_in(log: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let ms: f64 = text
+        .lines()
+        .find_map(|l| l.split_once("the kernel verified the four programs in "))?
+        .1
+        .split_once(" ms")?
+        .0
+        .parse()
+        .ok()?;
+    Some(ms / 1e3)
 }
 
 /// Each size [`STARTS`] times; the run with the median start stands for the size.

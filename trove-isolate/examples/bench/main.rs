@@ -355,16 +355,18 @@ fn main() -> anyhow::Result<()> {
                 .collect::<Vec<_>>()),
         )?;
         let runs = daemon::run(bin, &o.daemon_sizes, logs)?;
-        println!("| entries | start to enforced (median of {}; range) | reload, same config | reload, every prefix replaced | RSS enforcing | RSS after the reloads | peak RSS |", daemon::STARTS);
-        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| entries | start to enforced (median of {}; range) | of it, the verifier | reload, same config | reload, every prefix replaced | RSS enforcing | RSS after the reloads | peak RSS |", daemon::STARTS);
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
         let mib = |kib: u64| kib as f64 / 1024.0;
         for r in &runs {
             println!(
-                "| {} | {:.0} ms ({:.0} to {:.0}) | {:.0} ms | {:.0} ms | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+                "| {} | {:.0} ms ({:.0} to {:.0}) | {} | {:.0} ms | {:.0} ms | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
                 r.entries,
                 r.start_seconds * 1e3,
                 r.start_range.0 * 1e3,
                 r.start_range.1 * 1e3,
+                r.verifier_seconds
+                    .map_or("not logged".into(), |s| format!("{:.0} ms", s * 1e3)),
                 r.reload_same_seconds * 1e3,
                 r.reload_seconds * 1e3,
                 mib(r.rss_kib),
@@ -382,6 +384,7 @@ fn main() -> anyhow::Result<()> {
                     "entries": r.entries,
                     "start_seconds": r.start_seconds,
                     "start_seconds_range": [r.start_range.0, r.start_range.1],
+                    "verifier_seconds": r.verifier_seconds,
                     "reload_same_seconds": r.reload_same_seconds,
                     "reload_seconds": r.reload_seconds,
                     "rss_kib": r.rss_kib,
