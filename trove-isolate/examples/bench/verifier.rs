@@ -1,9 +1,9 @@
 //! Section 4's first table: what the kernel's verifier costs the daemon's start, most of its
 //! wait. Each of the four programs is loaded alone, one after another (a start verifies them
-//! side by side, a thread each), [`LOADS`] times, each time into a datapath of its own; a row is the
-//! median load (the BPF_PROG_LOAD syscall, which runs the verifier and then the JIT on the
-//! calling thread: time on one core) and the instructions the verifier processed, as the kernel
-//! reports them (Linux 5.16 and later).
+//! side by side, a thread each), [`LOADS`] times, each time into a datapath of its own; a row is
+//! the median load (the BPF_PROG_LOAD syscall, which runs the verifier and then the JIT on the
+//! calling thread: time on one core) and the instructions the verifier processed, as the
+//! kernel reports them (Linux 5.16 and later).
 
 use std::time::Instant;
 
