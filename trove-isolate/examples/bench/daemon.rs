@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use nix::{sys::signal, unistd::Pid};
-use trove_isolate::{config::Config, policy::Policy};
+use trove_isolate::{config::Config, datapath, policy::Policy};
 use trove_isolate_testbed::{scenario, unit, Guest};
 
 use crate::scaling;
@@ -306,13 +306,13 @@ fn one(bin: &Path, clients: usize, n: usize, out: &Path) -> anyhow::Result<Daemo
     Ok(run)
 }
 
-/// What the daemon's log says the verifier took at its start ("the kernel verified the four
-/// programs in N ms"), if it says.
+/// What the daemon's log says the verifier took at its start ([`datapath::VERIFIED_IN`]), if it
+/// says.
 fn verified_in(log: &Path) -> Option<f64> {
     let text = std::fs::read_to_string(log).ok()?;
     let ms: f64 = text
         .lines()
-        .find_map(|l| l.split_once("the kernel verified the four programs in "))?
+        .find_map(|l| l.split_once(datapath::VERIFIED_IN))?
         .1
         .split_once(" ms")?
         .0
