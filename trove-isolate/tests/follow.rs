@@ -105,11 +105,18 @@ fn tenant_keeps_the_guests_mac(guest: &Guest) {
 }
 
 /// What docker-hostnic does once the NIC is in the container's namespace under its name: its
-/// addresses, then up.
-fn address_and_bring_up(ns: &NetNs, nic: &str) {
+/// addresses, then up. Returns once both ends of the link have their carrier again: until the
+/// kernel's link watch has seen it (a moment after `up`, later on a busy machine), each end's
+/// qdisc drops what it sends, the SYN of a probe right after among them.
+fn address_and_bring_up(guest: &Guest, ns: &NetNs, nic: &str) {
     ns.ip(&format!("addr add {}/24 dev {nic}", addr::GUEST_V4));
     ns.ip(&format!("addr add {}/64 dev {nic} nodad", addr::GUEST_V6));
     ns.ip(&format!("link set {nic} up"));
+    carrier_up(&format!("--net={}", ns.path().display()), nic);
+    carrier_up(
+        &format!("--net={}", guest.biz_net.path().display()),
+        "peer0",
+    );
 }
 
 /// Runs the probe of `probes` named `name` once.
@@ -189,7 +196,7 @@ fn follows_the_nic(attach: &str) {
             .host
             .ip(&format!("link set eth1 netns {}", new.name()));
         new.ip(&format!("link set eth1 name {nic}"));
-        address_and_bring_up(&new, nic);
+        address_and_bring_up(&guest, &new, nic);
         followed += 1;
         let log = await_moves(
             &daemon,
@@ -590,7 +597,7 @@ fn held_where_the_policy_lapsed(attach: &str) {
         .host
         .ip(&format!("link set eth1 netns {}", guest.container.name()));
     guest.container.ip(&format!("link set eth1 name {nic}"));
-    address_and_bring_up(&guest.container, nic);
+    address_and_bring_up(&guest, &guest.container, nic);
     assert_eq!(
         probe(refused),
         legacy,
@@ -825,7 +832,7 @@ fn one_nic_found(attach: &str) {
 
     // It comes back into the container, as docker-hostnic would bring it: followed there.
     hidden.ip(&format!("link set {nic} netns {}", guest.container.name()));
-    address_and_bring_up(&guest.container, nic);
+    address_and_bring_up(&guest, &guest.container, nic);
     await_log(&daemon, "business NIC found at", 1, "the NIC came back");
     // Its addresses, as the daemon reads them once docker-hostnic has given them.
     await_log(
@@ -834,7 +841,6 @@ fn one_nic_found(attach: &str) {
         1,
         "the NIC came back with its addresses",
     );
-    carrier_up(&format!("--net={}", guest.container.path().display()), nic);
     await_log(
         &daemon,
         "business NIC is protected again",
