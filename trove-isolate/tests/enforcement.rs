@@ -2179,8 +2179,8 @@ fn boot_guard_follows(attach: &str) {
         to.ip(&format!("link set {name} name {new_name}"));
         to.ip(&format!("addr add {BOOT_GUEST_BIZ_V4}/24 dev {new_name}"));
         to.ip(&format!("link set {new_name} up"));
-        // A probe before the carrier is lost, whatever filters the NIC (or none): at either
-        // end, the tenant's too.
+        // A probe sent before both ends of the link have their carrier again is lost,
+        // whatever filters the NIC (or none): wait for the NIC's end and the tenant's.
         carrier_up(&format!("--net={}", to.path().display()), new_name);
         carrier_up(&format!("--net={}", boot.tenant.path().display()), "peer0");
     };
